@@ -1,0 +1,53 @@
+"""Generated credentials of a cluster. Generated once, stored by the platform (a 0600 file
+locally, a Secret on Kubernetes), never logged, never in run config or metadata."""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from pg_ops.spec import ClusterSpec
+
+SUPERUSER = "postgres"
+REPLICATION_USER = "replicator"
+PG_OPS_DATABASE = "pg_ops"
+
+
+def generate_password() -> str:
+    # URL-safe alphabet: no ':' or '\\', so it is safe in a libpq passfile without escaping.
+    return secrets.token_urlsafe(24)
+
+
+class Credentials(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    passwords: dict[str, SecretStr]
+
+    def password(self, role: str) -> str:
+        return self.passwords[role].get_secret_value()
+
+    def with_roles(self, roles: list[str]) -> Credentials:
+        missing = [r for r in roles if r not in self.passwords]
+        if not missing:
+            return self
+        return Credentials(passwords={**self.passwords, **{r: SecretStr(generate_password()) for r in missing}})
+
+    def passfile_text(self, roles: list[str] | None = None) -> str:
+        names = roles or sorted(self.passwords)
+        return "".join(f"*:*:*:{r}:{self.password(r)}\n" for r in names)
+
+    def as_plain_dict(self) -> dict[str, str]:
+        return {r: s.get_secret_value() for r, s in self.passwords.items()}
+
+    def __repr__(self) -> str:  # never print a password by accident
+        return f"Credentials(roles={sorted(self.passwords)})"
+
+    __str__ = __repr__
+
+
+def required_roles(spec: ClusterSpec) -> list[str]:
+    return [SUPERUSER, REPLICATION_USER] + sorted({d.owner for d in spec.databases})
+
+
+def new_credentials(spec: ClusterSpec) -> Credentials:
+    return Credentials(passwords={}).with_roles(required_roles(spec))

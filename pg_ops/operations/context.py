@@ -1,0 +1,54 @@
+"""What every operation needs about a cluster: spec, platform, credentials, a logger."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pg_ops.credentials import SUPERUSER, Credentials
+from pg_ops.errors import PgOpsError
+from pg_ops.platforms import platform_for
+from pg_ops.platforms.base import Platform
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.topology import MemberProbe, probe_members
+from pg_ops.spec import ClusterSpec
+from pg_ops.state import DesiredState
+
+
+@dataclass
+class ClusterContext:
+    spec: ClusterSpec
+    platform: Platform
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("pg_ops"))
+
+    @classmethod
+    def for_spec(cls, spec: ClusterSpec, log: logging.Logger | None = None) -> ClusterContext:
+        return cls(spec, platform_for(spec), log or logging.getLogger("pg_ops"))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def credentials(self) -> Credentials:
+        creds = self.platform.load_credentials()
+        if creds is None:
+            raise PgOpsError(f"cluster {self.name}: no credentials yet (run `pg-ops deploy --cluster {self.name}`)")
+        return creds
+
+    def admin_password(self) -> str:
+        return self.credentials().password(SUPERUSER)
+
+    def state(self) -> DesiredState:
+        state = self.platform.state_store().read()
+        if state is None:
+            raise PgOpsError(f"cluster {self.name} is not deployed (no desired-state record)")
+        return state
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        return self.platform.member_endpoints()
+
+    def probe(self, names: list[str] | None = None, timeout: float | None = None) -> dict[str, MemberProbe]:
+        endpoints = self.endpoints()
+        wanted = {n: endpoints[n] for n in (names or endpoints)}
+        return probe_members(wanted, SUPERUSER, self.admin_password(),
+                             timeout or self.spec.monitoring.probe_timeout_seconds)

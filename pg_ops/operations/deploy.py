@@ -1,0 +1,159 @@
+"""Deploy: make a cluster match its spec. Idempotent: a deployed cluster is left untouched,
+a stopped member is started (and rejoins from its slot), an empty member is re-cloned."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
+from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.postgres import admin
+from pg_ops.postgres.session import with_connection
+from pg_ops.postgres.topology import MemberProbe
+from pg_ops.state import DesiredState, topology_lock, update_state
+
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class DeployResult:
+    cluster: str
+    primary: str
+    epoch: int
+    system_identifier: str
+    started: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    members: dict[str, MemberProbe] = field(default_factory=dict)
+
+
+def ensure_record(ctx: ClusterContext) -> DesiredState:
+    store = ctx.platform.state_store()
+    state = store.read()
+    if state is None:
+        state = DesiredState(cluster=ctx.name, primary=ctx.spec.member_names[0], epoch=1, bootstrap=True,
+                             members=ctx.platform.peer_addresses())
+        state = store.write(state, None)
+        ctx.log.info("created the desired-state record: primary %s, epoch 1", state.primary)
+    elif state.members != ctx.platform.peer_addresses():
+        state = update_state(store, lambda s: s.model_copy(update={"members": ctx.platform.peer_addresses()}))
+    return state
+
+
+def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float = READY_TIMEOUT_S) -> MemberProbe:
+    """Poll a member until ready(probe); fail fast when its supervisor is gone."""
+    deadline = time.monotonic() + timeout
+    probe = None
+    while time.monotonic() < deadline:
+        probe = ctx.probe([name], timeout=2.0)[name]
+        if ready(probe):
+            return probe
+        if not ctx.platform.member_running(name):
+            raise MemberError(f"member {name} exited before it was {what}: "
+                              f"{_last_line(ctx.platform.member_log_tail(name, 1))}")
+        time.sleep(0.2)
+    reason = _last_line(ctx.platform.member_log_tail(name, 1)) or (probe.error if probe else "")
+    raise MemberError(f"member {name} not {what} after {timeout:g} s: {reason}")
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1] if text.strip() else "no log output"
+
+
+def configure_primary(ctx: ClusterContext, primary: str) -> None:
+    """Roles, databases, pg_ops's own database, slots for every replica, sync standbys."""
+    creds = ctx.credentials()
+    ep = ctx.endpoints()[primary]
+    replicas = [m for m in ctx.spec.member_names if m != primary]
+
+    def setup(conn):
+        admin.ensure_role(conn, SUPERUSER, creds.password(SUPERUSER))
+        admin.ensure_role(conn, REPLICATION_USER, creds.password(REPLICATION_USER), replication=True)
+        for owner in sorted({d.owner for d in ctx.spec.databases}):
+            admin.ensure_role(conn, owner, creds.password(owner))
+        admin.ensure_database(conn, PG_OPS_DATABASE, SUPERUSER)
+        for db in ctx.spec.databases:
+            admin.ensure_database(conn, db.name, db.owner)
+        created = admin.ensure_slots(conn, replicas)
+        if created:
+            ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
+        admin.set_synchronous_standbys(conn, admin.synchronous_standby_names(ctx.spec.postgres.replication, replicas))
+
+    with_connection(ep, SUPERUSER, creds.password(SUPERUSER), setup, timeout=30, name=primary)
+    with_connection(ep, SUPERUSER, creds.password(SUPERUSER), admin.ensure_pg_ops_schema,
+                    dbname=PG_OPS_DATABASE, timeout=10, name=primary)
+
+
+def deploy(ctx: ClusterContext) -> DeployResult:
+    started_at = time.monotonic()
+    ctx.platform.ensure_credentials()
+    state = ensure_record(ctx)
+    store = ctx.platform.state_store()
+    with topology_lock(store, "deploy"):
+        ctx.platform.prepare(state)
+        primary = state.primary
+        started = []
+        if not ctx.platform.member_running(primary):
+            ctx.log.info("starting primary %s", primary)
+            ctx.platform.start_member(primary)
+            started.append(primary)
+        probe = wait_until(ctx, primary, lambda p: p.writable, "writable")
+        if state.bootstrap or not state.system_identifier:
+            state = update_state(store, lambda s: s.model_copy(
+                update={"bootstrap": False, "system_identifier": probe.system_identifier}))
+            ctx.log.info("cluster bootstrapped: system identifier %s", probe.system_identifier)
+        elif probe.system_identifier != state.system_identifier:
+            raise PgOpsError(f"member {primary}: system identifier {probe.system_identifier} differs from the "
+                             f"cluster's {state.system_identifier}")
+        configure_primary(ctx, primary)
+        ctx.platform.route_primary(primary)
+        replicas = [m for m in ctx.spec.member_names if m != primary]
+        for name in replicas:
+            if not ctx.platform.member_running(name):
+                ctx.log.info("starting replica %s", name)
+                ctx.platform.start_member(name)
+                started.append(name)
+        for name in replicas:
+            wait_until(ctx, name, lambda p: p.streaming, "streaming")
+        members = ctx.probe()
+        problems = deployment_problems(ctx, members, primary)
+        if problems:
+            raise PgOpsError(f"cluster {ctx.name} deployed but unhealthy: {'; '.join(problems)}")
+        if state.fenced:
+            state = update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
+    seconds = time.monotonic() - started_at
+    ctx.log.info("cluster %s deployed in %.2f s (started: %s)", ctx.name, seconds, ", ".join(started) or "none")
+    return DeployResult(cluster=ctx.name, primary=primary, epoch=state.epoch,
+                        system_identifier=state.system_identifier, started=started, seconds=seconds,
+                        members=members)
+
+
+def deployment_problems(ctx: ClusterContext, members: dict[str, MemberProbe], primary: str) -> list[str]:
+    """The invariants after any change: one writable member (the designated primary), every
+    other member streaming from it, each with its slot."""
+    problems = []
+    writable = sorted(n for n, p in members.items() if p.writable)
+    if writable != [primary]:
+        problems.append(f"writable members {writable or 'none'}, expected only {primary}")
+    slots = {s["slot_name"] for s in members[primary].slots} if members[primary].reachable else set()
+    for name, probe in members.items():
+        if name == primary:
+            continue
+        if not probe.streaming:
+            problems.append(f"{name} is not streaming ({probe.error or probe.receiver_status or 'no WAL receiver'})")
+        if admin.slot_name(name) not in slots:
+            problems.append(f"slot {admin.slot_name(name)} missing on {primary}")
+    return problems
+
+
+def teardown(ctx: ClusterContext) -> None:
+    if ctx.platform.kind != "local":
+        raise PgOpsError(f"cluster {ctx.name}: teardown is for local clusters only (platform {ctx.platform.kind})")
+    store = ctx.platform.state_store()
+    if store.read() is not None:
+        with topology_lock(store, "teardown"):
+            ctx.platform.teardown()
+    else:
+        ctx.platform.teardown()
+    ctx.log.info("cluster %s torn down", ctx.name)

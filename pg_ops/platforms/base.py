@@ -1,0 +1,79 @@
+"""The Platform protocol: the one seam between the local and the Kubernetes backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from pg_ops.credentials import Credentials
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.spec import ClusterSpec
+from pg_ops.state import DesiredState, StateStore
+
+
+class Platform(Protocol):
+    spec: ClusterSpec
+    kind: str  # "local" | "kubernetes"
+
+    # -- where things are ------------------------------------------------------------------
+    def member_endpoints(self) -> dict[str, Endpoint]:
+        """Every member of the spec and the address pg_ops reaches it at."""
+        ...
+
+    def peer_addresses(self) -> dict[str, str]:
+        """host:port each member script uses to reach a peer (written into the record)."""
+        ...
+
+    def primary_dsn(self, user: str, dbname: str) -> str:
+        """A libpq string (no password) that always reaches the current primary."""
+        ...
+
+    def passfile(self) -> Path | None:
+        """A 0600 libpq passfile for the admin role, where the platform has one."""
+        ...
+
+    # -- pg_ops-owned objects --------------------------------------------------------------
+    def state_store(self) -> StateStore: ...
+
+    def load_credentials(self) -> Credentials | None: ...
+
+    def ensure_credentials(self) -> Credentials:
+        """Generate once, never overwrite; add roles the spec gained."""
+        ...
+
+    def prepare(self, state: DesiredState) -> None:
+        """Make the static parts exist (config files / Git-owned objects when not GitOps)."""
+        ...
+
+    # -- members ---------------------------------------------------------------------------
+    def member_running(self, name: str) -> bool: ...
+
+    def start_member(self, name: str) -> None: ...
+
+    def stop_member(self, name: str) -> None:
+        """Clean (fast) shutdown of postgres and its supervisor."""
+        ...
+
+    def kill_member(self, name: str) -> None:
+        """SIGKILL supervisor and postgres together, as when a node dies (chaos, fencing)."""
+        ...
+
+    def fence_member(self, name: str) -> None:
+        """Remove the member from routing and stop it wherever the platform can reach it."""
+        ...
+
+    def route_primary(self, name: str) -> None:
+        """Send the primary endpoint to `name` (and away from everyone else)."""
+        ...
+
+    def wipe_member(self, name: str) -> None:
+        """Delete a stopped member's data so it re-clones at its next start."""
+        ...
+
+    def member_log_tail(self, name: str, lines: int = 5) -> str: ...
+
+    def data_dir_usage(self, name: str) -> tuple[int, int] | None:
+        """(used bytes, total bytes) of the filesystem holding the member's data."""
+        ...
+
+    def teardown(self) -> None: ...

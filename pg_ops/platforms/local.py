@@ -1,0 +1,293 @@
+"""The local platform: members are PostgreSQL processes on 127.0.0.1, each started through
+the member script (the same one the StatefulSet runs), under PG_OPS_HOME/clusters/<name>/:
+
+    desired-state           the record (key=value), CAS with desired-state.lock
+    credentials.json        generated passwords (0600, pg_ops's user)
+    pgpass                  libpq passfile for the admin role (0600, pg_ops's user)
+    config/                 postgresql.conf, pg_hba.conf (cluster-wide)
+    members/<member>/       owned by the server user: data/, run/, pgpass (0600), member.log
+    pids/<member>.pid       the supervisor's pid (its process group holds postgres too)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from pg_ops import settings
+from pg_ops.credentials import SUPERUSER, Credentials, new_credentials, required_roles
+from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.platforms.local_state import FileStateStore
+from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
+from pg_ops.postgres import config as pg_config
+from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
+from pg_ops.spec import ClusterSpec
+from pg_ops.state import DesiredState
+
+MEMBER_SCRIPT = Path(__file__).with_name("member.sh")
+STOP_TIMEOUT_S = 30.0
+
+
+def _write_private(path: Path, text: str, owner: ServerUser | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    if owner and owner.switch:
+        os.chown(tmp, owner.uid, owner.gid)
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+class LocalPlatform:
+    kind = "local"
+
+    def __init__(self, spec: ClusterSpec, home: Path | None = None):
+        self.spec = spec
+        self.root = (home or settings.home()) / "clusters" / spec.name
+        self._user: ServerUser | None = None
+
+    # -- layout ----------------------------------------------------------------------------
+    @property
+    def user(self) -> ServerUser:
+        if self._user is None:
+            self._user = server_user()
+        return self._user
+
+    def member_dir(self, name: str) -> Path:
+        return self.root / "members" / name
+
+    def data_dir(self, name: str) -> Path:
+        return self.member_dir(name) / "data"
+
+    def log_path(self, name: str) -> Path:
+        return self.member_dir(name) / "member.log"
+
+    def _pid_path(self, name: str) -> Path:
+        return self.root / "pids" / f"{name}.pid"
+
+    def member_endpoints(self) -> dict[str, Endpoint]:
+        base = self.spec.local.base_port
+        return {name: Endpoint("127.0.0.1", base + i) for i, name in enumerate(self.spec.member_names)}
+
+    def peer_addresses(self) -> dict[str, str]:
+        return {name: str(ep) for name, ep in self.member_endpoints().items()}
+
+    def primary_dsn(self, user: str = SUPERUSER, dbname: str = "postgres") -> str:
+        state = self.state_store().read()
+        endpoints = self.member_endpoints()
+        order = sorted(endpoints, key=lambda n: (state is None or n != state.primary, n))
+        return multi_host_dsn([endpoints[n] for n in order], user=user, dbname=dbname)
+
+    def passfile(self) -> Path:
+        return self.root / "pgpass"
+
+    # -- pg_ops-owned objects ----------------------------------------------------------------
+    def state_store(self) -> FileStateStore:
+        return FileStateStore(self.root / "desired-state")
+
+    def load_credentials(self) -> Credentials | None:
+        path = self.root / "credentials.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        return Credentials(passwords={k: SecretStr(v) for k, v in raw.items()})
+
+    def ensure_credentials(self) -> Credentials:
+        self.root.mkdir(parents=True, exist_ok=True)
+        current = self.load_credentials()
+        creds = current.with_roles(required_roles(self.spec)) if current else new_credentials(self.spec)
+        if creds is not current:
+            _write_private(self.root / "credentials.json", json.dumps(creds.as_plain_dict(), indent=1))
+        _write_private(self.passfile(), creds.passfile_text([SUPERUSER]))
+        return creds
+
+    def prepare(self, state: DesiredState) -> None:
+        """Config files and member folders, owned so the server user can use them."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        blocked = unreachable_parent(self.root, self.user)
+        if blocked is not None:
+            raise PgOpsError(
+                f"PG_OPS_HOME {self.root.parent.parent} is not reachable by the server user "
+                f"{self.user.name} (uid {self.user.uid}): {blocked} does not let it through; "
+                f"set PG_OPS_HOME to a folder it can reach"
+            )
+        config = self.root / "config"
+        config.mkdir(exist_ok=True)
+        os.chmod(config, 0o755)
+        (config / "postgresql.conf").write_text(pg_config.postgresql_conf(self.spec, small=True))
+        (config / "pg_hba.conf").write_text(pg_config.pg_hba_conf(networks=["127.0.0.1/32"]))
+        (config / "pg_ident.conf").write_text("")
+        for f in config.iterdir():
+            os.chmod(f, 0o644)
+        creds = self.load_credentials() or self.ensure_credentials()
+        for name in self.spec.member_names:
+            mdir = self.member_dir(name)
+            (mdir / "data").mkdir(parents=True, exist_ok=True)
+            (mdir / "run").mkdir(exist_ok=True)
+            os.chmod(mdir, 0o700)
+            os.chmod(mdir / "data", 0o700)
+            _write_private(mdir / "pgpass", creds.passfile_text(["postgres", "replicator"]), self.user)
+            self._check_data_owner(name)
+            if self._owner_differs(mdir):
+                chown_tree(mdir, self.user)
+        (self.root / "pids").mkdir(exist_ok=True)
+
+    def _owner_differs(self, path: Path) -> bool:
+        return self.user.switch and path.stat().st_uid != self.user.uid
+
+    def _check_data_owner(self, name: str) -> None:
+        data = self.data_dir(name)
+        st = data.stat()
+        if st.st_uid not in (self.user.uid, os.geteuid()):
+            raise MemberError(
+                f"member {name}: data dir {data} is owned by uid {st.st_uid}, not by the server user "
+                f"{self.user.name} (uid {self.user.uid})"
+            )
+
+    # -- members -----------------------------------------------------------------------------
+    def _supervisor_pid(self, name: str) -> int | None:
+        try:
+            pid = int(self._pid_path(name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def member_running(self, name: str) -> bool:
+        return self._supervisor_pid(name) is not None
+
+    def start_member(self, name: str) -> None:
+        if self.member_running(name):
+            return
+        endpoint = self.member_endpoints()[name]
+        if _port_in_use(endpoint.port):
+            raise MemberError(f"member {name}: port {endpoint.port} on 127.0.0.1 is already in use by another process")
+        mdir = self.member_dir(name)
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LC_ALL": "C",
+            "PGOPS_MEMBER": name,
+            "PGOPS_DATA": str(mdir / "data"),
+            "PGOPS_PORT": str(endpoint.port),
+            "PGOPS_STATE": str(self.state_store().path),
+            "PGOPS_CONFIG_DIR": str(self.root / "config"),
+            "PGOPS_PASSFILE": str(mdir / "pgpass"),
+            "PGOPS_RUN_DIR": str(mdir / "run"),
+            "PGOPS_BIN": str(settings.pg_bin()),
+            "PGOPS_LISTEN": "127.0.0.1",
+        }
+        with open(self.log_path(name), "ab") as log:
+            if self.user.switch:
+                os.chown(self.log_path(name), self.user.uid, self.user.gid)
+            kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
+            proc = subprocess.Popen(
+                ["bash", str(MEMBER_SCRIPT), name], env=env, cwd=mdir, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
+            )
+        self._pid_path(name).parent.mkdir(exist_ok=True)
+        self._pid_path(name).write_text(f"{proc.pid}\n")
+
+    def stop_member(self, name: str) -> None:
+        pid = self._supervisor_pid(name)
+        if pid is None:
+            self._kill_orphans(name)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # the supervisor turns it into a fast shutdown
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._kill_group(pid)
+
+    def kill_member(self, name: str) -> None:
+        pid = self._supervisor_pid(name)
+        if pid is not None:
+            self._kill_group(pid)
+        self._kill_orphans(name)
+
+    def _kill_group(self, pgid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _pid_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _kill_orphans(self, name: str) -> None:
+        """A postmaster whose supervisor is gone (postmaster.pid names it)."""
+        pidfile = self.data_dir(name) / "postmaster.pid"
+        with contextlib.suppress(FileNotFoundError, ValueError, PermissionError, IndexError):
+            pid = int(pidfile.read_text().splitlines()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"postgres" in cmdline and str(self.data_dir(name)).encode() in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+    def fence_member(self, name: str) -> None:
+        # Locally the primary endpoint follows whoever is writable, so fencing = stopping.
+        self.kill_member(name)
+
+    def route_primary(self, name: str) -> None:
+        # The multi-host DSN with target_session_attrs=read-write routes by itself.
+        return None
+
+    def wipe_member(self, name: str) -> None:
+        if self.member_running(name):
+            raise MemberError(f"member {name}: cannot wipe the data dir of a running member")
+        data = self.data_dir(name)
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)
+        if self.user.switch:
+            os.chown(data, self.user.uid, self.user.gid)
+
+    def member_log_tail(self, name: str, lines: int = 5) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def data_dir_usage(self, name: str) -> tuple[int, int] | None:
+        try:
+            st = os.statvfs(self.data_dir(name))
+        except FileNotFoundError:
+            return None
+        total = st.f_blocks * st.f_frsize
+        return total - st.f_bavail * st.f_frsize, total
+
+    def teardown(self) -> None:
+        for name in self.spec.member_names:
+            self.stop_member(name)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Everything pg_ops says to PostgreSQL: topology, lag, roles, slots, promotion, dumps."""

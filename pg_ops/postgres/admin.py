@@ -1,0 +1,111 @@
+"""Changes pg_ops makes inside PostgreSQL: roles, databases, slots, sync standbys, promotion,
+repointing. Every function takes an open autocommit connection and is idempotent."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from pg_ops.credentials import PG_OPS_DATABASE
+
+
+def slot_name(member: str) -> str:
+    """Replication slot of a member (slot names allow [a-z0-9_] only)."""
+    return member.replace("-", "_")
+
+
+def ensure_role(conn: psycopg.Connection, role: str, password: str, *, replication: bool = False) -> None:
+    exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
+    verb = "alter" if exists else "create"
+    attrs = sql.SQL("login replication") if replication else sql.SQL("login")
+    # Utility statements take no bind parameters; the password goes in as a quoted literal
+    # (pg_ops never sets log_statement, so the server does not log it).
+    conn.execute(sql.SQL("{} role {} with {} password {}").format(
+        sql.SQL(verb), sql.Identifier(role), attrs, sql.Literal(password)))
+
+
+def ensure_database(conn: psycopg.Connection, name: str, owner: str) -> None:
+    if not conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+        conn.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner)))
+    else:
+        conn.execute(sql.SQL("alter database {} owner to {}").format(sql.Identifier(name), sql.Identifier(owner)))
+
+
+def ensure_pg_ops_schema(conn: psycopg.Connection) -> None:
+    """pg_ops's own objects, in its own database (never an application database)."""
+    conn.execute("""
+        create table if not exists heartbeat (
+            id int primary key default 1 check (id = 1),
+            epoch bigint not null,
+            written_at timestamptz not null default now(),
+            writer text not null)
+    """)
+
+
+def ensure_slots(conn: psycopg.Connection, members: list[str]) -> list[str]:
+    """Create a physical slot per replica; drop inactive pg_ops slots of non-members.
+    Returns the slots created."""
+    wanted = {slot_name(m) for m in members}
+    existing = {r[0]: r[1] for r in conn.execute(
+        "select slot_name, active from pg_replication_slots where slot_type = 'physical'")}
+    created = []
+    for slot in sorted(wanted - set(existing)):
+        conn.execute("select pg_create_physical_replication_slot(%s, true)", (slot,))
+        created.append(slot)
+    for slot, active in existing.items():
+        if slot not in wanted and not active:
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+    return created
+
+
+def drop_slot(conn: psycopg.Connection, slot: str) -> None:
+    conn.execute("""select pg_drop_replication_slot(slot_name) from pg_replication_slots
+                    where slot_name = %s and not active""", (slot,))
+
+
+def synchronous_standby_names(mode: str, standbys: list[str]) -> str:
+    """ANY 1 over the replicas: a commit waits for one of them. Empty in async mode."""
+    if mode == "async" or not standbys:
+        return ""
+    return "ANY 1 (" + ", ".join(f'"{s}"' for s in sorted(standbys)) + ")"
+
+
+def set_synchronous_standbys(conn: psycopg.Connection, value: str) -> bool:
+    current = conn.execute("select current_setting('synchronous_standby_names')").fetchone()[0]
+    if current == value:
+        return False
+    conn.execute(sql.SQL("alter system set synchronous_standby_names = {}").format(sql.Literal(value)))
+    conn.execute("select pg_reload_conf()")
+    return True
+
+
+def promote(conn: psycopg.Connection, wait_seconds: int = 30) -> bool:
+    return bool(conn.execute("select pg_promote(true, %s)", (wait_seconds,)).fetchone()[0])
+
+
+def repoint(conn: psycopg.Connection, conninfo: str, slot: str) -> None:
+    """Follow another primary without a restart (recovery_target_timeline=latest)."""
+    conn.execute(sql.SQL("alter system set primary_conninfo = {}").format(sql.Literal(conninfo)))
+    conn.execute(sql.SQL("alter system set primary_slot_name = {}").format(sql.Literal(slot)))
+    conn.execute("select pg_reload_conf()")
+
+
+def terminate_client_backends(conn: psycopg.Connection) -> int:
+    row = conn.execute("""select count(pg_terminate_backend(pid)) from pg_stat_activity
+                          where backend_type = 'client backend' and pid <> pg_backend_pid()""").fetchone()
+    return int(row[0])
+
+
+def write_heartbeat(conn: psycopg.Connection, epoch: int, writer: str) -> str:
+    """A write through the primary endpoint; returns the LSN it committed at."""
+    conn.execute("""insert into heartbeat (id, epoch, writer) values (1, %s, %s)
+                    on conflict (id) do update set epoch = excluded.epoch, writer = excluded.writer,
+                    written_at = now()""", (epoch, writer))
+    return conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
+
+
+PG_OPS_DB = PG_OPS_DATABASE

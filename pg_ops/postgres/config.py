@@ -1,0 +1,65 @@
+"""Cluster-wide server configuration (postgresql.conf, pg_hba.conf) rendered from a spec.
+
+Per-member settings (port, cluster_name, listen_addresses) are NOT here: the member script
+passes them on the command line, because pg_rewind copies configuration files from its
+source and a rewound member would otherwise boot with the new primary's port and name.
+"""
+
+from __future__ import annotations
+
+from pg_ops.spec import ClusterSpec
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, int | float):
+        return str(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def postgresql_conf(spec: ClusterSpec, *, small: bool = False) -> str:
+    """`small`: the embedded local cluster on a laptop-sized machine."""
+    members = spec.postgres.members
+    settings: dict[str, object] = {
+        "max_connections": spec.postgres.max_connections,
+        "password_encryption": "scram-sha-256",
+        "wal_level": "replica",
+        "wal_log_hints": True,            # pg_rewind needs it (or checksums; we have both)
+        "max_wal_senders": members * 2 + 4,
+        "max_replication_slots": members * 2 + 4,
+        "wal_keep_size": "256MB" if small else "1GB",  # margin besides the slots
+        "max_slot_wal_keep_size": "2GB" if small else "20GB",  # a dead replica cannot fill the disk
+        "hot_standby": True,
+        "hot_standby_feedback": True,     # fewer recovery conflicts for backups taken on replicas
+        "max_standby_streaming_delay": "300s",  # a replica-side pg_dump is not cancelled after 30 s
+        "wal_receiver_status_interval": "1s",
+        "wal_receiver_timeout": "10s",
+        "wal_sender_timeout": "10s",
+        "wal_retrieve_retry_interval": "1s",
+        "recovery_target_timeline": "latest",
+        "shared_buffers": "128MB" if small else "1GB",
+        "synchronous_commit": "on",
+        "logging_collector": False,
+        "log_line_prefix": "%m [%p] %q%u@%d ",
+        "log_min_messages": "warning",
+        "log_connections": False,
+        "log_checkpoints": False,
+        "shared_preload_libraries": "",
+    }
+    settings.update(spec.postgres.parameters)
+    lines = ["# Rendered by pg_ops from the cluster spec; per-member settings are on the command line."]
+    lines += [f"{k} = {_value(v)}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def pg_hba_conf(*, networks: list[str], tls_networks: list[str] | None = None) -> str:
+    """scram-sha-256 everywhere over TCP; no trust. `tls_networks` require TLS (hostssl)."""
+    lines = ["# Rendered by pg_ops. TYPE DATABASE USER ADDRESS METHOD",
+             "local all all scram-sha-256"]
+    for net in networks:
+        lines.append(f"host replication replicator {net} scram-sha-256")
+        lines.append(f"host all all {net} scram-sha-256")
+    for net in tls_networks or []:
+        lines.append(f"hostssl all all {net} scram-sha-256")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,166 @@
+"""Topology and lag as PostgreSQL reports them, probed in parallel under a deadline.
+
+Lag is measured where it is true: bytes from the primary's view (`pg_wal_lsn_diff` of its
+current LSN and each standby's replay LSN in pg_stat_replication), seconds from
+`replay_lag` — never from `now() - pg_last_xact_replay_timestamp()`, which grows forever on
+an idle cluster. A replica whose WAL receiver is not streaming is reported as such, never as
+"0 lag".
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pg_ops.errors import MemberError
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.session import with_connection
+
+MEMBER_SQL = """
+select
+  pg_is_in_recovery() as in_recovery,
+  current_setting('server_version_num')::int as server_version_num,
+  (select system_identifier::text from pg_control_system()) as system_identifier,
+  case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as current_lsn,
+  case when pg_is_in_recovery() then null
+       else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end as primary_tli,
+  pg_last_wal_receive_lsn()::text as receive_lsn,
+  pg_last_wal_replay_lsn()::text as replay_lsn,
+  (select timeline_id from pg_control_checkpoint()) as checkpoint_tli,
+  (select count(*) from pg_stat_activity where backend_type = 'client backend')::int as connections,
+  current_setting('max_connections')::int as max_connections,
+  current_setting('synchronous_standby_names') as synchronous_standby_names
+"""
+
+RECEIVER_SQL = """
+select status, received_tli, sender_host, sender_port, slot_name,
+       latest_end_lsn::text as latest_end_lsn
+from pg_stat_wal_receiver
+"""
+
+REPLICATION_SQL = """
+select application_name, state, sync_state,
+       sent_lsn::text as sent_lsn, flush_lsn::text as flush_lsn, replay_lsn::text as replay_lsn,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint as lag_bytes,
+       extract(epoch from replay_lag)::float8 as replay_lag_seconds
+from pg_stat_replication
+"""
+
+SLOTS_SQL = """
+select slot_name, active, wal_status, restart_lsn::text as restart_lsn
+from pg_replication_slots where slot_type = 'physical'
+"""
+
+
+@dataclass
+class MemberProbe:
+    """One member as it answered (or did not) within the deadline."""
+
+    name: str
+    host: str
+    port: int
+    reachable: bool
+    error: str | None = None
+    in_recovery: bool | None = None
+    system_identifier: str | None = None
+    server_version_num: int | None = None
+    timeline: int | None = None
+    lsn: str | None = None  # current LSN on a primary, received LSN on a replica
+    receive_lsn: str | None = None
+    replay_lsn: str | None = None
+    connections: int | None = None
+    max_connections: int | None = None
+    synchronous_standby_names: str | None = None
+    receiver_status: str | None = None  # 'streaming', 'catchup', … or None when no WAL receiver
+    sender: str | None = None  # host:port the WAL receiver streams from
+    replication: list[dict] = field(default_factory=list)  # primary only: pg_stat_replication
+    slots: list[dict] = field(default_factory=list)  # primary only: physical slots
+    probe_seconds: float = 0.0
+
+    @property
+    def writable(self) -> bool:
+        return self.reachable and self.in_recovery is False
+
+    @property
+    def streaming(self) -> bool:
+        return self.reachable and self.receiver_status == "streaming"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _query_member(conn: psycopg.Connection) -> dict:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(MEMBER_SQL)
+        out = dict(cur.fetchone())
+        if out["in_recovery"]:
+            cur.execute(RECEIVER_SQL)
+            out["receiver"] = cur.fetchone()
+            out["replication"], out["slots"] = [], []
+        else:
+            out["receiver"] = None
+            cur.execute(REPLICATION_SQL)
+            out["replication"] = [dict(r) for r in cur.fetchall()]
+            cur.execute(SLOTS_SQL)
+            out["slots"] = [dict(r) for r in cur.fetchall()]
+    return out
+
+
+def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeout: float) -> MemberProbe:
+    started = time.monotonic()
+    probe = MemberProbe(name=name, host=endpoint.host, port=endpoint.port, reachable=False)
+    try:
+        row = with_connection(endpoint, user, password, _query_member, timeout=timeout, name=name,
+                              application_name="pg_ops-probe")
+    except MemberError as exc:
+        probe.error = str(exc)
+        probe.probe_seconds = time.monotonic() - started
+        return probe
+    receiver = row.pop("receiver")
+    probe.reachable = True
+    probe.in_recovery = row["in_recovery"]
+    probe.system_identifier = row["system_identifier"]
+    probe.server_version_num = row["server_version_num"]
+    probe.receive_lsn = row["receive_lsn"]
+    probe.replay_lsn = row["replay_lsn"]
+    probe.connections = row["connections"]
+    probe.max_connections = row["max_connections"]
+    probe.synchronous_standby_names = row["synchronous_standby_names"]
+    probe.replication = row["replication"]
+    probe.slots = row["slots"]
+    if probe.in_recovery:
+        # pg_walfile_name() errors on a replica: its timeline comes from the WAL receiver,
+        # or the control data when it is not receiving.
+        probe.timeline = (receiver or {}).get("received_tli") or row["checkpoint_tli"]
+        probe.lsn = row["receive_lsn"] or row["replay_lsn"]
+        if receiver:
+            probe.receiver_status = receiver["status"]
+            if receiver["sender_host"]:
+                probe.sender = f"{receiver['sender_host']}:{receiver['sender_port']}"
+    else:
+        # Right after promotion pg_control_checkpoint() still shows the old timeline.
+        probe.timeline = row["primary_tli"]
+        probe.lsn = row["current_lsn"]
+    probe.probe_seconds = time.monotonic() - started
+    return probe
+
+
+def probe_members(members: dict[str, Endpoint], user: str, password: str, timeout: float) -> dict[str, MemberProbe]:
+    """Probe every member at once; the whole call takes about one deadline at most."""
+    if not members:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(32, len(members)), thread_name_prefix="probe") as pool:
+        futures = {name: pool.submit(probe_member, name, ep, user, password, timeout)
+                   for name, ep in members.items()}
+        return {name: fut.result() for name, fut in futures.items()}
+
+
+def lsn_to_int(lsn: str | None) -> int | None:
+    if not lsn:
+        return None
+    hi, _, lo = lsn.partition("/")
+    return (int(hi, 16) << 32) + int(lo, 16)

