@@ -45,3 +45,17 @@ def pg_bin() -> Path:
     if not (path / "postgres").is_file():
         raise PgOpsError(f"PostgreSQL binaries not found: {path}/postgres does not exist (PG_OPS_PG_BIN)")
     return path
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME for the CLI: the Makefile sets it; otherwise PG_OPS_HOME/dagster, seeded
+    with the repo's dagster.yaml so CLI runs land in the same instance as `make run`."""
+    raw = os.environ.get("DAGSTER_HOME")
+    path = Path(raw) if raw else home() / "dagster"
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    source = REPO_ROOT / "dagster.yaml"
+    if not config.exists() and source.exists():
+        config.write_text(source.read_text())
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import psycopg
+
 from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
@@ -41,8 +43,9 @@ def ensure_record(ctx: ClusterContext) -> DesiredState:
     return state
 
 
-def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float = READY_TIMEOUT_S) -> MemberProbe:
+def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float | None = None) -> MemberProbe:
     """Poll a member until ready(probe); fail fast when its supervisor is gone."""
+    timeout = timeout or READY_TIMEOUT_S
     deadline = time.monotonic() + timeout
     probe = None
     while time.monotonic() < deadline:
@@ -51,14 +54,17 @@ def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float 
             return probe
         if not ctx.platform.member_running(name):
             raise MemberError(f"member {name} exited before it was {what}: "
-                              f"{_last_line(ctx.platform.member_log_tail(name, 1))}")
+                              f"{_last_line(ctx.platform.member_log_tail(name, 20))}")
         time.sleep(0.2)
-    reason = _last_line(ctx.platform.member_log_tail(name, 1)) or (probe.error if probe else "")
+    reason = _last_line(ctx.platform.member_log_tail(name, 20)) or (probe.error if probe else "")
     raise MemberError(f"member {name} not {what} after {timeout:g} s: {reason}")
 
 
 def _last_line(text: str) -> str:
-    return text.strip().splitlines()[-1] if text.strip() else "no log output"
+    """The most telling line of a member's log tail: its last FATAL, else its last line."""
+    lines = text.strip().splitlines()
+    fatal = [line for line in lines if "FATAL" in line]
+    return (fatal or lines or ["no log output"])[-1]
 
 
 def configure_primary(ctx: ClusterContext, primary: str) -> None:
@@ -85,29 +91,29 @@ def configure_primary(ctx: ClusterContext, primary: str) -> None:
                     dbname=PG_OPS_DATABASE, timeout=10, name=primary)
 
 
-def deploy(ctx: ClusterContext) -> DeployResult:
-    started_at = time.monotonic()
-    ctx.platform.ensure_credentials()
-    state = ensure_record(ctx)
+def start_members(ctx: ClusterContext) -> list[str]:
+    """Start whatever is not running (primary first), bootstrap, configure the primary, and
+    wait until every replica streams. Under the topology lock."""
     store = ctx.platform.state_store()
+    state = ensure_record(ctx)
+    started = []
     with topology_lock(store, "deploy"):
         ctx.platform.prepare(state)
+        state = store.read()
         primary = state.primary
-        started = []
         if not ctx.platform.member_running(primary):
             ctx.log.info("starting primary %s", primary)
             ctx.platform.start_member(primary)
             started.append(primary)
         probe = wait_until(ctx, primary, lambda p: p.writable, "writable")
         if state.bootstrap or not state.system_identifier:
-            state = update_state(store, lambda s: s.model_copy(
+            update_state(store, lambda s: s.model_copy(
                 update={"bootstrap": False, "system_identifier": probe.system_identifier}))
             ctx.log.info("cluster bootstrapped: system identifier %s", probe.system_identifier)
         elif probe.system_identifier != state.system_identifier:
             raise PgOpsError(f"member {primary}: system identifier {probe.system_identifier} differs from the "
                              f"cluster's {state.system_identifier}")
         configure_primary(ctx, primary)
-        ctx.platform.route_primary(primary)
         replicas = [m for m in ctx.spec.member_names if m != primary]
         for name in replicas:
             if not ctx.platform.member_running(name):
@@ -116,15 +122,44 @@ def deploy(ctx: ClusterContext) -> DeployResult:
                 started.append(name)
         for name in replicas:
             wait_until(ctx, name, lambda p: p.streaming, "streaming")
-        members = ctx.probe()
-        problems = deployment_problems(ctx, members, primary)
-        if problems:
-            raise PgOpsError(f"cluster {ctx.name} deployed but unhealthy: {'; '.join(problems)}")
-        if state.fenced:
-            state = update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
+        if store.read().fenced:
+            update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
+    return started
+
+
+def verify_primary_endpoint(ctx: ClusterContext) -> dict:
+    """Route the primary endpoint and prove it with a write through it."""
+    state = ctx.state()
+    ctx.platform.route_primary(state.primary)
+    started = time.monotonic()
+    conn = psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
+                           autocommit=True)
+    try:
+        connect_ms = (time.monotonic() - started) * 1000
+        port = conn.info.port
+        lsn = admin.write_heartbeat(conn, state.epoch, "deploy")
+    finally:
+        conn.close()
+    reached = next((n for n, ep in ctx.endpoints().items() if ep.port == port), None)
+    if reached != state.primary:
+        raise PgOpsError(f"cluster {ctx.name}: the primary endpoint reached {reached}, not the designated "
+                         f"primary {state.primary}")
+    return {"member": reached, "connect_ms": connect_ms, "lsn": lsn}
+
+
+def deploy(ctx: ClusterContext) -> DeployResult:
+    started_at = time.monotonic()
+    ctx.platform.ensure_credentials()
+    started = start_members(ctx)
+    verify_primary_endpoint(ctx)
+    state = ctx.state()
+    members = ctx.probe()
+    problems = deployment_problems(ctx, members, state.primary)
+    if problems:
+        raise PgOpsError(f"cluster {ctx.name} deployed but unhealthy: {'; '.join(problems)}")
     seconds = time.monotonic() - started_at
     ctx.log.info("cluster %s deployed in %.2f s (started: %s)", ctx.name, seconds, ", ".join(started) or "none")
-    return DeployResult(cluster=ctx.name, primary=primary, epoch=state.epoch,
+    return DeployResult(cluster=ctx.name, primary=state.primary, epoch=state.epoch,
                         system_identifier=state.system_identifier, started=started, seconds=seconds,
                         members=members)
 

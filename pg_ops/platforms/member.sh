@@ -124,8 +124,7 @@ clone_from_primary() {
     while [ "$STOPPING" = 0 ]; do
         if [ "$(primary_name)" = "$MEMBER" ]; then
             # Designated primary with no data in a bootstrapped cluster: nothing to clone from.
-            log "FATAL: designated primary but the data dir is empty and the cluster is bootstrapped; refusing initdb (fail over to a replica)"
-            return 1
+            die "designated primary but the data dir is empty and the cluster is bootstrapped; refusing initdb (fail over to a replica)"
         fi
         if ! primary_reachable; then
             # Never wipe anything while the primary cannot be reached: keep what we have.

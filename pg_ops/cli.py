@@ -1,0 +1,162 @@
+"""`pg-ops`: the same jobs from a terminal, recorded in the same Dagster instance.
+
+Every command takes --cluster (default: the only/first cluster) and --json; a failure exits
+non-zero with one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.spec import ClusterSpec, load_specs, select_spec
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, ClusterSpec], object]] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+# -- running Dagster jobs ----------------------------------------------------------------------
+def failure_reason(result) -> str:
+    """The first line of the first step failure, without Dagster's wrapping."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            err = event.step_failure_data.error
+            while err.cause is not None and "DagsterExecutionStepExecutionError" in (err.cls_name or ""):
+                err = err.cause
+            return err.message.strip().splitlines()[0]
+    for event in result.all_events:
+        if event.is_failure and event.message:
+            return event.message.splitlines()[0]
+    return "the run failed"
+
+
+def run_job(job_name: str, cluster: str, run_config: dict | None = None, tags: dict | None = None):
+    """Execute a job of the code location in this process, on the persistent instance."""
+    from dagster import DagsterInstance
+
+    from pg_ops import settings
+
+    settings.ensure_dagster_home()
+    from pg_ops.definitions import defs
+
+    job = defs.resolve_job_def(job_name)
+    # Dagster's per-event console log goes to stderr only with --verbose.
+    level = "DEBUG" if logging.getLogger().level <= logging.INFO else "WARNING"
+    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": level}}}}
+    with DagsterInstance.get() as instance:
+        kwargs = {"partition_key": cluster} if job.partitions_def is not None else {}
+        result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags or {},
+                                        raise_on_error=False, **kwargs)
+    if not result.success:
+        raise PgOpsError(f"{job_name} on {cluster} failed (run {result.run_id[:8]}): {failure_reason(result)}")
+    return result
+
+
+def topology_tags(cluster: str) -> dict:
+    from pg_ops.defs.partitions import topology_run_tags
+
+    return topology_run_tags(cluster)
+
+
+# -- output ------------------------------------------------------------------------------------
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def status_text(status: dict) -> str:
+    head = (f"cluster {status['cluster']} ({status['platform']}, {status['replication']})  "
+            f"epoch {status['epoch']}  primary {status['designated_primary']}")
+    rows = table(status["members"], ["name", "role", "host", "port", "timeline", "lsn", "lag_bytes",
+                                     "lag_seconds", "sync_state", "error"])
+    tail = [f"primary DSN: {status['primary_dsn']}"]
+    if status.get("passfile"):
+        tail.append(f"passfile:    {status['passfile']}   (PGPASSFILE={status['passfile']} psql \"<DSN>\")")
+    return "\n".join([head, rows, *tail])
+
+
+# -- commands ----------------------------------------------------------------------------------
+@command("status")
+def cmd_status(args, spec):
+    from pg_ops.operations.status import cluster_status
+
+    status = cluster_status(ClusterContext.for_spec(spec))
+    emit(args, status, status_text(status))
+
+
+@command("deploy")
+def cmd_deploy(args, spec):
+    from pg_ops.operations.status import cluster_status
+
+    result = run_job("deploy_cluster", spec.name, tags=topology_tags(spec.name))
+    status = cluster_status(ClusterContext.for_spec(spec))
+    status["run_id"] = result.run_id
+    emit(args, status, f"deployed (run {result.run_id[:8]})\n" + status_text(status))
+
+
+@command("teardown")
+def cmd_teardown(args, spec):
+    from pg_ops.operations.deploy import teardown
+
+    teardown(ClusterContext.for_spec(spec))
+    emit(args, {"cluster": spec.name, "torn_down": True}, f"cluster {spec.name} torn down")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cluster", help="cluster name (default: the only/first cluster)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser = argparse.ArgumentParser(prog="pg-ops", description=__doc__.splitlines()[0], parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
+    sub.add_parser("deploy", parents=[common], help="deploy or repair the cluster (idempotent)")
+    sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
+    for extend in EXTENSIONS:
+        extend(sub, common)
+    return parser
+
+
+# Later capabilities add their sub-commands here: fn(subparsers, common_parent).
+EXTENSIONS: list[Callable] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        spec = select_spec(load_specs(), args.cluster)
+        COMMANDS[args.command](args, spec)
+    except PgOpsError as exc:
+        print(f"pg-ops {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"pg-ops {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

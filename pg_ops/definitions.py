@@ -1,0 +1,19 @@
+"""The pg_ops code location. Kept fast to import: every run launch imports it."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pg_ops.defs import deployment
+from pg_ops.defs.resources import PgOpsResource
+from pg_ops.spec import load_specs
+
+SPECS = load_specs()
+
+# Each area module declares its own definitions from the specs.
+AREAS = [deployment]
+
+defs = dg.Definitions.merge(
+    *(area.build(SPECS) for area in AREAS),
+    dg.Definitions(resources={"pg_ops": PgOpsResource()}),
+)

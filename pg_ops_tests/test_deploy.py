@@ -1,0 +1,193 @@
+"""Deploy on real PostgreSQL processes: the foundation's behaviour and its faults."""
+
+import json
+import subprocess
+
+import psycopg
+import pytest
+
+from pg_ops.cli import main as cli_main
+from pg_ops.credentials import PG_OPS_DATABASE
+from pg_ops.errors import LockHeld, MemberError, PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deploy, teardown
+from pg_ops.operations.status import cluster_status
+from pg_ops.postgres.session import with_connection
+from pg_ops.state import TopologyLock, update_state
+from pg_ops_tests.helpers import running_cluster, stop_cluster, wait_for
+
+
+def sql(ctx, member, query, dbname="postgres"):
+    ep = ctx.endpoints()[member]
+    def run(conn):
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else None
+    return with_connection(ep, "postgres", ctx.admin_password(), run, dbname=dbname, timeout=10)
+
+
+def test_status_one_primary_two_streaming_replicas(shared_cluster):
+    status = cluster_status(shared_cluster)
+    roles = {m["name"]: m["role"] for m in status["members"]}
+    assert sorted(roles.values()) == ["primary", "replica", "replica"]
+    assert status["writable_members"] == [status["designated_primary"]]
+    for m in status["members"]:
+        assert {"name", "role", "host", "port", "timeline", "lsn", "lag_bytes", "lag_seconds", "sync_state"} <= set(m)
+        if m["role"] == "replica":
+            assert m["streaming"] is True and m["lag_bytes"] is not None and m["sync_state"] == "async"
+    assert "password" not in status["primary_dsn"] and "target_session_attrs=read-write" in status["primary_dsn"]
+    passfile = shared_cluster.platform.passfile()
+    assert status["passfile"] == str(passfile) and (passfile.stat().st_mode & 0o777) == 0o600
+
+
+def test_write_on_primary_is_visible_on_both_replicas(shared_cluster):
+    ctx = shared_cluster
+    dsn = ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE)
+    with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True) as conn:
+        conn.execute("create table if not exists visible (v text)")
+        conn.execute("insert into visible values ('hello')")
+    for replica in [m for m in ctx.spec.member_names if m != ctx.state().primary]:
+        wait_for(lambda r=replica: sql(ctx, r, "select count(*) from visible where v = 'hello'",
+                                       PG_OPS_DATABASE)[0][0] == 1, f"row visible on {replica}")
+
+
+def test_password_is_required(shared_cluster):
+    ep = shared_cluster.endpoints()[shared_cluster.state().primary]
+    for password in ("", "wrong"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(host=ep.host, port=ep.port, user="postgres", dbname="postgres",
+                            password=password, connect_timeout=3, passfile="/dev/null")
+    # The application role exists with its generated password and owns its database.
+    creds = shared_cluster.credentials()
+    with psycopg.connect(host=ep.host, port=ep.port, user="app", dbname="app", password=creds.password("app")) as c:
+        assert c.execute("select current_user").fetchone()[0] == "app"
+
+
+def test_deploy_twice_is_a_no_op(shared_cluster):
+    before = shared_cluster.state()
+    result = deploy(shared_cluster)
+    assert result.started == []
+    after = shared_cluster.state()
+    assert (after.epoch, after.primary, after.system_identifier) == (before.epoch, before.primary, before.system_identifier)
+
+
+def test_member_passwords_files_are_private(shared_cluster):
+    platform = shared_cluster.platform
+    assert (platform.root / "credentials.json").stat().st_mode & 0o777 == 0o600
+    for name in shared_cluster.spec.member_names:
+        assert (platform.member_dir(name) / "pgpass").stat().st_mode & 0o777 == 0o600
+        assert platform.member_dir(name).stat().st_uid == platform.user.uid
+
+
+def test_killed_replica_restarts_and_streams_from_its_slot(cluster):
+    ctx = cluster
+    replica = ctx.spec.member_names[1]
+    ctx.platform.kill_member(replica)
+    assert not ctx.platform.member_running(replica)
+    result = deploy(ctx)
+    assert result.started == [replica]
+    slots = {r[0]: r[1] for r in sql(ctx, ctx.state().primary, "select slot_name, active from pg_replication_slots")}
+    assert slots[replica.replace("-", "_")] is True
+    assert cluster_status(ctx)["members"][1]["streaming"] is True
+
+
+def test_wiped_member_is_recloned_not_reinitialised(cluster):
+    ctx = cluster
+    primary = ctx.state().primary
+    sql(ctx, primary, "create table keep (v int); insert into keep values (42)", PG_OPS_DATABASE)
+    replica = ctx.spec.member_names[2]
+    ctx.platform.stop_member(replica)
+    ctx.platform.wipe_member(replica)
+    deploy(ctx)
+    assert sql(ctx, replica, "select system_identifier::text from pg_control_system()")[0][0] == ctx.state().system_identifier
+    assert sql(ctx, replica, "select v from keep", PG_OPS_DATABASE) == [(42,)]
+
+
+def test_empty_designated_primary_is_never_reinitialised(cluster):
+    ctx = cluster
+    primary = ctx.state().primary
+    stop_cluster(ctx)
+    ctx.platform.wipe_member(primary)
+    import pg_ops.operations.deploy as d
+    old = d.READY_TIMEOUT_S
+    d.READY_TIMEOUT_S = 8
+    try:
+        with pytest.raises(MemberError, match="refusing initdb"):
+            deploy(ctx)
+    finally:
+        d.READY_TIMEOUT_S = old
+    assert not (ctx.platform.data_dir(primary) / "PG_VERSION").exists()
+
+
+def test_lock_refuses_a_concurrent_change(cluster):
+    ctx = cluster
+    store = ctx.platform.state_store()
+    foreign = TopologyLock(holder="failover@elsewhere:1", operation="failover", expires_at=9e9)
+    update_state(store, lambda s: s.model_copy(update={"lock": foreign}))
+    with pytest.raises(LockHeld, match="failover held by failover@elsewhere:1"):
+        deploy(ctx)
+    update_state(store, lambda s: s.model_copy(update={"lock": None}))
+    deploy(ctx)
+
+
+def test_teardown_then_deploy_gives_a_clean_cluster(cluster):
+    ctx = cluster
+    primary = ctx.state().primary
+    sql(ctx, primary, "create table old_stuff (v int)", PG_OPS_DATABASE)
+    old_id = ctx.state().system_identifier
+    teardown(ctx)
+    assert not ctx.platform.root.exists()
+    deploy(ctx)
+    assert ctx.state().system_identifier != old_id
+    assert sql(ctx, ctx.state().primary, "select to_regclass('old_stuff')::text", PG_OPS_DATABASE) == [(None,)]
+
+
+def test_port_already_taken_is_a_clear_error(make_spec):
+    import socket
+    spec = make_spec("busy")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", spec.local.base_port))
+    sock.listen()
+    ctx = ClusterContext.for_spec(spec)
+    try:
+        with pytest.raises(MemberError, match=f"member busy-0: port {spec.local.base_port} on 127.0.0.1 is already in use"):
+            deploy(ctx)
+    finally:
+        sock.close()
+        stop_cluster(ctx)
+
+
+def test_data_dir_of_another_cluster_is_refused(make_spec):
+    with running_cluster(make_spec("one")) as one, running_cluster(make_spec("two")) as two:
+        victim = one.spec.member_names[1]
+        one.platform.stop_member(victim)
+        two.platform.stop_member(two.spec.member_names[1])
+        subprocess.run(["rm", "-rf", str(one.platform.data_dir(victim))], check=True)
+        subprocess.run(["cp", "-a", str(two.platform.data_dir(two.spec.member_names[1])),
+                        str(one.platform.data_dir(victim))], check=True)
+        with pytest.raises(MemberError, match=f"member {victim} exited .*belongs to another cluster"):
+            deploy(one)
+
+
+def test_missing_binaries_are_a_clear_error(make_spec, monkeypatch):
+    monkeypatch.setenv("PG_OPS_PG_BIN", "/nonexistent/bin")
+    ctx = ClusterContext.for_spec(make_spec("nobin"))
+    try:
+        with pytest.raises(PgOpsError, match="PostgreSQL binaries not found: /nonexistent/bin/postgres"):
+            deploy(ctx)
+    finally:
+        stop_cluster(ctx)
+
+
+def test_cli_deploy_and_status_json(make_spec, capsys):
+    spec = make_spec("cli")
+    try:
+        assert cli_main(["deploy", "--cluster", "cli"]) == 0
+        capsys.readouterr()
+        assert cli_main(["status", "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["cluster"] == "cli" and status["epoch"] == 1
+        assert sorted(m["role"] for m in status["members"]) == ["primary", "replica", "replica"]
+        assert cli_main(["status", "--cluster", "nope"]) == 1
+        assert "cluster 'nope' is not defined" in capsys.readouterr().err
+    finally:
+        stop_cluster(ClusterContext.for_spec(spec))
