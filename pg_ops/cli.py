@@ -123,6 +123,36 @@ def cmd_teardown(args, spec):
     emit(args, {"cluster": spec.name, "torn_down": True}, f"cluster {spec.name} torn down")
 
 
+def _change_text(meta: dict) -> str:
+    head = f"{meta.get('operation')}: {meta.get('old_primary')} -> {meta.get('new_primary')}  epoch {meta.get('epoch')}"
+    steps = [f"  {k.removeprefix('step: ')}: {v:.3f} s" for k, v in meta.items() if k.startswith("step: ")]
+    return "\n".join([head, *steps, f"  total: {meta.get('seconds')} s"] + ([f"  {meta['notes']}"] if meta.get("notes") else []))
+
+
+@command("failover")
+def cmd_failover(args, spec):
+    config = {"to": args.to, "force": args.force}
+    result = run_job("failover", spec.name, {"ops": {"run_failover": {"config": config}}}, topology_tags(spec.name))
+    meta = result.output_for_node("run_failover")
+    emit(args, meta, _change_text(meta))
+
+
+@command("switchover")
+def cmd_switchover(args, spec):
+    result = run_job("switchover", spec.name, {"ops": {"run_switchover": {"config": {"to": args.to}}}},
+                     topology_tags(spec.name))
+    meta = result.output_for_node("run_switchover")
+    emit(args, meta, _change_text(meta))
+
+
+@command("rebuild")
+def cmd_rebuild(args, spec):
+    config = {"member": args.member, "reclone": args.reclone}
+    result = run_job("rebuild_member", spec.name, {"ops": {"run_rebuild": {"config": config}}}, topology_tags(spec.name))
+    meta = result.output_for_node("run_rebuild")
+    emit(args, meta, f"rebuilt {meta['member']} by {meta['method']} in {meta['seconds']} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cluster", help="cluster name (default: the only/first cluster)")
@@ -133,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
     sub.add_parser("deploy", parents=[common], help="deploy or repair the cluster (idempotent)")
     sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
+    p = sub.add_parser("failover", parents=[common], help="promote a replica after the primary died")
+    p.add_argument("--to", help="member to promote (default: the replica with the highest received LSN)")
+    p.add_argument("--force", action="store_true", help="even if the primary answers, or the candidate lags")
+    p = sub.add_parser("switchover", parents=[common], help="planned, lossless change of primary")
+    p.add_argument("--to", required=True, help="replica to promote")
+    p = sub.add_parser("rebuild", parents=[common], help="rewind (or re-clone) a replica from the primary")
+    p.add_argument("member")
+    p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
     for extend in EXTENSIONS:
         extend(sub, common)
     return parser

@@ -11,6 +11,7 @@ import psycopg
 from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.replication_mode import apply_mode
 from pg_ops.postgres import admin
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
@@ -84,11 +85,13 @@ def configure_primary(ctx: ClusterContext, primary: str) -> None:
         created = admin.ensure_slots(conn, replicas)
         if created:
             ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
-        admin.set_synchronous_standbys(conn, admin.synchronous_standby_names(ctx.spec.postgres.replication, replicas))
 
-    with_connection(ep, SUPERUSER, creds.password(SUPERUSER), setup, timeout=30, name=primary)
+    # pg_ops's own configuration commits locally: in sync-strict mode with no standby yet,
+    # it must not wait for one (it is re-applied idempotently by every deploy).
+    local = {"options": "-c synchronous_commit=local"}
+    with_connection(ep, SUPERUSER, creds.password(SUPERUSER), setup, timeout=30, name=primary, **local)
     with_connection(ep, SUPERUSER, creds.password(SUPERUSER), admin.ensure_pg_ops_schema,
-                    dbname=PG_OPS_DATABASE, timeout=10, name=primary)
+                    dbname=PG_OPS_DATABASE, timeout=10, name=primary, **local)
 
 
 def start_members(ctx: ClusterContext) -> list[str]:
@@ -122,6 +125,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
                 started.append(name)
         for name in replicas:
             wait_until(ctx, name, lambda p: p.streaming, "streaming")
+        apply_mode(ctx, primary, ctx.probe())
         if store.read().fenced:
             update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
     return started
@@ -133,7 +137,7 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
     ctx.platform.route_primary(state.primary)
     started = time.monotonic()
     conn = psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                           autocommit=True)
+                           autocommit=True, options="-c synchronous_commit=local")
     try:
         connect_ms = (time.monotonic() - started) * 1000
         port = conn.info.port

@@ -1,0 +1,81 @@
+"""Topology-change jobs: failover, switchover, rebuild_member. In-process executor (one
+interpreter per step would cost seconds of downtime), one partition per cluster, never
+retried automatically. Each records the change as an observation on the replication asset."""
+
+from typing import Optional
+
+import dagster as dg
+
+from pg_ops.defs.partitions import TOPOLOGY_JOB_TAGS, cluster_partitions
+from pg_ops.defs.resources import PgOpsResource
+from pg_ops.operations import failover as ops
+from pg_ops.spec import ClusterSpec
+
+REPLICATION_ASSET = dg.AssetKey(["deployment", "replication"])
+
+
+class FailoverConfig(dg.Config):
+    to: Optional[str] = None  # noqa: UP045 - Dagster config needs Optional
+    force: bool = False
+    incident: Optional[str] = None  # noqa: UP045
+    detected_at: Optional[float] = None  # noqa: UP045 - unix time the sensor first saw the primary fail
+    last_primary_lsn: Optional[str] = None  # noqa: UP045 - the primary's last LSN the sensor observed
+
+
+class SwitchoverConfig(dg.Config):
+    to: str
+
+
+class RebuildConfig(dg.Config):
+    member: str
+    reclone: bool = False
+
+
+def _observe(context: dg.OpExecutionContext, metadata: dict) -> None:
+    context.log_event(dg.AssetObservation(asset_key=REPLICATION_ASSET, partition=context.partition_key,
+                                          metadata=metadata))
+
+
+def build(specs: list[ClusterSpec]) -> dg.Definitions:
+    partitions = cluster_partitions(specs)
+
+    @dg.op(description="Fail over to the best replica after the primary is confirmed down.")
+    def run_failover(context: dg.OpExecutionContext, config: FailoverConfig, pg_ops: PgOpsResource) -> dict:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        change = ops.failover(ctx, to=config.to, force=config.force, detected_at=config.detected_at,
+                              last_primary_lsn=config.last_primary_lsn)
+        metadata = {**change.metadata(), **({"incident": config.incident} if config.incident else {})}
+        _observe(context, metadata)
+        context.add_output_metadata(metadata)
+        return metadata
+
+    @dg.op(description="Planned, lossless change of primary.")
+    def run_switchover(context: dg.OpExecutionContext, config: SwitchoverConfig, pg_ops: PgOpsResource) -> dict:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        metadata = ops.switchover(ctx, to=config.to).metadata()
+        _observe(context, metadata)
+        context.add_output_metadata(metadata)
+        return metadata
+
+    @dg.op(description="Rewind (or re-clone) a replica from the current primary.")
+    def run_rebuild(context: dg.OpExecutionContext, config: RebuildConfig, pg_ops: PgOpsResource) -> dict:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        metadata = ops.rebuild(ctx, config.member, reclone=config.reclone)
+        context.add_output_metadata(metadata)
+        return metadata
+
+    common = {"partitions_def": partitions, "executor_def": dg.in_process_executor, "tags": TOPOLOGY_JOB_TAGS}
+
+    @dg.job(name="failover", **common, description="Automatic or manual failover (launched by cluster_health_sensor).")
+    def failover_job():
+        run_failover()
+
+    @dg.job(name="switchover", **common, description="Planned switchover to a named replica (zero loss).")
+    def switchover_job():
+        run_switchover()
+
+    @dg.job(name="rebuild_member", **common, description="Rebuild a replica: pg_rewind, else re-clone.")
+    def rebuild_job():
+        run_rebuild()
+
+    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job])

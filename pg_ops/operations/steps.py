@@ -1,0 +1,38 @@
+"""Timed, logged steps: every topology change logs each step with its duration and keeps
+them for the run's metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+
+class StepLog:
+    def __init__(self, log: logging.Logger, operation: str):
+        self.log = log
+        self.operation = operation
+        self.steps: list[tuple[str, float]] = []
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        except Exception as exc:
+            took = time.monotonic() - t0
+            self.steps.append((f"{name} (failed)", took))
+            self.log.error("%s: %s failed after %.3f s: %s", self.operation, name, took, exc)
+            raise
+        took = time.monotonic() - t0
+        self.steps.append((name, took))
+        self.log.info("%s: %s (%.3f s)", self.operation, name, took)
+
+    def as_metadata(self) -> dict[str, float]:
+        return {f"step: {name}": round(seconds, 4) for name, seconds in self.steps}
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started

@@ -1,0 +1,256 @@
+"""Failover, switchover, rebuild on real local clusters (the member script does the data-plane
+half: fencing itself, rewinding, rejoining)."""
+
+import os
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pg_ops.credentials import PG_OPS_DATABASE
+from pg_ops.errors import LockHeld, PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deploy
+from pg_ops.operations.failover import choose_candidate, failover, rebuild, switchover
+from pg_ops.operations.status import cluster_status
+from pg_ops.postgres.session import with_connection
+from pg_ops.postgres.topology import MemberProbe
+from pg_ops.state import DesiredState, TopologyLock, update_state
+from pg_ops_tests.helpers import running_cluster, wait_for
+
+
+def q(ctx, member, query, dbname=PG_OPS_DATABASE):
+    def run(conn):
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else None
+    return with_connection(ctx.endpoints()[member], "postgres", ctx.admin_password(), run, dbname=dbname, timeout=10)
+
+
+def primary_conn(ctx, **kw):
+    return psycopg.connect(ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), password=ctx.admin_password(),
+                           autocommit=True, **kw)
+
+
+def assert_one_primary_all_streaming(ctx):
+    status = cluster_status(ctx)
+    assert status["writable_members"] == [ctx.state().primary], status["writable_members"]
+    for m in status["members"]:
+        if m["name"] != ctx.state().primary:
+            assert m["streaming"], f"{m['name']} not streaming: {m}"
+            assert m["timeline"] == next(x["timeline"] for x in status["members"] if x["role"] == "primary")
+
+
+class Writer:
+    """Commits numbered rows through the primary endpoint; remembers every acknowledged one."""
+
+    def __init__(self, ctx):
+        self.ctx, self.acked, self.stop = ctx, [], threading.Event()
+        with primary_conn(ctx) as c:
+            c.execute("create table if not exists writes (n int primary key)")
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        n, conn = 0, None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = primary_conn(self.ctx, connect_timeout=2)
+                n += 1
+                conn.execute("insert into writes values (%s)", (n,))
+                self.acked.append(n)
+            except psycopg.Error:
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_failover_after_primary_lost_and_old_primary_rejoins(cluster):
+    ctx = cluster
+    old = ctx.state().primary
+    with Writer(ctx) as writer:
+        wait_for(lambda: len(writer.acked) > 20, "writes before the failure")
+        ctx.platform.kill_member(old)  # supervisor and postgres SIGKILLed, as when a node dies
+        change = failover(ctx, detected_at=time.time())
+        wait_for(lambda: len(writer.acked) and writer.acked[-1] > 0 and _writes_after(writer, 5), "writes resume")
+    assert change.new_primary != old and change.epoch == 2 and change.timeline == 2
+    state = ctx.state()
+    assert state.primary == change.new_primary and old in state.fenced
+    assert any(k.startswith("step: promote") for k in change.metadata())
+    # The old primary comes back through the member script as a replica on the new timeline.
+    deploy(ctx)
+    assert_one_primary_all_streaming(ctx)
+    assert ctx.state().fenced == ()
+    assert q(ctx, old, "select pg_is_in_recovery()") == [(True,)]
+
+
+def _writes_after(writer, k):
+    before = len(writer.acked)
+    time.sleep(0.3)
+    return len(writer.acked) >= before + k
+
+
+def test_failover_refused_while_primary_is_healthy(cluster):
+    with pytest.raises(PgOpsError, match="refusing failover"):
+        failover(cluster)
+    assert cluster.state().epoch == 1
+
+
+def test_forced_failover_fences_a_healthy_primary(cluster):
+    ctx = cluster
+    old = ctx.state().primary
+    target = ctx.spec.member_names[2]
+    change = failover(ctx, to=target, force=True)
+    assert change.new_primary == target
+    assert not ctx.platform.member_running(old)
+    deploy(ctx)
+    assert_one_primary_all_streaming(ctx)
+
+
+def test_interrupted_failover_with_dead_candidate_is_run_again(cluster):
+    ctx = cluster
+    old, first, second = ctx.spec.member_names
+    ctx.platform.kill_member(old)
+    # A failover run died right after writing the desired state, and its candidate died too.
+    update_state(ctx.platform.state_store(), lambda s: s.model_copy(
+        update={"epoch": s.epoch + 1, "primary": first, "fenced": (old,)}))
+    ctx.platform.kill_member(first)
+    change = failover(ctx)
+    assert change.new_primary == second and change.old_primary == first and change.epoch == 3
+    with primary_conn(ctx) as c:
+        assert c.execute("select pg_is_in_recovery()").fetchone()[0] is False
+        assert c.info.port == ctx.endpoints()[second].port
+
+
+def test_second_failover_is_refused_by_the_lock(cluster):
+    store = cluster.platform.state_store()
+    lock = TopologyLock(holder="failover@other:7", operation="failover", expires_at=time.time() + 60)
+    update_state(store, lambda s: s.model_copy(update={"lock": lock}))
+    cluster.platform.kill_member(cluster.state().primary)
+    with pytest.raises(LockHeld, match="failover held by failover@other:7"):
+        failover(cluster)
+
+
+def test_switchover_loses_no_row_and_old_primary_follows(cluster):
+    ctx = cluster
+    old = ctx.state().primary
+    target = ctx.spec.member_names[1]
+    with Writer(ctx) as writer:
+        wait_for(lambda: len(writer.acked) > 50, "writes before the switchover")
+        change = switchover(ctx, to=target)
+        wait_for(lambda: _writes_after(writer, 5), "writes resume after the switchover")
+    acked = set(writer.acked)
+    present = {r[0] for r in q(ctx, target, "select n from writes")}
+    assert acked <= present, f"lost {len(acked - present)} acknowledged rows"
+    assert change.new_primary == target and ctx.state().primary == target
+    assert_one_primary_all_streaming(ctx)
+    assert q(ctx, old, "select pg_is_in_recovery()") == [(True,)]
+
+
+def test_switchover_refuses_a_member_that_is_down(cluster):
+    ctx = cluster
+    target = ctx.spec.member_names[2]
+    ctx.platform.kill_member(target)
+    with pytest.raises(PgOpsError, match=f"cannot switch over to {target}: it is not streaming"):
+        switchover(ctx, to=target)
+    assert ctx.state().epoch == 1
+
+
+def test_comeback_ex_primary_never_stays_writable(cluster):
+    """A replica that becomes writable without being designated (a promotion behind pg_ops's
+    back, a stale comeback) is stopped by its member script and rejoins as a replica."""
+    ctx = cluster
+    rogue = ctx.spec.member_names[2]
+    q(ctx, rogue, "select pg_promote(true)", dbname="postgres")
+    wait_for(lambda: q(ctx, rogue, "select pg_is_in_recovery()", "postgres") == [(True,)], "rogue back in recovery",
+             timeout=60)
+    wait_for(lambda: cluster_status(ctx)["writable_members"] == [ctx.state().primary] and
+             all(m["streaming"] for m in cluster_status(ctx)["members"] if m["role"] == "replica"),
+             "rogue streaming again", timeout=60)
+
+
+def test_postgres_crash_with_supervisor_alive_recovers_in_place(cluster):
+    ctx = cluster
+    primary = ctx.state().primary
+    pid = int((ctx.platform.data_dir(primary) / "postmaster.pid").read_text().splitlines()[0])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: q(ctx, primary, "select not pg_is_in_recovery()", "postgres") == [(True,)],
+             "primary restarted in place", timeout=60)
+    assert ctx.state().primary == primary and ctx.state().epoch == 1
+    wait_for(lambda: cluster_status(ctx)["writable_members"] == [primary], "one writable member")
+
+
+def test_rebuild_by_rewind_and_by_reclone(cluster):
+    ctx = cluster
+    replica = ctx.spec.member_names[1]
+    q(ctx, ctx.state().primary, "create table before_rebuild (v int); insert into before_rebuild values (7)")
+    result = rebuild(ctx, replica)
+    assert result["method"] == "rewind"
+    result = rebuild(ctx, replica, reclone=True)
+    assert result["method"] == "re-clone"
+    assert q(ctx, replica, "select v from before_rebuild") == [(7,)]
+    assert_one_primary_all_streaming(ctx)
+    with pytest.raises(PgOpsError, match="is the primary; switch over first"):
+        rebuild(ctx, ctx.state().primary)
+
+
+def test_sync_mode_loses_no_acknowledged_commit(make_spec):
+    with running_cluster(make_spec("sy", postgres={"members": 3, "replication": "sync"})) as ctx:
+        old = ctx.state().primary
+        assert q(ctx, old, "show synchronous_standby_names", "postgres")[0][0].startswith("ANY 1")
+        with Writer(ctx) as writer:
+            wait_for(lambda: len(writer.acked) > 50, "sync writes")
+            ctx.platform.kill_member(old)
+            change = failover(ctx)
+            wait_for(lambda: _writes_after(writer, 5), "writes resume")
+        present = {r[0] for r in q(ctx, change.new_primary, "select n from writes")}
+        assert set(writer.acked) <= present, f"lost {len(set(writer.acked) - present)} acknowledged rows"
+
+
+def test_no_replica_at_all_is_a_clear_refusal(make_spec):
+    with running_cluster(make_spec("solo", postgres={"members": 1})) as ctx:
+        ctx.platform.kill_member(ctx.state().primary)
+        with pytest.raises(PgOpsError, match="has no replica: there is nothing to fail over to"):
+            failover(ctx, force=True)
+
+
+def probe(name, reachable=True, recovery=True, lsn="0/3000000"):
+    return MemberProbe(name=name, host="127.0.0.1", port=1, reachable=reachable, in_recovery=recovery,
+                       receive_lsn=lsn if reachable else None, error=None if reachable else "refused")
+
+
+def test_choose_candidate_rules(make_spec):
+    ctx = ClusterContext.for_spec(make_spec("c", failover={"max_lag_bytes": 1000}))
+    state = DesiredState(cluster="c", primary="c-0", members={})
+    probes = {"c-0": probe("c-0", reachable=False), "c-1": probe("c-1", lsn="0/3000000"),
+              "c-2": probe("c-2", lsn="0/3000100")}
+    assert choose_candidate(ctx, state, probes) == ("c-2", 0)
+    with pytest.raises(PgOpsError, match="candidate c-1 is 4096 bytes behind"):
+        choose_candidate(ctx, state, probes, to="c-1", last_primary_lsn="0/3001000")
+    assert choose_candidate(ctx, state, probes, to="c-1", force=True, last_primary_lsn="0/3001000")[0] == "c-1"
+    probes["c-1"] = probe("c-1", reachable=False)
+    with pytest.raises(PgOpsError, match="cannot promote c-1: refused"):
+        choose_candidate(ctx, state, probes, to="c-1")
+    with pytest.raises(PgOpsError, match="already the designated primary"):
+        choose_candidate(ctx, state, probes, to="c-0")
+    fenced = state.model_copy(update={"fenced": ("c-2",)})
+    with pytest.raises(PgOpsError, match="no replica is reachable"):
+        choose_candidate(ctx, fenced, probes)
+
+
+def test_choose_candidate_in_sync_mode_needs_every_replica(make_spec):
+    ctx = ClusterContext.for_spec(make_spec("s", postgres={"replication": "sync"}))
+    state = DesiredState(cluster="s", primary="s-0", members={})
+    probes = {"s-0": probe("s-0", reachable=False), "s-1": probe("s-1", reachable=False), "s-2": probe("s-2")}
+    with pytest.raises(PgOpsError, match="sync mode: s-1 unreachable"):
+        choose_candidate(ctx, state, probes)
+    assert choose_candidate(ctx, state, probes, force=True)[0] == "s-2"
