@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -153,6 +154,14 @@ def cmd_rebuild(args, spec):
     emit(args, meta, f"rebuilt {meta['member']} by {meta['method']} in {meta['seconds']} s")
 
 
+@command("rolling-restart")
+def cmd_rolling_restart(args, spec):
+    result = run_job("rolling_restart", spec.name, tags=topology_tags(spec.name))
+    meta = result.output_for_node("run_rolling_restart")
+    emit(args, meta, f"restarted {meta['restarted']}; primary now {meta['primary']} (epoch {meta['epoch']}) "
+                     f"in {meta['seconds']} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cluster", help="cluster name (default: the only/first cluster)")
@@ -171,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rebuild", parents=[common], help="rewind (or re-clone) a replica from the primary")
     p.add_argument("member")
     p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
+    sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
     for extend in EXTENSIONS:
         extend(sub, common)
     return parser
@@ -180,11 +190,34 @@ def build_parser() -> argparse.ArgumentParser:
 EXTENSIONS: list[Callable] = []
 
 
+# -- render (offline: writes the Git-owned manifests, never talks to a cluster) ---------------------
+@command("render")
+def cmd_render(args, spec):
+    from pathlib import Path
+
+    from pg_ops.render import default_output_dir, manifests, write_manifests
+
+    out = Path(args.out) if args.out else default_output_dir(spec)
+    written = write_manifests(spec, manifests(spec), out)
+    emit(args, {"cluster": spec.name, "out": str(out), "files": [p.name for p in written]},
+         f"rendered {len(written)} files for {spec.name} into {out}")
+
+
+def _render_parser(sub, common) -> None:
+    p = sub.add_parser("render", parents=[common], help="write a kubernetes cluster's Git-owned manifests")
+    p.add_argument("--out", help="output folder (default: deploy/kubernetes/<cluster>/)")
+
+
+EXTENSIONS.append(_render_parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
+        if args.command == "render" and "PG_OPS_CLUSTERS" not in os.environ:
+            os.environ["PG_OPS_CLUSTERS"] = "deploy/clusters"  # offline: every spec, not just local
         spec = select_spec(load_specs(), args.cluster)
         COMMANDS[args.command](args, spec)
     except PgOpsError as exc:

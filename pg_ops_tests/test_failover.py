@@ -254,3 +254,38 @@ def test_choose_candidate_in_sync_mode_needs_every_replica(make_spec):
     with pytest.raises(PgOpsError, match="sync mode: s-1 unreachable"):
         choose_candidate(ctx, state, probes)
     assert choose_candidate(ctx, state, probes, force=True)[0] == "s-2"
+
+
+def test_rolling_restart_through_the_cli_job(cluster, capsys):
+    import json
+
+    from pg_ops.cli import main as cli_main
+
+    ctx = cluster
+    old = ctx.state().primary
+    pids = {n: ctx.platform._supervisor_pid(n) for n in ctx.spec.member_names}
+    assert cli_main(["rolling-restart", "--cluster", ctx.name, "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["primary"] != old and ctx.state().primary == meta["primary"] and meta["epoch"] == 2
+    assert all(ctx.platform._supervisor_pid(n) != pids[n] for n in ctx.spec.member_names)  # every member restarted
+    assert_one_primary_all_streaming(ctx)
+
+
+def test_failover_job_via_cli_records_run_and_metadata(cluster, capsys):
+    import json
+
+    from dagster import DagsterInstance
+
+    from pg_ops.cli import main as cli_main
+
+    ctx = cluster
+    old = ctx.state().primary
+    ctx.platform.kill_member(old)
+    assert cli_main(["failover", "--cluster", ctx.name, "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["old_primary"] == old and meta["new_primary"] == ctx.state().primary and meta["epoch"] == 2
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert runs[0].job_name == "failover" and runs[0].tags["pg_ops/topology"] == ctx.name
+    assert cli_main(["failover", "--cluster", ctx.name]) == 1  # the new primary is healthy
+    assert "refusing failover" in capsys.readouterr().err

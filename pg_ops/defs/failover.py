@@ -1,4 +1,4 @@
-"""Topology-change jobs: failover, switchover, rebuild_member. In-process executor (one
+"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart. In-process executor (one
 interpreter per step would cost seconds of downtime), one partition per cluster, never
 retried automatically. Each records the change as an observation on the replication asset."""
 
@@ -64,6 +64,14 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata)
         return metadata
 
+    @dg.op(description="Restart replicas one at a time, then switch over, so no restart is a failover.")
+    def run_rolling_restart(context: dg.OpExecutionContext, pg_ops: PgOpsResource) -> dict:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        metadata = ops.rolling_restart(ctx)
+        _observe(context, {"operation": "rolling_restart", **metadata})
+        context.add_output_metadata(metadata)
+        return metadata
+
     common = {"partitions_def": partitions, "executor_def": dg.in_process_executor, "tags": TOPOLOGY_JOB_TAGS}
 
     @dg.job(name="failover", **common, description="Automatic or manual failover (launched by cluster_health_sensor).")
@@ -78,4 +86,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     def rebuild_job():
         run_rebuild()
 
-    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job])
+    @dg.job(name="rolling_restart", **common, description="Restart every member without an unplanned failover.")
+    def rolling_restart_job():
+        run_rolling_restart()
+
+    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job, rolling_restart_job])

@@ -225,47 +225,51 @@ def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> None:
 
 # -- switchover ---------------------------------------------------------------------------------
 def switchover(ctx: ClusterContext, *, to: str) -> TopologyChange:
-    steps = StepLog(ctx.log, "switchover")
+    with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S):
+        return switchover_locked(ctx, to=to, steps=StepLog(ctx.log, "switchover"))
+
+
+def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog) -> TopologyChange:
+    """The switchover itself; the caller holds the topology lock."""
     store = ctx.platform.state_store()
-    with topology_lock(store, "switchover", ttl_seconds=LOCK_TTL_S):
-        state = ctx.state()
-        old = state.primary
-        with steps.step("check the cluster"):
-            probes = ctx.probe()
-            if not probes[old].writable:
-                raise PgOpsError(f"cluster {ctx.name}: the primary {old} is not healthy ({probes[old].error or 'not writable'}); "
-                                 f"a switchover needs it: use `pg-ops failover`")
-            if to not in ctx.spec.member_names:
-                raise PgOpsError(f"cluster {ctx.name}: member {to!r} does not exist")
-            if to == old:
-                raise PgOpsError(f"cluster {ctx.name}: {to} is already the primary")
-            if not probes[to].streaming:
-                raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
-                                 f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
-        with steps.step("checkpoint the old primary"):
-            final_lsn = _sql(ctx, old, lambda c: (c.execute("checkpoint"),
-                                                  c.execute("select pg_current_wal_lsn()::text").fetchone()[0])[1], timeout=60)
-        with steps.step("write the desired state"):
-            new_state = update_state(store, lambda s: s.model_copy(update={"epoch": s.epoch + 1, "primary": to}))
-        with steps.step("clean shutdown of the old primary"):
-            ctx.platform.stop_member(old)
-        with steps.step("wait for the final LSN on the candidate"):
-            received = wait_final_lsn(ctx, to, final_lsn)
-        with steps.step("promote"):
-            timeline = promote(ctx, to)
-        with steps.step("replication slots on the new primary"):
-            configure_new_primary(ctx, to)
-        with steps.step("repoint the other replicas"):
-            repoint_replicas(ctx, to, skip={old})
-        with steps.step("route the primary endpoint"):
-            ctx.platform.route_primary(to)
-        with steps.step("old primary rejoins as a replica"):
-            ctx.platform.start_member(old)
-            wait_until(ctx, old, lambda p: p.streaming, "streaming from the new primary", timeout=REJOIN_TIMEOUT_S)
-        with steps.step("replication mode"):
-            apply_mode(ctx, to, ctx.probe())
-        with steps.step("verify a write through the primary endpoint"):
-            verify_write(ctx, to, new_state.epoch, "switchover")
+    state = ctx.state()
+    old = state.primary
+    with steps.step("check the cluster"):
+        probes = ctx.probe()
+        if not probes[old].writable:
+            raise PgOpsError(f"cluster {ctx.name}: the primary {old} is not healthy ({probes[old].error or 'not writable'}); "
+                             f"a switchover needs it: use `pg-ops failover`")
+        if to not in ctx.spec.member_names:
+            raise PgOpsError(f"cluster {ctx.name}: member {to!r} does not exist")
+        if to == old:
+            raise PgOpsError(f"cluster {ctx.name}: {to} is already the primary")
+        if not probes[to].streaming:
+            raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
+                             f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
+    with steps.step("checkpoint the old primary"):
+        final_lsn = _sql(ctx, old, lambda c: (c.execute("checkpoint"),
+                                              c.execute("select pg_current_wal_lsn()::text").fetchone()[0])[1], timeout=60)
+    with steps.step("write the desired state"):
+        new_state = update_state(store, lambda s: s.model_copy(update={"epoch": s.epoch + 1, "primary": to}))
+    with steps.step("clean shutdown of the old primary"):
+        ctx.platform.stop_member(old)
+    with steps.step("wait for the final LSN on the candidate"):
+        received = wait_final_lsn(ctx, to, final_lsn)
+    with steps.step("promote"):
+        timeline = promote(ctx, to)
+    with steps.step("replication slots on the new primary"):
+        configure_new_primary(ctx, to)
+    with steps.step("repoint the other replicas"):
+        repoint_replicas(ctx, to, skip={old})
+    with steps.step("route the primary endpoint"):
+        ctx.platform.route_primary(to)
+    with steps.step("old primary rejoins as a replica"):
+        ctx.platform.start_member(old)
+        wait_until(ctx, old, lambda p: p.streaming, "streaming from the new primary", timeout=REJOIN_TIMEOUT_S)
+    with steps.step("replication mode"):
+        apply_mode(ctx, to, ctx.probe())
+    with steps.step("verify a write through the primary endpoint"):
+        verify_write(ctx, to, new_state.epoch, "switchover")
     change = TopologyChange(operation="switchover", cluster=ctx.name, old_primary=old, new_primary=to,
                             epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
                             seconds=steps.elapsed, steps=steps.as_metadata())
@@ -330,3 +334,34 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
         with steps.step("replication mode"):
             apply_mode(ctx, state.primary, ctx.probe())
     return {"member": member, "method": method, "seconds": round(steps.elapsed, 3), **steps.as_metadata()}
+
+
+# -- rolling restart ----------------------------------------------------------------------------
+def rolling_restart(ctx: ClusterContext) -> dict:
+    """Restart every member without an unplanned failover: replicas one at a time (each back
+    and streaming before the next), then a switchover to a restarted replica, which restarts
+    the old primary cleanly as a replica."""
+    steps = StepLog(ctx.log, "rolling restart")
+    with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S * 3):
+        state = ctx.state()
+        old = state.primary
+        ctx.platform.prepare(state)  # configuration changes take effect through the restarts
+        replicas = [m for m in ctx.spec.member_names if m != old]
+        not_streaming = [m for m, p in ctx.probe(replicas).items() if not p.streaming]
+        if not_streaming:
+            raise PgOpsError(f"cluster {ctx.name}: {', '.join(not_streaming)} not streaming; repair it first "
+                             f"(`pg-ops deploy` or `pg-ops rebuild`) so the restart never leaves no standby")
+        for name in replicas:
+            with steps.step(f"restart {name}"):
+                ctx.platform.stop_member(name)
+                ctx.platform.start_member(name)
+                wait_until(ctx, name, lambda p: p.streaming, "streaming after its restart", timeout=REJOIN_TIMEOUT_S)
+        change = switchover_locked(ctx, to=replicas[0], steps=steps) if replicas else None
+        if change is None:
+            with steps.step(f"restart {old} (single member: downtime)"):
+                ctx.platform.stop_member(old)
+                ctx.platform.start_member(old)
+                wait_until(ctx, old, lambda p: p.writable, "writable after its restart")
+    return {"restarted": ", ".join(replicas + [old]), "primary": change.new_primary if change else old,
+            "epoch": change.epoch if change else state.epoch, "seconds": round(steps.elapsed, 3),
+            **steps.as_metadata()}
