@@ -35,10 +35,23 @@ deploy status teardown: setup $(DAGSTER_HOME)/dagster.yaml
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks $(PYTEST_ARGS)
 
+# Benchmarks print JSON lines (figure + same-run baseline) and append to bench-results/.
+# BENCH=failover runs one of them.
 bench: setup
-	$(PY) -m pytest -q -p no:cacheprovider -s pg_ops_tests/benchmarks $(PYTEST_ARGS)
+	$(PY) -m pg_ops_tests.benchmarks $(BENCH)
+
+# Manifest validators (not in requirements.lock: they pin their own, conflicting deps), in their
+# own venv inside .venv/ (git- and ruff-ignored); pg_ops_tests/test_render.py and test_gitops.py use them.
+TOOLS := $(VENV)/tools
+TOOLS_PINS := kubernetes-validate==1.37.0 checkov==3.3.30 python-hcl2==8.1.4
+$(TOOLS)/.installed:
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check $(TOOLS_PINS)
+	touch $@
+
+tools: $(TOOLS)/.installed
 
 lint: setup
 	$(VENV)/bin/ruff check .
