@@ -191,3 +191,36 @@ def test_cli_deploy_and_status_json(make_spec, capsys):
         assert "cluster 'nope' is not defined" in capsys.readouterr().err
     finally:
         stop_cluster(ClusterContext.for_spec(spec))
+
+
+def test_home_unreachable_by_the_server_user_is_refused(make_spec, monkeypatch):
+    import tempfile
+    from pathlib import Path
+
+    private = Path(tempfile.mkdtemp(prefix="pg-ops-private-"))  # 0700, owned by us
+    try:
+        monkeypatch.setenv("PG_OPS_HOME", str(private / "home"))
+        ctx = ClusterContext.for_spec(make_spec("priv"))
+        if not ctx.platform.user.switch:
+            pytest.skip("only meaningful when pg_ops runs as root and PostgreSQL as another user")
+        with pytest.raises(PgOpsError, match=f"not reachable by the server user .*{private} does not let it through"):
+            deploy(ctx)
+        assert oct(private.stat().st_mode & 0o777) == "0o700"  # we never widen it
+    finally:
+        subprocess.run(["rm", "-rf", str(private)], check=False)
+
+
+def test_data_dir_owned_by_someone_else_is_refused(make_spec):
+    import os
+
+    ctx = ClusterContext.for_spec(make_spec("owned"))
+    if not ctx.platform.user.switch:
+        pytest.skip("needs root to hand the data dir to another user")
+    data = ctx.platform.data_dir("owned-1")
+    data.mkdir(parents=True)
+    os.chown(data, 65534, 65534)  # nobody
+    try:
+        with pytest.raises(MemberError, match="member owned-1: data dir .* is owned by uid 65534, not by the server user"):
+            deploy(ctx)
+    finally:
+        stop_cluster(ctx)
