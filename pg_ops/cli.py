@@ -42,8 +42,11 @@ def failure_reason(result) -> str:
     return "the run failed"
 
 
-def run_job(job_name: str, cluster: str, run_config: dict | None = None, tags: dict | None = None):
-    """Execute a job of the code location in this process, on the persistent instance."""
+def run_job(job_name: str, cluster: str, run_config: dict | None = None, tags: dict | None = None,
+            execute_kwargs: dict | None = None):
+    """Execute a job of the code location in this process, on the persistent instance.
+    `execute_kwargs` overrides execute_in_process arguments (a daily job's partition_key and
+    asset_selection: see pg_ops/defs/backups.py)."""
     from dagster import DagsterInstance
 
     from pg_ops import settings
@@ -57,6 +60,7 @@ def run_job(job_name: str, cluster: str, run_config: dict | None = None, tags: d
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": level}}}}
     with DagsterInstance.get() as instance:
         kwargs = {"partition_key": cluster} if job.partitions_def is not None else {}
+        kwargs.update(execute_kwargs or {})
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags or {},
                                         raise_on_error=False, **kwargs)
     if not result.success:
@@ -94,6 +98,12 @@ def status_text(status: dict) -> str:
     tail = [f"primary DSN: {status['primary_dsn']}"]
     if status.get("passfile"):
         tail.append(f"passfile:    {status['passfile']}   (PGPASSFILE={status['passfile']} psql \"<DSN>\")")
+    # Health (operations/health.py): storage, connections and the alert conditions active now.
+    for m in status["members"]:
+        if m.get("storage_ratio") is not None:
+            tail.append(f"{m['name']}: data disk {m['storage_ratio']:.0%} used, "
+                        f"{m.get('connections')}/{m.get('max_connections')} connections")
+    tail += [f"ALERT {a['severity']} {a['kind']}: {a['summary']}" for a in status.get("alerts", [])] or ["alerts: none"]
     return "\n".join([head, rows, *tail])
 
 
@@ -209,6 +219,86 @@ def _render_parser(sub, common) -> None:
 
 
 EXTENSIONS.append(_render_parser)
+
+
+# -- backups (pg_ops/defs/backups.py, operations/backup.py, operations/retention.py) -----------------
+@command("backup")
+def cmd_backup(args, spec):
+    from pg_ops.defs.backups import backup_run_kwargs
+    from pg_ops.operations.retention import backups_report
+
+    result = run_job("backup_cluster", spec.name, tags={"pg_ops/cluster": spec.name},
+                     execute_kwargs=backup_run_kwargs(spec.name))
+    newest = next((r for r in backups_report(ClusterContext.for_spec(spec)) if r["status"] != "incomplete"), {})
+    emit(args, {**newest, "run_id": result.run_id},
+         f"backup {newest.get('id')} of {spec.name}: {newest.get('size_mb')} MB in {newest.get('duration')} s "
+         f"from {newest.get('source')} (run {result.run_id[:8]})")
+
+
+@command("backups")
+def cmd_backups(args, spec):
+    from pg_ops.operations.retention import backups_report
+
+    rows = backups_report(ClusterContext.for_spec(spec))
+    emit(args, rows, table(rows, ["id", "started", "size_mb", "duration", "status", "expires", "retention"])
+         if rows else f"no backups of {spec.name} yet")
+
+
+def _backup_parsers(sub, common) -> None:
+    sub.add_parser("backup", parents=[common], help="back up the cluster now (backup_cluster job), then prune")
+    sub.add_parser("backups", parents=[common], help="list backups: id, started, size, duration, status, expires")
+
+
+EXTENSIONS.append(_backup_parsers)
+
+
+# -- restore drills (pg_ops/defs/drills.py, operations/drill.py) -----------------------------------
+@command("restore-drill")
+def cmd_restore_drill(args, spec):
+    from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
+    from pg_ops.operations.drill import drill_report_text, read_drill
+
+    result = run_job("restore_drill", spec.name, drill_run_config(spec.name, args.backup),
+                     {"pg_ops/cluster": spec.name}, execute_kwargs=drill_run_kwargs(spec.name))
+    (materialization,) = [m for m in result.get_asset_materialization_events()
+                          if m.asset_key == drill_key(spec.name)]
+    backup_id = materialization.materialization.metadata["backup_id"].value
+    report = {**read_drill(ClusterContext.for_spec(spec), backup_id), "run_id": result.run_id}
+    emit(args, report, drill_report_text(report))
+
+
+def _drill_parsers(sub, common) -> None:
+    p = sub.add_parser("restore-drill", parents=[common], help="restore a backup into a throw-away target and verify it")
+    p.add_argument("--backup", help="backup id (default: the newest complete backup)")
+
+
+EXTENSIONS.append(_drill_parsers)
+
+
+@command("restore")
+def cmd_restore(args, spec):
+    from pg_ops.defs.drills import restore_run_config
+
+    config = restore_run_config(spec.name, args.backup, args.target, args.confirm, args.database, args.overwrite,
+                                args.keep_owners)
+    result = run_job("restore_backup", spec.name, config, {"pg_ops/cluster": spec.name})
+    out = result.output_for_node("run_restore")
+    emit(args, out, f"restored {out['source_database']} of backup {out['backup_id']} into {out['target']} "
+                    f"in {out['seconds']} s")
+
+
+def _restore_parser(sub, common) -> None:
+    p = sub.add_parser("restore", parents=[common], help="restore a backup into a named target database")
+    p.add_argument("--backup", required=True, help="backup id (pg-ops backups)")
+    p.add_argument("--target", required=True, help="libpq DSN of the target database, WITHOUT a password "
+                                                   "(PGPASSFILE / PGPASSWORD supply it)")
+    p.add_argument("--confirm", help="the cluster's name, to confirm")
+    p.add_argument("--database", help="which database of the backup (default: its only one)")
+    p.add_argument("--overwrite", action="store_true", help="drop and recreate a non-empty target database")
+    p.add_argument("--keep-owners", action="store_true", help="keep object owners (the roles must exist)")
+
+
+EXTENSIONS.append(_restore_parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pg_ops.defs import deployment, failover
+from pg_ops.defs import backups, deployment, drills, failover, health
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import load_specs
 
 SPECS = load_specs()
 
 # Each area module declares its own definitions from the specs.
-AREAS = [deployment, failover]
+AREAS = [deployment, failover, health, backups, drills]
 
 defs = dg.Definitions.merge(
     *(area.build(SPECS) for area in AREAS),

@@ -31,7 +31,8 @@ def port_free(port: int) -> bool:
 def free_port_range(count: int) -> int:
     """A base port with `count` consecutive free ports on 127.0.0.1."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        # Below the ephemeral range (32768+), so outgoing client sockets cannot take them meanwhile.
+        base = random.randrange(15000, 32000 - count)
         if all(port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError("no free port range found")

@@ -135,20 +135,25 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
     """Route the primary endpoint and prove it with a write through it."""
     state = ctx.state()
     ctx.platform.route_primary(state.primary)
-    started = time.monotonic()
-    conn = psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                           autocommit=True, options="-c synchronous_commit=local")
-    try:
-        connect_ms = (time.monotonic() - started) * 1000
-        port = conn.info.port
-        lsn = admin.write_heartbeat(conn, state.epoch, "deploy")
-    finally:
-        conn.close()
-    reached = next((n for n, ep in ctx.endpoints().items() if ep.port == port), None)
-    if reached != state.primary:
-        raise PgOpsError(f"cluster {ctx.name}: the primary endpoint reached {reached}, not the designated "
+    result = write_through_primary_endpoint(ctx, state.epoch, "deploy")
+    if result["member"] != state.primary:
+        raise PgOpsError(f"cluster {ctx.name}: the primary endpoint reached {result['member']}, not the designated "
                          f"primary {state.primary}")
-    return {"member": reached, "connect_ms": connect_ms, "lsn": lsn}
+    return result
+
+
+def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str) -> dict:
+    """A heartbeat write through the endpoint clients use. The member it reached is named by
+    its cluster_name (the member script sets it on both platforms; ports and hosts differ
+    behind Services and proxies)."""
+    started = time.monotonic()
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
+                         autocommit=True, connect_timeout=3,
+                         options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
+        connect_ms = (time.monotonic() - started) * 1000
+        member = conn.execute("select current_setting('cluster_name')").fetchone()[0]
+        lsn = admin.write_heartbeat(conn, epoch, writer)
+    return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
 
 
 def deploy(ctx: ClusterContext) -> DeployResult:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.deploy import wait_until
+from pg_ops.operations.deploy import wait_until, write_through_primary_endpoint
 from pg_ops.operations.replication_mode import apply_mode
 from pg_ops.operations.steps import StepLog
 from pg_ops.postgres import admin
@@ -34,6 +33,7 @@ from pg_ops.state import DesiredState, topology_lock, update_state
 
 LOCK_TTL_S = 180
 REJOIN_TIMEOUT_S = 60
+RECENT_DETECTION_S = 60
 
 
 @dataclass
@@ -145,14 +145,10 @@ def configure_new_primary(ctx: ClusterContext, primary: str) -> None:
 
 def verify_write(ctx: ClusterContext, expected: str, epoch: int, writer: str) -> str:
     """A write through the primary endpoint, which must land on `expected`."""
-    dsn = ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE)
-    with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True, connect_timeout=3,
-                         options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
-        reached = next((n for n, ep in ctx.endpoints().items()
-                        if ep.port == conn.info.port and ep.host == conn.info.host), conn.info.host)
-        if reached != expected and ctx.platform.kind == "local":
-            raise PgOpsError(f"cluster {ctx.name}: the primary endpoint reached {reached}, not {expected}")
-        return admin.write_heartbeat(conn, epoch, writer)
+    result = write_through_primary_endpoint(ctx, epoch, writer)
+    if result["member"] != expected:
+        raise PgOpsError(f"cluster {ctx.name}: the primary endpoint reached {result['member']}, not {expected}")
+    return result["lsn"]
 
 
 # -- failover -----------------------------------------------------------------------------------
@@ -168,7 +164,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
         if not [m for m in ctx.spec.member_names if m != old]:
             raise PgOpsError(f"cluster {ctx.name} has no replica: there is nothing to fail over to")
         with steps.step("confirm the primary is down"):
-            down, reason = confirm_primary_down(ctx)
+            down, reason = confirm_primary_down(recheck_context(ctx, detected_at))
             if not down and not force:
                 raise PgOpsError(f"cluster {ctx.name}: refusing failover: {reason} "
                                  f"(a planned change is `pg-ops switchover --to MEMBER`; --force overrides)")
@@ -210,6 +206,16 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     ctx.log.info("failover done: %s -> %s, epoch %d, timeline %s, %.3f s", old, candidate, new_state.epoch,
                  timeline, steps.elapsed)
     return change
+
+
+def recheck_context(ctx: ClusterContext, detected_at: float | None) -> ClusterContext:
+    """The run always re-checks. When the sensor confirmed the failure moments ago (it already
+    spent `failover.probes` probes on it), one more probe plus the replicas' view is the
+    re-check: repeating the whole series would only add downtime."""
+    if detected_at is None or time.time() - detected_at > RECENT_DETECTION_S:
+        return ctx
+    spec = ctx.spec.model_copy(update={"failover": ctx.spec.failover.model_copy(update={"probes": 1})})
+    return ClusterContext(spec=spec, platform=ctx.platform, log=ctx.log)
 
 
 def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> None:

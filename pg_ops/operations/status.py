@@ -55,6 +55,10 @@ def cluster_status(ctx: ClusterContext, probes: dict[str, MemberProbe] | None = 
             "connections": probe.connections,
             "max_connections": probe.max_connections,
             "error": probe.error,
+            # Health data (operations/health.py assesses it; `pg-ops status` shows it).
+            "receiver_status": probe.receiver_status,
+            "replication_state": row["state"] if row else None,
+            **storage_fields(ctx, name),
         })
     out = {
         "cluster": ctx.name,
@@ -72,4 +76,20 @@ def cluster_status(ctx: ClusterContext, probes: dict[str, MemberProbe] | None = 
     passfile = ctx.platform.passfile()
     if passfile is not None:
         out["passfile"] = str(passfile)
+    from pg_ops.operations.health import assess  # health builds on this module
+
+    out["alerts"] = [a.model_dump(exclude={"fired_at", "resolved_at"}) for a in assess(ctx.spec, out).alerts]
     return out
+
+
+def storage_fields(ctx: ClusterContext, name: str) -> dict:
+    """Disk use of the filesystem holding the member's data, as the platform sees it (known
+    even when the member is down)."""
+    try:
+        usage = ctx.platform.data_dir_usage(name)
+    except Exception:  # noqa: BLE001 - storage is reported as unknown, never breaks status
+        usage = None
+    if not usage or not usage[1]:
+        return {"data_dir_used_bytes": None, "data_dir_total_bytes": None, "storage_ratio": None}
+    used, total = usage
+    return {"data_dir_used_bytes": used, "data_dir_total_bytes": total, "storage_ratio": round(used / total, 4)}

@@ -15,6 +15,9 @@ LABEL_NAME = "app.kubernetes.io/name"          # value: "postgresql"
 LABEL_INSTANCE = "app.kubernetes.io/instance"  # value: cluster name
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_ROLE = "pg-ops.io/role"                  # "primary" | "replica"; set only by pg_ops
+# On pg_ops-owned objects (state ConfigMap, credentials Secret) instead of LABEL_INSTANCE:
+# ArgoCD tracks resources by LABEL_INSTANCE by default and would prune what Git does not hold.
+LABEL_CLUSTER = "pg-ops.io/cluster"
 ROLE_PRIMARY = "primary"
 ROLE_REPLICA = "replica"
 FIELD_MANAGER = "pg-ops"
@@ -84,3 +87,61 @@ def peer_address(spec: ClusterSpec, member: str) -> str:
     """host:port a member script uses to reach a peer: stable DNS through the headless Service."""
     ns = spec.kubernetes.namespace
     return f"{member}.{headless_service(spec)}.{ns}.svc.cluster.local:{PORT}"
+
+
+# -- added for the rendered manifests (pg_ops/render/) ------------------------------------------
+LABEL_COMPONENT = "app.kubernetes.io/component"  # which Service / object of a cluster
+TLS_MOUNT = "/etc/pg-ops/tls"                    # spec.kubernetes.tls_secret (tls.crt, tls.key)
+EXPORTER_CONTAINER = "postgres-exporter"
+METRICS_PORT_NAME = "metrics"
+METRICS_PORT = 9187
+# K3s's default --cluster-cidr. Members accept password logins (scram) from pods only in this
+# range and from the external source ranges; another pod network needs another value here.
+POD_NETWORK = "10.42.0.0/16"
+# Where pg_ops itself runs (the Dagster Helm release, deploy/dagster/): its ServiceAccount
+# `service_account(spec)` lives there; each cluster's RoleBinding grants it that cluster's Role.
+PG_OPS_NAMESPACE = "dagster"
+
+
+def password_key(role: str) -> str:
+    """Key of the credentials Secret holding one role's password alone (the exporter reads
+    `password_key("postgres")` as a file); the Secret also holds PASSFILE_KEY."""
+    return f"{role}-password"
+
+
+def member_service_account(spec: ClusterSpec) -> str:
+    """The members' own ServiceAccount: no API access, token not mounted."""
+    return f"{spec.name}-member"
+
+
+def role_name(spec: ClusterSpec) -> str:
+    return f"{spec.name}-pg-ops"
+
+
+def pg_ops_role_rules(spec: ClusterSpec) -> list[dict]:
+    """The only verbs the Kubernetes platform may use in a cluster's namespace (the Role).
+
+    `create` cannot be limited by resourceNames in RBAC, so it is granted on the kind; reads and
+    writes of existing pg_ops-owned objects are limited to their names. Git-owned kinds are
+    read-only (drift check) when ArgoCD applies them (`kubernetes.gitops: true`); otherwise pg_ops
+    server-side applies them and needs create/patch too.
+    """
+    configmaps = [state_configmap(spec), config_configmap(spec), script_configmap(spec)]
+    static_verbs = ["get", "list"] if spec.kubernetes.gitops else ["get", "list", "create", "patch"]
+    return [
+        {"apiGroups": [""], "resources": ["pods"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},  # create: drill pods
+        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": configmaps,
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [credentials_secret(spec)],
+         "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list", "delete"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": static_verbs},
+        {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": static_verbs},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": static_verbs},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": static_verbs},
+    ]

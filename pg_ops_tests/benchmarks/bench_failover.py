@@ -51,7 +51,7 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
             old = ctx.state().primary
             killed_at = time.time()
             ctx.platform.kill_member(old)
-            config = {"ops": {"run_failover": {"config": {"detected_at": killed_at}}},
+            config = {"ops": {"run_failover": {"config": {}}},
                       "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
             result = job.execute_in_process(instance=instance, partition_key=ctx.name, run_config=config,
                                             raise_on_error=False)
@@ -69,7 +69,7 @@ def run_through_daemon(ctx, home: Path, trials: int) -> list[dict]:
     (dagster_home / "dagster.yaml").write_text((Path(__file__).parents[2] / "dagster.yaml").read_text())
     workspace = Path(__file__).parents[2] / "workspace.yaml"
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    daemon = subprocess.Popen([sys.executable, "-m", "dagster", "daemon", "run", "-w", str(workspace)],
+    daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
                               env=env, cwd=home, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=open(home / "daemon.log", "wb"))
     out = []
@@ -86,6 +86,9 @@ def run_through_daemon(ctx, home: Path, trials: int) -> list[dict]:
             while ctx.state().epoch == epoch and time.time() < deadline:
                 time.sleep(0.1)
             ok = ctx.state().epoch > epoch
+            if not ok:
+                tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
+                print("daemon loop trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)
             if ok:
                 writer.wait_acks(20, timeout=30)
             writer.stop()

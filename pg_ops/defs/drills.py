@@ -1,0 +1,185 @@
+"""Restore drills and the real restore in Dagster: per cluster, a `backups/<cluster>/restore_drill` asset (one
+drill of the newest complete backup, or a chosen one), the `restore_drill` job, the
+`weekly_restore_drill` schedule, a drill after each nightly backup where
+`drills.after_backup` is set (an asset sensor on the nightly backup), and two checks read
+from the store: `latest_backup_restores` (the newest drilled backup passed; its restore time
+is the cluster's measured recovery time) and `drill_is_recent` (a passed drill within 8 days).
+
+A drill that fails raises (the run fails with the reason); the operation has already
+written drill.json (`failed`) and fired the `restore_drill_failed` alert.
+
+`restore_backup` is a plain op job (a restore produces no asset of ours): its run config
+holds the backup id, the target DSN (refused if it carries a password) and the confirmation.
+"""
+
+from collections import defaultdict
+
+import dagster as dg
+
+from pg_ops.defs.backups import nightly_key
+from pg_ops.defs.resources import PgOpsResource
+from pg_ops.spec import ClusterSpec
+
+GROUP = "restore_drills"
+JOB = "restore_drill"
+SCHEDULE = "weekly_restore_drill"
+CHECKS_JOB = "restore_drill_checks"
+CHECKS_SCHEDULE = "restore_drill_checks_hourly"
+CHECK_RESTORES = "latest_backup_restores"
+CHECK_RECENT = "drill_is_recent"
+RECENT_DAYS = 8
+
+
+class DrillConfig(dg.Config):
+    backup_id: str | None = None  # default: the newest complete backup
+
+
+class RestoreConfig(dg.Config):
+    cluster: str
+    backup_id: str
+    target_dsn: str  # without a password: libpq reads PGPASSFILE / PGPASSWORD
+    confirm: str
+    database: str | None = None
+    overwrite: bool = False
+    keep_owners: bool = False
+
+
+@dg.op(name="run_restore", description="Restore one database of a backup into a named target database.")
+def run_restore(context: dg.OpExecutionContext, config: RestoreConfig, pg_ops: PgOpsResource) -> dict:
+    from pg_ops.operations.restore import restore
+
+    result = restore(pg_ops.cluster(config.cluster, context.log), config.backup_id, config.target_dsn,
+                     config.confirm, database=config.database, overwrite=config.overwrite,
+                     keep_owners=config.keep_owners)
+    context.add_output_metadata({"seconds": dg.MetadataValue.float(result.seconds),
+                                 "restored_mb": dg.MetadataValue.float(round(result.restored_bytes / 1e6, 3)),
+                                 "target": dg.MetadataValue.text(result.target)})
+    return result.as_dict()
+
+
+@dg.job(name="restore_backup", executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
+        description="Restore a backup into a named target database (never into the live cluster).")
+def restore_backup():
+    run_restore()
+
+
+def restore_run_config(cluster: str, backup_id: str, target_dsn: str, confirm: str | None, database: str | None,
+                       overwrite: bool, keep_owners: bool) -> dict:
+    return {"ops": {"run_restore": {"config": {
+        "cluster": cluster, "backup_id": backup_id, "target_dsn": target_dsn, "confirm": confirm or "",
+        "database": database, "overwrite": overwrite, "keep_owners": keep_owners}}}}
+
+
+def drill_key(cluster: str) -> dg.AssetKey:
+    return dg.AssetKey(["backups", cluster, "restore_drill"])
+
+
+def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
+    cluster = spec.name
+
+    @dg.asset(key=drill_key(cluster), deps=[nightly_key(cluster)], group_name=GROUP, kinds={"postgres"},
+              description=f"Restore drill of cluster {cluster}: the backup restored into a throw-away instance "
+                          f"and verified (sha256, pg_restore errors, row counts, amcheck).")
+    def restore_drill(context: dg.AssetExecutionContext, config: DrillConfig,
+                      pg_ops: PgOpsResource) -> dg.MaterializeResult:
+        from pg_ops.operations.drill import drill
+
+        report = drill(pg_ops.cluster(cluster, context.log), config.backup_id, holder=f"drill-{context.run_id[:8]}")
+        return dg.MaterializeResult(metadata={
+            "backup_id": dg.MetadataValue.text(report.backup_id),
+            "result": dg.MetadataValue.text(report.result),
+            "recovery_seconds": dg.MetadataValue.float(round(report.download_seconds + report.restore_seconds, 3)),
+            "total_seconds": dg.MetadataValue.float(report.total_seconds),
+            "download_seconds": dg.MetadataValue.float(report.download_seconds),
+            "restore_seconds": dg.MetadataValue.float(report.restore_seconds),
+            "verify_seconds": dg.MetadataValue.float(report.verify_seconds),
+            "restored_mb": dg.MetadataValue.float(round(report.restored_bytes / 1e6, 3)),
+            "indexes_checked": dg.MetadataValue.int(sum(d["indexes_checked"] for d in report.databases.values())),
+        })
+
+    @dg.asset_check(asset=drill_key(cluster), name=CHECK_RESTORES,
+                    description="The newest drilled backup restored and verified; metadata: its restore time.")
+    def latest_backup_restores(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
+        from pg_ops.operations.drill import drill_status
+
+        status = drill_status(pg_ops.cluster(cluster, context.log))
+        latest = status["latest"]
+        return dg.AssetCheckResult(
+            passed=bool(latest) and latest.get("result") == "passed", severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"backup_id": dg.MetadataValue.text((latest or {}).get("backup_id") or "none"),
+                      "reason": dg.MetadataValue.text((latest or {}).get("reason") or ""),
+                      "recovery_seconds": dg.MetadataValue.float(
+                          round((latest or {}).get("download_seconds", -1.0)
+                                + (latest or {}).get("restore_seconds", 0.0), 3))})
+
+    @dg.asset_check(asset=drill_key(cluster), name=CHECK_RECENT,
+                    description=f"A drill passed within the last {RECENT_DAYS} days.")
+    def drill_is_recent(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
+        from pg_ops.operations.drill import drill_status
+
+        age = drill_status(pg_ops.cluster(cluster, context.log))["last_passed_age_days"]
+        return dg.AssetCheckResult(
+            passed=age is not None and age <= RECENT_DAYS, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"last_passed_age_days": dg.MetadataValue.float(round(age, 2) if age is not None else -1.0),
+                      "limit_days": dg.MetadataValue.int(RECENT_DAYS)})
+
+    return [restore_drill], [latest_backup_restores, drill_is_recent]
+
+
+def drill_run_kwargs(cluster: str) -> dict:
+    """execute_in_process arguments of one cluster's drill (the CLI's `pg-ops restore-drill`)."""
+    return {"asset_selection": [drill_key(cluster)]}
+
+
+def drill_run_config(cluster: str, backup_id: str | None) -> dict:
+    op = "__".join(drill_key(cluster).path).replace("-", "_")
+    return {"ops": {op: {"config": {"backup_id": backup_id}}}}
+
+
+def build(specs: list[ClusterSpec]) -> dg.Definitions:
+    assets, checks = [], []
+    for spec in specs:
+        a, c = _cluster_defs(spec)
+        assets += a
+        checks += c
+    job = dg.define_asset_job(JOB, selection=dg.AssetSelection.assets(*assets), executor_def=dg.in_process_executor,
+                              tags={"dagster/max_retries": "0"},
+                              description="Restore drill of a cluster's newest (or a chosen) backup.")
+    checks_job = dg.define_asset_job(CHECKS_JOB, selection=dg.AssetSelection.checks(*checks),
+                                     executor_def=dg.in_process_executor,
+                                     description="Drill checks read from the store (no restore).")
+    schedules = [dg.ScheduleDefinition(name=CHECKS_SCHEDULE, cron_schedule="47 * * * *", job=checks_job,
+                                       execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING)]
+    by_cron: dict[str, list[str]] = defaultdict(list)
+    for spec in specs:
+        by_cron[spec.drills.schedule].append(spec.name)
+    for index, (cron, clusters) in enumerate(by_cron.items()):
+        name = SCHEDULE if index == 0 else f"{SCHEDULE}_{clusters[0].replace('-', '_')}"
+
+        @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
+                     default_status=dg.DefaultScheduleStatus.RUNNING,
+                     description=f"Restore drill of {', '.join(clusters)} ({cron} UTC).")
+        def weekly(context: dg.ScheduleEvaluationContext, clusters=tuple(clusters)):
+            stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+            for cluster in clusters:
+                yield dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[drill_key(cluster)],
+                                    tags={"pg_ops/cluster": cluster})
+
+        schedules.append(weekly)
+    sensors = [_after_backup_sensor(spec.name, job) for spec in specs if spec.drills.after_backup]
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, checks_job, restore_backup],
+                          schedules=schedules, sensors=sensors)
+
+
+def _after_backup_sensor(cluster: str, job) -> dg.SensorDefinition:
+    @dg.asset_sensor(asset_key=nightly_key(cluster), job=job, name=f"drill_after_backup_{cluster.replace('-', '_')}",
+                     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
+                     description=f"Drill each new backup of {cluster} (drills.after_backup).")
+    def after_backup(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        backup_id = asset_event.asset_materialization.metadata.get("backup_id")
+        backup_id = backup_id.value if backup_id is not None else None
+        yield dg.RunRequest(run_key=f"{cluster}-after-{backup_id or asset_event.storage_id}",
+                            asset_selection=[drill_key(cluster)], run_config=drill_run_config(cluster, backup_id),
+                            tags={"pg_ops/cluster": cluster})
+
+    return after_backup

@@ -1,0 +1,265 @@
+"""Health in Dagster: `cluster_health_sensor` (alerts, member observations, failover run
+requests), the run-failure alert sensor, the alerts resource, and the service-level checks
+with their schedule. Thin: the decisions are operations/health.py's, the measurements
+operations/slo.py's.
+
+Member observations go to one asset key per member, ["health", cluster, member]: Dagster
+plots numeric metadata per asset key, so each member gets its own lag / connections / storage
+plots, and "at most once a minute per member" is simply "at most once a minute per key".
+The service-level checks hang off one asset per cluster, ["service_levels", cluster].
+"""
+
+import importlib.util
+import json
+import logging
+import time
+
+import dagster as dg
+
+from pg_ops.defs.partitions import topology_run_tags
+from pg_ops.defs.resources import PgOpsResource
+from pg_ops.operations import alerts as alert_ops
+from pg_ops.operations import health as health_ops
+from pg_ops.operations import slo
+from pg_ops.operations.alerts import Alert
+from pg_ops.operations.context import ClusterContext
+from pg_ops.spec import AlertsSpec, ClusterSpec
+
+SENSOR_NAME = "cluster_health_sensor"
+RUN_FAILURE_SENSOR_NAME = "pg_ops_run_failure_alert"
+FAILOVER_JOB = "failover"
+FAILOVER_OP = "run_failover"
+SLO_JOB = "service_level_checks"
+SLO_SCHEDULE = "service_level_checks_schedule"
+TICKS_KEPT = 30
+GROUP = "health"
+CHECKS = ("connect_time", "concurrent_connections", "data_consistency", "query_latency_p95",
+          "failed_member_detection")
+log = logging.getLogger("pg_ops.health")
+
+
+def member_asset_key(cluster: str, member: str) -> dg.AssetKey:
+    return dg.AssetKey(["health", cluster, member])
+
+
+def service_level_asset_key(cluster: str) -> dg.AssetKey:
+    return dg.AssetKey(["service_levels", cluster])
+
+
+class AlertsResource(dg.ConfigurableResource):
+    """Alerts are always logged; POSTed as JSON to the URL in the env var the cluster's spec
+    names (`alerts.webhook_url_env`, default PG_OPS_ALERT_WEBHOOK) when it is set."""
+
+    webhook_url_env: str | None = None  # overrides every spec's env var name
+    timeout_seconds: float = 2.0
+    retries: int = 2
+    deadline_seconds: float = 5.0
+
+    def deliver(self, alerts: list[Alert], specs: dict[str, ClusterSpec], secrets: list[str],
+                logger=None) -> dict[str, str]:
+        by_env: dict[str, list[Alert]] = {}
+        for alert in alerts:
+            spec_alerts = specs[alert.cluster].alerts if alert.cluster in specs else AlertsSpec()
+            by_env.setdefault(self.webhook_url_env or spec_alerts.webhook_url_env, []).append(alert)
+        outcome: dict[str, str] = {}
+        for env_name, batch in by_env.items():
+            sender = alert_ops.WebhookSender.from_env(env_name, timeout=self.timeout_seconds, retries=self.retries,
+                                                      deadline=self.deadline_seconds)
+            outcome.update(alert_ops.deliver(batch, sender, secrets, logger))
+        return outcome
+
+
+# -- cursor ------------------------------------------------------------------------------------
+def load_cursor(raw: str | None) -> dict:
+    try:
+        cursor = json.loads(raw) if raw else {}
+    except ValueError:
+        cursor = {}
+    if not isinstance(cursor, dict):
+        cursor = {}
+    for key, empty in (("alerts", {}), ("clusters", {}), ("ticks", []), ("detections", [])):
+        cursor.setdefault(key, empty)
+    return cursor
+
+
+def health_sensor_cursor(instance: dg.DagsterInstance) -> dict:
+    """The health sensor's record (what the failed-member-detection check reads)."""
+    from dagster._core.definitions.run_request import InstigatorType
+
+    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+              if s.instigator_name == SENSOR_NAME and s.instigator_data is not None]
+    states.sort(key=lambda s: getattr(s.instigator_data, "last_tick_timestamp", 0) or 0)
+    return load_cursor(states[-1].instigator_data.cursor if states else None)
+
+
+def _failed_run_lookup(context):
+    """Whether the failover run a run_key names has failed (asked only while an incident is open)."""
+    def failed(run_key: str) -> bool:
+        try:
+            instance = context.instance
+        except dg.DagsterInvariantViolationError:  # a test context without an instance
+            return False
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+        return bool(runs) and runs[0].status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    return failed
+
+
+def _observation(row: dict) -> dg.AssetObservation:
+    fields = ("role", "streaming", "timeline", "lsn", "lag_bytes", "lag_seconds", "sync_state", "connections",
+              "max_connections", "storage_ratio", "error")
+    metadata = {k: row[k] for k in fields if row.get(k) is not None}
+    if row.get("lag_seconds") is not None:
+        metadata["lag_seconds"] = dg.MetadataValue.float(float(row["lag_seconds"]))
+    metadata["reachable"] = row["role"] in ("primary", "replica")
+    return dg.AssetObservation(asset_key=member_asset_key(row["cluster"], row["name"]), metadata=metadata)
+
+
+def _failover_request(request: health_ops.FailoverRequest) -> dg.RunRequest:
+    config = {"to": None, "force": False, "incident": request.incident, "detected_at": request.detected_at,
+              "last_primary_lsn": request.last_primary_lsn}
+    return dg.RunRequest(run_key=request.run_key, job_name=FAILOVER_JOB, partition_key=request.cluster,
+                         run_config={"ops": {FAILOVER_OP: {"config": config}}},
+                         tags=topology_run_tags(request.cluster))
+
+
+def failover_job_defined() -> bool:
+    """The failover job comes with the failover area (pg_ops/defs/failover.py)."""
+    return importlib.util.find_spec("pg_ops.defs.failover") is not None
+
+
+def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResource, can_fail_over: bool,
+                    now: float | None = None) -> dg.SensorResult:
+    """One tick over every cluster (the sensor's body, callable from benchmarks and tests)."""
+    now = now or time.time()
+    cursor = load_cursor(context.cursor)
+    specs = {c.name: c.spec for c in contexts}
+    watches = health_ops.watch_fleet(contexts, cursor["clusters"], now,
+                                     failed_run=_failed_run_lookup(context))
+    active, unknown, scope, run_requests = [], set(), set(), []
+    for watch in watches:
+        active += watch.alerts
+        unknown |= watch.unknown
+        if watch.health is not None:
+            scope.add(watch.cluster)
+        cursor["clusters"][watch.cluster] = watch.memory
+        cursor["detections"] = (cursor["detections"] + watch.detections)[-health_ops.DETECTIONS_KEPT:]
+        if watch.failover is None:
+            continue
+        if can_fail_over:
+            run_requests.append(_failover_request(watch.failover))
+        else:
+            active.append(Alert(cluster=watch.cluster, severity="critical", kind="failover_unavailable",
+                                summary=f"cluster {watch.cluster}: failover needed but no `{FAILOVER_JOB}` job is "
+                                        f"defined; run `pg-ops failover --cluster {watch.cluster}`"))
+    to_send, cursor["alerts"] = alert_ops.reconcile(cursor["alerts"], active, unknown, scope, now)
+    secrets = [s for c in contexts for s in health_ops.cluster_secrets(c)]
+    alerts.deliver(to_send, specs, secrets, context.log)
+    cursor["ticks"] = (cursor["ticks"] + [now])[-TICKS_KEPT:]
+    cursor["probe_seconds"] = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
+    events = [_observation(row) for w in watches for row in w.observe]
+    return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(cursor),
+                           skip_reason=None if (run_requests or events) else "all clusters unchanged")
+
+
+def build(specs: list[ClusterSpec], can_fail_over: bool | None = None) -> dg.Definitions:
+    can_fail_over = failover_job_defined() if can_fail_over is None else can_fail_over
+    interval = min((s.monitoring.interval_seconds for s in specs), default=5)
+
+    @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
+               job_name=FAILOVER_JOB if can_fail_over else None,
+               description="Every member of every cluster: alerts (fire once, resolve once), lag and state "
+                           "observations, and a failover run when a primary is confirmed down.")
+    def cluster_health_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
+                              alerts: AlertsResource) -> dg.SensorResult:
+        contexts = [ClusterContext.for_spec(s, context.log) for s in pg_ops.specs()]
+        return evaluate_health(context, contexts, alerts, can_fail_over)
+
+    @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
+                           description="Alerts when any pg_ops run fails.")
+    def run_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertsResource, pg_ops: PgOpsResource):
+        deliver_run_failure(context, alerts, {s.name: s for s in pg_ops.specs()})
+
+    member_assets = [dg.AssetSpec(member_asset_key(s.name, m), group_name=GROUP,
+                                  description=f"Member {m} of {s.name}: state and lag, observed by {SENSOR_NAME}.")
+                     for s in specs for m in s.member_names]
+    slo_assets = [dg.AssetSpec(service_level_asset_key(s.name), group_name=GROUP,
+                               description=f"Service levels of cluster {s.name} (asset checks).")
+                  for s in specs]
+    checks = [service_level_checks(s) for s in specs]
+    job = dg.define_asset_job(SLO_JOB, selection=dg.AssetSelection.checks(*checks),
+                              executor_def=dg.in_process_executor,
+                              description="Measure every cluster's service levels now.")
+    schedule = dg.ScheduleDefinition(name=SLO_SCHEDULE, job=job, cron_schedule="17 * * * *",
+                                     default_status=dg.DefaultScheduleStatus.RUNNING,
+                                     description="Service-level checks every hour.")
+    return dg.Definitions(assets=member_assets + slo_assets, asset_checks=checks, jobs=[job], schedules=[schedule],
+                          sensors=[cluster_health_sensor, run_failure_alert],
+                          resources={"alerts": AlertsResource()})
+
+
+def run_failure_alert_for(run, message: str, specs: dict[str, ClusterSpec]) -> Alert:
+    cluster = run.tags.get("dagster/partition") or (next(iter(specs)) if len(specs) == 1 else "pg_ops")
+    topology = "pg_ops/topology" in run.tags
+    return Alert(cluster=cluster, severity="critical" if topology else "warning", kind="run_failed",
+                 summary=f"run {run.job_name} ({run.run_id[:8]}) for {cluster} failed: {message}",
+                 details={"job": run.job_name, "run_id": run.run_id, "partition": run.tags.get("dagster/partition")},
+                 fired_at=time.time())
+
+
+def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource,
+                        specs: dict[str, ClusterSpec]) -> Alert:
+    steps = context.get_step_failure_events()
+    error = steps[0].event_specific_data.error if steps and steps[0].event_specific_data else None
+    while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in (
+            error.cls_name or ""):
+        error = error.cause
+    message = (error.message if error else context.failure_event.message or "the run failed").strip()
+    alert = run_failure_alert_for(context.dagster_run, message.splitlines()[0] if message else "failed", specs)
+    secrets = []
+    if alert.cluster in specs:
+        secrets = health_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))
+    alerts.deliver([alert], specs, secrets, context.log)
+    return alert
+
+
+def service_level_checks(spec: ClusterSpec) -> dg.AssetChecksDefinition:
+    asset = service_level_asset_key(spec.name)
+    descriptions = {
+        "connect_time": "Connecting through the primary endpoint takes < 5 s.",
+        "concurrent_connections": "100 connections can be held at once.",
+        "data_consistency": "A row written on the primary (pg_ops database) is read back from every replica.",
+        "query_latency_p95": "p95 latency < 100 ms under a short pgbench run (scratch database).",
+        "failed_member_detection": "A failed member is detected in < 30 s (from the health sensor's record).",
+    }
+
+    @dg.multi_asset_check(name=f"service_levels_{spec.name.replace('-', '_')}", can_subset=True,
+                          specs=[dg.AssetCheckSpec(n, asset=asset, description=d) for n, d in descriptions.items()])
+    def checks(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource):
+        ctx = pg_ops.cluster(spec.name, context.log)
+        wanted = {k.name for k in context.selected_asset_check_keys}
+        measure = {
+            "connect_time": lambda: slo.connect_time(ctx),
+            "concurrent_connections": lambda: slo.concurrent_connections(ctx),
+            "data_consistency": lambda: slo.data_consistency(ctx),
+            "query_latency_p95": lambda: slo.query_latency(ctx),
+            "failed_member_detection": lambda: slo.failed_member_detection(
+                health_sensor_cursor(context.instance), spec.name,
+                sensor_interval=spec.monitoring.interval_seconds),
+        }
+        for name in CHECKS:
+            if name in wanted:
+                yield check_result(name, asset, measure[name]())
+
+    return checks
+
+
+def check_result(name: str, asset: dg.AssetKey, level: slo.ServiceLevel) -> dg.AssetCheckResult:
+    metadata = {"summary": dg.MetadataValue.text(level.summary), "limit": level.limit, "unit": level.unit}
+    if level.figure is not None:
+        metadata["figure"] = dg.MetadataValue.float(float(level.figure))
+    for key, value in level.details.items():
+        if value is None:
+            continue
+        metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
+    return dg.AssetCheckResult(check_name=name, asset_key=asset, passed=level.passed, metadata=metadata,
+                               severity=dg.AssetCheckSeverity.ERROR)

@@ -1,0 +1,172 @@
+"""The real restore: one database of a backup into a named target database.
+
+    pg-ops restore --backup ID --target "host=… port=… user=… dbname=app_restored" --confirm CLUSTER
+
+Safety first, because this is run under stress:
+- `--confirm` must repeat the cluster's name;
+- the DSN must not carry a password (it would land in run config and shell history): libpq
+  reads it from PGPASSFILE / PGPASSWORD of the process;
+- a target that is a member of the cluster itself (same system identifier, or one of its
+  member addresses) is refused: a restore never writes into the live cluster;
+- a target database that exists and holds any table, view, sequence or function is refused
+  unless `overwrite` (then it is dropped and created again).
+Objects are checked against the manifest's sha256 while they download; the backup is held
+against retention while it is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pg_ops import settings
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.postgres import dump
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.stores import BackupStore
+from pg_ops.stores import catalog as cat
+
+# Objects that make a database "not empty" (outside the system schemas).
+USER_OBJECTS_SQL = """
+select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
+"""
+
+
+class RestoreRefused(PgOpsError):
+    pass
+
+
+@dataclass
+class RestoreResult:
+    cluster: str
+    backup_id: str
+    source_database: str
+    target: str  # the DSN, without a password
+    restored_bytes: int
+    seconds: float
+    overwritten: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _target_parts(target_dsn: str) -> dict:
+    try:
+        parts = conninfo_to_dict(target_dsn)
+    except psycopg.ProgrammingError as exc:
+        raise RestoreRefused(f"target DSN is not a valid libpq connection string: {exc}") from None
+    if parts.get("password"):
+        raise RestoreRefused("the target DSN carries a password: put it in a passfile (PGPASSFILE) or "
+                             "PGPASSWORD instead")
+    if not parts.get("dbname"):
+        raise RestoreRefused("the target DSN names no database (dbname=…): name the database to restore into")
+    return parts
+
+
+def _connect(parts: dict, dbname: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(make_conninfo(**{**parts, "dbname": dbname}), autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PgOpsError(f"target {make_conninfo(**{**parts, 'dbname': dbname})}: cannot connect: {text}") from None
+
+
+def refuse_live_cluster(ctx: ClusterContext, parts: dict, conn: psycopg.Connection) -> None:
+    state = ctx.platform.state_store().read()
+    with contextlib.suppress(psycopg.Error):
+        sysid = conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
+        if state is not None and sysid == state.system_identifier:
+            raise RestoreRefused(f"the target is a member of cluster {ctx.name} itself (system identifier "
+                                 f"{sysid}): restore into another server")
+    host, port = conn.info.host, conn.info.port
+    members = {str(ep) for ep in ctx.endpoints().values()}
+    if str(Endpoint(host, int(port))) in members:
+        raise RestoreRefused(f"the target {host}:{port} is a member of cluster {ctx.name}: restore into "
+                             f"another server")
+
+
+def choose_database(manifest: cat.Manifest, database: str | None) -> cat.DatabaseDump:
+    names = [d.name for d in manifest.databases]
+    if database is None:
+        if len(names) != 1:
+            raise PgOpsError(f"backup {manifest.id} holds databases {', '.join(names) or 'none'}: "
+                             f"choose one with --database")
+        database = names[0]
+    found = next((d for d in manifest.databases if d.name == database), None)
+    if found is None:
+        raise PgOpsError(f"backup {manifest.id} has no database {database} (it holds {', '.join(names)})")
+    return found
+
+
+def prepare_target_database(parts: dict, overwrite: bool, log) -> bool:
+    """Create the target database, or check that it is empty; returns True if it was dropped."""
+    name = parts["dbname"]
+    with _connect(parts, "postgres") as admin:
+        exists = admin.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
+        if exists:
+            with _connect(parts, name) as conn:
+                objects = conn.execute(USER_OBJECTS_SQL).fetchone()[0]
+            if objects and not overwrite:
+                raise RestoreRefused(f"target database {name} is not empty ({objects} tables/views/sequences): "
+                                     f"refusing to overwrite it without --overwrite")
+            if objects:
+                log.warning("dropping the non-empty target database %s (--overwrite)", name)
+                admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+                admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                return True
+            return False
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    return False
+
+
+def restore(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str | None, *,
+            database: str | None = None, overwrite: bool = False, keep_owners: bool = False,
+            store: BackupStore | None = None) -> RestoreResult:
+    from pg_ops.operations.backup import open_store
+    from pg_ops.operations.drill import BackupFault, choose_backup, download
+
+    if confirm != ctx.name:
+        raise RestoreRefused(f"restore of cluster {ctx.name}'s backup needs --confirm {ctx.name}")
+    parts = _target_parts(target_dsn)
+    shown = make_conninfo(**parts)
+    store = store or open_store(ctx)
+    record = choose_backup(store, ctx.name, backup_id)
+    manifest = cat.read_manifest(store, ctx.name, record.id)
+    entry = choose_database(manifest, database)
+    with _connect(parts, "postgres") as conn:
+        refuse_live_cluster(ctx, parts, conn)
+    started = time.monotonic()
+    holder = f"restore-{secrets.token_hex(4)}"
+    workdir = settings.home() / "restores" / f"{ctx.name}-{record.id}-{secrets.token_hex(3)}"
+    workdir.mkdir(parents=True, mode=0o700)
+    try:
+        with cat.hold_backup(store, ctx.name, record.id, holder, "restore"):
+            dump_file = workdir / "restore.dump"
+            try:
+                download(store, entry, dump_file)
+            except BackupFault as fault:
+                raise PgOpsError(f"backup {record.id}: {fault}") from None
+            overwritten = prepare_target_database(parts, overwrite, ctx.log)
+            ctx.log.info("restoring %s of backup %s/%s into %s", entry.name, ctx.name, record.id, shown)
+            report = dump.pg_restore_into(make_conninfo(**parts), dump_file, keep_owners=keep_owners)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not report.ok:
+        first = report.errors[0] if report.errors else f"exit status {report.returncode}"
+        raise PgOpsError(f"restore of {entry.name} from backup {record.id} into {shown} failed: "
+                         f"{len(report.errors)} error(s); first: {first}")
+    result = RestoreResult(cluster=ctx.name, backup_id=record.id, source_database=entry.name, target=shown,
+                           restored_bytes=entry.raw_bytes, seconds=round(time.monotonic() - started, 3),
+                           overwritten=overwritten)
+    ctx.log.info("restored %s (%.1f MB) into %s in %.1f s", entry.name, entry.raw_bytes / 1e6, shown, result.seconds)
+    return result

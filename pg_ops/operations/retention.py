@@ -1,0 +1,186 @@
+"""Retention (DESIGN.md, "Backup states and retention"): which backups to delete, and why.
+
+`plan_retention` is a pure function over backup records, so every rule is testable without
+a server; `prune` applies it to a store (or, with dry_run, only reports it). The rules, in
+the order they are applied to each backup:
+
+1. the newest backup attempt is incomplete (it failed, or it is still running): prune
+   nothing tonight, not even old garbage;
+2. an unexpired hold marker (a drill or restore is reading it): keep;
+3. incomplete: delete once older than a day (a partial dump is never counted as good);
+4. younger than `retention_days`: keep;
+5. among the newest `min_keep` good (complete or verified) backups: keep, whatever its age;
+6. the newest verified backup: keep, whatever its age;
+7. otherwise: delete.
+
+Stale uploads (S3 multipart uploads or partial files older than a day) are aborted too,
+except on a night when nothing may be pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from pg_ops.operations.context import ClusterContext
+from pg_ops.stores import BackupStore
+from pg_ops.stores import catalog as cat
+
+INCOMPLETE_GRACE = timedelta(days=1)
+STALE_UPLOAD_AGE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: str
+    status: str
+    keep: bool
+    reason: str
+
+
+@dataclass
+class PruneResult:
+    cluster: str
+    dry_run: bool
+    decisions: list[Decision]
+    deleted: list[str] = field(default_factory=list)
+    aborted_uploads: list[str] = field(default_factory=list)
+    blocked: str | None = None  # why nothing was pruned, when that is the case
+
+    @property
+    def kept(self) -> list[str]:
+        return [d.id for d in self.decisions if d.keep]
+
+    @property
+    def to_delete(self) -> list[str]:
+        return [d.id for d in self.decisions if not d.keep]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _age_text(age: timedelta) -> str:
+    hours = age.total_seconds() / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.0f} h"
+
+
+def plan_retention(records: list[cat.BackupRecord], *, now: datetime, retention_days: int, min_keep: int
+                   ) -> tuple[list[Decision], str | None]:
+    """(one decision per record, newest first; the reason nothing may be pruned, or None)."""
+    records = sorted(records, key=lambda r: r.id, reverse=True)
+    if not records:
+        return [], None
+    newest = records[0]
+    if newest.status == "incomplete":
+        why = (f"the newest backup {newest.id} is incomplete (it failed or is still running): "
+               f"pruning nothing until a backup completes")
+        return [Decision(r.id, r.status, True, "kept: " + why) for r in records], why
+    newest_good = [r.id for r in records if r.good][:min_keep]
+    newest_verified = next((r.id for r in records if r.status == "verified"), None)
+    now_ts = now.timestamp()
+    window = timedelta(days=retention_days)
+    decisions = []
+    for r in records:
+        age = now - r.started
+        holds = r.active_holds(now_ts)
+        if holds:
+            who = ", ".join(f"{h.purpose} {h.holder}" for h in holds)
+            decisions.append(Decision(r.id, r.status, True, f"held by {who}"))
+        elif r.status == "incomplete":
+            if age >= INCOMPLETE_GRACE:
+                decisions.append(Decision(r.id, r.status, False, f"incomplete and {_age_text(age)} old"))
+            else:
+                decisions.append(Decision(r.id, r.status, True, "incomplete, less than a day old"))
+        elif age < window:
+            decisions.append(Decision(r.id, r.status, True, f"younger than {retention_days} days"))
+        elif r.id in newest_good:
+            decisions.append(Decision(r.id, r.status, True, f"one of the newest {min_keep} good backups"))
+        elif r.id == newest_verified:
+            decisions.append(Decision(r.id, r.status, True, "the newest verified backup"))
+        else:
+            decisions.append(Decision(r.id, r.status, False,
+                                      f"{r.status}, {_age_text(age)} old: older than {retention_days} days "
+                                      f"and not among the newest {min_keep} good backups"))
+    return decisions, None
+
+
+def prune(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
+          now: datetime | None = None) -> PruneResult:
+    from pg_ops.operations.backup import open_store
+
+    store = store or open_store(ctx)
+    now = now or datetime.now(UTC)
+    records = cat.list_backups(store, ctx.name, with_manifests=False)
+    policy = ctx.spec.backups
+    decisions, blocked = plan_retention(records, now=now, retention_days=policy.retention_days,
+                                        min_keep=policy.min_keep)
+    result = PruneResult(ctx.name, dry_run, decisions, blocked=blocked)
+    if blocked:
+        ctx.log.warning("retention of cluster %s: %s", ctx.name, blocked)
+        return result
+    by_id = {r.id: r for r in records}
+    for decision in decisions:
+        if decision.keep:
+            continue
+        ctx.log.info("%s backup %s/%s: %s", "would delete" if dry_run else "deleting", ctx.name, decision.id,
+                     decision.reason)
+        if not dry_run:
+            # Re-list right before deleting: a hold placed since the plan was made wins.
+            current = store.list(cat.backup_prefix(ctx.name, decision.id))
+            if any(o.key.rsplit("/", 1)[-1].startswith(cat.HOLD_PREFIX) for o in current):
+                fresh = [r for r in cat.list_backups(store, ctx.name, with_manifests=False) if r.id == decision.id]
+                if fresh and fresh[0].active_holds(now.timestamp()):
+                    ctx.log.info("backup %s was held since the plan was made: kept", decision.id)
+                    continue
+            store.delete([o.key for o in current] or by_id[decision.id].keys)
+        result.deleted.append(decision.id)
+    for upload in store.pending_uploads(f"{ctx.name}/"):
+        if now - upload.started >= STALE_UPLOAD_AGE:
+            ctx.log.info("%s stale upload of %s (started %s)", "would abort" if dry_run else "aborting",
+                         upload.key, upload.started.isoformat())
+            if not dry_run:
+                store.abort_upload(upload)
+            result.aborted_uploads.append(upload.key)
+    return result
+
+
+def freshness(ctx: ClusterContext, store: BackupStore | None = None, now: datetime | None = None
+              ) -> tuple[str | None, float | None]:
+    """(id of the newest good backup, its age in hours), or (None, None) when there is none."""
+    from pg_ops.operations.backup import open_store
+
+    store = store or open_store(ctx)
+    good = [r for r in cat.list_backups(store, ctx.name, with_manifests=False) if r.good]
+    if not good:
+        return None, None
+    newest = good[-1]
+    return newest.id, ((now or datetime.now(UTC)) - newest.started).total_seconds() / 3600
+
+
+def backups_report(ctx: ClusterContext, store: BackupStore | None = None, now: datetime | None = None
+                   ) -> list[dict]:
+    """`pg-ops backups`: one row per backup, newest first."""
+    from pg_ops.operations.backup import open_store
+
+    store = store or open_store(ctx)
+    now = now or datetime.now(UTC)
+    records = cat.list_backups(store, ctx.name)
+    decisions, _ = plan_retention(records, now=now, retention_days=ctx.spec.backups.retention_days,
+                                  min_keep=ctx.spec.backups.min_keep)
+    reasons = {d.id: d for d in decisions}
+    rows = []
+    for r in sorted(records, key=lambda r: r.id, reverse=True):
+        m = r.manifest
+        rows.append({
+            "id": r.id,
+            "started": r.started.isoformat(),
+            "size": r.stored_bytes,
+            "size_mb": round(r.stored_bytes / 1e6, 2),
+            "duration": round(m.seconds, 1) if m else None,
+            "status": r.status,
+            "expires": (r.started + timedelta(days=ctx.spec.backups.retention_days)).isoformat(),
+            "retention": ("keep: " if reasons[r.id].keep else "delete: ") + reasons[r.id].reason,
+            "source": m.source if m else None,
+            "error": r.error,
+        })
+    return rows

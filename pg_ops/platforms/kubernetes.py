@@ -1,0 +1,371 @@
+"""The Kubernetes platform: members are the StatefulSet's pods, pg_ops talks to the API with
+the official `kubernetes` client (in-cluster service account, else KUBECONFIG).
+
+- Members: the pods the selector labels find, named <cluster>-<i>, reached at the pod IP and
+  the container port named `postgresql`. A member whose pod does not exist (or has no IP yet)
+  is given its stable headless-Service DNS name instead: probing it fails like any unreachable
+  member, so status shows it as down rather than crashing.
+- pg_ops-owned objects: the desired-state ConfigMap (CAS on resourceVersion,
+  kubernetes_state.py) and the credentials Secret (generated once, never overwritten; a role
+  the spec gains is added).
+- Routing: the primary Service selects LABEL_ROLE=primary; route_primary moves that label.
+  A pod the StatefulSet recreates comes back without it: until deploy/health calls
+  route_primary again (every health tick), the primary Service has no endpoint when that pod
+  was the primary, and the read Service lacks it when it was a replica.
+- start/stop/kill: the StatefulSet controller keeps pods running, so stopping a member is
+  deleting its pod (it comes back at once, with the desired state of that moment), and
+  starting is making sure the pod exists and runs (a pod stuck Pending is reported, never
+  deleted by pg_ops).
+- Addresses: pg_ops and the member scripts reach each other through cluster DNS. When pg_ops
+  runs outside the cluster network (tests against the fake API, a laptop with port-forwards),
+  PG_OPS_K8S_ADDRESSES names a JSON file of overrides:
+  {"peers": {"<ns>/<member>": "host:port"}, "services": {"<ns>/<service>": "host:port"}}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from pg_ops.credentials import REPLICATION_USER, SUPERUSER, Credentials, new_credentials, required_roles
+from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
+from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
+from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadata
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.spec import ClusterSpec
+from pg_ops.state import DesiredState
+
+ADDRESSES_ENV = "PG_OPS_K8S_ADDRESSES"
+POD_START_TIMEOUT_S = 180.0  # image pull + volume attach on a fresh node
+POD_GONE_TIMEOUT_S = 60.0  # beyond terminationGracePeriodSeconds the kubelet kills anyway
+PASSWORD_SUFFIX = names.password_key("")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def _running(pod) -> bool:
+    """Running, not being deleted, and its postgres container not waiting (CrashLoopBackOff)."""
+    if pod is None or pod.metadata.deletion_timestamp is not None or pod.status is None \
+            or pod.status.phase != "Running":
+        return False
+    return not any(cs.name == names.CONTAINER and cs.state and cs.state.waiting
+                   for cs in pod.status.container_statuses or [])
+
+
+def _pending_reason(pod) -> str:
+    """Why a pod is not running, as the scheduler and kubelet report it."""
+    if pod is None:
+        return "the pod does not exist (is the StatefulSet scaled down?)"
+    status = pod.status
+    for cond in (status.conditions or []) if status else []:
+        if cond.status == "False" and cond.type == "PodScheduled":
+            return f"{cond.reason}: {cond.message}"
+    for cs in (status.container_statuses or []) if status else []:
+        if cs.state and cs.state.waiting:
+            return f"{cs.state.waiting.reason}: {cs.state.waiting.message or ''}".strip(": ")
+    return f"phase {status.phase if status else 'unknown'}"
+
+
+class KubernetesPlatform:
+    kind = "kubernetes"
+
+    def __init__(self, spec: ClusterSpec, api: KubernetesApi | None = None,
+                 manifests: Callable[[ClusterSpec], list[dict]] | None = None):
+        self.spec = spec
+        self.namespace = spec.kubernetes.namespace
+        self._api = api
+        self._manifests = manifests
+        self.pod_start_timeout = POD_START_TIMEOUT_S
+
+    @property
+    def api(self) -> KubernetesApi:
+        # Built on first use: constructing a platform (ClusterContext.for_spec) needs no API.
+        if self._api is None:
+            self._api = KubernetesApi()
+        return self._api
+
+    def _what(self, kind: str, name: str) -> str:
+        return f"{kind} {self.namespace}/{name}"
+
+    # -- where things are ------------------------------------------------------------------
+    def _overrides(self, section: str) -> dict[str, str]:
+        path = os.environ.get(ADDRESSES_ENV)
+        if not path:
+            return {}
+        try:
+            return json.loads(open(path).read()).get(section, {})
+        except (OSError, ValueError) as exc:
+            raise PgOpsError(f"{ADDRESSES_ENV}={path}: unreadable address overrides ({exc})") from None
+
+    def peer_addresses(self) -> dict[str, str]:
+        overrides = self._overrides("peers")
+        return {m: overrides.get(f"{self.namespace}/{m}") or names.peer_address(self.spec, m)
+                for m in self.spec.member_names}
+
+    def _service_endpoint(self, service: str, port: int) -> Endpoint:
+        override = self._overrides("services").get(f"{self.namespace}/{service}")
+        if override:
+            return Endpoint.parse(override)
+        return Endpoint(f"{service}.{self.namespace}.svc.cluster.local", port)
+
+    def primary_dsn(self, user: str = SUPERUSER, dbname: str = "postgres") -> str:
+        from psycopg.conninfo import make_conninfo
+
+        ep = self._service_endpoint(names.primary_service(self.spec), self.spec.kubernetes.services.primary.port)
+        return make_conninfo(host=ep.host, port=ep.port, user=user, dbname=dbname, connect_timeout=3)
+
+    def passfile(self) -> None:
+        return None
+
+    def _pods(self) -> dict:
+        selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(self.spec).items())
+        pods = self.api.call("list", f"pods in {self.namespace} ({selector})", self.api.core.list_namespaced_pod,
+                             self.namespace, label_selector=selector)
+        members = set(self.spec.member_names)
+        return {p.metadata.name: p for p in pods.items if p.metadata.name in members}
+
+    def _pod(self, name: str):
+        return self.api.call("get", self._what("pod", name), self.api.core.read_namespaced_pod, name,
+                             self.namespace, missing_ok=True)
+
+    @staticmethod
+    def _pod_endpoint(pod) -> Endpoint | None:
+        if pod is None or pod.status is None or not pod.status.pod_ip:
+            return None
+        containers = sorted(pod.spec.containers, key=lambda c: c.name != names.CONTAINER)
+        for container in containers:
+            for port in container.ports or []:
+                if port.name == names.PORT_NAME:
+                    return Endpoint(pod.status.pod_ip, port.container_port)
+        return None
+
+    def member_endpoints(self) -> dict[str, Endpoint]:
+        pods = self._pods()
+        peers = self.peer_addresses()
+        return {m: self._pod_endpoint(pods.get(m)) or Endpoint.parse(peers[m]) for m in self.spec.member_names}
+
+    # -- pg_ops-owned objects --------------------------------------------------------------
+    def state_store(self) -> ConfigMapStateStore:
+        return ConfigMapStateStore(self.api, self.spec)
+
+    def _secret_what(self) -> str:
+        return self._what("secret", names.credentials_secret(self.spec))
+
+    def _read_secret(self):
+        return self.api.call("get", self._secret_what(), self.api.core.read_namespaced_secret,
+                             names.credentials_secret(self.spec), self.namespace, missing_ok=True)
+
+    @staticmethod
+    def _credentials_of(secret) -> Credentials:
+        data = secret.data or {}
+        return Credentials(passwords={key.removesuffix(PASSWORD_SUFFIX): SecretStr(_unb64(value))
+                                      for key, value in data.items() if key.endswith(PASSWORD_SUFFIX)})
+
+    def load_credentials(self) -> Credentials | None:
+        secret = self._read_secret()
+        return None if secret is None else self._credentials_of(secret)
+
+    @staticmethod
+    def _secret_data(creds: Credentials) -> dict[str, str]:
+        data = {names.password_key(role): _b64(creds.password(role)) for role in creds.passwords}
+        data[names.PASSFILE_KEY] = _b64(creds.passfile_text([SUPERUSER, REPLICATION_USER]))
+        return data
+
+    def ensure_credentials(self) -> Credentials:
+        """Created once with generated passwords; afterwards only keys that are missing (a role
+        the spec gained) are added, with the Secret's resourceVersion, so two writers racing
+        cannot replace each other's passwords."""
+        for _ in range(5):
+            secret = self._read_secret()
+            if secret is None:
+                creds = new_credentials(self.spec)
+                body = {"metadata": owned_metadata(self.spec, names.credentials_secret(self.spec)),
+                        "type": "Opaque", "data": self._secret_data(creds)}
+                try:
+                    self.api.call("create", self._secret_what(), self.api.core.create_namespaced_secret,
+                                  self.namespace, body, field_manager=names.FIELD_MANAGER)
+                    return creds
+                except KubernetesConflict:
+                    continue  # created concurrently: read theirs
+            current = self._credentials_of(secret)
+            creds = current.with_roles(required_roles(self.spec))
+            missing = {k: v for k, v in self._secret_data(creds).items() if k not in (secret.data or {})}
+            if not missing:
+                return creds
+            body = {"metadata": {"name": secret.metadata.name, "namespace": self.namespace,
+                                 "labels": secret.metadata.labels, "annotations": secret.metadata.annotations,
+                                 "resourceVersion": secret.metadata.resource_version},
+                    "type": secret.type or "Opaque", "data": {**secret.data, **missing}}
+            try:
+                self.api.call("update", self._secret_what(), self.api.core.replace_namespaced_secret,
+                              secret.metadata.name, self.namespace, body, field_manager=names.FIELD_MANAGER)
+                return creds
+            except KubernetesConflict:
+                continue
+        raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
+
+    def _git_owned_objects(self) -> list[dict]:
+        if self._manifests is not None:
+            return self._manifests(self.spec)
+        try:
+            from pg_ops.render import manifests
+        except ImportError as exc:
+            raise PgOpsError(f"cluster {self.spec.name}: the rendered manifests are unavailable ({exc})") from None
+        return manifests(self.spec)
+
+    def prepare(self, state: DesiredState) -> None:
+        """gitops: true -> ArgoCD applies the Git-owned objects; only check they are there.
+        gitops: false -> server-side apply them as field manager pg-ops, in manifest order,
+        saying how far it got when one fails."""
+        objects = self._git_owned_objects()
+        client = ObjectClient(self.api)
+        if self.spec.kubernetes.gitops:
+            missing = [describe(o) for o in objects if not client.exists(o)]
+            if missing:
+                raise PgOpsError(f"cluster {self.spec.name}: Git-owned objects missing ({', '.join(missing)}); "
+                                 f"sync the GitOps application (kubernetes.gitops is true: pg_ops never applies them)")
+            return
+        for done, obj in enumerate(objects):
+            try:
+                client.apply(obj)
+            except KubernetesError as exc:
+                applied = ", ".join(describe(o) for o in objects[:done]) or "none"
+                raise type(exc)(f"{exc}; applied before it: {applied}; not applied: {len(objects) - done} object(s)",
+                                exc.status, exc.reason) from None
+
+    # -- members ---------------------------------------------------------------------------
+    def member_running(self, name: str) -> bool:
+        return _running(self._pod(name))
+
+    def _statefulset(self):
+        sts = self.api.call("get", self._what("statefulset", names.statefulset_name(self.spec)),
+                            self.api.apps.read_namespaced_stateful_set, names.statefulset_name(self.spec),
+                            self.namespace, missing_ok=True)
+        if sts is None:
+            raise MemberError(f"kubernetes: statefulset {self.namespace}/{names.statefulset_name(self.spec)} "
+                              f"not found: the Git-owned manifests are not applied")
+        return sts
+
+    def start_member(self, name: str) -> None:
+        """The StatefulSet controller (re)creates the pod; wait until it runs, and report a
+        pod that stays Pending (unschedulable, a volume or image that cannot be had)."""
+        if self.member_running(name):
+            return
+        sts = self._statefulset()
+        ordinal = int(name.rsplit("-", 1)[1])
+        if ordinal >= (sts.spec.replicas or 0):
+            raise MemberError(f"kubernetes: pod {self.namespace}/{name}: statefulset "
+                              f"{sts.metadata.name} has {sts.spec.replicas} replicas; scale it to "
+                              f"{self.spec.postgres.members}")
+        deadline = time.monotonic() + self.pod_start_timeout
+        while True:
+            pod = self._pod(name)
+            if _running(pod):
+                return
+            if time.monotonic() >= deadline:
+                phase = pod.status.phase if pod is not None and pod.status else "missing"
+                raise MemberError(f"kubernetes: pod {self.namespace}/{name} stuck {phase} after "
+                                  f"{self.pod_start_timeout:g} s: {_pending_reason(pod)}")
+            time.sleep(0.5)
+
+    def _delete_pod(self, name: str, grace_seconds: int | None) -> None:
+        """Delete a pod and wait until that pod (its uid) is gone; the StatefulSet then makes
+        a new one, which is not waited for."""
+        pod = self._pod(name)
+        if pod is None:
+            return
+        uid = pod.metadata.uid
+        kwargs = {} if grace_seconds is None else {"grace_period_seconds": grace_seconds}
+        self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
+                      self.namespace, missing_ok=True, **kwargs)
+        grace = (pod.spec.termination_grace_period_seconds or 30) if grace_seconds is None else grace_seconds
+        deadline = time.monotonic() + POD_GONE_TIMEOUT_S + grace
+        while time.monotonic() < deadline:
+            pod = self._pod(name)
+            if pod is None or pod.metadata.uid != uid:
+                return
+            time.sleep(0.2)
+        raise MemberError(f"kubernetes: delete pod {self.namespace}/{name}: still terminating after "
+                          f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
+
+    def stop_member(self, name: str) -> None:
+        """Graceful delete: the member script turns SIGTERM into a fast shutdown."""
+        self._delete_pod(name, None)
+
+    def kill_member(self, name: str) -> None:
+        """Grace 0 is a forced delete: the API object goes at once, the kubelet kills the
+        container at its next sync (seconds), and a pod on a dead node does not block us."""
+        self._delete_pod(name, 0)
+
+    def _set_role(self, name: str, role: str | None) -> None:
+        self.api.call("patch", self._what("pod", name), self.api.core.patch_namespaced_pod, name, self.namespace,
+                      {"metadata": {"labels": {names.LABEL_ROLE: role}}}, missing_ok=True)
+
+    def fence_member(self, name: str) -> None:
+        """Out of the Services first (label removed), then the pod is force-deleted (grace 0,
+        so a failover is not held up by a pod on an unreachable node). What is not covered:
+        the old container may run until its kubelet notices; by then the desired state already
+        names another primary, and its member script demotes it once the ConfigMap volume
+        refreshes (the kubelet sync window, about a minute by default)."""
+        self._set_role(name, None)
+        self._delete_pod(name, 0)
+
+    def route_primary(self, name: str) -> None:
+        """Every other pod is labelled replica before `name` is labelled primary, so the
+        primary Service never selects two pods."""
+        pods = self._pods()
+        for other, pod in sorted(pods.items()):
+            if other != name and (pod.metadata.labels or {}).get(names.LABEL_ROLE) != names.ROLE_REPLICA:
+                self._set_role(other, names.ROLE_REPLICA)
+        if name not in pods:
+            raise MemberError(f"kubernetes: patch pod {self.namespace}/{name}: pod not found; "
+                              f"the primary Service has no endpoint")
+        if (pods[name].metadata.labels or {}).get(names.LABEL_ROLE) != names.ROLE_PRIMARY:
+            self._set_role(name, names.ROLE_PRIMARY)
+
+    def _data_claim(self, name: str) -> str:
+        templates = self._statefulset().spec.volume_claim_templates or []
+        return f"{templates[0].metadata.name if templates else 'data'}-{name}"
+
+    def wipe_member(self, name: str) -> None:
+        """Delete the member's PVC, then its pod: the StatefulSet recreates both and the member
+        script re-clones into the empty volume. (The PVC stays Terminating until the pod is
+        gone: the pvc-protection finalizer.)"""
+        claim = self._data_claim(name)
+        self.api.call("delete", self._what("persistentvolumeclaim", claim),
+                      self.api.core.delete_namespaced_persistent_volume_claim, claim, self.namespace,
+                      missing_ok=True)
+        self._delete_pod(name, 0)
+
+    def member_log_tail(self, name: str, lines: int = 5) -> str:
+        try:
+            # Raw response: the client (v36) turns a text body into the repr of its bytes.
+            response = self.api.call("read log of", self._what("pod", name), self.api.core.read_namespaced_pod_log,
+                                     name, self.namespace, container=names.CONTAINER, tail_lines=lines,
+                                     missing_ok=True, _preload_content=False)
+        except KubernetesError as exc:
+            if exc.status == 400:  # container not started yet
+                return ""
+            raise
+        return "" if response is None else response.data.decode(errors="replace").strip()
+
+    def data_dir_usage(self, name: str) -> tuple[int, int] | None:
+        # Not measured on Kubernetes yet (would need an exec into the pod per member per tick).
+        return None
+
+    def teardown(self) -> None:
+        raise PgOpsError(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "
+                         f"delete the Git-owned objects through Git")

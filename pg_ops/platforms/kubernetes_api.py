@@ -1,0 +1,122 @@
+"""The Kubernetes API as pg_ops uses it: one client per platform, and ONE helper through which
+every call goes, so each failure becomes a single clear line naming the verb and the object:
+
+    kubernetes: patch configmap postgresql/homelab-pg-ops-state: forbidden (403): <server message>
+
+The `kubernetes` package is imported here, lazily by whoever needs this module (it takes
+~0.6 s to import and `import pg_ops.definitions` must stay fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes.client as k8s
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from pg_ops.errors import ConflictError, PgOpsError
+
+T = TypeVar("T")
+
+# Connect / read timeouts of every call: an API server that does not answer must not hang a
+# sensor tick or a failover run.
+REQUEST_TIMEOUT = (3, 20)
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class KubernetesError(PgOpsError):
+    """A Kubernetes API call that failed; `status` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class KubernetesNotFound(KubernetesError):
+    pass
+
+
+class KubernetesConflict(KubernetesError, ConflictError):
+    """409: AlreadyExists, a resourceVersion mismatch, or an apply conflict with another
+    field manager. A ConflictError, so state.update_state retries the CAS ones."""
+
+
+def load_configuration() -> k8s.Configuration:
+    """In-cluster service account when running in a pod, else KUBECONFIG (or ~/.kube/config)."""
+    from kubernetes import config
+
+    cfg = k8s.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+            return cfg
+        except ConfigException as exc:
+            raise PgOpsError(f"kubernetes: in-cluster configuration unusable: {exc}") from None
+    # The client reads KUBECONFIG once at import; read it at call time instead.
+    path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if not any(Path(p).is_file() for p in path.split(os.pathsep) if p):
+        raise PgOpsError(
+            f"kubernetes: no kubeconfig and not in a pod: {path} does not exist and "
+            f"KUBERNETES_SERVICE_HOST is not set (set KUBECONFIG or run pg_ops in the cluster)"
+        )
+    try:
+        config.load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
+    except (ConfigException, OSError, ValueError) as exc:
+        raise PgOpsError(f"kubernetes: kubeconfig {path} unusable: {exc}") from None
+    return cfg
+
+
+def _server_message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "")
+        message = body.get("message") or exc.reason
+    except (ValueError, AttributeError):
+        message = (exc.body or exc.reason or "").strip()
+    return " ".join(str(message).split())[:300]
+
+
+def _reason_words(status: int, reason: str) -> str:
+    words = {401: "unauthorized", 403: "forbidden", 404: "not found", 409: "conflict",
+             422: "invalid", 500: "server error", 503: "unavailable"}
+    return words.get(status, (reason or "error").lower())
+
+
+class KubernetesApi:
+    """The clients pg_ops uses, bound to one API server."""
+
+    def __init__(self, configuration: k8s.Configuration | None = None):
+        self.configuration = configuration or load_configuration()
+        self.client = k8s.ApiClient(self.configuration)
+        self.core = k8s.CoreV1Api(self.client)
+        self.apps = k8s.AppsV1Api(self.client)
+        self.custom = k8s.CustomObjectsApi(self.client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: bool = False,
+             **kwargs: Any) -> T | None:
+        """Run one API call; `what` is "<kind> <namespace>/<name>". Returns None for a 404
+        when missing_ok, raises a KubernetesError with one clear line otherwise."""
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            if status == 404 and missing_ok:
+                return None
+            message = f"kubernetes: {verb} {what}: {_reason_words(status, exc.reason)} ({status}): {_server_message(exc)}"
+            cls = {404: KubernetesNotFound, 409: KubernetesConflict}.get(status, KubernetesError)
+            raise cls(message, status, exc.reason or "") from None
+        except (Urllib3Error, OSError) as exc:
+            cause = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
+            raise KubernetesError(
+                f"kubernetes: {verb} {what}: API server {self.configuration.host} unreachable: {cause}"
+            ) from None

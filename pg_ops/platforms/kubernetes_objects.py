@@ -1,0 +1,84 @@
+"""Any manifest (a dict with apiVersion/kind/metadata) as an API object: server-side apply it
+with pg_ops's field manager, or read it back. Used for the Git-owned objects when a cluster is
+not GitOps-managed (`kubernetes.gitops: false`), and to check they exist when it is.
+
+Core (v1) kinds go through CoreV1Api's typed methods; every other group (apps, policy,
+networking.k8s.io, rbac…, and custom resources such as ServiceMonitor) through
+CustomObjectsApi, whose paths are the generic /apis/<group>/<version>/… ones.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops.platforms.kubernetes_api import KubernetesApi
+
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+CLUSTER_SCOPED_CORE = {"Namespace", "PersistentVolume", "Node"}
+
+
+def plural(kind: str) -> str:
+    """The resource name of a kind (NetworkPolicy -> networkpolicies, Ingress -> ingresses)."""
+    lower = kind.lower()
+    if lower.endswith("s"):
+        return lower + "es"
+    if lower.endswith("y"):
+        return lower[:-1] + "ies"
+    return lower + "s"
+
+
+def _snake(kind: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+
+
+def describe(obj: dict) -> str:
+    """'statefulset postgresql/homelab': how errors name an object."""
+    meta = obj.get("metadata", {})
+    where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj['kind'].lower()} {where}{meta.get('name', '?')}"
+
+
+class ObjectClient:
+    def __init__(self, api: KubernetesApi):
+        self.api = api
+
+    def apply(self, obj: dict, *, force: bool = True) -> None:
+        """Server-side apply as field manager `pg-ops`. force=True takes over fields another
+        manager set (pg_ops is the applier when the cluster is not GitOps-managed)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        group, _, version = obj["apiVersion"].rpartition("/")
+        options = {"field_manager": names.FIELD_MANAGER, "force": force, "_content_type": APPLY_CONTENT_TYPE}
+        what = describe(obj)
+        if not group:
+            if kind in CLUSTER_SCOPED_CORE:
+                fn = getattr(self.api.core, f"patch_{_snake(kind)}")
+                self.api.call("apply", what, fn, meta["name"], obj, **options)
+            else:
+                fn = getattr(self.api.core, f"patch_namespaced_{_snake(kind)}")
+                self.api.call("apply", what, fn, meta["name"], meta["namespace"], obj, **options)
+        elif meta.get("namespace"):
+            self.api.call("apply", what, self.api.custom.patch_namespaced_custom_object, group, version,
+                          meta["namespace"], plural(kind), meta["name"], obj, **options)
+        else:
+            self.api.call("apply", what, self.api.custom.patch_cluster_custom_object, group, version,
+                          plural(kind), meta["name"], obj, **options)
+
+    def exists(self, obj: dict) -> bool:
+        kind, meta = obj["kind"], obj["metadata"]
+        group, _, version = obj["apiVersion"].rpartition("/")
+        what = describe(obj)
+        if not group:
+            if kind in CLUSTER_SCOPED_CORE:
+                found = self.api.call("get", what, getattr(self.api.core, f"read_{_snake(kind)}"), meta["name"],
+                                      missing_ok=True)
+            else:
+                found = self.api.call("get", what, getattr(self.api.core, f"read_namespaced_{_snake(kind)}"),
+                                      meta["name"], meta["namespace"], missing_ok=True)
+        elif meta.get("namespace"):
+            found = self.api.call("get", what, self.api.custom.get_namespaced_custom_object, group, version,
+                                  meta["namespace"], plural(kind), meta["name"], missing_ok=True)
+        else:
+            found = self.api.call("get", what, self.api.custom.get_cluster_custom_object, group, version,
+                                  plural(kind), meta["name"], missing_ok=True)
+        return found is not None

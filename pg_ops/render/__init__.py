@@ -1,0 +1,36 @@
+"""The Git-owned Kubernetes manifests of a cluster, rendered from its ClusterSpec.
+
+Pure functions: no Dagster, no cluster access, no secrets. `pg-ops render` writes them to
+deploy/kubernetes/<cluster>/ for ArgoCD; the Kubernetes platform applies the same objects when a
+cluster is not GitOps-managed, and its drift check compares live objects with them.
+"""
+
+from __future__ import annotations
+
+from pg_ops.render.access import (
+    member_service_account,
+    network_policy,
+    pg_ops_role,
+    pg_ops_role_binding,
+    pod_disruption_budget,
+)
+from pg_ops.render.config import config_configmap, script_configmap
+from pg_ops.render.monitoring import exporter_queries_configmap, prometheus_rule, service_monitor
+from pg_ops.render.output import check_git_safe, default_output_dir, write_manifests
+from pg_ops.render.services import services
+from pg_ops.render.statefulset import statefulset
+from pg_ops.spec import ClusterSpec
+
+__all__ = ["manifests", "write_manifests", "default_output_dir", "check_git_safe"]
+
+
+def manifests(spec: ClusterSpec) -> list[dict]:
+    """Every Git-owned object of a kubernetes cluster, in apply order."""
+    objects = [
+        member_service_account(spec), pg_ops_role(spec), pg_ops_role_binding(spec),
+        config_configmap(spec), script_configmap(spec), exporter_queries_configmap(spec),
+        *services(spec), statefulset(spec), pod_disruption_budget(spec), network_policy(spec),
+        service_monitor(spec), prometheus_rule(spec),
+    ]
+    check_git_safe(spec, objects)
+    return objects

@@ -1,0 +1,223 @@
+"""Observability of a cluster: the postgres_exporter sidecar and its custom queries, the
+ServiceMonitor that scrapes it, and the PrometheusRule with the alerts (thresholds from the spec).
+
+pg_ops reports its own activity through a status table in the `pg_ops` database, which the
+exporter reads on every member (it is replicated like everything else):
+
+    status(key text primary key, at timestamptz, value double precision)
+
+one row per STATUS_KEYS entry, upserted by the operation that did the thing. The alerts on these
+rows are pg_ops's dead man's switch: if the health sensor stops ticking, Prometheus says so.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.platforms import kubernetes_names as k
+from pg_ops.render.meta import metadata
+from pg_ops.spec import ClusterSpec
+
+EXPORTER_IMAGE = "quay.io/prometheuscommunity/postgres-exporter:v0.17.1"
+QUERIES_MOUNT = "/etc/postgres-exporter/queries"
+EXPORTER_SECRET_MOUNT = "/etc/postgres-exporter/secret"
+# kube-prometheus-stack selects ServiceMonitors / PrometheusRules by its release label.
+PROMETHEUS_SELECTOR = {"release": "kube-prometheus-stack"}
+CLUSTER_LABEL = "pg_cluster"  # added to every scraped series from the pod's instance label
+
+STATUS_TABLE = "status"
+STATUS_TABLE_DDL = """
+create table if not exists status (
+    key text primary key,
+    at timestamptz not null,
+    value double precision not null default 0)
+"""
+STATUS_KEYS = {
+    "backup_complete": "last complete backup (value: its stored size in bytes)",
+    "drill_success": "last successful restore drill (value: restored bytes)",
+    "failover": "last failover or switchover (value: the new epoch)",
+    "health_tick": "last cluster_health_sensor tick (value: members reachable)",
+}
+
+
+def exporter_queries() -> dict:
+    """postgres_exporter custom queries (--extend.query-path). Metric = <query>_<column>."""
+    return {
+        "pg_ops_status": {
+            "query": f"select key, extract(epoch from at) as timestamp_seconds, value from {STATUS_TABLE}",
+            "metrics": [
+                {"key": {"usage": "LABEL", "description": "what pg_ops did: " + ", ".join(STATUS_KEYS)}},
+                {"timestamp_seconds": {"usage": "GAUGE", "description": "when pg_ops last did it (unix time)"}},
+                {"value": {"usage": "GAUGE", "description": "a figure of that event (see pg_ops docs)"}},
+            ],
+        },
+        # Lag as the primary sees it, per replica. replay_lag is NULL on an idle link: 0 then.
+        "pg_ops_replication": {
+            "query": ("select application_name as member, "
+                      "coalesce(extract(epoch from replay_lag), 0) as replay_lag_seconds, "
+                      "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0) as replay_lag_bytes "
+                      "from pg_stat_replication where not pg_is_in_recovery()"),
+            "metrics": [
+                {"member": {"usage": "LABEL", "description": "replica (application_name)"}},
+                {"replay_lag_seconds": {"usage": "GAUGE", "description": "pg_stat_replication.replay_lag"}},
+                {"replay_lag_bytes": {"usage": "GAUGE", "description": "WAL bytes not yet replayed"}},
+            ],
+        },
+        # A replica whose WAL receiver is not streaming is lagging, whatever its lag reads.
+        "pg_ops_wal_receiver": {
+            "query": ("select case when not pg_is_in_recovery() then 1 else "
+                      "(select count(*) from pg_stat_wal_receiver where status = 'streaming') end as streaming"),
+            "metrics": [{"streaming": {"usage": "GAUGE",
+                                       "description": "1 on the primary and on a streaming replica"}}],
+        },
+        "pg_ops_connections": {
+            "query": ("select count(*) filter (where backend_type = 'client backend') as used, "
+                      "current_setting('max_connections')::int as max from pg_stat_activity"),
+            "metrics": [{"used": {"usage": "GAUGE", "description": "client connections"}},
+                        {"max": {"usage": "GAUGE", "description": "max_connections"}}],
+        },
+        # Data + WAL: most of what fills the volume (not temp files or logs).
+        "pg_ops_storage": {
+            "query": ("select (select sum(pg_database_size(oid)) from pg_database) "
+                      "+ (select coalesce(sum(size), 0) from pg_ls_waldir()) as used_bytes"),
+            "metrics": [{"used_bytes": {"usage": "GAUGE", "description": "databases + WAL bytes"}}],
+        },
+    }
+
+
+def produced_metrics() -> set[str]:
+    """Every metric name the custom queries produce."""
+    names = set()
+    for query, body in exporter_queries().items():
+        for metric in body["metrics"]:
+            (column, meta), = metric.items()
+            if meta["usage"] != "LABEL":
+                names.add(f"{query}_{column}")
+    return names
+
+
+def exporter_queries_configmap(spec: ClusterSpec) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": metadata(spec, f"{spec.name}-exporter-queries", "monitoring"),
+            "data": {"queries.yaml": yaml.safe_dump(exporter_queries(), sort_keys=False, width=1000)}}
+
+
+def exporter_container(spec: ClusterSpec) -> dict:
+    """The sidecar reaches its own member over loopback (pg_hba allows 127.0.0.1/32)."""
+    return {
+        "name": k.EXPORTER_CONTAINER,
+        "image": EXPORTER_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [f"--extend.query-path={QUERIES_MOUNT}/queries.yaml"],
+        "env": [
+            {"name": "DATA_SOURCE_URI", "value": f"127.0.0.1:{k.PORT}/{PG_OPS_DATABASE}?sslmode=disable"},
+            {"name": "DATA_SOURCE_USER", "value": SUPERUSER},
+            {"name": "DATA_SOURCE_PASS_FILE", "value": f"{EXPORTER_SECRET_MOUNT}/{k.password_key(SUPERUSER)}"},
+        ],
+        "ports": [{"name": k.METRICS_PORT_NAME, "containerPort": k.METRICS_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "250m", "memory": "128Mi"}},
+        "livenessProbe": {"httpGet": {"path": "/", "port": k.METRICS_PORT_NAME}, "periodSeconds": 30},
+        "readinessProbe": {"httpGet": {"path": "/", "port": k.METRICS_PORT_NAME}, "periodSeconds": 30},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "exporter-queries", "mountPath": QUERIES_MOUNT, "readOnly": True},
+                         {"name": "exporter-secret", "mountPath": EXPORTER_SECRET_MOUNT, "readOnly": True}],
+    }
+
+
+def exporter_volumes(spec: ClusterSpec) -> list[dict]:
+    return [
+        {"name": "exporter-queries", "configMap": {"name": f"{spec.name}-exporter-queries"}},
+        {"name": "exporter-secret", "secret": {
+            "secretName": k.credentials_secret(spec), "optional": False, "defaultMode": 0o440,
+            "items": [{"key": k.password_key(SUPERUSER), "path": k.password_key(SUPERUSER)}]}},
+    ]
+
+
+def service_monitor(spec: ClusterSpec) -> dict:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {**metadata(spec, spec.name, "monitoring"),
+                     "labels": {**metadata(spec, spec.name, "monitoring")["labels"], **PROMETHEUS_SELECTOR}},
+        "spec": {
+            # The headless Service publishes not-ready members too: a lagging replica is scraped.
+            "selector": {"matchLabels": {**k.selector_labels(spec), k.LABEL_COMPONENT: "headless"}},
+            "namespaceSelector": {"matchNames": [spec.kubernetes.namespace]},
+            "endpoints": [{
+                "port": k.METRICS_PORT_NAME, "interval": "30s", "scrapeTimeout": "10s",
+                # The operator adds `pod` (the scraped member); `member` stays free for the
+                # replica a pg_ops_replication series is about.
+                "relabelings": [
+                    {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                     "targetLabel": CLUSTER_LABEL},
+                ],
+            }],
+        },
+    }
+
+
+def _storage_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for unit in sorted(units, key=len, reverse=True):
+        if quantity.endswith(unit):
+            return int(float(quantity[: -len(unit)]) * units[unit])
+    return int(quantity)
+
+
+def alert_rules(spec: ClusterSpec) -> list[dict]:
+    """Each alert names the cluster; thresholds come from spec.monitoring."""
+    m = spec.monitoring
+    sel = f'{CLUSTER_LABEL}="{spec.name}"'
+    capacity = _storage_bytes(spec.kubernetes.storage)
+
+    def status_age(key: str) -> str:
+        return f'time() - max(pg_ops_status_timestamp_seconds{{{sel}, key="{key}"}})'
+
+    def never(key: str) -> str:
+        return f'absent(pg_ops_status_timestamp_seconds{{{sel}, key="{key}"}})'
+
+    def rule(name, expr, for_, severity, summary):
+        return {"alert": name, "expr": expr, "for": for_,
+                "labels": {"severity": severity, CLUSTER_LABEL: spec.name},
+                "annotations": {"summary": summary}}
+
+    return [
+        rule("PgOpsReplicationLag",
+             f"max by (member) (pg_ops_replication_replay_lag_seconds{{{sel}}}) > {m.lag_alert_seconds:g}"
+             f" or max by (member) (pg_ops_replication_replay_lag_bytes{{{sel}}}) > {m.lag_alert_bytes}",
+             "1m", "warning", f"{spec.name}: replica {{{{ $labels.member }}}} replays more than "
+             f"{m.lag_alert_seconds:g} s / {m.lag_alert_bytes} bytes behind the primary"),
+        rule("PgOpsReplicaNotStreaming", f"pg_ops_wal_receiver_streaming{{{sel}}} == 0", "1m", "warning",
+             f"{spec.name}: replica {{{{ $labels.pod }}}} is not streaming from the primary"),
+        rule("PgOpsStorageNearlyFull",
+             f"pg_ops_storage_used_bytes{{{sel}}} / {capacity} > {m.storage_alert_ratio:g}", "5m", "warning",
+             f"{spec.name}: {{{{ $labels.pod }}}} uses more than {m.storage_alert_ratio:.0%} of its "
+             f"{spec.kubernetes.storage} volume"),
+        rule("PgOpsConnectionsNearLimit",
+             f"pg_ops_connections_used{{{sel}}} / pg_ops_connections_max{{{sel}}} > {m.connections_alert_ratio:g}",
+             "5m", "warning", f"{spec.name}: {{{{ $labels.pod }}}} uses more than "
+             f"{m.connections_alert_ratio:.0%} of max_connections"),
+        rule("PgOpsInstanceDown",
+             f"pg_up{{{sel}}} == 0 or up{{{sel}}} == 0", "1m", "critical",
+             f"{spec.name}: member {{{{ $labels.pod }}}} is down (or its exporter is)"),
+        rule("PgOpsMoreThanOnePrimary",
+             f"count(pg_replication_is_replica{{{sel}}} == 0) > 1", "0s", "critical",
+             f"{spec.name}: more than one member accepts writes (split brain): fence one now"),
+        rule("PgOpsBackupTooOld",
+             f"{status_age('backup_complete')} > {26 * 3600} or {never('backup_complete')}", "10m", "critical",
+             f"{spec.name}: no complete backup for more than 26 h"),
+        rule("PgOpsDrillTooOld",
+             f"{status_age('drill_success')} > {8 * 86400} or {never('drill_success')}", "1h", "warning",
+             f"{spec.name}: no successful restore drill for more than 8 days"),
+        rule("PgOpsHealthSensorSilent",
+             f"{status_age('health_tick')} > 120 or {never('health_tick')}", "0s", "critical",
+             f"{spec.name}: pg_ops's health sensor has not ticked for 2 minutes (Dagster daemon down?)"),
+    ]
+
+
+def prometheus_rule(spec: ClusterSpec) -> dict:
+    meta = metadata(spec, spec.name, "monitoring")
+    meta["labels"] = {**meta["labels"], **PROMETHEUS_SELECTOR}
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta,
+            "spec": {"groups": [{"name": f"pg-ops-{spec.name}", "rules": alert_rules(spec)}]}}

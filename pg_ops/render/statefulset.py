@@ -1,0 +1,140 @@
+"""The StatefulSet: the official postgres image running pg_ops's member script.
+
+OnDelete, never RollingUpdate: the controller must not restart the primary on its own; pg_ops's
+rolling_restart job replaces pods replicas first, then switches over. The pod template carries no
+role label: pg_ops sets it on the pods (the Services select on it) and Git never sees it.
+"""
+
+from __future__ import annotations
+
+from pg_ops.platforms import kubernetes_names as k
+from pg_ops.render import monitoring
+from pg_ops.render.config import config_hash
+from pg_ops.render.meta import checkov_skips, labels, metadata
+from pg_ops.spec import ClusterSpec
+
+POSTGRES_UID = 999  # the postgres user of the official image (Debian variant)
+PROBE = f"{k.SCRIPT_MOUNT}/probe.sh"
+# Clone (pg_basebackup of up to the whole volume) and rewind happen before postgres first answers:
+# give them an hour before the kubelet gives up (startupProbe: 360 x 10 s).
+STARTUP_PERIOD_S, STARTUP_FAILURES = 10, 360
+
+
+def _exec_probe(*args: str, period: int, failures: int, timeout: int = 10) -> dict:
+    return {"exec": {"command": ["/bin/bash", PROBE, *args]}, "periodSeconds": period,
+            "timeoutSeconds": timeout, "failureThreshold": failures}
+
+
+def member_env(spec: ClusterSpec) -> list[dict]:
+    """member.sh's environment contract (see its header)."""
+    return [
+        {"name": "PGOPS_MEMBER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PGOPS_DATA", "value": k.PGDATA},
+        {"name": "PGOPS_PORT", "value": str(k.PORT)},
+        {"name": "PGOPS_STATE", "value": f"{k.STATE_MOUNT}/{k.STATE_KEY}"},
+        {"name": "PGOPS_CONFIG_DIR", "value": k.CONFIG_MOUNT},
+        {"name": "PGOPS_PASSFILE", "value": f"{k.SECRET_MOUNT}/{k.PASSFILE_KEY}"},
+        {"name": "PGOPS_RUN_DIR", "value": k.RUN_DIR},
+        {"name": "PGOPS_BIN", "value": k.PG_BIN_16},
+        {"name": "PGOPS_LISTEN", "value": "*"},
+    ]
+
+
+def postgres_container(spec: ClusterSpec) -> dict:
+    res = spec.kubernetes.resources
+    m = spec.monitoring
+    mounts = [
+        {"name": "data", "mountPath": k.PGDATA_MOUNT},
+        # Whole ConfigMaps as directories, never subPath: a subPath mount never refreshes, and
+        # the member script must see a new desired state (demotion) within the kubelet sync.
+        {"name": "state", "mountPath": k.STATE_MOUNT, "readOnly": True},
+        {"name": "config", "mountPath": k.CONFIG_MOUNT, "readOnly": True},
+        {"name": "script", "mountPath": k.SCRIPT_MOUNT, "readOnly": True},
+        {"name": "credentials", "mountPath": k.SECRET_MOUNT, "readOnly": True},
+        {"name": "run", "mountPath": k.RUN_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.kubernetes.tls_secret:
+        mounts.append({"name": "tls", "mountPath": k.TLS_MOUNT, "readOnly": True})
+    return {
+        "name": k.CONTAINER,
+        "image": spec.kubernetes.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"],
+        "env": member_env(spec),
+        "ports": [{"name": k.PORT_NAME, "containerPort": k.PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory},
+                      "limits": {"cpu": res.cpu, "memory": res.memory}},
+        "startupProbe": _exec_probe("startup", period=STARTUP_PERIOD_S, failures=STARTUP_FAILURES),
+        # Liveness tolerates a clone/rewind in progress: restarting would only start it over.
+        "livenessProbe": _exec_probe("live", period=10, failures=6),
+        # Readiness: a lagging or disconnected replica leaves the read-only Service.
+        "readinessProbe": _exec_probe("ready", f"{m.lag_alert_seconds:g}", str(m.lag_alert_bytes),
+                                      period=5, failures=3),
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": mounts,
+    }
+
+
+def volumes(spec: ClusterSpec) -> list[dict]:
+    vols = [
+        # pg_ops creates the state ConfigMap at deploy; until then the member script waits and
+        # says so in its log (optional: the pod starts and shows why it waits).
+        {"name": "state", "configMap": {"name": k.state_configmap(spec), "optional": True}},
+        {"name": "config", "configMap": {"name": k.config_configmap(spec)}},
+        {"name": "script", "configMap": {"name": k.script_configmap(spec), "defaultMode": 0o555}},
+        {"name": "credentials", "secret": {"secretName": k.credentials_secret(spec), "optional": False,
+                                           "defaultMode": 0o440,
+                                           "items": [{"key": k.PASSFILE_KEY, "path": k.PASSFILE_KEY}]}},
+        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},  # passfile copy: not on disk
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        *monitoring.exporter_volumes(spec),
+    ]
+    if spec.kubernetes.tls_secret:
+        # 0640 root:999 is what PostgreSQL accepts for a key file it does not own.
+        vols.append({"name": "tls", "secret": {"secretName": spec.kubernetes.tls_secret, "defaultMode": 0o640}})
+    return vols
+
+
+def statefulset(spec: ClusterSpec) -> dict:
+    selector = k.selector_labels(spec)
+    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.kubernetes.storage}}}
+    if spec.kubernetes.storage_class:
+        claim["storageClassName"] = spec.kubernetes.storage_class
+    skips = checkov_skips(
+        CKV_K8S_40="the official postgres image runs as its postgres user, uid 999",
+        CKV_K8S_43="images are pinned by tag in the cluster spec; digests are not known offline",
+        CKV_K8S_15="IfNotPresent on purpose: a registry outage must not keep a member from restarting",
+    )
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": metadata(spec, k.statefulset_name(spec), "database", annotations=skips),
+        "spec": {
+            "serviceName": k.headless_service(spec),
+            "replicas": spec.postgres.members,
+            "podManagementPolicy": "Parallel",   # members wait for the record, not for each other
+            "updateStrategy": {"type": "OnDelete"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**labels(spec, "database")},
+                             "annotations": {"pg-ops.io/config-hash": config_hash(spec)}},
+                "spec": {
+                    "serviceAccountName": k.member_service_account(spec),
+                    "automountServiceAccountToken": False,  # members never call the API
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 60,    # fast shutdown + checkpoint
+                    "securityContext": {"runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_UID,
+                                        "fsGroup": POSTGRES_UID, "runAsNonRoot": True,
+                                        "fsGroupChangePolicy": "OnRootMismatch",
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname"}]}},
+                    "containers": [postgres_container(spec), monitoring.exporter_container(spec)],
+                    "volumes": volumes(spec),
+                },
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": selector}, "spec": claim}],
+        },
+    }

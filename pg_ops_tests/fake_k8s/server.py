@@ -1,0 +1,183 @@
+"""The fake API server's HTTP side: the REST paths the official `kubernetes` client calls,
+mapped onto the Store, errors as real Status bodies (so the client raises ApiException with
+the status and reason), plus switches a test flips: RBAC denials and an API that hangs up.
+
+Test infrastructure only: not part of pg_ops.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+from pg_ops_tests.fake_k8s.store import ApiError, Key, Store
+
+NAMESPACED = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"/namespaces/(?P<ns>[^/]+)/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
+CLUSTER = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/(?P<resource>[^/]+)(?:/(?P<name>[^/]+))?$")
+VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+TRUE = {"true", "True", "1"}
+
+
+class Request:
+    def __init__(self, method: str, path: str, query: dict[str, str], body: bytes, content_type: str):
+        self.method, self.path, self.query, self.body, self.content_type = method, path, query, body, content_type
+        m = NAMESPACED.match(path) or CLUSTER.match(path)
+        if not m:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        parts = m.groupdict()
+        self.group = parts.get("group") or ""
+        self.api_version = "v1" if parts.get("core") else f"{parts['group']}/{parts['version']}"
+        self.namespace = parts.get("ns") or ""
+        self.resource = parts["resource"]
+        self.name = parts.get("name")
+        self.sub = parts.get("sub")
+        verb = VERBS[method]
+        if method == "GET" and not self.name:
+            verb = "list"
+        self.verb = verb
+
+    @property
+    def key(self) -> Key:
+        return (self.api_version, self.resource, self.namespace, self.name or "")
+
+    @property
+    def rbac_resource(self) -> str:
+        return f"{self.resource}/{self.sub}" if self.sub else self.resource
+
+    def json_body(self) -> dict:
+        try:
+            if self.content_type == "application/apply-patch+yaml":
+                return yaml.safe_load(self.body) or {}
+            return json.loads(self.body or b"{}")
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ApiError(400, "BadRequest", f"invalid body: {exc}") from None
+
+
+class FakeApiServer:
+    """An HTTP server on 127.0.0.1 (free port) in a thread. `hooks` lets the controllers take
+    over some verbs (pod deletion, pod logs, exec)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.forbidden: list[tuple[str, str, str | None]] = []  # (verb, resource, name or None)
+        self.identity = "system:serviceaccount:dagster:pg-ops"
+        self.delete_hooks: dict[str, callable] = {}  # resource -> fn(request, key) -> response dict
+        self.log_reader = None  # fn(namespace, pod, container, tail_lines) -> str
+        self.requests = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="fake-k8s-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- switches ------------------------------------------------------------------------------
+    def forbid(self, verb: str, resource: str, name: str | None = None) -> None:
+        """RBAC: answer 403 to `verb` on `resource` (optionally one object)."""
+        self.forbidden.append((verb, resource, name))
+
+    def allow_all(self) -> None:
+        self.forbidden.clear()
+
+    def _check_rbac(self, req: Request) -> None:
+        for verb, resource, name in self.forbidden:
+            if verb in (req.verb, "*") and resource == req.rbac_resource and name in (None, req.name):
+                what = f'{req.resource} "{req.name}"' if req.name else req.resource
+                raise ApiError(403, "Forbidden",
+                               f'{what} is forbidden: User "{self.identity}" cannot {req.verb} resource '
+                               f'"{req.rbac_resource}" in API group "{req.group}" in the namespace "{req.namespace}"',
+                               {"name": req.name or "", "kind": req.resource})
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def handle(self, req: Request) -> tuple[int, object]:
+        self._check_rbac(req)
+        store, key = self.store, req.key
+        manager = req.query.get("fieldManager")
+        if req.sub == "log":
+            if req.verb != "get" or self.log_reader is None:
+                raise ApiError(405, "MethodNotAllowed", "only GET of pods/log is served")
+            store.get(key)
+            tail = req.query.get("tailLines")
+            return 200, self.log_reader(req.namespace, req.name, req.query.get("container"),
+                                        int(tail) if tail else None)
+        if req.sub is not None:
+            raise ApiError(404, "NotFound", f"the fake serves no {req.sub} subresource")
+        if req.verb == "list":
+            return 200, store.list(req.api_version, req.resource, req.namespace or None,
+                                   req.query.get("labelSelector", ""))
+        if req.verb == "get":
+            return 200, store.get(key)
+        if req.verb == "create":
+            body = req.json_body()
+            name = body.get("metadata", {}).get("name")
+            if not name:
+                raise ApiError(422, "Invalid", f"{req.resource}: metadata.name: Required value")
+            return 201, store.create((*key[:3], name), body, manager)
+        if req.verb == "update":
+            return 200, store.replace(key, req.json_body(), manager)
+        if req.verb == "patch":
+            body = req.json_body()
+            if req.content_type == "application/apply-patch+yaml":
+                return 200, store.apply(key, body, manager or "", req.query.get("force") in TRUE)
+            if req.content_type in ("application/strategic-merge-patch+json", "application/merge-patch+json"):
+                return 200, store.merge(key, body, manager)
+            raise ApiError(415, "UnsupportedMediaType", f"the fake does not serve {req.content_type} patches")
+        if req.verb == "delete":
+            hook = self.delete_hooks.get(req.resource)
+            if hook is not None:
+                return 200, hook(req, key)
+            removed = store.remove(key)
+            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                         "details": {"name": key[3], "kind": req.resource, "uid": removed["metadata"]["uid"]}}
+        raise ApiError(405, "MethodNotAllowed", f"{req.method} is not served")
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet: tests read assertions, not access logs
+                return
+
+            def _serve(self):
+                server.requests += 1
+                url = urlparse(self.path)
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                content_type = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+                try:
+                    status, payload = server.handle(Request(self.command, url.path, query, body, content_type))
+                except ApiError as exc:
+                    status, payload = exc.code, exc.status()
+                if isinstance(payload, str):
+                    data, ctype = payload.encode(), "text/plain"
+                else:
+                    data, ctype = json.dumps(payload).encode(), "application/json"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        return Handler

@@ -1,0 +1,158 @@
+"""Alerts: fire once / resolve once, secrets never leave, a webhook never breaks the sensor."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+
+from pg_ops.defs.health import AlertsResource, deliver_run_failure
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.alerts import REDACTED, Alert, WebhookSender, deliver, reconcile, scrub
+
+ALERT_FIELDS = {"cluster", "severity", "kind", "summary", "details", "fired_at", "resolved_at"}
+
+
+class WebhookCapture:
+    """A local HTTP server that records every JSON body POSTed to it. mode: ok | fail | hang."""
+
+    def __init__(self, mode: str = "ok"):
+        self.mode = mode
+        self.bodies: list[dict] = []
+        self.attempts = 0
+        self.release = threading.Event()
+        capture = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                capture.attempts += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if capture.mode == "hang":
+                    capture.release.wait(30)
+                    return
+                if capture.mode == "fail":
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                capture.bodies.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kinds(self, resolved: bool | None = None) -> list[tuple[str, str]]:
+        return [(b["kind"], b["details"].get("member", "")) for b in self.bodies
+                if resolved is None or (b["resolved_at"] is not None) == resolved]
+
+
+def a(kind="member_down", member="c-1", cluster="c", **details):
+    return Alert(cluster=cluster, severity="warning", kind=kind, summary=f"{kind} {member}",
+                 details={"member": member, **details})
+
+
+def test_alert_fires_once_and_resolves_once():
+    sent, state = reconcile({}, [a()], now=100)
+    assert [(x.kind, x.fired_at, x.resolved_at) for x in sent] == [("member_down", 100, None)]
+    sent, state = reconcile(state, [a()], now=105)
+    assert sent == [] and list(state) == ["c/member_down/c-1"]
+    sent, state = reconcile(state, [], now=110)
+    assert [(x.kind, x.fired_at, x.resolved_at) for x in sent] == [("member_down", 100, 110)]
+    assert state == {}
+    sent, state = reconcile(state, [], now=115)
+    assert sent == []
+
+
+def test_unknown_and_out_of_scope_alerts_stay_open():
+    _, state = reconcile({}, [a(member="c-1"), a(kind="replication_lag", member="c-2"),
+                              a(cluster="d", member="d-1")], now=1)
+    sent, state = reconcile(state, [], unknown={"c/replication_lag/c-2"}, scope={"c"}, now=2)
+    assert [(x.cluster, x.kind) for x in sent] == [("c", "member_down")]
+    assert sorted(state) == ["c/replication_lag/c-2", "d/member_down/d-1"]
+
+
+def test_scrub_removes_known_secrets_and_secret_looking_keys():
+    secret = "s3cr3t-Passw0rd-xyz"
+    alert = a(summary_extra=f"dsn password={secret}", password="plain", nested={"aws_secret_access_key": "k"})
+    alert = alert.model_copy(update={"summary": f"connect failed for postgres:{secret}@host"})
+    clean = scrub(alert, [secret])
+    text = json.dumps(clean.model_dump())
+    assert secret not in text and "plain" not in text and '"k"' not in text
+    assert clean.details["password"] == REDACTED and REDACTED in clean.summary
+
+
+def test_webhook_receives_the_alert_json():
+    with WebhookCapture() as hook:
+        outcome = WebhookSender(hook.url).send([a(), a(member="c-2")])
+    assert outcome == {"c/member_down/c-1": "sent", "c/member_down/c-2": "sent"}
+    assert sorted(b["details"]["member"] for b in hook.bodies) == ["c-1", "c-2"]
+    assert all(set(b) == ALERT_FIELDS for b in hook.bodies)
+
+
+def test_failing_webhook_is_retried_then_given_up_without_raising():
+    with WebhookCapture("fail") as hook:
+        outcome = WebhookSender(hook.url, retries=2, backoff=0.01).send([a()])
+    assert hook.attempts == 3
+    assert outcome["c/member_down/c-1"].startswith("failed after 3 attempts (HTTP 500)")
+
+
+def test_hanging_webhook_and_dead_webhook_never_raise():
+    with WebhookCapture("hang") as hook:
+        outcome = WebhookSender(hook.url, timeout=0.5, retries=5, deadline=1.0).send([a(), a(member="c-2")])
+    assert all(v.startswith(("timed out", "failed")) for v in outcome.values()), outcome
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    outcome = WebhookSender(f"http://127.0.0.1:{port}/", retries=1, backoff=0.01).send([a()])
+    assert outcome["c/member_down/c-1"].startswith("failed after 2 attempts")
+    assert WebhookSender(None).send([a()]) == {"c/member_down/c-1": "not configured"}
+
+
+def test_deliver_logs_every_alert_and_never_the_webhook_url(caplog):
+    with WebhookCapture() as hook, caplog.at_level("INFO", logger="pg_ops.alerts"):
+        deliver([a()], WebhookSender(hook.url + "?token=hook-token-123"), secrets=[])
+    assert "member_down" in caplog.text and "hook-token-123" not in caplog.text
+
+
+def test_run_failure_alert_is_posted_without_secrets(monkeypatch, make_spec):
+    spec = make_spec("rf")
+    secret = "pw-that-must-not-leak-42"
+
+    @dg.op
+    def boom():
+        raise PgOpsError(f"cannot reach rf-0 with password {secret}")
+
+    @dg.job(tags={"pg_ops/topology": "rf"})
+    def failing_job():
+        boom()
+
+    from pg_ops.operations import health as health_ops
+    monkeypatch.setattr(health_ops, "cluster_secrets", lambda ctx: [secret])
+    with dg.instance_for_test() as instance, WebhookCapture() as hook:
+        monkeypatch.setenv("PG_OPS_ALERT_WEBHOOK", hook.url)
+        result = failing_job.execute_in_process(instance=instance, raise_on_error=False, tags={"dagster/partition": "rf"})
+        event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        context = dg.build_run_status_sensor_context(
+            sensor_name="pg_ops_run_failure_alert", dagster_event=event, dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(result.run_id)).for_run_failure()
+        alert = deliver_run_failure(context, AlertsResource(), {"rf": spec})
+    assert alert.kind == "run_failed" and alert.cluster == "rf" and alert.severity == "critical"
+    assert len(hook.bodies) == 1
+    body = json.dumps(hook.bodies[0])
+    assert "cannot reach rf-0 with password" in body and secret not in body
+    assert hook.bodies[0]["details"]["job"] == "failing_job"

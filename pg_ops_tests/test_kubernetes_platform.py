@@ -1,0 +1,347 @@
+"""The Kubernetes platform against the fake API server, with real PostgreSQL members behind
+its pods: the same deploy/status operations as the local platform (parametrized over both),
+then what only Kubernetes has: role labels and Services, the credentials Secret, the state
+ConfigMap's compare-and-swap, pods deleted and recreated, and the API's failures."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+
+import psycopg
+import pytest
+from kubernetes.client import Configuration
+
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.errors import ConflictError, MemberError, PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deploy, teardown
+from pg_ops.operations.status import cluster_status
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops.platforms.kubernetes import KubernetesPlatform
+from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
+from pg_ops.platforms.kubernetes_objects import ObjectClient
+from pg_ops.postgres.session import with_connection
+from pg_ops.spec import DatabaseSpec
+from pg_ops.state import update_state
+from pg_ops_tests.fake_k8s import FakeKubernetes
+from pg_ops_tests.helpers import free_port, spec_from, stop_cluster, temp_home, wait_for, write_spec
+
+ENV_KEYS = ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "DAGSTER_HOME")
+
+
+@contextlib.contextmanager
+def environment(home):
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    os.environ.update(PG_OPS_HOME=str(home), PG_OPS_CLUSTERS=str(home / "specs"), DAGSTER_HOME=str(home / "dagster"))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
+    """One spec shape for both platforms; on Kubernetes a namespace per cluster (the primary
+    Service name is the same for every cluster) and the manifests applied by pg_ops."""
+    folder.mkdir(exist_ok=True)
+    k8s = {"namespace": f"ns-{name}", "gitops": False, **kubernetes}
+    return spec_from(write_spec(folder, name, platform=platform, kubernetes=k8s,
+                                postgres={"parameters": {"shared_buffers": "128MB"}}))
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeKubernetes() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def deployed_cluster(fake, name: str, platform: str):
+    with temp_home() as home, environment(home):
+        spec = write_cluster_spec(home / "specs", name, platform)
+        if platform == "kubernetes":
+            fake.register_cluster(spec)
+        ctx = ClusterContext.for_spec(spec)
+        try:
+            deploy(ctx)
+            yield ctx
+        finally:
+            if platform == "kubernetes":
+                delete_statefulset(ctx)
+            else:
+                stop_cluster(ctx)
+
+
+def delete_statefulset(ctx) -> None:
+    """The fake deletes the pods (cascade) and stops their members."""
+    platform = ctx.platform
+    with contextlib.suppress(Exception):
+        platform.api.apps.delete_namespaced_stateful_set(names.statefulset_name(ctx.spec), platform.namespace)
+    with contextlib.suppress(Exception):
+        wait_for(lambda: not platform._pods(), "pods deleted", timeout=60)
+
+
+@pytest.fixture(scope="module", params=["local", "kubernetes"])
+def any_cluster(request, fake):
+    with deployed_cluster(fake, f"both-{request.param[:5]}", request.param) as ctx:
+        yield ctx
+
+
+@pytest.fixture(scope="module")
+def k8s(fake):
+    with deployed_cluster(fake, "kube", "kubernetes") as ctx:
+        yield ctx
+
+
+def sql(ctx, member, query, dbname="postgres"):
+    def run(conn):
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else None
+    return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), run, dbname=dbname, timeout=10)
+
+
+def replicas_of(ctx) -> list[str]:
+    return [m for m in ctx.spec.member_names if m != ctx.state().primary]
+
+
+def wait_streaming(ctx, member: str) -> None:
+    wait_for(lambda: ctx.probe([member])[member].streaming, f"{member} streaming", timeout=90)
+
+
+# -- the same operations on both platforms ---------------------------------------------------------
+def test_status_one_primary_two_streaming_replicas(any_cluster):
+    status = cluster_status(any_cluster)
+    assert status["platform"] == any_cluster.platform.kind
+    assert sorted(m["role"] for m in status["members"]) == ["primary", "replica", "replica"]
+    assert status["writable_members"] == [status["designated_primary"]]
+    for m in status["members"]:
+        if m["role"] == "replica":
+            assert m["streaming"] is True and m["lag_bytes"] is not None and m["sync_state"] == "async"
+    assert "password" not in status["primary_dsn"]
+
+
+def test_write_through_the_primary_endpoint_reaches_the_replicas(any_cluster):
+    ctx = any_cluster
+    dsn = ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE)
+    with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True) as conn:
+        assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == ctx.state().primary
+        conn.execute("create table if not exists visible (v text)")
+        conn.execute("insert into visible values ('hello')")
+    for replica in replicas_of(ctx):
+        wait_for(lambda r=replica: sql(ctx, r, "select count(*) from visible where v = 'hello'",
+                                       PG_OPS_DATABASE)[0][0] >= 1, f"row visible on {replica}")
+
+
+def test_deploy_twice_is_a_no_op(any_cluster):
+    before = any_cluster.state()
+    assert deploy(any_cluster).started == []
+    after = any_cluster.state()
+    assert (after.epoch, after.primary, after.system_identifier) == (before.epoch, before.primary,
+                                                                     before.system_identifier)
+
+
+# -- Kubernetes only ----------------------------------------------------------------------------------
+def test_role_labels_route_the_primary_and_read_services(k8s, fake):
+    ns, primary = k8s.platform.namespace, k8s.state().primary
+    roles = {m: fake.pod_labels(ns, m).get(names.LABEL_ROLE) for m in k8s.spec.member_names}
+    assert roles == {m: ("primary" if m == primary else "replica") for m in k8s.spec.member_names}
+    password = k8s.admin_password()
+
+    def reached(service: str) -> tuple[str, bool]:
+        port = fake.service_port(ns, service)
+        with psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", password=password,
+                             connect_timeout=3) as conn:
+            return conn.execute("select current_setting('cluster_name'), pg_is_in_recovery()").fetchone()
+
+    assert reached(names.primary_service(k8s.spec)) == (primary, False)
+    member, in_recovery = reached(names.replicas_service(k8s.spec))
+    assert member in replicas_of(k8s) and in_recovery
+
+
+def secret_data(ctx) -> dict[str, str]:
+    secret = ctx.platform.api.core.read_namespaced_secret(names.credentials_secret(ctx.spec), ctx.platform.namespace)
+    return {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+
+
+def test_credentials_secret_is_never_overwritten(k8s):
+    before = secret_data(k8s)
+    assert {names.password_key(r) for r in ("postgres", "replicator", "app")} <= set(before)
+    passfile = before[names.PASSFILE_KEY]
+    assert f":postgres:{before[names.password_key('postgres')]}" in passfile and ":replicator:" in passfile
+    assert deploy(k8s).started == []
+    assert secret_data(k8s) == before
+    # A role the spec gains is added; nothing that exists changes.
+    grown = k8s.spec.model_copy(update={"databases": [*k8s.spec.databases, DatabaseSpec(name="rep", owner="reporting")]})
+    creds = KubernetesPlatform(grown).ensure_credentials()
+    after = secret_data(k8s)
+    assert {k: after[k] for k in before} == before
+    assert after[names.password_key("reporting")] == creds.password("reporting")
+
+
+def test_state_configmap_compare_and_swap(k8s):
+    store = k8s.platform.state_store()
+    current = store.read()
+    with pytest.raises(ConflictError, match="changed concurrently"):
+        store.write(current, current.version - 1)
+    # A writer between our read and our write: the resourceVersion makes the API answer 409.
+    api = k8s.platform.api
+    stale = api.core.read_namespaced_config_map(store.name, store.namespace)
+    update_state(store, lambda s: s)
+    stale.data = {names.STATE_KEY: current.to_text()}
+    with pytest.raises(KubernetesConflict, match=f"update configmap {store.namespace}/{store.name}: conflict"):
+        api.call("update", store.what, api.core.replace_namespaced_config_map, store.name, store.namespace, stale)
+    # update_state retries a lost race and keeps both changes.
+    raced = []
+
+    class RacedStore(type(store)):
+        def write(self, new, expected_version):
+            if not raced:
+                raced.append(True)
+                update_state(store, lambda s: s.model_copy(update={"fenced": ("someone-else",)}))
+            return super().write(new, expected_version)
+
+    result = update_state(RacedStore(api, k8s.spec), lambda s: s.model_copy(update={"epoch": s.epoch}))
+    assert raced and result.fenced == ("someone-else",) and store.read().version == result.version
+    update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
+
+
+def test_rbac_forbidden_is_one_clear_line(k8s, fake):
+    store = k8s.platform.state_store()
+    fake.forbid("update", "configmaps", store.name)
+    try:
+        with pytest.raises(KubernetesError) as exc:
+            update_state(store, lambda s: s)
+        assert str(exc.value).startswith(f"kubernetes: update configmap {store.namespace}/{store.name}: "
+                                         f"forbidden (403): ")
+        assert exc.value.status == 403
+    finally:
+        fake.allow_all()
+
+
+def test_unreachable_api_server_is_one_clear_line(k8s):
+    dead = Configuration(host=f"http://127.0.0.1:{free_port()}")
+    platform = KubernetesPlatform(k8s.spec, api=KubernetesApi(dead))
+    with pytest.raises(KubernetesError, match=rf"kubernetes: list pods in {platform.namespace} .*: API server "
+                                              rf"http://127.0.0.1:\d+ unreachable"):
+        platform.member_endpoints()
+
+
+def test_no_kubeconfig_and_not_in_a_pod(k8s, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(PgOpsError, match="kubernetes: no kubeconfig and not in a pod: /nonexistent/kubeconfig"):
+        KubernetesPlatform(k8s.spec).state_store().read()
+
+
+def test_apply_conflict_with_another_field_manager(k8s):
+    api = k8s.platform.api
+    ns = k8s.platform.namespace
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned-elsewhere", "namespace": ns},
+           "data": {"k": "argocd"}}
+    api.core.patch_namespaced_config_map("owned-elsewhere", ns, obj, field_manager="argocd-controller",
+                                         _content_type="application/apply-patch+yaml")
+    obj["data"] = {"k": "pg-ops"}
+    with pytest.raises(KubernetesConflict) as exc:
+        ObjectClient(api).apply(obj, force=False)
+    assert str(exc.value).startswith(f"kubernetes: apply configmap {ns}/owned-elsewhere: conflict (409): ")
+    assert 'conflict with "argocd-controller": .data.k' in str(exc.value)
+    ObjectClient(api).apply(obj)  # pg_ops applies with force: it owns the Git-owned objects then
+    assert api.core.read_namespaced_config_map("owned-elsewhere", ns).data == {"k": "pg-ops"}
+
+
+def test_gitops_cluster_only_checks_the_git_owned_objects(k8s):
+    spec = k8s.spec.model_copy(update={"kubernetes": k8s.spec.kubernetes.model_copy(update={"gitops": True})})
+    missing = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+               "metadata": {"name": "not-synced", "namespace": spec.kubernetes.namespace}, "spec": {}}
+    platform = KubernetesPlatform(spec, manifests=lambda s: [missing])
+    with pytest.raises(PgOpsError, match=f"missing \\(poddisruptionbudget {spec.kubernetes.namespace}/not-synced\\)"):
+        platform.prepare(k8s.state())
+    assert not ObjectClient(platform.api).exists(missing)  # verified, never applied
+    KubernetesPlatform(spec).prepare(k8s.state())  # the rendered objects all exist
+
+
+def test_member_log_tail_reads_the_pod_log(k8s):
+    assert "supervisor started" in k8s.platform.member_log_tail(k8s.state().primary, lines=1000)
+    assert k8s.platform.member_log_tail("kube-9") == ""
+
+
+def test_teardown_is_refused(k8s):
+    with pytest.raises(PgOpsError, match="teardown is for local clusters only"):
+        teardown(k8s)
+
+
+def test_killed_pod_is_recreated_and_relabelled(k8s, fake):
+    ns, replica = k8s.platform.namespace, replicas_of(k8s)[0]
+    uid = fake.object("pods", ns, replica)["metadata"]["uid"]
+    k8s.platform.kill_member(replica)
+    wait_for(lambda: k8s.platform.member_running(replica), f"{replica} recreated and running")
+    assert fake.object("pods", ns, replica)["metadata"]["uid"] != uid
+    assert names.LABEL_ROLE not in fake.pod_labels(ns, replica)  # the window until pg_ops re-labels
+    k8s.platform.route_primary(k8s.state().primary)
+    assert fake.pod_labels(ns, replica)[names.LABEL_ROLE] == "replica"
+    wait_streaming(k8s, replica)
+
+
+def test_wiped_member_is_recloned_not_reinitialised(k8s, fake):
+    ns, primary, replica = k8s.platform.namespace, k8s.state().primary, replicas_of(k8s)[1]
+    sql(k8s, primary, "create table if not exists keep (v int); insert into keep values (42)", PG_OPS_DATABASE)
+    claim = f"data-{replica}"
+    claim_uid = fake.object("persistentvolumeclaims", ns, claim)["metadata"]["uid"]
+    k8s.platform.wipe_member(replica)
+    wait_for(lambda: (fake.object("persistentvolumeclaims", ns, claim) or {}).get("metadata", {}).get("uid")
+             not in (None, claim_uid), "a new PVC")
+    wait_streaming(k8s, replica)
+    assert sql(k8s, replica, "select system_identifier::text from pg_control_system()")[0][0] == \
+        k8s.state().system_identifier
+    assert (42,) in sql(k8s, replica, "select v from keep", PG_OPS_DATABASE)
+    assert "cloning from primary" in k8s.platform.member_log_tail(replica, lines=1000)
+
+
+def test_fenced_member_leaves_the_services_and_its_pod_is_deleted(k8s, fake):
+    ns, replica = k8s.platform.namespace, replicas_of(k8s)[0]
+    uid = fake.object("pods", ns, replica)["metadata"]["uid"]
+    k8s.platform.fence_member(replica)
+    pod = fake.object("pods", ns, replica)
+    assert pod is None or pod["metadata"]["uid"] != uid
+    wait_for(lambda: k8s.platform.member_running(replica), f"{replica} recreated")
+    assert names.LABEL_ROLE not in fake.pod_labels(ns, replica)
+    k8s.platform.route_primary(k8s.state().primary)
+    wait_streaming(k8s, replica)
+
+
+def test_pod_stuck_pending_is_reported_and_shown_down(k8s, fake):
+    ns, replica = k8s.platform.namespace, replicas_of(k8s)[1]
+    fake.hold_pending(ns, replica)
+    try:
+        k8s.platform.kill_member(replica)
+        k8s.platform.pod_start_timeout = 1.0
+        with pytest.raises(MemberError, match=rf"kubernetes: pod {ns}/{replica} stuck Pending after 1 s: "
+                                              rf"Unschedulable: 0/1 nodes are available"):
+            k8s.platform.start_member(replica)
+        roles = {m["name"]: m["role"] for m in cluster_status(k8s)["members"]}
+        assert roles[replica] == "down"
+    finally:
+        fake.cluster.unschedulable.discard((ns, replica))
+        k8s.platform.pod_start_timeout = 180.0
+    k8s.platform.start_member(replica)
+    wait_streaming(k8s, replica)
+
+
+def test_apply_that_fails_midway_says_what_was_applied(k8s, fake):
+    spec = k8s.spec
+    fake.forbid("patch", "statefulsets")
+    try:
+        with pytest.raises(KubernetesError) as exc:
+            k8s.platform.prepare(k8s.state())
+    finally:
+        fake.allow_all()
+    message = str(exc.value)
+    assert message.startswith(f"kubernetes: apply statefulset {spec.kubernetes.namespace}/{spec.name}: "
+                              f"forbidden (403): ")
+    assert f"applied before it: serviceaccount {spec.kubernetes.namespace}/" in message
+    assert "not applied: " in message and exc.value.status == 403

@@ -1,0 +1,450 @@
+"""The Git-owned manifests (issue 7): fresh in Git, safe for Git, valid for Kubernetes 1.31 and
+checkov, and the parts that run inside the pods (probe script, exporter queries) exercised against
+real PostgreSQL members."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from pg_ops import settings
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.errors import PgOpsError
+from pg_ops.platforms import kubernetes_names as k
+from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
+from pg_ops.render.config import PROBE_SCRIPT
+from pg_ops.render.output import files_by_kind
+from pg_ops.spec import ClusterSpec, load_spec
+from pg_ops_tests.helpers import wait_for
+
+REPO = settings.REPO_ROOT
+HOMELAB = REPO / "deploy" / "clusters" / "homelab.yaml"
+K8S_VERSION = "1.31.0"
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Application", "IPAddressPool", "L2Advertisement"}
+# Metrics postgres_exporter produces without custom queries (its own pg_up, the default
+# `replication` and `database` collectors) plus Prometheus's own per-target `up`.
+EXPORTER_DEFAULT_METRICS = {"pg_up", "pg_replication_is_replica", "pg_database_size_bytes"}
+PROMETHEUS_SYNTHETIC = {"up"}
+
+
+# -- the validator tools (a separate venv: `make tools`) ----------------------------------------
+def tool(name: str) -> Path:
+    """A validator from .venv/tools, installed by `make tools` when missing; skip only when it
+    cannot be installed."""
+    path = REPO / ".venv" / "tools" / "bin" / name
+    if not path.exists():
+        done = subprocess.run(["make", "-s", "tools"], cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0 or not path.exists():
+            pytest.skip(f"{name} cannot be installed (make tools): {done.stderr.strip()[-300:]}")
+    return path
+
+
+def kubernetes_validate(files: list[Path]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(tool("kubernetes-validate")), "--strict", "-k", K8S_VERSION, "--quiet",
+                           *map(str, files)], capture_output=True, text=True)
+
+
+def checkov(folder: Path) -> dict:
+    done = subprocess.run([str(tool("checkov")), "--framework", "kubernetes", "-d", str(folder),
+                           "--skip-download", "-o", "json"], capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    report = report[0] if isinstance(report, list) else report
+    return report
+
+
+def failed_checks(report: dict) -> list[str]:
+    if "results" not in report:  # nothing scanned: an empty summary
+        return []
+    return [f"{c['check_id']} {c['resource']} ({c['file_path']})" for c in report["results"]["failed_checks"]]
+
+
+def yaml_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# -- specs ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def homelab() -> ClusterSpec:
+    return load_spec(HOMELAB)
+
+
+def variant(spec: ClusterSpec, **changes) -> ClusterSpec:
+    raw = spec.model_dump()
+    for key, value in changes.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    return ClusterSpec.model_validate(raw)
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+# -- Git: fresh and safe -------------------------------------------------------------------------
+def test_committed_manifests_are_fresh(homelab, tmp_path):
+    committed = default_output_dir(homelab)
+    write_manifests(homelab, manifests(homelab), tmp_path)
+    fresh = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    in_git = {p.name: p.read_text() for p in committed.glob("*.yaml")}
+    stale = sorted(name for name in fresh.keys() | in_git.keys() if fresh.get(name) != in_git.get(name))
+    assert not stale, (f"{committed} is stale ({', '.join(stale)}): run "
+                       f"`.venv/bin/pg-ops render --cluster {homelab.name}` and commit the result")
+
+
+def test_kustomization_lists_every_file(homelab):
+    folder = default_output_dir(homelab)
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in yaml_files(folder))
+
+
+def test_nothing_pg_ops_owns_goes_to_git(homelab):
+    objects = manifests(homelab)
+    text = "".join(files_by_kind(homelab, objects).values())
+    assert not by_kind(objects, "Secret")
+    assert k.state_configmap(homelab) not in [o["metadata"]["name"] for o in by_kind(objects, "ConfigMap")]
+    sts = one(objects, "StatefulSet")
+    assert k.LABEL_ROLE not in sts["spec"]["template"]["metadata"]["labels"]
+    assert "subPath" not in text  # a subPath mount never refreshes
+    assert not re.search(r"(?i)password\s*[:=]\s*\S", text.replace("password_encryption = ", ""))
+
+
+@pytest.mark.parametrize("bad", ["secret", "state", "role-label"])
+def test_check_git_safe_refuses_pg_ops_owned_objects(homelab, bad):
+    objects = manifests(homelab)
+    if bad == "secret":
+        objects.append({"kind": "Secret", "metadata": {"name": k.credentials_secret(homelab)}})
+    elif bad == "state":
+        objects.append({"kind": "ConfigMap", "metadata": {"name": k.state_configmap(homelab)}})
+    else:
+        one(objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"][k.LABEL_ROLE] = "primary"
+    with pytest.raises(PgOpsError, match=homelab.name):
+        check_git_safe(homelab, objects)
+
+
+# -- the workload ----------------------------------------------------------------------------------
+def test_statefulset_runs_the_member_script_with_its_env_contract(homelab):
+    sts = one(manifests(homelab), "StatefulSet")
+    spec = sts["spec"]
+    assert spec["updateStrategy"] == {"type": "OnDelete"}
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == k.headless_service(homelab)
+    assert spec["replicas"] == homelab.postgres.members
+    assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    pod = spec["template"]["spec"]
+    postgres = next(c for c in pod["containers"] if c["name"] == k.CONTAINER)
+    assert postgres["image"] == "postgres:16"
+    assert postgres["command"] == ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"]
+    assert postgres["resources"]["requests"] == postgres["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    # Every variable member.sh requires (`${PGOPS_X:?...}`) is set, and nothing it does not read.
+    script = (Path(k.__file__).with_name("member.sh")).read_text()
+    required = set(re.findall(r"\$\{(PGOPS_\w+):\?", script))
+    documented = set(re.findall(r"^#\s+(PGOPS_\w+)\s", script, re.M))
+    env = {e["name"]: e for e in postgres["env"]}
+    assert required <= env.keys() <= documented
+    assert env["PGOPS_MEMBER"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["PGOPS_STATE"]["value"] == f"{k.STATE_MOUNT}/{k.STATE_KEY}"
+    assert env["PGOPS_PASSFILE"]["value"] == f"{k.SECRET_MOUNT}/{k.PASSFILE_KEY}"
+    assert env["PGOPS_BIN"]["value"] == k.PG_BIN_16
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["state"]["configMap"]["name"] == k.state_configmap(homelab)
+    assert volumes["credentials"]["secret"]["optional"] is False
+    mounts = {m["mountPath"]: m["name"] for m in postgres["volumeMounts"]}
+    assert mounts[k.STATE_MOUNT] == "state" and mounts[k.SCRIPT_MOUNT] == "script"
+
+
+def test_pods_are_non_root_spread_and_probed(homelab):
+    pod = one(manifests(homelab), "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 999 and pod["securityContext"]["fsGroup"] == 999
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == k.member_service_account(homelab)
+    for container in pod["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["capabilities"]["drop"] == ["ALL"] and ctx["allowPrivilegeEscalation"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
+    term = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    postgres = pod["containers"][0]
+    startup = postgres["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600  # a 50Gi clone is not killed
+    assert postgres["readinessProbe"]["exec"]["command"][2:] == ["ready", "60", "67108864"]
+    assert postgres["livenessProbe"]["exec"]["command"][2] == "live"
+    exporter = pod["containers"][1]
+    assert exporter["ports"][0]["containerPort"] == k.METRICS_PORT
+
+
+def test_config_change_changes_the_pod_template(homelab):
+    before = one(manifests(homelab), "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    changed = variant(homelab, postgres={"max_connections": 300})
+    after = one(manifests(changed), "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    assert before != after
+
+
+# -- routing and access ------------------------------------------------------------------------------
+def test_services_route_by_role_label(homelab):
+    objects = manifests(homelab)
+    sel = k.selector_labels(homelab)
+    headless = one(objects, "Service", k.headless_service(homelab))["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    primary = one(objects, "Service", "postgres-ha-postgresql")["spec"]
+    assert primary["selector"] == {**sel, k.LABEL_ROLE: k.ROLE_PRIMARY}
+    assert primary["ports"][0]["port"] == 5432 and primary["type"] == "ClusterIP"
+    read = one(objects, "Service", k.replicas_service(homelab))["spec"]
+    assert read["selector"] == {**sel, k.LABEL_ROLE: k.ROLE_REPLICA}
+    external = one(objects, "Service", k.external_service(homelab))
+    assert external["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] == "192.168.10.100"
+    assert external["spec"]["type"] == "LoadBalancer"
+    assert external["spec"]["loadBalancerSourceRanges"] == ["192.168.10.0/24"]
+    assert external["spec"]["externalTrafficPolicy"] == "Local"
+    assert external["spec"]["selector"][k.LABEL_ROLE] == k.ROLE_PRIMARY
+
+
+def test_no_external_service_when_the_spec_says_none(homelab):
+    spec = variant(homelab, kubernetes={**homelab.kubernetes.model_dump(),
+                                        "services": {"primary": {}, "external": {"type": "none"}}})
+    names = [o["metadata"]["name"] for o in by_kind(manifests(spec), "Service")]
+    assert k.external_service(spec) not in names and k.primary_service(spec) in names
+
+
+def test_pg_hba_plain_inside_tls_outside(homelab):
+    plain = one(manifests(homelab), "ConfigMap", k.config_configmap(homelab))["data"]
+    assert f"host all all {k.POD_NETWORK} scram-sha-256" in plain["pg_hba.conf"]
+    assert "host all all 192.168.10.0/24 scram-sha-256" in plain["pg_hba.conf"]
+    assert "trust" not in plain["pg_hba.conf"] and "ssl = on" not in plain["postgresql.conf"]
+    tls = variant(homelab, kubernetes={"tls_secret": "homelab-server-tls"})
+    objects = manifests(tls)
+    conf = one(objects, "ConfigMap", k.config_configmap(tls))["data"]
+    assert "hostssl all all 192.168.10.0/24 scram-sha-256" in conf["pg_hba.conf"]
+    assert "host all all 192.168.10.0/24" not in conf["pg_hba.conf"]
+    assert f"ssl_cert_file = '{k.TLS_MOUNT}/tls.crt'" in conf["postgresql.conf"]
+    pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+    assert {"name": "tls", "mountPath": k.TLS_MOUNT, "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert any(v.get("secret", {}).get("secretName") == "homelab-server-tls" for v in pod["volumes"])
+
+
+def test_network_policy_and_pdb(homelab):
+    objects = manifests(homelab)
+    assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    policy = one(objects, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    postgres_sources = policy["ingress"][0]["from"]
+    assert {"ipBlock": {"cidr": "192.168.10.0/24"}} in postgres_sources
+    assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5432}]
+    assert policy["egress"][0]["to"] == [{"podSelector": {"matchLabels": k.selector_labels(homelab)}}]
+
+
+def test_rbac_grants_only_what_the_platform_uses(homelab):
+    objects = manifests(homelab)
+    role = one(objects, "Role")
+    assert role["rules"] == k.pg_ops_role_rules(homelab)
+    verbs = {(r["apiGroups"][0], res, v) for r in role["rules"] for res in r["resources"] for v in r["verbs"]}
+    assert ("", "pods/exec", "create") in verbs and ("", "pods", "delete") in verbs
+    assert not any("*" in str(part) for rule in role["rules"] for part in rule.values())
+    assert ("apps", "statefulsets", "patch") not in verbs  # gitops: ArgoCD applies, pg_ops only reads
+    secret_reads = [r for r in role["rules"] if r["resources"] == ["secrets"] and "get" in r["verbs"]]
+    assert secret_reads == [{"apiGroups": [""], "resources": ["secrets"],
+                             "resourceNames": [k.credentials_secret(homelab)], "verbs": ["get"]}]
+    binding = one(objects, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": k.PG_OPS_NAMESPACE}]
+    applying = variant(homelab, kubernetes={"gitops": False})
+    verbs = {(res, v) for r in k.pg_ops_role_rules(applying) for res in r["resources"] for v in r["verbs"]}
+    assert ("statefulsets", "patch") in verbs and ("networkpolicies", "create") in verbs
+
+
+# -- offline validators ------------------------------------------------------------------------------
+def test_rendered_manifests_pass_kubernetes_validate_strict(homelab, tmp_path):
+    write_manifests(homelab, manifests(homelab), tmp_path)
+    done = kubernetes_validate(yaml_files(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # It only warns on custom resources; every built-in kind must really have been checked.
+    builtin = {o["kind"] for o in manifests(homelab)} - CUSTOM_KINDS
+    assert builtin <= {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet",
+                       "PodDisruptionBudget", "NetworkPolicy"}
+
+
+def test_kubernetes_validate_catches_a_broken_manifest(homelab, tmp_path):
+    """The validator really runs strict: an unknown field fails."""
+    objects = manifests(homelab)
+    one(objects, "StatefulSet")["spec"]["updateStrategy"]["typo"] = "x"
+    (tmp_path / "statefulset.yaml").write_text(yaml.safe_dump(one(objects, "StatefulSet")))
+    assert kubernetes_validate([tmp_path / "statefulset.yaml"]).returncode != 0
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_rendered_manifests_pass_checkov(homelab, tmp_path, tls):
+    spec = variant(homelab, kubernetes={"tls_secret": "homelab-server-tls"}) if tls else homelab
+    write_manifests(spec, manifests(spec), tmp_path)
+    report = checkov(tmp_path)
+    assert report["summary"]["passed"] > 50, report["summary"]
+    assert failed_checks(report) == []
+    for skipped in report["results"]["skipped_checks"]:
+        assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]
+
+
+def test_checkov_would_fail_without_the_skips(homelab, tmp_path):
+    """The skips are needed (each hides a real finding), not decoration."""
+    objects = manifests(homelab)
+    one(objects, "StatefulSet")["metadata"].pop("annotations")
+    write_manifests(homelab, objects, tmp_path)
+    failed = {f.split()[0] for f in failed_checks(checkov(tmp_path))}
+    assert failed == {"CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15"}
+
+
+def test_custom_resources_have_their_required_fields(homelab):
+    objects = manifests(homelab)
+    monitor = one(objects, "ServiceMonitor")
+    headless = one(objects, "Service", k.headless_service(homelab))
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    endpoints = monitor["spec"]["endpoints"]
+    assert endpoints and all(e["port"] in {p["name"] for p in headless["spec"]["ports"]} for e in endpoints)
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    assert wanted.items() <= headless["metadata"]["labels"].items()
+    others = [s for s in by_kind(objects, "Service") if s is not headless]
+    assert not any(wanted.items() <= s["metadata"]["labels"].items() for s in others)  # scraped once
+    rule = one(objects, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    for group in rule["spec"]["groups"]:
+        assert group["name"] and group["rules"]
+        for r in group["rules"]:
+            assert r["alert"] and r["expr"] and re.fullmatch(r"\d+[smh]", r["for"])
+            assert r["labels"]["severity"] in {"warning", "critical"}
+
+
+# -- alerts reference produced metrics -----------------------------------------------------------
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+                "unless", "offset"}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords, label
+    names inside {...} / by (...), or string contents."""
+    expr = re.sub(r'"[^"]*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "{}", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        word, rest = match.group(), expr[match.end():].lstrip()
+        if word in PROMQL_WORDS or rest.startswith("(") or re.fullmatch(r"\d+[smhdwy]", word):
+            continue
+        names.add(word)
+    return names
+
+
+def test_promql_metric_extraction():
+    expr = 'time() - max by (member) (foo_seconds{a="b"}) > 3 or absent(bar{key="x y"}) and on(pod) baz'
+    assert promql_metrics(expr) == {"foo_seconds", "bar", "baz"}
+
+
+def test_every_alert_uses_only_produced_metrics(homelab):
+    produced = EXPORTER_DEFAULT_METRICS | PROMETHEUS_SYNTHETIC | monitoring.produced_metrics()
+    alerts = one(manifests(homelab), "PrometheusRule")["spec"]["groups"][0]["rules"]
+    names = {r["alert"] for r in alerts}
+    assert {"PgOpsReplicationLag", "PgOpsStorageNearlyFull", "PgOpsConnectionsNearLimit", "PgOpsInstanceDown",
+            "PgOpsMoreThanOnePrimary", "PgOpsBackupTooOld", "PgOpsDrillTooOld", "PgOpsHealthSensorSilent"} <= names
+    for rule in alerts:
+        used = promql_metrics(rule["expr"])
+        assert used and used <= produced, f"{rule['alert']} uses unknown metrics {used - produced}"
+    # Status keys the alerts read are ones pg_ops writes.
+    keys = set(re.findall(r'key="([^"]+)"', " ".join(r["expr"] for r in alerts)))
+    assert keys <= set(monitoring.STATUS_KEYS)
+
+
+# -- the in-pod parts against real PostgreSQL ------------------------------------------------------
+def probe(ctx, member: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PGOPS_PORT": str(ctx.endpoints()[member].port),
+           "PGOPS_RUN_DIR": str(ctx.platform.member_dir(member) / "run"), "PGOPS_BIN": str(settings.pg_bin())}
+    return subprocess.run(["bash", str(PROBE_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def member_sql(ctx, member: str, sql: str, dbname: str = "postgres"):
+    ep = ctx.endpoints()[member]
+    with psycopg.connect(host=ep.host, port=ep.port, user=SUPERUSER, dbname=dbname,
+                         password=ctx.admin_password(), autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else []
+
+
+def test_probe_script_against_real_members(cluster):
+    state = cluster.state()
+    primary = state.primary
+    replica = next(m for m in cluster.spec.member_names if m != primary)
+    for member in (primary, replica):
+        for mode in (["startup"], ["live"], ["ready", "60", "67108864"]):
+            done = probe(cluster, member, *mode)
+            assert done.returncode == 0, f"{member} {mode}: {done.stdout}{done.stderr}"
+    # A replica cut off from the primary is running but not ready: it leaves the read Service.
+    member_sql(cluster, replica, "alter system set primary_conninfo = ''")
+    member_sql(cluster, replica, "select pg_reload_conf()")
+    wait_for(lambda: probe(cluster, replica, "ready", "60", "67108864").returncode != 0,
+             "the disconnected replica to turn not ready")
+    assert "not streaming" in probe(cluster, replica, "ready", "60", "67108864").stdout
+    assert probe(cluster, replica, "live").returncode == 0
+    # A member whose postgres is gone fails liveness (nothing is cloning or rewinding).
+    cluster.platform.kill_member(replica)
+    wait_for(lambda: probe(cluster, replica, "live").returncode != 0, "liveness to fail on a dead member")
+
+
+def test_exporter_queries_run_on_real_members(shared_cluster):
+    ctx = shared_cluster
+    primary = ctx.state().primary
+    replica = next(m for m in ctx.spec.member_names if m != primary)
+    member_sql(ctx, primary, monitoring.STATUS_TABLE_DDL, PG_OPS_DATABASE)
+    member_sql(ctx, primary, f"insert into {monitoring.STATUS_TABLE} values ('health_tick', now(), 3) "
+                             "on conflict (key) do update set at = excluded.at", PG_OPS_DATABASE)
+    wait_for(lambda: member_sql(ctx, replica, "select count(*) from pg_stat_wal_receiver")[0][0] == 1,
+             "the replica to stream")
+    queries = monitoring.exporter_queries()
+    for member in (primary, replica):
+        ep = ctx.endpoints()[member]
+        with psycopg.connect(host=ep.host, port=ep.port, user=SUPERUSER, dbname=PG_OPS_DATABASE,
+                             password=ctx.admin_password(), autocommit=True, connect_timeout=5) as conn:
+            wait_for(lambda conn=conn: conn.execute(f"select 1 from {monitoring.STATUS_TABLE}").fetchall(),
+                     f"the status row on {member}")
+            for name, query in queries.items():
+                cur = conn.execute(query["query"])
+                columns = [d.name for d in cur.description]
+                declared = [next(iter(m)) for m in query["metrics"]]
+                assert columns == declared, f"{name} on {member}: {columns} != {declared}"
+                rows = cur.fetchall()
+                if name == "pg_ops_replication":
+                    assert (len(rows) == len(ctx.spec.member_names) - 1) if member == primary else rows == []
+                if name == "pg_ops_wal_receiver":
+                    assert rows == [(1,)], f"{member} should count as streaming"
+                if name == "pg_ops_status":
+                    assert ("health_tick", ) == rows[0][:1]
+
+
+def test_exporter_queries_configmap_is_the_same_queries(homelab):
+    cm = one(manifests(homelab), "ConfigMap", f"{homelab.name}-exporter-queries")
+    assert yaml.safe_load(cm["data"]["queries.yaml"]) == monitoring.exporter_queries()
+
+
+# -- the CLI -----------------------------------------------------------------------------------------
+def test_cli_render_works_offline(tmp_path):
+    env = {k_: v for k_, v in os.environ.items() if k_ not in ("PG_OPS_CLUSTERS", "KUBECONFIG")}
+    cli = str(REPO / ".venv" / "bin" / "pg-ops")
+    done = subprocess.run([cli, "render", "--cluster", "homelab", "--out", str(tmp_path), "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "statefulset.yaml" in json.loads(done.stdout)["files"]
+    assert (tmp_path / "statefulset.yaml").exists()
+    refused = subprocess.run([cli, "render", "--cluster", "local", "--out", str(tmp_path / "x")],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "not kubernetes" in refused.stderr

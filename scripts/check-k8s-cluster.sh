@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# First checks on a real K3s cluster, for what pg_ops verified only offline / against the fake API
+# (docs/architecture/kubernetes.md). Read-only except one throw-away ConfigMap in the namespace.
+#   scripts/check-k8s-cluster.sh [NAMESPACE] [CLUSTER]      (defaults: postgresql homelab)
+set -u
+NS=${1:-postgresql}; CLUSTER=${2:-homelab}; SA=system:serviceaccount:dagster:pg-ops
+fail=0
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then echo "ok    $what"; else echo "FAIL  $what"; fail=1; fi; }
+
+check "kubectl reaches the API server" kubectl version
+check "server-side dry run of the rendered manifests" kubectl apply --dry-run=server --server-side -k "deploy/kubernetes/$CLUSTER"
+check "ServiceMonitor/PrometheusRule CRDs installed" kubectl get crd servicemonitors.monitoring.coreos.com prometheusrules.monitoring.coreos.com
+check "MetalLB CRDs installed" kubectl get crd ipaddresspools.metallb.io l2advertisements.metallb.io
+for verb in "get pods" "patch pods" "delete pods" "create pods/exec" "get configmaps/$CLUSTER-pg-ops-state" \
+            "update configmaps/$CLUSTER-pg-ops-state" "get secrets/$CLUSTER-credentials" "delete persistentvolumeclaims"; do
+    check "pg-ops may $verb" kubectl auth can-i $verb -n "$NS" --as "$SA"
+done
+check "pg-ops may NOT read other Secrets" bash -c "! kubectl auth can-i list secrets -n $NS --as $SA"
+# ConfigMap volume refresh: how long a mounted ConfigMap takes to change in a pod (the window in
+# which a demoted primary still reads the old desired state). Needs the cluster running.
+POD="$CLUSTER-0"
+if kubectl get pod -n "$NS" "$POD" >/dev/null 2>&1; then
+    check "member script and probe mounted (no subPath)" kubectl exec -n "$NS" "$POD" -c postgres -- test -x /opt/pg-ops/probe.sh
+    check "readiness probe passes on $POD" kubectl exec -n "$NS" "$POD" -c postgres -- bash /opt/pg-ops/probe.sh ready 60 67108864
+    check "postgres runs as uid 999" bash -c "[ \"\$(kubectl exec -n $NS $POD -c postgres -- id -u)\" = 999 ]"
+    check "exporter serves pg_up" bash -c "kubectl exec -n $NS $POD -c postgres-exporter -- wget -qO- localhost:9187/metrics | grep -q '^pg_up 1'"
+    check "exporter reads pg_ops status table" bash -c "kubectl exec -n $NS $POD -c postgres-exporter -- wget -qO- localhost:9187/metrics | grep -q '^pg_ops_status_timestamp_seconds'"
+fi
+echo "manual: from a host outside 192.168.10.0/24, psql to 192.168.10.100:5432 must time out (LB source ranges + NetworkPolicy)."
+echo "manual: time a desired-state ConfigMap change until 'cat /etc/pg-ops/state/desired-state' shows it in a pod (kubelet sync, typically 60-90 s)."
+exit $fail
