@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(PG_OPS_HOME)/dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup run test bench lint deploy status teardown clean
+.PHONY: setup tools run test bench lint deploy status teardown clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,7 @@ run: setup $(DAGSTER_HOME)/dagster.yaml
 deploy status teardown: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pg-ops $@
 
-test: setup
+test: setup tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks $(PYTEST_ARGS)
 

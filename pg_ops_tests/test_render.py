@@ -17,7 +17,9 @@ import yaml
 from pg_ops import settings
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.activity import record_status
 from pg_ops.platforms import kubernetes_names as k
+from pg_ops.postgres.status_table import STATUS_KEYS
 from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
 from pg_ops.render.config import PROBE_SCRIPT
 from pg_ops.render.output import files_by_kind
@@ -363,7 +365,7 @@ def test_every_alert_uses_only_produced_metrics(homelab):
         assert used and used <= produced, f"{rule['alert']} uses unknown metrics {used - produced}"
     # Status keys the alerts read are ones pg_ops writes.
     keys = set(re.findall(r'key="([^"]+)"', " ".join(r["expr"] for r in alerts)))
-    assert keys <= set(monitoring.STATUS_KEYS)
+    assert keys <= set(STATUS_KEYS)
 
 
 # -- the in-pod parts against real PostgreSQL ------------------------------------------------------
@@ -405,9 +407,8 @@ def test_exporter_queries_run_on_real_members(shared_cluster):
     ctx = shared_cluster
     primary = ctx.state().primary
     replica = next(m for m in ctx.spec.member_names if m != primary)
-    member_sql(ctx, primary, monitoring.STATUS_TABLE_DDL, PG_OPS_DATABASE)
-    member_sql(ctx, primary, f"insert into {monitoring.STATUS_TABLE} values ('health_tick', now(), 3) "
-                             "on conflict (key) do update set at = excluded.at", PG_OPS_DATABASE)
+    # deploy created the table; an operation records a row the way pg_ops does.
+    record_status(ctx, "health_tick", 3)
     wait_for(lambda: member_sql(ctx, replica, "select count(*) from pg_stat_wal_receiver")[0][0] == 1,
              "the replica to stream")
     queries = monitoring.exporter_queries()

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import wait_until, write_through_primary_endpoint
 from pg_ops.operations.replication_mode import apply_mode
@@ -191,6 +192,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
             mode = apply_mode(ctx, candidate, ctx.probe())
         with steps.step("verify a write through the primary endpoint"):
             verify_write(ctx, candidate, new_state.epoch, "failover")
+    record_status(ctx, "failover", new_state.epoch)
     change = TopologyChange(
         operation="failover", cluster=ctx.name, old_primary=old, new_primary=candidate, epoch=new_state.epoch,
         timeline=timeline, lag_bytes_at_promotion=lag, promoted_at=promoted_at, seconds=steps.elapsed,
@@ -276,6 +278,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog) -> Topolo
         apply_mode(ctx, to, ctx.probe())
     with steps.step("verify a write through the primary endpoint"):
         verify_write(ctx, to, new_state.epoch, "switchover")
+    record_status(ctx, "failover", new_state.epoch)
     change = TopologyChange(operation="switchover", cluster=ctx.name, old_primary=old, new_primary=to,
                             epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
                             seconds=steps.elapsed, steps=steps.as_metadata())

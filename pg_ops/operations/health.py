@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 
 from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.activity import record_status
 from pg_ops.operations.alerts import Alert, condition_key
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.replication_mode import apply_mode
 from pg_ops.operations.status import cluster_status
 from pg_ops.postgres.topology import MemberProbe, probe_members
 from pg_ops.spec import ClusterSpec
@@ -286,6 +288,10 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
         memory["primary_lsn"] = health.primary_probe.lsn
         memory.pop("primary_down_since", None)
         memory.pop("incident", None)
+        if not state_lock:
+            keep_replication_mode(ctx, health, alert)
+        # The dead man's switch: Prometheus alerts when these rows stop moving.
+        record_status(ctx, "health_tick", sum(1 for p in health.probes.values() if p.reachable))
         return watch
     since = memory.setdefault("primary_down_since", now)
     if state_lock:
@@ -321,6 +327,23 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
     alert("critical", "primary_down", f"{reason}; failover requested (incident {incident['id']})",
           member=primary, incident=incident["id"], detected_at=since)
     return watch
+
+
+def keep_replication_mode(ctx: ClusterContext, health: ClusterHealth, alert: Callable) -> None:
+    """Sync mode relaxes to async while no standby streams and tightens again when one does;
+    an alert stays open while it is relaxed (RPO 0 is not true then)."""
+    if ctx.spec.postgres.replication == "async" or not health.primary_probe.writable:
+        return
+    try:
+        decision = apply_mode(ctx, health.primary, health.probes)
+    except PgOpsError as exc:
+        alert("warning", "replication_mode", f"could not apply {ctx.spec.postgres.replication} mode: {exc}",
+              member=health.primary)
+        return
+    if decision.relaxed:
+        alert("warning", "sync_relaxed", f"no standby streams from {health.primary}: sync replication relaxed to "
+                                         f"async until one does (acknowledged commits can be lost meanwhile)",
+              member=health.primary)
 
 
 def watch_failed(ctx: ClusterContext, exc: Exception, memory: dict) -> ClusterWatch:

@@ -16,6 +16,7 @@ import yaml
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.platforms import kubernetes_names as k
+from pg_ops.postgres.status_table import STATUS_KEYS, STATUS_TABLE
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
@@ -25,21 +26,6 @@ EXPORTER_SECRET_MOUNT = "/etc/postgres-exporter/secret"
 # kube-prometheus-stack selects ServiceMonitors / PrometheusRules by its release label.
 PROMETHEUS_SELECTOR = {"release": "kube-prometheus-stack"}
 CLUSTER_LABEL = "pg_cluster"  # added to every scraped series from the pod's instance label
-
-STATUS_TABLE = "status"
-STATUS_TABLE_DDL = """
-create table if not exists status (
-    key text primary key,
-    at timestamptz not null,
-    value double precision not null default 0)
-"""
-STATUS_KEYS = {
-    "backup_complete": "last complete backup (value: its stored size in bytes)",
-    "drill_success": "last successful restore drill (value: restored bytes)",
-    "failover": "last failover or switchover (value: the new epoch)",
-    "health_tick": "last cluster_health_sensor tick (value: members reachable)",
-}
-
 
 def exporter_queries() -> dict:
     """postgres_exporter custom queries (--extend.query-path). Metric = <query>_<column>."""

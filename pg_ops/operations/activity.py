@@ -1,0 +1,29 @@
+"""Record what pg_ops did in the cluster's `pg_ops.status` table (see postgres/status_table.py).
+Best effort by design: a failure to record never fails the operation that did the work; it
+is logged, and the missing row shows up as a stale metric (that is the point of the table)."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.postgres import status_table
+
+log = logging.getLogger("pg_ops")
+
+
+def record_status(ctx: ClusterContext, key: str, value: float) -> bool:
+    try:
+        with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
+                             autocommit=True, connect_timeout=2,
+                             options="-c synchronous_commit=local -c statement_timeout=3000") as conn:
+            status_table.record(conn, key, value)
+        return True
+    except (psycopg.Error, PgOpsError) as exc:
+        ctx.log.warning("could not record %s in pg_ops.status on %s: %s", key, ctx.name,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return False

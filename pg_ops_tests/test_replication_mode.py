@@ -1,0 +1,58 @@
+"""Sync mode is kept right by the health sensor: relaxed (with an alert) while no standby
+streams, tightened again when one does; sync-strict never relaxes. Also the status rows the
+exporter reads (the dead man's switch)."""
+
+import pytest
+
+from pg_ops.credentials import PG_OPS_DATABASE
+from pg_ops.operations.deploy import deploy
+from pg_ops.operations.health import watch_cluster
+from pg_ops.postgres.session import with_connection
+from pg_ops_tests.helpers import running_cluster
+
+
+def setting(ctx, member, name="synchronous_standby_names"):
+    return with_connection(ctx.endpoints()[member], "postgres", ctx.admin_password(),
+                           lambda c: c.execute(f"show {name}").fetchone()[0], timeout=5)
+
+
+def kinds(watch):
+    return {a.kind for a in watch.alerts}
+
+
+@pytest.mark.parametrize("mode", ["sync", "sync-strict"])
+def test_sync_mode_relaxes_only_when_allowed_and_tightens_again(make_spec, mode):
+    with running_cluster(make_spec("m", postgres={"members": 3, "replication": mode})) as ctx:
+        primary = ctx.state().primary
+        assert setting(ctx, primary).startswith("ANY 1 (")
+        for replica in [m for m in ctx.spec.member_names if m != primary]:
+            ctx.platform.kill_member(replica)
+        watch = watch_cluster(ctx, {})
+        if mode == "sync":
+            assert setting(ctx, primary) == "" and "sync_relaxed" in kinds(watch)
+        else:
+            assert setting(ctx, primary).startswith("ANY 1 (") and "sync_relaxed" not in kinds(watch)
+        deploy(ctx)
+        watch = watch_cluster(ctx, watch.memory)
+        assert setting(ctx, primary).startswith("ANY 1 (") and "sync_relaxed" not in kinds(watch)
+
+
+def test_health_tick_is_recorded_for_the_exporter(make_spec):
+    with running_cluster(make_spec("tick")) as ctx:
+        watch_cluster(ctx, {})
+        rows = with_connection(ctx.endpoints()[ctx.state().primary], "postgres", ctx.admin_password(),
+                               lambda c: c.execute("select key, value from status").fetchall(),
+                               dbname=PG_OPS_DATABASE, timeout=5)
+        assert ("health_tick", 3.0) in rows
+
+
+def test_failover_is_recorded_for_the_exporter(make_spec):
+    from pg_ops.operations.failover import failover
+
+    with running_cluster(make_spec("rec")) as ctx:
+        ctx.platform.kill_member(ctx.state().primary)
+        change = failover(ctx)
+        rows = dict(with_connection(ctx.endpoints()[change.new_primary], "postgres", ctx.admin_password(),
+                                    lambda c: c.execute("select key, value from status").fetchall(),
+                                    dbname=PG_OPS_DATABASE, timeout=5))
+        assert rows["failover"] == change.epoch == 2
