@@ -89,3 +89,45 @@ def test_daemon_alerts_on_a_stopped_replica_and_on_its_return(make_spec, pg_home
     level = slo.failed_member_detection(history, "dmn", sensor_interval=1)
     assert level.figure is not None and level.details["recorded_failures"] >= 1
     print(f"\nfailed-member detection through the daemon: {detection[-1]['seconds']:.2f} s; level: {level.summary}")
+
+
+def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
+    """The whole loop: the primary member is lost (supervisor and postgres SIGKILLed); the
+    sensor confirms it, requests a failover run, the daemon launches it; writes resume through
+    the primary endpoint; `deploy` brings the old primary back as a replica on the new timeline."""
+    import psycopg
+
+    from pg_ops.credentials import PG_OPS_DATABASE
+    from pg_ops.operations.deploy import deploy
+    from pg_ops.operations.status import cluster_status
+
+    spec = make_spec("dfo", monitoring={"interval_seconds": 1})
+    instance = prepared_instance(pg_home)
+    with running_cluster(spec) as ctx, WebhookCapture() as hook, \
+            dagster_daemon(pg_home, {"PG_OPS_ALERT_WEBHOOK": hook.url}):
+        try:
+            wait_for(lambda: len(health_sensor_cursor(instance)["ticks"]) >= 2, "two health sensor ticks", timeout=120)
+            old = ctx.state().primary
+            ctx.platform.kill_member(old)
+            wait_for(lambda: ctx.state().epoch == 2 and ctx.state().lock is None, "the failover run", timeout=120)
+            runs = instance.get_runs(filters=dg.RunsFilter(job_name="failover"))
+            wait_for(lambda: instance.get_run_by_id(runs[0].run_id).is_finished, "the run to finish", timeout=60)
+            assert len(runs) == 1 and instance.get_run_by_id(runs[0].run_id).is_success
+            assert runs[0].tags["dagster/run_key"].startswith("failover-dfo-")
+            new = ctx.state().primary
+            with psycopg.connect(ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE),
+                                 password=ctx.admin_password(), autocommit=True) as conn:
+                conn.execute("create table after_failover (v int)")
+                assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == new
+            deploy(ctx)
+            status = cluster_status(ctx)
+            row = {m["name"]: m for m in status["members"]}
+            assert row[old]["role"] == "replica" and row[old]["streaming"] and row[old]["timeline"] == 2
+            assert status["writable_members"] == [new]
+        except AssertionError:
+            print((pg_home / "daemon.log").read_text()[-3000:])
+            raise
+        finally:
+            instance.dispose()
+    assert ("primary_down", old) in hook.kinds(resolved=False)
+    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="failover"))) == 1  # one incident, one run
