@@ -41,17 +41,16 @@ def kinds(alerts, member=None):
 class Sensor:
     """Evaluates the health sensor's body tick after tick, carrying its cursor."""
 
-    def __init__(self, contexts, instance=None, can_fail_over=True):
+    def __init__(self, contexts, instance=None):
         self.contexts = contexts
         self.instance = instance
-        self.can_fail_over = can_fail_over
         self.cursor = None
         self.requests: list[dg.RunRequest] = []
         self.events = []
 
     def tick(self) -> dg.SensorResult:
         context = dg.build_sensor_context(cursor=self.cursor, instance=self.instance)
-        result = evaluate_health(context, self.contexts, AlertsResource(), self.can_fail_over)
+        result = evaluate_health(context, self.contexts, AlertsResource())
         self.cursor = result.cursor
         self.requests += result.run_requests or []
         self.events += result.asset_events or []

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from pg_ops.defs import failover as failover_defs
 from pg_ops.defs import health as health_defs
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import slo
@@ -18,7 +19,7 @@ def sql(ctx, member, query):
 
 def test_service_level_checks_record_their_figures(shared_cluster):
     ctx = shared_cluster
-    defs = dg.Definitions.merge(health_defs.build([ctx.spec], can_fail_over=False),
+    defs = dg.Definitions.merge(health_defs.build([ctx.spec]), failover_defs.build([ctx.spec]),
                                 dg.Definitions(resources={"pg_ops": PgOpsResource()}))
     job = defs.resolve_job_def(health_defs.SLO_JOB)
     with dg.instance_for_test() as instance:

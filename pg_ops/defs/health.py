@@ -9,7 +9,6 @@ plots, and "at most once a minute per member" is simply "at most once a minute p
 The service-level checks hang off one asset per cluster, ["service_levels", cluster].
 """
 
-import importlib.util
 import json
 import logging
 import time
@@ -122,12 +121,7 @@ def _failover_request(request: health_ops.FailoverRequest) -> dg.RunRequest:
                          tags=topology_run_tags(request.cluster))
 
 
-def failover_job_defined() -> bool:
-    """The failover job comes with the failover area (pg_ops/defs/failover.py)."""
-    return importlib.util.find_spec("pg_ops.defs.failover") is not None
-
-
-def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResource, can_fail_over: bool,
+def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResource,
                     now: float | None = None) -> dg.SensorResult:
     """One tick over every cluster (the sensor's body, callable from benchmarks and tests)."""
     now = now or time.time()
@@ -143,14 +137,8 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
             scope.add(watch.cluster)
         cursor["clusters"][watch.cluster] = watch.memory
         cursor["detections"] = (cursor["detections"] + watch.detections)[-health_ops.DETECTIONS_KEPT:]
-        if watch.failover is None:
-            continue
-        if can_fail_over:
+        if watch.failover is not None:
             run_requests.append(_failover_request(watch.failover))
-        else:
-            active.append(Alert(cluster=watch.cluster, severity="critical", kind="failover_unavailable",
-                                summary=f"cluster {watch.cluster}: failover needed but no `{FAILOVER_JOB}` job is "
-                                        f"defined; run `pg-ops failover --cluster {watch.cluster}`"))
     to_send, cursor["alerts"] = alert_ops.reconcile(cursor["alerts"], active, unknown, scope, now)
     secrets = [s for c in contexts for s in health_ops.cluster_secrets(c)]
     alerts.deliver(to_send, specs, secrets, context.log)
@@ -161,18 +149,17 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
                            skip_reason=None if (run_requests or events) else "all clusters unchanged")
 
 
-def build(specs: list[ClusterSpec], can_fail_over: bool | None = None) -> dg.Definitions:
-    can_fail_over = failover_job_defined() if can_fail_over is None else can_fail_over
+def build(specs: list[ClusterSpec]) -> dg.Definitions:
     interval = min((s.monitoring.interval_seconds for s in specs), default=5)
 
     @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
-               job_name=FAILOVER_JOB if can_fail_over else None,
+               job_name=FAILOVER_JOB,  # defined in pg_ops/defs/failover.py
                description="Every member of every cluster: alerts (fire once, resolve once), lag and state "
                            "observations, and a failover run when a primary is confirmed down.")
     def cluster_health_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
                               alerts: AlertsResource) -> dg.SensorResult:
         contexts = [ClusterContext.for_spec(s, context.log) for s in pg_ops.specs()]
-        return evaluate_health(context, contexts, alerts, can_fail_over)
+        return evaluate_health(context, contexts, alerts)
 
     @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
                            description="Alerts when any pg_ops run fails.")

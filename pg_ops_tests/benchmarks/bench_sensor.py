@@ -39,7 +39,7 @@ def sensor_ticks(contexts, ticks: int = TICKS) -> list[float]:
     for i in range(ticks + 1):
         context = dg.build_sensor_context(cursor=cursor)
         started = time.perf_counter()
-        result = evaluate_health(context, contexts, AlertsResource(), can_fail_over=False)
+        result = evaluate_health(context, contexts, AlertsResource())
         if i:  # the first tick writes every observation once: warm-up
             times.append(time.perf_counter() - started)
         cursor = result.cursor
