@@ -52,9 +52,10 @@ def run_job(job_name: str, cluster: str, run_config: dict | None = None, tags: d
     from pg_ops import settings
 
     settings.ensure_dagster_home()
-    from pg_ops.definitions import defs
+    from pg_ops.definitions import build_defs
 
-    job = defs.resolve_job_def(job_name)
+    # Built from the specs as they are now (the module-level `defs` froze them at import).
+    job = build_defs(load_specs()).resolve_job_def(job_name)
     # Dagster's per-event console log goes to stderr only with --verbose.
     level = "DEBUG" if logging.getLogger().level <= logging.INFO else "WARNING"
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": level}}}}

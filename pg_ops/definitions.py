@@ -6,14 +6,18 @@ import dagster as dg
 
 from pg_ops.defs import backups, deployment, drills, failover, health
 from pg_ops.defs.resources import PgOpsResource
-from pg_ops.spec import load_specs
-
-SPECS = load_specs()
+from pg_ops.spec import ClusterSpec, load_specs
 
 # Each area module declares its own definitions from the specs.
 AREAS = [deployment, failover, health, backups, drills]
 
-defs = dg.Definitions.merge(
-    *(area.build(SPECS) for area in AREAS),
-    dg.Definitions(resources={"pg_ops": PgOpsResource()}),
-)
+
+def build_defs(specs: list[ClusterSpec]) -> dg.Definitions:
+    return dg.Definitions.merge(
+        *(area.build(specs) for area in AREAS),
+        dg.Definitions(resources={"pg_ops": PgOpsResource()}),
+    )
+
+
+SPECS = load_specs()
+defs = build_defs(SPECS)
