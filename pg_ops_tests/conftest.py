@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
+from pg_ops_tests.helpers import (
+    PLATFORMS,
+    cluster_on,
+    home_environment,
+    running_cluster,
+    spec_from,
+    temp_home,
+    write_platform_spec,
+    write_spec,
+)
 
 
 @pytest.fixture
@@ -55,3 +64,33 @@ def shared_cluster():
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+# -- both platforms: the Kubernetes path runs against the fake API with real members behind it --
+@pytest.fixture(params=PLATFORMS)
+def platform(request) -> str:
+    """"local" or "kubernetes": a test taking it (or any_cluster) runs once on each."""
+    return request.param
+
+
+@pytest.fixture
+def make_platform_spec(pg_home, platform):
+    def make(name: str = "t", **overrides):
+        return spec_from(write_platform_spec(pg_home / "specs", name, platform, **overrides))
+    return make
+
+
+@pytest.fixture
+def any_cluster(make_platform_spec):
+    """A deployed 3-member cluster on each platform, for tests that may break it."""
+    with cluster_on(make_platform_spec("t")) as ctx:
+        yield ctx
+
+
+@pytest.fixture(scope="module", params=PLATFORMS)
+def shared_any_cluster(request):
+    """A deployed cluster on each platform, shared by a module's read-only tests."""
+    with home_environment() as home:
+        spec = spec_from(write_platform_spec(home / "specs", f"shared-{request.param[:5]}", request.param))
+        with cluster_on(spec) as ctx:
+            yield ctx

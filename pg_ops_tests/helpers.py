@@ -112,3 +112,95 @@ def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.2)
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+# -- either platform: the same cluster on local processes or behind the fake Kubernetes API ------
+PLATFORMS = ("local", "kubernetes")
+_FAKES: dict[str, object] = {}  # cluster name -> the FakeKubernetes serving it
+
+
+def write_platform_spec(folder: Path, name: str, platform: str, **overrides) -> Path:
+    """write_spec for either platform. On Kubernetes: a namespace per cluster (the primary
+    Service has the same name in every cluster), the Git-owned objects applied by pg_ops (no
+    ArgoCD here), and small shared_buffers (the rendered config sizes memory for a 4Gi pod)."""
+    if platform == "kubernetes":
+        postgres = overrides.pop("postgres", {})
+        overrides["postgres"] = {**postgres, "parameters": {"shared_buffers": "128MB",
+                                                            **postgres.get("parameters", {})}}
+        overrides["kubernetes"] = {"namespace": f"ns-{name}", "gitops": False, **overrides.get("kubernetes", {})}
+    return write_spec(folder, name, platform=platform, **overrides)
+
+
+@contextlib.contextmanager
+def cluster_on(spec: ClusterSpec) -> Iterator[ClusterContext]:
+    """A deployed cluster on the spec's platform. Kubernetes: a FakeKubernetes of its own (real
+    members behind its pods), stopped afterwards with every process it started, even when the
+    deploy or the test fails."""
+    if spec.platform != "kubernetes":
+        with running_cluster(spec) as ctx:
+            yield ctx
+        return
+    from pg_ops_tests.fake_k8s import FakeKubernetes  # it imports this module
+
+    with FakeKubernetes() as fake:
+        fake.register_cluster(spec)
+        _FAKES[spec.name] = fake
+        try:
+            ctx = ClusterContext.for_spec(spec)
+            deploy(ctx)
+            yield ctx
+        finally:
+            _FAKES.pop(spec.name, None)
+
+
+def fake_of(ctx: ClusterContext):
+    """The FakeKubernetes behind a cluster deployed by cluster_on (None on the local platform)."""
+    return _FAKES.get(ctx.name)
+
+
+def lose_member(ctx: ClusterContext, name: str) -> None:
+    """The member's machine dies: local, its processes are SIGKILLed; Kubernetes, its node is
+    gone, so the pod is force-deleted and its replacement cannot be scheduled (stays Pending)."""
+    fake = fake_of(ctx)
+    if fake is not None:
+        fake.hold_pending(ctx.spec.kubernetes.namespace, name)
+    ctx.platform.kill_member(name)
+
+
+def recover_member(ctx: ClusterContext, name: str) -> None:
+    """The lost machine is back: Kubernetes schedules the member's pod again (local: nothing to
+    do, `deploy` starts the member)."""
+    fake = fake_of(ctx)
+    if fake is not None:
+        fake.cluster.unschedulable.discard((ctx.spec.kubernetes.namespace, name))
+
+
+def member_generation(ctx: ClusterContext, name: str) -> str | None:
+    """What changes when a member is restarted: the supervisor's pid (local) or the pod's uid."""
+    fake = fake_of(ctx)
+    if fake is None:
+        pid = ctx.platform._supervisor_pid(name)
+        return None if pid is None else str(pid)
+    pod = fake.object("pods", ctx.spec.kubernetes.namespace, name)
+    return None if pod is None else pod["metadata"]["uid"]
+
+
+@contextlib.contextmanager
+def home_environment() -> Iterator[Path]:
+    """A throw-away PG_OPS_HOME (with specs/ and dagster/) set in os.environ and restored
+    afterwards: for module-scoped fixtures, which cannot use monkeypatch."""
+    keys = ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "DAGSTER_HOME")
+    saved = {k: os.environ.get(k) for k in keys}
+    with temp_home() as home:
+        (home / "specs").mkdir()
+        (home / "dagster").mkdir()
+        os.environ.update(PG_OPS_HOME=str(home), PG_OPS_CLUSTERS=str(home / "specs"),
+                          DAGSTER_HOME=str(home / "dagster"))
+        try:
+            yield home
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -244,6 +244,7 @@ def test_store_faults_fail_clearly_without_leaking_secrets(filled, monkeypatch, 
         backup(missing)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert S3_SECRET not in logged and ctx.admin_password() not in logged
+    assert logged.count("backup_failed") >= 2  # an alert for each failed backup
 
 
 def test_disk_full_fails_without_a_manifest(filled):

@@ -1,4 +1,8 @@
-"""Deploy on real PostgreSQL processes: the foundation's behaviour and its faults."""
+"""Deploy on real PostgreSQL processes: the foundation's behaviour and its faults.
+
+The platform-neutral cases run on both platforms (`shared_any_cluster`, `any_cluster`): local
+processes, and pods of the fake Kubernetes API with real members behind them. What only the
+local platform has (teardown, ports, data dir ownership, the CLI on a local home) stays local."""
 
 import json
 import subprocess
@@ -12,9 +16,13 @@ from pg_ops.errors import LockHeld, MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, teardown
 from pg_ops.operations.status import cluster_status
+from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres.session import with_connection
 from pg_ops.state import TopologyLock, update_state
-from pg_ops_tests.helpers import running_cluster, stop_cluster, wait_for
+from pg_ops_tests.helpers import fake_of, running_cluster, stop_cluster, wait_for
+
+# Read-only cases that only the local platform has: the shared cluster's local instance.
+LOCAL_ONLY = pytest.mark.parametrize("shared_any_cluster", ["local"], indirect=True)
 
 
 def sql(ctx, member, query, dbname="postgres"):
@@ -25,8 +33,9 @@ def sql(ctx, member, query, dbname="postgres"):
     return with_connection(ep, "postgres", ctx.admin_password(), run, dbname=dbname, timeout=10)
 
 
-def test_status_one_primary_two_streaming_replicas(shared_cluster):
-    status = cluster_status(shared_cluster)
+def test_status_one_primary_two_streaming_replicas(shared_any_cluster):
+    status = cluster_status(shared_any_cluster)
+    assert status["platform"] == shared_any_cluster.platform.kind
     roles = {m["name"]: m["role"] for m in status["members"]}
     assert sorted(roles.values()) == ["primary", "replica", "replica"]
     assert status["writable_members"] == [status["designated_primary"]]
@@ -34,15 +43,20 @@ def test_status_one_primary_two_streaming_replicas(shared_cluster):
         assert {"name", "role", "host", "port", "timeline", "lsn", "lag_bytes", "lag_seconds", "sync_state"} <= set(m)
         if m["role"] == "replica":
             assert m["streaming"] is True and m["lag_bytes"] is not None and m["sync_state"] == "async"
-    assert "password" not in status["primary_dsn"] and "target_session_attrs=read-write" in status["primary_dsn"]
-    passfile = shared_cluster.platform.passfile()
-    assert status["passfile"] == str(passfile) and (passfile.stat().st_mode & 0o777) == 0o600
+    assert "password" not in status["primary_dsn"]
+    if shared_any_cluster.platform.kind == "local":
+        assert "target_session_attrs=read-write" in status["primary_dsn"]
+        passfile = shared_any_cluster.platform.passfile()
+        assert status["passfile"] == str(passfile) and (passfile.stat().st_mode & 0o777) == 0o600
+    else:  # the primary Service: no passfile on disk, the password lives in the Secret
+        assert "passfile" not in status
 
 
-def test_write_on_primary_is_visible_on_both_replicas(shared_cluster):
-    ctx = shared_cluster
+def test_write_on_primary_is_visible_on_both_replicas(shared_any_cluster):
+    ctx = shared_any_cluster
     dsn = ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE)
     with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True) as conn:
+        assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == ctx.state().primary
         conn.execute("create table if not exists visible (v text)")
         conn.execute("insert into visible values ('hello')")
     for replica in [m for m in ctx.spec.member_names if m != ctx.state().primary]:
@@ -50,48 +64,56 @@ def test_write_on_primary_is_visible_on_both_replicas(shared_cluster):
                                        PG_OPS_DATABASE)[0][0] == 1, f"row visible on {replica}")
 
 
-def test_password_is_required(shared_cluster):
-    ep = shared_cluster.endpoints()[shared_cluster.state().primary]
+def test_password_is_required(shared_any_cluster):
+    ep = shared_any_cluster.endpoints()[shared_any_cluster.state().primary]
     for password in ("", "wrong"):
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(host=ep.host, port=ep.port, user="postgres", dbname="postgres",
                             password=password, connect_timeout=3, passfile="/dev/null")
     # The application role exists with its generated password and owns its database.
-    creds = shared_cluster.credentials()
+    creds = shared_any_cluster.credentials()
     with psycopg.connect(host=ep.host, port=ep.port, user="app", dbname="app", password=creds.password("app")) as c:
         assert c.execute("select current_user").fetchone()[0] == "app"
 
 
-def test_deploy_twice_is_a_no_op(shared_cluster):
-    before = shared_cluster.state()
-    result = deploy(shared_cluster)
+def test_deploy_twice_is_a_no_op(shared_any_cluster):
+    before = shared_any_cluster.state()
+    result = deploy(shared_any_cluster)
     assert result.started == []
-    after = shared_cluster.state()
+    after = shared_any_cluster.state()
     assert (after.epoch, after.primary, after.system_identifier) == (before.epoch, before.primary, before.system_identifier)
 
 
-def test_member_passwords_files_are_private(shared_cluster):
-    platform = shared_cluster.platform
+@LOCAL_ONLY
+def test_member_passwords_files_are_private(shared_any_cluster):
+    platform = shared_any_cluster.platform
     assert (platform.root / "credentials.json").stat().st_mode & 0o777 == 0o600
-    for name in shared_cluster.spec.member_names:
+    for name in shared_any_cluster.spec.member_names:
         assert (platform.member_dir(name) / "pgpass").stat().st_mode & 0o777 == 0o600
         assert platform.member_dir(name).stat().st_uid == platform.user.uid
 
 
-def test_killed_replica_restarts_and_streams_from_its_slot(cluster):
-    ctx = cluster
+def test_killed_replica_restarts_and_streams_from_its_slot(any_cluster):
+    ctx = any_cluster
     replica = ctx.spec.member_names[1]
     ctx.platform.kill_member(replica)
-    assert not ctx.platform.member_running(replica)
-    result = deploy(ctx)
-    assert result.started == [replica]
+    fake = fake_of(ctx)
+    if fake is None:
+        assert not ctx.platform.member_running(replica)
+        assert deploy(ctx).started == [replica]
+    else:
+        # The StatefulSet recreates the pod by itself, without the role label the Services
+        # select on; deploy waits for it and labels it again.
+        wait_for(lambda: names.LABEL_ROLE not in fake.pod_labels(ctx.platform.namespace, replica), "pod recreated")
+        assert deploy(ctx).started in ([], [replica])
+        assert fake.pod_labels(ctx.platform.namespace, replica)[names.LABEL_ROLE] == names.ROLE_REPLICA
     slots = {r[0]: r[1] for r in sql(ctx, ctx.state().primary, "select slot_name, active from pg_replication_slots")}
     assert slots[replica.replace("-", "_")] is True
     assert cluster_status(ctx)["members"][1]["streaming"] is True
 
 
-def test_wiped_member_is_recloned_not_reinitialised(cluster):
-    ctx = cluster
+def test_wiped_member_is_recloned_not_reinitialised(any_cluster):
+    ctx = any_cluster
     primary = ctx.state().primary
     sql(ctx, primary, "create table keep (v int); insert into keep values (42)", PG_OPS_DATABASE)
     replica = ctx.spec.member_names[2]
@@ -118,8 +140,8 @@ def test_empty_designated_primary_is_never_reinitialised(cluster):
     assert not (ctx.platform.data_dir(primary) / "PG_VERSION").exists()
 
 
-def test_lock_refuses_a_concurrent_change(cluster):
-    ctx = cluster
+def test_lock_refuses_a_concurrent_change(shared_any_cluster):
+    ctx = shared_any_cluster
     store = ctx.platform.state_store()
     foreign = TopologyLock(holder="failover@elsewhere:1", operation="failover", expires_at=9e9)
     update_state(store, lambda s: s.model_copy(update={"lock": foreign}))

@@ -1,6 +1,12 @@
-"""Failover, switchover, rebuild on real local clusters (the member script does the data-plane
-half: fencing itself, rewinding, rejoining)."""
+"""Failover, switchover, rebuild on real clusters (the member script does the data-plane half:
+fencing itself, rewinding, rejoining).
 
+The platform-neutral cases run on both platforms (`any_cluster`, `make_platform_spec`): local
+processes, and pods of the fake Kubernetes API with real members behind them, where losing a
+member means its pod is force-deleted and cannot be rescheduled (a dead node), fencing deletes
+the pod, and the StatefulSet's replacement boots with the desired state of that moment."""
+
+import contextlib
 import os
 import signal
 import threading
@@ -18,7 +24,15 @@ from pg_ops.operations.status import cluster_status
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import DesiredState, TopologyLock, update_state
-from pg_ops_tests.helpers import running_cluster, wait_for
+from pg_ops_tests.helpers import (
+    cluster_on,
+    fake_of,
+    lose_member,
+    member_generation,
+    recover_member,
+    running_cluster,
+    wait_for,
+)
 
 
 def q(ctx, member, query, dbname=PG_OPS_DATABASE):
@@ -74,12 +88,12 @@ class Writer:
         self.thread.join(10)
 
 
-def test_failover_after_primary_lost_and_old_primary_rejoins(cluster):
-    ctx = cluster
+def test_failover_after_primary_lost_and_old_primary_rejoins(any_cluster):
+    ctx = any_cluster
     old = ctx.state().primary
     with Writer(ctx) as writer:
         wait_for(lambda: len(writer.acked) > 20, "writes before the failure")
-        ctx.platform.kill_member(old)  # supervisor and postgres SIGKILLed, as when a node dies
+        lose_member(ctx, old)  # its machine dies: processes SIGKILLed / pod gone, not rescheduled
         change = failover(ctx, detected_at=time.time())
         wait_for(lambda: len(writer.acked) and writer.acked[-1] > 0 and _writes_after(writer, 5), "writes resume")
     assert change.new_primary != old and change.epoch == 2 and change.timeline == 2
@@ -87,10 +101,49 @@ def test_failover_after_primary_lost_and_old_primary_rejoins(cluster):
     assert state.primary == change.new_primary and old in state.fenced
     assert any(k.startswith("step: promote") for k in change.metadata())
     # The old primary comes back through the member script as a replica on the new timeline.
+    recover_member(ctx, old)
     deploy(ctx)
     assert_one_primary_all_streaming(ctx)
     assert ctx.state().fenced == ()
     assert q(ctx, old, "select pg_is_in_recovery()") == [(True,)]
+
+
+class WritableWatcher:
+    """Probes a member every 50 ms and records each time a NEW incarnation of it (another
+    supervisor / another pod than the one running when the watch began) accepted writes."""
+
+    def __init__(self, ctx, member):
+        self.ctx, self.member, self.writable_seen, self.stop = ctx, member, [], threading.Event()
+        self.first = member_generation(ctx, member)
+        self.incarnations = set()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def _new_incarnation(self):
+        generation = member_generation(self.ctx, self.member)
+        return generation if generation not in (None, self.first) else None
+
+    def run(self):
+        password = self.ctx.admin_password()
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):  # down or not there yet is fine; writable is not
+                generation = self._new_incarnation()
+                if generation:
+                    ep = self.ctx.endpoints()[self.member]
+                    with psycopg.connect(host=ep.host, port=ep.port, user="postgres", dbname="postgres",
+                                         password=password, connect_timeout=2) as conn:
+                        writable = conn.execute("select not pg_is_in_recovery()").fetchone()[0]
+                    self.incarnations.add(generation)
+                    if writable and self._new_incarnation() == generation:
+                        self.writable_seen.append(time.time())
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
 
 
 def _writes_after(writer, k):
@@ -99,21 +152,32 @@ def _writes_after(writer, k):
     return len(writer.acked) >= before + k
 
 
-def test_failover_refused_while_primary_is_healthy(cluster):
+def test_failover_refused_while_primary_is_healthy(any_cluster):
     with pytest.raises(PgOpsError, match="refusing failover"):
-        failover(cluster)
-    assert cluster.state().epoch == 1
+        failover(any_cluster)
+    assert any_cluster.state().epoch == 1 and any_cluster.state().fenced == ()
 
 
-def test_forced_failover_fences_a_healthy_primary(cluster):
-    ctx = cluster
+def test_forced_failover_fences_a_healthy_primary(any_cluster):
+    ctx = any_cluster
     old = ctx.state().primary
     target = ctx.spec.member_names[2]
-    change = failover(ctx, to=target, force=True)
-    assert change.new_primary == target
-    assert not ctx.platform.member_running(old)
-    deploy(ctx)
-    assert_one_primary_all_streaming(ctx)
+    before = member_generation(ctx, old)
+    with WritableWatcher(ctx, old) as watcher:
+        change = failover(ctx, to=target, force=True)
+        assert change.new_primary == target
+        if fake_of(ctx) is None:
+            assert not ctx.platform.member_running(old)
+        else:
+            # The pod was deleted; the StatefulSet's replacement boots with the desired state
+            # that names the new primary, so its member script rewinds it into a replica.
+            assert member_generation(ctx, old) != before
+        deploy(ctx)
+        assert_one_primary_all_streaming(ctx)
+    assert watcher.incarnations, f"{old} was never seen back"
+    assert watcher.writable_seen == [], f"{old} was writable again after the failover: {watcher.writable_seen}"
+    assert q(ctx, old, "select pg_is_in_recovery()") == [(True,)]
+    assert "not the designated primary" in ctx.platform.member_log_tail(old, lines=1000)  # it rewound
 
 
 def test_interrupted_failover_with_dead_candidate_is_run_again(cluster):
@@ -140,8 +204,8 @@ def test_second_failover_is_refused_by_the_lock(cluster):
         failover(cluster)
 
 
-def test_switchover_loses_no_row_and_old_primary_follows(cluster):
-    ctx = cluster
+def test_switchover_loses_no_row_and_old_primary_follows(any_cluster):
+    ctx = any_cluster
     old = ctx.state().primary
     target = ctx.spec.member_names[1]
     with Writer(ctx) as writer:
@@ -189,8 +253,8 @@ def test_postgres_crash_with_supervisor_alive_recovers_in_place(cluster):
     wait_for(lambda: cluster_status(ctx)["writable_members"] == [primary], "one writable member")
 
 
-def test_rebuild_by_rewind_and_by_reclone(cluster):
-    ctx = cluster
+def test_rebuild_by_rewind_and_by_reclone(any_cluster):
+    ctx = any_cluster
     replica = ctx.spec.member_names[1]
     q(ctx, ctx.state().primary, "create table before_rebuild (v int); insert into before_rebuild values (7)")
     result = rebuild(ctx, replica)
@@ -203,13 +267,13 @@ def test_rebuild_by_rewind_and_by_reclone(cluster):
         rebuild(ctx, ctx.state().primary)
 
 
-def test_sync_mode_loses_no_acknowledged_commit(make_spec):
-    with running_cluster(make_spec("sy", postgres={"members": 3, "replication": "sync"})) as ctx:
+def test_sync_mode_loses_no_acknowledged_commit(make_platform_spec):
+    with cluster_on(make_platform_spec("sy", postgres={"members": 3, "replication": "sync"})) as ctx:
         old = ctx.state().primary
         assert q(ctx, old, "show synchronous_standby_names", "postgres")[0][0].startswith("ANY 1")
         with Writer(ctx) as writer:
             wait_for(lambda: len(writer.acked) > 50, "sync writes")
-            ctx.platform.kill_member(old)
+            lose_member(ctx, old)
             change = failover(ctx)
             wait_for(lambda: _writes_after(writer, 5), "writes resume")
         present = {r[0] for r in q(ctx, change.new_primary, "select n from writes")}
@@ -256,18 +320,18 @@ def test_choose_candidate_in_sync_mode_needs_every_replica(make_spec):
     assert choose_candidate(ctx, state, probes, force=True)[0] == "s-2"
 
 
-def test_rolling_restart_through_the_cli_job(cluster, capsys):
+def test_rolling_restart_through_the_cli_job(any_cluster, capsys):
     import json
 
     from pg_ops.cli import main as cli_main
 
-    ctx = cluster
+    ctx = any_cluster
     old = ctx.state().primary
-    pids = {n: ctx.platform._supervisor_pid(n) for n in ctx.spec.member_names}
+    pids = {n: member_generation(ctx, n) for n in ctx.spec.member_names}
     assert cli_main(["rolling-restart", "--cluster", ctx.name, "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["primary"] != old and ctx.state().primary == meta["primary"] and meta["epoch"] == 2
-    assert all(ctx.platform._supervisor_pid(n) != pids[n] for n in ctx.spec.member_names)  # every member restarted
+    assert all(member_generation(ctx, n) != pids[n] for n in ctx.spec.member_names)  # every member restarted
     assert_one_primary_all_streaming(ctx)
 
 

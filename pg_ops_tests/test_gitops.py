@@ -207,3 +207,33 @@ def test_dockerfile_uses_pgdg_client_16_and_a_non_root_user():
 def test_no_secret_values_in_hand_written_files(path: Path):
     for doc in documents(REPO / path):
         assert doc["kind"] != "Secret", f"{path}: Secrets are created out of band, never committed"
+
+
+# -- the network diagram (docs/architecture/network.dot -> network.svg) ----------------------------
+DIAGRAM_SOURCE = REPO / "docs" / "architecture" / "network.dot"
+DIAGRAM_SVG = DIAGRAM_SOURCE.with_suffix(".svg")
+RENDER_DIAGRAM = REPO / "scripts" / "render-network-diagram.sh"
+
+
+def test_network_svg_was_rendered_from_the_current_source():
+    """Without Graphviz: the generator stamps the source's sha256 into the SVG."""
+    import hashlib
+
+    stamp = re.search(r"<!-- source: docs/architecture/network.dot sha256 (\w+) -->", DIAGRAM_SVG.read_text())
+    assert stamp, f"{DIAGRAM_SVG.name} was not written by {RENDER_DIAGRAM.name}"
+    assert stamp.group(1) == hashlib.sha256(DIAGRAM_SOURCE.read_bytes()).hexdigest(), \
+        f"{DIAGRAM_SVG.name} is stale: run scripts/render-network-diagram.sh and commit it"
+
+
+def test_network_svg_matches_a_fresh_render():
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz `dot` is not installed (apt-get install graphviz); the sha256 stamp test still ran")
+    import html
+    import subprocess
+
+    done = subprocess.run(["bash", str(RENDER_DIAGRAM), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = html.unescape(DIAGRAM_SVG.read_text())  # Graphviz writes '-' as &#45;
+    for shown in ("192.168.10.100", "postgres-ha-postgresql.postgresql.svc.cluster.local:5432", "FortiGate",
+                  "postgres-ha-postgresql-read", "loadBalancerSourceRanges"):
+        assert shown in text, f"the diagram no longer shows {shown}"

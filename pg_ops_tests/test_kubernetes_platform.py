@@ -1,6 +1,6 @@
 """The Kubernetes platform against the fake API server, with real PostgreSQL members behind
-its pods: the same deploy/status operations as the local platform (parametrized over both),
-then what only Kubernetes has: role labels and Services, the credentials Secret, the state
+its pods. The operations both platforms share run on both in test_deploy.py, test_failover.py
+and test_kubernetes_paths.py; here is what only Kubernetes has: role labels and Services, the credentials Secret, the state
 ConfigMap's compare-and-swap, pods deleted and recreated, and the API's failures."""
 
 from __future__ import annotations
@@ -86,12 +86,6 @@ def delete_statefulset(ctx) -> None:
         wait_for(lambda: not platform._pods(), "pods deleted", timeout=60)
 
 
-@pytest.fixture(scope="module", params=["local", "kubernetes"])
-def any_cluster(request, fake):
-    with deployed_cluster(fake, f"both-{request.param[:5]}", request.param) as ctx:
-        yield ctx
-
-
 @pytest.fixture(scope="module")
 def k8s(fake):
     with deployed_cluster(fake, "kube", "kubernetes") as ctx:
@@ -111,38 +105,6 @@ def replicas_of(ctx) -> list[str]:
 
 def wait_streaming(ctx, member: str) -> None:
     wait_for(lambda: ctx.probe([member])[member].streaming, f"{member} streaming", timeout=90)
-
-
-# -- the same operations on both platforms ---------------------------------------------------------
-def test_status_one_primary_two_streaming_replicas(any_cluster):
-    status = cluster_status(any_cluster)
-    assert status["platform"] == any_cluster.platform.kind
-    assert sorted(m["role"] for m in status["members"]) == ["primary", "replica", "replica"]
-    assert status["writable_members"] == [status["designated_primary"]]
-    for m in status["members"]:
-        if m["role"] == "replica":
-            assert m["streaming"] is True and m["lag_bytes"] is not None and m["sync_state"] == "async"
-    assert "password" not in status["primary_dsn"]
-
-
-def test_write_through_the_primary_endpoint_reaches_the_replicas(any_cluster):
-    ctx = any_cluster
-    dsn = ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE)
-    with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True) as conn:
-        assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == ctx.state().primary
-        conn.execute("create table if not exists visible (v text)")
-        conn.execute("insert into visible values ('hello')")
-    for replica in replicas_of(ctx):
-        wait_for(lambda r=replica: sql(ctx, r, "select count(*) from visible where v = 'hello'",
-                                       PG_OPS_DATABASE)[0][0] >= 1, f"row visible on {replica}")
-
-
-def test_deploy_twice_is_a_no_op(any_cluster):
-    before = any_cluster.state()
-    assert deploy(any_cluster).started == []
-    after = any_cluster.state()
-    assert (after.epoch, after.primary, after.system_identifier) == (before.epoch, before.primary,
-                                                                     before.system_identifier)
 
 
 # -- Kubernetes only ----------------------------------------------------------------------------------
@@ -345,3 +307,22 @@ def test_apply_that_fails_midway_says_what_was_applied(k8s, fake):
                               f"forbidden (403): ")
     assert f"applied before it: serviceaccount {spec.kubernetes.namespace}/" in message
     assert "not applied: " in message and exc.value.status == 403
+
+
+def test_data_dir_usage_through_pod_exec(k8s, fake):
+    ns, member = k8s.platform.namespace, k8s.state().primary
+    used, total = k8s.platform.data_dir_usage(member)
+    st = os.statvfs(fake.cluster.workloads[(ns, k8s.spec.name)].platform.data_dir(member))
+    assert total == st.f_blocks * st.f_frsize  # df in the "pod" saw the member's volume
+    assert 0 < used < total
+    status = {m["name"]: m for m in cluster_status(k8s)["members"]}
+    assert status[member]["data_dir_total_bytes"] == total and status[member]["storage_ratio"] > 0
+    assert k8s.platform.data_dir_usage("kube-9") is None  # no such pod: unknown, not an error
+    fake.forbid("create", "pods/exec")
+    try:
+        with pytest.raises(KubernetesError, match=rf"kubernetes: exec in pod {ns}/{member}: forbidden \(403\): "
+                                                  rf"pods \"{member}\" is forbidden: .* cannot create resource "
+                                                  rf"\"pods/exec\""):
+            k8s.platform.data_dir_usage(member)
+    finally:
+        fake.allow_all()

@@ -57,8 +57,8 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
         from pg_ops.operations.backup import backup, open_store
 
         ctx = pg_ops.cluster(cluster, context.log)
+        manifest = backup(ctx)
         store = open_store(ctx)
-        manifest = backup(ctx, store)
         seconds = max(manifest.seconds, 1e-6)
         rows = sum(sum((d.row_counts or {}).values()) for d in manifest.databases)
         return dg.MaterializeResult(metadata={

@@ -195,11 +195,13 @@ def _counted(future: Future, database: str, member: str) -> dict[str, int] | Non
 def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifest:
     """Take one backup; returns its manifest. Raises BackupFailed/StoreError/DumpFailed
     with the reason; a failed backup has no manifest and is recorded in error.json."""
-    store = store or open_store(ctx)
-    store.check()
-    backup_id = unique_backup_id(store, ctx.name)
-    ctx.log.info("backup %s of cluster %s into %s", backup_id, ctx.name, store.describe())
+    backup_id = cat.new_backup_id()
     try:
+        # Inside the try: an unreachable store or missing credentials is a failed backup too.
+        store = store or open_store(ctx)
+        store.check()
+        backup_id = unique_backup_id(store, ctx.name)
+        ctx.log.info("backup %s of cluster %s into %s", backup_id, ctx.name, store.describe())
         return _take(ctx, store, backup_id)
     except PgOpsError as exc:
         reason = scrub(str(exc), ctx)
@@ -252,13 +254,14 @@ def scrub(text: str, ctx: ClusterContext) -> str:
     return text
 
 
-def record_failure(ctx: ClusterContext, store: BackupStore, backup_id: str, reason: str) -> None:
+def record_failure(ctx: ClusterContext, store: BackupStore | None, backup_id: str, reason: str) -> None:
     """error.json beside the partial objects (best effort: the store may be what failed),
     a clear log line, and the alert."""
     ctx.log.error("backup %s of cluster %s FAILED: %s", backup_id, ctx.name, reason)
     try:
-        store.put_bytes(cat.object_key(ctx.name, backup_id, cat.ERROR),
-                        json.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()}).encode())
+        if store is not None:
+            store.put_bytes(cat.object_key(ctx.name, backup_id, cat.ERROR),
+                            json.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()}).encode())
     except StoreError:
         pass
     alert_backup_failed(ctx, backup_id, reason)

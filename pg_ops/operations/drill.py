@@ -122,6 +122,10 @@ def scratch_cluster(ctx: ClusterContext, purpose: str = "drill") -> Iterator[Clu
         deploy(scratch)
         yield scratch
     finally:
+        # Nothing in it needs a clean shutdown: kill it (no shutdown checkpoint), then delete it.
+        for name in spec.member_names:
+            with contextlib.suppress(Exception):
+                scratch.platform.kill_member(name)
         with contextlib.suppress(Exception):
             teardown(scratch)
 

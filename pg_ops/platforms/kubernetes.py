@@ -246,6 +246,12 @@ class KubernetesPlatform:
                 raise type(exc)(f"{exc}; applied before it: {applied}; not applied: {len(objects) - done} object(s)",
                                 exc.status, exc.reason) from None
 
+    def live_objects(self, objects: list[dict]) -> list[dict | None]:
+        """The live version of each given manifest (status and server fields included), None
+        where it does not exist: what the drift check compares with the rendered objects."""
+        client = ObjectClient(self.api)
+        return [client.read(obj) for obj in objects]
+
     # -- members ---------------------------------------------------------------------------
     def member_running(self, name: str) -> bool:
         return _running(self._pod(name))
@@ -363,8 +369,24 @@ class KubernetesPlatform:
         return "" if response is None else response.data.decode(errors="replace").strip()
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
-        # Not measured on Kubernetes yet (would need an exec into the pod per member per tick).
-        return None
+        """df of the data volume, through an exec into the pod (the kubelet's volume stats are
+        not in the API). The mount point, not PGDATA: it exists before the first initdb/clone
+        and is the same filesystem. None when the pod does not run (the member is down)."""
+        what = self._what("pod", name)
+        try:
+            code, out, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER,
+                                                  ["df", "-B1", "--output=used,size", names.PGDATA_MOUNT])
+        except KubernetesError as exc:
+            if exc.status in (400, 404):  # no such pod, or its container is not running
+                return None
+            raise
+        if code != 0:
+            raise MemberError(f"kubernetes: exec in {what}: df exited {code}: {' '.join(err.split())[:200]}")
+        try:
+            used, size = (int(v) for v in out.strip().splitlines()[-1].split())
+        except ValueError:
+            raise MemberError(f"kubernetes: exec in {what}: unexpected df output {out.strip()[:200]!r}") from None
+        return used, size
 
     def teardown(self) -> None:
         raise PgOpsError(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "

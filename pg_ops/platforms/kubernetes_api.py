@@ -27,6 +27,8 @@ T = TypeVar("T")
 # Connect / read timeouts of every call: an API server that does not answer must not hang a
 # sensor tick or a failover run.
 REQUEST_TIMEOUT = (3, 20)
+EXEC_TIMEOUT_S = 30.0
+EXEC_STATUS_CHANNEL = 3  # kubernetes.stream.ws_client's ERROR_CHANNEL: the exec's final Status
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -120,3 +122,59 @@ class KubernetesApi:
             raise KubernetesError(
                 f"kubernetes: {verb} {what}: API server {self.configuration.host} unreachable: {cause}"
             ) from None
+
+    def exec_in_pod(self, what: str, name: str, namespace: str, container: str, command: list[str],
+                    timeout: float = EXEC_TIMEOUT_S) -> tuple[int, str, str]:
+        """Run a command in a container: (exit code, stdout, stderr), over the client's own
+        WebSocket channel client. Not through `kubernetes.stream.stream`: with client 36 a refused
+        upgrade (403, 404, a pod not running) surfaces there as an AttributeError from
+        ApiClient (the exception has no body), which hides the status and the server's message;
+        and stream() swaps the request function of the shared ApiClient while it runs."""
+        from kubernetes.stream.ws_client import WSClient, get_websocket_url
+        from websocket import WebSocketBadStatusException, WebSocketException
+
+        cfg = self.configuration
+        url = get_websocket_url(f"{cfg.host}/api/v1/namespaces/{namespace}/pods/{name}/exec", [
+            ("command", command), ("container", container), ("stdin", "false"), ("stdout", "true"),
+            ("stderr", "true"), ("tty", "false")])
+        auth = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
+        try:
+            client = WSClient(cfg, url, {"authorization": auth} if auth else {}, capture_all=True)
+        except WebSocketBadStatusException as exc:  # the upgrade was refused: a plain HTTP error
+            status = int(exc.status_code or 0)
+            cls = {404: KubernetesNotFound}.get(status, KubernetesError)
+            raise cls(f"kubernetes: exec in {what}: {_reason_words(status, exc.status_message or '')} ({status}): "
+                      f"{_status_message(exc.resp_body)}", status, exc.status_message or "") from None
+        except (WebSocketException, OSError) as exc:
+            raise KubernetesError(f"kubernetes: exec in {what}: API server {cfg.host} unreachable: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+        try:
+            client.run_forever(timeout=timeout)
+            if client.is_open():
+                raise KubernetesError(f"kubernetes: exec in {what}: {command[0]} did not finish within {timeout:g} s")
+            return (_exit_code(what, client.read_channel(EXEC_STATUS_CHANNEL, timeout=0)),
+                    client.read_stdout(timeout=0), client.read_stderr(timeout=0))
+        finally:
+            client.close()
+
+
+def _exit_code(what: str, status_text: str) -> int:
+    """The exit code in the exec's final Status: Success, or NonZeroExitCode with the code."""
+    try:
+        status = json.loads(status_text)
+        if status.get("status") == "Success":
+            return 0
+        return int(status["details"]["causes"][0]["message"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise KubernetesError(f"kubernetes: exec in {what}: the connection ended without an exit status "
+                              f"({' '.join(str(status_text).split())[:200] or 'none'})") from None
+
+
+def _status_message(body: bytes | str | None) -> str:
+    """The message of a Status body (an HTTP error the API server sent)."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
+    try:
+        text = json.loads(text).get("message") or text
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(str(text).split())[:300]

@@ -9,6 +9,7 @@ CustomObjectsApi, whose paths are the generic /apis/<group>/<version>/… ones.
 
 from __future__ import annotations
 
+import json
 import re
 
 from pg_ops.platforms import kubernetes_names as names
@@ -65,20 +66,25 @@ class ObjectClient:
                           plural(kind), meta["name"], obj, **options)
 
     def exists(self, obj: dict) -> bool:
+        return self.read(obj) is not None
+
+    def read(self, obj: dict) -> dict | None:
+        """The live object a manifest names, as the API server returns it (plain JSON, with
+        status and server-populated fields); None when it does not exist."""
         kind, meta = obj["kind"], obj["metadata"]
         group, _, version = obj["apiVersion"].rpartition("/")
         what = describe(obj)
+        raw = {"missing_ok": True, "_preload_content": False}  # plain JSON, for every kind alike
         if not group:
             if kind in CLUSTER_SCOPED_CORE:
-                found = self.api.call("get", what, getattr(self.api.core, f"read_{_snake(kind)}"), meta["name"],
-                                      missing_ok=True)
+                found = self.api.call("get", what, getattr(self.api.core, f"read_{_snake(kind)}"), meta["name"], **raw)
             else:
                 found = self.api.call("get", what, getattr(self.api.core, f"read_namespaced_{_snake(kind)}"),
-                                      meta["name"], meta["namespace"], missing_ok=True)
+                                      meta["name"], meta["namespace"], **raw)
         elif meta.get("namespace"):
             found = self.api.call("get", what, self.api.custom.get_namespaced_custom_object, group, version,
-                                  meta["namespace"], plural(kind), meta["name"], missing_ok=True)
+                                  meta["namespace"], plural(kind), meta["name"], **raw)
         else:
             found = self.api.call("get", what, self.api.custom.get_cluster_custom_object, group, version,
-                                  plural(kind), meta["name"], missing_ok=True)
-        return found is not None
+                                  plural(kind), meta["name"], **raw)
+        return None if found is None else json.loads(found.data)

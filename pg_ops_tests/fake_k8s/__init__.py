@@ -11,7 +11,9 @@ What it does NOT model (check these on a real cluster): scheduling, nodes and th
 readiness/startup/liveness probes (Ready = the member's port accepts connections), watches,
 strategic-merge list semantics (lists are replaced), admission and validation, RBAC beyond
 the denials a test switches on, DNS (PG_OPS_K8S_ADDRESSES stands in), the kubelet's real
-ConfigMap sync delay (`sync_delay`, 0 by default), NetworkPolicy, PDB enforcement, pod exec.
+ConfigMap sync delay (`sync_delay`, 0 by default), NetworkPolicy, PDB enforcement. Pod exec
+(WebSocket, v4.channel.k8s.io) serves only `df`/`du`, run on this machine against the bound
+member's data dir.
 
     with FakeKubernetes() as fake:          # sets KUBECONFIG and PG_OPS_K8S_ADDRESSES
         fake.register_cluster(spec)         # member and Service ports, before pg_ops runs
@@ -52,6 +54,7 @@ class FakeKubernetes:
         self.api.delete_hooks["pods"] = lambda req, key: self.cluster.delete_pod(key, _grace(req))
         self.api.delete_hooks["persistentvolumeclaims"] = lambda req, key: self.cluster.delete_claim(key)
         self.api.log_reader = self.cluster.read_log
+        self.api.exec_runner = self.cluster.exec_in_pod
         self.kubeconfig = self.root / "kubeconfig"
         self.addresses = self.root / "addresses.json"
         self._saved_env: dict[str, str | None] = {}

@@ -31,6 +31,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,12 +41,15 @@ from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.local import LocalPlatform, _pid_alive
 from pg_ops.platforms.server_user import server_user
 from pg_ops.spec import ClusterSpec
-from pg_ops_tests.fake_k8s.store import Key, Store, labels_match, now
+from pg_ops_tests.fake_k8s.store import ApiError, Key, Store, labels_match, now
 from pg_ops_tests.helpers import free_port_range
 
 CONTROLLER = "kube-controller-manager"
 LOOP_INTERVAL_S = 0.1
 CRASH_BACKOFF_S = 2.0
+# Exec runs on this machine, so only commands that read the pod's data volume are served.
+EXEC_COMMANDS = {"df", "du"}
+EXEC_TIMEOUT_S = 30
 
 
 def _write(path: Path, text: str, mode: int, owner=None) -> None:
@@ -470,6 +474,36 @@ class Cluster:
         for (ns, svc), port in self.service_ports.items():
             if (ns, svc) not in self.proxies and self.store.find(("v1", "services", ns, svc)) is not None:
                 self.proxies[(ns, svc)] = ServiceProxy(self.store, ns, svc, port)
+
+    # -- exec --------------------------------------------------------------------------------------
+    def exec_in_pod(self, ns: str, pod_name: str, container: str | None, command: list[str]):
+        """Exec in a bound pod: the command runs on this machine, with container paths on the
+        data volume (names.PGDATA_MOUNT, names.PGDATA) turned into the member's data dir. Only
+        EXEC_COMMANDS; refusals happen before the upgrade, as the real API server's do."""
+        pod = self.store.find(("v1", "pods", ns, pod_name))
+        workload = self._workload_of(pod, {}) if pod is not None else None
+        if workload is None:
+            raise ApiError(404, "NotFound", f'pods "{pod_name}" not found')
+        if container not in (None, names.CONTAINER):
+            raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {pod_name}")
+        if pod.get("status", {}).get("phase") != "Running" or not workload.platform.member_running(pod_name):
+            raise ApiError(400, "BadRequest", f"container {names.CONTAINER} is not running in pod {pod_name}")
+        if command[0] not in EXEC_COMMANDS:
+            raise ApiError(400, "BadRequest", f"the fake serves exec of {sorted(EXEC_COMMANDS)} only, not {command[0]}")
+        data = str(workload.platform.data_dir(pod_name))
+
+        def local(arg: str) -> str:
+            for prefix in (names.PGDATA, names.PGDATA_MOUNT):
+                if arg == prefix or arg.startswith(prefix + "/"):
+                    return data + arg[len(prefix):]
+            return arg
+
+        def run() -> tuple[int, bytes, bytes]:
+            proc = subprocess.run([local(a) for a in command], capture_output=True, timeout=EXEC_TIMEOUT_S,
+                                  check=False)
+            return proc.returncode, proc.stdout, proc.stderr
+
+        return run
 
     # -- logs ----------------------------------------------------------------------------------------
     def read_log(self, ns: str, pod: str, container: str | None, tail: int | None) -> str:

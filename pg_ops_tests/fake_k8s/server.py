@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import yaml
 
+from pg_ops_tests.fake_k8s import websocket
 from pg_ops_tests.fake_k8s.store import ApiError, Key, Store
 
 NAMESPACED = re.compile(
@@ -71,6 +72,9 @@ class FakeApiServer:
         self.identity = "system:serviceaccount:dagster:pg-ops"
         self.delete_hooks: dict[str, callable] = {}  # resource -> fn(request, key) -> response dict
         self.log_reader = None  # fn(namespace, pod, container, tail_lines) -> str
+        # fn(namespace, pod, container, command) -> a run() giving (exit code, stdout, stderr);
+        # it raises ApiError for what the server refuses before the upgrade (pod not running).
+        self.exec_runner = None
         self.requests = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
@@ -148,6 +152,18 @@ class FakeApiServer:
                          "details": {"name": key[3], "kind": req.resource, "uid": removed["metadata"]["uid"]}}
         raise ApiError(405, "MethodNotAllowed", f"{req.method} is not served")
 
+    def check_exec(self, req: Request, container: str | None, command: list[str]):
+        """An exec request before the upgrade: RBAC (create on pods/exec, as the API server
+        requires for websocket exec too), the pod, the runner. Returns the deferred run."""
+        req.verb = "create"
+        self._check_rbac(req)
+        if req.resource != "pods" or self.exec_runner is None:
+            raise ApiError(404, "NotFound", f"the fake serves exec only for pods ({req.path})")
+        self.store.get(req.key)
+        if not command:
+            raise ApiError(400, "BadRequest", "you must specify at least 1 command")
+        return self.exec_runner(req.namespace, req.name, container, command)
+
     def _handler_class(self):
         server = self
 
@@ -160,7 +176,11 @@ class FakeApiServer:
             def _serve(self):
                 server.requests += 1
                 url = urlparse(self.path)
-                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                lists = parse_qs(url.query)
+                query = {k: v[-1] for k, v in lists.items()}
+                if (self.headers.get("Upgrade") or "").lower() == "websocket":
+                    self._serve_websocket(url.path, query, lists.get("command", []))
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 content_type = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
@@ -177,6 +197,22 @@ class FakeApiServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _serve_websocket(self, path, query, command):
+                try:
+                    req = Request("GET", path, query, b"", "application/json")
+                    if req.sub != "exec":
+                        raise ApiError(404, "NotFound", f"no websocket endpoint at {path}")
+                    run = server.check_exec(req, query.get("container"), command)
+                except ApiError as exc:  # before the upgrade: a plain HTTP error, as the real server
+                    data = json.dumps(exc.status()).encode()
+                    self.send_response(exc.code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                websocket.serve_exec(self, run)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
