@@ -141,8 +141,8 @@ def test_run_failure_alert_is_posted_without_secrets(monkeypatch, make_spec):
     def failing_job():
         boom()
 
-    from pg_ops.operations import health as health_ops
-    monkeypatch.setattr(health_ops, "cluster_secrets", lambda ctx: [secret])
+    from pg_ops.operations import alerts as alert_ops
+    monkeypatch.setattr(alert_ops, "cluster_secrets", lambda ctx: [secret])
     with dg.instance_for_test() as instance, WebhookCapture() as hook:
         monkeypatch.setenv("PG_OPS_ALERT_WEBHOOK", hook.url)
         result = failing_job.execute_in_process(instance=instance, raise_on_error=False, tags={"dagster/partition": "rf"})

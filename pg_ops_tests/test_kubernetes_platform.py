@@ -145,6 +145,23 @@ def test_credentials_secret_is_never_overwritten(k8s):
     assert after[names.password_key("reporting")] == creds.password("reporting")
 
 
+def test_backup_store_keys_come_from_the_named_secret(k8s):
+    from pg_ops.errors import PgOpsError
+
+    core, ns = k8s.platform.api.core, k8s.platform.namespace
+    encode = lambda v: base64.b64encode(v.encode()).decode()  # noqa: E731
+    core.create_namespaced_secret(ns, {"metadata": {"name": "s3-keys"},
+                                       "data": {"access_key": encode("AKID"), "secret_key": encode("s3cr3t")}})
+    creds = k8s.platform.s3_credentials("s3-keys")
+    assert (creds.access_key, creds.secret_key) == ("AKID", "s3cr3t")
+    assert "s3cr3t" not in repr(creds)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "half"}, "data": {"access_key": encode("AKID")}})
+    with pytest.raises(PgOpsError, match=f"secret {ns}/half: missing key\\(s\\) secret_key"):
+        k8s.platform.s3_credentials("half")
+    with pytest.raises(PgOpsError, match="not found|404"):
+        k8s.platform.s3_credentials("nope")
+
+
 def test_state_configmap_compare_and_swap(k8s):
     store = k8s.platform.state_store()
     current = store.read()

@@ -140,7 +140,7 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
         if watch.failover is not None:
             run_requests.append(_failover_request(watch.failover))
     to_send, cursor["alerts"] = alert_ops.reconcile(cursor["alerts"], active, unknown, scope, now)
-    secrets = [s for c in contexts for s in health_ops.cluster_secrets(c)]
+    secrets = [s for c in contexts for s in alert_ops.cluster_secrets(c)]
     alerts.deliver(to_send, specs, secrets, context.log)
     cursor["ticks"] = (cursor["ticks"] + [now])[-TICKS_KEPT:]
     cursor["probe_seconds"] = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
@@ -204,7 +204,7 @@ def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResou
     alert = run_failure_alert_for(context.dagster_run, message.splitlines()[0] if message else "failed", specs)
     secrets = []
     if alert.cluster in specs:
-        secrets = health_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))
+        secrets = alert_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))
     alerts.deliver([alert], specs, secrets, context.log)
     return alert
 

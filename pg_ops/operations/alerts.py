@@ -20,9 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from pg_ops.operations.context import ClusterContext
 
 Severity = Literal["critical", "warning", "info"]
 REDACTED = "[redacted]"
@@ -192,3 +195,29 @@ def deliver(alerts: list[Alert], sender: WebhookSender, secrets: Iterable[str] =
         if result not in ("sent", "not configured"):
             (logger or log).warning("alert webhook: %s: %s", key, result)
     return outcome
+
+
+def cluster_secrets(ctx: ClusterContext) -> list[str]:
+    """Values that must never appear in an alert: the cluster's passwords and the backup
+    store's secret key (by the env var the spec names)."""
+    values: list[str] = []
+    try:
+        creds = ctx.platform.load_credentials()
+    except Exception:  # noqa: BLE001 - scrubbing must not fail the sensor
+        creds = None
+    if creds is not None:
+        values += list(creds.as_plain_dict().values())
+    store = ctx.spec.backups.store
+    env = getattr(store, "credentials_env", None)
+    if env is not None:
+        values += [os.environ.get(env.secret_key, ""), os.environ.get(env.access_key, "")]
+    return [v for v in values if v]
+
+
+def send_alert(ctx: ClusterContext, severity: str, kind: str, summary: str, **details) -> Alert:
+    """One-off alert from an operation (a failed backup or drill): logged, POSTed to the
+    cluster's webhook when configured, secrets scrubbed. Never raises."""
+    alert = Alert(cluster=ctx.name, severity=severity, kind=kind, summary=summary, details=details,
+                  fired_at=time.time())
+    deliver([alert], WebhookSender.from_env(ctx.spec.alerts.webhook_url_env), cluster_secrets(ctx), ctx.log)
+    return alert

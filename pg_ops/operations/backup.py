@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
@@ -234,6 +235,7 @@ def _take(ctx: ClusterContext, store: BackupStore, backup_id: str) -> cat.Manife
     store.put_bytes(runner.key(cat.MANIFEST), manifest.model_dump_json(indent=1).encode())
     ctx.log.info("backup %s complete: %d databases, %.1f MB -> %.1f MB in %.1f s", backup_id, len(databases),
                  manifest.raw_bytes / 1e6, manifest.stored_bytes / 1e6, manifest.seconds)
+    record_status(ctx, "backup_complete", manifest.stored_bytes)
     return manifest
 
 
@@ -268,14 +270,7 @@ def record_failure(ctx: ClusterContext, store: BackupStore | None, backup_id: st
 
 
 def alert_backup_failed(ctx: ClusterContext, backup_id: str, reason: str) -> None:
-    """THE alert call site for a failed backup (the lead wires alert routing here)."""
-    from pg_ops.operations import alerts
+    from pg_ops.operations.alerts import send_alert
 
-    alert = alerts.Alert(cluster=ctx.name, severity="critical", kind="backup_failed",
-                         summary=f"backup {backup_id} of cluster {ctx.name} failed",
-                         details={"backup_id": backup_id, "reason": reason}, fired_at=time.time())
-    try:
-        secrets = list(ctx.credentials().as_plain_dict().values())
-    except PgOpsError:
-        secrets = []
-    alerts.deliver([alert], alerts.WebhookSender.from_env(ctx.spec.alerts.webhook_url_env), secrets, ctx.log)
+    send_alert(ctx, "critical", "backup_failed", f"backup {backup_id} of cluster {ctx.name} failed",
+               backup_id=backup_id, reason=reason)

@@ -38,6 +38,7 @@ from pathlib import Path
 from pg_ops import settings
 from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
@@ -245,6 +246,7 @@ def drill(ctx: ClusterContext, backup_id: str | None = None, store: BackupStore 
     ctx.log.info("restore drill of %s/%s passed: %.1f MB restored in %.1f s (download %.1f s, restore %.1f s, "
                  "verify %.1f s)", ctx.name, record.id, report.restored_bytes / 1e6, report.total_seconds,
                  report.download_seconds, report.restore_seconds, report.verify_seconds)
+    record_status(ctx, "drill_success", report.restored_bytes)
     return report
 
 
@@ -356,17 +358,10 @@ def _in_background(factory, *args) -> Iterator:
 
 
 def alert_drill(ctx: ClusterContext, backup_id: str, reason: str) -> None:
-    """THE alert call site for a failed drill."""
-    from pg_ops.operations import alerts
+    from pg_ops.operations.alerts import send_alert
 
-    alert = alerts.Alert(cluster=ctx.name, severity="critical", kind="restore_drill_failed",
-                         summary=f"restore drill of backup {backup_id} of cluster {ctx.name} failed",
-                         details={"backup_id": backup_id, "reason": reason}, fired_at=time.time())
-    try:
-        known = list(ctx.credentials().as_plain_dict().values())
-    except PgOpsError:
-        known = []
-    alerts.deliver([alert], alerts.WebhookSender.from_env(ctx.spec.alerts.webhook_url_env), known, ctx.log)
+    send_alert(ctx, "critical", "restore_drill_failed",
+               f"restore drill of backup {backup_id} of cluster {ctx.name} failed", backup_id=backup_id, reason=reason)
 
 
 def drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:

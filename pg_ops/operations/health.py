@@ -15,7 +15,6 @@ alerts, asset observations and a `failover` run request.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -370,20 +369,3 @@ def watch_fleet(contexts: list[ClusterContext], memories: dict[str, dict], now: 
 
     with ThreadPoolExecutor(max_workers=min(16, len(contexts)), thread_name_prefix="health") as pool:
         return list(pool.map(one, contexts))
-
-
-def cluster_secrets(ctx: ClusterContext) -> list[str]:
-    """Values that must never appear in an alert: the cluster's passwords and the backup
-    store's secret key (by the env var the spec names)."""
-    values: list[str] = []
-    try:
-        creds = ctx.platform.load_credentials()
-    except Exception:  # noqa: BLE001 - scrubbing must not fail the sensor
-        creds = None
-    if creds is not None:
-        values += list(creds.as_plain_dict().values())
-    store = ctx.spec.backups.store
-    env = getattr(store, "credentials_env", None)
-    if env is not None:
-        values += [os.environ.get(env.secret_key, ""), os.environ.get(env.access_key, "")]
-    return [v for v in values if v]

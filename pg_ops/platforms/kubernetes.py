@@ -178,6 +178,20 @@ class KubernetesPlatform:
         secret = self._read_secret()
         return None if secret is None else self._credentials_of(secret)
 
+    def s3_credentials(self, secret_name: str):
+        """The backup store's keys from the Secret the spec names (`credentials_secret`), keys
+        `access_key` and `secret_key`. Read at use, never cached, never logged."""
+        from pg_ops.errors import PgOpsError
+        from pg_ops.stores.s3 import S3Credentials
+
+        what = self._what("secret", secret_name)
+        secret = self.api.call("get", what, self.api.core.read_namespaced_secret, secret_name, self.namespace)
+        data = secret.data or {}
+        missing = [k for k in ("access_key", "secret_key") if k not in data]
+        if missing:
+            raise PgOpsError(f"kubernetes: {what}: missing key(s) {', '.join(missing)} for the backup store")
+        return S3Credentials(_unb64(data["access_key"]), _unb64(data["secret_key"]))
+
     @staticmethod
     def _secret_data(creds: Credentials) -> dict[str, str]:
         data = {names.password_key(role): _b64(creds.password(role)) for role in creds.passwords}

@@ -1,4 +1,4 @@
-"""Sync mode is kept right by the health sensor: relaxed (with an alert) while no standby
+"""Upkeep between topology changes. Sync mode is kept right by the health sensor: relaxed (with an alert) while no standby
 streams, tightened again when one does; sync-strict never relaxes. Also the status rows the
 exporter reads (the dead man's switch)."""
 
@@ -56,3 +56,17 @@ def test_failover_is_recorded_for_the_exporter(make_spec):
                                     lambda c: c.execute("select key, value from status").fetchall(),
                                     dbname=PG_OPS_DATABASE, timeout=5))
         assert rows["failover"] == change.epoch == 2
+
+
+def test_backup_and_drill_are_recorded_for_the_exporter(make_spec):
+    from pg_ops.operations.backup import backup
+    from pg_ops.operations.drill import drill
+
+    with running_cluster(make_spec("bk")) as ctx:
+        manifest = backup(ctx)
+        report = drill(ctx, manifest.id)
+        rows = dict(with_connection(ctx.endpoints()[ctx.state().primary], "postgres", ctx.admin_password(),
+                                    lambda c: c.execute("select key, value from status").fetchall(),
+                                    dbname=PG_OPS_DATABASE, timeout=5))
+        assert rows["backup_complete"] == manifest.stored_bytes
+        assert rows["drill_success"] == report.restored_bytes > 0
