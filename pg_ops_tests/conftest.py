@@ -3,7 +3,6 @@ cluster stopped by the fixture that started it, even when the test fails."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -49,21 +48,8 @@ def cluster(make_spec):
 @pytest.fixture(scope="module")
 def shared_cluster():
     """A deployed cluster shared by a module's read-only tests."""
-    saved = {k: os.environ.get(k) for k in ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "DAGSTER_HOME")}
-    with temp_home() as home:
-        (home / "specs").mkdir()
-        os.environ["PG_OPS_HOME"] = str(home)
-        os.environ["PG_OPS_CLUSTERS"] = str(home / "specs")
-        os.environ["DAGSTER_HOME"] = str(home / "dagster")
-        try:
-            with running_cluster(spec_from(write_spec(home / "specs", "shared"))) as ctx:
-                yield ctx
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with home_environment() as home, running_cluster(spec_from(write_spec(home / "specs", "shared"))) as ctx:
+        yield ctx
 
 
 # -- both platforms: the Kubernetes path runs against the fake API with real members behind it --

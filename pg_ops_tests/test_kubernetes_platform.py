@@ -26,23 +26,7 @@ from pg_ops.postgres.session import with_connection
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
 from pg_ops_tests.fake_k8s import FakeKubernetes
-from pg_ops_tests.helpers import free_port, spec_from, stop_cluster, temp_home, wait_for, write_spec
-
-ENV_KEYS = ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "DAGSTER_HOME")
-
-
-@contextlib.contextmanager
-def environment(home):
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ.update(PG_OPS_HOME=str(home), PG_OPS_CLUSTERS=str(home / "specs"), DAGSTER_HOME=str(home / "dagster"))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+from pg_ops_tests.helpers import free_port, home_environment, spec_from, stop_cluster, wait_for, write_spec
 
 
 def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
@@ -62,7 +46,7 @@ def fake():
 
 @contextlib.contextmanager
 def deployed_cluster(fake, name: str, platform: str):
-    with temp_home() as home, environment(home):
+    with home_environment() as home:
         spec = write_cluster_spec(home / "specs", name, platform)
         if platform == "kubernetes":
             fake.register_cluster(spec)
