@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -250,6 +251,22 @@ def drill(ctx: ClusterContext, backup_id: str | None = None, store: BackupStore 
     return report
 
 
+RAM_SCRATCH = Path("/dev/shm")
+
+
+def drill_workdir(raw_bytes: int) -> Path:
+    """Where the decompressed dumps go. They are scratch, read once by pg_restore: in RAM
+    (/dev/shm) when they take under a quarter of its free space, so the download does not
+    compete for the disk the restore target writes to; otherwise under PG_OPS_HOME."""
+    try:
+        free = shutil.disk_usage(RAM_SCRATCH).free
+    except OSError:
+        free = 0
+    if raw_bytes * 4 < free and os.access(RAM_SCRATCH, os.W_OK):
+        return RAM_SCRATCH / "pg-ops-drills"
+    return settings.home() / "drills"
+
+
 def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, report: DrillReport) -> None:
     try:
         manifest = cat.read_manifest(store, ctx.name, record.id)
@@ -257,7 +274,7 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
         raise BackupFault(str(exc)) from None
     if manifest.id != record.id or manifest.cluster != ctx.name:
         raise BackupFault(f"manifest.json describes {manifest.cluster}/{manifest.id}, not {ctx.name}/{record.id}")
-    workdir = settings.home() / "drills" / f"{ctx.name}-{record.id}-{secrets.token_hex(3)}"
+    workdir = drill_workdir(manifest.raw_bytes) / f"{ctx.name}-{record.id}-{secrets.token_hex(3)}"
     workdir.mkdir(parents=True, mode=0o700)
     try:
         # The scratch cluster starts while the objects download.

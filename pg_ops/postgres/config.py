@@ -47,6 +47,11 @@ def postgresql_conf(spec: ClusterSpec, *, small: bool = False) -> str:
         "log_checkpoints": False,
         "shared_preload_libraries": "",
     }
+    if small:
+        # Segments live in the data dir (pg_dynshmem), not /dev/shm: a SIGKILLed local member
+        # (chaos tests, a killed laptop session) leaves nothing behind in RAM once its data
+        # dir is gone. Production (Kubernetes) keeps PostgreSQL's default (posix).
+        settings["dynamic_shared_memory_type"] = "mmap"
     settings.update(spec.postgres.parameters)
     lines = ["# Rendered by pg_ops from the cluster spec; per-member settings are on the command line."]
     lines += [f"{k} = {_value(v)}" for k, v in settings.items()]
