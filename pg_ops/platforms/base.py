@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -9,6 +11,21 @@ from pg_ops.credentials import Credentials
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState, StateStore
+
+# A throw-away server: durability buys nothing there, and a restore is mostly writes.
+SCRATCH_PARAMETERS = {"fsync": False, "synchronous_commit": "off", "full_page_writes": False,
+                      "wal_level": "minimal", "max_wal_senders": 0, "max_replication_slots": 0,
+                      "maintenance_work_mem": "256MB", "max_wal_size": "4GB", "autovacuum": False}
+
+
+@dataclass(frozen=True)
+class ScratchTarget:
+    """An empty, throw-away PostgreSQL server that is never a member of any cluster (restore
+    drills restore into it). `name` says where it runs (a scratch cluster, a pod)."""
+
+    name: str
+    endpoint: Endpoint
+    password: str = field(repr=False)  # of the superuser postgres
 
 
 class Platform(Protocol):
@@ -77,3 +94,9 @@ class Platform(Protocol):
         ...
 
     def teardown(self) -> None: ...
+
+    # -- scratch servers -------------------------------------------------------------------
+    def scratch_target(self, purpose: str) -> AbstractContextManager[ScratchTarget]:
+        """Start an empty server (SCRATCH_PARAMETERS) nothing routes to, wait until it accepts
+        connections, and always remove it, data included, when the block ends."""
+        ...

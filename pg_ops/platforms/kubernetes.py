@@ -16,6 +16,9 @@ the official `kubernetes` client (in-cluster service account, else KUBECONFIG).
   deleting its pod (it comes back at once, with the desired state of that moment), and
   starting is making sure the pod exists and runs (a pod stuck Pending is reported, never
   deleted by pg_ops).
+- Scratch targets (restore drills): a temporary pod of the cluster's image, labelled
+  LABEL_SCRATCH and none of the members' labels, its postgres password in a temporary Secret;
+  both deleted (grace 0) when the drill ends, however it ends.
 - Addresses: pg_ops and the member scripts reach each other through cluster DNS. When pg_ops
   runs outside the cluster network (tests against the fake API, a laptop with port-forwards),
   PG_OPS_K8S_ADDRESSES names a JSON file of overrides:
@@ -25,16 +28,28 @@ the official `kubernetes` client (in-cluster service account, else KUBECONFIG).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
+import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pydantic import SecretStr
 
-from pg_ops.credentials import REPLICATION_USER, SUPERUSER, Credentials, new_credentials, required_roles
+from pg_ops.credentials import (
+    REPLICATION_USER,
+    SUPERUSER,
+    Credentials,
+    generate_password,
+    new_credentials,
+    required_roles,
+)
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.platforms import kubernetes_names as names
+from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
 from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadata
@@ -405,3 +420,101 @@ class KubernetesPlatform:
     def teardown(self) -> None:
         raise PgOpsError(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "
                          f"delete the Git-owned objects through Git")
+
+    # -- scratch targets -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scratch_target(self, purpose: str) -> Iterator[ScratchTarget]:
+        """A temporary pod of the cluster's image (its PostgreSQL major) on an emptyDir, reached at
+        its pod IP; pod and Secret are deleted with grace 0 when the block ends, also on error.
+        A pod that does not run within pod_start_timeout fails with the scheduler's reason."""
+        name = names.scratch_name(self.spec, purpose, secrets.token_hex(3))
+        password = generate_password()
+        try:
+            self._create_scratch(name, purpose, password)
+            endpoint = self._wait_scratch(name, password)
+            yield ScratchTarget(self._what("pod", name), endpoint, password)
+        finally:
+            self._delete_scratch(name)
+
+    def _create_scratch(self, name: str, purpose: str, password: str) -> None:
+        metadata = {"name": name, "namespace": self.namespace, "labels": names.scratch_labels(self.spec, purpose)}
+        secret = {"metadata": metadata, "type": "Opaque", "data": {names.SCRATCH_PASSWORD_KEY: _b64(password)}}
+        self.api.call("create", self._what("secret", name), self.api.core.create_namespaced_secret,
+                      self.namespace, secret, field_manager=names.FIELD_MANAGER)
+        self.api.call("create", self._what("pod", name), self.api.core.create_namespaced_pod,
+                      self.namespace, {"metadata": metadata, "spec": self._scratch_pod_spec(name)},
+                      field_manager=names.FIELD_MANAGER)
+
+    def _scratch_pod_spec(self, secret: str) -> dict:
+        """The official image's own entrypoint (initdb with POSTGRES_PASSWORD from the Secret,
+        then postgres with the scratch settings); no API token, nothing persistent."""
+        from pg_ops.render.statefulset import POSTGRES_UID
+
+        settings = [f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in SCRATCH_PARAMETERS.items()]
+        res = self.spec.kubernetes.resources
+        container = {
+            "name": names.CONTAINER, "image": self.spec.kubernetes.image, "imagePullPolicy": "IfNotPresent",
+            "args": ["postgres", *[arg for s in settings for arg in ("-c", s)]],
+            "env": [{"name": "POSTGRES_PASSWORD",
+                     "valueFrom": {"secretKeyRef": {"name": secret, "key": names.SCRATCH_PASSWORD_KEY}}},
+                    {"name": "PGDATA", "value": names.PGDATA}],
+            "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT, "protocol": "TCP"}],
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                          "limits": {"cpu": res.cpu, "memory": res.memory}},
+            "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "data", "mountPath": names.PGDATA_MOUNT},
+                             {"name": "socket", "mountPath": "/var/run/postgresql"}],
+        }
+        return {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": {"runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_UID, "fsGroup": POSTGRES_UID,
+                                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "volumes": [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}]}
+
+    def _wait_scratch(self, name: str, password: str) -> Endpoint:
+        from pg_ops.postgres.topology import probe_members
+
+        what = self._what("scratch pod", name)
+        deadline = time.monotonic() + self.pod_start_timeout
+        while True:
+            pod = self._pod(name)
+            phase = pod.status.phase if pod is not None and pod.status else "missing"
+            if phase in ("Failed", "Succeeded"):
+                raise MemberError(f"kubernetes: {what} ended ({phase}) before accepting connections: "
+                                  f"{_one_line(_pending_reason(pod))}")
+            endpoint = self._pod_endpoint(pod) if _running(pod) else None
+            error = None
+            if endpoint is not None:
+                probe = probe_members({name: endpoint}, SUPERUSER, password, 2.0)[name]
+                if probe.reachable:
+                    return endpoint
+                error = probe.error
+            if time.monotonic() >= deadline:
+                if endpoint is not None:
+                    raise MemberError(f"kubernetes: {what} runs but does not accept connections after "
+                                      f"{self.pod_start_timeout:g} s: {_one_line(error or 'no answer')}")
+                raise MemberError(f"kubernetes: {what} stuck {phase} after {self.pod_start_timeout:g} s: "
+                                  f"{_one_line(_pending_reason(pod))}")
+            time.sleep(0.5)
+
+    def _delete_scratch(self, name: str) -> None:
+        """Both deletes are tried; one that fails is raised when nothing else is, else logged
+        (the drill's own error wins), naming what is left to delete by hand."""
+        failures = []
+        for kind, delete, kwargs in (("pod", self.api.core.delete_namespaced_pod, {"grace_period_seconds": 0}),
+                                     ("secret", self.api.core.delete_namespaced_secret, {})):
+            try:
+                self.api.call("delete", self._what(kind, name), delete, name, self.namespace, missing_ok=True,
+                              **kwargs)
+            except KubernetesError as exc:
+                failures.append(str(exc))
+        if failures:
+            message = f"{'; '.join(failures)} (left behind: delete it by hand, label {names.LABEL_SCRATCH})"
+            if sys.exc_info()[1] is None:
+                raise PgOpsError(message)
+            logging.getLogger("pg_ops").error(message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -136,7 +136,8 @@ def pg_ops_role_rules(spec: ClusterSpec) -> list[dict]:
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": configmaps,
          "verbs": ["get", "update", "patch"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        # delete: the scratch Secret of a drill pod (random name, so not limitable by name).
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [credentials_secret(spec)],
          "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list", "delete"]},
@@ -145,3 +146,20 @@ def pg_ops_role_rules(spec: ClusterSpec) -> list[dict]:
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": static_verbs},
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": static_verbs},
     ]
+
+
+# -- scratch targets (restore-drill pods) --------------------------------------------------------
+# On a temporary pod pg_ops makes (value: its purpose, e.g. "drill") and on its Secret. Such a
+# pod carries neither LABEL_NAME nor LABEL_INSTANCE, so no Service, PDB, NetworkPolicy or the
+# StatefulSet selects it: it can never be taken for a member.
+LABEL_SCRATCH = "pg-ops.io/scratch-target"
+SCRATCH_PASSWORD_KEY = "postgres-password"
+
+
+def scratch_labels(spec: ClusterSpec, purpose: str) -> dict[str, str]:
+    return {LABEL_CLUSTER: spec.name, LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_SCRATCH: purpose}
+
+
+def scratch_name(spec: ClusterSpec, purpose: str, suffix: str) -> str:
+    """<cluster>-<purpose>-<random>: the pod and its Secret."""
+    return f"{spec.name}-{purpose}-{suffix}"

@@ -15,18 +15,21 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from pg_ops import settings
-from pg_ops.credentials import SUPERUSER, Credentials, new_credentials, required_roles
+from pg_ops.credentials import SUPERUSER, Credentials, generate_password, new_credentials, required_roles
 from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
 from pg_ops.postgres import config as pg_config
@@ -36,6 +39,7 @@ from pg_ops.state import DesiredState
 
 MEMBER_SCRIPT = Path(__file__).with_name("member.sh")
 STOP_TIMEOUT_S = 30.0
+SCRATCH_READY_TIMEOUT_S = 60.0
 
 
 def _write_private(path: Path, text: str, owner: ServerUser | None = None) -> None:
@@ -291,3 +295,83 @@ class LocalPlatform:
         for name in self.spec.member_names:
             self.stop_member(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- scratch servers -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scratch_target(self, purpose: str) -> Iterator[ScratchTarget]:
+        """A fresh one-member local cluster nobody else knows about, on a free port under
+        PG_OPS_HOME/clusters/<purpose>-<random>/; always killed and deleted."""
+        server = LocalScratchServer(f"{purpose}-{secrets.token_hex(4)}", generate_password())
+        try:
+            server.start()
+            server.wait_ready()
+            yield server.target(f"scratch cluster {server.name}")
+        finally:
+            server.remove()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalScratchServer:
+    """One throw-away PostgreSQL server: a one-member cluster of its own, booted by the member
+    script (initdb with the given superuser password, as for any cluster's first primary).
+    Split into start / wait_ready / remove so the fake Kubernetes kubelet can bind a pod's life
+    to it too."""
+
+    def __init__(self, name: str, password: str, home: Path | None = None, port: int | None = None):
+        self.name = name
+        self.password = password
+        spec = ClusterSpec.model_validate({
+            "name": name, "platform": "local", "postgres": {"members": 1, "parameters": SCRATCH_PARAMETERS},
+            "databases": [], "local": {"base_port": port or _free_port()}})
+        self.platform = LocalPlatform(spec, home)
+        self.member = spec.member_names[0]
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.platform.member_endpoints()[self.member]
+
+    def target(self, description: str) -> ScratchTarget:
+        return ScratchTarget(description, self.endpoint, self.password)
+
+    def start(self) -> None:
+        """Credentials, record and config as a deploy writes them, then the member (no wait)."""
+        platform = self.platform
+        platform.root.mkdir(parents=True, exist_ok=True)
+        generated = new_credentials(platform.spec).passwords
+        creds = Credentials(passwords={**generated, SUPERUSER: SecretStr(self.password)})
+        _write_private(platform.root / "credentials.json", json.dumps(creds.as_plain_dict(), indent=1))
+        state = DesiredState(cluster=self.name, primary=self.member, epoch=1, bootstrap=True,
+                             members=platform.peer_addresses())
+        state = platform.state_store().write(state, None)
+        platform.prepare(state)
+        platform.start_member(self.member)
+
+    def running(self) -> bool:
+        return self.platform.member_running(self.member)
+
+    def wait_ready(self, timeout: float = SCRATCH_READY_TIMEOUT_S) -> None:
+        from pg_ops.postgres.topology import probe_members
+
+        deadline = time.monotonic() + timeout
+        while True:
+            probe = probe_members({self.member: self.endpoint}, SUPERUSER, self.password, 2.0)[self.member]
+            if probe.reachable:
+                return
+            if not self.running():
+                raise MemberError(f"scratch server {self.name} exited before accepting connections: "
+                                  f"{self.platform.member_log_tail(self.member, 1) or 'no log output'}")
+            if time.monotonic() >= deadline:
+                raise MemberError(f"scratch server {self.name} does not accept connections after "
+                                  f"{timeout:g} s: {probe.error}")
+            time.sleep(0.1)
+
+    def remove(self) -> None:
+        """Nothing in it needs a clean shutdown: kill it (no shutdown checkpoint), then delete it."""
+        with contextlib.suppress(Exception):
+            self.platform.kill_member(self.member)
+        self.platform.teardown()

@@ -25,7 +25,7 @@ import zstandard
 
 from pg_ops.credentials import SUPERUSER
 from pg_ops.operations.backup import backup, open_store
-from pg_ops.operations.drill import drill, scratch_cluster
+from pg_ops.operations.drill import drill
 from pg_ops.postgres import dump
 from pg_ops_tests.benchmarks.bench_backup import SIZE_MB, generate
 from pg_ops_tests.benchmarks.common import emit
@@ -36,13 +36,13 @@ logging.basicConfig(level=logging.WARNING)
 
 
 def raw_restore(ctx, dump_file: Path) -> float:
-    with scratch_cluster(ctx, "bench") as scratch:
-        ep = scratch.endpoints()[scratch.spec.member_names[0]]
-        with psycopg.connect(scratch.platform.primary_dsn(SUPERUSER, "postgres"), password=scratch.admin_password(),
+    with ctx.platform.scratch_target("bench") as scratch:
+        ep = scratch.endpoint
+        with psycopg.connect(host=ep.host, port=ep.port, user=SUPERUSER, dbname="postgres", password=scratch.password,
                              autocommit=True) as conn:
             conn.execute("create role app")  # what the drill's globals bring; not timed here
         t0 = time.monotonic()
-        report = dump.pg_restore(ep, SUPERUSER, scratch.admin_password(), dump_file, jobs=2)
+        report = dump.pg_restore(ep, SUPERUSER, scratch.password, dump_file, jobs=2)
         seconds = time.monotonic() - t0
     if not report.ok:
         raise SystemExit(f"raw pg_restore failed: {report.errors[:3]}")

@@ -23,6 +23,7 @@ from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_sp
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))
 PATHS = os.environ.get("PG_OPS_BENCH_PATHS", "job_alone,daemon_loop").split(",")
+MODES = os.environ.get("PG_OPS_BENCH_MODES", "async,sync").split(",")
 logging.basicConfig(level=logging.WARNING)
 
 
@@ -86,12 +87,20 @@ def run_through_daemon(ctx, home: Path, trials: int) -> list[dict]:
             while ctx.state().epoch == epoch and time.time() < deadline:
                 time.sleep(0.1)
             ok = ctx.state().epoch > epoch
-            if not ok:
-                tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
-                print("daemon loop trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)
             if ok:
-                writer.wait_acks(20, timeout=30)
+                try:
+                    writer.wait_acks(20, timeout=30)
+                except RuntimeError:
+                    ok = False
             writer.stop()
+            if not ok:
+                import json
+
+                from pg_ops.operations.status import cluster_status
+
+                tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
+                print("daemon loop trial failed; status:\n" + json.dumps(cluster_status(ctx), default=str)[:3000]
+                      + "\ndaemon log tail:\n" + "\n".join(tail), file=sys.stderr)
             out.append({"ok": ok, "rto_s": writer.rto_after(killed_at) if ok else None,
                         "lost": writer.lost(ctx, ctx.state().primary) if ok else None})
             while ctx.state().lock is not None and time.time() < deadline:
@@ -114,7 +123,7 @@ def main() -> None:
         baseline = promote_baseline(spec_from(write_spec(home / "base", "base")))
         # Both specs exist before the code location is loaded (its partitions are the clusters).
         modes = {mode: spec_from(write_spec(specs, f"chaos-{mode}", postgres={"members": 3, "replication": mode},
-                                            failover={"mode": "automatic"})) for mode in ("async", "sync")}
+                                            failover={"mode": "automatic"})) for mode in MODES}
         for mode, spec in modes.items():
             with running_cluster(spec) as ctx:
                 for label, runner in (("job_alone", lambda c: run_job_alone(c, TRIALS)),

@@ -132,6 +132,16 @@ class FakeKubernetes:
         """Make a pod unschedulable (it stays Pending)."""
         self.cluster.unschedulable.add((namespace, pod))
 
+    def hold_scratch_pending(self, held: bool = True) -> None:
+        """Make every scratch (drill-target) pod unschedulable (it stays Pending)."""
+        self.cluster.scratch_unschedulable = held
+
+    def scratch_objects(self, namespace: str) -> list[str]:
+        """Pods and Secrets labelled as scratch targets, and the servers bound to scratch pods."""
+        found = [f"{resource} {obj['metadata']['name']}" for resource in ("pods", "secrets")
+                 for obj in self.store.list("v1", resource, namespace, names.LABEL_SCRATCH)["items"]]
+        return found + [f"server {name}" for ns, name in self.cluster.scratch if ns == namespace]
+
     def object(self, resource: str, namespace: str, name: str, api_version: str = "v1") -> dict | None:
         return self.store.find((api_version, resource, namespace, name))
 

@@ -16,6 +16,12 @@ makes to REAL PostgreSQL members on this machine, and kube-proxy-like Service pr
   period; grace 0 removes the pod at once and kills in the background, as the real API does);
   the StatefulSet controller then recreates the pod and the member boots with the desired
   state of that moment. Deleting a PVC wipes the member's data dir once its pod is gone.
+- Scratch pods (label names.LABEL_SCRATCH: restore-drill targets pg_ops creates itself) are
+  bound to a throw-away local server (LocalScratchServer: initdb + start as the server user on
+  a free port, through the member script) whose superuser password is the POSTGRES_PASSWORD
+  the pod takes from its Secret; their container port becomes that server's port. The real pod
+  runs the cluster's image (PostgreSQL 16); this one runs the wheel's PostgreSQL 18. Deleting
+  the pod kills the server and removes its data dir before the DELETE returns.
 - Network translation: the pod network is this machine's loopback. Members reach each other
   through the addresses pg_ops writes into the desired state; the test points pg_ops at
   127.0.0.1:<member port> for those and at a proxy port per Service (PG_OPS_K8S_ADDRESSES),
@@ -38,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pg_ops.platforms import kubernetes_names as names
-from pg_ops.platforms.local import LocalPlatform, _pid_alive
+from pg_ops.platforms.local import LocalPlatform, LocalScratchServer, _pid_alive
 from pg_ops.platforms.server_user import server_user
 from pg_ops.spec import ClusterSpec
 from pg_ops_tests.fake_k8s.store import ApiError, Key, Store, labels_match, now
@@ -117,6 +123,9 @@ class Cluster:
         self.sync_delay = 0.0
         self.terminating: dict[tuple[str, str], threading.Thread] = {}
         self.errors: list[str] = []
+        self.scratch: dict[tuple[str, str], LocalScratchServer] = {}
+        self.scratch_unschedulable = False  # every scratch pod stays Pending
+        self._scratch_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fake-k8s-controllers", daemon=True)
 
@@ -154,6 +163,11 @@ class Cluster:
             for i in range(workload.size):
                 with contextlib.suppress(Exception):
                     workload.platform.kill_member(f"{workload.name}-{i}")
+        with self._scratch_lock:
+            servers, self.scratch = list(self.scratch.values()), {}
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.remove()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -245,9 +259,12 @@ class Cluster:
 
     def _reconcile_pod(self, pod: dict, owners: dict) -> None:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if names.LABEL_SCRATCH in (pod["metadata"].get("labels") or {}):
+            self._reconcile_scratch(pod)
+            return
         workload = self._workload_of(pod, owners)
         if workload is None:
-            return  # only StatefulSet pods are bound to members
+            return  # only StatefulSet pods (and scratch pods) are bound to servers
         owner = owners.get((ns, pod["metadata"]["ownerReferences"][0]["name"]))
         if owner is None or int(name.rsplit("-", 1)[1]) >= owner["spec"].get("replicas", 1):
             if not pod["metadata"].get("deletionTimestamp"):  # owner gone or scaled down
@@ -402,12 +419,79 @@ class Cluster:
                 _write(mdir / "pgpass", passfile, 0o600, self.user)
             synced[role] = version
 
+    # -- scratch pods (restore-drill targets) ---------------------------------------------------
+    def _scratch_password(self, pod: dict) -> tuple[str | None, str]:
+        """POSTGRES_PASSWORD from the Secret the pod's env names: (password, problem)."""
+        ns = pod["metadata"]["namespace"]
+        for container in pod["spec"].get("containers", []):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef") if env.get("name") == "POSTGRES_PASSWORD" else None
+                if ref is None:
+                    continue
+                secret = self.store.find(("v1", "secrets", ns, ref["name"]))
+                if secret is None or ref["key"] not in (secret.get("data") or {}):
+                    return None, f'secret "{ref["name"]}" not found or has no key {ref["key"]}'
+                return base64.b64decode(secret["data"][ref["key"]]).decode(), ""
+        return None, "no POSTGRES_PASSWORD from a Secret (the image refuses to initdb without one)"
+
+    def _reconcile_scratch(self, pod: dict) -> None:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        key = ("v1", "pods", ns, name)
+        with self._scratch_lock:
+            pod = self.store.find(key)
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                return
+            server = self.scratch.get((ns, name))
+            if server is None:
+                if (pod.get("status") or {}).get("phase") not in (None, "Pending"):
+                    return
+                if self.scratch_unschedulable or (ns, name) in self.unschedulable:
+                    self._waiting(pod, "Unschedulable", "0/1 nodes are available: 1 Insufficient memory.",
+                                  scheduled=False)
+                    return
+                password, problem = self._scratch_password(pod)
+                if password is None:
+                    self._waiting(pod, "CreateContainerConfigError", problem)
+                    return
+                home = self.root / ns / "scratch"
+                home.mkdir(parents=True, exist_ok=True)
+                for path in (home.parent, home):
+                    os.chmod(path, 0o755)
+                server = LocalScratchServer(name, password, home=home)
+                try:
+                    server.start()
+                except Exception as exc:  # noqa: BLE001 - reported in the pod status, retried next loop
+                    with contextlib.suppress(Exception):
+                        server.remove()
+                    self._waiting(pod, "CreateContainerError", str(exc))
+                    return
+                self.scratch[(ns, name)] = server
+                port = server.endpoint.port
+                pod = self.store.mutate(key, lambda o: [p.update(containerPort=port) for c in o["spec"]["containers"]
+                                                        for p in c.get("ports", []) if p.get("name") == names.PORT_NAME])
+            if not server.running():
+                state = {"terminated": {"exitCode": 1, "reason": "Error"}}
+                self._set_status(pod, {"phase": "Failed", "containerStatuses": [_container_status(pod, False, 0, state)]})
+                return
+            self._set_status(pod, self._running_status(pod, None, _port_open(server.endpoint.port), 0))
+
+    def _delete_scratch(self, key: Key) -> dict:
+        """The pod goes at once; its server is killed and its data dir removed before returning."""
+        with self._scratch_lock:
+            removed = self.store.remove(key)
+            server = self.scratch.pop((key[2], key[3]), None)
+        if server is not None:
+            server.remove()
+        return removed
+
     # -- deletion --------------------------------------------------------------------------------
     def delete_pod(self, key: Key, grace: int | None) -> dict:
         """DELETE of a pod: graceful (deletionTimestamp, stop, then gone) or grace 0 (gone at
         once, killed in the background)."""
         pod = self.store.get(key)
         ns, name = key[2], key[3]
+        if names.LABEL_SCRATCH in (pod["metadata"].get("labels") or {}):
+            return self._delete_scratch(key)
         workload = self._workload_of(pod, {})
         if grace is None:
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
