@@ -132,27 +132,54 @@ def scratch_cluster(ctx: ClusterContext, purpose: str = "drill") -> Iterator[Clu
 
 # -- download -----------------------------------------------------------------------------------------
 def download(store: BackupStore, obj: cat.StoredObject, dest: Path) -> None:
-    """Stream one object to `dest`, decompressed, checking what the manifest recorded."""
+    """Stream one object to `dest`, decompressed, checking what the manifest recorded. Reading
+    and hashing run in one thread, decompressing and writing in this one (both release the
+    GIL), so the download costs about the slower of the two, not their sum."""
+    import queue
+
     import zstandard
 
     digest = hashlib.sha256()
-    stored = 0
+    chunks: queue.Queue = queue.Queue(maxsize=8)
+    done = object()
+    box: dict = {"stored": 0}
+
+    def read() -> None:
+        try:
+            for chunk in store.iter_chunks(obj.key, 4 << 20):
+                digest.update(chunk)
+                box["stored"] += len(chunk)
+                chunks.put(chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            chunks.put(done)
+
+    reader = threading.Thread(target=read, name=f"download-{_name(obj.key)}", daemon=True)
+    reader.start()
     try:
         with open(dest, "wb") as out:
             decompressor = zstandard.ZstdDecompressor().decompressobj()
-            for chunk in store.iter_chunks(obj.key, 4 << 20):
-                digest.update(chunk)
-                stored += len(chunk)
+            while (chunk := chunks.get()) is not done:
                 out.write(decompressor.decompress(chunk))
+            if "error" in box:
+                raise box["error"]
             if not decompressor.eof:
                 raise BackupFault(f"{_name(obj.key)}: truncated (the zstd frame does not end; "
-                                  f"{stored} of {obj.stored_bytes} bytes)")
+                                  f"{box['stored']} of {obj.stored_bytes} bytes)")
     except zstandard.ZstdError as exc:
         raise BackupFault(f"{_name(obj.key)}: corrupt (zstd: {exc})") from None
     except StoreError as exc:
         if "does not exist" in str(exc):
             raise BackupFault(f"{_name(obj.key)}: missing from the store") from None
         raise
+    finally:
+        while reader.is_alive():  # unblock the reader if we stopped early
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
+    stored = box["stored"]
     if stored != obj.stored_bytes:
         raise BackupFault(f"{_name(obj.key)}: {stored} bytes stored, the manifest says {obj.stored_bytes}")
     if digest.hexdigest() != obj.sha256:
