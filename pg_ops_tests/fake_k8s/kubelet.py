@@ -412,6 +412,10 @@ class Cluster:
                 config.mkdir(exist_ok=True)
                 os.chmod(config, 0o755)
                 for key, text in data.items():
+                    if key == "postgresql.conf":
+                        # A dev machine, not a node: members SIGKILLed by tests must not leave
+                        # their dynamic shared memory in /dev/shm (mmap keeps it in the data dir).
+                        text += "\ndynamic_shared_memory_type = mmap\n"
                     _write(config / key, text, 0o644)
             elif role == "secret":
                 mdir = platform.member_dir(pod)
