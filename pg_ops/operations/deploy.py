@@ -151,7 +151,7 @@ def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str)
                          autocommit=True, connect_timeout=3,
                          options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
         connect_ms = (time.monotonic() - started) * 1000
-        member = conn.execute("select current_setting('cluster_name')").fetchone()[0]
+        member = admin.member_name(conn)
         lsn = admin.write_heartbeat(conn, epoch, writer)
     return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
 

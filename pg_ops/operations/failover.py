@@ -124,7 +124,7 @@ def repoint_replicas(ctx: ClusterContext, new_primary: str, skip: set[str]) -> l
             continue
 
         def change(conn, name=name):
-            current = conn.execute("select current_setting('primary_conninfo')").fetchone()[0]
+            current = admin.primary_conninfo(conn)
             params = conninfo_to_dict(current) if current else {"user": "replicator", "application_name": name}
             params.update(host=peer.host, port=str(peer.port))
             admin.repoint(conn, make_conninfo(**params), admin.slot_name(name))
@@ -255,8 +255,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog) -> Topolo
             raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
                              f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
     with steps.step("checkpoint the old primary"):
-        final_lsn = _sql(ctx, old, lambda c: (c.execute("checkpoint"),
-                                              c.execute("select pg_current_wal_lsn()::text").fetchone()[0])[1], timeout=60)
+        final_lsn = _sql(ctx, old, admin.checkpoint, timeout=60)
     with steps.step("write the desired state"):
         new_state = update_state(store, lambda s: s.model_copy(update={"epoch": s.epoch + 1, "primary": to}))
     with steps.step("clean shutdown of the old primary"):

@@ -23,25 +23,19 @@ import time
 from dataclasses import asdict, dataclass
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_ops import settings
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
+from pg_ops.postgres import admin as pg_admin
 from pg_ops.postgres import dump
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.stores import BackupStore
 from pg_ops.stores import catalog as cat
 
+
 # Objects that make a database "not empty" (outside the system schemas).
-USER_OBJECTS_SQL = """
-select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
-  and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
-"""
-
-
 class RestoreRefused(PgOpsError):
     pass
 
@@ -84,7 +78,7 @@ def _connect(parts: dict, dbname: str) -> psycopg.Connection:
 def refuse_live_cluster(ctx: ClusterContext, parts: dict, conn: psycopg.Connection) -> None:
     state = ctx.platform.state_store().read()
     with contextlib.suppress(psycopg.Error):
-        sysid = conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
+        sysid = pg_admin.system_identifier(conn)
         if state is not None and sysid == state.system_identifier:
             raise RestoreRefused(f"the target is a member of cluster {ctx.name} itself (system identifier "
                                  f"{sysid}): restore into another server")
@@ -112,20 +106,19 @@ def prepare_target_database(parts: dict, overwrite: bool, log) -> bool:
     """Create the target database, or check that it is empty; returns True if it was dropped."""
     name = parts["dbname"]
     with _connect(parts, "postgres") as admin:
-        exists = admin.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
-        if exists:
+        if pg_admin.database_exists(admin, name):
             with _connect(parts, name) as conn:
-                objects = conn.execute(USER_OBJECTS_SQL).fetchone()[0]
+                objects = pg_admin.user_object_count(conn)
             if objects and not overwrite:
                 raise RestoreRefused(f"target database {name} is not empty ({objects} tables/views/sequences): "
                                      f"refusing to overwrite it without --overwrite")
             if objects:
                 log.warning("dropping the non-empty target database %s (--overwrite)", name)
-                admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-                admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                pg_admin.drop_database(admin, name)
+                pg_admin.create_database(admin, name)
                 return True
             return False
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        pg_admin.create_database(admin, name)
     return False
 
 

@@ -15,7 +15,7 @@ import psycopg
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
-from pg_ops.postgres import consistency, load
+from pg_ops.postgres import admin, consistency, load
 from pg_ops.postgres.session import with_connection
 
 CONNECT_LIMIT_S = 5.0
@@ -47,7 +47,7 @@ def connect_time(ctx: ClusterContext) -> ServiceLevel:
     started = time.monotonic()
     try:
         with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True) as conn:
-            conn.execute("select 1").fetchone()
+            admin.member_name(conn)  # an answer from the member, not just a handshake
     except psycopg.Error as exc:
         return ServiceLevel("connect_time", False, None, "s", CONNECT_LIMIT_S,
                             f"cannot connect to the primary endpoint: {_error_line(exc)}")

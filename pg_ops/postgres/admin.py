@@ -111,3 +111,43 @@ def database_exists(conn: psycopg.Connection, name: str) -> bool:
 
 
 PG_OPS_DB = PG_OPS_DATABASE
+
+
+def member_name(conn: psycopg.Connection) -> str:
+    """Which member a connection reached: the member script sets cluster_name to it on both
+    platforms (hosts and ports differ behind Services and proxies)."""
+    return conn.execute("select current_setting('cluster_name')").fetchone()[0]
+
+
+def system_identifier(conn: psycopg.Connection) -> str:
+    return conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
+
+
+def primary_conninfo(conn: psycopg.Connection) -> str:
+    return conn.execute("select current_setting('primary_conninfo')").fetchone()[0]
+
+
+def checkpoint(conn: psycopg.Connection) -> str:
+    """CHECKPOINT (a clean shutdown right after it is short); returns the LSN after it."""
+    conn.execute("checkpoint")
+    return conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
+
+
+USER_OBJECTS_SQL = """
+select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'
+  and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
+"""
+
+
+def user_object_count(conn: psycopg.Connection) -> int:
+    """Tables, views, sequences… a database holds outside the system schemas."""
+    return int(conn.execute(USER_OBJECTS_SQL).fetchone()[0])
+
+
+def create_database(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
