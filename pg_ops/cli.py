@@ -101,9 +101,13 @@ def status_text(status: dict) -> str:
         tail.append(f"passfile:    {status['passfile']}   (PGPASSFILE={status['passfile']} psql \"<DSN>\")")
     # Health (operations/health.py): storage, connections and the alert conditions active now.
     for m in status["members"]:
+        facts = []
         if m.get("storage_ratio") is not None:
-            tail.append(f"{m['name']}: data disk {m['storage_ratio']:.0%} used, "
-                        f"{m.get('connections')}/{m.get('max_connections')} connections")
+            facts.append(f"data disk {m['storage_ratio']:.0%} used")
+        if m.get("connections") is not None:
+            facts.append(f"{m['connections']}/{m['max_connections']} connections")
+        if facts:
+            tail.append(f"{m['name']}: {', '.join(facts)}")
     tail += [f"ALERT {a['severity']} {a['kind']}: {a['summary']}" for a in status.get("alerts", [])] or ["alerts: none"]
     return "\n".join([head, rows, *tail])
 
