@@ -10,7 +10,6 @@ from psycopg.conninfo import make_conninfo
 from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.backup import backup
-from pg_ops.operations.drill import scratch_cluster
 from pg_ops.operations.restore import RestoreRefused, restore
 from pg_ops_tests.test_backup import fill_app, primary_conn, wait_until_replayed
 
@@ -29,19 +28,18 @@ def source(shared_cluster):
 def target(source):
     """Another server (not a member of the cluster), and its admin password."""
     ctx, _ = source
-    with scratch_cluster(ctx, "target") as other:
+    with ctx.platform.scratch_target("target") as other:
         yield other
 
 
 def target_dsn(other, dbname: str) -> str:
-    ep = other.endpoints()[other.spec.member_names[0]]
-    return make_conninfo(host=ep.host, port=ep.port, user=SUPERUSER, dbname=dbname)
+    return make_conninfo(host=other.endpoint.host, port=other.endpoint.port, user=SUPERUSER, dbname=dbname)
 
 
 @pytest.fixture
 def target_password(target, monkeypatch):
-    monkeypatch.setenv("PGPASSWORD", target.admin_password())
-    return target.admin_password()
+    monkeypatch.setenv("PGPASSWORD", target.password)
+    return target.password
 
 
 def counts(dsn: str) -> dict:

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -40,10 +39,9 @@ from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
-from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
+from pg_ops.platforms.base import ScratchTarget
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
-from pg_ops.spec import ClusterSpec
 from pg_ops.stores import BackupStore, StoreError
 from pg_ops.stores import catalog as cat
 
@@ -96,38 +94,6 @@ def choose_backup(store: BackupStore, cluster: str, backup_id: str | None) -> ca
     if found.status == "incomplete":
         raise PgOpsError(f"backup {backup_id} of cluster {cluster} is incomplete (no manifest): nothing to drill")
     return found
-
-
-# -- the scratch target -----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def scratch_cluster(ctx: ClusterContext, purpose: str = "drill") -> Iterator[ClusterContext]:
-    """A fresh, deployed one-member local cluster nobody else knows about; always torn down.
-    Drills use `ctx.platform.scratch_target` instead; this one (a whole cluster, with its
-    roles) serves as "another server" for restore tests."""
-    from pg_ops.operations.deploy import deploy, teardown
-    from pg_ops.platforms import platform_for
-
-    spec = ClusterSpec.model_validate({
-        "name": f"{purpose}-{secrets.token_hex(4)}", "platform": "local",
-        "postgres": {"members": 1, "parameters": SCRATCH_PARAMETERS}, "databases": [],
-        "local": {"base_port": _free_port()}})
-    scratch = ClusterContext(spec, platform_for(spec), ctx.log)
-    try:
-        deploy(scratch)
-        yield scratch
-    finally:
-        # Nothing in it needs a clean shutdown: kill it (no shutdown checkpoint), then delete it.
-        for name in spec.member_names:
-            with contextlib.suppress(Exception):
-                scratch.platform.kill_member(name)
-        with contextlib.suppress(Exception):
-            teardown(scratch)
 
 
 # -- download -----------------------------------------------------------------------------------------
