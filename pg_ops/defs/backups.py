@@ -12,11 +12,11 @@ the `backup_failed` alert (operations/backup.py: alert_backup_failed).
 """
 
 
-from collections import defaultdict
 from datetime import UTC, datetime
 
 import dagster as dg
 
+from pg_ops.defs.partitions import schedule_groups
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import ClusterSpec
 
@@ -115,17 +115,13 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
 
 def _schedules(specs: list[ClusterSpec], job) -> list[dg.ScheduleDefinition]:
     """One schedule per distinct cron; the one covering the first spec is `nightly_backup`."""
-    by_cron: dict[str, list[str]] = defaultdict(list)
-    for spec in specs:
-        by_cron[spec.backups.schedule].append(spec.name)
     schedules = []
-    for index, (cron, clusters) in enumerate(by_cron.items()):
-        name = SCHEDULE if index == 0 else f"{SCHEDULE}_{clusters[0].replace('-', '_')}"
+    for name, cron, clusters in schedule_groups(specs, lambda s: s.backups.schedule, SCHEDULE):
 
         @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
                      default_status=dg.DefaultScheduleStatus.RUNNING,
                      description=f"Back up {', '.join(clusters)} ({cron} UTC), then apply retention.")
-        def nightly_backup(context: dg.ScheduleEvaluationContext, clusters=tuple(clusters)):
+        def nightly_backup(context: dg.ScheduleEvaluationContext, clusters=clusters):
             day = today_partition(context.scheduled_execution_time)
             for cluster in clusters:
                 yield dg.RunRequest(run_key=f"{cluster}-{day}", partition_key=day,

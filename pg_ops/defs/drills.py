@@ -12,11 +12,11 @@ written drill.json (`failed`) and fired the `restore_drill_failed` alert.
 holds the backup id, the target DSN (refused if it carries a password) and the confirmation.
 """
 
-from collections import defaultdict
 
 import dagster as dg
 
 from pg_ops.defs.backups import nightly_key
+from pg_ops.defs.partitions import schedule_groups
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import ClusterSpec
 
@@ -150,16 +150,12 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      description="Drill checks read from the store (no restore).")
     schedules = [dg.ScheduleDefinition(name=CHECKS_SCHEDULE, cron_schedule="47 * * * *", job=checks_job,
                                        execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING)]
-    by_cron: dict[str, list[str]] = defaultdict(list)
-    for spec in specs:
-        by_cron[spec.drills.schedule].append(spec.name)
-    for index, (cron, clusters) in enumerate(by_cron.items()):
-        name = SCHEDULE if index == 0 else f"{SCHEDULE}_{clusters[0].replace('-', '_')}"
+    for name, cron, clusters in schedule_groups(specs, lambda s: s.drills.schedule, SCHEDULE):
 
         @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
                      default_status=dg.DefaultScheduleStatus.RUNNING,
                      description=f"Restore drill of {', '.join(clusters)} ({cron} UTC).")
-        def weekly(context: dg.ScheduleEvaluationContext, clusters=tuple(clusters)):
+        def weekly(context: dg.ScheduleEvaluationContext, clusters=clusters):
             stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
             for cluster in clusters:
                 yield dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[drill_key(cluster)],

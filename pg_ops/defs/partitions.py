@@ -20,3 +20,14 @@ def cluster_partitions(specs: list[ClusterSpec]) -> dg.StaticPartitionsDefinitio
 
 def topology_run_tags(cluster: str) -> dict[str, str]:
     return {**TOPOLOGY_JOB_TAGS, TOPOLOGY_TAG: cluster}
+
+
+def schedule_groups(specs: list[ClusterSpec], cron_of, base_name: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """One schedule per distinct cron over the clusters that share it: (schedule name, cron,
+    clusters). The group holding the first spec keeps the documented name (`nightly_backup`,
+    `weekly_restore_drill`); the others are suffixed with their first cluster."""
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        groups.setdefault(cron_of(spec), []).append(spec.name)
+    return [(base_name if index == 0 else f"{base_name}_{clusters[0].replace('-', '_')}", cron, tuple(clusters))
+            for index, (cron, clusters) in enumerate(groups.items())]
