@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -27,6 +28,10 @@ from pathlib import Path
 S3_PORT = 8333
 ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 STARTUP_TIMEOUT_S = 60.0
+# The fixed ports belong to one `weed mini` per machine: a second test session (another
+# checkout, a benchmark) waits for this lock instead of failing on a busy port.
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "pg-ops-seaweedfs.lock"
+LOCK_WAIT_S = 1800.0
 
 
 def weed_binary() -> str:
@@ -92,8 +97,33 @@ class S3Server:
 
 
 @contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the machine-wide SeaweedFS lock (flock: released even if this process dies)."""
+    fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{MACHINE_LOCK}: another test session kept SeaweedFS for "
+                                       f"{LOCK_WAIT_S:g} s") from None
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def seaweedfs(identities: list[dict] | None = None) -> Iterator[S3Server]:
     """Start `weed mini`; with `identities`, only those keys are accepted."""
+    with machine_lock():
+        yield from _seaweedfs(identities)
+
+
+def _seaweedfs(identities: list[dict] | None) -> Iterator[S3Server]:
     if _port_busy(S3_PORT):
         raise RuntimeError(f"127.0.0.1:{S3_PORT} is already in use: another S3 server is running")
     folder = Path(tempfile.mkdtemp(prefix="pg-ops-weed-"))
