@@ -115,18 +115,18 @@ def status_text(status: dict) -> str:
 # -- commands ----------------------------------------------------------------------------------
 @command("status")
 def cmd_status(args, spec):
-    from pg_ops.operations.status import cluster_status
+    from pg_ops.operations.health import status_report
 
-    status = cluster_status(ClusterContext.for_spec(spec))
+    status = status_report(ClusterContext.for_spec(spec))
     emit(args, status, status_text(status))
 
 
 @command("deploy")
 def cmd_deploy(args, spec):
-    from pg_ops.operations.status import cluster_status
+    from pg_ops.operations.health import status_report
 
     result = run_job("deploy_cluster", spec.name, tags=topology_tags(spec.name))
-    status = cluster_status(ClusterContext.for_spec(spec))
+    status = status_report(ClusterContext.for_spec(spec))
     status["run_id"] = result.run_id
     emit(args, status, f"deployed (run {result.run_id[:8]})\n" + status_text(status))
 

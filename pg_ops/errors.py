@@ -16,6 +16,10 @@ class LockHeld(PgOpsError):
     """Another topology change holds the cluster's lock."""
 
 
+class LockLost(PgOpsError):
+    """The topology lock was taken over by another holder while a change ran."""
+
+
 class ConflictError(PgOpsError):
     """A compare-and-swap lost against a concurrent writer."""
 

@@ -8,15 +8,19 @@ image, no Python) reads it too. Backends (a local file, a Kubernetes ConfigMap) 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from pg_ops.errors import ConflictError, LockHeld, PgOpsError
+from pg_ops.errors import ConflictError, LockHeld, LockLost, PgOpsError
+
+log = logging.getLogger("pg_ops")
 
 
 class TopologyLock(BaseModel):
@@ -40,8 +44,16 @@ class DesiredState(BaseModel):
     primary: str
     system_identifier: str = ""
     bootstrap: bool = True
-    fenced: tuple[str, ...] = ()
+    fenced: tuple[str, ...] = ()  # must not be writable (ex-primaries until they stream again)
     members: dict[str, str] = {}  # name -> "host:port" the member script connects to
+    # Sync modes: the members known to hold every acknowledged commit, between them
+    # (synchronous_standby_names is ANY 1 over them). A sync failover promotes one of them.
+    sync_set: tuple[str, ...] = ()
+    # The designated primary's LSN and streaming standbys as pg_ops last saw them: the lag
+    # guard's reference and the down check's memory for a run that has no sensor memory.
+    observed_lsn: str = ""
+    observed_at: float = 0.0
+    observed_standbys: tuple[str, ...] = ()
     lock: TopologyLock | None = None
 
     def to_text(self) -> str:
@@ -54,6 +66,10 @@ class DesiredState(BaseModel):
             f"system_identifier={self.system_identifier}",
             f"bootstrap={'true' if self.bootstrap else 'false'}",
             f"fenced={' '.join(self.fenced)}",
+            f"sync_set={' '.join(self.sync_set)}",
+            f"observed.lsn={self.observed_lsn}",
+            f"observed.at={self.observed_at:.3f}",
+            f"observed.standbys={' '.join(self.observed_standbys)}",
         ]
         lines += [f"member.{name}={addr}" for name, addr in sorted(self.members.items())]
         if self.lock:
@@ -81,6 +97,10 @@ class DesiredState(BaseModel):
                 primary=raw["primary"], system_identifier=raw.get("system_identifier", ""),
                 bootstrap=raw.get("bootstrap") == "true",
                 fenced=tuple(raw.get("fenced", "").split()),
+                sync_set=tuple(raw.get("sync_set", "").split()),
+                observed_lsn=raw.get("observed.lsn", ""),
+                observed_at=float(raw.get("observed.at") or 0),
+                observed_standbys=tuple(raw.get("observed.standbys", "").split()),
                 members={k.removeprefix("member."): v for k, v in raw.items() if k.startswith("member.")},
                 lock=lock,
             )
@@ -100,24 +120,96 @@ class StateStore(Protocol):
 
 
 def update_state(store: StateStore, change: Callable[[DesiredState], DesiredState], attempts: int = 5) -> DesiredState:
-    """Read-modify-write with retries on conflict."""
+    """Read-modify-write with retries on conflict; `change` returning the state unchanged writes nothing."""
     for _ in range(attempts):
         current = store.read()
         if current is None:
             raise PgOpsError("the desired-state record does not exist (deploy the cluster first)")
+        new = change(current)
+        if new is current or new == current:
+            return current  # nothing to change: no write (a ConfigMap write wakes every watcher)
         try:
-            return store.write(change(current), current.version)
+            return store.write(new, current.version)
         except ConflictError:
             time.sleep(0.05)
     raise ConflictError("the desired-state record kept changing under us; try again")
 
 
 def lock_holder_id(operation: str) -> str:
-    return f"{operation}@{socket.gethostname()}:{os.getpid()}"
+    return f"{operation}@{socket.gethostname()}:{os.getpid()}:{threading.get_native_id()}"
+
+
+class HeldLock:
+    """The topology lock while it is held: renewed in the background (a long switchover or
+    re-clone outlives any fixed TTL), and every record write made through `update` first checks
+    that this holder still holds it, so a run whose lock expired and was taken over cannot
+    undo the newer change."""
+
+    def __init__(self, store: StateStore, holder: str, operation: str, ttl_seconds: float):
+        self.store, self.holder, self.operation, self.ttl = store, holder, operation, ttl_seconds
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{operation}", daemon=True)
+
+    def _check(self, state: DesiredState) -> None:
+        if state.lock is None or state.lock.holder != self.holder:
+            now = state.lock.holder if state.lock else "nobody"
+            self.lost = self.lost or f"the topology lock of {state.cluster} is now held by {now}"
+            raise LockLost(f"cluster {state.cluster}: {self.operation} lost the topology lock "
+                           f"({self.lost}); stopping before it writes anything")
+
+    def update(self, change: Callable[[DesiredState], DesiredState]) -> DesiredState:
+        """update_state, refused unless the record still names this holder."""
+        def guarded(state: DesiredState) -> DesiredState:
+            self._check(state)
+            return change(state)
+        return update_state(self.store, guarded)
+
+    def check(self) -> None:
+        """Raise LockLost if another holder has taken the lock over."""
+        if self.lost:
+            raise LockLost(f"{self.operation}: {self.lost}")
+        state = self.store.read()
+        if state is not None:
+            self._check(state)
+
+    def _renew(self, state: DesiredState) -> DesiredState:
+        self._check(state)
+        return state.model_copy(update={"lock": TopologyLock(holder=self.holder, operation=self.operation,
+                                                             expires_at=time.time() + self.ttl)})
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                update_state(self.store, self._renew)
+            except LockLost:
+                log.error("%s: %s", self.operation, self.lost)
+                return
+            except PgOpsError as exc:  # the store is unreachable now: try again next time
+                log.warning("%s: could not renew the topology lock: %s", self.operation, exc)
+
+    def start(self) -> HeldLock:
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+        def release(state: DesiredState) -> DesiredState:
+            if state.lock and state.lock.holder == self.holder:
+                return state.model_copy(update={"lock": None})
+            return state
+        try:
+            update_state(self.store, release)
+        except PgOpsError as exc:
+            # It expires by itself; say so, since the next change waits for that.
+            log.warning("%s: could not release the topology lock (it expires in at most %.0f s): %s",
+                        self.operation, self.ttl, exc)
 
 
 @contextlib.contextmanager
-def topology_lock(store: StateStore, operation: str, ttl_seconds: float = 600) -> Iterator[str]:
+def topology_lock(store: StateStore, operation: str, ttl_seconds: float = 120) -> Iterator[HeldLock]:
     """Single flight for topology changes: held in the record itself, so it also holds
     against the CLI in another process and against another Dagster run."""
     holder = lock_holder_id(operation)
@@ -133,12 +225,8 @@ def topology_lock(store: StateStore, operation: str, ttl_seconds: float = 600) -
                                                              expires_at=time.time() + ttl_seconds)})
 
     update_state(store, take)
+    lock = HeldLock(store, holder, operation, ttl_seconds).start()
     try:
-        yield holder
+        yield lock
     finally:
-        def release(state: DesiredState) -> DesiredState:
-            if state.lock and state.lock.holder == holder:
-                return state.model_copy(update={"lock": None})
-            return state
-        with contextlib.suppress(PgOpsError):
-            update_state(store, release)
+        lock.release()

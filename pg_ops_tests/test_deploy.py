@@ -34,7 +34,7 @@ def sql(ctx, member, query, dbname="postgres"):
 
 
 def test_status_one_primary_two_streaming_replicas(shared_any_cluster):
-    status = cluster_status(shared_any_cluster)
+    status = cluster_status(shared_any_cluster).to_dict()
     assert status["platform"] == shared_any_cluster.platform.kind
     roles = {m["name"]: m["role"] for m in status["members"]}
     assert sorted(roles.values()) == ["primary", "replica", "replica"]
@@ -109,7 +109,7 @@ def test_killed_replica_restarts_and_streams_from_its_slot(any_cluster):
         assert fake.pod_labels(ctx.platform.namespace, replica)[names.LABEL_ROLE] == names.ROLE_REPLICA
     slots = {r[0]: r[1] for r in sql(ctx, ctx.state().primary, "select slot_name, active from pg_replication_slots")}
     assert slots[replica.replace("-", "_")] is True
-    assert cluster_status(ctx)["members"][1]["streaming"] is True
+    assert cluster_status(ctx).to_dict()["members"][1]["streaming"] is True
 
 
 def test_wiped_member_is_recloned_not_reinitialised(any_cluster):

@@ -17,13 +17,11 @@ import pytest
 
 from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.errors import LockHeld, PgOpsError
-from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
-from pg_ops.operations.failover import choose_candidate, failover, rebuild, switchover
+from pg_ops.operations.failover import failover, rebuild, switchover
 from pg_ops.operations.status import cluster_status
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import MemberProbe
-from pg_ops.state import DesiredState, TopologyLock, update_state
+from pg_ops.state import TopologyLock, update_state
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
@@ -48,7 +46,7 @@ def primary_conn(ctx, **kw):
 
 
 def assert_one_primary_all_streaming(ctx):
-    status = cluster_status(ctx)
+    status = cluster_status(ctx).to_dict()
     assert status["writable_members"] == [ctx.state().primary], status["writable_members"]
     for m in status["members"]:
         if m["name"] != ctx.state().primary:
@@ -237,8 +235,8 @@ def test_comeback_ex_primary_never_stays_writable(cluster):
     q(ctx, rogue, "select pg_promote(true)", dbname="postgres")
     wait_for(lambda: q(ctx, rogue, "select pg_is_in_recovery()", "postgres") == [(True,)], "rogue back in recovery",
              timeout=60)
-    wait_for(lambda: cluster_status(ctx)["writable_members"] == [ctx.state().primary] and
-             all(m["streaming"] for m in cluster_status(ctx)["members"] if m["role"] == "replica"),
+    wait_for(lambda: cluster_status(ctx).to_dict()["writable_members"] == [ctx.state().primary] and
+             all(m["streaming"] for m in cluster_status(ctx).to_dict()["members"] if m["role"] == "replica"),
              "rogue streaming again", timeout=60)
 
 
@@ -250,7 +248,7 @@ def test_postgres_crash_with_supervisor_alive_recovers_in_place(cluster):
     wait_for(lambda: q(ctx, primary, "select not pg_is_in_recovery()", "postgres") == [(True,)],
              "primary restarted in place", timeout=60)
     assert ctx.state().primary == primary and ctx.state().epoch == 1
-    wait_for(lambda: cluster_status(ctx)["writable_members"] == [primary], "one writable member")
+    wait_for(lambda: cluster_status(ctx).to_dict()["writable_members"] == [primary], "one writable member")
 
 
 def test_rebuild_by_rewind_and_by_reclone(any_cluster):
@@ -285,39 +283,6 @@ def test_no_replica_at_all_is_a_clear_refusal(make_spec):
         ctx.platform.kill_member(ctx.state().primary)
         with pytest.raises(PgOpsError, match="has no replica: there is nothing to fail over to"):
             failover(ctx, force=True)
-
-
-def probe(name, reachable=True, recovery=True, lsn="0/3000000"):
-    return MemberProbe(name=name, host="127.0.0.1", port=1, reachable=reachable, in_recovery=recovery,
-                       receive_lsn=lsn if reachable else None, error=None if reachable else "refused")
-
-
-def test_choose_candidate_rules(make_spec):
-    ctx = ClusterContext.for_spec(make_spec("c", failover={"max_lag_bytes": 1000}))
-    state = DesiredState(cluster="c", primary="c-0", members={})
-    probes = {"c-0": probe("c-0", reachable=False), "c-1": probe("c-1", lsn="0/3000000"),
-              "c-2": probe("c-2", lsn="0/3000100")}
-    assert choose_candidate(ctx, state, probes) == ("c-2", 0)
-    with pytest.raises(PgOpsError, match="candidate c-1 is 4096 bytes behind"):
-        choose_candidate(ctx, state, probes, to="c-1", last_primary_lsn="0/3001000")
-    assert choose_candidate(ctx, state, probes, to="c-1", force=True, last_primary_lsn="0/3001000")[0] == "c-1"
-    probes["c-1"] = probe("c-1", reachable=False)
-    with pytest.raises(PgOpsError, match="cannot promote c-1: refused"):
-        choose_candidate(ctx, state, probes, to="c-1")
-    with pytest.raises(PgOpsError, match="already the designated primary"):
-        choose_candidate(ctx, state, probes, to="c-0")
-    fenced = state.model_copy(update={"fenced": ("c-2",)})
-    with pytest.raises(PgOpsError, match="no replica is reachable"):
-        choose_candidate(ctx, fenced, probes)
-
-
-def test_choose_candidate_in_sync_mode_needs_every_replica(make_spec):
-    ctx = ClusterContext.for_spec(make_spec("s", postgres={"replication": "sync"}))
-    state = DesiredState(cluster="s", primary="s-0", members={})
-    probes = {"s-0": probe("s-0", reachable=False), "s-1": probe("s-1", reachable=False), "s-2": probe("s-2")}
-    with pytest.raises(PgOpsError, match="sync mode: s-1 unreachable"):
-        choose_candidate(ctx, state, probes)
-    assert choose_candidate(ctx, state, probes, force=True)[0] == "s-2"
 
 
 def test_rolling_restart_through_the_cli_job(any_cluster, capsys):

@@ -33,8 +33,8 @@ def test_health_pass_is_clean_and_measures_storage_through_pod_exec(shared_any_c
     ctx = shared_any_cluster
     result = health.health_pass(ctx)
     assert result.assessment.alerts == []
-    rows = {m["name"]: m for m in result.status["members"]}
-    assert result.status["platform"] == "kubernetes"
+    rows = {m["name"]: m for m in result.status.to_dict()["members"]}
+    assert result.status.platform == "kubernetes"
     for name in replicas(ctx):
         assert rows[name]["streaming"] is True and rows[name]["replication_state"] == "streaming"
         assert rows[name]["lag_bytes"] is not None
@@ -127,7 +127,7 @@ def test_lost_replica_pod_is_reported_down_and_clears_once_rescheduled(shared_an
         result = health.health_pass(ctx)
         down = [a for a in result.assessment.alerts if a.kind == "member_down"]
         assert [a.details["member"] for a in down] == [replica] and down[0].severity == "warning"
-        row = next(m for m in result.status["members"] if m["name"] == replica)
+        row = next(m for m in result.status.to_dict()["members"] if m["name"] == replica)
         assert row["role"] == "down" and row["storage_ratio"] is None  # no pod to exec into: unknown
     finally:
         recover_member(ctx, replica)

@@ -286,7 +286,7 @@ def test_pod_stuck_pending_is_reported_and_shown_down(k8s, fake):
         with pytest.raises(MemberError, match=rf"kubernetes: pod {ns}/{replica} stuck Pending after 1 s: "
                                               rf"Unschedulable: 0/1 nodes are available"):
             k8s.platform.start_member(replica)
-        roles = {m["name"]: m["role"] for m in cluster_status(k8s)["members"]}
+        roles = {m["name"]: m["role"] for m in cluster_status(k8s).to_dict()["members"]}
         assert roles[replica] == "down"
     finally:
         fake.cluster.unschedulable.discard((ns, replica))
@@ -316,7 +316,7 @@ def test_data_dir_usage_through_pod_exec(k8s, fake):
     st = os.statvfs(fake.cluster.workloads[(ns, k8s.spec.name)].platform.data_dir(member))
     assert total == st.f_blocks * st.f_frsize  # df in the "pod" saw the member's volume
     assert 0 < used < total
-    status = {m["name"]: m for m in cluster_status(k8s)["members"]}
+    status = {m["name"]: m for m in cluster_status(k8s).to_dict()["members"]}
     assert status[member]["data_dir_total_bytes"] == total and status[member]["storage_ratio"] > 0
     assert k8s.platform.data_dir_usage("kube-9") is None  # no such pod: unknown, not an error
     fake.forbid("create", "pods/exec")

@@ -120,7 +120,7 @@ def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
                 conn.execute("create table after_failover (v int)")
                 assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == new
             deploy(ctx)
-            status = cluster_status(ctx)
+            status = cluster_status(ctx).to_dict()
             row = {m["name"]: m for m in status["members"]}
             assert row[old]["role"] == "replica" and row[old]["streaming"] and row[old]["timeline"] == 2
             assert status["writable_members"] == [new]

@@ -74,9 +74,9 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         ctx = pg_ops.cluster(context.partition_key, context.log)
         status = cluster_status(ctx)
         yield dg.MaterializeResult(metadata={
-            "epoch": status["epoch"],
-            "primary": status["designated_primary"],
-            "max_lag_bytes": max((m["lag_bytes"] or 0) for m in status["members"]),
+            "epoch": status.epoch,
+            "primary": status.designated_primary,
+            "max_lag_bytes": max((m.lag_bytes or 0) for m in status.members),
         })
         yield from replication_checks(ctx, status)
 
@@ -89,22 +89,22 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                           jobs=[deploy_cluster])
 
 
-def replication_checks(ctx, status: dict):
-    primary = status["designated_primary"]
-    writable = status["writable_members"]
+def replication_checks(ctx, status):
+    primary = status.designated_primary
+    writable = status.writable_members
     yield dg.AssetCheckResult(
         check_name=CHECK_ONE_PRIMARY, passed=writable == [primary],
         metadata={"writable": ", ".join(writable) or "none", "designated": primary},
     )
-    replicas = [m for m in status["members"] if m["name"] != primary]
-    not_streaming = [m["name"] for m in replicas if not m["streaming"]]
+    replicas = [m for m in status.members if m.name != primary]
+    not_streaming = [m.name for m in replicas if not m.streaming]
     yield dg.AssetCheckResult(
         check_name=CHECK_STREAMING, passed=not not_streaming,
         metadata={"not_streaming": ", ".join(not_streaming) or "none", "replicas": len(replicas)},
     )
     probes = ctx.probe([primary])
     slots = {s["slot_name"] for s in probes[primary].slots}
-    missing = [m["name"] for m in replicas if m["name"].replace("-", "_") not in slots]
+    missing = [m.name for m in replicas if m.name.replace("-", "_") not in slots]
     yield dg.AssetCheckResult(
         check_name=CHECK_SLOTS, passed=not missing,
         metadata={"missing": ", ".join(missing) or "none", "slots": ", ".join(sorted(slots))},

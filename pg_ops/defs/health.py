@@ -22,6 +22,7 @@ from pg_ops.operations import health as health_ops
 from pg_ops.operations import slo
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.ha.model import FailoverRequest
 from pg_ops.spec import AlertsSpec, ClusterSpec
 
 SENSOR_NAME = "cluster_health_sensor"
@@ -31,6 +32,8 @@ FAILOVER_OP = "run_failover"
 SLO_JOB = "service_level_checks"
 SLO_SCHEDULE = "service_level_checks_schedule"
 TICKS_KEPT = 30
+DAEMON_LOOP_S = 5.0  # the sensor daemon's loop (dagster: at most one evaluation per sensor per loop)
+WATCH_MARGIN_S = 1.5  # the tick ends this long before the next loop (its decision and delivery)
 GROUP = "health"
 CHECKS = ("connect_time", "concurrent_connections", "data_consistency", "query_latency_p95",
           "failed_member_detection")
@@ -113,7 +116,7 @@ def _observation(row: dict) -> dg.AssetObservation:
     return dg.AssetObservation(asset_key=member_asset_key(row["cluster"], row["name"]), metadata=metadata)
 
 
-def _failover_request(request: health_ops.FailoverRequest) -> dg.RunRequest:
+def _failover_request(request: FailoverRequest) -> dg.RunRequest:
     config = {"to": None, "force": False, "incident": request.incident, "detected_at": request.detected_at,
               "last_primary_lsn": request.last_primary_lsn}
     return dg.RunRequest(run_key=request.run_key, job_name=FAILOVER_JOB, partition_key=request.cluster,
@@ -122,13 +125,14 @@ def _failover_request(request: health_ops.FailoverRequest) -> dg.RunRequest:
 
 
 def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResource,
-                    now: float | None = None) -> dg.SensorResult:
-    """One tick over every cluster (the sensor's body, callable from benchmarks and tests)."""
+                    now: float | None = None, watch_seconds: float = 0.0) -> dg.SensorResult:
+    """One tick over every cluster (the sensor's body, callable from benchmarks and tests).
+    `watch_seconds`: how long each healthy cluster's primary is watched after the decision."""
     now = now or time.time()
     cursor = load_cursor(context.cursor)
     specs = {c.name: c.spec for c in contexts}
     watches = health_ops.watch_fleet(contexts, cursor["clusters"], now,
-                                     failed_run=_failed_run_lookup(context))
+                                     failed_run=_failed_run_lookup(context), watch_seconds=watch_seconds)
     active, unknown, scope, run_requests = [], set(), set(), []
     for watch in watches:
         active += watch.alerts
@@ -149,17 +153,30 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
                            skip_reason=None if (run_requests or events) else "all clusters unchanged")
 
 
+def sensor_timing(interval_seconds: int) -> tuple[int, float]:
+    """(minimum_interval_seconds, watch seconds) for the health sensor. The daemon evaluates
+    sensors at most once per loop of DAEMON_LOOP_S; a minimum interval equal to the loop makes
+    it skip every other loop whenever a loop comes a few milliseconds early, so the minimum
+    is set below the loop. Each tick then watches the primary for most of the loop, so a
+    failure is seen within a probe interval rather than at the next loop."""
+    if interval_seconds <= DAEMON_LOOP_S:
+        return 1, DAEMON_LOOP_S - WATCH_MARGIN_S
+    return interval_seconds - 2, DAEMON_LOOP_S - WATCH_MARGIN_S
+
+
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
     interval = min((s.monitoring.interval_seconds for s in specs), default=5)
+    minimum_interval, watch_seconds = sensor_timing(interval)
 
-    @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
+    @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=minimum_interval,
+               default_status=dg.DefaultSensorStatus.RUNNING,
                job_name=FAILOVER_JOB,  # defined in pg_ops/defs/failover.py
                description="Every member of every cluster: alerts (fire once, resolve once), lag and state "
                            "observations, and a failover run when a primary is confirmed down.")
     def cluster_health_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
                               alerts: AlertsResource) -> dg.SensorResult:
         contexts = [ClusterContext.for_spec(s, context.log) for s in pg_ops.specs()]
-        return evaluate_health(context, contexts, alerts)
+        return evaluate_health(context, contexts, alerts, watch_seconds=watch_seconds)
 
     @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
                            description="Alerts when any pg_ops run fails.")

@@ -11,11 +11,14 @@ import psycopg
 from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.replication_mode import apply_mode
+from pg_ops.operations.ha import act
+from pg_ops.operations.ha.decide import initial_sync_set, sync_names
+from pg_ops.operations.ha.model import Policy
+from pg_ops.operations.ha.observe import read_view
 from pg_ops.postgres import admin
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
-from pg_ops.state import DesiredState, topology_lock, update_state
+from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
 
 READY_TIMEOUT_S = 60.0
 
@@ -100,7 +103,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
     store = ctx.platform.state_store()
     state = ensure_record(ctx)
     started = []
-    with topology_lock(store, "deploy"):
+    with topology_lock(store, "deploy") as lock:
         ctx.platform.prepare(state)
         state = store.read()
         primary = state.primary
@@ -110,7 +113,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
             started.append(primary)
         probe = wait_until(ctx, primary, lambda p: p.writable, "writable")
         if state.bootstrap or not state.system_identifier:
-            update_state(store, lambda s: s.model_copy(
+            lock.update(lambda s: s.model_copy(
                 update={"bootstrap": False, "system_identifier": probe.system_identifier}))
             ctx.log.info("cluster bootstrapped: system identifier %s", probe.system_identifier)
         elif probe.system_identifier != state.system_identifier:
@@ -125,10 +128,25 @@ def start_members(ctx: ClusterContext) -> list[str]:
                 started.append(name)
         for name in replicas:
             wait_until(ctx, name, lambda p: p.streaming, "streaming")
-        apply_mode(ctx, primary, ctx.probe())
-        if store.read().fenced:
-            update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
+        establish_replication(ctx, lock)
     return started
+
+
+def establish_replication(ctx: ClusterContext, lock: HeldLock) -> None:
+    """Every replica streams: none is fenced any more; in sync modes the synchronous set is
+    every replica the primary reports streaming (recorded before the server setting names it)
+    and the observed LSN is the primary's now (the lag guard's reference from the start)."""
+    policy = Policy.from_spec(ctx.spec)
+    view = read_view(ctx, policy, confirm=False)
+    sync_set = initial_sync_set(policy, view)
+    lock.update(lambda s: s.model_copy(update={
+        "fenced": (), "sync_set": sync_set, "observed_lsn": view.primary.lsn or "", "observed_at": view.now,
+        "observed_standbys": tuple(sorted(r.name for r in view.primary.replication if r.streaming))}))
+    if policy.sync:
+        value = sync_names(policy, sync_set or [m for m in ctx.spec.member_names if m != view.designated])
+    else:
+        value = ""
+    act.set_sync_names(ctx, view.designated, value)
 
 
 def verify_primary_endpoint(ctx: ClusterContext) -> dict:

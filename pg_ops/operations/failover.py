@@ -15,24 +15,22 @@ Rebuild:    restart a replica through the member script (which rewinds a diverge
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import wait_until, write_through_primary_endpoint
-from pg_ops.operations.replication_mode import apply_mode
+from pg_ops.operations.ha import act
+from pg_ops.operations.ha.decide import plan_failover, sync_names
+from pg_ops.operations.ha.model import FailoverIntent, Policy, Refusal
+from pg_ops.operations.ha.observe import read_view
 from pg_ops.operations.steps import StepLog
 from pg_ops.postgres import admin
-from pg_ops.postgres.conninfo import Endpoint
-from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe, lsn_to_int
-from pg_ops.state import DesiredState, topology_lock, update_state
+from pg_ops.state import HeldLock, topology_lock
 
-LOCK_TTL_S = 180
+LOCK_TTL_S = 60  # renewed every 20 s while the change runs (state.HeldLock)
 REJOIN_TIMEOUT_S = 60
 RECENT_DETECTION_S = 60
 
@@ -46,6 +44,7 @@ class TopologyChange:
     epoch: int
     timeline: int | None = None
     lag_bytes_at_promotion: int | None = None
+    reference_lsn: str | None = None
     detection_to_writable_s: float | None = None
     promoted_at: float | None = None
     seconds: float = 0.0
@@ -56,6 +55,7 @@ class TopologyChange:
         out = {k: v for k, v in {
             "operation": self.operation, "old_primary": self.old_primary, "new_primary": self.new_primary,
             "epoch": self.epoch, "timeline": self.timeline, "lag_bytes_at_promotion": self.lag_bytes_at_promotion,
+            "reference_lsn": self.reference_lsn,
             "detection_to_writable_s": self.detection_to_writable_s, "seconds": round(self.seconds, 4),
         }.items() if v is not None}
         out.update(self.steps)
@@ -64,84 +64,45 @@ class TopologyChange:
         return out
 
 
-# -- candidate choice ---------------------------------------------------------------------------
-def choose_candidate(ctx: ClusterContext, state: DesiredState, probes: dict[str, MemberProbe], *,
-                     to: str | None = None, force: bool = False,
-                     last_primary_lsn: str | None = None) -> tuple[str, int]:
-    """The replica with the highest received LSN (promotion replays what was received), and its
-    lag in bytes behind the best LSN known for the old primary."""
-    old = state.primary
-    replicas = {n: p for n, p in probes.items() if n != old and n not in state.fenced}
-    usable = {n: p for n, p in replicas.items() if p.reachable and p.in_recovery}
-    if to is not None:
-        if to not in ctx.spec.member_names:
-            raise PgOpsError(f"cluster {ctx.name}: member {to!r} does not exist")
-        if to == old:
-            raise PgOpsError(f"cluster {ctx.name}: {to} is already the designated primary")
-        if to not in usable:
-            why = probes[to].error if to in probes and not probes[to].reachable else "not a replica"
-            raise PgOpsError(f"cluster {ctx.name}: cannot promote {to}: {why}")
-    if not usable:
-        raise PgOpsError(f"cluster {ctx.name}: no replica is reachable to promote "
-                         f"({', '.join(sorted(replicas)) or 'the cluster has no replica'})")
-    if ctx.spec.postgres.replication != "async" and not force:
-        missing = sorted(set(replicas) - set(usable))
-        if missing:
-            # With ANY 1, the standby that acknowledged the last commit may be the missing one.
-            raise PgOpsError(f"cluster {ctx.name}: {ctx.spec.postgres.replication} mode: {', '.join(missing)} "
-                             f"unreachable, so no replica is known to hold every acknowledged commit; "
-                             f"refusing (use --force to accept possible loss)")
-    received = {n: lsn_to_int(p.receive_lsn or p.replay_lsn) or 0 for n, p in usable.items()}
-    reference = max([*received.values(), lsn_to_int(last_primary_lsn) or 0])
-    candidate = to or max(received, key=lambda n: (received[n], n != old, n))
-    lag = reference - received[candidate]
-    if lag > ctx.spec.failover.max_lag_bytes and not force:
-        raise PgOpsError(f"cluster {ctx.name}: candidate {candidate} is {lag} bytes behind "
-                         f"(failover.max_lag_bytes {ctx.spec.failover.max_lag_bytes}); refusing (use --force)")
-    return candidate, lag
-
-
 # -- shared steps -------------------------------------------------------------------------------
-def _sql(ctx: ClusterContext, member: str, fn, timeout: float = 10.0, dbname: str = "postgres"):
-    return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), fn, timeout=timeout,
-                           name=member, dbname=dbname, options="-c synchronous_commit=local")
-
-
 def promote(ctx: ClusterContext, member: str) -> int | None:
-    ok = _sql(ctx, member, lambda c: admin.promote(c, wait_seconds=30), timeout=35)
+    ok = act.sql(ctx, member, lambda c: admin.promote(c, wait_seconds=30), timeout=35)
     if not ok:
         raise MemberError(f"member {member}: pg_promote did not complete within 30 s")
     return ctx.probe([member], timeout=3)[member].timeline
 
 
 def repoint_replicas(ctx: ClusterContext, new_primary: str, skip: set[str]) -> list[str]:
-    """Point every other reachable replica at the new primary without a restart: its current
-    primary_conninfo is kept (passfile, application_name) with host and port swapped."""
-    peer = Endpoint.parse(ctx.state().members[new_primary])
+    """Point every other reachable replica at the new primary without a restart. One that
+    cannot be reached now is repointed by the health tick when it answers again."""
+    state = ctx.state()
     repointed = []
     for name in ctx.spec.member_names:
         if name == new_primary or name in skip:
             continue
-
-        def change(conn, name=name):
-            current = admin.primary_conninfo(conn)
-            params = conninfo_to_dict(current) if current else {"user": "replicator", "application_name": name}
-            params.update(host=peer.host, port=str(peer.port))
-            admin.repoint(conn, make_conninfo(**params), admin.slot_name(name))
-
         try:
-            _sql(ctx, name, change, timeout=5)
+            act.repoint_member(ctx, name, new_primary, state)
             repointed.append(name)
         except MemberError as exc:
-            ctx.log.warning("could not repoint %s now (%s); its member script repoints it at its next start", name, exc)
+            ctx.log.warning("could not repoint %s now (%s); the health tick repoints it when it answers", name, exc)
     return repointed
 
 
 def configure_new_primary(ctx: ClusterContext, primary: str) -> None:
     others = [m for m in ctx.spec.member_names if m != primary]
-    created = _sql(ctx, primary, lambda c: admin.ensure_slots(c, others))
+    created = act.sql(ctx, primary, lambda c: admin.ensure_slots(c, others))
     if created:
         ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
+
+
+def replication_mode_after_change(ctx: ClusterContext, primary: str) -> str:
+    """synchronous_standby_names right after a change of primary: ANY 1 over the other members
+    in sync modes, never relaxed here (the standbys reconnect within a second or two; the
+    health tick relaxes sync mode only after no standby streamed for a while)."""
+    policy = Policy.from_spec(ctx.spec)
+    value = sync_names(policy, [m for m in ctx.spec.member_names if m != primary]) if policy.sync else ""
+    act.set_sync_names(ctx, primary, value)
+    return value
 
 
 def verify_write(ctx: ClusterContext, expected: str, epoch: int, writer: str) -> str:
@@ -155,77 +116,77 @@ def verify_write(ctx: ClusterContext, expected: str, epoch: int, writer: str) ->
 # -- failover -----------------------------------------------------------------------------------
 def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
              detected_at: float | None = None, last_primary_lsn: str | None = None) -> TopologyChange:
-    from pg_ops.operations.health import confirm_primary_down
-
+    """Promote the best replica (ha.plan_failover decides which, or refuses), or resume a change
+    that stopped half-way (the designated primary is still a standby)."""
     steps = StepLog(ctx.log, "failover")
-    store = ctx.platform.state_store()
-    with topology_lock(store, "failover", ttl_seconds=LOCK_TTL_S):
-        state = ctx.state()
-        old = state.primary
-        if not [m for m in ctx.spec.member_names if m != old]:
-            raise PgOpsError(f"cluster {ctx.name} has no replica: there is nothing to fail over to")
+    policy = recheck_policy(Policy.from_spec(ctx.spec), detected_at)
+    with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
         with steps.step("confirm the primary is down"):
-            down, reason = confirm_primary_down(recheck_context(ctx, detected_at))
-            if not down and not force:
-                raise PgOpsError(f"cluster {ctx.name}: refusing failover: {reason} "
-                                 f"(a planned change is `pg-ops switchover --to MEMBER`; --force overrides)")
-            probes = ctx.probe()
+            view = read_view(ctx, policy, confirm=True)
         with steps.step("choose the candidate"):
-            candidate, lag = choose_candidate(ctx, state, probes, to=to, force=force,
-                                              last_primary_lsn=last_primary_lsn)
-            ctx.log.info("failover: candidate %s, %d bytes behind", candidate, lag)
+            plan = plan_failover(view, policy, FailoverIntent(to=to, force=force, reference_lsn=last_primary_lsn))
+            if isinstance(plan, Refusal):
+                raise PgOpsError(plan.reason)
+            candidate = plan.candidate
+            ctx.log.info("failover: candidate %s, %s bytes behind%s", candidate, plan.lag_bytes,
+                         " (resuming a change that stopped half-way)" if plan.resume else "")
+        old = plan.old_primary or view.designated
         with steps.step("write the desired state"):
-            new_state = update_state(store, lambda s: s.model_copy(update={
-                "epoch": s.epoch + 1, "primary": candidate, "fenced": tuple(sorted({*s.fenced, old} - {candidate}))}))
+            new_state = lock.update(lambda s: s.model_copy(update={
+                "epoch": s.epoch + (0 if plan.resume else 1), "primary": candidate, "sync_set": (),
+                "fenced": tuple(sorted({*s.fenced, *plan.fence} - {candidate}))}))
         with steps.step("fence the old primary"):
-            fence(ctx, old, probes.get(old))
+            for member in plan.fence:
+                fence(ctx, member, view.members.get(member))
         with steps.step("promote"):
             timeline = promote(ctx, candidate)
             promoted_at = time.time()
         with steps.step("replication slots on the new primary"):
             configure_new_primary(ctx, candidate)
         with steps.step("repoint the other replicas"):
-            repointed = repoint_replicas(ctx, candidate, skip={old})
+            repointed = repoint_replicas(ctx, candidate, skip=set(plan.fence))
         with steps.step("route the primary endpoint"):
             ctx.platform.route_primary(candidate)
         with steps.step("replication mode"):
-            mode = apply_mode(ctx, candidate, ctx.probe())
+            replication_mode_after_change(ctx, candidate)
         with steps.step("verify a write through the primary endpoint"):
             verify_write(ctx, candidate, new_state.epoch, "failover")
     record_status(ctx, "failover", new_state.epoch)
     change = TopologyChange(
         operation="failover", cluster=ctx.name, old_primary=old, new_primary=candidate, epoch=new_state.epoch,
-        timeline=timeline, lag_bytes_at_promotion=lag, promoted_at=promoted_at, seconds=steps.elapsed,
+        timeline=timeline, lag_bytes_at_promotion=plan.lag_bytes, reference_lsn=plan.reference_lsn,
+        promoted_at=promoted_at, seconds=steps.elapsed,
         detection_to_writable_s=round(promoted_at - detected_at, 3) if detected_at else None,
         steps=steps.as_metadata(),
     )
+    change.notes += list(plan.notes)
     change.notes.append(f"repointed {', '.join(repointed) or 'none'}")
-    if mode.relaxed:
-        change.notes.append("sync mode relaxed to async: no standby streams from the new primary")
-    if ctx.spec.postgres.replication == "async":
-        change.notes.append(f"async mode: commits {old} accepted after {lag} bytes behind were not replicated "
-                            "and are discarded when it rejoins (pg_rewind)")
+    if plan.resume:
+        change.notes.append(f"resumed a change that stopped half-way: {candidate} was designated but not promoted")
+    if ctx.spec.postgres.replication == "async" and not plan.resume:
+        change.notes.append(f"async mode: commits {old} accepted after {plan.lag_bytes} bytes behind were not "
+                            "replicated and are discarded when it rejoins (pg_rewind)")
     ctx.log.info("failover done: %s -> %s, epoch %d, timeline %s, %.3f s", old, candidate, new_state.epoch,
                  timeline, steps.elapsed)
     return change
 
 
-def recheck_context(ctx: ClusterContext, detected_at: float | None) -> ClusterContext:
+def recheck_policy(policy: Policy, detected_at: float | None) -> Policy:
     """The run always re-checks. When the sensor confirmed the failure moments ago (it already
     spent `failover.probes` probes on it), one more probe plus the replicas' view is the
     re-check: repeating the whole series would only add downtime."""
     if detected_at is None or time.time() - detected_at > RECENT_DETECTION_S:
-        return ctx
-    spec = ctx.spec.model_copy(update={"failover": ctx.spec.failover.model_copy(update={"probes": 1})})
-    return ClusterContext(spec=spec, platform=ctx.platform, log=ctx.log)
+        return policy
+    return replace(policy, probes=1)
 
 
 def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> None:
-    """Cut the old primary off: terminate its clients where reachable, then stop it through the
-    platform (local: SIGKILL of its process group; Kubernetes: label removed, pod deleted)."""
+    """Cut a member that must not be writable off: terminate its clients where reachable, then
+    stop it through the platform (local: SIGKILL of its process group; Kubernetes: label
+    removed, pod deleted)."""
     if probe is not None and probe.reachable:
         try:
-            _sql(ctx, member, admin.terminate_client_backends, timeout=2)
+            act.sql(ctx, member, admin.terminate_client_backends, timeout=2)
         except MemberError as exc:
             ctx.log.warning("could not terminate connections on %s: %s", member, exc)
     ctx.platform.fence_member(member)
@@ -233,13 +194,12 @@ def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> None:
 
 # -- switchover ---------------------------------------------------------------------------------
 def switchover(ctx: ClusterContext, *, to: str) -> TopologyChange:
-    with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S):
-        return switchover_locked(ctx, to=to, steps=StepLog(ctx.log, "switchover"))
+    with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S) as lock:
+        return switchover_locked(ctx, to=to, steps=StepLog(ctx.log, "switchover"), lock=lock)
 
 
-def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog) -> TopologyChange:
+def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: HeldLock) -> TopologyChange:
     """The switchover itself; the caller holds the topology lock."""
-    store = ctx.platform.state_store()
     state = ctx.state()
     old = state.primary
     with steps.step("check the cluster"):
@@ -255,9 +215,12 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog) -> Topolo
             raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
                              f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
     with steps.step("checkpoint the old primary"):
-        final_lsn = _sql(ctx, old, admin.checkpoint, timeout=60)
+        final_lsn = act.sql(ctx, old, admin.checkpoint, timeout=60)
     with steps.step("write the desired state"):
-        new_state = update_state(store, lambda s: s.model_copy(update={"epoch": s.epoch + 1, "primary": to}))
+        # The final LSN is the reference a resumed failover checks the candidate against.
+        new_state = lock.update(lambda s: s.model_copy(update={
+            "epoch": s.epoch + 1, "primary": to, "sync_set": (), "observed_lsn": final_lsn,
+            "observed_at": time.time()}))
     with steps.step("clean shutdown of the old primary"):
         ctx.platform.stop_member(old)
     with steps.step("wait for the final LSN on the candidate"):
@@ -274,7 +237,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog) -> Topolo
         ctx.platform.start_member(old)
         wait_until(ctx, old, lambda p: p.streaming, "streaming from the new primary", timeout=REJOIN_TIMEOUT_S)
     with steps.step("replication mode"):
-        apply_mode(ctx, to, ctx.probe())
+        replication_mode_after_change(ctx, to)
     with steps.step("verify a write through the primary endpoint"):
         verify_write(ctx, to, new_state.epoch, "switchover")
     record_status(ctx, "failover", new_state.epoch)
@@ -302,7 +265,8 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, timeout: flo
                 last, stable_since = lsn, time.monotonic()
         time.sleep(0.05)
     raise PgOpsError(f"member {member} did not receive the old primary's final WAL ({at_least}) within {timeout:g} s; "
-                     f"not promoting (the old primary stays stopped; run `pg-ops failover` to force a decision)")
+                     f"not promoting (the old primary stays stopped; `pg-ops failover` resumes: it promotes {member} "
+                     f"if it has the final WAL by then, and refuses otherwise)")
 
 
 # -- rebuild ------------------------------------------------------------------------------------
@@ -311,7 +275,7 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
     store = ctx.platform.state_store()
     if member not in ctx.spec.member_names:
         raise PgOpsError(f"cluster {ctx.name}: member {member!r} does not exist")
-    with topology_lock(store, "rebuild", ttl_seconds=LOCK_TTL_S):
+    with topology_lock(store, "rebuild", ttl_seconds=LOCK_TTL_S) as lock:
         state = ctx.state()
         if member == state.primary:
             raise PgOpsError(f"cluster {ctx.name}: {member} is the primary; switch over first "
@@ -338,9 +302,7 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
                 ctx.platform.start_member(member)
                 wait_until(ctx, member, lambda p: p.streaming, "streaming", timeout=REJOIN_TIMEOUT_S)
         if member in state.fenced:
-            update_state(store, lambda s: s.model_copy(update={"fenced": tuple(m for m in s.fenced if m != member)}))
-        with steps.step("replication mode"):
-            apply_mode(ctx, state.primary, ctx.probe())
+            lock.update(lambda s: s.model_copy(update={"fenced": tuple(m for m in s.fenced if m != member)}))
     return {"member": member, "method": method, "seconds": round(steps.elapsed, 3), **steps.as_metadata()}
 
 
@@ -350,7 +312,7 @@ def rolling_restart(ctx: ClusterContext) -> dict:
     and streaming before the next), then a switchover to a restarted replica, which restarts
     the old primary cleanly as a replica."""
     steps = StepLog(ctx.log, "rolling restart")
-    with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S * 3):
+    with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S) as lock:
         state = ctx.state()
         old = state.primary
         ctx.platform.prepare(state)  # configuration changes take effect through the restarts
@@ -364,7 +326,7 @@ def rolling_restart(ctx: ClusterContext) -> dict:
                 ctx.platform.stop_member(name)
                 ctx.platform.start_member(name)
                 wait_until(ctx, name, lambda p: p.streaming, "streaming after its restart", timeout=REJOIN_TIMEOUT_S)
-        change = switchover_locked(ctx, to=replicas[0], steps=steps) if replicas else None
+        change = switchover_locked(ctx, to=replicas[0], steps=steps, lock=lock) if replicas else None
         if change is None:
             with steps.step(f"restart {old} (single member: downtime)"):
                 ctx.platform.stop_member(old)

@@ -9,6 +9,29 @@ from __future__ import annotations
 
 from pg_ops.spec import ClusterSpec
 
+WAL_RECEIVER_TIMEOUT_S = 5
+
+
+def _seconds(value: object) -> float | None:
+    """A PostgreSQL time setting (`5s`, `500ms`, `1min`, bare number = ms) in seconds."""
+    text = str(value).strip().lower()
+    for unit, factor in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0)):
+        if text.endswith(unit):
+            text, scale = text[: -len(unit)].strip(), factor
+            break
+    else:
+        scale = 0.001
+    try:
+        return float(text) * scale
+    except ValueError:
+        return None
+
+
+def wal_receiver_timeout_seconds(spec: ClusterSpec) -> float:
+    override = spec.postgres.parameters.get("wal_receiver_timeout")
+    seconds = _seconds(override) if override is not None else None
+    return seconds if seconds and seconds > 0 else float(WAL_RECEIVER_TIMEOUT_S)
+
 
 def _value(v: object) -> str:
     if isinstance(v, bool):
@@ -34,9 +57,12 @@ def postgresql_conf(spec: ClusterSpec, *, small: bool = False) -> str:
         "hot_standby_feedback": True,     # fewer recovery conflicts for backups taken on replicas
         "max_standby_streaming_delay": "300s",  # a replica-side pg_dump is not cancelled after 30 s
         "wal_receiver_status_interval": "1s",
-        "wal_receiver_timeout": "10s",
-        "wal_sender_timeout": "10s",
-        "wal_retrieve_retry_interval": "1s",
+        # The receiver pings its sender after half of this without a message, so a replica's
+        # silence (pg_stat_wal_receiver.last_msg_receipt_time) says within ~3 s that its
+        # primary went quiet; the connection itself ends after the full timeout.
+        "wal_receiver_timeout": f"{WAL_RECEIVER_TIMEOUT_S}s",
+        "wal_sender_timeout": "5s",
+        "wal_retrieve_retry_interval": "500ms",
         "recovery_target_timeline": "latest",
         "shared_buffers": "128MB" if small else "1GB",
         "synchronous_commit": "on",

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from pg_ops.errors import MemberError
@@ -33,12 +34,19 @@ select
   (select timeline_id from pg_control_checkpoint()) as checkpoint_tli,
   (select count(*) from pg_stat_activity where backend_type = 'client backend')::int as connections,
   current_setting('max_connections')::int as max_connections,
-  current_setting('synchronous_standby_names') as synchronous_standby_names
+  current_setting('synchronous_standby_names') as synchronous_standby_names,
+  case when pg_is_in_recovery() then current_setting('primary_conninfo') end as primary_conninfo
 """
 
+# `silence_seconds`: how long since this replica last heard from its sender (server clock on
+# both sides of the subtraction). A live sender answers the WAL receiver's ping within
+# wal_receiver_timeout / 2 even when idle, so a long silence means the primary went quiet,
+# long before wal_receiver_timeout ends the connection. `latest_end_lsn` is the sender's WAL
+# end as last reported to this replica.
 RECEIVER_SQL = """
 select status, received_tli, sender_host, sender_port, slot_name,
-       latest_end_lsn::text as latest_end_lsn
+       latest_end_lsn::text as latest_end_lsn, flushed_lsn::text as flushed_lsn,
+       extract(epoch from clock_timestamp() - last_msg_receipt_time)::float8 as silence_seconds
 from pg_stat_wal_receiver
 """
 
@@ -54,6 +62,24 @@ SLOTS_SQL = """
 select slot_name, active, wal_status, restart_lsn::text as restart_lsn
 from pg_replication_slots where slot_type = 'physical'
 """
+
+
+@dataclass(frozen=True)
+class StandbyRow:
+    """One standby as the primary sees it (pg_stat_replication)."""
+
+    name: str  # application_name = the member name
+    state: str | None
+    sync_state: str | None
+    sent_lsn: str | None
+    flush_lsn: str | None
+    replay_lsn: str | None
+    lag_bytes: int | None
+    replay_lag_seconds: float | None
+
+    @property
+    def streaming(self) -> bool:
+        return self.state == "streaming"
 
 
 @dataclass
@@ -77,7 +103,10 @@ class MemberProbe:
     synchronous_standby_names: str | None = None
     receiver_status: str | None = None  # 'streaming', 'catchup', … or None when no WAL receiver
     sender: str | None = None  # host:port the WAL receiver streams from
-    replication: list[dict] = field(default_factory=list)  # primary only: pg_stat_replication
+    silence_seconds: float | None = None  # replica: since its sender's last message
+    latest_end_lsn: str | None = None  # replica: the sender's WAL end as last reported to it
+    upstream: str | None = None  # replica: host:port its primary_conninfo names
+    replication: list[StandbyRow] = field(default_factory=list)  # primary only: pg_stat_replication
     slots: list[dict] = field(default_factory=list)  # primary only: physical slots
     probe_seconds: float = 0.0
 
@@ -88,6 +117,10 @@ class MemberProbe:
     @property
     def streaming(self) -> bool:
         return self.reachable and self.receiver_status == "streaming"
+
+    def standby(self, name: str) -> StandbyRow | None:
+        """`name` as this member (a primary) sees it in pg_stat_replication."""
+        return next((r for r in self.replication if r.name == name), None)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +137,11 @@ def _query_member(conn: psycopg.Connection) -> dict:
         else:
             out["receiver"] = None
             cur.execute(REPLICATION_SQL)
-            out["replication"] = [dict(r) for r in cur.fetchall()]
+            out["replication"] = [StandbyRow(name=r["application_name"], state=r["state"], sync_state=r["sync_state"],
+                                             sent_lsn=r["sent_lsn"], flush_lsn=r["flush_lsn"],
+                                             replay_lsn=r["replay_lsn"], lag_bytes=r["lag_bytes"],
+                                             replay_lag_seconds=r["replay_lag_seconds"])
+                                  for r in cur.fetchall()]
             cur.execute(SLOTS_SQL)
             out["slots"] = [dict(r) for r in cur.fetchall()]
     return out
@@ -137,8 +174,11 @@ def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeou
         # or the control data when it is not receiving.
         probe.timeline = (receiver or {}).get("received_tli") or row["checkpoint_tli"]
         probe.lsn = row["receive_lsn"] or row["replay_lsn"]
+        probe.upstream = conninfo_address(row["primary_conninfo"])
         if receiver:
             probe.receiver_status = receiver["status"]
+            probe.silence_seconds = receiver["silence_seconds"]
+            probe.latest_end_lsn = receiver["latest_end_lsn"]
             if receiver["sender_host"]:
                 probe.sender = f"{receiver['sender_host']}:{receiver['sender_port']}"
     else:
@@ -157,6 +197,28 @@ def probe_members(members: dict[str, Endpoint], user: str, password: str, timeou
         futures = {name: pool.submit(probe_member, name, ep, user, password, timeout)
                    for name, ep in members.items()}
         return {name: fut.result() for name, fut in futures.items()}
+
+
+def ping(name: str, endpoint: Endpoint, user: str, password: str, timeout: float) -> str | None:
+    """A fresh connection and `select 1` under the deadline: None when it answered, else why not."""
+    try:
+        with_connection(endpoint, user, password, lambda c: c.execute("select 1").fetchone(), timeout=timeout,
+                        name=name, application_name="pg_ops-watch")
+    except MemberError as exc:
+        return str(exc)
+    return None
+
+
+def conninfo_address(conninfo: str | None) -> str | None:
+    """host:port a primary_conninfo names (None when it names none)."""
+    if not conninfo:
+        return None
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return None
+    host = params.get("host") or params.get("hostaddr")
+    return f"{host}:{params.get('port') or 5432}" if host else None
 
 
 def lsn_to_int(lsn: str | None) -> int | None:

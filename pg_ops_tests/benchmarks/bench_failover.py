@@ -99,7 +99,7 @@ def run_through_daemon(ctx, home: Path, trials: int) -> list[dict]:
                 from pg_ops.operations.status import cluster_status
 
                 tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
-                print("daemon loop trial failed; status:\n" + json.dumps(cluster_status(ctx), default=str)[:3000]
+                print("daemon loop trial failed; status:\n" + json.dumps(cluster_status(ctx).to_dict(), default=str)[:3000]
                       + "\ndaemon log tail:\n" + "\n".join(tail), file=sys.stderr)
             out.append({"ok": ok, "rto_s": writer.rto_after(killed_at) if ok else None,
                         "lost": writer.lost(ctx, ctx.state().primary) if ok else None})

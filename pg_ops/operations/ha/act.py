@@ -1,0 +1,134 @@
+"""Executing the tick's upkeep actions (model.Action), and the building blocks the failover
+and switchover runs share with it: repointing a replica, setting the synchronous standbys.
+
+Actions that change topology-related state (repoint, unfence, the synchronous set) run under
+the topology lock, taken as `upkeep` for the few milliseconds they need: a failover that
+starts meanwhile is refused the lock, and one already running makes the tick skip them (the
+next tick decides again on a fresh view). Routing and the observed LSN are idempotent and
+guarded instead: they happen only while the record still names the primary the view saw.
+"""
+
+from __future__ import annotations
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pg_ops.credentials import REPLICATION_USER, SUPERUSER
+from pg_ops.errors import LockHeld, PgOpsError
+from pg_ops.operations.alerts import Alert
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.ha.model import (
+    LOCKED_ACTIONS,
+    Action,
+    ClusterView,
+    RecordObserved,
+    RecordSyncSet,
+    Repoint,
+    RoutePrimary,
+    SetSyncNames,
+    Unfence,
+)
+from pg_ops.postgres import admin
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.session import with_connection
+from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
+
+UPKEEP_LOCK_TTL_S = 30
+
+
+def sql(ctx: ClusterContext, member: str, fn, timeout: float = 10.0, dbname: str = "postgres"):
+    """fn(conn) on one member as the superuser; pg_ops's own writes commit locally (they must
+    not wait for a standby in sync-strict mode)."""
+    return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), fn, timeout=timeout,
+                           name=member, dbname=dbname, options="-c synchronous_commit=local")
+
+
+def repoint_member(ctx: ClusterContext, name: str, primary: str, state: DesiredState) -> None:
+    """Point a running replica at `primary` without a restart: its current primary_conninfo is
+    kept (passfile, application_name) with host and port swapped."""
+    peer = Endpoint.parse(state.members[primary])
+
+    def change(conn):
+        current = admin.primary_conninfo(conn)
+        params = conninfo_to_dict(current) if current else {"user": REPLICATION_USER, "application_name": name}
+        params.update(host=peer.host, port=str(peer.port))
+        admin.repoint(conn, make_conninfo(**params), admin.slot_name(name))
+
+    sql(ctx, name, change, timeout=5)
+
+
+def set_sync_names(ctx: ClusterContext, primary: str, value: str) -> bool:
+    changed = sql(ctx, primary, lambda c: admin.set_synchronous_standbys(c, value), timeout=5)
+    if changed:
+        ctx.log.info("synchronous_standby_names on %s = %r", primary, value)
+    return changed
+
+
+def _still_current(view: ClusterView, state: DesiredState | None) -> bool:
+    """The record still names the primary the view saw, at the same epoch, and no change runs."""
+    return (state is not None and state.epoch == view.record.epoch and state.primary == view.designated
+            and (state.lock is None or state.lock.expired()))
+
+
+def _observe(view: ClusterView, action: RecordObserved):
+    def change(state: DesiredState) -> DesiredState:
+        if not _still_current(view, state):
+            return state
+        return state.model_copy(update={"observed_lsn": action.lsn, "observed_at": view.now,
+                                        "observed_standbys": action.standbys})
+    return change
+
+
+def _locked(ctx: ClusterContext, view: ClusterView, action: Action, lock: HeldLock) -> None:
+    primary = view.designated
+    if isinstance(action, Repoint):
+        repoint_member(ctx, action.member, primary, view.record)
+        ctx.log.info("%s: repointed %s at the primary %s", ctx.name, action.member, primary)
+    elif isinstance(action, Unfence):
+        lock.update(lambda s: s.model_copy(update={"fenced": tuple(m for m in s.fenced if m != action.member)}))
+        ctx.log.info("%s: %s streams from %s again: no longer fenced", ctx.name, action.member, primary)
+    elif isinstance(action, SetSyncNames):
+        set_sync_names(ctx, primary, action.value)
+    elif isinstance(action, RecordSyncSet):
+        lock.update(lambda s: s.model_copy(update={"sync_set": action.members}))
+        ctx.log.info("%s: synchronous set %s", ctx.name, ", ".join(action.members) or "(none)")
+
+
+def _failure(ctx: ClusterContext, view: ClusterView, action: Action, exc: Exception) -> Alert:
+    kind = {SetSyncNames: "replication_mode", RoutePrimary: "primary_routing"}.get(type(action), "upkeep_failed")
+    member = getattr(action, "member", None) if not isinstance(action, RoutePrimary | SetSyncNames) else view.designated
+    return Alert(cluster=ctx.name, severity="critical" if kind == "primary_routing" else "warning", kind=kind,
+                 summary=f"{ctx.name}: {type(action).__name__} {member or ''} failed: {exc}".replace("  ", " "),
+                 details={"member": member, "action": type(action).__name__})
+
+
+def execute(ctx: ClusterContext, view: ClusterView, actions: tuple[Action, ...]) -> list[Alert]:
+    """Run a decision's actions in order; returns an alert per action that failed (the others
+    still run; the next tick decides again)."""
+    failures: list[Alert] = []
+    store = ctx.platform.state_store()
+    for action in [a for a in actions if not isinstance(a, LOCKED_ACTIONS)]:
+        try:
+            if isinstance(action, RoutePrimary):
+                if _still_current(view, store.read()):
+                    ctx.platform.route_primary(action.member)
+            elif isinstance(action, RecordObserved):
+                update_state(store, _observe(view, action))
+        except PgOpsError as exc:
+            failures.append(_failure(ctx, view, action, exc))
+    locked = [a for a in actions if isinstance(a, LOCKED_ACTIONS)]
+    if not locked:
+        return failures
+    try:
+        with topology_lock(store, "upkeep", ttl_seconds=UPKEEP_LOCK_TTL_S) as lock:
+            if not _still_current(view, store.read().model_copy(update={"lock": None})):
+                return failures
+            for action in locked:
+                try:
+                    _locked(ctx, view, action, lock)
+                except PgOpsError as exc:
+                    failures.append(_failure(ctx, view, action, exc))
+                    if isinstance(action, SetSyncNames | RecordSyncSet):
+                        break  # the order of these two is what keeps the record safe
+    except LockHeld as exc:
+        ctx.log.info("%s: upkeep skipped this tick: %s", ctx.name, exc)
+    return failures

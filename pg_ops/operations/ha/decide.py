@@ -1,0 +1,403 @@
+"""Every HA decision pg_ops makes, as pure functions over a `ClusterView` (no I/O):
+
+- `primary_verdict`: is the designated primary down, alive but unreachable, or unknown?
+- `plan_failover`: which member to promote and what to fence, or why not (a `Refusal`);
+  the same function serves the sensor (before it requests a run) and the run (inside it).
+- `sync_upkeep`: the synchronous set and synchronous_standby_names, narrowed when a
+  standby leaves (once the rest caught up), widened when one is back, relaxed (sync mode
+  only) when no standby has streamed for a while.
+- `decide`: the sensor's one decision per cluster and tick (model.DECISIONS).
+
+The executors are operations/health.py (the tick) and operations/failover.py (the runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+from pg_ops.operations.alerts import Alert, condition_key
+from pg_ops.operations.ha.model import (
+    Action,
+    ClusterView,
+    Decision,
+    FailoverIntent,
+    FailoverPlan,
+    FailoverRequest,
+    HaMemory,
+    Incident,
+    Policy,
+    RecordObserved,
+    RecordSyncSet,
+    Refusal,
+    Repoint,
+    RoutePrimary,
+    SetSyncNames,
+    Unfence,
+    lsn,
+)
+from pg_ops.postgres.admin import synchronous_standby_names
+from pg_ops.postgres.topology import MemberProbe
+
+OBSERVE_AT_LEAST_EVERY_S = 60.0
+PRIMARY_KINDS = ("primary_unreachable", "primary_down", "manual_failover_needed", "failover_refused",
+                 "failover_failed", "primary_not_writable")
+
+
+# -- is the primary down? -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # up | unconfirmed | alive | no_witness | unknown_witness | down
+    reason: str
+    witnesses: tuple[str, ...] = ()
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to wait for: another probe or a longer silence cannot change it."""
+        return self.kind in ("up", "down", "no_witness")
+
+
+def _possibly_streaming(view: ClusterView, name: str) -> bool:
+    """An unreachable replica may still stream from the primary, unless the primary itself
+    reported it disconnected the last time pg_ops saw it (the record's observed standbys)."""
+    return name in view.record.observed_standbys or not view.record.observed_at
+
+
+def primary_verdict(view: ClusterView, policy: Policy) -> Verdict:
+    primary = view.designated
+    if view.primary.reachable:
+        return Verdict("up", f"primary {primary} answers")
+    if view.primary_misses < policy.probes:
+        return Verdict("unconfirmed", f"primary {primary} missed {view.primary_misses} of {policy.probes} probes")
+    error = view.primary.error or "no answer"
+    answering = [n for n in view.replicas if view.members[n].reachable]
+    if not answering:
+        return Verdict("no_witness", f"primary {primary} unreachable and no replica answers either: pg_ops may "
+                                     f"be cut off itself; no failover ({error})")
+    alive = tuple(n for n in answering if view.streams_from(n, primary)
+                  and (view.members[n].silence_seconds or 0.0) < policy.silence_s)
+    if alive:
+        return Verdict("alive", f"primary {primary} unreachable from pg_ops but alive: {', '.join(alive)} still "
+                                f"stream from it; no failover", alive)
+    unknown = tuple(n for n in view.replicas if not view.members[n].reachable and _possibly_streaming(view, n))
+    if unknown:
+        return Verdict("unknown_witness", f"primary {primary} unreachable, but {', '.join(unknown)} cannot be "
+                                          f"reached and may still stream from it; no failover ({error})", unknown)
+    silent = [n for n in answering if view.streams_from(n, primary)]
+    how = f"; {', '.join(silent)} heard nothing from it for {policy.silence_s:g} s" if silent else ""
+    return Verdict("down", f"primary {primary} missed {view.primary_misses} probes ({error}) and no replica "
+                           f"streams from it{how}")
+
+
+# -- which member to promote ---------------------------------------------------------------------------
+def _received(probe: MemberProbe) -> int:
+    return lsn(probe.receive_lsn) or lsn(probe.replay_lsn) or 0
+
+
+def reference_lsn(view: ClusterView, intent: FailoverIntent, candidates: list[str]) -> tuple[int | None, str]:
+    """The best LSN known for the old primary: what the sensor saw last, what the record kept,
+    and the WAL end the primary last reported to each replica; None when none is known."""
+    known = []
+    if lsn(intent.reference_lsn):
+        known.append((lsn(intent.reference_lsn), "the sensor's last view of the primary"))
+    if lsn(view.record.observed_lsn):
+        known.append((lsn(view.record.observed_lsn), "the record's observed LSN"))
+    for name in candidates:
+        end = lsn(view.members[name].latest_end_lsn)
+        if end:
+            known.append((end, f"the primary's WAL end as reported to {name}"))
+    if not known:
+        return None, "unknown"
+    return max(known)
+
+
+def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = FailoverIntent()
+                  ) -> FailoverPlan | Refusal:
+    """The failover rules (DESIGN.md safety rules), as one function over one view."""
+    c, designated, force = view.cluster, view.designated, intent.force
+    primary = view.primary
+    strays = tuple(n for n in view.writable if n != designated)
+    if not view.replicas:
+        return Refusal(f"cluster {c} has no replica: there is nothing to fail over to")
+    if primary.writable:
+        if not force:
+            return Refusal(f"cluster {c}: refusing failover: primary {designated} answers and is writable "
+                           f"(a planned change is `pg-ops switchover --to MEMBER`; --force overrides)")
+        old: str | None = designated
+    elif primary.reachable:
+        old = None  # the designated primary is a standby: a change stopped half-way; resume it
+    else:
+        verdict = primary_verdict(view, policy)
+        if verdict.kind != "down" and not force:
+            return Refusal(f"cluster {c}: refusing failover: {verdict.reason} "
+                           f"(a planned change is `pg-ops switchover --to MEMBER`; --force overrides)",
+                           deterministic=verdict.kind != "unconfirmed")
+        old = designated
+    fence = tuple(sorted({*strays, *([old] if old else [])}))
+    standbys = [n for n, p in view.members.items() if p.reachable and p.in_recovery and n != old]
+    if intent.to is not None:
+        if intent.to not in view.members:
+            return Refusal(f"cluster {c}: member {intent.to!r} does not exist")
+        if intent.to == old:
+            return Refusal(f"cluster {c}: {intent.to} is already the designated primary")
+        if intent.to not in standbys:
+            probe = view.members[intent.to]
+            why = probe.error if not probe.reachable else "it is not a standby"
+            return Refusal(f"cluster {c}: cannot promote {intent.to}: {why}")
+    if not standbys:
+        down = ", ".join(n for n in view.replicas if n != old) or "none"
+        return Refusal(f"cluster {c}: no replica is reachable to promote ({down})", deterministic=False)
+    notes: list[str] = []
+    eligible, lossless = standbys, False
+    if policy.sync and not force:
+        sync_set = [n for n in view.record.sync_set if n != old]
+        group = sync_set or [n for n in view.replicas if n != old]
+        missing = sorted(set(group) - set(standbys))
+        if missing:
+            # ANY 1 over the group: the newest acknowledged commit may be on the one that is missing.
+            what = "of the synchronous set" if sync_set else "(no synchronous set recorded)"
+            return Refusal(f"cluster {c}: {policy.replication} mode: {', '.join(missing)} {what} does not answer, "
+                           f"so no reachable member is known to hold every acknowledged commit; refusing "
+                           f"(use --force to accept possible loss)", deterministic=False)
+        eligible, lossless = group, bool(sync_set)
+        if not sync_set:
+            notes.append("no synchronous set recorded (relaxed or just changed): promoting the most advanced replica")
+        if intent.to is not None and intent.to not in eligible:
+            return Refusal(f"cluster {c}: cannot promote {intent.to}: it is not in the synchronous set "
+                           f"({', '.join(sync_set)}); use --force to accept possible loss")
+    received = {n: _received(view.members[n]) for n in eligible}
+    reference, source = reference_lsn(view, intent, standbys)
+    candidate = intent.to or max(received, key=lambda n: (received[n], n == designated, n))
+    if reference is None:
+        if not force and not lossless:
+            return Refusal(f"cluster {c}: no reference LSN for the old primary (pg_ops never saw it and no replica "
+                           f"reports its WAL end), so the lag guard cannot tell what a promotion loses; refusing "
+                           f"(use --force)")
+        lag = None
+    else:
+        lag = max(0, max(reference, *received.values()) - received[candidate])
+        if lag > policy.max_lag_bytes and not force and not lossless:
+            return Refusal(f"cluster {c}: candidate {candidate} is {lag} bytes behind {source} "
+                           f"(failover.max_lag_bytes {policy.max_lag_bytes}); refusing (use --force)")
+        notes.append(f"reference: {source}")
+    return FailoverPlan(candidate=candidate, old_primary=old, fence=tuple(n for n in fence if n != candidate),
+                        lag_bytes=lag, reference_lsn=_lsn_text(reference), notes=tuple(notes))
+
+
+def _lsn_text(value: int | None) -> str | None:
+    return None if value is None else f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+# -- the synchronous set ------------------------------------------------------------------------------------
+def sync_names(policy: Policy, members: list[str] | tuple[str, ...]) -> str:
+    return synchronous_standby_names(policy.replication, list(members))
+
+
+def initial_sync_set(policy: Policy, view: ClusterView) -> tuple[str, ...]:
+    """After deploy, once every replica streams: all of them."""
+    if not policy.sync:
+        return ()
+    return tuple(sorted(n for n in view.replicas if _standby_streaming(view, n)))
+
+
+def _standby_streaming(view: ClusterView, name: str) -> bool:
+    row = view.primary.standby(name)
+    return row is not None and row.streaming
+
+
+def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[list[Action], list[Alert], HaMemory]:
+    """Keep the synchronous set and synchronous_standby_names right, from the primary's own
+    pg_stat_replication. Order matters for safety: narrowing changes the server setting before
+    the record, widening the record before the server setting, so the record is always a
+    superset of the members that may hold a commit nobody else has."""
+    primary, c = view.primary, view.cluster
+    actions: list[Action] = []
+    alerts: list[Alert] = []
+    current = primary.synchronous_standby_names or ""
+    if not policy.sync:
+        if current != "":
+            actions.append(SetSyncNames(""))
+        if view.record.sync_set:
+            actions.append(RecordSyncSet(()))
+        return actions, alerts, replace(memory, departed={}, no_standby_since=None)
+    streaming = {n for n in view.replicas if _standby_streaming(view, n)}
+    members = sorted(n for n in view.record.sync_set if n in view.members)
+    departed = {n: v for n, v in memory.departed.items() if n in members and n not in streaming}
+    primary_lsn = lsn(primary.lsn) or 0
+    for name in members:
+        if name not in streaming:
+            departed.setdefault(name, primary_lsn)
+    staying = [n for n in members if n in streaming]
+    flushed = {n: lsn(row.flush_lsn) or 0 for n in staying if (row := primary.standby(n))}
+    narrowed = [n for n in members if n in departed and staying
+                and all(flushed.get(k, 0) >= departed[n] for k in staying)]
+    no_standby_since = memory.no_standby_since
+    if streaming:
+        no_standby_since = None
+    elif no_standby_since is None:
+        no_standby_since = view.now
+    relax = (policy.replication == "sync" and not streaming
+             and view.now - no_standby_since >= policy.relax_after_s)
+    after_narrow = [n for n in members if n not in narrowed]
+    if relax:
+        after_narrow = []
+    widened = sorted(set(after_narrow) | streaming)
+    if narrowed or (relax and members):
+        actions += [SetSyncNames(sync_names(policy, after_narrow) if after_narrow else ""),
+                    RecordSyncSet(tuple(after_narrow))]
+    if widened != after_narrow:
+        actions += [RecordSyncSet(tuple(widened)), SetSyncNames(sync_names(policy, widened))]
+    final = widened
+    if final:
+        wanted = sync_names(policy, final)
+    elif relax:
+        wanted = ""
+    elif policy.replication == "sync-strict":
+        wanted = sync_names(policy, members or view.replicas)  # never relaxed: writes wait
+    else:
+        wanted = current or sync_names(policy, view.replicas)  # not relaxed yet: writes wait a little
+    last_names = next((a.value for a in reversed(actions) if isinstance(a, SetSyncNames)), current)
+    if last_names != wanted:
+        actions.append(SetSyncNames(wanted))
+    if (relax or (not final and wanted == "")) and policy.replication == "sync":
+        alerts.append(Alert(cluster=c, severity="warning", kind="sync_relaxed",
+                            summary=f"no standby streams from {view.designated}: sync replication relaxed to async "
+                                    f"until one does (acknowledged commits can be lost meanwhile)",
+                            details={"member": view.designated}))
+    kept = {n: v for n, v in departed.items() if n not in narrowed}
+    return actions, alerts, replace(memory, departed=kept, no_standby_since=no_standby_since)
+
+
+# -- the tick's decision -------------------------------------------------------------------------------------
+def _alert(view: ClusterView, severity: str, kind: str, summary: str, **details) -> Alert:
+    return Alert(cluster=view.cluster, severity=severity, kind=kind, summary=summary,
+                 details={"member": view.designated, **details})
+
+
+def _unknown_primary_keys(view: ClusterView) -> frozenset[str]:
+    """Primary-level alerts stay as they are while a tick cannot tell (a change runs, a blip)."""
+    return frozenset(condition_key(view.cluster, k, view.designated) for k in PRIMARY_KINDS)
+
+
+def _signature(view: ClusterView) -> str:
+    """The facts a failover decision rests on; a refusal or a failed run is only retried once they change."""
+    facts = [str(view.record.epoch), view.designated, ",".join(view.record.sync_set)]
+    for name in sorted(view.members):
+        p = view.members[name]
+        facts.append(f"{name}:{p.reachable}:{p.in_recovery}:{p.receive_lsn or p.replay_lsn}:{p.timeline}")
+    return hashlib.sha256("|".join(facts).encode()).hexdigest()[:16]
+
+
+def observe_action(view: ClusterView, policy: Policy) -> RecordObserved | None:
+    """Refresh the record's observed LSN and standbys when they moved enough to matter."""
+    primary, record = view.primary, view.record
+    standbys = tuple(sorted(n for n in view.replicas if _standby_streaming(view, n)))
+    now_lsn, kept = lsn(primary.lsn), lsn(record.observed_lsn) or 0
+    if not now_lsn:
+        return None
+    stale = now_lsn != kept and view.now - record.observed_at >= OBSERVE_AT_LEAST_EVERY_S
+    if standbys != record.observed_standbys or now_lsn - kept >= policy.observe_every_bytes or stale:
+        return RecordObserved(primary.lsn, standbys)
+    return None
+
+
+def healthy_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[list[Action], list[Alert], HaMemory]:
+    """What a cluster with a writable designated primary needs this tick."""
+    primary = view.designated
+    actions: list[Action] = [RoutePrimary(primary)]
+    observed = observe_action(view, policy)
+    if observed:
+        actions.append(observed)
+    for name in view.replicas:
+        probe = view.members[name]
+        if name in view.record.fenced and view.streams_from(name, primary) \
+                and probe.timeline == view.primary.timeline:
+            actions.append(Unfence(name))
+        if probe.reachable and probe.in_recovery and not view.follows(name, primary) \
+                and not view.streams_from(name, primary):
+            actions.append(Repoint(name))
+    sync_actions, alerts, memory = sync_upkeep(view, memory, policy)
+    return actions + sync_actions, alerts, memory
+
+
+def decide(view: ClusterView, memory: HaMemory, policy: Policy) -> Decision:
+    """One tick's decision for one cluster. `memory` comes from the sensor's cursor; the
+    executor marks `memory.incident.run_failed` when the run it requested failed."""
+    designated = view.designated
+    lock = view.record.lock
+    if lock is not None and not lock.expired(view.now):
+        return Decision("change_in_progress", f"topology change in progress ({lock.operation} by {lock.holder})",
+                        memory, unknown=_unknown_primary_keys(view))
+    primary = view.primary
+    strays = [n for n in view.writable if n != designated]
+    if primary.writable:
+        memory = replace(memory, incident=None, down_since=None, last_primary_lsn=primary.lsn)
+        actions, alerts, memory = healthy_upkeep(view, memory, policy)
+        if strays:
+            return Decision("split_brain", f"{', '.join(strays)} writable besides the designated primary "
+                                           f"{designated}", memory, tuple(a for a in actions if isinstance(a, RoutePrimary)),
+                            tuple(alerts), unknown=frozenset())
+        fixes = [type(a).__name__ for a in actions if not isinstance(a, RoutePrimary | RecordObserved)]
+        summary = f"primary {designated} writable" + (f"; upkeep: {', '.join(fixes)}" if fixes else "")
+        if view.primary_misses:
+            summary += f" (answered after {view.primary_misses} missed probe(s))"
+        return Decision("healthy", summary, memory, tuple(actions), tuple(alerts))
+    down_since = memory.down_since or view.now
+    memory = replace(memory, down_since=down_since)
+    if primary.reachable:
+        stuck = (f"the designated primary {designated} answers but is a standby (a failover or switchover stopped "
+                 f"half-way" + (f"; {', '.join(strays)} writable instead" if strays else "") + ")")
+        return _no_primary(view, memory, policy, "primary_not_writable", stuck, down_since)
+    verdict = primary_verdict(view, policy)
+    if verdict.kind in ("up", "unconfirmed"):
+        return Decision("primary_unreachable", verdict.reason, memory, unknown=_unknown_primary_keys(view))
+    if verdict.kind != "down":
+        alert = _alert(view, "critical", "primary_unreachable", verdict.reason, witnesses=list(verdict.witnesses))
+        return Decision("primary_unreachable", verdict.reason, memory, alerts=(alert,),
+                        unknown=frozenset())
+    return _no_primary(view, memory, policy, "primary_down", verdict.reason, down_since)
+
+
+def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, reason: str,
+                down_since: float) -> Decision:
+    """No writable designated primary: request one failover run per incident, unless the
+    failover rules refuse or the last attempt failed on the same facts."""
+    c = view.cluster
+    plan = plan_failover(view, policy, FailoverIntent(reference_lsn=memory.last_primary_lsn))
+    signature = _signature(view)
+    incident = memory.incident
+    if not policy.automatic:
+        command = f"pg-ops failover --cluster {c}"
+        extra = f"; it would refuse: {plan.reason}" if isinstance(plan, Refusal) else ""
+        alert = _alert(view, "critical", "manual_failover_needed",
+                       f"{reason}; failover mode is manual: run `{command}`{extra}", command=command,
+                       detected_at=down_since)
+        return Decision("manual_failover_needed", reason, memory, alerts=(alert,),
+                        unknown=frozenset())
+    if isinstance(plan, Refusal) and plan.deterministic:
+        if incident is None or incident.refused is None or incident.signature != signature:
+            incident = Incident(id=f"{view.record.epoch}-{int(view.now)}", signature=signature, refused=plan.reason)
+        alert = _alert(view, "critical", "failover_refused", f"{reason}; {plan.reason}", incident=incident.id,
+                       detected_at=down_since)
+        return Decision("failover_refused", plan.reason, replace(memory, incident=incident), alerts=(alert,),
+                        unknown=frozenset())
+    if isinstance(plan, Refusal):
+        # Not settled yet (a member of the synchronous set may come back): say so, request nothing.
+        alert = _alert(view, "critical", "failover_refused", f"{reason}; {plan.reason}", detected_at=down_since)
+        return Decision("failover_refused", plan.reason, memory, alerts=(alert,),
+                        unknown=frozenset())
+    if incident is not None and incident.requested and incident.run_failed:
+        if incident.signature == signature:
+            alert = _alert(view, "critical", "failover_failed",
+                           f"{reason}; the failover run for incident {incident.id} failed and nothing changed since; "
+                           f"see the run, then `pg-ops failover --cluster {c}`", incident=incident.id)
+            return Decision("failover_failed", reason, memory, alerts=(alert,),
+                            unknown=frozenset())
+        incident = None  # the cluster changed since: a new incident may be requested
+    request = None
+    if incident is None or not incident.requested:
+        incident = Incident(id=f"{view.record.epoch}-{int(view.now)}", requested=True, signature=signature)
+        request = FailoverRequest(c, incident.id, down_since, memory.last_primary_lsn)
+    alert = _alert(view, "critical", name, f"{reason}; failover requested (incident {incident.id})",
+                   incident=incident.id, detected_at=down_since, candidate=plan.candidate)
+    return Decision(name, reason, replace(memory, incident=incident), alerts=(alert,), failover=request)

@@ -1,0 +1,94 @@
+"""Reading a ClusterView: the one place the HA state machine does I/O before deciding.
+
+`read_view` probes every member at once (each under a client-side deadline). When the
+designated primary does not answer, it keeps looking before anyone decides: it probes the
+primary again (`failover.probes` in all, `probe_interval_ms` apart) and re-reads every
+replica's WAL receiver beside each probe, until `decide.primary_verdict` is settled or the
+wait budget is spent. The budget covers the replicas' silence threshold, so a primary cut off
+by the network (alive, silent) is confirmed from the replicas' `last_msg_receipt_time` within
+seconds, instead of waiting for wal_receiver_timeout to end their connections.
+
+`watch_primary` is the healthy tick's watch: it pings the primary every `probe_interval_ms`
+for most of the daemon loop, so a failure is noticed within a second of happening rather
+than at the next tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pg_ops.credentials import SUPERUSER
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.ha.decide import primary_verdict
+from pg_ops.operations.ha.model import ClusterView, Policy
+from pg_ops.postgres.topology import MemberProbe, ping
+from pg_ops.state import DesiredState
+
+CONFIRM_PROBE_TIMEOUT_S = 1.0  # our own deadline: libpq's connect_timeout cannot go below 2 s
+
+
+def member_addresses(ctx: ClusterContext, state: DesiredState) -> dict[str, frozenset[str]]:
+    """Where a replica may stream each member from: pg_ops's endpoint for it, or the peer
+    address in the record (on Kubernetes the pod's DNS name)."""
+    endpoints = ctx.endpoints()
+    peers = ctx.platform.peer_addresses()
+    out = {}
+    for name, endpoint in endpoints.items():
+        known = {str(endpoint)}
+        peer = state.members.get(name) or peers.get(name)
+        if peer:
+            known.add(peer)
+        out[name] = frozenset(known)
+    return out
+
+
+def read_view(ctx: ClusterContext, policy: Policy, *, confirm: bool = True, unless_locked: bool = False,
+              probes: dict[str, MemberProbe] | None = None, sleep: Callable[[float], None] = time.sleep
+              ) -> ClusterView:
+    """The cluster now. `confirm`: re-probe a primary that does not answer (see above);
+    `unless_locked`: not while a topology change holds the lock (the tick: that change decides).
+    `probes`: a probe of every member already taken (reused)."""
+    state = ctx.state()
+    started = time.time()
+    probes = probes or ctx.probe()
+    view = ClusterView(record=state, members=probes, addresses=member_addresses(ctx, state), now=started,
+                       primary_misses=0 if probes[state.primary].reachable else 1)
+    busy = unless_locked and state.lock is not None and not state.lock.expired()
+    if confirm and not view.primary.reachable and not busy:
+        view = confirm_primary(ctx, view, policy, sleep)
+    return view
+
+
+def confirm_primary(ctx: ClusterContext, view: ClusterView, policy: Policy,
+                    sleep: Callable[[float], None] = time.sleep) -> ClusterView:
+    """Probe the primary again and re-read the replicas until the verdict is settled: the
+    primary answers, it is confirmed down, or nobody answers at all; or until the budget ends
+    (then the last view stands: "alive but unreachable" or "unknown")."""
+    deadline = time.monotonic() + max(policy.probes * policy.probe_interval_s, policy.silence_s) + 0.5
+    timeout = min(CONFIRM_PROBE_TIMEOUT_S, ctx.spec.monitoring.probe_timeout_seconds)
+    while True:
+        verdict = primary_verdict(view, policy)
+        if verdict.settled or time.monotonic() >= deadline:
+            return view
+        sleep(policy.probe_interval_s)
+        fresh = ctx.probe(timeout=timeout)
+        misses = 0 if fresh[view.designated].reachable else view.primary_misses + 1
+        # `now` stays the moment the read began: when pg_ops first saw the primary fail.
+        view = view.with_members(fresh, primary_misses=misses)
+
+
+def watch_primary(ctx: ClusterContext, primary: str, seconds: float, every: float) -> str | None:
+    """Ping the primary every `every` s for `seconds`: None if it always answered, else why not."""
+    if seconds <= 0:
+        return None
+    endpoint = ctx.endpoints()[primary]
+    password = ctx.admin_password()
+    timeout = min(CONFIRM_PROBE_TIMEOUT_S, ctx.spec.monitoring.probe_timeout_seconds)
+    end = time.monotonic() + seconds
+    while time.monotonic() + every < end:
+        time.sleep(every)
+        error = ping(primary, endpoint, SUPERUSER, password, timeout)
+        if error:
+            return error
+    return None
