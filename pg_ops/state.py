@@ -179,7 +179,7 @@ class HeldLock:
                                                              expires_at=time.time() + self.ttl)})
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        while not self._stop.wait(max(0.2, self.ttl / 3)):
             try:
                 update_state(self.store, self._renew)
             except LockLost:

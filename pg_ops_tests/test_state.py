@@ -1,8 +1,9 @@
 import threading
+import time
 
 import pytest
 
-from pg_ops.errors import ConflictError, LockHeld
+from pg_ops.errors import ConflictError, LockHeld, LockLost
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.state import DesiredState, topology_lock, update_state
 
@@ -73,3 +74,35 @@ def test_expired_lock_is_taken_over(tmp_path):
     with topology_lock(store, "deploy", ttl_seconds=-1):
         with topology_lock(store, "failover"):  # the first one already expired
             assert store.read().lock.operation == "failover"
+
+
+def test_lock_is_renewed_while_held(tmp_path):
+    store = FileStateStore(tmp_path / "state")
+    store.write(record(), None)
+    with topology_lock(store, "switchover", ttl_seconds=0.9) as lock:
+        time.sleep(2.0)  # more than twice the TTL: only renewal keeps it
+        held = store.read().lock
+        assert held.holder == lock.holder and not held.expired()
+        with pytest.raises(LockHeld):
+            with topology_lock(store, "failover"):
+                pass
+    assert store.read().lock is None
+
+
+def test_writes_under_a_lost_lock_are_refused(tmp_path):
+    store = FileStateStore(tmp_path / "state")
+    store.write(record(), None)
+    with topology_lock(store, "failover", ttl_seconds=60) as lock:
+        lock.update(lambda s: s.model_copy(update={"epoch": 2}))
+        # Another run took the lock over (ours had expired while we were stuck).
+        taken = store.read().lock.model_copy(update={"holder": "switchover@other:1"})
+        store.write(store.read().model_copy(update={"lock": taken}), store.read().version)
+        with pytest.raises(LockLost, match="now held by switchover@other:1"):
+            lock.update(lambda s: s.model_copy(update={"epoch": 3, "primary": "c-1"}))
+    state = store.read()
+    assert state.epoch == 2 and state.primary == "c-0" and state.lock.holder == "switchover@other:1"
+
+
+def test_new_record_fields_round_trip():
+    state = record(sync_set=("c-1",), observed_lsn="0/3000060", observed_at=12.5, observed_standbys=("c-1",))
+    assert DesiredState.from_text(state.to_text()) == state

@@ -1,0 +1,267 @@
+"""The cases that fell between the old failover places, each on real clusters (the pure
+decisions behind them are in test_ha.py): a fenced member that rejoined, a change that stopped
+half-way, a recreated primary pod, a CLI failover with lagging replicas, a replica that missed
+the repoint, a refusal watched over many ticks, and sync mode losing a replica then the primary."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dagster as dg
+import pytest
+
+from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.operations import failover as failover_ops
+from pg_ops.operations.failover import failover
+from pg_ops.operations.ha import act
+from pg_ops.operations.health import watch_cluster
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops_tests.helpers import (
+    cluster_on,
+    fake_of,
+    lose_member,
+    recover_member,
+    running_cluster,
+    spec_from,
+    wait_for,
+    write_platform_spec,
+)
+from pg_ops_tests.test_alerts import WebhookCapture
+from pg_ops_tests.test_failover import Writer, _writes_after, assert_one_primary_all_streaming, q
+from pg_ops_tests.test_health import Sensor
+
+
+def tick(ctx, memory=None):
+    """One sensor tick; `memory` (the cursor's part for this cluster) is carried over in place."""
+    memory = {} if memory is None else memory
+    watch = watch_cluster(ctx, memory)
+    memory.clear()
+    memory.update(watch.memory)
+    return watch
+
+
+def sync_setting(ctx, member):
+    return q(ctx, member, "show synchronous_standby_names", "postgres")[0][0]
+
+
+def test_rejoined_fenced_member_is_a_full_replica_again(make_platform_spec):
+    with cluster_on(make_platform_spec("rj", postgres={"members": 3, "replication": "sync"})) as ctx:
+        old = ctx.state().primary
+        lose_member(ctx, old)
+        change = failover(ctx)
+        assert old in ctx.state().fenced
+        # The lost machine comes back: its member script rewinds it into a replica of the new primary.
+        recover_member(ctx, old)
+        ctx.platform.start_member(old)
+        wait_for(lambda: tick(ctx).health.view.streams_from(old, change.new_primary), f"{old} streaming", timeout=90)
+        memory = {}
+        wait_for(lambda: tick(ctx, memory) and old in ctx.state().sync_set, f"{old} back in the synchronous set",
+                 timeout=60)
+        state = ctx.state()
+        assert old not in state.fenced  # fenced means "must not be writable", nothing more
+        assert f'"{old}"' in sync_setting(ctx, change.new_primary)
+        # It is a candidate again: a failover may promote it.
+        lose_member(ctx, change.new_primary)
+        second = failover(ctx, to=old)
+        assert second.new_primary == old and q(ctx, old, "select pg_is_in_recovery()", "postgres") == [(False,)]
+
+
+def test_failed_fencing_leaves_a_change_the_tick_resumes(any_cluster, monkeypatch):
+    ctx = any_cluster
+    old = ctx.state().primary
+    lose_member(ctx, old)
+    real_fence = ctx.platform.fence_member
+
+    def broken_fence(name):
+        raise MemberError(f"member {name}: the API refused the pod deletion (injected)")
+
+    monkeypatch.setattr(ctx.platform, "fence_member", broken_fence)
+    with pytest.raises(MemberError, match="injected"):
+        failover(ctx)
+    monkeypatch.setattr(ctx.platform, "fence_member", real_fence)
+    stuck = ctx.state()
+    assert stuck.primary != old and not ctx.probe([stuck.primary])[stuck.primary].writable
+    with dg.instance_for_test() as instance:
+        sensor = Sensor([ctx], instance=instance)
+        sensor.tick()
+        assert f"primary_not_writable/{stuck.primary}" in sensor.open_kinds()
+        assert len(sensor.requests) == 1  # the change is resumed through a failover run
+    change = failover(ctx)  # what the requested run does
+    assert change.new_primary == stuck.primary and change.epoch == stuck.epoch
+    assert "resumed a change that stopped half-way" in change.metadata()["notes"]
+    if fake_of(ctx) is not None:
+        pod = fake_of(ctx).object("pods", ctx.spec.kubernetes.namespace, change.new_primary)
+        assert pod["metadata"]["labels"][names.LABEL_ROLE] == names.ROLE_PRIMARY
+    recover_member(ctx, old)
+    ctx.platform.start_member(old)
+    wait_for(lambda: ctx.probe([old])[old].streaming, f"{old} rejoins", timeout=90)
+
+
+def test_failed_promotion_is_resumed(cluster, monkeypatch):
+    ctx = cluster
+    old = ctx.state().primary
+    ctx.platform.kill_member(old)
+    real_promote = failover_ops.promote
+    monkeypatch.setattr(failover_ops, "promote", lambda c, m: (_ for _ in ()).throw(
+        MemberError(f"member {m}: pg_promote did not complete within 30 s (injected)")))
+    with pytest.raises(MemberError, match="injected"):
+        failover(ctx)
+    monkeypatch.setattr(failover_ops, "promote", real_promote)
+    watch = tick(ctx)
+    assert watch.decision.name == "primary_not_writable" and watch.failover is not None
+    change = failover(ctx)
+    assert change.new_primary == ctx.state().primary
+    assert q(ctx, change.new_primary, "select pg_is_in_recovery()", "postgres") == [(False,)]
+
+
+def test_recreated_primary_pod_is_routed_by_the_tick(pg_home):
+    spec = spec_from(write_platform_spec(pg_home / "specs", "rc", "kubernetes"))
+    with cluster_on(spec) as ctx:
+        fake = fake_of(ctx)
+        primary = ctx.state().primary
+        first_uid = fake.object("pods", spec.kubernetes.namespace, primary)["metadata"]["uid"]
+        ctx.platform.stop_member(primary)  # an eviction: the StatefulSet recreates the pod from its template
+        wait_for(lambda: (pod := fake.object("pods", spec.kubernetes.namespace, primary)) is not None
+                 and pod["metadata"]["uid"] != first_uid, "the recreated pod")
+        wait_for(lambda: ctx.probe([primary])[primary].writable, "the primary back", timeout=90)
+        labels = fake.object("pods", spec.kubernetes.namespace, primary)["metadata"]["labels"]
+        assert names.LABEL_ROLE not in labels  # the template has no runtime labels
+        watch = tick(ctx)
+        assert watch.decision.name == "healthy"
+        labels = fake.object("pods", spec.kubernetes.namespace, primary)["metadata"]["labels"]
+        assert labels[names.LABEL_ROLE] == names.ROLE_PRIMARY
+        assert "primary_endpoint" not in {a.kind for a in tick(ctx).alerts}  # the endpoint routes again
+
+
+def _lagging_cluster(ctx):
+    """Both replicas stopped while the primary writes ~3 MB; the tick records that LSN; then the
+    primary dies and the replicas come back, far behind it."""
+    primary = ctx.state().primary
+    replicas = [m for m in ctx.spec.member_names if m != primary]
+    for name in replicas:
+        ctx.platform.stop_member(name)
+    q(ctx, primary, "create table filler (v text)")
+    q(ctx, primary, "insert into filler select (select string_agg(md5(random()::text || i || j), '') "
+                    "from generate_series(1, 50) j) from generate_series(1, 2000) i")  # ~3 MB of WAL
+    tick(ctx)  # the sensor's view of the primary goes into the record
+    assert ctx.state().observed_lsn
+    ctx.platform.kill_member(primary)
+    for name in replicas:
+        ctx.platform.start_member(name)
+    for name in replicas:
+        wait_for(lambda name=name: ctx.probe([name])[name].reachable, f"{name} back")
+    return primary
+
+
+def test_cli_failover_with_lagging_replicas_is_refused(cluster, capsys):
+    import json
+
+    from pg_ops.cli import main as cli_main
+
+    ctx = cluster
+    _lagging_cluster(ctx)
+    assert cli_main(["failover", "--cluster", ctx.name]) == 1
+    err = capsys.readouterr().err
+    assert "bytes behind the record's observed LSN" in err and "refusing (use --force)" in err
+    assert ctx.state().epoch == 1
+    assert cli_main(["failover", "--cluster", ctx.name, "--force", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["lag_bytes_at_promotion"] > 1024 * 1024  # what --force gave up, recorded honestly
+
+
+def test_refused_failover_is_requested_never_and_alerted_once(make_spec):
+    with running_cluster(make_spec("rf", monitoring={"interval_seconds": 1})) as ctx:
+        primary = _lagging_cluster(ctx)
+        sensor = Sensor([ctx])
+        with WebhookCapture() as hook:
+            os.environ["PG_OPS_ALERT_WEBHOOK"] = hook.url
+            try:
+                for _ in range(20):
+                    sensor.tick()
+            finally:
+                os.environ.pop("PG_OPS_ALERT_WEBHOOK", None)
+        assert sensor.requests == []
+        refused = [b for b in hook.bodies if b["kind"] == "failover_refused"]
+        assert len(refused) == 1 and refused[0]["details"]["member"] == primary
+        assert "bytes behind" in refused[0]["summary"]
+
+
+def test_replica_that_missed_the_repoint_is_repointed_by_the_tick(any_cluster, monkeypatch):
+    ctx = any_cluster
+    old = ctx.state().primary
+    missed = ctx.spec.member_names[2]
+    real = act.repoint_member
+
+    def flaky(c, name, primary, state):
+        if name == missed:
+            raise MemberError(f"{name}: no answer within 5 s (injected)")
+        return real(c, name, primary, state)
+
+    lose_member(ctx, old)
+    monkeypatch.setattr(act, "repoint_member", flaky)
+    change = failover(ctx, to=ctx.spec.member_names[1])
+    monkeypatch.setattr(act, "repoint_member", real)
+    assert not ctx.probe([missed])[missed].streaming  # still pointing at the dead primary
+    watch = tick(ctx)
+    assert any(type(a).__name__ == "Repoint" and a.member == missed for a in watch.decision.actions)
+    wait_for(lambda: tick(ctx).health.view.streams_from(missed, change.new_primary), f"{missed} follows again")
+
+
+def test_sync_mode_loses_a_replica_then_the_primary_and_loses_nothing(make_platform_spec):
+    spec = make_platform_spec("sq", postgres={"members": 3, "replication": "sync"}, monitoring={"interval_seconds": 1})
+    with cluster_on(spec) as ctx:
+        old = ctx.state().primary
+        survivor, gone = ctx.spec.member_names[1], ctx.spec.member_names[2]
+        with Writer(ctx) as writer:
+            wait_for(lambda: len(writer.acked) > 50, "sync writes")
+            lose_member(ctx, gone)
+            memory: dict = {}
+
+            wait_for(lambda: tick(ctx, memory) and ctx.state().sync_set == (survivor,),
+                     "the synchronous set narrowed to the survivor", timeout=60)
+            assert sync_setting(ctx, old) == f'ANY 1 ("{survivor}")'
+            wait_for(lambda: _writes_after(writer, 20), "writes acknowledged by the survivor alone")
+            lose_member(ctx, old)
+            change = failover(ctx)  # no --force: the survivor holds every acknowledged commit
+            # No standby is left to acknowledge: writes wait until the tick relaxes sync mode.
+            wait_for(lambda: tick(ctx, memory) and _writes_after(writer, 5), "writes resume once relaxed")
+        assert change.new_primary == survivor
+        present = {r[0] for r in q(ctx, survivor, "select n from writes")}
+        assert set(writer.acked) <= present, f"lost {len(set(writer.acked) - present)} acknowledged rows"
+
+
+def test_failover_keeps_sync_mode_while_the_standbys_reconnect(cluster_sync):
+    ctx = cluster_sync
+    old = ctx.state().primary
+    ctx.platform.kill_member(old)
+    change = failover(ctx)
+    # Right after the promotion: not relaxed (the other replica reconnects within a second).
+    assert sync_setting(ctx, change.new_primary).startswith("ANY 1 (")
+    memory: dict = {}
+    watch = tick(ctx, memory)
+    assert "sync_relaxed" not in {a.kind for a in watch.alerts}
+    deadline = time.monotonic() + 30
+    while ctx.state().sync_set == () and time.monotonic() < deadline:
+        tick(ctx, memory)
+    assert ctx.state().sync_set and old not in ctx.state().sync_set
+    assert_one_primary_all_streaming_except(ctx, old)
+
+
+def assert_one_primary_all_streaming_except(ctx, missing):
+    probes = ctx.probe()
+    assert [n for n, p in probes.items() if p.writable] == [ctx.state().primary]
+    assert all(p.streaming for n, p in probes.items() if n not in (ctx.state().primary, missing))
+
+
+@pytest.fixture
+def cluster_sync(make_spec):
+    with running_cluster(make_spec("ks", postgres={"members": 3, "replication": "sync"})) as ctx:
+        yield ctx
+
+
+def test_refusal_reason_is_one_line(cluster):
+    with pytest.raises(PgOpsError) as err:
+        failover(cluster)
+    assert "\n" not in str(err.value) and "refusing failover" in str(err.value)
+    assert_one_primary_all_streaming(cluster)
