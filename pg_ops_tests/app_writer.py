@@ -1,6 +1,7 @@
 """The application in partition tests: a separate process (so iptables can tell it from
 pg_ops) that commits numbered rows through the primary endpoint and prints one line per
-acknowledgement (`ack N UNIXTIME`) and per failed attempt (`fail UNIXTIME`).
+acknowledgement (`ack N UNIXTIME MEMBER`: the member that acknowledged it) and per failed
+attempt (`fail UNIXTIME`).
 
     python -m pg_ops_tests.app_writer DSN TABLE      (password in PGPASSWORD)
 """
@@ -23,7 +24,7 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    n, conn = 0, None
+    n, conn, member = 0, None, ""
     with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as setup:
         setup.execute(f"create table if not exists {table} (n bigint primary key, at timestamptz default now())")
         n = setup.execute(f"select coalesce(max(n), 0) from {table}").fetchone()[0]
@@ -32,9 +33,10 @@ def main() -> int:
             if conn is None:
                 conn = psycopg.connect(dsn, autocommit=True, connect_timeout=2,
                                        options="-c statement_timeout=2000")
+                member = conn.execute("select current_setting('cluster_name')").fetchone()[0]
             conn.execute(f"insert into {table} (n) values (%s)", (n + 1,))
             n += 1
-            print(f"ack {n} {time.time():.4f}", flush=True)
+            print(f"ack {n} {time.time():.4f} {member}", flush=True)
         except psycopg.Error:
             print(f"fail {time.time():.4f}", flush=True)
             if conn is not None:

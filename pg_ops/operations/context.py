@@ -47,8 +47,9 @@ class ClusterContext:
     def endpoints(self) -> dict[str, Endpoint]:
         return self.platform.member_endpoints()
 
-    def probe(self, names: list[str] | None = None, timeout: float | None = None) -> dict[str, MemberProbe]:
+    def probe(self, names: list[str] | None = None, timeout: float | None = None,
+              deadlines: dict[str, float] | None = None) -> dict[str, MemberProbe]:
         endpoints = self.endpoints()
         wanted = {n: endpoints[n] for n in (names or endpoints)}
         return probe_members(wanted, SUPERUSER, self.admin_password(),
-                             timeout or self.spec.monitoring.probe_timeout_seconds)
+                             timeout or self.spec.monitoring.probe_timeout_seconds, deadlines)

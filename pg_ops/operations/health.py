@@ -139,14 +139,15 @@ class ClusterHealth:
         return self.view.designated
 
 
-def health_pass(ctx: ClusterContext, *, confirm: bool = False,
+def health_pass(ctx: ClusterContext, *, confirm: bool = False, missed_before: int = 0,
                 sleep: Callable[[float], None] = time.sleep) -> ClusterHealth:
     """Every member probed at once (and, with `confirm`, the primary re-probed when it does
     not answer), storage fetched beside the probes under its own deadline."""
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage") as pool:
         storage = pool.submit(storage_of, ctx)
-        view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=confirm, unless_locked=True, sleep=sleep)
+        view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=confirm, unless_locked=True,
+                         missed_before=missed_before, sleep=sleep)
         status = build_status(ctx, view, storage.result())
     return ClusterHealth(cluster=ctx.name, checked_at=time.time(), seconds=time.monotonic() - started,
                          view=view, status=status, assessment=assess(ctx.spec, status))
@@ -209,8 +210,9 @@ def _track_detections(memory: dict, rows: list[dict], fenced: set[str], now: flo
 
 
 def _decide_and_act(ctx: ClusterContext, memory: dict, failed_run: Callable[[str], bool],
-                    sleep: Callable[[float], None]) -> tuple[ClusterHealth, Decision, list[Alert]]:
-    health = health_pass(ctx, confirm=True, sleep=sleep)
+                    sleep: Callable[[float], None], missed_before: int = 0
+                    ) -> tuple[ClusterHealth, Decision, list[Alert]]:
+    health = health_pass(ctx, confirm=True, missed_before=missed_before, sleep=sleep)
     ha_memory = HaMemory.from_dict(memory.get("ha"))
     incident = ha_memory.incident
     if incident is not None and incident.requested and not incident.run_failed:
@@ -235,7 +237,7 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
         broke = watch_primary(ctx, health.primary, left, Policy.from_spec(ctx.spec).probe_interval_s)
         if broke:
             ctx.log.warning("%s: the primary %s stopped answering during the watch: %s", ctx.name, health.primary, broke)
-            health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep)
+            health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep, missed_before=1)
     now = now or health.checked_at
     alerts = [*health.assessment.alerts, *decision.alerts, *failures]
     unknown = set(health.assessment.unknown) | set(decision.unknown)

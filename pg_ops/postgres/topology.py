@@ -189,12 +189,15 @@ def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeou
     return probe
 
 
-def probe_members(members: dict[str, Endpoint], user: str, password: str, timeout: float) -> dict[str, MemberProbe]:
-    """Probe every member at once; the whole call takes about one deadline at most."""
+def probe_members(members: dict[str, Endpoint], user: str, password: str, timeout: float,
+                  deadlines: dict[str, float] | None = None) -> dict[str, MemberProbe]:
+    """Probe every member at once; the whole call takes about one deadline at most.
+    `deadlines`: a shorter (or longer) deadline for some members."""
     if not members:
         return {}
+    deadlines = deadlines or {}
     with ThreadPoolExecutor(max_workers=min(32, len(members)), thread_name_prefix="probe") as pool:
-        futures = {name: pool.submit(probe_member, name, ep, user, password, timeout)
+        futures = {name: pool.submit(probe_member, name, ep, user, password, deadlines.get(name, timeout))
                    for name, ep in members.items()}
         return {name: fut.result() for name, fut in futures.items()}
 

@@ -1,20 +1,34 @@
-"""Chaos benchmark: RTO and RPO when the primary member is lost (supervisor and postgres
-SIGKILLed, as when a node dies), for
-  (a) the failover job alone, launched the moment the primary dies, and
-  (b) the whole loop: the real Dagster daemon, cluster_health_sensor, the queued run.
-Async and sync modes, TRIALS trials each. Baseline measured in the same run: a bare
-pg_promote(wait => true) of a replica (the floor any failover pays)."""
+"""Chaos benchmark: RTO and RPO when the primary is lost, for
+  (a) the failover job alone, launched the moment the primary member is killed;
+  (b) the whole loop through the real Dagster daemon and cluster_health_sensor after a kill
+      (supervisor and postgres SIGKILLed, as when a node dies);
+  (c) the same loop after the primary is cut off on loopback (alive and reachable by the
+      application, unreachable for pg_ops and the replicas: pg_ops_tests/partition.py; root only).
+Async and sync modes, TRIALS trials each, with a per-phase breakdown of (b) and (c) from the
+run's own events: tick wait (failure -> pg_ops first saw it), confirmation (-> run enqueued),
+dequeue, launch (dequeued -> run started), run (started -> promoted), and the application's
+view (first acknowledged write after the failure). Baseline measured in the same run: a bare
+pg_promote(wait => true) of a replica, the floor any failover pays.
+
+The application is a separate process (pg_ops_tests/app_writer.py) committing numbered rows
+through the primary endpoint; acknowledged rows missing after the old primary rejoined are
+the RPO, and acknowledgements by the old primary after the cut are its isolation window.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.benchmarks.chaos import AckWriter
@@ -22,8 +36,9 @@ from pg_ops_tests.benchmarks.common import emit, summary
 from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))
-PATHS = os.environ.get("PG_OPS_BENCH_PATHS", "job_alone,daemon_loop").split(",")
+PATHS = os.environ.get("PG_OPS_BENCH_PATHS", "job_alone,daemon_kill,daemon_partition").split(",")
 MODES = os.environ.get("PG_OPS_BENCH_MODES", "async,sync").split(",")
+REPO = Path(__file__).parents[2]
 logging.basicConfig(level=logging.WARNING)
 
 
@@ -64,56 +79,180 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
     return out
 
 
-def run_through_daemon(ctx, home: Path, trials: int) -> list[dict]:
+# -- the application, as a process --------------------------------------------------------------
+class App:
+    """pg_ops_tests.app_writer in a subprocess (in the partition harness's app cgroup when given)."""
+
+    def __init__(self, ctx, parts=None, table: str = "chaos_writes"):
+        self.ctx, self.parts, self.table = ctx, parts, table
+        self.lines: list[str] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> App:
+        argv = [sys.executable, "-m", "pg_ops_tests.app_writer",
+                self.ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), self.table]
+        env = {**os.environ, "PGPASSWORD": self.ctx.admin_password(), "PYTHONPATH": str(REPO)}
+        kwargs = {"env": env, "stdout": subprocess.PIPE, "text": True, "cwd": REPO}
+        if self.parts is not None:
+            self.proc = self._stack.enter_context(self.parts.app_process(argv, **kwargs))
+        else:
+            self.proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+            self._stack.callback(self._stop_plain)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _stop_plain(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self._reader.join(5)
+
+    def acks(self) -> list[tuple[int, float, str]]:
+        out = []
+        for line in list(self.lines):
+            if line.startswith("ack "):
+                _, n, t, member = line.split(" ", 3)
+                out.append((int(n), float(t), member))
+        return out
+
+    def wait_acks(self, count: int, timeout: float = 30.0, on: str | None = None) -> None:
+        target = len([a for a in self.acks() if on is None or a[2] == on]) + count
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len([a for a in self.acks() if on is None or a[2] == on]) >= target:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"the application made no progress{' on ' + on if on else ''}")
+
+    def first_ack_on(self, member: str, after: float) -> float | None:
+        return next((t for _, t, m in self.acks() if m == member and t > after), None)
+
+    def last_ack_on(self, member: str, after: float) -> float | None:
+        times = [t for _, t, m in self.acks() if m == member and t > after]
+        return max(times) if times else None
+
+    def lost(self, ctx, primary: str) -> int:
+        acked = {n for n, _, _ in self.acks()}
+        present = with_connection(ctx.endpoints()[primary], "postgres", ctx.admin_password(),
+                                  lambda c: {r[0] for r in c.execute(f"select n from {self.table}")},
+                                  dbname=PG_OPS_DATABASE, timeout=30)
+        return len(acked - present)
+
+
+# -- through the daemon -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def daemon(home: Path):
     dagster_home = home / "dagster"
     dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((Path(__file__).parents[2] / "dagster.yaml").read_text())
-    workspace = Path(__file__).parents[2] / "workspace.yaml"
+    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
-                              env=env, cwd=home, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=open(home / "daemon.log", "wb"))
-    out = []
+    log = open(home / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
+                             str(REPO / "workspace.yaml")], env=env, cwd=home, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=log)
     try:
-        time.sleep(8)  # the daemon's first sensor ticks (it waits for a healthy cluster)
-        for _ in range(trials):
-            writer = AckWriter(ctx).start()
-            writer.wait_acks(50)
-            old = ctx.state().primary
-            epoch = ctx.state().epoch
-            killed_at = time.time()
-            ctx.platform.kill_member(old)
-            deadline = time.time() + 90
-            while ctx.state().epoch == epoch and time.time() < deadline:
-                time.sleep(0.1)
-            ok = ctx.state().epoch > epoch
-            if ok:
-                try:
-                    writer.wait_acks(20, timeout=30)
-                except RuntimeError:
-                    ok = False
-            writer.stop()
-            if not ok:
-                import json
-
-                from pg_ops.operations.status import cluster_status
-
-                tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
-                print("daemon loop trial failed; status:\n" + json.dumps(cluster_status(ctx).to_dict(), default=str)[:3000]
-                      + "\ndaemon log tail:\n" + "\n".join(tail), file=sys.stderr)
-            out.append({"ok": ok, "rto_s": writer.rto_after(killed_at) if ok else None,
-                        "lost": writer.lost(ctx, ctx.state().primary) if ok else None})
-            while ctx.state().lock is not None and time.time() < deadline:
-                time.sleep(0.2)
-            deploy(ctx)
-            time.sleep(6)  # let the sensor see the healthy cluster (the incident resolves)
+        time.sleep(10)  # the daemon's first sensor ticks (the code location loads first)
+        yield dagster_home
     finally:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+def phases(dagster_home: Path, epoch_before: int, failed_at: float) -> dict:
+    """The failover run's timeline, from its own events and output metadata."""
+    from dagster import DagsterEventType, DagsterInstance, RunsFilter
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs(filters=RunsFilter(job_name="failover"), limit=1)
+        if not runs:
+            return {}
+        run = runs[0]
+        times = {}
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is not None and event.event_type_value not in times:
+                times[event.event_type_value] = entry.timestamp
+        config = run.run_config.get("ops", {}).get("run_failover", {}).get("config", {})
+        promoted = None
+        for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_OUTPUT):
+            meta = entry.dagster_event.event_specific_data.metadata
+            if "detection_to_writable_s" in meta and config.get("detected_at"):
+                promoted = config["detected_at"] + meta["detection_to_writable_s"].value
+    detected = config.get("detected_at")
+    enq = times.get("PIPELINE_ENQUEUED")
+    deq = times.get("PIPELINE_DEQUEUED") or times.get("PIPELINE_STARTING")
+    start = times.get("PIPELINE_START")
+
+    def span(a, b):
+        return round(b - a, 3) if a is not None and b is not None else None
+
+    return {"tick_wait_s": span(failed_at, detected), "confirmation_s": span(detected, enq),
+            "dequeue_s": span(enq, deq), "launch_s": span(deq, start), "run_to_promoted_s": span(start, promoted),
+            "failure_to_promoted_s": span(failed_at, promoted), "run_id": run.run_id}
+
+
+def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[dict]:
+    from pg_ops_tests.partition import Partitions
+
+    out = []
+    with daemon(home) as dagster_home:
+        for _ in range(trials):
+            parts_cm = Partitions(ctx) if partition else contextlib.nullcontext()
+            with parts_cm as parts, App(ctx, parts) as app:
+                app.wait_acks(50)
+                old, epoch = ctx.state().primary, ctx.state().epoch
+                failed_at = time.time()
+                if partition:
+                    parts.isolate(old)  # alive, reachable by the application only
+                else:
+                    ctx.platform.kill_member(old)
+                deadline = time.time() + 90
+                while ctx.state().epoch == epoch and time.time() < deadline:
+                    time.sleep(0.1)
+                ok = ctx.state().epoch > epoch
+                new = ctx.state().primary
+                if ok:
+                    # After a cut the application may stay on the old primary (it still reaches
+                    # it) until that one stops acknowledging: not a failure of the failover.
+                    with contextlib.suppress(RuntimeError):
+                        app.wait_acks(20, timeout=30, on=new)
+                while ctx.state().lock is not None and time.time() < deadline:
+                    time.sleep(0.2)
+                trial = {"ok": ok, **phases(dagster_home, epoch, failed_at)}
+                first_new = app.first_ack_on(new, failed_at) if ok else None
+                trial["rto_s"] = round(first_new - failed_at, 3) if first_new else None
+                last_old = app.last_ack_on(old, failed_at)
+                trial["old_primary_acked_for_s"] = round(last_old - failed_at, 3) if last_old else 0.0
+                if partition:
+                    parts.heal()
+                deploy(ctx)  # the old primary rejoins (rewound) as a replica
+                trial["lost"] = app.lost(ctx, ctx.state().primary) if ok else None
+            if not ok:
+                tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
+                print("daemon trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)
+            out.append(trial)
+            time.sleep(6)  # the sensor sees the healthy cluster (the incident resolves)
     return out
 
 
+def _phase_summary(trials: list[dict]) -> dict:
+    keys = ("tick_wait_s", "confirmation_s", "dequeue_s", "launch_s", "run_to_promoted_s", "failure_to_promoted_s")
+    return {k: summary([t.get(k) for t in trials]) for k in keys}
+
+
 def main() -> None:
+    from pg_ops_tests.partition import unavailable
+
     with temp_home() as home:
         specs = home / "specs"
         specs.mkdir()
@@ -121,27 +260,37 @@ def main() -> None:
         os.environ["PG_OPS_CLUSTERS"] = str(specs)
         (home / "base").mkdir()
         baseline = promote_baseline(spec_from(write_spec(home / "base", "base")))
-        # Both specs exist before the code location is loaded (its partitions are the clusters).
+        # Every spec exists before the code location is loaded (its partitions are the clusters).
         modes = {mode: spec_from(write_spec(specs, f"chaos-{mode}", postgres={"members": 3, "replication": mode},
                                             failover={"mode": "automatic"})) for mode in MODES}
+        why_not = unavailable()
         for mode, spec in modes.items():
             with running_cluster(spec) as ctx:
-                for label, runner in (("job_alone", lambda c: run_job_alone(c, TRIALS)),
-                                      ("daemon_loop", lambda c: run_through_daemon(c, home, TRIALS))):
-                    if label not in PATHS:
+                for label in PATHS:
+                    if label == "daemon_partition" and why_not:
+                        print(f"skipping {label}: {why_not}", file=sys.stderr)
                         continue
-                    trials = runner(ctx)
-                    rtos = [t["rto_s"] for t in trials if t["rto_s"] is not None]
-                    emit("failover", {
+                    if label == "job_alone":
+                        trials = run_job_alone(ctx, TRIALS)
+                    else:
+                        trials = run_through_daemon(ctx, home, TRIALS, partition=label == "daemon_partition")
+                    rtos = [t["rto_s"] for t in trials if t.get("rto_s") is not None]
+                    line = {
                         "path": label, "replication": mode, "trials": len(trials),
                         "succeeded": sum(1 for t in trials if t["ok"]),
                         "rto_s": summary(rtos),
-                        "rpo_rows_lost": {"max": max((t["lost"] or 0) for t in trials),
-                                          "per_trial": [t["lost"] for t in trials]},
+                        "rpo_rows_lost": {"max": max((t.get("lost") or 0) for t in trials),
+                                          "per_trial": [t.get("lost") for t in trials]},
                         "baseline_promote_s": round(baseline, 4),
                         "rto_median_over_promote": round(summary(rtos).get("median", 0) / baseline, 1) if rtos else None,
-                        "target_median_rto_s": 2.0 if label == "job_alone" else 10.0,
-                    })
+                        "target_median_rto_s": {"job_alone": 2.0, "daemon_kill": 5.0, "daemon_partition": 10.0}[label],
+                    }
+                    if label != "job_alone":
+                        line["phases"] = _phase_summary(trials)
+                        line["old_primary_acked_for_s"] = summary([t.get("old_primary_acked_for_s") for t in trials])
+                        line["per_trial"] = [{k: v for k, v in t.items() if k != "run_id"} for t in trials]
+                    emit("failover", line)
+                    print(json.dumps({"done": label, "mode": mode}), file=sys.stderr)
 
 
 if __name__ == "__main__":

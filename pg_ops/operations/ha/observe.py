@@ -25,7 +25,10 @@ from pg_ops.operations.ha.model import ClusterView, Policy
 from pg_ops.postgres.topology import MemberProbe, ping
 from pg_ops.state import DesiredState
 
-CONFIRM_PROBE_TIMEOUT_S = 1.0  # our own deadline: libpq's connect_timeout cannot go below 2 s
+# The primary's probes get a shorter deadline than the replicas': a cut-off primary (packets
+# dropped) costs a full deadline per probe, and an unanswered probe alone never fails anything
+# over (the replicas' view must agree). Our own deadline: libpq's connect_timeout has 2 s minimum.
+PRIMARY_PROBE_TIMEOUT_S = 1.0
 
 
 def member_addresses(ctx: ClusterContext, state: DesiredState) -> dict[str, frozenset[str]]:
@@ -43,17 +46,22 @@ def member_addresses(ctx: ClusterContext, state: DesiredState) -> dict[str, froz
     return out
 
 
+def _probe(ctx: ClusterContext, primary: str) -> dict[str, MemberProbe]:
+    timeout = ctx.spec.monitoring.probe_timeout_seconds
+    return ctx.probe(deadlines={primary: min(PRIMARY_PROBE_TIMEOUT_S, timeout)})
+
+
 def read_view(ctx: ClusterContext, policy: Policy, *, confirm: bool = True, unless_locked: bool = False,
-              probes: dict[str, MemberProbe] | None = None, sleep: Callable[[float], None] = time.sleep
-              ) -> ClusterView:
+              missed_before: int = 0, sleep: Callable[[float], None] = time.sleep) -> ClusterView:
     """The cluster now. `confirm`: re-probe a primary that does not answer (see above);
     `unless_locked`: not while a topology change holds the lock (the tick: that change decides).
-    `probes`: a probe of every member already taken (reused)."""
+    `missed_before`: probes of the primary that already failed just before (the tick's watch)."""
     state = ctx.state()
     started = time.time()
-    probes = probes or ctx.probe()
+    probes = _probe(ctx, state.primary)
+    missed = 0 if probes[state.primary].reachable else missed_before + 1
     view = ClusterView(record=state, members=probes, addresses=member_addresses(ctx, state), now=started,
-                       primary_misses=0 if probes[state.primary].reachable else 1)
+                       primary_misses=missed)
     busy = unless_locked and state.lock is not None and not state.lock.expired()
     if confirm and not view.primary.reachable and not busy:
         view = confirm_primary(ctx, view, policy, sleep)
@@ -66,13 +74,12 @@ def confirm_primary(ctx: ClusterContext, view: ClusterView, policy: Policy,
     primary answers, it is confirmed down, or nobody answers at all; or until the budget ends
     (then the last view stands: "alive but unreachable" or "unknown")."""
     deadline = time.monotonic() + max(policy.probes * policy.probe_interval_s, policy.silence_s) + 0.5
-    timeout = min(CONFIRM_PROBE_TIMEOUT_S, ctx.spec.monitoring.probe_timeout_seconds)
     while True:
         verdict = primary_verdict(view, policy)
         if verdict.settled or time.monotonic() >= deadline:
             return view
         sleep(policy.probe_interval_s)
-        fresh = ctx.probe(timeout=timeout)
+        fresh = _probe(ctx, view.designated)
         misses = 0 if fresh[view.designated].reachable else view.primary_misses + 1
         # `now` stays the moment the read began: when pg_ops first saw the primary fail.
         view = view.with_members(fresh, primary_misses=misses)
@@ -84,7 +91,7 @@ def watch_primary(ctx: ClusterContext, primary: str, seconds: float, every: floa
         return None
     endpoint = ctx.endpoints()[primary]
     password = ctx.admin_password()
-    timeout = min(CONFIRM_PROBE_TIMEOUT_S, ctx.spec.monitoring.probe_timeout_seconds)
+    timeout = min(PRIMARY_PROBE_TIMEOUT_S, ctx.spec.monitoring.probe_timeout_seconds)
     end = time.monotonic() + seconds
     while time.monotonic() + every < end:
         time.sleep(every)
