@@ -156,6 +156,10 @@ class FailoverSpec(Strict):
     probes: Annotated[int, Field(ge=1, le=10)] = 3
     probe_interval_ms: Annotated[int, Field(ge=50, le=5000)] = 500
     max_lag_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+    # Isolation fencing: a primary that neither pg_ops (its lease) nor any standby has reached
+    # for lease_seconds stops acknowledging writes (docs/architecture/isolation-fencing.md).
+    isolation_fencing: bool = True
+    lease_seconds: Annotated[float, Field(ge=2, le=300)] = 5.0
 
 
 class AlertsSpec(Strict):

@@ -19,6 +19,7 @@ from pg_ops.operations.ha.model import (
     RecordObserved,
     RecordSyncSet,
     Refusal,
+    RenewLease,
     Repoint,
     RoutePrimary,
     SetSyncNames,
@@ -269,9 +270,9 @@ def test_async_clears_sync_names_and_the_set():
 
 
 # -- the tick's decision ---------------------------------------------------------------------------------
-def test_healthy_cluster_routes_and_otherwise_leaves_things_alone():
+def test_healthy_cluster_renews_the_lease_routes_and_otherwise_leaves_things_alone():
     d = decide(healthy(), HaMemory(), policy())
-    assert d.name == "healthy" and d.actions == (RoutePrimary("c-0"),) and d.failover is None
+    assert d.name == "healthy" and d.actions == (RenewLease("c-0", 1), RoutePrimary("c-0")) and d.failover is None
 
 
 def test_healthy_tick_refreshes_the_observed_lsn_when_it_moved():

@@ -144,6 +144,7 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
         if watch.failover is not None:
             run_requests.append(_failover_request(watch.failover))
     to_send, cursor["alerts"] = alert_ops.reconcile(cursor["alerts"], active, unknown, scope, now)
+    to_send += [event for watch in watches for event in watch.events]  # one-off: sent once, never resolved
     secrets = [s for c in contexts for s in alert_ops.cluster_secrets(c)]
     alerts.deliver(to_send, specs, secrets, context.log)
     cursor["ticks"] = (cursor["ticks"] + [now])[-TICKS_KEPT:]

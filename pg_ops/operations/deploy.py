@@ -34,16 +34,23 @@ class DeployResult:
     members: dict[str, MemberProbe] = field(default_factory=dict)
 
 
+def lease_seconds(ctx: ClusterContext) -> float:
+    """What the record tells the member scripts about isolation fencing (0: off). A single
+    member has nothing to fail over to: fencing it would only turn a lost pg_ops into an outage."""
+    failover = ctx.spec.failover
+    return failover.lease_seconds if failover.isolation_fencing and ctx.spec.postgres.members > 1 else 0.0
+
+
 def ensure_record(ctx: ClusterContext) -> DesiredState:
     store = ctx.platform.state_store()
     state = store.read()
+    wanted = {"members": ctx.platform.peer_addresses(), "lease_seconds": lease_seconds(ctx)}
     if state is None:
-        state = DesiredState(cluster=ctx.name, primary=ctx.spec.member_names[0], epoch=1, bootstrap=True,
-                             members=ctx.platform.peer_addresses())
+        state = DesiredState(cluster=ctx.name, primary=ctx.spec.member_names[0], epoch=1, bootstrap=True, **wanted)
         state = store.write(state, None)
         ctx.log.info("created the desired-state record: primary %s, epoch 1", state.primary)
-    elif state.members != ctx.platform.peer_addresses():
-        state = update_state(store, lambda s: s.model_copy(update={"members": ctx.platform.peer_addresses()}))
+    else:
+        state = update_state(store, lambda s: s.model_copy(update=wanted))
     return state
 
 
@@ -161,15 +168,16 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
 
 
 def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str) -> dict:
-    """A heartbeat write through the endpoint clients use. The member it reached is named by
-    its cluster_name (the member script sets it on both platforms; ports and hosts differ
-    behind Services and proxies)."""
+    """A heartbeat write through the endpoint clients use, renewing the member's isolation
+    lease. The member it reached is named by its cluster_name (the member script sets it on
+    both platforms; ports and hosts differ behind Services and proxies)."""
     started = time.monotonic()
     with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
                          autocommit=True, connect_timeout=3,
                          options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
         connect_ms = (time.monotonic() - started) * 1000
         member = admin.member_name(conn)
+        admin.renew_lease(conn, member, epoch)
         lsn = admin.write_heartbeat(conn, epoch, writer)
     return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
 

@@ -136,8 +136,10 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
                 "epoch": s.epoch + (0 if plan.resume else 1), "primary": candidate, "sync_set": (),
                 "fenced": tuple(sorted({*s.fenced, *plan.fence} - {candidate}))}))
         with steps.step("fence the old primary"):
-            for member in plan.fence:
-                fence(ctx, member, view.members.get(member))
+            unconfirmed = [m for m in plan.fence if not fence(ctx, m, view.members.get(m))]
+        if unconfirmed:
+            with steps.step("wait for the old primary's lease to run out"):
+                wait_for_lease_expiry(ctx, unconfirmed, detected_at)
         with steps.step("promote"):
             timeline = promote(ctx, candidate)
             promoted_at = time.time()
@@ -180,16 +182,38 @@ def recheck_policy(policy: Policy, detected_at: float | None) -> Policy:
     return replace(policy, probes=1)
 
 
-def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> None:
+def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> bool:
     """Cut a member that must not be writable off: terminate its clients where reachable, then
     stop it through the platform (local: SIGKILL of its process group; Kubernetes: label
-    removed, pod deleted)."""
+    removed, pod deleted). True when the platform knows it stopped."""
     if probe is not None and probe.reachable:
         try:
             act.sql(ctx, member, admin.terminate_client_backends, timeout=2)
         except MemberError as exc:
             ctx.log.warning("could not terminate connections on %s: %s", member, exc)
-    ctx.platform.fence_member(member)
+    return ctx.platform.fence_member(member)
+
+
+LEASE_MARGIN_S = 2.0  # the member script checks every second; its fast shutdown takes about one more
+
+
+def wait_for_lease_expiry(ctx: ClusterContext, members: list[str], detected_at: float | None) -> None:
+    """Members the platform could not confirm stopped may still run cut off from everyone: with
+    isolation fencing, each stops acknowledging writes at most lease_seconds after pg_ops last
+    renewed its lease (at the latest when the failure was detected; now, when that is unknown).
+    Promoting before that could leave two primaries acknowledging writes at once."""
+    from pg_ops.operations.deploy import lease_seconds
+
+    lease = lease_seconds(ctx)
+    if lease <= 0:
+        ctx.log.warning("%s: %s may still run and accept writes (isolation fencing is off) until its platform "
+                        "stops it", ctx.name, ", ".join(members))
+        return
+    until = (detected_at or time.time()) + lease + LEASE_MARGIN_S
+    left = until - time.time()
+    if left > 0:
+        ctx.log.info("%s: waiting %.1f s for the isolation lease of %s to run out", ctx.name, left, ", ".join(members))
+        time.sleep(left)
 
 
 # -- switchover ---------------------------------------------------------------------------------

@@ -27,11 +27,20 @@ from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import decide
 from pg_ops.operations.ha.model import ClusterView, Decision, FailoverRequest, HaMemory, Policy
 from pg_ops.operations.ha.observe import read_view, watch_primary
-from pg_ops.operations.status import ClusterStatus, MemberStatus, build_status, cluster_status, storage_of
+from pg_ops.operations.status import (
+    ClusterStatus,
+    MemberStatus,
+    build_status,
+    cluster_status,
+    discarded_writes,
+    per_member,
+    storage_of,
+)
 from pg_ops.spec import ClusterSpec
 
 OBSERVE_EVERY_S = 60.0  # an unchanged member is observed at most once a minute
 DETECTIONS_KEPT = 20
+REPORTS_ALERTED_WITHIN_S = 3600.0
 MEMBER_CONDITIONS = ("replication_lag", "replica_not_streaming", "connections")
 
 __all__ = ["FailoverRequest", "assess", "health_pass", "status_report", "watch_cluster", "watch_fleet"]
@@ -165,6 +174,7 @@ class ClusterWatch:
     failover: FailoverRequest | None = None
     observe: list[dict] = field(default_factory=list)  # member rows due for an observation
     detections: list[dict] = field(default_factory=list)
+    events: list[Alert] = field(default_factory=list)  # one-off alerts (discarded writes, an isolation)
     error: str | None = None
 
     @property
@@ -209,6 +219,41 @@ def _track_detections(memory: dict, rows: list[dict], fenced: set[str], now: flo
     return found
 
 
+def reported_events(ctx: ClusterContext, memory: dict, names: list[str]) -> list[Alert]:
+    """What the member scripts of `names` reported that was not alerted yet: writes a rewind or
+    re-clone discarded, and isolations (each alerted once; the cursor remembers the times)."""
+    if not names:
+        return []
+    seen = memory.setdefault("reported", {})
+    reports = per_member(ctx, ctx.platform.member_report, {}, names=names)
+    events = []
+    for name, report in reports.items():
+        mine = seen.setdefault(name, {})
+        discarded = discarded_writes(report)
+        if discarded and str(discarded["at"]) != mine.get("discarded"):
+            mine["discarded"] = str(discarded["at"])
+            if (discarded["at"] or 0) < time.time() - REPORTS_ALERTED_WITHIN_S:
+                continue  # an old report seen for the first time (a new cursor): remembered, not alerted
+            aside = f"; the old data dir is kept at {discarded['kept_aside']}" if discarded["kept_aside"] else ""
+            events.append(Alert(
+                cluster=ctx.name, severity="critical", kind="writes_discarded",
+                summary=f"{name} rejoined and discarded what it held beyond the fork point: "
+                        f"{discarded['transactions']} transactions, {discarded['bytes']} bytes of WAL "
+                        f"({discarded['from_lsn']} - {discarded['to_lsn']} on timeline {discarded['timeline']}){aside}; "
+                        f"see docs/runbooks/postgresql-failover.md, 'Discarded writes'",
+                details={"member": name, **discarded}, fired_at=time.time()))
+        isolated = report.get("isolated.at")
+        if isolated and isolated != mine.get("isolated"):
+            mine["isolated"] = isolated
+            events.append(Alert(
+                cluster=ctx.name, severity="critical", kind="primary_isolated",
+                summary=f"{name} fenced itself as an isolated primary ({report.get('isolated.reason', '')}): "
+                        f"it restarted as a standby and stopped acknowledging writes",
+                details={"member": name, "at": float(isolated), "reason": report.get("isolated.reason")},
+                fired_at=time.time()))
+    return events
+
+
 def _decide_and_act(ctx: ClusterContext, memory: dict, failed_run: Callable[[str], bool],
                     sleep: Callable[[float], None], missed_before: int = 0
                     ) -> tuple[ClusterHealth, Decision, list[Alert]]:
@@ -234,7 +279,8 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
     health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep)
     if decision.name == "healthy" and watch_seconds > 0:
         left = watch_seconds - (time.monotonic() - started)
-        broke = watch_primary(ctx, health.primary, left, Policy.from_spec(ctx.spec).probe_interval_s)
+        broke = watch_primary(ctx, health.primary, health.view.record.epoch, left,
+                              Policy.from_spec(ctx.spec).probe_interval_s)
         if broke:
             ctx.log.warning("%s: the primary %s stopped answering during the watch: %s", ctx.name, health.primary, broke)
             health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep, missed_before=1)
@@ -247,6 +293,7 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
     watch.detections = [{**d, "cluster": ctx.name}
                         for d in _track_detections(memory, rows, set(health.status.fenced), now)]
     watch.observe = due_observations(memory, rows, alerts, now)
+    watch.events = reported_events(ctx, memory, [r["name"] for r in watch.observe if r["role"] in ("primary", "replica")])
     if decision.name == "healthy":
         # The dead man's switch: Prometheus alerts when these rows stop moving. It is written
         # through the primary endpoint, so it also proves the endpoint routes to the primary.

@@ -52,6 +52,10 @@ class MemberStatus:
     data_dir_used_bytes: int | None
     data_dir_total_bytes: int | None
     storage_ratio: float | None
+    # From the member script's report: the writes its last rewind or re-clone discarded, and
+    # when it last fenced itself as an isolated primary (None: nothing reported).
+    discarded: dict | None = None
+    isolated_at: float | None = None
 
     @property
     def up(self) -> bool:
@@ -92,8 +96,23 @@ def member_role(name: str, probe: MemberProbe, fenced: tuple[str, ...]) -> str:
     return "primary" if probe.writable else "replica"
 
 
+def discarded_writes(report: dict[str, str]) -> dict | None:
+    """The discarded-writes part of a member report, typed (None when there is none)."""
+    if not report.get("discarded.at"):
+        return None
+    def number(key: str) -> int | None:
+        try:
+            return int(report.get(key, ""))
+        except ValueError:
+            return None
+    return {"at": number("discarded.at"), "from_lsn": report.get("discarded.from"),
+            "to_lsn": report.get("discarded.to"), "timeline": number("discarded.timeline"),
+            "bytes": number("discarded.bytes"), "transactions": number("discarded.transactions"),
+            "kept_aside": report.get("discarded.kept_aside") or None}
+
+
 def _member_status(name: str, probe: MemberProbe, designated: str, fenced: tuple[str, ...],
-                   row: StandbyRow | None, storage: Storage) -> MemberStatus:
+                   row: StandbyRow | None, storage: Storage, report: dict[str, str]) -> MemberStatus:
     role = member_role(name, probe, fenced)
     lag_bytes = row.lag_bytes if row else None
     lag_seconds = row.replay_lag_seconds if row else None
@@ -111,10 +130,12 @@ def _member_status(name: str, probe: MemberProbe, designated: str, fenced: tuple
         connections=probe.connections, max_connections=probe.max_connections, error=probe.error,
         receiver_status=probe.receiver_status, replication_state=row.state if row else None,
         silence_seconds=probe.silence_seconds, data_dir_used_bytes=storage.used_bytes,
-        data_dir_total_bytes=storage.total_bytes, storage_ratio=storage.ratio)
+        data_dir_total_bytes=storage.total_bytes, storage_ratio=storage.ratio, discarded=discarded_writes(report),
+        isolated_at=float(report["isolated.at"]) if report.get("isolated.at") else None)
 
 
-def build_status(ctx: ClusterContext, view, storage: dict[str, Storage] | None = None) -> ClusterStatus:
+def build_status(ctx: ClusterContext, view, storage: dict[str, Storage] | None = None,
+                 reports: dict[str, dict[str, str]] | None = None) -> ClusterStatus:
     """The status of one ClusterView (operations/ha/model.py)."""
     state, probes = view.record, view.members
     writable = [n for n, p in probes.items() if p.writable]
@@ -123,7 +144,7 @@ def build_status(ctx: ClusterContext, view, storage: dict[str, Storage] | None =
     storage = storage or {}
     members = [_member_status(name, probe, state.primary, state.fenced,
                               primary_probe.standby(name) if primary_probe is not None else None,
-                              storage.get(name, Storage()))
+                              storage.get(name, Storage()), (reports or {}).get(name, {}))
                for name, probe in probes.items()]
     passfile = ctx.platform.passfile()
     return ClusterStatus(
@@ -142,24 +163,32 @@ def cluster_status(ctx: ClusterContext) -> ClusterStatus:
     if ctx.platform.state_store().read() is None:
         raise PgOpsError(f"cluster {ctx.name} is not deployed (no desired-state record); run `pg-ops deploy`")
     view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=False)
-    return build_status(ctx, view, storage_of(ctx))
+    return build_status(ctx, view, storage_of(ctx), per_member(ctx, ctx.platform.member_report, {}))
+
+
+def per_member(ctx: ClusterContext, fetch, unknown, names: list[str] | None = None,
+               timeout: float = STORAGE_TIMEOUT_S) -> dict:
+    """fetch(member) for every member at once under one deadline: a member whose answer does
+    not come in time (a pod exec to a lost node) or fails is `unknown`, never an error."""
+    names = names or ctx.spec.member_names
+
+    def one(name: str):
+        try:
+            return fetch(name)
+        except Exception:  # noqa: BLE001 - reported as unknown, never breaks status or a tick
+            return unknown
+
+    pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="per-member")
+    futures = {name: pool.submit(one, name) for name in names}
+    wait(futures.values(), timeout=timeout)
+    pool.shutdown(wait=False, cancel_futures=True)
+    return {name: fut.result() if fut.done() else unknown for name, fut in futures.items()}
 
 
 def storage_of(ctx: ClusterContext, timeout: float = STORAGE_TIMEOUT_S) -> dict[str, Storage]:
     """Disk use of the filesystem holding each member's data, as the platform sees it (known
-    even when the member is down), all members at once under one deadline: a member whose
-    figure does not come in time is reported as unknown."""
-    names = ctx.spec.member_names
-
-    def one(name: str) -> Storage:
-        try:
-            usage = ctx.platform.data_dir_usage(name)
-        except Exception:  # noqa: BLE001 - storage is reported as unknown, never breaks status
-            usage = None
+    even when the member is down)."""
+    def fetch(name: str) -> Storage:
+        usage = ctx.platform.data_dir_usage(name)
         return Storage(*usage) if usage else Storage()
-
-    pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="storage")
-    futures = {name: pool.submit(one, name) for name in names}
-    wait(futures.values(), timeout=timeout)
-    pool.shutdown(wait=False, cancel_futures=True)
-    return {name: fut.result() if fut.done() else Storage() for name, fut in futures.items()}
+    return per_member(ctx, fetch, Storage(), timeout=timeout)

@@ -18,6 +18,19 @@ SCRATCH_PARAMETERS = {"fsync": False, "synchronous_commit": "off", "full_page_wr
                       "maintenance_work_mem": "256MB", "max_wal_size": "4GB", "autovacuum": False}
 
 
+REPORT_FILE = "pg_ops-report"  # written by member.sh in its state dir (the data dir's parent)
+
+
+def parse_member_report(text: str) -> dict[str, str]:
+    """The member script's report: key=value lines (isolation and discarded writes)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class ScratchTarget:
     """An empty, throw-away PostgreSQL server that is never a member of any cluster (restore
@@ -75,8 +88,11 @@ class Platform(Protocol):
         """SIGKILL supervisor and postgres together, as when a node dies (chaos, fencing)."""
         ...
 
-    def fence_member(self, name: str) -> None:
-        """Remove the member from routing and stop it wherever the platform can reach it."""
+    def fence_member(self, name: str) -> bool:
+        """Remove the member from routing and stop it wherever the platform can reach it.
+        True when it is known to be stopped now; False when it may still run somewhere pg_ops
+        cannot reach (a pod on a node cut off from the API server): then only its own
+        isolation fencing stops it, and a failover waits for its lease to run out."""
         ...
 
     def route_primary(self, name: str) -> None:
@@ -88,6 +104,12 @@ class Platform(Protocol):
         ...
 
     def member_log_tail(self, name: str, lines: int = 5) -> str: ...
+
+    def member_report(self, name: str) -> dict[str, str]:
+        """What the member script reported (base.REPORT_FILE, parsed): its isolation state and
+        the writes its last rewind or re-clone discarded. {} when there is none (or the member's
+        volume cannot be read now)."""
+        ...
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """(used bytes, total bytes) of the filesystem holding the member's data."""

@@ -49,7 +49,7 @@ from pg_ops.credentials import (
 )
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.platforms import kubernetes_names as names
-from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
+from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
 from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadata
@@ -349,14 +349,16 @@ class KubernetesPlatform:
         self.api.call("patch", self._what("pod", name), self.api.core.patch_namespaced_pod, name, self.namespace,
                       {"metadata": {"labels": {names.LABEL_ROLE: role}}}, missing_ok=True)
 
-    def fence_member(self, name: str) -> None:
+    def fence_member(self, name: str) -> bool:
         """Out of the Services first (label removed), then the pod is force-deleted (grace 0,
-        so a failover is not held up by a pod on an unreachable node). What is not covered:
-        the old container may run until its kubelet notices; by then the desired state already
-        names another primary, and its member script demotes it once the ConfigMap volume
-        refreshes (the kubelet sync window, about a minute by default)."""
+        so a failover is not held up by a pod on an unreachable node). Never confirmed: a
+        force deletion removes the API object whether or not the kubelet heard of it, so the
+        old container may run on until its kubelet notices, or, on a node cut off from the API
+        server, until its member script's isolation fencing stops it (the failover waits for
+        that lease to run out) or its ConfigMap volume refreshes with the new record."""
         self._set_role(name, None)
         self._delete_pod(name, 0)
+        return False
 
     def route_primary(self, name: str) -> None:
         """Every other pod is labelled replica before `name` is labelled primary, so the
@@ -396,6 +398,16 @@ class KubernetesPlatform:
                 return ""
             raise
         return "" if response is None else response.data.decode(errors="replace").strip()
+
+    def member_report(self, name: str) -> dict[str, str]:
+        """The report on the data volume, through an exec into the pod ({} when it does not run)."""
+        what = self._what("pod", name)
+        try:
+            code, out, _ = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER,
+                                                ["cat", f"{names.PGDATA_MOUNT}/{REPORT_FILE}"])
+        except (KubernetesError, MemberError):
+            return {}
+        return parse_member_report(out) if code == 0 else {}
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """df of the data volume, through an exec into the pod (the kubelet's volume stats are

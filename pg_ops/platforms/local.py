@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from pg_ops import settings
 from pg_ops.credentials import SUPERUSER, Credentials, generate_password, new_credentials, required_roles
 from pg_ops.errors import MemberError, PgOpsError
-from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
+from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
 from pg_ops.postgres import config as pg_config
@@ -258,9 +258,11 @@ class LocalPlatform:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(os.getpgid(pid), signal.SIGKILL)
 
-    def fence_member(self, name: str) -> None:
-        # Locally the primary endpoint follows whoever is writable, so fencing = stopping.
+    def fence_member(self, name: str) -> bool:
+        # Locally the primary endpoint follows whoever is writable, so fencing = stopping, and
+        # pg_ops can always reach the processes (SIGKILL of the process group).
         self.kill_member(name)
+        return True
 
     def route_primary(self, name: str) -> None:
         # The multi-host DSN with target_session_attrs=read-write routes by itself.
@@ -282,6 +284,12 @@ class LocalPlatform:
         except FileNotFoundError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
+
+    def member_report(self, name: str) -> dict[str, str]:
+        try:
+            return parse_member_report((self.member_dir(name) / REPORT_FILE).read_text(errors="replace"))
+        except (FileNotFoundError, PermissionError):
+            return {}
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         try:

@@ -21,6 +21,17 @@
 # writable but not the designated primary stops itself (fast shutdown) and comes back as a
 # replica. If postgres dies, the boot logic runs again (recovered in place, as a kubelet would).
 #
+# Isolation fencing (the record's isolation.lease_seconds, 0 = off): the designated primary
+# checks every second, through its own local port, when pg_ops last renewed its lease (a row
+# in its pg_ops database) and whether a standby streams from it. Neither for lease_seconds
+# (an unreadable record counts as a stale lease): it is cut off from everyone, and restarts
+# as a standby, so it stops acknowledging writes but still serves reads. It never promotes
+# itself back: pg_ops does, when it reaches it again and it is still the one to promote.
+#
+# Writes a rewind or a re-clone throws away are counted first (pg_rewind --dry-run for the
+# fork point, pg_waldump for what lies beyond it) and reported in $STATE_DIR/pg_ops-report;
+# a diverged data dir is moved aside, never deleted, when it has to be re-cloned.
+#
 # Environment (all required unless a default is shown):
 #   PGOPS_MEMBER       this member's name (e.g. local-1)
 #   PGOPS_DATA         data directory
@@ -32,6 +43,9 @@
 #   PGOPS_BIN          PostgreSQL bin folder (default: from PATH)
 #   PGOPS_LISTEN       listen_addresses (default 127.0.0.1)
 #   PGOPS_SOCKET_DIR   unix_socket_directories (default: none, TCP only)
+#   PGOPS_STATE_DIR    durable files of this member: the isolation marker, the report of
+#                      discarded writes, data dirs kept aside (default: PGOPS_DATA's parent,
+#                      the data volume on Kubernetes)
 set -u
 
 MEMBER=${PGOPS_MEMBER:?PGOPS_MEMBER is required}
@@ -45,8 +59,14 @@ SOCKET_DIR=${PGOPS_SOCKET_DIR:-}
 if [ -n "${PGOPS_BIN:-}" ]; then BIN="$PGOPS_BIN/"; else BIN=""; fi
 SLOT=${MEMBER//-/_}
 PASSFILE="$RUN_DIR/pgpass"
+STATE_DIR=${PGOPS_STATE_DIR:-$(dirname "$DATA")}
+REPORT="$STATE_DIR/pg_ops-report"
+ISOLATED_MARK="$STATE_DIR/pg_ops-isolated"
 PG_PID=""
 STOPPING=0
+WRITABLE_SINCE=0   # when this postgres was first seen writable as the designated primary
+LAST_LEASE=0       # last second the lease was fresh
+LAST_STANDBY=0     # last second a standby streamed from us
 
 log() { printf '%s member %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$MEMBER" "$*"; }
 die() { log "FATAL: $*"; exit 1; }
@@ -146,7 +166,63 @@ clone_from_primary() {
     return 1
 }
 
+# --- what a rewind or re-clone throws away ------------------------------------------------
+report() {   # report KEY VALUE...: one key=value line in $REPORT (replacing the key), for pg_ops
+    local key=$1; shift
+    mkdir -p "$STATE_DIR" 2>/dev/null
+    { grep -v "^$key=" "$REPORT" 2>/dev/null; printf '%s=%s\n' "$key" "$*"; } > "$REPORT.tmp" && mv "$REPORT.tmp" "$REPORT"
+}
+
+lsn_int() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
+
+count_discarded() {
+    # The fork point comes from pg_rewind's dry run; what this data dir holds beyond it on its
+    # own timeline is what the rewind (or a re-clone) discards: WAL bytes and commits.
+    local out fork tli last tot dump commits end
+    out=$("${BIN}pg_rewind" -D "$DATA" --dry-run --source-server="$(primary_conn postgres) dbname=postgres" 2>&1)
+    fork=$(printf '%s\n' "$out" | sed -n 's/.*diverged at WAL location \([0-9A-F]*\/[0-9A-F]*\) on timeline \([0-9]*\).*/\1/p')
+    tli=$(printf '%s\n' "$out" | sed -n 's/.*diverged at WAL location [0-9A-F/]* on timeline \([0-9]*\).*/\1/p')
+    [ -n "$fork" ] || return 0   # not diverged (or the dry run failed): nothing to count
+    dump=$("${BIN}pg_waldump" -p "$DATA/pg_wal" -t "$tli" -s "$fork" 2>/dev/null)
+    commits=$(printf '%s\n' "$dump" | grep -c 'desc: COMMIT')
+    last=$(printf '%s\n' "$dump" | grep 'lsn: ' | tail -n 1)
+    end=$fork
+    if [ -n "$last" ]; then
+        tot=$(printf '%s\n' "$last" | sed -n 's/.*len (rec\/tot): *[0-9]*\/ *\([0-9]*\),.*/\1/p')
+        end=$(printf '%s\n' "$last" | sed -n 's/.*lsn: \([0-9A-F]*\/[0-9A-F]*\),.*/\1/p')
+        end=$(printf '%X/%X' $(( ($(lsn_int "$end") + ${tot:-0}) >> 32 )) $(( ($(lsn_int "$end") + ${tot:-0}) & 0xFFFFFFFF )))
+    fi
+    local bytes=$(( $(lsn_int "$end") - $(lsn_int "$fork") ))
+    log "discarding what this member held beyond the fork point: $commits transactions, $bytes bytes of WAL ($fork - $end on timeline $tli)"
+    report discarded.at "$(date -u +%s)"
+    report discarded.from "$fork"
+    report discarded.to "$end"
+    report discarded.timeline "$tli"
+    report discarded.bytes "$bytes"
+    report discarded.transactions "$commits"
+    report discarded.kept_aside ""
+}
+
+keep_aside() {
+    # A diverged data dir about to be replaced by a fresh clone: moved aside, never deleted.
+    has_data || return 0
+    local aside; aside="${DATA%/}.diverged-$(date -u +%Y%m%dT%H%M%SZ)"
+    if mv "$DATA" "$aside" && mkdir -p "$DATA" && chmod 700 "$DATA"; then
+        log "kept the diverged data dir aside at $aside (delete it by hand once nothing in it is needed)"
+        report discarded.kept_aside "$aside"
+        return 0
+    fi
+    die "cannot move the diverged data dir aside to $aside; refusing to wipe it (free space, or move it yourself)"
+}
+
+reclone_diverged() {
+    log "re-cloning instead"
+    keep_aside
+    clone_from_primary
+}
+
 rewind_from_primary() {
+    count_discarded
     log "pg_rewind from primary $(primary_name)"
     if "${BIN}pg_rewind" -D "$DATA" --source-server="$(primary_conn postgres) dbname=postgres" \
             >"$RUN_DIR/rewind.log" 2>&1; then
@@ -178,13 +254,13 @@ boot() {
         if ! is_standby_dir; then
             primary_reachable || { log "not the designated primary and $primary is unreachable: waiting"; return 1; }
             log "not the designated primary ($primary) but the data dir is not a standby: rewinding"
-            rewind_from_primary || { log "re-cloning instead"; clone_from_primary || return 1; }
+            rewind_from_primary || reclone_diverged || return 1
         else
             local mine theirs
             mine=$(local_tli); theirs=$(primary_tli)
             if [ -n "$theirs" ] && [ -n "$mine" ] && [ "$mine" != "$theirs" ]; then
                 log "replica on timeline $mine, primary on $theirs: checking for divergence"
-                rewind_from_primary || { log "re-cloning instead"; clone_from_primary || return 1; }
+                rewind_from_primary || reclone_diverged || return 1
             fi
         fi
         write_standby_config
@@ -201,7 +277,9 @@ start_postgres() {
     log "starting postgres on port $PORT as $(is_standby_dir && echo replica || echo primary)"
     "${BIN}postgres" "${args[@]}" &
     PG_PID=$!
-    if [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir; then
+    if [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir && isolated_here; then
+        log "isolated earlier (epoch $(sget epoch)): staying a standby until pg_ops promotes this member"
+    elif [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir; then
         # Promotion was interrupted (or the control plane designated us while we were down).
         sleep 1
         log "designated primary still in recovery: promoting"
@@ -210,6 +288,58 @@ start_postgres() {
 }
 
 pg_alive() { [ -n "$PG_PID" ] && kill -0 "$PG_PID" 2>/dev/null; }
+
+# --- isolation fencing --------------------------------------------------------------------
+lease_seconds() { local l; l=$(sget isolation.lease_seconds); echo "${l%.*}"; }
+isolated_here() {   # the marker names the record's current epoch: pg_ops has not acted since
+    [ -f "$ISOLATED_MARK" ] && [ "$(sed -n 's/^epoch=//p' "$ISOLATED_MARK")" = "$(sget epoch)" ]
+}
+
+LEASE_SQL="select coalesce((select holder || ' ' || extract(epoch from clock_timestamp() - renewed_at)::int from lease), 'none 0'),
+                  (select count(*) from pg_stat_replication
+                    where state = 'streaming' and reply_time > clock_timestamp() - interval '3 seconds')"
+
+isolation_check() {   # returns 1 when this primary is cut off from pg_ops and every standby
+    local lease now out holder age standbys record_ok=1
+    lease=$(lease_seconds)
+    if [ -z "$(primary_name)" ]; then
+        record_ok=0   # unreadable or empty record: the lease counts as stale
+        lease=${LAST_LEASE_SECONDS:-0}
+    else
+        LAST_LEASE_SECONDS=$lease
+    fi
+    [ -n "$lease" ] && [ "$lease" -gt 0 ] 2>/dev/null || return 0
+    now=$(date +%s)
+    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$now; LAST_LEASE=$now; LAST_STANDBY=$now; }
+    out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
+        -c "$LEASE_SQL" 2>/dev/null) || return 0   # our own server did not answer: nothing to conclude
+    read -r holder age standbys <<< "$out"
+    if [ "$holder" = "none" ]; then
+        LAST_LEASE=$now   # no lease yet: pg_ops has not deployed this cluster's lease table
+    elif [ "$record_ok" = 1 ] && [ "$holder" = "$MEMBER" ] && [ "${age:-999999}" -le "$lease" ]; then
+        LAST_LEASE=$now
+    fi
+    [ "${standbys:-0}" -gt 0 ] && LAST_STANDBY=$now
+    if [ $((now - LAST_LEASE)) -gt "$lease" ] && [ $((now - LAST_STANDBY)) -gt "$lease" ]; then
+        ISOLATION_REASON="no lease renewal for $((now - LAST_LEASE)) s and no standby for $((now - LAST_STANDBY)) s (lease ${lease} s)"
+        return 1
+    fi
+    return 0
+}
+
+demote_isolated() {
+    log "ISOLATED: $ISOLATION_REASON: restarting as a standby (no more acknowledged writes)"
+    printf 'epoch=%s\nat=%s\nreason=%s\n' "$(sget epoch)" "$(date -u +%s)" "$ISOLATION_REASON" > "$ISOLATED_MARK"
+    report isolated.at "$(date -u +%s)"
+    report isolated.reason "$ISOLATION_REASON"
+    stop_postgres
+    # A standby with no upstream: it serves reads and replays nothing until pg_ops decides.
+    local auto="$DATA/postgresql.auto.conf"
+    grep -v -E "^(primary_conninfo|primary_slot_name) " "$auto" > "$auto.tmp" 2>/dev/null || true
+    mv "$auto.tmp" "$auto"
+    touch "$DATA/standby.signal"
+    WRITABLE_SINCE=0
+}
 
 stop_postgres() {   # fast shutdown, then wait
     pg_alive || return 0
@@ -248,6 +378,25 @@ while [ "$STOPPING" = 0 ]; do
             log "writable but the designated primary is $(primary_name): stopping (fast) to rejoin as a replica"
             stop_postgres
             break
+        fi
+        if [ -f "$ISOLATED_MARK" ] && ! isolated_here; then
+            rm -f "$ISOLATED_MARK"   # pg_ops acted since (it promoted us, or chose another primary)
+            report isolated.at ""
+            if [ "$(primary_name)" != "$MEMBER" ] && [ -n "$(primary_name)" ]; then
+                log "isolation over: the designated primary is now $(primary_name); rejoining as its replica"
+                stop_postgres
+                break
+            fi
+        fi
+        if ! is_standby_dir && { [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ]; }; then
+            if [ -f "$ISOLATED_MARK" ]; then
+                log "writable again (promoted by pg_ops): isolation over"
+                rm -f "$ISOLATED_MARK"; report isolated.at ""
+            fi
+            if ! isolation_check; then
+                demote_isolated
+                break
+            fi
         fi
     done
 done

@@ -42,6 +42,7 @@ def ensure_pg_ops_schema(conn: psycopg.Connection) -> None:
             written_at timestamptz not null default now(),
             writer text not null)
     """)
+    conn.execute(LEASE_DDL)
 
 
 def ensure_slots(conn: psycopg.Connection, members: list[str]) -> list[str]:
@@ -96,6 +97,26 @@ def terminate_client_backends(conn: psycopg.Connection) -> int:
     row = conn.execute("""select count(pg_terminate_backend(pid)) from pg_stat_activity
                           where backend_type = 'client backend' and pid <> pg_backend_pid()""").fetchone()
     return int(row[0])
+
+
+# The isolation lease: renewed by pg_ops whenever it reaches the designated primary, read by
+# that primary's own member script through its local port (pg_ops/platforms/member.sh,
+# isolation_check). One row; `holder` is the member it was renewed on.
+LEASE_DDL = """
+create table if not exists lease (
+    id int primary key default 1 check (id = 1),
+    holder text not null,
+    epoch bigint not null,
+    renewed_at timestamptz not null)
+"""
+
+
+def renew_lease(conn: psycopg.Connection, holder: str, epoch: int) -> None:
+    """The connection commits locally (synchronous_commit=local): the lease says that pg_ops
+    reached this member, and must not wait for a standby in sync-strict mode."""
+    conn.execute("""insert into lease (id, holder, epoch, renewed_at) values (1, %s, %s, now())
+                    on conflict (id) do update set holder = excluded.holder, epoch = excluded.epoch,
+                    renewed_at = excluded.renewed_at""", (holder, epoch))
 
 
 def write_heartbeat(conn: psycopg.Connection, epoch: int, writer: str) -> str:

@@ -202,16 +202,6 @@ def probe_members(members: dict[str, Endpoint], user: str, password: str, timeou
         return {name: fut.result() for name, fut in futures.items()}
 
 
-def ping(name: str, endpoint: Endpoint, user: str, password: str, timeout: float) -> str | None:
-    """A fresh connection and `select 1` under the deadline: None when it answered, else why not."""
-    try:
-        with_connection(endpoint, user, password, lambda c: c.execute("select 1").fetchone(), timeout=timeout,
-                        name=name, application_name="pg_ops-watch")
-    except MemberError as exc:
-        return str(exc)
-    return None
-
-
 def conninfo_address(conninfo: str | None) -> str | None:
     """host:port a primary_conninfo names (None when it names none)."""
     if not conninfo:

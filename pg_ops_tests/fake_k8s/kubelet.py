@@ -54,7 +54,7 @@ CONTROLLER = "kube-controller-manager"
 LOOP_INTERVAL_S = 0.1
 CRASH_BACKOFF_S = 2.0
 # Exec runs on this machine, so only commands that read the pod's data volume are served.
-EXEC_COMMANDS = {"df", "du"}
+EXEC_COMMANDS = {"df", "du", "cat"}
 EXEC_TIMEOUT_S = 30
 
 
@@ -578,12 +578,15 @@ class Cluster:
             raise ApiError(400, "BadRequest", f"container {names.CONTAINER} is not running in pod {pod_name}")
         if command[0] not in EXEC_COMMANDS:
             raise ApiError(400, "BadRequest", f"the fake serves exec of {sorted(EXEC_COMMANDS)} only, not {command[0]}")
-        data = str(workload.platform.data_dir(pod_name))
+        data = workload.platform.data_dir(pod_name)
+        # The data volume is mounted at PGDATA_MOUNT and PGDATA is a folder in it, as in the
+        # rendered StatefulSet: locally the member's folder and its data/ folder.
+        mapping = ((names.PGDATA, str(data)), (names.PGDATA_MOUNT, str(data.parent)))
 
         def local(arg: str) -> str:
-            for prefix in (names.PGDATA, names.PGDATA_MOUNT):
+            for prefix, target in mapping:
                 if arg == prefix or arg.startswith(prefix + "/"):
-                    return data + arg[len(prefix):]
+                    return target + arg[len(prefix):]
             return arg
 
         def run() -> tuple[int, bytes, bytes]:

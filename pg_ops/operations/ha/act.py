@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_ops.credentials import REPLICATION_USER, SUPERUSER
+from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import LockHeld, PgOpsError
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
@@ -22,6 +22,7 @@ from pg_ops.operations.ha.model import (
     ClusterView,
     RecordObserved,
     RecordSyncSet,
+    RenewLease,
     Repoint,
     RoutePrimary,
     SetSyncNames,
@@ -54,6 +55,10 @@ def repoint_member(ctx: ClusterContext, name: str, primary: str, state: DesiredS
         admin.repoint(conn, make_conninfo(**params), admin.slot_name(name))
 
     sql(ctx, name, change, timeout=5)
+
+
+def renew_lease(ctx: ClusterContext, member: str, epoch: int, timeout: float = 3.0) -> None:
+    sql(ctx, member, lambda c: admin.renew_lease(c, member, epoch), timeout=timeout, dbname=PG_OPS_DATABASE)
 
 
 def set_sync_names(ctx: ClusterContext, primary: str, value: str) -> bool:
@@ -94,8 +99,10 @@ def _locked(ctx: ClusterContext, view: ClusterView, action: Action, lock: HeldLo
 
 
 def _failure(ctx: ClusterContext, view: ClusterView, action: Action, exc: Exception) -> Alert:
-    kind = {SetSyncNames: "replication_mode", RoutePrimary: "primary_routing"}.get(type(action), "upkeep_failed")
-    member = getattr(action, "member", None) if not isinstance(action, RoutePrimary | SetSyncNames) else view.designated
+    kind = {SetSyncNames: "replication_mode", RoutePrimary: "primary_routing",
+            RenewLease: "lease_renewal"}.get(type(action), "upkeep_failed")
+    member = view.designated if isinstance(action, RoutePrimary | SetSyncNames | RenewLease) else \
+        getattr(action, "member", None)
     return Alert(cluster=ctx.name, severity="critical" if kind == "primary_routing" else "warning", kind=kind,
                  summary=f"{ctx.name}: {type(action).__name__} {member or ''} failed: {exc}".replace("  ", " "),
                  details={"member": member, "action": type(action).__name__})
@@ -113,6 +120,8 @@ def execute(ctx: ClusterContext, view: ClusterView, actions: tuple[Action, ...])
                     ctx.platform.route_primary(action.member)
             elif isinstance(action, RecordObserved):
                 update_state(store, _observe(view, action))
+            elif isinstance(action, RenewLease):
+                renew_lease(ctx, action.member, action.epoch)
         except PgOpsError as exc:
             failures.append(_failure(ctx, view, action, exc))
     locked = [a for a in actions if isinstance(a, LOCKED_ACTIONS)]

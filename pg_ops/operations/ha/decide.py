@@ -30,6 +30,7 @@ from pg_ops.operations.ha.model import (
     RecordObserved,
     RecordSyncSet,
     Refusal,
+    RenewLease,
     Repoint,
     RoutePrimary,
     SetSyncNames,
@@ -304,7 +305,7 @@ def observe_action(view: ClusterView, policy: Policy) -> RecordObserved | None:
 def healthy_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[list[Action], list[Alert], HaMemory]:
     """What a cluster with a writable designated primary needs this tick."""
     primary = view.designated
-    actions: list[Action] = [RoutePrimary(primary)]
+    actions: list[Action] = [RenewLease(primary, view.record.epoch), RoutePrimary(primary)]
     observed = observe_action(view, policy)
     if observed:
         actions.append(observed)
@@ -335,9 +336,9 @@ def decide(view: ClusterView, memory: HaMemory, policy: Policy) -> Decision:
         actions, alerts, memory = healthy_upkeep(view, memory, policy)
         if strays:
             return Decision("split_brain", f"{', '.join(strays)} writable besides the designated primary "
-                                           f"{designated}", memory, tuple(a for a in actions if isinstance(a, RoutePrimary)),
+                                           f"{designated}", memory, tuple(a for a in actions if isinstance(a, RoutePrimary | RenewLease)),
                             tuple(alerts), unknown=frozenset())
-        fixes = [type(a).__name__ for a in actions if not isinstance(a, RoutePrimary | RecordObserved)]
+        fixes = [type(a).__name__ for a in actions if not isinstance(a, RoutePrimary | RecordObserved | RenewLease)]
         summary = f"primary {designated} writable" + (f"; upkeep: {', '.join(fixes)}" if fixes else "")
         if view.primary_misses:
             summary += f" (answered after {view.primary_misses} missed probe(s))"

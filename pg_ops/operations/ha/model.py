@@ -178,7 +178,14 @@ class RecordObserved:
     standbys: tuple[str, ...]
 
 
-Action = Repoint | Unfence | SetSyncNames | RecordSyncSet | RoutePrimary | RecordObserved
+@dataclass(frozen=True)
+class RenewLease:
+    """pg_ops reached the designated primary: renew its isolation lease (member.sh reads it)."""
+    member: str
+    epoch: int
+
+
+Action = Repoint | Unfence | SetSyncNames | RecordSyncSet | RoutePrimary | RecordObserved | RenewLease
 # Actions that change topology-related state: the tick takes the topology lock to run them.
 LOCKED_ACTIONS = (Repoint, Unfence, SetSyncNames, RecordSyncSet)
 

@@ -8,9 +8,9 @@ wait budget is spent. The budget covers the replicas' silence threshold, so a pr
 by the network (alive, silent) is confirmed from the replicas' `last_msg_receipt_time` within
 seconds, instead of waiting for wal_receiver_timeout to end their connections.
 
-`watch_primary` is the healthy tick's watch: it pings the primary every `probe_interval_ms`
-for most of the daemon loop, so a failure is noticed within a second of happening rather
-than at the next tick.
+`watch_primary` is the healthy tick's watch: it renews the primary's isolation lease every
+`probe_interval_ms` for most of the daemon loop (each renewal is also a probe), so a failure
+is noticed within a second of happening rather than at the next tick.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pg_ops.credentials import SUPERUSER
+from pg_ops.errors import MemberError
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import primary_verdict
 from pg_ops.operations.ha.model import ClusterView, Policy
-from pg_ops.postgres.topology import MemberProbe, ping
+from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import DesiredState
 
 # The primary's probes get a shorter deadline than the replicas': a cut-off primary (packets
@@ -85,17 +86,17 @@ def confirm_primary(ctx: ClusterContext, view: ClusterView, policy: Policy,
         view = view.with_members(fresh, primary_misses=misses)
 
 
-def watch_primary(ctx: ClusterContext, primary: str, seconds: float, every: float) -> str | None:
-    """Ping the primary every `every` s for `seconds`: None if it always answered, else why not."""
+def watch_primary(ctx: ClusterContext, primary: str, epoch: int, seconds: float, every: float) -> str | None:
+    """Renew the primary's lease every `every` s for `seconds` (each renewal is also the
+    probe): None if it always answered, else why not."""
     if seconds <= 0:
         return None
-    endpoint = ctx.endpoints()[primary]
-    password = ctx.admin_password()
     timeout = min(PRIMARY_PROBE_TIMEOUT_S, ctx.spec.monitoring.probe_timeout_seconds)
     end = time.monotonic() + seconds
     while time.monotonic() + every < end:
         time.sleep(every)
-        error = ping(primary, endpoint, SUPERUSER, password, timeout)
-        if error:
-            return error
+        try:
+            act.renew_lease(ctx, primary, epoch, timeout=timeout)
+        except MemberError as exc:
+            return str(exc)
     return None
