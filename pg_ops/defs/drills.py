@@ -51,7 +51,9 @@ def run_restore(context: dg.OpExecutionContext, config: RestoreConfig, pg_ops: P
     result = restore(pg_ops.cluster(config.cluster, context.log), config.backup_id, config.target_dsn,
                      config.confirm, database=config.database, overwrite=config.overwrite,
                      keep_owners=config.keep_owners)
-    context.add_output_metadata({"seconds": dg.MetadataValue.float(result.seconds),
+    context.add_output_metadata({"backup_id": dg.MetadataValue.text(result.backup_id),
+                                 "source_database": dg.MetadataValue.text(result.source_database),
+                                 "seconds": dg.MetadataValue.float(result.seconds),
                                  "restored_mb": dg.MetadataValue.float(round(result.restored_bytes / 1e6, 3)),
                                  "target": dg.MetadataValue.text(result.target)})
     return result.as_dict()
@@ -95,6 +97,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
             "verify_seconds": dg.MetadataValue.float(report.verify_seconds),
             "restored_mb": dg.MetadataValue.float(round(report.restored_bytes / 1e6, 3)),
             "indexes_checked": dg.MetadataValue.int(sum(d["indexes_checked"] for d in report.databases.values())),
+            "report": dg.MetadataValue.json(report.as_dict()),  # what `pg-ops restore-drill` prints
         })
 
     @dg.asset_check(asset=drill_key(cluster), name=CHECK_RESTORES,
