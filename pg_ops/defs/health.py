@@ -173,12 +173,14 @@ def loaded_specs(read_specs, loaded: list[ClusterSpec]) -> tuple[list[ClusterSpe
                       summary=f"the cluster specs cannot be read ({exc}); watching the specs loaded with the "
                               f"code location", fired_at=now)
         return loaded, ([alert], {SPECS_SCOPE})
-    new = [s.name for s in current if s.name not in known]
-    alerts = [Alert(cluster=name, severity="warning", kind="cluster_not_loaded",
-                    summary=f"cluster {name} is in the specs but not in the loaded code location: not watched, "
+    # About pg_ops itself, so under SPECS_SCOPE (always evaluated: it resolves once the cluster
+    # is loaded, whatever that cluster's own health says); `member` is its subject, as in
+    # every alert key.
+    alerts = [Alert(cluster=SPECS_SCOPE, severity="warning", kind="cluster_not_loaded",
+                    summary=f"cluster {s.name} is in the specs but not in the loaded code location: not watched, "
                             f"and no failover can be launched for it until the code location is reloaded",
-                    fired_at=now) for name in new]
-    return [s for s in current if s.name in known], (alerts, {SPECS_SCOPE, *new})
+                    details={"member": s.name}, fired_at=now) for s in current if s.name not in known]
+    return [s for s in current if s.name in known], (alerts, {SPECS_SCOPE})
 
 
 # -- the failed-member-detection check, evaluated by the sensor itself ------------------------------
