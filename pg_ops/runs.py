@@ -197,7 +197,7 @@ query($runId: ID!, $cursor: String) { runOrError(runId: $runId) { __typename
 """
 PARTITION_KEYS_QUERY = """
 query($selector: PipelineSelector!) { pipelineOrError(params: $selector) { __typename
-  ... on Pipeline { partitionKeysOrError { __typename ... on PartitionKeys { partitionKeys } ... on Error { message } } }
+  ... on Pipeline { partitionKeysOrError { partitionKeys } }
   ... on Error { message } } }
 """
 PARTITION_TAGS_QUERY = """
@@ -327,10 +327,7 @@ class Deployment:
         if "partitionKeysOrError" not in found:
             raise PgOpsError(f"the Dagster deployment at {self.url} has no job {job} in code location "
                              f"{CODE_LOCATION}: {one_line(found.get('message'))}")
-        keys = found["partitionKeysOrError"]
-        if "partitionKeys" not in keys:
-            raise PgOpsError(f"job {job} at {self.url}: {one_line(keys.get('message'))}")
-        return keys["partitionKeys"]
+        return found["partitionKeysOrError"]["partitionKeys"]
 
     def reload(self) -> None:
         from dagster_graphql import ReloadRepositoryLocationStatus
