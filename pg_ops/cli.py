@@ -43,7 +43,7 @@ def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_conf
     options = runs.Options(dagster_url=args.dagster_url, in_process=args.in_process, verbose=args.verbose)
     outcome = runs.run(launch, options, spec.platform)
     if not outcome.success:
-        if args.verbose and outcome.traceback:
+        if args.verbose and outcome.traceback and outcome.where != "in process":  # in process: Dagster's log has it
             print(outcome.traceback, file=sys.stderr)
         raise PgOpsError(f"{job_name} on {spec.name} failed (run {outcome.run_id[:8]}, {outcome.link}): "
                          f"{outcome.reason}")

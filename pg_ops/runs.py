@@ -360,7 +360,8 @@ class Deployment:
         return {t["key"]: t["value"] for t in tags["results"]}
 
     # -- runs ----------------------------------------------------------------------------------
-    def launch(self, launch: JobLaunch) -> str:
+    def launch(self, launch: JobLaunch) -> tuple[str, dict[str, str]]:
+        """Submit the run; returns its id and tags."""
         from dagster_graphql import DagsterGraphQLClientError
 
         self.require_cluster(launch.cluster)
@@ -368,10 +369,11 @@ class Deployment:
         if launch.partition_key is not None:
             tags = {**self.partition_tags(launch.job, launch.partition_key), **tags}
         try:
-            return self.client.submit_job_execution(
+            run_id = self.client.submit_job_execution(
                 launch.job, repository_location_name=CODE_LOCATION, repository_name=REPOSITORY,
                 run_config=launch.run_config, tags=tags,
                 asset_selection=[list(p) for p in launch.asset_selection] if launch.asset_selection else None)
+            return run_id, tags
         except DagsterGraphQLClientError as exc:
             kind, body = (exc.args + ("", ""))[:2]
             detail = body[0].get("message") if isinstance(body, list) and body and isinstance(body[0], dict) else body
@@ -473,9 +475,6 @@ def run(launch: JobLaunch, options: Options, platform: str) -> RunOutcome:
     deployment = choose_deployment(options, launch.job, platform, launch.cluster)
     if deployment is None:
         return run_in_process(launch, options.verbose)
-    run_id = deployment.launch(launch)
-    queue_tag = (TOPOLOGY_TAG, launch.cluster) if launch.job in TOPOLOGY_JOBS else None
+    run_id, tags = deployment.launch(launch)
+    queue_tag = (TOPOLOGY_TAG, tags[TOPOLOGY_TAG]) if TOPOLOGY_TAG in tags else None
     return deployment.follow(run_id, queue_tag, options.verbose)
-
-
-TOPOLOGY_JOBS = ("deploy_cluster", "failover", "switchover", "rebuild_member", "rolling_restart")

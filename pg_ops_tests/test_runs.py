@@ -27,7 +27,7 @@ from pg_ops_tests.helpers import free_port, spec_from, write_spec
 from pg_ops_tests.test_alerts import WebhookCapture
 
 REPO = settings.REPO_ROOT
-TOPOLOGY_JOBS = runs.TOPOLOGY_JOBS
+TOPOLOGY_JOBS = ("deploy_cluster", "failover", "switchover", "rebuild_member", "rolling_restart")
 
 
 def defs_of(*specs):
