@@ -259,6 +259,17 @@ def outcome_of_events(run_id: str, status: str, where: str, events: list[dict]) 
     return outcome
 
 
+def serves_home(info: str | None) -> Path | None:
+    """The DAGSTER_HOME of the instance a webserver describes (its local artifact storage)."""
+    import yaml
+
+    try:
+        base = ((yaml.safe_load(info or "") or {}).get("local_artifact_storage") or {}).get("config", {}).get("base_dir")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return Path(base).resolve() if base else None
+
+
 class Deployment:
     """A Dagster webserver (and, behind it, its daemon and instance), reached over HTTP."""
 
@@ -313,7 +324,7 @@ class Deployment:
         if not self.answers():
             return f"no Dagster webserver answers at {self.url}"
         instance = self.query(INSTANCE_QUERY)["instance"]
-        if dagster_home is not None and f"base_dir: {dagster_home}" not in (instance.get("info") or ""):
+        if dagster_home is not None and serves_home(instance.get("info")) != dagster_home:
             return f"the Dagster webserver at {self.url} serves another instance than DAGSTER_HOME={dagster_home}"
         queue = instance["daemonHealth"]["daemonStatus"]
         if queue["required"] and not queue["healthy"]:

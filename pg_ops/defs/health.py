@@ -250,7 +250,11 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
                            minimum_interval_seconds=5, description="Alerts when any pg_ops run fails.")
     def run_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertsResource, pg_ops: PgOpsResource):
-        deliver_run_failure(context, alerts, {s.name: s for s in pg_ops.specs()})
+        try:
+            current = pg_ops.specs()
+        except SpecError:  # the health sensor alerts on it; this alert still goes out
+            current = specs
+        deliver_run_failure(context, alerts, {s.name: s for s in current})
 
     member_assets = [dg.AssetSpec(member_asset_key(s.name, m), group_name=GROUP,
                                   description=f"Member {m} of {s.name}: state and lag, observed by {SENSOR_NAME}.")
