@@ -24,9 +24,12 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# Deploy the embedded cluster (recorded as a deploy_cluster run), then serve the UI.
+# Deploy the embedded cluster (recorded as a deploy_cluster run: in this process, since the UI is
+# not up yet), then serve the UI. pg-ops finds this deployment through $(DAGSTER_HOME)/pg-ops-webserver
+# and submits its runs to it while it runs (pg_ops/runs.py).
 run: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pg-ops deploy
+	echo "http://$(HOST):$(PORT)" > $(DAGSTER_HOME)/pg-ops-webserver
 	@echo "Dagster UI: http://$(HOST):$(PORT)  (Ctrl-C stops the UI; the cluster keeps running: make teardown)"
 	exec $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT) -w workspace.yaml
 

@@ -1,7 +1,9 @@
-"""`pg-ops`: the same jobs from a terminal, recorded in the same Dagster instance.
+"""`pg-ops`: the same jobs from a terminal, as runs of the pg-ops code location.
 
 Every command takes --cluster (default: the only/first cluster) and --json; a failure exits
-non-zero with one clear line on stderr.
+non-zero with one clear line on stderr. Commands that launch a job check their arguments
+first (no run exists for a typo), then submit it to the Dagster deployment (--dagster-url,
+PG_OPS_DAGSTER_URL, or the local one of `make run`) and follow it to its end: pg_ops/runs.py.
 """
 
 from __future__ import annotations
@@ -27,52 +29,63 @@ def command(name: str):
     return register
 
 
-# -- running Dagster jobs ----------------------------------------------------------------------
-def failure_reason(result) -> str:
-    """The first line of the first step failure, without Dagster's wrapping."""
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            err = event.step_failure_data.error
-            while err.cause is not None and "DagsterExecutionStepExecutionError" in (err.cls_name or ""):
-                err = err.cause
-            return err.message.strip().splitlines()[0]
-    for event in result.all_events:
-        if event.is_failure and event.message:
-            return event.message.splitlines()[0]
-    return "the run failed"
+# -- running Dagster jobs (pg_ops/runs.py decides where: the deployment, or this process) --------
+def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_config: dict | None = None,
+            tags: dict | None = None, partition_key: str | None = None, asset_selection=None):
+    """Run a job of the code location for one cluster, to its end; a failed run raises with its
+    one-line reason (its traceback goes to stderr first with --verbose). `asset_selection`:
+    asset keys of an asset job (a daily job's keys: see pg_ops/defs/backups.py)."""
+    from pg_ops import runs
+
+    launch = runs.JobLaunch(
+        job=job_name, cluster=spec.name, run_config=run_config or {}, tags=tags or {}, partition_key=partition_key,
+        asset_selection=None if asset_selection is None else tuple(tuple(getattr(k, "path", k)) for k in asset_selection))
+    options = runs.Options(dagster_url=args.dagster_url, in_process=args.in_process, verbose=args.verbose)
+    outcome = runs.run(launch, options, spec.platform)
+    if not outcome.success:
+        if args.verbose and outcome.traceback and outcome.where != "in process":  # in process: Dagster's log has it
+            print(outcome.traceback, file=sys.stderr)
+        raise PgOpsError(f"{job_name} on {spec.name} failed (run {outcome.run_id[:8]}, {outcome.link}): "
+                         f"{outcome.reason}")
+    return outcome
 
 
-def run_job(job_name: str, cluster: str, run_config: dict | None = None, tags: dict | None = None,
-            execute_kwargs: dict | None = None):
-    """Execute a job of the code location in this process, on the persistent instance.
-    `execute_kwargs` overrides execute_in_process arguments (a daily job's partition_key and
-    asset_selection: see pg_ops/defs/backups.py)."""
-    from dagster import DagsterInstance
-
-    from pg_ops import settings
-
-    settings.ensure_dagster_home()
-    from pg_ops.definitions import build_defs
-
-    # Built from the specs as they are now (the module-level `defs` froze them at import).
-    job = build_defs(load_specs()).resolve_job_def(job_name)
-    # Dagster's per-event console log goes to stderr only with --verbose.
-    level = "DEBUG" if logging.getLogger().level <= logging.INFO else "WARNING"
-    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": level}}}}
-    with DagsterInstance.get() as instance:
-        kwargs = {"partition_key": cluster} if job.partitions_def is not None else {}
-        kwargs.update(execute_kwargs or {})
-        result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags or {},
-                                        raise_on_error=False, **kwargs)
-    if not result.success:
-        raise PgOpsError(f"{job_name} on {cluster} failed (run {result.run_id[:8]}): {failure_reason(result)}")
-    return result
+# -- arguments checked before any run exists: a typo costs one line, not a failed run -------------
+def require_member(spec: ClusterSpec, member: str, what: str) -> None:
+    if member not in spec.member_names:
+        raise PgOpsError(f"cluster {spec.name} has no member {member!r} ({what}; its members: "
+                         f"{', '.join(spec.member_names)})")
 
 
-def topology_tags(cluster: str) -> dict:
-    from pg_ops.defs.partitions import topology_run_tags
+def reachable_store(spec: ClusterSpec):
+    """The cluster's backup store, or None (said on stderr) when this machine cannot open it:
+    it is the deployment's, and its runs check the backup themselves."""
+    from pg_ops.operations.backup import open_store
 
-    return topology_run_tags(cluster)
+    try:
+        return open_store(ClusterContext.for_spec(spec))
+    except PgOpsError as exc:
+        backup_unchecked(spec, exc)
+        return None
+
+
+def backup_unchecked(spec: ClusterSpec, exc: Exception) -> None:
+    from pg_ops.runs import notice
+
+    notice(f"cannot read the backup store of {spec.name} from here ({exc}); the run will check the backup")
+
+
+def require_backup(spec: ClusterSpec, backup_id: str | None) -> None:
+    """The backup exists and is complete (or, without an id, some complete backup exists)."""
+    from pg_ops.operations.drill import choose_backup
+    from pg_ops.stores.base import StoreError
+
+    store = reachable_store(spec)
+    try:
+        if store is not None:
+            choose_backup(store, spec.name, backup_id)
+    except StoreError as exc:
+        backup_unchecked(spec, exc)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -125,7 +138,7 @@ def cmd_status(args, spec):
 def cmd_deploy(args, spec):
     from pg_ops.operations.health import status_report
 
-    result = run_job("deploy_cluster", spec.name, tags=topology_tags(spec.name))
+    result = run_job(args, "deploy_cluster", spec, partition_key=spec.name)
     status = status_report(ClusterContext.for_spec(spec))
     status["run_id"] = result.run_id
     emit(args, status, f"deployed (run {result.run_id[:8]})\n" + status_text(status))
@@ -147,31 +160,36 @@ def _change_text(meta: dict) -> str:
 
 @command("failover")
 def cmd_failover(args, spec):
+    if args.to:
+        require_member(spec, args.to, "--to")
     config = {"to": args.to, "force": args.force}
-    result = run_job("failover", spec.name, {"ops": {"run_failover": {"config": config}}}, topology_tags(spec.name))
+    result = run_job(args, "failover", spec, {"ops": {"run_failover": {"config": config}}}, partition_key=spec.name)
     meta = result.output_for_node("run_failover")
     emit(args, meta, _change_text(meta))
 
 
 @command("switchover")
 def cmd_switchover(args, spec):
-    result = run_job("switchover", spec.name, {"ops": {"run_switchover": {"config": {"to": args.to}}}},
-                     topology_tags(spec.name))
+    require_member(spec, args.to, "--to")
+    result = run_job(args, "switchover", spec, {"ops": {"run_switchover": {"config": {"to": args.to}}}},
+                     partition_key=spec.name)
     meta = result.output_for_node("run_switchover")
     emit(args, meta, _change_text(meta))
 
 
 @command("rebuild")
 def cmd_rebuild(args, spec):
+    require_member(spec, args.member, "rebuild")
     config = {"member": args.member, "reclone": args.reclone}
-    result = run_job("rebuild_member", spec.name, {"ops": {"run_rebuild": {"config": config}}}, topology_tags(spec.name))
+    result = run_job(args, "rebuild_member", spec, {"ops": {"run_rebuild": {"config": config}}},
+                     partition_key=spec.name)
     meta = result.output_for_node("run_rebuild")
     emit(args, meta, f"rebuilt {meta['member']} by {meta['method']} in {meta['seconds']} s")
 
 
 @command("rolling-restart")
 def cmd_rolling_restart(args, spec):
-    result = run_job("rolling_restart", spec.name, tags=topology_tags(spec.name))
+    result = run_job(args, "rolling_restart", spec, partition_key=spec.name)
     meta = result.output_for_node("run_rolling_restart")
     emit(args, meta, f"restarted {meta['restarted']}; primary now {meta['primary']} (epoch {meta['epoch']}) "
                      f"in {meta['seconds']} s")
@@ -181,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cluster", help="cluster name (default: the only/first cluster)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress (and a failure's traceback) to stderr")
+    # Where runs go (pg_ops/runs.py): a named deployment, else the local one of `make run`, else here.
+    common.add_argument("--dagster-url", default=None, metavar="URL",
+                        help="Dagster webserver to submit runs to (default: $PG_OPS_DAGSTER_URL, else the local "
+                             "deployment of `make run`)")
+    common.add_argument("--in-process", action="store_true",
+                        help="run the job in this process (bypasses the deployment's queue, limits and alerts)")
     parser = argparse.ArgumentParser(prog="pg-ops", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
@@ -229,15 +253,18 @@ EXTENSIONS.append(_render_parser)
 # -- backups (pg_ops/defs/backups.py, operations/backup.py, operations/retention.py) -----------------
 @command("backup")
 def cmd_backup(args, spec):
-    from pg_ops.defs.backups import backup_run_kwargs
-    from pg_ops.operations.retention import backups_report
+    from pg_ops.defs.backups import backup_run_kwargs, nightly_key, retained_key
 
-    result = run_job("backup_cluster", spec.name, tags={"pg_ops/cluster": spec.name},
-                     execute_kwargs=backup_run_kwargs(spec.name))
-    newest = next((r for r in backups_report(ClusterContext.for_spec(spec)) if r["status"] != "incomplete"), {})
-    emit(args, {**newest, "run_id": result.run_id},
-         f"backup {newest.get('id')} of {spec.name}: {newest.get('size_mb')} MB in {newest.get('duration')} s "
-         f"from {newest.get('source')} (run {result.run_id[:8]})")
+    result = run_job(args, "backup_cluster", spec, **backup_run_kwargs(spec.name))
+    made, kept = result.materialization(nightly_key(spec.name).path), result.materialization(retained_key(spec.name).path)
+    # From the run's materialization metadata: the store may not be reachable from here.
+    report = {"id": made.get("backup_id"), "cluster": spec.name, "status": "complete", "size": made.get("size_bytes"),
+              "size_mb": made.get("size_mb"), "raw_bytes": made.get("raw_bytes"),
+              "duration": made.get("duration_seconds"), "throughput_mb_per_s": made.get("throughput_mb_per_s"),
+              "source": made.get("source"), "lsn": made.get("lsn"), "store": made.get("store"),
+              "pruned": kept.get("deleted_ids"), "run_id": result.run_id}
+    emit(args, report, f"backup {report['id']} of {spec.name}: {report['size_mb']} MB in {report['duration']} s "
+                       f"from {report['source']} (run {result.run_id[:8]})")
 
 
 @command("backups")
@@ -261,14 +288,12 @@ EXTENSIONS.append(_backup_parsers)
 @command("restore-drill")
 def cmd_restore_drill(args, spec):
     from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
-    from pg_ops.operations.drill import drill_report_text, read_drill
+    from pg_ops.operations.drill import drill_report_text
 
-    result = run_job("restore_drill", spec.name, drill_run_config(spec.name, args.backup),
-                     {"pg_ops/cluster": spec.name}, execute_kwargs=drill_run_kwargs(spec.name))
-    (materialization,) = [m for m in result.get_asset_materialization_events()
-                          if m.asset_key == drill_key(spec.name)]
-    backup_id = materialization.materialization.metadata["backup_id"].value
-    report = {**read_drill(ClusterContext.for_spec(spec), backup_id), "run_id": result.run_id}
+    require_backup(spec, args.backup)
+    result = run_job(args, "restore_drill", spec, drill_run_config(spec.name, args.backup),
+                     **drill_run_kwargs(spec.name))
+    report = {**result.materialization(drill_key(spec.name).path)["report"], "run_id": result.run_id}
     emit(args, report, drill_report_text(report))
 
 
@@ -283,10 +308,20 @@ EXTENSIONS.append(_drill_parsers)
 @command("restore")
 def cmd_restore(args, spec):
     from pg_ops.defs.drills import restore_run_config
+    from pg_ops.operations.restore import check_request, check_target
+    from pg_ops.stores.base import StoreError
 
+    ctx = ClusterContext.for_spec(spec)
+    check_target(ctx, args.target, args.confirm)  # a DSN's password is refused before it is stored anywhere
+    store = reachable_store(spec)
+    try:
+        if store is not None:
+            check_request(ctx, args.backup, args.target, args.confirm, args.database, store)
+    except StoreError as exc:
+        backup_unchecked(spec, exc)
     config = restore_run_config(spec.name, args.backup, args.target, args.confirm, args.database, args.overwrite,
                                 args.keep_owners)
-    result = run_job("restore_backup", spec.name, config, {"pg_ops/cluster": spec.name})
+    result = run_job(args, "restore_backup", spec, config)
     out = result.output_for_node("run_restore")
     emit(args, out, f"restored {out['source_database']} of backup {out['backup_id']} into {out['target']} "
                     f"in {out['seconds']} s")

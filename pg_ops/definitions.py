@@ -1,15 +1,21 @@
-"""The pg_ops code location. Kept fast to import: every run launch imports it."""
+"""The pg-ops code location. Kept fast to import: every run launch imports it.
+
+The definitions are built from the cluster specs as they are when the module is imported: a
+code location reload (UI: Deployment -> Reload; `pg-ops` does it when the deployment does not
+know a cluster yet) starts a new code server process, which imports it again, so a spec added
+or changed is picked up by a reload. In production the code server pod restarts when the specs
+ConfigMap changes (deploy/dagster/values.yaml: the specs' checksum annotation)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from pg_ops.defs import backups, deployment, drift, drills, failover, health
+from pg_ops.defs import backups, deployment, drift, drills, failover, health, store_checks
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import ClusterSpec, load_specs
 
 # Each area module declares its own definitions from the specs.
-AREAS = [deployment, failover, health, backups, drills, drift]
+AREAS = [deployment, failover, health, backups, drills, store_checks, drift]
 
 
 def build_defs(specs: list[ClusterSpec]) -> dg.Definitions:

@@ -293,7 +293,8 @@ def test_rolling_restart_through_the_cli_job(any_cluster, capsys):
     ctx = any_cluster
     old = ctx.state().primary
     pids = {n: member_generation(ctx, n) for n in ctx.spec.member_names}
-    assert cli_main(["rolling-restart", "--cluster", ctx.name, "--json"]) == 0
+    # --in-process: a Kubernetes cluster's runs otherwise go to its deployment (pg_ops/runs.py)
+    assert cli_main(["rolling-restart", "--cluster", ctx.name, "--json", "--in-process"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["primary"] != old and ctx.state().primary == meta["primary"] and meta["epoch"] == 2
     assert all(member_generation(ctx, n) != pids[n] for n in ctx.spec.member_names)  # every member restarted

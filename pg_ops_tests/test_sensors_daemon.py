@@ -16,6 +16,7 @@ import pytest
 from pg_ops import settings
 from pg_ops.defs.health import health_sensor_cursor
 from pg_ops.operations import slo
+from pg_ops.runs import CODE_LOCATION
 from pg_ops_tests.helpers import running_cluster, wait_for
 from pg_ops_tests.test_alerts import WebhookCapture
 
@@ -36,15 +37,19 @@ def prepared_instance(home: Path) -> dg.DagsterInstance:
 
 
 @contextlib.contextmanager
-def dagster_daemon(home: Path, env: dict):
-    """`dagster-daemon run` on the pg_ops code location, in its own session, stopped by
-    process group (its code server and any run it launched go with it)."""
+def dagster_daemon(home: Path, env: dict, webserver_port: int | None = None):
+    """`dagster-daemon run` on the pg_ops code location (with `webserver_port`: `dagster dev`,
+    the webserver on 127.0.0.1:port and the daemon sharing one code server), in its own
+    session, stopped by process group (its code server and any run it launched go with it)."""
     dagster_home = home / "dagster"
     workspace = home / "workspace.yaml"
     workspace.write_text("load_from:\n  - python_module:\n      module_name: pg_ops.definitions\n"
-                         f"      working_directory: {settings.REPO_ROOT}\n      location_name: pg_ops\n")
+                         f"      working_directory: {settings.REPO_ROOT}\n      location_name: {CODE_LOCATION}\n")
     log = open(home / "daemon.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([str(VENV_BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+    command = [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(workspace)]
+    if webserver_port is not None:
+        command = [str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(webserver_port), "-w", str(workspace)]
+    proc = subprocess.Popen(command,
                             env={**os.environ, **env, "DAGSTER_HOME": str(dagster_home)}, cwd=settings.REPO_ROOT,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -31,7 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 OUT = REPO / "docs" / "images" / "dagster-asset-graph.png"
-GRAPH_PATH = "/locations/pg_ops/asset-groups/deployment"
+GRAPH_PATH = "/locations/pg-ops/asset-groups/deployment"
 # The flags Chromium needs on a machine with no outside network and no GPU, as root.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

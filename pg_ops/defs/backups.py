@@ -23,8 +23,7 @@ from pg_ops.spec import ClusterSpec
 GROUP = "backups"
 JOB = "backup_cluster"
 SCHEDULE = "nightly_backup"
-FRESHNESS_JOB = "backup_freshness"
-FRESHNESS_SCHEDULE = "backup_freshness_hourly"
+FRESHNESS_JOB = "backup_freshness"  # on demand; the backup_store_checks sensor evaluates it without a run
 CHECK_FRESH = "backup_is_fresh"
 FRESH_HOURS = 26
 # Partitions start here; `end_offset=1` makes today's partition exist at 02:00 today.
@@ -97,20 +96,25 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
         })
 
     @dg.asset_check(asset=nightly_key(cluster), name=CHECK_FRESH,
-                    description=f"The newest complete backup of {cluster} is at most {FRESH_HOURS} h old.")
+                    description=f"The newest complete backup of {cluster} is at most {FRESH_HOURS} h old "
+                                f"(from the store; evaluated by the backup_store_checks sensor).")
     def backup_is_fresh(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
-        from pg_ops.operations.retention import freshness
-
-        ctx = pg_ops.cluster(cluster, context.log)
-        newest, age_hours = freshness(ctx)
-        return dg.AssetCheckResult(
-            passed=age_hours is not None and age_hours <= FRESH_HOURS,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"newest_good_backup": dg.MetadataValue.text(newest or "none"),
-                      "age_hours": dg.MetadataValue.float(round(age_hours, 2) if age_hours is not None else -1.0),
-                      "limit_hours": dg.MetadataValue.int(FRESH_HOURS)})
+        return freshness_result(pg_ops.cluster(cluster, context.log))
 
     return [nightly, retained], [backup_is_fresh]
+
+
+def freshness_result(ctx) -> dg.AssetCheckResult:
+    """backup_is_fresh, read from the store (the source of truth: a backup is what it holds)."""
+    from pg_ops.operations.retention import freshness
+
+    newest, age_hours = freshness(ctx)
+    return dg.AssetCheckResult(
+        passed=age_hours is not None and age_hours <= FRESH_HOURS,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"newest_good_backup": dg.MetadataValue.text(newest or "none"),
+                  "age_hours": dg.MetadataValue.float(round(age_hours, 2) if age_hours is not None else -1.0),
+                  "limit_hours": dg.MetadataValue.int(FRESH_HOURS)})
 
 
 def _schedules(specs: list[ClusterSpec], job) -> list[dg.ScheduleDefinition]:
@@ -143,12 +147,10 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         description="Back up a cluster (select its backups/<cluster>/* assets), then apply retention.")
     freshness_job = dg.define_asset_job(
         FRESHNESS_JOB, selection=dg.AssetSelection.checks(*checks), executor_def=dg.in_process_executor,
-        description=f"Fail when a cluster's newest good backup is older than {FRESH_HOURS} h.")
-    freshness_schedule = dg.ScheduleDefinition(
-        name=FRESHNESS_SCHEDULE, cron_schedule="17 * * * *", job=freshness_job, execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING)
+        description=f"Fail when a cluster's newest good backup is older than {FRESH_HOURS} h (on demand: the "
+                    f"backup_store_checks sensor evaluates it without a run).")
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, freshness_job],
-                          schedules=[*_schedules(specs, job), freshness_schedule])
+                          schedules=_schedules(specs, job))
 
 
 def backup_run_kwargs(cluster: str, day: str | None = None) -> dict:

@@ -4,7 +4,12 @@
 
 import dagster as dg
 
-from pg_ops.defs.partitions import TOPOLOGY_JOB_TAGS, cluster_partitions
+from pg_ops.defs.partitions import (
+    LONG_TOPOLOGY_SECONDS,
+    cluster_partitions,
+    topology_config,
+    topology_job_tags,
+)
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import deploy as ops
 from pg_ops.operations.status import cluster_status
@@ -82,7 +87,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
 
     deploy_cluster = dg.define_asset_job(
         "deploy_cluster", selection=dg.AssetSelection.groups(GROUP), partitions_def=partitions,
-        executor_def=dg.in_process_executor, tags=TOPOLOGY_JOB_TAGS,
+        config=topology_config(partitions), executor_def=dg.in_process_executor,
+        tags=topology_job_tags(LONG_TOPOLOGY_SECONDS),
         description="Deploy (or repair) a cluster: idempotent; starts what is stopped, re-clones what is empty.",
     )
     return dg.Definitions(assets=[credentials, desired_state, members, primary_endpoint, replication],

@@ -3,7 +3,8 @@ drill of the newest complete backup, or a chosen one), the `restore_drill` job, 
 `weekly_restore_drill` schedule, a drill after each nightly backup where
 `drills.after_backup` is set (an asset sensor on the nightly backup), and two checks read
 from the store: `latest_backup_restores` (the newest drilled backup passed; its restore time
-is the cluster's measured recovery time) and `drill_is_recent` (a passed drill within 8 days).
+is the cluster's measured recovery time) and `drill_is_recent` (a passed drill within 8 days),
+evaluated without a run by the backup_store_checks sensor (pg_ops/defs/store_checks.py).
 
 A drill that fails raises (the run fails with the reason); the operation has already
 written drill.json (`failed`) and fired the `restore_drill_failed` alert.
@@ -23,8 +24,7 @@ from pg_ops.spec import ClusterSpec
 GROUP = "restore_drills"
 JOB = "restore_drill"
 SCHEDULE = "weekly_restore_drill"
-CHECKS_JOB = "restore_drill_checks"
-CHECKS_SCHEDULE = "restore_drill_checks_hourly"
+CHECKS_JOB = "restore_drill_checks"  # on demand; the backup_store_checks sensor evaluates them without a run
 CHECK_RESTORES = "latest_backup_restores"
 CHECK_RECENT = "drill_is_recent"
 RECENT_DAYS = 8
@@ -51,7 +51,9 @@ def run_restore(context: dg.OpExecutionContext, config: RestoreConfig, pg_ops: P
     result = restore(pg_ops.cluster(config.cluster, context.log), config.backup_id, config.target_dsn,
                      config.confirm, database=config.database, overwrite=config.overwrite,
                      keep_owners=config.keep_owners)
-    context.add_output_metadata({"seconds": dg.MetadataValue.float(result.seconds),
+    context.add_output_metadata({"backup_id": dg.MetadataValue.text(result.backup_id),
+                                 "source_database": dg.MetadataValue.text(result.source_database),
+                                 "seconds": dg.MetadataValue.float(result.seconds),
                                  "restored_mb": dg.MetadataValue.float(round(result.restored_bytes / 1e6, 3)),
                                  "target": dg.MetadataValue.text(result.target)})
     return result.as_dict()
@@ -95,35 +97,47 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
             "verify_seconds": dg.MetadataValue.float(report.verify_seconds),
             "restored_mb": dg.MetadataValue.float(round(report.restored_bytes / 1e6, 3)),
             "indexes_checked": dg.MetadataValue.int(sum(d["indexes_checked"] for d in report.databases.values())),
+            "report": dg.MetadataValue.json(report.as_dict()),  # what `pg-ops restore-drill` prints
         })
 
     @dg.asset_check(asset=drill_key(cluster), name=CHECK_RESTORES,
-                    description="The newest drilled backup restored and verified; metadata: its restore time.")
+                    description="The newest drilled backup restored and verified; metadata: its restore time "
+                                "(from the store; evaluated by the backup_store_checks sensor).")
     def latest_backup_restores(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
         from pg_ops.operations.drill import drill_status
 
-        status = drill_status(pg_ops.cluster(cluster, context.log))
-        latest = status["latest"]
-        return dg.AssetCheckResult(
-            passed=bool(latest) and latest.get("result") == "passed", severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"backup_id": dg.MetadataValue.text((latest or {}).get("backup_id") or "none"),
-                      "reason": dg.MetadataValue.text((latest or {}).get("reason") or ""),
-                      "recovery_seconds": dg.MetadataValue.float(
-                          round((latest or {}).get("download_seconds", -1.0)
-                                + (latest or {}).get("restore_seconds", 0.0), 3))})
+        return restores_result(drill_status(pg_ops.cluster(cluster, context.log)))
 
     @dg.asset_check(asset=drill_key(cluster), name=CHECK_RECENT,
-                    description=f"A drill passed within the last {RECENT_DAYS} days.")
+                    description=f"A drill passed within the last {RECENT_DAYS} days (from the store; evaluated by "
+                                f"the backup_store_checks sensor).")
     def drill_is_recent(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
         from pg_ops.operations.drill import drill_status
 
-        age = drill_status(pg_ops.cluster(cluster, context.log))["last_passed_age_days"]
-        return dg.AssetCheckResult(
-            passed=age is not None and age <= RECENT_DAYS, severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"last_passed_age_days": dg.MetadataValue.float(round(age, 2) if age is not None else -1.0),
-                      "limit_days": dg.MetadataValue.int(RECENT_DAYS)})
+        return recent_result(drill_status(pg_ops.cluster(cluster, context.log)))
 
     return [restore_drill], [latest_backup_restores, drill_is_recent]
+
+
+def restores_result(status: dict) -> dg.AssetCheckResult:
+    """latest_backup_restores from drill_status (the store's drill.json files)."""
+    latest = status["latest"]
+    return dg.AssetCheckResult(
+        passed=bool(latest) and latest.get("result") == "passed", severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"backup_id": dg.MetadataValue.text((latest or {}).get("backup_id") or "none"),
+                  "reason": dg.MetadataValue.text((latest or {}).get("reason") or ""),
+                  "recovery_seconds": dg.MetadataValue.float(
+                      round((latest or {}).get("download_seconds", -1.0)
+                            + (latest or {}).get("restore_seconds", 0.0), 3))})
+
+
+def recent_result(status: dict) -> dg.AssetCheckResult:
+    """drill_is_recent from drill_status."""
+    age = status["last_passed_age_days"]
+    return dg.AssetCheckResult(
+        passed=age is not None and age <= RECENT_DAYS, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"last_passed_age_days": dg.MetadataValue.float(round(age, 2) if age is not None else -1.0),
+                  "limit_days": dg.MetadataValue.int(RECENT_DAYS)})
 
 
 def drill_run_kwargs(cluster: str) -> dict:
@@ -147,9 +161,9 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                               description="Restore drill of a cluster's newest (or a chosen) backup.")
     checks_job = dg.define_asset_job(CHECKS_JOB, selection=dg.AssetSelection.checks(*checks),
                                      executor_def=dg.in_process_executor,
-                                     description="Drill checks read from the store (no restore).")
-    schedules = [dg.ScheduleDefinition(name=CHECKS_SCHEDULE, cron_schedule="47 * * * *", job=checks_job,
-                                       execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING)]
+                                     description="Drill checks read from the store (no restore), on demand: the "
+                                                 "backup_store_checks sensor evaluates them without a run.")
+    schedules = []
     for name, cron, clusters in schedule_groups(specs, lambda s: s.drills.schedule, SCHEDULE):
 
         @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",

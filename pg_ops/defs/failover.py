@@ -6,7 +6,13 @@ from typing import Optional
 
 import dagster as dg
 
-from pg_ops.defs.partitions import TOPOLOGY_JOB_TAGS, cluster_partitions
+from pg_ops.defs.partitions import (
+    LONG_TOPOLOGY_SECONDS,
+    QUICK_TOPOLOGY_SECONDS,
+    cluster_partitions,
+    topology_config,
+    topology_job_tags,
+)
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import failover as ops
 from pg_ops.spec import ClusterSpec
@@ -72,21 +78,23 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata)
         return metadata
 
-    common = {"partitions_def": partitions, "executor_def": dg.in_process_executor, "tags": TOPOLOGY_JOB_TAGS}
+    common = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
+    quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
+    long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
 
-    @dg.job(name="failover", **common, description="Automatic or manual failover (launched by cluster_health_sensor).")
+    @dg.job(name="failover", **quick, description="Automatic or manual failover (launched by cluster_health_sensor).")
     def failover_job():
         run_failover()
 
-    @dg.job(name="switchover", **common, description="Planned switchover to a named replica (zero loss).")
+    @dg.job(name="switchover", **quick, description="Planned switchover to a named replica (zero loss).")
     def switchover_job():
         run_switchover()
 
-    @dg.job(name="rebuild_member", **common, description="Rebuild a replica: pg_rewind, else re-clone.")
+    @dg.job(name="rebuild_member", **long, description="Rebuild a replica: pg_rewind, else re-clone.")
     def rebuild_job():
         run_rebuild()
 
-    @dg.job(name="rolling_restart", **common, description="Restart every member without an unplanned failover.")
+    @dg.job(name="rolling_restart", **long, description="Restart every member without an unplanned failover.")
     def rolling_restart_job():
         run_rolling_restart()
 

@@ -15,8 +15,9 @@ import time
 
 import dagster as dg
 
-from pg_ops.defs.partitions import topology_run_tags
+from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG, topology_run_tags
 from pg_ops.defs.resources import PgOpsResource
+from pg_ops.errors import SpecError
 from pg_ops.operations import alerts as alert_ops
 from pg_ops.operations import health as health_ops
 from pg_ops.operations import slo
@@ -31,6 +32,9 @@ FAILOVER_JOB = "failover"
 FAILOVER_OP = "run_failover"
 SLO_JOB = "service_level_checks"
 SLO_SCHEDULE = "service_level_checks_schedule"
+RETENTION_SENSOR_NAME = "health_observation_retention"
+OBSERVATIONS_KEPT_DAYS = 14
+DETECTION_CHECK = "failed_member_detection"
 TICKS_KEPT = 30
 DAEMON_LOOP_S = 5.0  # the sensor daemon's loop (dagster: at most one evaluation per sensor per loop)
 WATCH_MARGIN_S = 1.5  # the tick ends this long before the next loop (its decision and delivery)
@@ -85,11 +89,9 @@ def load_cursor(raw: str | None) -> dict:
 
 
 def health_sensor_cursor(instance: dg.DagsterInstance) -> dict:
-    """The health sensor's record (what the failed-member-detection check reads)."""
-    from dagster._core.definitions.run_request import InstigatorType
-
-    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-              if s.instigator_name == SENSOR_NAME and s.instigator_data is not None]
+    """The health sensor's record (what the failed-member-detection check reads on demand)."""
+    states = [s for s in instance.all_instigator_state()
+              if s.instigator_name == SENSOR_NAME and getattr(s.instigator_data, "cursor", None) is not None]
     states.sort(key=lambda s: getattr(s.instigator_data, "last_tick_timestamp", 0) or 0)
     return load_cursor(states[-1].instigator_data.cursor if states else None)
 
@@ -125,15 +127,18 @@ def _failover_request(request: FailoverRequest) -> dg.RunRequest:
 
 
 def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResource,
-                    now: float | None = None, watch_seconds: float = 0.0) -> dg.SensorResult:
+                    now: float | None = None, spec_alerts: tuple[list[Alert], set[str]] = ([], set()),
+                    watch_seconds: float = 0.0) -> dg.SensorResult:
     """One tick over every cluster (the sensor's body, callable from benchmarks and tests).
-    `watch_seconds`: how long each healthy cluster's primary is watched after the decision."""
+    `spec_alerts`: alerts about the specs themselves and the clusters they were evaluated for
+    (loaded_specs). `watch_seconds`: how long each healthy cluster's primary is watched after
+    the decision."""
     now = now or time.time()
     cursor = load_cursor(context.cursor)
     specs = {c.name: c.spec for c in contexts}
     watches = health_ops.watch_fleet(contexts, cursor["clusters"], now,
                                      failed_run=_failed_run_lookup(context), watch_seconds=watch_seconds)
-    active, unknown, scope, run_requests = [], set(), set(), []
+    active, unknown, scope, run_requests = list(spec_alerts[0]), set(), set(spec_alerts[1]), []
     for watch in watches:
         active += watch.alerts
         unknown |= watch.unknown
@@ -165,6 +170,76 @@ def sensor_timing(interval_seconds: int) -> tuple[int, float]:
     return interval_seconds - 2, DAEMON_LOOP_S - WATCH_MARGIN_S
 
 
+# -- specs the loaded definitions do not know ----------------------------------------------------
+SPECS_SCOPE = "pg_ops"  # the cluster name of alerts about the specs as a whole
+
+
+def loaded_specs(read_specs, loaded: list[ClusterSpec]) -> tuple[list[ClusterSpec], tuple[list[Alert], set[str]]]:
+    """The specs to watch this tick: those of the files as they are now, limited to clusters the
+    loaded code location knows (a failover request for another one would fail partition
+    validation and, with it, the tick of every cluster). A spec added since the code location
+    loaded is skipped with an alert until it is reloaded; unreadable spec files leave the loaded
+    specs in charge, with an alert. Returns (specs, (alerts, clusters those were evaluated for))."""
+    known = {s.name for s in loaded}
+    now = time.time()
+    try:
+        current = read_specs()
+    except SpecError as exc:
+        alert = Alert(cluster=SPECS_SCOPE, severity="critical", kind="cluster_specs_unreadable",
+                      summary=f"the cluster specs cannot be read ({exc}); watching the specs loaded with the "
+                              f"code location", fired_at=now)
+        return loaded, ([alert], {SPECS_SCOPE})
+    # About pg_ops itself, so under SPECS_SCOPE (always evaluated: it resolves once the cluster
+    # is loaded, whatever that cluster's own health says); `member` is its subject, as in
+    # every alert key.
+    alerts = [Alert(cluster=SPECS_SCOPE, severity="warning", kind="cluster_not_loaded",
+                    summary=f"cluster {s.name} is in the specs but not in the loaded code location: not watched, "
+                            f"and no failover can be launched for it until the code location is reloaded",
+                    details={"member": s.name}, fired_at=now) for s in current if s.name not in known]
+    return [s for s in current if s.name in known], (alerts, {SPECS_SCOPE})
+
+
+# -- the failed-member-detection check, evaluated by the sensor itself ------------------------------
+def detection_checks(before: dict, after: dict, specs: list[ClusterSpec], now: float) -> list[dg.AssetCheckEvaluation]:
+    """failed_member_detection of each cluster from the sensor's own record (no run, no reading
+    another instigator's cursor): when the tick recorded a new member failure for the cluster,
+    and otherwise once an hour."""
+    ticks = before.get("ticks") or []
+    new_hour = not ticks or int(ticks[-1] // 3600) != int(now // 3600)
+    fresh = {d.get("cluster") for d in after.get("detections", []) if d not in before.get("detections", [])}
+    return [check_evaluation(DETECTION_CHECK, service_level_asset_key(s.name), slo.failed_member_detection(
+                after, s.name, now=now, sensor_interval=s.monitoring.interval_seconds))
+            for s in specs if new_hour or s.name in fresh]
+
+
+def with_detection_checks(result: dg.SensorResult, before: str | None, specs: list[ClusterSpec],
+                          now: float) -> dg.SensorResult:
+    checks = detection_checks(load_cursor(before), load_cursor(result.cursor), specs, now)
+    if not checks:
+        return result
+    return dg.SensorResult(run_requests=result.run_requests, asset_events=[*result.asset_events, *checks],
+                           cursor=result.cursor)
+
+
+# -- observation retention ---------------------------------------------------------------------
+def trim_observations(instance: dg.DagsterInstance, keys: list[dg.AssetKey], now: float | None = None,
+                      kept_days: float = OBSERVATIONS_KEPT_DAYS) -> list[dg.AssetKey]:
+    """Bound the member observations. Dagster 1.13's public API deletes asset events only a
+    whole key at a time (`DagsterInstance.wipe_assets`; `delete_run` takes a run's events, and
+    these are run-less): so a member's history is wiped when its oldest observation is older
+    than `kept_days`, and starts again with the sensor's next observation (within a minute).
+    What is kept is between 0 and `kept_days` of history, at most one row a minute per member."""
+    cutoff = (now or time.time()) - kept_days * 86400
+    stale = []
+    for key in keys:
+        oldest = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=key), limit=1, ascending=True).records
+        if oldest and oldest[0].timestamp < cutoff:
+            stale.append(key)
+    if stale:
+        instance.wipe_assets(stale)
+    return stale
+
+
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
     interval = min((s.monitoring.interval_seconds for s in specs), default=5)
     minimum_interval, watch_seconds = sensor_timing(interval)
@@ -176,13 +251,29 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                            "observations, and a failover run when a primary is confirmed down.")
     def cluster_health_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
                               alerts: AlertsResource) -> dg.SensorResult:
-        contexts = [ClusterContext.for_spec(s, context.log) for s in pg_ops.specs()]
-        return evaluate_health(context, contexts, alerts, watch_seconds=watch_seconds)
+        now = time.time()
+        watched, spec_alerts = loaded_specs(pg_ops.specs, specs)
+        contexts = [ClusterContext.for_spec(s, context.log) for s in watched]
+        result = evaluate_health(context, contexts, alerts, now=now, spec_alerts=spec_alerts,
+                                 watch_seconds=watch_seconds)
+        return with_detection_checks(result, context.cursor, watched, now)
 
+    @dg.sensor(name=RETENTION_SENSOR_NAME, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Wipes a member's health observations once the oldest is {OBSERVATIONS_KEPT_DAYS} days old.")
+    def observation_retention(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        wiped = trim_observations(context.instance, [member_asset_key(s.name, m) for s in specs for m in s.member_names])
+        return dg.SkipReason(f"wiped the observations of {', '.join(k.to_user_string() for k in wiped)}" if wiped
+                             else f"no member's observations are older than {OBSERVATIONS_KEPT_DAYS} days")
+
+    # Every 5 s: a failed topology run is worth knowing about as soon as a failed member.
     @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
-                           description="Alerts when any pg_ops run fails.")
+                           minimum_interval_seconds=5, description="Alerts when any pg_ops run fails.")
     def run_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertsResource, pg_ops: PgOpsResource):
-        deliver_run_failure(context, alerts, {s.name: s for s in pg_ops.specs()})
+        try:
+            current = pg_ops.specs()
+        except SpecError:  # the health sensor alerts on it; this alert still goes out
+            current = specs
+        deliver_run_failure(context, alerts, {s.name: s for s in current})
 
     member_assets = [dg.AssetSpec(member_asset_key(s.name, m), group_name=GROUP,
                                   description=f"Member {m} of {s.name}: state and lag, observed by {SENSOR_NAME}.")
@@ -191,20 +282,33 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                description=f"Service levels of cluster {s.name} (asset checks).")
                   for s in specs]
     checks = [service_level_checks(s) for s in specs]
-    job = dg.define_asset_job(SLO_JOB, selection=dg.AssetSelection.checks(*checks),
+    # failed_member_detection is evaluated by the health sensor itself (and on demand in the UI).
+    detection = [dg.AssetCheckKey(service_level_asset_key(s.name), DETECTION_CHECK) for s in specs]
+    job = dg.define_asset_job(SLO_JOB, selection=dg.AssetSelection.checks(*checks) - dg.AssetSelection.checks(*detection),
                               executor_def=dg.in_process_executor,
                               description="Measure every cluster's service levels now.")
     schedule = dg.ScheduleDefinition(name=SLO_SCHEDULE, job=job, cron_schedule="17 * * * *",
                                      default_status=dg.DefaultScheduleStatus.RUNNING,
                                      description="Service-level checks every hour.")
     return dg.Definitions(assets=member_assets + slo_assets, asset_checks=checks, jobs=[job], schedules=[schedule],
-                          sensors=[cluster_health_sensor, run_failure_alert],
+                          sensors=[cluster_health_sensor, run_failure_alert, observation_retention],
                           resources={"alerts": AlertsResource()})
 
 
+def run_cluster(run, specs: dict[str, ClusterSpec]) -> str:
+    """The cluster a run belongs to: its pg_ops/cluster tag (every pg_ops launch path sets it),
+    else its topology tag, a partition or a selected asset that names a cluster, else the only
+    cluster. Never a backup's partition, which is a date."""
+    tags = run.tags
+    named = [tags.get(CLUSTER_TAG), tags.get(TOPOLOGY_TAG), tags.get("dagster/partition")]
+    named += [k.path[1] for k in (run.asset_selection or ()) if len(k.path) > 1]
+    found = next((name for name in named if name in specs), None)
+    return found or tags.get(CLUSTER_TAG) or (next(iter(specs)) if len(specs) == 1 else SPECS_SCOPE)
+
+
 def run_failure_alert_for(run, message: str, specs: dict[str, ClusterSpec]) -> Alert:
-    cluster = run.tags.get("dagster/partition") or (next(iter(specs)) if len(specs) == 1 else "pg_ops")
-    topology = "pg_ops/topology" in run.tags
+    cluster = run_cluster(run, specs)
+    topology = TOPOLOGY_TAG in run.tags
     return Alert(cluster=cluster, severity="critical" if topology else "warning", kind="run_failed",
                  summary=f"run {run.job_name} ({run.run_id[:8]}) for {cluster} failed: {message}",
                  details={"job": run.job_name, "run_id": run.run_id, "partition": run.tags.get("dagster/partition")},
@@ -258,7 +362,7 @@ def service_level_checks(spec: ClusterSpec) -> dg.AssetChecksDefinition:
     return checks
 
 
-def check_result(name: str, asset: dg.AssetKey, level: slo.ServiceLevel) -> dg.AssetCheckResult:
+def level_metadata(level: slo.ServiceLevel) -> dict:
     metadata = {"summary": dg.MetadataValue.text(level.summary), "limit": level.limit, "unit": level.unit}
     if level.figure is not None:
         metadata["figure"] = dg.MetadataValue.float(float(level.figure))
@@ -266,5 +370,15 @@ def check_result(name: str, asset: dg.AssetKey, level: slo.ServiceLevel) -> dg.A
         if value is None:
             continue
         metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
-    return dg.AssetCheckResult(check_name=name, asset_key=asset, passed=level.passed, metadata=metadata,
+    return metadata
+
+
+def check_result(name: str, asset: dg.AssetKey, level: slo.ServiceLevel) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, asset_key=asset, passed=level.passed, metadata=level_metadata(level),
                                severity=dg.AssetCheckSeverity.ERROR)
+
+
+def check_evaluation(name: str, asset: dg.AssetKey, level: slo.ServiceLevel) -> dg.AssetCheckEvaluation:
+    """The same result, reported from outside a run (by a sensor)."""
+    return dg.AssetCheckEvaluation(asset_key=asset, check_name=name, passed=level.passed,
+                                   metadata=level_metadata(level), severity=dg.AssetCheckSeverity.ERROR)

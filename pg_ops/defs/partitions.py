@@ -7,19 +7,47 @@ import dagster as dg
 from pg_ops.spec import ClusterSpec
 
 # Runs that change topology carry this tag. The QueuedRunCoordinator allows one run per
-# distinct value (dagster.yaml). pg_ops's own launches (CLI, sensors) set it to the cluster
-# name; a launch from the UI keeps the job's default value, so those are serialised across
-# clusters. It is a second layer: the lock in the desired-state record is what holds.
+# distinct value (dagster.yaml). The value is the cluster's name on every launch path: the
+# jobs' partitioned config derives it from the partition (UI launchpad, backfills, sensor run
+# requests) and pg-ops sets the same tags. A run without a partition keeps the job's default
+# value and is serialised against every cluster. It is a second layer: the lock in the
+# desired-state record is what holds.
 TOPOLOGY_TAG = "pg_ops/topology"
-TOPOLOGY_JOB_TAGS = {TOPOLOGY_TAG: "any-cluster", "dagster/max_retries": "0"}
+# The cluster a run belongs to (alerts name it; a backup's partition is a date, not a cluster).
+CLUSTER_TAG = "pg_ops/cluster"
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+# Run monitoring (dagster.yaml) stops a topology run that outlives this: a hung one would hold
+# its cluster's queue slot for ever. A failover or switchover takes seconds (the record's lock
+# expires after 600 s); a rebuild, deploy or rolling restart may clone a large data directory.
+QUICK_TOPOLOGY_SECONDS = 600
+LONG_TOPOLOGY_SECONDS = 3600
+
+
+def topology_job_tags(max_runtime_seconds: int) -> dict[str, str]:
+    """Definition tags of a topology job: never retried, stopped after `max_runtime_seconds`."""
+    return {TOPOLOGY_TAG: "any-cluster", "dagster/max_retries": "0", MAX_RUNTIME_TAG: str(max_runtime_seconds)}
 
 
 def cluster_partitions(specs: list[ClusterSpec]) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition([s.name for s in specs])
 
 
-def topology_run_tags(cluster: str) -> dict[str, str]:
-    return {**TOPOLOGY_JOB_TAGS, TOPOLOGY_TAG: cluster}
+def cluster_tags(cluster: str) -> dict[str, str]:
+    """What a run of a cluster-partitioned topology job adds for its partition."""
+    return {TOPOLOGY_TAG: cluster, CLUSTER_TAG: cluster}
+
+
+def topology_config(partitions: dg.StaticPartitionsDefinition) -> dg.PartitionedConfig:
+    """The topology jobs' config: empty (each launch supplies its own), with the partition's
+    cluster tags, so the tag concurrency limit is per cluster whoever launches the run."""
+    return dg.PartitionedConfig(partitions_def=partitions, run_config_for_partition_key_fn=lambda _key: {},
+                                tags_for_partition_key_fn=cluster_tags)
+
+
+def topology_run_tags(cluster: str, max_runtime_seconds: int = QUICK_TOPOLOGY_SECONDS) -> dict[str, str]:
+    """Every tag a topology run of `cluster` carries (pg-ops and the health sensor set them
+    explicitly; Dagster derives the same from the job and the partition)."""
+    return {**topology_job_tags(max_runtime_seconds), **cluster_tags(cluster)}
 
 
 def schedule_groups(specs: list[ClusterSpec], cron_of, base_name: str) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -122,20 +122,36 @@ def prepare_target_database(parts: dict, overwrite: bool, log) -> bool:
     return False
 
 
+def check_target(ctx: ClusterContext, target_dsn: str, confirm: str | None) -> dict:
+    """The checks that need no store and no server: the confirmation and the DSN (no
+    password, a database named). Returns the DSN's parts."""
+    if confirm != ctx.name:
+        raise RestoreRefused(f"restore of cluster {ctx.name}'s backup needs --confirm {ctx.name}")
+    return _target_parts(target_dsn)
+
+
+def check_request(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str | None,
+                  database: str | None, store: BackupStore) -> tuple[dict, cat.BackupRecord, cat.DatabaseDump]:
+    """Everything about a restore request that can be refused before anything starts (pg-ops
+    runs it before a run exists): confirmation, DSN, backup, database of the backup."""
+    from pg_ops.operations.drill import choose_backup
+
+    parts = check_target(ctx, target_dsn, confirm)
+    record = choose_backup(store, ctx.name, backup_id)
+    entry = choose_database(cat.read_manifest(store, ctx.name, record.id), database)
+    return parts, record, entry
+
+
 def restore(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str | None, *,
             database: str | None = None, overwrite: bool = False, keep_owners: bool = False,
             store: BackupStore | None = None) -> RestoreResult:
     from pg_ops.operations.backup import open_store
-    from pg_ops.operations.drill import BackupFault, choose_backup, download
+    from pg_ops.operations.drill import BackupFault, download
 
-    if confirm != ctx.name:
-        raise RestoreRefused(f"restore of cluster {ctx.name}'s backup needs --confirm {ctx.name}")
-    parts = _target_parts(target_dsn)
-    shown = make_conninfo(**parts)
+    check_target(ctx, target_dsn, confirm)  # refused before the store is even opened
     store = store or open_store(ctx)
-    record = choose_backup(store, ctx.name, backup_id)
-    manifest = cat.read_manifest(store, ctx.name, record.id)
-    entry = choose_database(manifest, database)
+    parts, record, entry = check_request(ctx, backup_id, target_dsn, confirm, database, store)
+    shown = make_conninfo(**parts)
     with _connect(parts, "postgres") as conn:
         refuse_live_cluster(ctx, parts, conn)
     started = time.monotonic()
