@@ -365,3 +365,16 @@ def test_memory_round_trips_through_the_cursor():
                       departed={"c-1": 7}, last_primary_lsn="0/1")
     assert HaMemory.from_dict(memory.to_dict()) == memory
     assert HaMemory.from_dict({"incident": "garbage"}) == HaMemory()
+
+
+def test_manual_mode_still_resumes_the_designated_primary_in_place():
+    # It fenced itself while isolated (a standby now, the most advanced member): promoting it
+    # again changes no topology, so manual mode does not wait for a person.
+    v = view({"c-0": replica("c-0", lsn="0/5000100", streaming=False),
+              "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)})
+    d = decide(v, HaMemory(), policy(automatic=False))
+    assert d.name == "primary_not_writable" and d.failover is not None
+    refused_elsewhere = view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False),
+                              "c-2": replica("c-2", streaming=False)}, primary_name="c-1")
+    d = decide(refused_elsewhere, HaMemory(), policy(automatic=False))
+    assert d.name == "primary_not_writable" and d.failover is not None  # resume of c-1, the designated one

@@ -367,7 +367,10 @@ def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, 
     plan = plan_failover(view, policy, FailoverIntent(reference_lsn=memory.last_primary_lsn))
     signature = _signature(view)
     incident = memory.incident
-    if not policy.automatic:
+    resume_in_place = isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == view.designated
+    if not policy.automatic and not resume_in_place:
+        # Manual mode keeps topology changes for people; promoting the designated primary
+        # again (it fenced itself while isolated, or a change stopped half-way) changes none.
         command = f"pg-ops failover --cluster {c}"
         extra = f"; it would refuse: {plan.reason}" if isinstance(plan, Refusal) else ""
         alert = _alert(view, "critical", "manual_failover_needed",
