@@ -4,15 +4,27 @@ acknowledgement (`ack N UNIXTIME MEMBER`: the member that acknowledged it) and p
 attempt (`fail UNIXTIME`).
 
     python -m pg_ops_tests.app_writer DSN TABLE      (password in PGPASSWORD)
+
+`App` runs it from a test or benchmark (in the partition harness's app cgroup when given one)
+and reads what it printed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import psycopg
+
+from pg_ops.credentials import PG_OPS_DATABASE
+
+REPO = Path(__file__).parents[1]
 
 
 def main() -> int:
@@ -48,6 +60,84 @@ def main() -> int:
             time.sleep(0.05)
         time.sleep(0.005)
     return 0
+
+
+class App:
+    """pg_ops_tests.app_writer in a subprocess (in the partition harness's app cgroup when given)."""
+
+    def __init__(self, ctx, parts=None, table: str = "chaos_writes"):
+        self.ctx, self.parts, self.table = ctx, parts, table
+        self.lines: list[str] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> App:
+        argv = [sys.executable, "-m", "pg_ops_tests.app_writer",
+                self.ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), self.table]
+        env = {**os.environ, "PGPASSWORD": self.ctx.admin_password(), "PYTHONPATH": str(REPO)}
+        kwargs = {"env": env, "stdout": subprocess.PIPE, "text": True, "cwd": REPO}
+        if self.parts is not None:
+            self.proc = self._stack.enter_context(self.parts.app_process(argv, **kwargs))
+        else:
+            self.proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+            self._stack.callback(self._stop_plain)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _stop_plain(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self._reader.join(5)
+
+    def acks(self) -> list[tuple[int, float, str]]:
+        out = []
+        for line in list(self.lines):
+            if line.startswith("ack "):
+                _, n, t, member = line.split(" ", 3)
+                out.append((int(n), float(t), member))
+        return out
+
+    def wait_acks(self, count: int, timeout: float = 30.0, on: str | None = None) -> None:
+        target = len([a for a in self.acks() if on is None or a[2] == on]) + count
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len([a for a in self.acks() if on is None or a[2] == on]) >= target:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"the application made no progress{' on ' + on if on else ''}")
+
+    def first_ack_on(self, member: str, after: float) -> float | None:
+        return next((t for _, t, m in self.acks() if m == member and t > after), None)
+
+    def last_ack_on(self, member: str, after: float) -> float | None:
+        times = [t for _, t, m in self.acks() if m == member and t > after]
+        return max(times) if times else None
+
+    def progressing(self, member: str | None = None, k: int = 5) -> bool:
+        """At least k more acknowledgements (by `member`) within half a second."""
+        before = len([a for a in self.acks() if member is None or a[2] == member])
+        time.sleep(0.5)
+        return len([a for a in self.acks() if member is None or a[2] == member]) >= before + k
+
+    def lost(self, primary: str) -> set[int]:
+        """Acknowledged rows that `primary` does not hold (acknowledgements read before the query,
+        so rows acknowledged meanwhile are not counted as lost)."""
+        from pg_ops.postgres.session import with_connection
+
+        acked = {n for n, _, _ in self.acks()}
+        present = with_connection(self.ctx.endpoints()[primary], "postgres", self.ctx.admin_password(),
+                                  lambda c: {r[0] for r in c.execute(f"select n from {self.table}")},
+                                  dbname=PG_OPS_DATABASE, timeout=30)
+        return acked - present
+
 
 
 if __name__ == "__main__":

@@ -7,17 +7,16 @@ cases run through the real Dagster daemon. Every rule and cgroup is removed when
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import dagster as dg
 import pytest
 
-from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
 from pg_ops.operations.health import status_report, watch_cluster
 from pg_ops.postgres.session import with_connection
+from pg_ops_tests.app_writer import App
 from pg_ops_tests.helpers import running_cluster, wait_for
 from pg_ops_tests.partition import APP, PG_OPS, Partitions, unavailable
 from pg_ops_tests.test_alerts import WebhookCapture
@@ -26,51 +25,8 @@ from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"no partitions here: {unavailable()}")
 
 
-class App:
-    """pg_ops_tests/app_writer.py in the app cgroup: acknowledged rows, by member."""
-
-    def __init__(self, ctx, parts, table="app_writes"):
-        self.ctx, self.parts, self.table, self.lines = ctx, parts, table, []
-
-    def __enter__(self):
-        import subprocess
-        import threading
-
-        from pg_ops.settings import REPO_ROOT
-
-        argv = [sys.executable, "-m", "pg_ops_tests.app_writer",
-                self.ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), self.table]
-        env = {**os.environ, "PGPASSWORD": self.ctx.admin_password(), "PYTHONPATH": str(REPO_ROOT)}
-        self._cm = self.parts.app_process(argv, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-        self.proc = self._cm.__enter__()
-        self._reader = threading.Thread(target=lambda: [self.lines.append(x.strip()) for x in self.proc.stdout],
-                                        daemon=True)
-        self._reader.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._cm.__exit__(*exc)
-        self._reader.join(5)
-
-    def acks(self, member=None):
-        out = []
-        for line in list(self.lines):
-            if line.startswith("ack "):
-                _, n, t, who = line.split(" ", 3)
-                if member is None or who == member:
-                    out.append((int(n), float(t)))
-        return out
-
-    def progressing(self, member=None, k=5):
-        before = len(self.acks(member))
-        time.sleep(0.5)
-        return len(self.acks(member)) >= before + k
-
-    def lost(self, primary):
-        present = with_connection(self.ctx.endpoints()[primary], "postgres", self.ctx.admin_password(),
-                                  lambda c: {r[0] for r in c.execute(f"select n from {self.table}")},
-                                  dbname=PG_OPS_DATABASE, timeout=30)
-        return {n for n, _ in self.acks()} - present
+def acks_on(app, member):
+    return [(n, t) for n, t, who in app.acks() if who == member]
 
 
 def in_recovery(ctx, member):
@@ -98,9 +54,9 @@ def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached
         wait_for(lambda: parts_read(ctx, parts, primary), "the isolated primary to fence itself", timeout=60)
         seen_standby = time.time()
         time.sleep(2)
-        late = [t for _, t in app.acks(primary) if t > seen_standby]
+        late = [t for _, t in acks_on(app, primary) if t > seen_standby]
         assert late == [], f"{len(late)} writes acknowledged after it fenced itself"
-        assert app.acks(primary) and max(t for _, t in app.acks(primary)) > cut_at  # it did serve until then
+        assert acks_on(app, primary) and max(t for _, t in acks_on(app, primary)) > cut_at  # it did serve until then
         assert ctx.state().primary == primary and ctx.state().epoch == 1  # no failover happened
         log = ctx.platform.member_log_tail(primary, 200)
         assert "ISOLATED: no lease renewal" in log

@@ -176,28 +176,31 @@ report() {   # report KEY VALUE...: one key=value line in $REPORT (replacing the
 lsn_int() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
 
 count_discarded() {
-    # The fork point comes from pg_rewind's dry run; what this data dir holds beyond it on its
-    # own timeline is what the rewind (or a re-clone) discards: WAL bytes and commits.
-    local out fork tli last tot dump commits end
-    out=$("${BIN}pg_rewind" -D "$DATA" --dry-run --source-server="$(primary_conn postgres) dbname=postgres" 2>&1)
-    fork=$(printf '%s\n' "$out" | sed -n 's/.*diverged at WAL location \([0-9A-F]*\/[0-9A-F]*\) on timeline \([0-9]*\).*/\1/p')
-    tli=$(printf '%s\n' "$out" | sed -n 's/.*diverged at WAL location [0-9A-F/]* on timeline \([0-9]*\).*/\1/p')
-    [ -n "$fork" ] || return 0   # not diverged (or the dry run failed): nothing to count
-    dump=$("${BIN}pg_waldump" -p "$DATA/pg_wal" -t "$tli" -s "$fork" 2>/dev/null)
-    commits=$(printf '%s\n' "$dump" | grep -c 'desc: COMMIT')
+    # The fork point is where the primary's timeline branched off ours (its timeline history
+    # file); what our own WAL holds beyond it on our timeline is what the rewind (or a
+    # re-clone) discards: WAL bytes and commits. Counted before pg_rewind, which first runs
+    # crash recovery on a killed primary's data dir.
+    local mine theirs history fork dump commits last tot end
+    mine=$(local_tli); theirs=$(primary_tli)
+    [ -n "$mine" ] && [ -n "$theirs" ] && [ "$theirs" -gt "$mine" ] 2>/dev/null || return 0
+    history=$("${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c \
+        "select pg_read_file('pg_wal/' || lpad(upper(to_hex($theirs)), 8, '0') || '.history')" 2>/dev/null)
+    fork=$(printf '%s\n' "$history" | awk -v t="$mine" '$1 == t { print $2; exit }')
+    [ -n "$fork" ] || return 0
+    dump=$("${BIN}pg_waldump" -p "$DATA/pg_wal" -t "$mine" -s "$fork" 2>/dev/null)
     last=$(printf '%s\n' "$dump" | grep 'lsn: ' | tail -n 1)
-    end=$fork
-    if [ -n "$last" ]; then
-        tot=$(printf '%s\n' "$last" | sed -n 's/.*len (rec\/tot): *[0-9]*\/ *\([0-9]*\),.*/\1/p')
-        end=$(printf '%s\n' "$last" | sed -n 's/.*lsn: \([0-9A-F]*\/[0-9A-F]*\),.*/\1/p')
-        end=$(printf '%X/%X' $(( ($(lsn_int "$end") + ${tot:-0}) >> 32 )) $(( ($(lsn_int "$end") + ${tot:-0}) & 0xFFFFFFFF )))
-    fi
-    local bytes=$(( $(lsn_int "$end") - $(lsn_int "$fork") ))
-    log "discarding what this member held beyond the fork point: $commits transactions, $bytes bytes of WAL ($fork - $end on timeline $tli)"
+    [ -n "$last" ] || return 0   # nothing of ours beyond the fork point: nothing discarded
+    commits=$(printf '%s\n' "$dump" | grep -c 'desc: COMMIT')
+    tot=$(printf '%s\n' "$last" | sed -n 's/.*len (rec\/tot): *[0-9]*\/ *\([0-9]*\),.*/\1/p')
+    end=$(printf '%s\n' "$last" | sed -n 's/.*lsn: \([0-9A-F]*\/[0-9A-F]*\),.*/\1/p')
+    end=$(( $(lsn_int "$end") + ${tot:-0} ))
+    local bytes=$(( end - $(lsn_int "$fork") ))
+    end=$(printf '%X/%X' $(( end >> 32 )) $(( end & 0xFFFFFFFF )))
+    log "discarding what this member held beyond the fork point: $commits transactions, $bytes bytes of WAL ($fork - $end on timeline $mine)"
     report discarded.at "$(date -u +%s)"
     report discarded.from "$fork"
     report discarded.to "$end"
-    report discarded.timeline "$tli"
+    report discarded.timeline "$mine"
     report discarded.bytes "$bytes"
     report discarded.transactions "$commits"
     report discarded.kept_aside ""

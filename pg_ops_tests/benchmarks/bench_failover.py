@@ -24,13 +24,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.postgres.session import with_connection
+from pg_ops_tests.app_writer import App
 from pg_ops_tests.benchmarks.chaos import AckWriter
 from pg_ops_tests.benchmarks.common import emit, summary
 from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
@@ -77,74 +76,6 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
             out.append({"ok": result.success, "rto_s": writer.rto_after(killed_at), "lost": writer.lost(ctx, new)})
             deploy(ctx)  # the old primary rejoins as a replica for the next trial
     return out
-
-
-# -- the application, as a process --------------------------------------------------------------
-class App:
-    """pg_ops_tests.app_writer in a subprocess (in the partition harness's app cgroup when given)."""
-
-    def __init__(self, ctx, parts=None, table: str = "chaos_writes"):
-        self.ctx, self.parts, self.table = ctx, parts, table
-        self.lines: list[str] = []
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> App:
-        argv = [sys.executable, "-m", "pg_ops_tests.app_writer",
-                self.ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), self.table]
-        env = {**os.environ, "PGPASSWORD": self.ctx.admin_password(), "PYTHONPATH": str(REPO)}
-        kwargs = {"env": env, "stdout": subprocess.PIPE, "text": True, "cwd": REPO}
-        if self.parts is not None:
-            self.proc = self._stack.enter_context(self.parts.app_process(argv, **kwargs))
-        else:
-            self.proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-            self._stack.callback(self._stop_plain)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
-
-    def _stop_plain(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(10)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-        self._reader.join(5)
-
-    def acks(self) -> list[tuple[int, float, str]]:
-        out = []
-        for line in list(self.lines):
-            if line.startswith("ack "):
-                _, n, t, member = line.split(" ", 3)
-                out.append((int(n), float(t), member))
-        return out
-
-    def wait_acks(self, count: int, timeout: float = 30.0, on: str | None = None) -> None:
-        target = len([a for a in self.acks() if on is None or a[2] == on]) + count
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if len([a for a in self.acks() if on is None or a[2] == on]) >= target:
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"the application made no progress{' on ' + on if on else ''}")
-
-    def first_ack_on(self, member: str, after: float) -> float | None:
-        return next((t for _, t, m in self.acks() if m == member and t > after), None)
-
-    def last_ack_on(self, member: str, after: float) -> float | None:
-        times = [t for _, t, m in self.acks() if m == member and t > after]
-        return max(times) if times else None
-
-    def lost(self, ctx, primary: str) -> int:
-        acked = {n for n, _, _ in self.acks()}
-        present = with_connection(ctx.endpoints()[primary], "postgres", ctx.admin_password(),
-                                  lambda c: {r[0] for r in c.execute(f"select n from {self.table}")},
-                                  dbname=PG_OPS_DATABASE, timeout=30)
-        return len(acked - present)
 
 
 # -- through the daemon -----------------------------------------------------------------------------
@@ -236,7 +167,7 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
                 if partition:
                     parts.heal()
                 deploy(ctx)  # the old primary rejoins (rewound) as a replica
-                trial["lost"] = app.lost(ctx, ctx.state().primary) if ok else None
+                trial["lost"] = len(app.lost(ctx.state().primary)) if ok else None
             if not ok:
                 tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
                 print("daemon trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)
