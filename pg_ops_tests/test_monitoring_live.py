@@ -259,3 +259,23 @@ def test_paused_replay_under_writes_fires_the_lag_alert(live):
         finally:
             live.sql(replica, "select pg_wal_replay_resume()")
         wait_until(lambda: not live.firing("PgOpsReplicationLag"), "PgOpsReplicationLag resolved after resume")
+
+
+def test_an_operations_event_reaches_alertmanager_once_and_ends_by_itself(live):
+    """A one-off alert (a failed backup: send_alert, as operations/backup.py sends it) fires once in
+    Alertmanager and carries its own end, an hour later: nothing will ever resolve it."""
+    from datetime import datetime
+
+    from pg_ops.operations.alerts import EVENT_SECONDS, send_alert
+
+    alert = send_alert(live.ctx, "critical", "backup_failed", f"backup of cluster {CLUSTER} failed (test)",
+                       backup_id="b-live")
+    wait_until(lambda: notified(live.notifications.bodies, "PgOpsBackupFailed", "firing"),
+               "the failed backup notified by Alertmanager")
+    held = [x for x in live.alertmanager.alerts() if x["labels"]["alertname"] == "PgOpsBackupFailed"]
+    assert len(held) == 1 and held[0]["labels"]["source"] == "pg_ops"
+    ends = datetime.fromisoformat(held[0]["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert abs(ends - (alert.fired_at + EVENT_SECONDS)) < 2
+    assert json.loads(held[0]["annotations"]["details"]) == {"backup_id": "b-live"}
+    assert live.ctx.admin_password() not in json.dumps(held)
+    assert len(notified(live.notifications.bodies, "PgOpsBackupFailed", "firing")) == 1
