@@ -65,10 +65,14 @@ $(TOOLS)/.installed:
 
 tools: $(TOOLS)/.installed
 
-# postgres_exporter per member of the local cluster (`make run` deploys it) and Prometheus with the
-# repo's rules on 127.0.0.1:9090, in one process group: Ctrl-C stops it, or `make monitoring-stop`.
+# postgres_exporter per member of the local cluster (`make run` deploys it; exporters on 9187, 9188…)
+# and Prometheus with the repo's rules on 127.0.0.1:9090, children of one supervisor in the
+# foreground: Ctrl-C stops them all, or `make monitoring-stop` from another terminal.
+PROMETHEUS_PORT ?= 9090
+EXPORTER_PORT ?= 9187
 monitoring: setup apt-packages
-	exec $(PY) -m pg_ops.platforms.local_monitoring run
+	exec $(PY) -m pg_ops.platforms.local_monitoring run --prometheus-port $(PROMETHEUS_PORT) \
+		--exporter-port $(EXPORTER_PORT)
 
 monitoring-stop: setup
 	$(PY) -m pg_ops.platforms.local_monitoring stop

@@ -81,7 +81,10 @@ def binary(name: str) -> str:
 
 
 def port_free(port: int) -> bool:
+    """Nobody listens there (connections of a stopped run in TIME_WAIT do not count: Prometheus
+    and the exporters bind with SO_REUSEADDR too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
