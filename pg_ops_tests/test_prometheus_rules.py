@@ -62,6 +62,7 @@ def cases(spec: ClusterSpec) -> list[Case]:
     pg_up, up = scraped("pg_up", p1), scraped("up", p1)
     rec = {p: scraped("pg_ops_member_in_recovery", p) for p in (p0, p1, p2)}
     cluster_alert = {"pg_cluster": c, "severity": "critical"}
+    silent_min = monitoring.health_silent_seconds(spec) // 60  # whole minutes at the shipped intervals
 
     def status(key: str) -> str:
         return scraped("pg_ops_status_timestamp_seconds", p0, key=key)
@@ -142,14 +143,15 @@ def cases(spec: ClusterSpec) -> list[Case]:
         *age_cases("PgOpsBackupTooOld", "backup_complete", 26 * H, 10, "critical", step=5),
         *age_cases("PgOpsDrillTooOld", "drill_success", 8 * 24 * H, 60, "warning", step=30),
 
-        Case("PgOpsHealthSensorSilent", "fires", {status("health_tick"): "0x5"}, [("3m", [cluster_alert])],
-             notes=["the last tick 3 minutes ago"]),
+        Case("PgOpsHealthSensorSilent", "fires", {status("health_tick"): f"0x{silent_min + 3}"},
+             [(f"{silent_min + 1}m", [cluster_alert])], notes=["the last tick a minute more than the limit ago"]),
         Case("PgOpsHealthSensorSilent", "fires", {pg_up: "1x5"}, [("0m", [{**cluster_alert, "key": "health_tick"}])],
              notes=["no tick ever: absent()"]),
-        Case("PgOpsHealthSensorSilent", "near miss", {status("health_tick"): "0x5"}, [("2m", [])],
-             notes=["exactly 2 minutes since the last tick"]),
-        Case("PgOpsHealthSensorSilent", "resolves", {status("health_tick"): "0x3 240 300"},
-             [("3m", [cluster_alert]), ("4m", [])]),
+        Case("PgOpsHealthSensorSilent", "near miss", {status("health_tick"): f"0x{silent_min + 3}"},
+             [(f"{silent_min}m", [])], notes=["exactly the limit since the last tick"]),
+        Case("PgOpsHealthSensorSilent", "resolves",
+             {status("health_tick"): f"0x{silent_min + 1} {(silent_min + 2) * 60} {(silent_min + 3) * 60}"},
+             [(f"{silent_min + 1}m", [cluster_alert]), (f"{silent_min + 2}m", [])]),
     ]
 
 
@@ -250,3 +252,13 @@ def test_promtool_unit_tests_would_catch_a_wrong_threshold(promtool, tmp_path):
     suite = promtool_tests(spec, rules.name)["1m"]
     suite["tests"] = [t for t in suite["tests"] if t["name"].startswith("PgOpsReplicationLag fires seconds")]
     assert run_promtool_tests(promtool, tmp_path, {"1m": suite}).returncode == 0
+
+
+def test_the_dead_mans_switch_waits_longer_for_a_slower_sensor():
+    """4 sensor intervals, never less than 2 minutes: a cluster ticked every 5 minutes is not
+    declared silent between two ticks."""
+    spec = SPECS["local"]
+    slow = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"interval_seconds": 300})})
+    expr = {r["alert"]: r["expr"] for r in monitoring.alert_rules(slow)}["PgOpsHealthSensorSilent"]
+    assert "> 1200 or" in expr
+    assert "> 120 or" in {r["alert"]: r["expr"] for r in monitoring.alert_rules(spec)}["PgOpsHealthSensorSilent"]

@@ -190,6 +190,12 @@ def _storage_bytes(quantity: str) -> int:
     return int(quantity)
 
 
+def health_silent_seconds(spec: ClusterSpec) -> int:
+    """How long without a health tick is an alert: 2 minutes, or 4 of the cluster's sensor
+    intervals when those are longer (a 5-minute interval must not page every tick)."""
+    return max(120, 4 * spec.monitoring.interval_seconds)
+
+
 def alert_rules(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
     """Each alert names the cluster; thresholds come from spec.monitoring. `pending` replaces
     every rule's `for` (live tests only: the real durations are proven by promtool's unit tests,
@@ -197,6 +203,7 @@ def alert_rules(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
     m = spec.monitoring
     sel = f'{CLUSTER_LABEL}="{spec.name}"'
     capacity = _storage_bytes(spec.kubernetes.storage)
+    silent = health_silent_seconds(spec)
 
     def status_age(key: str) -> str:
         return f'time() - max(pg_ops_status_timestamp_seconds{{{sel}, key="{key}"}})'
@@ -238,8 +245,9 @@ def alert_rules(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
              f"{status_age('drill_success')} > {8 * 86400} or {never('drill_success')}", "1h", "warning",
              f"{spec.name}: no successful restore drill for more than 8 days"),
         rule("PgOpsHealthSensorSilent",
-             f"{status_age('health_tick')} > 120 or {never('health_tick')}", "0s", "critical",
-             f"{spec.name}: pg_ops's health sensor has not ticked for 2 minutes (Dagster daemon down?)"),
+             f"{status_age('health_tick')} > {silent} or {never('health_tick')}", "0s", "critical",
+             f"{spec.name}: pg_ops's health sensor has not ticked for {silent} s (Dagster daemon down, "
+             f"or no primary to record the tick?)"),
     ]
 
 
