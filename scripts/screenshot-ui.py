@@ -40,7 +40,7 @@ VENV_BIN = REPO / ".venv" / "bin"
 PAGES = {  # page -> (default output, path on the server, default window size)
     "dagster-asset-graph": (REPO / "docs" / "images" / "dagster-asset-graph.png",
                             "/locations/pg_ops/asset-groups/deployment", "1800,640"),
-    "prometheus-alerts": (REPO / "docs" / "images" / "prometheus-alerts.png", "/classic/alerts", "1400,540"),
+    "prometheus-alerts": (REPO / "docs" / "images" / "prometheus-alerts.png", "/classic/alerts", "1400,690"),
 }
 FIRING_TIMEOUT_S = 180
 # The flags Chromium needs on a machine with no outside network and no GPU, as root.
