@@ -279,3 +279,47 @@ def test_an_operations_event_reaches_alertmanager_once_and_ends_by_itself(live):
     assert json.loads(held[0]["annotations"]["details"]) == {"backup_id": "b-live"}
     assert live.ctx.admin_password() not in json.dumps(held)
     assert len(notified(live.notifications.bodies, "PgOpsBackupFailed", "firing")) == 1
+
+
+# -- make monitoring's supervisor ------------------------------------------------------------------
+def test_make_monitoring_stop_stops_every_process_it_started(live):
+    """`make monitoring-stop` (local_monitoring.stop) ends the supervisor, and with it every
+    exporter and Prometheus it started; a second stop says nothing runs."""
+    import sys
+
+    from pg_ops.platforms import local_monitoring
+    from pg_ops_tests.helpers import free_port, free_port_range
+    from pg_ops_tests.monitoring_tools import Prometheus, stop_group
+
+    workdir = live.home / "monitoring-2"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pg_ops.platforms.local_monitoring", "run", "--dir", str(workdir),
+                             "--prometheus-port", str(port), "--exporter-port", str(free_port_range(3))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: Prometheus(f"http://127.0.0.1:{port}").targets_up(), "the second stack up")
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        assert len(children) == len(live.ctx.spec.member_names) + 1  # the exporters and Prometheus
+        assert local_monitoring.stop(workdir) == f"stopped make monitoring (supervisor {proc.pid})"
+        proc.wait(30)
+
+        def gone(pid: int) -> bool:
+            return not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+        wait_until(lambda: all(gone(pid) for pid in children), "every child of the supervisor gone", 30)
+        assert local_monitoring.stop(workdir) == "make monitoring is not running"
+        assert not (workdir / "supervisor.pid").exists()
+    finally:
+        stop_group(proc)
+
+
+def test_make_monitoring_refuses_a_cluster_without_the_exporters_role(tmp_path, monkeypatch):
+    from pg_ops.errors import PgOpsError
+    from pg_ops.platforms import local_monitoring
+
+    spec = spec_from(write_spec(tmp_path, "never"))
+    monkeypatch.setenv("PG_OPS_HOME", str(tmp_path / "home"))
+    with pytest.raises(PgOpsError, match=r"cluster never: no password for the exporter's role postgres_exporter yet: "
+                                         r"run `pg-ops deploy --cluster never`"):
+        local_monitoring.exporters_for([spec], 9187)
