@@ -199,7 +199,8 @@ def run(opts: Options) -> int:
     """Start everything, then supervise until a signal or a child's exit (then stop the rest)."""
     specs = local_specs()
     exporters = exporters_for(specs, opts.exporter_port)
-    binary(PROMETHEUS), binary(EXPORTER)
+    for name in (PROMETHEUS, EXPORTER):
+        binary(name)  # before anything starts: one line naming the missing package
     ports = [opts.prometheus_port] + [e.listen for e in exporters]
     busy = [p for p in ports if not port_free(p)]
     if busy:
