@@ -9,7 +9,16 @@ export DAGSTER_HOME ?= $(PG_OPS_HOME)/dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup tools run test bench lint deploy status teardown clean
+.PHONY: setup tools apt-packages run test bench lint deploy status teardown clean \
+	monitoring monitoring-stop screenshot-alerts
+
+# Debian packages, installed with apt when running as root (CI runs as root); not root, the tests
+# that need one skip with a one-line reason, and this says which. ONE list for `make test` and
+# `make monitoring`: add a package as `name=what skips without it`.
+APT_PACKAGES := \
+	"prometheus=promtool rule tests and live monitoring tests (pg_ops_tests/test_prometheus_rules.py, test_monitoring_live.py), make monitoring" \
+	"prometheus-postgres-exporter=live monitoring tests (pg_ops_tests/test_monitoring_live.py), make monitoring" \
+	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)"
 
 setup: $(STAMP)
 
@@ -36,7 +45,10 @@ run: setup $(DAGSTER_HOME)/dagster.yaml
 deploy status teardown: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pg-ops $@
 
-test: setup tools
+apt-packages:
+	@bash scripts/apt-install.sh $(APT_PACKAGES)
+
+test: setup tools apt-packages
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks $(PYTEST_ARGS)
 
@@ -55,6 +67,23 @@ $(TOOLS)/.installed:
 	touch $@
 
 tools: $(TOOLS)/.installed
+
+# postgres_exporter per member of the local cluster (`make run` deploys it; exporters on 9187, 9188…)
+# and Prometheus with the repo's rules on 127.0.0.1:9090, children of one supervisor in the
+# foreground: Ctrl-C stops them all, or `make monitoring-stop` from another terminal.
+PROMETHEUS_PORT ?= 9090
+EXPORTER_PORT ?= 9187
+monitoring: setup apt-packages
+	exec $(PY) -m pg_ops.platforms.local_monitoring run --prometheus-port $(PROMETHEUS_PORT) \
+		--exporter-port $(EXPORTER_PORT)
+
+monitoring-stop: setup
+	$(PY) -m pg_ops.platforms.local_monitoring stop
+
+# The README's picture of the Prometheus alerts page (Chromium only for this, not for `make test`).
+screenshot-alerts: setup apt-packages
+	@bash scripts/apt-install.sh "chromium=the screenshot"
+	$(PY) scripts/screenshot-ui.py --page prometheus-alerts
 
 lint: setup
 	$(VENV)/bin/ruff check .

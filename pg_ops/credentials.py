@@ -11,6 +11,11 @@ from pg_ops.spec import ClusterSpec
 
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"
+# The role postgres_exporter logs in as: a member of PostgreSQL's predefined `pg_monitor` role
+# (its statistics views and functions) with read access to pg_ops.status, never the superuser.
+# Its own name cannot start with "pg_": PostgreSQL reserves those for predefined roles.
+MONITORING_USER = "postgres_exporter"
+MONITORING_GRANT = "pg_monitor"
 PG_OPS_DATABASE = "pg_ops"
 
 
@@ -46,7 +51,7 @@ class Credentials(BaseModel):
 
 
 def required_roles(spec: ClusterSpec) -> list[str]:
-    return [SUPERUSER, REPLICATION_USER] + sorted({d.owner for d in spec.databases})
+    return [SUPERUSER, REPLICATION_USER, MONITORING_USER] + sorted({d.owner for d in spec.databases})
 
 
 def new_credentials(spec: ClusterSpec) -> Credentials:

@@ -20,7 +20,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 PG_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Names pg_ops itself uses; an application may not claim them.
 RESERVED_DATABASES = {"postgres", "template0", "template1", "pg_ops"}
-RESERVED_ROLES = {"postgres", "replicator", "pg_ops"}
+RESERVED_ROLES = {"postgres", "replicator", "pg_ops", "postgres_exporter"}  # credentials.py
 
 
 class Strict(BaseModel):
@@ -164,6 +164,23 @@ class FailoverSpec(Strict):
 
 class AlertsSpec(Strict):
     webhook_url_env: str = "PG_OPS_ALERT_WEBHOOK"
+    # pg_ops's own alerts also go to this Alertmanager (its /api/v2/alerts), beside the rules
+    # Prometheus sends there. The URL is written here, not in an env var: an in-cluster address
+    # is no secret. One that carries credentials (user:password@) is refused: secrets never live
+    # in a spec.
+    alertmanager_url: str | None = None
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _plain_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = re.fullmatch(r"(https?)://([^/?#]+)(/[^?#]*)?", value)
+        if not match:
+            raise ValueError(f"{value!r} is not an http(s)://host[:port][/path] URL")
+        if "@" in match.group(2):
+            raise ValueError("the URL carries credentials; a spec never holds secrets")
+        return value.rstrip("/")
 
 
 class ClusterSpec(Strict):

@@ -9,7 +9,18 @@ import dagster as dg
 
 from pg_ops.defs.health import AlertsResource, deliver_run_failure
 from pg_ops.errors import PgOpsError
-from pg_ops.operations.alerts import REDACTED, Alert, WebhookSender, deliver, reconcile, scrub
+from pg_ops.operations.alerts import (
+    EVENT_SECONDS,
+    REDACTED,
+    Alert,
+    AlertmanagerSender,
+    WebhookSender,
+    alertmanager_alert,
+    alertmanager_name,
+    deliver,
+    reconcile,
+    scrub,
+)
 
 ALERT_FIELDS = {"cluster", "severity", "kind", "summary", "details", "fired_at", "resolved_at"}
 
@@ -156,3 +167,43 @@ def test_run_failure_alert_is_posted_without_secrets(monkeypatch, make_spec):
     body = json.dumps(hook.bodies[0])
     assert "cannot reach rf-0 with password" in body and secret not in body
     assert hook.bodies[0]["details"]["job"] == "failing_job"
+
+
+# -- Alertmanager (the live path: test_monitoring_live.py) --------------------------------------
+def test_alertmanager_alert_keeps_its_labels_from_fire_to_resolve():
+    sent, state = reconcile({}, [a(kind="no_replica_streaming", member="")], now=1000)
+    fired = alertmanager_alert(sent[0])
+    resolved_alerts, _ = reconcile(state, [], now=1060)
+    resolved = alertmanager_alert(resolved_alerts[0])
+    assert fired["labels"] == resolved["labels"] == {
+        "alertname": "PgOpsNoReplicaStreaming", "pg_cluster": "c", "severity": "warning",
+        "kind": "no_replica_streaming", "source": "pg_ops"}
+    assert fired["startsAt"] == resolved["startsAt"] == "1970-01-01T00:16:40Z"
+    # Firing: an end far ahead (pg_ops resolves it); resolved: ends when pg_ops saw it clear.
+    assert fired["endsAt"] == "1971-01-01T00:16:40Z" and resolved["endsAt"] == "1970-01-01T00:17:40Z"
+    event = alertmanager_alert(a(kind="backup_failed").model_copy(update={"fired_at": 1000.0}), event=True)
+    assert event["endsAt"] == alertmanager_alert(
+        a().model_copy(update={"fired_at": 1000.0 + EVENT_SECONDS, "resolved_at": 1000.0 + EVENT_SECONDS}))["endsAt"]
+    assert event["labels"]["member"] == "c-1" and event["annotations"]["summary"] == "backup_failed c-1"
+
+
+def test_no_pg_ops_alert_name_is_a_prometheus_rule_name_and_covered_kinds_are_rules():
+    from pg_ops.render.monitoring import SENSOR_KINDS_COVERED, alert_rules
+    from pg_ops.spec import ClusterSpec
+
+    rules = {r["alert"] for r in alert_rules(ClusterSpec(name="c"))}
+    assert set(SENSOR_KINDS_COVERED.values()) <= rules
+    for kind in ("member_down", "no_replica_streaming", "primary_down", "manual_failover_needed", "run_failed",
+                 "backup_failed", "restore_drill_failed", "health_check_failed", "primary_unreachable"):
+        assert alertmanager_name(kind) not in rules, kind
+
+
+def test_alertmanager_sender_leaves_covered_kinds_to_prometheus_and_posts_the_rest():
+    with WebhookCapture() as hook:  # stands in for Alertmanager's /api/v2/alerts here
+        sender = AlertmanagerSender(hook.url.removesuffix("/alerts"))
+        sender.url = hook.url  # the capture listens on /alerts
+        outcome = sender.send([a(kind="member_down"), a(kind="no_replica_streaming", member="")])
+    assert outcome == {"c/member_down/c-1": "left to Prometheus (PgOpsInstanceDown)",
+                       "c/no_replica_streaming/": "sent"}
+    assert [[x["labels"]["alertname"] for x in body] for body in hook.bodies] == [["PgOpsNoReplicaStreaming"]]
+    assert AlertmanagerSender(None).send([a()]) == {}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pg_ops import settings
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.platforms import kubernetes_names as k
@@ -30,9 +30,10 @@ REPO = settings.REPO_ROOT
 HOMELAB = REPO / "deploy" / "clusters" / "homelab.yaml"
 K8S_VERSION = "1.31.0"
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Application", "IPAddressPool", "L2Advertisement"}
-# Metrics postgres_exporter produces without custom queries (its own pg_up, the default
-# `replication` and `database` collectors) plus Prometheus's own per-target `up`.
-EXPORTER_DEFAULT_METRICS = {"pg_up", "pg_replication_is_replica", "pg_database_size_bytes"}
+# Metrics postgres_exporter produces without custom queries in every version we run (the sidecar's
+# 0.17 and Debian's 0.11: its own pg_up and the default `database` collector) plus Prometheus's own
+# per-target `up`. Not pg_replication_is_replica: 0.11 has no such metric.
+EXPORTER_DEFAULT_METRICS = {"pg_up", "pg_database_size_bytes"}
 PROMETHEUS_SYNTHETIC = {"up"}
 
 
@@ -404,6 +405,7 @@ def test_probe_script_against_real_members(cluster):
 
 
 def test_exporter_queries_run_on_real_members(shared_cluster):
+    """As the exporter runs them: logged in as its pg_monitor role, not as the superuser."""
     ctx = shared_cluster
     primary = ctx.state().primary
     replica = next(m for m in ctx.spec.member_names if m != primary)
@@ -414,8 +416,10 @@ def test_exporter_queries_run_on_real_members(shared_cluster):
     queries = monitoring.exporter_queries()
     for member in (primary, replica):
         ep = ctx.endpoints()[member]
-        with psycopg.connect(host=ep.host, port=ep.port, user=SUPERUSER, dbname=PG_OPS_DATABASE,
-                             password=ctx.admin_password(), autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(host=ep.host, port=ep.port, user=MONITORING_USER, dbname=PG_OPS_DATABASE,
+                             password=ctx.credentials().password(MONITORING_USER), autocommit=True,
+                             connect_timeout=5) as conn:
+            assert not conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0]
             wait_for(lambda conn=conn: conn.execute(f"select 1 from {monitoring.STATUS_TABLE}").fetchall(),
                      f"the status row on {member}")
             for name, query in queries.items():
@@ -428,6 +432,10 @@ def test_exporter_queries_run_on_real_members(shared_cluster):
                     assert (len(rows) == len(ctx.spec.member_names) - 1) if member == primary else rows == []
                 if name == "pg_ops_wal_receiver":
                     assert rows == [(1,)], f"{member} should count as streaming"
+                if name == "pg_ops_member":
+                    assert rows == [(0 if member == primary else 1,)]
+                if name == "pg_ops_storage":
+                    assert rows[0][0] > 0  # pg_ls_waldir() is allowed to pg_monitor
                 if name == "pg_ops_status":
                     assert ("health_tick", ) == rows[0][:1]
 

@@ -31,6 +31,10 @@ def test_shipped_specs_load():
     ("name: a\nbackups: {store: {type: s3}}\n", "backups.store.s3.bucket", "Field required"),
     ("name: a\nunknown_key: 1\n", "unknown_key", "Extra inputs are not permitted"),
     ("name: a\nfailover: {mode: sometimes}\n", "failover.mode", "'automatic' or 'manual'"),
+    ("name: a\ndatabases: [{name: m, owner: postgres_exporter}]\n", "databases.0", "reserved"),
+    ("name: a\nalerts: {alertmanager_url: 'http://am:s3cret@am:9093'}\n", "alerts.alertmanager_url",
+     "carries credentials"),
+    ("name: a\nalerts: {alertmanager_url: 'am:9093'}\n", "alerts.alertmanager_url", "not an http(s)"),
 ])
 def test_bad_spec_names_file_field_and_reason(tmp_path: Path, body, field, reason):
     path = tmp_path / "c.yaml"

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from pg_ops import settings
-from pg_ops.credentials import REPLICATION_USER, SUPERUSER, required_roles
+from pg_ops.credentials import MONITORING_USER, REPLICATION_USER, SUPERUSER, required_roles
 from pg_ops.platforms import kubernetes_names as k
 from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_state import owned_metadata
@@ -179,7 +179,8 @@ def test_credentials_secret_name_keys_and_labels_match_the_platform(hcl):
     assert labels == owned_metadata(HOMELAB, "x")["labels"]
     assert k.LABEL_INSTANCE not in labels  # ArgoCD's label tracking would prune it
     loc = module_locals(hcl)
-    assert (loc["superuser"], loc["replication_user"]) == (SUPERUSER, REPLICATION_USER)
+    assert (loc["superuser"], loc["replication_user"], loc["monitoring_user"]) == (
+        SUPERUSER, REPLICATION_USER, MONITORING_USER)
     assert loc["passfile_key"] == k.PASSFILE_KEY
     assert re.search(r'"\$\{role\}-password"', loc["password_keys"])
     assert k.password_key("${role}") == "${role}-password"
@@ -195,7 +196,7 @@ def test_pg_ops_reads_the_secret_opentofu_writes(hcl):
     """Build the Secret's data as secrets.tf does (its roles, key names, passfile lines) and hand
     it to the platform's own reader: every role pg_ops needs comes back with its password."""
     owners = [db["owner"] for db in defaults(hcl)["databases"]]
-    roles = list(dict.fromkeys([SUPERUSER, REPLICATION_USER, *owners]))
+    roles = list(dict.fromkeys([SUPERUSER, REPLICATION_USER, MONITORING_USER, *owners]))
     passwords = {role: f"{role}PW0123456789abcdefghijklmnopqr" for role in roles}
     key_template = re.search(r'"(\$\{role\}-password)"', module_locals(hcl)["password_keys"]).group(1)
     data = {key_template.replace("${role}", role): pw for role, pw in passwords.items()}

@@ -54,7 +54,8 @@ def service_level_asset_key(cluster: str) -> dg.AssetKey:
 
 class AlertsResource(dg.ConfigurableResource):
     """Alerts are always logged; POSTed as JSON to the URL in the env var the cluster's spec
-    names (`alerts.webhook_url_env`, default PG_OPS_ALERT_WEBHOOK) when it is set."""
+    names (`alerts.webhook_url_env`, default PG_OPS_ALERT_WEBHOOK) when it is set, and to the
+    spec's `alerts.alertmanager_url` when there is one (kinds a Prometheus rule covers excepted)."""
 
     webhook_url_env: str | None = None  # overrides every spec's env var name
     timeout_seconds: float = 2.0
@@ -62,16 +63,20 @@ class AlertsResource(dg.ConfigurableResource):
     deadline_seconds: float = 5.0
 
     def deliver(self, alerts: list[Alert], specs: dict[str, ClusterSpec], secrets: list[str],
-                logger=None) -> dict[str, str]:
-        by_env: dict[str, list[Alert]] = {}
+                logger=None, events: bool = False) -> dict[str, str]:
+        """`events`: one-off alerts that never resolve (a failed run)."""
+        by_route: dict[tuple[str, str | None], list[Alert]] = {}
         for alert in alerts:
             spec_alerts = specs[alert.cluster].alerts if alert.cluster in specs else AlertsSpec()
-            by_env.setdefault(self.webhook_url_env or spec_alerts.webhook_url_env, []).append(alert)
+            route = (self.webhook_url_env or spec_alerts.webhook_url_env, spec_alerts.alertmanager_url)
+            by_route.setdefault(route, []).append(alert)
         outcome: dict[str, str] = {}
-        for env_name, batch in by_env.items():
-            sender = alert_ops.WebhookSender.from_env(env_name, timeout=self.timeout_seconds, retries=self.retries,
-                                                      deadline=self.deadline_seconds)
-            outcome.update(alert_ops.deliver(batch, sender, secrets, logger))
+        limits = {"timeout": self.timeout_seconds, "retries": self.retries, "deadline": self.deadline_seconds}
+        for (env_name, alertmanager_url), batch in by_route.items():
+            sender = alert_ops.WebhookSender.from_env(env_name, **limits)
+            alertmanager = alert_ops.AlertmanagerSender(alertmanager_url, **limits) if alertmanager_url else None
+            outcome.update(alert_ops.deliver(batch, sender, secrets, logger, alertmanager=alertmanager,
+                                             events=events))
         return outcome
 
 
@@ -327,7 +332,7 @@ def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResou
     secrets = []
     if alert.cluster in specs:
         secrets = alert_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))
-    alerts.deliver([alert], specs, secrets, context.log)
+    alerts.deliver([alert], specs, secrets, context.log, events=True)
     return alert
 
 

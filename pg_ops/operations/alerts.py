@@ -1,4 +1,5 @@
-"""Alerts: one JSON shape, fired once and resolved once, always logged, POSTed to a webhook.
+"""Alerts: one JSON shape, fired once and resolved once, always logged, POSTed to a webhook
+and, when the spec names one (`alerts.alertmanager_url`), to an Alertmanager.
 
 The de-duplication state is a plain dict (the sensor keeps it in its cursor): a condition
 that is active now and was not open fires; an open one that is no longer active resolves; an
@@ -8,6 +9,15 @@ open — silence is not recovery.
 Secrets never leave: every payload is scrubbed of the cluster's passwords and of any value
 of a secret-looking detail key before it is logged or sent, and the webhook URL (which often
 carries a token itself) is never logged.
+
+Alertmanager (its /api/v2/alerts) receives the same fire and resolve, once each, with one rule:
+a kind a Prometheus rule already sends there (render/monitoring.py SENSOR_KINDS_COVERED: a member
+down, lag, not streaming, storage, connections, split brain) is left to Prometheus, so no
+condition reaches Alertmanager twice. A firing condition is posted with an end far ahead: it
+stays firing until pg_ops posts its resolution (Alertmanager would otherwise resolve it by
+itself after its resolve_timeout, as if the condition had cleared; silence is not recovery). A
+one-off event (a failed run, backup or drill) never resolves: it ends EVENT_SECONDS after it
+fired.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -116,6 +127,45 @@ def payload(alert: Alert) -> dict:
 
 
 # -- delivery ----------------------------------------------------------------------------------
+def _post_json(url: str, body: bytes, timeout: float) -> None:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "pg_ops-alerts"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-set URL
+        response.read()
+
+
+def _post_with_retries(url: str, body: bytes, timeout: float, retries: int, backoff: float) -> str:
+    """'sent' or 'failed after N attempts (reason)'; never raises, never names the URL."""
+    last = ""
+    for attempt in range(retries + 1):
+        try:
+            _post_json(url, body, timeout)
+            return "sent"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except Exception as exc:  # noqa: BLE001 - a receiver must never break the sensor
+            last = type(exc).__name__ + (f": {exc.reason}" if hasattr(exc, "reason") else "")
+        if attempt < retries:
+            time.sleep(backoff * (attempt + 1))
+    return f"failed after {retries + 1} attempts ({last})"
+
+
+def _within_deadline(jobs: list[tuple[str, object]], deadline: float, name: str) -> dict[str, str]:
+    """Run each (key, callable returning an outcome) in a daemon thread; one deadline for all."""
+    results: dict[str, str] = {}
+
+    def run(key, job):
+        results[key] = job()
+
+    threads = [threading.Thread(target=run, args=job, daemon=True, name=name) for job in jobs]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + deadline
+    for thread in threads:
+        thread.join(max(0.0, end - time.monotonic()))
+    return {key: results.get(key, f"timed out after {deadline:g} s") for key, _ in jobs}
+
+
 class WebhookSender:
     """POST each alert as JSON with a short timeout and a few retries; never raises.
 
@@ -135,44 +185,87 @@ class WebhookSender:
     def from_env(cls, env_name: str, **kwargs) -> WebhookSender:
         return cls(os.environ.get(env_name) or None, **kwargs)
 
-    def _post_once(self, body: bytes) -> None:
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "User-Agent": "pg_ops-alerts"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - operator-set URL
-            response.read()
-
-    def _post(self, alert: Alert, results: dict) -> None:
-        body = json.dumps(payload(alert), default=str).encode()
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                self._post_once(body)
-                results[alert.key] = "sent"
-                return
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-            except Exception as exc:  # noqa: BLE001 - a webhook must never break the sensor
-                last = type(exc).__name__ + (f": {exc.reason}" if hasattr(exc, "reason") else "")
-            if attempt < self.retries:
-                time.sleep(self.backoff * (attempt + 1))
-        results[alert.key] = f"failed after {self.retries + 1} attempts ({last})"
-
     def send(self, alerts: list[Alert]) -> dict[str, str]:
         """key -> 'sent' | 'failed …' | 'timed out' | 'not configured'."""
         if not alerts:
             return {}
         if not self.url:
             return {a.key: "not configured" for a in alerts}
-        results: dict[str, str] = {}
-        threads = [threading.Thread(target=self._post, args=(a, results), daemon=True, name="alert-webhook")
-                   for a in alerts]
-        for thread in threads:
-            thread.start()
-        end = time.monotonic() + self.deadline
-        for thread in threads:
-            thread.join(max(0.0, end - time.monotonic()))
-        return {a.key: results.get(a.key, f"timed out after {self.deadline:g} s") for a in alerts}
+
+        def post(alert: Alert):
+            body = json.dumps(payload(alert), default=str).encode()
+            return lambda: _post_with_retries(self.url, body, self.timeout, self.retries, self.backoff)
+
+        return _within_deadline([(a.key, post(a)) for a in alerts], self.deadline, "alert-webhook")
+
+
+EVENT_SECONDS = 3600.0  # how long a one-off event stays firing in Alertmanager
+HOLD_SECONDS = 365 * 86400.0  # a condition's end "far ahead": until pg_ops resolves it
+
+
+def alertmanager_name(kind: str) -> str:
+    """member_down -> PgOpsMemberDown (Prometheus's naming; no rule of ours has such a name)."""
+    return "PgOps" + "".join(part.capitalize() for part in kind.split("_"))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def alertmanager_alert(alert: Alert, event: bool = False) -> dict:
+    """The alert as Alertmanager's API v2 takes it. Its labels identify it (the resolution
+    repeats them exactly); `source` tells it from the alerts Prometheus sends."""
+    from pg_ops.render.monitoring import CLUSTER_LABEL
+
+    labels = {"alertname": alertmanager_name(alert.kind), CLUSTER_LABEL: alert.cluster,
+              "severity": alert.severity, "kind": alert.kind, "source": "pg_ops"}
+    if alert.details.get("member"):
+        labels["member"] = str(alert.details["member"])
+    fired = alert.fired_at or time.time()
+    if alert.resolved:
+        ends = alert.resolved_at
+    else:
+        ends = fired + (EVENT_SECONDS if event else HOLD_SECONDS)
+    return {"labels": labels,
+            "annotations": {"summary": alert.summary, "details": json.dumps(alert.details, default=str,
+                                                                              sort_keys=True)},
+            "startsAt": _iso(fired), "endsAt": _iso(ends)}
+
+
+def covered_by_prometheus(kind: str) -> str | None:
+    """The Prometheus rule that sends this condition to Alertmanager already, if any."""
+    from pg_ops.render.monitoring import SENSOR_KINDS_COVERED
+
+    return SENSOR_KINDS_COVERED.get(kind)
+
+
+class AlertmanagerSender:
+    """POST alerts to Alertmanager's /api/v2/alerts: one request per batch, retried, under one
+    deadline; never raises. Kinds a Prometheus rule covers are not sent (see the module doc)."""
+
+    def __init__(self, url: str | None, timeout: float = 2.0, retries: int = 2, deadline: float = 5.0,
+                 backoff: float = 0.3):
+        self.url = url.rstrip("/") + "/api/v2/alerts" if url else None
+        self.timeout = timeout
+        self.retries = retries
+        self.deadline = deadline
+        self.backoff = backoff
+
+    def send(self, alerts: list[Alert], events: bool = False) -> dict[str, str]:
+        """key -> 'sent' | 'left to Prometheus (Rule)' | 'failed …' | 'timed out'. `events`:
+        one-off alerts that never resolve."""
+        if not self.url or not alerts:
+            return {}
+        outcome = {a.key: f"left to Prometheus ({covered_by_prometheus(a.kind)})"
+                   for a in alerts if covered_by_prometheus(a.kind)}
+        batch = [a for a in alerts if a.key not in outcome]
+        if batch:
+            body = json.dumps([alertmanager_alert(a, events) for a in batch]).encode()
+            result = _within_deadline(
+                [("batch", lambda: _post_with_retries(self.url, body, self.timeout, self.retries, self.backoff))],
+                self.deadline, "alert-alertmanager")["batch"]
+            outcome.update({a.key: result for a in batch})
+        return outcome
 
 
 def log_alert(alert: Alert, logger: logging.Logger | None = None) -> None:
@@ -184,8 +277,11 @@ def log_alert(alert: Alert, logger: logging.Logger | None = None) -> None:
 
 
 def deliver(alerts: list[Alert], sender: WebhookSender, secrets: Iterable[str] = (),
-            logger: logging.Logger | None = None) -> dict[str, str]:
-    """Scrub, log, and POST. Returns the webhook outcome per alert key (never raises)."""
+            logger: logging.Logger | None = None, alertmanager: AlertmanagerSender | None = None,
+            events: bool = False) -> dict[str, str]:
+    """Scrub, log, POST to the webhook and to Alertmanager (`events`: one-off alerts that never
+    resolve). Returns the webhook outcome per alert key (never raises); Alertmanager failures
+    are logged."""
     secrets = list(secrets)
     clean = [scrub(a, secrets) for a in alerts]
     for alert in clean:
@@ -194,6 +290,10 @@ def deliver(alerts: list[Alert], sender: WebhookSender, secrets: Iterable[str] =
     for key, result in outcome.items():
         if result not in ("sent", "not configured"):
             (logger or log).warning("alert webhook: %s: %s", key, result)
+    if alertmanager is not None:
+        for key, result in alertmanager.send(clean, events).items():
+            if result != "sent" and not result.startswith("left to Prometheus"):
+                (logger or log).warning("alertmanager: %s: %s", key, result)
     return outcome
 
 
@@ -216,8 +316,9 @@ def cluster_secrets(ctx: ClusterContext) -> list[str]:
 
 def send_alert(ctx: ClusterContext, severity: str, kind: str, summary: str, **details) -> Alert:
     """One-off alert from an operation (a failed backup or drill): logged, POSTed to the
-    cluster's webhook when configured, secrets scrubbed. Never raises."""
+    cluster's webhook and Alertmanager when configured, secrets scrubbed. Never raises."""
     alert = Alert(cluster=ctx.name, severity=severity, kind=kind, summary=summary, details=details,
                   fired_at=time.time())
-    deliver([alert], WebhookSender.from_env(ctx.spec.alerts.webhook_url_env), cluster_secrets(ctx), ctx.log)
+    deliver([alert], WebhookSender.from_env(ctx.spec.alerts.webhook_url_env), cluster_secrets(ctx), ctx.log,
+            alertmanager=AlertmanagerSender(ctx.spec.alerts.alertmanager_url), events=True)
     return alert

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
+from pg_ops.credentials import MONITORING_GRANT, MONITORING_USER, PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import initial_sync_set, sync_names
 from pg_ops.operations.ha.model import Policy
 from pg_ops.operations.ha.observe import read_view
-from pg_ops.postgres import admin
+from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
@@ -79,7 +79,8 @@ def _last_line(text: str) -> str:
 
 
 def configure_primary(ctx: ClusterContext, primary: str) -> None:
-    """Roles, databases, pg_ops's own database, slots for every replica, sync standbys."""
+    """Roles (the exporter's a member of pg_monitor), databases, pg_ops's own database (the
+    exporter may read its status table), slots for every replica, sync standbys."""
     creds = ctx.credentials()
     ep = ctx.endpoints()[primary]
     replicas = [m for m in ctx.spec.member_names if m != primary]
@@ -87,6 +88,8 @@ def configure_primary(ctx: ClusterContext, primary: str) -> None:
     def setup(conn):
         admin.ensure_role(conn, SUPERUSER, creds.password(SUPERUSER))
         admin.ensure_role(conn, REPLICATION_USER, creds.password(REPLICATION_USER), replication=True)
+        admin.ensure_role(conn, MONITORING_USER, creds.password(MONITORING_USER))
+        admin.grant_role(conn, MONITORING_GRANT, MONITORING_USER)
         for owner in sorted({d.owner for d in ctx.spec.databases}):
             admin.ensure_role(conn, owner, creds.password(owner))
         admin.ensure_database(conn, PG_OPS_DATABASE, SUPERUSER)
@@ -100,7 +103,11 @@ def configure_primary(ctx: ClusterContext, primary: str) -> None:
     # it must not wait for one (it is re-applied idempotently by every deploy).
     local = {"options": "-c synchronous_commit=local"}
     with_connection(ep, SUPERUSER, creds.password(SUPERUSER), setup, timeout=30, name=primary, **local)
-    with_connection(ep, SUPERUSER, creds.password(SUPERUSER), admin.ensure_pg_ops_schema,
+    def pg_ops_schema(conn):
+        admin.ensure_pg_ops_schema(conn)
+        status_table.grant_read(conn, MONITORING_USER)
+
+    with_connection(ep, SUPERUSER, creds.password(SUPERUSER), pg_ops_schema,
                     dbname=PG_OPS_DATABASE, timeout=10, name=primary, **local)
 
 

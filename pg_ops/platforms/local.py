@@ -27,7 +27,14 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from pg_ops import settings
-from pg_ops.credentials import SUPERUSER, Credentials, generate_password, new_credentials, required_roles
+from pg_ops.credentials import (
+    MONITORING_USER,
+    SUPERUSER,
+    Credentials,
+    generate_password,
+    new_credentials,
+    required_roles,
+)
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
 from pg_ops.platforms.local_state import FileStateStore
@@ -134,7 +141,8 @@ class LocalPlatform:
         creds = current.with_roles(required_roles(self.spec)) if current else new_credentials(self.spec)
         if creds is not current:
             _write_private(self.root / "credentials.json", json.dumps(creds.as_plain_dict(), indent=1))
-        _write_private(self.passfile(), creds.passfile_text([SUPERUSER]))
+        # The admin role's line, and the exporter's (postgres_exporter reads it via PGPASSFILE).
+        _write_private(self.passfile(), creds.passfile_text([SUPERUSER, MONITORING_USER]))
         return creds
 
     def prepare(self, state: DesiredState) -> None:

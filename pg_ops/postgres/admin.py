@@ -25,6 +25,11 @@ def ensure_role(conn: psycopg.Connection, role: str, password: str, *, replicati
         sql.SQL(verb), sql.Identifier(role), attrs, sql.Literal(password)))
 
 
+def grant_role(conn: psycopg.Connection, granted: str, member: str) -> None:
+    """Make `member` a member of `granted` (e.g. the predefined pg_monitor); idempotent."""
+    conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(granted), sql.Identifier(member)))
+
+
 def ensure_database(conn: psycopg.Connection, name: str, owner: str) -> None:
     if not conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
         conn.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(owner)))

@@ -6,6 +6,7 @@ backups, drills or pg_ops's own health ticks stop: a dead man's switch for pg_op
 from __future__ import annotations
 
 import psycopg
+import psycopg.sql
 
 STATUS_TABLE = "status"
 STATUS_TABLE_DDL = """
@@ -20,6 +21,12 @@ STATUS_KEYS = {
     "failover": "last failover or switchover (value: the new epoch)",
     "health_tick": "last cluster_health_sensor tick (value: members reachable)",
 }
+
+
+def grant_read(conn: psycopg.Connection, role: str) -> None:
+    """The exporter's role reads the table (and nothing else of pg_ops's)."""
+    conn.execute(psycopg.sql.SQL("grant select on {} to {}").format(
+        psycopg.sql.Identifier(STATUS_TABLE), psycopg.sql.Identifier(role)))
 
 
 def record(conn: psycopg.Connection, key: str, value: float) -> None:

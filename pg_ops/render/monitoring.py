@@ -1,5 +1,11 @@
-"""Observability of a cluster: the postgres_exporter sidecar and its custom queries, the
-ServiceMonitor that scrapes it, and the PrometheusRule with the alerts (thresholds from the spec).
+"""Observability of a cluster, from one source: the postgres_exporter sidecar and its custom
+queries, the ServiceMonitor that scrapes it, the PrometheusRule with the alerts (thresholds from the
+spec), and the same queries and rules for `make monitoring`'s local Prometheus
+(platforms/local_monitoring.py), whose configuration is rendered here too.
+
+The exporter logs in as MONITORING_USER (a member of pg_monitor), never as the superuser. Its
+queries use only what every supported exporter version runs (the sidecar's 0.17, Debian's 0.11
+locally): the alerts depend on no exporter-version-specific default metric except pg_up.
 
 pg_ops reports its own activity through a status table in the `pg_ops` database, which the
 exporter reads on every member (it is replicated like everything else):
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import yaml
 
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE
 from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres.status_table import STATUS_KEYS, STATUS_TABLE
 from pg_ops.render.meta import metadata
@@ -26,6 +32,18 @@ EXPORTER_SECRET_MOUNT = "/etc/postgres-exporter/secret"
 # kube-prometheus-stack selects ServiceMonitors / PrometheusRules by its release label.
 PROMETHEUS_SELECTOR = {"release": "kube-prometheus-stack"}
 CLUSTER_LABEL = "pg_cluster"  # added to every scraped series from the pod's instance label
+MEMBER_LABEL = "pod"  # the scraped member (the operator's pod label; set per target locally)
+# pg_ops's own alert kinds that a Prometheus rule already sends to Alertmanager: pg_ops leaves
+# them to Prometheus there, so no condition reaches Alertmanager twice (operations/alerts.py).
+SENSOR_KINDS_COVERED = {
+    "member_down": "PgOpsInstanceDown",
+    "replica_not_streaming": "PgOpsReplicaNotStreaming",
+    "replication_lag": "PgOpsReplicationLag",
+    "storage": "PgOpsStorageNearlyFull",
+    "connections": "PgOpsConnectionsNearLimit",
+    "split_brain": "PgOpsMoreThanOnePrimary",
+}
+
 
 def exporter_queries() -> dict:
     """postgres_exporter custom queries (--extend.query-path). Metric = <query>_<column>."""
@@ -49,6 +67,12 @@ def exporter_queries() -> dict:
                 {"replay_lag_seconds": {"usage": "GAUGE", "description": "pg_stat_replication.replay_lag"}},
                 {"replay_lag_bytes": {"usage": "GAUGE", "description": "WAL bytes not yet replayed"}},
             ],
+        },
+        # Which members accept writes (split brain). Not the exporter's pg_replication_is_replica:
+        # Debian's 0.11 does not produce it.
+        "pg_ops_member": {
+            "query": "select pg_is_in_recovery()::int as in_recovery",
+            "metrics": [{"in_recovery": {"usage": "GAUGE", "description": "0 on a primary, 1 on a replica"}}],
         },
         # A replica whose WAL receiver is not streaming is lagging, whatever its lag reads.
         "pg_ops_wal_receiver": {
@@ -83,24 +107,39 @@ def produced_metrics() -> set[str]:
     return names
 
 
+def queries_yaml() -> str:
+    """The exporter's queries file: the sidecar's ConfigMap and `make monitoring` ship this text."""
+    return yaml.safe_dump(exporter_queries(), sort_keys=False, width=1000)
+
+
 def exporter_queries_configmap(spec: ClusterSpec) -> dict:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": metadata(spec, f"{spec.name}-exporter-queries", "monitoring"),
-            "data": {"queries.yaml": yaml.safe_dump(exporter_queries(), sort_keys=False, width=1000)}}
+            "data": {"queries.yaml": queries_yaml()}}
+
+
+def exporter_args(queries_file: str) -> list[str]:
+    """The exporter's arguments, the sidecar's and the local exporters' alike."""
+    return [f"--extend.query-path={queries_file}"]
+
+
+def exporter_data_source(port: int) -> dict[str, str]:
+    """Where and as whom the exporter logs in (the password comes from a file, never argv)."""
+    return {"DATA_SOURCE_URI": f"127.0.0.1:{port}/{PG_OPS_DATABASE}?sslmode=disable",
+            "DATA_SOURCE_USER": MONITORING_USER}
 
 
 def exporter_container(spec: ClusterSpec) -> dict:
     """The sidecar reaches its own member over loopback (pg_hba allows 127.0.0.1/32)."""
+    env = [{"name": name, "value": value} for name, value in exporter_data_source(k.PORT).items()]
+    env.append({"name": "DATA_SOURCE_PASS_FILE",
+                "value": f"{EXPORTER_SECRET_MOUNT}/{k.password_key(MONITORING_USER)}"})
     return {
         "name": k.EXPORTER_CONTAINER,
         "image": EXPORTER_IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "args": [f"--extend.query-path={QUERIES_MOUNT}/queries.yaml"],
-        "env": [
-            {"name": "DATA_SOURCE_URI", "value": f"127.0.0.1:{k.PORT}/{PG_OPS_DATABASE}?sslmode=disable"},
-            {"name": "DATA_SOURCE_USER", "value": SUPERUSER},
-            {"name": "DATA_SOURCE_PASS_FILE", "value": f"{EXPORTER_SECRET_MOUNT}/{k.password_key(SUPERUSER)}"},
-        ],
+        "args": exporter_args(f"{QUERIES_MOUNT}/queries.yaml"),
+        "env": env,
         "ports": [{"name": k.METRICS_PORT_NAME, "containerPort": k.METRICS_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "250m", "memory": "128Mi"}},
         "livenessProbe": {"httpGet": {"path": "/", "port": k.METRICS_PORT_NAME}, "periodSeconds": 30},
@@ -117,7 +156,7 @@ def exporter_volumes(spec: ClusterSpec) -> list[dict]:
         {"name": "exporter-queries", "configMap": {"name": f"{spec.name}-exporter-queries"}},
         {"name": "exporter-secret", "secret": {
             "secretName": k.credentials_secret(spec), "optional": False, "defaultMode": 0o440,
-            "items": [{"key": k.password_key(SUPERUSER), "path": k.password_key(SUPERUSER)}]}},
+            "items": [{"key": k.password_key(MONITORING_USER), "path": k.password_key(MONITORING_USER)}]}},
     ]
 
 
@@ -151,11 +190,20 @@ def _storage_bytes(quantity: str) -> int:
     return int(quantity)
 
 
-def alert_rules(spec: ClusterSpec) -> list[dict]:
-    """Each alert names the cluster; thresholds come from spec.monitoring."""
+def health_silent_seconds(spec: ClusterSpec) -> int:
+    """How long without a health tick is an alert: 2 minutes, or 4 of the cluster's sensor
+    intervals when those are longer (a 5-minute interval must not page every tick)."""
+    return max(120, 4 * spec.monitoring.interval_seconds)
+
+
+def alert_rules(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
+    """Each alert names the cluster; thresholds come from spec.monitoring. `pending` replaces
+    every rule's `for` (live tests only: the real durations are proven by promtool's unit tests,
+    pg_ops_tests/test_prometheus_rules.py)."""
     m = spec.monitoring
     sel = f'{CLUSTER_LABEL}="{spec.name}"'
     capacity = _storage_bytes(spec.kubernetes.storage)
+    silent = health_silent_seconds(spec)
 
     def status_age(key: str) -> str:
         return f'time() - max(pg_ops_status_timestamp_seconds{{{sel}, key="{key}"}})'
@@ -164,7 +212,7 @@ def alert_rules(spec: ClusterSpec) -> list[dict]:
         return f'absent(pg_ops_status_timestamp_seconds{{{sel}, key="{key}"}})'
 
     def rule(name, expr, for_, severity, summary):
-        return {"alert": name, "expr": expr, "for": for_,
+        return {"alert": name, "expr": expr, "for": pending or for_,
                 "labels": {"severity": severity, CLUSTER_LABEL: spec.name},
                 "annotations": {"summary": summary}}
 
@@ -188,7 +236,7 @@ def alert_rules(spec: ClusterSpec) -> list[dict]:
              f"pg_up{{{sel}}} == 0 or up{{{sel}}} == 0", "1m", "critical",
              f"{spec.name}: member {{{{ $labels.pod }}}} is down (or its exporter is)"),
         rule("PgOpsMoreThanOnePrimary",
-             f"count(pg_replication_is_replica{{{sel}}} == 0) > 1", "0s", "critical",
+             f"count(pg_ops_member_in_recovery{{{sel}}} == 0) > 1", "0s", "critical",
              f"{spec.name}: more than one member accepts writes (split brain): fence one now"),
         rule("PgOpsBackupTooOld",
              f"{status_age('backup_complete')} > {26 * 3600} or {never('backup_complete')}", "10m", "critical",
@@ -197,13 +245,43 @@ def alert_rules(spec: ClusterSpec) -> list[dict]:
              f"{status_age('drill_success')} > {8 * 86400} or {never('drill_success')}", "1h", "warning",
              f"{spec.name}: no successful restore drill for more than 8 days"),
         rule("PgOpsHealthSensorSilent",
-             f"{status_age('health_tick')} > 120 or {never('health_tick')}", "0s", "critical",
-             f"{spec.name}: pg_ops's health sensor has not ticked for 2 minutes (Dagster daemon down?)"),
+             f"{status_age('health_tick')} > {silent} or {never('health_tick')}", "0s", "critical",
+             f"{spec.name}: pg_ops's health sensor has not ticked for {silent} s (Dagster daemon down, "
+             f"or no primary to record the tick?)"),
     ]
+
+
+def rule_groups(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
+    return [{"name": f"pg-ops-{spec.name}", "rules": alert_rules(spec, pending)}]
 
 
 def prometheus_rule(spec: ClusterSpec) -> dict:
     meta = metadata(spec, spec.name, "monitoring")
     meta["labels"] = {**meta["labels"], **PROMETHEUS_SELECTOR}
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta,
-            "spec": {"groups": [{"name": f"pg-ops-{spec.name}", "rules": alert_rules(spec)}]}}
+            "spec": {"groups": rule_groups(spec)}}
+
+
+def rules_file(spec: ClusterSpec, pending: str | None = None) -> str:
+    """The PrometheusRule's groups as a Prometheus rule file (`rule_files:`, promtool)."""
+    return yaml.safe_dump({"groups": rule_groups(spec, pending)}, sort_keys=False, width=1000)
+
+
+def prometheus_config(targets: dict[str, dict[str, str]], rule_files: list[str], *, scrape_interval: str,
+                      evaluation_interval: str, alertmanagers: list[str] = ()) -> str:
+    """prometheus.yml for exporters outside Kubernetes: `targets` is cluster -> member -> host:port.
+    Each target carries the labels the ServiceMonitor gives a pod's series (CLUSTER_LABEL and
+    MEMBER_LABEL), so the same rules and dashboard apply."""
+    config: dict = {
+        "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
+                   "evaluation_interval": evaluation_interval},
+        "rule_files": list(rule_files),
+        "scrape_configs": [
+            {"job_name": f"pg-ops-{cluster}",
+             "static_configs": [{"targets": [address], "labels": {CLUSTER_LABEL: cluster, MEMBER_LABEL: member}}
+                                for member, address in members.items()]}
+            for cluster, members in targets.items()],
+    }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
+    return yaml.safe_dump(config, sort_keys=False)

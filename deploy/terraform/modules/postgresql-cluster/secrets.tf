@@ -1,6 +1,7 @@
 # The credentials Secret, in the exact layout the Kubernetes platform reads
 # (pg_ops/platforms/kubernetes.py, kubernetes_names.py): name <cluster>-credentials, one key
-# "<role>-password" per role (the superuser, the replication role, each database owner) and
+# "<role>-password" per role (the superuser, the replication role, the exporter's monitoring role,
+# each database owner) and
 # "pgpass", a libpq password file for the superuser and the replication role (the member script's).
 #
 # Created once here; from then on pg_ops owns it: it reads it, adds a key for a role the spec
@@ -14,7 +15,8 @@
 locals {
   superuser        = "postgres"
   replication_user = "replicator"
-  roles            = distinct(concat([local.superuser, local.replication_user], [for db in var.databases : db.owner]))
+  monitoring_user  = "postgres_exporter"
+  roles            = distinct(concat([local.superuser, local.replication_user, local.monitoring_user], [for db in var.databases : db.owner]))
   passfile_roles   = [local.superuser, local.replication_user]
   password_keys    = { for role in local.roles : role => "${role}-password" }
   passfile_key     = "pgpass"
