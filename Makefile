@@ -18,7 +18,8 @@ PORT ?= 3000
 APT_PACKAGES := \
 	"prometheus=promtool rule tests and live monitoring tests (pg_ops_tests/test_prometheus_rules.py, test_monitoring_live.py), make monitoring" \
 	"prometheus-postgres-exporter=live monitoring tests (pg_ops_tests/test_monitoring_live.py), make monitoring" \
-	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)"
+	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)" \
+	"iptables=real network partitions (pg_ops_tests/test_partitions.py; also needs a writable cgroup v2), the partition benchmark"
 
 setup: $(STAMP)
 
