@@ -166,8 +166,11 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
                 trial["old_primary_acked_for_s"] = round(last_old - failed_at, 3) if last_old else 0.0
                 if partition:
                     parts.heal()
-                deploy(ctx)  # the old primary rejoins (rewound) as a replica
+                deploy(ctx)  # the old primary rejoins (rewound) as a replica, counting what it discards
                 trial["lost"] = len(app.lost(ctx.state().primary)) if ok else None
+                report = ctx.platform.member_report(old)
+                fresh = int(report.get("discarded.at") or 0) >= int(failed_at)
+                trial["reported_discarded_transactions"] = int(report["discarded.transactions"]) if fresh else 0
             if not ok:
                 tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
                 print("daemon trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)
@@ -215,10 +218,15 @@ def main() -> None:
                         "baseline_promote_s": round(baseline, 4),
                         "rto_median_over_promote": round(summary(rtos).get("median", 0) / baseline, 1) if rtos else None,
                         "target_median_rto_s": {"job_alone": 2.0, "daemon_kill": 5.0, "daemon_partition": 10.0}[label],
+                        "target_old_primary_acked_for_median_s": 10.0 if label == "daemon_partition" else None,
                     }
                     if label != "job_alone":
                         line["phases"] = _phase_summary(trials)
                         line["old_primary_acked_for_s"] = summary([t.get("old_primary_acked_for_s") for t in trials])
+                        line["acked_rows_lost_vs_reported"] = [
+                            [t.get("lost"), t.get("reported_discarded_transactions")] for t in trials]
+                        line["every_lost_row_reported"] = all(
+                            (t.get("reported_discarded_transactions") or 0) >= (t.get("lost") or 0) for t in trials)
                         line["per_trial"] = [{k: v for k, v in t.items() if k != "run_id"} for t in trials]
                     emit("failover", line)
                     print(json.dumps({"done": label, "mode": mode}), file=sys.stderr)
