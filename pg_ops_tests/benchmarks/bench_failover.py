@@ -30,7 +30,6 @@ from pathlib import Path
 from pg_ops.operations.deploy import deploy
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.app_writer import App
-from pg_ops_tests.benchmarks.chaos import AckWriter
 from pg_ops_tests.benchmarks.common import emit, summary
 from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
 
@@ -61,19 +60,20 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
     out = []
     with DagsterInstance.ephemeral() as instance:
         for _ in range(trials):
-            writer = AckWriter(ctx).start()
-            writer.wait_acks(50)
-            old = ctx.state().primary
-            killed_at = time.time()
-            ctx.platform.kill_member(old)
-            config = {"ops": {"run_failover": {"config": {}}},
-                      "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-            result = job.execute_in_process(instance=instance, partition_key=ctx.name, run_config=config,
-                                            raise_on_error=False)
-            writer.wait_acks(20, timeout=30)
-            writer.stop()
-            new = ctx.state().primary
-            out.append({"ok": result.success, "rto_s": writer.rto_after(killed_at), "lost": writer.lost(ctx, new)})
+            with App(ctx) as app:
+                app.wait_acks(50)
+                old = ctx.state().primary
+                killed_at = time.time()
+                ctx.platform.kill_member(old)
+                config = {"ops": {"run_failover": {"config": {}}},
+                          "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+                result = job.execute_in_process(instance=instance, partition_key=ctx.name, run_config=config,
+                                                raise_on_error=False)
+                new = ctx.state().primary
+                app.wait_acks(20, timeout=30, on=new)
+                first = app.first_ack_on(new, killed_at)
+                out.append({"ok": result.success, "rto_s": round(first - killed_at, 3) if first else None,
+                            "lost": len(app.lost(new))})
             deploy(ctx)  # the old primary rejoins as a replica for the next trial
     return out
 
