@@ -103,7 +103,7 @@ def test_failed_promotion_is_resumed(cluster, monkeypatch):
     old = ctx.state().primary
     ctx.platform.kill_member(old)
     real_promote = failover_ops.promote
-    monkeypatch.setattr(failover_ops, "promote", lambda c, m: (_ for _ in ()).throw(
+    monkeypatch.setattr(failover_ops, "promote", lambda c, m, epoch: (_ for _ in ()).throw(
         MemberError(f"member {m}: pg_promote did not complete within 30 s (injected)")))
     with pytest.raises(MemberError, match="injected"):
         failover(ctx)

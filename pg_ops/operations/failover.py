@@ -65,10 +65,13 @@ class TopologyChange:
 
 
 # -- shared steps -------------------------------------------------------------------------------
-def promote(ctx: ClusterContext, member: str) -> int | None:
+def promote(ctx: ClusterContext, member: str, epoch: int) -> int | None:
     ok = act.sql(ctx, member, lambda c: admin.promote(c, wait_seconds=30), timeout=35)
     if not ok:
         raise MemberError(f"member {member}: pg_promote did not complete within 30 s")
+    # At once: its lease names it at the new epoch, which its member script trusts over a
+    # record file that has not caught up yet (a kubelet's ConfigMap sync takes up to a minute).
+    act.renew_lease(ctx, member, epoch)
     return ctx.probe([member], timeout=3)[member].timeline
 
 
@@ -141,7 +144,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
             with steps.step("wait for the old primary's lease to run out"):
                 wait_for_lease_expiry(ctx, unconfirmed, detected_at)
         with steps.step("promote"):
-            timeline = promote(ctx, candidate)
+            timeline = promote(ctx, candidate, new_state.epoch)
             promoted_at = time.time()
         with steps.step("replication slots on the new primary"):
             configure_new_primary(ctx, candidate)
@@ -250,7 +253,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     with steps.step("wait for the final LSN on the candidate"):
         received = wait_final_lsn(ctx, to, final_lsn)
     with steps.step("promote"):
-        timeline = promote(ctx, to)
+        timeline = promote(ctx, to, new_state.epoch)
     with steps.step("replication slots on the new primary"):
         configure_new_primary(ctx, to)
     with steps.step("repoint the other replicas"):

@@ -330,6 +330,14 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
     return 0
 }
 
+lease_is_newer() {   # our own lease names us, at the record's epoch or later
+    local out holder epoch
+    out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
+        -c "select holder, epoch from lease" 2>/dev/null) || return 1
+    read -r holder epoch <<< "$out"
+    [ "$holder" = "$MEMBER" ] && [ -n "$epoch" ] && [ "$epoch" -ge "$(sget epoch)" ] 2>/dev/null
+}
+
 demote_isolated() {
     log "ISOLATED: $ISOLATION_REASON: restarting as a standby (no more acknowledged writes)"
     printf 'epoch=%s\nat=%s\nreason=%s\n' "$(sget epoch)" "$(date -u +%s)" "$ISOLATION_REASON" > "$ISOLATED_MARK"
@@ -377,11 +385,6 @@ while [ "$STOPPING" = 0 ]; do
             sleep 1
             break
         fi
-        if [ "$(primary_name)" != "$MEMBER" ] && [ -n "$(primary_name)" ] && ! is_standby_dir; then
-            log "writable but the designated primary is $(primary_name): stopping (fast) to rejoin as a replica"
-            stop_postgres
-            break
-        fi
         if [ -f "$ISOLATED_MARK" ] && ! isolated_here; then
             rm -f "$ISOLATED_MARK"   # pg_ops acted since (it promoted us, or chose another primary)
             report isolated.at ""
@@ -391,15 +394,27 @@ while [ "$STOPPING" = 0 ]; do
                 break
             fi
         fi
-        if ! is_standby_dir && { [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ]; }; then
-            if [ -f "$ISOLATED_MARK" ]; then
-                log "writable again (promoted by pg_ops): isolation over"
-                rm -f "$ISOLATED_MARK"; report isolated.at ""
+        is_standby_dir && continue
+        # Writable. Designated by the record, or by our own lease when the record file lags
+        # behind (a kubelet's ConfigMap sync): epochs only grow, so the newer word wins.
+        if [ "$(primary_name)" != "$MEMBER" ] && [ -n "$(primary_name)" ] && ! lease_is_newer; then
+            if [ "${STALE_SEEN:-0}" = 0 ]; then
+                STALE_SEEN=1   # once more before acting: pg_ops renews a new primary's lease right after promoting it
+                continue
             fi
-            if ! isolation_check; then
-                demote_isolated
-                break
-            fi
+            log "writable but the designated primary is $(primary_name): stopping (fast) to rejoin as a replica"
+            STALE_SEEN=0
+            stop_postgres
+            break
+        fi
+        STALE_SEEN=0
+        if [ -f "$ISOLATED_MARK" ]; then
+            log "writable again (promoted by pg_ops): isolation over"
+            rm -f "$ISOLATED_MARK"; report isolated.at ""
+        fi
+        if ! isolation_check; then
+            demote_isolated
+            break
         fi
     done
 done
