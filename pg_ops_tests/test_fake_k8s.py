@@ -9,6 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pg_ops.platforms.kubernetes_api import KubernetesApi
 from pg_ops_tests.fake_k8s import FakeKubernetes
+from pg_ops_tests.fake_k8s.rbac import PG_OPS_TOKEN
 from pg_ops_tests.helpers import wait_for
 
 NS = "fake-ns"
@@ -23,6 +24,13 @@ def fake():
 
 @pytest.fixture(scope="module")
 def api(fake):
+    """A cluster admin's client (the objects here are planted, as with kubectl)."""
+    return fake.admin_api()
+
+
+@pytest.fixture(scope="module")
+def pg_ops_api(fake):
+    """pg_ops's own client: the kubeconfig's ServiceAccount token."""
     client = KubernetesApi()
     yield client
     client.close()
@@ -123,13 +131,19 @@ def test_apply_removes_fields_the_manager_stopped_sending(api):
 def test_forbidden_switch_answers_403_like_rbac(fake, api):
     fake.forbid("list", "pods")
     try:
+        api.core.list_namespaced_pod(NS)  # an admin is never denied
         with pytest.raises(ApiException) as exc:
-            api.core.list_namespaced_pod(NS)
+            KubernetesApi(_pg_ops_config(fake, api)).core.list_namespaced_pod(NS)
         assert exc.value.status == 403
         assert 'cannot list resource "pods" in API group "" in the namespace "fake-ns"' in status_of(exc.value)["message"]
     finally:
-        fake.allow_all()
-    api.core.list_namespaced_pod(NS)
+        fake.clear_denials()
+
+
+def _pg_ops_config(fake, api):
+    cfg = api.configuration.__class__(host=fake.url, api_key={"authorization": PG_OPS_TOKEN},
+                                      api_key_prefix={"authorization": "Bearer"})
+    return cfg
 
 
 def test_statefulset_pod_waits_pending_for_a_missing_secret(fake, api):
