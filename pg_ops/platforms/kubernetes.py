@@ -366,13 +366,35 @@ class KubernetesPlatform:
                       {"metadata": {"labels": {names.LABEL_ROLE: role}}}, missing_ok=True)
 
     def fence_member(self, name: str) -> None:
-        """Out of the Services first (label removed), then the pod is force-deleted (grace 0,
-        so a failover is not held up by a pod on an unreachable node). What is not covered:
-        the old container may run until its kubelet notices; by then the desired state already
-        names another primary, and its member script demotes it once the ConfigMap volume
-        refreshes (the kubelet sync window, about a minute by default)."""
+        """Out of the Services first (label removed), postgres stopped at once where its pod
+        answers, then the pod force-deleted (grace 0, so a failover is not held up by a pod on
+        an unreachable node).
+
+        Why the immediate stop: a deleted pod is never killed outright; its kubelet sends TERM
+        first, and a clean shutdown writes a shutdown checkpoint that standbys still streaming
+        from the old primary receive, past the new primary's fork point: they could then not
+        follow the new timeline without a rewind. An immediate shutdown writes nothing more (the
+        local platform's SIGKILL, on Kubernetes). What is not covered: a pod whose node is cut
+        off keeps running until its kubelet is back; by then the desired state names another
+        primary and its member script demotes it once the ConfigMap volume refreshes (the
+        kubelet sync window, about a minute by default)."""
         self._set_role(name, None)
+        self._stop_postgres_now(name)
         self._delete_pod(name, 0)
+
+    def _stop_postgres_now(self, name: str) -> None:
+        """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S)."""
+        what = self._what("pod", name)
+        command = [f"{names.PG_BIN_16}/pg_ctl", "stop", "-D", names.PGDATA, "-m", "immediate", "-w", "-t", "3"]
+        try:
+            code, _, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER, command,
+                                                timeout=DF_TIMEOUT_S)
+        except KubernetesError as exc:
+            logging.getLogger("pg_ops").warning("fence %s: immediate stop not possible (%s); deleting the pod", name, exc)
+            return
+        if code != 0:
+            logging.getLogger("pg_ops").warning("fence %s: pg_ctl stop -m immediate exited %d: %s", name, code,
+                                                " ".join(err.split())[:200])
 
     def route_primary(self, name: str) -> None:
         """Every other pod is labelled replica before `name` is labelled primary, so the

@@ -60,7 +60,9 @@ from pg_ops_tests.fake_k8s.store import ApiError, Store, now
 
 MIN_KILL_GRACE_S = 2.0  # the kubelet's minimumGracePeriodInSeconds, for a force-deleted pod
 CRASH_BACKOFF_S = 10.0  # first restart delay of a crashed container, doubling, at most 300 s
-EXEC_COMMANDS = {"df", "du"}  # exec runs on this machine: only commands that read a volume
+# Exec runs on this machine, as the container's user: only commands that read a volume, and
+# pg_ctl from the image's PostgreSQL bin folder (run from the wheel's).
+EXEC_COMMANDS = {"df", "du", f"{names.PG_BIN_16}/pg_ctl"}
 EXEC_TIMEOUT_S = 30
 PROBE_OUTPUT_CHARS = 300
 
@@ -512,9 +514,13 @@ class Kubelet:
         if command[0] not in EXEC_COMMANDS:
             raise ApiError(400, "BadRequest", f"the fake serves exec of {sorted(EXEC_COMMANDS)} only, not {command[0]}")
         args = [_translate_path(a, container.mounts) for a in command]
+        if args[0].startswith(names.PG_BIN_16 + "/"):
+            args[0] = str(settings.pg_bin() / args[0].rsplit("/", 1)[1])
+        kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
 
         def run() -> tuple[int, bytes, bytes]:
-            proc = subprocess.run(args, capture_output=True, timeout=EXEC_TIMEOUT_S, check=False)
+            proc = subprocess.run(args, capture_output=True, timeout=EXEC_TIMEOUT_S, check=False, env=container.env,
+                                  cwd=container.pod_dir, **kwargs)
             return proc.returncode, proc.stdout, proc.stderr
 
         return run
