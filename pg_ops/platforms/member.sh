@@ -75,7 +75,8 @@ set_phase() {   # phase [reason]; `since` changes only with the phase
     local reason=${2:-}
     [ "$(current_phase)" = "$1" ] && [ "$(sed -n 's/^reason=//p' "$STATUS" 2>/dev/null)" = "$reason" ] && return 0
     { printf 'phase=%s\nsince=%s\npid=%s\n' "$1" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$"
-      [ -n "$reason" ] && printf 'reason=%s\n' "$reason"; } > "$STATUS.tmp" 2>/dev/null && mv "$STATUS.tmp" "$STATUS"
+      if [ -n "$reason" ]; then printf 'reason=%s\n' "$reason"; fi; } > "$STATUS.tmp" 2>/dev/null \
+        && mv "$STATUS.tmp" "$STATUS"
     return 0
 }
 

@@ -214,7 +214,7 @@ class Cluster:
             if lost:  # MarkPodsNotReady: the node's pods leave the Services
                 for pod in self.store.list("v1", "pods", None)["items"]:
                     if pod["spec"].get("nodeName") == name and pod_ready(pod):
-                        status = dict(pod["status"])
+                        status = dict(pod.get("status") or {})
                         status["conditions"] = [{**c, "status": "False"} if c["type"] in ("Ready", "ContainersReady")
                                                 else c for c in status.get("conditions", [])]
                         self.store.set_status(("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"]),
@@ -329,7 +329,7 @@ class Cluster:
                 self.store.mutate(claim_key, lambda o, node=node: (
                     o["metadata"].setdefault("annotations", {}).update({SELECTED_NODE: node}),
                     o.setdefault("status", {}).update(phase="Bound")))
-        self.store.mutate(key, lambda o: (o["spec"].update(nodeName=node), o["status"].update(
+        self.store.mutate(key, lambda o: (o["spec"].update(nodeName=node), o.setdefault("status", {}).update(
             conditions=[{"type": "PodScheduled", "status": "True"}])))
 
     def _set_status(self, pod: dict, status: dict) -> None:

@@ -300,11 +300,14 @@ class Kubelet:
         for volume in pod["spec"].get("volumes", []):
             if "emptyDir" in volume:
                 self._private_dir(pod_dir / "volumes" / volume["name"], 0o2777)
-        mounts = self._mounts(pod, spec, pod_dir, claim_dirs)
-        port = pod_port(pod)
-        grace = pod["spec"].get("terminationGracePeriodSeconds", 30) * self.clock.scale
-        container = previous or Container(uid, pod["metadata"]["namespace"], pod["metadata"]["name"], node, port,
-                                          pod_dir, mounts, self._env(pod, spec, port, mounts), claim_uids, grace)
+        if previous is None:
+            mounts = self._mounts(pod, spec, pod_dir, claim_dirs)
+            port = pod_port(pod)
+            grace = pod["spec"].get("terminationGracePeriodSeconds", 30) * self.clock.scale
+            container = Container(uid, pod["metadata"]["namespace"], pod["metadata"]["name"], node, port, pod_dir,
+                                  mounts, self._env(pod, spec, port, mounts), claim_uids, grace)
+        else:  # a restart in the same pod: same volumes, same "IP"
+            container, mounts = previous, previous.mounts
         container.restarts = restarts
         if previous is None:
             self.sync_volumes(pod, container, force=True)
