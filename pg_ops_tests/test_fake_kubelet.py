@@ -212,6 +212,31 @@ def test_a_replacement_pod_waits_for_the_old_container_on_the_same_volume(kube):
     deploy(ctx)
 
 
+# -- defect: a pod deletion was an immediate fast shutdown ----------------------------------------------
+def test_deleting_the_primary_pod_checkpoints_then_lets_a_transaction_finish(kube):
+    """What a drain, an eviction or a K3s upgrade does to the primary's pod: TERM, then SIGKILL
+    at the grace period. member.sh checkpoints while still serving (the shutdown checkpoint is
+    then short), stops smart while a transaction is in flight (no new sessions, the open ones may
+    finish), then fast. Before: a fast shutdown at once, the transaction aborted."""
+    ctx, fake = kube
+    ns, primary = ctx.platform.namespace, ctx.state().primary
+    sql(ctx, primary, "create table if not exists drained (v int)")
+    ep = ctx.endpoints()[primary]
+    with psycopg.connect(host=ep.host, port=ep.port, user=SUPERUSER, dbname="postgres",
+                         password=ctx.admin_password(), connect_timeout=3) as conn:
+        conn.execute("insert into drained values (1)")  # a transaction in flight
+        old = fake.cluster.container(ns, primary)
+        fake.admin_api().core.delete_namespaced_pod(primary, ns)  # graceful: the pod's grace period
+        wait_for(lambda: "smart shutdown" in old.log.read_text(), "the member script to stop smart")
+        conn.commit()  # the open session still may
+    log = old.log.read_text()
+    assert "stop requested: checkpoint done" in log
+    assert log.index("checkpoint done") < log.index("smart shutdown")
+    wait_for(lambda: ctx.probe([primary])[primary].writable, f"{primary} back as the primary", timeout=90)
+    deploy(ctx)
+    assert sql(ctx, primary, "select v from drained") == [(1,)]
+
+
 # -- the kubelet restarts a container whose liveness probe fails --------------------------------------
 def test_a_failing_liveness_probe_restarts_the_container(kube):
     ctx, fake = kube
@@ -259,6 +284,8 @@ def test_a_partitioned_node_keeps_serving_and_ignores_the_api(kube):
         # asked again for a while (no health tick waits on it twice).
         assert ctx.platform.data_dir_usage(member) is None
         assert (ns, member) in kubernetes_platform._EXEC_SILENT
+        usages = ctx.platform.data_dir_usages(ctx.spec.member_names)  # all at once, in parallel
+        assert usages[member] is None and all(usages[m] for m in ctx.spec.member_names if m != member)
         with pytest.raises(Exception, match="timed out"):
             ctx.platform.api.core.read_namespaced_pod_log(member, ns, container=names.CONTAINER, tail_lines=1,
                                                           _request_timeout=(2, 2))

@@ -4,6 +4,7 @@ real PostgreSQL members."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -517,6 +518,43 @@ def test_probe_script_against_real_members(cluster):
     # A member whose postgres is gone fails liveness (nothing is cloning or rewinding).
     cluster.platform.kill_member(replica)
     wait_for(lambda: probe(cluster, replica, "live").returncode != 0, "liveness to fail on a dead member")
+
+
+def member_status(ctx, member: str) -> dict[str, str]:
+    path = ctx.platform.member_dir(member) / "run" / "member-status"
+    with contextlib.suppress(FileNotFoundError):
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {}
+
+
+def test_probes_know_what_the_member_script_is_doing(cluster):
+    """The startup and liveness probes pass while member.sh is busy (here: a wiped replica
+    waiting to clone from a primary that is gone), so no fixed limit kills a long clone; a
+    member that refused to start (data of another cluster) fails them, with the reason."""
+    from pg_ops.state import update_state
+
+    state = cluster.state()
+    primary = state.primary
+    replica = next(m for m in cluster.spec.member_names if m != primary)
+    platform = cluster.platform
+    platform.kill_member(replica)
+    platform.wipe_member(replica)
+    platform.kill_member(primary)  # nothing to clone from
+    platform.start_member(replica)
+    wait_for(lambda: member_status(cluster, replica).get("phase") == "waiting", "the replica waiting to clone")
+    for mode in ("startup", "live"):
+        done = probe(cluster, replica, mode)
+        assert done.returncode == 0, done.stdout
+        assert "member waiting since" in done.stdout and f"primary {primary} unreachable" in done.stdout
+    assert probe(cluster, replica, "ready", "60", "67108864").returncode != 0  # busy is not ready
+    platform.kill_member(replica)
+    # The record now names another cluster's system identifier: the primary refuses its own data.
+    update_state(platform.state_store(), lambda s: s.model_copy(update={"system_identifier": "42"}))
+    platform.start_member(primary)
+    wait_for(lambda: member_status(cluster, primary).get("phase") == "refused", "the primary to refuse")
+    done = probe(cluster, primary, "startup")
+    assert done.returncode == 1 and "member refused since" in done.stdout
+    assert "belongs to another cluster" in done.stdout and "expected 42" in done.stdout
 
 
 def test_exporter_queries_run_on_real_members(shared_cluster):
