@@ -137,6 +137,16 @@ def test_metallb_pool_holds_the_external_address():
     assert "exclude-range" in text and "5432" in text  # the FortiGate DHCP and firewall notes
 
 
+def test_quickstart_says_how_k3s_must_run_for_metallb():
+    """MetalLB's K3s page: K3s's own ServiceLB must be disabled; the metallb.io/ annotation the
+    rendered Service uses needs MetalLB 0.14.9 or later."""
+    text = (REPO / "docs" / "quickstart.md").read_text()
+    assert "--disable servicelb" in text and "0.14.9" in text
+    external = next(d for d in documents(DEPLOY / "kubernetes" / "homelab" / "service.yaml")
+                    if d["metadata"]["name"] == k.external_service(HOMELAB))
+    assert list(external["metadata"]["annotations"]) == ["metallb.io/loadBalancerIPs"]
+
+
 # -- Dagster ----------------------------------------------------------------------------------------
 def test_production_dagster_yaml_loads_through_dagsters_schema(tmp_path):
     from dagster._config import process_config
