@@ -225,6 +225,17 @@ def test_storage_class_and_access_mode_come_from_the_spec(homelab):
     assert "storageClassName" not in one(manifests(default), "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
 
 
+@pytest.mark.parametrize("field,value", [("anti_affinity", "soft"), ("access_mode", "ReadWriteMany")])
+def test_a_wrong_scheduling_or_volume_choice_is_refused_at_load(tmp_path, field, value):
+    raw = yaml.safe_load(HOMELAB.read_text())
+    raw["kubernetes"][field] = value
+    path = tmp_path / "homelab.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PgOpsError, match=rf"^{path}: field kubernetes\.{field}: Input should be ") as err:
+        load_spec(path)
+    assert "\n" not in str(err.value)
+
+
 def test_dev_shm_is_memory_backed_and_sized_to_the_memory_limit(homelab):
     """containerd gives a container 64 MiB of /dev/shm: parallel queries and hash joins fail
     with "could not resize shared memory segment". CloudNativePG and the Bitnami chart mount a
