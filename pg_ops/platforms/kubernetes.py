@@ -353,7 +353,8 @@ class KubernetesPlatform:
                           f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
 
     def stop_member(self, name: str) -> None:
-        """Graceful delete: the member script turns SIGTERM into a fast shutdown."""
+        """Graceful delete: the kubelet sends TERM, which the member script turns into a
+        checkpoint, then a smart (a primary with transactions in flight) or fast shutdown."""
         self._delete_pod(name, None)
 
     def kill_member(self, name: str) -> None:
