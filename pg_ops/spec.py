@@ -93,7 +93,13 @@ class KubernetesSpec(Strict):
     namespace: str = "postgresql"
     image: str = "postgres:16"
     storage: str = "50Gi"
-    storage_class: str | None = None
+    storage_class: str | None = None  # None: the cluster's default class (K3s: local-path)
+    # ReadWriteOncePod: only one pod may use a member's volume (CSI classes enforce it on the
+    # node too); local-path accepts it from v0.0.25 but cannot enforce it after a force delete.
+    access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteOnce"
+    # preferred: members spread over nodes when they can, and still run when a node is
+    # cordoned or down; required: never two members on one node (a member stays Pending instead).
+    anti_affinity: Literal["preferred", "required"] = "preferred"
     resources: ResourcesSpec = ResourcesSpec()
     services: ServicesSpec = ServicesSpec()
     tls_secret: str | None = None

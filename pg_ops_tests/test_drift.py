@@ -25,6 +25,7 @@ def applied():
     with home_environment() as home, FakeKubernetes() as fake:
         spec_path = write_platform_spec(home / "specs", "drift", "kubernetes")
         ctx = ClusterContext.for_spec(spec_from(spec_path))
+        fake.bootstrap_rbac(ctx.spec)  # the Role and RoleBinding, as an admin applies them
         ctx.platform.prepare(None)
         yield ctx, fake, spec_path
 
@@ -40,7 +41,7 @@ def test_freshly_applied_objects_do_not_drift(applied):
     assert len(report.checked) == len(manifests(ctx.spec)) and "StatefulSet/drift" in report.checked
     # What the server and controllers add is not drift: status, managedFields, resourceVersion
     # (already there), and defaulted fields such as a Service's clusterIP or a port's protocol.
-    api, ns = ctx.platform.api, ctx.platform.namespace
+    api, ns = fake.admin_api(), ctx.platform.namespace  # edits by hand, as with kubectl
     service = names.primary_service(ctx.spec)
     live = api.core.read_namespaced_service(service, ns)
     ports = [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": "TCP", "nodePort": None}
@@ -53,7 +54,7 @@ def test_freshly_applied_objects_do_not_drift(applied):
 
 def test_drifted_image_service_port_and_missing_object_are_named(applied):
     ctx, fake, _ = applied
-    api, ns = ctx.platform.api, ctx.platform.namespace
+    api, ns = fake.admin_api(), ctx.platform.namespace  # edits by hand, as with kubectl
     sts = rendered(ctx, "StatefulSet", "drift")
     index = next(i for i, c in enumerate(sts["spec"]["template"]["spec"]["containers"]) if c["name"] == names.CONTAINER)
     want_image = sts["spec"]["template"]["spec"]["containers"][index]["image"]

@@ -175,7 +175,7 @@ def test_forced_failover_fences_a_healthy_primary(any_cluster):
     assert watcher.incarnations, f"{old} was never seen back"
     assert watcher.writable_seen == [], f"{old} was writable again after the failover: {watcher.writable_seen}"
     assert q(ctx, old, "select pg_is_in_recovery()") == [(True,)]
-    assert "not the designated primary" in ctx.platform.member_log_tail(old, lines=1000)  # it rewound
+    assert "pg_rewind from primary" in ctx.platform.member_log_tail(old, lines=1000)  # it rewound
 
 
 def test_interrupted_failover_with_dead_candidate_is_run_again(cluster):

@@ -9,6 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pg_ops.platforms.kubernetes_api import KubernetesApi
 from pg_ops_tests.fake_k8s import FakeKubernetes
+from pg_ops_tests.fake_k8s.rbac import PG_OPS_TOKEN
 from pg_ops_tests.helpers import wait_for
 
 NS = "fake-ns"
@@ -23,6 +24,13 @@ def fake():
 
 @pytest.fixture(scope="module")
 def api(fake):
+    """A cluster admin's client (the objects here are planted, as with kubectl)."""
+    return fake.admin_api()
+
+
+@pytest.fixture(scope="module")
+def pg_ops_api(fake):
+    """pg_ops's own client: the kubeconfig's ServiceAccount token."""
     client = KubernetesApi()
     yield client
     client.close()
@@ -123,13 +131,19 @@ def test_apply_removes_fields_the_manager_stopped_sending(api):
 def test_forbidden_switch_answers_403_like_rbac(fake, api):
     fake.forbid("list", "pods")
     try:
+        api.core.list_namespaced_pod(NS)  # an admin is never denied
         with pytest.raises(ApiException) as exc:
-            api.core.list_namespaced_pod(NS)
+            KubernetesApi(_pg_ops_config(fake, api)).core.list_namespaced_pod(NS)
         assert exc.value.status == 403
         assert 'cannot list resource "pods" in API group "" in the namespace "fake-ns"' in status_of(exc.value)["message"]
     finally:
-        fake.allow_all()
-    api.core.list_namespaced_pod(NS)
+        fake.clear_denials()
+
+
+def _pg_ops_config(fake, api):
+    cfg = api.configuration.__class__(host=fake.url, api_key={"authorization": PG_OPS_TOKEN},
+                                      api_key_prefix={"authorization": "Bearer"})
+    return cfg
 
 
 def test_statefulset_pod_waits_pending_for_a_missing_secret(fake, api):
@@ -150,3 +164,176 @@ def test_statefulset_pod_waits_pending_for_a_missing_secret(fake, api):
     assert 'secret "absent" not found' in pod.status.container_statuses[0].state.waiting.message
     api.apps.delete_namespaced_stateful_set("nosecret", NS)
     wait_for(lambda: not api.core.list_namespaced_pod(NS, label_selector="app=ssa").items, "pods cascade-deleted")
+
+
+# -- authentication and RBAC -----------------------------------------------------------------------
+def pg_ops_client(fake) -> KubernetesApi:
+    return KubernetesApi(_pg_ops_config(fake, fake.admin_api()))
+
+
+def test_rbac_follows_the_roles_and_bindings_in_the_store(fake, api):
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "reader", "namespace": NS},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["mine"]},
+                      {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "reader", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": "dagster"}]}
+    for obj in (role, binding):
+        api.custom.create_namespaced_custom_object("rbac.authorization.k8s.io", "v1", NS, obj["kind"].lower() + "s",
+                                                   obj)
+    for name in ("mine", "theirs"):
+        api.core.create_namespaced_config_map(NS, {"metadata": {"name": name}})
+    client = pg_ops_client(fake)
+    assert client.core.read_namespaced_config_map("mine", NS).metadata.name == "mine"  # resourceNames match
+    refusals = {
+        "get another object": lambda: client.core.read_namespaced_config_map("theirs", NS),
+        "list (resourceNames never match a list)": lambda: client.core.list_namespaced_config_map(NS),
+        "another verb": lambda: client.core.patch_namespaced_config_map("mine", NS, {"data": {"a": "b"}}),
+        "another namespace": lambda: client.core.read_namespaced_config_map("mine", "elsewhere"),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(ApiException) as exc:
+            call()
+        assert exc.value.status == 403, what
+        body = status_of(exc.value)
+        assert body["reason"] == "Forbidden" and body["kind"] == "Status" and body["code"] == 403, what
+        assert 'User "system:serviceaccount:dagster:pg-ops" cannot' in body["message"], what
+    with pytest.raises(ApiException) as exc:
+        client.core.read_namespaced_config_map("theirs", NS)
+    assert status_of(exc.value)["message"] == ('configmaps "theirs" is forbidden: User "system:serviceaccount:dagster:'
+                                               'pg-ops" cannot get resource "configmaps" in API group "" in the '
+                                               f'namespace "{NS}"')
+    assert status_of(exc.value)["details"] == {"name": "theirs", "kind": "configmaps"}
+    # No token at all: 401.
+    from kubernetes.client import Configuration
+
+    with pytest.raises(ApiException) as exc:
+        KubernetesApi(Configuration(host=fake.url)).core.read_namespaced_config_map("mine", NS)
+    assert exc.value.status == 401
+
+
+def test_an_apply_that_creates_needs_create(fake, api):
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "patcher", "namespace": NS},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"],
+                       "resourceNames": ["applied"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "patcher", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patcher"},
+               "subjects": [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": "dagster"}]}
+    for obj in (role, binding):
+        api.custom.create_namespaced_custom_object("rbac.authorization.k8s.io", "v1", NS, obj["kind"].lower() + "s",
+                                                   obj)
+    client = pg_ops_client(fake)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "namespace": NS}, "data": {"a": "1"}}
+    with pytest.raises(ApiException) as exc:
+        client.core.patch_namespaced_config_map("applied", NS, cm, field_manager="pg-ops", _content_type=APPLY)
+    assert exc.value.status == 403 and 'cannot create resource "configmaps"' in status_of(exc.value)["message"]
+    api.core.create_namespaced_config_map(NS, {"metadata": {"name": "applied"}})
+    client.core.patch_namespaced_config_map("applied", NS, cm, field_manager="pg-ops", _content_type=APPLY)
+
+
+# -- the scheduler ----------------------------------------------------------------------------------
+def member_pod(name: str, affinity: str, node: str | None = None) -> dict:
+    app = f"spread-{affinity}"  # one workload per rule: anti-affinity is symmetric in a real scheduler
+    term = {"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": "kubernetes.io/hostname"}
+    anti = ({"requiredDuringSchedulingIgnoredDuringExecution": [term]} if affinity == "required" else
+            {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]})
+    spec = {"containers": [{"name": "c", "image": "busybox"}], "affinity": {"podAntiAffinity": anti}}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": name, "labels": {"app": app}}, "spec": spec}
+
+
+def test_anti_affinity_with_one_cordoned_node_of_three(fake, api):
+    """Two members run on node-0 and node-1, node-2 is cordoned: a third member with required
+    anti-affinity stays Pending, saying why; with preferred it shares a node."""
+    for rule in ("required", "preferred"):
+        for i in (0, 1):
+            api.core.create_namespaced_pod(NS, member_pod(f"{rule}-{i}", rule, f"node-{i}"))
+    fake.cordon("node-2")
+    try:
+        api.core.create_namespaced_pod(NS, member_pod("spread-hard", "required"))
+        pod = wait_for(lambda: (p := api.core.read_namespaced_pod("spread-hard", NS)).status.conditions and p,
+                       "the scheduler's verdict")
+        condition = pod.status.conditions[0]
+        assert (pod.spec.node_name, condition.type, condition.status, condition.reason) == \
+            (None, "PodScheduled", "False", "Unschedulable")
+        assert condition.message == ("0/3 nodes are available: 2 node(s) didn't match pod anti-affinity rules, "
+                                     "1 node(s) were unschedulable.")
+        api.core.create_namespaced_pod(NS, member_pod("spread-soft", "preferred"))
+        node = wait_for(lambda: api.core.read_namespaced_pod("spread-soft", NS).spec.node_name, "spread-soft placed")
+        assert node in ("node-0", "node-1")
+    finally:
+        fake.cordon("node-2", False)
+    node = wait_for(lambda: api.core.read_namespaced_pod("spread-hard", NS).spec.node_name, "spread-hard placed")
+    assert node == "node-2"  # uncordoned: the hard rule is satisfiable again
+
+
+def test_node_local_claim_pins_its_pod_to_the_node(fake, api):
+    api.core.create_namespaced_persistent_volume_claim(NS, {"metadata": {"name": "pinned"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    api.core.patch_namespaced_persistent_volume_claim("pinned", NS, {"metadata": {"annotations": {
+        "volume.kubernetes.io/selected-node": "node-1"}}})
+    pod = {"metadata": {"name": "uses-pinned"}, "spec": {
+        "containers": [{"name": "c", "image": "busybox"}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pinned"}}]}}
+    api.core.create_namespaced_pod(NS, pod)
+    assert wait_for(lambda: api.core.read_namespaced_pod("uses-pinned", NS).spec.node_name, "placed") == "node-1"
+
+
+# -- the StatefulSet controller: OnDelete vs RollingUpdate ---------------------------------------------
+def test_on_delete_never_replaces_a_pod_rolling_update_does(fake, api):
+    for strategy in ("OnDelete", "RollingUpdate"):
+        name = f"up-{strategy.lower()}"
+        obj = sts(1)
+        obj["metadata"]["name"] = name
+        obj["spec"]["selector"] = {"matchLabels": {"app": name}}
+        obj["spec"]["template"]["metadata"] = {"labels": {"app": name}, "annotations": {"rev": "1"}}
+        obj["spec"]["updateStrategy"] = {"type": strategy}
+        apply(api, obj, "argocd", force=True)
+        first = wait_for(lambda n=name: api.core.read_namespaced_pod(f"{n}-0", NS), f"{name}-0 created")
+        wait_for(lambda n=name: any(c.type == "Ready" and c.status == "True"
+                                    for c in api.core.read_namespaced_pod(f"{n}-0", NS).status.conditions or []),
+                 f"{name}-0 ready")
+        obj["spec"]["template"]["metadata"]["annotations"] = {"rev": "2"}
+        apply(api, obj, "argocd", force=True)
+        if strategy == "OnDelete":
+            status = wait_for(lambda n=name: (s := api.apps.read_namespaced_stateful_set(n, NS).status)
+                              and s.update_revision != s.current_revision and s, "a new revision")
+            time.sleep(1)  # many controller rounds: the pod must still be the first one
+            pod = api.core.read_namespaced_pod(f"{name}-0", NS)
+            assert pod.metadata.uid == first.metadata.uid and pod.metadata.annotations == {"rev": "1"}
+            assert status.updated_replicas == 0
+        else:
+            pod = wait_for(lambda n=name, uid=first.metadata.uid: (p := api.core.read_namespaced_pod(f"{n}-0", NS))
+                           and p.metadata.uid != uid and p, "the pod replaced")
+            assert pod.metadata.annotations == {"rev": "2"}
+
+
+# -- evictions (kubectl drain) -------------------------------------------------------------------------
+def test_eviction_respects_the_disruption_budget(fake, api):
+    labels = {"app": "evict"}
+    for i in range(2):
+        api.core.create_namespaced_pod(NS, {"metadata": {"name": f"evict-{i}", "labels": labels},
+                                            "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    for i in range(2):
+        wait_for(lambda i=i: any(c.type == "Ready" and c.status == "True"
+                                 for c in api.core.read_namespaced_pod(f"evict-{i}", NS).status.conditions or []),
+                 f"evict-{i} ready")
+    api.custom.create_namespaced_custom_object("policy", "v1", NS, "poddisruptionbudgets", {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "evict"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": labels}}})
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evict-0", "namespace": NS}}
+    with pytest.raises(ApiException) as exc:
+        api.core.create_namespaced_pod_eviction("evict-0", NS, eviction)
+    body = status_of(exc.value)
+    assert exc.value.status == 429 and body["message"] == "Cannot evict pod as it would violate the pod's disruption budget."
+    assert body["details"]["causes"][0]["message"] == "The disruption budget evict needs 2 healthy pods and has 2 currently"
+    api.custom.patch_namespaced_custom_object("policy", "v1", NS, "poddisruptionbudgets", "evict",
+                                              {"spec": {"minAvailable": 1}})
+    api.core.create_namespaced_pod_eviction("evict-0", NS, eviction)
+    wait_for(lambda: not [p for p in api.core.list_namespaced_pod(NS, label_selector="app=evict").items
+                          if p.metadata.name == "evict-0"], "evict-0 gone")

@@ -137,6 +137,16 @@ def test_metallb_pool_holds_the_external_address():
     assert "exclude-range" in text and "5432" in text  # the FortiGate DHCP and firewall notes
 
 
+def test_quickstart_says_how_k3s_must_run_for_metallb():
+    """MetalLB's K3s page: K3s's own ServiceLB must be disabled; the metallb.io/ annotation the
+    rendered Service uses needs MetalLB 0.14.9 or later."""
+    text = (REPO / "docs" / "quickstart.md").read_text()
+    assert "--disable servicelb" in text and "0.14.9" in text
+    external = next(d for d in documents(DEPLOY / "kubernetes" / "homelab" / "service.yaml")
+                    if d["metadata"]["name"] == k.external_service(HOMELAB))
+    assert list(external["metadata"]["annotations"]) == ["metallb.io/loadBalancerIPs"]
+
+
 # -- Dagster ----------------------------------------------------------------------------------------
 def test_production_dagster_yaml_loads_through_dagsters_schema(tmp_path):
     from dagster._config import process_config
@@ -184,6 +194,60 @@ def test_helm_values_match_the_production_instance_config():
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["codeServerArgs"] == ["-m", "pg_ops.definitions"]
     assert values["serviceAccount"]["name"] == k.service_account(HOMELAB)
+
+
+def test_run_pods_get_the_code_locations_volumes_and_env_once():
+    """includeConfigInLaunchedRuns hands the deployment's env, envConfigMaps, envSecrets, volumes
+    and volumeMounts to every run pod; the run launcher repeating them gave run pods two volumes
+    of one name the day the copies diverged."""
+    values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    assert not {"envConfigMaps", "envSecrets", "envVars", "volumes", "volumeMounts"} & set(launcher)
+    mounts = {m["mountPath"] for m in deployment["volumeMounts"]}
+    assert {"/etc/pg-ops/clusters", "/tmp", "/opt/dagster/dagster_home/storage"} <= mounts  # read-only root
+    instance = yaml.safe_load((DEPLOY / "dagster" / "dagster.yaml").read_text())["run_launcher"]["config"]
+    assert not {"env_config_maps", "env_secrets", "env_vars", "volumes", "volume_mounts"} & set(instance)
+
+
+def test_run_pods_are_hardened():
+    values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    container = launcher["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False and container["readOnlyRootFilesystem"] is True
+    assert container["runAsNonRoot"] is True and container["capabilities"] == {"drop": ["ALL"]}
+    pod = launcher["runK8sConfig"]["podSpecConfig"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    user = re.findall(r"^USER (\d+)", (DEPLOY / "dagster" / "Dockerfile").read_text(), re.M)[-1]
+    assert container["runAsUser"] == pod["runAsUser"] == int(user)
+    instance = yaml.safe_load((DEPLOY / "dagster" / "dagster.yaml").read_text())["run_launcher"]["config"]
+    assert instance["security_context"] == container
+    assert instance["run_k8s_config"]["pod_spec_config"]["securityContext"] == pod
+
+
+def test_one_backup_credentials_story():
+    """homelab's backup keys: the Secret its spec names, read by pg_ops through the API in the
+    cluster's namespace (the rendered Role allows exactly that, test_render.py); the Dagster
+    release carries no other copy of them as environment variables pg_ops would not read."""
+    store = HOMELAB.backups.store
+    assert store.credentials_secret == "pg-ops-backup-s3" and store.credentials_env is None
+    values = (DEPLOY / "dagster" / "values.yaml").read_text()
+    instance = (DEPLOY / "dagster" / "dagster.yaml").read_text()
+    assert store.credentials_secret not in values and store.credentials_secret not in instance
+    assert "AWS_ACCESS_KEY_ID" not in values
+    role = next(d for d in documents(DEPLOY / "kubernetes" / "homelab" / "role.yaml") if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == HOMELAB.kubernetes.namespace
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [store.credentials_secret],
+            "verbs": ["get"]} in role["rules"]
+    runbook = (REPO / "docs" / "runbooks" / "postgresql-backup-restore.md").read_text()
+    assert f"kubectl -n {HOMELAB.kubernetes.namespace} create secret generic {store.credentials_secret}" in runbook
+
+
+def test_dagster_yaml_says_what_it_is():
+    head = "".join(line for line in (DEPLOY / "dagster" / "dagster.yaml").read_text().splitlines(True)
+                   if line.startswith("#"))
+    assert "NOT deployed and NOT what the chart generates" in head and "dagster-instance" in head
 
 
 def test_cluster_specs_configmap_matches_deploy_clusters():

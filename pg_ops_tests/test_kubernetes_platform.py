@@ -23,18 +23,23 @@ from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient
 from pg_ops.postgres.session import with_connection
+from pg_ops.render import manifests
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
 from pg_ops_tests.fake_k8s import FakeKubernetes
 from pg_ops_tests.helpers import free_port, home_environment, spec_from, stop_cluster, wait_for, write_spec
 
+BACKUP_SECRET = "kube-backup-s3"
+
 
 def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
     """One spec shape for both platforms; on Kubernetes a namespace per cluster (the primary
-    Service name is the same for every cluster) and the manifests applied by pg_ops."""
+    Service name is the same for every cluster) and the manifests applied by pg_ops. The backup
+    store's keys come from a Secret (not used for a backup here: the Role is what matters)."""
     folder.mkdir(exist_ok=True)
     k8s = {"namespace": f"ns-{name}", "gitops": False, **kubernetes}
-    return spec_from(write_spec(folder, name, platform=platform, kubernetes=k8s,
+    store = {"type": "s3", "bucket": "b", "endpoint_url": "http://127.0.0.1:1", "credentials_secret": BACKUP_SECRET}
+    return spec_from(write_spec(folder, name, platform=platform, kubernetes=k8s, backups={"store": store},
                                 postgres={"parameters": {"shared_buffers": "128MB"}}))
 
 
@@ -56,16 +61,17 @@ def deployed_cluster(fake, name: str, platform: str):
             yield ctx
         finally:
             if platform == "kubernetes":
-                delete_statefulset(ctx)
+                delete_statefulset(ctx, fake)
             else:
                 stop_cluster(ctx)
 
 
-def delete_statefulset(ctx) -> None:
-    """The fake deletes the pods (cascade) and stops their members."""
+def delete_statefulset(ctx, fake) -> None:
+    """As an admin (Git owns the StatefulSet; pg_ops may not delete it): the fake deletes the
+    pods (cascade) and stops their members."""
     platform = ctx.platform
     with contextlib.suppress(Exception):
-        platform.api.apps.delete_namespaced_stateful_set(names.statefulset_name(ctx.spec), platform.namespace)
+        fake.admin_api().apps.delete_namespaced_stateful_set(names.statefulset_name(ctx.spec), platform.namespace)
     with contextlib.suppress(Exception):
         wait_for(lambda: not platform._pods(), "pods deleted", timeout=60)
 
@@ -129,21 +135,28 @@ def test_credentials_secret_is_never_overwritten(k8s):
     assert after[names.password_key("reporting")] == creds.password("reporting")
 
 
-def test_backup_store_keys_come_from_the_named_secret(k8s):
-    from pg_ops.errors import PgOpsError
-
-    core, ns = k8s.platform.api.core, k8s.platform.namespace
+def test_backup_store_keys_come_from_the_secret_the_spec_names_and_only_that_one(k8s, fake):
+    """The backup-credentials story end to end: the spec names the Secret, the rendered Role
+    lets pg_ops `get` exactly that one in the cluster's namespace (where the backend reads it),
+    any other Secret is refused with the API server's 403."""
+    ns = k8s.platform.namespace
+    admin = fake.admin_api().core  # the Secrets are created out of band, as with kubectl
     encode = lambda v: base64.b64encode(v.encode()).decode()  # noqa: E731
-    core.create_namespaced_secret(ns, {"metadata": {"name": "s3-keys"},
-                                       "data": {"access_key": encode("AKID"), "secret_key": encode("s3cr3t")}})
-    creds = k8s.platform.s3_credentials("s3-keys")
+    admin.create_namespaced_secret(ns, {"metadata": {"name": BACKUP_SECRET},
+                                        "data": {"access_key": encode("AKID"), "secret_key": encode("s3cr3t")}})
+    creds = k8s.platform.s3_credentials(BACKUP_SECRET)
     assert (creds.access_key, creds.secret_key) == ("AKID", "s3cr3t")
     assert "s3cr3t" not in repr(creds)
-    core.create_namespaced_secret(ns, {"metadata": {"name": "half"}, "data": {"access_key": encode("AKID")}})
-    with pytest.raises(PgOpsError, match=f"secret {ns}/half: missing key\\(s\\) secret_key"):
-        k8s.platform.s3_credentials("half")
-    with pytest.raises(PgOpsError, match="not found|404"):
-        k8s.platform.s3_credentials("nope")
+    admin.create_namespaced_secret(ns, {"metadata": {"name": "other-keys"}, "data": {"access_key": encode("AKID")}})
+    with pytest.raises(KubernetesError) as refused:
+        k8s.platform.s3_credentials("other-keys")
+    assert refused.value.status == 403 and "\n" not in str(refused.value)
+    assert f'secrets "other-keys" is forbidden: User "system:serviceaccount:dagster:pg-ops" cannot get resource ' \
+           f'"secrets" in API group "" in the namespace "{ns}"' in str(refused.value)
+    admin.replace_namespaced_secret(BACKUP_SECRET, ns, {"metadata": {"name": BACKUP_SECRET},
+                                                        "data": {"access_key": encode("AKID")}})
+    with pytest.raises(PgOpsError, match=f"secret {ns}/{BACKUP_SECRET}: missing key\\(s\\) secret_key"):
+        k8s.platform.s3_credentials(BACKUP_SECRET)
 
 
 def test_state_configmap_compare_and_swap(k8s):
@@ -183,7 +196,7 @@ def test_rbac_forbidden_is_one_clear_line(k8s, fake):
                                          f"forbidden (403): ")
         assert exc.value.status == 403
     finally:
-        fake.allow_all()
+        fake.clear_denials()
 
 
 def test_unreachable_api_server_is_one_clear_line(k8s):
@@ -201,8 +214,8 @@ def test_no_kubeconfig_and_not_in_a_pod(k8s, monkeypatch):
         KubernetesPlatform(k8s.spec).state_store().read()
 
 
-def test_apply_conflict_with_another_field_manager(k8s):
-    api = k8s.platform.api
+def test_apply_conflict_with_another_field_manager(k8s, fake):
+    api = fake.admin_api()  # field ownership, not RBAC: both appliers may write
     ns = k8s.platform.namespace
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned-elsewhere", "namespace": ns},
            "data": {"k": "argocd"}}
@@ -217,20 +230,27 @@ def test_apply_conflict_with_another_field_manager(k8s):
     assert api.core.read_namespaced_config_map("owned-elsewhere", ns).data == {"k": "pg-ops"}
 
 
-def test_gitops_cluster_only_checks_the_git_owned_objects(k8s):
+def test_gitops_cluster_only_checks_the_git_owned_objects(k8s, fake):
     spec = k8s.spec.model_copy(update={"kubernetes": k8s.spec.kubernetes.model_copy(update={"gitops": True})})
-    missing = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-               "metadata": {"name": "not-synced", "namespace": spec.kubernetes.namespace}, "spec": {}}
-    platform = KubernetesPlatform(spec, manifests=lambda s: [missing])
-    with pytest.raises(PgOpsError, match=f"missing \\(poddisruptionbudget {spec.kubernetes.namespace}/not-synced\\)"):
-        platform.prepare(k8s.state())
-    assert not ObjectClient(platform.api).exists(missing)  # verified, never applied
+    ns = spec.kubernetes.namespace
+    budget = next(o for o in manifests(spec) if o["kind"] == "PodDisruptionBudget")
+    name = budget["metadata"]["name"]
+    fake.admin_api().custom.delete_namespaced_custom_object("policy", "v1", ns, "poddisruptionbudgets", name)
+    try:
+        with pytest.raises(PgOpsError, match=f"missing \\(poddisruptionbudget {ns}/{name}\\); sync the GitOps"):
+            KubernetesPlatform(spec).prepare(k8s.state())
+        assert not ObjectClient(k8s.platform.api).exists(budget)  # verified, never applied
+    finally:
+        k8s.platform.prepare(k8s.state())  # gitops: false puts it back
     KubernetesPlatform(spec).prepare(k8s.state())  # the rendered objects all exist
 
 
 def test_member_log_tail_reads_the_pod_log(k8s):
     assert "supervisor started" in k8s.platform.member_log_tail(k8s.state().primary, lines=1000)
-    assert k8s.platform.member_log_tail("kube-9") == ""
+    # The Role names the members' pods: any other pod's log is refused.
+    with pytest.raises(KubernetesError, match=r'forbidden \(403\): pods "kube-9" is forbidden: .* cannot get '
+                                              r'resource "pods/log"'):
+        k8s.platform.member_log_tail("kube-9")
 
 
 def test_teardown_is_refused(k8s):
@@ -284,7 +304,7 @@ def test_pod_stuck_pending_is_reported_and_shown_down(k8s, fake):
         k8s.platform.kill_member(replica)
         k8s.platform.pod_start_timeout = 1.0
         with pytest.raises(MemberError, match=rf"kubernetes: pod {ns}/{replica} stuck Pending after 1 s: "
-                                              rf"Unschedulable: 0/1 nodes are available"):
+                                              rf"Unschedulable: 0/3 nodes are available"):
             k8s.platform.start_member(replica)
         roles = {m["name"]: m["role"] for m in cluster_status(k8s).to_dict()["members"]}
         assert roles[replica] == "down"
@@ -302,7 +322,7 @@ def test_apply_that_fails_midway_says_what_was_applied(k8s, fake):
         with pytest.raises(KubernetesError) as exc:
             k8s.platform.prepare(k8s.state())
     finally:
-        fake.allow_all()
+        fake.clear_denials()
     message = str(exc.value)
     assert message.startswith(f"kubernetes: apply statefulset {spec.kubernetes.namespace}/{spec.name}: "
                               f"forbidden (403): ")
@@ -313,12 +333,13 @@ def test_apply_that_fails_midway_says_what_was_applied(k8s, fake):
 def test_data_dir_usage_through_pod_exec(k8s, fake):
     ns, member = k8s.platform.namespace, k8s.state().primary
     used, total = k8s.platform.data_dir_usage(member)
-    st = os.statvfs(fake.cluster.workloads[(ns, k8s.spec.name)].platform.data_dir(member))
+    st = os.statvfs(fake.data_dir(ns, member))
     assert total == st.f_blocks * st.f_frsize  # df in the "pod" saw the member's volume
     assert 0 < used < total
     status = {m["name"]: m for m in cluster_status(k8s).to_dict()["members"]}
     assert status[member]["data_dir_total_bytes"] == total and status[member]["storage_ratio"] > 0
-    assert k8s.platform.data_dir_usage("kube-9") is None  # no such pod: unknown, not an error
+    with pytest.raises(KubernetesError, match=r'cannot get resource "pods/exec"'):
+        k8s.platform.data_dir_usage("kube-9")  # not a member: the Role does not name it
     fake.forbid("create", "pods/exec")
     try:
         with pytest.raises(KubernetesError, match=rf"kubernetes: exec in pod {ns}/{member}: forbidden \(403\): "
@@ -326,4 +347,4 @@ def test_data_dir_usage_through_pod_exec(k8s, fake):
                                                   rf"\"pods/exec\""):
             k8s.platform.data_dir_usage(member)
     finally:
-        fake.allow_all()
+        fake.clear_denials()

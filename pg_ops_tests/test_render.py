@@ -4,6 +4,7 @@ real PostgreSQL members."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -182,15 +183,81 @@ def test_pods_are_non_root_spread_and_probed(homelab):
         ctx = container["securityContext"]
         assert ctx["capabilities"]["drop"] == ["ALL"] and ctx["allowPrivilegeEscalation"] is False
         assert ctx["readOnlyRootFilesystem"] is True
-    term = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
-    assert term["topologyKey"] == "kubernetes.io/hostname"
     postgres = pod["containers"][0]
-    startup = postgres["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600  # a 50Gi clone is not killed
+    assert postgres["startupProbe"]["exec"]["command"][2] == "startup"
     assert postgres["readinessProbe"]["exec"]["command"][2:] == ["ready", "60", "67108864"]
     assert postgres["livenessProbe"]["exec"]["command"][2] == "live"
     exporter = pod["containers"][1]
     assert exporter["ports"][0]["containerPort"] == k.METRICS_PORT
+
+
+def test_startup_probe_has_no_fixed_limit_for_a_clone(homelab):
+    """The probe passes while member.sh says it clones or rewinds (tested against real members
+    below); its threshold bounds only the time a member neither answers nor does anything: far
+    less than the hour a 50Gi clone may take."""
+    postgres = one(manifests(homelab), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    startup = postgres["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] <= 600
+    assert "cloning" in PROBE_SCRIPT.read_text() and "member-status" in PROBE_SCRIPT.read_text()
+
+
+def test_members_spread_softly_unless_the_spec_requires_it(homelab):
+    """Default (and homelab): preferred anti-affinity, so one cordoned node of three leaves two
+    members on one node rather than one Pending (the fake's scheduler shows both outcomes in
+    test_fake_kubelet.py); `required` keeps the hard rule for whoever wants it."""
+    affinity = one(manifests(homelab), "StatefulSet")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
+    [term] = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == k.selector_labels(homelab)
+    hard = variant(homelab, kubernetes={"anti_affinity": "required"})
+    affinity = one(manifests(hard), "StatefulSet")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert list(affinity) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_storage_class_and_access_mode_come_from_the_spec(homelab):
+    claim = one(manifests(homelab), "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "local-path"  # homelab names K3s's class instead of relying on a default
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    csi = variant(homelab, kubernetes={"storage_class": "longhorn", "access_mode": "ReadWriteOncePod"})
+    claim = one(manifests(csi), "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "longhorn" and claim["accessModes"] == ["ReadWriteOncePod"]
+    default = variant(homelab, kubernetes={"storage_class": None})
+    assert "storageClassName" not in one(manifests(default), "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
+
+
+@pytest.mark.parametrize("field,value", [("anti_affinity", "soft"), ("access_mode", "ReadWriteMany")])
+def test_a_wrong_scheduling_or_volume_choice_is_refused_at_load(tmp_path, field, value):
+    raw = yaml.safe_load(HOMELAB.read_text())
+    raw["kubernetes"][field] = value
+    path = tmp_path / "homelab.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PgOpsError, match=rf"^{path}: field kubernetes\.{field}: Input should be ") as err:
+        load_spec(path)
+    assert "\n" not in str(err.value)
+
+
+def test_dev_shm_is_memory_backed_and_sized_to_the_memory_limit(homelab):
+    """containerd gives a container 64 MiB of /dev/shm: parallel queries and hash joins fail
+    with "could not resize shared memory segment". CloudNativePG and the Bitnami chart mount a
+    memory-backed emptyDir there; its pages count against the memory limit, hence the size."""
+    pod = one(manifests(homelab), "StatefulSet")["spec"]["template"]["spec"]
+    postgres = pod["containers"][0]
+    [mount] = [m for m in postgres["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": homelab.kubernetes.resources.memory}
+
+
+def test_shutdown_budget_fits_in_the_grace_period(homelab):
+    """member.sh checkpoints, then stops smart, then fast, within PGOPS_STOP_SECONDS; the kubelet
+    SIGKILLs at terminationGracePeriodSeconds, which must come later (a SIGKILL there would end
+    in crash recovery: what the old 60 s grace risked with shared_buffers=1GB on homelab disks)."""
+    pod = one(manifests(homelab), "StatefulSet")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    stop, checkpoint, smart = (int(env[f"PGOPS_{n}_SECONDS"]) for n in ("STOP", "CHECKPOINT", "SMART_STOP"))
+    assert checkpoint + smart < stop < pod["terminationGracePeriodSeconds"]
+    assert checkpoint >= 60 and pod["terminationGracePeriodSeconds"] >= 120
+    assert "lifecycle" not in pod["containers"][0]  # no preStop: member.sh handles TERM itself
 
 
 def test_config_change_changes_the_pod_template(homelab):
@@ -212,7 +279,8 @@ def test_services_route_by_role_label(homelab):
     read = one(objects, "Service", k.replicas_service(homelab))["spec"]
     assert read["selector"] == {**sel, k.LABEL_ROLE: k.ROLE_REPLICA}
     external = one(objects, "Service", k.external_service(homelab))
-    assert external["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] == "192.168.10.100"
+    # metallb.io/ since MetalLB 0.14.9; the metallb.universe.tf/ prefix is deprecated.
+    assert external["metadata"]["annotations"] == {"metallb.io/loadBalancerIPs": "192.168.10.100"}
     assert external["spec"]["type"] == "LoadBalancer"
     assert external["spec"]["loadBalancerSourceRanges"] == ["192.168.10.0/24"]
     assert external["spec"]["externalTrafficPolicy"] == "Local"
@@ -242,9 +310,8 @@ def test_pg_hba_plain_inside_tls_outside(homelab):
     assert any(v.get("secret", {}).get("secretName") == "homelab-server-tls" for v in pod["volumes"])
 
 
-def test_network_policy_and_pdb(homelab):
+def test_network_policy(homelab):
     objects = manifests(homelab)
-    assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     policy = one(objects, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     postgres_sources = policy["ingress"][0]["from"]
@@ -253,22 +320,83 @@ def test_network_policy_and_pdb(homelab):
     assert policy["egress"][0]["to"] == [{"podSelector": {"matchLabels": k.selector_labels(homelab)}}]
 
 
+def test_the_primary_has_its_own_disruption_budget(homelab):
+    """A drain may not evict the primary (switch over first); the other members go one at a
+    time. No pod is selected by both (the eviction API refuses such a pod). The fake's eviction
+    API enforces them in test_fake_kubelet.py."""
+    budgets = {b["metadata"]["name"]: b["spec"] for b in by_kind(manifests(homelab), "PodDisruptionBudget")}
+    primary, others = budgets[f"{homelab.name}-primary"], budgets[homelab.name]
+    assert primary["minAvailable"] == 1
+    assert primary["selector"] == {"matchLabels": {**k.selector_labels(homelab), k.LABEL_ROLE: k.ROLE_PRIMARY}}
+    assert others["maxUnavailable"] == 1 and others["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert others["selector"]["matchExpressions"] == [
+        {"key": k.LABEL_ROLE, "operator": "NotIn", "values": [k.ROLE_PRIMARY]}]
+
+
+def rules_by_resource(rules: list[dict]) -> dict[tuple[str, str], list[tuple[frozenset, frozenset]]]:
+    out: dict = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), []).append(
+                    (frozenset(rule["verbs"]), frozenset(rule.get("resourceNames") or [])))
+    return out
+
+
+def allowed(rules, group: str, resource: str, verb: str, name: str | None = None) -> bool:
+    return any(verb in verbs and (not names or name in names)
+               for verbs, names in rules_by_resource(rules).get((group, resource), []))
+
+
 def test_rbac_grants_only_what_the_platform_uses(homelab):
     objects = manifests(homelab)
-    role = one(objects, "Role")
-    assert role["rules"] == k.pg_ops_role_rules(homelab)
-    verbs = {(r["apiGroups"][0], res, v) for r in role["rules"] for res in r["resources"] for v in r["verbs"]}
-    assert ("", "pods/exec", "create") in verbs and ("", "pods", "delete") in verbs
-    assert not any("*" in str(part) for rule in role["rules"] for part in rule.values())
-    assert ("apps", "statefulsets", "patch") not in verbs  # gitops: ArgoCD applies, pg_ops only reads
-    secret_reads = [r for r in role["rules"] if r["resources"] == ["secrets"] and "get" in r["verbs"]]
-    assert secret_reads == [{"apiGroups": [""], "resources": ["secrets"],
-                             "resourceNames": [k.credentials_secret(homelab)], "verbs": ["get"]}]
+    rules = one(objects, "Role")["rules"]
+    assert not any("*" in str(part) for rule in rules for part in rule.values())
+    members = homelab.member_names
+    # Exec over WebSocket is a GET: `get` (Kubernetes <= 1.34) and `create` (1.35+), members only.
+    assert all(allowed(rules, "", "pods/exec", v, m) for v in ("get", "create") for m in members)
+    assert not allowed(rules, "", "pods/exec", "get", "other-pod")
+    assert allowed(rules, "", "pods", "patch", members[0]) and not allowed(rules, "", "pods", "patch", "other-pod")
+    assert not allowed(rules, "", "pods", "watch")  # nothing watches
+    # The Git-owned ConfigMaps are read-only for pg_ops (ArgoCD applies them); the desired
+    # state is pg_ops's own, updated by compare-and-swap.
+    for name in (k.config_configmap(homelab), k.script_configmap(homelab), f"{homelab.name}-exporter-queries"):
+        assert allowed(rules, "", "configmaps", "get", name)
+        assert not allowed(rules, "", "configmaps", "patch", name) and not allowed(rules, "", "configmaps", "update", name)
+    assert allowed(rules, "", "configmaps", "update", k.state_configmap(homelab))
+    # Secrets: its own credentials (update adds a role), and the backup store's keys, by name.
+    assert allowed(rules, "", "secrets", "update", k.credentials_secret(homelab))
+    assert allowed(rules, "", "secrets", "get", "pg-ops-backup-s3")  # backups.store.credentials_secret
+    readable = {name for verbs, names in rules_by_resource(rules)[("", "secrets")] if "get" in verbs for name in names}
+    assert readable == {k.credentials_secret(homelab), "pg-ops-backup-s3"}
+    assert not allowed(rules, "", "secrets", "list")
+    # Every Git-owned object can be read by name (prepare's existence check, the drift check);
+    # none can be written with gitops: true.
+    for obj in objects:
+        group, resource = obj["apiVersion"].rpartition("/")[0], k.plural(obj["kind"])
+        assert allowed(rules, group, resource, "get", obj["metadata"]["name"]), obj["metadata"]["name"]
+        if obj["kind"] != "ConfigMap":
+            assert not allowed(rules, group, resource, "patch", obj["metadata"]["name"]), obj["kind"]
     binding = one(objects, "RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": k.PG_OPS_NAMESPACE}]
+
+
+def test_rbac_without_gitops_lets_pg_ops_apply_all_but_its_own_access(homelab):
     applying = variant(homelab, kubernetes={"gitops": False})
-    verbs = {(res, v) for r in k.pg_ops_role_rules(applying) for res in r["resources"] for v in r["verbs"]}
-    assert ("statefulsets", "patch") in verbs and ("networkpolicies", "create") in verbs
+    objects = manifests(applying)
+    rules = one(objects, "Role")["rules"]
+    for obj in objects:
+        group, resource, name = obj["apiVersion"].rpartition("/")[0], k.plural(obj["kind"]), obj["metadata"]["name"]
+        admin_only = obj["kind"] in ("Role", "RoleBinding")
+        assert allowed(rules, group, resource, "patch", name) is not admin_only, obj["kind"]
+        assert allowed(rules, group, resource, "create") is not admin_only or obj["kind"] == "ConfigMap", obj["kind"]
+
+
+def test_no_backup_secret_is_readable_without_one_in_the_spec(homelab):
+    filestore = variant(homelab, backups={"store": {"type": "file", "path": "backups"}})
+    rules = one(manifests(filestore), "Role")["rules"]
+    readable = {name for verbs, names in rules_by_resource(rules)[("", "secrets")] if "get" in verbs for name in names}
+    assert readable == {k.credentials_secret(filestore)}
 
 
 # -- offline validators ------------------------------------------------------------------------------
@@ -402,6 +530,43 @@ def test_probe_script_against_real_members(cluster):
     # A member whose postgres is gone fails liveness (nothing is cloning or rewinding).
     cluster.platform.kill_member(replica)
     wait_for(lambda: probe(cluster, replica, "live").returncode != 0, "liveness to fail on a dead member")
+
+
+def member_status(ctx, member: str) -> dict[str, str]:
+    path = ctx.platform.member_dir(member) / "run" / "member-status"
+    with contextlib.suppress(FileNotFoundError):
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {}
+
+
+def test_probes_know_what_the_member_script_is_doing(cluster):
+    """The startup and liveness probes pass while member.sh is busy (here: a wiped replica
+    waiting to clone from a primary that is gone), so no fixed limit kills a long clone; a
+    member that refused to start (data of another cluster) fails them, with the reason."""
+    from pg_ops.state import update_state
+
+    state = cluster.state()
+    primary = state.primary
+    replica = next(m for m in cluster.spec.member_names if m != primary)
+    platform = cluster.platform
+    platform.kill_member(replica)
+    platform.wipe_member(replica)
+    platform.kill_member(primary)  # nothing to clone from
+    platform.start_member(replica)
+    wait_for(lambda: member_status(cluster, replica).get("phase") == "waiting", "the replica waiting to clone")
+    for mode in ("startup", "live"):
+        done = probe(cluster, replica, mode)
+        assert done.returncode == 0, done.stdout
+        assert "member waiting since" in done.stdout and f"primary {primary} unreachable" in done.stdout
+    assert probe(cluster, replica, "ready", "60", "67108864").returncode != 0  # busy is not ready
+    platform.kill_member(replica)
+    # The record now names another cluster's system identifier: the primary refuses its own data.
+    update_state(platform.state_store(), lambda s: s.model_copy(update={"system_identifier": "42"}))
+    platform.start_member(primary)
+    wait_for(lambda: member_status(cluster, primary).get("phase") == "refused", "the primary to refuse")
+    done = probe(cluster, primary, "startup")
+    assert done.returncode == 1 and "member refused since" in done.stdout
+    assert "belongs to another cluster" in done.stdout and "expected 42" in done.stdout
 
 
 def test_exporter_queries_run_on_real_members(shared_cluster):

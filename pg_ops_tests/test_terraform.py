@@ -137,7 +137,7 @@ def test_the_rendered_files_satisfy_the_modules_preconditions(hcl):
     for name in (primary["name"], f"{primary['name']}-read"):
         assert services[name]["spec"]["ports"][0]["port"] == primary["port"]
     external = services[f"{primary['name']}-external"]
-    assert external["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] == d["load_balancer_ip"]
+    assert external["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == d["load_balancer_ip"]
     assert external["spec"]["loadBalancerSourceRanges"] == d["load_balancer_source_ranges"]
     # The same names as the platform uses, so the preconditions check the right objects.
     assert {primary["name"], f"{primary['name']}-read", f"{primary['name']}-external"} == {

@@ -11,11 +11,18 @@ check "kubectl reaches the API server" kubectl version
 check "server-side dry run of the rendered manifests" kubectl apply --dry-run=server --server-side -k "deploy/kubernetes/$CLUSTER"
 check "ServiceMonitor/PrometheusRule CRDs installed" kubectl get crd servicemonitors.monitoring.coreos.com prometheusrules.monitoring.coreos.com
 check "MetalLB CRDs installed" kubectl get crd ipaddresspools.metallb.io l2advertisements.metallb.io
-for verb in "get pods" "patch pods" "delete pods" "create pods/exec" "get configmaps/$CLUSTER-pg-ops-state" \
-            "update configmaps/$CLUSTER-pg-ops-state" "get secrets/$CLUSTER-credentials" "delete persistentvolumeclaims"; do
+BACKUP_SECRET=$(sed -n 's/^ *credentials_secret: *\([^ #]*\).*/\1/p' "deploy/clusters/$CLUSTER.yaml")
+for verb in "get pods/$CLUSTER-0 --subresource=exec" "create pods/$CLUSTER-0 --subresource=exec" \
+            "get pods" "patch pods/$CLUSTER-0" "delete pods" \
+            "get configmaps/$CLUSTER-pg-ops-state" "update configmaps/$CLUSTER-pg-ops-state" \
+            "get secrets/$CLUSTER-credentials" "update secrets/$CLUSTER-credentials" \
+            ${BACKUP_SECRET:+"get secrets/$BACKUP_SECRET"} "delete persistentvolumeclaims/data-$CLUSTER-0"; do
     check "pg-ops may $verb" kubectl auth can-i $verb -n "$NS" --as "$SA"
 done
 check "pg-ops may NOT read other Secrets" bash -c "! kubectl auth can-i list secrets -n $NS --as $SA"
+check "pg-ops may NOT change the Git-owned config" bash -c "! kubectl auth can-i patch configmaps/$CLUSTER-config -n $NS --as $SA"
+check "K3s ServiceLB disabled (no svclb pods)" bash -c "! kubectl -n kube-system get pods -l svccontroller.k3s.cattle.io/svcname -o name | grep -q ."
+check "a drain cannot evict the primary (PDB $CLUSTER-primary)" kubectl -n "$NS" get pdb "$CLUSTER-primary"
 # ConfigMap volume refresh: how long a mounted ConfigMap takes to change in a pod (the window in
 # which a demoted primary still reads the old desired state). Needs the cluster running.
 POD="$CLUSTER-0"

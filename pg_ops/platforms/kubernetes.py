@@ -60,6 +60,14 @@ from pg_ops.state import DesiredState
 ADDRESSES_ENV = "PG_OPS_K8S_ADDRESSES"
 POD_START_TIMEOUT_S = 180.0  # image pull + volume attach on a fresh node
 POD_GONE_TIMEOUT_S = 60.0  # beyond terminationGracePeriodSeconds the kubelet kills anyway
+# Storage is measured with `df` through a pod exec, once per member per health pass. Each exec
+# is bounded (a pod on a node cut off from the API server makes the API server wait for the
+# kubelet), and a pod that did not answer is skipped for a while; see data_dir_usage.
+DF_TIMEOUT_S = 5.0
+EXEC_BACKOFF_S = 60.0
+# (namespace, pod) -> monotonic time until which it is not asked: process-wide, because the
+# health sensor builds a new platform object every tick (in the same code-server process).
+_EXEC_SILENT: dict[tuple[str, str], float] = {}
 PASSWORD_SUFFIX = names.password_key("")
 
 
@@ -258,21 +266,29 @@ class KubernetesPlatform:
     def prepare(self, state: DesiredState) -> None:
         """gitops: true -> ArgoCD applies the Git-owned objects; only check they are there.
         gitops: false -> server-side apply them as field manager pg-ops, in manifest order,
-        saying how far it got when one fails."""
+        saying how far it got when one fails; except the Role and RoleBinding, which give pg_ops
+        its access and which only a cluster admin can apply (they are checked)."""
+        from pg_ops.render.access import ADMIN_APPLIED_KINDS
+
         objects = self._git_owned_objects()
         client = ObjectClient(self.api)
+        checked = objects if self.spec.kubernetes.gitops else [o for o in objects if o["kind"] in ADMIN_APPLIED_KINDS]
+        missing = [describe(o) for o in checked if not client.exists(o)]
+        if missing:
+            how = ("sync the GitOps application (kubernetes.gitops is true: pg_ops never applies them)"
+                   if self.spec.kubernetes.gitops else
+                   f"a cluster admin applies them once: `kubectl apply -f deploy/kubernetes/{self.spec.name}/role.yaml "
+                   f"-f deploy/kubernetes/{self.spec.name}/rolebinding.yaml`")
+            raise PgOpsError(f"cluster {self.spec.name}: Git-owned objects missing ({', '.join(missing)}); {how}")
         if self.spec.kubernetes.gitops:
-            missing = [describe(o) for o in objects if not client.exists(o)]
-            if missing:
-                raise PgOpsError(f"cluster {self.spec.name}: Git-owned objects missing ({', '.join(missing)}); "
-                                 f"sync the GitOps application (kubernetes.gitops is true: pg_ops never applies them)")
             return
-        for done, obj in enumerate(objects):
+        applied = [o for o in objects if o["kind"] not in ADMIN_APPLIED_KINDS]
+        for done, obj in enumerate(applied):
             try:
                 client.apply(obj)
             except KubernetesError as exc:
-                applied = ", ".join(describe(o) for o in objects[:done]) or "none"
-                raise type(exc)(f"{exc}; applied before it: {applied}; not applied: {len(objects) - done} object(s)",
+                before = ", ".join(describe(o) for o in applied[:done]) or "none"
+                raise type(exc)(f"{exc}; applied before it: {before}; not applied: {len(applied) - done} object(s)",
                                 exc.status, exc.reason) from None
 
     def live_objects(self, objects: list[dict]) -> list[dict | None]:
@@ -337,7 +353,8 @@ class KubernetesPlatform:
                           f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
 
     def stop_member(self, name: str) -> None:
-        """Graceful delete: the member script turns SIGTERM into a fast shutdown."""
+        """Graceful delete: the kubelet sends TERM, which the member script turns into a
+        checkpoint, then a smart (a primary with transactions in flight) or fast shutdown."""
         self._delete_pod(name, None)
 
     def kill_member(self, name: str) -> None:
@@ -350,15 +367,38 @@ class KubernetesPlatform:
                       {"metadata": {"labels": {names.LABEL_ROLE: role}}}, missing_ok=True)
 
     def fence_member(self, name: str) -> bool:
-        """Out of the Services first (label removed), then the pod is force-deleted (grace 0,
-        so a failover is not held up by a pod on an unreachable node). Never confirmed: a
-        force deletion removes the API object whether or not the kubelet heard of it, so the
-        old container may run on until its kubelet notices, or, on a node cut off from the API
-        server, until its member script's isolation fencing stops it (the failover waits for
-        that lease to run out) or its ConfigMap volume refreshes with the new record."""
+        """Out of the Services first (label removed), postgres stopped at once where its pod
+        answers, then the pod force-deleted (grace 0, so a failover is not held up by a pod on
+        an unreachable node). True when the exec answered: its kubelet is connected, so postgres
+        is stopped and the force deletion reaches the container at once.
+
+        Why the immediate stop: a deleted pod is never killed outright; its kubelet sends TERM
+        first, and a clean shutdown writes a shutdown checkpoint that standbys still streaming
+        from the old primary receive, past the new primary's fork point: they could then not
+        follow the new timeline without a rewind. An immediate shutdown writes nothing more (the
+        local platform's SIGKILL, on Kubernetes). Not confirmed (False): a pod whose node is cut
+        off from the API server keeps running until its kubelet is back; its isolation fencing
+        stops it once its lease runs out (the failover waits for that), or its member script
+        demotes it once the ConfigMap volume refreshes with the new record."""
         self._set_role(name, None)
+        stopped = self._stop_postgres_now(name)
         self._delete_pod(name, 0)
-        return False
+        return stopped
+
+    def _stop_postgres_now(self, name: str) -> bool:
+        """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S)."""
+        what = self._what("pod", name)
+        command = [f"{names.PG_BIN_16}/pg_ctl", "stop", "-D", names.PGDATA, "-m", "immediate", "-w", "-t", "3"]
+        try:
+            code, _, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER, command,
+                                                timeout=DF_TIMEOUT_S)
+        except KubernetesError as exc:
+            logging.getLogger("pg_ops").warning("fence %s: immediate stop not possible (%s); deleting the pod", name, exc)
+            return False
+        if code != 0:
+            logging.getLogger("pg_ops").warning("fence %s: pg_ctl stop -m immediate exited %d: %s", name, code,
+                                                " ".join(err.split())[:200])
+        return True
 
     def route_primary(self, name: str) -> None:
         """Every other pod is labelled replica before `name` is labelled primary, so the
@@ -412,15 +452,26 @@ class KubernetesPlatform:
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """df of the data volume, through an exec into the pod (the kubelet's volume stats are
         not in the API). The mount point, not PGDATA: it exists before the first initdb/clone
-        and is the same filesystem. None when the pod does not run (the member is down)."""
+        and is the same filesystem. None when the pod does not run (the member is down) or did
+        not answer within DF_TIMEOUT_S; a pod that did not answer is not asked again for
+        EXEC_BACKOFF_S (its node is probably cut off: every exec to it would hang as long), so
+        no caller's loop over the members can be held up by it tick after tick."""
         what = self._what("pod", name)
+        if time.monotonic() < _EXEC_SILENT.get((self.namespace, name), 0.0):
+            return None
         try:
             code, out, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER,
-                                                  ["df", "-B1", "--output=used,size", names.PGDATA_MOUNT])
+                                                  ["df", "-B1", "--output=used,size", names.PGDATA_MOUNT],
+                                                  timeout=DF_TIMEOUT_S)
         except KubernetesError as exc:
             if exc.status in (400, 404):  # no such pod, or its container is not running
                 return None
+            if exc.status == 0 and "did not finish" in str(exc):
+                _EXEC_SILENT[(self.namespace, name)] = time.monotonic() + EXEC_BACKOFF_S
+                logging.getLogger("pg_ops").warning("%s; storage of %s unknown for %g s", exc, name, EXEC_BACKOFF_S)
+                return None
             raise
+        _EXEC_SILENT.pop((self.namespace, name), None)
         if code != 0:
             raise MemberError(f"kubernetes: exec in {what}: df exited {code}: {' '.join(err.split())[:200]}")
         try:
@@ -428,6 +479,24 @@ class KubernetesPlatform:
         except ValueError:
             raise MemberError(f"kubernetes: exec in {what}: unexpected df output {out.strip()[:200]!r}") from None
         return used, size
+
+    def data_dir_usages(self, members: list[str]) -> dict[str, tuple[int, int] | None]:
+        """data_dir_usage of several members at once, in parallel: the whole call takes about
+        one DF_TIMEOUT_S however many pods do not answer. A member whose exec failed otherwise
+        (RBAC, df) is None too, and logged: storage is never worth failing a health pass."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(name: str) -> tuple[int, int] | None:
+            try:
+                return self.data_dir_usage(name)
+            except PgOpsError as exc:
+                logging.getLogger("pg_ops").warning("storage of %s unknown: %s", name, exc)
+                return None
+
+        if not members:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(len(members), 9), thread_name_prefix="df") as pool:
+            return dict(zip(members, pool.map(one, members), strict=True))
 
     def teardown(self) -> None:
         raise PgOpsError(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "

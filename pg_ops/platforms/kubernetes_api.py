@@ -9,8 +9,11 @@ The `kubernetes` package is imported here, lazily by whoever needs this module (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +31,8 @@ T = TypeVar("T")
 # sensor tick or a failover run.
 REQUEST_TIMEOUT = (3, 20)
 EXEC_TIMEOUT_S = 30.0
-EXEC_STATUS_CHANNEL = 3  # kubernetes.stream.ws_client's ERROR_CHANNEL: the exec's final Status
+EXEC_SUBPROTOCOL = "v4.channel.k8s.io"
+EXEC_STDOUT, EXEC_STDERR, EXEC_STATUS_CHANNEL = 1, 2, 3  # channel 3: the exec's final Status
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -125,37 +129,82 @@ class KubernetesApi:
 
     def exec_in_pod(self, what: str, name: str, namespace: str, container: str, command: list[str],
                     timeout: float = EXEC_TIMEOUT_S) -> tuple[int, str, str]:
-        """Run a command in a container: (exit code, stdout, stderr), over the client's own
-        WebSocket channel client. Not through `kubernetes.stream.stream`: with client 36 a refused
-        upgrade (403, 404, a pod not running) surfaces there as an AttributeError from
-        ApiClient (the exception has no body), which hides the status and the server's message;
-        and stream() swaps the request function of the shared ApiClient while it runs."""
-        from kubernetes.stream.ws_client import WSClient, get_websocket_url
-        from websocket import WebSocketBadStatusException, WebSocketException
+        """Run a command in a container: (exit code, stdout, stderr), over a WebSocket
+        (v4.channel.k8s.io: each binary message starts with its channel; 3 is the final Status).
+
+        ONE deadline covers everything, the upgrade included: when the pod's node is cut off, the
+        API server holds the request while it tries to reach the kubelet, and the client's own
+        WebSocket (kubernetes.stream) has no timeout there. Not through `kubernetes.stream.stream`
+        either: with client 36 a refused upgrade (403, 404, a pod not running) surfaces there as
+        an AttributeError that hides the status and the server's message."""
+        from kubernetes.stream.ws_client import get_websocket_url
+        from websocket import ABNF, WebSocket, WebSocketBadStatusException, WebSocketException
 
         cfg = self.configuration
         url = get_websocket_url(f"{cfg.host}/api/v1/namespaces/{namespace}/pods/{name}/exec", [
             ("command", command), ("container", container), ("stdin", "false"), ("stdout", "true"),
             ("stderr", "true"), ("tty", "false")])
         auth = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
+        deadline = time.monotonic() + timeout
+        late = KubernetesError(f"kubernetes: exec in {what}: {command[0]} did not finish within {timeout:g} s "
+                               f"(the pod's node unreachable?)")
+        ws = WebSocket(sslopt=_ssl_options(cfg), skip_utf8_validation=True)
         try:
-            client = WSClient(cfg, url, {"authorization": auth} if auth else {}, capture_all=True)
+            ws.connect(url, header=[f"authorization: {auth}"] if auth else [], subprotocols=[EXEC_SUBPROTOCOL],
+                       timeout=timeout)
         except WebSocketBadStatusException as exc:  # the upgrade was refused: a plain HTTP error
             status = int(exc.status_code or 0)
             cls = {404: KubernetesNotFound}.get(status, KubernetesError)
             raise cls(f"kubernetes: exec in {what}: {_reason_words(status, exc.status_message or '')} ({status}): "
                       f"{_status_message(exc.resp_body)}", status, exc.status_message or "") from None
+        except TimeoutError:
+            raise late from None
         except (WebSocketException, OSError) as exc:
+            if "timed out" in str(exc):
+                raise late from None
             raise KubernetesError(f"kubernetes: exec in {what}: API server {cfg.host} unreachable: "
                                   f"{' '.join(str(exc).split())[:200]}") from None
+        channels: dict[int, bytes] = {}
         try:
-            client.run_forever(timeout=timeout)
-            if client.is_open():
-                raise KubernetesError(f"kubernetes: exec in {what}: {command[0]} did not finish within {timeout:g} s")
-            return (_exit_code(what, client.read_channel(EXEC_STATUS_CHANNEL, timeout=0)),
-                    client.read_stdout(timeout=0), client.read_stderr(timeout=0))
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise late
+                ws.settimeout(remaining)
+                try:
+                    opcode, data = ws.recv_data()
+                except TimeoutError:
+                    raise late from None
+                except (WebSocketException, OSError):
+                    break  # the server closed the stream
+                if opcode == ABNF.OPCODE_CLOSE:
+                    break
+                if data:
+                    channels[data[0]] = channels.get(data[0], b"") + data[1:]
         finally:
-            client.close()
+            with contextlib.suppress(Exception):
+                ws.close(timeout=0.5)
+        text = {ch: raw.decode(errors="replace") for ch, raw in channels.items()}
+        return (_exit_code(what, text.get(EXEC_STATUS_CHANNEL, "")), text.get(EXEC_STDOUT, ""),
+                text.get(EXEC_STDERR, ""))
+
+
+def _ssl_options(cfg: k8s.Configuration) -> dict:
+    """The kubeconfig's TLS settings, as the websocket library takes them."""
+    if not cfg.verify_ssl:
+        return {"cert_reqs": ssl.CERT_NONE}
+    options: dict = {"cert_reqs": ssl.CERT_REQUIRED}
+    if cfg.ssl_ca_cert:
+        options["ca_certs"] = cfg.ssl_ca_cert
+    if cfg.cert_file:
+        options["certfile"] = cfg.cert_file
+    if cfg.key_file:
+        options["keyfile"] = cfg.key_file
+    if cfg.assert_hostname is not None:
+        options["check_hostname"] = cfg.assert_hostname
+    if cfg.tls_server_name:
+        options["server_hostname"] = cfg.tls_server_name
+    return options
 
 
 def _exit_code(what: str, status_text: str) -> int:

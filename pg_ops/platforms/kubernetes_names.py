@@ -118,34 +118,27 @@ def role_name(spec: ClusterSpec) -> str:
     return f"{spec.name}-pg-ops"
 
 
-def pg_ops_role_rules(spec: ClusterSpec) -> list[dict]:
-    """The only verbs the Kubernetes platform may use in a cluster's namespace (the Role).
+def member_pod_names(spec: ClusterSpec) -> list[str]:
+    """The StatefulSet's pods (the members): what pg_ops labels, execs into and reads logs of."""
+    return spec.member_names
 
-    `create` cannot be limited by resourceNames in RBAC, so it is granted on the kind; reads and
-    writes of existing pg_ops-owned objects are limited to their names. Git-owned kinds are
-    read-only (drift check) when ArgoCD applies them (`kubernetes.gitops: true`); otherwise pg_ops
-    server-side applies them and needs create/patch too.
-    """
-    configmaps = [state_configmap(spec), config_configmap(spec), script_configmap(spec)]
-    static_verbs = ["get", "list"] if spec.kubernetes.gitops else ["get", "list", "create", "patch"]
-    return [
-        {"apiGroups": [""], "resources": ["pods"],
-         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},  # create: drill pods
-        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": configmaps,
-         "verbs": ["get", "update", "patch"]},
-        # delete: the scratch Secret of a drill pod (random name, so not limitable by name).
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]},
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [credentials_secret(spec)],
-         "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list", "delete"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": static_verbs},
-        {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": static_verbs},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": static_verbs},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": static_verbs},
-    ]
+
+def data_claim(member: str) -> str:
+    """The PVC the StatefulSet's claim template `data` makes for a member."""
+    return f"{DATA_CLAIM_TEMPLATE}-{member}"
+
+
+DATA_CLAIM_TEMPLATE = "data"
+
+
+def plural(kind: str) -> str:
+    """The resource name of a kind (NetworkPolicy -> networkpolicies, Ingress -> ingresses)."""
+    lower = kind.lower()
+    if lower.endswith("s"):
+        return lower + "es"
+    if lower.endswith("y"):
+        return lower[:-1] + "ies"
+    return lower + "s"
 
 
 # -- scratch targets (restore-drill pods) --------------------------------------------------------

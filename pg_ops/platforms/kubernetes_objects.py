@@ -14,19 +14,10 @@ import re
 
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes_api import KubernetesApi
+from pg_ops.platforms.kubernetes_names import plural
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 CLUSTER_SCOPED_CORE = {"Namespace", "PersistentVolume", "Node"}
-
-
-def plural(kind: str) -> str:
-    """The resource name of a kind (NetworkPolicy -> networkpolicies, Ingress -> ingresses)."""
-    lower = kind.lower()
-    if lower.endswith("s"):
-        return lower + "es"
-    if lower.endswith("y"):
-        return lower[:-1] + "ies"
-    return lower + "s"
 
 
 def _snake(kind: str) -> str:

@@ -46,6 +46,19 @@
 #   PGOPS_STATE_DIR    durable files of this member: the isolation marker, the report of
 #                      discarded writes, data dirs kept aside (default: PGOPS_DATA's parent,
 #                      the data volume on Kubernetes)
+#   PGOPS_LOCK_FILE    the data directory's lock, held for the script's lifetime (default:
+#                      member.lock beside PGOPS_DATA, i.e. on the same volume)
+#   PGOPS_STOP_SECONDS            on TERM, the whole shutdown's budget (default 25)
+#   PGOPS_CHECKPOINT_SECONDS      of it, the CHECKPOINT taken while still serving (default 10)
+#   PGOPS_SMART_STOP_SECONDS      of it, how long a primary with transactions in flight waits
+#                                 for its sessions (smart) before a fast shutdown (default 5)
+#
+# Boot-time safety (before any boot action): the lock (flock on PGOPS_LOCK_FILE, inherited by
+# postgres, so it is held until the last process of this member is gone) keeps a second copy of
+# this script - a replacement pod on the same ReadWriteOnce volume while the old container is
+# still stopping - from rewinding or wiping a data directory a postmaster still uses; it waits.
+# What it is doing is in $PGOPS_RUN_DIR/member-status (phase=waiting|initdb|cloning|rewinding|
+# starting|running|stopping|refused, since=, pid=, reason=), which probe.sh reads.
 set -u
 
 MEMBER=${PGOPS_MEMBER:?PGOPS_MEMBER is required}
@@ -62,6 +75,11 @@ PASSFILE="$RUN_DIR/pgpass"
 STATE_DIR=${PGOPS_STATE_DIR:-$(dirname "$DATA")}
 REPORT="$STATE_DIR/pg_ops-report"
 ISOLATED_MARK="$STATE_DIR/pg_ops-isolated"
+STATUS="$RUN_DIR/member-status"
+LOCK_FILE=${PGOPS_LOCK_FILE:-$(dirname "$DATA")/member.lock}
+STOP_S=${PGOPS_STOP_SECONDS:-25}
+CHECKPOINT_S=${PGOPS_CHECKPOINT_SECONDS:-10}
+SMART_S=${PGOPS_SMART_STOP_SECONDS:-5}
 PG_PID=""
 STOPPING=0
 WRITABLE_SINCE=0   # when this postgres was first seen writable as the designated primary
@@ -69,7 +87,18 @@ LAST_LEASE=0       # last second the lease was fresh
 LAST_STANDBY=0     # last second a standby streamed from us
 
 log() { printf '%s member %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$MEMBER" "$*"; }
-die() { log "FATAL: $*"; exit 1; }
+die() { log "FATAL: $*"; set_phase refused "$*"; exit 1; }
+
+# --- what this member is doing (probe.sh reads it) ------------------------------------------
+current_phase() { sed -n 's/^phase=//p' "$STATUS" 2>/dev/null; }
+set_phase() {   # phase [reason]; `since` changes only with the phase
+    local reason=${2:-}
+    [ "$(current_phase)" = "$1" ] && [ "$(sed -n 's/^reason=//p' "$STATUS" 2>/dev/null)" = "$reason" ] && return 0
+    { printf 'phase=%s\nsince=%s\npid=%s\n' "$1" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$"
+      if [ -n "$reason" ]; then printf 'reason=%s\n' "$reason"; fi; } > "$STATUS.tmp" 2>/dev/null \
+        && mv "$STATUS.tmp" "$STATUS"
+    return 0
+}
 
 # --- the desired-state record -------------------------------------------------------------
 sget() { sed -n "s/^$1=//p" "$STATE" 2>/dev/null | tail -n 1; }
@@ -79,6 +108,7 @@ member_addr() { sget "member.$1"; }   # host:port
 wait_for_state() {
     local n=0
     until [ -r "$STATE" ] && [ -n "$(primary_name)" ]; do
+        set_phase waiting "no desired-state record yet ($STATE)"
         [ $((n % 30)) -eq 0 ] && log "waiting for the desired-state record $STATE"
         n=$((n + 1)); sleep 1
     done
@@ -105,7 +135,10 @@ primary_tli() {
 }
 
 prepare_private_files() {
-    mkdir -p "$RUN_DIR" && chmod 700 "$RUN_DIR" || die "cannot create $RUN_DIR"
+    mkdir -p "$RUN_DIR" || die "cannot create $RUN_DIR"
+    # On Kubernetes RUN_DIR is an emptyDir: root-owned (group fsGroup), so chmod fails there; it
+    # is private to the pod anyway, and the files in it are 0600.
+    chmod 700 "$RUN_DIR" 2>/dev/null || true
     # Kubernetes mounts Secrets group-readable; libpq ignores such a passfile. Keep a 0600 copy.
     (umask 077 && cp "${PGOPS_PASSFILE:?PGOPS_PASSFILE is required}" "$PASSFILE.tmp" && mv "$PASSFILE.tmp" "$PASSFILE") \
         || die "cannot read the passfile $PGOPS_PASSFILE"
@@ -117,6 +150,7 @@ superuser_password() { awk -F: '$4 == "postgres" { print $5; exit }' "$PASSFILE"
 wipe_data() { find "$DATA" -mindepth 1 -delete 2>/dev/null; mkdir -p "$DATA"; chmod 700 "$DATA"; }
 
 run_initdb() {
+    set_phase initdb
     log "initdb (designated primary of a cluster not bootstrapped yet)"
     mkdir -p "$DATA" && chmod 700 "$DATA"
     local pw; pw=$(superuser_password)
@@ -147,10 +181,12 @@ clone_from_primary() {
             die "designated primary but the data dir is empty and the cluster is bootstrapped; refusing initdb (fail over to a replica)"
         fi
         if ! primary_reachable; then
+            set_phase waiting "primary $(primary_name) unreachable: nothing to clone from"
             # Never wipe anything while the primary cannot be reached: keep what we have.
             [ $((n % 15)) -eq 0 ] && log "primary $(primary_name) unreachable; waiting before cloning"
             n=$((n + 1)); sleep 2; continue
         fi
+        set_phase cloning "from $(primary_name)"
         wipe_data
         log "cloning from primary $(primary_name) with pg_basebackup (slot $SLOT)"
         if "${BIN}pg_basebackup" -d "$(primary_conn replicator)" -D "$DATA" -X stream -S "$SLOT" \
@@ -226,6 +262,7 @@ reclone_diverged() {
 
 rewind_from_primary() {
     count_discarded
+    set_phase rewinding "from $(primary_name)"
     log "pg_rewind from primary $(primary_name)"
     if "${BIN}pg_rewind" -D "$DATA" --source-server="$(primary_conn postgres) dbname=postgres" \
             >"$RUN_DIR/rewind.log" 2>&1; then
@@ -255,7 +292,8 @@ boot() {
     fi
     if [ "$primary" != "$MEMBER" ]; then
         if ! is_standby_dir; then
-            primary_reachable || { log "not the designated primary and $primary is unreachable: waiting"; return 1; }
+            primary_reachable || { set_phase waiting "primary $primary unreachable: cannot rewind";
+                                   log "not the designated primary and $primary is unreachable: waiting"; return 1; }
             log "not the designated primary ($primary) but the data dir is not a standby: rewinding"
             rewind_from_primary || reclone_diverged || return 1
         else
@@ -278,8 +316,10 @@ start_postgres() {
         -c "listen_addresses=$LISTEN" -c "cluster_name=$MEMBER"
         -c "unix_socket_directories=$SOCKET_DIR")
     log "starting postgres on port $PORT as $(is_standby_dir && echo replica || echo primary)"
+    set_phase starting
     "${BIN}postgres" "${args[@]}" &
     PG_PID=$!
+    mark_running_when_accepting "$PG_PID"
     if [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir && isolated_here; then
         log "isolated earlier (epoch $(sget epoch)): staying a standby until pg_ops promotes this member"
     elif [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir; then
@@ -359,15 +399,99 @@ stop_postgres() {   # fast shutdown, then wait
     PG_PID=""
 }
 
+# --- shutdown (TERM: the kubelet deleting the pod, or the local platform stopping it) -----
+# A CHECKPOINT while still serving, so that the shutdown checkpoint after it is short and the
+# kubelet's SIGKILL (terminationGracePeriodSeconds) does not end in crash recovery; then a
+# primary with transactions in flight stops smart (no new sessions, the running ones may end)
+# for up to SMART_S, then fast; immediate if even that overruns STOP_S. INT: fast at once.
+own_sql() {   # seconds, SQL: on this member's own postgres, as the superuser, bounded
+    PGPASSFILE="$PASSFILE" PGCONNECT_TIMEOUT=3 timeout "$1" "${BIN}psql" -X -At -h 127.0.0.1 -p "$PORT" \
+        -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$2" 2>/dev/null
+}
+
+pg_running() {   # unlike kill -0, false for an exited (zombie) postgres
+    [ -n "$PG_PID" ] && [ "$(sed 's/.*) //' "/proc/$PG_PID/stat" 2>/dev/null | cut -d' ' -f1)" != Z ] \
+        && [ -e "/proc/$PG_PID" ]
+}
+
+wait_postgres() {   # up to $1 s; 0 once postgres is gone
+    local until=$((SECONDS + $1))
+    while pg_running && [ "$SECONDS" -lt "$until" ]; do sleep 0.2; done
+    ! pg_running
+}
+
+shutdown_postgres() {   # smart seconds (0: fast at once), deadline ($SECONDS)
+    local smart=$1 deadline=$2
+    pg_running || { PG_PID=""; return 0; }
+    if [ "$smart" -gt 0 ]; then
+        log "smart shutdown (up to ${smart} s for the sessions to finish)"
+        kill -TERM "$PG_PID" 2>/dev/null
+        wait_postgres "$smart" || { log "sessions still open: fast shutdown"; kill -INT "$PG_PID" 2>/dev/null; }
+    else
+        log "fast shutdown"
+        kill -INT "$PG_PID" 2>/dev/null
+    fi
+    if ! wait_postgres $((deadline - SECONDS)); then
+        log "shutdown did not finish within ${STOP_S} s: immediate shutdown (crash recovery at the next start)"
+        kill -QUIT "$PG_PID" 2>/dev/null
+        wait_postgres 10 || kill -KILL "$PG_PID" 2>/dev/null
+    fi
+    wait "$PG_PID" 2>/dev/null
+    PG_PID=""
+}
+
 on_term() {
     STOPPING=1
-    log "stop requested: fast shutdown"
-    stop_postgres
+    set_phase stopping "TERM"
+    local deadline=$((SECONDS + STOP_S)) smart=0 busy t0=$SECONDS
+    if pg_running; then
+        if own_sql "$CHECKPOINT_S" "checkpoint" >/dev/null; then
+            log "stop requested: checkpoint done in $((SECONDS - t0)) s"
+        else
+            log "stop requested: checkpoint failed or took more than ${CHECKPOINT_S} s"
+        fi
+        busy=$(own_sql 5 "select count(*) from pg_stat_activity where backend_type = 'client backend'
+                          and state <> 'idle' and pid <> pg_backend_pid() and not pg_is_in_recovery()")
+        if [ "$(primary_name)" = "$MEMBER" ] && [ "${busy:-0}" -gt 0 ]; then smart=$SMART_S; fi
+    fi
+    shutdown_postgres "$smart" "$deadline"
     exit 0
 }
-trap on_term TERM INT
+
+on_int() {
+    STOPPING=1
+    set_phase stopping "INT"
+    shutdown_postgres 0 $((SECONDS + STOP_S))
+    exit 0
+}
+trap on_term TERM
+trap on_int INT
+
+mark_running_when_accepting() {   # in the background: phase=running once postgres accepts
+    local pid=$1
+    ( while kill -0 "$pid" 2>/dev/null && [ "$(current_phase)" = starting ]; do
+          if "${BIN}pg_isready" -q -h 127.0.0.1 -p "$PORT" -t 2; then set_phase running; exit 0; fi
+          sleep 1
+      done ) 9>&- &
+}
+
+# --- the data directory's lock (before any boot action) -----------------------------------
+take_data_lock() {
+    mkdir -p "$(dirname "$LOCK_FILE")" 2>/dev/null
+    exec 9>>"$LOCK_FILE" || die "cannot open the data directory lock $LOCK_FILE"
+    local n=0
+    until flock -n 9; do
+        set_phase waiting "another instance of $MEMBER still holds $LOCK_FILE"
+        [ $((n % 30)) -eq 0 ] && log "another instance of this member still runs on this data directory (its pod is still stopping?): waiting for $LOCK_FILE"
+        n=$((n + 1))
+        sleep 1 & wait $!
+    done
+    [ "$n" -gt 0 ] && log "data directory lock taken after ${n} s"
+    return 0
+}
 
 prepare_private_files
+take_data_lock
 log "supervisor started (pid $$)"
 while [ "$STOPPING" = 0 ]; do
     if ! boot; then

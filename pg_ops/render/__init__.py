@@ -12,7 +12,7 @@ from pg_ops.render.access import (
     network_policy,
     pg_ops_role,
     pg_ops_role_binding,
-    pod_disruption_budget,
+    pod_disruption_budgets,
 )
 from pg_ops.render.config import config_configmap, script_configmap
 from pg_ops.render.monitoring import exporter_queries_configmap, prometheus_rule, service_monitor
@@ -26,11 +26,13 @@ __all__ = ["manifests", "write_manifests", "default_output_dir", "check_git_safe
 
 def manifests(spec: ClusterSpec) -> list[dict]:
     """Every Git-owned object of a kubernetes cluster, in apply order."""
-    objects = [
-        member_service_account(spec), pg_ops_role(spec), pg_ops_role_binding(spec),
+    account, binding = member_service_account(spec), pg_ops_role_binding(spec)
+    workload = [
         config_configmap(spec), script_configmap(spec), exporter_queries_configmap(spec),
-        *services(spec), statefulset(spec), pod_disruption_budget(spec), network_policy(spec),
+        *services(spec), statefulset(spec), *pod_disruption_budgets(spec), network_policy(spec),
         service_monitor(spec), prometheus_rule(spec),
     ]
+    # The Role grants read access to each of these by name (and apply access without GitOps).
+    objects = [account, pg_ops_role(spec, [account, binding, *workload]), binding, *workload]
     check_git_safe(spec, objects)
     return objects

@@ -1,4 +1,4 @@
-"""Who may reach and disrupt the members: PodDisruptionBudget, NetworkPolicy and RBAC."""
+"""Who may reach and disrupt the members: PodDisruptionBudgets, NetworkPolicy and RBAC."""
 
 from __future__ import annotations
 
@@ -6,12 +6,40 @@ from pg_ops.platforms import kubernetes_names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
+# RBAC objects an admin applies (pg_ops can grant itself nothing: Kubernetes refuses a Role
+# its creator does not already hold, and the RoleBinding is what gives pg_ops any access).
+# With `kubernetes.gitops: false` pg_ops applies every other Git-owned object, not these.
+ADMIN_APPLIED_KINDS = ("Role", "RoleBinding")
+RBAC_API = "rbac.authorization.k8s.io/v1"
 
-def pod_disruption_budget(spec: ClusterSpec) -> dict:
-    """A node drain takes one member at a time; pg_ops handles the primary's (failover/switchover)."""
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": metadata(spec, spec.name, "database"),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": k.selector_labels(spec)}}}
+
+def primary_budget_name(spec: ClusterSpec) -> str:
+    return f"{spec.name}-primary"
+
+
+def pod_disruption_budgets(spec: ClusterSpec) -> list[dict]:
+    """Two budgets that never select the same pod (the eviction API refuses a pod two budgets
+    select), as CloudNativePG keeps them:
+
+    - `<cluster>-primary` (role=primary, minAvailable 1): `kubectl drain` cannot evict the
+      primary; switch over first (docs/runbooks/postgresql-node-maintenance.md), then the label
+      is on another pod and the old primary is an ordinary replica.
+    - `<cluster>` (every other member, also one whose role label pg_ops has not set yet):
+      one at a time. A replica that is not Ready (crash-looping, lagging) may still be evicted:
+      it serves nobody, and a budget held by it must not block a drain forever.
+    """
+    members = k.selector_labels(spec)
+    primary = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+               "metadata": metadata(spec, primary_budget_name(spec), "database"),
+               "spec": {"minAvailable": 1,
+                        "selector": {"matchLabels": {**members, k.LABEL_ROLE: k.ROLE_PRIMARY}}}}
+    others = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+              "metadata": metadata(spec, spec.name, "database"),
+              "spec": {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                       "selector": {"matchLabels": members,
+                                    "matchExpressions": [{"key": k.LABEL_ROLE, "operator": "NotIn",
+                                                          "values": [k.ROLE_PRIMARY]}]}}}
+    return [primary, others]
 
 
 def _tcp(port: int) -> dict:
@@ -51,15 +79,76 @@ def member_service_account(spec: ClusterSpec) -> dict:
             "automountServiceAccountToken": False}
 
 
-def pg_ops_role(spec: ClusterSpec) -> dict:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+def _rule(group: str, resource: str, verbs: list[str], names: list[str] | None = None) -> dict:
+    rule = {"apiGroups": [group], "resources": [resource]}
+    if names:
+        rule["resourceNames"] = sorted(names)
+    rule["verbs"] = verbs
+    return rule
+
+
+def _owned_rules(spec: ClusterSpec) -> list[dict]:
+    """What the Kubernetes platform does with the objects pg_ops owns (kubernetes.py). `create`
+    (and `delete` of the random-named drill pod and Secret) cannot be limited by resourceNames
+    in RBAC; everything else is limited to the names pg_ops uses."""
+    members = k.member_pod_names(spec)
+    rules = [
+        _rule("", "pods", ["get", "list", "create", "delete"]),   # members, and drill pods (create)
+        _rule("", "pods", ["patch"], members),                    # the role label
+        # A WebSocket exec is a GET: `get` is what Kubernetes <= 1.34 checks, and 1.35 checks
+        # `create` as well (AuthorizePodWebsocketUpgradeCreatePermission, on by default).
+        _rule("", "pods/exec", ["get", "create"], members),
+        _rule("", "pods/log", ["get"], members),
+        _rule("", "configmaps", ["create"]),                       # the desired state, once
+        _rule("", "configmaps", ["get", "update"], [k.state_configmap(spec)]),
+        _rule("", "secrets", ["create", "delete"]),                # the credentials once; drill Secrets
+        _rule("", "secrets", ["get", "update"], [k.credentials_secret(spec)]),  # update: a role added
+        _rule("", "persistentvolumeclaims", ["get", "delete"], [k.data_claim(m) for m in members]),
+    ]
+    store = spec.backups.store
+    secret = getattr(store, "credentials_secret", None)
+    if secret:
+        # The backup store's keys, read where the backend reads them: this namespace.
+        rules.append(_rule("", "secrets", ["get"], [secret]))
+    return rules
+
+
+def _git_owned_rules(spec: ClusterSpec, git_owned: list[dict]) -> list[dict]:
+    """Read access to every Git-owned object by name (existence check, drift check); with
+    `gitops: false` also what server-side apply needs (patch by name, create by kind), except on
+    the RBAC objects an admin applies."""
+    names: dict[tuple[str, str], list[str]] = {}
+    applied: set[tuple[str, str]] = set()
+    for obj in git_owned:
+        group = obj["apiVersion"].rpartition("/")[0]
+        key = (group, k.plural(obj["kind"]))
+        names.setdefault(key, []).append(obj["metadata"]["name"])
+        if not spec.kubernetes.gitops and obj["kind"] not in ADMIN_APPLIED_KINDS:
+            applied.add(key)
+    rules = []
+    for (group, resource), found in sorted(names.items()):
+        rules.append(_rule(group, resource, ["get", "patch"] if (group, resource) in applied else ["get"], found))
+        if (group, resource) in applied:
+            rules.append(_rule(group, resource, ["create"]))
+    return rules
+
+
+def pg_ops_role_rules(spec: ClusterSpec, others: list[dict]) -> list[dict]:
+    """The only verbs pg_ops may use in a cluster's namespace: the Role. `others` is every other
+    Git-owned object of the cluster (the Role itself is added here)."""
+    role = {"apiVersion": RBAC_API, "kind": "Role", "metadata": {"name": k.role_name(spec)}}
+    return _owned_rules(spec) + _git_owned_rules(spec, [*others, role])
+
+
+def pg_ops_role(spec: ClusterSpec, others: list[dict]) -> dict:
+    return {"apiVersion": RBAC_API, "kind": "Role",
             "metadata": metadata(spec, k.role_name(spec), "rbac"),
-            "rules": k.pg_ops_role_rules(spec)}
+            "rules": pg_ops_role_rules(spec, others)}
 
 
 def pg_ops_role_binding(spec: ClusterSpec) -> dict:
     """Grants the Role to pg_ops's ServiceAccount where the Dagster release runs it."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+    return {"apiVersion": RBAC_API, "kind": "RoleBinding",
             "metadata": metadata(spec, k.role_name(spec), "rbac"),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": k.role_name(spec)},
             "subjects": [{"kind": "ServiceAccount", "name": k.service_account(spec),

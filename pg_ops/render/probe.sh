@@ -2,28 +2,56 @@
 # Kubernetes probes of a pg_ops member, run by the kubelet inside the postgres container (mounted
 # from the member-script ConfigMap next to member.sh; same environment as member.sh).
 #
-#   probe.sh startup                 postgres accepts connections
-#   probe.sh live                    postgres accepts connections, OR the member script is busy
-#                                    cloning / rewinding (a restart would only start that over)
+#   probe.sh startup                 postgres accepts connections, OR the member script is busy
+#   probe.sh live                    the same: a restart would only start a clone/rewind over
 #   probe.sh ready MAX_S MAX_BYTES   accepts connections, and a replica is streaming with its
 #                                    replay no further behind than MAX_S seconds / MAX_BYTES bytes
+#
+# "Busy" comes from the status file member.sh keeps ($PGOPS_RUN_DIR/member-status: phase=,
+# since=, pid=, reason=): while its supervisor is alive and in phase waiting (for the desired
+# state, the data directory lock or an unreachable primary), initdb, cloning, rewinding,
+# starting (postgres launched, recovery running) or stopping, postgres is not expected to answer
+# and a restart would not help. So a clone or a rewind of any length is never killed, and the
+# startup probe's failureThreshold x periodSeconds only bounds the time a member is neither
+# answering nor doing any of these. A member that refused to start (phase refused: data of
+# another cluster) fails, with the reason in the probe's output (the pod's events).
 #
 # Lag is judged on the replica itself: "not streaming" is not ready (a disconnected replica reads
 # as lag 0 in most tools), and replay time only counts while WAL is waiting to be replayed (on an
 # idle cluster now() - pg_last_xact_replay_timestamp() grows forever).
 #
-# Environment: PGOPS_PORT, PGOPS_RUN_DIR (the 0600 passfile copy member.sh keeps), PGOPS_BIN.
+# Environment: PGOPS_PORT, PGOPS_RUN_DIR (the status file and the 0600 passfile copy member.sh
+# keeps), PGOPS_BIN.
 set -u
 MODE=${1:?usage: probe.sh startup|live|ready MAX_S MAX_BYTES}
 PORT=${PGOPS_PORT:?PGOPS_PORT is required}
+RUN_DIR=${PGOPS_RUN_DIR:?PGOPS_RUN_DIR is required}
 if [ -n "${PGOPS_BIN:-}" ]; then BIN="$PGOPS_BIN/"; else BIN=""; fi
 
 accepting() { "${BIN}pg_isready" -q -h 127.0.0.1 -p "$PORT" -t 3; }
-busy_rebuilding() { grep -qsx -e pg_basebackup -e pg_rewind /proc/[0-9]*/comm; }
+status() { sed -n "s/^$1=//p" "$RUN_DIR/member-status" 2>/dev/null | tail -n 1; }
+describe() { echo "member $(status phase) since $(status since)${1:+: $1}"; }
+
+busy() {   # the member script is alive and doing something postgres cannot answer during
+    local pid; pid=$(status pid)
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    case "$(status phase)" in
+        waiting|initdb|cloning|rewinding|starting|stopping) return 0 ;;
+    esac
+    return 1
+}
+
+alive_or_busy() {
+    accepting && return 0
+    if busy; then describe "$(status reason)"; return 0; fi
+    if [ "$(status phase)" = refused ]; then describe "$(status reason)"; return 1; fi
+    echo "postgres is not accepting connections ($(describe))"
+    return 1
+}
 
 replication_verdict() {
     local max_s=$1 max_bytes=$2
-    PGPASSFILE="${PGOPS_RUN_DIR:?PGOPS_RUN_DIR is required}/pgpass" PGCONNECT_TIMEOUT=3 \
+    PGPASSFILE="$RUN_DIR/pgpass" PGCONNECT_TIMEOUT=3 \
     "${BIN}psql" -X -At -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "
         select case
           when not pg_is_in_recovery() then 'ok'
@@ -38,10 +66,9 @@ replication_verdict() {
 }
 
 case "$MODE" in
-    startup) accepting ;;
-    live) accepting || busy_rebuilding ;;
+    startup|live) alive_or_busy ;;
     ready)
-        accepting || { echo "postgres is not accepting connections"; exit 1; }
+        accepting || { echo "postgres is not accepting connections ($(describe))"; exit 1; }
         verdict=$(replication_verdict "${2:?MAX_S}" "${3:?MAX_BYTES}") || { echo "lag query failed"; exit 1; }
         [ "$verdict" = ok ] || { echo "$verdict"; exit 1; }
         ;;

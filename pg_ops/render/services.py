@@ -7,6 +7,7 @@ from pg_ops.platforms import kubernetes_names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
+METALLB_IPS = "metallb.io/loadBalancerIPs"
 POSTGRES_PORT = {"name": k.PORT_NAME, "port": k.PORT, "targetPort": k.PORT_NAME, "protocol": "TCP"}
 
 
@@ -51,7 +52,9 @@ def external_service(spec: ClusterSpec) -> dict | None:
     svc["spec"]["externalTrafficPolicy"] = "Local"
     if ext.type == "LoadBalancer":
         if ext.ip:
-            svc["metadata"]["annotations"] = {"metallb.universe.tf/loadBalancerIPs": ext.ip}
+            # metallb.io/ (MetalLB 0.14.9+, which deprecated metallb.universe.tf/; older MetalLB
+            # reads only the old prefix: docs/quickstart.md).
+            svc["metadata"]["annotations"] = {METALLB_IPS: ext.ip}
         if ext.source_ranges:
             svc["spec"]["loadBalancerSourceRanges"] = list(ext.source_ranges)
     return svc

@@ -15,9 +15,15 @@ from pg_ops.spec import ClusterSpec
 
 POSTGRES_UID = 999  # the postgres user of the official image (Debian variant)
 PROBE = f"{k.SCRIPT_MOUNT}/probe.sh"
-# Clone (pg_basebackup of up to the whole volume) and rewind happen before postgres first answers:
-# give them an hour before the kubelet gives up (startupProbe: 360 x 10 s).
-STARTUP_PERIOD_S, STARTUP_FAILURES = 10, 360
+# probe.sh passes while member.sh reports a clone, rewind, recovery or wait (its status file), so
+# these only bound the time a member neither answers nor does any of that: 5 minutes.
+STARTUP_PERIOD_S, STARTUP_FAILURES = 10, 30
+# Shutdown (member.sh on TERM): CHECKPOINT while still serving (shared_buffers of 1 GB on homelab
+# disks can take a minute), then smart for a primary with transactions in flight, then fast; all
+# within STOP_S, before the kubelet's SIGKILL at the grace period.
+GRACE_S = 180
+STOP_S, CHECKPOINT_S, SMART_STOP_S = GRACE_S - 10, 90, 15
+SHM_MOUNT = "/dev/shm"
 
 
 def _exec_probe(*args: str, period: int, failures: int, timeout: int = 10) -> dict:
@@ -37,6 +43,9 @@ def member_env(spec: ClusterSpec) -> list[dict]:
         {"name": "PGOPS_RUN_DIR", "value": k.RUN_DIR},
         {"name": "PGOPS_BIN", "value": k.PG_BIN_16},
         {"name": "PGOPS_LISTEN", "value": "*"},
+        {"name": "PGOPS_STOP_SECONDS", "value": str(STOP_S)},
+        {"name": "PGOPS_CHECKPOINT_SECONDS", "value": str(CHECKPOINT_S)},
+        {"name": "PGOPS_SMART_STOP_SECONDS", "value": str(SMART_STOP_S)},
     ]
 
 
@@ -44,7 +53,7 @@ def postgres_container(spec: ClusterSpec) -> dict:
     res = spec.kubernetes.resources
     m = spec.monitoring
     mounts = [
-        {"name": "data", "mountPath": k.PGDATA_MOUNT},
+        {"name": k.DATA_CLAIM_TEMPLATE, "mountPath": k.PGDATA_MOUNT},
         # Whole ConfigMaps as directories, never subPath: a subPath mount never refreshes, and
         # the member script must see a new desired state (demotion) within the kubelet sync.
         {"name": "state", "mountPath": k.STATE_MOUNT, "readOnly": True},
@@ -53,6 +62,9 @@ def postgres_container(spec: ClusterSpec) -> dict:
         {"name": "credentials", "mountPath": k.SECRET_MOUNT, "readOnly": True},
         {"name": "run", "mountPath": k.RUN_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
+        # Parallel queries and hash joins keep dynamic shared memory in /dev/shm, which the
+        # container runtime gives 64 MiB ("could not resize shared memory segment").
+        {"name": "shm", "mountPath": SHM_MOUNT},
     ]
     if spec.kubernetes.tls_secret:
         mounts.append({"name": "tls", "mountPath": k.TLS_MOUNT, "readOnly": True})
@@ -66,7 +78,7 @@ def postgres_container(spec: ClusterSpec) -> dict:
         "resources": {"requests": {"cpu": res.cpu, "memory": res.memory},
                       "limits": {"cpu": res.cpu, "memory": res.memory}},
         "startupProbe": _exec_probe("startup", period=STARTUP_PERIOD_S, failures=STARTUP_FAILURES),
-        # Liveness tolerates a clone/rewind in progress: restarting would only start it over.
+        # Liveness tolerates a clone/rewind/recovery in progress: a restart would start it over.
         "livenessProbe": _exec_probe("live", period=10, failures=6),
         # Readiness: a lagging or disconnected replica leaves the read-only Service.
         "readinessProbe": _exec_probe("ready", f"{m.lag_alert_seconds:g}", str(m.lag_alert_bytes),
@@ -89,6 +101,8 @@ def volumes(spec: ClusterSpec) -> list[dict]:
                                            "items": [{"key": k.PASSFILE_KEY, "path": k.PASSFILE_KEY}]}},
         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},  # passfile copy: not on disk
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        # Memory-backed, so it counts against the container's memory limit: sized to it.
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.kubernetes.resources.memory}},
         *monitoring.exporter_volumes(spec),
     ]
     if spec.kubernetes.tls_secret:
@@ -97,10 +111,22 @@ def volumes(spec: ClusterSpec) -> list[dict]:
     return vols
 
 
+def anti_affinity(spec: ClusterSpec) -> dict:
+    """Members on different nodes: required, or preferred (a cordoned or lost node of three then
+    leaves two members on one node rather than one Pending)."""
+    term = {"labelSelector": {"matchLabels": k.selector_labels(spec)}, "topologyKey": "kubernetes.io/hostname"}
+    if spec.kubernetes.anti_affinity == "required":
+        return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": term}]}}
+
+
 def statefulset(spec: ClusterSpec) -> dict:
     selector = k.selector_labels(spec)
-    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.kubernetes.storage}}}
+    claim = {"accessModes": [spec.kubernetes.access_mode],
+             "resources": {"requests": {"storage": spec.kubernetes.storage}}}
     if spec.kubernetes.storage_class:
+        # volumeClaimTemplates cannot change on a live StatefulSet: see docs/architecture/kubernetes.md.
         claim["storageClassName"] = spec.kubernetes.storage_class
     skips = checkov_skips(
         CKV_K8S_40="the official postgres image runs as its postgres user, uid 999",
@@ -124,17 +150,16 @@ def statefulset(spec: ClusterSpec) -> dict:
                     "serviceAccountName": k.member_service_account(spec),
                     "automountServiceAccountToken": False,  # members never call the API
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 60,    # fast shutdown + checkpoint
+                    "terminationGracePeriodSeconds": GRACE_S,  # checkpoint, smart, fast (member.sh)
                     "securityContext": {"runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_UID,
                                         "fsGroup": POSTGRES_UID, "runAsNonRoot": True,
                                         "fsGroupChangePolicy": "OnRootMismatch",
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                        {"labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname"}]}},
+                    "affinity": anti_affinity(spec),
                     "containers": [postgres_container(spec), monitoring.exporter_container(spec)],
                     "volumes": volumes(spec),
                 },
             },
-            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": selector}, "spec": claim}],
+            "volumeClaimTemplates": [{"metadata": {"name": k.DATA_CLAIM_TEMPLATE, "labels": selector}, "spec": claim}],
         },
     }

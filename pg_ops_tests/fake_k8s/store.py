@@ -30,7 +30,8 @@ KINDS = {
     "statefulsets": "StatefulSet", "persistentvolumeclaims": "PersistentVolumeClaim",
     "poddisruptionbudgets": "PodDisruptionBudget", "networkpolicies": "NetworkPolicy",
     "serviceaccounts": "ServiceAccount", "roles": "Role", "rolebindings": "RoleBinding",
-    "namespaces": "Namespace",
+    "clusterroles": "ClusterRole", "clusterrolebindings": "ClusterRoleBinding",
+    "namespaces": "Namespace", "events": "Event", "nodes": "Node",
 }
 # Server-owned identity fields: never part of what a manager owns.
 IDENTITY = {("metadata", f) for f in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",

@@ -64,7 +64,7 @@ resource "terraform_data" "rendered_matches_variables" {
     }
     precondition {
       condition = (var.load_balancer_ip == null ? local.external == null : (
-        try(local.external.metadata.annotations["metallb.universe.tf/loadBalancerIPs"], "") == var.load_balancer_ip &&
+        try(local.external.metadata.annotations["metallb.io/loadBalancerIPs"], "") == var.load_balancer_ip &&
         try(local.external.spec.loadBalancerSourceRanges, []) == var.load_balancer_source_ranges
       ))
       error_message = "${local.manifests_dir}: the external Service does not match load_balancer_ip / load_balancer_source_ranges."

@@ -1,0 +1,127 @@
+"""The fake cluster's network: the pod network is this machine's loopback, every pod incarnation
+listens on a port of its own (its "pod IP"), and two kinds of TCP proxies stand in for what
+routes to pods:
+
+- ServiceProxy (kube-proxy): each new connection to a Service's port goes to a Ready pod the
+  Service's selector matches at that moment; existing connections stay where they are (like
+  conntrack); no matching pod closes the connection.
+- PodNameProxy (cluster DNS of a StatefulSet pod, `<pod>.<headless>.<ns>.svc`): a fixed port per
+  member that reaches whichever pod of that name exists now (Ready or not: the headless
+  Service publishes not-ready addresses). Member scripts reach their peers through it, so a pod
+  recreated with a new "IP" is reachable at its stable name, as through DNS.
+
+Test infrastructure only: not part of pg_ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops_tests.fake_k8s.store import Store, labels_match
+
+
+def pod_port(pod: dict | None) -> int | None:
+    """The container port named `postgresql`: where this pod incarnation listens."""
+    for container in (pod or {}).get("spec", {}).get("containers", []):
+        for port in container.get("ports", []):
+            if port.get("name") == names.PORT_NAME:
+                return port["containerPort"]
+    return None
+
+
+def pod_ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+class _Proxy:
+    def __init__(self, port: int, name: str):
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, name=name, daemon=True)
+        self.thread.start()
+
+    def backend(self) -> int | None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        port = self.backend()
+        if port is None:
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=3)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        self.connections += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in its thread
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        for sock in self.connections:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class ServiceProxy(_Proxy):
+    def __init__(self, store: Store, namespace: str, name: str, port: int):
+        self.store, self.namespace, self.name = store, namespace, name
+        self.turn = 0
+        super().__init__(port, f"svc-{name}")
+
+    def backends(self) -> list[int]:
+        svc = self.store.find(("v1", "services", self.namespace, self.name))
+        if svc is None or not svc["spec"].get("selector"):
+            return []
+        target = (svc["spec"].get("ports") or [{}])[0].get("targetPort")
+        out = []
+        for pod in self.store.list("v1", "pods", self.namespace)["items"]:
+            if pod_ready(pod) and not pod["metadata"].get("deletionTimestamp") and \
+                    labels_match(svc["spec"]["selector"], pod["metadata"].get("labels") or {}):
+                out.append(pod_port(pod) if isinstance(target, str) or target is None else int(target))
+        return [p for p in out if p]
+
+    def backend(self) -> int | None:
+        backends = self.backends()
+        if not backends:
+            return None
+        self.turn += 1
+        return backends[self.turn % len(backends)]
+
+
+class PodNameProxy(_Proxy):
+    def __init__(self, store: Store, namespace: str, pod: str, port: int):
+        self.store, self.namespace, self.pod = store, namespace, pod
+        super().__init__(port, f"dns-{pod}")
+
+    def backend(self) -> int | None:
+        return pod_port(self.store.find(("v1", "pods", self.namespace, self.pod)))
