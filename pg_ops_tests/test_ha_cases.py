@@ -131,7 +131,9 @@ def test_recreated_primary_pod_is_routed_by_the_tick(pg_home):
         assert watch.decision.name == "healthy"
         labels = fake.object("pods", spec.kubernetes.namespace, primary)["metadata"]["labels"]
         assert labels[names.LABEL_ROLE] == names.ROLE_PRIMARY
-        assert "primary_endpoint" not in {a.kind for a in tick(ctx).alerts}  # the endpoint routes again
+        # The endpoint routes again once the pod's readiness probe passes (the Service follows it).
+        wait_for(lambda: "primary_endpoint" not in {a.kind for a in tick(ctx).alerts}, "the primary endpoint",
+                 timeout=60)
 
 
 def _lagging_cluster(ctx):

@@ -167,7 +167,7 @@ def test_state_configmap_compare_and_swap(k8s):
     # A writer between our read and our write: the resourceVersion makes the API answer 409.
     api = k8s.platform.api
     stale = api.core.read_namespaced_config_map(store.name, store.namespace)
-    update_state(store, lambda s: s)
+    update_state(store, lambda s: s.model_copy(update={"observed_at": s.observed_at + 1}))  # another writer
     stale.data = {names.STATE_KEY: current.to_text()}
     with pytest.raises(KubernetesConflict, match=f"update configmap {store.namespace}/{store.name}: conflict"):
         api.call("update", store.what, api.core.replace_namespaced_config_map, store.name, store.namespace, stale)
@@ -181,7 +181,7 @@ def test_state_configmap_compare_and_swap(k8s):
                 update_state(store, lambda s: s.model_copy(update={"fenced": ("someone-else",)}))
             return super().write(new, expected_version)
 
-    result = update_state(RacedStore(api, k8s.spec), lambda s: s.model_copy(update={"epoch": s.epoch}))
+    result = update_state(RacedStore(api, k8s.spec), lambda s: s.model_copy(update={"observed_at": s.observed_at + 1}))
     assert raced and result.fenced == ("someone-else",) and store.read().version == result.version
     update_state(store, lambda s: s.model_copy(update={"fenced": ()}))
 
@@ -190,8 +190,8 @@ def test_rbac_forbidden_is_one_clear_line(k8s, fake):
     store = k8s.platform.state_store()
     fake.forbid("update", "configmaps", store.name)
     try:
-        with pytest.raises(KubernetesError) as exc:
-            update_state(store, lambda s: s)
+        with pytest.raises(KubernetesError) as exc:  # a real change (a no-op change writes nothing)
+            update_state(store, lambda s: s.model_copy(update={"observed_at": s.observed_at + 1}))
         assert str(exc.value).startswith(f"kubernetes: update configmap {store.namespace}/{store.name}: "
                                          f"forbidden (403): ")
         assert exc.value.status == 403

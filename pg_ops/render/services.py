@@ -23,10 +23,17 @@ def headless_service(spec: ClusterSpec) -> dict:
 
 
 def _role_service(spec: ClusterSpec, name: str, component: str, role: str, port: int) -> dict:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": metadata(spec, name, component),
-            "spec": {"type": "ClusterIP", "selector": {**k.selector_labels(spec), k.LABEL_ROLE: role},
-                     "ports": [{**POSTGRES_PORT, "port": port}]}}
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": metadata(spec, name, component),
+               "spec": {"type": "ClusterIP", "selector": {**k.selector_labels(spec), k.LABEL_ROLE: role},
+                        "ports": [{**POSTGRES_PORT, "port": port}]}}
+    if role == k.ROLE_PRIMARY:
+        # Who is primary is pg_ops's decision (the label it moves after promoting and before
+        # verifying a write), not the readiness probe's: a promoted replica was not ready a
+        # moment ago (its primary had gone quiet) and would stay out of the Service until its
+        # next probe, seconds of downtime for nothing.
+        service["spec"]["publishNotReadyAddresses"] = True
+    return service
 
 
 def primary_service(spec: ClusterSpec) -> dict:

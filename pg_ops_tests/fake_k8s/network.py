@@ -66,6 +66,12 @@ class _Proxy:
             client.close()
             return
         upstream.settimeout(None)
+        # As kube-proxy's iptables rules add no hop of their own: no Nagle delay on top of the
+        # peers' (PostgreSQL sets TCP_NODELAY on its sockets; a proxy without it adds a delayed
+        # ACK's 40 ms to every synchronous commit's round trip).
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections += [client, upstream]
         for src, dst in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
@@ -103,9 +109,10 @@ class ServiceProxy(_Proxy):
         if svc is None or not svc["spec"].get("selector"):
             return []
         target = (svc["spec"].get("ports") or [{}])[0].get("targetPort")
+        not_ready_too = svc["spec"].get("publishNotReadyAddresses", False)
         out = []
         for pod in self.store.list("v1", "pods", self.namespace)["items"]:
-            if pod_ready(pod) and not pod["metadata"].get("deletionTimestamp") and \
+            if (not_ready_too or pod_ready(pod)) and not pod["metadata"].get("deletionTimestamp") and \
                     labels_match(svc["spec"]["selector"], pod["metadata"].get("labels") or {}):
                 out.append(pod_port(pod) if isinstance(target, str) or target is None else int(target))
         return [p for p in out if p]
