@@ -237,7 +237,9 @@ def cmd_backup(args, spec):
     newest = next((r for r in backups_report(ClusterContext.for_spec(spec)) if r["status"] != "incomplete"), {})
     emit(args, {**newest, "run_id": result.run_id},
          f"backup {newest.get('id')} of {spec.name}: {newest.get('size_mb')} MB in {newest.get('duration')} s "
-         f"from {newest.get('source')} (run {result.run_id[:8]})")
+         f"from {newest.get('source')} (run {result.run_id[:8]})\n"
+         f"  databases: {', '.join(newest.get('databases') or []) or 'none'}; "
+         f"excluded: {', '.join(newest.get('excluded') or []) or 'none'}")
 
 
 @command("backups")
@@ -245,7 +247,9 @@ def cmd_backups(args, spec):
     from pg_ops.operations.retention import backups_report
 
     rows = backups_report(ClusterContext.for_spec(spec))
-    emit(args, rows, table(rows, ["id", "started", "size_mb", "duration", "status", "expires", "retention"])
+    shown = [{**r, "excluded": ", ".join(r.get("excluded") or []) or "-"} for r in rows]
+    emit(args, rows, table(shown, ["id", "started", "size_mb", "duration", "status", "excluded", "expires",
+                                   "retention"])
          if rows else f"no backups of {spec.name} yet")
 
 

@@ -181,6 +181,8 @@ def backups_report(ctx: ClusterContext, store: BackupStore | None = None, now: d
             "expires": (r.started + timedelta(days=ctx.spec.backups.retention_days)).isoformat(),
             "retention": ("keep: " if reasons[r.id].keep else "delete: ") + reasons[r.id].reason,
             "source": m.source if m else None,
+            "databases": [d.name for d in m.databases] if m else None,
+            "excluded": list(m.excluded_databases) if m else None,
             "error": r.error,
         })
     return rows

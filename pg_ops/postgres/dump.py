@@ -271,11 +271,21 @@ def psql_script(endpoint: Endpoint, user: str, password: str, dbname: str, scrip
     return _run_tool(argv, "psql", user, password, stdin=script, harmless=harmless)
 
 
-def pg_restore(endpoint: Endpoint, user: str, password: str, dump_file: Path, jobs: int = 2) -> ToolReport:
+# Databases every server already has: restored into, not created (`--create` would fail).
+EXISTING_ON_EVERY_SERVER = ("postgres",)
+
+
+def pg_restore(endpoint: Endpoint, user: str, password: str, dump_file: Path, jobs: int = 2,
+               database: str | None = None) -> ToolReport:
     """`pg_restore --create -j N`: creates the dump's database (name, owner, encoding) and
-    restores into it; it needs a seekable file for -j. Errors are collected, not fatal."""
-    argv = [_binary("pg_restore"), "--create", f"--jobs={jobs}", "--no-password",
-            f"--dbname={member_dsn(endpoint, user, 'postgres')}", str(dump_file)]
+    restores into it; it needs a seekable file for -j. Errors are collected, not fatal. The
+    `postgres` database exists on every server: its dump is restored into it instead."""
+    if database in EXISTING_ON_EVERY_SERVER:
+        argv = [_binary("pg_restore"), f"--jobs={jobs}", "--no-password",
+                f"--dbname={member_dsn(endpoint, user, database)}", str(dump_file)]
+    else:
+        argv = [_binary("pg_restore"), "--create", f"--jobs={jobs}", "--no-password",
+                f"--dbname={member_dsn(endpoint, user, 'postgres')}", str(dump_file)]
     return _run_tool(argv, "pg_restore", user, password)
 
 
