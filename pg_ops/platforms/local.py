@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from pg_ops import settings
 from pg_ops.credentials import SUPERUSER, Credentials, generate_password, new_credentials, required_roles
 from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.platforms import local_archive
 from pg_ops.platforms.base import SCRATCH_PARAMETERS, ScratchTarget
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
@@ -151,7 +152,9 @@ class LocalPlatform:
         config = self.root / "config"
         config.mkdir(exist_ok=True)
         os.chmod(config, 0o755)
-        (config / "postgresql.conf").write_text(pg_config.postgresql_conf(self.spec, small=True))
+        archive = local_archive.archive_command(self.spec, self.root, self.user)  # WAL archiving (ADR-003)
+        (config / "postgresql.conf").write_text(pg_config.postgresql_conf(self.spec, small=True,
+                                                                          archive_command=archive))
         (config / "pg_hba.conf").write_text(pg_config.pg_hba_conf(networks=["127.0.0.1/32"]))
         (config / "pg_ident.conf").write_text("")
         for f in config.iterdir():
@@ -341,7 +344,8 @@ class LocalScratchServer:
         self.password = password
         spec = ClusterSpec.model_validate({
             "name": name, "platform": "local", "postgres": {"members": 1, "parameters": SCRATCH_PARAMETERS},
-            "databases": [], "local": {"base_port": port or _free_port()}})
+            "databases": [], "local": {"base_port": port or _free_port()},
+            "backups": {"wal": {"enabled": False}}})  # nothing of a scratch server is archived
         self.platform = LocalPlatform(spec, home)
         self.member = spec.member_names[0]
 

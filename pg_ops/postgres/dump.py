@@ -155,9 +155,11 @@ def _stderr_reason(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _dump_process(argv: list[str], what: str, user: str, password: str) -> Iterator[IO[bytes]]:
+def _dump_process(argv: list[str], what: str, user: str, password: str,
+                  stderr_sink: list[str] | None = None) -> Iterator[IO[bytes]]:
     """Run a dump tool; yield its stdout. On leaving, check how it ended: a dump that was
-    killed or failed raises DumpFailed (RecoveryConflict when a standby cancelled it)."""
+    killed or failed raises DumpFailed (RecoveryConflict when a standby cancelled it).
+    `stderr_sink` receives the tool's log lines (pg_basebackup's WAL positions)."""
     with temporary_passfile(user, password) as passfile, tempfile.TemporaryFile() as stderr:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PGPASSFILE": str(passfile),
                "PGAPPNAME": APPLICATION_NAME, "PGCONNECT_TIMEOUT": "10"}
@@ -173,6 +175,9 @@ def _dump_process(argv: list[str], what: str, user: str, password: str) -> Itera
         finally:
             proc.stdout.close()
         returncode = proc.wait()
+        if stderr_sink is not None:
+            stderr.seek(0)
+            stderr_sink.extend(stderr.read().decode(errors="replace").splitlines())
         if returncode != 0:
             stderr.seek(0)
             text = stderr.read().decode(errors="replace")
