@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pg_ops.credentials import REPLICATION_USER, SUPERUSER
 from pg_ops.errors import PgOpsError
@@ -20,7 +20,7 @@ from pg_ops.operations.activity import record_status
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import archiving, barman, walfiles
-from pg_ops.postgres.basebackup import BaseBackupPosition, pg_basebackup_tar
+from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
 from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.postgres.session import with_connection
 from pg_ops.stores import BackupStore, s3_credentials
@@ -120,26 +120,39 @@ def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.Bas
 def _file_base_backup(ctx: ClusterContext, store: BackupStore, member: str) -> None:
     backup_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     prefix = f"{wa.archive_root(ctx.name)}/base/{backup_id}"
-    position = BaseBackupPosition()
-    begin = datetime.now(UTC)
+    label = f"pg_ops {ctx.name} {backup_id}"
     password = ctx.credentials().password(REPLICATION_USER)
     with store.open_writer(f"{prefix}/data.tar.zst", private=True) as writer:
-        with pg_basebackup_tar(ctx.endpoints()[member], REPLICATION_USER, password, member, position) as out:
+        with pg_basebackup_tar(ctx.endpoints()[member], REPLICATION_USER, password, member, label) as out:
             stats = compress_into(out, writer, label=f"base backup of {member}", log=ctx.log)
         writer.commit()
-    end = datetime.now(UTC)
-    if not (position.start_lsn and position.end_lsn):
-        raise ArchivingError(f"pg_basebackup of {member} did not report its WAL positions: {position.log[-1:]}")
-    begin_wal = walfiles.segment_name(position.timeline, walfiles.lsn_segno(position.start_lsn))
-    end_wal = walfiles.segment_name(position.timeline, walfiles.lsn_segno(position.end_lsn))
+    history = _backup_history(ctx, store, label)
     # The backup is usable only with its WAL: wait for the end segment before calling it complete.
-    wait_archived(ctx, store, end_wal, ARCHIVED_WAIT_S)
-    info = {"backup_id": backup_id, "status": "DONE", "begin_time": begin.isoformat(sep=" "),
-            "end_time": end.isoformat(sep=" "), "begin_wal": begin_wal, "end_wal": end_wal,
-            "begin_xlog": position.start_lsn, "end_xlog": position.end_lsn, "timeline": position.timeline,
-            "size": stats.stored_bytes, "raw_size": stats.raw_bytes, "format": "pg_basebackup-tar-zst",
-            "source": member}
+    wait_archived(ctx, store, history.stop_wal, ARCHIVED_WAIT_S)
+    info = {"backup_id": backup_id, "status": "DONE", "begin_time": history.start_time.isoformat(sep=" "),
+            # STOP TIME has whole seconds: +1 s so a target at end_time is never before consistency.
+            "end_time": (history.stop_time + timedelta(seconds=1)).isoformat(sep=" "), "begin_wal": history.start_wal,
+            "end_wal": history.stop_wal, "begin_xlog": history.start_lsn, "end_xlog": history.stop_lsn,
+            "timeline": history.timeline, "size": stats.stored_bytes, "raw_size": stats.raw_bytes,
+            "format": "pg_basebackup-tar-zst", "source": member}
     store.put_bytes(f"{prefix}/{wa.BACKUP_INFO}", wa.backup_info_text(info).encode())
+
+
+def _backup_history(ctx: ClusterContext, store: BackupStore, label: str) -> BackupHistory:
+    """The backup history file PostgreSQL archived when this backup ended (found by label)."""
+    deadline = time.monotonic() + ARCHIVED_WAIT_S
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        for key in wa.list_archive(store, ctx.name).backup_histories:
+            if key in seen:
+                continue
+            seen.add(key)
+            history = parse_backup_history(store.get_bytes(key).decode(errors="replace"))
+            if history.label == label:
+                return history
+        time.sleep(0.5)
+    raise ArchivingError(f"cluster {ctx.name}: the backup history file of base backup {label!r} did not reach "
+                         f"the archive within {ARCHIVED_WAIT_S:g} s")
 
 
 # -- health of archiving ----------------------------------------------------------------------------

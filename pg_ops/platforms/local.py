@@ -327,6 +327,18 @@ def discard_tree(path: Path) -> None:
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def free_base_port(count: int) -> int:
+    """A base port with `count` consecutive free ports on 127.0.0.1 (below the ephemeral range,
+    so outgoing client sockets cannot take them meanwhile): for a cluster made at run time."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        if not any(_port_in_use(base + i) for i in range(count)):
+            return base
+    raise PgOpsError(f"no {count} consecutive free ports found on 127.0.0.1")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -109,6 +109,7 @@ class ArchiveListing:
     base_backups: list[BaseBackup] = field(default_factory=list)  # complete ones, oldest first
     incomplete_base: list[str] = field(default_factory=list)  # base backup ids without backup.info / not DONE
     holds: list[dict] = field(default_factory=list)
+    backup_histories: list[str] = field(default_factory=list)  # keys of <segment>.<offset>.backup files
     other_keys: list[str] = field(default_factory=list)
 
     @property
@@ -135,6 +136,8 @@ def list_archive(store: BackupStore, cluster: str) -> ArchiveListing:
                 listing.segments.append(ArchivedSegment(segment, obj.key, obj.modified, obj.size))
             elif (tl := walfiles.history_timeline(name)) is not None:
                 listing.histories[tl] = obj.key
+            elif name.endswith(".backup"):
+                listing.backup_histories.append(obj.key)
         elif parts[0] == "base" and len(parts) >= 3:
             base_objects.setdefault(parts[1], []).append(obj)
         elif parts[0] == "holds":
@@ -220,6 +223,15 @@ def hold_archive(store: BackupStore, cluster: str, holder: str, purpose: str,
     finally:
         with contextlib.suppress(StoreError):
             store.delete([key])
+
+
+def active_holds(store: BackupStore, cluster: str, now: float | None = None) -> list[dict]:
+    """The holds alone (a short listing), for the re-check right before deleting."""
+    holds = []
+    for obj in store.list(f"{archive_root(cluster)}/holds/"):
+        with contextlib.suppress(StoreError, ValueError):
+            holds.append(json.loads(store.get_bytes(obj.key)))
+    return [h for h in holds if h.get("expires_at", 0) > (now or time.time())]
 
 
 def drill_key(cluster: str, stamp: str) -> str:
