@@ -48,6 +48,9 @@ from pg_ops.stores import wal_archive as wa
 
 RECOVERY_TIMEOUT_S = 6 * 3600.0
 PROGRESS_EVERY_S = 30.0
+# What our own probes are told while the server replays: not a failure of the recovery.
+CONNECTION_REFUSALS = ("not accepting connections", "is starting up", "not yet accepting", "in recovery mode",
+                       "is shutting down", "Hot standby mode is disabled")
 MARKER_SPACING_S = 1.0  # between a marker row and the target: commit timestamps are not the target
 
 
@@ -196,8 +199,8 @@ def wait_promoted(platform, member: str, password: str, target: datetime, log,
         if probe.writable:
             return time.monotonic() - started
         tail = platform.member_log_tail(member, 40)
-        fatal = [line for line in tail.splitlines() if "FATAL" in line and "starting up" not in line
-                 and "not yet accepting" not in line and "in recovery mode" not in line]
+        fatal = [line for line in tail.splitlines()
+                 if "FATAL" in line and not any(m in line for m in CONNECTION_REFUSALS)]
         if fatal:
             raise PgOpsError(f"recovery to {_t(target)} failed on {member}: {fatal[-1].split('FATAL:', 1)[-1].strip()}")
         if time.monotonic() - started > timeout:

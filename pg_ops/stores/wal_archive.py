@@ -94,6 +94,10 @@ def backup_info_text(fields: dict[str, object]) -> str:
     return "".join(f"{k}={v}\n" for k, v in fields.items())
 
 
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
+
+
 def _time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -154,7 +158,7 @@ def list_archive(store: BackupStore, cluster: str) -> ArchiveListing:
         listing.base_backups.append(BaseBackup(
             id=backup_id, begin_time=_time(info["begin_time"]), end_time=_time(info["end_time"]),
             begin_wal=info["begin_wal"], end_wal=info["end_wal"], timeline=int(info["timeline"]),
-            size=int(info.get("size") or sum(o.size for o in objects)), keys=tuple(o.key for o in objects)))
+            size=_int(info.get("size")) or sum(o.size for o in objects), keys=tuple(o.key for o in objects)))
     listing.segments.sort(key=lambda s: (s.segment.segno, s.segment.timeline))
     listing.base_backups.sort(key=lambda b: b.end_time)
     return listing
