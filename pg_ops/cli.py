@@ -117,8 +117,18 @@ def status_text(status: dict) -> str:
 def cmd_status(args, spec):
     from pg_ops.operations.status import cluster_status
 
-    status = cluster_status(ClusterContext.for_spec(spec))
-    emit(args, status, status_text(status))
+    ctx = ClusterContext.for_spec(spec)
+    status = cluster_status(ctx)
+    text = status_text(status)
+    if spec.backups.wal.enabled:  # the recovery window (operations/wal.py)
+        from pg_ops.operations.wal import recovery_window
+
+        try:
+            window = recovery_window(ctx)
+            status["recovery_window"], text = window.as_dict(), text + "\n" + window.text()
+        except PgOpsError as exc:
+            status["recovery_window"], text = {"error": str(exc)}, text + f"\nrecovery window: unknown ({exc})"
+    emit(args, status, text)
 
 
 @command("deploy")
@@ -267,6 +277,9 @@ def cmd_restore_drill(args, spec):
     from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
     from pg_ops.operations.drill import drill_report_text, read_drill
 
+    if args.point_in_time is not None:
+        return pitr_drill_command(args, spec)
+
     result = run_job("restore_drill", spec.name, drill_run_config(spec.name, args.backup),
                      {"pg_ops/cluster": spec.name}, execute_kwargs=drill_run_kwargs(spec.name))
     (materialization,) = [m for m in result.get_asset_materialization_events()
@@ -279,6 +292,9 @@ def cmd_restore_drill(args, spec):
 def _drill_parsers(sub, common) -> None:
     p = sub.add_parser("restore-drill", parents=[common], help="restore a backup into a throw-away target and verify it")
     p.add_argument("--backup", help="backup id (default: the newest complete backup)")
+    p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
+                   help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
+                        "without TIME, to a moment the drill marks itself")
 
 
 EXTENSIONS.append(_drill_parsers)
@@ -308,6 +324,67 @@ def _restore_parser(sub, common) -> None:
 
 
 EXTENSIONS.append(_restore_parser)
+
+
+# -- WAL archiving and point-in-time recovery (pg_ops/defs/wal.py, operations/wal.py, recover.py) ----
+def pitr_drill_command(args, spec):
+    from pg_ops.defs.wal import pitr_drill_run_config, pitr_key
+    from pg_ops.operations.recover import check_recovery, parse_target_time
+    from pg_ops.stores import wal_archive as wa
+
+    ctx = ClusterContext.for_spec(spec)
+    target = args.point_in_time or None
+    if target:  # refused before a run exists, naming the window or the gap
+        check_recovery(ctx, parse_target_time(target))
+    result = run_job("pitr_drill", spec.name, pitr_drill_run_config(spec.name, target), {"pg_ops/cluster": spec.name},
+                     execute_kwargs={"asset_selection": [pitr_key(spec.name)]})
+    from pg_ops.operations.wal import open_store
+
+    report = {**wa.list_drills(open_store(ctx), spec.name)[-1], "run_id": result.run_id}
+    emit(args, report, f"point-in-time drill of {spec.name} to {report['target_time']}: {report['result'].upper()} "
+                       f"(base backup {report['base_backup']}; restore {report['restore_seconds']:.1f} s, replay "
+                       f"{report['replay_seconds']:.1f} s; {report['heartbeat_rows_before']} heartbeat rows before the "
+                       f"target, {report['heartbeat_rows_after']} after)")
+
+
+@command("recover")
+def cmd_recover(args, spec):
+    from pg_ops.defs.wal import recover_run_config
+    from pg_ops.operations.recover import parse_target_time, validate_recover
+
+    target = parse_target_time(args.to)
+    validate_recover(ClusterContext.for_spec(spec), target, args.as_name)  # before a run exists
+    result = run_job("recover_cluster", spec.name, recover_run_config(spec.name, target.isoformat(), args.as_name),
+                     {"pg_ops/cluster": args.as_name})
+    out = result.output_for_node("run_recover")
+    emit(args, out, f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
+                    f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
+                    f"total {out['seconds']} s); spec written to {out['spec_path']}")
+
+
+@command("base-backup")
+def cmd_base_backup(args, spec):
+    from pg_ops.defs.wal import base_key
+    from pg_ops.operations.wal import recovery_window
+
+    result = run_job("base_backup", spec.name, tags={"pg_ops/cluster": spec.name},
+                     execute_kwargs={"asset_selection": [base_key(spec.name)]})
+    (event,) = [m for m in result.get_asset_materialization_events() if m.asset_key == base_key(spec.name)]
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    window = recovery_window(ClusterContext.for_spec(spec))
+    emit(args, {**meta, "recovery_window": window.as_dict(), "run_id": result.run_id},
+         f"base backup {meta['backup_id']} of {spec.name}: {meta['size_mb']} MB in {meta['duration_seconds']} s "
+         f"(run {result.run_id[:8]})\n{window.text()}")
+
+
+def _wal_parsers(sub, common) -> None:
+    p = sub.add_parser("recover", parents=[common], help="recover the cluster to a point in time as a NEW cluster")
+    p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
+    p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
+    sub.add_parser("base-backup", parents=[common], help="take a base backup for point-in-time recovery now")
+
+
+EXTENSIONS.append(_wal_parsers)
 
 
 def main(argv: list[str] | None = None) -> int:

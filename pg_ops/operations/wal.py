@@ -261,3 +261,34 @@ def window_of(store: BackupStore, listing: wa.ArchiveListing) -> RecoveryWindow:
 def recovery_window(ctx: ClusterContext, store: BackupStore | None = None) -> RecoveryWindow:
     store = store or open_store(ctx)
     return window_of(store, wa.list_archive(store, ctx.name))
+
+
+def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict],
+                    now: float | None = None) -> tuple[dict[str, ArchiveHealth | str], dict[str, dict]]:
+    """One sensor tick over every archiving cluster: fire and resolve the archiving alerts
+    (logged, POSTed to the cluster's webhook, secrets scrubbed); returns (health or the reason it
+    could not be read, per cluster; the new open-alert state)."""
+    from pg_ops.operations import alerts as alert_ops
+
+    healths: dict[str, ArchiveHealth | str] = {}
+    active, unknown, scope = [], set(), set()
+    kinds = ("wal_archive_failing", "wal_archive_stale", "wal_archive_backlog")
+    for ctx in contexts:
+        try:
+            health = archive_health(ctx)
+        except PgOpsError as exc:
+            healths[ctx.name] = str(exc)
+            unknown |= {k for k in open_alerts if k.startswith(f"{ctx.name}/")}
+            continue
+        healths[ctx.name] = health
+        scope.add(ctx.name)
+        active += archive_alerts(ctx, health)
+    mine = {k: v for k, v in open_alerts.items() if v.get("kind") in kinds}
+    to_send, state = alert_ops.reconcile(mine, active, unknown, scope, now)
+    by_name = {c.name: c for c in contexts}
+    for alert in to_send:
+        ctx = by_name.get(alert.cluster)
+        if ctx is not None:
+            sender = alert_ops.WebhookSender.from_env(ctx.spec.alerts.webhook_url_env)
+            alert_ops.deliver([alert], sender, alert_ops.cluster_secrets(ctx), ctx.log)
+    return healths, state
