@@ -150,7 +150,7 @@ def test_statefulset_runs_the_member_script_with_its_env_contract(homelab):
     assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "50Gi"
     pod = spec["template"]["spec"]
     postgres = next(c for c in pod["containers"] if c["name"] == k.CONTAINER)
-    assert postgres["image"] == "postgres:16"
+    assert postgres["image"] == "registry.homelab.internal/platform/pg-ops-postgres:16-barman-3.19.1"
     assert postgres["command"] == ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"]
     assert postgres["resources"]["requests"] == postgres["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     # Every variable member.sh requires (`${PGOPS_X:?...}`) is set, and nothing it does not read.

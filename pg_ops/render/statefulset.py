@@ -40,6 +40,17 @@ def member_env(spec: ClusterSpec) -> list[dict]:
     ]
 
 
+def archive_env(spec: ClusterSpec) -> list[dict]:
+    """The archive command's S3 keys, from the one backup Secret (`backups.store.credentials_secret`,
+    keys access_key / secret_key), under the names boto3 (in barman-cloud) reads; without a
+    Secret, boto3's default chain of the pod (e.g. an IAM role for the service account)."""
+    store = spec.backups.store
+    if not spec.backups.wal.enabled or store.type != "s3" or not store.credentials_secret:
+        return []
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": store.credentials_secret, "key": key}}}
+            for env, key in (("AWS_ACCESS_KEY_ID", "access_key"), ("AWS_SECRET_ACCESS_KEY", "secret_key"))]
+
+
 def postgres_container(spec: ClusterSpec) -> dict:
     res = spec.kubernetes.resources
     m = spec.monitoring
@@ -61,7 +72,7 @@ def postgres_container(spec: ClusterSpec) -> dict:
         "image": spec.kubernetes.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"],
-        "env": member_env(spec),
+        "env": member_env(spec) + archive_env(spec),
         "ports": [{"name": k.PORT_NAME, "containerPort": k.PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": res.cpu, "memory": res.memory},
                       "limits": {"cpu": res.cpu, "memory": res.memory}},
