@@ -117,6 +117,8 @@ def statefulset(spec: ClusterSpec) -> dict:
         CKV_K8S_40="the official postgres image runs as its postgres user, uid 999",
         CKV_K8S_43="images are pinned by tag in the cluster spec; digests are not known offline",
         CKV_K8S_15="IfNotPresent on purpose: a registry outage must not keep a member from restarting",
+        **({"CKV_K8S_35": "barman-cloud (boto3) in the archive command reads the S3 keys from the env; the "
+                          "Secret holds raw keys, not an AWS credentials file"} if archive_env(spec) else {}),
     )
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
