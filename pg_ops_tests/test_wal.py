@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -258,7 +259,7 @@ def test_recovery_to_three_points_in_time_across_a_failover(s3_cluster):
     assert 2 in listing.histories and listing.newest_segment.segment.timeline == 2
     for i, (target, expected) in enumerate([(t1, {1: 10}), (t2, {1: 10, 2: 10}), (t3, {1: 10, 2: 10, 3: 10})]):
         result = recover(ctx, target, f"pitr-at-{i + 1}")
-        new = ClusterContext.for_spec(spec_from(result.spec_path))
+        new = ClusterContext.for_spec(spec_from(Path(result.spec_path)))
         try:
             assert batches_in(new) == expected, f"recovery to point {i + 1}"
             probes = new.probe()

@@ -147,7 +147,7 @@ def _backup_history(ctx: ClusterContext, store: BackupStore, label: str) -> Back
             if key in seen:
                 continue
             seen.add(key)
-            history = parse_backup_history(store.get_bytes(key).decode(errors="replace"))
+            history = parse_backup_history(wa.read_archived(store, key).decode(errors="replace"))
             if history.label == label:
                 return history
         time.sleep(0.5)

@@ -171,13 +171,33 @@ def timeline_starts(store: BackupStore, listing: ArchiveListing, timeline: int |
     latest = timeline or max([*listing.histories, *(s.segment.timeline for s in listing.segments), 1])
     starts = {1: 0}
     if latest in listing.histories:
-        history = walfiles.parse_history(store.get_bytes(listing.histories[latest]).decode(errors="replace"))
+        raw = read_archived(store, listing.histories[latest])
+        history = walfiles.parse_history(raw.decode(errors="replace"))
         for parent, switch_lsn in history:
             # The child of `parent` starts in the segment holding the switch point.
             child = next((h[0] for h in history if h[0] > parent), latest)
             starts[child] = walfiles.lsn_segno(switch_lsn)
         starts[latest] = walfiles.lsn_segno(history[-1][1]) if history else 0
     return starts
+
+
+def read_archived(store: BackupStore, key: str) -> bytes:
+    """An archived file's content, decompressed as its suffix says (barman-cloud compresses
+    history and .backup files too)."""
+    import bz2
+    import gzip
+    import lzma
+
+    data = store.get_bytes(key)
+    if key.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    openers = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}
+    for suffix, decompress in openers.items():
+        if key.endswith(suffix):
+            return decompress(data)
+    return data
 
 
 def expected_timeline(starts: dict[int, int], segno: int) -> int:
