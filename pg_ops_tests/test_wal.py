@@ -268,3 +268,148 @@ def test_recovery_to_three_points_in_time_across_a_failover(s3_cluster):
         finally:
             stop_cluster(new)
     assert batches_in(ctx) == {1: 10, 2: 10, 3: 10, 4: 10}  # the source is untouched
+
+
+# -- a file store, through the CLI (the Dagster jobs on a real instance) ----------------------------
+def test_file_store_recovery_and_drill_through_the_cli(pg_home, capsys):
+    """One member, the default file store: `pg-ops base-backup`, heartbeat rows written by the
+    health tick's call (activity.record_status), `pg-ops recover`, `pg-ops restore-drill
+    --point-in-time`, each a recorded run; the heartbeat history is trimmed to its bounded age."""
+    from dagster import DagsterInstance
+
+    from pg_ops.cli import main
+    from pg_ops.operations.activity import record_status
+
+    spec = spec_from(write_spec(pg_home / "specs", "filepitr", postgres={"members": 1},
+                                backups={"wal": {"archive_timeout_seconds": 5}}))
+    with running_cluster(spec) as ctx:
+        run(ctx, "insert into heartbeat_history (at, value) values (now() - interval '30 days', 0)", "pg_ops")
+        assert main(["base-backup", "--cluster", "filepitr", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["recovery_window"]["oldest"] and out["backup_id"]
+        assert (pg_home / "backups" / "filepitr.wal" / "base" / out["backup_id"] / "backup.info").exists()
+        for _ in range(3):
+            assert record_status(ctx, "health_tick", 1)
+        # The 30-day-old row is gone: the history keeps a bounded age.
+        assert run(ctx, "select count(*) from heartbeat_history where at < now() - interval '9 days'",
+                   "pg_ops") == [(0,)]
+        run(ctx, "create table kept (n int)")
+        run(ctx, "insert into kept values (1)")
+        target = between_commits()
+        run(ctx, "insert into kept values (2)")
+        wal.switch_and_wait(ctx)
+        assert main(["recover", "--cluster", "filepitr", "--to", target.isoformat(), "--as", "filepitr-copy",
+                     "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        copy = ClusterContext.for_spec(spec_from(Path(result["spec_path"])))
+        try:
+            assert run(copy, "select n from kept") == [(1,)]
+            assert run(copy, "select count(*) from heartbeat_history", "pg_ops")[0][0] == 3
+        finally:
+            stop_cluster(copy)
+        assert main(["restore-drill", "--cluster", "filepitr", "--point-in-time", "--json"]) == 0
+        drill = json.loads(capsys.readouterr().out)
+        assert drill["result"] == "passed" and drill["heartbeat_rows_before"] >= 3
+        with DagsterInstance.get() as instance:
+            jobs = sorted(r.job_name for r in instance.get_runs())
+        assert jobs == ["base_backup", "pitr_drill", "recover_cluster"]
+
+
+# -- Kubernetes: the rendered StatefulSet on the fake API ------------------------------------------
+def test_statefulset_on_the_fake_api_archives_with_the_image_and_the_backup_secret(pg_home):
+    from pg_ops.platforms import kubernetes_names as k
+    from pg_ops.platforms.kubernetes import KubernetesPlatform
+    from pg_ops.state import DesiredState
+    from pg_ops_tests.fake_k8s import FakeKubernetes
+
+    image = "registry.example/pg-ops-postgres:16-barman-3.19.1"
+    spec = spec_from(write_spec(pg_home / "specs", "k8spitr", platform="kubernetes", kubernetes={
+        "namespace": "ns-k8spitr", "gitops": False, "image": image}, backups={"store": {
+            "type": "s3", "bucket": "b", "prefix": "p", "endpoint_url": "http://minio.storage:9000",
+            "credentials_secret": "pg-ops-backup-s3"}}))
+    with FakeKubernetes() as fake:
+        fake.register_cluster(spec)
+        platform = KubernetesPlatform(spec)
+        platform.prepare(DesiredState(cluster=spec.name, primary=spec.member_names[0]))
+        sts = fake.object("statefulsets", "ns-k8spitr", k.statefulset_name(spec), "apps/v1")
+        config = fake.object("configmaps", "ns-k8spitr", k.config_configmap(spec))
+    postgres = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == k.CONTAINER)
+    assert postgres["image"] == image
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in postgres["env"]}
+    assert env["AWS_ACCESS_KEY_ID"] == {"name": "pg-ops-backup-s3", "key": "access_key"}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "pg-ops-backup-s3", "key": "secret_key"}
+    conf = config["data"]["postgresql.conf"]
+    assert "archive_mode = 'on'" in conf and "barman-cloud-wal-archive" in conf
+    assert "s3://b/p k8spitr.wal %p" in conf and "AWS_SECRET" not in conf  # the keys never in the config
+
+
+# -- pure planners on fabricated archives ----------------------------------------------------------
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def fabricated(segments: list[tuple[int, int, int]], bases: list[tuple[str, int, int]], history: str | None = None):
+    """segments: (timeline, segno, minutes after T0 archived); bases: (id, begin segno, minutes)."""
+    listing = wa.ArchiveListing("c")
+    for tl, segno, minute in segments:
+        seg = walfiles.Segment(segno, tl)
+        listing.segments.append(wa.ArchivedSegment(seg, f"c.wal/wals/{seg.name}", T0 + timedelta(minutes=minute), 1))
+    for backup_id, segno, minute in bases:
+        listing.base_backups.append(wa.BaseBackup(
+            backup_id, T0 + timedelta(minutes=minute - 1), T0 + timedelta(minutes=minute),
+            walfiles.segment_name(1, segno), walfiles.segment_name(1, segno), 1, 1))
+
+    class Store:
+        def get_bytes(self, key):
+            return history.encode()
+
+    if history:
+        listing.histories[2] = "c.wal/wals/00000002.history"
+    return listing, wa.timeline_starts(Store(), listing)
+
+
+def test_plan_follows_the_timeline_history_and_names_gaps():
+    from pg_ops.operations.recover import plan_recovery
+
+    # Timeline 2 forked in segment 5 (0/5000100): segments 1-5 on timeline 1, 5-8 on timeline 2.
+    segs = [(1, n, n) for n in range(1, 6)] + [(2, n, n) for n in range(5, 9)]
+    listing, starts = fabricated(segs, [("b1", 2, 2)], "1\t0/5000100\tno recovery target specified\n")
+    assert starts == {1: 0, 2: 5}
+    plan = plan_recovery(listing, starts, T0 + timedelta(minutes=7, seconds=30))
+    assert plan.base_backup.id == "b1" and plan.last_segno == 8
+    # Timeline 2's segment 6 missing: named, with its neighbours.
+    listing.segments = [s for s in listing.segments if (s.segment.timeline, s.segment.segno) != (2, 6)]
+    with pytest.raises(RecoveryRefused, match="000000020000000000000006 is missing .*between "
+                                              "000000020000000000000005 and 000000020000000000000007"):
+        plan_recovery(listing, starts, T0 + timedelta(minutes=7, seconds=30))
+    # A target before the gap needs no segment after it.
+    assert plan_recovery(listing, starts, T0 + timedelta(minutes=4, seconds=30)).last_segno == 5
+    with pytest.raises(RecoveryRefused, match=r"before the oldest base backup \(b1.*window 2026-12-01T00:02:00"):
+        plan_recovery(listing, starts, T0)
+    with pytest.raises(RecoveryRefused, match=r"after the newest archived WAL \(000000020000000000000008"):
+        plan_recovery(listing, starts, T0 + timedelta(hours=1))
+
+
+def test_archive_retention_keeps_the_window_the_verified_point_and_their_wal():
+    from pg_ops.operations.retention import plan_archive_retention
+
+    day = 24 * 60
+    now = T0 + timedelta(days=20)
+    listing, _ = fabricated([], [(f"d{i}", 10 * i, day * i) for i in range(1, 21)])
+    plan = plan_archive_retention(listing.base_backups, now=now, retention_days=7, min_keep=3, verified_base="d2",
+                                  holds=[])
+    kept = {d.id for d in plan.decisions if d.keep}
+    # Younger than 7 days (d14..d20), the one covering the window's start (d13), the verified d2.
+    assert kept == {"d2", *(f"d{i}" for i in range(13, 21))}
+    assert plan.wal_floor_segno == 20  # d2's first segment: its WAL stays
+    held = plan_archive_retention(listing.base_backups, now=now, retention_days=7, min_keep=3, verified_base=None,
+                                  holds=[{"holder": "drill-x", "purpose": "drill"}])
+    assert held.blocked and held.wal_floor_segno is None and all(d.keep for d in held.decisions)
+
+
+def test_recovery_auto_conf_drops_the_source_replica_settings():
+    current = ("primary_conninfo = 'host=x'\nprimary_slot_name = 'x_1'\nsynchronous_standby_names = 'ANY 1 (a)'\n"
+               "work_mem = '8MB'\n")
+    text = archiving.auto_conf_for_recovery(current, archiving.recovery_settings("cp %f %p", T0))
+    assert "primary_conninfo" not in text and "synchronous_standby_names" not in text and "work_mem" in text
+    assert "recovery_target_time = '2026-12-01 00:00:00+00:00'" in text
+    assert "restore_command = 'cp %f %p'" in text and "recovery_target_action = 'promote'" in text
