@@ -95,6 +95,11 @@ def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, ti
 # -- base backups ---------------------------------------------------------------------------------
 def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.BaseBackup:
     require_archiving(ctx)
+    if ctx.platform.kind != "local":
+        # barman-cloud-backup reads the data dir itself: it must run in the primary's pod.
+        raise ArchivingError(f"cluster {ctx.name}: base backups on {ctx.platform.kind} need barman-cloud-backup "
+                             f"inside the primary's pod, which pg_ops does not do yet "
+                             f"(docs/architecture/adr-003-wal-archiving.md)")
     store = store or open_store(ctx)
     store.check()
     member = primary_member(ctx)
