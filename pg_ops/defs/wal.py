@@ -160,7 +160,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "ready_segments": dg.MetadataValue.int(health.status.ready_segments)})
 
     @dg.asset_check(asset=pitr_key(cluster), name=CHECK_DRILLED,
-                    description="The newest point-in-time drill passed, from the newest base backup.")
+                    description="The newest point-in-time drill passed, within the last 8 days.")
     def latest_recovery_point_drilled(context: dg.AssetCheckExecutionContext,
                                       pg_ops: PgOpsResource) -> dg.AssetCheckResult:
         from pg_ops.operations.recover import pitr_drill_status
@@ -171,6 +171,8 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "drilled_base_backup": dg.MetadataValue.text(latest.get("base_backup") or "none"),
             "newest_base_backup": dg.MetadataValue.text(status["newest_base_backup"] or "none"),
             "result": dg.MetadataValue.text(latest.get("result") or "none"),
+            "age_days": dg.MetadataValue.float(round(status["age_days"], 2) if status["age_days"] is not None else -1.0),
+            "from_newest_base_backup": dg.MetadataValue.bool(status["from_newest_base_backup"]),
             "reason": dg.MetadataValue.text(latest.get("reason") or "")})
 
     return ([base_backup, pitr_drill], [archive],

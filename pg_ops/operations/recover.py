@@ -419,12 +419,22 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
     return report
 
 
+DRILL_RECENT_DAYS = 8  # a weekly drill, a day of slack
+
+
 def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
-    """What the check "the latest recovery point was drilled" reads."""
+    """What the check "the latest recovery point was drilled" reads: the newest point-in-time
+    drill passed, within DRILL_RECENT_DAYS (the drill is weekly, base backups nightly: the drilled
+    base backup is usually not the newest one, and says so in `from_newest_base_backup`)."""
     store = store or open_store(ctx)
     drills = wa.list_drills(store, ctx.name)
     listing = wa.list_archive(store, ctx.name)
     latest = drills[-1] if drills else None
     newest_base = listing.base_backups[-1].id if listing.base_backups else None
-    return {"latest": latest, "newest_base_backup": newest_base,
-            "drilled": bool(latest) and latest.get("result") == "passed" and latest.get("base_backup") == newest_base}
+    age = None
+    if latest and latest.get("finished_at"):
+        age = (datetime.now(UTC) - datetime.fromisoformat(latest["finished_at"])).total_seconds() / 86400
+    passed = bool(latest) and latest.get("result") == "passed"
+    return {"latest": latest, "newest_base_backup": newest_base, "age_days": age,
+            "from_newest_base_backup": bool(latest) and latest.get("base_backup") == newest_base,
+            "drilled": passed and age is not None and age <= DRILL_RECENT_DAYS}
