@@ -21,6 +21,7 @@ and records the result in the archive (`<cluster>.wal/drills/`), like dump drill
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import secrets
@@ -164,7 +165,11 @@ def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> Rec
         raise RecoveryRefused(f"--as {as_name}: that is the source cluster itself; recovery always makes a new one")
     new_cluster_spec(ctx.spec, as_name)
     refuse_existing(as_name)
-    return check_recovery(ctx, target)
+    store = open_store(ctx)
+    if store.list(f"{wa.archive_root(as_name)}/"):
+        raise RecoveryRefused(f"--as {as_name}: the backup store {store.describe()} already holds a WAL archive "
+                              f"{wa.archive_root(as_name)} (a cluster of that name existed); choose a new name")
+    return check_recovery(ctx, target, store)
 
 
 # -- filling a data dir ------------------------------------------------------------------------------
@@ -267,6 +272,9 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
     except BaseException:
         ctx.log.error("recovery of %s as %s failed: removing the half-made cluster %s", ctx.name, as_name, as_name)
         platform.teardown()
+        # What the half-made cluster archived (its own, new archive: the source's is never touched).
+        with contextlib.suppress(PgOpsError):
+            store.delete([o.key for o in store.list(f"{wa.archive_root(as_name)}/")])
         raise
     path = specs_folder() / f"{as_name}.yaml"
     path.write_text(f"# Recovered by pg-ops recover from cluster {ctx.name} to {_t(target)} "
