@@ -83,7 +83,10 @@ def archiver_status(conn: psycopg.Connection) -> ArchiverStatus:
 
 
 def switch_wal(conn: psycopg.Connection) -> str:
-    """Close the current segment so it is archived now; returns its name."""
+    """Close the current segment so it is archived now; returns its name. A transaction id is
+    taken first: its commit is WAL to switch away from (pg_switch_wal does nothing on an idle
+    segment), and a commit after any earlier target time that recovery can stop at."""
+    conn.execute("select pg_current_xact_id()")
     return conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()[0]
 
 
