@@ -14,7 +14,6 @@ environment (pg_ops's runs), never argv.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -119,13 +118,6 @@ def restore_base_backup(target: S3Target, backup_id: str, data_dir: Path, keys_e
     argv = [tool("barman-cloud-restore"), *target.cloud_args(), target.destination, target.server, backup_id,
             str(data_dir)]
     _run(argv, {**target.env(), **keys_env}, f"barman-cloud-restore of base backup {backup_id}", timeout)
-
-
-def list_base_backups(target: S3Target, keys_env: dict[str, str], timeout: float = 120) -> list[dict]:
-    argv = [tool("barman-cloud-backup-list"), *target.cloud_args(), "--format", "json", target.destination,
-            target.server]
-    out = _run(argv, {**target.env(), **keys_env}, f"barman-cloud-backup-list of {target.server}", timeout)
-    return json.loads(out or "{}").get("backups_list", [])
 
 
 def keys_env(access_key: str | None, secret_key: str | None) -> dict[str, str]:

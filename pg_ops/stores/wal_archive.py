@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pg_ops.errors import PgOpsError
 from pg_ops.postgres import walfiles
 from pg_ops.postgres.barman import S3Target
 from pg_ops.spec import ClusterSpec
@@ -270,6 +269,3 @@ def list_drills(store: BackupStore, cluster: str) -> list[dict]:
             out.append(json.loads(store.get_bytes(obj.key)))
     return sorted(out, key=lambda d: d.get("finished_at", ""))
 
-
-class ArchiveError(PgOpsError):
-    pass
