@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BARMAN := $(VENV)/barman
 export PG_OPS_HOME ?= $(CURDIR)/.pg-ops
 export DAGSTER_HOME ?= $(PG_OPS_HOME)/dagster
 HOST ?= 127.0.0.1
@@ -21,7 +22,7 @@ APT_PACKAGES := \
 	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)" \
 	"iptables=real network partitions (pg_ops_tests/test_partitions.py; also needs a writable cgroup v2), the partition benchmark"
 
-setup: $(STAMP)
+setup: $(STAMP) $(BARMAN)/.installed
 
 # Pinned set (requirements.lock): dagster does not resolve unpinned in reasonable time.
 $(STAMP): requirements.lock pyproject.toml
@@ -29,6 +30,16 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# barman-cloud (WAL archiving, base backups, point-in-time recovery) in its own venv, built from a
+# python the unprivileged server user can execute: the archive command runs as that user, and the
+# project venv's python may live under a 0700 home (root's pyenv). Pins: requirements-barman.lock,
+# installed --no-deps (psycopg2-binary stands in for barman's psycopg2, which would need a compiler).
+BARMAN_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PYTHON))
+$(BARMAN)/.installed: requirements-barman.lock
+	test -x $(BARMAN)/bin/python || $(BARMAN_PYTHON) -m venv $(BARMAN)
+	$(BARMAN)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-barman.lock
+	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)

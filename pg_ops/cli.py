@@ -130,8 +130,18 @@ def status_text(status: dict) -> str:
 def cmd_status(args, spec):
     from pg_ops.operations.health import status_report
 
-    status = status_report(ClusterContext.for_spec(spec))
-    emit(args, status, status_text(status))
+    ctx = ClusterContext.for_spec(spec)
+    status = status_report(ctx)
+    text = status_text(status)
+    if spec.backups.wal.enabled:  # the recovery window (operations/wal.py)
+        from pg_ops.operations.wal import recovery_window
+
+        try:
+            window = recovery_window(ctx)
+            status["recovery_window"], text = window.as_dict(), text + "\n" + window.text()
+        except PgOpsError as exc:
+            status["recovery_window"], text = {"error": str(exc)}, text + f"\nrecovery window: unknown ({exc})"
+    emit(args, status, text)
 
 
 @command("deploy")
@@ -262,9 +272,11 @@ def cmd_backup(args, spec):
               "size_mb": made.get("size_mb"), "raw_bytes": made.get("raw_bytes"),
               "duration": made.get("duration_seconds"), "throughput_mb_per_s": made.get("throughput_mb_per_s"),
               "source": made.get("source"), "lsn": made.get("lsn"), "store": made.get("store"),
+              "databases": made.get("database_names"), "excluded": made.get("excluded_databases"),
               "pruned": kept.get("deleted_ids"), "run_id": result.run_id}
     emit(args, report, f"backup {report['id']} of {spec.name}: {report['size_mb']} MB in {report['duration']} s "
-                       f"from {report['source']} (run {result.run_id[:8]})")
+                       f"from {report['source']} (run {result.run_id[:8]})\n"
+                       f"  databases: {report['databases'] or 'none'}; excluded: {report['excluded'] or 'none'}")
 
 
 @command("backups")
@@ -272,7 +284,9 @@ def cmd_backups(args, spec):
     from pg_ops.operations.retention import backups_report
 
     rows = backups_report(ClusterContext.for_spec(spec))
-    emit(args, rows, table(rows, ["id", "started", "size_mb", "duration", "status", "expires", "retention"])
+    shown = [{**r, "excluded": ", ".join(r.get("excluded") or []) or "-"} for r in rows]
+    emit(args, rows, table(shown, ["id", "started", "size_mb", "duration", "status", "excluded", "expires",
+                                   "retention"])
          if rows else f"no backups of {spec.name} yet")
 
 
@@ -290,6 +304,8 @@ def cmd_restore_drill(args, spec):
     from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
     from pg_ops.operations.drill import drill_report_text
 
+    if args.point_in_time is not None:
+        return pitr_drill_command(args, spec)
     require_backup(spec, args.backup)
     result = run_job(args, "restore_drill", spec, drill_run_config(spec.name, args.backup),
                      **drill_run_kwargs(spec.name))
@@ -300,6 +316,9 @@ def cmd_restore_drill(args, spec):
 def _drill_parsers(sub, common) -> None:
     p = sub.add_parser("restore-drill", parents=[common], help="restore a backup into a throw-away target and verify it")
     p.add_argument("--backup", help="backup id (default: the newest complete backup)")
+    p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
+                   help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
+                        "without TIME, to a moment the drill marks itself")
 
 
 EXTENSIONS.append(_drill_parsers)
@@ -339,6 +358,60 @@ def _restore_parser(sub, common) -> None:
 
 
 EXTENSIONS.append(_restore_parser)
+
+
+# -- WAL archiving and point-in-time recovery (pg_ops/defs/wal.py, operations/wal.py, recover.py) ----
+def pitr_drill_command(args, spec):
+    from pg_ops.defs.wal import pitr_drill_run_config, pitr_key
+    from pg_ops.operations.recover import check_recovery, parse_target_time
+
+    ctx = ClusterContext.for_spec(spec)
+    target = args.point_in_time or None
+    if target:  # refused before a run exists, naming the window or the gap
+        check_recovery(ctx, parse_target_time(target))
+    result = run_job(args, "pitr_drill", spec, pitr_drill_run_config(spec.name, target),
+                     asset_selection=[pitr_key(spec.name)])
+    report = {**result.materialization(pitr_key(spec.name).path), "run_id": result.run_id}
+    emit(args, report, f"point-in-time drill of {spec.name} to {report['target_time']}: {report['result'].upper()} "
+                       f"(base backup {report['base_backup']}; restore {report['restore_seconds']:.1f} s, replay "
+                       f"{report['replay_seconds']:.1f} s; {report['heartbeat_rows_before']} heartbeat rows before the "
+                       f"target, {report['heartbeat_rows_after']} after)")
+
+
+@command("recover")
+def cmd_recover(args, spec):
+    from pg_ops.defs.wal import recover_run_config
+    from pg_ops.operations.recover import parse_target_time, validate_recover
+
+    target = parse_target_time(args.to)
+    validate_recover(ClusterContext.for_spec(spec), target, args.as_name)  # before a run exists
+    result = run_job(args, "recover_cluster", spec, recover_run_config(spec.name, target.isoformat(), args.as_name),
+                     {"pg_ops/recovered_as": args.as_name})
+    out = result.output_for_node("run_recover")
+    emit(args, out, f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
+                    f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
+                    f"total {out['seconds']} s); spec written to {out['spec_path']}")
+
+
+@command("base-backup")
+def cmd_base_backup(args, spec):
+    from pg_ops.defs.wal import base_key
+
+    result = run_job(args, "base_backup", spec, asset_selection=[base_key(spec.name)])
+    meta = result.materialization(base_key(spec.name).path)
+    emit(args, {**meta, "run_id": result.run_id},
+         f"base backup {meta['backup_id']} of {spec.name}: {meta['size_mb']} MB in {meta['duration_seconds']} s "
+         f"(run {result.run_id[:8]}); recovery window {meta.get('window_oldest')} - {meta.get('window_newest')}")
+
+
+def _wal_parsers(sub, common) -> None:
+    p = sub.add_parser("recover", parents=[common], help="recover the cluster to a point in time as a NEW cluster")
+    p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
+    p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
+    sub.add_parser("base-backup", parents=[common], help="take a base backup for point-in-time recovery now")
+
+
+EXTENSIONS.append(_wal_parsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,3 +59,14 @@ def ensure_dagster_home() -> Path:
         config.write_text(source.read_text())
     os.environ["DAGSTER_HOME"] = str(path)
     return path
+
+
+def barman_bin() -> Path:
+    """The bin folder of barman-cloud's own venv: PG_OPS_BARMAN_BIN, else `.venv/barman/bin`
+    (the Makefile builds it from a python the server user can execute; see ADR-003)."""
+    raw = os.environ.get("PG_OPS_BARMAN_BIN")
+    path = Path(raw) if raw else REPO_ROOT / ".venv" / "barman" / "bin"
+    if not (path / "barman-cloud-wal-archive").is_file():
+        raise PgOpsError(f"barman-cloud not found: {path}/barman-cloud-wal-archive does not exist "
+                         f"(run `make setup`, or set PG_OPS_BARMAN_BIN)")
+    return path

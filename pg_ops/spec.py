@@ -134,6 +134,18 @@ class S3StoreSpec(Strict):
     server_side_encryption: Literal["AES256", "aws:kms"] | None = None
 
 
+class WalArchivingSpec(Strict):
+    """Continuous WAL archiving and base backups into the backup store (point-in-time recovery;
+    docs/architecture/adr-003-wal-archiving.md)."""
+
+    enabled: bool = True
+    archive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 60  # an idle cluster still ships WAL
+    base_backup_schedule: str = "0 1 * * *"
+    drill_schedule: str = "0 5 * * 0"  # the weekly point-in-time drill, beside the dump drill
+    stale_margin_seconds: Annotated[int, Field(ge=0)] = 120  # alert: newest segment older than timeout + margin
+    backlog_alert_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024 * 1024  # unarchived WAL on the primary
+
+
 class BackupsSpec(Strict):
     schedule: str = "0 2 * * *"
     retention_days: Annotated[int, Field(ge=1)] = 7
@@ -141,6 +153,17 @@ class BackupsSpec(Strict):
     source: Literal["replica", "primary"] = "replica"
     fingerprint: Literal["counts", "none"] = "counts"
     store: Annotated[FileStoreSpec | S3StoreSpec, Field(discriminator="type")] = FileStoreSpec()
+    # Every database that allows connections is dumped; these are not (listed as excluded).
+    exclude: list[str] = []
+    wal: WalArchivingSpec = WalArchivingSpec()
+
+    @field_validator("exclude")
+    @classmethod
+    def _excluded_names(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not PG_IDENT.match(v)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} is not a lower-case PostgreSQL identifier")
+        return value
 
 
 class DrillsSpec(Strict):

@@ -116,7 +116,8 @@ def test_backup_from_a_replica_restores_to_identical_row_counts(filled, caplog):
     assert restore_counts(ctx, store, manifest, "app") == app.row_counts
     # Layout, states, and private objects on disk.
     folder = store.root / ctx.name / manifest.id
-    assert sorted(p.name for p in folder.iterdir()) == ["app.dump.zst", "globals.sql.zst", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["app.dump.zst", "globals.sql.zst", "manifest.json",
+                                                         "postgres.dump.zst"]
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in folder.iterdir())
     globals_sql = zstandard.ZstdDecompressor().decompressobj().decompress(
         store.get_bytes(manifest.globals.key)).decode()
@@ -130,18 +131,39 @@ def test_backup_from_a_replica_restores_to_identical_row_counts(filled, caplog):
     assert not any(p in logged for p in passwords)
 
 
-def test_databases_outside_the_spec_are_reported(filled):
+def test_every_database_is_backed_up_and_restorable_except_the_excluded(filled):
+    """`postgres` and a database created by hand after the spec was written are in the backup
+    and restore to their rows; `backups.exclude` and pg_ops's own database are not, and the
+    manifest and `pg-ops backups` say so."""
+    from pg_ops.operations.retention import backups_report
+
     ctx = filled
     with primary_conn(ctx, "postgres") as conn:
-        conn.execute("create database handmade")
+        conn.execute("create table if not exists in_postgres (n int)")
+        conn.execute("insert into in_postgres select generate_series(1, 11)")
+        for name in ("handmade", "skipme"):
+            conn.execute(f"create database {name}")
+    with primary_conn(ctx, "handmade") as conn:
+        conn.execute("create table shop (n int)")
+        conn.execute("insert into shop select generate_series(1, 5)")
         lsn = conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
     wait_until_replayed(ctx, lsn)
+    excluding = with_store(ctx, ctx.spec.backups.store.model_dump(), exclude=["skipme"])
     try:
-        manifest = backup(ctx)
+        manifest = backup(excluding)
+        store = open_store(ctx)
+        names = [d.name for d in manifest.databases]
+        assert names == ["app", "handmade", "postgres"]
+        assert manifest.excluded_databases == ["pg_ops", "skipme"]
+        assert restore_counts(ctx, store, manifest, "handmade") == {"public.shop": 5}
+        assert restore_counts(ctx, store, manifest, "postgres") == {"public.in_postgres": 11}
+        row = next(r for r in backups_report(excluding) if r["id"] == manifest.id)
+        assert row["databases"] == names and row["excluded"] == ["pg_ops", "skipme"]
     finally:
         with primary_conn(ctx, "postgres") as conn:
-            conn.execute("drop database handmade")
-    assert "handmade" in manifest.skipped_databases and "pg_ops" not in manifest.skipped_databases
+            conn.execute("drop table in_postgres")
+            for name in ("handmade", "skipme"):
+                conn.execute(f"drop database {name}")
 
 
 def test_backup_into_seaweedfs_without_fingerprints(filled, monkeypatch):
@@ -157,7 +179,7 @@ def test_backup_into_seaweedfs_without_fingerprints(filled, monkeypatch):
     assert manifest.fingerprint == "none" and manifest.databases[0].row_counts is None
     keys = sorted(o["Key"] for o in server.client().list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [f"nightly/{ctx.name}/{manifest.id}/{n}" for n in ("app.dump.zst", "globals.sql.zst",
-                                                                       "manifest.json")]
+                                                                       "manifest.json", "postgres.dump.zst")]
     store = open_store(s3ctx)
     stored = store.get_bytes(manifest.databases[0].key)
     assert hashlib.sha256(stored).hexdigest() == manifest.databases[0].sha256

@@ -73,7 +73,8 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
             "source": dg.MetadataValue.text(f"{manifest.source} ({manifest.source_role})"),
             "lsn": dg.MetadataValue.text(manifest.lsn or ""),
             "store": dg.MetadataValue.text(store.describe()),
-            "skipped_databases": dg.MetadataValue.text(", ".join(manifest.skipped_databases) or "none"),
+            "database_names": dg.MetadataValue.text(", ".join(d.name for d in manifest.databases)),
+            "excluded_databases": dg.MetadataValue.text(", ".join(manifest.excluded_databases) or "none"),
         })
 
     @dg.asset(key=retained_key(cluster), deps=[nightly_key(cluster)], partitions_def=DAILY, group_name=GROUP,

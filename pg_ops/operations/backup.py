@@ -2,10 +2,14 @@
 from a streaming replica (or the primary), compressed in the pipe, streamed into the store,
 the manifest written last.
 
-Which databases: the spec's application databases. pg_ops's own `pg_ops` database is not
-backed up (heartbeats and probe rows are regenerated and would be stale after a restore), nor
-is `postgres`; any other database found on the server is reported as skipped in the log and
-the manifest, so a database created by hand is never silently unprotected.
+Which databases: every database that allows connections (templates aside), found on the
+server at backup time, so `postgres` and a database created by hand after the spec was written
+are backed up too. Not backed up, and listed as excluded in the manifest, the log, the run's
+metadata and `pg-ops backup(s)`: the names in `backups.exclude`, and pg_ops's own `pg_ops`
+database, by one rule: it holds only what pg_ops regenerates (status rows, heartbeats, probe
+writes), and restoring a stale copy would make the exporter's dead man's switch lie. (Point-in-
+time recovery, being physical, brings it back as it was at the target time: that is how a
+drill proves its target.)
 
 Where from: `backups.source: replica` takes the streaming replica closest to the primary and
 falls back to the primary when no replica streams, or when the replica cancels a dump to
@@ -34,7 +38,12 @@ from pg_ops.stores import BackupStore, StoreError, store_for
 from pg_ops.stores import catalog as cat
 from pg_ops.stores.pipe import compress_into
 
-NOT_BACKED_UP = {"postgres", PG_OPS_DATABASE}
+# Never dumped, whatever the spec says (see the module docstring).
+ALWAYS_EXCLUDED = (PG_OPS_DATABASE,)
+
+
+def excluded_databases(spec) -> list[str]:
+    return sorted({*ALWAYS_EXCLUDED, *spec.backups.exclude})
 
 
 class BackupFailed(PgOpsError):
@@ -152,7 +161,9 @@ class _Runner:
                                 raw_bytes=stats.raw_bytes, stored_bytes=stats.stored_bytes, sha256=stats.sha256,
                                 seconds=round(stats.seconds, 3), row_counts=row_counts)
 
-    def skipped_databases(self, source: Source) -> list[str]:
+    def databases_to_dump(self, source: Source) -> tuple[list[str], list[str]]:
+        """(databases to dump, databases excluded): what the server has now, not what the spec
+        listed when it was written."""
         present = with_connection(self.endpoints[source.member], SUPERUSER, self.password, dump.list_databases,
                                   timeout=10, name=source.member)
         wanted = {d.name for d in self.ctx.spec.databases}
@@ -160,7 +171,8 @@ class _Runner:
         if missing:
             raise BackupFailed(f"cluster {self.ctx.name}: database {', '.join(missing)} of the spec does not exist "
                                f"on {source.member}")
-        return sorted(set(present) - wanted - NOT_BACKED_UP)
+        excluded = excluded_databases(self.ctx.spec)
+        return sorted(set(present) - set(excluded)), [d for d in excluded if d in present]
 
 
 def _fill(future: Future, fn) -> None:
@@ -217,19 +229,17 @@ def _take(ctx: ClusterContext, store: BackupStore, backup_id: str) -> cat.Manife
     first = runner.sources[0]
     if first.role == "primary" and ctx.spec.backups.source == "replica":
         ctx.log.warning("no streaming replica: backing up cluster %s from the primary %s", ctx.name, first.member)
-    skipped = runner.with_fallback("databases", runner.skipped_databases)
-    if skipped:
-        ctx.log.warning("databases not in the spec are NOT backed up: %s", ", ".join(skipped))
+    names, excluded = runner.with_fallback("databases", runner.databases_to_dump)
+    ctx.log.info("backing up databases %s; excluded: %s", ", ".join(names), ", ".join(excluded) or "none")
     globals_obj = runner.with_fallback("globals", runner.dump_globals)
-    databases = [runner.with_fallback(d.name, lambda s, n=d.name: runner.dump_database(n, s))
-                 for d in ctx.spec.databases]
+    databases = [runner.with_fallback(name, lambda s, n=name: runner.dump_database(n, s)) for name in names]
     manifest = cat.Manifest(
         id=backup_id, cluster=ctx.name, started_at=started, finished_at=datetime.now(UTC),
         server_version=_server_version(first.probe), pg_dump_version=dump.tool_version(),
         source=first.member, source_role=first.role, timeline=first.probe.timeline,
         lsn=databases[0].lsn if databases else first.probe.lsn,
         fingerprint=ctx.spec.backups.fingerprint, globals=globals_obj, databases=databases,
-        skipped_databases=skipped,
+        excluded_databases=excluded,
     )
     # Written last: its presence is what makes the backup complete.
     store.put_bytes(runner.key(cat.MANIFEST), manifest.model_dump_json(indent=1).encode())

@@ -305,7 +305,8 @@ def _restore_and_verify(scratch: ScratchTarget, manifest: cat.Manifest, files: d
             raise BackupFault(str(exc)) from None
         if name != entry.name:
             raise BackupFault(f"{_name(entry.key)} holds database {name}, the manifest says {entry.name}")
-        restores[entry.name] = dump.pg_restore(ep, SUPERUSER, password, files[entry.key], jobs=RESTORE_JOBS)
+        restores[entry.name] = dump.pg_restore(ep, SUPERUSER, password, files[entry.key], jobs=RESTORE_JOBS,
+                                                 database=entry.name)
         if not restores[entry.name].ok:
             raise BackupFault(f"{entry.name}: pg_restore {_tool_problem(restores[entry.name])}")
     report.restore_seconds = round(time.monotonic() - t0, 3)

@@ -92,10 +92,12 @@ def refuse_live_cluster(ctx: ClusterContext, parts: dict, conn: psycopg.Connecti
 def choose_database(manifest: cat.Manifest, database: str | None) -> cat.DatabaseDump:
     names = [d.name for d in manifest.databases]
     if database is None:
-        if len(names) != 1:
+        # Every backup also holds `postgres`: the default is the one other database, if there is one.
+        application = [n for n in names if n not in dump.EXISTING_ON_EVERY_SERVER]
+        if len(application) != 1:
             raise PgOpsError(f"backup {manifest.id} holds databases {', '.join(names) or 'none'}: "
                              f"choose one with --database")
-        database = names[0]
+        database = application[0]
     found = next((d for d in manifest.databases if d.name == database), None)
     if found is None:
         raise PgOpsError(f"backup {manifest.id} has no database {database} (it holds {', '.join(names)})")

@@ -181,6 +181,115 @@ def backups_report(ctx: ClusterContext, store: BackupStore | None = None, now: d
             "expires": (r.started + timedelta(days=ctx.spec.backups.retention_days)).isoformat(),
             "retention": ("keep: " if reasons[r.id].keep else "delete: ") + reasons[r.id].reason,
             "source": m.source if m else None,
+            "databases": [d.name for d in m.databases] if m else None,
+            "excluded": list(m.excluded_databases) if m else None,
             "error": r.error,
         })
     return rows
+
+
+# -- the WAL archive: base backups and segments (point-in-time recovery) ---------------------------
+# Joined to the rules above: the same retention_days and min_keep; the newest verified recovery
+# point (the base backup of the newest passed point-in-time drill) is kept whatever its age, with
+# all WAL after it; WAL older than the oldest kept base backup's first segment goes; nothing is
+# pruned while a recovery or drill holds the archive.
+@dataclass(frozen=True)
+class BaseDecision:
+    id: str
+    keep: bool
+    reason: str
+
+
+@dataclass
+class ArchivePlan:
+    decisions: list[BaseDecision]
+    wal_floor_segno: int | None  # delete segments below this number (None: delete no WAL)
+    blocked: str | None = None
+
+
+def plan_archive_retention(base_backups: list, *, now: datetime, retention_days: int, min_keep: int,
+                           verified_base: str | None, holds: list[dict]) -> ArchivePlan:
+    """`base_backups`: complete base backups (anything with id, end_time, begin_segno)."""
+    backups = sorted(base_backups, key=lambda b: b.end_time, reverse=True)
+    if holds:
+        who = ", ".join(f"{h.get('purpose')} {h.get('holder')}" for h in holds)
+        why = f"the archive is held by {who}: pruning nothing"
+        return ArchivePlan([BaseDecision(b.id, True, why) for b in backups], None, why)
+    window = timedelta(days=retention_days)
+    newest_ids = [b.id for b in backups[:min_keep]]
+    # The newest base backup older than the window is what recovers to its very start.
+    covering = next((b.id for b in backups if now - b.end_time >= window), None)
+    decisions = []
+    for b in backups:
+        age = now - b.end_time
+        if age < window:
+            decisions.append(BaseDecision(b.id, True, f"younger than {retention_days} days"))
+        elif b.id in newest_ids:
+            decisions.append(BaseDecision(b.id, True, f"one of the newest {min_keep} base backups"))
+        elif b.id == verified_base:
+            decisions.append(BaseDecision(b.id, True, "the newest verified recovery point (a drill passed)"))
+        elif b.id == covering:
+            decisions.append(BaseDecision(b.id, True, f"covers the start of the {retention_days}-day window"))
+        else:
+            decisions.append(BaseDecision(b.id, False, f"{_age_text(age)} old, not needed for the window"))
+    kept = [b for b in backups if any(d.id == b.id and d.keep for d in decisions)]
+    floor = min(b.begin_segno for b in kept) if kept else None
+    return ArchivePlan(decisions, floor)
+
+
+@dataclass
+class ArchivePruneResult:
+    cluster: str
+    dry_run: bool
+    decisions: list[BaseDecision]
+    deleted_base_backups: list[str] = field(default_factory=list)
+    deleted_segments: int = 0
+    deleted_incomplete: list[str] = field(default_factory=list)
+    blocked: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
+                  now: datetime | None = None) -> ArchivePruneResult:
+    from pg_ops.operations.backup import open_store
+    from pg_ops.stores import wal_archive as wa
+
+    store = store or open_store(ctx)
+    now = now or datetime.now(UTC)
+    listing = wa.list_archive(store, ctx.name)
+    drills = [d for d in wa.list_drills(store, ctx.name) if d.get("result") == "passed"]
+    policy = ctx.spec.backups
+    plan = plan_archive_retention(listing.base_backups, now=now, retention_days=policy.retention_days,
+                                  min_keep=policy.min_keep, verified_base=drills[-1]["base_backup"] if drills else None,
+                                  holds=listing.active_holds(now.timestamp()))
+    result = ArchivePruneResult(ctx.name, dry_run, plan.decisions, blocked=plan.blocked)
+    if plan.blocked:
+        ctx.log.warning("archive retention of cluster %s: %s", ctx.name, plan.blocked)
+        return result
+    doomed: list[str] = []
+    by_id = {b.id: b for b in listing.base_backups}
+    for decision in plan.decisions:
+        if not decision.keep:
+            doomed += list(by_id[decision.id].keys)
+            result.deleted_base_backups.append(decision.id)
+    if plan.wal_floor_segno is not None:
+        old = [s.key for s in listing.segments if s.segment.segno < plan.wal_floor_segno]
+        doomed += old
+        result.deleted_segments = len(old)
+    # A base backup that never completed (no backup.info): garbage once a day old.
+    for backup_id in listing.incomplete_base:
+        keys = [o.key for o in store.list(f"{wa.archive_root(ctx.name)}/base/{backup_id}/")]
+        if keys and all(now - o.modified >= INCOMPLETE_GRACE
+                        for o in store.list(f"{wa.archive_root(ctx.name)}/base/{backup_id}/")):
+            doomed += keys
+            result.deleted_incomplete.append(backup_id)
+    ctx.log.info("archive retention of %s: %s %d base backups, %d segments", ctx.name,
+                 "would delete" if dry_run else "deleting", len(result.deleted_base_backups), result.deleted_segments)
+    if doomed and not dry_run:
+        if wa.active_holds(store, ctx.name):  # a recovery or drill started since the plan was made
+            result.blocked = "the archive was held since the plan was made: pruning nothing"
+            return result
+        store.delete(doomed)
+    return result

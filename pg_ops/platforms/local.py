@@ -36,6 +36,7 @@ from pg_ops.credentials import (
     required_roles,
 )
 from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.platforms import local_archive
 from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
@@ -159,7 +160,9 @@ class LocalPlatform:
         config = self.root / "config"
         config.mkdir(exist_ok=True)
         os.chmod(config, 0o755)
-        (config / "postgresql.conf").write_text(pg_config.postgresql_conf(self.spec, small=True))
+        archive = local_archive.archive_command(self.spec, self.root, self.user)  # WAL archiving (ADR-003)
+        (config / "postgresql.conf").write_text(pg_config.postgresql_conf(self.spec, small=True,
+                                                                          archive_command=archive))
         (config / "pg_hba.conf").write_text(pg_config.pg_hba_conf(networks=["127.0.0.1/32"]))
         (config / "pg_ident.conf").write_text("")
         for f in config.iterdir():
@@ -340,6 +343,18 @@ def discard_tree(path: Path) -> None:
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def free_base_port(count: int) -> int:
+    """A base port with `count` consecutive free ports on 127.0.0.1 (below the ephemeral range,
+    so outgoing client sockets cannot take them meanwhile): for a cluster made at run time."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        if not any(_port_in_use(base + i) for i in range(count)):
+            return base
+    raise PgOpsError(f"no {count} consecutive free ports found on 127.0.0.1")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -357,7 +372,8 @@ class LocalScratchServer:
         self.password = password
         spec = ClusterSpec.model_validate({
             "name": name, "platform": "local", "postgres": {"members": 1, "parameters": SCRATCH_PARAMETERS},
-            "databases": [], "local": {"base_port": port or _free_port()}})
+            "databases": [], "local": {"base_port": port or _free_port()},
+            "backups": {"wal": {"enabled": False}}})  # nothing of a scratch server is archived
         self.platform = LocalPlatform(spec, home)
         self.member = spec.member_names[0]
 

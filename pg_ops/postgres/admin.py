@@ -7,7 +7,7 @@ import psycopg
 from psycopg import sql
 
 from pg_ops.credentials import PG_OPS_DATABASE
-from pg_ops.postgres.status_table import STATUS_TABLE_DDL
+from pg_ops.postgres.status_table import HEARTBEAT_HISTORY_DDL, STATUS_TABLE_DDL
 
 
 def slot_name(member: str) -> str:
@@ -40,6 +40,7 @@ def ensure_database(conn: psycopg.Connection, name: str, owner: str) -> None:
 def ensure_pg_ops_schema(conn: psycopg.Connection) -> None:
     """pg_ops's own objects, in its own database (never an application database)."""
     conn.execute(STATUS_TABLE_DDL)
+    conn.execute(HEARTBEAT_HISTORY_DDL)
     conn.execute("""
         create table if not exists heartbeat (
             id int primary key default 1 check (id = 1),

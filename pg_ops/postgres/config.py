@@ -7,6 +7,7 @@ source and a rewound member would otherwise boot with the new primary's port and
 
 from __future__ import annotations
 
+from pg_ops.postgres.archiving import archive_settings
 from pg_ops.spec import ClusterSpec
 
 WAL_RECEIVER_TIMEOUT_S = 5
@@ -41,8 +42,9 @@ def _value(v: object) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
 
-def postgresql_conf(spec: ClusterSpec, *, small: bool = False) -> str:
-    """`small`: the embedded local cluster on a laptop-sized machine."""
+def postgresql_conf(spec: ClusterSpec, *, small: bool = False, archive_command: str | None = None) -> str:
+    """`small`: the embedded local cluster on a laptop-sized machine. `archive_command`: the
+    platform's command for this cluster's WAL archive (None: archiving off)."""
     members = spec.postgres.members
     settings: dict[str, object] = {
         "max_connections": spec.postgres.max_connections,
@@ -78,6 +80,8 @@ def postgresql_conf(spec: ClusterSpec, *, small: bool = False) -> str:
         # (chaos tests, a killed laptop session) leaves nothing behind in RAM once its data
         # dir is gone. Production (Kubernetes) keeps PostgreSQL's default (posix).
         settings["dynamic_shared_memory_type"] = "mmap"
+    if archive_command and spec.backups.wal.enabled:
+        settings.update(archive_settings(archive_command, spec.backups.wal.archive_timeout_seconds))
     settings.update(spec.postgres.parameters)
     lines = ["# Rendered by pg_ops from the cluster spec; per-member settings are on the command line."]
     lines += [f"{k} = {_value(v)}" for k, v in settings.items()]

@@ -155,9 +155,11 @@ def _stderr_reason(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _dump_process(argv: list[str], what: str, user: str, password: str) -> Iterator[IO[bytes]]:
+def _dump_process(argv: list[str], what: str, user: str, password: str,
+                  stderr_sink: list[str] | None = None) -> Iterator[IO[bytes]]:
     """Run a dump tool; yield its stdout. On leaving, check how it ended: a dump that was
-    killed or failed raises DumpFailed (RecoveryConflict when a standby cancelled it)."""
+    killed or failed raises DumpFailed (RecoveryConflict when a standby cancelled it).
+    `stderr_sink` receives the tool's log lines (pg_basebackup's WAL positions)."""
     with temporary_passfile(user, password) as passfile, tempfile.TemporaryFile() as stderr:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PGPASSFILE": str(passfile),
                "PGAPPNAME": APPLICATION_NAME, "PGCONNECT_TIMEOUT": "10"}
@@ -173,6 +175,9 @@ def _dump_process(argv: list[str], what: str, user: str, password: str) -> Itera
         finally:
             proc.stdout.close()
         returncode = proc.wait()
+        if stderr_sink is not None:
+            stderr.seek(0)
+            stderr_sink.extend(stderr.read().decode(errors="replace").splitlines())
         if returncode != 0:
             stderr.seek(0)
             text = stderr.read().decode(errors="replace")
@@ -271,11 +276,21 @@ def psql_script(endpoint: Endpoint, user: str, password: str, dbname: str, scrip
     return _run_tool(argv, "psql", user, password, stdin=script, harmless=harmless)
 
 
-def pg_restore(endpoint: Endpoint, user: str, password: str, dump_file: Path, jobs: int = 2) -> ToolReport:
+# Databases every server already has: restored into, not created (`--create` would fail).
+EXISTING_ON_EVERY_SERVER = ("postgres",)
+
+
+def pg_restore(endpoint: Endpoint, user: str, password: str, dump_file: Path, jobs: int = 2,
+               database: str | None = None) -> ToolReport:
     """`pg_restore --create -j N`: creates the dump's database (name, owner, encoding) and
-    restores into it; it needs a seekable file for -j. Errors are collected, not fatal."""
-    argv = [_binary("pg_restore"), "--create", f"--jobs={jobs}", "--no-password",
-            f"--dbname={member_dsn(endpoint, user, 'postgres')}", str(dump_file)]
+    restores into it; it needs a seekable file for -j. Errors are collected, not fatal. The
+    `postgres` database exists on every server: its dump is restored into it instead."""
+    if database in EXISTING_ON_EVERY_SERVER:
+        argv = [_binary("pg_restore"), f"--jobs={jobs}", "--no-password",
+                f"--dbname={member_dsn(endpoint, user, database)}", str(dump_file)]
+    else:
+        argv = [_binary("pg_restore"), "--create", f"--jobs={jobs}", "--no-password",
+                f"--dbname={member_dsn(endpoint, user, 'postgres')}", str(dump_file)]
     return _run_tool(argv, "pg_restore", user, password)
 
 

@@ -20,7 +20,27 @@ STATUS_KEYS = {
     "drill_success": "last successful restore drill (value: restored bytes)",
     "failover": "last failover or switchover (value: the new epoch)",
     "health_tick": "last cluster_health_sensor tick (value: members reachable)",
+    "base_backup_complete": "last complete base backup for point-in-time recovery (value: its size in bytes)",
+    "pitr_drill_success": "last successful point-in-time drill (value: seconds of replay)",
 }
+
+# A history of heartbeats (one row per health tick), kept for a bounded age: a point-in-time
+# recovery or drill proves its target with it (rows before the target present, none after).
+HEARTBEAT_HISTORY_DDL = """
+create table if not exists heartbeat_history (
+    at timestamptz primary key default clock_timestamp(),
+    value double precision not null default 0,
+    marker text)
+"""
+HEARTBEAT_HISTORY_DAYS = 8  # a weekly drill finds a week of rows
+
+
+def record_heartbeat(conn: psycopg.Connection, value: float, marker: str | None = None) -> str:
+    """Append one row and trim what is older than HEARTBEAT_HISTORY_DAYS; returns its time."""
+    at = conn.execute("insert into heartbeat_history (value, marker) values (%s, %s) returning at::text",
+                      (value, marker)).fetchone()[0]
+    conn.execute(f"delete from heartbeat_history where at < now() - interval '{HEARTBEAT_HISTORY_DAYS} days'")
+    return at
 
 
 def grant_read(conn: psycopg.Connection, role: str) -> None:

@@ -68,9 +68,22 @@ def network_policy(spec: ClusterSpec) -> dict:
             "egress": [
                 {"to": [members], "ports": [_tcp(k.PORT)]},
                 {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, _tcp(53)]},
+                *archive_egress(spec),
             ],
         },
     }
+
+
+def archive_egress(spec: ClusterSpec) -> list[dict]:
+    """WAL archiving: the primary's archive command reaches the S3 endpoint (its port, any address:
+    an object store is often outside the cluster)."""
+    from urllib.parse import urlparse
+
+    store = spec.backups.store
+    if not spec.backups.wal.enabled or store.type != "s3":
+        return []
+    url = urlparse(store.endpoint_url or "https://s3.amazonaws.com")
+    return [{"ports": [_tcp(url.port or (80 if url.scheme == "http" else 443))]}]
 
 
 def member_service_account(spec: ClusterSpec) -> dict:

@@ -29,8 +29,20 @@ def hba_networks(spec: ClusterSpec) -> tuple[list[str], list[str]]:
     return plain + external, []
 
 
+def archive_command(spec: ClusterSpec) -> str | None:
+    """WAL archiving from the pods: barman-cloud-wal-archive of the cluster's image
+    (deploy/postgres/Dockerfile), keys from the container env (the backup Secret). Needs an S3
+    store: a pod cannot write to pg_ops's file store."""
+    if not spec.backups.wal.enabled or spec.backups.store.type != "s3":
+        return None
+    from pg_ops.postgres import barman
+    from pg_ops.stores.wal_archive import s3_target
+
+    return barman.archive_command(s3_target(spec), "", None)
+
+
 def postgresql_conf(spec: ClusterSpec) -> str:
-    text = pg_config.postgresql_conf(spec)
+    text = pg_config.postgresql_conf(spec, archive_command=archive_command(spec))
     if spec.kubernetes.tls_secret:
         text += (f"# TLS for the external path (Secret {spec.kubernetes.tls_secret})\n"
                  f"ssl = on\nssl_cert_file = '{k.TLS_MOUNT}/tls.crt'\nssl_key_file = '{k.TLS_MOUNT}/tls.key'\n"

@@ -244,6 +244,13 @@ def alert_rules(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
         rule("PgOpsDrillTooOld",
              f"{status_age('drill_success')} > {8 * 86400} or {never('drill_success')}", "1h", "warning",
              f"{spec.name}: no successful restore drill for more than 8 days"),
+        *([rule("PgOpsBaseBackupTooOld",
+                f"{status_age('base_backup_complete')} > {26 * 3600} or {never('base_backup_complete')}", "10m",
+                "critical", f"{spec.name}: no complete base backup for more than 26 h (point-in-time recovery)"),
+           rule("PgOpsPitrDrillTooOld",
+                f"{status_age('pitr_drill_success')} > {8 * 86400} or {never('pitr_drill_success')}", "1h",
+                "warning", f"{spec.name}: no successful point-in-time drill for more than 8 days")]
+          if spec.backups.wal.enabled else []),
         rule("PgOpsHealthSensorSilent",
              f"{status_age('health_tick')} > {silent} or {never('health_tick')}", "0s", "critical",
              f"{spec.name}: pg_ops's health sensor has not ticked for {silent} s (Dagster daemon down, "

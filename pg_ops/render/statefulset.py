@@ -49,6 +49,17 @@ def member_env(spec: ClusterSpec) -> list[dict]:
     ]
 
 
+def archive_env(spec: ClusterSpec) -> list[dict]:
+    """The archive command's S3 keys, from the one backup Secret (`backups.store.credentials_secret`,
+    keys access_key / secret_key), under the names boto3 (in barman-cloud) reads; without a
+    Secret, boto3's default chain of the pod (e.g. an IAM role for the service account)."""
+    store = spec.backups.store
+    if not spec.backups.wal.enabled or store.type != "s3" or not store.credentials_secret:
+        return []
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": store.credentials_secret, "key": key}}}
+            for env, key in (("AWS_ACCESS_KEY_ID", "access_key"), ("AWS_SECRET_ACCESS_KEY", "secret_key"))]
+
+
 def postgres_container(spec: ClusterSpec) -> dict:
     res = spec.kubernetes.resources
     m = spec.monitoring
@@ -73,7 +84,7 @@ def postgres_container(spec: ClusterSpec) -> dict:
         "image": spec.kubernetes.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"],
-        "env": member_env(spec),
+        "env": member_env(spec) + archive_env(spec),
         "ports": [{"name": k.PORT_NAME, "containerPort": k.PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": res.cpu, "memory": res.memory},
                       "limits": {"cpu": res.cpu, "memory": res.memory}},
@@ -132,6 +143,8 @@ def statefulset(spec: ClusterSpec) -> dict:
         CKV_K8S_40="the official postgres image runs as its postgres user, uid 999",
         CKV_K8S_43="images are pinned by tag in the cluster spec; digests are not known offline",
         CKV_K8S_15="IfNotPresent on purpose: a registry outage must not keep a member from restarting",
+        **({"CKV_K8S_35": "barman-cloud (boto3) in the archive command reads the S3 keys from the env; the "
+                          "Secret holds raw keys, not an AWS credentials file"} if archive_env(spec) else {}),
     )
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",

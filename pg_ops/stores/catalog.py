@@ -91,7 +91,9 @@ class Manifest(BaseModel):
     fingerprint: Literal["counts", "none"]
     globals: StoredObject
     databases: list[DatabaseDump]
-    skipped_databases: list[str] = []
+    # Databases on the server that this backup does not hold (backups.exclude, and pg_ops's own).
+    excluded_databases: list[str] = []
+    skipped_databases: list[str] = []  # format-1 manifests before every database was dumped
 
     @property
     def stored_bytes(self) -> int:

@@ -115,7 +115,7 @@ def main() -> None:
         os.environ["PG_OPS_HOME"] = str(home)
         (home / "specs").mkdir()
         spec = spec_from(write_spec(home / "specs", "bench", postgres={"members": 1},
-                                    backups={"source": "primary"}))
+                                    backups={"source": "primary", "wal": {"enabled": False}}))
         with running_cluster(spec) as ctx:
             t0 = time.monotonic()
             generate(ctx, SIZE_MB)

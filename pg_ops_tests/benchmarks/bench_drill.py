@@ -54,7 +54,7 @@ def main() -> None:
         os.environ["PG_OPS_HOME"] = str(home)
         (home / "specs").mkdir()
         spec = spec_from(write_spec(home / "specs", "benchdrill", postgres={"members": 1},
-                                    backups={"source": "primary"}))
+                                    backups={"source": "primary", "wal": {"enabled": False}}))
         with running_cluster(spec) as ctx:
             generate(ctx, SIZE_MB)
             with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),

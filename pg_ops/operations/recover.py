@@ -1,0 +1,448 @@
+"""Point-in-time recovery into a NEW cluster, and the point-in-time drill.
+
+    pg-ops recover --to TIME --as NEW_CLUSTER
+    pg-ops restore-drill --point-in-time [TIME]
+
+`recover` restores the newest base backup that ended before TIME into the first member of a
+new local cluster, replays the source's archive up to TIME (following failovers through the
+timeline history), promotes, then deploys the new cluster like any other (replicas cloned from
+it, slots, sync mode). The source is only read. The new spec is written into the
+PG_OPS_CLUSTERS folder, so the code location operates the new cluster from its next load.
+
+Refused before anything runs: a target before the oldest base backup or after the newest
+archived segment (naming the window), a segment missing between the base backup and the
+target (naming the gap), a new name that is taken (a spec or a local cluster of that name).
+
+The drill recovers into a throw-away server: by default to a time it chooses between two
+marker rows it commits itself (so "before present, after absent" is exact), else to the TIME
+given; it checks pg_ops's heartbeat rows around the target and amcheck on every B-tree index,
+and records the result in the archive (`<cluster>.wal/drills/`), like dump drills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import secrets
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import yaml
+
+from pg_ops import settings
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.activity import record_marker, record_status
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.wal import open_store, require_archiving, s3_keys_env, switch_and_wait
+from pg_ops.postgres import archiving, barman, dump
+from pg_ops.postgres.session import with_connection
+from pg_ops.spec import DNS_LABEL, ClusterSpec, load_specs
+from pg_ops.stores import BackupStore
+from pg_ops.stores import wal_archive as wa
+
+RECOVERY_TIMEOUT_S = 6 * 3600.0
+PROGRESS_EVERY_S = 30.0
+# What our own probes are told while the server replays: not a failure of the recovery.
+CONNECTION_REFUSALS = ("not accepting connections", "is starting up", "not yet accepting", "in recovery mode",
+                       "is shutting down", "Hot standby mode is disabled")
+MARKER_SPACING_S = 1.0  # between a marker row and the target: commit timestamps are not the target
+
+
+class RecoveryRefused(PgOpsError):
+    """A recovery that cannot give what was asked: said before anything starts."""
+
+
+# -- the target ---------------------------------------------------------------------------------------
+def parse_target_time(text: str) -> datetime:
+    """ISO 8601; a time without an offset is UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RecoveryRefused(f"--to {text!r} is not a time (use ISO 8601, e.g. 2026-12-01T21:30:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _t(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds") if value else "none"
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    cluster: str
+    target: datetime
+    base_backup: wa.BaseBackup
+    window: tuple[datetime, datetime]
+    last_segno: int
+
+    def as_dict(self) -> dict:
+        return {"cluster": self.cluster, "target": self.target.isoformat(), "base_backup": self.base_backup.id,
+                "window": [_t(self.window[0]), _t(self.window[1])]}
+
+
+def plan_recovery(listing: wa.ArchiveListing, starts: dict[int, int], target: datetime) -> RecoveryPlan:
+    """Which base backup and WAL a recovery to `target` needs; refuses what the archive cannot give."""
+    cluster = listing.cluster
+    newest = listing.newest_segment
+    if not listing.base_backups:
+        raise RecoveryRefused(f"cluster {cluster}: no complete base backup in the archive yet (take one: "
+                              f"the base_backup job)")
+    if newest is None:
+        raise RecoveryRefused(f"cluster {cluster}: no archived WAL yet")
+    oldest = listing.base_backups[0].end_time
+    window = f"recovery window {_t(oldest)} .. {_t(newest.archived_at)}"
+    if target < oldest:
+        raise RecoveryRefused(f"cluster {cluster}: target {_t(target)} is before the oldest base backup "
+                              f"({listing.base_backups[0].id}, consistent at {_t(oldest)}); {window}")
+    if target > newest.archived_at:
+        raise RecoveryRefused(f"cluster {cluster}: target {_t(target)} is after the newest archived WAL "
+                              f"({newest.segment.name}, archived {_t(newest.archived_at)}); {window}")
+    base = [b for b in listing.base_backups if b.end_time <= target][-1]
+    # The first segment archived at or after the target holds it: the WAL needed ends there.
+    after = [s for s in listing.segments if not s.segment.partial and s.archived_at >= target
+             and s.segment.segno >= base.begin_segno]
+    last = min(after, key=lambda s: s.segment.segno).segment.segno if after else newest.segment.segno
+    gap = wa.find_gap(listing, starts, base.begin_segno, last)
+    if gap:
+        raise RecoveryRefused(f"cluster {cluster}: cannot recover to {_t(target)}: {gap}; {window}")
+    return RecoveryPlan(cluster, target, base, (oldest, newest.archived_at), last)
+
+
+def check_recovery(ctx: ClusterContext, target: datetime, store: BackupStore | None = None) -> RecoveryPlan:
+    require_archiving(ctx)
+    store = store or open_store(ctx)
+    listing = wa.list_archive(store, ctx.name)
+    return plan_recovery(listing, wa.timeline_starts(store, listing), target)
+
+
+# -- the new cluster ------------------------------------------------------------------------------------
+def specs_folder() -> Path:
+    path = settings.clusters_path()
+    if not path.is_dir():
+        raise RecoveryRefused(f"pg-ops recover writes the new cluster's spec into the PG_OPS_CLUSTERS folder, "
+                              f"but PG_OPS_CLUSTERS is the file {path}: point it at a folder of specs")
+    return path
+
+
+def new_cluster_spec(source: ClusterSpec, name: str) -> ClusterSpec:
+    """The source's spec under a new name (local: free ports)."""
+    from pg_ops.platforms.local import free_base_port
+
+    if not DNS_LABEL.match(name) or len(name) > 40:
+        raise RecoveryRefused(f"--as {name!r} is not a DNS-1123 label of at most 40 characters")
+    raw = source.model_dump(mode="json")
+    raw["name"] = name
+    raw["local"] = {**raw["local"], "base_port": free_base_port(source.postgres.members)}
+    return ClusterSpec.model_validate(raw)
+
+
+def refuse_existing(name: str) -> None:
+    from pg_ops.platforms.local import LocalPlatform
+
+    folder = specs_folder()
+    known = {s.name for s in load_specs(folder)}
+    if name in known or (folder / f"{name}.yaml").exists():
+        raise RecoveryRefused(f"--as {name}: a cluster named {name} already exists (a spec in {folder}); "
+                              f"choose a new name")
+    probe = ClusterSpec.model_validate({"name": name})
+    if LocalPlatform(probe).root.exists():
+        raise RecoveryRefused(f"--as {name}: a local cluster named {name} already exists "
+                              f"({LocalPlatform(probe).root}); choose a new name")
+
+
+def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> RecoveryPlan:
+    """Everything `recover` refuses, checked before a run exists (the CLI calls it first)."""
+    if ctx.platform.kind != "local":
+        raise RecoveryRefused(f"cluster {ctx.name}: point-in-time recovery into a new cluster is implemented "
+                              f"on the local platform only (docs/architecture/adr-003-wal-archiving.md)")
+    if as_name == ctx.name:
+        raise RecoveryRefused(f"--as {as_name}: that is the source cluster itself; recovery always makes a new one")
+    new_cluster_spec(ctx.spec, as_name)
+    refuse_existing(as_name)
+    store = open_store(ctx)
+    if store.list(f"{wa.archive_root(as_name)}/"):
+        raise RecoveryRefused(f"--as {as_name}: the backup store {store.describe()} already holds a WAL archive "
+                              f"{wa.archive_root(as_name)} (a cluster of that name existed); choose a new name")
+    return check_recovery(ctx, target, store)
+
+
+# -- filling a data dir ------------------------------------------------------------------------------
+def base_backup_filler(ctx: ClusterContext, store: BackupStore, backup: wa.BaseBackup) -> Callable[[Path], None]:
+    if ctx.spec.backups.store.type == "s3":
+        def fill_s3(data: Path) -> None:
+            barman.restore_base_backup(wa.s3_target(ctx.spec), backup.id, data, s3_keys_env(ctx))
+        return fill_s3
+
+    def fill_file(data: Path) -> None:
+        import zstandard
+
+        key = next(k for k in backup.keys if k.endswith("/data.tar.zst"))
+        with store.open_reader(key) as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+            with tarfile.open(fileobj=io.BufferedReader(stream, 1 << 20), mode="r|") as tar:
+                tar.extractall(data, filter="fully_trusted")  # our own pg_basebackup tar, checked below
+        if not (data / "backup_label").exists():
+            raise PgOpsError(f"base backup {backup.id}: no backup_label in its tar")
+    return fill_file
+
+
+def wait_promoted(platform, member: str, password: str, target: datetime, log,
+                  timeout: float = RECOVERY_TIMEOUT_S) -> float:
+    """Until the recovered member is writable; fails with PostgreSQL's own FATAL line."""
+    from pg_ops.postgres.topology import probe_members
+
+    started = time.monotonic()
+    next_report = started + PROGRESS_EVERY_S
+    endpoint = platform.member_endpoints()[member]
+    while True:
+        probe = probe_members({member: endpoint}, SUPERUSER, password, 3.0)[member]
+        if probe.writable:
+            return time.monotonic() - started
+        tail = platform.member_log_tail(member, 40)
+        fatal = [line for line in tail.splitlines()
+                 if "FATAL" in line and not any(m in line for m in CONNECTION_REFUSALS)]
+        if fatal:
+            raise PgOpsError(f"recovery to {_t(target)} failed on {member}: {fatal[-1].split('FATAL:', 1)[-1].strip()}")
+        if time.monotonic() - started > timeout:
+            raise PgOpsError(f"recovery to {_t(target)} not finished on {member} after {timeout:g} s")
+        if time.monotonic() >= next_report:
+            log.info("recovery of %s to %s: replayed up to %s", member, _t(target), probe.replay_lsn or "?")
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+        time.sleep(0.2)
+
+
+def recovery_auto_conf(source: ClusterSpec, target: datetime) -> Callable[[Path, str], str]:
+    """postgresql.auto.conf for a server (its cluster folder given) replaying `source`'s archive."""
+    from pg_ops.platforms import local_archive
+    from pg_ops.platforms.server_user import server_user
+
+    def build(root: Path, current: str) -> str:
+        command = local_archive.restore_command(source, root, server_user())
+        return archiving.auto_conf_for_recovery(current, archiving.recovery_settings(command, target))
+    return build
+
+
+@dataclass
+class RecoverResult:
+    cluster: str
+    source: str
+    target: str
+    base_backup: str
+    spec_path: str
+    restore_seconds: float
+    replay_seconds: float
+    seconds: float
+    members: list[str] = field(default_factory=list)
+    timeline: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupStore | None = None) -> RecoverResult:
+    from pg_ops.operations.deploy import deploy
+    from pg_ops.platforms import local_recovery
+
+    started = time.monotonic()
+    plan = validate_recover(ctx, target, as_name)
+    store = store or open_store(ctx)
+    new_spec = new_cluster_spec(ctx.spec, as_name)
+    new_ctx = ClusterContext.for_spec(new_spec, ctx.log)
+    platform = new_ctx.platform
+    holder = f"recover-{as_name}-{secrets.token_hex(3)}"
+    ctx.log.info("recovering cluster %s to %s as %s from base backup %s", ctx.name, _t(target), as_name,
+                 plan.base_backup.id)
+    try:
+        with wa.hold_archive(store, ctx.name, holder, "recovery"):
+            t0 = time.monotonic()
+            member = local_recovery.bootstrap_recovered(platform, ctx.credentials(),
+                                                        base_backup_filler(ctx, store, plan.base_backup),
+                                                        recovery_auto_conf(ctx.spec, target))
+            restore_s = time.monotonic() - t0
+            platform.start_member(member)
+            replay_s = wait_promoted(platform, member, ctx.admin_password(), target, ctx.log)
+            with_connection(platform.member_endpoints()[member], SUPERUSER, ctx.admin_password(),
+                            archiving.reset_recovery_settings, timeout=30, name=member)
+        result = deploy(new_ctx)
+    except BaseException:
+        ctx.log.error("recovery of %s as %s failed: removing the half-made cluster %s", ctx.name, as_name, as_name)
+        platform.teardown()
+        # What the half-made cluster archived (its own, new archive: the source's is never touched).
+        with contextlib.suppress(PgOpsError):
+            store.delete([o.key for o in store.list(f"{wa.archive_root(as_name)}/")])
+        raise
+    path = specs_folder() / f"{as_name}.yaml"
+    path.write_text(f"# Recovered by pg-ops recover from cluster {ctx.name} to {_t(target)} "
+                    f"(base backup {plan.base_backup.id}).\n" + yaml.safe_dump(new_spec.model_dump(mode="json"),
+                                                                              sort_keys=False))
+    timeline = result.members[result.primary].timeline if result.primary in result.members else None
+    out = RecoverResult(cluster=as_name, source=ctx.name, target=target.isoformat(), base_backup=plan.base_backup.id,
+                        spec_path=str(path), restore_seconds=round(restore_s, 3), replay_seconds=round(replay_s, 3),
+                        seconds=round(time.monotonic() - started, 3), members=sorted(result.members),
+                        timeline=timeline)
+    ctx.log.info("cluster %s recovered as %s to %s in %.1f s (restore %.1f s, replay %.1f s)", ctx.name, as_name,
+                 _t(target), out.seconds, restore_s, replay_s)
+    return out
+
+
+# -- the point-in-time drill ---------------------------------------------------------------------------
+@dataclass
+class PitrDrillReport:
+    cluster: str
+    result: str = "failed"
+    reason: str = ""
+    target_time: str = ""
+    base_backup: str = ""
+    chosen_by: str = "drill"  # drill (markers) | operator (--point-in-time TIME)
+    started_at: str = ""
+    finished_at: str = ""
+    restore_seconds: float = 0.0
+    replay_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    total_seconds: float = 0.0
+    heartbeat_rows_before: int = 0
+    heartbeat_rows_after: int = 0
+    markers: dict = field(default_factory=dict)
+    amcheck: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seal_target(ctx: ClusterContext, store: BackupStore) -> tuple[datetime, dict]:
+    """A target between two committed marker rows, then the segment holding both archived."""
+    token = secrets.token_hex(4)
+    before = record_marker(ctx, f"drill-before-{token}")
+    time.sleep(MARKER_SPACING_S)
+    target = datetime.now(UTC)
+    time.sleep(MARKER_SPACING_S)
+    after = record_marker(ctx, f"drill-after-{token}")
+    switch_and_wait(ctx, store)
+    return target, {"before": f"drill-before-{token}", "after": f"drill-after-{token}", "before_at": before,
+                    "after_at": after}
+
+
+HEARTBEATS_SQL = """
+select count(*) filter (where at <= %(safe)s), count(*) filter (where at > %(target)s),
+       array_agg(marker) filter (where marker is not null)
+from heartbeat_history
+"""
+
+
+def _verify(endpoint, password: str, target: datetime, markers: dict, report: PitrDrillReport) -> list[str]:
+    problems: list[str] = []
+    safe = target - timedelta(seconds=MARKER_SPACING_S)  # a row's `at` precedes its commit
+
+    def heartbeats(conn: psycopg.Connection):
+        return conn.execute(HEARTBEATS_SQL, {"safe": safe, "target": target}).fetchone()
+
+    before, after, found = with_connection(endpoint, SUPERUSER, password, heartbeats, dbname=PG_OPS_DATABASE,
+                                           timeout=60, name="pitr-drill")
+    report.heartbeat_rows_before, report.heartbeat_rows_after = before, after
+    found = set(found or [])
+    if after:
+        problems.append(f"{after} heartbeat rows written after the target {_t(target)} are present")
+    if markers:
+        if markers["before"] not in found:
+            problems.append(f"marker {markers['before']} (committed before the target) is missing")
+        if markers["after"] in found:
+            problems.append(f"marker {markers['after']} (committed after the target) is present")
+    databases = with_connection(endpoint, SUPERUSER, password, dump.list_databases, timeout=30, name="pitr-drill")
+    for db in databases:
+        try:
+            checked, index_problems = with_connection(endpoint, SUPERUSER, password, dump.amcheck_indexes, dbname=db,
+                                                      timeout=3600, name=f"pitr-drill/{db}")
+        except PgOpsError as exc:
+            report.amcheck[db] = {"unavailable": str(exc)}
+            continue
+        report.amcheck[db] = {"indexes_checked": checked, "problems": index_problems}
+        problems += [f"{db}: {p}" for p in index_problems]
+    return problems
+
+
+def expected_rows_before(ctx: ClusterContext, target: datetime) -> int:
+    """Heartbeat rows the source holds from before the target (what the recovery must have)."""
+    safe = target - timedelta(seconds=MARKER_SPACING_S)
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
+                         autocommit=True, connect_timeout=3) as conn:
+        return conn.execute("select count(*) from heartbeat_history where at <= %s", (safe,)).fetchone()[0]
+
+
+def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: BackupStore | None = None) -> PitrDrillReport:
+    """Recover the archive into a throw-away server and prove the target. Raises PgOpsError when
+    the drill fails (after recording it) or cannot run."""
+    from pg_ops.operations.drill import alert_drill
+    from pg_ops.platforms import local_recovery
+
+    if ctx.platform.kind != "local":
+        raise RecoveryRefused(f"cluster {ctx.name}: the point-in-time drill is implemented on the local platform "
+                              f"only (docs/architecture/adr-003-wal-archiving.md)")
+    store = store or open_store(ctx)
+    started = time.monotonic()
+    report = PitrDrillReport(cluster=ctx.name, started_at=datetime.now(UTC).isoformat())
+    markers: dict = {}
+    if target is None:
+        target, markers = seal_target(ctx, store)
+    else:
+        report.chosen_by = "operator"
+    report.target_time, report.markers = target.isoformat(), markers
+    plan = check_recovery(ctx, target, store)
+    report.base_backup = plan.base_backup.id
+    expected = expected_rows_before(ctx, target)
+    try:
+        with wa.hold_archive(store, ctx.name, f"pitr-drill-{secrets.token_hex(3)}", "drill"):
+            t0 = time.monotonic()
+            with local_recovery.drill_server(
+                    "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),
+                    recovery_auto_conf(ctx.spec, target)) as server:
+                member = server.spec.member_names[0]
+                report.restore_seconds = round(time.monotonic() - t0, 3)
+                report.replay_seconds = round(wait_promoted(server, member, ctx.admin_password(), target, ctx.log), 3)
+                t1 = time.monotonic()
+                problems = _verify(server.member_endpoints()[member], ctx.admin_password(), target, markers, report)
+                if report.heartbeat_rows_before != expected:
+                    problems.append(f"{report.heartbeat_rows_before} heartbeat rows from before the target "
+                                    f"recovered, the source has {expected}")
+                report.verify_seconds = round(time.monotonic() - t1, 3)
+        report.result = "failed" if problems else "passed"
+        report.reason = "; ".join(problems)
+    except PgOpsError as exc:
+        report.result, report.reason = "failed", str(exc)
+    report.total_seconds = round(time.monotonic() - started, 3)
+    report.finished_at = datetime.now(UTC).isoformat()
+    store.put_bytes(wa.drill_key(ctx.name, datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")),
+                    json.dumps(report.as_dict(), indent=1).encode())
+    if report.result != "passed":
+        alert_drill(ctx, f"point-in-time {_t(target)}", report.reason)
+        raise PgOpsError(f"point-in-time drill of cluster {ctx.name} to {_t(target)} failed: {report.reason}")
+    ctx.log.info("point-in-time drill of %s to %s passed: restore %.1f s, replay %.1f s, %d heartbeat rows, "
+                 "markers %s", ctx.name, _t(target), report.restore_seconds, report.replay_seconds,
+                 report.heartbeat_rows_before, "checked" if markers else "none")
+    record_status(ctx, "pitr_drill_success", report.replay_seconds)
+    return report
+
+
+DRILL_RECENT_DAYS = 8  # a weekly drill, a day of slack
+
+
+def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
+    """What the check "the latest recovery point was drilled" reads: the newest point-in-time
+    drill passed, within DRILL_RECENT_DAYS (the drill is weekly, base backups nightly: the drilled
+    base backup is usually not the newest one, and says so in `from_newest_base_backup`)."""
+    store = store or open_store(ctx)
+    drills = wa.list_drills(store, ctx.name)
+    listing = wa.list_archive(store, ctx.name)
+    latest = drills[-1] if drills else None
+    newest_base = listing.base_backups[-1].id if listing.base_backups else None
+    age = None
+    if latest and latest.get("finished_at"):
+        age = (datetime.now(UTC) - datetime.fromisoformat(latest["finished_at"])).total_seconds() / 86400
+    passed = bool(latest) and latest.get("result") == "passed"
+    return {"latest": latest, "newest_base_backup": newest_base, "age_days": age,
+            "from_newest_base_backup": bool(latest) and latest.get("base_backup") == newest_base,
+            "drilled": passed and age is not None and age <= DRILL_RECENT_DAYS}

@@ -1,0 +1,178 @@
+"""Point-in-time recovery and archiving lag, on SeaweedFS S3 with barman-cloud.
+
+1. PITR: a 1-member cluster with ~1 GB of random text and a base backup, then ~1 GB more of WAL
+   (another table of the same size), a target time, the segment holding it archived. Measured:
+   `recover --to T --as NEW` (pg_ops: restore, replay, promote, reset, deploy of the new cluster)
+   against the raw way on the same objects: barman-cloud-restore into an empty folder, the same
+   recovery settings by hand, postgres started as the server user until it promotes. Target
+   (issue 15): pg_ops <= 1.2x the raw figure.
+2. Archiving lag (RPO): a steady writer for PG_OPS_BENCH_LAG_S (default 90 s) while the age of
+   the newest archived segment (pg_stat_archiver.last_archived_time) is sampled every second;
+   target: its maximum <= 60 s (archive_timeout 60 s in the spec, as by default).
+
+PG_OPS_BENCH_BACKUP_MB sets the size (default 1000).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from pg_ops import settings
+from pg_ops.credentials import SUPERUSER
+from pg_ops.operations import wal
+from pg_ops.operations.recover import recover
+from pg_ops.platforms.server_user import chown_tree, server_user
+from pg_ops.postgres import archiving, barman
+from pg_ops.stores import wal_archive as wa
+from pg_ops_tests.benchmarks.bench_backup import SIZE_MB, generate
+from pg_ops_tests.benchmarks.common import emit, summary
+from pg_ops_tests.helpers import free_port, running_cluster, spec_from, stop_cluster, temp_home, write_spec
+from pg_ops_tests.s3server import seaweedfs
+
+LAG_SECONDS = float(os.environ.get("PG_OPS_BENCH_LAG_S", "90"))
+logging.basicConfig(level=logging.WARNING)
+
+
+def wal_bytes(ctx, since: str) -> int:
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "postgres"), password=ctx.admin_password(),
+                         autocommit=True) as conn:
+        return conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)::bigint", (since,)).fetchone()[0]
+
+
+def current_lsn(ctx) -> str:
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "postgres"), password=ctx.admin_password(),
+                         autocommit=True) as conn:
+        return conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
+
+
+def raw_recovery(ctx, backup_id: str, target: datetime, home: Path) -> float:
+    """barman-cloud-restore + replay by hand, as an operator following barman's docs would."""
+    user = server_user()
+    folder = Path(tempfile.mkdtemp(prefix="raw-pitr-", dir=home))
+    os.chmod(folder, 0o755)
+    data = folder / "data"
+    t0 = time.monotonic()
+    barman.restore_base_backup(wa.s3_target(ctx.spec), backup_id, data, wal.s3_keys_env(ctx))
+    creds = folder / "aws-credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {os.environ['PGOPS_BENCH_AK']}\n"
+                     f"aws_secret_access_key = {os.environ['PGOPS_BENCH_SK']}\n")
+    restore = barman.restore_command(wa.s3_target(ctx.spec), settings.barman_bin(), str(creds))
+    auto = data / "postgresql.auto.conf"
+    auto.write_text(archiving.auto_conf_for_recovery(auto.read_text() if auto.exists() else "",
+                                                     archiving.recovery_settings(restore, target)))
+    (data / "recovery.signal").touch()
+    (data / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+    chown_tree(folder, user)
+    os.chmod(data, 0o700)
+    port = free_port()
+    kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []} if user.switch else {}
+    proc = subprocess.Popen([str(settings.pg_bin() / "postgres"), "-D", str(data), "-p", str(port),
+                             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                             "-c", "archive_mode=off", "-c", "hot_standby=off"],
+                            stdout=subprocess.DEVNULL, stderr=open(folder / "log", "wb"), start_new_session=True,
+                            **kwargs)
+    try:
+        while True:
+            try:
+                with psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres",
+                                     password=ctx.admin_password(), connect_timeout=2) as conn:
+                    if not conn.execute("select pg_is_in_recovery()").fetchone()[0]:
+                        return time.monotonic() - t0
+            except psycopg.OperationalError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"raw recovery failed: {(folder / 'log').read_text()[-800:]}")
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def archiving_lag(ctx, seconds: float) -> dict:
+    stop = threading.Event()
+    written = [0]
+
+    def writer():
+        with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
+                             autocommit=True) as conn:
+            conn.execute("create table if not exists steady (id bigserial, body text)")
+            while not stop.is_set():
+                conn.execute("insert into steady (body) select md5(random()::text) from generate_series(1, 200)")
+                written[0] += 200
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    ages, start_lsn = [], current_lsn(ctx)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        health = wal.archive_health(ctx)
+        ages.append(health.status.last_archived_age_seconds)
+        time.sleep(1.0)
+    stop.set()
+    thread.join(10)
+    return {"age": summary(ages), "rows": written[0], "wal_mb": round(wal_bytes(ctx, start_lsn) / 1e6, 1)}
+
+
+def main() -> None:
+    with seaweedfs() as server, temp_home() as home:
+        os.environ["PG_OPS_HOME"] = str(home)
+        (home / "specs").mkdir()
+        os.environ["PG_OPS_CLUSTERS"] = str(home / "specs")
+        os.environ["PGOPS_BENCH_AK"], os.environ["PGOPS_BENCH_SK"] = server.access_key, server.secret_key
+        bucket = server.new_bucket()
+        spec = spec_from(write_spec(home / "specs", "benchpitr", postgres={"members": 1}, backups={
+            "source": "primary", "wal": {"archive_timeout_seconds": 60},
+            "store": {"type": "s3", "bucket": bucket, "endpoint_url": server.endpoint,
+                      "credentials_env": {"access_key": "PGOPS_BENCH_AK", "secret_key": "PGOPS_BENCH_SK"}}}))
+        with running_cluster(spec) as ctx:
+            lag = archiving_lag(ctx, LAG_SECONDS)
+            generate(ctx, SIZE_MB)
+            t0 = time.monotonic()
+            backup = wal.base_backup(ctx)
+            base_s = time.monotonic() - t0
+            before = current_lsn(ctx)
+            with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
+                                 autocommit=True) as conn:
+                conn.execute("alter table bench_text rename to bench_text_first")
+            generate(ctx, SIZE_MB)  # ~1 GB more of WAL after the base backup
+            wal_mb = wal_bytes(ctx, before) / 1e6
+            time.sleep(1.1)
+            target = datetime.now(UTC)
+            time.sleep(1.1)
+            wal.switch_and_wait(ctx, timeout=600)
+            raws, ours = [], []
+            for i in range(2):
+                raws.append(raw_recovery(ctx, backup.id, target, home))
+                t0 = time.monotonic()
+                result = recover(ctx, target, f"benchpitr-r{i}")
+                ours.append(time.monotonic() - t0)
+                from pg_ops.operations.context import ClusterContext
+
+                stop_cluster(ClusterContext.for_spec(spec_from(Path(result.spec_path))))
+    s_raw, s_ours = statistics.median(raws), statistics.median(ours)
+    emit("pitr", {
+        "base_backup_mb": round(backup.size / 1e6, 1), "base_backup_s": round(base_s, 1), "wal_mb": round(wal_mb, 1),
+        "recover_s": round(s_ours, 2), "raw_barman_restore_replay_s": round(s_raw, 2),
+        "ratio_vs_raw": round(s_ours / s_raw, 2), "recover_restore_s": result.restore_seconds,
+        "recover_replay_s": result.replay_seconds, "trials": len(raws),
+        "archiving_lag_age_s": lag["age"], "archiving_lag_rows": lag["rows"], "archiving_lag_wal_mb": lag["wal_mb"],
+        "archive_timeout_s": 60,
+        "targets": {"ratio_vs_raw": "<= 1.2", "archiving_lag_age_s.max": "<= 60"},
+    })
+
+
+if __name__ == "__main__":
+    main()
