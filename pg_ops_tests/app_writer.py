@@ -65,14 +65,15 @@ def main() -> int:
 class App:
     """pg_ops_tests.app_writer in a subprocess (in the partition harness's app cgroup when given)."""
 
-    def __init__(self, ctx, parts=None, table: str = "chaos_writes"):
+    def __init__(self, ctx, parts=None, table: str = "chaos_writes", dsn: str | None = None):
+        """`dsn`: where the application connects (default: the cluster's primary endpoint)."""
         self.ctx, self.parts, self.table = ctx, parts, table
+        self.dsn = dsn or ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE)
         self.lines: list[str] = []
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> App:
-        argv = [sys.executable, "-m", "pg_ops_tests.app_writer",
-                self.ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), self.table]
+        argv = [sys.executable, "-m", "pg_ops_tests.app_writer", self.dsn, self.table]
         env = {**os.environ, "PGPASSWORD": self.ctx.admin_password(), "PYTHONPATH": str(REPO)}
         kwargs = {"env": env, "stdout": subprocess.PIPE, "text": True, "cwd": REPO}
         if self.parts is not None:

@@ -148,13 +148,18 @@ def _established_to(port: int) -> list[tuple[int, str]]:
 
 
 class Partitions:
-    """Cuts between pg_ops, the application and the members of one local cluster."""
+    """Cuts between pg_ops, the application and the members of one cluster. Local members by
+    default; `pid_of(member)` (the process whose descendants are the member) and
+    `port_of(member)` (the port it serves) let it work on other hosts of members (the fake
+    Kubernetes API's containers)."""
 
-    def __init__(self, ctx: ClusterContext):
+    def __init__(self, ctx: ClusterContext, pid_of=None, port_of=None):
         reason = unavailable()
         if reason:
             raise RuntimeError(reason)
         self.ctx = ctx
+        self.pid_of = pid_of or ctx.platform._supervisor_pid
+        self.port_of = port_of or (lambda member: ctx.endpoints()[member].port)
         self.root = _cgroup2_root()
         self.run = f"pg-ops-test-{os.getpid()}-{secrets.token_hex(3)}"
         self.comment = f"{COMMENT_PREFIX}{self.run}"
@@ -174,7 +179,7 @@ class Partitions:
 
     def _adopt(self) -> None:
         for name in self._members():
-            pid = self.ctx.platform._supervisor_pid(name)
+            pid = self.pid_of(name)
             if pid is None:
                 continue
             target = self.base / name / "cgroup.procs"
@@ -213,7 +218,7 @@ class Partitions:
         self.rules.append(full)
 
     def _port(self, member: str) -> int:
-        return self.ctx.endpoints()[member].port
+        return self.port_of(member)
 
     def block(self, client: str, server: str) -> None:
         """`client` (pg_ops, app or a member) can no longer reach member `server`, and what it
@@ -236,6 +241,23 @@ class Partitions:
             self.block(a, b)
         if a in self._members():
             self.block(b, a)
+
+    def seal(self, member: str) -> None:
+        """Nothing but the application and the member itself reaches `member`'s port, whoever
+        the client is (pg_ops, proxies standing in for cluster networking, other members)."""
+        port = self._port(member)
+        everyone_else = ["-m", "cgroup", "!", "--path", self.cgroup(APP), "-m", "cgroup", "!", "--path",
+                         self.cgroup(member)]
+        with self._lock:
+            self._adopt()
+            self._add(["-p", "tcp", "-d", "127.0.0.1", "--dport", str(port), *everyone_else])
+            pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+            owners = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+            for local_port, inode in _established_to(port):
+                pid = owners.get(inode)
+                if pid is not None and not self._in_group(pid, APP) and not self._in_group(pid, member):
+                    self._add(["-p", "tcp", "-s", "127.0.0.1", "--sport", str(port), "-d", "127.0.0.1",
+                               "--dport", str(local_port)])
 
     def isolate(self, member: str, reachable_by: tuple[str, ...] = (APP,)) -> None:
         """`member` cut off from pg_ops and every other member; `reachable_by` still reach it."""

@@ -12,6 +12,7 @@ import time
 import dagster as dg
 import pytest
 
+from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
 from pg_ops.operations.health import status_report, watch_cluster
@@ -219,3 +220,48 @@ def test_a_flapping_link_fails_over_at_most_once(daemon_clusters):
     status = status_report(ctx)
     assert status["writable_members"] == [ctx.state().primary]
     assert all(m["streaming"] for m in status["members"] if m["role"] == "replica")
+
+
+# -- Kubernetes: a node cut off from the API server and from the other members ------------------------
+def test_kubernetes_primary_on_a_cut_off_node_fences_itself_before_a_new_primary_takes_writes(pg_home):
+    """The pod deletion never reaches that node's kubelet and its record never refreshes: only
+    the lease stops the old primary. The failover cannot confirm the fence, so it waits for the
+    lease to run out before promoting: the two never acknowledge writes at the same time."""
+    from psycopg.conninfo import make_conninfo
+
+    from pg_ops_tests.helpers import cluster_on, fake_of, spec_from, write_platform_spec
+
+    spec = spec_from(write_platform_spec(pg_home / "specs", "kn", "kubernetes", failover={"lease_seconds": 3}))
+    with cluster_on(spec) as ctx:
+        fake, ns = fake_of(ctx), spec.kubernetes.namespace
+
+        def pid_of(member):
+            container = fake.cluster.container(ns, member)
+            return container.proc.pid if container is not None and container.proc is not None else None
+
+        old = ctx.state().primary
+        port = ctx.endpoints()[old].port
+        direct = make_conninfo(host="127.0.0.1", port=port, user="postgres", dbname=PG_OPS_DATABASE)
+        with Partitions(ctx, pid_of=pid_of, port_of=lambda m: ctx.endpoints()[m].port) as parts, \
+                App(ctx, parts, dsn=direct) as app:  # the application on the old primary's node
+            wait_for(lambda: app.progressing(old), "writes before the cut")
+            node = fake.node_of(ns, old)
+            cut_at = time.time()
+            fake.partition_node(node)
+            parts.seal(old)
+            time.sleep(1)
+            change = failover(ctx, detected_at=cut_at)
+            assert change.new_primary != old
+            assert any(k.startswith("step: wait for the old primary's lease to run out") for k in change.metadata())
+            old_acks = acks_on(app, old)
+            assert old_acks, "the application wrote on the old primary"
+            assert max(t for _, t in old_acks) < change.promoted_at  # never two primaries acknowledging
+            wait_for(lambda: "ISOLATED" in (fake.cluster.container(ns, old).log.read_text(errors="replace")
+                                            if fake.cluster.container(ns, old) else ""),
+                     "the old primary's isolation in its log", timeout=10)
+            parts.heal()
+            fake.heal_node(node)
+        # Back: the deletion is carried out, the StatefulSet makes the pod again, it rejoins.
+        wait_for(lambda: ctx.probe([old])[old].streaming, f"{old} rejoins as a replica", timeout=120)
+        deploy(ctx)
+        assert status_report(ctx)["writable_members"] == [change.new_primary]

@@ -96,7 +96,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
             "restore_seconds": dg.MetadataValue.float(report.restore_seconds),
             "verify_seconds": dg.MetadataValue.float(report.verify_seconds),
             "restored_mb": dg.MetadataValue.float(round(report.restored_bytes / 1e6, 3)),
-            "indexes_checked": dg.MetadataValue.int(sum(d["indexes_checked"] for d in report.databases.values())),
+            "indexes_checked": dg.MetadataValue.int(sum(d["indexes_checked"] or 0 for d in report.databases.values())),
             "report": dg.MetadataValue.json(report.as_dict()),  # what `pg-ops restore-drill` prints
         })
 

@@ -196,6 +196,8 @@ def verify_database(scratch: ScratchTarget, entry: cat.DatabaseDump) -> dict:
             raise BackupFault(f"{entry.name}: verification query failed: {value}")
     indexes, index_problems = results["amcheck"]
     out = {"indexes_checked": indexes, "index_problems": index_problems}
+    if indexes is None:
+        out["amcheck"] = dump.AMCHECK_UNAVAILABLE
     if entry.row_counts is not None:
         out["count_problems"] = compare_counts(entry.row_counts, results["counts"])
         out["tables_counted"] = len(results["counts"])
@@ -407,6 +409,7 @@ def drill_report_text(report: dict) -> str:
         counted = "row counts not recorded" if db.get("tables_counted") is None else \
             f"{db['tables_counted']} tables counted"
         problems = db.get("count_problems", []) + db.get("index_problems", [])
-        lines.append(f"  {name}: {counted}, {db.get('indexes_checked', 0)} indexes checked, "
+        indexes = db.get("amcheck") or f"{db.get('indexes_checked') or 0} indexes checked"
+        lines.append(f"  {name}: {counted}, {indexes}, "
                      + (f"problems: {'; '.join(problems)}" if problems else "no problems"))
     return "\n".join(lines)

@@ -360,6 +360,9 @@ def _verify(endpoint, password: str, target: datetime, markers: dict, report: Pi
         except PgOpsError as exc:
             report.amcheck[db] = {"unavailable": str(exc)}
             continue
+        if checked is None:
+            report.amcheck[db] = {"unavailable": dump.AMCHECK_UNAVAILABLE}
+            continue
         report.amcheck[db] = {"indexes_checked": checked, "problems": index_problems}
         problems += [f"{db}: {p}" for p in index_problems]
     return problems
