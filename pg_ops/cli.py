@@ -399,7 +399,8 @@ def cmd_base_backup(args, spec):
 
     result = run_job(args, "base_backup", spec, asset_selection=[base_key(spec.name)])
     meta = result.materialization(base_key(spec.name).path)
-    emit(args, {**meta, "run_id": result.run_id},
+    window = {"oldest": meta.get("window_oldest"), "newest": meta.get("window_newest"), "gap": meta.get("window_gap")}
+    emit(args, {**meta, "recovery_window": window, "run_id": result.run_id},
          f"base backup {meta['backup_id']} of {spec.name}: {meta['size_mb']} MB in {meta['duration_seconds']} s "
          f"(run {result.run_id[:8]}); recovery window {meta.get('window_oldest')} - {meta.get('window_newest')}")
 

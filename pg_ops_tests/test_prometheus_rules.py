@@ -142,6 +142,9 @@ def cases(spec: ClusterSpec) -> list[Case]:
         # Coarser steps for limits of a day and more: promtool evaluates every rule at each step.
         *age_cases("PgOpsBackupTooOld", "backup_complete", 26 * H, 10, "critical", step=5),
         *age_cases("PgOpsDrillTooOld", "drill_success", 8 * 24 * H, 60, "warning", step=30),
+        *(age_cases("PgOpsBaseBackupTooOld", "base_backup_complete", 26 * H, 10, "critical", step=5)
+          + age_cases("PgOpsPitrDrillTooOld", "pitr_drill_success", 8 * 24 * H, 60, "warning", step=30)
+          if spec.backups.wal.enabled else []),
 
         Case("PgOpsHealthSensorSilent", "fires", {status("health_tick"): f"0x{silent_min + 3}"},
              [(f"{silent_min + 1}m", [cluster_alert])], notes=["the last tick a minute more than the limit ago"]),

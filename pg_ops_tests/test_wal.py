@@ -99,7 +99,10 @@ def s3_cluster():
     os.environ.update(PGOPS_T_WAL_AK=server.access_key, PGOPS_T_WAL_SK=server.secret_key)
     try:
         with home_environment() as home:
-            spec = spec_from(write_spec(home / "specs", "pitr", postgres={"members": 2}, backups={
+            # No health sensor renews the primary's isolation lease here, and after the failover
+            # test no standby is left to vouch for it: fencing would (rightly) stop its writes.
+            spec = spec_from(write_spec(home / "specs", "pitr", postgres={"members": 2},
+                                        failover={"isolation_fencing": False}, backups={
                 "wal": {"archive_timeout_seconds": 5, "backlog_alert_bytes": walfiles.SEGMENT_BYTES},
                 "store": {"type": "s3", "bucket": bucket, "prefix": "pitr-tests",
                           "endpoint_url": f"http://127.0.0.1:{proxy.port}",

@@ -68,12 +68,12 @@ def run_recover(context: dg.OpExecutionContext, config: RecoverConfig, pg_ops: P
     from pg_ops.operations.recover import parse_target_time, recover
 
     result = recover(pg_ops.cluster(config.cluster, context.log), parse_target_time(config.to), config.as_name)
-    context.add_output_metadata({"new_cluster": dg.MetadataValue.text(result.cluster),
-                                 "base_backup": dg.MetadataValue.text(result.base_backup),
-                                 "replay_seconds": dg.MetadataValue.float(result.replay_seconds),
-                                 "seconds": dg.MetadataValue.float(result.seconds),
+    # Everything the CLI prints, in the output metadata: pg-ops reads it back from the run's events.
+    out = result.as_dict()
+    context.add_output_metadata({**{k: v for k, v in out.items() if v is not None and not isinstance(v, list | dict)},
+                                 "members": dg.MetadataValue.json(out["members"]),
                                  "spec": dg.MetadataValue.path(result.spec_path)})
-    return result.as_dict()
+    return out
 
 
 @dg.job(name=RECOVER_JOB, executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
