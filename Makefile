@@ -60,9 +60,12 @@ deploy status teardown: setup $(DAGSTER_HOME)/dagster.yaml
 apt-packages:
 	@bash scripts/apt-install.sh $(APT_PACKAGES)
 
+# Two workers, a test file each at a time: most tests wait on PostgreSQL, Dagster or the network,
+# so two files in parallel use the two cores (TEST_WORKERS=0 runs them one after another).
+TEST_WORKERS ?= 2
 test: setup tools apt-packages
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks print JSON lines (figure + same-run baseline) and append to bench-results/.
 # BENCH=failover runs one of them.

@@ -80,3 +80,14 @@ def shared_any_cluster(request):
         spec = spec_from(write_platform_spec(home / "specs", f"shared-{request.param[:5]}", request.param))
         with cluster_on(spec) as ctx:
             yield ctx
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _seaweedfs_released_after_each_module():
+    """SeaweedFS binds fixed ports, so one server serves the whole machine (a lock in
+    s3server.py): stopping it when a module that used it is done lets a parallel test worker
+    (make test runs two) take it, instead of waiting for this worker's whole session."""
+    yield
+    from pg_ops_tests import s3server
+
+    s3server.stop_shared_server()

@@ -246,6 +246,9 @@ def test_kubernetes_primary_on_a_cut_off_node_fences_itself_before_a_new_primary
                 App(ctx, parts, dsn=direct) as app:  # the application on the old primary's node
             wait_for(lambda: app.progressing(old), "writes before the cut")
             node = fake.node_of(ns, old)
+            # The container on the cut-off node outlives its pod object (the force deletion lets
+            # the StatefulSet make a new pod elsewhere), so keep hold of it for its log.
+            old_container = fake.cluster.container(ns, old)
             cut_at = time.time()
             fake.partition_node(node)
             parts.seal(old)
@@ -256,8 +259,7 @@ def test_kubernetes_primary_on_a_cut_off_node_fences_itself_before_a_new_primary
             old_acks = acks_on(app, old)
             assert old_acks, "the application wrote on the old primary"
             assert max(t for _, t in old_acks) < change.promoted_at  # never two primaries acknowledging
-            wait_for(lambda: "ISOLATED" in (fake.cluster.container(ns, old).log.read_text(errors="replace")
-                                            if fake.cluster.container(ns, old) else ""),
+            wait_for(lambda: "ISOLATED" in old_container.log.read_text(errors="replace"),
                      "the old primary's isolation in its log", timeout=10)
             parts.heal()
             fake.heal_node(node)
