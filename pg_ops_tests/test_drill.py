@@ -179,3 +179,45 @@ def test_drill_checks_read_the_store(backed_up):
     restores = evaluations[drills.CHECK_RESTORES]
     assert restores.passed and restores.metadata["backup_id"].value == manifest.id
     assert restores.metadata["recovery_seconds"].value > 0
+
+
+def test_the_drill_resets_the_scratch_superuser_without_sending_its_password(pg_home):
+    """The drill's globals end by giving the scratch server's postgres its password back: the
+    statement psql runs holds a SCRAM-SHA-256 verifier, so a server logging every statement
+    never sees the password, and the password works afterwards."""
+    import secrets as pysecrets
+
+    from pg_ops.credentials import generate_password
+    from pg_ops.operations.drill import superuser_reset
+    from pg_ops.platforms.local import LocalScratchServer
+    from pg_ops.postgres import admin, dump
+    from pg_ops.postgres.session import with_connection
+    from pg_ops_tests.helpers import wait_for
+
+    server = LocalScratchServer(f"drill-{pysecrets.token_hex(4)}", generate_password())
+    try:
+        server.start()
+        server.wait_ready()
+        target = server.target("scratch for the test")
+        def run(query):
+            return with_connection(target.endpoint, "postgres", target.password,
+                                   lambda conn: (cur := conn.execute(query)).description and cur.fetchall(),
+                                   timeout=10)
+        run("alter system set log_statement = 'all'")
+        run("select pg_reload_conf()")
+        wait_for(lambda: run("show log_statement") == [("all",)], "log_statement = all on the scratch server")
+        # As the source's globals do: postgres gets another (hashed) password, then the reset.
+        other = generate_password()
+        globals_sql = with_connection(target.endpoint, "postgres", target.password,
+                                      lambda conn: admin.set_password_statement(conn, "postgres", other), timeout=10)
+        reset = superuser_reset(target)
+        assert target.password not in reset and "SCRAM-SHA-256$" in reset
+        result = dump.psql_script(target.endpoint, "postgres", target.password, "postgres",
+                                  f"{globals_sql}\n{reset}\n".encode())
+        assert result.ok, result.errors
+        assert run("select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'postgres'") == [(True,)]
+        log = server.platform.log_path(server.member).read_text(errors="replace")
+        assert "statement: alter role \"postgres\" with password 'SCRAM-SHA-256$" in log  # it was logged
+        assert target.password not in log and other not in log
+    finally:
+        server.remove()

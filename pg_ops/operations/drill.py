@@ -40,7 +40,7 @@ from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.platforms.base import ScratchTarget
-from pg_ops.postgres import dump
+from pg_ops.postgres import admin, dump
 from pg_ops.postgres.session import with_connection
 from pg_ops.stores import BackupStore, StoreError
 from pg_ops.stores import catalog as cat
@@ -286,14 +286,22 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def superuser_reset(scratch: ScratchTarget) -> str:
+    """The statement that gives the scratch server's superuser its password back, hashed
+    through a connection to that server (admin.password_clause): the script psql runs never
+    holds the password itself."""
+    return with_connection(scratch.endpoint, SUPERUSER, scratch.password,
+                           lambda conn: admin.set_password_statement(conn, SUPERUSER, scratch.password),
+                           timeout=30, name=scratch.name)
+
+
 def _restore_and_verify(scratch: ScratchTarget, manifest: cat.Manifest, files: dict[str, Path],
                         report: DrillReport) -> None:
     ep, password = scratch.endpoint, scratch.password
     t0 = time.monotonic()
     # The globals carry the source's password hash for postgres: set the scratch one back
     # in the same psql session, so pg_restore can still connect.
-    script = files[manifest.globals.key].read_bytes() + (
-        f"\nALTER ROLE {SUPERUSER} PASSWORD '{password}';\n").encode()
+    script = files[manifest.globals.key].read_bytes() + f"\n{superuser_reset(scratch)}\n".encode()
     globals_report = dump.psql_script(ep, SUPERUSER, password, "postgres", script,
                                       harmless=dump.HARMLESS_GLOBALS_ERRORS)
     report.ignored_errors += globals_report.ignored

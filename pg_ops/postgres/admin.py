@@ -15,14 +15,33 @@ def slot_name(member: str) -> str:
     return member.replace("-", "_")
 
 
+# The only kind of verifier pg_hba.conf accepts (config.pg_hba_conf: scram-sha-256 everywhere).
+PASSWORD_ALGORITHM = "scram-sha-256"
+
+
+def password_clause(conn: psycopg.Connection, role: str, password: str) -> sql.Composed:
+    """`PASSWORD '<SCRAM-SHA-256$…>'` for CREATE / ALTER ROLE: the password hashed here, by
+    libpq (PQencryptPasswordConn, with the server's scram_iterations), so the server only ever
+    receives the verifier. Every role password pg_ops sets goes through this: a plaintext
+    literal would be written to the server log by `log_statement: ddl` (or `all`, or
+    log_min_error_statement when the statement fails), and could be seen in pg_stat_activity."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), PASSWORD_ALGORITHM.encode())
+    return sql.SQL("password {}").format(sql.Literal(verifier.decode()))
+
+
 def ensure_role(conn: psycopg.Connection, role: str, password: str, *, replication: bool = False) -> None:
     exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
     verb = "alter" if exists else "create"
     attrs = sql.SQL("login replication") if replication else sql.SQL("login")
-    # Utility statements take no bind parameters; the password goes in as a quoted literal
-    # (pg_ops never sets log_statement, so the server does not log it).
-    conn.execute(sql.SQL("{} role {} with {} password {}").format(
-        sql.SQL(verb), sql.Identifier(role), attrs, sql.Literal(password)))
+    conn.execute(sql.SQL("{} role {} with {} {}").format(
+        sql.SQL(verb), sql.Identifier(role), attrs, password_clause(conn, role, password)))
+
+
+def set_password_statement(conn: psycopg.Connection, role: str, password: str) -> str:
+    """`ALTER ROLE … PASSWORD '<verifier>';` as text, for a script another client runs (psql):
+    hashed like ensure_role's, quoted for the server `conn` is connected to."""
+    statement = sql.SQL("alter role {} with {};").format(sql.Identifier(role), password_clause(conn, role, password))
+    return statement.as_string(conn)
 
 
 def grant_role(conn: psycopg.Connection, granted: str, member: str) -> None:
