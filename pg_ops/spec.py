@@ -27,6 +27,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Server parameters pg_ops sets itself (the member script's command line, the record, ALTER SYSTEM).
+MANAGED_PARAMETERS = {"port", "cluster_name", "primary_conninfo", "primary_slot_name", "listen_addresses",
+                      "synchronous_standby_names", "max_connections", "hba_file", "data_directory"}
+SYNC_MODES = ("sync", "sync-strict")
+# synchronous_commit values that make a commit wait for a synchronous standby, as PostgreSQL
+# spells them (case-insensitive; on's boolean synonyms too). off and local (and false/no/0) do not.
+WAITING_SYNCHRONOUS_COMMIT = {"on", "true", "yes", "1", "remote_write", "remote_apply"}
+
+
+def _setting_text(value: object) -> str:
+    """A parameter value as PostgreSQL reads it (YAML turns a bare `on`/`off` into a bool)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value).strip().lower()
+
+
 class PostgresSpec(Strict):
     members: Annotated[int, Field(ge=1, le=9)] = 3
     replication: Literal["async", "sync", "sync-strict"] = "async"
@@ -36,12 +52,31 @@ class PostgresSpec(Strict):
     @field_validator("parameters")
     @classmethod
     def _no_managed_parameters(cls, value: dict) -> dict:
-        managed = {"port", "cluster_name", "primary_conninfo", "primary_slot_name", "listen_addresses",
-                   "synchronous_standby_names", "max_connections", "hba_file", "data_directory"}
-        clash = sorted(set(value) & managed)
+        # PostgreSQL parameter names are case-insensitive: `Port` is port.
+        clash = sorted(name for name in value if name.lower() in MANAGED_PARAMETERS)
         if clash:
             raise ValueError(f"{', '.join(clash)} is managed by pg_ops and cannot be set here")
         return value
+
+    def parameter(self, name: str) -> str | int | float | bool | None:
+        """The value the spec sets for a server parameter, whatever case it is spelt in (the
+        last spelling wins, as in postgresql.conf); None: not set."""
+        found = [v for k, v in self.parameters.items() if k.lower() == name.lower()]
+        return found[-1] if found else None
+
+    @model_validator(mode="after")
+    def _sync_commit_waits_in_sync_modes(self) -> PostgresSpec:
+        """In a sync mode a commit must wait for a standby (RPO 0); a synchronous_commit that
+        returns before one has it would void that for every transaction of the cluster."""
+        if self.replication not in SYNC_MODES:
+            return self
+        for name, value in self.parameters.items():
+            if name.lower() == "synchronous_commit" and _setting_text(value) not in WAITING_SYNCHRONOUS_COMMIT:
+                raise ValueError(
+                    f"parameters.{name}: {_setting_text(value)!r} does not wait for a standby, so "
+                    f"replication {self.replication} would lose acknowledged commits on failover; "
+                    f"use on, remote_write or remote_apply (or replication: async)")
+        return self
 
 
 class DatabaseSpec(Strict):

@@ -27,6 +27,17 @@ def test_shipped_specs_load():
     ("name: a\npostgres: {members: 0}\n", "postgres.members", "greater than or equal to 1"),
     ("name: a\npostgres: {replication: maybe}\n", "postgres.replication", "'async', 'sync' or 'sync-strict'"),
     ("name: a\npostgres: {parameters: {port: 1}}\n", "postgres.parameters", "managed by pg_ops"),
+    # PostgreSQL parameter names are case-insensitive.
+    ("name: a\npostgres: {parameters: {Port: 1}}\n", "postgres.parameters", "Port is managed by pg_ops"),
+    ("name: a\npostgres: {parameters: {SYNCHRONOUS_STANDBY_NAMES: '*'}}\n", "postgres.parameters",
+     "SYNCHRONOUS_STANDBY_NAMES is managed by pg_ops"),
+    # In a sync mode a commit must wait for a standby (RPO 0).
+    ("name: a\npostgres: {replication: sync, parameters: {synchronous_commit: local}}\n", "postgres",
+     "parameters.synchronous_commit: 'local' does not wait for a standby, so replication sync would lose"),
+    ("name: a\npostgres: {replication: sync-strict, parameters: {synchronous_commit: off}}\n", "postgres",
+     "parameters.synchronous_commit: 'off' does not wait for a standby"),  # YAML reads a bare off as false
+    ("name: a\npostgres: {replication: sync, parameters: {Synchronous_Commit: 'LOCAL'}}\n", "postgres",
+     "parameters.Synchronous_Commit: 'local' does not wait"),
     ("name: a\ndatabases: [{name: postgres, owner: x}]\n", "databases.0", "reserved"),
     ("name: a\nbackups: {store: {type: s3}}\n", "backups.store.s3.bucket", "Field required"),
     ("name: a\nunknown_key: 1\n", "unknown_key", "Extra inputs are not permitted"),
@@ -44,6 +55,26 @@ def test_bad_spec_names_file_field_and_reason(tmp_path: Path, body, field, reaso
     message = str(err.value)
     assert str(path) in message and f"field {field}" in message and reason in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("replication, value", [
+    ("sync", "on"), ("sync", "remote_write"), ("sync-strict", "remote_apply"), ("sync", "'ON'"),
+    ("async", "local"), ("async", "off"),  # async mode promises no RPO 0: any value is the operator's choice
+])
+def test_synchronous_commit_accepted_when_it_keeps_the_mode_s_promise(tmp_path: Path, replication, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: a\npostgres: {{replication: {replication}, parameters: {{synchronous_commit: {value}}}}}\n")
+    spec = load_spec(path)
+    assert spec.postgres.replication == replication and spec.postgres.parameter("SYNCHRONOUS_COMMIT") is not None
+
+
+def test_parameters_are_read_whatever_their_case(tmp_path: Path):
+    from pg_ops.postgres.config import wal_receiver_timeout_seconds
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\npostgres: {parameters: {WAL_Receiver_Timeout: 30s}}\n")
+    spec = load_spec(path)
+    assert spec.postgres.parameter("wal_receiver_timeout") == "30s" and wal_receiver_timeout_seconds(spec) == 30.0
 
 
 def test_invalid_yaml_and_missing_file(tmp_path: Path):

@@ -29,7 +29,7 @@ def _seconds(value: object) -> float | None:
 
 
 def wal_receiver_timeout_seconds(spec: ClusterSpec) -> float:
-    override = spec.postgres.parameters.get("wal_receiver_timeout")
+    override = spec.postgres.parameter("wal_receiver_timeout")
     seconds = _seconds(override) if override is not None else None
     return seconds if seconds and seconds > 0 else float(WAL_RECEIVER_TIMEOUT_S)
 
