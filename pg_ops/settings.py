@@ -1,4 +1,4 @@
-"""Process-wide settings read from the environment (see DESIGN.md, Interfaces)."""
+"""Process-wide settings read from the environment (see docs/architecture/interfaces.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cluster specs: one YAML file per cluster, validated at load (DESIGN.md, Interfaces).
+"""Cluster specs: one YAML file per cluster, validated at load (docs/architecture/interfaces.md).
 
 A spec never holds a secret, only the names of the environment variables or Kubernetes
 Secrets that do.
@@ -221,7 +221,7 @@ class FailoverSpec(Strict):
     probe_interval_ms: Annotated[int, Field(ge=50, le=5000)] = 500
     max_lag_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
     # Isolation fencing: a primary that neither pg_ops (its lease) nor any standby has reached
-    # for lease_seconds stops acknowledging writes (docs/architecture/isolation-fencing.md).
+    # for lease_seconds stops acknowledging writes (docs/architecture/safety.md#isolation-fencing).
     isolation_fencing: bool = True
     lease_seconds: Annotated[float, Field(ge=2, le=300)] = 5.0
 

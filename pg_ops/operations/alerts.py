@@ -45,7 +45,7 @@ log = logging.getLogger("pg_ops.alerts")
 
 
 class Alert(BaseModel):
-    """DESIGN.md's alert shape. `details` may carry `member` (the subject of a member alert)."""
+    """The alert shape of docs/architecture/interfaces.md; `details` may carry `member` (its subject)."""
 
     model_config = ConfigDict(frozen=True)
     cluster: str

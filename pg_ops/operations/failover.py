@@ -1,4 +1,4 @@
-"""Failover, switchover and rebuild: the topology changes, in DESIGN.md's safety order.
+"""Failover, switchover and rebuild: the topology changes, in the order of docs/architecture/safety.md.
 
 Failover:   lock -> re-confirm the primary is down (pg_ops's probes AND the replicas' view)
             -> choose the candidate (highest received LSN; lag guard; sync rules) -> write the

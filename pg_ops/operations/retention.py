@@ -1,4 +1,4 @@
-"""Retention (DESIGN.md, "Backup states and retention"): which backups to delete, and why.
+"""Retention (docs/architecture/interfaces.md): which backups to delete, and why.
 
 `plan_retention` is a pure function over backup records, so every rule is testable without
 a server; `prune` applies it to a store (or, with dry_run, only reports it). The rules, in

@@ -1,4 +1,4 @@
-"""Cluster status, typed: what `pg-ops status --json` prints (DESIGN.md, Interfaces) as
+"""Cluster status, typed: what `pg-ops status --json` prints (docs/architecture/interfaces.md) as
 `ClusterStatus.to_dict()`. Built from one ClusterView (the same snapshot the HA decision
 used) plus the storage figures the platform reports; it computes no alerts
 (operations/health.py's `assess` does, from a status).

@@ -1,7 +1,7 @@
 """Names shared by the rendered (Git-owned) manifests and the Kubernetes platform backend
 (pg_ops-owned objects). One place, so a rename cannot split them.
 
-Ownership (DESIGN.md): Git/ArgoCD own the StatefulSet, Services, PDB, NetworkPolicy, RBAC,
+Ownership (docs/architecture/design.md): Git/ArgoCD own the StatefulSet, Services, PDB, NetworkPolicy, RBAC,
 the config and member-script ConfigMaps. pg_ops owns the desired-state ConfigMap, the
 credentials Secret and the pods' role label, and never renders them for Git.
 """

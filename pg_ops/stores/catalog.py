@@ -1,4 +1,4 @@
-"""The backup layout inside a store (DESIGN.md, "Backup store layout") and what it says
+"""The backup layout inside a store (docs/architecture/interfaces.md) and what it says
 about each backup: its manifest, drill result, hold markers, and so its state.
 
     <cluster>/<backup_id>/globals.sql.zst

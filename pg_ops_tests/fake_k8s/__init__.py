@@ -1,6 +1,6 @@
 """A fake Kubernetes API server for tests: TEST INFRASTRUCTURE ONLY, never part of pg_ops.
 
-No API server can run on these machines (DESIGN.md, "Real components"), so the Kubernetes
+No API server can run on these machines (docs/architecture/design.md), so the Kubernetes
 platform is tested against this: an HTTP server on 127.0.0.1 that the official `kubernetes`
 client talks to through an ordinary kubeconfig, behaving like the real one where pg_ops
 depends on it:

@@ -114,7 +114,7 @@ def reference_lsn(view: ClusterView, intent: FailoverIntent, candidates: list[st
 
 def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = FailoverIntent()
                   ) -> FailoverPlan | Refusal:
-    """The failover rules (DESIGN.md safety rules), as one function over one view."""
+    """The failover rules (docs/architecture/safety.md), as one function over one view."""
     c, designated, force = view.cluster, view.designated, intent.force
     primary = view.primary
     strays = tuple(n for n in view.writable if n != designated)

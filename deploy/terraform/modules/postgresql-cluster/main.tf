@@ -10,7 +10,7 @@
 # kinds (ServiceMonitor, PrometheusRule: kube-prometheus-stack) installed before the first plan —
 # or monitoring_enabled = false.
 #
-# What this module never applies (pg_ops owns it, DESIGN.md ownership): the desired-state
+# What this module never applies (pg_ops owns it: docs/architecture/design.md, ownership): the desired-state
 # ConfigMap and the pods' role labels; the credentials Secret is created once (secrets.tf) and
 # then left to pg_ops. After the first apply, run `pg-ops deploy --cluster <name>` with
 # `kubernetes.gitops: true` in the spec: it writes the desired state the member scripts wait for
