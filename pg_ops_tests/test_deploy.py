@@ -15,7 +15,7 @@ from pg_ops.cli import main as cli_main
 from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.errors import LockHeld, MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.deploy import deploy, teardown
+from pg_ops.operations.deploy import deploy, teardown, wait_until
 from pg_ops.operations.status import cluster_status
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres.session import with_connection
@@ -77,6 +77,17 @@ def test_password_is_required(shared_any_cluster):
         assert c.execute("select current_user").fetchone()[0] == "app"
 
 
+def test_members_report_their_boot_action(shared_any_cluster):
+    """Platform.member_report on both platforms (a file locally, an exec into the pod on
+    Kubernetes): the row of member.sh's boot table each member took."""
+    ctx = shared_any_cluster
+    for name in ctx.spec.member_names:
+        report = ctx.platform.member_report(name)
+        expected = ("initdb", "primary") if name == ctx.state().primary else ("clone", "standby")
+        assert report.get("boot.action") in expected, (name, report)
+        assert report["boot.at"].isdigit()
+
+
 def test_deploy_twice_is_a_no_op(shared_any_cluster):
     before = shared_any_cluster.state()
     result = deploy(shared_any_cluster)
@@ -123,6 +134,7 @@ def test_wiped_member_is_recloned_not_reinitialised(any_cluster):
     deploy(ctx)
     assert sql(ctx, replica, "select system_identifier::text from pg_control_system()")[0][0] == ctx.state().system_identifier
     assert sql(ctx, replica, "select v from keep", PG_OPS_DATABASE) == [(42,)]
+    assert ctx.platform.member_report(replica)["boot.action"] == "clone"
 
 
 def test_empty_designated_primary_is_never_reinitialised(cluster):
@@ -134,11 +146,30 @@ def test_empty_designated_primary_is_never_reinitialised(cluster):
     old = d.READY_TIMEOUT_S
     d.READY_TIMEOUT_S = 8
     try:
-        with pytest.raises(MemberError, match="refusing initdb"):
+        # From the member script's report (boot.action=refused), not from its log.
+        with pytest.raises(MemberError, match=f"member {primary} exited before it was writable: it refused to "
+                                              "start: designated primary .* refusing initdb"):
             deploy(ctx)
     finally:
         d.READY_TIMEOUT_S = old
     assert not (ctx.platform.data_dir(primary) / "PG_VERSION").exists()
+    assert ctx.platform.member_report(primary)["boot.action"] == "refused"
+
+
+def test_a_member_waiting_for_its_primary_says_so(cluster):
+    """A wiped replica with no primary to clone from: the wait its member script reports is the
+    reason deploy gives, not a line of its log."""
+    ctx = cluster
+    primary = ctx.state().primary
+    replica = next(m for m in ctx.spec.member_names if m != primary)
+    ctx.platform.kill_member(replica)
+    ctx.platform.wipe_member(replica)
+    ctx.platform.kill_member(primary)
+    ctx.platform.start_member(replica)
+    wait_for(lambda: ctx.platform.member_report(replica).get("boot.action") == "wait", "the replica to wait")
+    with pytest.raises(MemberError, match=f"member {replica} not streaming after 1 s: it waits: primary {primary} "
+                                          "unreachable: nothing to clone from"):
+        wait_until(ctx, replica, lambda p: p.streaming, "streaming", timeout=1)
 
 
 def test_lock_refuses_a_concurrent_change(shared_any_cluster):
@@ -187,7 +218,8 @@ def test_data_dir_of_another_cluster_is_refused(make_spec):
         subprocess.run(["rm", "-rf", str(one.platform.data_dir(victim))], check=True)
         subprocess.run(["cp", "-a", str(two.platform.data_dir(two.spec.member_names[1])),
                         str(one.platform.data_dir(victim))], check=True)
-        with pytest.raises(MemberError, match=f"member {victim} exited .*belongs to another cluster"):
+        with pytest.raises(MemberError, match=f"member {victim} exited before it was streaming: it refused to "
+                                              "start: data dir .* belongs to another cluster"):
             deploy(one)
 
 

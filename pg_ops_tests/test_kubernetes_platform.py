@@ -283,6 +283,8 @@ def test_wiped_member_is_recloned_not_reinitialised(k8s, fake):
         k8s.state().system_identifier
     assert (42,) in sql(k8s, replica, "select v from keep", PG_OPS_DATABASE)
     assert "cloning from primary" in k8s.platform.member_log_tail(replica, lines=1000)
+    report = k8s.platform.member_report(replica)  # read through an exec into the pod
+    assert (report["boot.action"], report["boot.reason"]) == ("clone", f"from {primary}")
 
 
 def test_fenced_member_leaves_the_services_and_its_pod_is_deleted(k8s, fake):

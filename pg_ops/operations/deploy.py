@@ -64,18 +64,23 @@ def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float 
         if ready(probe):
             return probe
         if not ctx.platform.member_running(name):
-            raise MemberError(f"member {name} exited before it was {what}: "
-                              f"{_last_line(ctx.platform.member_log_tail(name, 20))}")
+            raise MemberError(f"member {name} exited before it was {what}: {member_detail(ctx, name)}")
         time.sleep(0.2)
-    reason = _last_line(ctx.platform.member_log_tail(name, 20)) or (probe.error if probe else "")
-    raise MemberError(f"member {name} not {what} after {timeout:g} s: {reason}")
+    raise MemberError(f"member {name} not {what} after {timeout:g} s: {member_detail(ctx, name, probe)}")
 
 
-def _last_line(text: str) -> str:
-    """The most telling line of a member's log tail: its last FATAL, else its last line."""
-    lines = text.strip().splitlines()
-    fatal = [line for line in lines if "FATAL" in line]
-    return (fatal or lines or ["no log output"])[-1]
+def member_detail(ctx: ClusterContext, name: str, probe: MemberProbe | None = None) -> str:
+    """Why a member is not what deploy waits for, as its member script reported it (boot.action
+    and boot.reason of Platform.member_report): a refusal and its reason, or what it waits for.
+    Otherwise (it reported neither, or its report cannot be read) the tail of its log."""
+    report = ctx.platform.member_report(name)
+    action, reason = report.get("boot.action", ""), report.get("boot.reason", "")
+    if action == "refused":
+        return f"it refused to start: {reason}"
+    if action == "wait":
+        return f"it waits: {reason}"
+    tail = " | ".join(line.strip() for line in ctx.platform.member_log_tail(name, 3).splitlines() if line.strip())
+    return tail or (probe.error if probe and probe.error else "") or "no log output"
 
 
 def configure_primary(ctx: ClusterContext, primary: str) -> None:

@@ -22,7 +22,7 @@ REPORT_FILE = "pg_ops-report"  # written by member.sh in its state dir (the data
 
 
 def parse_member_report(text: str) -> dict[str, str]:
-    """The member script's report: key=value lines (isolation and discarded writes)."""
+    """The member script's report: key=value lines (boot action, isolation, discarded writes)."""
     out = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -106,9 +106,10 @@ class Platform(Protocol):
     def member_log_tail(self, name: str, lines: int = 5) -> str: ...
 
     def member_report(self, name: str) -> dict[str, str]:
-        """What the member script reported (base.REPORT_FILE, parsed): its isolation state and
-        the writes its last rewind or re-clone discarded. {} when there is none (or the member's
-        volume cannot be read now)."""
+        """What the member script reported (base.REPORT_FILE, parsed): the boot table row it took
+        (boot.action, boot.reason: a refusal's reason), its isolation state and the writes its
+        last rewind or re-clone discarded (docs/architecture/overview.md lists the keys). {} when
+        there is none (or the member's volume cannot be read now)."""
         ...
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:

@@ -6,17 +6,23 @@
 # command of the official postgres image (which has bash and the PostgreSQL tools, but no
 # Python - hence bash). It never decides topology: it reads the desired-state record that
 # pg_ops writes (key=value lines; on Kubernetes a ConfigMap key mounted as a file) and makes
-# this member match it:
-#   - empty data dir, designated primary, bootstrap=true      -> initdb
-#   - empty data dir otherwise                                  -> clone from the primary
+# this member match it (in brackets: the boot.action it reports, see below):
+#   - empty data dir, designated primary, bootstrap=true      -> initdb                  [initdb]
+#   - empty data dir otherwise                                  -> clone from the primary [clone]
 #                                                                 (never initdb: a new empty
 #                                                                 cluster that reads as healthy
 #                                                                 is the worst outcome)
-#   - system identifier differs from the record                 -> refuse to start, loudly
-#   - not the designated primary, no standby.signal             -> pg_rewind (fallback: re-clone)
-#   - replica on another timeline than the primary              -> pg_rewind first
-#   - replica                                                   -> primary_conninfo/slot rewritten
-#   - designated primary that still has standby.signal          -> start, then promote
+#   - empty data dir, designated primary, bootstrapped          -> refuse to start       [refused]
+#   - system identifier differs from the record                 -> refuse to start, loudly [refused]
+#   - not the designated primary, no standby.signal             -> pg_rewind              [rewind]
+#                                                                 (fallback: re-clone)   [reclone]
+#   - replica on another timeline than the primary              -> pg_rewind first        [rewind]
+#   - replica                                                   -> primary_conninfo/slot rewritten,
+#                                                                 start as a standby     [standby]
+#   - designated primary                                        -> start                  [primary]
+#   - designated primary that still has standby.signal          -> start, then promote    [promote]
+#     ... but isolated at the record's epoch                    -> start as a standby     [isolated]
+#   - no record, or the primary unreachable for a clone/rewind  -> wait, touch nothing    [wait]
 # Then it stays the parent of postgres and re-reads the record every second: a member that is
 # writable but not the designated primary stops itself (fast shutdown) and comes back as a
 # replica. If postgres dies, the boot logic runs again (recovered in place, as a kubelet would).
@@ -31,6 +37,17 @@
 # Writes a rewind or a re-clone throws away are counted first (pg_rewind --dry-run for the
 # fork point, pg_waldump for what lies beyond it) and reported in $STATE_DIR/pg_ops-report;
 # a diverged data dir is moved aside, never deleted, when it has to be re-cloned.
+#
+# $STATE_DIR/pg_ops-report is what pg_ops reads (Platform.member_report): key=value lines, a
+# key replaced in place, an empty value meaning none:
+#   boot.action, boot.reason, boot.at   the boot table's row this supervisor took last (bracketed
+#                                       above), its reason or detail (for refused: die()'s message;
+#                                       for wait: what it waits for), since when (epoch seconds;
+#                                       unchanged while it repeats the same row). Cleared when a
+#                                       supervisor takes the data directory lock.
+#   isolated.at, isolated.reason        set when isolation fencing restarted this primary as a
+#                                       standby; isolated.at is cleared once pg_ops acted
+#   discarded.*                         the writes the last rewind or re-clone threw away
 #
 # Environment (all required unless a default is shown):
 #   PGOPS_MEMBER       this member's name (e.g. local-1)
@@ -87,7 +104,7 @@ LAST_LEASE=0       # last second the lease was fresh
 LAST_STANDBY=0     # last second a standby streamed from us
 
 log() { printf '%s member %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$MEMBER" "$*"; }
-die() { log "FATAL: $*"; set_phase refused "$*"; exit 1; }
+die() { log "FATAL: $*"; set_phase refused "$*"; boot_action refused "$*" 2>/dev/null; exit 1; }
 
 # --- what this member is doing (probe.sh reads it) ------------------------------------------
 current_phase() { sed -n 's/^phase=//p' "$STATUS" 2>/dev/null; }
@@ -100,6 +117,27 @@ set_phase() {   # phase [reason]; `since` changes only with the phase
     return 0
 }
 
+# --- what this member did, for pg_ops ($REPORT: Platform.member_report reads it) ---------
+report() {   # report KEY VALUE [KEY VALUE]...: key=value lines in $REPORT (replacing those keys) in one rename
+    local keys="" lines=""
+    while [ $# -ge 2 ]; do
+        keys+="${keys:+|}${1//./\\.}"
+        lines+="$1=${2//$'\n'/ }"$'\n'
+        shift 2
+    done
+    mkdir -p "$STATE_DIR" 2>/dev/null
+    { grep -v -E "^($keys)=" "$REPORT" 2>/dev/null; printf '%s' "$lines"; } > "$REPORT.tmp" && mv "$REPORT.tmp" "$REPORT"
+}
+
+BOOT_LAST=""   # the boot.action/boot.reason this supervisor last reported
+PASS_ACTION="" # the row the current boot pass took
+boot_action() {   # row [reason]: the boot table's row taken (header), for pg_ops; boot.at changes with it
+    PASS_ACTION=$1
+    [ "$BOOT_LAST" = "$1|${2:-}" ] && return 0
+    BOOT_LAST="$1|${2:-}"
+    report boot.action "$1" boot.reason "${2:-}" boot.at "$(date -u +%s)"
+}
+
 # --- the desired-state record -------------------------------------------------------------
 sget() { sed -n "s/^$1=//p" "$STATE" 2>/dev/null | tail -n 1; }
 primary_name() { sget primary; }
@@ -109,6 +147,7 @@ wait_for_state() {
     local n=0
     until [ -r "$STATE" ] && [ -n "$(primary_name)" ]; do
         set_phase waiting "no desired-state record yet ($STATE)"
+        boot_action wait "no desired-state record yet ($STATE)"
         [ $((n % 30)) -eq 0 ] && log "waiting for the desired-state record $STATE"
         n=$((n + 1)); sleep 1
     done
@@ -151,6 +190,7 @@ wipe_data() { find "$DATA" -mindepth 1 -delete 2>/dev/null; mkdir -p "$DATA"; ch
 
 run_initdb() {
     set_phase initdb
+    boot_action initdb
     log "initdb (designated primary of a cluster not bootstrapped yet)"
     mkdir -p "$DATA" && chmod 700 "$DATA"
     local pw; pw=$(superuser_password)
@@ -173,8 +213,8 @@ write_standby_config() {
     touch "$DATA/standby.signal"
 }
 
-clone_from_primary() {
-    local n=0
+clone_from_primary() {   # [row]: clone (an empty data dir) or reclone (a diverged one)
+    local n=0 row=${1:-clone}
     while [ "$STOPPING" = 0 ]; do
         if [ "$(primary_name)" = "$MEMBER" ]; then
             # Designated primary with no data in a bootstrapped cluster: nothing to clone from.
@@ -182,11 +222,13 @@ clone_from_primary() {
         fi
         if ! primary_reachable; then
             set_phase waiting "primary $(primary_name) unreachable: nothing to clone from"
+            boot_action wait "primary $(primary_name) unreachable: nothing to clone from"
             # Never wipe anything while the primary cannot be reached: keep what we have.
             [ $((n % 15)) -eq 0 ] && log "primary $(primary_name) unreachable; waiting before cloning"
             n=$((n + 1)); sleep 2; continue
         fi
         set_phase cloning "from $(primary_name)"
+        boot_action "$row" "from $(primary_name)"
         wipe_data
         log "cloning from primary $(primary_name) with pg_basebackup (slot $SLOT)"
         if "${BIN}pg_basebackup" -d "$(primary_conn replicator)" -D "$DATA" -X stream -S "$SLOT" \
@@ -203,12 +245,6 @@ clone_from_primary() {
 }
 
 # --- what a rewind or re-clone throws away ------------------------------------------------
-report() {   # report KEY VALUE...: one key=value line in $REPORT (replacing the key), for pg_ops
-    local key=$1; shift
-    mkdir -p "$STATE_DIR" 2>/dev/null
-    { grep -v "^$key=" "$REPORT" 2>/dev/null; printf '%s=%s\n' "$key" "$*"; } > "$REPORT.tmp" && mv "$REPORT.tmp" "$REPORT"
-}
-
 lsn_int() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
 
 count_discarded() {
@@ -257,12 +293,13 @@ keep_aside() {
 reclone_diverged() {
     log "re-cloning instead"
     keep_aside
-    clone_from_primary
+    clone_from_primary reclone
 }
 
 rewind_from_primary() {
     count_discarded
     set_phase rewinding "from $(primary_name)"
+    boot_action rewind "from $(primary_name)"
     log "pg_rewind from primary $(primary_name)"
     if "${BIN}pg_rewind" -D "$DATA" --source-server="$(primary_conn postgres) dbname=postgres" \
             >"$RUN_DIR/rewind.log" 2>&1; then
@@ -274,6 +311,7 @@ rewind_from_primary() {
 }
 
 boot() {
+    PASS_ACTION=""
     wait_for_state
     local primary sysid want_sysid bootstrap
     primary=$(primary_name)
@@ -293,6 +331,7 @@ boot() {
     if [ "$primary" != "$MEMBER" ]; then
         if ! is_standby_dir; then
             primary_reachable || { set_phase waiting "primary $primary unreachable: cannot rewind";
+                                   boot_action wait "primary $primary unreachable: cannot rewind";
                                    log "not the designated primary and $primary is unreachable: waiting"; return 1; }
             log "not the designated primary ($primary) but the data dir is not a standby: rewinding"
             rewind_from_primary || reclone_diverged || return 1
@@ -315,18 +354,30 @@ start_postgres() {
         -c "ident_file=$CONFIG_DIR/pg_ident.conf"
         -c "listen_addresses=$LISTEN" -c "cluster_name=$MEMBER"
         -c "unix_socket_directories=$SOCKET_DIR")
+    local row detail=""
+    if [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir && isolated_here; then
+        row=isolated detail="isolated at epoch $(sget epoch): a standby until pg_ops promotes it"
+    elif [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir; then row=promote
+    elif is_standby_dir; then row=standby detail="from $(primary_name)"
+    else row=primary
+    fi
     log "starting postgres on port $PORT as $(is_standby_dir && echo replica || echo primary)"
     set_phase starting
+    case $PASS_ACTION in   # a pass that initialised, cloned or rewound reports that
+        initdb|clone|reclone|rewind) ;;
+        *) boot_action "$row" "$detail" ;;
+    esac
     "${BIN}postgres" "${args[@]}" &
     PG_PID=$!
     mark_running_when_accepting "$PG_PID"
-    if [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir && isolated_here; then
+    if [ "$row" = isolated ]; then
         log "isolated earlier (epoch $(sget epoch)): staying a standby until pg_ops promotes this member"
-    elif [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir; then
+    elif [ "$row" = promote ]; then
         # Promotion was interrupted (or the control plane designated us while we were down).
         sleep 1
         log "designated primary still in recovery: promoting"
-        "${BIN}pg_ctl" promote -D "$DATA" -W >/dev/null 2>&1 || log "promote request failed"
+        "${BIN}pg_ctl" promote -D "$DATA" -W >/dev/null 2>&1 || { log "promote request failed";
+                                                                  boot_action promote "promote request failed"; }
     fi
 }
 
@@ -381,8 +432,7 @@ lease_is_newer() {   # our own lease names us, at the record's epoch or later
 demote_isolated() {
     log "ISOLATED: $ISOLATION_REASON: restarting as a standby (no more acknowledged writes)"
     printf 'epoch=%s\nat=%s\nreason=%s\n' "$(sget epoch)" "$(date -u +%s)" "$ISOLATION_REASON" > "$ISOLATED_MARK"
-    report isolated.at "$(date -u +%s)"
-    report isolated.reason "$ISOLATION_REASON"
+    report isolated.at "$(date -u +%s)" isolated.reason "$ISOLATION_REASON"
     stop_postgres
     # A standby with no upstream: it serves reads and replays nothing until pg_ops decides.
     local auto="$DATA/postgresql.auto.conf"
@@ -492,6 +542,7 @@ take_data_lock() {
 
 prepare_private_files
 take_data_lock
+report boot.action "" boot.reason "" boot.at ""   # what an earlier supervisor did is history now
 log "supervisor started (pid $$)"
 while [ "$STOPPING" = 0 ]; do
     if ! boot; then

@@ -1,0 +1,585 @@
+"""member.sh's boot table, one test per row, with stubbed PostgreSQL tools.
+
+The script runs as the platforms run it (bash, its environment contract, PGOPS_BIN naming the
+tools' folder) in a temporary folder; PGOPS_BIN is a folder of stubs. Each stub appends its
+argv to a call log and answers from a small "world" folder the test prepares (is the primary
+up, its timeline, what pg_rewind exits with...); initdb and pg_basebackup leave a data dir
+that the pg_controldata stub reads back. The stubbed `postgres` runs until it is signalled,
+like the real one, so the supervisor reaches its natural end: TERM (exit 0) after the row was
+taken, or die() (exit 1) for the refusals. Each test asserts the tools called and the
+structured report pg_ops reads (Platform.member_report: boot.action, boot.reason,
+isolated.*, discarded.*). Real PostgreSQL runs the same script in test_deploy.py,
+test_failover.py and the fake-Kubernetes tests; these cover the rows that are slow or hard to
+reach there, and the ones that must never touch anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pg_ops.platforms.base import REPORT_FILE, parse_member_report
+from pg_ops.platforms.local import MEMBER_SCRIPT
+from pg_ops.state import DesiredState
+from pg_ops_tests.helpers import wait_for
+
+SYSID = "7300000000000000001"
+OTHER_SYSID = "7300000000000000999"
+PORTS = {"m-0": 41000, "m-1": 41001, "m-2": 41002}
+SUPERUSER_PASSWORD = "pw-super"
+TIMEOUT_S = 20.0
+
+# The stubs. `knob NAME` prints the world's scripted answer (nothing when unset); every call is
+# one record of the call log: the tool's name and its arguments, \x1f between them, \x1e after.
+STUB_HEAD = """#!/bin/bash
+W={world}
+rec=$(basename "$0"); for a in "$@"; do rec+=$'\\x1f'"$a"; done
+printf '%s\\x1e' "$rec" >> "$W/calls"
+knob() {{ cat "$W/$1" 2>/dev/null; }}
+rc() {{ local v; v=$(knob "$1.rc"); exit "${{v:-0}}"; }}
+opt() {{ local want=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$want" ] && {{ echo "$2"; return; }}; shift; done; }}
+control() {{ printf 'Database system identifier:           %s\\nLatest checkpoint'"'"'s TimeLineID:       %s\\n' "$2" "$3" > "$1/fake_control"; }}
+"""
+
+STUBS = {
+    "pg_controldata": 'cat "$(opt -D "$@")/fake_control" 2>/dev/null || exit 1\n',
+    "initdb": """D=$(opt -D "$@")
+for a in "$@"; do case $a in --pwfile=*) cat "${a#--pwfile=}" > "$W/initdb.pwfile" ;; esac; done
+[ "$(knob initdb.rc)" ] && { echo "initdb: error: scripted failure" >&2; rc initdb; }
+echo 16 > "$D/PG_VERSION"; control "$D" "$(knob initdb.sysid)" 1
+""",
+    "pg_basebackup": """D=$(opt -D "$@")
+[ "$(knob pg_basebackup.rc)" ] && { echo "pg_basebackup: error: scripted failure" >&2; rc pg_basebackup; }
+mkdir -p "$D"; echo 16 > "$D/PG_VERSION"; echo "a copy of the primary" > "$D/cloned"
+control "$D" "$(knob primary.sysid)" "$(knob primary.tli)"
+""",
+    "pg_rewind": """D=$(opt -D "$@")
+[ "$(knob pg_rewind.rc)" ] && { echo "pg_rewind: error: could not find common ancestor"; rc pg_rewind; }
+control "$D" "$(knob primary.sysid)" "$(knob primary.tli)"; echo "pg_rewind: Done!"
+""",
+    "psql": """SQL=$(opt -c "$@")
+case $SQL in
+    "select 1")           [ -e "$W/primary.up" ] || { echo "psql: error: connection refused" >&2; exit 2; } ;;
+    *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
+    *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
+    *pg_stat_replication*) v=$(knob lease.check); echo "${v:-none 0 0}" ;;
+    "select holder, epoch from lease") exit 1 ;;
+    *pg_stat_activity*)   echo 0 ;;
+esac
+exit 0
+""",
+    "pg_waldump": "knob waldump\n",
+    "pg_isready": '[ -e "$W/postgres.accepting" ] || exit 2\n',
+    "pg_ctl": """D=$(opt -D "$@")
+[ "$(knob pg_ctl.rc)" ] && rc pg_ctl
+[ "$1" = promote ] && rm -f "$D/standby.signal"
+exit 0
+""",
+}
+
+# The server: runs until INT (fast), TERM (smart) or QUIT (immediate), like postgres; installs
+# its handlers before it "accepts connections" (pg_isready answers). Python, because bash cannot
+# trap the SIGINT that a background job of a non-interactive shell inherits ignored.
+POSTGRES_STUB = """#!{python}
+import os, signal, sys, time
+W = {world!r}
+with open(os.path.join(W, "calls"), "a") as fh:
+    fh.write("\\x1f".join(["postgres", *sys.argv[1:]]) + "\\x1e")
+def stop(signum, frame):
+    with open(os.path.join(W, "calls"), "a") as fh:
+        fh.write("\\x1f".join(["postgres-signal", signal.Signals(signum).name]) + "\\x1e")
+    try:
+        os.unlink(os.path.join(W, "postgres.accepting"))
+    except FileNotFoundError:
+        pass
+    sys.exit(0)
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+    signal.signal(s, stop)
+open(os.path.join(W, "postgres.accepting"), "w").close()
+while True:
+    time.sleep(60)
+"""
+
+
+def control_text(sysid: str, tli: int) -> str:
+    return f"Database system identifier:           {sysid}\nLatest checkpoint's TimeLineID:       {tli}\n"
+
+
+@dataclass
+class Member:
+    """One member's folders, its stubs' world, and the running script."""
+
+    root: Path
+    name: str
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def world(self) -> Path:
+        return self.root / "world"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "member"
+
+    @property
+    def data(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "desired-state"
+
+    # -- preparing a row ---------------------------------------------------------------------
+    def write_record(self, primary: str, bootstrap: bool = False, epoch: int = 3, lease_seconds: float = 0.0):
+        state = DesiredState(cluster="c", version=epoch, epoch=epoch, primary=primary, bootstrap=bootstrap,
+                             system_identifier="" if bootstrap else SYSID, lease_seconds=lease_seconds,
+                             members={n: f"127.0.0.1:{p}" for n, p in PORTS.items()})
+        self.record.write_text(state.to_text())
+
+    def primary(self, up: bool = True, tli: int = 1, sysid: str = SYSID, history: str = "") -> None:
+        """The designated primary as psql and pg_basebackup/pg_rewind see it."""
+        (self.world / "primary.up").unlink(missing_ok=True)
+        if up:
+            (self.world / "primary.up").touch()
+        self.knob("primary.tli", str(tli))
+        self.knob("primary.sysid", sysid)
+        self.knob("primary.history", history)
+
+    def knob(self, name: str, value: str) -> None:
+        (self.world / name).write_text(value)
+
+    def data_dir(self, sysid: str = SYSID, tli: int = 1, standby: bool = False, auto_conf: str = "") -> None:
+        """An existing data dir (what pg_controldata reads back)."""
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        (self.data / "PG_VERSION").write_text("16\n")
+        (self.data / "fake_control").write_text(control_text(sysid, tli))
+        if standby:
+            (self.data / "standby.signal").touch()
+        if auto_conf:
+            (self.data / "postgresql.auto.conf").write_text(auto_conf)
+
+    # -- running it ----------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C",
+                "PGOPS_MEMBER": self.name, "PGOPS_DATA": str(self.data), "PGOPS_PORT": str(PORTS[self.name]),
+                "PGOPS_STATE": str(self.record), "PGOPS_CONFIG_DIR": str(self.root / "config"),
+                "PGOPS_PASSFILE": str(self.root / "pgpass"), "PGOPS_RUN_DIR": str(self.state_dir / "run"),
+                "PGOPS_BIN": str(self.root / "stubs"), "PGOPS_LISTEN": "127.0.0.1"}
+
+    def start(self) -> None:
+        log = open(self.root / "member.log", "ab")  # noqa: SIM115 - the child holds it
+        with log:
+            self.proc = subprocess.Popen(["bash", str(MEMBER_SCRIPT), self.name], env=self.env(), cwd=self.root,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def exit_code(self) -> int:
+        """The script's natural end (die() or after TERM)."""
+        try:
+            return self.proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"member.sh did not exit; its log:\n{self.log()}") from None
+
+    def terminate(self) -> int:
+        """TERM, as the platforms stop a member: checkpoint, fast shutdown, exit 0."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.exit_code()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=TIMEOUT_S)
+
+    # -- what it did ---------------------------------------------------------------------------
+    def log(self) -> str:
+        return (self.root / "member.log").read_text(errors="replace")
+
+    def calls(self, tool: str | None = None) -> list[list[str]]:
+        try:
+            raw = (self.world / "calls").read_text()
+        except FileNotFoundError:
+            return []
+        records = [r.split("\x1f") for r in raw.split("\x1e") if r]
+        return [r for r in records if tool is None or r[0] == tool]
+
+    def tools_called(self) -> set[str]:
+        return {r[0] for r in self.calls()}
+
+    def report(self) -> dict[str, str]:
+        """What pg_ops reads, parsed the way the platforms parse it."""
+        path = self.state_dir / REPORT_FILE
+        return parse_member_report(path.read_text()) if path.exists() else {}
+
+    def status(self) -> dict[str, str]:
+        path = self.state_dir / "run" / "member-status"
+        with contextlib.suppress(FileNotFoundError):
+            return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        return {}
+
+    def wait_action(self, action: str, running: bool = True) -> dict[str, str]:
+        """Until the report names `action` (and, for a row that starts postgres, postgres accepts)."""
+        def taken():
+            report = self.report()
+            if report.get("boot.action") != action:
+                return None
+            return report if not running or self.status().get("phase") == "running" else None
+        try:
+            return wait_for(taken, f"boot.action={action}", timeout=TIMEOUT_S, interval=0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; report {self.report()}, status {self.status()}; log:\n{self.log()}") from None
+
+
+@pytest.fixture
+def member(tmp_path):
+    """A member m-1 (tests may rename it) of a three-member cluster, not started yet; the script
+    and everything it started are killed (its process group) whatever the test did."""
+    m = Member(tmp_path, "m-1")
+    for folder in ("world", "stubs", "config", "member", "member/run"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "member" / "data").mkdir(mode=0o700)
+    (tmp_path / "pgpass").write_text(f"*:*:*:postgres:{SUPERUSER_PASSWORD}\n*:*:*:replicator:pw-repl\n")
+    for tool, body in STUBS.items():
+        path = tmp_path / "stubs" / tool
+        path.write_text(STUB_HEAD.format(world=m.world) + body)
+        path.chmod(0o755)
+    postgres = tmp_path / "stubs" / "postgres"
+    postgres.write_text(POSTGRES_STUB.format(python=sys.executable, world=str(m.world)))
+    postgres.chmod(0o755)
+    m.primary(up=True)
+    try:
+        yield m
+    finally:
+        m.kill()
+
+
+def arg(call: list[str], option: str) -> str:
+    return call[call.index(option) + 1]
+
+
+def started_postgres(member: Member) -> list[str]:
+    calls = member.calls("postgres")
+    assert len(calls) == 1, calls
+    call = calls[0]
+    assert arg(call, "-D") == str(member.data) and arg(call, "-p") == str(PORTS[member.name])
+    assert f"cluster_name={member.name}" in call
+    assert f"config_file={member.root / 'config'}/postgresql.conf" in call
+    return call
+
+
+def standby_config(member: Member, primary: str) -> str:
+    """The standby settings member.sh writes: the primary's address and this member's slot."""
+    assert (member.data / "standby.signal").exists()
+    auto = (member.data / "postgresql.auto.conf").read_text()
+    conninfo = [line for line in auto.splitlines() if line.startswith("primary_conninfo")]
+    assert len(conninfo) == 1, auto
+    assert f"port={PORTS[primary]} user=replicator" in conninfo[0]
+    assert f"application_name={member.name}" in conninfo[0]
+    assert f"primary_slot_name = '{member.name.replace('-', '_')}'" in auto
+    return auto
+
+
+# -- empty data dir ----------------------------------------------------------------------------
+def test_initdb_for_the_first_primary_of_a_new_cluster(member):
+    member.name = "m-0"
+    member.write_record("m-0", bootstrap=True)
+    member.knob("initdb.sysid", SYSID)
+    member.start()
+    report = member.wait_action("initdb")
+    assert report["boot.reason"] == "" and report["boot.at"].isdigit()
+    [initdb] = member.calls("initdb")
+    assert arg(initdb, "-D") == str(member.data) and arg(initdb, "-U") == "postgres"
+    assert "--data-checksums" in initdb and "--auth-host=scram-sha-256" in initdb
+    assert (member.world / "initdb.pwfile").read_text() == SUPERUSER_PASSWORD + "\n"  # from the passfile
+    assert "pg_basebackup" not in member.tools_called()
+    started_postgres(member)
+    assert not (member.data / "standby.signal").exists()  # a primary
+    assert member.terminate() == 0
+    assert member.calls("postgres-signal") == [["postgres-signal", "SIGINT"]]  # fast shutdown on TERM
+    assert member.status()["phase"] == "stopping"
+
+
+def test_failed_initdb_is_a_refusal(member):
+    member.name = "m-0"
+    member.write_record("m-0", bootstrap=True)
+    member.knob("initdb.rc", "1")
+    member.start()
+    assert member.exit_code() == 1
+    report = member.report()
+    assert (report["boot.action"], report["boot.reason"]) == ("refused", "initdb failed")
+    assert "postgres" not in member.tools_called()
+
+
+def test_empty_replica_is_cloned_from_the_primary(member):
+    member.write_record("m-0")
+    member.start()
+    report = member.wait_action("clone")
+    assert report["boot.reason"] == "from m-0"
+    [clone] = member.calls("pg_basebackup")
+    assert arg(clone, "-D") == str(member.data) and arg(clone, "-S") == "m_1"
+    assert f"port={PORTS['m-0']} user=replicator" in arg(clone, "-d")
+    assert "initdb" not in member.tools_called()  # never a new empty cluster
+    assert (member.data / "cloned").exists()
+    standby_config(member, "m-0")
+    started_postgres(member)
+    assert member.terminate() == 0
+
+
+def test_empty_designated_primary_of_a_bootstrapped_cluster_refuses(member):
+    member.name = "m-0"
+    member.write_record("m-0", bootstrap=False)
+    member.start()
+    assert member.exit_code() == 1
+    report = member.report()
+    assert report["boot.action"] == "refused"
+    assert "the data dir is empty and the cluster is bootstrapped; refusing initdb" in report["boot.reason"]
+    assert member.status()["phase"] == "refused" and member.status()["reason"] == report["boot.reason"]
+    assert member.tools_called().isdisjoint({"initdb", "pg_basebackup", "postgres"})
+
+
+def test_empty_replica_waits_for_an_unreachable_primary_without_wiping(member):
+    member.write_record("m-0")
+    member.primary(up=False)
+    (member.data / "keep-me").write_text("not a data dir, but not ours to delete")
+    member.start()
+    report = member.wait_action("wait", running=False)
+    assert report["boot.reason"] == "primary m-0 unreachable: nothing to clone from"
+    assert member.status()["phase"] == "waiting"
+    assert member.calls("psql")[0][-1] == "select 1"
+    assert (member.data / "keep-me").exists()
+    assert member.tools_called().isdisjoint({"pg_basebackup", "initdb", "postgres"})
+    member.primary(up=True)  # it comes back: the same loop clones
+    member.wait_action("clone")
+    assert len(member.calls("pg_basebackup")) == 1
+    assert member.terminate() == 0
+
+
+# -- a data dir of the wrong cluster -----------------------------------------------------------
+def test_data_dir_of_another_cluster_is_refused_and_left_alone(member):
+    member.write_record("m-0")
+    member.data_dir(sysid=OTHER_SYSID)
+    member.start()
+    assert member.exit_code() == 1
+    report = member.report()
+    assert report["boot.action"] == "refused"
+    assert f"belongs to another cluster (system identifier {OTHER_SYSID}, expected {SYSID})" in report["boot.reason"]
+    assert member.tools_called().isdisjoint({"pg_rewind", "pg_basebackup", "initdb", "postgres"})
+    assert (member.data / "fake_control").read_text() == control_text(OTHER_SYSID, 1)
+    assert not (member.data / "standby.signal").exists()
+
+
+# -- a former primary, or a replica behind a failover ------------------------------------------
+HISTORY = "1\t0/3000000\tno recovery target specified\n"
+WALDUMP = (
+    "rmgr: Heap        len (rec/tot):     54/    54, tx:        735, lsn: 0/03000028, prev 0/03000000, "
+    "desc: INSERT off: 2, flags: 0x00, blkref #0: rel 1663/5/16384 blk 0\n"
+    "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000060, prev 0/03000028, "
+    "desc: COMMIT 2026-01-01 00:00:00.000000 UTC\n"
+)
+
+
+def test_former_primary_is_rewound_and_its_discarded_writes_reported(member):
+    member.write_record("m-0")
+    member.data_dir(tli=1)  # no standby.signal: it was a primary
+    member.primary(tli=2, history=HISTORY)
+    member.knob("waldump", WALDUMP)
+    member.start()
+    report = member.wait_action("rewind")
+    assert report["boot.reason"] == "from m-0"
+    [rewind] = member.calls("pg_rewind")
+    assert arg(rewind, "-D") == str(member.data)
+    assert f"port={PORTS['m-0']} user=postgres" in next(a for a in rewind if a.startswith("--source-server="))
+    [waldump] = member.calls("pg_waldump")
+    assert (arg(waldump, "-t"), arg(waldump, "-s")) == ("1", "0/3000000")  # from the fork point on
+    # 0/3000060 + 34 bytes: 130 bytes and one commit beyond the fork point, thrown away.
+    assert {k: v for k, v in report.items() if k.startswith("discarded.") and k != "discarded.at"} == {
+        "discarded.from": "0/3000000", "discarded.to": "0/3000082", "discarded.timeline": "1",
+        "discarded.bytes": "130", "discarded.transactions": "1", "discarded.kept_aside": ""}
+    assert "pg_basebackup" not in member.tools_called()
+    standby_config(member, "m-0")
+    started_postgres(member)
+    assert member.terminate() == 0
+
+
+def test_failed_rewind_keeps_the_diverged_data_aside_and_reclones(member):
+    member.write_record("m-0")
+    member.data_dir(tli=1)
+    (member.data / "diverged-row").write_text("written after the fork")
+    member.primary(tli=2)
+    member.knob("pg_rewind.rc", "1")
+    member.start()
+    report = member.wait_action("reclone")
+    assert report["boot.reason"] == "from m-0"
+    assert len(member.calls("pg_rewind")) == 1 and len(member.calls("pg_basebackup")) == 1
+    [aside] = member.state_dir.glob("data.diverged-*")
+    assert (aside / "diverged-row").exists()  # moved aside, never deleted
+    assert report["discarded.kept_aside"] == str(aside)
+    assert (member.data / "cloned").exists() and not (member.data / "diverged-row").exists()
+    standby_config(member, "m-0")
+    started_postgres(member)
+    assert member.terminate() == 0
+
+
+def test_former_primary_waits_while_the_primary_is_unreachable(member):
+    member.write_record("m-0")
+    member.data_dir(tli=1)
+    member.primary(up=False)
+    member.start()
+    report = member.wait_action("wait", running=False)
+    assert report["boot.reason"] == "primary m-0 unreachable: cannot rewind"
+    assert member.tools_called().isdisjoint({"pg_rewind", "pg_basebackup", "postgres"})
+    assert not (member.data / "standby.signal").exists()  # untouched
+    assert member.terminate() == 0
+
+
+def test_replica_on_another_timeline_is_rewound_first(member):
+    member.write_record("m-0")
+    member.data_dir(tli=1, standby=True)
+    member.primary(tli=2, history=HISTORY)
+    member.start()
+    member.wait_action("rewind")
+    assert len(member.calls("pg_rewind")) == 1
+    standby_config(member, "m-0")
+    started_postgres(member)
+    assert member.terminate() == 0
+
+
+def test_replica_is_repointed_at_the_current_primary_and_started_as_a_standby(member):
+    member.write_record("m-2")  # a failover made m-2 the primary since
+    old = f"primary_conninfo = 'host=127.0.0.1 port={PORTS['m-0']} user=replicator'\nprimary_slot_name = 'm_1'\n"
+    member.data_dir(tli=1, standby=True, auto_conf="work_mem = '8MB'\n" + old)
+    member.primary(tli=1)
+    member.start()
+    report = member.wait_action("standby")
+    assert report["boot.reason"] == "from m-2"
+    auto = standby_config(member, "m-2")
+    assert "work_mem = '8MB'" in auto and f"port={PORTS['m-0']}" not in auto
+    assert member.tools_called().isdisjoint({"pg_rewind", "pg_basebackup", "initdb"})
+    started_postgres(member)
+    assert member.terminate() == 0
+
+
+# -- the designated primary --------------------------------------------------------------------
+def test_designated_primary_starts_as_the_primary(member):
+    member.name = "m-0"
+    member.write_record("m-0")
+    member.data_dir()
+    member.start()
+    report = member.wait_action("primary")
+    assert report["boot.reason"] == ""
+    started_postgres(member)
+    assert member.tools_called().isdisjoint({"pg_rewind", "pg_basebackup", "initdb", "pg_ctl"})
+    assert not (member.data / "standby.signal").exists()
+    assert member.terminate() == 0
+    assert "checkpoint" in [c[-1] for c in member.calls("psql")]  # while still serving, before stopping
+
+
+def test_designated_primary_still_in_recovery_is_promoted(member):
+    member.name = "m-0"
+    member.write_record("m-0")
+    member.data_dir(standby=True)
+    member.start()
+    member.wait_action("promote")
+    wait_for(lambda: member.calls("pg_ctl"), "pg_ctl promote", timeout=TIMEOUT_S, interval=0.05)
+    [promote] = member.calls("pg_ctl")
+    assert promote[1] == "promote" and arg(promote, "-D") == str(member.data) and "-W" in promote
+    started_postgres(member)
+    assert member.terminate() == 0
+
+
+def test_isolated_primary_stays_a_standby_until_pg_ops_acts(member):
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3)
+    member.data_dir(standby=True)
+    (member.state_dir / "pg_ops-isolated").write_text("epoch=3\nat=1\nreason=cut off\n")
+    member.start()
+    report = member.wait_action("isolated")
+    assert report["boot.reason"] == "isolated at epoch 3: a standby until pg_ops promotes it"
+    started_postgres(member)
+    assert member.terminate() == 0
+    assert "pg_ctl" not in member.tools_called()  # never promotes itself back
+    assert (member.data / "standby.signal").exists()
+
+
+def test_isolation_of_an_older_epoch_is_over(member):
+    """pg_ops acted since (a new epoch designates this member again): it promotes, and the
+    isolation state it reports is cleared."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=4)
+    member.data_dir(standby=True)
+    (member.state_dir / "pg_ops-isolated").write_text("epoch=3\nat=1\nreason=cut off\n")
+    (member.state_dir / REPORT_FILE).write_text("isolated.at=1\nisolated.reason=cut off\n")
+    member.start()
+    member.wait_action("promote")
+    wait_for(lambda: not (member.state_dir / "pg_ops-isolated").exists(), "the marker removed",
+             timeout=TIMEOUT_S, interval=0.05)
+    wait_for(lambda: member.report().get("isolated.at") == "", "isolated.at cleared", timeout=TIMEOUT_S,
+             interval=0.05)
+    assert member.calls("pg_ctl")[0][1] == "promote"
+    assert member.terminate() == 0
+
+
+def test_primary_cut_off_from_pg_ops_and_every_standby_restarts_as_a_standby(member):
+    """Isolation fencing: no lease renewal and no standby for lease_seconds (the stub's lease
+    query answers an old lease and no standby), so it stops, writes the isolation state and
+    boots again as a standby with no upstream."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3, lease_seconds=1)
+    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    member.knob("lease.check", "m-0 999 0")
+    member.start()
+    member.wait_action("primary")
+    report = member.wait_action("isolated")
+    assert report["isolated.at"].isdigit()
+    assert report["isolated.reason"].startswith("no lease renewal for ") and "(lease 1 s)" in report["isolated.reason"]
+    marker = (member.state_dir / "pg_ops-isolated").read_text()
+    assert "epoch=3\n" in marker
+    assert (member.data / "standby.signal").exists()
+    assert "primary_conninfo" not in (member.data / "postgresql.auto.conf").read_text()
+    assert len(member.calls("postgres")) == 2 and member.calls("postgres-signal")[0][1] == "SIGINT"
+    assert member.terminate() == 0
+    assert "pg_ctl" not in member.tools_called()
+
+
+# -- before any boot action --------------------------------------------------------------------
+def test_no_record_yet_waits_then_boots(member):
+    member.name = "m-0"
+    member.knob("initdb.sysid", SYSID)
+    member.start()
+    report = member.wait_action("wait", running=False)
+    assert report["boot.reason"] == f"no desired-state record yet ({member.record})"
+    assert not member.calls()
+    member.write_record("m-0", bootstrap=True)
+    member.wait_action("initdb")
+    assert member.terminate() == 0
+
+
+def test_a_second_instance_waits_for_the_data_lock_and_touches_nothing(member):
+    """A replacement pod on the same volume while the old container still stops: it waits for
+    the lock before any boot action, leaves the report alone, and clears the previous boot's
+    action once it holds the lock."""
+    member.write_record("m-0")
+    member.data_dir(standby=True)
+    (member.state_dir / REPORT_FILE).write_text("boot.action=refused\nboot.reason=an earlier boot\n")
+    lock = open(member.state_dir / "member.lock", "a")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        member.start()
+        wait_for(lambda: member.status().get("phase") == "waiting", "waiting for the lock", timeout=TIMEOUT_S,
+                 interval=0.05)
+        assert "still holds" in member.status()["reason"]
+        assert not member.calls()
+        assert member.report()["boot.action"] == "refused"
+    finally:
+        lock.close()  # the other instance is gone
+    report = member.wait_action("standby")
+    assert "an earlier boot" not in report["boot.reason"]
+    assert member.terminate() == 0
