@@ -108,7 +108,7 @@ class Platform(Protocol):
     def member_report(self, name: str) -> dict[str, str]:
         """What the member script reported (base.REPORT_FILE, parsed): the boot table row it took
         (boot.action, boot.reason: a refusal's reason), its isolation state and the writes its
-        last rewind or re-clone discarded (docs/architecture/overview.md lists the keys). {} when
+        last rewind or re-clone discarded (docs/architecture/interfaces.md lists the keys). {} when
         there is none (or the member's volume cannot be read now)."""
         ...
 
