@@ -70,7 +70,7 @@ case $SQL in
     "select 1")           [ -e "$W/primary.up" ] || { echo "psql: error: connection refused" >&2; exit 2; } ;;
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
-    *pg_stat_replication*) v=$(knob lease.check); echo "${v:-none 0 0}" ;;
+    *pg_stat_replication*) v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
     "select holder, epoch from lease") exit 1 ;;
     *pg_stat_activity*)   echo 0 ;;
 esac
@@ -534,7 +534,7 @@ def test_primary_cut_off_from_pg_ops_and_every_standby_restarts_as_a_standby(mem
     member.name = "m-0"
     member.write_record("m-0", epoch=3, lease_seconds=1)
     member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
-    member.knob("lease.check", "m-0 999 0")
+    member.knob("lease.check", "m-0 999 -1")  # lease 99.9 s old, no standby streams
     member.start()
     member.wait_action("primary")
     report = member.wait_action("isolated")
@@ -582,4 +582,20 @@ def test_a_second_instance_waits_for_the_data_lock_and_touches_nothing(member):
         lock.close()  # the other instance is gone
     report = member.wait_action("standby")
     assert "an earlier boot" not in report["boot.reason"]
+    assert member.terminate() == 0
+
+
+def test_primary_a_standby_still_replies_to_keeps_running_without_pg_ops(member):
+    """Only the control plane is gone: the lease is stale but a standby replied half a second
+    ago, so it is not isolated and stays writable (a stale lease alone never stops it)."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3, lease_seconds=1)
+    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    member.knob("lease.check", "m-0 999 5")
+    member.start()
+    member.wait_action("primary")
+    checks = lambda: sum(1 for c in member.calls("psql") if "pg_stat_replication" in c[-1])  # noqa: E731
+    wait_for(lambda: checks() >= 4, "four isolation checks, each past the 1 s lease", timeout=20, interval=0.1)
+    assert member.report().get("boot.action") == "primary" and not member.report().get("isolated.at")
+    assert len(member.calls("postgres")) == 1  # never restarted
     assert member.terminate() == 0

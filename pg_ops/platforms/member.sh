@@ -389,12 +389,19 @@ isolated_here() {   # the marker names the record's current epoch: pg_ops has no
     [ -f "$ISOLATED_MARK" ] && [ "$(sed -n 's/^epoch=//p' "$ISOLATED_MARK")" = "$(sget epoch)" ]
 }
 
-LEASE_SQL="select coalesce((select holder || ' ' || extract(epoch from clock_timestamp() - renewed_at)::int from lease), 'none 0'),
-                  (select count(*) from pg_stat_replication
-                    where state = 'streaming' and reply_time > clock_timestamp() - interval '3 seconds')"
+# Ages in tenths of a second, measured by the server itself: the lease's (since pg_ops last
+# renewed it) and the newest standby reply's (-1: no standby streams). The bound is counted from
+# those moments, not from when this loop last saw them fresh, so a cut-off primary stops
+# lease_seconds (plus one check and its shutdown) after pg_ops last reached it — the wait a
+# failover that cannot confirm the fence allows for (operations/failover.py: LEASE_MARGIN_S).
+LEASE_SQL="select coalesce((select holder || ' ' || ceil(extract(epoch from clock_timestamp() - renewed_at) * 10)::int from lease), 'none 0'),
+                  coalesce((select ceil(extract(epoch from clock_timestamp() - max(reply_time)) * 10)::int
+                              from pg_stat_replication where state = 'streaming'), -1)"
+
+now_tenths() { local ns; ns=$(date +%s%N); echo $((ns / 100000000)); }
 
 isolation_check() {   # returns 1 when this primary is cut off from pg_ops and every standby
-    local lease now out holder age standbys record_ok=1
+    local lease now out holder age reply record_ok=1
     lease=$(lease_seconds)
     if [ -z "$(primary_name)" ]; then
         record_ok=0   # unreadable or empty record: the lease counts as stale
@@ -403,19 +410,22 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
         LAST_LEASE_SECONDS=$lease
     fi
     [ -n "$lease" ] && [ "$lease" -gt 0 ] 2>/dev/null || return 0
-    now=$(date +%s)
-    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$now; LAST_LEASE=$now; LAST_STANDBY=$now; }
+    now=$(now_tenths)
+    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$(date +%s); LAST_LEASE=$now; LAST_STANDBY=$now; }
     out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
         -c "$LEASE_SQL" 2>/dev/null) || return 0   # our own server did not answer: nothing to conclude
-    read -r holder age standbys <<< "$out"
+    read -r holder age reply <<< "$out"
     if [ "$holder" = "none" ]; then
         LAST_LEASE=$now   # no lease yet: pg_ops has not deployed this cluster's lease table
-    elif [ "$record_ok" = 1 ] && [ "$holder" = "$MEMBER" ] && [ "${age:-999999}" -le "$lease" ]; then
-        LAST_LEASE=$now
+    elif [ "$record_ok" = 1 ] && [ "$holder" = "$MEMBER" ] && [ "${age:-x}" -ge 0 ] 2>/dev/null \
+            && [ $((now - age)) -gt "$LAST_LEASE" ]; then
+        LAST_LEASE=$((now - age))   # when pg_ops renewed it
     fi
-    [ "${standbys:-0}" -gt 0 ] && LAST_STANDBY=$now
-    if [ $((now - LAST_LEASE)) -gt "$lease" ] && [ $((now - LAST_STANDBY)) -gt "$lease" ]; then
-        ISOLATION_REASON="no lease renewal for $((now - LAST_LEASE)) s and no standby for $((now - LAST_STANDBY)) s (lease ${lease} s)"
+    if [ "${reply:--1}" -ge 0 ] 2>/dev/null && [ $((now - reply)) -gt "$LAST_STANDBY" ]; then
+        LAST_STANDBY=$((now - reply))   # when a standby last replied
+    fi
+    if [ $((now - LAST_LEASE)) -gt $((lease * 10)) ] && [ $((now - LAST_STANDBY)) -gt $((lease * 10)) ]; then
+        ISOLATION_REASON="no lease renewal for $(((now - LAST_LEASE) / 10)) s and no standby for $(((now - LAST_STANDBY) / 10)) s (lease ${lease} s)"
         return 1
     fi
     return 0

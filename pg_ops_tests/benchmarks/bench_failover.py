@@ -70,12 +70,25 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
                 result = job.execute_in_process(instance=instance, partition_key=ctx.name, run_config=config,
                                                 raise_on_error=False)
                 new = ctx.state().primary
-                app.wait_acks(20, timeout=30, on=new)
+                trial = {"ok": result.success}
+                try:
+                    app.wait_acks(20, timeout=30, on=new)
+                except RuntimeError as exc:  # a failed trial is a figure too: say why, go on
+                    trial.update(ok=False, error=str(exc), run_failure=_run_failure(result))
+                    print(f"job_alone trial failed: {exc}; run: {trial['run_failure']}", file=sys.stderr)
                 first = app.first_ack_on(new, killed_at)
-                out.append({"ok": result.success, "rto_s": round(first - killed_at, 3) if first else None,
-                            "lost": len(app.lost(new))})
+                trial.update(rto_s=round(first - killed_at, 3) if first else None, lost=len(app.lost(new)))
+                out.append(trial)
             deploy(ctx)  # the old primary rejoins as a replica for the next trial
     return out
+
+
+def _run_failure(result) -> str | None:
+    """The failover run's own failure message, if it failed."""
+    for event in result.all_events:
+        if event.is_failure and event.step_failure_data is not None:
+            return event.step_failure_data.error.message.strip().splitlines()[0]
+    return None if result.success else "failed"
 
 
 # -- through the daemon -----------------------------------------------------------------------------
@@ -220,6 +233,9 @@ def main() -> None:
                         "target_median_rto_s": {"job_alone": 2.0, "daemon_kill": 5.0, "daemon_partition": 10.0}[label],
                         "target_old_primary_acked_for_median_s": 10.0 if label == "daemon_partition" else None,
                     }
+                    failures = [{k: t.get(k) for k in ("error", "run_failure")} for t in trials if not t["ok"]]
+                    if failures:
+                        line["failures"] = failures
                     if label != "job_alone":
                         line["phases"] = _phase_summary(trials)
                         line["old_primary_acked_for_s"] = summary([t.get("old_primary_acked_for_s") for t in trials])
