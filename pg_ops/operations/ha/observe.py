@@ -58,28 +58,44 @@ def read_view(ctx: ClusterContext, policy: Policy, *, confirm: bool = True, unle
     `unless_locked`: not while a topology change holds the lock (the tick: that change decides).
     `missed_before`: probes of the primary that already failed just before (the tick's watch)."""
     state = ctx.state()
-    started = time.time()
+    started, probe_began = time.time(), time.monotonic()
     probes = _probe(ctx, state.primary)
     missed = 0 if probes[state.primary].reachable else missed_before + 1
     view = ClusterView(record=state, members=probes, addresses=member_addresses(ctx, state), now=started,
                        primary_misses=missed)
     busy = unless_locked and state.lock is not None and not state.lock.expired()
     if confirm and not view.primary.reachable and not busy:
-        view = confirm_primary(ctx, view, policy, sleep)
+        view = confirm_primary(ctx, view, policy, sleep, probe_began=probe_began)
     return view
 
 
 def confirm_primary(ctx: ClusterContext, view: ClusterView, policy: Policy,
-                    sleep: Callable[[float], None] = time.sleep) -> ClusterView:
+                    sleep: Callable[[float], None] = time.sleep, probe_began: float | None = None) -> ClusterView:
     """Probe the primary again and re-read the replicas until the verdict is settled: the
     primary answers, it is confirmed down, or nobody answers at all; or until the budget ends
-    (then the last view stands: "alive but unreachable" or "unknown")."""
+    (then the last view stands: "alive but unreachable" or "unknown"). The primary's probes
+    begin `probe_interval_s` apart: one that waited out its deadline (dropped packets) is not
+    followed by a further pause."""
     deadline = time.monotonic() + max(policy.probes * policy.probe_interval_s, policy.silence_s) + 0.5
     while True:
         verdict = primary_verdict(view, policy)
         if verdict.settled or time.monotonic() >= deadline:
             return view
-        sleep(policy.probe_interval_s)
+        if verdict.kind == "alive":
+            # The primary missed every probe; only the replicas' silence can change the verdict:
+            # read them (milliseconds) when the quietest would pass the threshold, not the primary
+            # again (a cut-off primary costs a full probe deadline). A primary that is back shows
+            # here too: its replicas hear from it again.
+            # (Their silence was measured when the last probe began: it has grown since.)
+            quietest = min(view.members[n].silence_seconds or 0.0 for n in verdict.witnesses)
+            grown = time.monotonic() - probe_began if probe_began is not None else 0.0
+            sleep(min(policy.probe_interval_s, max(0.05, policy.silence_s - quietest - grown + 0.05)))
+            probe_began = time.monotonic()
+            view = view.with_members(ctx.probe(view.replicas))
+            continue
+        since = time.monotonic() - probe_began if probe_began is not None else 0.0
+        sleep(max(0.0, policy.probe_interval_s - since))
+        probe_began = time.monotonic()
         fresh = _probe(ctx, view.designated)
         misses = 0 if fresh[view.designated].reachable else view.primary_misses + 1
         # `now` stays the moment the read began: when pg_ops first saw the primary fail.
