@@ -2,6 +2,8 @@
 -> primary endpoint -> replication (with its checks), and the `deploy_cluster` job."""
 
 
+from typing import Any
+
 import dagster as dg
 
 from pg_ops.defs.partitions import (
@@ -23,7 +25,7 @@ CHECK_SLOTS = "replication_slots_present"
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
     partitions = cluster_partitions(specs)
-    common = {"partitions_def": partitions, "group_name": GROUP, "key_prefix": ["deployment"]}
+    common: dict[str, Any] = {"partitions_def": partitions, "group_name": GROUP, "key_prefix": ["deployment"]}
 
     @dg.asset(**common, description="Generated passwords (a 0600 file locally, a Secret on Kubernetes).")
     def credentials(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:

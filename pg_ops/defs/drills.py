@@ -186,9 +186,10 @@ def _after_backup_sensor(cluster: str, job) -> dg.SensorDefinition:
                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
                      description=f"Drill each new backup of {cluster} (drills.after_backup).")
     def after_backup(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-        backup_id = asset_event.asset_materialization.metadata.get("backup_id")
-        backup_id = backup_id.value if backup_id is not None else None
-        yield dg.RunRequest(run_key=f"{cluster}-after-{backup_id or asset_event.storage_id}",
+        materialization = asset_event.asset_materialization
+        entry = materialization.metadata.get("backup_id") if materialization else None
+        backup_id = str(entry.value) if entry is not None else None
+        yield dg.RunRequest(run_key=f"{cluster}-after-{backup_id or asset_event.run_id}",
                             asset_selection=[drill_key(cluster)], run_config=drill_run_config(cluster, backup_id),
                             tags={"pg_ops/cluster": cluster})
 

@@ -12,6 +12,7 @@ The service-level checks hang off one asset per cluster, ["service_levels", clus
 import json
 import logging
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -71,7 +72,7 @@ class AlertsResource(dg.ConfigurableResource):
             route = (self.webhook_url_env or spec_alerts.webhook_url_env, spec_alerts.alertmanager_url)
             by_route.setdefault(route, []).append(alert)
         outcome: dict[str, str] = {}
-        limits = {"timeout": self.timeout_seconds, "retries": self.retries, "deadline": self.deadline_seconds}
+        limits: dict[str, Any] = {"timeout": self.timeout_seconds, "retries": self.retries, "deadline": self.deadline_seconds}
         for (env_name, alertmanager_url), batch in by_route.items():
             sender = alert_ops.WebhookSender.from_env(env_name, **limits)
             alertmanager = alert_ops.AlertmanagerSender(alertmanager_url, **limits) if alertmanager_url else None
@@ -98,7 +99,7 @@ def health_sensor_cursor(instance: dg.DagsterInstance) -> dict:
     states = [s for s in instance.all_instigator_state()
               if s.instigator_name == SENSOR_NAME and getattr(s.instigator_data, "cursor", None) is not None]
     states.sort(key=lambda s: getattr(s.instigator_data, "last_tick_timestamp", 0) or 0)
-    return load_cursor(states[-1].instigator_data.cursor if states else None)
+    return load_cursor(getattr(states[-1].instigator_data, "cursor", None) if states else None)
 
 
 def _failed_run_lookup(context):
@@ -323,7 +324,7 @@ def run_failure_alert_for(run, message: str, specs: dict[str, ClusterSpec]) -> A
 def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource,
                         specs: dict[str, ClusterSpec]) -> Alert:
     steps = context.get_step_failure_events()
-    error = steps[0].event_specific_data.error if steps and steps[0].event_specific_data else None
+    error = steps[0].step_failure_data.error if steps and steps[0].event_specific_data else None
     while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in (
             error.cls_name or ""):
         error = error.cause

@@ -188,7 +188,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         assets += a
         specs_only += s
         checks += c
-    jobs, schedules, sensors = [recover_cluster], [], []
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [recover_cluster]
+    schedules, sensors = [], []
     if archiving:
         base_assets = [a for a in assets if a.key.path[-1] == "base_backup"]
         drill_assets = [a for a in assets if a.key.path[-1] == "pitr_drill"]

@@ -192,9 +192,11 @@ class WebhookSender:
         if not self.url:
             return {a.key: "not configured" for a in alerts}
 
+        url = self.url
+
         def post(alert: Alert):
             body = json.dumps(payload(alert), default=str).encode()
-            return lambda: _post_with_retries(self.url, body, self.timeout, self.retries, self.backoff)
+            return lambda: _post_with_retries(url, body, self.timeout, self.retries, self.backoff)
 
         return _within_deadline([(a.key, post(a)) for a in alerts], self.deadline, "alert-webhook")
 
@@ -222,7 +224,7 @@ def alertmanager_alert(alert: Alert, event: bool = False) -> dict:
     if alert.details.get("member"):
         labels["member"] = str(alert.details["member"])
     fired = alert.fired_at or time.time()
-    if alert.resolved:
+    if alert.resolved_at is not None:
         ends = alert.resolved_at
     else:
         ends = fired + (EVENT_SECONDS if event else HOLD_SECONDS)
@@ -314,7 +316,7 @@ def cluster_secrets(ctx: ClusterContext) -> list[str]:
     return [v for v in values if v]
 
 
-def send_alert(ctx: ClusterContext, severity: str, kind: str, summary: str, **details) -> Alert:
+def send_alert(ctx: ClusterContext, severity: Severity, kind: str, summary: str, **details) -> Alert:
     """One-off alert from an operation (a failed backup or drill): logged, POSTed to the
     cluster's webhook and Alertmanager when configured, secrets scrubbed. Never raises."""
     alert = Alert(cluster=ctx.name, severity=severity, kind=kind, summary=summary, details=details,

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
@@ -53,7 +54,7 @@ class BackupFailed(PgOpsError):
 @dataclass(frozen=True)
 class Source:
     member: str
-    role: str  # primary | replica
+    role: Literal["primary", "replica"]
     probe: MemberProbe
 
 
@@ -192,7 +193,7 @@ def _error_text(future: Future) -> str | None:
 
 
 def _is_conflict(text: str | None) -> bool:
-    return bool(text) and any(m in text for m in dump.CONFLICT_MARKERS)
+    return text is not None and any(m in text for m in dump.CONFLICT_MARKERS)
 
 
 def _counted(future: Future, database: str, member: str) -> dict[str, int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -44,7 +45,7 @@ def lease_seconds(ctx: ClusterContext) -> float:
 def ensure_record(ctx: ClusterContext) -> DesiredState:
     store = ctx.platform.state_store()
     state = store.read()
-    wanted = {"members": ctx.platform.peer_addresses(), "lease_seconds": lease_seconds(ctx)}
+    wanted: dict[str, Any] = {"members": ctx.platform.peer_addresses(), "lease_seconds": lease_seconds(ctx)}
     if state is None:
         state = DesiredState(cluster=ctx.name, primary=ctx.spec.member_names[0], epoch=1, bootstrap=True, **wanted)
         state = store.write(state, None)
@@ -119,7 +120,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
     started = []
     with topology_lock(store, "deploy") as lock:
         ctx.platform.prepare(state)
-        state = store.read()
+        state = ctx.state()
         primary = state.primary
         if not ctx.platform.member_running(primary):
             ctx.log.info("starting primary %s", primary)

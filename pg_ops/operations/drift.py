@@ -14,6 +14,7 @@ rendered, so they are never compared: they change on purpose.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 
 from pg_ops.errors import PgOpsError
@@ -27,8 +28,8 @@ SHOWN_CHARS = 80  # long values (config files, scripts) are shortened in message
 class FieldDrift:
     object: str  # "StatefulSet/homelab"
     path: str  # "spec.template.spec.containers[0].image"
-    live: object
-    rendered: object
+    live: builtins.object
+    rendered: builtins.object
 
     def __str__(self) -> str:
         return f"{self.object} {self.path}: live {_show(self.live)}, rendered {_show(self.rendered)}"

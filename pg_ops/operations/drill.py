@@ -381,7 +381,7 @@ def drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
     store = store or open_store(ctx)
     drilled = [r for r in cat.list_backups(store, ctx.name, with_manifests=False) if r.drill]
     latest = drilled[-1].drill if drilled else None
-    passed = [r.drill for r in drilled if r.drill.get("result") == "passed" and r.drill.get("finished_at")]
+    passed = [d for d in (r.drill for r in drilled) if d and d.get("result") == "passed" and d.get("finished_at")]
     age = None
     if passed:
         last = max(datetime.fromisoformat(d["finished_at"]) for d in passed)

@@ -445,7 +445,8 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
     age = None
     if latest and latest.get("finished_at"):
         age = (datetime.now(UTC) - datetime.fromisoformat(latest["finished_at"])).total_seconds() / 86400
-    passed = bool(latest) and latest.get("result") == "passed"
+    drill: dict = latest or {}
+    passed = bool(drill) and drill.get("result") == "passed"
     return {"latest": latest, "newest_base_backup": newest_base, "age_days": age,
-            "from_newest_base_backup": bool(latest) and latest.get("base_backup") == newest_base,
+            "from_newest_base_backup": bool(drill) and drill.get("base_backup") == newest_base,
             "drilled": passed and age is not None and age <= DRILL_RECENT_DAYS}

@@ -79,6 +79,7 @@ def switch_and_wait(ctx: ClusterContext, store: BackupStore | None = None, timeo
 
 def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, timeout: float) -> None:
     wanted = walfiles.parse_segment(segment_name)
+    assert wanted is not None, f"{segment_name!r} is a segment name (pg_switch_wal, a backup history)"
     deadline = time.monotonic() + timeout
     while True:
         listing = wa.list_archive(store, ctx.name)
@@ -292,8 +293,8 @@ def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict]
     to_send, state = alert_ops.reconcile(mine, active, unknown, scope, now)
     by_name = {c.name: c for c in contexts}
     for alert in to_send:
-        ctx = by_name.get(alert.cluster)
-        if ctx is not None:
-            sender = alert_ops.WebhookSender.from_env(ctx.spec.alerts.webhook_url_env)
-            alert_ops.deliver([alert], sender, alert_ops.cluster_secrets(ctx), ctx.log)
+        owner = by_name.get(alert.cluster)
+        if owner is not None:
+            sender = alert_ops.WebhookSender.from_env(owner.spec.alerts.webhook_url_env)
+            alert_ops.deliver([alert], sender, alert_ops.cluster_secrets(owner), owner.log)
     return healths, state

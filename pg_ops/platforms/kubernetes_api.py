@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import kubernetes.client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -106,6 +106,14 @@ class KubernetesApi:
 
     def close(self) -> None:
         self.client.close()
+
+    @overload
+    def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: Literal[False] = False,
+             **kwargs: Any) -> T: ...
+
+    @overload
+    def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: bool,
+             **kwargs: Any) -> T | None: ...
 
     def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: bool = False,
              **kwargs: Any) -> T | None:

@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -226,7 +227,7 @@ class LocalPlatform:
         with open(self.log_path(name), "ab") as log:
             if self.user.switch:
                 os.chown(self.log_path(name), self.user.uid, self.user.gid)
-            kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
+            kwargs: dict[str, Any] = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
             proc = subprocess.Popen(
                 ["bash", str(MEMBER_SCRIPT), name], env=env, cwd=mdir, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs,

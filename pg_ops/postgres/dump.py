@@ -165,6 +165,7 @@ def _dump_process(argv: list[str], what: str, user: str, password: str,
                "PGAPPNAME": APPLICATION_NAME, "PGCONNECT_TIMEOUT": "10"}
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
                                 env=env, start_new_session=True)
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             yield proc.stdout
         except BaseException:

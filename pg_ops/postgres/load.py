@@ -29,7 +29,7 @@ SCRATCH_DATABASE = "pg_ops_scratch"
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
-    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": dbname})
+    return make_conninfo("", **{**conninfo_to_dict(dsn), "dbname": dbname})
 
 
 @dataclass

@@ -7,6 +7,7 @@ Folders are 0700 and every object 0600: globals hold password hashes, and a dump
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -128,7 +129,7 @@ class FileStore(BackupStore):
                 out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         return sorted(out, key=lambda o: o.key)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         folders = set()
         for key in keys:
             path = self.path_of(key)
@@ -143,7 +144,7 @@ class FileStore(BackupStore):
                     break
                 folder = folder.parent
 
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]:
         out = []
         for path, key, name in self._walk(prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""):
             if not (name.startswith(".") and PARTIAL_MARK in name):

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from pg_ops.postgres import walfiles
 from pg_ops.postgres.barman import S3Target
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.stores.base import BackupStore, ObjectInfo, StoreError
 
 ARCHIVE_SUFFIX = ".wal"
@@ -40,8 +40,15 @@ def archive_root(cluster: str) -> str:
 
 def s3_target(spec: ClusterSpec, cluster: str | None = None) -> S3Target:
     store = spec.backups.store
+    assert isinstance(store, S3StoreSpec), "called for clusters whose store is S3"
     return S3Target(bucket=store.bucket, prefix=store.prefix.strip("/"), server=archive_root(cluster or spec.name),
                     endpoint_url=store.endpoint_url, region=store.region, encryption=store.server_side_encryption)
+
+
+def _segment(name: str) -> walfiles.Segment:
+    segment = walfiles.parse_segment(name)
+    assert segment is not None, f"{name!r} is a WAL segment name (barman and pg_ops write them)"
+    return segment
 
 
 def _plain_name(key: str) -> str:
@@ -73,11 +80,11 @@ class BaseBackup:
 
     @property
     def begin_segno(self) -> int:
-        return walfiles.parse_segment(self.begin_wal).segno
+        return _segment(self.begin_wal).segno
 
     @property
     def end_segno(self) -> int:
-        return walfiles.parse_segment(self.end_wal).segno
+        return _segment(self.end_wal).segno
 
 
 def parse_backup_info(text: str) -> dict[str, str]:
