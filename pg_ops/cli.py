@@ -60,10 +60,8 @@ def require_member(spec: ClusterSpec, member: str, what: str) -> None:
 def reachable_store(spec: ClusterSpec):
     """The cluster's backup store, or None (said on stderr) when this machine cannot open it:
     it is the deployment's, and its runs check the backup themselves."""
-    from pg_ops.operations.backup import open_store
-
     try:
-        return open_store(ClusterContext.for_spec(spec))
+        return ClusterContext.for_spec(spec).store()
     except PgOpsError as exc:
         backup_unchecked(spec, exc)
         return None

@@ -19,7 +19,7 @@ from pg_ops.operations.status import cluster_status
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres.session import with_connection
 from pg_ops.state import TopologyLock, update_state
-from pg_ops_tests.helpers import fake_of, running_cluster, stop_cluster, wait_for
+from pg_ops_tests.helpers import fake_of, kill_member, running_cluster, stop_cluster, wait_for
 
 # Read-only cases that only the local platform has: the shared cluster's local instance.
 LOCAL_ONLY = pytest.mark.parametrize("shared_any_cluster", ["local"], indirect=True)
@@ -96,7 +96,7 @@ def test_member_passwords_files_are_private(shared_any_cluster):
 def test_killed_replica_restarts_and_streams_from_its_slot(any_cluster):
     ctx = any_cluster
     replica = ctx.spec.member_names[1]
-    ctx.platform.kill_member(replica)
+    kill_member(ctx.platform, replica)
     fake = fake_of(ctx)
     if fake is None:
         assert not ctx.platform.member_running(replica)

@@ -53,11 +53,11 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
               description=f"Nightly logical backup of cluster {cluster}: pg_dump -Fc per database + globals, "
                           f"zstd in the pipe, manifest last ({spec.backups.store.type} store).")
     def nightly(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
-        from pg_ops.operations.backup import backup, open_store
+        from pg_ops.operations.backup import backup
 
         ctx = pg_ops.cluster(cluster, context.log)
         manifest = backup(ctx)
-        store = open_store(ctx)
+        store = ctx.store()
         seconds = max(manifest.seconds, 1e-6)
         rows = sum(sum((d.row_counts or {}).values()) for d in manifest.databases)
         return dg.MaterializeResult(metadata={

@@ -35,7 +35,7 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe, lsn_to_int
-from pg_ops.stores import BackupStore, StoreError, store_for
+from pg_ops.stores import BackupStore, StoreError
 from pg_ops.stores import catalog as cat
 from pg_ops.stores.pipe import compress_into
 
@@ -56,12 +56,6 @@ class Source:
     member: str
     role: Literal["primary", "replica"]
     probe: MemberProbe
-
-
-def open_store(ctx: ClusterContext) -> BackupStore:
-    """The cluster's backup store. A platform that can read Kubernetes Secrets offers
-    `s3_credentials(secret_name)` for `credentials_secret`."""
-    return store_for(ctx.spec, secret_provider=getattr(ctx.platform, "s3_credentials", None))
 
 
 def dump_sources(ctx: ClusterContext, probes: dict[str, MemberProbe]) -> list[Source]:
@@ -212,7 +206,7 @@ def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifes
     backup_id = cat.new_backup_id()
     try:
         # Inside the try: an unreachable store or missing credentials is a failed backup too.
-        store = store or open_store(ctx)
+        store = store or ctx.store()
         store.check()
         backup_id = unique_backup_id(store, ctx.name)
         ctx.log.info("backup %s of cluster %s into %s", backup_id, ctx.name, store.describe())

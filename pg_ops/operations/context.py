@@ -13,6 +13,7 @@ from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.postgres.topology import MemberProbe, probe_members
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
+from pg_ops.stores import BackupStore, store_for
 
 
 @dataclass
@@ -34,6 +35,11 @@ class ClusterContext:
         if creds is None:
             raise PgOpsError(f"cluster {self.name}: no credentials yet (run `pg-ops deploy --cluster {self.name}`)")
         return creds
+
+    def store(self) -> BackupStore:
+        """The cluster's backup store; S3 keys come from the env vars the spec names, the
+        platform's secret (`credentials_secret`), or boto3's default chain."""
+        return store_for(self.spec, secret_provider=self.platform.s3_credentials)
 
     def admin_password(self) -> str:
         return self.credentials().password(SUPERUSER)

@@ -1,5 +1,12 @@
 """Deploy: make a cluster match its spec. Idempotent: a deployed cluster is left untouched,
-a stopped member is started (and rejoins from its slot), an empty member is re-cloned."""
+a stopped member is started (and rejoins from its slot), an empty member is re-cloned.
+
+One path: `deploy` runs the steps of the deploy_cluster job, in its order, and the job's assets
+(defs/deployment.py) call the same functions, one asset each: credentials, desired state
+(ensure_record), members (start_members), primary endpoint (verify_primary_endpoint),
+replication (the invariants). The only difference: a cluster that breaks an invariant fails
+`deploy`, while the job reports it as failed asset checks.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +14,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
 from pg_ops.credentials import MONITORING_GRANT, MONITORING_USER, PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import initial_sync_set, sync_names
 from pg_ops.operations.ha.model import Policy
 from pg_ops.operations.ha.observe import read_view
+from pg_ops.operations.members import lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
-
-READY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -35,13 +39,6 @@ class DeployResult:
     members: dict[str, MemberProbe] = field(default_factory=dict)
 
 
-def lease_seconds(ctx: ClusterContext) -> float:
-    """What the record tells the member scripts about isolation fencing (0: off). A single
-    member has nothing to fail over to: fencing it would only turn a lost pg_ops into an outage."""
-    failover = ctx.spec.failover
-    return failover.lease_seconds if failover.isolation_fencing and ctx.spec.postgres.members > 1 else 0.0
-
-
 def ensure_record(ctx: ClusterContext) -> DesiredState:
     store = ctx.platform.state_store()
     state = store.read()
@@ -53,30 +50,6 @@ def ensure_record(ctx: ClusterContext) -> DesiredState:
     else:
         state = update_state(store, lambda s: s.model_copy(update=wanted))
     return state
-
-
-def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float | None = None) -> MemberProbe:
-    """Poll a member until ready(probe); fail fast when its supervisor is gone."""
-    timeout = timeout or READY_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    probe = None
-    while time.monotonic() < deadline:
-        probe = ctx.probe([name], timeout=2.0)[name]
-        if ready(probe):
-            return probe
-        if not ctx.platform.member_running(name):
-            raise MemberError(f"member {name} exited before it was {what}: "
-                              f"{_last_line(ctx.platform.member_log_tail(name, 20))}")
-        time.sleep(0.2)
-    reason = _last_line(ctx.platform.member_log_tail(name, 20)) or (probe.error if probe else "")
-    raise MemberError(f"member {name} not {what} after {timeout:g} s: {reason}")
-
-
-def _last_line(text: str) -> str:
-    """The most telling line of a member's log tail: its last FATAL, else its last line."""
-    lines = text.strip().splitlines()
-    fatal = [line for line in lines if "FATAL" in line]
-    return (fatal or lines or ["no log output"])[-1]
 
 
 def configure_primary(ctx: ClusterContext, primary: str) -> None:
@@ -175,28 +148,15 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
     return result
 
 
-def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str) -> dict:
-    """A heartbeat write through the endpoint clients use, renewing the member's isolation
-    lease. The member it reached is named by its cluster_name (the member script sets it on
-    both platforms; ports and hosts differ behind Services and proxies)."""
-    started = time.monotonic()
-    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                         autocommit=True, connect_timeout=3,
-                         options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
-        connect_ms = (time.monotonic() - started) * 1000
-        member = admin.member_name(conn)
-        admin.renew_lease(conn, member, epoch)
-        lsn = admin.write_heartbeat(conn, epoch, writer)
-    return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
-
-
 def deploy(ctx: ClusterContext) -> DeployResult:
+    """The deploy_cluster job's steps, in its order (see the module doc), then the invariants."""
     started_at = time.monotonic()
-    ctx.platform.ensure_credentials()
-    started = start_members(ctx)
-    verify_primary_endpoint(ctx)
+    ctx.platform.ensure_credentials()  # deployment/credentials
+    ensure_record(ctx)  # deployment/desired_state
+    started = start_members(ctx)  # deployment/members
+    verify_primary_endpoint(ctx)  # deployment/primary_endpoint
     state = ctx.state()
-    members = ctx.probe()
+    members = ctx.probe()  # deployment/replication
     problems = deployment_problems(ctx, members, state.primary)
     if problems:
         raise PgOpsError(f"cluster {ctx.name} deployed but unhealthy: {'; '.join(problems)}")
@@ -207,27 +167,54 @@ def deploy(ctx: ClusterContext) -> DeployResult:
                         members=members)
 
 
+@dataclass(frozen=True)
+class Invariants:
+    """The invariants after any change, as found in one probe of every member: exactly one
+    writable member, the designated primary; every other member streaming from it, each with
+    its replication slot (admin.slot_name) on the primary. `deploy` fails on a broken one; the
+    deployment/replication asset reports each as an asset check."""
+
+    primary: str
+    writable: list[str]
+    replicas: list[str]
+    not_streaming: dict[str, str]  # replica -> why (its error, WAL receiver status)
+    slots: list[str]  # the replication slots on the primary
+    missing_slots: list[str]  # replicas whose slot is not there
+
+    @property
+    def one_primary(self) -> bool:
+        return self.writable == [self.primary]
+
+    def problems(self) -> list[str]:
+        problems = []
+        if not self.one_primary:
+            problems.append(f"writable members {self.writable or 'none'}, expected only {self.primary}")
+        for name in self.replicas:
+            if name in self.not_streaming:
+                problems.append(f"{name} is not streaming ({self.not_streaming[name]})")
+            if name in self.missing_slots:
+                problems.append(f"slot {admin.slot_name(name)} missing on {self.primary}")
+        return problems
+
+
+def invariants(members: dict[str, MemberProbe], primary: str) -> Invariants:
+    """The invariants of one probe of every member, the designated primary being `primary`."""
+    replicas = [n for n in members if n != primary]
+    slots = sorted({s["slot_name"] for s in members[primary].slots}) if members[primary].reachable else []
+    return Invariants(
+        primary=primary, writable=sorted(n for n, p in members.items() if p.writable), replicas=replicas,
+        not_streaming={n: members[n].error or members[n].receiver_status or "no WAL receiver"
+                       for n in replicas if not members[n].streaming},
+        slots=slots, missing_slots=[n for n in replicas if admin.slot_name(n) not in slots])
+
+
 def deployment_problems(ctx: ClusterContext, members: dict[str, MemberProbe], primary: str) -> list[str]:
-    """The invariants after any change: one writable member (the designated primary), every
-    other member streaming from it, each with its slot."""
-    problems = []
-    writable = sorted(n for n, p in members.items() if p.writable)
-    if writable != [primary]:
-        problems.append(f"writable members {writable or 'none'}, expected only {primary}")
-    slots = {s["slot_name"] for s in members[primary].slots} if members[primary].reachable else set()
-    for name, probe in members.items():
-        if name == primary:
-            continue
-        if not probe.streaming:
-            problems.append(f"{name} is not streaming ({probe.error or probe.receiver_status or 'no WAL receiver'})")
-        if admin.slot_name(name) not in slots:
-            problems.append(f"slot {admin.slot_name(name)} missing on {primary}")
-    return problems
+    """What breaks the invariants of cluster `ctx` in this probe of its members ([]: none)."""
+    return invariants(members, primary).problems()
 
 
 def teardown(ctx: ClusterContext) -> None:
-    if ctx.platform.kind != "local":
-        raise PgOpsError(f"cluster {ctx.name}: teardown is for local clusters only (platform {ctx.platform.kind})")
+    ctx.platform.check_teardown()
     store = ctx.platform.state_store()
     if store.read() is not None:
         with topology_lock(store, "teardown"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import builtins
 from dataclasses import dataclass, field
 
-from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 
 ABSENT = object()
@@ -105,14 +104,8 @@ def object_name(obj: dict) -> str:
 
 def check_drift(ctx: ClusterContext) -> DriftReport:
     """Compare every Git-owned object of a Kubernetes cluster with its rendered manifest."""
-    if ctx.platform.kind != "kubernetes":
-        raise PgOpsError(f"cluster {ctx.name}: the drift check is for Kubernetes clusters "
-                         f"(platform {ctx.platform.kind} has no Git-owned objects)")
-    from pg_ops.render import manifests
-
-    rendered = manifests(ctx.spec)
     report = DriftReport(cluster=ctx.name)
-    for want, live in zip(rendered, ctx.platform.live_objects(rendered), strict=True):
+    for want, live in ctx.platform.git_owned_objects():
         name = object_name(want)
         report.checked.append(name)
         if live is None:

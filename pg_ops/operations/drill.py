@@ -212,9 +212,7 @@ def drill(ctx: ClusterContext, backup_id: str | None = None, store: BackupStore 
           holder: str | None = None) -> DrillReport:
     """Run a drill; returns the report when it passes, raises DrillFailed (after recording
     drill.json and alerting) when the backup is at fault, PgOpsError when the drill could not run."""
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     record = choose_backup(store, ctx.name, backup_id)
     holder = holder or f"drill-{secrets.token_hex(4)}"
     report = DrillReport(cluster=ctx.name, backup_id=record.id, started_at=datetime.now(UTC).isoformat())
@@ -376,9 +374,7 @@ def alert_drill(ctx: ClusterContext, backup_id: str, reason: str) -> None:
 def drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
     """What the drill checks read: the newest drilled backup's drill.json, and how long ago
     a drill last passed (days)."""
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     drilled = [r for r in cat.list_backups(store, ctx.name, with_manifests=False) if r.drill]
     latest = drilled[-1].drill if drilled else None
     passed = [d for d in (r.drill for r in drilled) if d and d.get("result") == "passed" and d.get("finished_at")]
@@ -390,9 +386,7 @@ def drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
 
 
 def read_drill(ctx: ClusterContext, backup_id: str, store: BackupStore | None = None) -> dict:
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     try:
         return json.loads(store.get_bytes(cat.object_key(ctx.name, backup_id, cat.DRILL)))
     except StoreError:

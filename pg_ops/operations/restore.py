@@ -147,11 +147,10 @@ def check_request(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm:
 def restore(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str | None, *,
             database: str | None = None, overwrite: bool = False, keep_owners: bool = False,
             store: BackupStore | None = None) -> RestoreResult:
-    from pg_ops.operations.backup import open_store
     from pg_ops.operations.drill import BackupFault, download
 
     check_target(ctx, target_dsn, confirm)  # refused before the store is even opened
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     parts, record, entry = check_request(ctx, backup_id, target_dsn, confirm, database, store)
     shown = make_conninfo(**parts)
     with _connect(parts, "postgres") as conn:

@@ -23,6 +23,7 @@ from pg_ops.postgres import archiving, barman, walfiles
 from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
 from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.postgres.session import with_connection
+from pg_ops.spec import S3StoreSpec
 from pg_ops.stores import BackupStore, s3_credentials
 from pg_ops.stores import wal_archive as wa
 from pg_ops.stores.pipe import compress_into
@@ -34,23 +35,16 @@ class ArchivingError(PgOpsError):
     pass
 
 
-def open_store(ctx: ClusterContext) -> BackupStore:
-    from pg_ops.operations.backup import open_store as backup_store
-
-    return backup_store(ctx)
-
-
 def require_archiving(ctx: ClusterContext) -> None:
     if not ctx.spec.backups.wal.enabled:
         raise ArchivingError(f"cluster {ctx.name}: WAL archiving is off (backups.wal.enabled: false)")
-    if ctx.platform.kind == "kubernetes" and ctx.spec.backups.store.type != "s3":
-        raise ArchivingError(f"cluster {ctx.name}: WAL archiving on Kubernetes needs an S3 store "
-                             f"(backups.store.type is {ctx.spec.backups.store.type})")
+    ctx.platform.check_archive_store(ctx.spec.backups.store.type)
 
 
 def s3_keys_env(ctx: ClusterContext) -> dict[str, str]:
-    creds = s3_credentials(ctx.spec.backups.store, getattr(ctx.platform, "s3_credentials", None),
-                           where=f"s3://{ctx.spec.backups.store.bucket}")
+    store = ctx.spec.backups.store
+    assert isinstance(store, S3StoreSpec), "called for clusters whose store is S3"
+    creds = s3_credentials(store, ctx.platform.s3_credentials, where=f"s3://{store.bucket}")
     return barman.keys_env(creds.access_key if creds else None, creds.secret_key if creds else None)
 
 
@@ -71,7 +65,7 @@ def _on_primary(ctx: ClusterContext, fn, timeout: float = 10.0):
 
 def switch_and_wait(ctx: ClusterContext, store: BackupStore | None = None, timeout: float = ARCHIVED_WAIT_S) -> str:
     """Close the current segment and wait until it is in the archive; returns its name."""
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     name = _on_primary(ctx, archiving.switch_wal)
     wait_archived(ctx, store, name, timeout)
     return name
@@ -96,12 +90,8 @@ def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, ti
 # -- base backups ---------------------------------------------------------------------------------
 def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.BaseBackup:
     require_archiving(ctx)
-    if ctx.platform.kind != "local":
-        # barman-cloud-backup reads the data dir itself: it must run in the primary's pod.
-        raise ArchivingError(f"cluster {ctx.name}: base backups on {ctx.platform.kind} need barman-cloud-backup "
-                             f"inside the primary's pod, which pg_ops does not do yet "
-                             f"(docs/architecture/adr-003-wal-archiving.md)")
-    store = store or open_store(ctx)
+    ctx.platform.check_base_backups()
+    store = store or ctx.store()
     store.check()
     member = primary_member(ctx)
     endpoint = ctx.endpoints()[member]
@@ -265,7 +255,7 @@ def window_of(store: BackupStore, listing: wa.ArchiveListing) -> RecoveryWindow:
 
 
 def recovery_window(ctx: ClusterContext, store: BackupStore | None = None) -> RecoveryWindow:
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     return window_of(store, wa.list_archive(store, ctx.name))
 
 

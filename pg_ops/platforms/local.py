@@ -23,7 +23,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -36,15 +36,25 @@ from pg_ops.credentials import (
     new_credentials,
     required_roles,
 )
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import MemberError, PgOpsError, Unsupported
 from pg_ops.platforms import local_archive
-from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
+from pg_ops.platforms.base import (
+    REPORT_FILE,
+    SCRATCH_PARAMETERS,
+    Platform,
+    ScratchTarget,
+    parse_member_report,
+)
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
 from pg_ops.postgres import config as pg_config
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.state import DesiredState
+from pg_ops.stores import StoreError
+
+if TYPE_CHECKING:
+    from pg_ops.stores.s3 import S3Credentials
 
 MEMBER_SCRIPT = Path(__file__).with_name("member.sh")
 STOP_TIMEOUT_S = 30.0
@@ -82,7 +92,9 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
-class LocalPlatform:
+class LocalPlatform(Platform):
+    """Members are processes on this machine (see the module doc); the contract is Platform's."""
+
     kind = "local"
 
     def __init__(self, spec: ClusterSpec, home: Path | None = None):
@@ -128,6 +140,12 @@ class LocalPlatform:
     # -- pg_ops-owned objects ----------------------------------------------------------------
     def state_store(self) -> FileStateStore:
         return FileStateStore(self.root / "desired-state")
+
+    def s3_credentials(self, secret_name: str) -> S3Credentials:
+        store = self.spec.backups.store
+        where = f"s3://{store.bucket}" if isinstance(store, S3StoreSpec) else self.spec.name
+        raise StoreError(f"backup store {where}: credentials_secret {secret_name!r} needs the Kubernetes platform "
+                         f"to read it")
 
     def load_credentials(self) -> Credentials | None:
         path = self.root / "credentials.json"
@@ -248,6 +266,8 @@ class LocalPlatform:
         self._kill_group(pid)
 
     def kill_member(self, name: str) -> None:
+        """SIGKILL of the supervisor and postgres together (the process group), as when the
+        machine dies: what fencing does here, and how scratch servers go. Not part of Platform."""
         pid = self._supervisor_pid(name)
         if pid is not None:
             self._kill_group(pid)
@@ -310,6 +330,22 @@ class LocalPlatform:
             return None
         total = st.f_blocks * st.f_frsize
         return total - st.f_bavail * st.f_frsize, total
+
+    def git_owned_objects(self) -> list[tuple[dict, dict | None]]:
+        raise Unsupported(f"cluster {self.spec.name}: the drift check is for Kubernetes clusters "
+                          f"(platform local has no Git-owned objects)")
+
+    def check_teardown(self) -> None:
+        return None
+
+    def check_archive_store(self, store_type: str) -> None:
+        return None  # the archive command runs on this machine: a folder or S3
+
+    def check_base_backups(self) -> None:
+        return None
+
+    def check_point_in_time(self, what: str) -> None:
+        return None
 
     def teardown(self) -> None:
         for name in self.spec.member_names:
