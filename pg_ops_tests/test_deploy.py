@@ -129,7 +129,7 @@ def test_empty_designated_primary_is_never_reinitialised(cluster):
     primary = ctx.state().primary
     stop_cluster(ctx)
     ctx.platform.wipe_member(primary)
-    import pg_ops.operations.deploy as d
+    import pg_ops.operations.members as d  # wait_until reads it
     old = d.READY_TIMEOUT_S
     d.READY_TIMEOUT_S = 8
     try:
