@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
 
 # One code location name everywhere: the Helm chart names it after its user deployment, and a
 # Kubernetes object name cannot hold "_" (workspace.yaml and pyproject.toml say the same).
@@ -118,7 +118,7 @@ def one_line(message: str | None, class_name: str | None = None) -> str:
     text = (message or "").strip()
     if class_name:
         text = re.sub(rf"^(?:[A-Za-z_]\w*\.)*{re.escape(class_name)}: ", "", text)
-    return text.splitlines()[0] if text else "the run failed"
+    return first_line(text) or "the run failed"
 
 
 # -- in process --------------------------------------------------------------------------------

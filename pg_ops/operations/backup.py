@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import PgOpsError
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER, redact
+from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.activity import record_status
+from pg_ops.operations.alerts import cluster_secrets, send_alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
@@ -194,7 +195,7 @@ def _counted(future: Future, database: str, member: str) -> dict[str, int] | Non
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         if _is_conflict(text):
             raise dump.RecoveryConflict(f"row counts of {database} on {member}: {text}") from None
         raise dump.DumpFailed(f"row counts of {database} on {member}: {text}") from None
@@ -212,7 +213,7 @@ def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifes
         ctx.log.info("backup %s of cluster %s into %s", backup_id, ctx.name, store.describe())
         return _take(ctx, store, backup_id)
     except PgOpsError as exc:
-        reason = scrub(str(exc), ctx)
+        reason = redact(str(exc), cluster_secrets(ctx))
         record_failure(ctx, store, backup_id, reason)
         raise BackupFailed(f"backup {backup_id} of cluster {ctx.name} failed: {reason}") from None
 
@@ -249,18 +250,6 @@ def _server_version(probe: MemberProbe) -> str:
     return f"{num // 10000}.{num % 10000}" if num else "unknown"
 
 
-def scrub(text: str, ctx: ClusterContext) -> str:
-    """Defence in depth: no password of the cluster ever leaves in a message."""
-    try:
-        secrets = ctx.credentials().as_plain_dict().values()
-    except PgOpsError:
-        return text
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
 def record_failure(ctx: ClusterContext, store: BackupStore | None, backup_id: str, reason: str) -> None:
     """error.json beside the partial objects (best effort: the store may be what failed),
     a clear log line, and the alert."""
@@ -275,7 +264,5 @@ def record_failure(ctx: ClusterContext, store: BackupStore | None, backup_id: st
 
 
 def alert_backup_failed(ctx: ClusterContext, backup_id: str, reason: str) -> None:
-    from pg_ops.operations.alerts import send_alert
-
     send_alert(ctx, "critical", "backup_failed", f"backup {backup_id} of cluster {ctx.name} failed",
                backup_id=backup_id, reason=reason)

@@ -1,4 +1,5 @@
-"""What every operation needs about a cluster: spec, platform, credentials, a logger."""
+"""What every operation needs about a cluster: spec, platform, credentials, its backup store,
+a logger, and how its alerts leave."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pg_ops.credentials import SUPERUSER, Credentials
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.alerts import AlertDelivery
 from pg_ops.platforms import platform_for
 from pg_ops.platforms.base import Platform
 from pg_ops.postgres.conninfo import Endpoint
@@ -21,10 +23,12 @@ class ClusterContext:
     spec: ClusterSpec
     platform: Platform
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pg_ops"))
+    alerts: AlertDelivery = field(default_factory=AlertDelivery)  # Dagster's AlertsResource sets it
 
     @classmethod
-    def for_spec(cls, spec: ClusterSpec, log: logging.Logger | None = None) -> ClusterContext:
-        return cls(spec, platform_for(spec), log or logging.getLogger("pg_ops"))
+    def for_spec(cls, spec: ClusterSpec, log: logging.Logger | None = None,
+                 alerts: AlertDelivery | None = None) -> ClusterContext:
+        return cls(spec, platform_for(spec), log or logging.getLogger("pg_ops"), alerts or AlertDelivery())
 
     @property
     def name(self) -> str:

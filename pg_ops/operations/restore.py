@@ -26,11 +26,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_ops import settings
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import admin as pg_admin
 from pg_ops.postgres import dump
 from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.session import connect_dsn
 from pg_ops.stores import BackupStore
 from pg_ops.stores import catalog as cat
 
@@ -69,10 +70,10 @@ def _target_parts(target_dsn: str) -> dict:
 
 def _connect(parts: dict, dbname: str) -> psycopg.Connection:
     try:
-        return psycopg.connect(make_conninfo(**{**parts, "dbname": dbname}), autocommit=True, connect_timeout=10)
+        return connect_dsn(make_conninfo("", **{**parts, "dbname": dbname}), timeout=10)
     except psycopg.Error as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PgOpsError(f"target {make_conninfo(**{**parts, 'dbname': dbname})}: cannot connect: {text}") from None
+        raise PgOpsError(f"target {make_conninfo('', **{**parts, 'dbname': dbname})}: cannot connect: "
+                         f"{first_line(exc)}") from exc
 
 
 def refuse_live_cluster(ctx: ClusterContext, parts: dict, conn: psycopg.Connection) -> None:

@@ -19,6 +19,7 @@ from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
+from pg_ops.poll import poll
 from pg_ops.postgres import archiving, barman, walfiles
 from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
 from pg_ops.postgres.dump import temporary_passfile
@@ -74,17 +75,19 @@ def switch_and_wait(ctx: ClusterContext, store: BackupStore | None = None, timeo
 def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, timeout: float) -> None:
     wanted = walfiles.parse_segment(segment_name)
     assert wanted is not None, f"{segment_name!r} is a segment name (pg_switch_wal, a backup history)"
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def archived() -> bool | None:
         listing = wa.list_archive(store, ctx.name)
-        if any(s.segment.segno == wanted.segno and s.segment.timeline == wanted.timeline for s in listing.segments):
-            return
-        if time.monotonic() > deadline:
-            status = _on_primary(ctx, archiving.archiver_status)
-            why = f"; last failure at {status.last_failed_wal}" if status.failing else ""
-            raise ArchivingError(f"cluster {ctx.name}: WAL segment {segment_name} is not in the archive after "
-                                 f"{timeout:g} s{why}")
-        time.sleep(0.5)
+        return any(s.segment.segno == wanted.segno and s.segment.timeline == wanted.timeline
+                   for s in listing.segments) or None
+
+    def expired() -> ArchivingError:
+        status = _on_primary(ctx, archiving.archiver_status)
+        why = f"; last failure at {status.last_failed_wal}" if status.failing else ""
+        return ArchivingError(f"cluster {ctx.name}: WAL segment {segment_name} is not in the archive after "
+                              f"{timeout:g} s{why}")
+
+    poll(archived, timeout=timeout, interval=0.5, expired=expired)
 
 
 # -- base backups ---------------------------------------------------------------------------------
@@ -136,9 +139,9 @@ def _file_base_backup(ctx: ClusterContext, store: BackupStore, member: str) -> N
 
 def _backup_history(ctx: ClusterContext, store: BackupStore, label: str) -> BackupHistory:
     """The backup history file PostgreSQL archived when this backup ended (found by label)."""
-    deadline = time.monotonic() + ARCHIVED_WAIT_S
     seen: set[str] = set()
-    while time.monotonic() < deadline:
+
+    def archived() -> BackupHistory | None:
         for key in wa.list_archive(store, ctx.name).backup_histories:
             if key in seen:
                 continue
@@ -146,9 +149,13 @@ def _backup_history(ctx: ClusterContext, store: BackupStore, label: str) -> Back
             history = parse_backup_history(wa.read_archived(store, key).decode(errors="replace"))
             if history.label == label:
                 return history
-        time.sleep(0.5)
-    raise ArchivingError(f"cluster {ctx.name}: the backup history file of base backup {label!r} did not reach "
-                         f"the archive within {ARCHIVED_WAIT_S:g} s")
+        return None
+
+    def expired() -> ArchivingError:
+        return ArchivingError(f"cluster {ctx.name}: the backup history file of base backup {label!r} did not "
+                              f"reach the archive within {ARCHIVED_WAIT_S:g} s")
+
+    return poll(archived, timeout=ARCHIVED_WAIT_S, interval=0.5, expired=expired)
 
 
 # -- health of archiving ----------------------------------------------------------------------------
@@ -262,7 +269,7 @@ def recovery_window(ctx: ClusterContext, store: BackupStore | None = None) -> Re
 def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict],
                     now: float | None = None) -> tuple[dict[str, ArchiveHealth | str], dict[str, dict]]:
     """One sensor tick over every archiving cluster: fire and resolve the archiving alerts
-    (logged, POSTed to the cluster's webhook, secrets scrubbed); returns (health or the reason it
+    (through each cluster context's AlertDelivery); returns (health or the reason it
     could not be read, per cluster; the new open-alert state)."""
     from pg_ops.operations import alerts as alert_ops
 
@@ -281,10 +288,8 @@ def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict]
         active += archive_alerts(ctx, health)
     mine = {k: v for k, v in open_alerts.items() if v.get("kind") in kinds}
     to_send, state = alert_ops.reconcile(mine, active, unknown, scope, now)
-    by_name = {c.name: c for c in contexts}
-    for alert in to_send:
-        owner = by_name.get(alert.cluster)
-        if owner is not None:
-            sender = alert_ops.WebhookSender.from_env(owner.spec.alerts.webhook_url_env)
-            alert_ops.deliver([alert], sender, alert_ops.cluster_secrets(owner), owner.log)
+    for ctx in contexts:
+        batch = [a for a in to_send if a.cluster == ctx.name]
+        if batch:
+            ctx.alerts.send(batch, {ctx.name: ctx.spec}, alert_ops.cluster_secrets(ctx), ctx.log)
     return healths, state

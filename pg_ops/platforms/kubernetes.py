@@ -60,6 +60,7 @@ from pg_ops.platforms.base import (
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
 from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadata
+from pg_ops.poll import poll
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
@@ -330,16 +331,19 @@ class KubernetesPlatform(Platform):
             raise MemberError(f"kubernetes: pod {self.namespace}/{name}: statefulset "
                               f"{sts.metadata.name} has {sts.spec.replicas} replicas; scale it to "
                               f"{self.spec.postgres.members}")
-        deadline = time.monotonic() + self.pod_start_timeout
-        while True:
-            pod = self._pod(name)
-            if _running(pod):
-                return
-            if time.monotonic() >= deadline:
-                phase = pod.status.phase if pod is not None and pod.status else "missing"
-                raise MemberError(f"kubernetes: pod {self.namespace}/{name} stuck {phase} after "
-                                  f"{self.pod_start_timeout:g} s: {_pending_reason(pod)}")
-            time.sleep(0.5)
+        seen: list = []
+
+        def runs() -> bool | None:
+            seen[:] = [self._pod(name)]
+            return True if _running(seen[0]) else None
+
+        def expired() -> MemberError:
+            pod = seen[0]
+            phase = pod.status.phase if pod is not None and pod.status else "missing"
+            return MemberError(f"kubernetes: pod {self.namespace}/{name} stuck {phase} after "
+                               f"{self.pod_start_timeout:g} s: {_pending_reason(pod)}")
+
+        poll(runs, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
 
     def _delete_pod(self, name: str, grace_seconds: int | None) -> None:
         """Delete a pod and wait until that pod (its uid) is gone; the StatefulSet then makes
@@ -354,14 +358,16 @@ class KubernetesPlatform(Platform):
         self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
                       self.namespace, missing_ok=True, **kwargs)
         grace = (pod.spec.termination_grace_period_seconds or 30) if grace_seconds is None else grace_seconds
-        deadline = time.monotonic() + POD_GONE_TIMEOUT_S + grace
-        while time.monotonic() < deadline:
+
+        def gone() -> bool | None:
             pod = self._pod(name)
-            if pod is None or pod.metadata.uid != uid:
-                return
-            time.sleep(0.2)
-        raise MemberError(f"kubernetes: delete pod {self.namespace}/{name}: still terminating after "
-                          f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
+            return True if pod is None or pod.metadata.uid != uid else None
+
+        def expired() -> MemberError:
+            return MemberError(f"kubernetes: delete pod {self.namespace}/{name}: still terminating after "
+                               f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
+
+        poll(gone, timeout=POD_GONE_TIMEOUT_S + grace, interval=0.2, expired=expired)
 
     def stop_member(self, name: str) -> None:
         """Graceful delete: the kubelet sends TERM, which the member script turns into a
@@ -581,8 +587,9 @@ class KubernetesPlatform(Platform):
         from pg_ops.postgres.topology import probe_members
 
         what = self._what("scratch pod", name)
-        deadline = time.monotonic() + self.pod_start_timeout
-        while True:
+        last: dict = {}
+
+        def accepting() -> Endpoint | None:
             pod = self._pod(name)
             phase = pod.status.phase if pod is not None and pod.status else "missing"
             if phase in ("Failed", "Succeeded"):
@@ -595,13 +602,17 @@ class KubernetesPlatform(Platform):
                 if probe.reachable:
                     return endpoint
                 error = probe.error
-            if time.monotonic() >= deadline:
-                if endpoint is not None:
-                    raise MemberError(f"kubernetes: {what} runs but does not accept connections after "
-                                      f"{self.pod_start_timeout:g} s: {_one_line(error or 'no answer')}")
-                raise MemberError(f"kubernetes: {what} stuck {phase} after {self.pod_start_timeout:g} s: "
-                                  f"{_one_line(_pending_reason(pod))}")
-            time.sleep(0.5)
+            last.update(pod=pod, phase=phase, endpoint=endpoint, error=error)
+            return None
+
+        def expired() -> MemberError:
+            if last["endpoint"] is not None:
+                return MemberError(f"kubernetes: {what} runs but does not accept connections after "
+                                   f"{self.pod_start_timeout:g} s: {_one_line(last['error'] or 'no answer')}")
+            return MemberError(f"kubernetes: {what} stuck {last['phase']} after {self.pod_start_timeout:g} s: "
+                               f"{_one_line(_pending_reason(last['pod']))}")
+
+        return poll(accepting, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
 
     def _delete_scratch(self, name: str) -> None:
         """Both deletes are tried; one that fails is raised when nothing else is, else logged

@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ from pg_ops.platforms.base import (
 )
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
+from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
 from pg_ops.spec import ClusterSpec, S3StoreSpec
@@ -260,9 +260,7 @@ class LocalPlatform(Platform):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)  # the supervisor turns it into a fast shutdown
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(lambda: None if _pid_alive(pid) else True, timeout=STOP_TIMEOUT_S, interval=0.05)
         self._kill_group(pid)
 
     def kill_member(self, name: str) -> None:
@@ -276,9 +274,7 @@ class LocalPlatform(Platform):
     def _kill_group(self, pgid: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while _pid_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll(lambda: None if _pid_alive(pgid) else True, timeout=5, interval=0.02)
 
     def _kill_orphans(self, name: str) -> None:
         """A postmaster whose supervisor is gone (postmaster.pid names it)."""
@@ -440,18 +436,23 @@ class LocalScratchServer:
     def wait_ready(self, timeout: float = SCRATCH_READY_TIMEOUT_S) -> None:
         from pg_ops.postgres.topology import probe_members
 
-        deadline = time.monotonic() + timeout
-        while True:
+        errors: list[str | None] = []
+
+        def accepting() -> bool | None:
             probe = probe_members({self.member: self.endpoint}, SUPERUSER, self.password, 2.0)[self.member]
             if probe.reachable:
-                return
+                return True
             if not self.running():
                 raise MemberError(f"scratch server {self.name} exited before accepting connections: "
                                   f"{self.platform.member_log_tail(self.member, 1) or 'no log output'}")
-            if time.monotonic() >= deadline:
-                raise MemberError(f"scratch server {self.name} does not accept connections after "
-                                  f"{timeout:g} s: {probe.error}")
-            time.sleep(0.1)
+            errors[:] = [probe.error]
+            return None
+
+        def expired() -> MemberError:
+            return MemberError(f"scratch server {self.name} does not accept connections after "
+                               f"{timeout:g} s: {errors[-1] if errors else None}")
+
+        poll(accepting, timeout=timeout, interval=0.1, expired=expired)
 
     def remove(self) -> None:
         """Nothing in it needs a clean shutdown: kill it (no shutdown checkpoint), then delete

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pg_ops.errors import first_line
 from pg_ops.stores.base import BackupStore, StoreError
 
 GLOBALS = "globals.sql.zst"
@@ -157,7 +158,7 @@ def read_manifest(store: BackupStore, cluster: str, backup_id: str) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValueError as exc:
-        raise StoreError(f"backup {cluster}/{backup_id}: unreadable manifest ({str(exc).splitlines()[0]})") from None
+        raise StoreError(f"backup {cluster}/{backup_id}: unreadable manifest ({first_line(exc)})") from exc
 
 
 def status_of(has_manifest: bool, drill: dict | None) -> Status:
