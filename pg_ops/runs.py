@@ -309,7 +309,7 @@ class Deployment:
                                   timeout=HTTP_TIMEOUT)
             body = reply.json()
         except requests.RequestException as exc:
-            raise PgOpsError(f"the Dagster webserver at {self.url} does not answer: {type(exc).__name__}") from None
+            raise PgOpsError(f"the Dagster webserver at {self.url} does not answer: {type(exc).__name__}") from exc
         except ValueError:
             raise PgOpsError(f"the Dagster webserver at {self.url} answered HTTP {reply.status_code}, "
                              f"not GraphQL") from None
@@ -389,7 +389,7 @@ class Deployment:
             kind, body = (exc.args + ("", ""))[:2]
             detail = body[0].get("message") if isinstance(body, list) and body and isinstance(body[0], dict) else body
             raise PgOpsError(f"the Dagster deployment at {self.url} refused the {launch.job} run: "
-                             f"{kind}: {one_line(str(detail))}") from None
+                             f"{kind}: {one_line(str(detail))}") from exc
 
     def events(self, run_id: str, cursor: str | None = None) -> tuple[list[dict], str | None]:
         """Events of a run after `cursor` (all of them when None), and the new cursor."""

@@ -111,10 +111,6 @@ def scrub(alert: Alert, secrets: Iterable[str] = ()) -> Alert:
     return Alert.model_validate(redact(alert.model_dump(), secrets))
 
 
-def payload(alert: Alert) -> dict:
-    return alert.model_dump()
-
-
 # -- delivery ----------------------------------------------------------------------------------
 def _post_json(url: str, body: bytes, timeout: float) -> None:
     request = urllib.request.Request(url, data=body, method="POST",
@@ -184,7 +180,7 @@ class WebhookSender:
         url = self.url
 
         def post(alert: Alert):
-            body = json.dumps(payload(alert), default=str).encode()
+            body = json.dumps(alert.model_dump(), default=str).encode()
             return lambda: _post_with_retries(url, body, self.timeout, self.retries, self.backoff)
 
         return _within_deadline([(a.key, post(a)) for a in alerts], self.deadline, "alert-webhook")

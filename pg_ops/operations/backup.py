@@ -148,7 +148,7 @@ class _Runner:
                 if snap.in_recovery and not isinstance(exc, dump.RecoveryConflict):
                     conflict = count_error if _is_conflict(count_error) else snap.conflict_error()
                     if conflict:
-                        raise dump.RecoveryConflict(f"{exc} (the standby ended our snapshot: {conflict})") from None
+                        raise dump.RecoveryConflict(f"{exc} (the standby ended our snapshot: {conflict})") from exc
                 raise
         self.ctx.log.info("%s: %.1f MB -> %.1f MB stored in %.1f s (%.1f MB/s) from %s", name,
                           stats.raw_bytes / 1e6, stats.stored_bytes / 1e6, stats.seconds, stats.mb_per_s,
@@ -197,8 +197,8 @@ def _counted(future: Future, database: str, member: str) -> dict[str, int] | Non
     except Exception as exc:  # noqa: BLE001
         text = first_line(exc)
         if _is_conflict(text):
-            raise dump.RecoveryConflict(f"row counts of {database} on {member}: {text}") from None
-        raise dump.DumpFailed(f"row counts of {database} on {member}: {text}") from None
+            raise dump.RecoveryConflict(f"row counts of {database} on {member}: {text}") from exc
+        raise dump.DumpFailed(f"row counts of {database} on {member}: {text}") from exc
 
 
 def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifest:
@@ -215,6 +215,7 @@ def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifes
     except PgOpsError as exc:
         reason = redact(str(exc), cluster_secrets(ctx))
         record_failure(ctx, store, backup_id, reason)
+        # from None: the cause is the unscrubbed text of `reason`
         raise BackupFailed(f"backup {backup_id} of cluster {ctx.name} failed: {reason}") from None
 
 

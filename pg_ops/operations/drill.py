@@ -134,7 +134,7 @@ def download(store: BackupStore, obj: cat.StoredObject, dest: Path) -> None:
                 raise BackupFault(f"{_name(obj.key)}: truncated (the zstd frame does not end; "
                                   f"{box['stored']} of {obj.stored_bytes} bytes)")
     except zstandard.ZstdError as exc:
-        raise BackupFault(f"{_name(obj.key)}: corrupt (zstd: {exc})") from None
+        raise BackupFault(f"{_name(obj.key)}: corrupt (zstd: {exc})") from exc
     except StoreError as exc:
         if "does not exist" in str(exc):
             raise BackupFault(f"{_name(obj.key)}: missing from the store") from None
@@ -226,7 +226,7 @@ def drill(ctx: ClusterContext, backup_id: str | None = None, store: BackupStore 
         report.result, report.reason = "failed", str(fault)
     except PgOpsError as exc:
         alert_drill(ctx, record.id, f"the drill could not run: {exc}")
-        raise PgOpsError(f"restore drill of backup {record.id} of cluster {ctx.name} could not run: {exc}") from None
+        raise PgOpsError(f"restore drill of backup {record.id} of cluster {ctx.name} could not run: {exc}") from exc
     report.total_seconds = round(time.monotonic() - started, 3)
     report.finished_at = datetime.now(UTC).isoformat()
     store.put_bytes(cat.object_key(ctx.name, record.id, cat.DRILL), json.dumps(report.as_dict(), indent=1).encode())
@@ -261,7 +261,7 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
     try:
         manifest = cat.read_manifest(store, ctx.name, record.id)
     except StoreError as exc:
-        raise BackupFault(str(exc)) from None
+        raise BackupFault(str(exc)) from exc
     if manifest.id != record.id or manifest.cluster != ctx.name:
         raise BackupFault(f"manifest.json describes {manifest.cluster}/{manifest.id}, not {ctx.name}/{record.id}")
     workdir = drill_workdir(manifest.raw_bytes) / f"{ctx.name}-{record.id}-{secrets.token_hex(3)}"
@@ -302,7 +302,7 @@ def _restore_and_verify(scratch: ScratchTarget, manifest: cat.Manifest, files: d
         try:
             name = dump.dump_database_name(files[entry.key])
         except dump.DumpFailed as exc:
-            raise BackupFault(str(exc)) from None
+            raise BackupFault(str(exc)) from exc
         if name != entry.name:
             raise BackupFault(f"{_name(entry.key)} holds database {name}, the manifest says {entry.name}")
         restores[entry.name] = dump.pg_restore(ep, SUPERUSER, password, files[entry.key], jobs=RESTORE_JOBS,

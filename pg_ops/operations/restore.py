@@ -59,6 +59,7 @@ def _target_parts(target_dsn: str) -> dict:
     try:
         parts = conninfo_to_dict(target_dsn)
     except psycopg.ProgrammingError as exc:
+        # from None: the parser's error may quote the DSN, which may hold a password
         raise RestoreRefused(f"target DSN is not a valid libpq connection string: {exc}") from None
     if parts.get("password"):
         raise RestoreRefused("the target DSN carries a password: put it in a passfile (PGPASSFILE) or "
@@ -166,7 +167,7 @@ def restore(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str |
             try:
                 download(store, entry, dump_file)
             except BackupFault as fault:
-                raise PgOpsError(f"backup {record.id}: {fault}") from None
+                raise PgOpsError(f"backup {record.id}: {fault}") from fault
             overwritten = prepare_target_database(parts, overwrite, ctx.log)
             ctx.log.info("restoring %s of backup %s/%s into %s", entry.name, ctx.name, record.id, shown)
             report = dump.pg_restore_into(make_conninfo(**parts), dump_file, keep_owners=keep_owners)

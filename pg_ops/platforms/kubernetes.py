@@ -144,7 +144,7 @@ class KubernetesPlatform(Platform):
         try:
             return json.loads(open(path).read()).get(section, {})
         except (OSError, ValueError) as exc:
-            raise PgOpsError(f"{ADDRESSES_ENV}={path}: unreadable address overrides ({exc})") from None
+            raise PgOpsError(f"{ADDRESSES_ENV}={path}: unreadable address overrides ({exc})") from exc
 
     def peer_addresses(self) -> dict[str, str]:
         overrides = self._overrides("peers")
@@ -272,7 +272,7 @@ class KubernetesPlatform(Platform):
         try:
             from pg_ops.render import manifests
         except ImportError as exc:
-            raise PgOpsError(f"cluster {self.spec.name}: the rendered manifests are unavailable ({exc})") from None
+            raise PgOpsError(f"cluster {self.spec.name}: the rendered manifests are unavailable ({exc})") from exc
         return manifests(self.spec)
 
     def prepare(self, state: DesiredState) -> None:
@@ -301,7 +301,7 @@ class KubernetesPlatform(Platform):
             except KubernetesError as exc:
                 before = ", ".join(describe(o) for o in applied[:done]) or "none"
                 raise type(exc)(f"{exc}; applied before it: {before}; not applied: {len(applied) - done} object(s)",
-                                exc.status, exc.reason) from None
+                                exc.status, exc.reason) from exc
 
     def git_owned_objects(self) -> list[tuple[dict, dict | None]]:
         client = ObjectClient(self.api)

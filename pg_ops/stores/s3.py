@@ -51,7 +51,8 @@ def _error_code(exc: Exception) -> str:
 
 def explain(exc: Exception, where: str, action: str) -> StoreError:
     """One line naming the store and the cause; botocore messages never carry the secret key,
-    but we build our own anyway so nothing unexpected leaks."""
+    but we build our own anyway so nothing unexpected leaks (and callers raise it `from None`, so
+    the botocore exception does not travel along as its cause either)."""
     from botocore.exceptions import (
         ConnectTimeoutError,
         EndpointConnectionError,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from pg_ops.postgres import walfiles
 from pg_ops.postgres.barman import S3Target
 from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.stores.base import BackupStore, ObjectInfo, StoreError
+
+log = logging.getLogger("pg_ops")
 
 ARCHIVE_SUFFIX = ".wal"
 COMPRESSION_SUFFIXES = (".zst", ".gz", ".bz2", ".xz", ".snappy", ".lz4")
@@ -246,13 +249,17 @@ def hold_archive(store: BackupStore, cluster: str, holder: str, purpose: str,
     """Retention prunes nothing of the archive while a recovery or drill reads it."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", holder)[:100]
     key = f"{archive_root(cluster)}/holds/{safe}.json"
-    store.put_bytes(key, json.dumps({"holder": holder, "purpose": purpose,
-                                     "expires_at": time.time() + ttl_seconds}).encode())
+    expires_at = time.time() + ttl_seconds
+    store.put_bytes(key, json.dumps({"holder": holder, "purpose": purpose, "expires_at": expires_at}).encode())
     try:
         yield
     finally:
-        with contextlib.suppress(StoreError):
+        try:
             store.delete([key])
+        except StoreError as exc:
+            log.warning("WAL archive of %s: could not release the %s hold %s (retention prunes nothing until it "
+                        "expires at %s): %s", cluster, purpose, holder,
+                        datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds"), exc)
 
 
 def active_holds(store: BackupStore, cluster: str, now: float | None = None) -> list[dict]:
