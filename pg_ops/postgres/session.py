@@ -1,9 +1,14 @@
-"""Connections under a client-side deadline.
+"""Every PostgreSQL connection pg_ops opens is opened here.
 
-`statement_timeout` is enforced by the server, so it cannot stop a backend that is itself
-stuck (a SIGSTOPped member, a peer that accepts TCP and never answers). Every call here runs
-in a daemon thread; when the deadline passes, the socket is shut down under it so the thread
-ends too, and the caller gets a MemberUnreachable naming the member and the cause.
+`with_connection`: a member, under a client-side deadline. `statement_timeout` is enforced by
+the server, so it cannot stop a backend that is itself stuck (a SIGSTOPped member, a peer that
+accepts TCP and never answers). The call runs in a daemon thread; when the deadline passes, the
+socket is shut down under it so the thread ends too, and the caller gets a MemberUnreachable
+naming the member and the cause.
+
+`connect` (a member's endpoint) and `connect_dsn` (a libpq string: the primary endpoint, a
+restore target): plain connections for callers that hold one open (a dump's snapshot, a
+scratch database) or bound their statements with statement_timeout.
 """
 
 from __future__ import annotations
