@@ -259,7 +259,7 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
     store = store or ctx.store()
     new_spec = new_cluster_spec(ctx.spec, as_name)
     platform = LocalPlatform(new_spec)  # a new local cluster (check_point_in_time passed for its source)
-    new_ctx = ClusterContext(new_spec, platform, ctx.log)
+    new_ctx = ClusterContext(new_spec, platform, ctx.log, ctx.alerts)
     holder = f"recover-{as_name}-{secrets.token_hex(3)}"
     ctx.log.info("recovering cluster %s to %s as %s from base backup %s", ctx.name, _t(target), as_name,
                  plan.base_backup.id)
