@@ -63,8 +63,7 @@ apt-packages:
 # Two workers, a test file each at a time: most tests wait on PostgreSQL, Dagster or the network,
 # so two files in parallel use the two cores (TEST_WORKERS=0 runs them one after another).
 TEST_WORKERS ?= 2
-test: setup tools apt-packages
-	$(VENV)/bin/ruff check .
+test: setup tools apt-packages lint
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks print JSON lines (figure + same-run baseline) and append to bench-results/.
@@ -100,8 +99,11 @@ screenshot-alerts: setup apt-packages
 	@bash scripts/apt-install.sh "chromium=the screenshot"
 	$(PY) scripts/screenshot-ui.py --page prometheus-alerts
 
+# ruff, then mypy over pg_ops/ ([tool.mypy] in pyproject.toml; pinned in requirements.lock). `make
+# test` runs it first, so CI (.ci/run: make test) type-checks every change (about 20 s cold).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 clean:
 	-$(VENV)/bin/pg-ops teardown 2>/dev/null

@@ -60,10 +60,8 @@ def require_member(spec: ClusterSpec, member: str, what: str) -> None:
 def reachable_store(spec: ClusterSpec):
     """The cluster's backup store, or None (said on stderr) when this machine cannot open it:
     it is the deployment's, and its runs check the backup themselves."""
-    from pg_ops.operations.backup import open_store
-
     try:
-        return open_store(ClusterContext.for_spec(spec))
+        return ClusterContext.for_spec(spec).store()
     except PgOpsError as exc:
         backup_unchecked(spec, exc)
         return None
@@ -230,13 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("member")
     p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
     sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
-    for extend in EXTENSIONS:
-        extend(sub, common)
+    for add_parsers in (_render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers):
+        add_parsers(sub, common)
     return parser
-
-
-# Later capabilities add their sub-commands here: fn(subparsers, common_parent).
-EXTENSIONS: list[Callable] = []
 
 
 # -- render (offline: writes the Git-owned manifests, never talks to a cluster) ---------------------
@@ -255,9 +249,6 @@ def cmd_render(args, spec):
 def _render_parser(sub, common) -> None:
     p = sub.add_parser("render", parents=[common], help="write a kubernetes cluster's Git-owned manifests")
     p.add_argument("--out", help="output folder (default: deploy/kubernetes/<cluster>/)")
-
-
-EXTENSIONS.append(_render_parser)
 
 
 # -- backups (pg_ops/defs/backups.py, operations/backup.py, operations/retention.py) -----------------
@@ -295,9 +286,6 @@ def _backup_parsers(sub, common) -> None:
     sub.add_parser("backups", parents=[common], help="list backups: id, started, size, duration, status, expires")
 
 
-EXTENSIONS.append(_backup_parsers)
-
-
 # -- restore drills (pg_ops/defs/drills.py, operations/drill.py) -----------------------------------
 @command("restore-drill")
 def cmd_restore_drill(args, spec):
@@ -319,9 +307,6 @@ def _drill_parsers(sub, common) -> None:
     p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
                    help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
                         "without TIME, to a moment the drill marks itself")
-
-
-EXTENSIONS.append(_drill_parsers)
 
 
 @command("restore")
@@ -355,9 +340,6 @@ def _restore_parser(sub, common) -> None:
     p.add_argument("--database", help="which database of the backup (default: its only one)")
     p.add_argument("--overwrite", action="store_true", help="drop and recreate a non-empty target database")
     p.add_argument("--keep-owners", action="store_true", help="keep object owners (the roles must exist)")
-
-
-EXTENSIONS.append(_restore_parser)
 
 
 # -- WAL archiving and point-in-time recovery (pg_ops/defs/wal.py, operations/wal.py, recover.py) ----
@@ -410,9 +392,6 @@ def _wal_parsers(sub, common) -> None:
     p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
     p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
     sub.add_parser("base-backup", parents=[common], help="take a base backup for point-in-time recovery now")
-
-
-EXTENSIONS.append(_wal_parsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ locally, a Secret on Kubernetes), never logged, never in run config or metadata.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -17,6 +18,8 @@ REPLICATION_USER = "replicator"
 MONITORING_USER = "postgres_exporter"
 MONITORING_GRANT = "pg_monitor"
 PG_OPS_DATABASE = "pg_ops"
+REDACTED = "[redacted]"
+SECRET_KEY_MARKERS = ("password", "secret", "token", "passwd", "credential", "private_key")
 
 
 def generate_password() -> str:
@@ -56,3 +59,24 @@ def required_roles(spec: ClusterSpec) -> list[str]:
 
 def new_credentials(spec: ClusterSpec) -> Credentials:
     return Credentials(passwords={}).with_roles(required_roles(spec))
+
+
+def redact(value, secrets: Iterable[str]):
+    """The one scrubber: `value` (text, or dicts and lists of them, as an alert's details) without
+    any of the known secret values, and without the value of any secret-looking key. Values
+    shorter than 4 characters are not secrets worth the false positives."""
+    known = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    return _redact(value, known)
+
+
+def _redact(value, known: list[str]):
+    if isinstance(value, dict):
+        return {k: (REDACTED if any(m in str(k).lower() for m in SECRET_KEY_MARKERS) else _redact(v, known))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v, known) for v in value]
+    if isinstance(value, str):
+        for secret in known:
+            value = value.replace(secret, REDACTED)
+        return value
+    return value

@@ -26,3 +26,16 @@ class ConflictError(PgOpsError):
 
 class MemberError(PgOpsError):
     """A member could not be started, reached or changed."""
+
+
+class Unsupported(PgOpsError):
+    """What a platform cannot do (yet): raised by its check_* methods before anything is touched."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first line of an error's text, or its class name when it has none: psycopg, libpq
+    and tools put the reason on the first line and details (DETAIL, HINT, a query) after it."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
 
 # One code location name everywhere: the Helm chart names it after its user deployment, and a
 # Kubernetes object name cannot hold "_" (workspace.yaml and pyproject.toml say the same).
@@ -118,7 +118,7 @@ def one_line(message: str | None, class_name: str | None = None) -> str:
     text = (message or "").strip()
     if class_name:
         text = re.sub(rf"^(?:[A-Za-z_]\w*\.)*{re.escape(class_name)}: ", "", text)
-    return text.splitlines()[0] if text else "the run failed"
+    return first_line(text) or "the run failed"
 
 
 # -- in process --------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ class Deployment:
                                   timeout=HTTP_TIMEOUT)
             body = reply.json()
         except requests.RequestException as exc:
-            raise PgOpsError(f"the Dagster webserver at {self.url} does not answer: {type(exc).__name__}") from None
+            raise PgOpsError(f"the Dagster webserver at {self.url} does not answer: {type(exc).__name__}") from exc
         except ValueError:
             raise PgOpsError(f"the Dagster webserver at {self.url} answered HTTP {reply.status_code}, "
                              f"not GraphQL") from None
@@ -389,7 +389,7 @@ class Deployment:
             kind, body = (exc.args + ("", ""))[:2]
             detail = body[0].get("message") if isinstance(body, list) and body and isinstance(body[0], dict) else body
             raise PgOpsError(f"the Dagster deployment at {self.url} refused the {launch.job} run: "
-                             f"{kind}: {one_line(str(detail))}") from None
+                             f"{kind}: {one_line(str(detail))}") from exc
 
     def events(self, run_id: str, cursor: str | None = None) -> tuple[list[dict], str | None]:
         """Events of a run after `cursor` (all of them when None), and the new cursor."""

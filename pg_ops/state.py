@@ -109,7 +109,7 @@ class DesiredState(BaseModel):
                 lock=lock,
             )
         except (KeyError, ValueError) as exc:
-            raise PgOpsError(f"{source}: unreadable desired-state record ({exc})") from None
+            raise PgOpsError(f"{source}: unreadable desired-state record ({exc})") from exc
 
 
 class StateStore(Protocol):

@@ -16,6 +16,8 @@ import yaml
 
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
+from pg_ops.platforms.base import Platform
+from pg_ops.platforms.local import LocalPlatform
 from pg_ops.spec import ClusterSpec, load_spec
 
 
@@ -76,11 +78,22 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
     return path
 
 
+def kill_member(platform: Platform, name: str) -> None:
+    """Kill a member as when its node dies (a power of the tests, not of pg_ops): local, SIGKILL
+    of its supervisor and postgres together (the process group, as fencing does); Kubernetes, its
+    pod force-deleted (grace 0: the API object goes at once, the kubelet kills the container at
+    its next sync, and the StatefulSet makes a new pod)."""
+    if isinstance(platform, LocalPlatform):
+        platform.kill_member(name)
+    else:
+        platform._delete_pod(name, 0)  # type: ignore[attr-defined]  # KubernetesPlatform
+
+
 def stop_cluster(ctx: ClusterContext) -> None:
     """Stop every member of a local cluster by process group, whatever state it is in."""
     for name in ctx.spec.member_names:
         with contextlib.suppress(Exception):
-            ctx.platform.kill_member(name)
+            kill_member(ctx.platform, name)
 
 
 @contextlib.contextmanager
@@ -164,7 +177,7 @@ def lose_member(ctx: ClusterContext, name: str) -> None:
     fake = fake_of(ctx)
     if fake is not None:
         fake.hold_pending(ctx.spec.kubernetes.namespace, name)
-    ctx.platform.kill_member(name)
+    kill_member(ctx.platform, name)
 
 
 def recover_member(ctx: ClusterContext, name: str) -> None:

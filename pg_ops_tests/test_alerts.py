@@ -7,11 +7,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
+from pg_ops.credentials import REDACTED
 from pg_ops.defs.health import AlertsResource, deliver_run_failure
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.alerts import (
     EVENT_SECONDS,
-    REDACTED,
     Alert,
     AlertmanagerSender,
     WebhookSender,

@@ -21,7 +21,7 @@ import zstandard
 
 from pg_ops import settings
 from pg_ops.credentials import SUPERUSER
-from pg_ops.operations.backup import BackupFailed, backup, open_store
+from pg_ops.operations.backup import BackupFailed, backup
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.retention import prune
 from pg_ops.spec import ClusterSpec
@@ -107,7 +107,7 @@ def test_backup_from_a_replica_restores_to_identical_row_counts(filled, caplog):
     caplog.set_level(logging.INFO, logger="pg_ops")
     ctx = filled
     manifest = backup(ctx)
-    store = open_store(ctx)
+    store = ctx.store()
     assert manifest.source != ctx.state().primary and manifest.source_role == "replica"
     assert manifest.server_version.startswith("18.") and manifest.timeline == 1 and manifest.lsn
     app = manifest.databases[0]
@@ -151,7 +151,7 @@ def test_every_database_is_backed_up_and_restorable_except_the_excluded(filled):
     excluding = with_store(ctx, ctx.spec.backups.store.model_dump(), exclude=["skipme"])
     try:
         manifest = backup(excluding)
-        store = open_store(ctx)
+        store = ctx.store()
         names = [d.name for d in manifest.databases]
         assert names == ["app", "handmade", "postgres"]
         assert manifest.excluded_databases == ["pg_ops", "skipme"]
@@ -180,7 +180,7 @@ def test_backup_into_seaweedfs_without_fingerprints(filled, monkeypatch):
     keys = sorted(o["Key"] for o in server.client().list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [f"nightly/{ctx.name}/{manifest.id}/{n}" for n in ("app.dump.zst", "globals.sql.zst",
                                                                        "manifest.json", "postgres.dump.zst")]
-    store = open_store(s3ctx)
+    store = s3ctx.store()
     stored = store.get_bytes(manifest.databases[0].key)
     assert hashlib.sha256(stored).hexdigest() == manifest.databases[0].sha256
     assert [r.status for r in cat.list_backups(store, ctx.name)] == ["complete"]
@@ -224,7 +224,7 @@ def test_pg_dump_killed_half_way_fails_without_a_manifest(filled, caplog):
         backup(ctx)
     thread.join()
     assert killed
-    store = open_store(ctx)
+    store = ctx.store()
     failed = cat.list_backups(store, ctx.name)[-1]
     assert failed.id in str(err.value) and failed.status == "incomplete"
     names = {k.rsplit("/", 1)[1] for k in failed.keys}
@@ -281,7 +281,7 @@ def test_disk_full_fails_without_a_manifest(filled):
             full = with_store(ctx, {"type": "file", "path": str(folder / "backups")})
             with pytest.raises(BackupFailed, match="no space left on device"):
                 backup(full)
-            store = open_store(full)
+            store = full.store()
             records = cat.list_backups(store, ctx.name)
             assert [r.status for r in records] == ["incomplete"]
             assert not any(k.endswith(cat.MANIFEST) for k in records[0].keys)
@@ -295,7 +295,7 @@ def test_manifest_is_written_last(filled):
     """The manifest's timestamp is not older than any object it lists (file store mtimes)."""
     ctx = filled
     manifest = backup(ctx)
-    store = open_store(ctx)
+    store = ctx.store()
     folder = Path(store.root) / ctx.name / manifest.id
     manifest_mtime = (folder / cat.MANIFEST).stat().st_mtime_ns
     assert all(p.stat().st_mtime_ns <= manifest_mtime for p in folder.iterdir())
@@ -304,7 +304,7 @@ def test_manifest_is_written_last(filled):
 
 def test_s3_store_class_is_used_for_s3_specs(filled):
     s3ctx = with_store(filled, {"type": "s3", "bucket": "pgops-any", "endpoint_url": "http://127.0.0.1:1"})
-    assert isinstance(open_store(s3ctx), S3Store) and S3Credentials("a", "b") != S3Credentials("a", "c")
+    assert isinstance(s3ctx.store(), S3Store) and S3Credentials("a", "b") != S3Credentials("a", "c")
 
 
 def test_cli_backup_runs_the_dagster_job_and_backups_lists_it(filled, capsys):
@@ -386,7 +386,7 @@ def test_recovery_conflict_on_the_replica_falls_back_to_the_primary(cluster, cap
     assert app.row_counts["public.items"] == 100000  # the primary's data after the delete
     messages = "\n".join(r.getMessage() for r in caplog.records)
     assert f"replica {paused['member']} cancelled the dump" in messages
-    assert store_has_no_partials(open_store(ctx), ctx.name)
+    assert store_has_no_partials(ctx.store(), ctx.name)
 
 
 def store_has_no_partials(store, cluster: str) -> bool:

@@ -20,7 +20,7 @@ from pg_ops.operations.status import cluster_status
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres.session import with_connection
 from pg_ops.state import TopologyLock, update_state
-from pg_ops_tests.helpers import fake_of, running_cluster, stop_cluster, wait_for
+from pg_ops_tests.helpers import fake_of, kill_member, running_cluster, stop_cluster, wait_for
 
 # Read-only cases that only the local platform has: the shared cluster's local instance.
 LOCAL_ONLY = pytest.mark.parametrize("shared_any_cluster", ["local"], indirect=True)
@@ -108,7 +108,7 @@ def test_member_passwords_files_are_private(shared_any_cluster):
 def test_killed_replica_restarts_and_streams_from_its_slot(any_cluster):
     ctx = any_cluster
     replica = ctx.spec.member_names[1]
-    ctx.platform.kill_member(replica)
+    kill_member(ctx.platform, replica)
     fake = fake_of(ctx)
     if fake is None:
         assert not ctx.platform.member_running(replica)
@@ -142,7 +142,7 @@ def test_empty_designated_primary_is_never_reinitialised(cluster):
     primary = ctx.state().primary
     stop_cluster(ctx)
     ctx.platform.wipe_member(primary)
-    import pg_ops.operations.deploy as d
+    import pg_ops.operations.members as d  # wait_until reads it
     old = d.READY_TIMEOUT_S
     d.READY_TIMEOUT_S = 8
     try:
@@ -162,9 +162,9 @@ def test_a_member_waiting_for_its_primary_says_so(cluster):
     ctx = cluster
     primary = ctx.state().primary
     replica = next(m for m in ctx.spec.member_names if m != primary)
-    ctx.platform.kill_member(replica)
+    kill_member(ctx.platform, replica)
     ctx.platform.wipe_member(replica)
-    ctx.platform.kill_member(primary)
+    kill_member(ctx.platform, primary)
     ctx.platform.start_member(replica)
     wait_for(lambda: ctx.platform.member_report(replica).get("boot.action") == "wait", "the replica to wait")
     with pytest.raises(MemberError, match=f"member {replica} not streaming after 1 s: it waits: primary {primary} "

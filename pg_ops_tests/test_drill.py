@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from pg_ops.errors import PgOpsError
-from pg_ops.operations.backup import backup, open_store
+from pg_ops.operations.backup import backup
 from pg_ops.operations.drill import DrillFailed, drill
 from pg_ops.stores import catalog as cat
 from pg_ops_tests.s3server import shared_server
@@ -49,7 +49,7 @@ def scratch_leftovers(ctx) -> list[str]:
 
 def copy_backup(ctx, manifest: cat.Manifest, seconds: int) -> str:
     """A copy of a complete backup under a later id (file store), to corrupt."""
-    store = open_store(ctx)
+    store = ctx.store()
     new_id = cat.new_backup_id(cat.backup_time(manifest.id) + timedelta(seconds=seconds))
     src, dst = store.root / ctx.name / manifest.id, store.root / ctx.name / new_id
     shutil.copytree(src, dst)
@@ -71,7 +71,7 @@ def test_a_good_backup_passes_and_becomes_verified(backed_up, caplog):
     # The only errors ignored are the proven-harmless ones: the scratch server's own roles.
     assert report.ignored_errors and all('already exists' in e and ('"postgres"' in e or '"replicator"' in e)
                                          for e in report.ignored_errors)
-    store = open_store(ctx)
+    store = ctx.store()
     record = next(r for r in cat.list_backups(store, ctx.name) if r.id == manifest.id)
     assert record.status == "verified" and record.drill["result"] == "passed"
     assert not any(k.rsplit("/", 1)[1].startswith(cat.HOLD_PREFIX) for k in record.keys)
@@ -90,7 +90,7 @@ def test_corruption_is_caught_and_marks_the_backup_failed(backed_up, damage, rea
     ctx, manifest = backed_up
     offset = ["flip", "truncate", "missing", "counts", "other_database"].index(damage) + 1
     backup_id = copy_backup(ctx, manifest, offset)
-    store = open_store(ctx)
+    store = ctx.store()
     folder = store.root / ctx.name / backup_id
     dump_file = folder / "app.dump.zst"
     if damage == "flip":
@@ -122,7 +122,7 @@ def test_unknown_or_incomplete_backup_is_refused(backed_up):
     ctx, manifest = backed_up
     with pytest.raises(PgOpsError, match="backup 20000101T000000Z of cluster shared does not exist"):
         drill(ctx, "20000101T000000Z")
-    store = open_store(ctx)
+    store = ctx.store()
     incomplete = cat.new_backup_id(cat.backup_time(manifest.id) + timedelta(seconds=30))
     store.put_bytes(cat.object_key(ctx.name, incomplete, cat.GLOBALS), b"x")
     with pytest.raises(PgOpsError, match="is incomplete"):
@@ -140,7 +140,7 @@ def test_drill_from_seaweedfs(backed_up, monkeypatch):
     manifest = backup(s3ctx)
     report = drill(s3ctx)  # the newest complete backup
     assert report.backup_id == manifest.id and report.result == "passed"
-    assert [r.status for r in cat.list_backups(open_store(s3ctx), ctx.name)] == ["verified"]
+    assert [r.status for r in cat.list_backups(s3ctx.store(), ctx.name)] == ["verified"]
     assert scratch_leftovers(ctx) == []
 
 

@@ -25,6 +25,7 @@ from pg_ops.state import TopologyLock, update_state
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
+    kill_member,
     lose_member,
     member_generation,
     recover_member,
@@ -181,11 +182,11 @@ def test_forced_failover_fences_a_healthy_primary(any_cluster):
 def test_interrupted_failover_with_dead_candidate_is_run_again(cluster):
     ctx = cluster
     old, first, second = ctx.spec.member_names
-    ctx.platform.kill_member(old)
+    kill_member(ctx.platform, old)
     # A failover run died right after writing the desired state, and its candidate died too.
     update_state(ctx.platform.state_store(), lambda s: s.model_copy(
         update={"epoch": s.epoch + 1, "primary": first, "fenced": (old,)}))
-    ctx.platform.kill_member(first)
+    kill_member(ctx.platform, first)
     change = failover(ctx)
     assert change.new_primary == second and change.old_primary == first and change.epoch == 3
     with primary_conn(ctx) as c:
@@ -197,7 +198,7 @@ def test_second_failover_is_refused_by_the_lock(cluster):
     store = cluster.platform.state_store()
     lock = TopologyLock(holder="failover@other:7", operation="failover", expires_at=time.time() + 60)
     update_state(store, lambda s: s.model_copy(update={"lock": lock}))
-    cluster.platform.kill_member(cluster.state().primary)
+    kill_member(cluster.platform, cluster.state().primary)
     with pytest.raises(LockHeld, match="failover held by failover@other:7"):
         failover(cluster)
 
@@ -221,7 +222,7 @@ def test_switchover_loses_no_row_and_old_primary_follows(any_cluster):
 def test_switchover_refuses_a_member_that_is_down(cluster):
     ctx = cluster
     target = ctx.spec.member_names[2]
-    ctx.platform.kill_member(target)
+    kill_member(ctx.platform, target)
     with pytest.raises(PgOpsError, match=f"cannot switch over to {target}: it is not streaming"):
         switchover(ctx, to=target)
     assert ctx.state().epoch == 1
@@ -280,7 +281,7 @@ def test_sync_mode_loses_no_acknowledged_commit(make_platform_spec):
 
 def test_no_replica_at_all_is_a_clear_refusal(make_spec):
     with running_cluster(make_spec("solo", postgres={"members": 1})) as ctx:
-        ctx.platform.kill_member(ctx.state().primary)
+        kill_member(ctx.platform, ctx.state().primary)
         with pytest.raises(PgOpsError, match="has no replica: there is nothing to fail over to"):
             failover(ctx, force=True)
 
@@ -310,7 +311,7 @@ def test_failover_job_via_cli_records_run_and_metadata(cluster, capsys):
 
     ctx = cluster
     old = ctx.state().primary
-    ctx.platform.kill_member(old)
+    kill_member(ctx.platform, old)
     assert cli_main(["failover", "--cluster", ctx.name, "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["old_primary"] == old and meta["new_primary"] == ctx.state().primary and meta["epoch"] == 2

@@ -34,7 +34,7 @@ from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.state import update_state
 from pg_ops_tests.fake_k8s import FakeKubernetes
-from pg_ops_tests.helpers import home_environment, spec_from, wait_for, write_platform_spec
+from pg_ops_tests.helpers import home_environment, kill_member, spec_from, wait_for, write_platform_spec
 
 SCALE = 0.1
 
@@ -197,7 +197,7 @@ def test_a_replacement_pod_waits_for_the_old_container_on_the_same_volume(kube):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        ctx.platform.kill_member(member)
+        kill_member(ctx.platform, member)
         wait_for(lambda: not old.group_alive(), "the old container killed")
         wait_for(lambda: streaming(ctx, member), f"{member} streaming again", timeout=60)
     finally:
@@ -251,7 +251,7 @@ def test_on_network_storage_the_replacement_pod_waits_for_the_volume_to_detach()
         old = fake.cluster.container(ns, member)
         fake.cordon(old.node)  # the replacement goes to another node
         fake.cluster.force_kill_delay = 3.0
-        ctx.platform.kill_member(member)
+        kill_member(ctx.platform, member)
 
         def waiting_message():
             pod = fake.object("pods", ns, member) or {}
@@ -361,7 +361,7 @@ class TestRealKubeletSyncDelay:
         before = state_file(first).read_text()
         update_state(ctx.platform.state_store(),  # a new version of the record (a no-op change writes nothing)
                      lambda s: s.model_copy(update={"observed_at": s.observed_at + 1}))
-        ctx.platform.kill_member(second)  # a pod made now mounts the record of now
+        kill_member(ctx.platform, second)  # a pod made now mounts the record of now
         wait_for(lambda: fake.cluster.container(ns, second) is not None
                  and state_file(second).read_text() != before, "the new pod's record")
         assert state_file(first).read_text() == before  # the running pod: not yet

@@ -20,6 +20,7 @@ from pg_ops.platforms import kubernetes_names as names
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
+    kill_member,
     lose_member,
     recover_member,
     running_cluster,
@@ -101,7 +102,7 @@ def test_failed_fencing_leaves_a_change_the_tick_resumes(any_cluster, monkeypatc
 def test_failed_promotion_is_resumed(cluster, monkeypatch):
     ctx = cluster
     old = ctx.state().primary
-    ctx.platform.kill_member(old)
+    kill_member(ctx.platform, old)
     real_promote = failover_ops.promote
     monkeypatch.setattr(failover_ops, "promote", lambda c, m, epoch: (_ for _ in ()).throw(
         MemberError(f"member {m}: pg_promote did not complete within 30 s (injected)")))
@@ -148,7 +149,7 @@ def _lagging_cluster(ctx):
                     "from generate_series(1, 50) j) from generate_series(1, 2000) i")  # ~3 MB of WAL
     tick(ctx)  # the sensor's view of the primary goes into the record
     assert ctx.state().observed_lsn
-    ctx.platform.kill_member(primary)
+    kill_member(ctx.platform, primary)
     for name in replicas:
         ctx.platform.start_member(name)
     for name in replicas:
@@ -236,7 +237,7 @@ def test_sync_mode_loses_a_replica_then_the_primary_and_loses_nothing(make_platf
 def test_failover_keeps_sync_mode_while_the_standbys_reconnect(cluster_sync):
     ctx = cluster_sync
     old = ctx.state().primary
-    ctx.platform.kill_member(old)
+    kill_member(ctx.platform, old)
     change = failover(ctx)
     # Right after the promotion: not relaxed (the other replica reconnects within a second).
     assert sync_setting(ctx, change.new_primary).startswith("ANY 1 (")

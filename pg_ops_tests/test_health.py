@@ -26,7 +26,7 @@ from pg_ops.operations.status import cluster_status
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import probe_member
-from pg_ops_tests.helpers import free_port, wait_for
+from pg_ops_tests.helpers import free_port, kill_member, wait_for
 from pg_ops_tests.test_alerts import WebhookCapture
 
 
@@ -318,7 +318,7 @@ def test_wrong_password_reports_every_member_and_requests_no_failover(cluster, m
 def test_killed_primary_requests_one_failover_per_incident(cluster):
     ctx = cluster
     primary = ctx.state().primary
-    ctx.platform.kill_member(primary)
+    kill_member(ctx.platform, primary)
     found = verdict(ctx)
     assert found.kind == "down", found.reason
     with dg.instance_for_test() as instance:
@@ -358,7 +358,7 @@ def test_killed_primary_in_manual_mode_alerts_with_the_command(cluster):
     ctx = cluster
     manual = ClusterContext(ctx.spec.model_copy(update={
         "failover": ctx.spec.failover.model_copy(update={"mode": "manual"})}), ctx.platform, ctx.log)
-    ctx.platform.kill_member(ctx.state().primary)
+    kill_member(ctx.platform, ctx.state().primary)
     sensor = Sensor([manual])
     with WebhookCapture() as hook:
         os.environ["PG_OPS_ALERT_WEBHOOK"] = hook.url
@@ -393,7 +393,7 @@ def test_sensor_skips_failover_decisions_while_a_topology_change_holds_the_lock(
     ctx = cluster
     update_state(ctx.platform.state_store(), lambda s: s.model_copy(
         update={"lock": TopologyLock(holder="switchover@x:1", operation="switchover", expires_at=9e9)}))
-    ctx.platform.kill_member(ctx.state().primary)
+    kill_member(ctx.platform, ctx.state().primary)
     sensor = Sensor([ctx])
     sensor.tick()
     assert sensor.requests == []

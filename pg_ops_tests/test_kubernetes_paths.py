@@ -11,7 +11,7 @@ import pytest
 
 from pg_ops.errors import MemberError
 from pg_ops.operations import health
-from pg_ops.operations.backup import backup, open_store
+from pg_ops.operations.backup import backup
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.drill import DrillFailed, drill
 from pg_ops.platforms import kubernetes_names as names
@@ -53,7 +53,7 @@ def test_backup_from_a_replica_and_its_drill_pass(shared_any_cluster):
     report = drill(ctx, manifest.id)
     assert report.result == "passed" and report.databases["app"]["count_problems"] == []
     assert report.databases["app"]["tables_counted"] == len(app.row_counts)
-    record = next(r for r in cat.list_backups(open_store(ctx), ctx.name) if r.id == manifest.id)
+    record = next(r for r in cat.list_backups(ctx.store(), ctx.name) if r.id == manifest.id)
     assert record.status == "verified"
     # Restored into a temporary pod of the cluster (not a local instance), gone afterwards.
     ns = ctx.spec.kubernetes.namespace
@@ -66,7 +66,7 @@ def test_a_failed_drill_leaves_no_drill_pod_or_secret(shared_any_cluster):
     fill_app(ctx, rows=100)
     manifest = backup(ctx)
     backup_id = copy_backup(ctx, manifest, 1)
-    folder = open_store(ctx).root / ctx.name / backup_id
+    folder = ctx.store().root / ctx.name / backup_id
     raw = json.loads((folder / cat.MANIFEST).read_text())
     raw["databases"][0]["row_counts"]["public.items"] += 1  # found only after the restore into the pod
     (folder / cat.MANIFEST).write_text(json.dumps(raw))

@@ -27,7 +27,15 @@ from pg_ops.render import manifests
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
 from pg_ops_tests.fake_k8s import FakeKubernetes
-from pg_ops_tests.helpers import free_port, home_environment, spec_from, stop_cluster, wait_for, write_spec
+from pg_ops_tests.helpers import (
+    free_port,
+    home_environment,
+    kill_member,
+    spec_from,
+    stop_cluster,
+    wait_for,
+    write_spec,
+)
 
 BACKUP_SECRET = "kube-backup-s3"
 
@@ -261,7 +269,7 @@ def test_teardown_is_refused(k8s):
 def test_killed_pod_is_recreated_and_relabelled(k8s, fake):
     ns, replica = k8s.platform.namespace, replicas_of(k8s)[0]
     uid = fake.object("pods", ns, replica)["metadata"]["uid"]
-    k8s.platform.kill_member(replica)
+    kill_member(k8s.platform, replica)
     wait_for(lambda: k8s.platform.member_running(replica), f"{replica} recreated and running")
     assert fake.object("pods", ns, replica)["metadata"]["uid"] != uid
     assert names.LABEL_ROLE not in fake.pod_labels(ns, replica)  # the window until pg_ops re-labels
@@ -303,7 +311,7 @@ def test_pod_stuck_pending_is_reported_and_shown_down(k8s, fake):
     ns, replica = k8s.platform.namespace, replicas_of(k8s)[1]
     fake.hold_pending(ns, replica)
     try:
-        k8s.platform.kill_member(replica)
+        kill_member(k8s.platform, replica)
         k8s.platform.pod_start_timeout = 1.0
         with pytest.raises(MemberError, match=rf"kubernetes: pod {ns}/{replica} stuck Pending after 1 s: "
                                               rf"Unschedulable: 0/3 nodes are available"):

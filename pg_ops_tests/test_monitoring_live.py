@@ -25,7 +25,7 @@ from pg_ops.defs.health import AlertsResource, evaluate_health
 from pg_ops.operations.activity import record_status
 from pg_ops.postgres.status_table import STATUS_KEYS
 from pg_ops.render import monitoring
-from pg_ops_tests.helpers import home_environment, running_cluster, spec_from, write_spec
+from pg_ops_tests.helpers import home_environment, kill_member, running_cluster, spec_from, write_spec
 from pg_ops_tests.monitoring_tools import alertmanager, monitoring_stack, notified, wait_until
 from pg_ops_tests.test_alerts import WebhookCapture
 
@@ -194,10 +194,10 @@ def test_killed_replicas_alert_once_from_each_source_and_resolve_after_deploy(li
     alerts and pg_ops's no-replica alert, each fired once and resolved once after `pg-ops
     deploy`, and never pg_ops's own member_down (Prometheus covers it)."""
     first, second = live.replicas
-    live.ctx.platform.kill_member(first)
+    kill_member(live.ctx.platform, first)
     wait_until(lambda: live.firing("PgOpsInstanceDown", pod=first), f"PgOpsInstanceDown firing for {first}")
     assert not live.firing("PgOpsInstanceDown", pod=second)
-    live.ctx.platform.kill_member(second)
+    kill_member(live.ctx.platform, second)
     live.tick()
     assert {f"{CLUSTER}/member_down/{first}", f"{CLUSTER}/member_down/{second}",
             f"{CLUSTER}/no_replica_streaming/"} <= live.open_pg_ops_alerts()

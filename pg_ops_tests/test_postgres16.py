@@ -23,7 +23,14 @@ from pg_ops.operations.failover import failover, switchover
 from pg_ops.operations.health import status_report
 from pg_ops.operations.restore import restore
 from pg_ops.postgres.dump import AMCHECK_UNAVAILABLE
-from pg_ops_tests.helpers import home_environment, running_cluster, spec_from, wait_for, write_spec
+from pg_ops_tests.helpers import (
+    home_environment,
+    kill_member,
+    running_cluster,
+    spec_from,
+    wait_for,
+    write_spec,
+)
 from pg_ops_tests.test_failover import Writer, _writes_after, q
 
 
@@ -72,7 +79,7 @@ def test_failover_and_the_old_primary_rejoins_by_rewind_on_16(pg16):
     old = ctx.state().primary
     with Writer(ctx) as writer:
         wait_for(lambda: len(writer.acked) > 20, "writes")
-        ctx.platform.kill_member(old)
+        kill_member(ctx.platform, old)
         change = failover(ctx, detected_at=time.time())
         wait_for(lambda: _writes_after(writer, 5), "writes resume")
     assert change.new_primary != old and change.timeline == 2

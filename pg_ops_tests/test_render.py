@@ -25,7 +25,7 @@ from pg_ops.render import check_git_safe, default_output_dir, manifests, monitor
 from pg_ops.render.config import PROBE_SCRIPT
 from pg_ops.render.output import files_by_kind
 from pg_ops.spec import ClusterSpec, load_spec
-from pg_ops_tests.helpers import wait_for
+from pg_ops_tests.helpers import kill_member, wait_for
 
 REPO = settings.REPO_ROOT
 HOMELAB = REPO / "deploy" / "clusters" / "homelab.yaml"
@@ -532,7 +532,7 @@ def test_probe_script_against_real_members(cluster):
     assert "not streaming" in probe(cluster, replica, "ready", "60", "67108864").stdout
     assert probe(cluster, replica, "live").returncode == 0
     # A member whose postgres is gone fails liveness (nothing is cloning or rewinding).
-    cluster.platform.kill_member(replica)
+    kill_member(cluster.platform, replica)
     wait_for(lambda: probe(cluster, replica, "live").returncode != 0, "liveness to fail on a dead member")
 
 
@@ -553,9 +553,9 @@ def test_probes_know_what_the_member_script_is_doing(cluster):
     primary = state.primary
     replica = next(m for m in cluster.spec.member_names if m != primary)
     platform = cluster.platform
-    platform.kill_member(replica)
+    kill_member(platform, replica)
     platform.wipe_member(replica)
-    platform.kill_member(primary)  # nothing to clone from
+    kill_member(platform, primary)  # nothing to clone from
     platform.start_member(replica)
     wait_for(lambda: member_status(cluster, replica).get("phase") == "waiting", "the replica waiting to clone")
     for mode in ("startup", "live"):
@@ -563,7 +563,7 @@ def test_probes_know_what_the_member_script_is_doing(cluster):
         assert done.returncode == 0, done.stdout
         assert "member waiting since" in done.stdout and f"primary {primary} unreachable" in done.stdout
     assert probe(cluster, replica, "ready", "60", "67108864").returncode != 0  # busy is not ready
-    platform.kill_member(replica)
+    kill_member(platform, replica)
     # The record now names another cluster's system identifier: the primary refuses its own data.
     update_state(platform.state_store(), lambda s: s.model_copy(update={"system_identifier": "42"}))
     platform.start_member(primary)

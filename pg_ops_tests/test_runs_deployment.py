@@ -29,6 +29,7 @@ from pg_ops.runs import CLUSTERS_JOB, CODE_LOCATION, REPOSITORY
 from pg_ops_tests.helpers import (
     free_port,
     home_environment,
+    kill_member,
     running_cluster,
     spec_from,
     stop_cluster,
@@ -164,7 +165,7 @@ def test_a_spec_added_while_the_daemon_runs_is_picked_up_and_fails_over(deployed
         wait_for(lambda: ("cluster_not_loaded", "late") in deployed.hook.kinds(resolved=True),
                  "the alert's resolution once loaded", timeout=120, interval=1)
         old = ctx.state().primary
-        ctx.platform.kill_member(old)
+        kill_member(ctx.platform, old)
         assert cli_main(["failover", "--cluster", "late", "--json", "--dagster-url", deployed.url]) == 0
         meta = json.loads(capsys.readouterr().out)
         assert meta["old_primary"] == old and meta["new_primary"] == ctx.state().primary != old

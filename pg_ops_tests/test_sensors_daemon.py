@@ -17,7 +17,7 @@ from pg_ops import settings
 from pg_ops.defs.health import health_sensor_cursor
 from pg_ops.operations import slo
 from pg_ops.runs import CODE_LOCATION
-from pg_ops_tests.helpers import running_cluster, wait_for
+from pg_ops_tests.helpers import kill_member, running_cluster, wait_for
 from pg_ops_tests.test_alerts import WebhookCapture
 
 pytestmark = pytest.mark.daemon
@@ -113,7 +113,7 @@ def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
         try:
             wait_for(lambda: len(health_sensor_cursor(instance)["ticks"]) >= 2, "two health sensor ticks", timeout=120)
             old = ctx.state().primary
-            ctx.platform.kill_member(old)
+            kill_member(ctx.platform, old)
             wait_for(lambda: ctx.state().epoch == 2 and ctx.state().lock is None, "the failover run", timeout=120)
             runs = instance.get_runs(filters=dg.RunsFilter(job_name="failover"))
             wait_for(lambda: instance.get_run_by_id(runs[0].run_id).is_finished, "the run to finish", timeout=60)

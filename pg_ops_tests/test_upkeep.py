@@ -10,7 +10,7 @@ from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.health import watch_cluster
 from pg_ops.postgres.session import with_connection
-from pg_ops_tests.helpers import running_cluster
+from pg_ops_tests.helpers import kill_member, running_cluster
 
 
 def setting(ctx, member, name="synchronous_standby_names"):
@@ -30,7 +30,7 @@ def test_sync_mode_relaxes_only_when_allowed_and_tightens_again(make_spec, mode)
         replicas = [m for m in ctx.spec.member_names if m != primary]
         assert setting(ctx, primary).startswith("ANY 1 (") and sorted(ctx.state().sync_set) == replicas
         for replica in replicas:
-            ctx.platform.kill_member(replica)
+            kill_member(ctx.platform, replica)
         # The first tick without a standby does not relax yet: right after a failover the
         # standbys reconnect within a second or two, and relaxing then would give up RPO 0.
         watch = watch_cluster(ctx, {})
@@ -63,7 +63,7 @@ def test_failover_is_recorded_for_the_exporter(make_spec):
     from pg_ops.operations.failover import failover
 
     with running_cluster(make_spec("rec")) as ctx:
-        ctx.platform.kill_member(ctx.state().primary)
+        kill_member(ctx.platform, ctx.state().primary)
         change = failover(ctx)
         rows = dict(with_connection(ctx.endpoints()[change.new_primary], "postgres", ctx.admin_password(),
                                     lambda c: c.execute("select key, value from status").fetchall(),

@@ -30,6 +30,7 @@ from pg_ops.postgres.session import with_connection
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.helpers import (
     home_environment,
+    kill_member,
     running_cluster,
     spec_from,
     stop_cluster,
@@ -176,7 +177,7 @@ def test_store_down_while_archiving_alerts_and_loses_nothing(s3_cluster):
         assert {v["kind"] for v in open_alerts.values()} >= {"wal_archive_failing", "wal_archive_backlog"}
     finally:
         proxy.up()
-    store = wal.open_store(ctx)
+    store = ctx.store()
     wal.wait_archived(ctx, store, stuck, timeout=180)
     wait_for(lambda: not status().failing and status().ready_segments == 0, "the backlog is archived", timeout=180)
     assert wal.recovery_window(ctx).gap is None  # nothing lost
@@ -200,7 +201,7 @@ def test_refusals_name_the_window_the_gap_and_the_name(s3_cluster, capsys):
     from pg_ops.cli import main
 
     ctx, server, bucket, _, home = s3_cluster
-    listing = wa.list_archive(wal.open_store(ctx), ctx.name)
+    listing = wa.list_archive(ctx.store(), ctx.name)
     oldest = listing.base_backups[0].end_time
     with pytest.raises(RecoveryRefused, match=r"before the oldest base backup .*recovery window"):
         check_recovery(ctx, oldest - timedelta(hours=1))
@@ -213,7 +214,7 @@ def test_refusals_name_the_window_the_gap_and_the_name(s3_cluster, capsys):
     target = datetime.now(UTC)
     time.sleep(1)
     wal.switch_and_wait(ctx)
-    listing = wa.list_archive(wal.open_store(ctx), ctx.name)
+    listing = wa.list_archive(ctx.store(), ctx.name)
     victim = [s for s in listing.segments if s.segment.segno > listing.base_backups[-1].begin_segno][1]
     client = server.client()
     key = f"pitr-tests/{victim.key}"
@@ -251,14 +252,14 @@ def test_recovery_to_three_points_in_time_across_a_failover(s3_cluster):
     replica = next(m for m in ctx.spec.member_names if m != old)
     lsn = run(ctx, "select pg_current_wal_lsn()::text", "postgres")[0][0]
     wait_for(lambda: ctx.probe([replica])[replica].replay_lsn >= lsn, "the replica replayed batch 2")
-    ctx.platform.kill_member(old)
+    kill_member(ctx.platform, old)
     change = failover(ctx, detected_at=time.time())
     assert change.new_primary == replica and change.timeline == 2
     batch(ctx, 3)
     t3 = between_commits()
     batch(ctx, 4)
     wal.switch_and_wait(ctx)
-    listing = wa.list_archive(wal.open_store(ctx), ctx.name)
+    listing = wa.list_archive(ctx.store(), ctx.name)
     assert 2 in listing.histories and listing.newest_segment.segment.timeline == 2
     for i, (target, expected) in enumerate([(t1, {1: 10}), (t2, {1: 10, 2: 10}), (t3, {1: 10, 2: 10, 3: 10})]):
         result = recover(ctx, target, f"pitr-at-{i + 1}")

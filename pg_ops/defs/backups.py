@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from pg_ops.defs.partitions import schedule_groups
-from pg_ops.defs.resources import PgOpsResource
+from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.spec import ClusterSpec
 
 GROUP = "backups"
@@ -52,12 +52,13 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
     @dg.asset(key=nightly_key(cluster), partitions_def=DAILY, group_name=GROUP, kinds={"postgres"},
               description=f"Nightly logical backup of cluster {cluster}: pg_dump -Fc per database + globals, "
                           f"zstd in the pipe, manifest last ({spec.backups.store.type} store).")
-    def nightly(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
-        from pg_ops.operations.backup import backup, open_store
+    def nightly(context: dg.AssetExecutionContext, pg_ops: PgOpsResource,
+                alerts: AlertsResource) -> dg.MaterializeResult:
+        from pg_ops.operations.backup import backup
 
-        ctx = pg_ops.cluster(cluster, context.log)
+        ctx = pg_ops.cluster(cluster, context.log, alerts)
         manifest = backup(ctx)
-        store = open_store(ctx)
+        store = ctx.store()
         seconds = max(manifest.seconds, 1e-6)
         rows = sum(sum((d.row_counts or {}).values()) for d in manifest.databases)
         return dg.MaterializeResult(metadata={
@@ -151,7 +152,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         description=f"Fail when a cluster's newest good backup is older than {FRESH_HOURS} h (on demand: the "
                     f"backup_store_checks sensor evaluates it without a run).")
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, freshness_job],
-                          schedules=_schedules(specs, job))
+                          schedules=_schedules(specs, job), resources={"alerts": ALERTS})
 
 
 def backup_run_kwargs(cluster: str, day: str | None = None) -> dict:

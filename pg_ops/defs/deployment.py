@@ -2,6 +2,8 @@
 -> primary endpoint -> replication (with its checks), and the `deploy_cluster` job."""
 
 
+from typing import Any
+
 import dagster as dg
 
 from pg_ops.defs.partitions import (
@@ -23,7 +25,7 @@ CHECK_SLOTS = "replication_slots_present"
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
     partitions = cluster_partitions(specs)
-    common = {"partitions_def": partitions, "group_name": GROUP, "key_prefix": ["deployment"]}
+    common: dict[str, Any] = {"partitions_def": partitions, "group_name": GROUP, "key_prefix": ["deployment"]}
 
     @dg.asset(**common, description="Generated passwords (a 0600 file locally, a Secret on Kubernetes).")
     def credentials(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
@@ -83,7 +85,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
             "primary": status.designated_primary,
             "max_lag_bytes": max((m.lag_bytes or 0) for m in status.members),
         })
-        yield from replication_checks(ctx, status)
+        yield from replication_checks(ops.invariants(ctx.probe(), status.designated_primary))
 
     deploy_cluster = dg.define_asset_job(
         "deploy_cluster", selection=dg.AssetSelection.groups(GROUP), partitions_def=partitions,
@@ -95,23 +97,18 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                           jobs=[deploy_cluster])
 
 
-def replication_checks(ctx, status):
-    primary = status.designated_primary
-    writable = status.writable_members
+def replication_checks(found: ops.Invariants):
+    """The deployment invariants (operations/deploy.py: the ones `deploy` fails on), one check each."""
     yield dg.AssetCheckResult(
-        check_name=CHECK_ONE_PRIMARY, passed=writable == [primary],
-        metadata={"writable": ", ".join(writable) or "none", "designated": primary},
+        check_name=CHECK_ONE_PRIMARY, passed=found.one_primary,
+        metadata={"writable": ", ".join(found.writable) or "none", "designated": found.primary},
     )
-    replicas = [m for m in status.members if m.name != primary]
-    not_streaming = [m.name for m in replicas if not m.streaming]
+    not_streaming = list(found.not_streaming)
     yield dg.AssetCheckResult(
         check_name=CHECK_STREAMING, passed=not not_streaming,
-        metadata={"not_streaming": ", ".join(not_streaming) or "none", "replicas": len(replicas)},
+        metadata={"not_streaming": ", ".join(not_streaming) or "none", "replicas": len(found.replicas)},
     )
-    probes = ctx.probe([primary])
-    slots = {s["slot_name"] for s in probes[primary].slots}
-    missing = [m.name for m in replicas if m.name.replace("-", "_") not in slots]
     yield dg.AssetCheckResult(
-        check_name=CHECK_SLOTS, passed=not missing,
-        metadata={"missing": ", ".join(missing) or "none", "slots": ", ".join(sorted(slots))},
+        check_name=CHECK_SLOTS, passed=not found.missing_slots,
+        metadata={"missing": ", ".join(found.missing_slots) or "none", "slots": ", ".join(found.slots)},
     )

@@ -18,7 +18,7 @@ import dagster as dg
 
 from pg_ops.defs.backups import nightly_key
 from pg_ops.defs.partitions import schedule_groups
-from pg_ops.defs.resources import PgOpsResource
+from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.spec import ClusterSpec
 
 GROUP = "restore_drills"
@@ -83,10 +83,10 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
               description=f"Restore drill of cluster {cluster}: the backup restored into a throw-away instance "
                           f"and verified (sha256, pg_restore errors, row counts, amcheck).")
     def restore_drill(context: dg.AssetExecutionContext, config: DrillConfig,
-                      pg_ops: PgOpsResource) -> dg.MaterializeResult:
+                      pg_ops: PgOpsResource, alerts: AlertsResource) -> dg.MaterializeResult:
         from pg_ops.operations.drill import drill
 
-        report = drill(pg_ops.cluster(cluster, context.log), config.backup_id, holder=f"drill-{context.run_id[:8]}")
+        report = drill(pg_ops.cluster(cluster, context.log, alerts), config.backup_id, holder=f"drill-{context.run_id[:8]}")
         return dg.MaterializeResult(metadata={
             "backup_id": dg.MetadataValue.text(report.backup_id),
             "result": dg.MetadataValue.text(report.result),
@@ -178,7 +178,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         schedules.append(weekly)
     sensors = [_after_backup_sensor(spec.name, job) for spec in specs if spec.drills.after_backup]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, checks_job, restore_backup],
-                          schedules=schedules, sensors=sensors)
+                          schedules=schedules, sensors=sensors, resources={"alerts": ALERTS})
 
 
 def _after_backup_sensor(cluster: str, job) -> dg.SensorDefinition:
@@ -186,9 +186,10 @@ def _after_backup_sensor(cluster: str, job) -> dg.SensorDefinition:
                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
                      description=f"Drill each new backup of {cluster} (drills.after_backup).")
     def after_backup(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-        backup_id = asset_event.asset_materialization.metadata.get("backup_id")
-        backup_id = backup_id.value if backup_id is not None else None
-        yield dg.RunRequest(run_key=f"{cluster}-after-{backup_id or asset_event.storage_id}",
+        materialization = asset_event.asset_materialization
+        entry = materialization.metadata.get("backup_id") if materialization else None
+        backup_id = str(entry.value) if entry is not None else None
+        yield dg.RunRequest(run_key=f"{cluster}-after-{backup_id or asset_event.run_id}",
                             asset_selection=[drill_key(cluster)], run_config=drill_run_config(cluster, backup_id),
                             tags={"pg_ops/cluster": cluster})
 

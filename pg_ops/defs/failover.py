@@ -2,7 +2,7 @@
 interpreter per step would cost seconds of downtime), one partition per cluster, never
 retried automatically. Each records the change as an observation on the replication asset."""
 
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 
@@ -78,7 +78,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata)
         return metadata
 
-    common = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
+    common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
     long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
 

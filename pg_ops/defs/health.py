@@ -16,15 +16,15 @@ import time
 import dagster as dg
 
 from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG, topology_run_tags
-from pg_ops.defs.resources import PgOpsResource
-from pg_ops.errors import SpecError
+from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
+from pg_ops.errors import SpecError, first_line
 from pg_ops.operations import alerts as alert_ops
 from pg_ops.operations import health as health_ops
 from pg_ops.operations import slo
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.model import FailoverRequest
-from pg_ops.spec import AlertsSpec, ClusterSpec
+from pg_ops.spec import ClusterSpec
 
 SENSOR_NAME = "cluster_health_sensor"
 RUN_FAILURE_SENSOR_NAME = "pg_ops_run_failure_alert"
@@ -52,34 +52,6 @@ def service_level_asset_key(cluster: str) -> dg.AssetKey:
     return dg.AssetKey(["service_levels", cluster])
 
 
-class AlertsResource(dg.ConfigurableResource):
-    """Alerts are always logged; POSTed as JSON to the URL in the env var the cluster's spec
-    names (`alerts.webhook_url_env`, default PG_OPS_ALERT_WEBHOOK) when it is set, and to the
-    spec's `alerts.alertmanager_url` when there is one (kinds a Prometheus rule covers excepted)."""
-
-    webhook_url_env: str | None = None  # overrides every spec's env var name
-    timeout_seconds: float = 2.0
-    retries: int = 2
-    deadline_seconds: float = 5.0
-
-    def deliver(self, alerts: list[Alert], specs: dict[str, ClusterSpec], secrets: list[str],
-                logger=None, events: bool = False) -> dict[str, str]:
-        """`events`: one-off alerts that never resolve (a failed run)."""
-        by_route: dict[tuple[str, str | None], list[Alert]] = {}
-        for alert in alerts:
-            spec_alerts = specs[alert.cluster].alerts if alert.cluster in specs else AlertsSpec()
-            route = (self.webhook_url_env or spec_alerts.webhook_url_env, spec_alerts.alertmanager_url)
-            by_route.setdefault(route, []).append(alert)
-        outcome: dict[str, str] = {}
-        limits = {"timeout": self.timeout_seconds, "retries": self.retries, "deadline": self.deadline_seconds}
-        for (env_name, alertmanager_url), batch in by_route.items():
-            sender = alert_ops.WebhookSender.from_env(env_name, **limits)
-            alertmanager = alert_ops.AlertmanagerSender(alertmanager_url, **limits) if alertmanager_url else None
-            outcome.update(alert_ops.deliver(batch, sender, secrets, logger, alertmanager=alertmanager,
-                                             events=events))
-        return outcome
-
-
 # -- cursor ------------------------------------------------------------------------------------
 def load_cursor(raw: str | None) -> dict:
     try:
@@ -98,7 +70,7 @@ def health_sensor_cursor(instance: dg.DagsterInstance) -> dict:
     states = [s for s in instance.all_instigator_state()
               if s.instigator_name == SENSOR_NAME and getattr(s.instigator_data, "cursor", None) is not None]
     states.sort(key=lambda s: getattr(s.instigator_data, "last_tick_timestamp", 0) or 0)
-    return load_cursor(states[-1].instigator_data.cursor if states else None)
+    return load_cursor(getattr(states[-1].instigator_data, "cursor", None) if states else None)
 
 
 def _failed_run_lookup(context):
@@ -297,7 +269,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      description="Service-level checks every hour.")
     return dg.Definitions(assets=member_assets + slo_assets, asset_checks=checks, jobs=[job], schedules=[schedule],
                           sensors=[cluster_health_sensor, run_failure_alert, observation_retention],
-                          resources={"alerts": AlertsResource()})
+                          resources={"alerts": ALERTS})
 
 
 def run_cluster(run, specs: dict[str, ClusterSpec]) -> str:
@@ -323,12 +295,12 @@ def run_failure_alert_for(run, message: str, specs: dict[str, ClusterSpec]) -> A
 def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource,
                         specs: dict[str, ClusterSpec]) -> Alert:
     steps = context.get_step_failure_events()
-    error = steps[0].event_specific_data.error if steps and steps[0].event_specific_data else None
+    error = steps[0].step_failure_data.error if steps and steps[0].event_specific_data else None
     while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in (
             error.cls_name or ""):
         error = error.cause
     message = (error.message if error else context.failure_event.message or "the run failed").strip()
-    alert = run_failure_alert_for(context.dagster_run, message.splitlines()[0] if message else "failed", specs)
+    alert = run_failure_alert_for(context.dagster_run, first_line(message) or "failed", specs)
     secrets = []
     if alert.cluster in specs:
         secrets = alert_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))

@@ -17,7 +17,7 @@ import time
 import dagster as dg
 
 from pg_ops.defs.partitions import schedule_groups
-from pg_ops.defs.resources import PgOpsResource
+from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.spec import ClusterSpec
 
 GROUP = "wal_archive"
@@ -116,12 +116,12 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
               description=f"Point-in-time drill of {cluster}: the archive recovered into a throw-away server, "
                           f"heartbeat rows before the target present and none after, amcheck.")
     def pitr_drill(context: dg.AssetExecutionContext, config: PitrDrillConfig,
-                   pg_ops: PgOpsResource) -> dg.MaterializeResult:
+                   pg_ops: PgOpsResource, alerts: AlertsResource) -> dg.MaterializeResult:
         from pg_ops.operations.recover import parse_target_time
         from pg_ops.operations.recover import pitr_drill as drill
 
         target = parse_target_time(config.target_time) if config.target_time else None
-        report = drill(pg_ops.cluster(cluster, context.log), target)
+        report = drill(pg_ops.cluster(cluster, context.log, alerts), target)
         return dg.MaterializeResult(metadata={
             "target_time": dg.MetadataValue.text(report.target_time),
             "base_backup": dg.MetadataValue.text(report.base_backup),
@@ -188,7 +188,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         assets += a
         specs_only += s
         checks += c
-    jobs, schedules, sensors = [recover_cluster], [], []
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [recover_cluster]
+    schedules, sensors = [], []
     if archiving:
         base_assets = [a for a in assets if a.key.path[-1] == "base_backup"]
         drill_assets = [a for a in assets if a.key.path[-1] == "pitr_drill"]
@@ -211,7 +212,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      drill_job, pitr_key)
         sensors.append(_archive_sensor())
     return dg.Definitions(assets=[*assets, *specs_only], asset_checks=checks, jobs=jobs, schedules=schedules,
-                          sensors=sensors)
+                          sensors=sensors, resources={"alerts": ALERTS})
 
 
 def _cron_schedules(specs: list[ClusterSpec], cron_of, base_name: str, job, key_of) -> list:
@@ -235,11 +236,13 @@ def _archive_sensor() -> dg.SensorDefinition:
     @dg.sensor(name=SENSOR, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
                description="Every archiving cluster's WAL archive: age of the newest segment, failed attempts, "
                            "WAL waiting on the primary (alerts fire once, resolve once) and the recovery window.")
-    def wal_archive_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource) -> dg.SensorResult:
+    def wal_archive_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
+                           alerts: AlertsResource) -> dg.SensorResult:
         from pg_ops.operations.context import ClusterContext
         from pg_ops.operations.wal import watch_archiving
 
-        contexts = [ClusterContext.for_spec(s, context.log) for s in pg_ops.specs() if s.backups.wal.enabled]
+        contexts = [ClusterContext.for_spec(s, context.log, alerts.delivery()) for s in pg_ops.specs()
+                    if s.backups.wal.enabled]
         cursor = json.loads(context.cursor) if context.cursor else {}
         healths, cursor["alerts"] = watch_archiving(contexts, cursor.get("alerts", {}))
         events = []

@@ -9,9 +9,10 @@ import logging
 import psycopg
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import status_table
+from pg_ops.postgres.session import connect_dsn
 
 log = logging.getLogger("pg_ops")
 
@@ -22,16 +23,14 @@ HISTORY_KEYS = ("health_tick",)
 
 def record_status(ctx: ClusterContext, key: str, value: float) -> bool:
     try:
-        with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                             autocommit=True, connect_timeout=2,
-                             options="-c synchronous_commit=local -c statement_timeout=3000") as conn:
+        with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=2,
+                         options="-c synchronous_commit=local -c statement_timeout=3000") as conn:
             status_table.record(conn, key, value)
             if key in HISTORY_KEYS:
                 _append_history(ctx, conn, value)
         return True
     except (psycopg.Error, PgOpsError) as exc:
-        ctx.log.warning("could not record %s in pg_ops.status on %s: %s", key, ctx.name,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        ctx.log.warning("could not record %s in pg_ops.status on %s: %s", key, ctx.name, first_line(exc))
         return False
 
 
@@ -47,8 +46,7 @@ def _append_history(ctx: ClusterContext, conn: psycopg.Connection, value: float)
 def record_marker(ctx: ClusterContext, marker: str) -> str:
     """One heartbeat row with a marker, committed on the primary; returns its time (a drill's
     proof that rows before its target are there and rows after it are not)."""
-    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                         autocommit=True, connect_timeout=3,
-                         options="-c synchronous_commit=local -c statement_timeout=10000") as conn:
+    with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
+                     options="-c synchronous_commit=local -c statement_timeout=10000") as conn:
         conn.execute(status_table.HEARTBEAT_HISTORY_DDL)
         return status_table.record_heartbeat(conn, -1, marker)

@@ -30,17 +30,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from pg_ops.credentials import redact
+from pg_ops.spec import AlertsSpec, ClusterSpec
 
 if TYPE_CHECKING:
     from pg_ops.operations.context import ClusterContext
 
 Severity = Literal["critical", "warning", "info"]
-REDACTED = "[redacted]"
-SECRET_KEY_MARKERS = ("password", "secret", "token", "passwd", "credential", "private_key")
 log = logging.getLogger("pg_ops.alerts")
 
 
@@ -103,27 +105,10 @@ def reconcile(open_alerts: dict[str, dict], active: Iterable[Alert], unknown: se
 
 
 # -- secrets ---------------------------------------------------------------------------------
-def _scrub(value, secrets: list[str]):
-    if isinstance(value, dict):
-        return {k: (REDACTED if any(m in str(k).lower() for m in SECRET_KEY_MARKERS) else _scrub(v, secrets))
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v, secrets) for v in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    return value
-
-
 def scrub(alert: Alert, secrets: Iterable[str] = ()) -> Alert:
-    """The alert without any known secret value and without values of secret-looking keys."""
-    known = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-    return Alert.model_validate(_scrub(alert.model_dump(), known))
-
-
-def payload(alert: Alert) -> dict:
-    return alert.model_dump()
+    """The alert without any known secret value and without values of secret-looking keys
+    (credentials.redact, the one scrubber)."""
+    return Alert.model_validate(redact(alert.model_dump(), secrets))
 
 
 # -- delivery ----------------------------------------------------------------------------------
@@ -192,9 +177,11 @@ class WebhookSender:
         if not self.url:
             return {a.key: "not configured" for a in alerts}
 
+        url = self.url
+
         def post(alert: Alert):
-            body = json.dumps(payload(alert), default=str).encode()
-            return lambda: _post_with_retries(self.url, body, self.timeout, self.retries, self.backoff)
+            body = json.dumps(alert.model_dump(), default=str).encode()
+            return lambda: _post_with_retries(url, body, self.timeout, self.retries, self.backoff)
 
         return _within_deadline([(a.key, post(a)) for a in alerts], self.deadline, "alert-webhook")
 
@@ -222,7 +209,7 @@ def alertmanager_alert(alert: Alert, event: bool = False) -> dict:
     if alert.details.get("member"):
         labels["member"] = str(alert.details["member"])
     fired = alert.fired_at or time.time()
-    if alert.resolved:
+    if alert.resolved_at is not None:
         ends = alert.resolved_at
     else:
         ends = fired + (EVENT_SECONDS if event else HOLD_SECONDS)
@@ -297,6 +284,39 @@ def deliver(alerts: list[Alert], sender: WebhookSender, secrets: Iterable[str] =
     return outcome
 
 
+@dataclass(frozen=True)
+class AlertDelivery:
+    """The one way alerts leave pg_ops, whoever raises them (the health and archiving sensors, a
+    failed run, backup or drill): scrubbed, logged, POSTed to the webhook whose URL is in the env
+    var the cluster's spec names (`alerts.webhook_url_env`; `webhook_url_env` here overrides
+    every spec's), and to the spec's `alerts.alertmanager_url`, within these limits.
+    defs/resources.py: AlertsResource configures it; a ClusterContext carries it."""
+
+    webhook_url_env: str | None = None
+    timeout_seconds: float = 2.0
+    retries: int = 2
+    deadline_seconds: float = 5.0
+
+    def send(self, alerts: list[Alert], specs: dict[str, ClusterSpec], secrets: Iterable[str],
+             logger: logging.Logger | None = None, events: bool = False) -> dict[str, str]:
+        """Route each alert by its cluster's spec (AlertsSpec defaults for a cluster not in
+        `specs`). `events`: one-off alerts that never resolve. Returns the webhook outcome per
+        alert key; never raises."""
+        secrets = list(secrets)
+        by_route: dict[tuple[str, str | None], list[Alert]] = {}
+        for alert in alerts:
+            spec_alerts = specs[alert.cluster].alerts if alert.cluster in specs else AlertsSpec()
+            route = (self.webhook_url_env or spec_alerts.webhook_url_env, spec_alerts.alertmanager_url)
+            by_route.setdefault(route, []).append(alert)
+        outcome: dict[str, str] = {}
+        limits: dict[str, Any] = {"timeout": self.timeout_seconds, "retries": self.retries, "deadline": self.deadline_seconds}
+        for (env_name, alertmanager_url), batch in by_route.items():
+            sender = WebhookSender.from_env(env_name, **limits)
+            alertmanager = AlertmanagerSender(alertmanager_url, **limits) if alertmanager_url else None
+            outcome.update(deliver(batch, sender, secrets, logger, alertmanager=alertmanager, events=events))
+        return outcome
+
+
 def cluster_secrets(ctx: ClusterContext) -> list[str]:
     """Values that must never appear in an alert: the cluster's passwords and the backup
     store's secret key (by the env var the spec names)."""
@@ -314,11 +334,10 @@ def cluster_secrets(ctx: ClusterContext) -> list[str]:
     return [v for v in values if v]
 
 
-def send_alert(ctx: ClusterContext, severity: str, kind: str, summary: str, **details) -> Alert:
-    """One-off alert from an operation (a failed backup or drill): logged, POSTed to the
-    cluster's webhook and Alertmanager when configured, secrets scrubbed. Never raises."""
+def send_alert(ctx: ClusterContext, severity: Severity, kind: str, summary: str, **details) -> Alert:
+    """One-off alert from an operation (a failed backup or drill), through the cluster
+    context's AlertDelivery. Never raises."""
     alert = Alert(cluster=ctx.name, severity=severity, kind=kind, summary=summary, details=details,
                   fired_at=time.time())
-    deliver([alert], WebhookSender.from_env(ctx.spec.alerts.webhook_url_env), cluster_secrets(ctx), ctx.log,
-            alertmanager=AlertmanagerSender(ctx.spec.alerts.alertmanager_url), events=True)
+    ctx.alerts.send([alert], {ctx.name: ctx.spec}, cluster_secrets(ctx), ctx.log, events=True)
     return alert

@@ -26,15 +26,17 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import PgOpsError
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER, redact
+from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.activity import record_status
+from pg_ops.operations.alerts import cluster_secrets, send_alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe, lsn_to_int
-from pg_ops.stores import BackupStore, StoreError, store_for
+from pg_ops.stores import BackupStore, StoreError
 from pg_ops.stores import catalog as cat
 from pg_ops.stores.pipe import compress_into
 
@@ -53,14 +55,8 @@ class BackupFailed(PgOpsError):
 @dataclass(frozen=True)
 class Source:
     member: str
-    role: str  # primary | replica
+    role: Literal["primary", "replica"]
     probe: MemberProbe
-
-
-def open_store(ctx: ClusterContext) -> BackupStore:
-    """The cluster's backup store. A platform that can read Kubernetes Secrets offers
-    `s3_credentials(secret_name)` for `credentials_secret`."""
-    return store_for(ctx.spec, secret_provider=getattr(ctx.platform, "s3_credentials", None))
 
 
 def dump_sources(ctx: ClusterContext, probes: dict[str, MemberProbe]) -> list[Source]:
@@ -152,7 +148,7 @@ class _Runner:
                 if snap.in_recovery and not isinstance(exc, dump.RecoveryConflict):
                     conflict = count_error if _is_conflict(count_error) else snap.conflict_error()
                     if conflict:
-                        raise dump.RecoveryConflict(f"{exc} (the standby ended our snapshot: {conflict})") from None
+                        raise dump.RecoveryConflict(f"{exc} (the standby ended our snapshot: {conflict})") from exc
                 raise
         self.ctx.log.info("%s: %.1f MB -> %.1f MB stored in %.1f s (%.1f MB/s) from %s", name,
                           stats.raw_bytes / 1e6, stats.stored_bytes / 1e6, stats.seconds, stats.mb_per_s,
@@ -192,17 +188,17 @@ def _error_text(future: Future) -> str | None:
 
 
 def _is_conflict(text: str | None) -> bool:
-    return bool(text) and any(m in text for m in dump.CONFLICT_MARKERS)
+    return text is not None and any(m in text for m in dump.CONFLICT_MARKERS)
 
 
 def _counted(future: Future, database: str, member: str) -> dict[str, int] | None:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         if _is_conflict(text):
-            raise dump.RecoveryConflict(f"row counts of {database} on {member}: {text}") from None
-        raise dump.DumpFailed(f"row counts of {database} on {member}: {text}") from None
+            raise dump.RecoveryConflict(f"row counts of {database} on {member}: {text}") from exc
+        raise dump.DumpFailed(f"row counts of {database} on {member}: {text}") from exc
 
 
 def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifest:
@@ -211,14 +207,15 @@ def backup(ctx: ClusterContext, store: BackupStore | None = None) -> cat.Manifes
     backup_id = cat.new_backup_id()
     try:
         # Inside the try: an unreachable store or missing credentials is a failed backup too.
-        store = store or open_store(ctx)
+        store = store or ctx.store()
         store.check()
         backup_id = unique_backup_id(store, ctx.name)
         ctx.log.info("backup %s of cluster %s into %s", backup_id, ctx.name, store.describe())
         return _take(ctx, store, backup_id)
     except PgOpsError as exc:
-        reason = scrub(str(exc), ctx)
+        reason = redact(str(exc), cluster_secrets(ctx))
         record_failure(ctx, store, backup_id, reason)
+        # from None: the cause is the unscrubbed text of `reason`
         raise BackupFailed(f"backup {backup_id} of cluster {ctx.name} failed: {reason}") from None
 
 
@@ -254,18 +251,6 @@ def _server_version(probe: MemberProbe) -> str:
     return f"{num // 10000}.{num % 10000}" if num else "unknown"
 
 
-def scrub(text: str, ctx: ClusterContext) -> str:
-    """Defence in depth: no password of the cluster ever leaves in a message."""
-    try:
-        secrets = ctx.credentials().as_plain_dict().values()
-    except PgOpsError:
-        return text
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
 def record_failure(ctx: ClusterContext, store: BackupStore | None, backup_id: str, reason: str) -> None:
     """error.json beside the partial objects (best effort: the store may be what failed),
     a clear log line, and the alert."""
@@ -280,7 +265,5 @@ def record_failure(ctx: ClusterContext, store: BackupStore | None, backup_id: st
 
 
 def alert_backup_failed(ctx: ClusterContext, backup_id: str, reason: str) -> None:
-    from pg_ops.operations.alerts import send_alert
-
     send_alert(ctx, "critical", "backup_failed", f"backup {backup_id} of cluster {ctx.name} failed",
                backup_id=backup_id, reason=reason)

@@ -1,4 +1,5 @@
-"""What every operation needs about a cluster: spec, platform, credentials, a logger."""
+"""What every operation needs about a cluster: spec, platform, credentials, its backup store,
+a logger, and how its alerts leave."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from dataclasses import dataclass, field
 
 from pg_ops.credentials import SUPERUSER, Credentials
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.alerts import AlertDelivery
 from pg_ops.platforms import platform_for
 from pg_ops.platforms.base import Platform
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.postgres.topology import MemberProbe, probe_members
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
+from pg_ops.stores import BackupStore, store_for
 
 
 @dataclass
@@ -20,10 +23,12 @@ class ClusterContext:
     spec: ClusterSpec
     platform: Platform
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pg_ops"))
+    alerts: AlertDelivery = field(default_factory=AlertDelivery)  # Dagster's AlertsResource sets it
 
     @classmethod
-    def for_spec(cls, spec: ClusterSpec, log: logging.Logger | None = None) -> ClusterContext:
-        return cls(spec, platform_for(spec), log or logging.getLogger("pg_ops"))
+    def for_spec(cls, spec: ClusterSpec, log: logging.Logger | None = None,
+                 alerts: AlertDelivery | None = None) -> ClusterContext:
+        return cls(spec, platform_for(spec), log or logging.getLogger("pg_ops"), alerts or AlertDelivery())
 
     @property
     def name(self) -> str:
@@ -34,6 +39,11 @@ class ClusterContext:
         if creds is None:
             raise PgOpsError(f"cluster {self.name}: no credentials yet (run `pg-ops deploy --cluster {self.name}`)")
         return creds
+
+    def store(self) -> BackupStore:
+        """The cluster's backup store; S3 keys come from the env vars the spec names, the
+        platform's secret (`credentials_secret`), or boto3's default chain."""
+        return store_for(self.spec, secret_provider=self.platform.s3_credentials)
 
     def admin_password(self) -> str:
         return self.credentials().password(SUPERUSER)

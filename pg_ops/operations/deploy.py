@@ -1,26 +1,31 @@
 """Deploy: make a cluster match its spec. Idempotent: a deployed cluster is left untouched,
-a stopped member is started (and rejoins from its slot), an empty member is re-cloned."""
+a stopped member is started (and rejoins from its slot), an empty member is re-cloned.
+
+One path: `deploy` runs the steps of the deploy_cluster job, in its order, and the job's assets
+(defs/deployment.py) call the same functions, one asset each: credentials, desired state
+(ensure_record), members (start_members), primary endpoint (verify_primary_endpoint),
+replication (the invariants). The only difference: a cluster that breaks an invariant fails
+`deploy`, while the job reports it as failed asset checks.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-
-import psycopg
+from typing import Any
 
 from pg_ops.credentials import MONITORING_GRANT, MONITORING_USER, PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import initial_sync_set, sync_names
 from pg_ops.operations.ha.model import Policy
 from pg_ops.operations.ha.observe import read_view
+from pg_ops.operations.members import lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
-
-READY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -34,17 +39,10 @@ class DeployResult:
     members: dict[str, MemberProbe] = field(default_factory=dict)
 
 
-def lease_seconds(ctx: ClusterContext) -> float:
-    """What the record tells the member scripts about isolation fencing (0: off). A single
-    member has nothing to fail over to: fencing it would only turn a lost pg_ops into an outage."""
-    failover = ctx.spec.failover
-    return failover.lease_seconds if failover.isolation_fencing and ctx.spec.postgres.members > 1 else 0.0
-
-
 def ensure_record(ctx: ClusterContext) -> DesiredState:
     store = ctx.platform.state_store()
     state = store.read()
-    wanted = {"members": ctx.platform.peer_addresses(), "lease_seconds": lease_seconds(ctx)}
+    wanted: dict[str, Any] = {"members": ctx.platform.peer_addresses(), "lease_seconds": lease_seconds(ctx)}
     if state is None:
         state = DesiredState(cluster=ctx.name, primary=ctx.spec.member_names[0], epoch=1, bootstrap=True, **wanted)
         state = store.write(state, None)
@@ -52,35 +50,6 @@ def ensure_record(ctx: ClusterContext) -> DesiredState:
     else:
         state = update_state(store, lambda s: s.model_copy(update=wanted))
     return state
-
-
-def wait_until(ctx: ClusterContext, name: str, ready, what: str, timeout: float | None = None) -> MemberProbe:
-    """Poll a member until ready(probe); fail fast when its supervisor is gone."""
-    timeout = timeout or READY_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    probe = None
-    while time.monotonic() < deadline:
-        probe = ctx.probe([name], timeout=2.0)[name]
-        if ready(probe):
-            return probe
-        if not ctx.platform.member_running(name):
-            raise MemberError(f"member {name} exited before it was {what}: {member_detail(ctx, name)}")
-        time.sleep(0.2)
-    raise MemberError(f"member {name} not {what} after {timeout:g} s: {member_detail(ctx, name, probe)}")
-
-
-def member_detail(ctx: ClusterContext, name: str, probe: MemberProbe | None = None) -> str:
-    """Why a member is not what deploy waits for, as its member script reported it (boot.action
-    and boot.reason of Platform.member_report): a refusal and its reason, or what it waits for.
-    Otherwise (it reported neither, or its report cannot be read) the tail of its log."""
-    report = ctx.platform.member_report(name)
-    action, reason = report.get("boot.action", ""), report.get("boot.reason", "")
-    if action == "refused":
-        return f"it refused to start: {reason}"
-    if action == "wait":
-        return f"it waits: {reason}"
-    tail = " | ".join(line.strip() for line in ctx.platform.member_log_tail(name, 3).splitlines() if line.strip())
-    return tail or (probe.error if probe and probe.error else "") or "no log output"
 
 
 def configure_primary(ctx: ClusterContext, primary: str) -> None:
@@ -124,7 +93,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
     started = []
     with topology_lock(store, "deploy") as lock:
         ctx.platform.prepare(state)
-        state = store.read()
+        state = ctx.state()
         primary = state.primary
         if not ctx.platform.member_running(primary):
             ctx.log.info("starting primary %s", primary)
@@ -179,28 +148,15 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
     return result
 
 
-def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str) -> dict:
-    """A heartbeat write through the endpoint clients use, renewing the member's isolation
-    lease. The member it reached is named by its cluster_name (the member script sets it on
-    both platforms; ports and hosts differ behind Services and proxies)."""
-    started = time.monotonic()
-    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                         autocommit=True, connect_timeout=3,
-                         options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
-        connect_ms = (time.monotonic() - started) * 1000
-        member = admin.member_name(conn)
-        admin.renew_lease(conn, member, epoch)
-        lsn = admin.write_heartbeat(conn, epoch, writer)
-    return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
-
-
 def deploy(ctx: ClusterContext) -> DeployResult:
+    """The deploy_cluster job's steps, in its order (see the module doc), then the invariants."""
     started_at = time.monotonic()
-    ctx.platform.ensure_credentials()
-    started = start_members(ctx)
-    verify_primary_endpoint(ctx)
+    ctx.platform.ensure_credentials()  # deployment/credentials
+    ensure_record(ctx)  # deployment/desired_state
+    started = start_members(ctx)  # deployment/members
+    verify_primary_endpoint(ctx)  # deployment/primary_endpoint
     state = ctx.state()
-    members = ctx.probe()
+    members = ctx.probe()  # deployment/replication
     problems = deployment_problems(ctx, members, state.primary)
     if problems:
         raise PgOpsError(f"cluster {ctx.name} deployed but unhealthy: {'; '.join(problems)}")
@@ -211,27 +167,54 @@ def deploy(ctx: ClusterContext) -> DeployResult:
                         members=members)
 
 
+@dataclass(frozen=True)
+class Invariants:
+    """The invariants after any change, as found in one probe of every member: exactly one
+    writable member, the designated primary; every other member streaming from it, each with
+    its replication slot (admin.slot_name) on the primary. `deploy` fails on a broken one; the
+    deployment/replication asset reports each as an asset check."""
+
+    primary: str
+    writable: list[str]
+    replicas: list[str]
+    not_streaming: dict[str, str]  # replica -> why (its error, WAL receiver status)
+    slots: list[str]  # the replication slots on the primary
+    missing_slots: list[str]  # replicas whose slot is not there
+
+    @property
+    def one_primary(self) -> bool:
+        return self.writable == [self.primary]
+
+    def problems(self) -> list[str]:
+        problems = []
+        if not self.one_primary:
+            problems.append(f"writable members {self.writable or 'none'}, expected only {self.primary}")
+        for name in self.replicas:
+            if name in self.not_streaming:
+                problems.append(f"{name} is not streaming ({self.not_streaming[name]})")
+            if name in self.missing_slots:
+                problems.append(f"slot {admin.slot_name(name)} missing on {self.primary}")
+        return problems
+
+
+def invariants(members: dict[str, MemberProbe], primary: str) -> Invariants:
+    """The invariants of one probe of every member, the designated primary being `primary`."""
+    replicas = [n for n in members if n != primary]
+    slots = sorted({s["slot_name"] for s in members[primary].slots}) if members[primary].reachable else []
+    return Invariants(
+        primary=primary, writable=sorted(n for n, p in members.items() if p.writable), replicas=replicas,
+        not_streaming={n: members[n].error or members[n].receiver_status or "no WAL receiver"
+                       for n in replicas if not members[n].streaming},
+        slots=slots, missing_slots=[n for n in replicas if admin.slot_name(n) not in slots])
+
+
 def deployment_problems(ctx: ClusterContext, members: dict[str, MemberProbe], primary: str) -> list[str]:
-    """The invariants after any change: one writable member (the designated primary), every
-    other member streaming from it, each with its slot."""
-    problems = []
-    writable = sorted(n for n, p in members.items() if p.writable)
-    if writable != [primary]:
-        problems.append(f"writable members {writable or 'none'}, expected only {primary}")
-    slots = {s["slot_name"] for s in members[primary].slots} if members[primary].reachable else set()
-    for name, probe in members.items():
-        if name == primary:
-            continue
-        if not probe.streaming:
-            problems.append(f"{name} is not streaming ({probe.error or probe.receiver_status or 'no WAL receiver'})")
-        if admin.slot_name(name) not in slots:
-            problems.append(f"slot {admin.slot_name(name)} missing on {primary}")
-    return problems
+    """What breaks the invariants of cluster `ctx` in this probe of its members ([]: none)."""
+    return invariants(members, primary).problems()
 
 
 def teardown(ctx: ClusterContext) -> None:
-    if ctx.platform.kind != "local":
-        raise PgOpsError(f"cluster {ctx.name}: teardown is for local clusters only (platform {ctx.platform.kind})")
+    ctx.platform.check_teardown()
     store = ctx.platform.state_store()
     if store.read() is not None:
         with topology_lock(store, "teardown"):

@@ -14,9 +14,9 @@ rendered, so they are never compared: they change on purpose.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 
-from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 
 ABSENT = object()
@@ -27,8 +27,8 @@ SHOWN_CHARS = 80  # long values (config files, scripts) are shortened in message
 class FieldDrift:
     object: str  # "StatefulSet/homelab"
     path: str  # "spec.template.spec.containers[0].image"
-    live: object
-    rendered: object
+    live: builtins.object
+    rendered: builtins.object
 
     def __str__(self) -> str:
         return f"{self.object} {self.path}: live {_show(self.live)}, rendered {_show(self.rendered)}"
@@ -104,14 +104,8 @@ def object_name(obj: dict) -> str:
 
 def check_drift(ctx: ClusterContext) -> DriftReport:
     """Compare every Git-owned object of a Kubernetes cluster with its rendered manifest."""
-    if ctx.platform.kind != "kubernetes":
-        raise PgOpsError(f"cluster {ctx.name}: the drift check is for Kubernetes clusters "
-                         f"(platform {ctx.platform.kind} has no Git-owned objects)")
-    from pg_ops.render import manifests
-
-    rendered = manifests(ctx.spec)
     report = DriftReport(cluster=ctx.name)
-    for want, live in zip(rendered, ctx.platform.live_objects(rendered), strict=True):
+    for want, live in ctx.platform.git_owned_objects():
         name = object_name(want)
         report.checked.append(name)
         if live is None:

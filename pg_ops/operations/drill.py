@@ -134,7 +134,7 @@ def download(store: BackupStore, obj: cat.StoredObject, dest: Path) -> None:
                 raise BackupFault(f"{_name(obj.key)}: truncated (the zstd frame does not end; "
                                   f"{box['stored']} of {obj.stored_bytes} bytes)")
     except zstandard.ZstdError as exc:
-        raise BackupFault(f"{_name(obj.key)}: corrupt (zstd: {exc})") from None
+        raise BackupFault(f"{_name(obj.key)}: corrupt (zstd: {exc})") from exc
     except StoreError as exc:
         if "does not exist" in str(exc):
             raise BackupFault(f"{_name(obj.key)}: missing from the store") from None
@@ -212,9 +212,7 @@ def drill(ctx: ClusterContext, backup_id: str | None = None, store: BackupStore 
           holder: str | None = None) -> DrillReport:
     """Run a drill; returns the report when it passes, raises DrillFailed (after recording
     drill.json and alerting) when the backup is at fault, PgOpsError when the drill could not run."""
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     record = choose_backup(store, ctx.name, backup_id)
     holder = holder or f"drill-{secrets.token_hex(4)}"
     report = DrillReport(cluster=ctx.name, backup_id=record.id, started_at=datetime.now(UTC).isoformat())
@@ -228,7 +226,7 @@ def drill(ctx: ClusterContext, backup_id: str | None = None, store: BackupStore 
         report.result, report.reason = "failed", str(fault)
     except PgOpsError as exc:
         alert_drill(ctx, record.id, f"the drill could not run: {exc}")
-        raise PgOpsError(f"restore drill of backup {record.id} of cluster {ctx.name} could not run: {exc}") from None
+        raise PgOpsError(f"restore drill of backup {record.id} of cluster {ctx.name} could not run: {exc}") from exc
     report.total_seconds = round(time.monotonic() - started, 3)
     report.finished_at = datetime.now(UTC).isoformat()
     store.put_bytes(cat.object_key(ctx.name, record.id, cat.DRILL), json.dumps(report.as_dict(), indent=1).encode())
@@ -263,7 +261,7 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
     try:
         manifest = cat.read_manifest(store, ctx.name, record.id)
     except StoreError as exc:
-        raise BackupFault(str(exc)) from None
+        raise BackupFault(str(exc)) from exc
     if manifest.id != record.id or manifest.cluster != ctx.name:
         raise BackupFault(f"manifest.json describes {manifest.cluster}/{manifest.id}, not {ctx.name}/{record.id}")
     workdir = drill_workdir(manifest.raw_bytes) / f"{ctx.name}-{record.id}-{secrets.token_hex(3)}"
@@ -312,7 +310,7 @@ def _restore_and_verify(scratch: ScratchTarget, manifest: cat.Manifest, files: d
         try:
             name = dump.dump_database_name(files[entry.key])
         except dump.DumpFailed as exc:
-            raise BackupFault(str(exc)) from None
+            raise BackupFault(str(exc)) from exc
         if name != entry.name:
             raise BackupFault(f"{_name(entry.key)} holds database {name}, the manifest says {entry.name}")
         restores[entry.name] = dump.pg_restore(ep, SUPERUSER, password, files[entry.key], jobs=RESTORE_JOBS,
@@ -384,12 +382,10 @@ def alert_drill(ctx: ClusterContext, backup_id: str, reason: str) -> None:
 def drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
     """What the drill checks read: the newest drilled backup's drill.json, and how long ago
     a drill last passed (days)."""
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     drilled = [r for r in cat.list_backups(store, ctx.name, with_manifests=False) if r.drill]
     latest = drilled[-1].drill if drilled else None
-    passed = [r.drill for r in drilled if r.drill.get("result") == "passed" and r.drill.get("finished_at")]
+    passed = [d for d in (r.drill for r in drilled) if d and d.get("result") == "passed" and d.get("finished_at")]
     age = None
     if passed:
         last = max(datetime.fromisoformat(d["finished_at"]) for d in passed)
@@ -398,9 +394,7 @@ def drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> dict:
 
 
 def read_drill(ctx: ClusterContext, backup_id: str, store: BackupStore | None = None) -> dict:
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     try:
         return json.loads(store.get_bytes(cat.object_key(ctx.name, backup_id, cat.DRILL)))
     except StoreError:

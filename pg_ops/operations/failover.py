@@ -20,12 +20,13 @@ from dataclasses import dataclass, field, replace
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.deploy import wait_until, write_through_primary_endpoint
 from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import plan_failover, sync_names
 from pg_ops.operations.ha.model import FailoverIntent, Policy, Refusal
 from pg_ops.operations.ha.observe import read_view
+from pg_ops.operations.members import lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.operations.steps import StepLog
+from pg_ops.poll import poll
 from pg_ops.postgres import admin
 from pg_ops.postgres.topology import MemberProbe, lsn_to_int
 from pg_ops.state import HeldLock, topology_lock
@@ -205,8 +206,6 @@ def wait_for_lease_expiry(ctx: ClusterContext, members: list[str], detected_at: 
     isolation fencing, each stops acknowledging writes at most lease_seconds after pg_ops last
     renewed its lease (at the latest when the failure was detected; now, when that is unknown).
     Promoting before that could leave two primaries acknowledging writes at once."""
-    from pg_ops.operations.deploy import lease_seconds
-
     lease = lease_seconds(ctx)
     if lease <= 0:
         ctx.log.warning("%s: %s may still run and accept writes (isolation fencing is off) until its platform "
@@ -278,22 +277,29 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
 def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, timeout: float = 30.0) -> str:
     """Wait until `member` has received everything up to the old primary's shutdown: its
     received LSN passes the last LSN seen before the shutdown and stops moving."""
-    deadline = time.monotonic() + timeout
-    last, stable_since = None, None
-    while time.monotonic() < deadline:
+    wanted = lsn_to_int(at_least) or 0
+    last: str | None = None
+    stable_since: float | None = None
+
+    def attempt() -> str | None:
+        nonlocal last, stable_since
         probe = ctx.probe([member], timeout=2)[member]
         lsn = probe.receive_lsn
-        if lsn and lsn_to_int(lsn) >= lsn_to_int(at_least):
+        if lsn and (lsn_to_int(lsn) or 0) >= wanted:
             if lsn == last and not probe.streaming:
                 return lsn
             if lsn == last and stable_since and time.monotonic() - stable_since > 0.5:
                 return lsn
             if lsn != last:
                 last, stable_since = lsn, time.monotonic()
-        time.sleep(0.05)
-    raise PgOpsError(f"member {member} did not receive the old primary's final WAL ({at_least}) within {timeout:g} s; "
-                     f"not promoting (the old primary stays stopped; `pg-ops failover` resumes: it promotes {member} "
-                     f"if it has the final WAL by then, and refuses otherwise)")
+        return None
+
+    def expired() -> PgOpsError:
+        return PgOpsError(f"member {member} did not receive the old primary's final WAL ({at_least}) within "
+                          f"{timeout:g} s; not promoting (the old primary stays stopped; `pg-ops failover` resumes: "
+                          f"it promotes {member} if it has the final WAL by then, and refuses otherwise)")
+
+    return poll(attempt, timeout=timeout, interval=0.05, expired=expired)
 
 
 # -- rebuild ------------------------------------------------------------------------------------

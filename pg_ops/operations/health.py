@@ -182,7 +182,7 @@ class ClusterWatch:
         return self.decision.summary if self.decision else None
 
 
-def _observation_signature(row: dict, alerting: set[str]) -> str:
+def _observation_signature(row: dict, alerting: set[str | None]) -> str:
     return "|".join(str(x) for x in (row["role"], row["streaming"], row["timeline"], row["name"] in alerting))
 
 

@@ -40,9 +40,11 @@ from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_marker, record_status
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.wal import open_store, require_archiving, s3_keys_env, switch_and_wait
-from pg_ops.postgres import archiving, barman, dump
-from pg_ops.postgres.session import with_connection
+from pg_ops.operations.wal import require_archiving, s3_keys_env, switch_and_wait
+from pg_ops.platforms.base import Members
+from pg_ops.poll import poll
+from pg_ops.postgres import archiving, barman, dump, status_table
+from pg_ops.postgres.session import connect_dsn, with_connection
 from pg_ops.spec import DNS_LABEL, ClusterSpec, load_specs
 from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
@@ -116,7 +118,7 @@ def plan_recovery(listing: wa.ArchiveListing, starts: dict[int, int], target: da
 
 def check_recovery(ctx: ClusterContext, target: datetime, store: BackupStore | None = None) -> RecoveryPlan:
     require_archiving(ctx)
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     listing = wa.list_archive(store, ctx.name)
     return plan_recovery(listing, wa.timeline_starts(store, listing), target)
 
@@ -158,14 +160,12 @@ def refuse_existing(name: str) -> None:
 
 def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> RecoveryPlan:
     """Everything `recover` refuses, checked before a run exists (the CLI calls it first)."""
-    if ctx.platform.kind != "local":
-        raise RecoveryRefused(f"cluster {ctx.name}: point-in-time recovery into a new cluster is implemented "
-                              f"on the local platform only (docs/architecture/adr-003-wal-archiving.md)")
+    ctx.platform.check_point_in_time("point-in-time recovery into a new cluster")
     if as_name == ctx.name:
         raise RecoveryRefused(f"--as {as_name}: that is the source cluster itself; recovery always makes a new one")
     new_cluster_spec(ctx.spec, as_name)
     refuse_existing(as_name)
-    store = open_store(ctx)
+    store = ctx.store()
     if store.list(f"{wa.archive_root(as_name)}/"):
         raise RecoveryRefused(f"--as {as_name}: the backup store {store.describe()} already holds a WAL archive "
                               f"{wa.archive_root(as_name)} (a cluster of that name existed); choose a new name")
@@ -191,7 +191,7 @@ def base_backup_filler(ctx: ClusterContext, store: BackupStore, backup: wa.BaseB
     return fill_file
 
 
-def wait_promoted(platform, member: str, password: str, target: datetime, log,
+def wait_promoted(platform: Members, member: str, password: str, target: datetime, log,
                   timeout: float = RECOVERY_TIMEOUT_S) -> float:
     """Until the recovered member is writable; fails with PostgreSQL's own FATAL line."""
     from pg_ops.postgres.topology import probe_members
@@ -199,7 +199,9 @@ def wait_promoted(platform, member: str, password: str, target: datetime, log,
     started = time.monotonic()
     next_report = started + PROGRESS_EVERY_S
     endpoint = platform.member_endpoints()[member]
-    while True:
+
+    def attempt() -> float | None:
+        nonlocal next_report
         probe = probe_members({member: endpoint}, SUPERUSER, password, 3.0)[member]
         if probe.writable:
             return time.monotonic() - started
@@ -208,12 +210,15 @@ def wait_promoted(platform, member: str, password: str, target: datetime, log,
                  if "FATAL" in line and not any(m in line for m in CONNECTION_REFUSALS)]
         if fatal:
             raise PgOpsError(f"recovery to {_t(target)} failed on {member}: {fatal[-1].split('FATAL:', 1)[-1].strip()}")
-        if time.monotonic() - started > timeout:
-            raise PgOpsError(f"recovery to {_t(target)} not finished on {member} after {timeout:g} s")
         if time.monotonic() >= next_report:
             log.info("recovery of %s to %s: replayed up to %s", member, _t(target), probe.replay_lsn or "?")
             next_report = time.monotonic() + PROGRESS_EVERY_S
-        time.sleep(0.2)
+        return None
+
+    def expired() -> PgOpsError:
+        return PgOpsError(f"recovery to {_t(target)} not finished on {member} after {timeout:g} s")
+
+    return poll(attempt, timeout=timeout, interval=0.2, expired=expired)
 
 
 def recovery_auto_conf(source: ClusterSpec, target: datetime) -> Callable[[Path, str], str]:
@@ -247,13 +252,14 @@ class RecoverResult:
 def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupStore | None = None) -> RecoverResult:
     from pg_ops.operations.deploy import deploy
     from pg_ops.platforms import local_recovery
+    from pg_ops.platforms.local import LocalPlatform
 
     started = time.monotonic()
     plan = validate_recover(ctx, target, as_name)
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     new_spec = new_cluster_spec(ctx.spec, as_name)
-    new_ctx = ClusterContext.for_spec(new_spec, ctx.log)
-    platform = new_ctx.platform
+    platform = LocalPlatform(new_spec)  # a new local cluster (check_point_in_time passed for its source)
+    new_ctx = ClusterContext(new_spec, platform, ctx.log, ctx.alerts)
     holder = f"recover-{as_name}-{secrets.token_hex(3)}"
     ctx.log.info("recovering cluster %s to %s as %s from base backup %s", ctx.name, _t(target), as_name,
                  plan.base_backup.id)
@@ -371,9 +377,8 @@ def _verify(endpoint, password: str, target: datetime, markers: dict, report: Pi
 def expected_rows_before(ctx: ClusterContext, target: datetime) -> int:
     """Heartbeat rows the source holds from before the target (what the recovery must have)."""
     safe = target - timedelta(seconds=MARKER_SPACING_S)
-    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), password=ctx.admin_password(),
-                         autocommit=True, connect_timeout=3) as conn:
-        return conn.execute("select count(*) from heartbeat_history where at <= %s", (safe,)).fetchone()[0]
+    with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3) as conn:
+        return status_table.heartbeats_until(conn, safe)
 
 
 def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: BackupStore | None = None) -> PitrDrillReport:
@@ -382,10 +387,8 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
     from pg_ops.operations.drill import alert_drill
     from pg_ops.platforms import local_recovery
 
-    if ctx.platform.kind != "local":
-        raise RecoveryRefused(f"cluster {ctx.name}: the point-in-time drill is implemented on the local platform "
-                              f"only (docs/architecture/adr-003-wal-archiving.md)")
-    store = store or open_store(ctx)
+    ctx.platform.check_point_in_time("the point-in-time drill")
+    store = store or ctx.store()
     started = time.monotonic()
     report = PitrDrillReport(cluster=ctx.name, started_at=datetime.now(UTC).isoformat())
     markers: dict = {}
@@ -437,7 +440,7 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
     """What the check "the latest recovery point was drilled" reads: the newest point-in-time
     drill passed, within DRILL_RECENT_DAYS (the drill is weekly, base backups nightly: the drilled
     base backup is usually not the newest one, and says so in `from_newest_base_backup`)."""
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     drills = wa.list_drills(store, ctx.name)
     listing = wa.list_archive(store, ctx.name)
     latest = drills[-1] if drills else None
@@ -445,7 +448,8 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
     age = None
     if latest and latest.get("finished_at"):
         age = (datetime.now(UTC) - datetime.fromisoformat(latest["finished_at"])).total_seconds() / 86400
-    passed = bool(latest) and latest.get("result") == "passed"
+    drill: dict = latest or {}
+    passed = bool(drill) and drill.get("result") == "passed"
     return {"latest": latest, "newest_base_backup": newest_base, "age_days": age,
-            "from_newest_base_backup": bool(latest) and latest.get("base_backup") == newest_base,
+            "from_newest_base_backup": bool(drill) and drill.get("base_backup") == newest_base,
             "drilled": passed and age is not None and age <= DRILL_RECENT_DAYS}

@@ -26,11 +26,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_ops import settings
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import admin as pg_admin
 from pg_ops.postgres import dump
 from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.session import connect_dsn
 from pg_ops.stores import BackupStore
 from pg_ops.stores import catalog as cat
 
@@ -58,6 +59,7 @@ def _target_parts(target_dsn: str) -> dict:
     try:
         parts = conninfo_to_dict(target_dsn)
     except psycopg.ProgrammingError as exc:
+        # from None: the parser's error may quote the DSN, which may hold a password
         raise RestoreRefused(f"target DSN is not a valid libpq connection string: {exc}") from None
     if parts.get("password"):
         raise RestoreRefused("the target DSN carries a password: put it in a passfile (PGPASSFILE) or "
@@ -69,10 +71,10 @@ def _target_parts(target_dsn: str) -> dict:
 
 def _connect(parts: dict, dbname: str) -> psycopg.Connection:
     try:
-        return psycopg.connect(make_conninfo(**{**parts, "dbname": dbname}), autocommit=True, connect_timeout=10)
+        return connect_dsn(make_conninfo("", **{**parts, "dbname": dbname}), timeout=10)
     except psycopg.Error as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PgOpsError(f"target {make_conninfo(**{**parts, 'dbname': dbname})}: cannot connect: {text}") from None
+        raise PgOpsError(f"target {make_conninfo('', **{**parts, 'dbname': dbname})}: cannot connect: "
+                         f"{first_line(exc)}") from exc
 
 
 def refuse_live_cluster(ctx: ClusterContext, parts: dict, conn: psycopg.Connection) -> None:
@@ -147,11 +149,10 @@ def check_request(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm:
 def restore(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str | None, *,
             database: str | None = None, overwrite: bool = False, keep_owners: bool = False,
             store: BackupStore | None = None) -> RestoreResult:
-    from pg_ops.operations.backup import open_store
     from pg_ops.operations.drill import BackupFault, download
 
     check_target(ctx, target_dsn, confirm)  # refused before the store is even opened
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     parts, record, entry = check_request(ctx, backup_id, target_dsn, confirm, database, store)
     shown = make_conninfo(**parts)
     with _connect(parts, "postgres") as conn:
@@ -166,7 +167,7 @@ def restore(ctx: ClusterContext, backup_id: str, target_dsn: str, confirm: str |
             try:
                 download(store, entry, dump_file)
             except BackupFault as fault:
-                raise PgOpsError(f"backup {record.id}: {fault}") from None
+                raise PgOpsError(f"backup {record.id}: {fault}") from fault
             overwritten = prepare_target_database(parts, overwrite, ctx.log)
             ctx.log.info("restoring %s of backup %s/%s into %s", entry.name, ctx.name, record.id, shown)
             report = dump.pg_restore_into(make_conninfo(**parts), dump_file, keep_owners=keep_owners)

@@ -106,9 +106,7 @@ def plan_retention(records: list[cat.BackupRecord], *, now: datetime, retention_
 
 def prune(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
           now: datetime | None = None) -> PruneResult:
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     now = now or datetime.now(UTC)
     records = cat.list_backups(store, ctx.name, with_manifests=False)
     policy = ctx.spec.backups
@@ -147,9 +145,7 @@ def prune(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: boo
 def freshness(ctx: ClusterContext, store: BackupStore | None = None, now: datetime | None = None
               ) -> tuple[str | None, float | None]:
     """(id of the newest good backup, its age in hours), or (None, None) when there is none."""
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     good = [r for r in cat.list_backups(store, ctx.name, with_manifests=False) if r.good]
     if not good:
         return None, None
@@ -160,9 +156,7 @@ def freshness(ctx: ClusterContext, store: BackupStore | None = None, now: dateti
 def backups_report(ctx: ClusterContext, store: BackupStore | None = None, now: datetime | None = None
                    ) -> list[dict]:
     """`pg-ops backups`: one row per backup, newest first."""
-    from pg_ops.operations.backup import open_store
-
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     now = now or datetime.now(UTC)
     records = cat.list_backups(store, ctx.name)
     decisions, _ = plan_retention(records, now=now, retention_days=ctx.spec.backups.retention_days,
@@ -253,10 +247,9 @@ class ArchivePruneResult:
 
 def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
                   now: datetime | None = None) -> ArchivePruneResult:
-    from pg_ops.operations.backup import open_store
     from pg_ops.stores import wal_archive as wa
 
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     now = now or datetime.now(UTC)
     listing = wa.list_archive(store, ctx.name)
     drills = [d for d in wa.list_drills(store, ctx.name) if d.get("result") == "passed"]

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import psycopg
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import MemberError, PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
+from pg_ops.poll import poll
 from pg_ops.postgres import admin, consistency, load
-from pg_ops.postgres.session import with_connection
+from pg_ops.postgres.session import connect_dsn, with_connection
 
 CONNECT_LIMIT_S = 5.0
 CONCURRENT_CONNECTIONS = 100
@@ -36,21 +37,16 @@ class ServiceLevel:
     details: dict = field(default_factory=dict)
 
 
-def _error_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def connect_time(ctx: ClusterContext) -> ServiceLevel:
     """Time to connect through the primary endpoint and get an answer."""
     dsn = ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE)
     started = time.monotonic()
     try:
-        with psycopg.connect(dsn, password=ctx.admin_password(), autocommit=True) as conn:
+        with connect_dsn(dsn, ctx.admin_password(), timeout=None) as conn:
             admin.member_name(conn)  # an answer from the member, not just a handshake
     except psycopg.Error as exc:
         return ServiceLevel("connect_time", False, None, "s", CONNECT_LIMIT_S,
-                            f"cannot connect to the primary endpoint: {_error_line(exc)}")
+                            f"cannot connect to the primary endpoint: {first_line(exc)}")
     seconds = time.monotonic() - started
     return ServiceLevel("connect_time", seconds < CONNECT_LIMIT_S, round(seconds, 4), "s", CONNECT_LIMIT_S,
                         f"connected to the primary endpoint in {seconds * 1000:.1f} ms")
@@ -82,7 +78,8 @@ def data_consistency(ctx: ClusterContext, timeout: float = CONSISTENCY_TIMEOUT_S
     replicas = [n for n in ctx.spec.member_names if n != state.primary and n not in state.fenced]
     seen: dict[str, float] = {}
     last_error: dict[str, str] = {}
-    while len(seen) < len(replicas) and time.monotonic() - written < timeout:
+
+    def everywhere() -> bool | None:
         for name in replicas:
             if name in seen:
                 continue
@@ -93,8 +90,9 @@ def data_consistency(ctx: ClusterContext, timeout: float = CONSISTENCY_TIMEOUT_S
                     seen[name] = round(time.monotonic() - written, 4)
             except MemberError as exc:
                 last_error[name] = str(exc)
-        if len(seen) < len(replicas):
-            time.sleep(0.05)
+        return len(seen) == len(replicas) or None
+
+    poll(everywhere, timeout=timeout, interval=0.05)
     missing = [n for n in replicas if n not in seen]
     figure = max(seen.values()) if seen and not missing else None
     summary = (f"marker visible on {len(seen)} of {len(replicas)} replicas"
@@ -110,7 +108,7 @@ def query_latency(ctx: ClusterContext, seconds: int = 5, clients: int = 4) -> Se
     try:
         result = load.run_pgbench(dsn, ctx.admin_password(), seconds=seconds, clients=clients)
     except (PgOpsError, psycopg.Error) as exc:
-        return ServiceLevel("query_latency_p95", False, None, "ms", P95_LIMIT_MS, f"pgbench: {_error_line(exc)}")
+        return ServiceLevel("query_latency_p95", False, None, "ms", P95_LIMIT_MS, f"pgbench: {first_line(exc)}")
     return ServiceLevel(
         "query_latency_p95", result.p95_ms < P95_LIMIT_MS, round(result.p95_ms, 3), "ms", P95_LIMIT_MS,
         f"p95 {result.p95_ms:.2f} ms over {result.transactions} pgbench transactions "

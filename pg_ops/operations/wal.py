@@ -19,10 +19,12 @@ from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
+from pg_ops.poll import poll
 from pg_ops.postgres import archiving, barman, walfiles
 from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
 from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.postgres.session import with_connection
+from pg_ops.spec import S3StoreSpec
 from pg_ops.stores import BackupStore, s3_credentials
 from pg_ops.stores import wal_archive as wa
 from pg_ops.stores.pipe import compress_into
@@ -34,23 +36,16 @@ class ArchivingError(PgOpsError):
     pass
 
 
-def open_store(ctx: ClusterContext) -> BackupStore:
-    from pg_ops.operations.backup import open_store as backup_store
-
-    return backup_store(ctx)
-
-
 def require_archiving(ctx: ClusterContext) -> None:
     if not ctx.spec.backups.wal.enabled:
         raise ArchivingError(f"cluster {ctx.name}: WAL archiving is off (backups.wal.enabled: false)")
-    if ctx.platform.kind == "kubernetes" and ctx.spec.backups.store.type != "s3":
-        raise ArchivingError(f"cluster {ctx.name}: WAL archiving on Kubernetes needs an S3 store "
-                             f"(backups.store.type is {ctx.spec.backups.store.type})")
+    ctx.platform.check_archive_store(ctx.spec.backups.store.type)
 
 
 def s3_keys_env(ctx: ClusterContext) -> dict[str, str]:
-    creds = s3_credentials(ctx.spec.backups.store, getattr(ctx.platform, "s3_credentials", None),
-                           where=f"s3://{ctx.spec.backups.store.bucket}")
+    store = ctx.spec.backups.store
+    assert isinstance(store, S3StoreSpec), "called for clusters whose store is S3"
+    creds = s3_credentials(store, ctx.platform.s3_credentials, where=f"s3://{store.bucket}")
     return barman.keys_env(creds.access_key if creds else None, creds.secret_key if creds else None)
 
 
@@ -71,7 +66,7 @@ def _on_primary(ctx: ClusterContext, fn, timeout: float = 10.0):
 
 def switch_and_wait(ctx: ClusterContext, store: BackupStore | None = None, timeout: float = ARCHIVED_WAIT_S) -> str:
     """Close the current segment and wait until it is in the archive; returns its name."""
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     name = _on_primary(ctx, archiving.switch_wal)
     wait_archived(ctx, store, name, timeout)
     return name
@@ -79,28 +74,27 @@ def switch_and_wait(ctx: ClusterContext, store: BackupStore | None = None, timeo
 
 def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, timeout: float) -> None:
     wanted = walfiles.parse_segment(segment_name)
-    deadline = time.monotonic() + timeout
-    while True:
+    assert wanted is not None, f"{segment_name!r} is a segment name (pg_switch_wal, a backup history)"
+
+    def archived() -> bool | None:
         listing = wa.list_archive(store, ctx.name)
-        if any(s.segment.segno == wanted.segno and s.segment.timeline == wanted.timeline for s in listing.segments):
-            return
-        if time.monotonic() > deadline:
-            status = _on_primary(ctx, archiving.archiver_status)
-            why = f"; last failure at {status.last_failed_wal}" if status.failing else ""
-            raise ArchivingError(f"cluster {ctx.name}: WAL segment {segment_name} is not in the archive after "
-                                 f"{timeout:g} s{why}")
-        time.sleep(0.5)
+        return any(s.segment.segno == wanted.segno and s.segment.timeline == wanted.timeline
+                   for s in listing.segments) or None
+
+    def expired() -> ArchivingError:
+        status = _on_primary(ctx, archiving.archiver_status)
+        why = f"; last failure at {status.last_failed_wal}" if status.failing else ""
+        return ArchivingError(f"cluster {ctx.name}: WAL segment {segment_name} is not in the archive after "
+                              f"{timeout:g} s{why}")
+
+    poll(archived, timeout=timeout, interval=0.5, expired=expired)
 
 
 # -- base backups ---------------------------------------------------------------------------------
 def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.BaseBackup:
     require_archiving(ctx)
-    if ctx.platform.kind != "local":
-        # barman-cloud-backup reads the data dir itself: it must run in the primary's pod.
-        raise ArchivingError(f"cluster {ctx.name}: base backups on {ctx.platform.kind} need barman-cloud-backup "
-                             f"inside the primary's pod, which pg_ops does not do yet "
-                             f"(docs/architecture/adr-003-wal-archiving.md)")
-    store = store or open_store(ctx)
+    ctx.platform.check_base_backups()
+    store = store or ctx.store()
     store.check()
     member = primary_member(ctx)
     endpoint = ctx.endpoints()[member]
@@ -145,9 +139,9 @@ def _file_base_backup(ctx: ClusterContext, store: BackupStore, member: str) -> N
 
 def _backup_history(ctx: ClusterContext, store: BackupStore, label: str) -> BackupHistory:
     """The backup history file PostgreSQL archived when this backup ended (found by label)."""
-    deadline = time.monotonic() + ARCHIVED_WAIT_S
     seen: set[str] = set()
-    while time.monotonic() < deadline:
+
+    def archived() -> BackupHistory | None:
         for key in wa.list_archive(store, ctx.name).backup_histories:
             if key in seen:
                 continue
@@ -155,9 +149,13 @@ def _backup_history(ctx: ClusterContext, store: BackupStore, label: str) -> Back
             history = parse_backup_history(wa.read_archived(store, key).decode(errors="replace"))
             if history.label == label:
                 return history
-        time.sleep(0.5)
-    raise ArchivingError(f"cluster {ctx.name}: the backup history file of base backup {label!r} did not reach "
-                         f"the archive within {ARCHIVED_WAIT_S:g} s")
+        return None
+
+    def expired() -> ArchivingError:
+        return ArchivingError(f"cluster {ctx.name}: the backup history file of base backup {label!r} did not "
+                              f"reach the archive within {ARCHIVED_WAIT_S:g} s")
+
+    return poll(archived, timeout=ARCHIVED_WAIT_S, interval=0.5, expired=expired)
 
 
 # -- health of archiving ----------------------------------------------------------------------------
@@ -264,14 +262,14 @@ def window_of(store: BackupStore, listing: wa.ArchiveListing) -> RecoveryWindow:
 
 
 def recovery_window(ctx: ClusterContext, store: BackupStore | None = None) -> RecoveryWindow:
-    store = store or open_store(ctx)
+    store = store or ctx.store()
     return window_of(store, wa.list_archive(store, ctx.name))
 
 
 def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict],
                     now: float | None = None) -> tuple[dict[str, ArchiveHealth | str], dict[str, dict]]:
     """One sensor tick over every archiving cluster: fire and resolve the archiving alerts
-    (logged, POSTed to the cluster's webhook, secrets scrubbed); returns (health or the reason it
+    (through each cluster context's AlertDelivery); returns (health or the reason it
     could not be read, per cluster; the new open-alert state)."""
     from pg_ops.operations import alerts as alert_ops
 
@@ -290,10 +288,8 @@ def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict]
         active += archive_alerts(ctx, health)
     mine = {k: v for k, v in open_alerts.items() if v.get("kind") in kinds}
     to_send, state = alert_ops.reconcile(mine, active, unknown, scope, now)
-    by_name = {c.name: c for c in contexts}
-    for alert in to_send:
-        ctx = by_name.get(alert.cluster)
-        if ctx is not None:
-            sender = alert_ops.WebhookSender.from_env(ctx.spec.alerts.webhook_url_env)
-            alert_ops.deliver([alert], sender, alert_ops.cluster_secrets(ctx), ctx.log)
+    for ctx in contexts:
+        batch = [a for a in to_send if a.cluster == ctx.name]
+        if batch:
+            ctx.alerts.send(batch, {ctx.name: ctx.spec}, alert_ops.cluster_secrets(ctx), ctx.log)
     return healths, state

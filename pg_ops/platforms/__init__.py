@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
 
 def platform_for(spec: ClusterSpec) -> Platform:
-    """The platform backend a spec names (imported lazily: the Kubernetes client is slow to import)."""
+    """The platform backend a spec names (imported lazily: the Kubernetes client is slow to import).
+    Both subclass Platform, so mypy checks each against the contract (platforms/base.py)."""
     if spec.platform == "local":
         from pg_ops.platforms.local import LocalPlatform
 

@@ -1,16 +1,21 @@
-"""The Platform protocol: the one seam between the local and the Kubernetes backends."""
+"""The Platform protocol: the one seam between the local and the Kubernetes backends, as a few
+capabilities (members, routing, record, secrets, cluster objects, archiving limits, scratch
+targets)."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pg_ops.credentials import Credentials
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState, StateStore
+
+if TYPE_CHECKING:
+    from pg_ops.stores.s3 import S3Credentials
 
 # A throw-away server: durability buys nothing there, and a restore is mostly writes.
 SCRATCH_PARAMETERS = {"fsync": False, "synchronous_commit": "off", "full_page_writes": False,
@@ -41,85 +46,220 @@ class ScratchTarget:
     password: str = field(repr=False)  # of the superuser postgres
 
 
-class Platform(Protocol):
-    spec: ClusterSpec
-    kind: str  # "local" | "kubernetes"
+# -- the contract ---------------------------------------------------------------------------------
+# Platform is the one seam between the local and the Kubernetes backends, as a few capabilities.
+# Each method says what it does on each platform, whether calling it again is harmless, and what
+# it raises (besides PgOpsError subclasses for I/O it depends on: KubernetesError for the API).
+# Operations never ask which platform they run on (`kind` is for status and messages only): a
+# difference between the two is a method here. LocalPlatform and KubernetesPlatform subclass
+# Platform, so mypy checks them against it (`make lint`).
+#
+# (BackupStore, the other seam, is an abc.ABC on purpose: it carries conveniences written once
+# on top of its primitives, put_bytes / get_bytes / iter_chunks; a Platform carries none.)
 
-    # -- where things are ------------------------------------------------------------------
+
+class Members(Protocol):
+    """Where members run, and starting, stopping, fencing and wiping them. Member names are
+    the spec's (`<cluster>-<n>`)."""
+
     def member_endpoints(self) -> dict[str, Endpoint]:
-        """Every member of the spec and the address pg_ops reaches it at."""
+        """Every member of the spec and the address pg_ops reaches it at. Local: 127.0.0.1 and
+        base_port + n (no I/O). Kubernetes: the pod IP and its container port `postgresql` (one
+        pod list); a member without a pod or IP gets its headless-Service DNS name, so it probes
+        as unreachable. Read-only."""
         ...
 
     def peer_addresses(self) -> dict[str, str]:
-        """host:port each member script uses to reach a peer (written into the record)."""
+        """host:port each member script uses to reach a peer (written into the record). Local:
+        the member endpoints. Kubernetes: the headless-Service DNS names, or PG_OPS_K8S_ADDRESSES
+        overrides (PgOpsError when that file is unreadable). No API call; read-only."""
         ...
 
-    def primary_dsn(self, user: str, dbname: str) -> str:
-        """A libpq string (no password) that always reaches the current primary."""
+    def member_running(self, name: str) -> bool:
+        """Local: its supervisor process is alive. Kubernetes: its pod is Running, not being
+        deleted, its postgres container not waiting (CrashLoopBackOff). Says nothing about
+        whether postgres accepts connections (probe for that). Read-only."""
         ...
 
-    def passfile(self) -> Path | None:
-        """A 0600 libpq passfile for the admin role, where the platform has one."""
+    def start_member(self, name: str) -> None:
+        """Make the member run; a running member is left alone (idempotent). Local: spawns the
+        member script detached and returns at once (MemberError when its port is taken).
+        Kubernetes: the StatefulSet makes the pod; waits until it runs (MemberError naming the
+        scheduler's or kubelet's reason when it stays Pending, or when the StatefulSet has too
+        few replicas). Neither waits for postgres: poll a probe."""
         ...
-
-    # -- pg_ops-owned objects --------------------------------------------------------------
-    def state_store(self) -> StateStore: ...
-
-    def load_credentials(self) -> Credentials | None: ...
-
-    def ensure_credentials(self) -> Credentials:
-        """Generate once, never overwrite; add roles the spec gained."""
-        ...
-
-    def prepare(self, state: DesiredState) -> None:
-        """Make the static parts exist (config files / Git-owned objects when not GitOps)."""
-        ...
-
-    # -- members ---------------------------------------------------------------------------
-    def member_running(self, name: str) -> bool: ...
-
-    def start_member(self, name: str) -> None: ...
 
     def stop_member(self, name: str) -> None:
-        """Clean (fast) shutdown of postgres and its supervisor."""
-        ...
-
-    def kill_member(self, name: str) -> None:
-        """SIGKILL supervisor and postgres together, as when a node dies (chaos, fencing)."""
+        """Clean (fast) shutdown of the member now; returns once it is down. Local: TERM to its
+        supervisor (SIGKILL of the process group after 30 s); it stays down until start_member.
+        Kubernetes: a graceful delete of its pod, waited for (MemberError when it is still
+        terminating after 60 s + its grace period); the StatefulSet makes a new pod at once,
+        which boots from the record of that moment: a caller that needs the member to come back
+        as something else writes the record first, and calls start_member to wait for it.
+        Idempotent (local: also kills a postmaster left without its supervisor)."""
         ...
 
     def fence_member(self, name: str) -> bool:
-        """Remove the member from routing and stop it wherever the platform can reach it.
-        True when it is known to be stopped now; False when it may still run somewhere pg_ops
-        cannot reach (a pod on a node cut off from the API server): then only its own
-        isolation fencing stops it, and a failover waits for its lease to run out."""
-        ...
-
-    def route_primary(self, name: str) -> None:
-        """Send the primary endpoint to `name` (and away from everyone else)."""
+        """Remove the member from routing and stop it at once wherever the platform can reach
+        it, writing nothing more (no shutdown checkpoint). True when it is known to be stopped
+        now; False when it may still run somewhere pg_ops cannot reach (a pod on a node cut
+        off from the API server): then only its own isolation fencing stops it, and a failover
+        waits for its lease to run out. Local: SIGKILL of its process group (always True).
+        Kubernetes: role label removed, `pg_ctl stop -m immediate` through an exec (True when
+        that answered), then the pod force-deleted (grace 0). Idempotent."""
         ...
 
     def wipe_member(self, name: str) -> None:
-        """Delete a stopped member's data so it re-clones at its next start."""
+        """Delete the member's data so it re-clones at its next start. Local: the member must be
+        stopped (MemberError otherwise); its data dir is emptied. Kubernetes: its PVC and pod are
+        deleted (grace 0): the StatefulSet makes both again at once and the member re-clones
+        into the empty volume. Idempotent."""
         ...
 
-    def member_log_tail(self, name: str, lines: int = 5) -> str: ...
+    def member_log_tail(self, name: str, lines: int = 5) -> str:
+        """The last lines of the member script's and postgres's output ("" when there is none
+        yet). Local: member.log. Kubernetes: the postgres container's log ("" before the
+        container started; KubernetesError otherwise). Read-only."""
+        ...
 
     def member_report(self, name: str) -> dict[str, str]:
         """What the member script reported (base.REPORT_FILE, parsed): the boot table row it took
         (boot.action, boot.reason: a refusal's reason), its isolation state and the writes its
         last rewind or re-clone discarded (docs/architecture/interfaces.md lists the keys). {} when
-        there is none (or the member's volume cannot be read now)."""
+        there is none (or the member's volume cannot be read now: local the file, Kubernetes
+        an exec into the pod). Never raises; read-only."""
         ...
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
-        """(used bytes, total bytes) of the filesystem holding the member's data."""
+        """(used bytes, total bytes) of the filesystem holding the member's data; None when
+        unknown now. Local: statvfs of the data dir (None before it exists). Kubernetes: `df`
+        through an exec, bounded to a few seconds (None when the pod does not run or did not
+        answer; a pod that did not answer is not asked again for a minute; MemberError when df
+        fails). Read-only."""
         ...
 
-    def teardown(self) -> None: ...
 
-    # -- scratch servers -------------------------------------------------------------------
+class Routing(Protocol):
+    """How clients reach the primary."""
+
+    def primary_dsn(self, user: str, dbname: str) -> str:
+        """A libpq string (no password) that always reaches the current primary. Local: every
+        member, the designated one first, target_session_attrs=read-write (reads the record).
+        Kubernetes: the primary Service's DNS name (or its PG_OPS_K8S_ADDRESSES override)."""
+        ...
+
+    def route_primary(self, name: str) -> None:
+        """Send the primary endpoint to `name` and away from everyone else. Local: nothing to
+        do (libpq picks the writable member). Kubernetes: every other pod labelled replica
+        first, then `name` primary, so the Service never selects two (MemberError when the pod
+        does not exist). Idempotent: labels already right are not written."""
+        ...
+
+
+class Record(Protocol):
+    """Where the desired-state record lives (pg_ops/state.py: CAS, the topology lock)."""
+
+    def state_store(self) -> StateStore:
+        """Local: a file with flock and an atomic rename. Kubernetes: a ConfigMap updated with
+        its resourceVersion. Building it does no I/O."""
+        ...
+
+
+class Secrets(Protocol):
+    """The cluster's generated passwords, and the backup store's keys where the platform holds
+    them."""
+
+    def load_credentials(self) -> Credentials | None:
+        """The cluster's passwords; None before the first deploy. Local: credentials.json
+        (0600). Kubernetes: the credentials Secret. Read-only."""
+        ...
+
+    def ensure_credentials(self) -> Credentials:
+        """Generate once, never overwrite; add roles the spec gained. Local: also (re)writes the
+        admin passfile. Kubernetes: written with the Secret's resourceVersion, so two writers
+        racing cannot replace each other's passwords (PgOpsError after 5 conflicts).
+        Idempotent."""
+        ...
+
+    def passfile(self) -> Path | None:
+        """A 0600 libpq passfile for the admin role on this machine, for psql and the exporter.
+        Local: the cluster's `pgpass`. Kubernetes: None: the passwords stay in the Secret."""
+        ...
+
+    def s3_credentials(self, secret_name: str) -> S3Credentials:
+        """The backup store's keys from the platform's secret `secret_name` (the spec's
+        `credentials_secret`), read at use, never cached or logged. Kubernetes: the Secret's
+        keys access_key / secret_key (PgOpsError when one is missing). Local: there are no
+        platform secrets: StoreError (use credentials_env or boto3's default chain)."""
+        ...
+
+
+class ClusterObjects(Protocol):
+    """The static parts of a cluster: configuration files and folders locally, the Git-owned
+    objects on Kubernetes."""
+
+    def prepare(self, state: DesiredState) -> None:
+        """Make them exist as the spec says, before members start. Local: config files, member
+        folders and passfiles, owned by the server user (PgOpsError when PG_OPS_HOME is out of
+        its reach). Kubernetes: with kubernetes.gitops, only checks that the Git-owned objects
+        exist (PgOpsError naming the missing ones: ArgoCD applies them); without, server-side
+        applies them as field manager pg-ops, except the Role and RoleBinding, which only a
+        cluster admin can apply (checked). Idempotent."""
+        ...
+
+    def git_owned_objects(self) -> list[tuple[dict, dict | None]]:
+        """Each rendered Git-owned manifest with its live version (status and server fields
+        included), None where it does not exist: what the drift check compares. Kubernetes:
+        one read per object. Local: Unsupported (a local cluster has no Git-owned objects)."""
+        ...
+
+    def check_teardown(self) -> None:
+        """Raise Unsupported when `teardown` is refused on this platform, before anything is
+        touched. Local: never. Kubernetes: always (Git owns the objects)."""
+        ...
+
+    def teardown(self) -> None:
+        """Delete the cluster, data included. Local: stops every member and deletes the
+        cluster's folder (record, credentials, data); idempotent. Kubernetes: Unsupported.
+        The caller holds the topology lock when there is a record."""
+        ...
+
+
+class Archiving(Protocol):
+    """What the platform cannot do yet around WAL archiving and point-in-time recovery (ADR-003):
+    each check raises Unsupported, before anything is touched, naming the reason."""
+
+    def check_archive_store(self, store_type: str) -> None:
+        """Whether the members' archive_command can write to a store of that type. Local: any
+        (it runs on this machine). Kubernetes: only S3 (it runs in the pod, which does not see
+        a folder of pg_ops's machine)."""
+        ...
+
+    def check_base_backups(self) -> None:
+        """Whether pg_ops can take a base backup. Local: yes (from this machine). Kubernetes: no:
+        barman-cloud-backup reads the data dir, so it would have to run in the primary's pod."""
+        ...
+
+    def check_point_in_time(self, what: str) -> None:
+        """Whether `what` (a recovery into a new cluster, a point-in-time drill) can run: its
+        servers are local clusters restored from a base backup. Local: yes. Kubernetes: no."""
+        ...
+
+
+class ScratchTargets(Protocol):
+    """Throw-away servers that are never members of any cluster (restore drills)."""
+
     def scratch_target(self, purpose: str) -> AbstractContextManager[ScratchTarget]:
         """Start an empty server (SCRATCH_PARAMETERS) nothing routes to, wait until it accepts
-        connections, and always remove it, data included, when the block ends."""
+        connections, and always remove it, data included, when the block ends (also on error).
+        Local: a one-member cluster of its own on a free port under PG_OPS_HOME. Kubernetes: a
+        pod of the cluster's image on an emptyDir, its password in a temporary Secret
+        (MemberError with the scheduler's reason when it does not run in time)."""
         ...
+
+
+class Platform(Members, Routing, Record, Secrets, ClusterObjects, Archiving, ScratchTargets, Protocol):
+    """Everything an operation may ask of where a cluster runs."""
+
+    spec: ClusterSpec
+    kind: Literal["local", "kubernetes"]  # for status and messages; never branched on

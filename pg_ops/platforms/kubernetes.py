@@ -36,6 +36,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -47,15 +48,25 @@ from pg_ops.credentials import (
     new_credentials,
     required_roles,
 )
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import MemberError, PgOpsError, Unsupported
 from pg_ops.platforms import kubernetes_names as names
-from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
+from pg_ops.platforms.base import (
+    REPORT_FILE,
+    SCRATCH_PARAMETERS,
+    Platform,
+    ScratchTarget,
+    parse_member_report,
+)
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
 from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadata
+from pg_ops.poll import poll
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
+
+if TYPE_CHECKING:
+    from pg_ops.stores.s3 import S3Credentials
 
 ADDRESSES_ENV = "PG_OPS_K8S_ADDRESSES"
 POD_START_TIMEOUT_S = 180.0  # image pull + volume attach on a fresh node
@@ -102,7 +113,9 @@ def _pending_reason(pod) -> str:
     return f"phase {status.phase if status else 'unknown'}"
 
 
-class KubernetesPlatform:
+class KubernetesPlatform(Platform):
+    """Members are the StatefulSet's pods (see the module doc); the contract is Platform's."""
+
     kind = "kubernetes"
 
     def __init__(self, spec: ClusterSpec, api: KubernetesApi | None = None,
@@ -131,7 +144,7 @@ class KubernetesPlatform:
         try:
             return json.loads(open(path).read()).get(section, {})
         except (OSError, ValueError) as exc:
-            raise PgOpsError(f"{ADDRESSES_ENV}={path}: unreadable address overrides ({exc})") from None
+            raise PgOpsError(f"{ADDRESSES_ENV}={path}: unreadable address overrides ({exc})") from exc
 
     def peer_addresses(self) -> dict[str, str]:
         overrides = self._overrides("peers")
@@ -201,10 +214,9 @@ class KubernetesPlatform:
         secret = self._read_secret()
         return None if secret is None else self._credentials_of(secret)
 
-    def s3_credentials(self, secret_name: str):
+    def s3_credentials(self, secret_name: str) -> S3Credentials:
         """The backup store's keys from the Secret the spec names (`credentials_secret`), keys
         `access_key` and `secret_key`. Read at use, never cached, never logged."""
-        from pg_ops.errors import PgOpsError
         from pg_ops.stores.s3 import S3Credentials
 
         what = self._what("secret", secret_name)
@@ -260,7 +272,7 @@ class KubernetesPlatform:
         try:
             from pg_ops.render import manifests
         except ImportError as exc:
-            raise PgOpsError(f"cluster {self.spec.name}: the rendered manifests are unavailable ({exc})") from None
+            raise PgOpsError(f"cluster {self.spec.name}: the rendered manifests are unavailable ({exc})") from exc
         return manifests(self.spec)
 
     def prepare(self, state: DesiredState) -> None:
@@ -289,13 +301,11 @@ class KubernetesPlatform:
             except KubernetesError as exc:
                 before = ", ".join(describe(o) for o in applied[:done]) or "none"
                 raise type(exc)(f"{exc}; applied before it: {before}; not applied: {len(applied) - done} object(s)",
-                                exc.status, exc.reason) from None
+                                exc.status, exc.reason) from exc
 
-    def live_objects(self, objects: list[dict]) -> list[dict | None]:
-        """The live version of each given manifest (status and server fields included), None
-        where it does not exist: what the drift check compares with the rendered objects."""
+    def git_owned_objects(self) -> list[tuple[dict, dict | None]]:
         client = ObjectClient(self.api)
-        return [client.read(obj) for obj in objects]
+        return [(obj, client.read(obj)) for obj in self._git_owned_objects()]
 
     # -- members ---------------------------------------------------------------------------
     def member_running(self, name: str) -> bool:
@@ -321,20 +331,25 @@ class KubernetesPlatform:
             raise MemberError(f"kubernetes: pod {self.namespace}/{name}: statefulset "
                               f"{sts.metadata.name} has {sts.spec.replicas} replicas; scale it to "
                               f"{self.spec.postgres.members}")
-        deadline = time.monotonic() + self.pod_start_timeout
-        while True:
-            pod = self._pod(name)
-            if _running(pod):
-                return
-            if time.monotonic() >= deadline:
-                phase = pod.status.phase if pod is not None and pod.status else "missing"
-                raise MemberError(f"kubernetes: pod {self.namespace}/{name} stuck {phase} after "
-                                  f"{self.pod_start_timeout:g} s: {_pending_reason(pod)}")
-            time.sleep(0.5)
+        seen: list = []
+
+        def runs() -> bool | None:
+            seen[:] = [self._pod(name)]
+            return True if _running(seen[0]) else None
+
+        def expired() -> MemberError:
+            pod = seen[0]
+            phase = pod.status.phase if pod is not None and pod.status else "missing"
+            return MemberError(f"kubernetes: pod {self.namespace}/{name} stuck {phase} after "
+                               f"{self.pod_start_timeout:g} s: {_pending_reason(pod)}")
+
+        poll(runs, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
 
     def _delete_pod(self, name: str, grace_seconds: int | None) -> None:
         """Delete a pod and wait until that pod (its uid) is gone; the StatefulSet then makes
-        a new one, which is not waited for."""
+        a new one, which is not waited for. Grace 0 is a forced delete: the API object goes at
+        once, the kubelet kills the container at its next sync (seconds), and a pod on a dead
+        node does not block us."""
         pod = self._pod(name)
         if pod is None:
             return
@@ -343,24 +358,21 @@ class KubernetesPlatform:
         self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
                       self.namespace, missing_ok=True, **kwargs)
         grace = (pod.spec.termination_grace_period_seconds or 30) if grace_seconds is None else grace_seconds
-        deadline = time.monotonic() + POD_GONE_TIMEOUT_S + grace
-        while time.monotonic() < deadline:
+
+        def gone() -> bool | None:
             pod = self._pod(name)
-            if pod is None or pod.metadata.uid != uid:
-                return
-            time.sleep(0.2)
-        raise MemberError(f"kubernetes: delete pod {self.namespace}/{name}: still terminating after "
-                          f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
+            return True if pod is None or pod.metadata.uid != uid else None
+
+        def expired() -> MemberError:
+            return MemberError(f"kubernetes: delete pod {self.namespace}/{name}: still terminating after "
+                               f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
+
+        poll(gone, timeout=POD_GONE_TIMEOUT_S + grace, interval=0.2, expired=expired)
 
     def stop_member(self, name: str) -> None:
         """Graceful delete: the kubelet sends TERM, which the member script turns into a
         checkpoint, then a smart (a primary with transactions in flight) or fast shutdown."""
         self._delete_pod(name, None)
-
-    def kill_member(self, name: str) -> None:
-        """Grace 0 is a forced delete: the API object goes at once, the kubelet kills the
-        container at its next sync (seconds), and a pod on a dead node does not block us."""
-        self._delete_pod(name, 0)
 
     def _set_role(self, name: str, role: str | None) -> None:
         self.api.call("patch", self._what("pod", name), self.api.core.patch_namespaced_pod, name, self.namespace,
@@ -498,9 +510,27 @@ class KubernetesPlatform:
         with ThreadPoolExecutor(max_workers=min(len(members), 9), thread_name_prefix="df") as pool:
             return dict(zip(members, pool.map(one, members), strict=True))
 
+    def check_teardown(self) -> None:
+        raise Unsupported(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "
+                          f"delete the Git-owned objects through Git")
+
     def teardown(self) -> None:
-        raise PgOpsError(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "
-                         f"delete the Git-owned objects through Git")
+        self.check_teardown()
+
+    def check_archive_store(self, store_type: str) -> None:
+        if store_type != "s3":
+            raise Unsupported(f"cluster {self.spec.name}: WAL archiving on Kubernetes needs an S3 store "
+                              f"(backups.store.type is {store_type})")
+
+    def check_base_backups(self) -> None:
+        # barman-cloud-backup reads the data dir itself: it must run in the primary's pod.
+        raise Unsupported(f"cluster {self.spec.name}: base backups on kubernetes need barman-cloud-backup inside "
+                          f"the primary's pod, which pg_ops does not do yet "
+                          f"(docs/architecture/adr-003-wal-archiving.md)")
+
+    def check_point_in_time(self, what: str) -> None:
+        raise Unsupported(f"cluster {self.spec.name}: {what} is implemented on the local platform only "
+                          f"(docs/architecture/adr-003-wal-archiving.md)")
 
     # -- scratch targets -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -557,8 +587,9 @@ class KubernetesPlatform:
         from pg_ops.postgres.topology import probe_members
 
         what = self._what("scratch pod", name)
-        deadline = time.monotonic() + self.pod_start_timeout
-        while True:
+        last: dict = {}
+
+        def accepting() -> Endpoint | None:
             pod = self._pod(name)
             phase = pod.status.phase if pod is not None and pod.status else "missing"
             if phase in ("Failed", "Succeeded"):
@@ -571,13 +602,17 @@ class KubernetesPlatform:
                 if probe.reachable:
                     return endpoint
                 error = probe.error
-            if time.monotonic() >= deadline:
-                if endpoint is not None:
-                    raise MemberError(f"kubernetes: {what} runs but does not accept connections after "
-                                      f"{self.pod_start_timeout:g} s: {_one_line(error or 'no answer')}")
-                raise MemberError(f"kubernetes: {what} stuck {phase} after {self.pod_start_timeout:g} s: "
-                                  f"{_one_line(_pending_reason(pod))}")
-            time.sleep(0.5)
+            last.update(pod=pod, phase=phase, endpoint=endpoint, error=error)
+            return None
+
+        def expired() -> MemberError:
+            if last["endpoint"] is not None:
+                return MemberError(f"kubernetes: {what} runs but does not accept connections after "
+                                   f"{self.pod_start_timeout:g} s: {_one_line(last['error'] or 'no answer')}")
+            return MemberError(f"kubernetes: {what} stuck {last['phase']} after {self.pod_start_timeout:g} s: "
+                               f"{_one_line(_pending_reason(last['pod']))}")
+
+        return poll(accepting, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
 
     def _delete_scratch(self, name: str) -> None:
         """Both deletes are tried; one that fails is raised when nothing else is, else logged

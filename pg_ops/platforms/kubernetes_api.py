@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import kubernetes.client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -64,7 +64,7 @@ def load_configuration() -> k8s.Configuration:
             config.load_incluster_config(client_configuration=cfg)
             return cfg
         except ConfigException as exc:
-            raise PgOpsError(f"kubernetes: in-cluster configuration unusable: {exc}") from None
+            raise PgOpsError(f"kubernetes: in-cluster configuration unusable: {exc}") from exc
     # The client reads KUBECONFIG once at import; read it at call time instead.
     path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     if not any(Path(p).is_file() for p in path.split(os.pathsep) if p):
@@ -75,7 +75,7 @@ def load_configuration() -> k8s.Configuration:
     try:
         config.load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
     except (ConfigException, OSError, ValueError) as exc:
-        raise PgOpsError(f"kubernetes: kubeconfig {path} unusable: {exc}") from None
+        raise PgOpsError(f"kubernetes: kubeconfig {path} unusable: {exc}") from exc
     return cfg
 
 
@@ -107,6 +107,14 @@ class KubernetesApi:
     def close(self) -> None:
         self.client.close()
 
+    @overload
+    def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: Literal[False] = False,
+             **kwargs: Any) -> T: ...
+
+    @overload
+    def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: bool,
+             **kwargs: Any) -> T | None: ...
+
     def call(self, verb: str, what: str, fn: Callable[..., T], *args: Any, missing_ok: bool = False,
              **kwargs: Any) -> T | None:
         """Run one API call; `what` is "<kind> <namespace>/<name>". Returns None for a 404
@@ -120,12 +128,14 @@ class KubernetesApi:
                 return None
             message = f"kubernetes: {verb} {what}: {_reason_words(status, exc.reason)} ({status}): {_server_message(exc)}"
             cls = {404: KubernetesNotFound, 409: KubernetesConflict}.get(status, KubernetesError)
+            # from None: the message has the status, reason and server message; the ApiException
+            # adds every response header and the body again
             raise cls(message, status, exc.reason or "") from None
         except (Urllib3Error, OSError) as exc:
             cause = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
             raise KubernetesError(
                 f"kubernetes: {verb} {what}: API server {self.configuration.host} unreachable: {cause}"
-            ) from None
+            ) from exc
 
     def exec_in_pod(self, what: str, name: str, namespace: str, container: str, command: list[str],
                     timeout: float = EXEC_TIMEOUT_S) -> tuple[int, str, str]:
@@ -163,7 +173,7 @@ class KubernetesApi:
             if "timed out" in str(exc):
                 raise late from None
             raise KubernetesError(f"kubernetes: exec in {what}: API server {cfg.host} unreachable: "
-                                  f"{' '.join(str(exc).split())[:200]}") from None
+                                  f"{' '.join(str(exc).split())[:200]}") from exc
         channels: dict[int, bytes] = {}
         try:
             while True:

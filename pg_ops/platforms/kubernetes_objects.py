@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes_api import KubernetesApi
@@ -40,7 +41,7 @@ class ObjectClient:
         manager set (pg_ops is the applier when the cluster is not GitOps-managed)."""
         kind, meta = obj["kind"], obj["metadata"]
         group, _, version = obj["apiVersion"].rpartition("/")
-        options = {"field_manager": names.FIELD_MANAGER, "force": force, "_content_type": APPLY_CONTENT_TYPE}
+        options: dict[str, Any] = {"field_manager": names.FIELD_MANAGER, "force": force, "_content_type": APPLY_CONTENT_TYPE}
         what = describe(obj)
         if not group:
             if kind in CLUSTER_SCOPED_CORE:

@@ -20,9 +20,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -35,15 +35,26 @@ from pg_ops.credentials import (
     new_credentials,
     required_roles,
 )
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import MemberError, PgOpsError, Unsupported
 from pg_ops.platforms import local_archive
-from pg_ops.platforms.base import REPORT_FILE, SCRATCH_PARAMETERS, ScratchTarget, parse_member_report
+from pg_ops.platforms.base import (
+    REPORT_FILE,
+    SCRATCH_PARAMETERS,
+    Platform,
+    ScratchTarget,
+    parse_member_report,
+)
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
+from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.state import DesiredState
+from pg_ops.stores import StoreError
+
+if TYPE_CHECKING:
+    from pg_ops.stores.s3 import S3Credentials
 
 MEMBER_SCRIPT = Path(__file__).with_name("member.sh")
 STOP_TIMEOUT_S = 30.0
@@ -81,7 +92,9 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
-class LocalPlatform:
+class LocalPlatform(Platform):
+    """Members are processes on this machine (see the module doc); the contract is Platform's."""
+
     kind = "local"
 
     def __init__(self, spec: ClusterSpec, home: Path | None = None):
@@ -127,6 +140,12 @@ class LocalPlatform:
     # -- pg_ops-owned objects ----------------------------------------------------------------
     def state_store(self) -> FileStateStore:
         return FileStateStore(self.root / "desired-state")
+
+    def s3_credentials(self, secret_name: str) -> S3Credentials:
+        store = self.spec.backups.store
+        where = f"s3://{store.bucket}" if isinstance(store, S3StoreSpec) else self.spec.name
+        raise StoreError(f"backup store {where}: credentials_secret {secret_name!r} needs the Kubernetes platform "
+                         f"to read it")
 
     def load_credentials(self) -> Credentials | None:
         path = self.root / "credentials.json"
@@ -226,7 +245,7 @@ class LocalPlatform:
         with open(self.log_path(name), "ab") as log:
             if self.user.switch:
                 os.chown(self.log_path(name), self.user.uid, self.user.gid)
-            kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
+            kwargs: dict[str, Any] = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
             proc = subprocess.Popen(
                 ["bash", str(MEMBER_SCRIPT), name], env=env, cwd=mdir, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
@@ -241,12 +260,12 @@ class LocalPlatform:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)  # the supervisor turns it into a fast shutdown
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(lambda: None if _pid_alive(pid) else True, timeout=STOP_TIMEOUT_S, interval=0.05)
         self._kill_group(pid)
 
     def kill_member(self, name: str) -> None:
+        """SIGKILL of the supervisor and postgres together (the process group), as when the
+        machine dies: what fencing does here, and how scratch servers go. Not part of Platform."""
         pid = self._supervisor_pid(name)
         if pid is not None:
             self._kill_group(pid)
@@ -255,9 +274,7 @@ class LocalPlatform:
     def _kill_group(self, pgid: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while _pid_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll(lambda: None if _pid_alive(pgid) else True, timeout=5, interval=0.02)
 
     def _kill_orphans(self, name: str) -> None:
         """A postmaster whose supervisor is gone (postmaster.pid names it)."""
@@ -309,6 +326,22 @@ class LocalPlatform:
             return None
         total = st.f_blocks * st.f_frsize
         return total - st.f_bavail * st.f_frsize, total
+
+    def git_owned_objects(self) -> list[tuple[dict, dict | None]]:
+        raise Unsupported(f"cluster {self.spec.name}: the drift check is for Kubernetes clusters "
+                          f"(platform local has no Git-owned objects)")
+
+    def check_teardown(self) -> None:
+        return None
+
+    def check_archive_store(self, store_type: str) -> None:
+        return None  # the archive command runs on this machine: a folder or S3
+
+    def check_base_backups(self) -> None:
+        return None
+
+    def check_point_in_time(self, what: str) -> None:
+        return None
 
     def teardown(self) -> None:
         for name in self.spec.member_names:
@@ -403,18 +436,23 @@ class LocalScratchServer:
     def wait_ready(self, timeout: float = SCRATCH_READY_TIMEOUT_S) -> None:
         from pg_ops.postgres.topology import probe_members
 
-        deadline = time.monotonic() + timeout
-        while True:
+        errors: list[str | None] = []
+
+        def accepting() -> bool | None:
             probe = probe_members({self.member: self.endpoint}, SUPERUSER, self.password, 2.0)[self.member]
             if probe.reachable:
-                return
+                return True
             if not self.running():
                 raise MemberError(f"scratch server {self.name} exited before accepting connections: "
                                   f"{self.platform.member_log_tail(self.member, 1) or 'no log output'}")
-            if time.monotonic() >= deadline:
-                raise MemberError(f"scratch server {self.name} does not accept connections after "
-                                  f"{timeout:g} s: {probe.error}")
-            time.sleep(0.1)
+            errors[:] = [probe.error]
+            return None
+
+        def expired() -> MemberError:
+            return MemberError(f"scratch server {self.name} does not accept connections after "
+                               f"{timeout:g} s: {errors[-1] if errors else None}")
+
+        poll(accepting, timeout=timeout, interval=0.1, expired=expired)
 
     def remove(self) -> None:
         """Nothing in it needs a clean shutdown: kill it (no shutdown checkpoint), then delete

@@ -21,7 +21,7 @@ from pg_ops import settings
 from pg_ops.errors import PgOpsError
 from pg_ops.platforms.server_user import ServerUser, chown_tree, unreachable_parent
 from pg_ops.postgres import barman
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, FileStoreSpec, S3StoreSpec
 from pg_ops.stores import s3_credentials
 from pg_ops.stores.wal_archive import archive_root, s3_target
 
@@ -29,7 +29,9 @@ WAL_FILE_SCRIPT = Path(__file__).with_name("wal_file.sh")
 
 
 def file_store_root(spec: ClusterSpec) -> Path:
-    path = Path(spec.backups.store.path)
+    store = spec.backups.store
+    assert isinstance(store, FileStoreSpec), "called for clusters whose store is a folder"
+    path = Path(store.path)
     return path if path.is_absolute() else settings.home() / path
 
 
@@ -72,7 +74,9 @@ def prepare_file_archive(spec: ClusterSpec, user: ServerUser) -> Path:
 def write_s3_credentials(spec: ClusterSpec, cluster_root: Path, user: ServerUser) -> str | None:
     """The store's keys as an AWS credentials file only the server user reads (None: the
     keys come from boto3's default chain of the server's environment)."""
-    creds = s3_credentials(spec.backups.store, None, where=f"s3://{spec.backups.store.bucket}")
+    store = spec.backups.store
+    assert isinstance(store, S3StoreSpec), "called for clusters whose store is S3"
+    creds = s3_credentials(store, None, where=f"s3://{store.bucket}")
     if creds is None:
         return None
     folder = cluster_root / "archive"

@@ -34,6 +34,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from pg_ops import settings
 from pg_ops.credentials import MONITORING_USER
@@ -103,7 +104,7 @@ def exporters_for(specs: list[ClusterSpec], first_port: int) -> list[Exporter]:
     """One exporter per member; a cluster must be deployed with the exporter's role."""
     from pg_ops.platforms.local import LocalPlatform
 
-    found = []
+    found: list[Exporter] = []
     for spec in specs:
         platform = LocalPlatform(spec)
         creds = platform.load_credentials()
@@ -166,12 +167,17 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise PgOpsError(f"{proc.args[0]} exited ({proc.returncode}): {_last_line(log)}")
+            raise PgOpsError(f"{_program(proc)} exited ({proc.returncode}): {_last_line(log)}")
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(url, timeout=2):
                 return
         time.sleep(0.2)
     raise PgOpsError(f"{url} did not answer within {READY_TIMEOUT_S:g} s: {_last_line(log)}")
+
+
+def _program(proc: subprocess.Popen) -> str:
+    """The program a child runs (_start runs an argv list)."""
+    return str(cast(list, proc.args)[0])
 
 
 def _last_line(log: Path) -> str:
@@ -233,7 +239,7 @@ def run(opts: Options) -> int:
         while True:
             for proc in children:
                 if proc.poll() is not None:
-                    raise PgOpsError(f"{Path(proc.args[0]).name} exited ({proc.returncode}); stopping the rest")
+                    raise PgOpsError(f"{Path(_program(proc)).name} exited ({proc.returncode}); stopping the rest")
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.postgres.status_table import HEARTBEAT_HISTORY_DDL, STATUS_TABLE_DDL
 
 
@@ -86,11 +85,6 @@ def ensure_slots(conn: psycopg.Connection, members: list[str]) -> list[str]:
     return created
 
 
-def drop_slot(conn: psycopg.Connection, slot: str) -> None:
-    conn.execute("""select pg_drop_replication_slot(slot_name) from pg_replication_slots
-                    where slot_name = %s and not active""", (slot,))
-
-
 def synchronous_standby_names(mode: str, standbys: list[str]) -> str:
     """ANY 1 over the replicas: a commit waits for one of them. Empty in async mode."""
     if mode == "async" or not standbys:
@@ -155,8 +149,6 @@ def write_heartbeat(conn: psycopg.Connection, epoch: int, writer: str) -> str:
 def database_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
-
-PG_OPS_DB = PG_OPS_DATABASE
 
 
 def member_name(conn: psycopg.Connection) -> str:

@@ -44,6 +44,7 @@ LOCATION = re.compile(r"^([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)")
 def parse_backup_history(text: str) -> BackupHistory:
     fields = {m.group(1): m.group(2).strip() for line in text.splitlines() if (m := LINE.match(line))}
     start, stop = LOCATION.match(fields["START WAL LOCATION"]), LOCATION.match(fields["STOP WAL LOCATION"])
+    assert start is not None and stop is not None, "a backup history file PostgreSQL wrote"
 
     def when(value: str) -> datetime:
         # "2026-12-01 21:13:45 GMT" (the server's log_timezone; pg_ops servers run in UTC/GMT)

@@ -30,7 +30,8 @@ import psycopg
 from psycopg import sql
 
 from pg_ops import settings
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
+from pg_ops.postgres import session
 from pg_ops.postgres.conninfo import Endpoint, member_dsn
 
 APPLICATION_NAME = "pg_ops-backup"
@@ -107,7 +108,7 @@ class Snapshot:
         except psycopg.Error as exc:
             text = str(exc)
             if any(m in text for m in CONFLICT_MARKERS) or self.conn.closed:
-                return text.strip().splitlines()[0] if text.strip() else "connection terminated"
+                return first_line(text) or "connection terminated"
         return None
 
 
@@ -115,10 +116,10 @@ class Snapshot:
 def exported_snapshot(endpoint: Endpoint, user: str, password: str, dbname: str,
                       connect_timeout: int = 10) -> Iterator[Snapshot]:
     try:
-        conn = psycopg.connect(member_dsn(endpoint, user, dbname, application_name=APPLICATION_NAME),
-                               password=password, connect_timeout=connect_timeout)
+        conn = session.connect(endpoint, user, password, dbname, timeout=connect_timeout, autocommit=False,
+                               application_name=APPLICATION_NAME)
     except psycopg.Error as exc:
-        raise DumpFailed(f"database {dbname} on {endpoint}: cannot connect: {_first_line(exc)}") from None
+        raise DumpFailed(f"database {dbname} on {endpoint}: cannot connect: {first_line(exc)}") from exc
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -127,17 +128,12 @@ def exported_snapshot(endpoint: Endpoint, user: str, password: str, dbname: str,
         yield Snapshot(snapshot_id, position[0], position[1], position[2], conn)
     except psycopg.Error as exc:
         if any(m in str(exc) for m in CONFLICT_MARKERS):
-            raise RecoveryConflict(f"database {dbname} on {endpoint}: {_first_line(exc)}") from None
-        raise DumpFailed(f"database {dbname} on {endpoint}: {_first_line(exc)}") from None
+            raise RecoveryConflict(f"database {dbname} on {endpoint}: {first_line(exc)}") from exc
+        raise DumpFailed(f"database {dbname} on {endpoint}: {first_line(exc)}") from exc
     finally:
         with contextlib.suppress(Exception):
             conn.rollback()
         conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _describe_exit(returncode: int) -> str:
@@ -165,6 +161,7 @@ def _dump_process(argv: list[str], what: str, user: str, password: str,
                "PGAPPNAME": APPLICATION_NAME, "PGCONNECT_TIMEOUT": "10"}
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
                                 env=env, start_new_session=True)
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             yield proc.stdout
         except BaseException:
@@ -350,5 +347,5 @@ def amcheck_indexes(conn: psycopg.Connection) -> tuple[int | None, list[str]]:
         try:
             conn.execute("select bt_index_check(%s::regclass, false)", (oid,))
         except psycopg.Error as exc:
-            problems.append(f"{schema}.{name}: {_first_line(exc)}")
+            problems.append(f"{schema}.{name}: {first_line(exc)}")
     return len(indexes), problems

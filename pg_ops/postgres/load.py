@@ -23,13 +23,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_ops import settings
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
+from pg_ops.postgres.session import connect_dsn
 
 SCRATCH_DATABASE = "pg_ops_scratch"
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
-    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": dbname})
+    return make_conninfo("", **{**conninfo_to_dict(dsn), "dbname": dbname})
 
 
 @dataclass
@@ -50,10 +51,9 @@ def hold_connections(dsn: str, password: str, count: int, timeout: float = 10.0)
 
     def open_one(_: int) -> None:
         try:
-            conns.append(psycopg.connect(dsn, password=password, autocommit=True, application_name=tag,
-                                         connect_timeout=max(2, int(timeout))))
+            conns.append(connect_dsn(dsn, password, timeout=int(timeout), application_name=tag))
         except psycopg.Error as exc:
-            errors.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            errors.append(first_line(exc))
 
     try:
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="hold") as pool:
@@ -75,7 +75,7 @@ def hold_connections(dsn: str, password: str, count: int, timeout: float = 10.0)
 @contextlib.contextmanager
 def scratch_database(dsn: str, password: str, name: str = SCRATCH_DATABASE) -> Iterator[str]:
     """A database that exists for the duration of the block (dropped even on failure)."""
-    admin = psycopg.connect(dsn, password=password, autocommit=True)
+    admin = connect_dsn(dsn, password, timeout=None)
     try:
         admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))

@@ -43,6 +43,11 @@ def record_heartbeat(conn: psycopg.Connection, value: float, marker: str | None 
     return at
 
 
+def heartbeats_until(conn: psycopg.Connection, at: object) -> int:
+    """How many heartbeat rows are from `at` or earlier."""
+    return conn.execute("select count(*) from heartbeat_history where at <= %s", (at,)).fetchone()[0]
+
+
 def grant_read(conn: psycopg.Connection, role: str) -> None:
     """The exporter's role reads the table (and nothing else of pg_ops's)."""
     conn.execute(psycopg.sql.SQL("grant select on {} to {}").format(

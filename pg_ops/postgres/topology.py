@@ -129,7 +129,7 @@ class MemberProbe:
 def _query_member(conn: psycopg.Connection) -> dict:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(MEMBER_SQL)
-        out = dict(cur.fetchone())
+        out = dict(cur.fetchone() or {})
         if out["in_recovery"]:
             cur.execute(RECEIVER_SQL)
             out["receiver"] = cur.fetchone()

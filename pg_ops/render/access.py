@@ -51,7 +51,7 @@ def network_policy(spec: ClusterSpec) -> dict:
     external source ranges (the LoadBalancer keeps their address); metrics from any namespace
     (Prometheus). Egress: peers (clone, rewind, streaming) and cluster DNS only."""
     members = {"podSelector": {"matchLabels": k.selector_labels(spec)}}
-    any_pod = {"namespaceSelector": {}}
+    any_pod: dict[str, dict] = {"namespaceSelector": {}}
     external = [{"ipBlock": {"cidr": cidr}} for cidr in spec.kubernetes.services.external.source_ranges]
     dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}

@@ -18,6 +18,8 @@ rows are pg_ops's dead man's switch: if the health sensor stops ticking, Prometh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import yaml
 
 from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE
@@ -275,7 +277,7 @@ def rules_file(spec: ClusterSpec, pending: str | None = None) -> str:
 
 
 def prometheus_config(targets: dict[str, dict[str, str]], rule_files: list[str], *, scrape_interval: str,
-                      evaluation_interval: str, alertmanagers: list[str] = ()) -> str:
+                      evaluation_interval: str, alertmanagers: Sequence[str] = ()) -> str:
     """prometheus.yml for exporters outside Kubernetes: `targets` is cluster -> member -> host:port.
     Each target carries the labels the ServiceMonitor gives a pod's series (CLUSTER_LABEL and
     MEMBER_LABEL), so the same rules and dashboard apply."""

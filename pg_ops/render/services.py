@@ -23,10 +23,10 @@ def headless_service(spec: ClusterSpec) -> dict:
 
 
 def _role_service(spec: ClusterSpec, name: str, component: str, role: str, port: int) -> dict:
-    service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": metadata(spec, name, component),
-               "spec": {"type": "ClusterIP", "selector": {**k.selector_labels(spec), k.LABEL_ROLE: role},
-                        "ports": [{**POSTGRES_PORT, "port": port}]}}
+    service: dict = {"apiVersion": "v1", "kind": "Service",
+                     "metadata": metadata(spec, name, component),
+                     "spec": {"type": "ClusterIP", "selector": {**k.selector_labels(spec), k.LABEL_ROLE: role},
+                              "ports": [{**POSTGRES_PORT, "port": port}]}}
     if role == k.ROLE_PRIMARY:
         # Who is primary is pg_ops's decision (the label it moves after promoting and before
         # verifying a write), not the readiness probe's: a promoted replica was not ready a

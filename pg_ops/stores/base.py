@@ -8,6 +8,7 @@ fails half-way leaves nothing a reader could mistake for a good object.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,10 +86,10 @@ class BackupStore(abc.ABC):
         """Every committed object whose key starts with `prefix`."""
 
     @abc.abstractmethod
-    def delete(self, keys: list[str]) -> None: ...
+    def delete(self, keys: builtins.list[str]) -> None: ...
 
     @abc.abstractmethod
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]: ...
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]: ...
 
     @abc.abstractmethod
     def abort_upload(self, upload: PendingUpload) -> None: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -24,7 +25,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pg_ops.errors import first_line
 from pg_ops.stores.base import BackupStore, StoreError
+
+log = logging.getLogger("pg_ops")
 
 GLOBALS = "globals.sql.zst"
 MANIFEST = "manifest.json"
@@ -157,7 +161,7 @@ def read_manifest(store: BackupStore, cluster: str, backup_id: str) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValueError as exc:
-        raise StoreError(f"backup {cluster}/{backup_id}: unreadable manifest ({str(exc).splitlines()[0]})") from None
+        raise StoreError(f"backup {cluster}/{backup_id}: unreadable manifest ({first_line(exc)})") from exc
 
 
 def status_of(has_manifest: bool, drill: dict | None) -> Status:
@@ -219,5 +223,9 @@ def hold_backup(store: BackupStore, cluster: str, backup_id: str, holder: str, p
     try:
         yield hold
     finally:
-        with contextlib.suppress(StoreError):
+        try:
             store.delete([key])
+        except StoreError as exc:
+            log.warning("backup %s/%s: could not release the %s hold %s (retention keeps the backup until it "
+                        "expires at %s): %s", cluster, backup_id, purpose, holder,
+                        datetime.fromtimestamp(hold.expires_at, UTC).isoformat(timespec="seconds"), exc)

@@ -7,6 +7,7 @@ Folders are 0700 and every object 0600: globals hold password hashes, and a dump
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -38,7 +39,7 @@ class FileWriter(ObjectWriter):
             self.partial = self.final.with_name(f".{self.final.name}{PARTIAL_MARK}{uuid.uuid4().hex[:12]}")
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise StoreError(f"backup store {store.root}: cannot create {key}: {_os_reason(exc)}") from None
+            raise StoreError(f"backup store {store.root}: cannot create {key}: {_os_reason(exc)}") from exc
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._store = store
 
@@ -47,7 +48,7 @@ class FileWriter(ObjectWriter):
             return self._file.write(data)
         except OSError as exc:
             self.abort()
-            raise StoreError(f"backup store {self._store.root}: writing {self.key} failed: {_os_reason(exc)}") from None
+            raise StoreError(f"backup store {self._store.root}: writing {self.key} failed: {_os_reason(exc)}") from exc
 
     def commit(self) -> None:
         try:
@@ -62,7 +63,7 @@ class FileWriter(ObjectWriter):
         except OSError as exc:
             self.abort()
             raise StoreError(f"backup store {self._store.root}: committing {self.key} failed: {_os_reason(exc)}") \
-                from None
+                from exc
         self._done = True
 
     def abort(self) -> None:
@@ -92,7 +93,7 @@ class FileStore(BackupStore):
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise StoreError(f"backup store {self.root}: cannot create the folder: {_os_reason(exc)}") from None
+            raise StoreError(f"backup store {self.root}: cannot create the folder: {_os_reason(exc)}") from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreError(f"backup store {self.root}: folder is not writable")
 
@@ -128,7 +129,7 @@ class FileStore(BackupStore):
                 out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         return sorted(out, key=lambda o: o.key)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         folders = set()
         for key in keys:
             path = self.path_of(key)
@@ -143,7 +144,7 @@ class FileStore(BackupStore):
                     break
                 folder = folder.parent
 
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]:
         out = []
         for path, key, name in self._walk(prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""):
             if not (name.startswith(".") and PARTIAL_MARK in name):

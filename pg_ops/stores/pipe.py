@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from pg_ops.stores.base import ObjectWriter
 
@@ -84,7 +84,7 @@ class _HashingSink:
         self._raise()
 
 
-def compress_into(source: BinaryIO, writer: ObjectWriter, *, label: str,
+def compress_into(source: IO[bytes], writer: ObjectWriter, *, label: str,
                   log: logging.Logger | None = None) -> StreamStats:
     """Read `source` to its end into `writer` (not committed here: the caller decides)."""
     import zstandard
@@ -96,7 +96,7 @@ def compress_into(source: BinaryIO, writer: ObjectWriter, *, label: str,
     next_report = started + PROGRESS_EVERY_S
     raw = 0
     try:
-        with compressor.stream_writer(sink, closefd=False) as zw:
+        with compressor.stream_writer(sink, closefd=False) as zw:  # type: ignore[arg-type]  # write() is all it uses
             while chunk := source.read(CHUNK):
                 raw += len(chunk)
                 zw.write(chunk)

@@ -12,12 +12,13 @@ Credentials come from an `S3Credentials` value handed in by the caller (see
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pg_ops.spec import S3StoreSpec
 from pg_ops.stores.base import BackupStore, ObjectInfo, ObjectWriter, PendingUpload, StoreError
@@ -50,7 +51,8 @@ def _error_code(exc: Exception) -> str:
 
 def explain(exc: Exception, where: str, action: str) -> StoreError:
     """One line naming the store and the cause; botocore messages never carry the secret key,
-    but we build our own anyway so nothing unexpected leaks."""
+    but we build our own anyway so nothing unexpected leaks (and callers raise it `from None`, so
+    the botocore exception does not travel along as its cause either)."""
     from botocore.exceptions import (
         ConnectTimeoutError,
         EndpointConnectionError,
@@ -120,6 +122,7 @@ class S3Writer(ObjectWriter):
         pending = [f for f in self._futures if not f.done()]
         if len(pending) >= MAX_IN_FLIGHT:
             self._wait(pending[0])
+        assert self._pool is not None  # made with the upload, above
         self._futures.append(self._pool.submit(self._upload_part, self._next_part, chunk))
 
     def _upload_part(self, number: int, chunk: bytes) -> dict:
@@ -224,7 +227,7 @@ class S3Store(BackupStore):
             body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
         except Exception as exc:  # noqa: BLE001
             raise explain(exc, self.describe(), f"reading {key}") from None
-        return _BodyReader(body)
+        return cast(BinaryIO, _BodyReader(body))
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []
@@ -237,7 +240,7 @@ class S3Store(BackupStore):
             raise explain(exc, self.describe(), f"listing {prefix}") from None
         return sorted(out, key=lambda o: o.key)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self.full_key(k)} for k in keys[start:start + 1000]]
             try:
@@ -250,7 +253,7 @@ class S3Store(BackupStore):
                 raise StoreError(f"backup store {self.describe()}: deleting {self._relative(first['Key'])} failed: "
                                  f"{first.get('Code')} (and {len(errors) - 1} more)")
 
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]:
         out = []
         try:
             for page in self.client.get_paginator("list_multipart_uploads").paginate(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -25,8 +26,10 @@ from datetime import UTC, datetime
 
 from pg_ops.postgres import walfiles
 from pg_ops.postgres.barman import S3Target
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.stores.base import BackupStore, ObjectInfo, StoreError
+
+log = logging.getLogger("pg_ops")
 
 ARCHIVE_SUFFIX = ".wal"
 COMPRESSION_SUFFIXES = (".zst", ".gz", ".bz2", ".xz", ".snappy", ".lz4")
@@ -40,8 +43,15 @@ def archive_root(cluster: str) -> str:
 
 def s3_target(spec: ClusterSpec, cluster: str | None = None) -> S3Target:
     store = spec.backups.store
+    assert isinstance(store, S3StoreSpec), "called for clusters whose store is S3"
     return S3Target(bucket=store.bucket, prefix=store.prefix.strip("/"), server=archive_root(cluster or spec.name),
                     endpoint_url=store.endpoint_url, region=store.region, encryption=store.server_side_encryption)
+
+
+def _segment(name: str) -> walfiles.Segment:
+    segment = walfiles.parse_segment(name)
+    assert segment is not None, f"{name!r} is a WAL segment name (barman and pg_ops write them)"
+    return segment
 
 
 def _plain_name(key: str) -> str:
@@ -73,11 +83,11 @@ class BaseBackup:
 
     @property
     def begin_segno(self) -> int:
-        return walfiles.parse_segment(self.begin_wal).segno
+        return _segment(self.begin_wal).segno
 
     @property
     def end_segno(self) -> int:
-        return walfiles.parse_segment(self.end_wal).segno
+        return _segment(self.end_wal).segno
 
 
 def parse_backup_info(text: str) -> dict[str, str]:
@@ -239,13 +249,17 @@ def hold_archive(store: BackupStore, cluster: str, holder: str, purpose: str,
     """Retention prunes nothing of the archive while a recovery or drill reads it."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", holder)[:100]
     key = f"{archive_root(cluster)}/holds/{safe}.json"
-    store.put_bytes(key, json.dumps({"holder": holder, "purpose": purpose,
-                                     "expires_at": time.time() + ttl_seconds}).encode())
+    expires_at = time.time() + ttl_seconds
+    store.put_bytes(key, json.dumps({"holder": holder, "purpose": purpose, "expires_at": expires_at}).encode())
     try:
         yield
     finally:
-        with contextlib.suppress(StoreError):
+        try:
             store.delete([key])
+        except StoreError as exc:
+            log.warning("WAL archive of %s: could not release the %s hold %s (retention prunes nothing until it "
+                        "expires at %s): %s", cluster, purpose, holder,
+                        datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds"), exc)
 
 
 def active_holds(store: BackupStore, cluster: str, now: float | None = None) -> list[dict]:

@@ -29,7 +29,7 @@ import psycopg
 
 from pg_ops import settings
 from pg_ops.credentials import SUPERUSER
-from pg_ops.operations.backup import backup, open_store
+from pg_ops.operations.backup import backup
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.spec import ClusterSpec
@@ -104,7 +104,7 @@ def with_backups(ctx: ClusterContext, **backups) -> ClusterContext:
 
 def timed_backup(ctx: ClusterContext) -> tuple[float, int, int]:
     t0 = time.monotonic()
-    manifest = backup(ctx, open_store(ctx))
+    manifest = backup(ctx, ctx.store())
     seconds = time.monotonic() - t0
     app = manifest.databases[0]
     return seconds, app.raw_bytes, app.stored_bytes

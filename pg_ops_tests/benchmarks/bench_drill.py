@@ -24,7 +24,7 @@ import psycopg
 import zstandard
 
 from pg_ops.credentials import SUPERUSER
-from pg_ops.operations.backup import backup, open_store
+from pg_ops.operations.backup import backup
 from pg_ops.operations.drill import drill
 from pg_ops.postgres import dump
 from pg_ops_tests.benchmarks.bench_backup import SIZE_MB, generate
@@ -65,7 +65,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=home) as tmp:
                 dump_file = Path(tmp) / "app.dump"
                 with open(dump_file, "wb") as out:
-                    zstandard.ZstdDecompressor().copy_stream(open_store(ctx).open_reader(app.key), out)
+                    zstandard.ZstdDecompressor().copy_stream(ctx.store().open_reader(app.key), out)
                 raws, drills, reports = [], [], []
                 for _ in range(TRIALS):
                     raws.append(raw_restore(ctx, dump_file))

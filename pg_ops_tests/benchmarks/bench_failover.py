@@ -31,7 +31,7 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.app_writer import App
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
+from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, temp_home, write_spec
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))
 PATHS = os.environ.get("PG_OPS_BENCH_PATHS", "job_alone,daemon_kill,daemon_partition").split(",")
@@ -44,7 +44,7 @@ def promote_baseline(spec) -> float:
     """Promotion alone, on a fresh cluster: the floor of any failover."""
     with running_cluster(spec) as ctx:
         replica = ctx.spec.member_names[1]
-        ctx.platform.kill_member(ctx.state().primary)
+        kill_member(ctx.platform, ctx.state().primary)
         t0 = time.monotonic()
         with_connection(ctx.endpoints()[replica], "postgres", ctx.admin_password(),
                         lambda c: c.execute("select pg_promote(true, 30)").fetchone(), timeout=35)
@@ -64,7 +64,7 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
                 app.wait_acks(50)
                 old = ctx.state().primary
                 killed_at = time.time()
-                ctx.platform.kill_member(old)
+                kill_member(ctx.platform, old)
                 config = {"ops": {"run_failover": {"config": {}}},
                           "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
                 result = job.execute_in_process(instance=instance, partition_key=ctx.name, run_config=config,
@@ -159,7 +159,7 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
                 if partition:
                     parts.isolate(old)  # alive, reachable by the application only
                 else:
-                    ctx.platform.kill_member(old)
+                    kill_member(ctx.platform, old)
                 deadline = time.time() + 90
                 while ctx.state().epoch == epoch and time.time() < deadline:
                     time.sleep(0.1)

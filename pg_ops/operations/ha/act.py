@@ -113,6 +113,7 @@ def execute(ctx: ClusterContext, view: ClusterView, actions: tuple[Action, ...])
     still run; the next tick decides again)."""
     failures: list[Alert] = []
     store = ctx.platform.state_store()
+    action: Action
     for action in [a for a in actions if not isinstance(a, LOCKED_ACTIONS)]:
         try:
             if isinstance(action, RoutePrimary):
@@ -129,7 +130,8 @@ def execute(ctx: ClusterContext, view: ClusterView, actions: tuple[Action, ...])
         return failures
     try:
         with topology_lock(store, "upkeep", ttl_seconds=UPKEEP_LOCK_TTL_S) as lock:
-            if not _still_current(view, store.read().model_copy(update={"lock": None})):
+            current = store.read()
+            if not _still_current(view, current and current.model_copy(update={"lock": None})):
                 return failures
             for action in locked:
                 try:

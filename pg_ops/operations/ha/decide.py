@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from pg_ops.operations.alerts import Alert, condition_key
+from pg_ops.operations.alerts import Alert, Severity, condition_key
 from pg_ops.operations.ha.model import (
     Action,
     ClusterView,
@@ -237,7 +237,7 @@ def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[li
         no_standby_since = None
     elif no_standby_since is None:
         no_standby_since = view.now
-    relax = (policy.replication == "sync" and not streaming
+    relax = (policy.replication == "sync" and not streaming and no_standby_since is not None
              and view.now - no_standby_since >= policy.relax_after_s)
     after_narrow = [n for n in members if n not in narrowed]
     if relax:
@@ -270,7 +270,7 @@ def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[li
 
 
 # -- the tick's decision -------------------------------------------------------------------------------------
-def _alert(view: ClusterView, severity: str, kind: str, summary: str, **details) -> Alert:
+def _alert(view: ClusterView, severity: Severity, kind: str, summary: str, **details) -> Alert:
     return Alert(cluster=view.cluster, severity=severity, kind=kind, summary=summary,
                  details={"member": view.designated, **details})
 
@@ -298,7 +298,7 @@ def observe_action(view: ClusterView, policy: Policy) -> RecordObserved | None:
         return None
     stale = now_lsn != kept and view.now - record.observed_at >= OBSERVE_AT_LEAST_EVERY_S
     if standbys != record.observed_standbys or now_lsn - kept >= policy.observe_every_bytes or stale:
-        return RecordObserved(primary.lsn, standbys)
+        return RecordObserved(primary.lsn or "", standbys)  # not empty: now_lsn is set
     return None
 
 

@@ -1,0 +1,75 @@
+"""Member steps that deploy and the topology changes (failover, switchover, rebuild, rolling
+restart) share: waiting until a member is ready, the isolation lease the record tells member
+scripts about, and the verified write through the primary endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
+from pg_ops.errors import MemberError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.poll import poll
+from pg_ops.postgres import admin
+from pg_ops.postgres.session import connect_dsn
+from pg_ops.postgres.topology import MemberProbe
+
+READY_TIMEOUT_S = 60.0
+
+
+def wait_until(ctx: ClusterContext, name: str, ready: Callable[[MemberProbe], bool], what: str,
+               timeout: float | None = None) -> MemberProbe:
+    """Poll a member until ready(probe); fail fast when its supervisor is gone."""
+    timeout = timeout or READY_TIMEOUT_S
+    seen: list[MemberProbe] = []
+
+    def attempt() -> MemberProbe | None:
+        probe = ctx.probe([name], timeout=2.0)[name]
+        if ready(probe):
+            return probe
+        seen[:] = [probe]
+        if not ctx.platform.member_running(name):
+            raise MemberError(f"member {name} exited before it was {what}: {member_detail(ctx, name)}")
+        return None
+
+    def expired() -> MemberError:
+        return MemberError(f"member {name} not {what} after {timeout:g} s: "
+                           f"{member_detail(ctx, name, seen[0] if seen else None)}")
+
+    return poll(attempt, timeout=timeout, interval=0.2, expired=expired)
+
+
+def member_detail(ctx: ClusterContext, name: str, probe: MemberProbe | None = None) -> str:
+    """Why a member is not what a run waits for, as its member script reported it (boot.action
+    and boot.reason of Platform.member_report): a refusal and its reason, or what it waits for.
+    Otherwise (it reported neither, or its report cannot be read) the tail of its log."""
+    report = ctx.platform.member_report(name)
+    action, reason = report.get("boot.action", ""), report.get("boot.reason", "")
+    if action == "refused":
+        return f"it refused to start: {reason}"
+    if action == "wait":
+        return f"it waits: {reason}"
+    tail = " | ".join(line.strip() for line in ctx.platform.member_log_tail(name, 3).splitlines() if line.strip())
+    return tail or (probe.error if probe and probe.error else "") or "no log output"
+
+
+def lease_seconds(ctx: ClusterContext) -> float:
+    """What the record tells the member scripts about isolation fencing (0: off). A single
+    member has nothing to fail over to: fencing it would only turn a lost pg_ops into an outage."""
+    failover = ctx.spec.failover
+    return failover.lease_seconds if failover.isolation_fencing and ctx.spec.postgres.members > 1 else 0.0
+
+
+def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str) -> dict:
+    """A heartbeat write through the endpoint clients use, renewing the member's isolation
+    lease. The member it reached is named by its cluster_name (the member script sets it on
+    both platforms; ports and hosts differ behind Services and proxies)."""
+    started = time.monotonic()
+    with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
+                     options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
+        connect_ms = (time.monotonic() - started) * 1000
+        member = admin.member_name(conn)
+        admin.renew_lease(conn, member, epoch)
+        lsn = admin.write_heartbeat(conn, epoch, writer)
+    return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
