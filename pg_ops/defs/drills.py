@@ -17,7 +17,7 @@ holds the backup id, the target DSN (refused if it carries a password) and the c
 import dagster as dg
 
 from pg_ops.defs.backups import nightly_key
-from pg_ops.defs.partitions import schedule_groups
+from pg_ops.defs.partitions import cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.spec import ClusterSpec
 
@@ -163,19 +163,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      executor_def=dg.in_process_executor,
                                      description="Drill checks read from the store (no restore), on demand: the "
                                                  "backup_store_checks sensor evaluates them without a run.")
-    schedules = []
-    for name, cron, clusters in schedule_groups(specs, lambda s: s.drills.schedule, SCHEDULE):
-
-        @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
-                     default_status=dg.DefaultScheduleStatus.RUNNING,
-                     description=f"Restore drill of {', '.join(clusters)} ({cron} UTC).")
-        def weekly(context: dg.ScheduleEvaluationContext, clusters=clusters):
-            stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
-            for cluster in clusters:
-                yield dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[drill_key(cluster)],
-                                    tags={"pg_ops/cluster": cluster})
-
-        schedules.append(weekly)
+    schedules = cluster_schedules(specs, lambda s: s.drills.schedule, SCHEDULE, job, drill_key, "Restore drill")
     sensors = [_after_backup_sensor(spec.name, job) for spec in specs if spec.drills.after_backup]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, checks_job, restore_backup],
                           schedules=schedules, sensors=sensors, resources={"alerts": ALERTS})

@@ -59,3 +59,22 @@ def schedule_groups(specs: list[ClusterSpec], cron_of, base_name: str) -> list[t
         groups.setdefault(cron_of(spec), []).append(spec.name)
     return [(base_name if index == 0 else f"{base_name}_{clusters[0].replace('-', '_')}", cron, tuple(clusters))
             for index, (cron, clusters) in enumerate(groups.items())]
+
+
+def cluster_schedules(specs: list[ClusterSpec], cron_of, base_name: str, job, key_of, what: str) -> list:
+    """Schedules of an unpartitioned per-cluster asset job (`schedule_groups`): each tick asks
+    for the asset `key_of(cluster)` of every cluster in its group; `what` starts the description."""
+    out = []
+    for name, cron, clusters in schedule_groups(specs, cron_of, base_name):
+
+        @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
+                     default_status=dg.DefaultScheduleStatus.RUNNING,
+                     description=f"{what} of {', '.join(clusters)} ({cron} UTC).")
+        def scheduled(context: dg.ScheduleEvaluationContext, clusters=clusters):
+            stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+            for cluster in clusters:
+                yield dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[key_of(cluster)],
+                                    tags={CLUSTER_TAG: cluster})
+
+        out.append(scheduled)
+    return out

@@ -16,7 +16,7 @@ import time
 
 import dagster as dg
 
-from pg_ops.defs.partitions import schedule_groups
+from pg_ops.defs.partitions import cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.spec import ClusterSpec
 
@@ -206,30 +206,13 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         schedules.append(dg.ScheduleDefinition(name=CHECKS_SCHEDULE, cron_schedule="27 * * * *", job=checks_job,
                                                execution_timezone="UTC",
                                                default_status=dg.DefaultScheduleStatus.RUNNING))
-        schedules += _cron_schedules(archiving, lambda s: s.backups.wal.base_backup_schedule, BASE_SCHEDULE,
-                                     base_job, base_key)
-        schedules += _cron_schedules(archiving, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
-                                     drill_job, pitr_key)
+        schedules += cluster_schedules(archiving, lambda s: s.backups.wal.base_backup_schedule, BASE_SCHEDULE,
+                                       base_job, base_key, "Base backup")
+        schedules += cluster_schedules(archiving, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
+                                       drill_job, pitr_key, "Point-in-time drill")
         sensors.append(_archive_sensor())
     return dg.Definitions(assets=[*assets, *specs_only], asset_checks=checks, jobs=jobs, schedules=schedules,
                           sensors=sensors, resources={"alerts": ALERTS})
-
-
-def _cron_schedules(specs: list[ClusterSpec], cron_of, base_name: str, job, key_of) -> list:
-    out = []
-    for name, cron, clusters in schedule_groups(specs, cron_of, base_name):
-
-        @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
-                     default_status=dg.DefaultScheduleStatus.RUNNING,
-                     description=f"{job.name} of {', '.join(clusters)} ({cron} UTC).")
-        def scheduled(context: dg.ScheduleEvaluationContext, clusters=clusters):
-            stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
-            for cluster in clusters:
-                yield dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[key_of(cluster)],
-                                    tags={"pg_ops/cluster": cluster})
-
-        out.append(scheduled)
-    return out
 
 
 def _archive_sensor() -> dg.SensorDefinition:
