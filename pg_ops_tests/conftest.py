@@ -91,3 +91,25 @@ def _seaweedfs_released_after_each_module():
     from pg_ops_tests import s3server
 
     s3server.stop_shared_server()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_shared_memory_left_behind():
+    """Tests kill postmasters (SIGKILL) and delete their data dirs, which strands the small
+    System V segment each keeps (pg_ops releases it where it deletes a data dir itself:
+    platforms/shared_memory.py). The kernel allows 4096: left to pile up over runs, every initdb
+    on this machine fails. Removed here when no process is attached: those this session made,
+    and, for the dedicated server user of a run as root, any earlier run's."""
+    from pg_ops.platforms import shared_memory
+    from pg_ops.platforms.server_user import server_user
+
+    user = server_user()
+
+    def unattached() -> list[int]:
+        return [i for i, (uid, attached) in shared_memory.segments().items() if uid == user.uid and attached == 0]
+
+    if user.switch:
+        shared_memory.remove_unattached(unattached())
+    before = set(shared_memory.segments())
+    yield
+    shared_memory.remove_unattached([i for i in unattached() if i not in before])

@@ -311,3 +311,20 @@ def test_role_passwords_never_reach_the_server_log(make_spec):
         wait_for(lambda: sql(ctx, primary, "select count(*) from pg_stat_replication "
                              "where usename = 'replicator' and state = 'streaming'") == [(2,)],
                  "both replicas streaming as replicator")
+
+
+def test_a_wiped_member_leaves_no_shared_memory_segment(cluster):
+    """A killed postmaster strands its System V segment; deleting its data dir would strand it
+    for good (4096 of them and no initdb works on the machine). wipe_member releases it."""
+    from pg_ops.platforms import shared_memory
+
+    ctx = cluster
+    replica = next(m for m in ctx.spec.member_names if m != ctx.state().primary)
+    shmid = int((ctx.platform.data_dir(replica) / "postmaster.pid").read_text().splitlines()[6].split()[1])
+    assert shared_memory.segments()[shmid][1] > 0  # attached while it runs
+    kill_member(ctx.platform, replica)
+    wait_for(lambda: shared_memory.segments()[shmid][1] == 0, "the segment left unattached by the kill")
+    ctx.platform.wipe_member(replica)
+    assert shmid not in shared_memory.segments()
+    deploy(ctx)  # it re-clones
+    assert ctx.probe([replica])[replica].streaming

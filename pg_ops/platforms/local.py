@@ -46,6 +46,7 @@ from pg_ops.platforms.base import (
 )
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
+from pg_ops.platforms.shared_memory import release_data_dir_segment
 from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
@@ -300,6 +301,7 @@ class LocalPlatform(Platform):
         if self.member_running(name):
             raise MemberError(f"member {name}: cannot wipe the data dir of a running member")
         data = self.data_dir(name)
+        release_data_dir_segment(data)
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
@@ -346,6 +348,7 @@ class LocalPlatform(Platform):
     def teardown(self) -> None:
         for name in self.spec.member_names:
             self.stop_member(name)
+            release_data_dir_segment(self.data_dir(name))
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- scratch servers -----------------------------------------------------------------------
@@ -461,4 +464,5 @@ class LocalScratchServer:
         process exits first."""
         with contextlib.suppress(Exception):
             self.platform.kill_member(self.member)
+        release_data_dir_segment(self.platform.data_dir(self.member))
         discard_tree(self.platform.root)
