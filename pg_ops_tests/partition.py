@@ -24,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,17 +71,39 @@ def _iptables(*args: str) -> None:
         raise RuntimeError(f"iptables {' '.join(args)}: {result.stderr.strip()}")
 
 
+def _owner_gone(run: str) -> bool:
+    """A run is named pg-ops-test-<pid>-<hex>: stale once that process is gone (the other test
+    worker's or benchmark's live partitions are left alone)."""
+    if not run.startswith("pg-ops-test-"):
+        return True  # unavailable()'s probe rule, which lives for one command
+    try:
+        pid = int(run.split("-")[3])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def sweep() -> None:
-    """Remove every rule and cgroup a pg_ops test left behind (a run killed mid-test)."""
+    """Remove every rule and cgroup a pg_ops test run left behind (one killed mid-test, or a
+    cgroup whose last process was still exiting when its run ended). Runs at every start."""
     if unavailable() is not None:
         return
     listing = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         if COMMENT_PREFIX in line and line.startswith("-A "):
-            subprocess.run(["iptables", "-D", *_split_rule(line[3:])], capture_output=True)
+            run = line.split(COMMENT_PREFIX, 1)[1].split()[0].strip('"')
+            if _owner_gone(run):
+                subprocess.run(["iptables", "-D", *_split_rule(line[3:])], capture_output=True)
     root = _cgroup2_root()
     for stale in root.glob("pg-ops-test-*") if root else []:
-        _remove_cgroup(stale, root)
+        if _owner_gone(stale.name):
+            _remove_cgroup(stale, root)
 
 
 def _split_rule(text: str) -> list[str]:
@@ -273,6 +296,7 @@ class Partitions:
 
     # -- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> Partitions:
+        sweep()
         self.base.mkdir()
         for group in [*self._members(), APP]:
             (self.base / group).mkdir()
@@ -284,7 +308,11 @@ class Partitions:
         self._stop.set()
         self._thread.join(5)
         self.heal()
-        _remove_cgroup(self.base, self.root)
+        for _ in range(50):  # a killed member's last processes may still be exiting
+            _remove_cgroup(self.base, self.root)
+            if not self.base.exists():
+                break
+            time.sleep(0.1)
 
     @contextlib.contextmanager
     def app_process(self, argv: list[str], **popen) -> Iterator[subprocess.Popen]:
