@@ -103,6 +103,7 @@ def stop(signum, frame):
     sys.exit(0)
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
     signal.signal(s, stop)
+open(os.path.join(W, "postgres.pid"), "w").write(str(os.getpid()))
 open(os.path.join(W, "postgres.accepting"), "w").close()
 while True:
     time.sleep(60)
@@ -598,4 +599,42 @@ def test_primary_a_standby_still_replies_to_keeps_running_without_pg_ops(member)
     wait_for(lambda: checks() >= 4, "four isolation checks, each past the 1 s lease", timeout=20, interval=0.1)
     assert member.report().get("boot.action") == "primary" and not member.report().get("isolated.at")
     assert len(member.calls("postgres")) == 1  # never restarted
+    assert member.terminate() == 0
+
+
+# -- the supervision loop ----------------------------------------------------------------------------
+def test_postgres_that_dies_is_booted_again_in_place(member):
+    """postgres exits under the script (a crash, an OOM kill): the boot table runs again and,
+    still the designated primary, it starts postgres again in the same data dir."""
+    member.name = "m-0"
+    member.write_record("m-0")
+    member.data_dir()
+    member.start()
+    member.wait_action("primary")
+    os.kill(int((member.world / "postgres.pid").read_text()), signal.SIGKILL)
+    wait_for(lambda: len(member.calls("postgres")) == 2 and (member.world / "postgres.accepting").exists(),
+             "postgres started again", timeout=TIMEOUT_S, interval=0.05)
+    assert "postgres exited (status 137): booting again" in member.log()
+    assert member.report()["boot.action"] == "primary"
+    assert member.tools_called().isdisjoint({"pg_rewind", "pg_basebackup", "initdb"})
+    assert member.terminate() == 0
+
+
+def test_writable_member_no_longer_designated_stops_and_rejoins_by_rewind(member):
+    """The record names another primary at a newer epoch (a failover pg_ops made) and our lease
+    does not say otherwise: after a second look it stops (fast) and boots again as a replica of
+    the new primary, rewinding first."""
+    member.name = "m-1"
+    member.write_record("m-1", epoch=3)
+    member.data_dir()
+    member.start()
+    member.wait_action("primary")
+    member.primary(tli=2, history=HISTORY)
+    member.knob("waldump", WALDUMP)
+    member.write_record("m-0", epoch=4)
+    report = member.wait_action("rewind")
+    assert "writable but the designated primary is m-0: stopping (fast) to rejoin as a replica" in member.log()
+    assert member.calls("postgres-signal")[0][1] == "SIGINT"
+    assert report["boot.reason"] == "from m-0"
+    standby_config(member, "m-0")
     assert member.terminate() == 0
