@@ -358,3 +358,20 @@ def test_data_dir_usage_through_pod_exec(k8s, fake):
             k8s.platform.data_dir_usage(member)
     finally:
         fake.clear_denials()
+
+
+def test_a_refusal_is_read_from_the_termination_message_while_the_container_waits(fake):
+    """A member that refuses exits, and its container waits to restart (back-off): no exec reaches
+    it, so its report file cannot be read. The refusal comes from the termination message the
+    member script left, which the kubelet keeps in the pod status."""
+    with deployed_cluster(fake, "refuse", "kubernetes") as ctx:
+        primary = ctx.state().primary
+        ctx.platform.wipe_member(primary)  # empty volume: the designated primary of a bootstrapped cluster
+        wait_for(lambda: not ctx.platform.member_running(primary)
+                 and ctx.platform.member_report(primary).get("boot.action") == "refused",
+                 "the refusal while the container waits", timeout=90)
+        assert "refusing initdb" in ctx.platform.member_report(primary)["boot.reason"]
+        # and deploy says so at once, with the reason (not after the pod start timeout)
+        with pytest.raises(MemberError, match=f"member {primary} exited before it was running: it refused to "
+                                              "start: designated primary .* refusing initdb"):
+            deploy(ctx)

@@ -335,7 +335,15 @@ class KubernetesPlatform(Platform):
 
         def runs() -> bool | None:
             seen[:] = [self._pod(name)]
-            return True if _running(seen[0]) else None
+            if _running(seen[0]):
+                return True
+            # A member that refused does not come round by itself: say so now, with its reason,
+            # as locally (rather than after the whole start timeout of a crash-looping pod).
+            words = self._last_words(name) if seen[0] is not None else {}
+            if words.get("boot.action") == "refused":
+                raise MemberError(f"member {name} exited before it was running: it refused to start: "
+                                  f"{words.get('boot.reason', '')}")
+            return None
 
         def expired() -> MemberError:
             pod = seen[0]
@@ -452,14 +460,33 @@ class KubernetesPlatform(Platform):
         return "" if response is None else response.data.decode(errors="replace").strip()
 
     def member_report(self, name: str) -> dict[str, str]:
-        """The report on the data volume, through an exec into the pod ({} when it does not run)."""
+        """The report on the data volume, through an exec into the pod; while its container is
+        not running (it refused and waits to restart), the refusal it left as its termination
+        message. {} when there is neither."""
         what = self._what("pod", name)
         try:
             code, out, _ = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER,
                                                 ["cat", f"{names.PGDATA_MOUNT}/{REPORT_FILE}"])
+            if code == 0:
+                return parse_member_report(out)
         except (KubernetesError, MemberError):
+            pass
+        return self._last_words(name)
+
+    def _last_words(self, name: str) -> dict[str, str]:
+        """The termination message of the member's postgres container, while it is not running
+        (member.sh writes a refusal there: the kubelet keeps it in the pod status)."""
+        try:
+            pod = self._pod(name)
+        except KubernetesError:
             return {}
-        return parse_member_report(out) if code == 0 else {}
+        for cs in (pod.status.container_statuses or []) if pod is not None and pod.status else []:
+            if cs.name != names.CONTAINER or (cs.state and cs.state.running):
+                continue
+            ended = (cs.state.terminated if cs.state else None) or (cs.last_state.terminated if cs.last_state else None)
+            if ended is not None and ended.message:
+                return parse_member_report(ended.message)
+        return {}
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """df of the data volume, through an exec into the pod (the kubelet's volume stats are

@@ -69,6 +69,8 @@
 #   PGOPS_CHECKPOINT_SECONDS      of it, the CHECKPOINT taken while still serving (default 10)
 #   PGOPS_SMART_STOP_SECONDS      of it, how long a primary with transactions in flight waits
 #                                 for its sessions (smart) before a fast shutdown (default 5)
+#   PGOPS_TERMINATION_LOG         where a refusal's reason also goes when the script exits
+#                                 (Kubernetes: the container's termination message; default none)
 #
 # Boot-time safety (before any boot action): the lock (flock on PGOPS_LOCK_FILE, inherited by
 # postgres, so it is held until the last process of this member is gone) keeps a second copy of
@@ -104,7 +106,15 @@ LAST_LEASE=0       # last second the lease was fresh
 LAST_STANDBY=0     # last second a standby streamed from us
 
 log() { printf '%s member %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$MEMBER" "$*"; }
-die() { log "FATAL: $*"; set_phase refused "$*"; boot_action refused "$*" 2>/dev/null; exit 1; }
+die() {
+    log "FATAL: $*"; set_phase refused "$*"; boot_action refused "$*" 2>/dev/null
+    # Kubernetes keeps this file's content in the pod status (lastState.terminated.message), so
+    # pg_ops reads the refusal while the container waits to restart, when no exec can reach it.
+    if [ -n "${PGOPS_TERMINATION_LOG:-}" ]; then
+        printf 'boot.action=refused\nboot.reason=%s\nboot.at=%s\n' "$*" "$(date -u +%s)" > "$PGOPS_TERMINATION_LOG" 2>/dev/null
+    fi
+    exit 1
+}
 
 # --- what this member is doing (probe.sh reads it) ------------------------------------------
 current_phase() { sed -n 's/^phase=//p' "$STATUS" 2>/dev/null; }

@@ -31,6 +31,9 @@ def _exec_probe(*args: str, period: int, failures: int, timeout: int = 10) -> di
             "timeoutSeconds": timeout, "failureThreshold": failures}
 
 
+TERMINATION_LOG = "/dev/termination-log"
+
+
 def member_env(spec: ClusterSpec) -> list[dict]:
     """member.sh's environment contract (see its header)."""
     return [
@@ -46,6 +49,8 @@ def member_env(spec: ClusterSpec) -> list[dict]:
         {"name": "PGOPS_STOP_SECONDS", "value": str(STOP_S)},
         {"name": "PGOPS_CHECKPOINT_SECONDS", "value": str(CHECKPOINT_S)},
         {"name": "PGOPS_SMART_STOP_SECONDS", "value": str(SMART_STOP_S)},
+        # The container's terminationMessagePath (Kubernetes' default): a refusal's reason.
+        {"name": "PGOPS_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
 
 

@@ -68,6 +68,19 @@ EXEC_TIMEOUT_S = 30
 PROBE_OUTPUT_CHARS = 300
 
 
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the container default
+
+
+def termination_message(container: Container) -> dict[str, str]:
+    """What the container wrote to its termination message file, as the kubelet reports it
+    (the first 4096 bytes; nothing when it wrote nothing)."""
+    try:
+        text = (container.pod_dir / "termination-log").read_bytes()[:4096].decode(errors="replace")
+    except OSError:
+        return {}
+    return {"message": text} if text else {}
+
+
 def _translate_path(value: str, mounts: dict[str, Path]) -> str:
     """A container path -> this machine's path, through the longest mount path prefix."""
     for mount in sorted(mounts, key=len, reverse=True):
@@ -271,6 +284,8 @@ class Kubelet:
                 mounts[mount["mountPath"]] = claim_dirs[volume["persistentVolumeClaim"]["claimName"]]
             else:
                 mounts[mount["mountPath"]] = pod_dir / "volumes" / mount["name"]
+        # The kubelet bind-mounts a file per container at terminationMessagePath.
+        mounts[spec.get("terminationMessagePath", TERMINATION_MESSAGE_PATH)] = pod_dir / "termination-log"
         return mounts
 
     def _env(self, pod: dict, spec: dict, port: int, mounts: dict[str, Path]) -> dict[str, str]:
@@ -298,6 +313,10 @@ class Kubelet:
         uid = pod["metadata"]["uid"]
         pod_dir = self.pod_dir(uid)
         self._private_dir(pod_dir, 0o755)
+        message = pod_dir / "termination-log"  # a fresh one for every container it starts
+        message.write_bytes(b"")
+        if self.user.switch:
+            os.chown(message, self.user.uid, self.user.gid)
         for volume in pod["spec"].get("volumes", []):
             if "emptyDir" in volume:
                 self._private_dir(pod_dir / "volumes" / volume["name"], 0o2777)
@@ -478,7 +497,7 @@ class Kubelet:
                     container.crashes += 1
                     container.ready = False
                     container.last_state = {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed",
-                                                           "finishedAt": now()}}
+                                                           "finishedAt": now(), **termination_message(container)}}
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(container.proc.pid, signal.SIGKILL)  # what the dead container left
                 backoff = min(300.0, CRASH_BACKOFF_S * 2 ** (container.crashes - 1)) * self.clock.scale
