@@ -156,11 +156,12 @@ def outcome_of_result(result) -> RunOutcome:
     outcome = RunOutcome(result.run_id, "SUCCESS" if result.success else "FAILURE", "in process", outputs,
                          materializations)
     if not result.success:
-        outcome.reason, outcome.traceback = _failure_of_events(result.all_events)
+        outcome.reason, outcome.traceback = failure_of_events(result.all_events)
     return outcome
 
 
-def _failure_of_events(events) -> tuple[str, str | None]:
+def failure_of_events(events) -> tuple[str, str | None]:
+    """A failed run's reason in one line (the step's own error, not its wrappers) and its traceback."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             err = event.step_failure_data.error

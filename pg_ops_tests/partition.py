@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pg_ops.operations.context import ClusterContext
+from pg_ops.platforms.local import _pid_alive
 
 COMMENT_PREFIX = "pg_ops_test:"
 PG_OPS = "pg_ops"
@@ -80,13 +81,7 @@ def _owner_gone(run: str) -> bool:
         pid = int(run.split("-")[3])
     except (IndexError, ValueError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not _pid_alive(pid)
 
 
 def sweep() -> None:

@@ -81,7 +81,10 @@ def live():
         home = stack.enter_context(home_environment())
         capture = stack.enter_context(WebhookCapture())
         manager = stack.enter_context(alertmanager(home / "alertmanager", capture.url))
-        spec = spec_from(write_spec(home / "specs", CLUSTER,
+        # No sensor renews the primary's isolation lease here: with both replicas killed it would
+        # (rightly) fence itself a lease after the test's last health tick, which is not what
+        # these tests are about.
+        spec = spec_from(write_spec(home / "specs", CLUSTER, failover={"isolation_fencing": False},
                                     monitoring={"lag_alert_seconds": LAG_SECONDS, "interval_seconds": 1},
                                     alerts={"alertmanager_url": manager.url,
                                             "webhook_url_env": "PG_OPS_TEST_MONITORING_WEBHOOK_UNSET"}))

@@ -99,6 +99,19 @@ def _running(pod) -> bool:
                    for cs in pod.status.container_statuses or [])
 
 
+def _last_words(pod) -> dict[str, str]:
+    """The termination message of the pod's postgres container while it is not running
+    (member.sh writes a refusal there; the kubelet keeps it in the pod status), parsed as the
+    member report it is; {} when there is none."""
+    for cs in (pod.status.container_statuses or []) if pod is not None and pod.status else []:
+        if cs.name != names.CONTAINER or (cs.state and cs.state.running):
+            continue
+        ended = (cs.state.terminated if cs.state else None) or (cs.last_state.terminated if cs.last_state else None)
+        if ended is not None and ended.message:
+            return parse_member_report(ended.message)
+    return {}
+
+
 def _pending_reason(pod) -> str:
     """Why a pod is not running, as the scheduler and kubelet report it."""
     if pod is None:
@@ -339,7 +352,7 @@ class KubernetesPlatform(Platform):
                 return True
             # A member that refused does not come round by itself: say so now, with its reason,
             # as locally (rather than after the whole start timeout of a crash-looping pod).
-            words = self._last_words(name) if seen[0] is not None else {}
+            words = _last_words(seen[0])
             if words.get("boot.action") == "refused":
                 raise MemberError(f"member {name} exited before it was running: it refused to start: "
                                   f"{words.get('boot.reason', '')}")
@@ -471,22 +484,10 @@ class KubernetesPlatform(Platform):
                 return parse_member_report(out)
         except (KubernetesError, MemberError):
             pass
-        return self._last_words(name)
-
-    def _last_words(self, name: str) -> dict[str, str]:
-        """The termination message of the member's postgres container, while it is not running
-        (member.sh writes a refusal there: the kubelet keeps it in the pod status)."""
         try:
-            pod = self._pod(name)
+            return _last_words(self._pod(name))
         except KubernetesError:
             return {}
-        for cs in (pod.status.container_statuses or []) if pod is not None and pod.status else []:
-            if cs.name != names.CONTAINER or (cs.state and cs.state.running):
-                continue
-            ended = (cs.state.terminated if cs.state else None) or (cs.last_state.terminated if cs.last_state else None)
-            if ended is not None and ended.message:
-                return parse_member_report(ended.message)
-        return {}
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """df of the data volume, through an exec into the pod (the kubelet's volume stats are

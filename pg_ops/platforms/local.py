@@ -345,6 +345,16 @@ class LocalPlatform(Platform):
     def check_point_in_time(self, what: str) -> None:
         return None
 
+    def discard(self) -> None:
+        """Throw the cluster away: kill every member (nothing in it is kept, so no shutdown
+        checkpoint), release the shared memory their postmasters leave, and delete its folder
+        without waiting (moved aside at once, removed by a detached `rm -rf`)."""
+        for name in self.spec.member_names:
+            with contextlib.suppress(Exception):
+                self.kill_member(name)
+            release_data_dir_segment(self.data_dir(name))
+        discard_tree(self.root)
+
     def teardown(self) -> None:
         for name in self.spec.member_names:
             self.stop_member(name)
@@ -458,11 +468,6 @@ class LocalScratchServer:
         poll(accepting, timeout=timeout, interval=0.1, expired=expired)
 
     def remove(self) -> None:
-        """Nothing in it needs a clean shutdown: kill it (no shutdown checkpoint), then delete
-        it. The folder is moved aside at once and deleted by a detached `rm -rf`, so a large
-        restored data dir does not hold up the drill's verdict, and it goes even if this
-        process exits first."""
-        with contextlib.suppress(Exception):
-            self.platform.kill_member(self.member)
-        release_data_dir_segment(self.platform.data_dir(self.member))
-        discard_tree(self.platform.root)
+        """Nothing in it needs a clean shutdown (LocalPlatform.discard): a large restored data
+        dir does not hold up the drill's verdict, and it goes even if this process exits first."""
+        self.platform.discard()

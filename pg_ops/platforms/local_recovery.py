@@ -19,9 +19,8 @@ from pydantic import SecretStr
 
 from pg_ops.credentials import Credentials
 from pg_ops.errors import MemberError
-from pg_ops.platforms.local import LocalPlatform, _free_port, _write_private, discard_tree
+from pg_ops.platforms.local import LocalPlatform, _free_port, _write_private
 from pg_ops.platforms.server_user import chown_tree
-from pg_ops.platforms.shared_memory import release_data_dir_segment
 from pg_ops.postgres.archiving import RECOVERY_SIGNAL
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
@@ -87,7 +86,4 @@ def drill_server(purpose: str, credentials: Credentials, fill: Fill, auto_conf: 
         platform.start_member(member)
         yield platform
     finally:
-        with contextlib.suppress(Exception):
-            platform.kill_member(spec.member_names[0])
-        release_data_dir_segment(platform.data_dir(spec.member_names[0]))
-        discard_tree(platform.root)
+        platform.discard()

@@ -111,7 +111,7 @@ die() {
     # Kubernetes keeps this file's content in the pod status (lastState.terminated.message), so
     # pg_ops reads the refusal while the container waits to restart, when no exec can reach it.
     if [ -n "${PGOPS_TERMINATION_LOG:-}" ]; then
-        printf 'boot.action=refused\nboot.reason=%s\nboot.at=%s\n' "$*" "$(date -u +%s)" > "$PGOPS_TERMINATION_LOG" 2>/dev/null
+        grep '^boot\.' "$REPORT" > "$PGOPS_TERMINATION_LOG" 2>/dev/null
     fi
     exit 1
 }

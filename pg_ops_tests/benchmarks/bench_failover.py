@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pg_ops.operations.deploy import deploy
 from pg_ops.postgres.session import with_connection
+from pg_ops.runs import failure_of_events
 from pg_ops_tests.app_writer import App
 from pg_ops_tests.benchmarks.common import emit, summary
 from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, temp_home, write_spec
@@ -74,21 +75,13 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
                 try:
                     app.wait_acks(20, timeout=30, on=new)
                 except RuntimeError as exc:  # a failed trial is a figure too: say why, go on
-                    trial.update(ok=False, error=str(exc), run_failure=_run_failure(result))
+                    trial.update(ok=False, error=str(exc), run_failure=None if result.success else failure_of_events(result.all_events)[0])
                     print(f"job_alone trial failed: {exc}; run: {trial['run_failure']}", file=sys.stderr)
                 first = app.first_ack_on(new, killed_at)
                 trial.update(rto_s=round(first - killed_at, 3) if first else None, lost=len(app.lost(new)))
                 out.append(trial)
             deploy(ctx)  # the old primary rejoins as a replica for the next trial
     return out
-
-
-def _run_failure(result) -> str | None:
-    """The failover run's own failure message, if it failed."""
-    for event in result.all_events:
-        if event.is_failure and event.step_failure_data is not None:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
-    return None if result.success else "failed"
 
 
 # -- through the daemon -----------------------------------------------------------------------------
