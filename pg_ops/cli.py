@@ -12,8 +12,10 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
@@ -126,10 +128,18 @@ def status_text(status: dict) -> str:
 # -- commands ----------------------------------------------------------------------------------
 @command("status")
 def cmd_status(args, spec):
+    from pg_ops import runs
     from pg_ops.operations.health import status_report
 
     ctx = ClusterContext.for_spec(spec)
     status = status_report(ctx)
+    # Runs that failed within the hour: their run-failure alerts still fire (defs/health.py).
+    options = runs.Options(dagster_url=args.dagster_url, in_process=args.in_process)
+    for failed in runs.recent_failures(spec.name, options):
+        when = datetime.fromtimestamp(failed["failed_at"], UTC).strftime("%H:%M:%SZ")
+        status["alerts"].append({"cluster": spec.name, "severity": "critical" if failed["topology"] else "warning",
+                                 "kind": "run_failed", "details": {"run_id": failed["run_id"], "job": failed["job"]},
+                                 "summary": f"run {failed['job']} ({failed['run_id'][:8]}) failed at {when}"})
     text = status_text(status)
     if spec.backups.wal.enabled:  # the recovery window (operations/wal.py)
         from pg_ops.operations.wal import recovery_window
@@ -166,10 +176,28 @@ def _change_text(meta: dict) -> str:
     return "\n".join([head, *steps, f"  total: {meta.get('seconds')} s"] + ([f"  {meta['notes']}"] if meta.get("notes") else []))
 
 
+def precheck(spec: ClusterSpec, check: Callable[[ClusterContext], None]) -> None:
+    """A run's own refusal rules on the cluster as this machine sees it, before any run exists
+    (Refused: one line, no run, no alert). When this machine cannot read the cluster (a
+    Kubernetes cluster from a laptop), the run decides alone and pg-ops says so."""
+    from pg_ops.errors import Refused
+    from pg_ops.runs import notice
+
+    try:
+        check(ClusterContext.for_spec(spec))
+    except Refused:
+        raise
+    except PgOpsError as exc:
+        notice(f"cannot read cluster {spec.name} from here ({exc}); the run will check the request")
+
+
 @command("failover")
 def cmd_failover(args, spec):
+    from pg_ops.operations.failover import check_failover_request
+
     if args.to:
         require_member(spec, args.to, "--to")
+    precheck(spec, lambda ctx: check_failover_request(ctx, to=args.to, force=args.force))
     config = {"to": args.to, "force": args.force}
     result = run_job(args, "failover", spec, {"ops": {"run_failover": {"config": config}}}, partition_key=spec.name)
     meta = result.output_for_node("run_failover")
@@ -187,7 +215,10 @@ def cmd_switchover(args, spec):
 
 @command("rebuild")
 def cmd_rebuild(args, spec):
+    from pg_ops.operations.failover import check_rebuild_request
+
     require_member(spec, args.member, "rebuild")
+    precheck(spec, lambda ctx: check_rebuild_request(ctx, args.member))
     config = {"member": args.member, "reclone": args.reclone}
     result = run_job(args, "rebuild_member", spec, {"ops": {"run_rebuild": {"config": config}}},
                      partition_key=spec.name)
@@ -203,19 +234,66 @@ def cmd_rolling_restart(args, spec):
                      f"in {meta['seconds']} s")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cluster", help="cluster name (default: the only/first cluster)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress (and a failure's traceback) to stderr")
+GLOBAL_OPTIONS = ("cluster", "json", "verbose", "dagster_url", "in_process")
+SUB_PREFIX = "sub_command_"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a one-line refusal and a suggestion for a mistyped sub-command."""
+
+    def error(self, message: str):
+        import difflib
+
+        typo = re.search(r"invalid choice: '([^']*)'", message)
+        if typo and self.prog == "pg-ops":
+            close = difflib.get_close_matches(typo.group(1), list(COMMANDS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (commands: {', '.join(sorted(COMMANDS))})"
+            self.exit(2, f"pg-ops: unknown command {typo.group(1)!r}{hint}\n")
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _global_options(suppress: bool) -> Parser:
+    """The options every command takes, valid before or after the sub-command. The sub-command's
+    copy leaves an option it was not given unset (SUPPRESS), so it cannot overwrite one given
+    before the sub-command with its own default (argparse's parents otherwise do exactly that)."""
+    def kw(name: str, value) -> dict:
+        return {"dest": f"{SUB_PREFIX}{name}", "default": argparse.SUPPRESS} if suppress else {"default": value}
+
+    common = Parser(add_help=False)
+    common.add_argument("--cluster", help="cluster name (default: the only/first cluster)", **kw("cluster", None))
+    common.add_argument("--json", action="store_true", help="machine-readable output", **kw("json", False))
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress (and a failure's traceback) to stderr",
+                        **kw("verbose", False))
     # Where runs go (pg_ops/runs.py): a named deployment, else the local one of `make run`, else here.
-    common.add_argument("--dagster-url", default=None, metavar="URL",
+    common.add_argument("--dagster-url", metavar="URL",
                         help="Dagster webserver to submit runs to (default: $PG_OPS_DAGSTER_URL, else the local "
-                             "deployment of `make run`)")
+                             "deployment of `make run`)", **kw("dagster_url", None))
     common.add_argument("--in-process", action="store_true",
-                        help="run the job in this process (bypasses the deployment's queue, limits and alerts)")
-    parser = argparse.ArgumentParser(prog="pg-ops", description=__doc__.splitlines()[0], parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True)
+                        help="run the job in this process (bypasses the deployment's queue, limits and alerts)",
+                        **kw("in_process", False))
+    return common
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with each global option taken from wherever it was given; one given
+    twice with two different values is refused (which one was meant cannot be known)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in GLOBAL_OPTIONS:
+        after = vars(args).pop(f"{SUB_PREFIX}{name}", None)
+        if after is None:
+            continue
+        before = getattr(args, name)
+        if before not in (None, False) and before != after:
+            parser.error(f"--{name.replace('_', '-')} given twice, as {before!r} and {after!r}")
+        setattr(args, name, after)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(suppress=True)
+    parser = Parser(prog="pg-ops", description=__doc__.splitlines()[0], parents=[_global_options(suppress=False)])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
     sub.add_parser("deploy", parents=[common], help="deploy or repair the cluster (idempotent)")
     sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
@@ -228,9 +306,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("member")
     p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
     sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
-    for add_parsers in (_render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers):
+    for add_parsers in (_psql_parser, _render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers):
         add_parsers(sub, common)
     return parser
+
+
+@command("psql")
+def cmd_psql(args, spec):
+    """psql on the primary endpoint (or one member), its password from the cluster's 0600
+    passfile: never on the command line, never in the environment."""
+    from pg_ops import settings
+
+    ctx = ClusterContext.for_spec(spec)
+    passfile = ctx.platform.passfile()
+    if passfile is None or not passfile.exists():
+        raise PgOpsError(f"cluster {spec.name}: no passfile on this machine ({spec.platform} platform"
+                         + ("; the passwords stay in its Secret: `kubectl exec -it <pod> -c postgres -- psql`)"
+                            if spec.platform == "kubernetes" else "; deploy the cluster first)"))
+    if args.member:
+        require_member(spec, args.member, "--member")
+        endpoint = ctx.endpoints()[args.member]
+        dsn = f"host={endpoint.host} port={endpoint.port} user=postgres dbname={args.dbname}"
+    else:
+        dsn = ctx.platform.primary_dsn("postgres", args.dbname)
+    psql = settings.pg_bin() / "psql"
+    sys.stdout.flush()
+    extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
+    os.execve(str(psql), [str(psql), dsn, *extra], {**os.environ, "PGPASSFILE": str(passfile)})
+
+
+def _psql_parser(sub, common) -> None:
+    p = sub.add_parser("psql", parents=[common], help="psql on the primary (or --member), password from the passfile")
+    p.add_argument("--member", help="one member instead of the primary endpoint")
+    p.add_argument("--dbname", default="postgres", help="database (default: postgres)")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql after `--` (e.g. -- -c 'select 1')")
 
 
 # -- render (offline: writes the Git-owned manifests, never talks to a cluster) ---------------------
@@ -265,7 +374,7 @@ def cmd_backup(args, spec):
               "source": made.get("source"), "lsn": made.get("lsn"), "store": made.get("store"),
               "databases": made.get("database_names"), "excluded": made.get("excluded_databases"),
               "pruned": kept.get("deleted_ids"), "run_id": result.run_id}
-    emit(args, report, f"backup {report['id']} of {spec.name}: {report['size_mb']} MB in {report['duration']} s "
+    emit(args, report, f"backup {report['id']} of {spec.name}: {human_bytes(report['size'])} in {report['duration']} s "
                        f"from {report['source']} (run {result.run_id[:8]})\n"
                        f"  databases: {report['databases'] or 'none'}; excluded: {report['excluded'] or 'none'}")
 
@@ -275,10 +384,23 @@ def cmd_backups(args, spec):
     from pg_ops.operations.retention import backups_report
 
     rows = backups_report(ClusterContext.for_spec(spec))
-    shown = [{**r, "excluded": ", ".join(r.get("excluded") or []) or "-"} for r in rows]
-    emit(args, rows, table(shown, ["id", "started", "size_mb", "duration", "status", "excluded", "expires",
+    shown = [{**r, "excluded": ", ".join(r.get("excluded") or []) or "-", "size": human_bytes(r["size"]),
+              "duration": "-" if r.get("duration") is None else f"{r['duration']} s"} for r in rows]
+    emit(args, rows, table(shown, ["id", "started", "size", "duration", "status", "excluded", "expires",
                                    "retention"])
          if rows else f"no backups of {spec.name} yet")
+
+
+def human_bytes(size: int | None) -> str:
+    """4.2 kB, 170 MB: a small backup must not read as an empty one (0.0 MB)."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def _backup_parsers(sub, common) -> None:
@@ -382,9 +504,14 @@ def cmd_base_backup(args, spec):
     result = run_job(args, "base_backup", spec, asset_selection=[base_key(spec.name)])
     meta = result.materialization(base_key(spec.name).path)
     window = {"oldest": meta.get("window_oldest"), "newest": meta.get("window_newest"), "gap": meta.get("window_gap")}
+    oldest, newest = meta.get("window_oldest"), meta.get("window_newest")
+    if oldest and newest and datetime.fromisoformat(str(newest)) >= datetime.fromisoformat(str(oldest)):
+        opened = f"recovery window {oldest} .. {newest}"
+    else:  # the backup is consistent at `oldest`; the window opens once WAL past it is archived
+        opened = f"recovery window opens at {oldest} once the WAL after it is archived"
     emit(args, {**meta, "recovery_window": window, "run_id": result.run_id},
-         f"base backup {meta['backup_id']} of {spec.name}: {meta['size_mb']} MB in {meta['duration_seconds']} s "
-         f"(run {result.run_id[:8]}); recovery window {meta.get('window_oldest')} - {meta.get('window_newest')}")
+         f"base backup {meta['backup_id']} of {spec.name}: {human_bytes(round(meta['size_mb'] * 1e6))} in "
+         f"{meta['duration_seconds']} s (run {result.run_id[:8]}); {opened}")
 
 
 def _wal_parsers(sub, common) -> None:
@@ -395,7 +522,7 @@ def _wal_parsers(sub, common) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -409,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pg-ops {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `pg-ops status | head`: the reader went away; nothing is wrong with the command. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

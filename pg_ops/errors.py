@@ -28,6 +28,11 @@ class MemberError(PgOpsError):
     """A member could not be started, reached or changed."""
 
 
+class Refused(PgOpsError):
+    """A request pg_ops will not carry out as asked (a healthy primary to fail over, the primary
+    to rebuild): nothing was changed. The person who asked is told; nobody is paged for it."""
+
+
 class Unsupported(PgOpsError):
     """What a platform cannot do (yet): raised by its check_* methods before anything is touched."""
 

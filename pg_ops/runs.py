@@ -35,6 +35,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -210,6 +211,10 @@ query($selector: RepositorySelector!, $set: String!, $key: String!) {
 """
 INSTANCE_QUERY = """
 { instance { info daemonHealth { daemonStatus(daemonType: "QUEUED_RUN_COORDINATOR") { required healthy } } } }
+"""
+FAILED_QUERY = """
+query($filter: RunsFilter) { runsOrError(filter: $filter, limit: 50) { ... on Runs {
+  results { runId jobName status updateTime tags { key value } } } } }
 """
 RUNNING_QUERY = """
 query($filter: RunsFilter) { runsOrError(filter: $filter) { ... on Runs { results { runId jobName status } } } }
@@ -490,3 +495,51 @@ def run(launch: JobLaunch, options: Options, platform: str) -> RunOutcome:
     run_id, tags = deployment.launch(launch)
     queue_tag = (TOPOLOGY_TAG, tags[TOPOLOGY_TAG]) if TOPOLOGY_TAG in tags else None
     return deployment.follow(run_id, queue_tag, options.verbose)
+
+
+# -- runs that failed lately (what `pg-ops status` shows beside the health conditions) -----------
+FAILURES_SHOWN_S = 3600.0  # operations/alerts.py EVENT_SECONDS: how long a run-failure alert fires
+
+
+def _names_cluster(tags: dict[str, str], cluster: str) -> bool:
+    """A run concerns the cluster when a tag names it, or when no tag names any cluster (a job
+    over every cluster, such as the hourly archive checks)."""
+    from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG
+
+    named = [tags.get(CLUSTER_TAG), tags.get(TOPOLOGY_TAG)]
+    return cluster in named or not any(named)
+
+
+def recent_failures(cluster: str, options: Options, within: float = FAILURES_SHOWN_S) -> list[dict]:
+    """Runs for the cluster that failed in the last `within` seconds, newest first, from the
+    deployment the commands would submit to (else the local instance): the run-failure alerts
+    still firing. [] with a notice when neither can be read."""
+    from pg_ops import settings
+    from pg_ops.defs.partitions import TOPOLOGY_TAG
+
+    since = time.time() - within
+    url = options.dagster_url or os.environ.get(URL_ENV)
+    dagster_home = settings.ensure_dagster_home().resolve()
+    deployment = Deployment(url or local_url(dagster_home))
+    rows: list[tuple[str, str, float, dict[str, str]]] = []
+    try:
+        if not options.in_process and deployment.unusable_because(None if url else dagster_home) is None:
+            found = deployment.query(FAILED_QUERY, {"filter": {"statuses": ["FAILURE"], "updatedAfter": since}})
+            for r in (found.get("runsOrError") or {}).get("results") or []:
+                rows.append((r["runId"], r["jobName"], r["updateTime"], {t["key"]: t["value"] for t in r["tags"]}))
+        elif url:
+            raise PgOpsError(f"no Dagster webserver usable at {url}")
+        else:
+            import dagster as dg
+
+            with dg.DagsterInstance.get() as instance:
+                for rec in instance.get_run_records(dg.RunsFilter(
+                        statuses=[dg.DagsterRunStatus.FAILURE], updated_after=datetime.fromtimestamp(since, UTC)),
+                        limit=50):
+                    rows.append((rec.dagster_run.run_id, rec.dagster_run.job_name, rec.update_timestamp.timestamp(),
+                                 dict(rec.dagster_run.tags)))
+    except PgOpsError as exc:
+        notice(f"failed runs not shown: {exc}")
+        return []
+    return [{"run_id": run_id, "job": job, "failed_at": at, "topology": TOPOLOGY_TAG in tags}
+            for run_id, job, at, tags in sorted(rows, key=lambda r: -r[2]) if _names_cluster(tags, cluster)]

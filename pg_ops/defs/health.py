@@ -17,7 +17,7 @@ import dagster as dg
 
 from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG, topology_run_tags
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
-from pg_ops.errors import SpecError, first_line
+from pg_ops.errors import Refused, SpecError, first_line
 from pg_ops.operations import alerts as alert_ops
 from pg_ops.operations import health as health_ops
 from pg_ops.operations import slo
@@ -283,9 +283,11 @@ def run_cluster(run, specs: dict[str, ClusterSpec]) -> str:
     return found or tags.get(CLUSTER_TAG) or (next(iter(specs)) if len(specs) == 1 else SPECS_SCOPE)
 
 
-def run_failure_alert_for(run, message: str, specs: dict[str, ClusterSpec]) -> Alert:
+def run_failure_alert_for(run, message: str, specs: dict[str, ClusterSpec], refused: bool = False) -> Alert:
+    """CRITICAL for a failed topology run, WARNING otherwise; a run that refused what it was
+    asked (errors.Refused: nothing changed, the person who asked was told) is never CRITICAL."""
     cluster = run_cluster(run, specs)
-    topology = TOPOLOGY_TAG in run.tags
+    topology = TOPOLOGY_TAG in run.tags and not refused
     return Alert(cluster=cluster, severity="critical" if topology else "warning", kind="run_failed",
                  summary=f"run {run.job_name} ({run.run_id[:8]}) for {cluster} failed: {message}",
                  details={"job": run.job_name, "run_id": run.run_id, "partition": run.tags.get("dagster/partition")},
@@ -300,7 +302,8 @@ def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResou
             error.cls_name or ""):
         error = error.cause
     message = (error.message if error else context.failure_event.message or "the run failed").strip()
-    alert = run_failure_alert_for(context.dagster_run, first_line(message) or "failed", specs)
+    refused = error is not None and (error.cls_name or "") == Refused.__name__
+    alert = run_failure_alert_for(context.dagster_run, first_line(message) or "failed", specs, refused)
     secrets = []
     if alert.cluster in specs:
         secrets = alert_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))

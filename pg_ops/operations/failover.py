@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from pg_ops.errors import MemberError, PgOpsError
+from pg_ops.errors import MemberError, PgOpsError, Refused
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
@@ -118,6 +118,26 @@ def verify_write(ctx: ClusterContext, expected: str, epoch: int, writer: str) ->
 
 
 # -- failover -----------------------------------------------------------------------------------
+def check_failover_request(ctx: ClusterContext, *, to: str | None, force: bool) -> None:
+    """The failover's own rules on the cluster as it is now, before any run exists: a request
+    they refuse for good (the primary answers and is writable, `--to` the designated primary or
+    a member that cannot be promoted) raises Refused here, so a mistake costs one line and pages
+    nobody. A refusal that may clear by itself (the primary not yet confirmed down) is left to
+    the run, which decides again under the lock."""
+    view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=False)
+    plan = plan_failover(view, Policy.from_spec(ctx.spec), FailoverIntent(to=to, force=force))
+    if isinstance(plan, Refusal) and plan.deterministic and view.primary.reachable:
+        raise Refused(plan.reason)
+
+
+def check_rebuild_request(ctx: ClusterContext, member: str) -> None:
+    """A rebuild of the designated primary is refused before any run exists (the run refuses it
+    too, under the lock)."""
+    if member == ctx.state().primary:
+        raise Refused(f"cluster {ctx.name}: {member} is the primary; switch over first "
+                      f"(`pg-ops switchover --to <replica>`)")
+
+
 def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
              detected_at: float | None = None, last_primary_lsn: str | None = None) -> TopologyChange:
     """Promote the best replica (ha.plan_failover decides which, or refuses), or resume a change
@@ -130,7 +150,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
         with steps.step("choose the candidate"):
             plan = plan_failover(view, policy, FailoverIntent(to=to, force=force, reference_lsn=last_primary_lsn))
             if isinstance(plan, Refusal):
-                raise PgOpsError(plan.reason)
+                raise Refused(plan.reason)
             candidate = plan.candidate
             ctx.log.info("failover: candidate %s, %s bytes behind%s", candidate, plan.lag_bytes,
                          " (resuming a change that stopped half-way)" if plan.resume else "")
@@ -309,10 +329,8 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
     if member not in ctx.spec.member_names:
         raise PgOpsError(f"cluster {ctx.name}: member {member!r} does not exist")
     with topology_lock(store, "rebuild", ttl_seconds=LOCK_TTL_S) as lock:
+        check_rebuild_request(ctx, member)
         state = ctx.state()
-        if member == state.primary:
-            raise PgOpsError(f"cluster {ctx.name}: {member} is the primary; switch over first "
-                             f"(`pg-ops switchover --to <replica>`)")
         if not ctx.probe([state.primary])[state.primary].writable:
             raise PgOpsError(f"cluster {ctx.name}: the primary {state.primary} is not writable; nothing to rebuild from")
         with steps.step("stop the member"):

@@ -98,6 +98,13 @@ def _assess_member(spec: ClusterSpec, status: ClusterStatus, m: MemberStatus, pr
             alert("critical" if is_primary else "warning", "member_down",
                   f"{name} ({'primary' if is_primary else 'replica'}) does not answer: {m.error}",
                   name, role="primary" if is_primary else "replica", error=m.error)
+        else:
+            # Fenced by a failover and not running: the cluster is a replica short until it is
+            # back, and any writes it acknowledged while cut off are counted only when it rejoins.
+            alert("warning", "member_fenced_down",
+                  f"{name} was fenced by a failover and does not answer: the cluster runs one replica short; "
+                  f"`pg-ops deploy` brings it back as a replica (rewound, its discarded writes counted)",
+                  name, error=m.error)
         out.unknown |= {condition_key(c, k, name) for k in MEMBER_CONDITIONS}
         return
     if m.connections is not None and m.max_connections:
@@ -127,10 +134,20 @@ def _assess_member(spec: ClusterSpec, status: ClusterStatus, m: MemberStatus, pr
 
 
 def status_report(ctx: ClusterContext) -> dict:
-    """`pg-ops status --json`: the status and the alert conditions active now."""
+    """`pg-ops status --json`: the status and the alert conditions active now: the health
+    sensor's (`assess`) and, when the cluster archives WAL, the archiving sensor's (the same
+    functions the sensors evaluate, so status and the sensors never disagree)."""
     status = cluster_status(ctx)
-    alerts = [a.model_dump(exclude={"fired_at", "resolved_at"}) for a in assess(ctx.spec, status).alerts]
-    return {**status.to_dict(), "alerts": alerts}
+    active = assess(ctx.spec, status).alerts
+    if ctx.spec.backups.wal.enabled:
+        from pg_ops.operations.wal import archive_alerts, archive_health
+
+        try:
+            active += archive_alerts(ctx, archive_health(ctx))
+        except PgOpsError as exc:
+            active.append(Alert(cluster=ctx.name, severity="warning", kind="wal_archive_unknown",
+                                summary=f"the WAL archive's health cannot be read: {exc}"))
+    return {**status.to_dict(), "alerts": [a.model_dump(exclude={"fired_at", "resolved_at"}) for a in active]}
 
 
 # -- one pass ---------------------------------------------------------------------------------------
