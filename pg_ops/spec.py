@@ -307,16 +307,13 @@ def load_spec(path: Path) -> ClusterSpec:
 
 
 def load_specs(path: Path | None = None) -> list[ClusterSpec]:
-    """Load one spec file or every *.yaml in a folder; names must be unique."""
-    path = path or settings.clusters_path()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
-        if not files:
-            raise SpecError(f"{path}: no cluster spec (*.yaml) in this folder")
-    elif path.exists():
-        files = [path]
-    else:
-        raise SpecError(f"{path}: cluster spec file or folder not found (PG_OPS_CLUSTERS)")
+    """Load one spec file or every *.yaml in a folder; names must be unique. Without `path`:
+    PG_OPS_CLUSTERS, then the specs pg_ops made itself (settings.made_specs_path: recovered
+    clusters), so the first spec is still PG_OPS_CLUSTERS's."""
+    files = _spec_files(path or settings.clusters_path())
+    made = settings.made_specs_path()
+    if path is None and made.is_dir() and made.resolve() != settings.clusters_path().resolve():
+        files += sorted(p for p in made.iterdir() if p.suffix in (".yaml", ".yml"))
     specs = [load_spec(f) for f in files]
     seen: dict[str, Path] = {}
     for spec, f in zip(specs, files, strict=True):
@@ -324,6 +321,17 @@ def load_specs(path: Path | None = None) -> list[ClusterSpec]:
             raise SpecError(f"{f}: field name: cluster {spec.name!r} is already defined in {seen[spec.name]}")
         seen[spec.name] = f
     return specs
+
+
+def _spec_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        if not files:
+            raise SpecError(f"{path}: no cluster spec (*.yaml) in this folder")
+        return files
+    if path.exists():
+        return [path]
+    raise SpecError(f"{path}: cluster spec file or folder not found (PG_OPS_CLUSTERS)")
 
 
 def select_spec(specs: list[ClusterSpec], name: str | None) -> ClusterSpec:

@@ -205,6 +205,8 @@ class HeldLock:
                 return state.model_copy(update={"lock": None})
             return state
         try:
+            if self.store.read() is None:  # the record went with its cluster (teardown): so did the lock
+                return
             update_state(self.store, release)
         except PgOpsError as exc:
             # It expires by itself; say so, since the next change waits for that.

@@ -128,3 +128,64 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(make_spec):
     _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
     assert proc.returncode in (0, 141)
+
+
+# -- recover on make run's defaults (PG_OPS_CLUSTERS a single file), and teardown --all -------------
+def sql(ctx, query: str):
+    import psycopg
+
+    with psycopg.connect(ctx.platform.primary_dsn("postgres", "app"), password=ctx.admin_password(),
+                         autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else None
+
+
+def test_recover_works_on_the_defaults_and_teardown_all_removes_what_it_made(monkeypatch, capsys):
+    import json
+    import time
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from pg_ops.definitions import build_defs
+    from pg_ops.operations import wal
+    from pg_ops.operations.context import ClusterContext
+    from pg_ops.spec import load_specs
+    from pg_ops_tests.helpers import spec_from, stop_cluster, temp_home, write_spec
+
+    monkeypatch.delenv(runs.URL_ENV, raising=False)
+    with temp_home() as home:
+        (home / "dagster").mkdir()
+        spec_file = write_spec(home, "dflt", postgres={"members": 1}, backups={"wal": {"archive_timeout_seconds": 5}})
+        for name, value in (("PG_OPS_HOME", home), ("PG_OPS_CLUSTERS", spec_file), ("DAGSTER_HOME", home / "dagster")):
+            monkeypatch.setenv(name, str(value))  # a spec FILE, as `make run`'s deploy/clusters/local.yaml
+        copy = None
+        with running_cluster(spec_from(spec_file)) as ctx:
+            try:
+                assert cli_main(["base-backup"]) == 0
+                capsys.readouterr()
+                sql(ctx, "create table kept (n int); insert into kept values (1)")
+                time.sleep(1.1)
+                target = datetime.now(UTC)
+                time.sleep(1.1)
+                sql(ctx, "insert into kept values (2)")
+                wal.switch_and_wait(ctx)
+                assert cli_main(["recover", "--to", target.isoformat(), "--as", "dflt-copy", "--json"]) == 0
+                out = json.loads(capsys.readouterr().out)
+                assert Path(out["spec_path"]) == home / "specs" / "dflt-copy.yaml"  # pg_ops's state, not git
+                copy = ClusterContext.for_spec(spec_from(Path(out["spec_path"])))
+                assert sql(copy, "select n from kept") == [(1,)]
+                # Loaded with the defaults from now on: by the CLI and by the code location.
+                assert [s.name for s in load_specs()] == ["dflt", "dflt-copy"]
+                job = build_defs(load_specs()).resolve_job_def("deploy_cluster")
+                assert "dflt-copy" in job.partitions_def.get_partition_keys()
+                assert cli_main(["status", "--cluster", "dflt-copy"]) == 0
+                capsys.readouterr()
+                assert cli_main(["teardown", "--all"]) == 0
+                said = capsys.readouterr().out.splitlines()
+                assert said == ["cluster dflt torn down",
+                                f"cluster dflt-copy torn down (its spec {home / 'specs' / 'dflt-copy.yaml'} removed)"]
+                assert [s.name for s in load_specs()] == ["dflt"]
+                assert not (home / "clusters" / "dflt-copy").exists() and not (home / "clusters" / "dflt").exists()
+            finally:
+                if copy is not None:
+                    stop_cluster(copy)

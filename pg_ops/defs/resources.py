@@ -4,13 +4,11 @@ leave (alerts)."""
 from __future__ import annotations
 
 import logging
-from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from pg_ops import settings
 from pg_ops.operations.alerts import Alert, AlertDelivery
 from pg_ops.operations.context import ClusterContext
 from pg_ops.spec import ClusterSpec, load_specs, select_spec
@@ -49,13 +47,10 @@ class PgOpsResource(dg.ConfigurableResource):
     clusters_path: str | None = None
     _specs: list[ClusterSpec] | None = PrivateAttr(default=None)
 
-    @cached_property
-    def _path(self) -> Path:
-        return Path(self.clusters_path) if self.clusters_path else settings.clusters_path()
-
     def specs(self) -> list[ClusterSpec]:
+        """PG_OPS_CLUSTERS and the specs pg_ops made (spec.load_specs), or `clusters_path` alone."""
         if self._specs is None:
-            self._specs = load_specs(self._path)
+            self._specs = load_specs(Path(self.clusters_path) if self.clusters_path else None)
         return self._specs
 
     def spec(self, cluster: str) -> ClusterSpec:

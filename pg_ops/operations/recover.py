@@ -6,8 +6,10 @@
 `recover` restores the newest base backup that ended before TIME into the first member of a
 new local cluster, replays the source's archive up to TIME (following failovers through the
 timeline history), promotes, then deploys the new cluster like any other (replicas cloned from
-it, slots, sync mode). The source is only read. The new spec is written into the
-PG_OPS_CLUSTERS folder, so the code location operates the new cluster from its next load.
+it, slots, sync mode). The source is only read. The new spec is written beside pg_ops's own
+state (PG_OPS_HOME/specs, loaded with PG_OPS_CLUSTERS), so the code location operates the new
+cluster from its next load (pg-ops reloads the deployment's code location after the run), and
+`pg-ops teardown` of it removes the spec too.
 
 Refused before anything runs: a target before the oldest base backup or after the newest
 archived segment (naming the window), a segment missing between the base backup and the
@@ -124,11 +126,12 @@ def check_recovery(ctx: ClusterContext, target: datetime, store: BackupStore | N
 
 
 # -- the new cluster ------------------------------------------------------------------------------------
+RECOVERED_HEADER = "# Recovered by pg-ops recover"  # teardown removes a spec that starts so
 def specs_folder() -> Path:
-    path = settings.clusters_path()
-    if not path.is_dir():
-        raise RecoveryRefused(f"pg-ops recover writes the new cluster's spec into the PG_OPS_CLUSTERS folder, "
-                              f"but PG_OPS_CLUSTERS is the file {path}: point it at a folder of specs")
+    """Where the new cluster's spec goes: beside pg_ops's own state (settings.made_specs_path),
+    never into the git work tree; every later load of the specs includes it."""
+    path = settings.made_specs_path()
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -148,10 +151,10 @@ def refuse_existing(name: str) -> None:
     from pg_ops.platforms.local import LocalPlatform
 
     folder = specs_folder()
-    known = {s.name for s in load_specs(folder)}
+    known = {s.name for s in load_specs()}
     if name in known or (folder / f"{name}.yaml").exists():
-        raise RecoveryRefused(f"--as {name}: a cluster named {name} already exists (a spec in {folder}); "
-                              f"choose a new name")
+        raise RecoveryRefused(f"--as {name}: a cluster named {name} already exists (its spec is loaded from "
+                              f"{settings.clusters_path()} or {folder}); choose a new name")
     probe = ClusterSpec.model_validate({"name": name})
     if LocalPlatform(probe).root.exists():
         raise RecoveryRefused(f"--as {name}: a local cluster named {name} already exists "
@@ -283,9 +286,10 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
             store.delete([o.key for o in store.list(f"{wa.archive_root(as_name)}/")])
         raise
     path = specs_folder() / f"{as_name}.yaml"
-    path.write_text(f"# Recovered by pg-ops recover from cluster {ctx.name} to {_t(target)} "
-                    f"(base backup {plan.base_backup.id}).\n" + yaml.safe_dump(new_spec.model_dump(mode="json"),
-                                                                              sort_keys=False))
+    path.write_text(f"{RECOVERED_HEADER} from cluster {ctx.name} to {_t(target)} "
+                    f"(base backup {plan.base_backup.id}); `pg-ops teardown --cluster {as_name}` removes the "
+                    f"cluster and this file.\n"
+                    + yaml.safe_dump(new_spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
     timeline = result.members[result.primary].timeline if result.primary in result.members else None
     out = RecoverResult(cluster=as_name, source=ctx.name, target=target.isoformat(), base_backup=plan.base_backup.id,
                         spec_path=str(path), restore_seconds=round(restore_s, 3), replay_seconds=round(replay_s, 3),
