@@ -70,7 +70,7 @@ case $SQL in
     "select 1")           [ -e "$W/primary.up" ] || { echo "psql: error: connection refused" >&2; exit 2; } ;;
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
-    *pg_stat_replication*) v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
+    *pg_stat_replication*) [ "$(knob lease.rc)" ] && exit 2; v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
     "select holder, epoch from lease") exit 1 ;;
     *pg_stat_activity*)   echo 0 ;;
 esac
@@ -548,6 +548,58 @@ def test_primary_cut_off_from_pg_ops_and_every_standby_restarts_as_a_standby(mem
     assert len(member.calls("postgres")) == 2 and member.calls("postgres-signal")[0][1] == "SIGINT"
     assert member.terminate() == 0
     assert "pg_ctl" not in member.tools_called()
+
+
+def test_a_primary_whose_own_lease_check_fails_is_not_kept_writable_by_that(member):
+    """Its own server not answering the lease query is no sign of life from pg_ops or a standby
+    (issue 20, M2: it used to conclude nothing and stay writable): past the lease it fences."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3, lease_seconds=1)
+    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    member.knob("lease.rc", "2")
+    member.start()
+    member.wait_action("primary")
+    report = member.wait_action("isolated")
+    assert report["isolated.reason"].startswith("no lease renewal for "), report
+    assert member.terminate() == 0
+
+
+def test_a_lease_row_that_goes_away_is_no_renewal(member):
+    """Before pg_ops ever renewed the lease, a missing row keeps the primary running (a cluster
+    being deployed); once a row was seen, its disappearance does not count as a renewal."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3, lease_seconds=1)
+    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    member.knob("lease.check", "none 0 -1")
+    member.start()
+    member.wait_action("primary")
+    checks = lambda: sum(1 for c in member.calls("psql") if "pg_stat_replication" in c[-1])  # noqa: E731
+    wait_for(lambda: checks() >= 3, "three isolation checks with no lease row yet", timeout=20, interval=0.1)
+    assert not member.report().get("isolated.at")  # no row yet: not a reason to stop
+    member.knob("lease.check", "m-0 0 -1")  # pg_ops renews it
+    seen = checks()
+    wait_for(lambda: checks() >= seen + 2, "the renewed lease read", timeout=20, interval=0.1)
+    member.knob("lease.check", "none 0 -1")  # then the row is gone
+    report = member.wait_action("isolated")
+    assert report["isolated.reason"].startswith("no lease renewal for "), report
+    assert member.terminate() == 0
+
+
+def test_only_members_count_as_standbys_in_the_lease_query(member):
+    """The standby replies that keep a primary writable are its members' (application_name =
+    member name, from the record), never any replication client's."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3, lease_seconds=5)
+    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    member.knob("lease.check", "m-0 0 -1")
+    member.start()
+    member.wait_action("primary")
+    wait_for(lambda: [c for c in member.calls("psql") if "pg_stat_replication" in c[-1]], "a lease check",
+             timeout=20, interval=0.1)
+    query = next(c[-1] for c in member.calls("psql") if "pg_stat_replication" in c[-1])
+    others = ",".join(f"'{n}'" for n in sorted(PORTS) if n != "m-0")
+    assert f"application_name in ({others})" in query, query
+    assert member.terminate() == 0
 
 
 # -- before any boot action --------------------------------------------------------------------

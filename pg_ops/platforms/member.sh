@@ -102,6 +102,7 @@ SMART_S=${PGOPS_SMART_STOP_SECONDS:-5}
 PG_PID=""
 STOPPING=0
 WRITABLE_SINCE=0   # when this postgres was first seen writable as the designated primary
+LEASE_SEEN=""      # set once a lease row was read: from then on a missing row is no renewal
 LAST_LEASE=0       # last second the lease was fresh
 LAST_STANDBY=0     # last second a standby streamed from us
 
@@ -404,9 +405,17 @@ isolated_here() {   # the marker names the record's current epoch: pg_ops has no
 # those moments, not from when this loop last saw them fresh, so a cut-off primary stops
 # lease_seconds (plus one check and its shutdown) after pg_ops last reached it — the wait a
 # failover that cannot confirm the fence allows for (operations/failover.py: LEASE_MARGIN_S).
-LEASE_SQL="select coalesce((select holder || ' ' || ceil(extract(epoch from clock_timestamp() - renewed_at) * 10)::int from lease), 'none 0'),
+# Only the cluster's own members count as standbys (their WAL receivers connect with
+# application_name = member name): a CDC consumer, pg_receivewal or a clone's pg_basebackup that
+# still reaches a cut-off primary must not keep it writable.
+lease_sql() {
+    local names
+    names=$(sed -n 's/^member\.\([a-z0-9-]*\)=.*/\1/p' "$STATE" 2>/dev/null | grep -vx "$MEMBER" | sed "s/.*/'&'/" | paste -sd, -)
+    echo "select coalesce((select holder || ' ' || ceil(extract(epoch from clock_timestamp() - renewed_at) * 10)::int from lease), 'none 0'),
                   coalesce((select ceil(extract(epoch from clock_timestamp() - max(reply_time)) * 10)::int
-                              from pg_stat_replication where state = 'streaming'), -1)"
+                              from pg_stat_replication where state = 'streaming'
+                               and application_name in (${names:-''})), -1)"
+}
 
 now_tenths() { local ns; ns=$(date +%s%N); echo $((ns / 100000000)); }
 
@@ -422,15 +431,20 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
     [ -n "$lease" ] && [ "$lease" -gt 0 ] 2>/dev/null || return 0
     now=$(now_tenths)
     [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$(date +%s); LAST_LEASE=$now; LAST_STANDBY=$now; }
+    # Our own server not answering is no sign of life from pg_ops or a standby: the ages stay
+    # where they were (fail closed), and the bound below still applies.
     out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
-        -c "$LEASE_SQL" 2>/dev/null) || return 0   # our own server did not answer: nothing to conclude
+        -c "$(lease_sql)" 2>/dev/null) || out="unread 0 -1"
     read -r holder age reply <<< "$out"
-    if [ "$holder" = "none" ]; then
-        LAST_LEASE=$now   # no lease yet: pg_ops has not deployed this cluster's lease table
+    if [ "$holder" = "none" ] && [ -z "$LEASE_SEEN" ]; then
+        LAST_LEASE=$now   # no lease yet: pg_ops has not renewed this cluster's lease since it started
+    elif [ "$holder" = "none" ] || [ "$holder" = "unread" ]; then
+        :   # a lease row that went away, or no answer: no renewal seen
     elif [ "$record_ok" = 1 ] && [ "$holder" = "$MEMBER" ] && [ "${age:-x}" -ge 0 ] 2>/dev/null \
             && [ $((now - age)) -gt "$LAST_LEASE" ]; then
         LAST_LEASE=$((now - age))   # when pg_ops renewed it
     fi
+    case "$holder" in none|unread) ;; *) LEASE_SEEN=1 ;; esac
     if [ "${reply:--1}" -ge 0 ] 2>/dev/null && [ $((now - reply)) -gt "$LAST_STANDBY" ]; then
         LAST_STANDBY=$((now - reply))   # when a standby last replied
     fi
