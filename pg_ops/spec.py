@@ -100,7 +100,10 @@ class DatabaseSpec(Strict):
 
 
 class LocalSpec(Strict):
-    base_port: Annotated[int, Field(ge=1024, le=65000)] = 55432
+    # Below Linux's ephemeral range (32768-60999 by default): a port in it may be held by an
+    # outgoing connection when a member restarts ("port … is already in use"). load_specs refuses
+    # a local spec whose ports fall in this machine's range or overlap another local cluster's.
+    base_port: Annotated[int, Field(ge=1024, le=65000)] = 25432
 
 
 class ServicePortSpec(Strict):
@@ -320,7 +323,37 @@ def load_specs(path: Path | None = None) -> list[ClusterSpec]:
         if spec.name in seen:
             raise SpecError(f"{f}: field name: cluster {spec.name!r} is already defined in {seen[spec.name]}")
         seen[spec.name] = f
+    _check_local_ports(specs, files)
     return specs
+
+
+def ephemeral_ports() -> range:
+    """This machine's ephemeral port range (what the kernel hands outgoing connections)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+def _check_local_ports(specs: list[ClusterSpec], files: list[Path]) -> None:
+    """Local members listen on base_port..base_port+members-1: outside the ephemeral range, and
+    apart from every other local cluster's."""
+    ephemeral = ephemeral_ports()
+    taken: list[tuple[range, str, Path]] = []
+    for spec, f in zip(specs, files, strict=True):
+        if spec.platform != "local":
+            continue
+        ports = range(spec.local.base_port, spec.local.base_port + spec.postgres.members)
+        if ports.start <= ephemeral.stop - 1 and ephemeral.start <= ports.stop - 1:
+            raise SpecError(f"{f}: field local.base_port: ports {ports.start}-{ports.stop - 1} fall in this machine's "
+                            f"ephemeral port range {ephemeral.start}-{ephemeral.stop - 1}, where an outgoing connection "
+                            f"may hold one when a member restarts: choose a base port below {ephemeral.start}")
+        for other, name, where in taken:
+            if ports.start <= other.stop - 1 and other.start <= ports.stop - 1:
+                raise SpecError(f"{f}: field local.base_port: ports {ports.start}-{ports.stop - 1} overlap cluster "
+                                f"{name}'s {other.start}-{other.stop - 1} ({where})")
+        taken.append((ports, spec.name, f))
 
 
 def _spec_files(path: Path) -> list[Path]:

@@ -1,5 +1,5 @@
 """The README as a newcomer follows it (issue 29): `make run` on its defaults (the `local`
-cluster of deploy/clusters/local.yaml on ports 55432-55434, the real webserver and daemon),
+cluster of deploy/clusters/local.yaml on ports 25432-25434, the real webserver and daemon),
 then the commands the README prints, in its order and exactly as printed, then point-in-time
 recovery through the deployment and `make teardown`.
 
@@ -27,7 +27,7 @@ from pg_ops_tests.helpers import free_port, temp_home, wait_for
 
 pytestmark = pytest.mark.daemon
 README = REPO_ROOT / "README.md"
-DEFAULT_PORTS = (55432, 55433, 55434)
+DEFAULT_PORTS = (25432, 25433, 25434)
 # The commands of the README's walkthrough, in its order (checked against the README below, so
 # the test and the README cannot drift apart).
 WALKTHROUGH = [
@@ -109,7 +109,7 @@ def make_run(newcomer: Newcomer, port: int):
 
 def test_make_run_then_the_readme_then_recover_then_make_teardown():
     if any(listening(p) for p in DEFAULT_PORTS):
-        pytest.skip("ports 55432-55434 are in use (a `make run` cluster?): this test runs the README on its defaults")
+        pytest.skip("ports 25432-25434 are in use (a `make run` cluster?): this test runs the README on its defaults")
     with temp_home() as home:
         me = Newcomer(home)
         port = free_port()

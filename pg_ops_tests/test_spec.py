@@ -91,9 +91,35 @@ def test_duplicate_cluster_names_and_selection(tmp_path: Path):
     (tmp_path / "b.yaml").write_text("name: one\n")
     with pytest.raises(SpecError, match="already defined"):
         load_specs(tmp_path)
-    (tmp_path / "b.yaml").write_text("name: two\n")
+    (tmp_path / "b.yaml").write_text("name: two\nlocal: {base_port: 21000}\n")
     specs = load_specs(tmp_path)
     assert select_spec(specs, None).name == "one"
     assert select_spec(specs, "two").name == "two"
     with pytest.raises(SpecError, match="'three' is not defined"):
         select_spec(specs, "three")
+
+
+def test_local_ports_outside_the_ephemeral_range_and_apart_from_other_clusters(tmp_path: Path):
+    from pg_ops.spec import ephemeral_ports
+
+    ephemeral = ephemeral_ports()
+    shipped = load_spec(REPO_ROOT / "deploy/clusters/local.yaml")
+    assert shipped.local.base_port + shipped.postgres.members - 1 < ephemeral.start  # the default is outside it
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "a.yaml").write_text(f"name: a\nlocal: {{base_port: {ephemeral.start + 100}}}\n")
+    with pytest.raises(SpecError, match=rf"a.yaml: field local.base_port: ports {ephemeral.start + 100}-"
+                                        rf"{ephemeral.start + 102} fall in this machine's ephemeral port range"):
+        load_specs(inside)
+    overlap = tmp_path / "overlap"
+    overlap.mkdir()
+    (overlap / "a.yaml").write_text("name: a\nlocal: {base_port: 21000}\n")
+    (overlap / "b.yaml").write_text("name: b\nlocal: {base_port: 21002}\n")
+    with pytest.raises(SpecError, match=r"b.yaml: field local.base_port: ports 21002-21004 overlap cluster a's "
+                                        r"21000-21002"):
+        load_specs(overlap)
+    (overlap / "b.yaml").write_text("name: b\nlocal: {base_port: 21003}\n")
+    assert [s.name for s in load_specs(overlap)] == ["a", "b"]
+    # Kubernetes specs have no local ports to check.
+    (overlap / "k.yaml").write_text("name: k\nplatform: kubernetes\nlocal: {base_port: 21000}\n")
+    assert [s.name for s in load_specs(overlap)] == ["a", "b", "k"]

@@ -143,7 +143,14 @@ def new_cluster_spec(source: ClusterSpec, name: str) -> ClusterSpec:
         raise RecoveryRefused(f"--as {name!r} is not a DNS-1123 label of at most 40 characters")
     raw = source.model_dump(mode="json")
     raw["name"] = name
-    raw["local"] = {**raw["local"], "base_port": free_base_port(source.postgres.members)}
+    count = source.postgres.members
+    owned = [range(s.local.base_port, s.local.base_port + s.postgres.members) for s in load_specs()
+             if s.platform == "local"]
+    for _ in range(50):  # free now, and no other local cluster's (spec.load_specs refuses an overlap)
+        base = free_base_port(count)
+        if not any(base < r.stop and r.start < base + count for r in owned):
+            break
+    raw["local"] = {**raw["local"], "base_port": base}
     return ClusterSpec.model_validate(raw)
 
 
