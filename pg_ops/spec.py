@@ -36,6 +36,24 @@ SYNC_MODES = ("sync", "sync-strict")
 WAITING_SYNCHRONOUS_COMMIT = {"on", "true", "yes", "1", "remote_write", "remote_apply"}
 
 
+def setting_seconds(value: object, bare_unit: float, default: float | None = None) -> float | None:
+    """A PostgreSQL time setting (`5s`, `500ms`, `1min`, `2h`; a bare number is in the
+    parameter's own unit, `bare_unit` seconds) in seconds; `default` when unset, None when unreadable."""
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    for unit, factor in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0), ("d", 86400.0)):
+        if text.endswith(unit):
+            text, scale = text[: -len(unit)].strip(), factor
+            break
+    else:
+        scale = bare_unit
+    try:
+        return float(text) * scale
+    except ValueError:
+        return None
+
+
 def _setting_text(value: object) -> str:
     """A parameter value as PostgreSQL reads it (YAML turns a bare `on`/`off` into a bool)."""
     if isinstance(value, bool):
@@ -276,6 +294,25 @@ class ClusterSpec(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"databases: {', '.join(dupes)} listed more than once")
+        return self
+
+    @model_validator(mode="after")
+    def _standbys_reply_within_the_lease(self) -> ClusterSpec:
+        """Isolation fencing keeps a primary writable while a member standby replied within
+        failover.lease_seconds. A standby replies every wal_receiver_status_interval, and when
+        the primary asks (after wal_sender_timeout / 2 of silence); replies rarer than half the
+        lease would let a healthy primary fence itself between two of them while pg_ops is away."""
+        if not self.failover.isolation_fencing or self.postgres.members < 2:
+            return self
+        lease = self.failover.lease_seconds
+        status = setting_seconds(self.postgres.parameter("wal_receiver_status_interval"), bare_unit=1.0, default=1.0)
+        sender = setting_seconds(self.postgres.parameter("wal_sender_timeout"), bare_unit=0.001, default=5.0)
+        every = min([x for x in (status, sender / 2 if sender else 0.0) if x and x > 0] or [float("inf")])
+        if every > lease / 2:
+            raise ValueError(f"postgres.parameters: standbys reply only every {every:g} s (wal_receiver_status_interval "
+                             f"{status:g} s, wal_sender_timeout {sender:g} s), more than half of failover.lease_seconds "
+                             f"({lease:g} s): a healthy primary would fence itself between two replies while pg_ops "
+                             f"is away; reply at least every {lease / 2:g} s or raise the lease")
         return self
 
     @property

@@ -123,3 +123,26 @@ def test_local_ports_outside_the_ephemeral_range_and_apart_from_other_clusters(t
     # Kubernetes specs have no local ports to check.
     (overlap / "k.yaml").write_text("name: k\nplatform: kubernetes\nlocal: {base_port: 21000}\n")
     assert [s.name for s in load_specs(overlap)] == ["a", "b", "k"]
+
+
+@pytest.mark.parametrize("parameters, refused", [
+    ({}, False),  # replies every 1 s (status interval), lease 5 s
+    ({"wal_receiver_status_interval": "10s", "wal_sender_timeout": "60s"}, True),  # every 10 s
+    ({"wal_receiver_status_interval": 10, "wal_sender_timeout": 4000}, False),  # asked every 2 s
+    ({"wal_receiver_status_interval": "3s", "wal_sender_timeout": "10s"}, True),  # 3 s > lease / 2
+    ({"wal_receiver_status_interval": 0, "wal_sender_timeout": 0}, True),  # never
+])
+def test_standby_replies_must_come_within_half_the_lease(tmp_path: Path, parameters, refused):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "c", "postgres": {"parameters": parameters}}))
+    if refused:
+        with pytest.raises(SpecError, match=r"standbys reply only every .* more than half of failover.lease_seconds"):
+            load_spec(path)
+    else:
+        load_spec(path)
+    # With isolation fencing off, or one member, there is no lease to keep.
+    path.write_text(yaml.safe_dump({"name": "c", "postgres": {"parameters": parameters},
+                                    "failover": {"isolation_fencing": False}}))
+    load_spec(path)

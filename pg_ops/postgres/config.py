@@ -8,29 +8,13 @@ source and a rewound member would otherwise boot with the new primary's port and
 from __future__ import annotations
 
 from pg_ops.postgres.archiving import archive_settings
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, setting_seconds
 
 WAL_RECEIVER_TIMEOUT_S = 5
 
 
-def _seconds(value: object) -> float | None:
-    """A PostgreSQL time setting (`5s`, `500ms`, `1min`, bare number = ms) in seconds."""
-    text = str(value).strip().lower()
-    for unit, factor in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0)):
-        if text.endswith(unit):
-            text, scale = text[: -len(unit)].strip(), factor
-            break
-    else:
-        scale = 0.001
-    try:
-        return float(text) * scale
-    except ValueError:
-        return None
-
-
 def wal_receiver_timeout_seconds(spec: ClusterSpec) -> float:
-    override = spec.postgres.parameter("wal_receiver_timeout")
-    seconds = _seconds(override) if override is not None else None
+    seconds = setting_seconds(spec.postgres.parameter("wal_receiver_timeout"), bare_unit=0.001)
     return seconds if seconds and seconds > 0 else float(WAL_RECEIVER_TIMEOUT_S)
 
 
