@@ -71,7 +71,7 @@ case $SQL in
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
     *pg_stat_replication*) [ "$(knob lease.rc)" ] && exit 2; v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
-    "select holder, epoch from lease") exit 1 ;;
+    *"from lease"*)       v=$(knob lease.own); [ -n "$v" ] || exit 1; echo "$v" ;;
     *pg_stat_activity*)   echo 0 ;;
 esac
 exit 0
@@ -651,6 +651,30 @@ def test_primary_a_standby_still_replies_to_keeps_running_without_pg_ops(member)
     wait_for(lambda: checks() >= 4, "four isolation checks, each past the 1 s lease", timeout=20, interval=0.1)
     assert member.report().get("boot.action") == "primary" and not member.report().get("isolated.at")
     assert len(member.calls("postgres")) == 1  # never restarted
+    assert member.terminate() == 0
+
+
+@pytest.mark.parametrize("age, stays", [(1, True), (600, False)])
+def test_a_fresh_own_lease_outranks_a_lagging_record_and_an_old_one_does_not(member, age, stays):
+    """Writable, the record file names another primary at the same epoch (it lags behind pg_ops,
+    as a kubelet's ConfigMap sync does): our own lease at that epoch, renewed a second ago, is
+    the newer word and it keeps running; one ten minutes old protects nothing (issue 20, L3)."""
+    member.name = "m-1"
+    member.write_record("m-1", epoch=3)
+    member.data_dir()
+    member.start()
+    member.wait_action("primary")
+    member.primary(tli=2, history=HISTORY)
+    member.knob("waldump", WALDUMP)
+    member.knob("lease.own", f"m-1 3 {age}")
+    member.write_record("m-0", epoch=3)
+    if stays:
+        looks = lambda: sum(1 for c in member.calls("psql") if "from lease" in c[-1] and "pg_stat_replication" not in c[-1])  # noqa: E731
+        wait_for(lambda: looks() >= 3, "three looks at its own lease", timeout=20, interval=0.1)
+        assert member.report()["boot.action"] == "primary" and len(member.calls("postgres")) == 1
+    else:
+        member.wait_action("rewind")
+        assert "writable but the designated primary is m-0" in member.log()
     assert member.terminate() == 0
 
 

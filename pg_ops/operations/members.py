@@ -61,15 +61,19 @@ def lease_seconds(ctx: ClusterContext) -> float:
     return failover.lease_seconds if failover.isolation_fencing and ctx.spec.postgres.members > 1 else 0.0
 
 
-def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str) -> dict:
-    """A heartbeat write through the endpoint clients use, renewing the member's isolation
-    lease. The member it reached is named by its cluster_name (the member script sets it on
-    both platforms; ports and hosts differ behind Services and proxies)."""
+def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str, designated: str) -> dict:
+    """A heartbeat write through the endpoint clients use, renewing the isolation lease of the
+    member it reached only when that is the `designated` primary: a stray writable member
+    reached by mistake must not get a fresh lease (the member script lets a fresh lease at the
+    record's epoch outrank a lagging record file). The member it reached is named by its
+    cluster_name (the member script sets it on both platforms; ports and hosts differ behind
+    Services and proxies)."""
     started = time.monotonic()
     with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
                      options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
         connect_ms = (time.monotonic() - started) * 1000
         member = admin.member_name(conn)
-        admin.renew_lease(conn, member, epoch)
+        if member == designated:
+            admin.renew_lease(conn, member, epoch)
         lsn = admin.write_heartbeat(conn, epoch, writer)
     return {"member": member, "connect_ms": connect_ms, "lsn": lsn}

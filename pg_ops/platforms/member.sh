@@ -455,12 +455,19 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
     return 0
 }
 
-lease_is_newer() {   # our own lease names us, at the record's epoch or later
-    local out holder epoch
+# Our own lease names us, at the record's epoch or later, and pg_ops renewed it lately (it renews
+# only the designated primary's lease: every tick, and at promotion): the record file lags behind
+# pg_ops (a kubelet's ConfigMap sync, up to about 90 s), so the newer word wins. A lease older
+# than that lag plus a topology change's longest wait proves nothing: a stray keeps no protection
+# from one it got before the record moved on.
+LEASE_FRESH_S=180
+lease_is_newer() {
+    local out holder epoch age
     out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
-        -c "select holder, epoch from lease" 2>/dev/null) || return 1
-    read -r holder epoch <<< "$out"
-    [ "$holder" = "$MEMBER" ] && [ -n "$epoch" ] && [ "$epoch" -ge "$(sget epoch)" ] 2>/dev/null
+        -c "select holder, epoch, ceil(extract(epoch from clock_timestamp() - renewed_at))::int from lease" 2>/dev/null) || return 1
+    read -r holder epoch age <<< "$out"
+    [ "$holder" = "$MEMBER" ] && [ -n "$epoch" ] && [ "$epoch" -ge "$(sget epoch)" ] 2>/dev/null \
+        && [ -n "$age" ] && [ "$age" -le "$LEASE_FRESH_S" ] 2>/dev/null
 }
 
 demote_isolated() {
