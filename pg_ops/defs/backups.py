@@ -109,9 +109,8 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
 
 def freshness_result(ctx) -> dg.AssetCheckResult:
     """backup_is_fresh, read from the store (the source of truth: a backup is what it holds)."""
-    from pg_ops.operations.retention import freshness
-
     from pg_ops.operations.due import not_due_yet
+    from pg_ops.operations.retention import freshness
 
     newest, age_hours = freshness(ctx)
     waiting = not_due_yet(ctx, "backup") if newest is None else None
