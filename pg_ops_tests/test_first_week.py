@@ -212,3 +212,24 @@ def test_a_fresh_cluster_ticks_a_day_and_a_week_of_schedules_and_sensors_without
     reported = {c[1] for c in sim.checks}
     assert {"every_member_up", "exactly_one_writable_primary", "backup_is_fresh", "latest_backup_restores",
             "drill_is_recent", "wal_archive_is_current", "latest_recovery_point_drilled"} <= reported
+
+
+def test_duties_fall_due_at_their_first_scheduled_run_after_the_birth(make_spec):
+    """operations/due.py on make run's crons: a cluster born on a Sunday at 02:30 UTC owes its
+    first nightly backup on Monday 02:00 (+2 h), its first restore drill on the next Sunday
+    04:00 (the first drill after that backup), its first point-in-time drill the next Sunday
+    05:00 (after Monday's 01:00 base backup)."""
+    from pg_ops.operations.due import born_at, first_due, next_tick
+
+    spec = make_spec("due")
+    born = datetime(2026, 11, 29, 2, 30, tzinfo=UTC)  # a Sunday
+    assert born_at((int(born.timestamp()) << 32) | 12345) == born and born_at("") is None
+    assert next_tick("0 2 * * *", born) == datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+    assert next_tick("*/15 * * * *", born) == datetime(2026, 11, 29, 2, 45, tzinfo=UTC)
+    assert next_tick("0 4 * * 0", born) == datetime(2026, 11, 29, 4, 0, tzinfo=UTC)
+    assert first_due(spec, born, "backup") == datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+    assert first_due(spec, born, "restore_drill") == datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
+    assert first_due(spec, born, "pitr_drill") == datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
+    assert ticks("0 2 * * *", born, born + timedelta(days=7)) == [
+        datetime(2026, 11, 30 + d, 2, 0, tzinfo=UTC) if d == 0 else datetime(2026, 12, d, 2, 0, tzinfo=UTC)
+        for d in range(7)]

@@ -89,7 +89,8 @@ def next_tick(cron: str, after: datetime) -> datetime:
 
 def ticks(cron: str, start: datetime, end: datetime) -> list[datetime]:
     """Every time in (start, end] that `cron` names."""
-    out, at = [], start
+    out: list[datetime] = []
+    at = start
     while True:
         at = next_tick(cron, at)
         if at > end:
