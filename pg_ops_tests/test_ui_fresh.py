@@ -7,8 +7,8 @@ Asserted through the webserver's GraphQL (what the asset graph draws from): once
 sensors have reported, every check of every asset has been evaluated where the UI shows one
 (the deployment checks on cluster_health/<c>, the backup store's checks), none is failed
 (backups and drills not due yet pass and say so), and no run failed. Then headless Chromium (a
-fresh profile) loads the asset graph: its DOM has no first-visit community dialog and no failed
-check, and its screenshot is a real picture (PG_OPS_UPDATE_SCREENSHOTS=1 writes it to
+fresh profile) loads the deployment group's asset graph: its DOM shows the cluster_health node and
+no first-visit community dialog, and its screenshot is a real picture (PG_OPS_UPDATE_SCREENSHOTS=1 writes it to
 docs/images/dagster-asset-graph.png). Skipped without Debian's chromium (make apt-packages
 installs it as root)."""
 

@@ -134,16 +134,17 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
     cursor["ticks"] = (cursor["ticks"] + [now])[-TICKS_KEPT:]
     cursor["probe_seconds"] = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
     events: list = [_observation(row) for w in watches for row in w.observe]
-    events += cluster_health_events(cursor, watches, active, now)
+    events += cluster_health_events(cursor, watches, active, now, secrets)
     return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(cursor),
                            skip_reason=None if (run_requests or events) else "all clusters unchanged")
 
 
-def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float) -> list:
+def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float, secrets=()) -> list:
     """The deployment checks of each watched cluster and an observation of it, on its
     cluster_health/<cluster> asset (pg_ops/defs/deployment.py), whenever a check's outcome, the
     primary or the cluster's active alerts change, and at least once an hour (the UI then shows
-    how recent they are). `cursor["reported"]` remembers what was last reported per cluster."""
+    how recent they are). `cursor["reported"]` remembers what was last reported per cluster;
+    the alerts shown are scrubbed of `secrets` as delivered ones are."""
     reported = cursor.setdefault("reported", {})
     events: list = []
     for watch in watches:
@@ -151,7 +152,8 @@ def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float
             continue
         status = watch.health.status
         evaluations = health_evaluations(watch.cluster, watch.health.view.members, status)
-        alerts = sorted(f"{a.severity} {a.kind}: {a.summary}" for a in active if a.cluster == watch.cluster)
+        alerts = sorted(f"{a.severity} {a.kind}: {alert_ops.scrub(a, secrets).summary}" for a in active
+                        if a.cluster == watch.cluster)
         signature = json.dumps([status.designated_primary, [(e.check_name, e.passed, e.description) for e in evaluations],
                                 sorted(f"{a.kind}:{a.details.get('member', '')}" for a in active
                                        if a.cluster == watch.cluster)])
