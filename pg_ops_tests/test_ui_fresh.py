@@ -6,7 +6,8 @@ dagster-webserver and dagster-daemon) on a free loopback port.
 Asserted through the webserver's GraphQL (what the asset graph draws from): once the daemon's
 sensors have reported, every check of every asset has been evaluated where the UI shows one
 (the deployment checks on cluster_health/<c>, the backup store's checks), none is failed
-(backups and drills not due yet pass and say so), and no run failed. Then headless Chromium (a
+(backups and drills not due yet pass and say so), no run failed, and cluster_health/local's
+latest observation says the cluster is healthy. Then headless Chromium (a
 fresh profile) loads the deployment group's asset graph: its DOM shows the cluster_health node and
 no first-visit community dialog, and its screenshot is a real picture (PG_OPS_UPDATE_SCREENSHOTS=1 writes it to
 docs/images/dagster-asset-graph.png). Skipped without Debian's chromium (make apt-packages
@@ -42,6 +43,8 @@ SCREENSHOT = REPO / "docs" / "images" / "dagster-asset-graph.png"
 CHECKS_QUERY = """{ assetNodes { assetKey { path } groupName
   assetChecksOrError { ... on AssetChecks { checks { name
     executionForLatestMaterialization { status evaluation { description } } } } } } }"""
+HEALTH_QUERY = """{ assetOrError(assetKey: {path: ["cluster_health", "local"]}) { ... on Asset {
+  assetObservations(limit: 1) { description metadataEntries { label ... on BoolMetadataEntry { boolValue } } } } } }"""
 FAILED_RUNS_QUERY = """{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }"""
 # What the daemon reports within its first minute on a fresh cluster (the others, service levels
 # at :17 and the WAL archive checks at :27, are not evaluated until their hourly schedule).
@@ -128,6 +131,7 @@ def test_a_fresh_healthy_cluster_shows_no_failed_check_in_the_ui(pg_home, tmp_pa
                     s.get(k, (None,))[0] for k in s if k.split(":")[1] in FIRST_MINUTE) and s,
                     "the daemon's first reports", timeout=240, interval=2)
                 failed_runs = graphql(url, FAILED_RUNS_QUERY)["runsOrError"]["results"]
+                health = graphql(url, HEALTH_QUERY)["assetOrError"]["assetObservations"]
                 dom = chromium(["--virtual-time-budget=20000", "--window-size=1800,900", "--dump-dom",
                                 url + GRAPH_PAGE], tmp_path).stdout
                 shot = tmp_path / "graph.png"
@@ -147,6 +151,9 @@ def test_a_fresh_healthy_cluster_shows_no_failed_check_in_the_ui(pg_home, tmp_pa
     assert all("not due yet" in statuses[f"backups/local/{a}:{c}"][1] for a, c in (
         ("nightly", "backup_is_fresh"), ("restore_drill", "latest_backup_restores"), ("restore_drill", "drill_is_recent")))
     assert failed_runs == []
+    # The cluster's health now, readable on its asset without the sensor's cursor.
+    assert health and health[0]["description"].startswith("healthy: primary local-0")
+    assert {e["label"]: e.get("boolValue") for e in health[0]["metadataEntries"]}["healthy"] is True
     # What starting the UI printed: neither of dagster dev's warnings.
     assert "SupersessionWarning" not in text and "will not be used to configure Dagster" not in text
     assert "cluster_health" in dom and "replication" in dom
