@@ -20,7 +20,8 @@ APT_PACKAGES := \
 	"prometheus=promtool rule tests and live monitoring tests (pg_ops_tests/test_prometheus_rules.py, test_monitoring_live.py), make monitoring" \
 	"prometheus-postgres-exporter=live monitoring tests (pg_ops_tests/test_monitoring_live.py), make monitoring" \
 	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)" \
-	"iptables=real network partitions (pg_ops_tests/test_partitions.py; also needs a writable cgroup v2), the partition benchmark"
+	"iptables=real network partitions (pg_ops_tests/test_partitions.py; also needs a writable cgroup v2), the partition benchmark" \
+	"chromium=the Dagster UI test of a fresh cluster's asset graph (pg_ops_tests/test_ui_fresh.py), make screenshot-alerts"
 
 setup: $(STAMP) $(BARMAN)/.installed
 
@@ -41,18 +42,22 @@ $(BARMAN)/.installed: requirements-barman.lock
 	$(BARMAN)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-barman.lock
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+# make run's instance config. Kept out of the repository root, where `dagster dev` warns on every
+# start that a dagster.yaml in the current folder is not used.
+LOCAL_INSTANCE := deploy/dagster/local/dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: $(LOCAL_INSTANCE)
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	cp $(LOCAL_INSTANCE) $(DAGSTER_HOME)/dagster.yaml
 
 # Deploy the embedded cluster (recorded as a deploy_cluster run: in this process, since the UI is
-# not up yet), then serve the UI. pg-ops finds this deployment through $(DAGSTER_HOME)/pg-ops-webserver
-# and submits its runs to it while it runs (pg_ops/runs.py).
+# not up yet), then serve the UI: dagster-webserver and dagster-daemon (scripts/serve-ui.py; what
+# `dagster dev` starts, without its warnings). pg-ops finds this deployment through
+# $(DAGSTER_HOME)/pg-ops-webserver and submits its runs to it while it runs (pg_ops/runs.py).
 run: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pg-ops deploy
 	echo "http://$(HOST):$(PORT)" > $(DAGSTER_HOME)/pg-ops-webserver
 	@echo "Dagster UI: http://$(HOST):$(PORT)  (Ctrl-C stops the UI; the cluster keeps running: make teardown)"
-	exec $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT) -w workspace.yaml
+	exec $(PY) scripts/serve-ui.py --host $(HOST) --port $(PORT) --workspace workspace.yaml
 
 deploy status: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pg-ops $@
@@ -98,9 +103,8 @@ monitoring: setup apt-packages
 monitoring-stop: setup
 	$(PY) -m pg_ops.platforms.local_monitoring stop
 
-# The README's picture of the Prometheus alerts page (Chromium only for this, not for `make test`).
+# The README's picture of the Prometheus alerts page (Chromium: APT_PACKAGES).
 screenshot-alerts: setup apt-packages
-	@bash scripts/apt-install.sh "chromium=the screenshot"
 	$(PY) scripts/screenshot-ui.py --page prometheus-alerts
 
 # ruff, then mypy over pg_ops/ ([tool.mypy] in pyproject.toml; pinned in requirements.lock). `make

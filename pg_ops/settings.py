@@ -53,14 +53,19 @@ def pg_bin() -> Path:
     return path
 
 
+# make run's instance config (copied into DAGSTER_HOME): not at the repository root, where
+# `dagster dev` would warn that a dagster.yaml in the current folder is not used.
+LOCAL_INSTANCE_CONFIG = REPO_ROOT / "deploy" / "dagster" / "local" / "dagster.yaml"
+
+
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME for the CLI: the Makefile sets it; otherwise PG_OPS_HOME/dagster, seeded
-    with the repo's dagster.yaml so CLI runs land in the same instance as `make run`."""
+    with make run's dagster.yaml (LOCAL_INSTANCE_CONFIG) so CLI runs land in the same instance as `make run`."""
     raw = os.environ.get("DAGSTER_HOME")
     path = Path(raw) if raw else home() / "dagster"
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    source = REPO_ROOT / "dagster.yaml"
+    source = LOCAL_INSTANCE_CONFIG
     if not config.exists() and source.exists():
         config.write_text(source.read_text())
     os.environ["DAGSTER_HOME"] = str(path)

@@ -82,7 +82,7 @@ def test_topology_runs_are_tagged_per_cluster_on_every_launch_path(pg_home):
     request = health._failover_request(health.health_ops.FailoverRequest(cluster="ta", incident="i1", detected_at=1.0))
     resolved = request.with_resolved_tags_and_config(defs.resolve_job_def("failover"), [], None)
     assert resolved.tags[TOPOLOGY_TAG] == "ta" and resolved.tags[CLUSTER_TAG] == "ta"
-    for path in (REPO / "dagster.yaml", REPO / "deploy" / "dagster" / "dagster.yaml"):
+    for path in (REPO / "deploy" / "dagster" / "local" / "dagster.yaml", REPO / "deploy" / "dagster" / "dagster.yaml"):
         config = yaml.safe_load(path.read_text())
         assert config["run_monitoring"]["enabled"] is True and config["run_monitoring"]["max_resume_run_attempts"] == 0
         limit = config["run_coordinator"]["config"]["tag_concurrency_limits"][0]

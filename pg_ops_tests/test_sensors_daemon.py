@@ -29,7 +29,7 @@ def prepared_instance(home: Path) -> dg.DagsterInstance:
     (two processes creating the SQLite tables at once collide)."""
     dagster_home = home / "dagster"
     dagster_home.mkdir(exist_ok=True)
-    shutil.copy(settings.REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(settings.LOCAL_INSTANCE_CONFIG, dagster_home / "dagster.yaml")
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     instance.get_runs(limit=1)
     instance.all_instigator_state()

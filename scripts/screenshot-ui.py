@@ -9,7 +9,7 @@ the alerts page of `make monitoring`'s Prometheus.
 
 Without --url it deploys a throw-away copy of the `local` cluster (free ports, temporary
 PG_OPS_HOME and DAGSTER_HOME, so a running `make run` is not touched) and starts what the page
-needs on free ports: `dagster dev`, or `make monitoring`'s supervisor (exporters + Prometheus with
+needs on free ports: make run's UI (scripts/serve-ui.py), or `make monitoring`'s supervisor (exporters + Prometheus with
 the real rules), after which it kills one replica's member and waits until PgOpsInstanceDown fires
 (its `for` is a minute). Afterwards it stops everything it started by process group, and the
 cluster with `pg-ops teardown`. The browser is Debian's headless Chromium (package chromium;
@@ -81,7 +81,7 @@ def wait_for_server(url: str, timeout: float = 90.0) -> None:
 
 
 def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left (dagster dev's webserver, daemon and
+    """SIGTERM the process group, then SIGKILL what is left (serve-ui's webserver, daemon and
     code servers are all in it)."""
     for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):
@@ -100,10 +100,9 @@ def throwaway_cluster(work: Path) -> Iterator[dict]:
     dagster_home.mkdir()
     os.chmod(work, 0o755)  # the unprivileged PostgreSQL user must reach the data dirs in it
     os.chmod(home, 0o755)
-    # The project's instance config, without the first-visit "join the community" dialog that
-    # would cover the graph.
-    instance = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump({**instance, "nux": {"enabled": False}}))
+    # make run's instance config (it turns off the first-visit "join the community" dialog that
+    # would cover the graph).
+    shutil.copy(REPO / "deploy" / "dagster" / "local" / "dagster.yaml", dagster_home / "dagster.yaml")
     spec = yaml.safe_load((REPO / "deploy" / "clusters" / "local.yaml").read_text())
     members = spec["postgres"]["members"]
     spec["local"]["base_port"] = free_port(members)
@@ -120,11 +119,12 @@ def throwaway_cluster(work: Path) -> Iterator[dict]:
 
 @contextlib.contextmanager
 def own_ui(work: Path) -> Iterator[str]:
-    """A deployed copy of the local cluster and `dagster dev` serving it; both removed after."""
+    """A deployed copy of the local cluster and make run's UI (scripts/serve-ui.py: the webserver
+    and the daemon) serving it; both removed after."""
     with throwaway_cluster(work) as env:
         port = free_port(start=int(env["SCREENSHOT_FIRST_FREE_PORT"]))  # not one the cluster will take
-        with started(["dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
-                     env, work / "dagster-dev.log"):
+        with started(["python", str(REPO / "scripts" / "serve-ui.py"), "--host", "127.0.0.1", "--port", str(port)],
+                     env, work / "serve-ui.log"):
             url = f"http://127.0.0.1:{port}"
             wait_for_server(url)
             yield url
@@ -136,7 +136,7 @@ def started(command: list[str], env: dict, log_path: Path) -> Iterator[subproces
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
     proc = None
     try:
-        # Own session and default signal handlers: started from a script, dagster dev would
+        # Own session and default signal handlers: started from a script, the UI would
         # otherwise inherit an ignored SIGINT and outlive us.
         proc = subprocess.Popen([str(VENV_BIN / command[0]), *command[1:]], env=env, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,

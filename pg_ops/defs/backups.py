@@ -98,7 +98,8 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
         })
 
     @dg.asset_check(asset=nightly_key(cluster), name=CHECK_FRESH,
-                    description=f"The newest complete backup of {cluster} is at most {FRESH_HOURS} h old "
+                    description=f"The newest complete backup of {cluster} is at most {FRESH_HOURS} h old; a cluster "
+                                f"younger than its first scheduled backup (plus 2 h) passes as not due yet "
                                 f"(from the store; evaluated by the backup_store_checks sensor).")
     def backup_is_fresh(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
         return freshness_result(pg_ops.cluster(cluster, context.log))
@@ -108,15 +109,18 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
 
 def freshness_result(ctx) -> dg.AssetCheckResult:
     """backup_is_fresh, read from the store (the source of truth: a backup is what it holds)."""
+    from pg_ops.operations.due import not_due_yet
     from pg_ops.operations.retention import freshness
 
     newest, age_hours = freshness(ctx)
+    waiting = not_due_yet(ctx, "backup") if newest is None else None
     return dg.AssetCheckResult(
-        passed=age_hours is not None and age_hours <= FRESH_HOURS,
-        severity=dg.AssetCheckSeverity.ERROR,
+        passed=(age_hours is not None and age_hours <= FRESH_HOURS) or waiting is not None,
+        severity=dg.AssetCheckSeverity.ERROR, description=waiting,
         metadata={"newest_good_backup": dg.MetadataValue.text(newest or "none"),
                   "age_hours": dg.MetadataValue.float(round(age_hours, 2) if age_hours is not None else -1.0),
-                  "limit_hours": dg.MetadataValue.int(FRESH_HOURS)})
+                  "limit_hours": dg.MetadataValue.int(FRESH_HOURS),
+                  "due": dg.MetadataValue.text(waiting or "yes")})
 
 
 def _schedules(specs: list[ClusterSpec], job) -> list[dg.ScheduleDefinition]:

@@ -101,43 +101,64 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
         })
 
     @dg.asset_check(asset=drill_key(cluster), name=CHECK_RESTORES,
-                    description="The newest drilled backup restored and verified; metadata: its restore time "
+                    description="The newest drilled backup restored and verified; metadata: its restore time; "
+                                "not due yet (passes, saying so) before the cluster's first drill with a backup "
                                 "(from the store; evaluated by the backup_store_checks sensor).")
     def latest_backup_restores(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
         from pg_ops.operations.drill import drill_status
+        from pg_ops.operations.due import not_due_yet
 
-        return restores_result(drill_status(pg_ops.cluster(cluster, context.log)))
+        ctx = pg_ops.cluster(cluster, context.log)
+        return restores_result(drill_status(ctx), not_due_yet(ctx, "restore_drill"))
 
     @dg.asset_check(asset=drill_key(cluster), name=CHECK_RECENT,
-                    description=f"A drill passed within the last {RECENT_DAYS} days (from the store; evaluated by "
+                    description=f"A drill passed within the last {RECENT_DAYS} days; not due yet (passes, saying so) "
+                                f"before the cluster's first drill with a backup (from the store; evaluated by "
                                 f"the backup_store_checks sensor).")
     def drill_is_recent(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
         from pg_ops.operations.drill import drill_status
+        from pg_ops.operations.due import not_due_yet
 
-        return recent_result(drill_status(pg_ops.cluster(cluster, context.log)))
+        ctx = pg_ops.cluster(cluster, context.log)
+        return recent_result(drill_status(ctx), not_due_yet(ctx, "restore_drill"))
 
     return [restore_drill], [latest_backup_restores, drill_is_recent]
 
 
-def restores_result(status: dict) -> dg.AssetCheckResult:
-    """latest_backup_restores from drill_status (the store's drill.json files)."""
+def restores_result(status: dict, waiting: str | None = None) -> dg.AssetCheckResult:
+    """latest_backup_restores from drill_status (the store's drill.json files). `waiting`: why
+    no drill is due yet (operations/due.py), which passes only while no drill exists."""
     latest = status["latest"]
+    waiting = waiting if not latest else None
     return dg.AssetCheckResult(
-        passed=bool(latest) and latest.get("result") == "passed", severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"backup_id": dg.MetadataValue.text((latest or {}).get("backup_id") or "none"),
+        passed=(bool(latest) and latest.get("result") == "passed") or waiting is not None,
+        severity=dg.AssetCheckSeverity.ERROR, description=waiting,
+        metadata={"due": dg.MetadataValue.text(waiting or "yes"),
+                  "backup_id": dg.MetadataValue.text((latest or {}).get("backup_id") or "none"),
                   "reason": dg.MetadataValue.text((latest or {}).get("reason") or ""),
                   "recovery_seconds": dg.MetadataValue.float(
                       round((latest or {}).get("download_seconds", -1.0)
                             + (latest or {}).get("restore_seconds", 0.0), 3))})
 
 
-def recent_result(status: dict) -> dg.AssetCheckResult:
-    """drill_is_recent from drill_status."""
+def recent_result(status: dict, waiting: str | None = None) -> dg.AssetCheckResult:
+    """drill_is_recent from drill_status; `waiting` as in restores_result (only while no drill exists)."""
     age = status["last_passed_age_days"]
+    waiting = waiting if not status["latest"] else None
     return dg.AssetCheckResult(
-        passed=age is not None and age <= RECENT_DAYS, severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"last_passed_age_days": dg.MetadataValue.float(round(age, 2) if age is not None else -1.0),
+        passed=(age is not None and age <= RECENT_DAYS) or waiting is not None,
+        severity=dg.AssetCheckSeverity.ERROR, description=waiting,
+        metadata={"due": dg.MetadataValue.text(waiting or "yes"),
+                  "last_passed_age_days": dg.MetadataValue.float(round(age, 2) if age is not None else -1.0),
                   "limit_days": dg.MetadataValue.int(RECENT_DAYS)})
+
+
+def nothing_to_drill(ctx) -> str | None:
+    """Why the weekly drill has nothing to do on this cluster yet: no complete backup to restore."""
+    from pg_ops.operations.retention import freshness
+
+    newest, _ = freshness(ctx)
+    return None if newest else "no complete backup to drill yet (the first nightly backup has not run)"
 
 
 def drill_run_kwargs(cluster: str) -> dict:
@@ -163,7 +184,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      executor_def=dg.in_process_executor,
                                      description="Drill checks read from the store (no restore), on demand: the "
                                                  "backup_store_checks sensor evaluates them without a run.")
-    schedules = cluster_schedules(specs, lambda s: s.drills.schedule, SCHEDULE, job, drill_key, "Restore drill")
+    schedules = cluster_schedules(specs, lambda s: s.drills.schedule, SCHEDULE, job, drill_key, "Restore drill",
+                                  nothing_to_do=nothing_to_drill)
     sensors = [_after_backup_sensor(spec.name, job) for spec in specs if spec.drills.after_backup]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, checks_job, restore_backup],
                           schedules=schedules, sensors=sensors, resources={"alerts": ALERTS})

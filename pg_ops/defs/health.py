@@ -15,6 +15,7 @@ import time
 
 import dagster as dg
 
+from pg_ops.defs.deployment import health_evaluations, health_observation
 from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG, topology_run_tags
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.errors import Refused, SpecError, first_line
@@ -35,6 +36,7 @@ SLO_SCHEDULE = "service_level_checks_schedule"
 RETENTION_SENSOR_NAME = "health_observation_retention"
 OBSERVATIONS_KEPT_DAYS = 14
 DETECTION_CHECK = "failed_member_detection"
+HEALTH_REPORT_AT_LEAST_EVERY_S = 3600.0  # cluster_health/<cluster>'s checks, even when nothing changed
 TICKS_KEPT = 30
 DAEMON_LOOP_S = 5.0  # the sensor daemon's loop (dagster: at most one evaluation per sensor per loop)
 WATCH_MARGIN_S = 1.5  # the tick ends this long before the next loop (its decision and delivery)
@@ -60,7 +62,7 @@ def load_cursor(raw: str | None) -> dict:
         cursor = {}
     if not isinstance(cursor, dict):
         cursor = {}
-    for key, empty in (("alerts", {}), ("clusters", {}), ("ticks", []), ("detections", [])):
+    for key, empty in (("alerts", {}), ("clusters", {}), ("ticks", []), ("detections", []), ("reported", {})):
         cursor.setdefault(key, empty)
     return cursor
 
@@ -131,9 +133,36 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
     alerts.deliver(to_send, specs, secrets, context.log)
     cursor["ticks"] = (cursor["ticks"] + [now])[-TICKS_KEPT:]
     cursor["probe_seconds"] = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
-    events = [_observation(row) for w in watches for row in w.observe]
+    events: list = [_observation(row) for w in watches for row in w.observe]
+    events += cluster_health_events(cursor, watches, active, now, secrets)
     return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(cursor),
                            skip_reason=None if (run_requests or events) else "all clusters unchanged")
+
+
+def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float, secrets=()) -> list:
+    """The deployment checks of each watched cluster and an observation of it, on its
+    cluster_health/<cluster> asset (pg_ops/defs/deployment.py), whenever a check's outcome, the
+    primary or the cluster's active alerts change, and at least once an hour (the UI then shows
+    how recent they are). `cursor["reported"]` remembers what was last reported per cluster;
+    the alerts shown are scrubbed of `secrets` as delivered ones are."""
+    reported = cursor.setdefault("reported", {})
+    events: list = []
+    for watch in watches:
+        if watch.health is None:  # the pass did not run: its health_check_failed alert says why
+            continue
+        status = watch.health.status
+        evaluations = health_evaluations(watch.cluster, watch.health.view.members, status)
+        alerts = sorted(f"{a.severity} {a.kind}: {alert_ops.scrub(a, secrets).summary}" for a in active
+                        if a.cluster == watch.cluster)
+        signature = json.dumps([status.designated_primary, [(e.check_name, e.passed, e.description) for e in evaluations],
+                                sorted(f"{a.kind}:{a.details.get('member', '')}" for a in active
+                                       if a.cluster == watch.cluster)])
+        last = reported.get(watch.cluster) or {}
+        if last.get("sig") == signature and now - last.get("at", 0) < HEALTH_REPORT_AT_LEAST_EVERY_S:
+            continue
+        reported[watch.cluster] = {"sig": signature, "at": now}
+        events += [*evaluations, health_observation(watch.cluster, status, evaluations, alerts)]
+    return events
 
 
 def sensor_timing(interval_seconds: int) -> tuple[int, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pg_ops.defs.resources import PgOpsResource
+from pg_ops.errors import PgOpsError
 from pg_ops.spec import ClusterSpec
 
 # Runs that change topology carry this tag. The QueuedRunCoordinator allows one run per
@@ -61,20 +63,42 @@ def schedule_groups(specs: list[ClusterSpec], cron_of, base_name: str) -> list[t
             for index, (cron, clusters) in enumerate(groups.items())]
 
 
-def cluster_schedules(specs: list[ClusterSpec], cron_of, base_name: str, job, key_of, what: str) -> list:
+def cluster_schedules(specs: list[ClusterSpec], cron_of, base_name: str, job, key_of, what: str,
+                      nothing_to_do=None) -> list:
     """Schedules of an unpartitioned per-cluster asset job (`schedule_groups`): each tick asks
-    for the asset `key_of(cluster)` of every cluster in its group; `what` starts the description."""
+    for the asset `key_of(cluster)` of every cluster in its group; `what` starts the description.
+    `nothing_to_do(ctx)`: why the job has nothing to do yet on a cluster (a drill with no backup
+    to drill), or None; such a cluster is skipped with that reason instead of getting a run that
+    would fail. When it cannot tell (the store does not answer), the run is requested: its failure
+    says why."""
     out = []
     for name, cron, clusters in schedule_groups(specs, cron_of, base_name):
+        skips = " (skipped, with the reason, on a cluster with nothing to drill yet)" if nothing_to_do else ""
 
         @dg.schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
                      default_status=dg.DefaultScheduleStatus.RUNNING,
-                     description=f"{what} of {', '.join(clusters)} ({cron} UTC).")
-        def scheduled(context: dg.ScheduleEvaluationContext, clusters=clusters):
+                     description=f"{what} of {', '.join(clusters)} ({cron} UTC){skips}.")
+        def scheduled(context: dg.ScheduleEvaluationContext, pg_ops: PgOpsResource, clusters=clusters):
             stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+            requests, reasons = [], []
             for cluster in clusters:
-                yield dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[key_of(cluster)],
-                                    tags={CLUSTER_TAG: cluster})
+                reason = None
+                if nothing_to_do is not None:
+                    try:
+                        reason = nothing_to_do(pg_ops.cluster(cluster, context.log))
+                    except PgOpsError as exc:
+                        context.log.warning("could not tell whether %s has anything to do (%s): requesting the "
+                                            "run", cluster, exc)
+                if reason:
+                    reasons.append(f"{cluster}: {reason}")
+                    continue
+                requests.append(dg.RunRequest(run_key=f"{cluster}-{stamp}", asset_selection=[key_of(cluster)],
+                                              tags={CLUSTER_TAG: cluster}))
+            if not requests:
+                return dg.SkipReason("; ".join(reasons))
+            for reason in reasons:
+                context.log.info("skipped %s", reason)
+            return requests
 
         out.append(scheduled)
     return out

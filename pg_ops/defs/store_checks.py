@@ -32,12 +32,14 @@ def store_results(ctx) -> list[tuple[dg.AssetKey, str, dg.AssetCheckResult]]:
     """The three checks of one cluster, from one look at its store. An unreachable store fails
     them all, with the reason (silence would read as 'still fine')."""
     from pg_ops.operations.drill import drill_status
+    from pg_ops.operations.due import not_due_yet
 
     keys = [(nightly_key(ctx.name), CHECK_FRESH), (drill_key(ctx.name), CHECK_RESTORES),
             (drill_key(ctx.name), CHECK_RECENT)]
     try:
         status = drill_status(ctx)
-        results = [freshness_result(ctx), restores_result(status), recent_result(status)]
+        waiting = not_due_yet(ctx, "restore_drill")
+        results = [freshness_result(ctx), restores_result(status, waiting), recent_result(status, waiting)]
     except PgOpsError as exc:
         results = [dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                        metadata={"error": dg.MetadataValue.text(str(exc))})] * len(keys)
@@ -53,7 +55,8 @@ def evaluations_to_report(cursor: dict, results, now: float) -> tuple[list[dg.As
         last = memory.get(slot)
         if last is None or last[0] != result.passed or now - last[1] >= REPORT_AT_LEAST_EVERY:
             events.append(dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=result.passed,
-                                                  metadata=result.metadata, severity=result.severity))
+                                                  metadata=result.metadata, severity=result.severity,
+                                                  description=result.description))
             memory[slot] = [result.passed, now]
     return events, memory
 

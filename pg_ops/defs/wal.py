@@ -146,7 +146,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
         return dg.AssetCheckResult(passed=not health.stale, severity=dg.AssetCheckSeverity.ERROR, metadata={
             "last_archived_wal": dg.MetadataValue.text(health.status.last_archived_wal or "none"),
             "age_seconds": dg.MetadataValue.float(round(age, 1) if age is not None else -1.0),
-            "limit_seconds": dg.MetadataValue.float(health.stale_after_seconds)})
+            "limit_seconds": dg.MetadataValue.float(float(health.stale_after_seconds))})
 
     @dg.asset_check(asset=archive_key(cluster), name=CHECK_NOT_FAILING,
                     description="The archiver's last attempt succeeded (pg_stat_archiver on the primary).")
@@ -161,14 +161,21 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "ready_segments": dg.MetadataValue.int(health.status.ready_segments)})
 
     @dg.asset_check(asset=pitr_key(cluster), name=CHECK_DRILLED,
-                    description="The newest point-in-time drill passed, within the last 8 days.")
+                    description="The newest point-in-time drill passed, within the last 8 days; not due yet "
+                                "(passes, saying so) before the cluster's first scheduled drill after its first "
+                                "base backup.")
     def latest_recovery_point_drilled(context: dg.AssetCheckExecutionContext,
                                       pg_ops: PgOpsResource) -> dg.AssetCheckResult:
+        from pg_ops.operations.due import not_due_yet
         from pg_ops.operations.recover import pitr_drill_status
 
-        status = pitr_drill_status(pg_ops.cluster(cluster, context.log))
+        ctx = pg_ops.cluster(cluster, context.log)
+        status = pitr_drill_status(ctx)
         latest = status["latest"] or {}
-        return dg.AssetCheckResult(passed=status["drilled"], severity=dg.AssetCheckSeverity.ERROR, metadata={
+        waiting = None if latest else not_due_yet(ctx, "pitr_drill")
+        return dg.AssetCheckResult(passed=status["drilled"] or waiting is not None, description=waiting,
+                                   severity=dg.AssetCheckSeverity.ERROR, metadata={
+            "due": dg.MetadataValue.text(waiting or "yes"),
             "drilled_base_backup": dg.MetadataValue.text(latest.get("base_backup") or "none"),
             "newest_base_backup": dg.MetadataValue.text(status["newest_base_backup"] or "none"),
             "result": dg.MetadataValue.text(latest.get("result") or "none"),
@@ -209,7 +216,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.base_backup_schedule, BASE_SCHEDULE,
                                        base_job, base_key, "Base backup")
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
-                                       drill_job, pitr_key, "Point-in-time drill")
+                                       drill_job, pitr_key, "Point-in-time drill", nothing_to_do=no_base_backup)
         sensors.append(_archive_sensor())
     return dg.Definitions(assets=[*assets, *specs_only], asset_checks=checks, jobs=jobs, schedules=schedules,
                           sensors=sensors, resources={"alerts": ALERTS})
@@ -242,6 +249,15 @@ def _archive_sensor() -> dg.SensorDefinition:
         return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor, default=str))
 
     return wal_archive_sensor
+
+
+def no_base_backup(ctx) -> str | None:
+    """Why the weekly point-in-time drill has nothing to do on this cluster yet: no base backup."""
+    from pg_ops.operations.recover import pitr_drill_status
+
+    if pitr_drill_status(ctx)["newest_base_backup"]:
+        return None
+    return "no base backup to recover from yet (the first base backup has not run)"
 
 
 def pitr_drill_run_config(cluster: str, target_time: str | None) -> dict:

@@ -171,8 +171,8 @@ def deploy(ctx: ClusterContext) -> DeployResult:
 class Invariants:
     """The invariants after any change, as found in one probe of every member: exactly one
     writable member, the designated primary; every other member streaming from it, each with
-    its replication slot (admin.slot_name) on the primary. `deploy` fails on a broken one; the
-    deployment/replication asset reports each as an asset check."""
+    its replication slot (admin.slot_name) on the primary. `deploy` fails on a broken one; each is
+    an asset check of cluster_health/<cluster> (defs/deployment.py), kept current by the health sensor."""
 
     primary: str
     writable: list[str]

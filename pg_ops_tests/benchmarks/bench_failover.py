@@ -89,7 +89,7 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
 def daemon(home: Path):
     dagster_home = home / "dagster"
     dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (dagster_home / "dagster.yaml").write_text((REPO / "deploy" / "dagster" / "local" / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
     log = open(home / "daemon.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
