@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from pg_ops import settings
@@ -63,3 +64,25 @@ def test_a_replication_client_that_is_no_member_does_not_keep_an_isolated_primar
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(receiver.pid, signal.SIGKILL)
             receiver.wait()
+
+
+def test_a_change_holding_the_lock_keeps_the_primary_lease_renewed(make_spec):
+    """A topology change that leaves the primary without a streaming standby (a 2-member cluster
+    whose only replica is being rebuilt) renews its lease while it holds the lock, so the primary
+    does not fence itself during pg_ops's own change (issue 20, M1); once nobody renews it, the
+    same primary does fence itself, which shows the renewal is what kept it writable."""
+    from pg_ops.operations.members import lease_kept
+    from pg_ops.state import topology_lock
+    from pg_ops_tests.helpers import running_cluster
+
+    spec = make_spec("own", postgres={"members": 2}, failover={"mode": "automatic", "lease_seconds": 2})
+    with running_cluster(spec) as ctx:
+        primary = ctx.state().primary
+        replica = next(m for m in spec.member_names if m != primary)
+        with topology_lock(ctx.platform.state_store(), "test-rebuild"), lease_kept(ctx):
+            ctx.platform.stop_member(replica)
+            time.sleep(8)  # four leases with no standby
+            assert not ctx.platform.member_report(primary).get("isolated.at")
+            assert _sql(ctx, primary, "select pg_is_in_recovery()") == [(False,)]
+        wait_for(lambda: ctx.platform.member_report(primary).get("isolated.at"),
+                 "the primary to fence itself once nothing renews its lease", timeout=60, interval=0.5)

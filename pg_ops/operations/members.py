@@ -1,11 +1,14 @@
 """Member steps that deploy and the topology changes (failover, switchover, rebuild, rolling
 restart) share: waiting until a member is ready, the isolation lease the record tells member
-scripts about, and the verified write through the primary endpoint."""
+scripts about (and keeping it renewed while a change holds the topology lock), and the verified
+write through the primary endpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import MemberError
@@ -59,6 +62,38 @@ def lease_seconds(ctx: ClusterContext) -> float:
     member has nothing to fail over to: fencing it would only turn a lost pg_ops into an outage."""
     failover = ctx.spec.failover
     return failover.lease_seconds if failover.isolation_fencing and ctx.spec.postgres.members > 1 else 0.0
+
+
+@contextlib.contextmanager
+def lease_kept(ctx: ClusterContext, every: float | None = None) -> Iterator[None]:
+    """While a topology change holds the cluster's lock, renew the designated primary's isolation
+    lease as the health tick does (the tick leaves a locked cluster to the change). Without it a
+    primary that pg_ops's own change leaves without a streaming standby — a 2-member rebuild or
+    rolling restart, a new or recovered cluster whose replicas are still cloning, a switchover
+    waiting for the old primary to rejoin — would fence itself after lease_seconds (issue 20, M1).
+    Only the record's designated primary, read afresh each time; a renewal that fails (not
+    writable yet, not reachable) is simply tried again `every` seconds later."""
+    seconds = lease_seconds(ctx)
+    if seconds <= 0:
+        yield
+        return
+    from pg_ops.operations.ha import act
+
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(every or seconds / 4):
+            with contextlib.suppress(Exception):  # noqa: SIM105 - any failure: try again next time
+                state = ctx.state()
+                act.renew_lease(ctx, state.primary, state.epoch, timeout=min(2.0, seconds / 4))
+
+    thread = threading.Thread(target=renew, name=f"lease-{ctx.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str, designated: str) -> dict:

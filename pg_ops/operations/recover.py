@@ -42,6 +42,7 @@ from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_marker, record_status
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.members import lease_kept
 from pg_ops.operations.wal import require_archiving, s3_keys_env, switch_and_wait
 from pg_ops.platforms.base import Members
 from pg_ops.poll import poll
@@ -280,11 +281,12 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
                                                         base_backup_filler(ctx, store, plan.base_backup),
                                                         recovery_auto_conf(ctx.spec, target))
             restore_s = time.monotonic() - t0
-            platform.start_member(member)
-            replay_s = wait_promoted(platform, member, ctx.admin_password(), target, ctx.log)
-            with_connection(platform.member_endpoints()[member], SUPERUSER, ctx.admin_password(),
-                            archiving.reset_recovery_settings, timeout=30, name=member)
-        result = deploy(new_ctx)
+            with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
+                platform.start_member(member)
+                replay_s = wait_promoted(platform, member, ctx.admin_password(), target, ctx.log)
+                with_connection(platform.member_endpoints()[member], SUPERUSER, ctx.admin_password(),
+                                archiving.reset_recovery_settings, timeout=30, name=member)
+                result = deploy(new_ctx)
     except BaseException:
         ctx.log.error("recovery of %s as %s failed: removing the half-made cluster %s", ctx.name, as_name, as_name)
         platform.teardown()
