@@ -86,3 +86,25 @@ def test_a_change_holding_the_lock_keeps_the_primary_lease_renewed(make_spec):
             assert _sql(ctx, primary, "select pg_is_in_recovery()") == [(False,)]
         wait_for(lambda: ctx.platform.member_report(primary).get("isolated.at"),
                  "the primary to fence itself once nothing renews its lease", timeout=60, interval=0.5)
+
+
+def test_a_former_primary_re_cloned_keeps_its_data_aside(make_spec):
+    """`pg-ops rebuild OLD --reclone` on the ex-primary a failover fenced: its data dir, which may
+    hold writes nobody counted, is moved aside (never deleted by pg_ops) before the clone
+    (issue 20, M3); the member streams again and is no longer fenced."""
+    from pg_ops.operations.failover import failover, rebuild
+    from pg_ops_tests.helpers import running_cluster
+
+    with running_cluster(make_spec("aside")) as ctx:
+        old = ctx.state().primary
+        kill_member(ctx.platform, old)
+        wait_for(lambda: not ctx.probe([old])[old].reachable, "the old primary to be gone")
+        failover(ctx)
+        assert old in ctx.state().fenced
+        result = rebuild(ctx, old, reclone=True)
+        kept = Path(result["kept_aside"])
+        assert kept.name.startswith("data.diverged-") and (kept / "PG_VERSION").exists()
+        assert ctx.probe([old])[old].streaming and old not in ctx.state().fenced
+        # A replica that was never a primary is re-cloned without a copy.
+        replica = next(m for m in ctx.spec.member_names if m not in (old, ctx.state().primary))
+        assert "kept_aside" not in rebuild(ctx, replica, reclone=True)

@@ -333,28 +333,33 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
         state = ctx.state()
         if not ctx.probe([state.primary])[state.primary].writable:
             raise PgOpsError(f"cluster {ctx.name}: the primary {state.primary} is not writable; nothing to rebuild from")
+        # A fenced member is a former primary: its data may hold writes nobody counted yet. A
+        # re-clone keeps that data aside (refused where the platform cannot); a rewind counts
+        # them itself, and the member script re-clones (keeping the diverged dir aside) when a
+        # rewind is impossible, so pg_ops never wipes data it did not ask to.
+        keep_aside = member in state.fenced
+        if reclone:
+            ctx.platform.check_wipe(member, keep_aside)
         with steps.step("stop the member"):
             ctx.platform.stop_member(member)
         method = "re-clone" if reclone else "rewind"
+        kept = None
         if reclone:
             with steps.step("wipe the data dir"):
-                ctx.platform.wipe_member(member)
+                kept = ctx.platform.wipe_member(member, keep_aside=keep_aside)
+            if kept:
+                ctx.log.warning("rebuild: the data dir of former primary %s was kept aside at %s", member, kept)
         with steps.step(f"start ({method} through the member script)"):
             ctx.platform.start_member(member)
             try:
                 wait_until(ctx, member, lambda p: p.streaming, "streaming", timeout=REJOIN_TIMEOUT_S)
-            except MemberError:
-                if reclone:
-                    raise
-                ctx.log.warning("rebuild: %s did not rejoin after rewind; re-cloning", member)
-                method = "re-clone (rewind impossible)"
-                ctx.platform.stop_member(member)
-                ctx.platform.wipe_member(member)
-                ctx.platform.start_member(member)
-                wait_until(ctx, member, lambda p: p.streaming, "streaming", timeout=REJOIN_TIMEOUT_S)
+            except MemberError as exc:
+                hint = "" if reclone else f"; `pg-ops rebuild {member} --reclone` re-clones it"
+                raise MemberError(f"{exc}{hint}") from exc
         if member in state.fenced:
             lock.update(lambda s: s.model_copy(update={"fenced": tuple(m for m in s.fenced if m != member)}))
-    return {"member": member, "method": method, "seconds": round(steps.elapsed, 3), **steps.as_metadata()}
+    return {"member": member, "method": method, "seconds": round(steps.elapsed, 3),
+            **({"kept_aside": kept} if kept else {}), **steps.as_metadata()}
 
 
 # -- rolling restart ----------------------------------------------------------------------------

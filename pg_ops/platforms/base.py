@@ -109,11 +109,18 @@ class Members(Protocol):
         that answered), then the pod force-deleted (grace 0). Idempotent."""
         ...
 
-    def wipe_member(self, name: str) -> None:
+    def wipe_member(self, name: str, keep_aside: bool = False) -> str | None:
         """Delete the member's data so it re-clones at its next start. Local: the member must be
-        stopped (MemberError otherwise); its data dir is emptied. Kubernetes: its PVC and pod are
-        deleted (grace 0): the StatefulSet makes both again at once and the member re-clones
-        into the empty volume. Idempotent."""
+        stopped (MemberError otherwise); its data dir is emptied, or with `keep_aside` moved
+        aside (`data.diverged-<time>`, returned) for a former primary whose writes nobody counted.
+        Kubernetes: its PVC and pod are deleted (grace 0): the StatefulSet makes both again at
+        once and the member re-clones into the empty volume; `keep_aside` is Unsupported there
+        (check_wipe refuses it first). Idempotent."""
+        ...
+
+    def check_wipe(self, name: str, keep_aside: bool) -> None:
+        """Raise Unsupported, before anything is touched, when `wipe_member(name, keep_aside)`
+        cannot be done here. Local: never. Kubernetes: `keep_aside` (the volume goes whole)."""
         ...
 
     def member_log_tail(self, name: str, lines: int = 5) -> str:

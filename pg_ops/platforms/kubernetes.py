@@ -450,15 +450,24 @@ class KubernetesPlatform(Platform):
         templates = self._statefulset().spec.volume_claim_templates or []
         return f"{templates[0].metadata.name if templates else 'data'}-{name}"
 
-    def wipe_member(self, name: str) -> None:
+    def check_wipe(self, name: str, keep_aside: bool) -> None:
+        if keep_aside:
+            raise Unsupported(f"member {name}: re-cloning deletes its whole volume on Kubernetes, with the writes a "
+                              f"former primary may hold that nobody counted yet (and any data dir kept aside on it): "
+                              f"`pg-ops rebuild {name}` without --reclone rewinds it, counts them and keeps a "
+                              f"diverged copy aside on the volume")
+
+    def wipe_member(self, name: str, keep_aside: bool = False) -> str | None:
         """Delete the member's PVC, then its pod: the StatefulSet recreates both and the member
         script re-clones into the empty volume. (The PVC stays Terminating until the pod is
         gone: the pvc-protection finalizer.)"""
+        self.check_wipe(name, keep_aside)
         claim = self._data_claim(name)
         self.api.call("delete", self._what("persistentvolumeclaim", claim),
                       self.api.core.delete_namespaced_persistent_volume_claim, claim, self.namespace,
                       missing_ok=True)
         self._delete_pod(name, 0)
+        return None
 
     def member_log_tail(self, name: str, lines: int = 5) -> str:
         try:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -297,16 +298,25 @@ class LocalPlatform(Platform):
         # The multi-host DSN with target_session_attrs=read-write routes by itself.
         return None
 
-    def wipe_member(self, name: str) -> None:
+    def check_wipe(self, name: str, keep_aside: bool) -> None:
+        return None
+
+    def wipe_member(self, name: str, keep_aside: bool = False) -> str | None:
         if self.member_running(name):
             raise MemberError(f"member {name}: cannot wipe the data dir of a running member")
         data = self.data_dir(name)
         release_data_dir_segment(data)
+        aside = None
+        if keep_aside and (data / "PG_VERSION").exists():
+            # As the member script's keep_aside: beside the data dir, never deleted by pg_ops.
+            aside = data.with_name(f"{data.name}.diverged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            data.rename(aside)
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
         if self.user.switch:
             os.chown(data, self.user.uid, self.user.gid)
+        return str(aside) if aside else None
 
     def member_log_tail(self, name: str, lines: int = 5) -> str:
         try:
