@@ -528,13 +528,19 @@ def test_isolation_of_an_older_epoch_is_over(member):
     assert member.terminate() == 0
 
 
+def designated_primary_with_lease(member, lease_seconds: float) -> None:
+    """m-0, the designated primary at epoch 3, with a data dir it ran as a replica from
+    (primary_conninfo kept) and isolation fencing after `lease_seconds`."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3, lease_seconds=lease_seconds)
+    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+
+
 def test_primary_cut_off_from_pg_ops_and_every_standby_restarts_as_a_standby(member):
     """Isolation fencing: no lease renewal and no standby for lease_seconds (the stub's lease
     query answers an old lease and no standby), so it stops, writes the isolation state and
     boots again as a standby with no upstream."""
-    member.name = "m-0"
-    member.write_record("m-0", epoch=3, lease_seconds=1)
-    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    designated_primary_with_lease(member, 1)
     member.knob("lease.check", "m-0 999 -1")  # lease 99.9 s old, no standby streams
     member.start()
     member.wait_action("primary")
@@ -553,9 +559,7 @@ def test_primary_cut_off_from_pg_ops_and_every_standby_restarts_as_a_standby(mem
 def test_a_primary_whose_own_lease_check_fails_is_not_kept_writable_by_that(member):
     """Its own server not answering the lease query is no sign of life from pg_ops or a standby
     (issue 20, M2: it used to conclude nothing and stay writable): past the lease it fences."""
-    member.name = "m-0"
-    member.write_record("m-0", epoch=3, lease_seconds=1)
-    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    designated_primary_with_lease(member, 1)
     member.knob("lease.rc", "2")
     member.start()
     member.wait_action("primary")
@@ -567,9 +571,7 @@ def test_a_primary_whose_own_lease_check_fails_is_not_kept_writable_by_that(memb
 def test_a_lease_row_that_goes_away_is_no_renewal(member):
     """Before pg_ops ever renewed the lease, a missing row keeps the primary running (a cluster
     being deployed); once a row was seen, its disappearance does not count as a renewal."""
-    member.name = "m-0"
-    member.write_record("m-0", epoch=3, lease_seconds=1)
-    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    designated_primary_with_lease(member, 1)
     member.knob("lease.check", "none 0 -1")
     member.start()
     member.wait_action("primary")
@@ -588,9 +590,7 @@ def test_a_lease_row_that_goes_away_is_no_renewal(member):
 def test_only_members_count_as_standbys_in_the_lease_query(member):
     """The standby replies that keep a primary writable are its members' (application_name =
     member name, from the record), never any replication client's."""
-    member.name = "m-0"
-    member.write_record("m-0", epoch=3, lease_seconds=5)
-    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    designated_primary_with_lease(member, 5)
     member.knob("lease.check", "m-0 0 -1")
     member.start()
     member.wait_action("primary")
@@ -641,9 +641,7 @@ def test_a_second_instance_waits_for_the_data_lock_and_touches_nothing(member):
 def test_primary_a_standby_still_replies_to_keeps_running_without_pg_ops(member):
     """Only the control plane is gone: the lease is stale but a standby replied half a second
     ago, so it is not isolated and stays writable (a stale lease alone never stops it)."""
-    member.name = "m-0"
-    member.write_record("m-0", epoch=3, lease_seconds=1)
-    member.data_dir(auto_conf="primary_conninfo = 'host=127.0.0.1 port=41001'\nprimary_slot_name = 'm_0'\n")
+    designated_primary_with_lease(member, 1)
     member.knob("lease.check", "m-0 999 5")
     member.start()
     member.wait_action("primary")
