@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from pg_ops.errors import MemberError, PgOpsError, Refused
+from pg_ops.operations import wal
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
@@ -189,6 +190,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     change.notes.append(f"repointed {', '.join(repointed) or 'none'}")
     if plan.resume:
         change.notes.append(f"resumed a change that stopped half-way: {candidate} was designated but not promoted")
+    change.notes += wal.after_promotion(ctx)  # the archive's continuity: ship from pg_wal, or the gap alert
     if ctx.spec.postgres.replication == "async" and not plan.resume:
         change.notes.append(f"async mode: commits {old} accepted after {plan.lag_bytes} bytes behind were not "
                             "replicated and are discarded when it rejoins (pg_rewind)")
@@ -267,6 +269,8 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         new_state = lock.update(lambda s: s.model_copy(update={
             "epoch": s.epoch + 1, "primary": to, "sync_set": (), "observed_lsn": final_lsn,
             "observed_at": time.time()}))
+    with steps.step("drain the old primary's WAL archiver"):
+        drained = wal.drain_archiver(ctx, old)
     with steps.step("clean shutdown of the old primary"):
         ctx.platform.stop_member(old)
     with steps.step("wait for the final LSN on the candidate"):
@@ -291,6 +295,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
                             epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
                             seconds=steps.elapsed, steps=steps.as_metadata())
     change.notes.append(f"final LSN {final_lsn}, received {received}")
+    change.notes += [drained, *wal.after_promotion(ctx)]
     return change
 
 
