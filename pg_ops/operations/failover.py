@@ -262,6 +262,8 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         if not probes[to].streaming:
             raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
                              f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
+    with steps.step("drain the old primary's WAL archiver"):  # before the record names another primary
+        drained = wal.drain_archiver(ctx, old)
     with steps.step("checkpoint the old primary"):
         final_lsn = act.sql(ctx, old, admin.checkpoint, timeout=60)
     with steps.step("write the desired state"):
@@ -269,8 +271,6 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         new_state = lock.update(lambda s: s.model_copy(update={
             "epoch": s.epoch + 1, "primary": to, "sync_set": (), "observed_lsn": final_lsn,
             "observed_at": time.time()}))
-    with steps.step("drain the old primary's WAL archiver"):
-        drained = wal.drain_archiver(ctx, old)
     with steps.step("clean shutdown of the old primary"):
         ctx.platform.stop_member(old)
     with steps.step("wait for the final LSN on the candidate"):

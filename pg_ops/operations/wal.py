@@ -422,7 +422,7 @@ def after_promotion(ctx: ClusterContext) -> list[str]:
         return []
     try:
         shipped, missing = ship_missing(ctx)
-    except PgOpsError as exc:
+    except Exception as exc:  # noqa: BLE001 - the promotion is done; the archive sensor checks again
         ctx.log.warning("WAL archive of %s: continuity after the promotion not checked: %s", ctx.name, exc)
         return [f"WAL archive continuity not checked ({exc}); the archive sensor checks it"]
     notes = [f"shipped {len(shipped)} WAL file(s) the archive lacked from members' pg_wal"] if shipped else []
@@ -439,16 +439,22 @@ def drain_archiver(ctx: ClusterContext, member: str) -> str:
     finished segment is left only in its pg_wal. Returns a note; a timeout is a warning (the
     check after the promotion ships what is missing or alerts)."""
     wal = ctx.spec.backups.wal
-    if not wal.enabled:
-        return "archiving off"
+    try:
+        require_archiving(ctx)
+    except PgOpsError as exc:
+        return f"archiver not drained: {exc}"
 
     def status() -> archiving.ArchiverStatus:
         return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
                                archiving.archiver_status, timeout=10, name=member)
 
-    if poll(lambda: status().ready_segments == 0 or None, timeout=wal.switchover_drain_seconds, interval=0.5):
-        return f"archiver of {member} drained"
-    left = status().ready_segments
+    try:
+        if poll(lambda: status().ready_segments == 0 or None, timeout=wal.switchover_drain_seconds, interval=0.5):
+            return f"archiver of {member} drained"
+        left = status().ready_segments
+    except PgOpsError as exc:
+        ctx.log.warning("switchover: cannot read %s's archiver (%s); going on", member, exc)
+        return f"archiver of {member} not read: {exc}"
     ctx.log.warning("switchover: %d segment(s) still wait for %s's archiver after %d s "
                     "(backups.wal.switchover_drain_seconds); going on", left, member, wal.switchover_drain_seconds)
     return f"archiver of {member} not drained after {wal.switchover_drain_seconds} s ({left} segment(s) waiting)"
