@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -24,7 +25,7 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, teardown
 from pg_ops.operations.failover import failover
 from pg_ops.platforms import local_archive
-from pg_ops.postgres import archiving
+from pg_ops.postgres import archiving, walfiles
 from pg_ops.postgres.session import with_connection
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, stop_cluster, wait_for, write_spec
@@ -253,3 +254,86 @@ def test_switchover_waits_a_bounded_time_for_the_archiver_then_ships_what_waits(
         assert wal.recovery_window(ctx).gap is None
         back = switchover(ctx, to=old)
         assert f"archiver of {target} drained" in back.notes
+
+
+# -- the window and the gap on fabricated archives (pure) -------------------------------------------
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+class FakeHistories:
+    """get_bytes of a history file key: its text."""
+
+    def __init__(self, texts: dict[str, str]):
+        self.texts = texts
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.texts[key].encode()
+
+
+def fabricated(segments: list[tuple[int, int]], bases: list[tuple[str, int, int]], histories: dict[int, str]):
+    """segments: (timeline, segno), archived segno minutes after T0; bases: (id, timeline, begin
+    segno), ending a minute after their first segment; histories: timeline -> text."""
+    listing = wa.ArchiveListing("c", "42")
+    for tl, segno in segments:
+        seg = walfiles.Segment(segno, tl)
+        listing.segments.append(wa.ArchivedSegment(seg, f"c.wal/42/wals/{seg.name}", T0 + timedelta(minutes=segno), 1))
+    for backup_id, tl, segno in bases:
+        listing.base_backups.append(wa.BaseBackup(
+            backup_id, T0 + timedelta(minutes=segno), T0 + timedelta(minutes=segno, seconds=30),
+            walfiles.segment_name(tl, segno), walfiles.segment_name(tl, segno), tl, 1))
+    texts = {}
+    for tl, text in histories.items():
+        listing.histories[tl] = f"c.wal/42/wals/{tl:08X}.history"
+        texts[listing.histories[tl]] = text
+    return listing, FakeHistories(texts)
+
+
+TL2_AT_8 = {2: "1\t0/8000100\tno recovery target specified\n"}
+
+
+def test_window_shows_a_gap_until_a_base_backup_after_it_exists():
+    segs = [(1, n) for n in (1, 2, 3, 4, 6, 7)] + [(2, 8), (2, 9)]
+    listing, store = fabricated(segs, [("b1", 1, 2)], TL2_AT_8)
+    window = wal.window_of(store, listing)  # type: ignore[arg-type]
+    assert window.first_missing == "000000010000000000000005" and window.gap and "BROKEN" in window.text()
+    assert window.oldest == T0 + timedelta(minutes=2, seconds=30)
+    listing, store = fabricated(segs, [("b1", 1, 2), ("b2", 2, 8)], TL2_AT_8)
+    window = wal.window_of(store, listing)  # type: ignore[arg-type]
+    assert window.gap is None and window.oldest == T0 + timedelta(minutes=8, seconds=30)
+    assert window.before_gap and "000000010000000000000005" in window.before_gap
+    assert "older base backups stop at" in window.text()
+
+
+def test_segments_before_the_new_timeline_count_as_missing_before_it_archives_anything():
+    """The old primary died with segments 6 and 7 unarchived; the new primary has archived only
+    its history file: the gap is visible at once, not when timeline 2's first segment arrives."""
+    listing, store = fabricated([(1, n) for n in range(1, 6)], [("b1", 1, 2)], TL2_AT_8)
+    window = wal.window_of(store, listing)  # type: ignore[arg-type]
+    assert window.first_missing == "000000010000000000000006"
+    assert "000000010000000000000006 .. 000000010000000000000007" in (window.gap or "")
+
+
+def test_a_missing_timeline_history_file_is_a_gap():
+    segs = [(1, n) for n in range(1, 8)] + [(2, n) for n in range(8, 10)] + [(3, 10)]
+    histories = {3: "1\t0/8000100\tno recovery target specified\n2\t0/A000100\tno recovery target specified\n"}
+    listing, store = fabricated(segs, [("b1", 1, 2)], histories)
+    window = wal.window_of(store, listing)  # type: ignore[arg-type]
+    assert window.first_missing == "00000002.history" and "history file 00000002.history is missing" in (window.gap or "")
+
+
+def test_the_gap_alert_names_the_first_missing_segment_and_the_window(pg_home):
+    spec = spec_from(write_spec(pg_home / "specs", "g", postgres={"members": 1}))
+    ctx = ClusterContext.for_spec(spec)
+    listing, store = fabricated([(1, n) for n in (1, 2, 3, 4, 6)], [("b1", 1, 2)], {})
+    status = archiving.ArchiverStatus(archived_count=6, last_archived_wal="000000010000000000000006",
+                                      last_archived_time=T0, failed_count=0, last_failed_wal=None,
+                                      last_failed_time=None, ready_segments=0, current_wal="x", archive_mode="on",
+                                      now=T0)
+    health = wal.ArchiveHealth("g", "g-0", status, 180.0, 0, None, wal.window_of(store, listing))  # type: ignore[arg-type]
+    [gap] = [a for a in wal.archive_alerts(ctx, health) if a.kind == "wal_archive_gap"]
+    assert gap.severity == "critical" and gap.details["first_missing"] == "000000010000000000000005"
+    assert "000000010000000000000005 is missing" in gap.summary and "2026-12-01T00:02:30+00:00" in gap.summary
+    assert "a base backup is requested" in gap.summary
+    blocked = wal.ArchiveHealth("g", "g-0", status, 180.0, 0, None, health.window, "not on this platform")
+    [gap] = [a for a in wal.archive_alerts(ctx, blocked) if a.kind == "wal_archive_gap"]
+    assert "no base backup can be requested (not on this platform)" in gap.summary

@@ -245,7 +245,7 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
             if isinstance(health, str):
                 continue
             window = health.window
-            if window is not None and window.gap:
+            if window is not None and window.gap and health.base_backup_blocked is None:
                 # One request per gap and hour: a base backup that failed is asked for again.
                 requests.append(gap_base_backup_request(cluster, window.sysid, window.first_missing or "gap",
                                                         time.strftime("%Y%m%dT%H", time.gmtime())))

@@ -53,6 +53,10 @@ from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
 
 RECOVERY_TIMEOUT_S = 6 * 3600.0
+# The archive hold of a recovery or drill outlasts every step it covers: restoring the base
+# backup (barman's 6 h bound), replay (RECOVERY_TIMEOUT_S) and an hour for the rest (L6: a
+# 6 h hold could lapse mid-replay and let retention prune the WAL being replayed).
+RECOVERY_HOLD_S = 6 * 3600.0 + RECOVERY_TIMEOUT_S + 3600.0
 PROGRESS_EVERY_S = 30.0
 # What our own probes are told while the server replays: not a failure of the recovery.
 CONNECTION_REFUSALS = ("not accepting connections", "is starting up", "not yet accepting", "in recovery mode",
@@ -279,7 +283,7 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
                  plan.base_backup.id)
     try:
         ref = archive_ref(ctx, store)
-        with wa.hold_archive(store, ref, holder, "recovery"):
+        with wa.hold_archive(store, ref, holder, "recovery", ttl_seconds=RECOVERY_HOLD_S):
             t0 = time.monotonic()
             member = local_recovery.bootstrap_recovered(platform, ctx.credentials(),
                                                         base_backup_filler(ctx, store, plan.base_backup),
@@ -419,7 +423,7 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
     expected = expected_rows_before(ctx, target)
     try:
         ref = archive_ref(ctx, store)
-        with wa.hold_archive(store, ref, f"pitr-drill-{secrets.token_hex(3)}", "drill"):
+        with wa.hold_archive(store, ref, f"pitr-drill-{secrets.token_hex(3)}", "drill", ttl_seconds=RECOVERY_HOLD_S):
             t0 = time.monotonic()
             with local_recovery.drill_server(
                     "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),

@@ -191,6 +191,7 @@ class ArchiveHealth:
     backlog_bytes: int
     free_bytes: int | None
     window: RecoveryWindow | None = None  # None: the archive could not be listed
+    base_backup_blocked: str | None = None  # why pg_ops cannot take a base backup of it (None: it can)
 
     @property
     def stale(self) -> bool:
@@ -218,10 +219,16 @@ def archive_health(ctx: ClusterContext, store: BackupStore | None = None) -> Arc
     except PgOpsError as exc:
         ctx.log.warning("WAL archive of %s: cannot read the recovery window: %s", ctx.name, exc)
         window = None
+    try:
+        ctx.platform.check_base_backups()
+        blocked = None
+    except PgOpsError as exc:
+        blocked = str(exc)
     return ArchiveHealth(cluster=ctx.name, primary=member, status=status,
                          stale_after_seconds=float(wal.archive_timeout_seconds + wal.stale_margin_seconds),
                          backlog_bytes=status.ready_segments * walfiles.SEGMENT_BYTES,
-                         free_bytes=(usage[1] - usage[0]) if usage else None, window=window)
+                         free_bytes=(usage[1] - usage[0]) if usage else None, window=window,
+                         base_backup_blocked=blocked)
 
 
 def archive_alerts(ctx: ClusterContext, health: ArchiveHealth) -> list[Alert]:
@@ -254,10 +261,12 @@ def archive_alerts(ctx: ClusterContext, health: ArchiveHealth) -> list[Alert]:
                                                  "free_bytes": free}))
     window = health.window
     if window is not None and window.gap:
+        remedy = "a base backup is requested" if health.base_backup_blocked is None else \
+            f"no base backup can be requested ({health.base_backup_blocked})"
         out.append(Alert(cluster=c, severity="critical", kind="wal_archive_gap",
                          summary=f"{window.gap}; recovery from the base backups before it "
-                                 f"({window.oldest_text()} .. {window.newest_text()}) stops there; a base "
-                                 f"backup is requested", details={
+                                 f"({window.oldest_text()} .. {window.newest_text()}) stops there; {remedy}",
+                         details={
                                      "first_missing": window.first_missing, "gap": window.gap,
                                      "system_identifier": window.sysid,
                                      "window_oldest": window.oldest_text(), "window_newest": window.newest_text()}))
