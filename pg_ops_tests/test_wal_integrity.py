@@ -337,3 +337,27 @@ def test_the_gap_alert_names_the_first_missing_segment_and_the_window(pg_home):
     blocked = wal.ArchiveHealth("g", "g-0", status, 180.0, 0, None, health.window, "not on this platform")
     [gap] = [a for a in wal.archive_alerts(ctx, blocked) if a.kind == "wal_archive_gap"]
     assert "no base backup can be requested (not on this platform)" in gap.summary
+
+
+def test_a_former_primarys_archive_alert_waits_for_the_new_timeline_in_the_archive(pg_home, monkeypatch):
+    """Right after a promotion, before the new timeline's history file is in the archive, the
+    dead primary's open `wal_archive_failing` is not resolved (continuity cannot be judged yet);
+    once the archive has the new timeline and no gap, it resolves."""
+    spec = spec_from(write_spec(pg_home / "specs", "g", postgres={"members": 2}))
+    ctx = ClusterContext.for_spec(spec)
+    listing, store = fabricated([(1, n) for n in range(1, 6)], [("b1", 1, 2)], {})
+    status = archiving.ArchiverStatus(archived_count=0, last_archived_wal=None, last_archived_time=T0,
+                                      failed_count=0, last_failed_wal=None, last_failed_time=None, ready_segments=0,
+                                      current_wal="000000020000000000000006", archive_mode="on", now=T0)
+    health = wal.ArchiveHealth("g", "g-1", status, 1e9, 0, None, wal.window_of(store, listing))  # type: ignore[arg-type]
+    monkeypatch.setattr(wal, "archive_health", lambda _ctx, _store=None: health)
+    failing = {"cluster": "g", "severity": "critical", "kind": "wal_archive_failing", "summary": "g-0: failing",
+               "details": {"member": "g-0"}, "fired_at": 1.0, "resolved_at": None}
+    _, state = wal.watch_archiving([ctx], {"g/wal_archive_failing/g-0": failing})
+    assert "g/wal_archive_failing/g-0" in state  # timeline 2 not in the archive yet: kept open
+    listing, store = fabricated([(1, n) for n in range(1, 6)], [("b1", 1, 2)],
+                                {2: "1\t0/6000100\tno recovery target specified\n"})
+    health.window = wal.window_of(store, listing)  # type: ignore[arg-type]
+    assert health.window.gap is None and health.window.newest_timeline == 2
+    _, state = wal.watch_archiving([ctx], state)
+    assert "g/wal_archive_failing/g-0" not in state  # the archive is whole on the new timeline: resolved

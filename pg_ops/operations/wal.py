@@ -286,6 +286,7 @@ class RecoveryWindow:
     sysid: str = ""  # the incarnation (system identifier) these figures are of
     first_missing: str | None = None  # the first missing segment or history file of `gap`
     before_gap: str | None = None  # a gap older base backups stop at (a newer base backup is past it)
+    newest_timeline: int = 1  # of any file in the archive (a history file is archived before any segment)
 
     def as_dict(self) -> dict:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items()}
@@ -342,7 +343,7 @@ def window_of(store: BackupStore, listing: wa.ArchiveListing) -> RecoveryWindow:
         cluster=listing.cluster, oldest=oldest, newest=newest.archived_at if newest else None,
         base_backups=len(bases), segments=len(listing.segments),
         timeline=newest.segment.timeline if newest else None, gap=gap, sysid=listing.sysid, first_missing=first,
-        before_gap=before)
+        before_gap=before, newest_timeline=wa.newest_timeline(listing))
 
 
 def recovery_window(ctx: ClusterContext, store: BackupStore | None = None) -> RecoveryWindow:
@@ -469,6 +470,11 @@ def drain_archiver(ctx: ClusterContext, member: str) -> str:
     return f"archiver of {member} not drained after {wal.switchover_drain_seconds} s ({left} segment(s) waiting)"
 
 
+def _timeline_of(segment_name: str) -> int:
+    segment = walfiles.parse_segment(segment_name)
+    return segment.timeline if segment else 1
+
+
 def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict],
                     now: float | None = None) -> tuple[dict[str, ArchiveHealth | str], dict[str, dict]]:
     """One sensor tick over every archiving cluster: fire and resolve the archiving alerts
@@ -497,8 +503,13 @@ def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict]
         healths[ctx.name] = health
         scope.add(ctx.name)
         active += archive_alerts(ctx, health)
+        held = {k: v for k, v in open_alerts.items() if k.startswith(f"{ctx.name}/") and v.get("kind") in kinds}
         if health.window is None or health.window.gap:
-            unknown |= {k for k, v in open_alerts.items() if k.startswith(f"{ctx.name}/") and v.get("kind") in kinds}
+            unknown |= set(held)
+        elif health.window.newest_timeline < _timeline_of(health.status.current_wal):
+            # A promotion whose timeline is not in the archive yet: the former primary's alerts
+            # wait until continuity can be judged (its history file archived, no gap).
+            unknown |= {k for k, v in held.items() if (v.get("details") or {}).get("member") != health.primary}
     mine = {k: v for k, v in open_alerts.items() if v.get("kind") in kinds}
     to_send, state = alert_ops.reconcile(mine, active, unknown, scope, now)
     for ctx in contexts:
