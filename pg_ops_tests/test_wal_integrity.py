@@ -64,7 +64,7 @@ def test_wal_archive_checks_job_succeeds_on_a_fresh_cluster(pg_home):
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()
                        if e.asset_key == wal_defs.archive_key("fresh")}
-        assert set(evaluations) == {wal_defs.CHECK_CURRENT, wal_defs.CHECK_NOT_FAILING}
+        assert set(evaluations) == {wal_defs.CHECK_CURRENT, wal_defs.CHECK_NOT_FAILING, wal_defs.CHECK_NO_GAP}
         assert all(e.passed for e in evaluations.values()), evaluations
         assert evaluations[wal_defs.CHECK_CURRENT].metadata["limit_seconds"].value == 125.0
 
@@ -199,6 +199,9 @@ def test_failover_while_the_archive_refuses_writes_ships_or_alerts_and_backs_up(
                                               resources={"pg_ops": PgOpsResource(
                                                   clusters_path=os.environ["PG_OPS_CLUSTERS"]),
                                                   "alerts": AlertsResource()})
+            checks = defs.resolve_job_def(wal_defs.CHECKS_JOB).execute_in_process(instance=instance)
+            no_gap = next(e for e in checks.get_asset_check_evaluations() if e.check_name == wal_defs.CHECK_NO_GAP)
+            assert not no_gap.passed and no_gap.metadata["first_missing"].value == lost
             result = sensor(context)
             requests = result.run_requests or []
             assert len(requests) == 1 and requests[0].asset_selection == [wal_defs.base_key("gap")]
@@ -208,6 +211,9 @@ def test_failover_while_the_archive_refuses_writes_ships_or_alerts_and_backs_up(
                                          tags=requests[0].tags)
             assert ran.success
             cursor = json.loads(result.cursor or "{}")
+            checks = defs.resolve_job_def(wal_defs.CHECKS_JOB).execute_in_process(instance=instance)
+            assert next(e for e in checks.get_asset_check_evaluations()
+                        if e.check_name == wal_defs.CHECK_NO_GAP).passed
         listing = wa.list_archive(store, ref)
         newest_base = listing.base_backups[-1]
         assert newest_base.timeline == 2 and newest_base.id != base.id

@@ -5,8 +5,8 @@
 - `backups/<cluster>/wal_archive`: observed every minute by `wal_archive_sensor` (age of the
   newest archived segment, failed attempts, WAL waiting, the recovery window and its gap), which
   fires and resolves the archiving alerts and, while the archive has a gap no member could fill,
-  requests a `base_backup` run for that cluster; checks `wal_archive_is_current` and
-  `wal_archive_not_failing`;
+  requests a `base_backup` run for that cluster; checks `wal_archive_is_current`,
+  `wal_archive_not_failing` and `wal_archive_has_no_gap`;
 - `backups/<cluster>/pitr_drill`: the point-in-time drill, job `pitr_drill`, schedule
   `weekly_pitr_drill` (cron `backups.wal.drill_schedule`); check `latest_recovery_point_drilled`;
 - job `recover_cluster`: `pg-ops recover --to TIME --as NEW` (a new cluster; the UI's launchpad
@@ -33,6 +33,7 @@ CHECKS_SCHEDULE = "wal_archive_checks_hourly"
 SENSOR = "wal_archive_sensor"
 CHECK_CURRENT = "wal_archive_is_current"
 CHECK_NOT_FAILING = "wal_archive_not_failing"
+CHECK_NO_GAP = "wal_archive_has_no_gap"
 CHECK_DRILLED = "latest_recovery_point_drilled"
 
 
@@ -163,6 +164,18 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "last_failed_wal": dg.MetadataValue.text(health.status.last_failed_wal or "none"),
             "ready_segments": dg.MetadataValue.int(health.status.ready_segments)})
 
+    @dg.asset_check(asset=archive_key(cluster), name=CHECK_NO_GAP,
+                    description="Every WAL segment and timeline history file after the newest base backup is in "
+                                "the archive (the current incarnation's): recovery reaches the newest segment.")
+    def wal_archive_has_no_gap(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
+        from pg_ops.operations.wal import recovery_window
+
+        window = recovery_window(pg_ops.cluster(cluster, context.log))
+        return dg.AssetCheckResult(passed=window.gap is None, severity=dg.AssetCheckSeverity.ERROR, metadata={
+            "first_missing": dg.MetadataValue.text(window.first_missing or "none"),
+            "older_base_backups_stop_at": dg.MetadataValue.text(window.before_gap or "none"),
+            **_window_metadata(window)})
+
     @dg.asset_check(asset=pitr_key(cluster), name=CHECK_DRILLED,
                     description="The newest point-in-time drill passed, within the last 8 days; not due yet "
                                 "(passes, saying so) before the cluster's first scheduled drill after its first "
@@ -187,7 +200,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "reason": dg.MetadataValue.text(latest.get("reason") or "")})
 
     return ([base_backup, pitr_drill], [archive],
-            [wal_archive_is_current, wal_archive_not_failing, latest_recovery_point_drilled])
+            [wal_archive_is_current, wal_archive_not_failing, wal_archive_has_no_gap, latest_recovery_point_drilled])
 
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
