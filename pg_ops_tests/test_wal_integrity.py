@@ -367,3 +367,33 @@ def test_a_former_primarys_archive_alert_waits_for_the_new_timeline_in_the_archi
     assert health.window.gap is None and health.window.newest_timeline == 2
     _, state = wal.watch_archiving([ctx], state)
     assert "g/wal_archive_failing/g-0" not in state  # the archive is whole on the new timeline: resolved
+
+
+def test_an_archive_of_the_layout_before_incarnations_is_adopted_only_if_it_is_this_systems(pg_home):
+    """Upgrading: the files an older pg_ops wrote directly under `<cluster>.wal/` are moved into
+    the incarnation's folder by the next deploy when their segments name this system (the window
+    keeps its base backup); another system's are left where they are."""
+    spec = spec_from(write_spec(pg_home / "specs", "legacy", postgres={"members": 1},
+                                backups={"wal": {"archive_timeout_seconds": 5}}))
+    with running_cluster(spec) as ctx:
+        backup = wal.base_backup(ctx)
+        wal.switch_and_wait(ctx)
+        ref = wal.archive_ref(ctx)
+        folder = local_archive.archive_dir(spec)
+        for part in ("wals", "base"):  # as the layout before incarnations had them
+            (folder / ref.sysid / part).rename(folder / part)
+        assert wal.recovery_window(ctx).base_backups == 0
+        deploy(ctx)
+        assert not (folder / "wals").exists() and not (folder / "base").exists()
+        window = wal.recovery_window(ctx)
+        assert window.base_backups == 1 and window.oldest == backup.end_time and window.gap is None
+        # Another system's old-layout segment: left alone.
+        segment = next(s for s in wa.list_archive(ctx.store(), ref).segments if not s.segment.partial)
+        data = bytearray((folder / ref.sysid / "wals" / segment.segment.name[:16] / segment.segment.name).read_bytes())
+        data[24:32] = (int(ref.sysid) + 1).to_bytes(8, "little")
+        stranger = folder / "wals" / segment.segment.name[:16] / segment.segment.name
+        stranger.parent.mkdir(parents=True)
+        stranger.write_bytes(bytes(data))
+        deploy(ctx)
+        assert stranger.exists() and wal.recovery_window(ctx).base_backups == 1
+        assert {i.sysid for i in wa.incarnations(ctx.store(), "legacy")} == {ref.sysid, "legacy"}

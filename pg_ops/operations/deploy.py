@@ -155,6 +155,7 @@ def deploy(ctx: ClusterContext) -> DeployResult:
     ensure_record(ctx)  # deployment/desired_state
     started = start_members(ctx)  # deployment/members
     verify_primary_endpoint(ctx)  # deployment/primary_endpoint
+    adopt_legacy_archive(ctx)
     state = ctx.state()
     members = ctx.probe()  # deployment/replication
     problems = deployment_problems(ctx, members, state.primary)
@@ -222,6 +223,22 @@ def teardown(ctx: ClusterContext) -> None:
     else:
         ctx.platform.teardown()
     ctx.log.info("cluster %s torn down; %s", ctx.name, left_behind(ctx))
+
+
+def adopt_legacy_archive(ctx: ClusterContext) -> None:
+    """The WAL archive of the layout before incarnations, moved into this cluster's (ADR-003);
+    never fails the deploy."""
+    from pg_ops.operations import wal
+
+    try:
+        wal.require_archiving(ctx)
+    except PgOpsError:
+        return  # not archiving (or not into a store this platform can write): nothing to move
+    try:
+        wal.adopt_legacy_archive(ctx)
+    except PgOpsError as exc:
+        ctx.log.warning("cluster %s: the WAL archive of the layout before incarnations was not moved: %s",
+                        ctx.name, exc)
 
 
 def left_behind(ctx: ClusterContext) -> str:

@@ -112,6 +112,43 @@ def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, ti
     poll(archived, timeout=timeout, interval=0.5, expired=expired)
 
 
+def adopt_legacy_archive(ctx: ClusterContext, store: BackupStore | None = None) -> int:
+    """An archive written before incarnations (`<cluster>.wal/wals/...`, `base/...` directly):
+    when its segments' page headers name the cluster's system identifier and the primary's
+    archive command already writes the new layout, its files are moved into the current
+    incarnation's folder, so an upgraded cluster keeps its recovery window. Another system's
+    (a cluster torn down before the upgrade) stays where it is. Returns how many objects moved."""
+    require_archiving(ctx)
+    store = store or ctx.store()
+    ref = archive_ref(ctx, store)
+    root = wa.archive_root(ctx.name)
+    legacy = [o for part in ("wals", "base", "holds", "drills") for o in store.list(f"{root}/{part}/")]
+    segments = [(o, walfiles.parse_segment(wa.plain_name(o.key))) for o in legacy
+                if o.key[len(root) + 1:].startswith("wals/")]
+    full = [o for o, seg in segments if seg is not None and not seg.partial]
+    if not full:
+        return 0
+    sysid = archiving.segment_system_identifier(wa.read_archived(store, full[0].key)[:32])
+    if sysid != int(ref.sysid):
+        ctx.log.info("WAL archive of %s: the files of the layout before incarnations in %s/%s/ are system %s's, "
+                     "not this cluster's (%s): left where they are", ctx.name, store.describe(), root, sysid, ref.sysid)
+        return 0
+    command = _on_primary(ctx, lambda c: c.execute("show archive_command").fetchone()[0])
+    if ctx.spec.backups.store.type == "s3" and '"$sysid"' not in command:
+        ctx.log.warning("WAL archive of %s: its archive command still writes the layout before incarnations; the "
+                        "archive is moved into %s/ after a restart (`pg-ops rolling-restart`)", ctx.name, ref.root)
+        return 0
+    for obj in legacy:
+        with store.open_reader(obj.key) as reader, store.open_writer(f"{ref.root}/{obj.key[len(root) + 1:]}") as w:
+            while chunk := reader.read(1 << 20):
+                w.write(chunk)
+            w.commit()
+    store.delete([o.key for o in legacy])
+    ctx.log.warning("WAL archive of %s: moved %d objects of the layout before incarnations into %s/", ctx.name,
+                    len(legacy), ref.root)
+    return len(legacy)
+
+
 # -- base backups ---------------------------------------------------------------------------------
 def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.BaseBackup:
     require_archiving(ctx)

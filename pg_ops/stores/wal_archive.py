@@ -92,7 +92,7 @@ def _segment(name: str) -> walfiles.Segment:
     return segment
 
 
-def _plain_name(key: str) -> str:
+def plain_name(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
     for suffix in COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
@@ -181,7 +181,7 @@ def list_archive(store: BackupStore, ref: ArchiveRef) -> ArchiveListing:
     for obj in store.list(f"{root}/"):
         rel = obj.key[len(root) + 1:]
         parts = rel.split("/")
-        name = _plain_name(obj.key)
+        name = plain_name(obj.key)
         if parts[0] == "wals":
             segment = walfiles.parse_segment(name)
             if segment is not None:
