@@ -36,6 +36,7 @@ from pg_ops.stores import wal_archive as wa
 from pg_ops.stores.pipe import compress_into
 
 ARCHIVED_WAIT_S = 120.0
+DRAIN_FAILING_GRACE_S = 10.0  # a switchover stops waiting for an archiver failing this long without progress
 
 
 class ArchivingError(PgOpsError):
@@ -483,8 +484,10 @@ def after_promotion(ctx: ClusterContext) -> list[str]:
 def drain_archiver(ctx: ClusterContext, member: str) -> str:
     """Before a switchover stops `member` (the primary): wait, at most
     `backups.wal.switchover_drain_seconds`, until its archiver has nothing waiting, so no
-    finished segment is left only in its pg_wal. Returns a note; a timeout is a warning (the
-    check after the promotion ships what is missing or alerts)."""
+    finished segment is left only in its pg_wal; an archiver that fails without shipping
+    anything for DRAIN_FAILING_GRACE_S is not waited for further (the store is down: waiting
+    only delays the switchover). Returns a note; not drained is a warning (the check after the
+    promotion ships what is missing or alerts)."""
     wal = ctx.spec.backups.wal
     try:
         require_archiving(ctx)
@@ -495,16 +498,33 @@ def drain_archiver(ctx: ClusterContext, member: str) -> str:
         return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
                                archiving.archiver_status, timeout=10, name=member)
 
+    started, first = time.monotonic(), None
+
+    def attempt() -> str | None:
+        nonlocal first
+        now = status()
+        first = first or now
+        if now.ready_segments == 0:
+            return "drained"
+        # A failing archiver that shipped nothing for a while will not drain in time: go on.
+        if now.failing and now.archived_count == first.archived_count and \
+                time.monotonic() - started >= DRAIN_FAILING_GRACE_S:
+            return "failing"
+        return None
+
     try:
-        if poll(lambda: status().ready_segments == 0 or None, timeout=wal.switchover_drain_seconds, interval=0.5):
-            return f"archiver of {member} drained"
+        outcome = poll(attempt, timeout=wal.switchover_drain_seconds, interval=0.5)
         left = status().ready_segments
     except PgOpsError as exc:
         ctx.log.warning("switchover: cannot read %s's archiver (%s); going on", member, exc)
         return f"archiver of {member} not read: {exc}"
-    ctx.log.warning("switchover: %d segment(s) still wait for %s's archiver after %d s "
-                    "(backups.wal.switchover_drain_seconds); going on", left, member, wal.switchover_drain_seconds)
-    return f"archiver of {member} not drained after {wal.switchover_drain_seconds} s ({left} segment(s) waiting)"
+    if outcome == "drained":
+        return f"archiver of {member} drained"
+    why = (f"failing with nothing archived for {DRAIN_FAILING_GRACE_S:g} s" if outcome == "failing"
+           else f"after {wal.switchover_drain_seconds} s")
+    ctx.log.warning("switchover: %d segment(s) still wait for %s's archiver (%s; "
+                    "backups.wal.switchover_drain_seconds); going on", left, member, why)
+    return f"archiver of {member} not drained {why} ({left} segment(s) waiting)"
 
 
 def _timeline_of(segment_name: str) -> int:
