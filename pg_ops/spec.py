@@ -200,6 +200,9 @@ class WalArchivingSpec(Strict):
     drill_schedule: str = "0 5 * * 0"  # the weekly point-in-time drill, beside the dump drill
     stale_margin_seconds: Annotated[int, Field(ge=0)] = 120  # alert: newest segment older than timeout + margin
     backlog_alert_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024 * 1024  # unarchived WAL on the primary
+    # A switchover waits this long for the old primary's archiver to ship what waits (then goes on;
+    # the check after the promotion ships what is missing from members' pg_wal, or alerts).
+    switchover_drain_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
 
 
 class BackupsSpec(Strict):

@@ -146,8 +146,9 @@ def test_base_backup_window_and_status(s3_cluster, capsys):
     ctx, server, bucket, _, _ = s3_cluster
     backup = wal.base_backup(ctx)
     wal.switch_and_wait(ctx)
+    sysid = ctx.state().system_identifier
     keys = [o["Key"] for o in server.client().list_objects_v2(Bucket=bucket, Prefix="pitr-tests/pitr.wal/")["Contents"]]
-    assert f"pitr-tests/pitr.wal/base/{backup.id}/backup.info" in keys
+    assert f"pitr-tests/pitr.wal/{sysid}/base/{backup.id}/backup.info" in keys  # keyed by the system identifier
     assert any(k.endswith(".zst") and "/wals/" in k for k in keys)  # barman-cloud, zstd-compressed
     window = wal.recovery_window(ctx)
     assert window.oldest == backup.end_time and window.newest > backup.end_time and window.gap is None
@@ -201,7 +202,7 @@ def test_refusals_name_the_window_the_gap_and_the_name(s3_cluster, capsys):
     from pg_ops.cli import main
 
     ctx, server, bucket, _, home = s3_cluster
-    listing = wa.list_archive(ctx.store(), ctx.name)
+    listing = wa.list_archive(ctx.store(), wal.archive_ref(ctx))
     oldest = listing.base_backups[0].end_time
     with pytest.raises(RecoveryRefused, match=r"before the oldest base backup .*recovery window"):
         check_recovery(ctx, oldest - timedelta(hours=1))
@@ -214,7 +215,7 @@ def test_refusals_name_the_window_the_gap_and_the_name(s3_cluster, capsys):
     target = datetime.now(UTC)
     time.sleep(1)
     wal.switch_and_wait(ctx)
-    listing = wa.list_archive(ctx.store(), ctx.name)
+    listing = wa.list_archive(ctx.store(), wal.archive_ref(ctx))
     victim = [s for s in listing.segments if s.segment.segno > listing.base_backups[-1].begin_segno][1]
     client = server.client()
     key = f"pitr-tests/{victim.key}"
@@ -259,7 +260,7 @@ def test_recovery_to_three_points_in_time_across_a_failover(s3_cluster):
     t3 = between_commits()
     batch(ctx, 4)
     wal.switch_and_wait(ctx)
-    listing = wa.list_archive(ctx.store(), ctx.name)
+    listing = wa.list_archive(ctx.store(), wal.archive_ref(ctx))
     assert 2 in listing.histories and listing.newest_segment.segment.timeline == 2
     for i, (target, expected) in enumerate([(t1, {1: 10}), (t2, {1: 10, 2: 10}), (t3, {1: 10, 2: 10, 3: 10})]):
         result = recover(ctx, target, f"pitr-at-{i + 1}")
@@ -291,7 +292,8 @@ def test_file_store_recovery_and_drill_through_the_cli(pg_home, capsys):
         assert main(["base-backup", "--cluster", "filepitr", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["recovery_window"]["oldest"] and out["backup_id"]
-        assert (pg_home / "backups" / "filepitr.wal" / "base" / out["backup_id"] / "backup.info").exists()
+        sysid = ctx.state().system_identifier
+        assert (pg_home / "backups" / "filepitr.wal" / sysid / "base" / out["backup_id"] / "backup.info").exists()
         for _ in range(3):
             assert record_status(ctx, "health_tick", 1)
         # The 30-day-old row is gone: the history keeps a bounded age.
@@ -344,7 +346,9 @@ def test_statefulset_on_the_fake_api_archives_with_the_image_and_the_backup_secr
     assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "pg-ops-backup-s3", "key": "secret_key"}
     conf = config["data"]["postgresql.conf"]
     assert "archive_mode = 'on'" in conf and "barman-cloud-wal-archive" in conf
-    assert "s3://b/p k8spitr.wal %p" in conf and "AWS_SECRET" not in conf  # the keys never in the config
+    # The server name is the member's own system identifier, read from pg_control when it archives.
+    assert 's3://b/p/k8spitr.wal "$sysid" %p' in conf and "global/pg_control" in conf
+    assert "AWS_SECRET" not in conf  # the keys never in the config
 
 
 # -- pure planners on fabricated archives ----------------------------------------------------------

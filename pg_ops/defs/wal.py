@@ -3,8 +3,10 @@
 - `backups/<cluster>/base_backup`: a base backup (then archive retention), job `base_backup`,
   schedule `base_backup_schedule` (cron `backups.wal.base_backup_schedule`);
 - `backups/<cluster>/wal_archive`: observed every minute by `wal_archive_sensor` (age of the
-  newest archived segment, failed attempts, WAL waiting, the recovery window), which fires and
-  resolves the archiving alerts; checks `wal_archive_is_current` and `wal_archive_not_failing`;
+  newest archived segment, failed attempts, WAL waiting, the recovery window and its gap), which
+  fires and resolves the archiving alerts and, while the archive has a gap no member could fill,
+  requests a `base_backup` run for that cluster; checks `wal_archive_is_current`,
+  `wal_archive_not_failing` and `wal_archive_has_no_gap`;
 - `backups/<cluster>/pitr_drill`: the point-in-time drill, job `pitr_drill`, schedule
   `weekly_pitr_drill` (cron `backups.wal.drill_schedule`); check `latest_recovery_point_drilled`;
 - job `recover_cluster`: `pg-ops recover --to TIME --as NEW` (a new cluster; the UI's launchpad
@@ -16,7 +18,7 @@ import time
 
 import dagster as dg
 
-from pg_ops.defs.partitions import cluster_schedules
+from pg_ops.defs.partitions import CLUSTER_TAG, cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.spec import ClusterSpec
 
@@ -31,6 +33,7 @@ CHECKS_SCHEDULE = "wal_archive_checks_hourly"
 SENSOR = "wal_archive_sensor"
 CHECK_CURRENT = "wal_archive_is_current"
 CHECK_NOT_FAILING = "wal_archive_not_failing"
+CHECK_NO_GAP = "wal_archive_has_no_gap"
 CHECK_DRILLED = "latest_recovery_point_drilled"
 
 
@@ -59,7 +62,8 @@ class RecoverConfig(dg.Config):
 def _window_metadata(window) -> dict:
     return {"window_oldest": dg.MetadataValue.text(window.oldest.isoformat() if window.oldest else "none"),
             "window_newest": dg.MetadataValue.text(window.newest.isoformat() if window.newest else "none"),
-            "window_gap": dg.MetadataValue.text(window.gap or "none")}
+            "window_gap": dg.MetadataValue.text(window.gap or "none"),
+            "system_identifier": dg.MetadataValue.text(window.sysid or "none")}
 
 
 @dg.op(name="run_recover", description="Recover a cluster to a point in time as a NEW cluster.",
@@ -160,6 +164,18 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "last_failed_wal": dg.MetadataValue.text(health.status.last_failed_wal or "none"),
             "ready_segments": dg.MetadataValue.int(health.status.ready_segments)})
 
+    @dg.asset_check(asset=archive_key(cluster), name=CHECK_NO_GAP,
+                    description="Every WAL segment and timeline history file after the newest base backup is in "
+                                "the archive (the current incarnation's): recovery reaches the newest segment.")
+    def wal_archive_has_no_gap(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
+        from pg_ops.operations.wal import recovery_window
+
+        window = recovery_window(pg_ops.cluster(cluster, context.log))
+        return dg.AssetCheckResult(passed=window.gap is None, severity=dg.AssetCheckSeverity.ERROR, metadata={
+            "first_missing": dg.MetadataValue.text(window.first_missing or "none"),
+            "older_base_backups_stop_at": dg.MetadataValue.text(window.before_gap or "none"),
+            **_window_metadata(window)})
+
     @dg.asset_check(asset=pitr_key(cluster), name=CHECK_DRILLED,
                     description="The newest point-in-time drill passed, within the last 8 days; not due yet "
                                 "(passes, saying so) before the cluster's first scheduled drill after its first "
@@ -184,7 +200,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "reason": dg.MetadataValue.text(latest.get("reason") or "")})
 
     return ([base_backup, pitr_drill], [archive],
-            [wal_archive_is_current, wal_archive_not_failing, latest_recovery_point_drilled])
+            [wal_archive_is_current, wal_archive_not_failing, wal_archive_has_no_gap, latest_recovery_point_drilled])
 
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
@@ -217,15 +233,17 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                        base_job, base_key, "Base backup")
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
                                        drill_job, pitr_key, "Point-in-time drill", nothing_to_do=no_base_backup)
-        sensors.append(_archive_sensor())
+        sensors.append(_archive_sensor(base_job))
     return dg.Definitions(assets=[*assets, *specs_only], asset_checks=checks, jobs=jobs, schedules=schedules,
                           sensors=sensors, resources={"alerts": ALERTS})
 
 
-def _archive_sensor() -> dg.SensorDefinition:
+def _archive_sensor(base_job) -> dg.SensorDefinition:
     @dg.sensor(name=SENSOR, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               job=base_job,
                description="Every archiving cluster's WAL archive: age of the newest segment, failed attempts, "
-                           "WAL waiting on the primary (alerts fire once, resolve once) and the recovery window.")
+                           "WAL waiting on the primary (alerts fire once, resolve once) and the recovery window; "
+                           "a gap no member could fill requests a base backup of that cluster.")
     def wal_archive_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
                            alerts: AlertsResource) -> dg.SensorResult:
         from pg_ops.operations.context import ClusterContext
@@ -235,18 +253,24 @@ def _archive_sensor() -> dg.SensorDefinition:
                     if s.backups.wal.enabled]
         cursor = json.loads(context.cursor) if context.cursor else {}
         healths, cursor["alerts"] = watch_archiving(contexts, cursor.get("alerts", {}))
-        events = []
+        events, requests = [], []
         for cluster, health in healths.items():
             if isinstance(health, str):
                 continue
+            window = health.window
+            if window is not None and window.gap and health.base_backup_blocked is None:
+                # One request per gap and hour: a base backup that failed is asked for again.
+                requests.append(gap_base_backup_request(cluster, window.sysid, window.first_missing or "gap",
+                                                        time.strftime("%Y%m%dT%H", time.gmtime())))
             s = health.status
             events.append(dg.AssetObservation(asset_key=archive_key(cluster), metadata={
                 "last_archived_wal": s.last_archived_wal or "none",
                 "last_archived_age_seconds": dg.MetadataValue.float(round(s.last_archived_age_seconds or -1.0, 1)),
                 "failed_count": s.failed_count, "ready_segments": s.ready_segments,
                 "backlog_mb": dg.MetadataValue.float(round(health.backlog_bytes / 1e6, 1)),
-                "failing": s.failing, "stale": health.stale}))
-        return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor, default=str))
+                "failing": s.failing, "stale": health.stale,
+                **(_window_metadata(window) if window is not None else {})}))
+        return dg.SensorResult(asset_events=events, run_requests=requests, cursor=json.dumps(cursor, default=str))
 
     return wal_archive_sensor
 
@@ -258,6 +282,11 @@ def no_base_backup(ctx) -> str | None:
     if pitr_drill_status(ctx)["newest_base_backup"]:
         return None
     return "no base backup to recover from yet (the first base backup has not run)"
+
+
+def gap_base_backup_request(cluster: str, sysid: str, first_missing: str, hour: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"{cluster}-{sysid}-gap-{first_missing}-{hour}", asset_selection=[base_key(cluster)],
+                         tags={CLUSTER_TAG: cluster, "pg_ops/reason": f"wal_archive_gap {first_missing}"})
 
 
 def pitr_drill_run_config(cluster: str, target_time: str | None) -> dict:

@@ -155,6 +155,7 @@ def deploy(ctx: ClusterContext) -> DeployResult:
     ensure_record(ctx)  # deployment/desired_state
     started = start_members(ctx)  # deployment/members
     verify_primary_endpoint(ctx)  # deployment/primary_endpoint
+    adopt_legacy_archive(ctx)
     state = ctx.state()
     members = ctx.probe()  # deployment/replication
     problems = deployment_problems(ctx, members, state.primary)
@@ -221,4 +222,41 @@ def teardown(ctx: ClusterContext) -> None:
             ctx.platform.teardown()
     else:
         ctx.platform.teardown()
-    ctx.log.info("cluster %s torn down", ctx.name)
+    ctx.log.info("cluster %s torn down; %s", ctx.name, left_behind(ctx))
+
+
+def adopt_legacy_archive(ctx: ClusterContext) -> None:
+    """The WAL archive of the layout before incarnations, moved into this cluster's (ADR-003);
+    never fails the deploy."""
+    from pg_ops.operations import wal
+
+    try:
+        wal.require_archiving(ctx)
+    except PgOpsError:
+        return  # not archiving (or not into a store this platform can write): nothing to move
+    try:
+        wal.adopt_legacy_archive(ctx)
+    except PgOpsError as exc:
+        ctx.log.warning("cluster %s: the WAL archive of the layout before incarnations was not moved: %s",
+                        ctx.name, exc)
+
+
+def left_behind(ctx: ClusterContext) -> str:
+    """One line: what a teardown keeps in the backup store (backups and WAL archives are never
+    deleted by it), and that a cluster deployed again under this name archives apart."""
+    from pg_ops.stores import wal_archive as wa
+
+    try:
+        backups = ctx.store()
+        where = backups.describe()
+        dumps = len(backups.list(f"{ctx.name}/"))
+        archives = wa.incarnations(backups, ctx.name)
+    except PgOpsError as exc:
+        return f"the backup store could not be read to say what it keeps ({exc})"
+    kept = [f"{dumps} logical backup object(s) in {where}/{ctx.name}/"] if dumps else []
+    kept += [f"the WAL archive of system {i.sysid} ({i.objects} objects) in {where}/{wa.archive_root(ctx.name)}/"
+             f"{i.sysid}/" for i in archives]
+    if not kept:
+        return "nothing kept in the backup store"
+    return ("kept: " + ", ".join(kept) + "; a cluster deployed again as " + ctx.name
+            + " is a new system and archives into a folder of its own")

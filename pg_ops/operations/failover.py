@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from pg_ops.errors import MemberError, PgOpsError, Refused
+from pg_ops.operations import wal
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
@@ -189,6 +190,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     change.notes.append(f"repointed {', '.join(repointed) or 'none'}")
     if plan.resume:
         change.notes.append(f"resumed a change that stopped half-way: {candidate} was designated but not promoted")
+    change.notes += wal.after_promotion(ctx)  # the archive's continuity: ship from pg_wal, or the gap alert
     if ctx.spec.postgres.replication == "async" and not plan.resume:
         change.notes.append(f"async mode: commits {old} accepted after {plan.lag_bytes} bytes behind were not "
                             "replicated and are discarded when it rejoins (pg_rewind)")
@@ -260,6 +262,8 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         if not probes[to].streaming:
             raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
                              f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
+    with steps.step("drain the old primary's WAL archiver"):  # before the record names another primary
+        drained = wal.drain_archiver(ctx, old)
     with steps.step("checkpoint the old primary"):
         final_lsn = act.sql(ctx, old, admin.checkpoint, timeout=60)
     with steps.step("write the desired state"):
@@ -291,6 +295,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
                             epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
                             seconds=steps.elapsed, steps=steps.as_metadata())
     change.notes.append(f"final LSN {final_lsn}, received {received}")
+    change.notes += [drained, *wal.after_promotion(ctx)]
     return change
 
 

@@ -18,7 +18,7 @@ target (naming the gap), a new name that is taken (a spec or a local cluster of 
 The drill recovers into a throw-away server: by default to a time it chooses between two
 marker rows it commits itself (so "before present, after absent" is exact), else to the TIME
 given; it checks pg_ops's heartbeat rows around the target and amcheck on every B-tree index,
-and records the result in the archive (`<cluster>.wal/drills/`), like dump drills.
+and records the result in the archive (`<cluster>.wal/<sysid>/drills/`), like dump drills.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_marker, record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.members import lease_kept
-from pg_ops.operations.wal import require_archiving, s3_keys_env, switch_and_wait
+from pg_ops.operations.wal import archive_ref, require_archiving, s3_keys_env, switch_and_wait
 from pg_ops.platforms.base import Members
 from pg_ops.poll import poll
 from pg_ops.postgres import archiving, barman, dump, status_table
@@ -53,6 +53,10 @@ from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
 
 RECOVERY_TIMEOUT_S = 6 * 3600.0
+# The archive hold of a recovery or drill outlasts every step it covers: restoring the base
+# backup (barman's 6 h bound), replay (RECOVERY_TIMEOUT_S) and an hour for the rest (L6: a
+# 6 h hold could lapse mid-replay and let retention prune the WAL being replayed).
+RECOVERY_HOLD_S = 6 * 3600.0 + RECOVERY_TIMEOUT_S + 3600.0
 PROGRESS_EVERY_S = 30.0
 # What our own probes are told while the server replays: not a failure of the recovery.
 CONNECTION_REFUSALS = ("not accepting connections", "is starting up", "not yet accepting", "in recovery mode",
@@ -122,7 +126,7 @@ def plan_recovery(listing: wa.ArchiveListing, starts: dict[int, int], target: da
 def check_recovery(ctx: ClusterContext, target: datetime, store: BackupStore | None = None) -> RecoveryPlan:
     require_archiving(ctx)
     store = store or ctx.store()
-    listing = wa.list_archive(store, ctx.name)
+    listing = wa.list_archive(store, archive_ref(ctx, store))
     return plan_recovery(listing, wa.timeline_starts(store, listing), target)
 
 
@@ -186,8 +190,10 @@ def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> Rec
 # -- filling a data dir ------------------------------------------------------------------------------
 def base_backup_filler(ctx: ClusterContext, store: BackupStore, backup: wa.BaseBackup) -> Callable[[Path], None]:
     if ctx.spec.backups.store.type == "s3":
+        ref = archive_ref(ctx, store)
+
         def fill_s3(data: Path) -> None:
-            barman.restore_base_backup(wa.s3_target(ctx.spec), backup.id, data, s3_keys_env(ctx))
+            barman.restore_base_backup(wa.s3_target(ctx.spec, ref), backup.id, data, s3_keys_env(ctx))
         return fill_s3
 
     def fill_file(data: Path) -> None:
@@ -232,13 +238,14 @@ def wait_promoted(platform: Members, member: str, password: str, target: datetim
     return poll(attempt, timeout=timeout, interval=0.2, expired=expired)
 
 
-def recovery_auto_conf(source: ClusterSpec, target: datetime) -> Callable[[Path, str], str]:
-    """postgresql.auto.conf for a server (its cluster folder given) replaying `source`'s archive."""
+def recovery_auto_conf(source: ClusterSpec, ref: wa.ArchiveRef, target: datetime) -> Callable[[Path, str], str]:
+    """postgresql.auto.conf for a server (its cluster folder given) replaying one incarnation
+    (`ref`) of `source`'s archive."""
     from pg_ops.platforms import local_archive
     from pg_ops.platforms.server_user import server_user
 
     def build(root: Path, current: str) -> str:
-        command = local_archive.restore_command(source, root, server_user())
+        command = local_archive.restore_command(source, ref, root, server_user())
         return archiving.auto_conf_for_recovery(current, archiving.recovery_settings(command, target))
     return build
 
@@ -275,11 +282,12 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
     ctx.log.info("recovering cluster %s to %s as %s from base backup %s", ctx.name, _t(target), as_name,
                  plan.base_backup.id)
     try:
-        with wa.hold_archive(store, ctx.name, holder, "recovery"):
+        ref = archive_ref(ctx, store)
+        with wa.hold_archive(store, ref, holder, "recovery", ttl_seconds=RECOVERY_HOLD_S):
             t0 = time.monotonic()
             member = local_recovery.bootstrap_recovered(platform, ctx.credentials(),
                                                         base_backup_filler(ctx, store, plan.base_backup),
-                                                        recovery_auto_conf(ctx.spec, target))
+                                                        recovery_auto_conf(ctx.spec, ref, target))
             restore_s = time.monotonic() - t0
             with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
                 platform.start_member(member)
@@ -414,11 +422,12 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
     report.base_backup = plan.base_backup.id
     expected = expected_rows_before(ctx, target)
     try:
-        with wa.hold_archive(store, ctx.name, f"pitr-drill-{secrets.token_hex(3)}", "drill"):
+        ref = archive_ref(ctx, store)
+        with wa.hold_archive(store, ref, f"pitr-drill-{secrets.token_hex(3)}", "drill", ttl_seconds=RECOVERY_HOLD_S):
             t0 = time.monotonic()
             with local_recovery.drill_server(
                     "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),
-                    recovery_auto_conf(ctx.spec, target)) as server:
+                    recovery_auto_conf(ctx.spec, ref, target)) as server:
                 member = server.spec.member_names[0]
                 report.restore_seconds = round(time.monotonic() - t0, 3)
                 report.replay_seconds = round(wait_promoted(server, member, ctx.admin_password(), target, ctx.log), 3)
@@ -434,7 +443,7 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
         report.result, report.reason = "failed", str(exc)
     report.total_seconds = round(time.monotonic() - started, 3)
     report.finished_at = datetime.now(UTC).isoformat()
-    store.put_bytes(wa.drill_key(ctx.name, datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")),
+    store.put_bytes(wa.drill_key(archive_ref(ctx, store), datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")),
                     json.dumps(report.as_dict(), indent=1).encode())
     if report.result != "passed":
         alert_drill(ctx, f"point-in-time {_t(target)}", report.reason)
@@ -454,8 +463,9 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
     drill passed, within DRILL_RECENT_DAYS (the drill is weekly, base backups nightly: the drilled
     base backup is usually not the newest one, and says so in `from_newest_base_backup`)."""
     store = store or ctx.store()
-    drills = wa.list_drills(store, ctx.name)
-    listing = wa.list_archive(store, ctx.name)
+    ref = archive_ref(ctx, store)
+    drills = wa.list_drills(store, ref)
+    listing = wa.list_archive(store, ref)
     latest = drills[-1] if drills else None
     newest_base = listing.base_backups[-1].id if listing.base_backups else None
     age = None

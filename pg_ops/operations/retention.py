@@ -247,12 +247,14 @@ class ArchivePruneResult:
 
 def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
                   now: datetime | None = None) -> ArchivePruneResult:
+    from pg_ops.operations.wal import archive_ref
     from pg_ops.stores import wal_archive as wa
 
     store = store or ctx.store()
     now = now or datetime.now(UTC)
-    listing = wa.list_archive(store, ctx.name)
-    drills = [d for d in wa.list_drills(store, ctx.name) if d.get("result") == "passed"]
+    ref = archive_ref(ctx, store)
+    listing = wa.list_archive(store, ref)
+    drills = [d for d in wa.list_drills(store, ref) if d.get("result") == "passed"]
     policy = ctx.spec.backups
     plan = plan_archive_retention(listing.base_backups, now=now, retention_days=policy.retention_days,
                                   min_keep=policy.min_keep, verified_base=drills[-1]["base_backup"] if drills else None,
@@ -273,15 +275,15 @@ def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_
         result.deleted_segments = len(old)
     # A base backup that never completed (no backup.info): garbage once a day old.
     for backup_id in listing.incomplete_base:
-        keys = [o.key for o in store.list(f"{wa.archive_root(ctx.name)}/base/{backup_id}/")]
-        if keys and all(now - o.modified >= INCOMPLETE_GRACE
-                        for o in store.list(f"{wa.archive_root(ctx.name)}/base/{backup_id}/")):
+        objects = store.list(f"{ref.root}/base/{backup_id}/")
+        keys = [o.key for o in objects]
+        if keys and all(now - o.modified >= INCOMPLETE_GRACE for o in objects):
             doomed += keys
             result.deleted_incomplete.append(backup_id)
     ctx.log.info("archive retention of %s: %s %d base backups, %d segments", ctx.name,
                  "would delete" if dry_run else "deleting", len(result.deleted_base_backups), result.deleted_segments)
     if doomed and not dry_run:
-        if wa.active_holds(store, ctx.name):  # a recovery or drill started since the plan was made
+        if wa.active_holds(store, ref):  # a recovery or drill started since the plan was made
             result.blocked = "the archive was held since the plan was made: pruning nothing"
             return result
         store.delete(doomed)

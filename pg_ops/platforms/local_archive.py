@@ -1,8 +1,9 @@
 """WAL archiving on the local platform: where the archive command writes and what it runs as
 the server user, and how a data dir is seeded from a base backup for a recovery.
 
-File store: the archive is `<store>/<cluster>.wal/`, owned by the server user (the archive
-command writes it); the store's own folder is pg_ops's, opened to the server user's group for
+File store: the archive is `<store>/<cluster>.wal/<sysid>/` (one folder per incarnation, the
+archive command picks its server's own), `<cluster>.wal/` owned by the server user (the archive
+command writes it; pg_ops's own writes below it take that owner, FileStore's rule); the store's own folder is pg_ops's, opened to the server user's group for
 traversal only (0710), so the dumps beside it stay unreadable. S3: barman-cloud from its own
 venv (settings.barman_bin(): built from a python the server user can execute, not the project
 venv whose python lives under root's 0700 pyenv), with the keys in an AWS credentials file
@@ -23,7 +24,7 @@ from pg_ops.platforms.server_user import ServerUser, chown_tree, unreachable_par
 from pg_ops.postgres import barman
 from pg_ops.spec import ClusterSpec, FileStoreSpec, S3StoreSpec
 from pg_ops.stores import s3_credentials
-from pg_ops.stores.wal_archive import archive_root, s3_target
+from pg_ops.stores.wal_archive import ArchiveRef, archive_root, s3_target
 
 WAL_FILE_SCRIPT = Path(__file__).with_name("wal_file.sh")
 
@@ -36,6 +37,7 @@ def file_store_root(spec: ClusterSpec) -> Path:
 
 
 def archive_dir(spec: ClusterSpec, cluster: str | None = None) -> Path:
+    """`<store>/<cluster>.wal`: every incarnation's archive is a folder in it."""
     return file_store_root(spec) / archive_root(cluster or spec.name)
 
 
@@ -61,13 +63,11 @@ def prepare_file_archive(spec: ClusterSpec, user: ServerUser) -> Path:
     root = file_store_root(spec)
     _open_store_root(root, user)
     folder = archive_dir(spec)
-    (folder / "wals").mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     if user.switch and folder.stat().st_uid != user.uid:
-        os.chown(folder, user.uid, user.gid)
-    if user.switch and (folder / "wals").stat().st_uid != user.uid:
-        chown_tree(folder / "wals", user)
-    _check_reachable(folder / "wals", user, "the WAL archive")
+        chown_tree(folder, user)
+    _check_reachable(folder, user, "the WAL archive")
     return folder
 
 
@@ -106,11 +106,12 @@ def archive_command(spec: ClusterSpec, cluster_root: Path, user: ServerUser) -> 
     return barman.archive_command(s3_target(spec), bin_dir, credentials)
 
 
-def restore_command(source: ClusterSpec, cluster_root: Path, user: ServerUser) -> str:
-    """restore_command reading `source`'s archive, for a server of the cluster at cluster_root."""
+def restore_command(source: ClusterSpec, ref: ArchiveRef, cluster_root: Path, user: ServerUser) -> str:
+    """restore_command reading one incarnation (`ref`) of `source`'s archive, for a server of the
+    cluster at cluster_root."""
     if source.backups.store.type == "file":
-        folder = archive_dir(source)
+        folder = archive_dir(source) / ref.sysid
         _check_reachable(folder / "wals", user, "the WAL archive")
         return f"/bin/bash {shlex.quote(str(WAL_FILE_SCRIPT))} restore {shlex.quote(str(folder))} %f %p"
     credentials = write_s3_credentials(source, cluster_root, user)
-    return barman.restore_command(s3_target(source), settings.barman_bin(), credentials)
+    return barman.restore_command(s3_target(source, ref), settings.barman_bin(), credentials)

@@ -82,6 +82,23 @@ def archiver_status(conn: psycopg.Connection) -> ArchiverStatus:
     return ArchiverStatus(**{k: row[k] for k in ArchiverStatus.__dataclass_fields__})
 
 
+def wal_file(conn: psycopg.Connection, name: str) -> bytes | None:
+    """A file of this server's pg_wal (a segment or a history file), None when it has none by
+    that name (recycled, or never received)."""
+    present = conn.execute("select 1 from pg_ls_waldir() where name = %s", (name,)).fetchone()
+    if not present:
+        return None
+    try:
+        return bytes(conn.execute("select pg_read_binary_file('pg_wal/' || %s)", (name,)).fetchone()[0])
+    except psycopg.errors.UndefinedFile:  # removed between the two statements
+        return None
+
+
+def segment_system_identifier(data: bytes) -> int | None:
+    """The system identifier in a segment's long page header (xlp_sysid, bytes 24..32)."""
+    return int.from_bytes(data[24:32], "little") if len(data) >= 32 else None
+
+
 def switch_wal(conn: psycopg.Connection) -> str:
     """Close the current segment so it is archived now; returns its name. A transaction id is
     taken first: its commit is WAL to switch away from (pg_switch_wal does nothing on an idle

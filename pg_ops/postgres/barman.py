@@ -1,10 +1,14 @@
 """barman-cloud (the tools CloudNativePG uses) for S3 stores: the archive and restore
 commands PostgreSQL runs, and the base backup / restore / listing pg_ops runs.
 
-Layout in the bucket (barman-cloud's own): `s3://<bucket>/<prefix>/<cluster>.wal/` with
+Layout in the bucket (barman-cloud's own): destination `s3://<bucket>/<prefix>/<cluster>.wal`,
+server name the cluster's system identifier, so `<cluster>.wal/<sysid>/` holds
 `wals/<timeline+log>/<segment>.zst`, `wals/<tl>.history` and `base/<backup_id>/` (data.tar.lz4,
-backup.info). The server name is `<cluster>.wal`: a cluster name has no dot, so it never
-collides with a logical backup folder `<cluster>/`.
+backup.info). `<cluster>.wal`: a cluster name has no dot, so it never collides with a logical
+backup folder `<cluster>/`; `<sysid>`: a cluster made again under the same name is another
+system and never archives into the old one's folder. The archive command reads its server's
+own identifier from `global/pg_control` at run time (the first 8 bytes), so one command serves
+every member, a re-made cluster and a recovered one.
 
 The commands run as the server user (archive, restore) or as pg_ops (backup, restore of a
 base backup, listing), always from barman-cloud's own venv (settings.barman_bin()). S3 keys
@@ -40,7 +44,7 @@ class S3Target:
 
     bucket: str
     prefix: str
-    server: str  # <cluster>.wal
+    server: str | None  # the system identifier; None: the archiving server's own (archive_command only)
     endpoint_url: str | None
     region: str | None
     encryption: str | None
@@ -70,10 +74,18 @@ def archive_command(target: S3Target, bin_dir: Path | str, credentials_file: str
             "--read-timeout", str(READ_TIMEOUT_S)]
     if target.encryption:
         argv += ["-e", target.encryption]
-    return _shell(env, argv + [target.destination, target.server]) + " %p"
+    if target.server:
+        return _shell(env, argv + [target.destination, target.server]) + " %p"
+    return f"{OWN_SYSID} && " + _shell(env, argv + [target.destination]) + ' "$sysid" %p'
+
+
+# The system identifier of the server running the command (cwd: its data dir), native-endian as
+# pg_control stores it; an empty result fails the command rather than archiving anywhere else.
+OWN_SYSID = "sysid=$(od -An -tu8 -N8 global/pg_control | tr -d ' ') && [ -n \"$sysid\" ]"
 
 
 def restore_command(target: S3Target, bin_dir: Path | str, credentials_file: str | None) -> str:
+    assert target.server, "a restore reads one incarnation's archive"
     env = {**target.env(), **({"AWS_SHARED_CREDENTIALS_FILE": credentials_file} if credentials_file else {})}
     argv = [_path(bin_dir, "barman-cloud-wal-restore"), *target.cloud_args(), target.destination, target.server]
     return _shell(env, argv) + " %f %p"
@@ -109,12 +121,14 @@ def take_base_backup(target: S3Target, endpoint: Endpoint, user: str, passfile: 
             "-J", str(BASE_JOBS), "-h", endpoint.host, "-p", str(endpoint.port), "-U", user, "-d", "postgres"]
     if target.encryption:
         argv += ["-e", target.encryption]
+    assert target.server, "a base backup goes into one incarnation's archive"
     _run(argv + [target.destination, target.server], {**target.env(), **keys_env, "PGPASSFILE": str(passfile)},
          f"barman-cloud-backup of {endpoint} into {target.destination}/{target.server}", timeout)
 
 
 def restore_base_backup(target: S3Target, backup_id: str, data_dir: Path, keys_env: dict[str, str],
                         timeout: float = 6 * 3600) -> None:
+    assert target.server, "a restore reads one incarnation's archive"
     argv = [tool("barman-cloud-restore"), *target.cloud_args(), target.destination, target.server, backup_id,
             str(data_dir)]
     _run(argv, {**target.env(), **keys_env}, f"barman-cloud-restore of base backup {backup_id}", timeout)

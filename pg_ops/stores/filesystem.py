@@ -3,6 +3,9 @@
 Objects are written to a hidden `.<name>.partial-<id>` file beside their final name and
 renamed into place on commit (after fsync), so a reader never sees a half-written object.
 Folders are 0700 and every object 0600: globals hold password hashes, and a dump holds data.
+Run as root, a new folder or object takes the owner of the folder it is made in: the WAL
+archive's folder belongs to the server user, whose archive command must keep writing into
+what pg_ops adds there (an incarnation's folder made by a base backup, a shipped segment).
 """
 
 from __future__ import annotations
@@ -29,13 +32,34 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _owner_like_parent(path: Path) -> None:
+    """As root: give `path` the owner of its folder (a no-op when that is root already)."""
+    if os.geteuid() != 0:
+        return
+    parent = path.parent.stat()
+    if parent.st_uid != 0 and path.stat().st_uid != parent.st_uid:
+        os.lchown(path, parent.st_uid, parent.st_gid)
+
+
+def make_folders(root: Path, folder: Path) -> None:
+    """mkdir -p below `root`, each new folder 0700 and owned like the folder it is made in."""
+    missing = []
+    while folder != root and not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+        _owner_like_parent(path)
+
+
 class FileWriter(ObjectWriter):
     def __init__(self, store: FileStore, key: str):
         self.key = key
         self.final = store.path_of(key)
         self._done = False
         try:
-            self.final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_folders(store.root, self.final.parent)
             self.partial = self.final.with_name(f".{self.final.name}{PARTIAL_MARK}{uuid.uuid4().hex[:12]}")
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
@@ -55,6 +79,7 @@ class FileWriter(ObjectWriter):
             os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self.partial, self.final)
+            _owner_like_parent(self.final)
             dir_fd = os.open(self.final.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)

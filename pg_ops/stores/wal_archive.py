@@ -1,16 +1,20 @@
 """The WAL archive of a cluster inside its backup store, the same layout on S3 (barman-cloud's
-own) and on a file store (pg_ops's copy script writes the same names):
+own, the server name being the system identifier) and on a file store (pg_ops's copy script
+writes the same names), one folder per incarnation of the cluster:
 
-    <cluster>.wal/wals/<timeline+log>/<segment>[.zst]   archived segments (and .partial ones)
-    <cluster>.wal/wals/<tl>.history                      timeline histories (one per failover)
-    <cluster>.wal/base/<backup_id>/backup.info           a complete base backup (written last)
-    <cluster>.wal/base/<backup_id>/data.tar[.lz4|.zst]   its data
-    <cluster>.wal/holds/<holder>.json                    a recovery or drill is reading: prune nothing
-    <cluster>.wal/drills/<stamp>.json                    a point-in-time drill's result
+    <cluster>.wal/<sysid>/wals/<timeline+log>/<segment>[.zst]   archived segments (and .partial ones)
+    <cluster>.wal/<sysid>/wals/<tl>.history                      timeline histories (one per failover)
+    <cluster>.wal/<sysid>/base/<backup_id>/backup.info           a complete base backup (written last)
+    <cluster>.wal/<sysid>/base/<backup_id>/data.tar[.lz4|.zst]   its data
+    <cluster>.wal/<sysid>/holds/<holder>.json                    a recovery or drill is reading: prune nothing
+    <cluster>.wal/<sysid>/drills/<stamp>.json                    a point-in-time drill's result
 
-From it: the recovery window (oldest base backup's end .. newest archived segment), the base
-backup a target time needs, and any segment missing on the way (a gap), following the
-timeline history through failovers.
+`<sysid>` is the system identifier of the cluster that wrote it (pg_control_system()): a cluster
+torn down and deployed again under the same name is a new system and archives beside the old
+one, never into it (segment names restart at timeline 1 and would clash). From one
+incarnation's folder: the recovery window (oldest base backup's end .. newest archived segment),
+the base backup a target time needs, and any segment or history file missing on the way (a
+gap), following the timeline history through failovers.
 """
 
 from __future__ import annotations
@@ -38,14 +42,48 @@ HOLD_SECONDS = 6 * 3600
 
 
 def archive_root(cluster: str) -> str:
+    """Every incarnation's archive of `cluster` is under this folder."""
     return f"{cluster}{ARCHIVE_SUFFIX}"
 
 
-def s3_target(spec: ClusterSpec, cluster: str | None = None) -> S3Target:
+@dataclass(frozen=True)
+class ArchiveRef:
+    """One incarnation's archive: the cluster name and the system identifier that wrote it."""
+
+    cluster: str
+    sysid: str
+
+    @property
+    def root(self) -> str:
+        return f"{archive_root(self.cluster)}/{self.sysid}"
+
+
+def s3_target(spec: ClusterSpec, ref: ArchiveRef | None = None) -> S3Target:
+    """barman-cloud's destination `<prefix>/<cluster>.wal` and server name `<sysid>`; without a
+    ref the server name is the archiving server's own system identifier, read at run time."""
     store = spec.backups.store
     assert isinstance(store, S3StoreSpec), "called for clusters whose store is S3"
-    return S3Target(bucket=store.bucket, prefix=store.prefix.strip("/"), server=archive_root(cluster or spec.name),
+    prefix = "/".join(p for p in (store.prefix.strip("/"), archive_root(ref.cluster if ref else spec.name)) if p)
+    return S3Target(bucket=store.bucket, prefix=prefix, server=ref.sysid if ref else None,
                     endpoint_url=store.endpoint_url, region=store.region, encryption=store.server_side_encryption)
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    sysid: str
+    objects: int
+    newest: datetime
+
+
+def incarnations(store: BackupStore, cluster: str) -> list[Incarnation]:
+    """The incarnations whose archives the store holds for `cluster`, oldest activity first.
+    Objects of the layout before incarnations (`<cluster>.wal/wals/...`) count as "legacy"."""
+    found: dict[str, list[ObjectInfo]] = {}
+    for obj in store.list(f"{archive_root(cluster)}/"):
+        first = obj.key[len(archive_root(cluster)) + 1:].split("/", 1)[0]
+        found.setdefault(first if first.isdigit() else "legacy", []).append(obj)
+    out = [Incarnation(sysid, len(objs), max(o.modified for o in objs)) for sysid, objs in found.items()]
+    return sorted(out, key=lambda i: i.newest)
 
 
 def _segment(name: str) -> walfiles.Segment:
@@ -54,7 +92,7 @@ def _segment(name: str) -> walfiles.Segment:
     return segment
 
 
-def _plain_name(key: str) -> str:
+def plain_name(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
     for suffix in COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
@@ -117,6 +155,7 @@ class ArchiveListing:
     """Everything the store holds for one cluster's archive, read in one pass."""
 
     cluster: str
+    sysid: str = ""
     segments: list[ArchivedSegment] = field(default_factory=list)
     histories: dict[int, str] = field(default_factory=dict)  # timeline -> key of its history file
     base_backups: list[BaseBackup] = field(default_factory=list)  # complete ones, oldest first
@@ -135,14 +174,14 @@ class ArchiveListing:
         return [h for h in self.holds if h.get("expires_at", 0) > now]
 
 
-def list_archive(store: BackupStore, cluster: str) -> ArchiveListing:
-    root = archive_root(cluster)
-    listing = ArchiveListing(cluster)
+def list_archive(store: BackupStore, ref: ArchiveRef) -> ArchiveListing:
+    root = ref.root
+    listing = ArchiveListing(ref.cluster, ref.sysid)
     base_objects: dict[str, list[ObjectInfo]] = {}
     for obj in store.list(f"{root}/"):
         rel = obj.key[len(root) + 1:]
         parts = rel.split("/")
-        name = _plain_name(obj.key)
+        name = plain_name(obj.key)
         if parts[0] == "wals":
             segment = walfiles.parse_segment(name)
             if segment is not None:
@@ -226,29 +265,68 @@ class Gap:
                 f"and {self.after or 'the newest segment'})")
 
 
-def find_gap(listing: ArchiveListing, starts: dict[int, int], first_segno: int, last_segno: int) -> Gap | None:
-    """The first run of segments missing between first_segno and last_segno (inclusive), each
-    looked for on the timeline that owns it."""
+def find_gaps(listing: ArchiveListing, starts: dict[int, int], first_segno: int, last_segno: int) -> list[Gap]:
+    """Every run of segments missing between first_segno and last_segno (inclusive), each
+    looked for on the timeline that owns it; oldest first."""
     present = {(s.segment.timeline, s.segment.segno) for s in listing.segments if not s.segment.partial}
     missing = [n for n in range(first_segno, last_segno + 1) if (expected_timeline(starts, n), n) not in present]
-    if not missing:
-        return None
-    run_end = missing[0]
-    while run_end + 1 in missing:
-        run_end += 1
     name = lambda n: walfiles.segment_name(expected_timeline(starts, n), n)  # noqa: E731
-    before = name(missing[0] - 1) if missing[0] > first_segno else None
-    after = name(run_end + 1) if run_end < last_segno else None
-    return Gap(name(missing[0]), name(run_end), before, after)
+    out: list[Gap] = []
+    runs: list[tuple[int, int]] = []
+    for n in missing:
+        if runs and runs[-1][1] + 1 == n:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    for lo, hi in runs:
+        out.append(Gap(name(lo), name(hi), name(lo - 1) if lo > first_segno else None,
+                       name(hi + 1) if hi < last_segno else None))
+    return out
+
+
+def find_gap(listing: ArchiveListing, starts: dict[int, int], first_segno: int, last_segno: int) -> Gap | None:
+    """The first run of segments missing between first_segno and last_segno (inclusive)."""
+    gaps = find_gaps(listing, starts, first_segno, last_segno)
+    return gaps[0] if gaps else None
+
+
+def newest_timeline(listing: ArchiveListing) -> int:
+    return max([*listing.histories, *(s.segment.timeline for s in listing.segments), 1])
+
+
+def missing_histories(store: BackupStore, listing: ArchiveListing) -> list[int]:
+    """Timelines whose history file recovery needs and the archive lacks: the newest one's and
+    those of its ancestors above 1 (PostgreSQL's `recovery_target_timeline = latest` stops at the
+    first history file it cannot fetch, so a base backup before it ends there)."""
+    latest = newest_timeline(listing)
+    if latest == 1:
+        return []
+    if latest not in listing.histories:
+        return [latest]
+    history = walfiles.parse_history(read_archived(store, listing.histories[latest]).decode(errors="replace"))
+    return sorted({tl for tl, _ in history if tl > 1 and tl not in listing.histories})
+
+
+def required_last_segno(listing: ArchiveListing, starts: dict[int, int]) -> int | None:
+    """The last segment the archive must hold: the newest archived one, or the one before the
+    newest timeline's start (its history file is archived at promotion, before any segment of
+    it), so segments the old primary never shipped count as missing at once."""
+    newest = listing.newest_segment
+    latest = newest_timeline(listing)
+    ends = [newest.segment.segno] if newest else []
+    if latest > 1 and starts.get(latest):
+        ends.append(starts[latest] - 1)
+    return max(ends) if ends else None
 
 
 # -- holds and drill records ---------------------------------------------------------------------
 @contextlib.contextmanager
-def hold_archive(store: BackupStore, cluster: str, holder: str, purpose: str,
+def hold_archive(store: BackupStore, ref: ArchiveRef, holder: str, purpose: str,
                  ttl_seconds: float = HOLD_SECONDS) -> Iterator[None]:
     """Retention prunes nothing of the archive while a recovery or drill reads it."""
+    cluster = ref.cluster
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", holder)[:100]
-    key = f"{archive_root(cluster)}/holds/{safe}.json"
+    key = f"{ref.root}/holds/{safe}.json"
     expires_at = time.time() + ttl_seconds
     store.put_bytes(key, json.dumps({"holder": holder, "purpose": purpose, "expires_at": expires_at}).encode())
     try:
@@ -262,23 +340,23 @@ def hold_archive(store: BackupStore, cluster: str, holder: str, purpose: str,
                         datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds"), exc)
 
 
-def active_holds(store: BackupStore, cluster: str, now: float | None = None) -> list[dict]:
+def active_holds(store: BackupStore, ref: ArchiveRef, now: float | None = None) -> list[dict]:
     """The holds alone (a short listing), for the re-check right before deleting."""
     holds = []
-    for obj in store.list(f"{archive_root(cluster)}/holds/"):
+    for obj in store.list(f"{ref.root}/holds/"):
         with contextlib.suppress(StoreError, ValueError):
             holds.append(json.loads(store.get_bytes(obj.key)))
     return [h for h in holds if h.get("expires_at", 0) > (now or time.time())]
 
 
-def drill_key(cluster: str, stamp: str) -> str:
-    return f"{archive_root(cluster)}/drills/{stamp}.json"
+def drill_key(ref: ArchiveRef, stamp: str) -> str:
+    return f"{ref.root}/drills/{stamp}.json"
 
 
-def list_drills(store: BackupStore, cluster: str) -> list[dict]:
+def list_drills(store: BackupStore, ref: ArchiveRef) -> list[dict]:
     """Point-in-time drill results, oldest first."""
     out = []
-    for obj in store.list(f"{archive_root(cluster)}/drills/"):
+    for obj in store.list(f"{ref.root}/drills/"):
         with contextlib.suppress(StoreError, ValueError):
             out.append(json.loads(store.get_bytes(obj.key)))
     return sorted(out, key=lambda d: d.get("finished_at", ""))

@@ -63,11 +63,11 @@ def raw_recovery(ctx, backup_id: str, target: datetime, home: Path) -> float:
     os.chmod(folder, 0o755)
     data = folder / "data"
     t0 = time.monotonic()
-    barman.restore_base_backup(wa.s3_target(ctx.spec), backup_id, data, wal.s3_keys_env(ctx))
+    barman.restore_base_backup(wa.s3_target(ctx.spec, wal.archive_ref(ctx)), backup_id, data, wal.s3_keys_env(ctx))
     creds = folder / "aws-credentials"
     creds.write_text(f"[default]\naws_access_key_id = {os.environ['PGOPS_BENCH_AK']}\n"
                      f"aws_secret_access_key = {os.environ['PGOPS_BENCH_SK']}\n")
-    restore = barman.restore_command(wa.s3_target(ctx.spec), settings.barman_bin(), str(creds))
+    restore = barman.restore_command(wa.s3_target(ctx.spec, wal.archive_ref(ctx)), settings.barman_bin(), str(creds))
     auto = data / "postgresql.auto.conf"
     auto.write_text(archiving.auto_conf_for_recovery(auto.read_text() if auto.exists() else "",
                                                      archiving.recovery_settings(restore, target)))
