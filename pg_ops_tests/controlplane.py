@@ -415,12 +415,15 @@ class StandInNode:
     Lease in kube-node-lease every few seconds (so the node lifecycle controller keeps it Ready),
     and every `period` seconds, for the pods bound to it: marks a running pod Ready (phase
     Running, Ready and ContainersReady conditions, one running container status each) and
-    finishes the deletion of a terminating one (a grace-0 delete, as the kubelet does once the
-    containers have stopped). It runs no process, no probe and no volume; the pod IP is
+    finishes the deletion of a terminating one `stop_seconds` after it first saw it terminating
+    (a grace-0 delete, as the kubelet does once the containers have stopped; never at once, so
+    the controllers see the pod terminating first, as on a real node). It runs no process, no probe and no volume; the pod IP is
     127.0.0.1. `ready=False` pods (by name) are left not Ready."""
 
-    def __init__(self, cp: ControlPlane, name: str, *, period: float = 0.5, cpu: str = "8", memory: str = "32Gi"):
-        self.cp, self.name, self.period = cp, name, period
+    def __init__(self, cp: ControlPlane, name: str, *, period: float = 0.5, stop_seconds: float = 2.0,
+                 cpu: str = "8", memory: str = "32Gi"):
+        self.cp, self.name, self.period, self.stop_seconds = cp, name, period, stop_seconds
+        self.terminating: dict[str, float] = {}  # pod uid -> when first seen terminating
         self.cpu, self.memory = cpu, memory
         self.not_ready: set[tuple[str, str]] = set()
         self._stop = threading.Event()
@@ -482,6 +485,9 @@ class StandInNode:
             meta = pod.metadata
             try:
                 if meta.deletion_timestamp is not None:
+                    seen = self.terminating.setdefault(meta.uid, time.monotonic())
+                    if time.monotonic() - seen < self.stop_seconds:
+                        continue
                     self.api.core.delete_namespaced_pod(meta.name, meta.namespace, grace_period_seconds=0,
                                                         body={"preconditions": {"uid": meta.uid}})
                 elif not self._is_ready(pod) and (meta.namespace, meta.name) not in self.not_ready:

@@ -8,7 +8,9 @@ depends on it:
 - the API (store.py, server.py): label selectors, resourceVersion conflicts, 404/409, merge
   patches, server-side apply with field managers (an apply that creates is also a create),
   real Status bodies, pod exec over WebSocket, pod logs, the eviction API with
-  PodDisruptionBudgets;
+  PodDisruptionBudgets (desiredHealthy as the real disruption controller computes it: for
+  maxUnavailable and percentages the expected count is the StatefulSet's replicas; computed at
+  each eviction, where the real status is written asynchronously);
 - authentication and RBAC (rbac.py): the kubeconfig carries pg_ops's ServiceAccount token, so
   every request the Kubernetes platform makes is authorized against the Role and RoleBinding
   pg_ops renders (verbs, resources, resourceNames) and refused with the real 403 body.

@@ -16,7 +16,12 @@ for b in "${binaries[@]}"; do [[ -x "$dest/$b" ]] || complete=0; done
 if (( complete )); then echo "control plane $version: $dest (already built)"; exit 0; fi
 
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-[[ -x "$GO" ]] || { echo "control plane: no Go toolchain (looked for go on PATH and /usr/local/go/bin/go)" >&2; exit 1; }
+if [[ ! -x "$GO" ]]; then
+  # Like scripts/apt-install.sh without root: say what will skip, do not fail `make test`.
+  echo "control plane: no Go toolchain (go on PATH, /usr/local/go/bin/go): not building; the real" \
+       "control-plane tests (pg_ops_tests/test_control_plane.py) will be skipped" >&2
+  exit 0
+fi
 minor="${version#v1.}"; minor="${minor%%.*}"
 pkg=k8s.io/component-base/version
 cpkg=k8s.io/client-go/pkg/version
