@@ -289,6 +289,9 @@ class ControlPlane:
             "--service-account-key-file", str(pki.sa_pub), "--service-account-signing-key-file", str(pki.sa_key),
             "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
             "--service-cluster-ip-range", SERVICE_CIDR, "--cert-dir", str(self.root / "apiserver"),
+            # The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints validation
+            # refuses (loopback); nothing here reaches the API server through that Service.
+            "--endpoint-reconciler-type", "none",
             "--profiling=false", "--v", "1"])
         self._wait("kube-apiserver", lambda: self._get("/readyz") == "ok")
         self.kubeconfig = write_kubeconfig(self.root / "admin.kubeconfig", self.server, pki.ca, cert=self.admin_cert)
@@ -299,7 +302,9 @@ class ControlPlane:
             "--leader-elect=true", "--controllers", "*",
             "--service-account-private-key-file", str(pki.sa_key), "--root-ca-file", str(pki.ca),
             "--cluster-signing-cert-file", str(pki.ca), "--cluster-signing-key-file", str(pki.folder / "ca.key"),
-            "--use-service-account-credentials=false", "--profiling=false", "--v", "1"])
+            # Each controller as its own ServiceAccount with its system:controller:* role, as
+            # kubeadm and K3s run it (the manager's own identity may do little more than that).
+            "--use-service-account-credentials=true", "--profiling=false", "--v", "1"])
         scheduler = write_kubeconfig(self.root / "scheduler.kubeconfig", self.server, pki.ca,
                                      cert=pki.client("scheduler", "system:kube-scheduler"))
         self._run("kube-scheduler", ["--kubeconfig", str(scheduler), "--bind-address", "127.0.0.1",
@@ -417,11 +422,13 @@ class StandInNode:
     Running, Ready and ContainersReady conditions, one running container status each) and
     finishes the deletion of a terminating one `stop_seconds` after it first saw it terminating
     (a grace-0 delete, as the kubelet does once the containers have stopped; never at once, so
-    the controllers see the pod terminating first, as on a real node). It runs no process, no probe and no volume; the pod IP is
-    127.0.0.1. `ready=False` pods (by name) are left not Ready."""
+    the controllers see the pod terminating first, as on a real node). It runs no process, no probe and no volume, and gives a pod no IP: the
+    real validation refuses loopback addresses in Endpoints and EndpointSlices, so the
+    EndpointSlices of the Services stay empty (pod networking is the next step of issue 21).
+    Pods named in `not_ready` ((namespace, name)) are left not Ready."""
 
     def __init__(self, cp: ControlPlane, name: str, *, period: float = 0.5, stop_seconds: float = 2.0,
-                 cpu: str = "8", memory: str = "32Gi"):
+                 cpu: str = "64", memory: str = "256Gi"):
         self.cp, self.name, self.period, self.stop_seconds = cp, name, period, stop_seconds
         self.terminating: dict[str, float] = {}  # pod uid -> when first seen terminating
         self.cpu, self.memory = cpu, memory
@@ -488,8 +495,9 @@ class StandInNode:
                     seen = self.terminating.setdefault(meta.uid, time.monotonic())
                     if time.monotonic() - seen < self.stop_seconds:
                         continue
-                    self.api.core.delete_namespaced_pod(meta.name, meta.namespace, grace_period_seconds=0,
-                                                        body={"preconditions": {"uid": meta.uid}})
+                    # In the body: with a body the API server ignores the query's gracePeriodSeconds.
+                    self.api.core.delete_namespaced_pod(meta.name, meta.namespace, body={
+                        "gracePeriodSeconds": 0, "preconditions": {"uid": meta.uid}})
                 elif not self._is_ready(pod) and (meta.namespace, meta.name) not in self.not_ready:
                     self._mark_ready(pod)
             except ApiException as exc:
@@ -507,5 +515,4 @@ class StandInNode:
         containers = [{"name": c.name, "image": c.image, "imageID": "", "ready": True, "restartCount": 0,
                        "started": True, "state": {"running": {"startedAt": now}}} for c in pod.spec.containers]
         self.api.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
-            "phase": "Running", "conditions": conditions, "containerStatuses": containers,
-            "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": now}})
+            "phase": "Running", "conditions": conditions, "containerStatuses": containers, "startTime": now}})
