@@ -61,6 +61,7 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler
 # on this machine. The first address is the `kubernetes` Service's.
 SERVICE_CIDR = "127.216.0.0/16"
 START_TIMEOUT_S = 120.0
+GO_FALLBACK = "/usr/local/go/bin/go"  # where the polyglot machines have Go when it is not on PATH
 
 
 class ControlPlaneUnavailable(Exception):
@@ -93,7 +94,7 @@ def ensure_built(build: bool = True) -> Path:
     folder = built()
     if folder is not None:
         return folder
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
+    go = shutil.which("go") or (GO_FALLBACK if os.access(GO_FALLBACK, os.X_OK) else None)
     if not build or go is None:
         raise ControlPlaneUnavailable(
             f"real control plane not built ({binaries_dir()}) and {'no Go toolchain' if go is None else 'not building'}"

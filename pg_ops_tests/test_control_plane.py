@@ -109,6 +109,18 @@ def live(api: KubernetesApi, obj: dict) -> dict:
 
 
 # -- the control plane itself ----------------------------------------------------------------------
+def test_not_built_and_no_go_is_one_line(monkeypatch, tmp_path):
+    """What the `cp` fixture skips with on a machine without the binaries and without Go."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(controlplane, "GO_FALLBACK", str(tmp_path / "no-go"))
+    with pytest.raises(controlplane.ControlPlaneUnavailable) as unavailable:
+        controlplane.ControlPlane()
+    message = str(unavailable.value)
+    assert "\n" not in message and message.startswith("real control plane not built (")
+    assert message.endswith("and no Go toolchain: run `make control-plane`")
+
+
 def test_the_control_plane_comes_up(cp, admin):
     assert json.loads(cp._get("/version"))["gitVersion"] == cp.version == controlplane.kubernetes_version()
     assert all(c.alive() for c in cp.components), cp.logs()

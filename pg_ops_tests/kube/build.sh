@@ -4,7 +4,10 @@
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/pg-ops/kubernetes-<version>-<first 12 hex of sha256(go.sum)>/
 # and does nothing when that folder is already complete. Everything comes through the Go module
 # proxy, checked against go.sum. `build.sh --print-dir` prints the folder and builds nothing.
+# The whole script is one function, read before it runs: editing this file while a build runs
+# cannot change what that build does.
 set -euo pipefail
+main() {
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")"
 sum="$(sha256sum "$here/go.sum" | cut -c1-12)"
@@ -47,3 +50,6 @@ rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT
 echo "control plane $version: built $dest"
+}
+main "$@"
+exit
