@@ -24,7 +24,8 @@ StatefulSet controller and the eviction API need to be exercised for real. It ru
         cp.kubeconfig                     # admin kubeconfig (client certificate)
 
 Whatever is started is stopped by process group in `stop()` (also when a test fails), and
-the folder removed.
+the folder removed; if the test process is killed outright, the components die with it
+(PR_SET_PDEATHSIG) and the next start removes the folder it left.
 """
 
 from __future__ import annotations
@@ -104,6 +105,25 @@ def ensure_built(build: bool = True) -> Path:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ControlPlaneUnavailable(f"real control plane cannot be built (make control-plane): {last[:200]}")
     return binaries_dir()
+
+
+ROOT_PREFIX = "pg-ops-controlplane-"
+
+
+def sweep() -> None:
+    """Folders of control planes whose test process died without stopping them (SIGKILL: the
+    components died with it, PR_SET_PDEATHSIG, but the folder stayed)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            pid = int((folder / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def free_port() -> int:
@@ -265,7 +285,9 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="pg-ops-controlplane-"))
+        sweep()
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         net = ipaddress.ip_network(SERVICE_CIDR)
         self.pki = Pki(self.root / "pki", str(net[1]))
         etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
