@@ -125,7 +125,7 @@ def test_the_control_plane_comes_up(cp, admin):
     assert json.loads(cp._get("/version"))["gitVersion"] == cp.version == controlplane.kubernetes_version()
     assert all(c.alive() for c in cp.components), cp.logs()
     assert {c.name for c in cp.components} == set(controlplane.BINARIES)
-    nodes = {n.metadata.name: n for n in admin.core.list_node().items}
+    nodes = {n.metadata.name: n for n in admin.core.list_node().items if n.metadata.name in NODES}
     assert set(nodes) == set(NODES)
     for node in nodes.values():
         assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
@@ -159,6 +159,32 @@ def listening_addresses(pid: int) -> list[str]:
                     host = ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0))
                 found.append(f"{host}:{int(port, 16)}")
     return found
+
+
+def test_a_silent_node_turns_unknown_and_its_pods_not_ready(cp, admin):
+    """The real node lifecycle controller: a stand-in node that stops renewing its Lease is
+    marked Unknown after the grace period and tainted unreachable, and its pods lose Ready (what
+    the fake's partition mode imitates); back, it is Ready again."""
+    node = cp.stand_in_node("node-silent")
+    admin.core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "on-silent"},
+                                                 "spec": {"nodeName": "node-silent",
+                                                          "containers": [{"name": "c", "image": "busybox"}]}})
+    wait_for(lambda: ready(admin.core.read_namespaced_pod("on-silent", "default")), "on-silent Ready")
+    node.paused.set()
+    try:
+        def lost():
+            found = admin.core.read_node("node-silent")
+            status = {c.type: c.status for c in found.status.conditions}["Ready"]
+            taints = {t.key for t in found.spec.taints or []}
+            return status == "Unknown" and "node.kubernetes.io/unreachable" in taints
+        wait_for(lost, "node-silent Unknown and tainted unreachable", timeout=90)
+        wait_for(lambda: not ready(admin.core.read_namespaced_pod("on-silent", "default")), "on-silent not Ready")
+    finally:
+        node.paused.clear()
+    wait_for(lambda: {c.type: c.status for c in admin.core.read_node("node-silent").status.conditions}["Ready"]
+             == "True", "node-silent Ready again", timeout=30)
+    wait_for(lambda: ready(admin.core.read_namespaced_pod("on-silent", "default")), "on-silent Ready again")
+    admin.core.delete_namespaced_pod("on-silent", "default")
 
 
 # -- pg_ops's manifests through real admission and validation ----------------------------------------
