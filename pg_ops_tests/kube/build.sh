@@ -37,7 +37,7 @@ tmp="$(mktemp -d "$(dirname "$dest")/.build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 cd "$here"
 export GOFLAGS=-mod=mod CGO_ENABLED=0
-echo "control plane $version: building into $dest (cold: tens of minutes on 2 cores)"
+echo "control plane $version: building into $dest (cold: about 20 minutes on 2 shared cores)"
 # One go build per binary, the default parallelism (-p = GOMAXPROCS); the packages they share
 # compile once, in the Go build cache.
 for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
