@@ -1,7 +1,8 @@
 """A fake Kubernetes API server for tests: TEST INFRASTRUCTURE ONLY, never part of pg_ops.
 
-No API server can run on these machines (docs/architecture/design.md), so the Kubernetes
-platform is tested against this: an HTTP server on 127.0.0.1 that the official `kubernetes`
+Most of the Kubernetes platform's tests still run against this (a real control plane now builds
+from Go modules, pg_ops_tests/controlplane.py, and the fake's kubelet is to become its client:
+issue 21): an HTTP server on 127.0.0.1 that the official `kubernetes`
 client talks to through an ordinary kubeconfig, behaving like the real one where pg_ops
 depends on it:
 
