@@ -7,6 +7,7 @@ nodes are stand-ins (controlplane.StandInNode: no kubelet, no container runs).""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import re
 from pathlib import Path
@@ -388,3 +389,26 @@ def test_the_rendered_replica_budget_lets_replicas_go_one_at_a_time(cp, admin):
              and p[0].metadata.uid != first and ready(p[0]), "homelab-1 recreated and Ready", timeout=60)
     budget_status(admin, ns, "homelab", currentHealthy=2, disruptionsAllowed=1)
     evict(admin, ns, "homelab-2")
+
+
+def test_a_replica_that_is_not_ready_may_always_go(cp, admin):
+    """`unhealthyPodEvictionPolicy: AlwaysAllow` on the real eviction API: with one replica not
+    Ready the budget allows no disruption (the healthy replica is refused), but the unhealthy one
+    may still be evicted, so a crash-looping replica never blocks a drain."""
+    ns = "pdb-unhealthy"
+    deploy_members(admin, ns, manifests(homelab()))
+    budget_status(admin, ns, "homelab", currentHealthy=2, disruptionsAllowed=1)
+    for node in cp.nodes:
+        node.not_ready.add((ns, "homelab-1"))
+    try:
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        admin.core.patch_namespaced_pod_status("homelab-1", ns, {"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "ReadinessProbeFailed", "lastTransitionTime": now}]}})
+        assert budget_status(admin, ns, "homelab", currentHealthy=1) == {
+            "expectedPods": 2, "currentHealthy": 1, "desiredHealthy": 1, "disruptionsAllowed": 0}
+        assert refused_eviction(admin, ns, "homelab-2") == \
+            "The disruption budget homelab needs 1 healthy pods and has 1 currently"
+        evict(admin, ns, "homelab-1")  # not Ready: allowed all the same
+    finally:
+        for node in cp.nodes:
+            node.not_ready.discard((ns, "homelab-1"))
