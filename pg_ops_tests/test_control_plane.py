@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -22,6 +23,7 @@ from pg_ops.platforms.kubernetes_objects import ObjectClient
 from pg_ops.render import manifests
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests import controlplane
+from pg_ops_tests.fake_k8s.server import FakeApiServer
 from pg_ops_tests.helpers import wait_for
 
 HOMELAB = Path(__file__).resolve().parents[1] / "deploy" / "clusters" / "homelab.yaml"
@@ -412,3 +414,29 @@ def test_a_replica_that_is_not_ready_may_always_go(cp, admin):
     finally:
         for node in cp.nodes:
             node.not_ready.discard((ns, "homelab-1"))
+
+
+BUDGET_VARIANTS = [{"maxUnavailable": 1}, {"minAvailable": 1}, {"maxUnavailable": "50%"}, {"minAvailable": "50%"},
+                   {"minAvailable": "100%"}, {"maxUnavailable": 0}]
+
+
+def test_the_fake_computes_every_budget_as_the_real_disruption_controller(cp, admin):
+    """The fake's eviction API (fake_k8s/server.py `_desired_healthy`) must not disagree with the
+    real controller: for integer and percentage minAvailable/maxUnavailable on the replicas of a
+    3-member StatefulSet, the fake's desiredHealthy is the real status's."""
+    ns = "pdb-parity"
+    deploy_members(admin, ns, manifests(homelab()))
+    sts = admin.client.sanitize_for_serialization(admin.apps.read_namespaced_stateful_set("homelab", ns))
+    stub = SimpleNamespace(store=SimpleNamespace(find=lambda key: sts if key[1:] == ("statefulsets", ns, "homelab")
+                                                 else None))
+    selector = {"matchLabels": k.selector_labels(homelab()),
+                "matchExpressions": [{"key": k.LABEL_ROLE, "operator": "NotIn", "values": [k.ROLE_PRIMARY]}]}
+    client = ObjectClient(admin)
+    for variant in BUDGET_VARIANTS:
+        client.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                      "metadata": {"name": "parity", "namespace": ns}, "spec": {**variant, "selector": selector}})
+        real = budget_status(admin, ns, "parity", currentHealthy=2)
+        pods = [admin.client.sanitize_for_serialization(p) for p in admin.core.list_namespaced_pod(ns).items
+                if (p.metadata.labels or {}).get(k.LABEL_ROLE) != k.ROLE_PRIMARY]
+        fake = FakeApiServer._desired_healthy(stub, variant, pods, ns)  # type: ignore[arg-type]
+        assert (variant, fake, max(2 - fake, 0)) == (variant, real["desiredHealthy"], real["disruptionsAllowed"])
