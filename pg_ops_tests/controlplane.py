@@ -45,6 +45,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -201,8 +202,6 @@ class Pki:
         crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         pem.write_bytes(_pem_key(key))
         pem.chmod(0o600)
-        if stem == "ca":
-            (self.folder / "ca.key").chmod(0o600)
         return crt, pem
 
     def client(self, stem: str, user: str, group: str | None = None) -> tuple[Path, Path]:
