@@ -345,6 +345,7 @@ class ControlPlane:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+        self.nodes.clear()
         for component in reversed(self.components):
             component.stop()
         self.components.clear()
