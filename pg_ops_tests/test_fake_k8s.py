@@ -337,3 +337,35 @@ def test_eviction_respects_the_disruption_budget(fake, api):
     api.core.create_namespaced_pod_eviction("evict-0", NS, eviction)
     wait_for(lambda: not [p for p in api.core.list_namespaced_pod(NS, label_selector="app=evict").items
                           if p.metadata.name == "evict-0"], "evict-0 gone")
+
+
+def test_eviction_counts_max_unavailable_against_the_statefulset_as_the_real_controller(fake, api):
+    """The disruption controller's expected count for `maxUnavailable` is the controller's scale
+    (the StatefulSet's 3), not the 2 pods a replica-only budget selects: no eviction is allowed.
+    An integer minAvailable counts the pods selected (test_control_plane.py shows both on the
+    real controller)."""
+    obj = sts(3)
+    obj["metadata"]["name"] = "budget"
+    obj["spec"]["selector"] = {"matchLabels": {"app": "budget"}}
+    obj["spec"]["template"]["metadata"] = {"labels": {"app": "budget"}}
+    apply(api, obj, "argocd", force=True)
+    for i in range(3):
+        wait_for(lambda i=i: any(c.type == "Ready" and c.status == "True" for c in
+                                 api.core.read_namespaced_pod(f"budget-{i}", NS).status.conditions or []),
+                 f"budget-{i} ready")
+    api.core.patch_namespaced_pod("budget-0", NS, {"metadata": {"labels": {"role": "primary"}}})
+    selector = {"matchLabels": {"app": "budget"},
+                "matchExpressions": [{"key": "role", "operator": "NotIn", "values": ["primary"]}]}
+    api.custom.create_namespaced_custom_object("policy", "v1", NS, "poddisruptionbudgets", {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "budget"},
+        "spec": {"maxUnavailable": 1, "selector": selector}})
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "budget-1", "namespace": NS}}
+    with pytest.raises(ApiException) as exc:
+        api.core.create_namespaced_pod_eviction("budget-1", NS, eviction)
+    assert exc.value.status == 429
+    assert status_of(exc.value)["details"]["causes"][0]["message"] == \
+        "The disruption budget budget needs 2 healthy pods and has 2 currently"
+    api.custom.patch_namespaced_custom_object("policy", "v1", NS, "poddisruptionbudgets", "budget",
+                                              {"spec": {"maxUnavailable": None, "minAvailable": 1}})
+    api.core.create_namespaced_pod_eviction("budget-1", NS, eviction)
+    api.custom.patch_namespaced_custom_object("apps", "v1", NS, "statefulsets", "budget", {"spec": {"replicas": 0}})

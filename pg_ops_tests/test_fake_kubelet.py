@@ -2,6 +2,9 @@
 and the production defects they bring out (issue 13), each failing on this fake before its fix:
 
 - a drain could evict the primary (one budget, maxUnavailable 1)      -> primary-only PDB
+  (and the replica budget's `maxUnavailable: 1` that followed allowed NO eviction on a real
+  cluster, which this fake wrongly allowed: it now counts as the real disruption controller and
+  the render has an integer minAvailable; issue 21, test_control_plane.py on the real one)
 - hard anti-affinity left a member Pending with one node cordoned     -> preferred by default
 - a replacement pod ran its boot actions on the volume while the old
   container was still stopping (force delete, ReadWriteOnce)          -> member.sh's lock
@@ -135,7 +138,8 @@ def test_a_drain_cannot_evict_the_primary_until_it_is_switched_over(kube):
     body = json.loads(refused.value.body)
     assert refused.value.status == 429 and f"disruption budget {ctx.name}-primary" in body["details"]["causes"][0]["message"]
     assert sql(ctx, primary, "select pg_is_in_recovery()") == [(False,)]  # untouched
-    # A replica may go (its budget allows one at a time); the StatefulSet brings it back.
+    # A replica may go (its budget, minAvailable members - 2, allows one at a time); the
+    # StatefulSet brings it back.
     uid = fake.object("pods", ns, replica)["metadata"]["uid"]
     evict(fake, ns, replica)
     wait_for(lambda: (fake.object("pods", ns, replica) or {"metadata": {"uid": uid}})["metadata"]["uid"] != uid,

@@ -25,17 +25,24 @@ def pod_disruption_budgets(spec: ClusterSpec) -> list[dict]:
       primary; switch over first (docs/runbooks/postgresql-node-maintenance.md), then the label
       is on another pod and the old primary is an ordinary replica.
     - `<cluster>` (every other member, also one whose role label pg_ops has not set yet):
-      one at a time. A replica that is not Ready (crash-looping, lagging) may still be evicted:
+      one at a time, as an INTEGER `minAvailable: members - 2` (CloudNativePG's replica budget).
+      Not `maxUnavailable: 1`: for maxUnavailable (and percentages) the disruption controller
+      takes the expected count from the pods' controller, the StatefulSet's `replicas` (all the
+      members), not the pods the budget selects, so 2 healthy replicas of 3 members gave
+      `disruptionsAllowed: 0` and every drain hung (issue 21; pg_ops_tests/test_control_plane.py
+      shows it on the real controller). With an integer minAvailable the expected count is the
+      pods selected. A replica that is not Ready (crash-looping, lagging) may still be evicted:
       it serves nobody, and a budget held by it must not block a drain forever.
     """
     members = k.selector_labels(spec)
+    replicas_kept = max(len(spec.member_names) - 2, 0)  # all replicas but one
     primary = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                "metadata": metadata(spec, primary_budget_name(spec), "database"),
                "spec": {"minAvailable": 1,
                         "selector": {"matchLabels": {**members, k.LABEL_ROLE: k.ROLE_PRIMARY}}}}
     others = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
               "metadata": metadata(spec, spec.name, "database"),
-              "spec": {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+              "spec": {"minAvailable": replicas_kept, "unhealthyPodEvictionPolicy": "AlwaysAllow",
                        "selector": {"matchLabels": members,
                                     "matchExpressions": [{"key": k.LABEL_ROLE, "operator": "NotIn",
                                                           "values": [k.ROLE_PRIMARY]}]}}}

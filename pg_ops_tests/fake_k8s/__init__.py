@@ -1,14 +1,17 @@
 """A fake Kubernetes API server for tests: TEST INFRASTRUCTURE ONLY, never part of pg_ops.
 
-No API server can run on these machines (docs/architecture/design.md), so the Kubernetes
-platform is tested against this: an HTTP server on 127.0.0.1 that the official `kubernetes`
+Most of the Kubernetes platform's tests still run against this (a real control plane now builds
+from Go modules, pg_ops_tests/controlplane.py, and the fake's kubelet is to become its client:
+issue 21): an HTTP server on 127.0.0.1 that the official `kubernetes`
 client talks to through an ordinary kubeconfig, behaving like the real one where pg_ops
 depends on it:
 
 - the API (store.py, server.py): label selectors, resourceVersion conflicts, 404/409, merge
   patches, server-side apply with field managers (an apply that creates is also a create),
   real Status bodies, pod exec over WebSocket, pod logs, the eviction API with
-  PodDisruptionBudgets;
+  PodDisruptionBudgets (desiredHealthy as the real disruption controller computes it: for
+  maxUnavailable and percentages the expected count is the StatefulSet's replicas; computed at
+  each eviction, where the real status is written asynchronously);
 - authentication and RBAC (rbac.py): the kubeconfig carries pg_ops's ServiceAccount token, so
   every request the Kubernetes platform makes is authorized against the Role and RoleBinding
   pg_ops renders (verbs, resources, resourceNames) and refused with the real 403 body.

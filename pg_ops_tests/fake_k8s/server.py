@@ -211,7 +211,7 @@ class FakeApiServer:
             matching = [p for p in self.store.list("v1", "pods", req.namespace)["items"]
                         if _selector_matches(spec.get("selector") or {}, p["metadata"].get("labels") or {})]
             healthy = sum(1 for p in matching if _ready(p) and not p["metadata"].get("deletionTimestamp"))
-            desired = spec["minAvailable"] if "minAvailable" in spec else len(matching) - spec.get("maxUnavailable", 0)
+            desired = self._desired_healthy(spec, matching, req.namespace)
             if _ready(pod):
                 allowed = healthy - desired > 0
             else:  # an unhealthy pod
@@ -224,6 +224,35 @@ class FakeApiServer:
                                             f"{healthy} currently"}]})
         self.evict(req.key, None)
         return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+
+    def _desired_healthy(self, spec: dict, matching: list[dict], namespace: str) -> int:
+        """desiredHealthy as the real disruption controller computes it (pkg/controller/disruption,
+        getExpectedPodCount): an integer minAvailable counts against the pods selected; for
+        maxUnavailable and for percentages the expected count is the sum of the `replicas` of
+        the pods' controllers (here StatefulSets), NOT the pods selected, and percentages round
+        up. A pod without a controller makes such a budget allow nothing (the real one reports
+        an error and sets disruptionsAllowed 0)."""
+        min_available, max_unavailable = spec.get("minAvailable"), spec.get("maxUnavailable")
+        if isinstance(min_available, int):
+            return min_available
+        owners = set()
+        for pod in matching:
+            refs = [r for r in pod["metadata"].get("ownerReferences", []) if r.get("controller")]
+            if not refs or refs[0].get("kind") != "StatefulSet":
+                return len(matching) + 1  # "found no controllers": nothing allowed
+            owners.add(refs[0]["name"])
+        expected = 0
+        for owner in owners:
+            sts = self.store.find(("apps/v1", "statefulsets", namespace, owner))
+            expected += int((sts or {}).get("spec", {}).get("replicas", 1))
+
+        def scaled(value) -> int:
+            if isinstance(value, str) and value.endswith("%"):
+                return -(-int(value[:-1]) * expected // 100)  # rounded up
+            return int(value)
+        if max_unavailable is not None:
+            return max(expected - scaled(max_unavailable), 0)
+        return scaled(min_available) if min_available is not None else expected
 
     def check_exec(self, req: Request, container: str | None, command: list[str]):
         """An exec request before the upgrade: RBAC (a WebSocket exec is a GET, so `get` on
