@@ -274,6 +274,44 @@ def test_a_database_with_data_is_dropped_only_on_explicit_opt_in(roles_cluster):
 
 
 # -- rotation --------------------------------------------------------------------------------------
+def test_cli_deploy_and_rotate_password_as_runs(roles_cluster, capsys):
+    """`pg-ops deploy` (the deploy_cluster job: its roles_and_databases asset reports 0 changes on
+    a cluster that matches) and `pg-ops rotate-password` (the rotate_password job); a role pg_ops
+    holds no password of is refused before any run; no password in any run's config or events."""
+    from dagster import AssetKey, DagsterInstance
+
+    from pg_ops.cli import main as cli_main
+
+    ctx = roles_cluster
+    old = ctx.credentials().password("app_reader")
+    assert cli_main(["deploy", "--cluster", ctx.name, "--in-process"]) == 0
+    capsys.readouterr()
+    assert cli_main(["rotate-password", "migrator", "--cluster", ctx.name, "--in-process"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pg-ops rotate-password: cluster roles: role 'migrator' has no password") and "\n" not in err
+    assert cli_main(["rotate-password", "app_reader", "--cluster", ctx.name, "--in-process", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["role"] == "app_reader" and meta["login_verified"] and meta["old_password_refused"]
+    new = ctx.credentials().password("app_reader")
+    assert new != old
+    delivered = json.loads((ctx.platform.app_credentials_dir() / "app_reader.json").read_text())
+    assert delivered["password"] == new
+    with psycopg.connect(delivered["uri"], passfile="/dev/null") as conn:
+        assert conn.execute("select current_user").fetchone()[0] == "app_reader"
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert {r.job_name for r in runs} >= {"deploy_cluster", "rotate_password"}
+        assert len([r for r in runs if r.job_name == "rotate_password"]) == 1  # none for migrator
+        event = instance.get_latest_materialization_event(AssetKey(["deployment", "roles_and_databases"]))
+        assert event is not None and event.asset_materialization.metadata["changed"].value == 0
+        texts = [json.dumps(r.run_config, default=str) for r in runs]
+        texts += [str(e) for r in runs for e in instance.all_logs(r.run_id)]
+    secrets = [*ctx.credentials().as_plain_dict().values(), old]
+    for text in texts:
+        for password in secrets:
+            assert password not in text
+
+
 def test_rotation_then_failover_keeps_the_new_passwords(make_spec, caplog):
     """Every password rotates (an application's, the exporter's, replication's, the superuser's):
     the new one logs in, the old one is refused, the replica keeps streaming, and a failover

@@ -319,6 +319,11 @@ def check_rotation_request(spec: ClusterSpec, role: str) -> None:
     if role not in rotatable_roles(spec):
         raise Refused(f"cluster {spec.name}: role {role!r} has no password pg_ops generates (rotatable: "
                       f"{', '.join(rotatable_roles(spec))})")
+    if spec.platform == "kubernetes" and role in (SUPERUSER, REPLICATION_USER):
+        # member.sh copies the Secret's passfile when the pod starts; a running member would keep
+        # the old one (its lease checks, a replica's reconnection) until it restarts.
+        raise Refused(f"cluster {spec.name}: rotating {role} on Kubernetes is not supported yet: the members read "
+                      f"its password from a copy made when their pod starts")
 
 
 def rotate_password(ctx: ClusterContext, role: str, terminate_old: bool = False) -> dict:
