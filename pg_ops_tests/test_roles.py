@@ -369,3 +369,52 @@ def test_rotation_request_is_checked_before_any_run(tmp_path):
     with pytest.raises(Refused, match="role 'nopass' has no password pg_ops generates"):
         catalog.check_rotation_request(spec, "nopass")
     catalog.check_rotation_request(spec, "app")
+
+
+# -- Kubernetes: the fake API server (real RBAC) with real members behind its pods ------------------
+@pytest.mark.parametrize("platform", ["kubernetes"])
+def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(make_platform_spec):
+    """A Secret per login role in the namespaces the spec names (pg_ops's rendered RBAC allows
+    exactly those), pointing at the primary Service (and `-read` at the replicas' Service); the
+    delivered credentials log in through the Service; a rotation rewrites them; rotating the
+    superuser is refused there (members copy its passfile at start)."""
+    import base64
+
+    from pg_ops.platforms import kubernetes_names as names
+    from pg_ops_tests.helpers import cluster_on, fake_of
+
+    spec = make_platform_spec("k8roles", postgres={"members": 2},
+                              roles=[{"name": "shop_rw", "secret_namespaces": ["shop"]}],
+                              databases=[{"name": "app", "owner": "app", "extensions": [{"name": "pg_trgm"}],
+                                          "default_privileges": {"writers": ["shop_rw"]}}])
+    with cluster_on(spec) as ctx:
+        fake = fake_of(ctx)
+
+        def secret(namespace, name):
+            obj = fake.object("secrets", namespace, name)
+            return None if obj is None else {k: base64.b64decode(v).decode() for k, v in obj["data"].items()}
+
+        primary_host = f"{names.primary_service(spec)}.{spec.kubernetes.namespace}.svc.cluster.local"
+        rw = secret("shop", "k8roles-shop-rw")
+        assert set(rw) == {"username", "password", "host", "port", "dbname", "uri", "jdbc-uri"}
+        assert (rw["username"], rw["host"], rw["port"], rw["dbname"]) == ("shop_rw", primary_host, "5432", "app")
+        assert rw["uri"].startswith("postgresql://shop_rw:") and f"@{primary_host}:5432/app" in rw["uri"]
+        read = secret("shop", "k8roles-shop-rw-read")
+        assert read["host"] == f"{names.replicas_service(spec)}.{spec.kubernetes.namespace}.svc.cluster.local"
+        assert secret(spec.kubernetes.namespace, "k8roles-shop-rw") is None  # only where the spec says
+        assert secret(spec.kubernetes.namespace, "k8roles-app")["username"] == "app"  # default: the cluster's
+        ep = ctx.platform._service_endpoint(names.primary_service(spec), 5432)  # type: ignore[attr-defined]
+        with psycopg.connect(host=ep.host, port=ep.port, user=rw["username"], password=rw["password"],
+                             dbname=rw["dbname"], passfile="/dev/null", connect_timeout=5) as conn:
+            assert conn.execute("select current_user, pg_is_in_recovery()").fetchone() == ("shop_rw", False)
+        assert catalog.reconcile(ctx).changes == []
+        assert catalog.check_catalog(ctx).passed
+        with pytest.raises(Refused, match="rotating postgres on Kubernetes is not supported"):
+            catalog.check_rotation_request(ctx.spec, SUPERUSER)
+        catalog.rotate_password(ctx, "shop_rw")
+        rotated = secret("shop", "k8roles-shop-rw")
+        assert rotated["password"] != rw["password"] and rotated["password"] == ctx.credentials().password("shop_rw")
+        assert secret("shop", "k8roles-shop-rw-read")["password"] == rotated["password"]
+        with psycopg.connect(host=ep.host, port=ep.port, user="shop_rw", password=rotated["password"],
+                             dbname="app", passfile="/dev/null", connect_timeout=5) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
