@@ -198,11 +198,29 @@ def test_drift_names_a_hand_made_role_and_a_missing_extension(roles_cluster):
         assert "role handmade: exists, not in the spec (made by hand?)" in report.differences
         assert "database app: extension citext missing" in report.differences
         assert len(report.differences) == 2, report.differences
+        evaluation = run_catalog_check(ctx)  # the asset check of the hourly drift job says the same
+        assert evaluation.passed is False and evaluation.metadata["differences"].value == 2
+        assert "role handmade: exists, not in the spec" in evaluation.metadata["drift"].value
     finally:
         sql(ctx, "drop role if exists handmade")
     result = catalog.reconcile(ctx)  # deploy puts the extension back
     assert result.changes == [f"database app: created extension citext {sql(ctx, 'select extversion from pg_extension where extname = %s', ('citext',), dbname='app')[0][0]}"]
     assert catalog.check_catalog(ctx).passed
+
+
+def run_catalog_check(ctx):
+    import dagster as dg
+
+    from pg_ops.defs import drift as drift_defs
+    from pg_ops.defs.resources import PgOpsResource
+
+    defs = dg.Definitions.merge(drift_defs.build([ctx.spec]), dg.Definitions(
+        resources={"pg_ops": PgOpsResource(clusters_path=str(ctx.spec_path))}))
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(drift_defs.JOB_NAME).execute_in_process(instance=instance)
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.asset_key == drift_defs.catalog_asset_key(ctx.name)
+    return evaluation
 
 
 def test_a_misspelt_extension_is_refused_before_any_change(roles_cluster):
