@@ -362,8 +362,11 @@ def test_rotation_then_failover_keeps_the_new_passwords(make_spec, caplog):
         sql(ctx, "select pg_terminate_backend(pid) from pg_stat_replication")
         wait_for(lambda: sql(ctx, "select count(*) from pg_stat_replication where state = 'streaming'") == [(1,)],
                  "the replica streaming again after the replication password rotated")
-        # the exporter's passfile has the new password
+        # the exporter logs in as it does (PGPASSFILE: pg_ops's passfile) with the new password
         assert f":{MONITORING_USER}:{new.password(MONITORING_USER)}" in ctx.platform.passfile().read_text()
+        with psycopg.connect(ctx.platform.primary_dsn(MONITORING_USER, "postgres"),
+                             passfile=str(ctx.platform.passfile())) as exporter:
+            assert exporter.execute("select count(*) from pg_stat_replication").fetchone()[0] == 1  # pg_monitor
         kill_member(ctx.platform, primary)
         failover(ctx, to=replica, force=True)
         assert ctx.state().primary == replica
