@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -383,6 +384,29 @@ def test_rotation_then_failover_keeps_the_new_passwords(make_spec, caplog):
         for password in [*old.as_plain_dict().values(), *new.as_plain_dict().values()]:
             for text in texts:
                 assert password not in text
+
+
+def test_a_rotation_schedule_per_role_requests_a_run_without_a_password(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from pg_ops.definitions import build_defs
+    from pg_ops.defs import roles as roles_defs
+
+    spec = spec_from(write_spec(tmp_path, "sched", roles=[{"name": "app_rw", "rotation_schedule": "0 3 1 * *"},
+                                                          {"name": "quiet"}]))
+    defs = build_defs([spec])
+    name = roles_defs.schedule_name("sched", "app_rw")
+    schedule = defs.resolve_schedule_def(name)
+    assert schedule.cron_schedule == "0 3 1 * *" and schedule.job_name == roles_defs.JOB_NAME
+    assert [s.name for s in defs.schedules if s.name.startswith("rotate_password")] == [name]  # none for quiet
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
+                                            scheduled_execution_time=datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
+        [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "sched"
+    assert request.run_config == {"ops": {"run_rotate_password": {"config": {"role": "app_rw",
+                                                                             "terminate_old": False}}}}
+    assert request.tags["pg_ops/topology"] == "sched"
 
 
 def test_rotation_request_is_checked_before_any_run(tmp_path):

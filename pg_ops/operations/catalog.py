@@ -258,6 +258,8 @@ def check_catalog(ctx: ClusterContext) -> CatalogDrift:
                     d.append(f"role {role.name}: {what} is {have}, the spec says {want}")
             if role.password and not catalog.password_matches(conn, role.name, creds.password(role.name)):
                 d.append(f"role {role.name}: its password is not the one in the credentials store")
+            elif not role.password and catalog.has_password(conn, role.name):
+                d.append(f"role {role.name}: has a password, the spec says none")
             have_in = {g for g, m in members if m == role.name and g in managed}
             for extra in sorted(have_in - set(role.in_roles)):
                 d.append(f"role {role.name}: member of {extra}, not in the spec's in_roles")

@@ -110,8 +110,8 @@ def set_password(conn: psycopg.Connection, role: str, password: str) -> None:
 # -- roles ---------------------------------------------------------------------------------------
 def ensure_role(conn: psycopg.Connection, name: str, *, login: bool, connection_limit: int = -1,
                 valid_until: datetime | None = None, password: str | None = None) -> list[str]:
-    """The role with these attributes; `password` (None: none) set only when the stored verifier
-    was not made from it."""
+    """The role with these attributes; `password` set only when the stored verifier was not made
+    from it; None: the role has no password (one set by hand is removed)."""
     current = roles(conn).get(name)
     attrs = sql.SQL("{} connection limit {} valid until {}").format(
         sql.SQL("login" if login else "nologin"), sql.Literal(connection_limit),
@@ -128,7 +128,15 @@ def ensure_role(conn: psycopg.Connection, name: str, *, login: bool, connection_
     if password is not None and not password_matches(conn, name, password):
         set_password(conn, name, password)
         changes.append(f"set the password of role {name}")
+    elif password is None and has_password(conn, name):
+        conn.execute(sql.SQL("alter role {} with password null").format(sql.Identifier(name)))
+        changes.append(f"removed the password of role {name} (password: none)")
     return changes
+
+
+def has_password(conn: psycopg.Connection, role: str) -> bool:
+    row = conn.execute("select rolpassword is not null from pg_authid where rolname = %s", (role,)).fetchone()
+    return bool(row and row[0])
 
 
 def ensure_memberships(conn: psycopg.Connection, member: str, wanted: list[str], managed: set[str]) -> list[str]:
