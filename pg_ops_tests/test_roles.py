@@ -426,6 +426,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
     import base64
 
     from pg_ops.platforms import kubernetes_names as names
+    from pg_ops.platforms.kubernetes_api import KubernetesError
     from pg_ops_tests.helpers import cluster_on, fake_of
 
     spec = make_platform_spec("k8roles", postgres={"members": 2},
@@ -447,6 +448,15 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         read = secret("shop", "k8roles-shop-rw-read")
         assert read["host"] == f"{names.replicas_service(spec)}.{spec.kubernetes.namespace}.svc.cluster.local"
         assert secret(spec.kubernetes.namespace, "k8roles-shop-rw") is None  # only where the spec says
+        # pg_ops's access in the application's namespace is to exactly its Secrets there
+        fake.admin_api().core.create_namespaced_secret("shop", {"metadata": {"name": "shop-own"},
+                                                                "data": {"k": base64.b64encode(b"v").decode()}})
+        api = ctx.platform.api  # type: ignore[attr-defined]
+        with pytest.raises(KubernetesError) as refused:
+            api.call("get", "secret shop/shop-own", api.core.read_namespaced_secret, "shop-own", "shop")
+        assert refused.value.status == 403
+        assert api.call("get", "secret shop/k8roles-shop-rw", api.core.read_namespaced_secret, "k8roles-shop-rw",
+                        "shop") is not None
         assert secret(spec.kubernetes.namespace, "k8roles-app")["username"] == "app"  # default: the cluster's
         ep = ctx.platform._service_endpoint(names.primary_service(spec), 5432)  # type: ignore[attr-defined]
         with psycopg.connect(host=ep.host, port=ep.port, user=rw["username"], password=rw["password"],
