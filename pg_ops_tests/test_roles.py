@@ -430,7 +430,9 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
     from pg_ops_tests.helpers import cluster_on, fake_of
 
     spec = make_platform_spec("k8roles", postgres={"members": 2},
-                              roles=[{"name": "shop_rw", "secret_namespaces": ["shop"]}],
+                              roles=[{"name": "shop_rw", "secret_namespaces": ["shop"]},
+                                     {"name": "batch", "password": "none", "secret_namespaces": ["shop"]},
+                                     {"name": "nologin_owner", "login": False}],
                               databases=[{"name": "app", "owner": "app", "extensions": [{"name": "pg_trgm"}],
                                           "default_privileges": {"writers": ["shop_rw"]}}])
     with cluster_on(spec) as ctx:
@@ -464,6 +466,11 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
             assert conn.execute("select current_user, pg_is_in_recovery()").fetchone() == ("shop_rw", False)
         assert catalog.reconcile(ctx).changes == []
         assert catalog.check_catalog(ctx).passed
+        # a role without a password (any more): what was delivered for it goes
+        fake.admin_api().core.create_namespaced_secret("shop", {"metadata": {"name": "k8roles-batch"},
+                                                                "data": {"password": base64.b64encode(b"x").decode()}})
+        assert catalog.reconcile(ctx).changes == ["removed the delivered credentials of batch"]
+        assert secret("shop", "k8roles-batch") is None
         with pytest.raises(Refused, match="rotating postgres on Kubernetes is not supported"):
             catalog.check_rotation_request(ctx.spec, SUPERUSER)
         catalog.rotate_password(ctx, "shop_rw")

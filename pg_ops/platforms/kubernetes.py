@@ -333,15 +333,15 @@ class KubernetesPlatform(Platform):
         return changed
 
     def remove_role_credentials(self, role: str) -> bool:
+        # A delete, not a read first: RBAC lets pg_ops delete its Secrets by name (in the
+        # cluster's namespace any, in an application's those the spec names) but read only
+        # those it delivers.
         removed = False
         for namespace in self._role_secret_namespaces(role):
             for secret_name in (names.app_secret(self.spec, role), names.app_secret(self.spec, role) + READ_SUFFIX):
-                what = f"secret {namespace}/{secret_name}"
-                if self.api.call("get", what, self.api.core.read_namespaced_secret, secret_name, namespace,
-                                 missing_ok=True) is not None:
-                    self.api.call("delete", what, self.api.core.delete_namespaced_secret, secret_name, namespace,
-                                  missing_ok=True)
-                    removed = True
+                gone = self.api.call("delete", f"secret {namespace}/{secret_name}",
+                                     self.api.core.delete_namespaced_secret, secret_name, namespace, missing_ok=True)
+                removed = removed or gone is not None
         return removed
 
     def _git_owned_objects(self) -> list[dict]:

@@ -117,7 +117,7 @@ def _owned_rules(spec: ClusterSpec) -> list[dict]:
         _rule("", "secrets", ["create", "delete"]),                # the credentials once; drill Secrets
         _rule("", "secrets", ["get", "update"], [k.credentials_secret(spec)]),  # update: a role added
         *([_rule("", "secrets", ["get", "update"], here)]    # applications' credentials delivered here
-          if (here := app_secret_names(spec).get(spec.kubernetes.namespace)) else []),
+          if (here := app_secret_names(spec, delivered_only=True).get(spec.kubernetes.namespace)) else []),
         _rule("", "persistentvolumeclaims", ["get", "delete"], [k.data_claim(m) for m in members]),
     ]
     store = spec.backups.store
@@ -170,12 +170,16 @@ def pg_ops_role_binding(spec: ClusterSpec) -> dict:
                           "namespace": k.PG_OPS_NAMESPACE}]}
 
 
-def app_secret_names(spec: ClusterSpec) -> dict[str, list[str]]:
+def app_secret_names(spec: ClusterSpec, delivered_only: bool = False) -> dict[str, list[str]]:
     """namespace -> the application credentials Secrets pg_ops writes there: `<cluster>-<role>`
     and `<cluster>-<role>-read` per login role with a generated password, in each of its
-    secret_namespaces (default: the cluster's)."""
+    secret_namespaces (default: the cluster's); unless `delivered_only`, also those of a declared
+    role without a password that names namespaces (pg_ops deletes them there)."""
     out: dict[str, list[str]] = {}
-    for role in spec.password_roles():
+    roles = set(spec.password_roles())
+    if not delivered_only:
+        roles |= {r.name for r in spec.roles if r.secret_namespaces}
+    for role in sorted(roles):
         declared = spec.role(role)
         for namespace in (declared.secret_namespaces if declared and declared.secret_namespaces
                           else [spec.kubernetes.namespace]):
