@@ -18,7 +18,7 @@ from pg_ops.errors import PgOpsError, Refused
 from pg_ops.operations import catalog
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
-from pg_ops.operations.failover import failover
+from pg_ops.operations.failover import failover, switchover
 from pg_ops.postgres.session import with_connection
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests.helpers import (
@@ -334,7 +334,8 @@ def test_cli_deploy_and_rotate_password_as_runs(roles_cluster, capsys):
 def test_rotation_then_failover_keeps_the_new_passwords(make_spec, caplog):
     """Every password rotates (an application's, the exporter's, replication's, the superuser's):
     the new one logs in, the old one is refused, the replica keeps streaming, and a failover
-    afterwards leaves the new ones in force (nothing re-applies an older password). None of them
+    afterwards, a deploy and a switchover back leave the new ones in force (nothing re-applies
+    an older password). None of them
     reaches a log line, the metadata, or the server log (log_statement: ddl)."""
     caplog.set_level(logging.DEBUG)
     # No health sensor renews the isolation lease here, and after the failover the new primary of
@@ -378,6 +379,14 @@ def test_rotation_then_failover_keeps_the_new_passwords(make_spec, caplog):
                     login(ctx, role, old.password(role), dbname, member)
                 with login(ctx, role, new.password(role), dbname, member) as conn:
                     assert conn.execute("select current_user").fetchone()[0] == role
+        switchover(ctx, to=primary)  # and back: the delivered uri follows, with the new password
+        assert ctx.state().primary == primary
+        uri = json.loads((ctx.platform.app_credentials_dir() / "app_writer.json").read_text())["uri"]
+        with psycopg.connect(uri, passfile="/dev/null") as conn:
+            assert conn.execute("select current_setting('cluster_name'), current_user").fetchone() == \
+                (primary, "app_writer")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            login(ctx, "app_writer", old.password("app_writer"), "app", primary)
         texts = [caplog.text, json.dumps(metadata, default=str)]
         texts += [ctx.platform.log_path(m).read_text(errors="replace") for m in spec.member_names]
         assert re.search(r"alter role \"app_writer\" with password 'SCRAM-SHA-256\$", texts[2] + texts[3])
