@@ -7,7 +7,7 @@ Secrets that do.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -152,6 +152,12 @@ class RoleSpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("a role is listed more than once")
         return value
+
+    @field_validator("valid_until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone is UTC (compared with pg_roles.rolvaliduntil, which has one)."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @field_validator("secret_namespaces")
     @classmethod

@@ -32,7 +32,7 @@ from pg_ops_tests.helpers import (
 
 ROLES = [
     {"name": "app_writer"},
-    {"name": "app_reader"},
+    {"name": "app_reader", "valid_until": "2099-01-01 00:00:00"},  # no zone: UTC
     {"name": "reporting", "in_roles": ["pg_read_all_data"], "connection_limit": 5, "database": "analytics"},
     {"name": "migrator", "login": False, "password": "none"},
 ]
@@ -121,6 +121,8 @@ def test_deploy_makes_exactly_the_declared_objects(roles_cluster):
     assert roles == {"postgres": True, "replicator": True, "postgres_exporter": True, "app": True,
                      "app_writer": True, "app_reader": True, "reporting": True, "migrator": False}
     assert sql(ctx, "select rolconnlimit from pg_roles where rolname = 'reporting'") == [(5,)]
+    assert sql(ctx, "select rolvaliduntil = '2099-01-01 00:00:00+00' from pg_roles where rolname = 'app_reader'") == \
+        [(True,)]
     assert sql(ctx, "select rolpassword from pg_authid where rolname = 'migrator'") == [(None,)]
     members = sql(ctx, """select g.rolname from pg_auth_members a join pg_roles g on g.oid = a.roleid
                           join pg_roles m on m.oid = a.member where m.rolname = 'reporting'""")
