@@ -248,6 +248,19 @@ def cmd_rolling_restart(args, spec):
                      f"in {meta['seconds']} s")
 
 
+@command("rotate-password")
+def cmd_rotate_password(args, spec):
+    from pg_ops.defs.roles import JOB_NAME, OP_NAME, run_config
+    from pg_ops.operations.catalog import check_rotation_request
+
+    check_rotation_request(spec, args.role)  # no run for a role pg_ops holds no password of
+    result = run_job(args, JOB_NAME, spec, run_config(args.role, args.terminate_old), partition_key=spec.name)
+    meta = result.output_for_node(OP_NAME)
+    ended = f", {meta['terminated']} ended" if args.terminate_old else " (--terminate-old ends them)"
+    emit(args, meta, f"rotated the password of {meta['role']} on {spec.name}: new login verified, old password "
+                     f"refused; {meta['old_sessions']} session(s) from before{ended}")
+
+
 GLOBAL_OPTIONS = ("cluster", "json", "verbose", "dagster_url", "in_process")
 SUB_PREFIX = "sub_command_"
 
@@ -321,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("member")
     p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
     sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
+    p = sub.add_parser("rotate-password", parents=[common], help="a new password for a role, delivered and verified")
+    p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
+    p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")
     for add_parsers in (_psql_parser, _render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers):
         add_parsers(sub, common)
     return parser

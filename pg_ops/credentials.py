@@ -40,6 +40,10 @@ class Credentials(BaseModel):
             return self
         return Credentials(passwords={**self.passwords, **{r: SecretStr(generate_password()) for r in missing}})
 
+    def rotated(self, role: str, password: str) -> Credentials:
+        """The same credentials with `role`'s password replaced (rotate-password)."""
+        return Credentials(passwords={**self.passwords, role: SecretStr(password)})
+
     def passfile_text(self, roles: list[str] | None = None) -> str:
         names = roles or sorted(self.passwords)
         return "".join(f"*:*:*:{r}:{self.password(r)}\n" for r in names)
@@ -54,7 +58,8 @@ class Credentials(BaseModel):
 
 
 def required_roles(spec: ClusterSpec) -> list[str]:
-    return [SUPERUSER, REPLICATION_USER, MONITORING_USER] + sorted({d.owner for d in spec.databases})
+    """pg_ops's own roles, then every application role whose password pg_ops generates."""
+    return [SUPERUSER, REPLICATION_USER, MONITORING_USER] + spec.password_roles()
 
 
 def new_credentials(spec: ClusterSpec) -> Credentials:
@@ -80,3 +85,27 @@ def _redact(value, known: list[str]):
             value = value.replace(secret, REDACTED)
         return value
     return value
+
+
+# -- what an application gets: one role's credentials, as a file or Secret of these keys ---------
+APP_CREDENTIAL_KEYS = ("username", "password", "host", "port", "dbname", "uri", "jdbc-uri")
+READ_SUFFIX = "-read"
+
+
+def app_credentials(role: str, password: str, dbname: str, hosts: list[tuple[str, int]],
+                    session_attrs: str | None, jdbc_target: str | None) -> dict[str, str]:
+    """username, password, host, port, dbname, uri (libpq; several hosts with `session_attrs` as
+    target_session_attrs) and jdbc-uri (pgJDBC; `jdbc_target` as targetServerType). `host` and
+    `port` are comma-separated when there are several, as libpq takes them."""
+    from urllib.parse import quote
+
+    user, secret = quote(role, safe=""), quote(password, safe="")
+    netloc = ",".join(f"{h}:{p}" for h, p in hosts)
+    attrs = f"?target_session_attrs={session_attrs}" if session_attrs else ""
+    jdbc_extra = f"&targetServerType={jdbc_target}" if jdbc_target else ""
+    return {
+        "username": role, "password": password,
+        "host": ",".join(h for h, _ in hosts), "port": ",".join(str(p) for _, p in hosts), "dbname": dbname,
+        "uri": f"postgresql://{user}:{secret}@{netloc}/{quote(dbname, safe='')}{attrs}",
+        "jdbc-uri": f"jdbc:postgresql://{netloc}/{quote(dbname, safe='')}?user={user}&password={secret}{jdbc_extra}",
+    }

@@ -7,6 +7,7 @@ Secrets that do.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -97,16 +98,137 @@ class PostgresSpec(Strict):
         return self
 
 
+# PostgreSQL's predefined roles a spec role may be granted (`in_roles`). Others (pg_execute_server_program,
+# pg_read_server_files, pg_write_server_files: the server's own files and programs) are not offered.
+PREDEFINED_ROLES = {"pg_read_all_data", "pg_write_all_data", "pg_monitor", "pg_read_all_settings",
+                    "pg_read_all_stats", "pg_stat_scan_tables", "pg_signal_backend", "pg_checkpoint",
+                    "pg_create_subscription", "pg_use_reserved_connections", "pg_maintain"}
+EXTENSION_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")  # uuid-ossp has a hyphen
+RESERVED_SCHEMAS = {"public", "information_schema"}  # and pg_*
+
+
+def _identifier(value: str) -> str:
+    if not PG_IDENT.match(value):
+        raise ValueError(f"{value!r} is not a lower-case PostgreSQL identifier")
+    return value
+
+
+class RoleSpec(Strict):
+    """An application role (docs/architecture/interfaces.md#roles). A login role with a
+    generated password gets its credentials delivered (a 0600 file locally, Secrets on Kubernetes)."""
+
+    name: str
+    login: bool = True
+    connection_limit: Annotated[int, Field(ge=-1)] = -1
+    in_roles: list[str] = []
+    valid_until: datetime | None = None
+    ensure: Literal["present", "absent"] = "present"
+    password: Literal["generated", "none"] = "generated"
+    database: str | None = None  # the dbname of its credentials (default: the first it owns or uses)
+    secret_namespaces: list[str] = []  # Kubernetes: where its Secrets are written
+    rotation_schedule: str | None = None  # cron: rotate-password on a schedule
+
+    _name = field_validator("name", "database")(classmethod(lambda cls, v: v if v is None else _identifier(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_ROLES:
+            raise ValueError(f"role name {value!r} is reserved by pg_ops")
+        if value.startswith("pg_"):
+            raise ValueError(f"role name {value!r}: names starting with pg_ are reserved by PostgreSQL")
+        return value
+
+    @field_validator("in_roles")
+    @classmethod
+    def _known_roles(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _identifier(name)
+            if name.startswith("pg_") and name not in PREDEFINED_ROLES:
+                raise ValueError(f"{name!r} is not a predefined role pg_ops grants "
+                                 f"(known: {', '.join(sorted(PREDEFINED_ROLES))})")
+            if name in RESERVED_ROLES:
+                raise ValueError(f"{name!r} is reserved by pg_ops")
+        if len(set(value)) != len(value):
+            raise ValueError("a role is listed more than once")
+        return value
+
+    @field_validator("valid_until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone is UTC (compared with pg_roles.rolvaliduntil, which has one)."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @field_validator("secret_namespaces")
+    @classmethod
+    def _namespaces(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not DNS_LABEL.match(v)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} is not a DNS-1123 label")
+        return value
+
+    @property
+    def present(self) -> bool:
+        return self.ensure == "present"
+
+    @property
+    def has_password(self) -> bool:
+        """pg_ops generates, stores, delivers and rotates its password."""
+        return self.present and self.login and self.password == "generated"
+
+
+class ExtensionSpec(Strict):
+    name: str
+    version: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not EXTENSION_NAME.match(value):
+            raise ValueError(f"{value!r} is not an extension name")
+        return value
+
+
+class SchemaSpec(Strict):
+    name: str
+    owner: str | None = None  # default: the database's owner
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        _identifier(value)
+        if value in RESERVED_SCHEMAS or value.startswith("pg_"):
+            raise ValueError(f"schema name {value!r} is reserved by PostgreSQL")
+        return value
+
+    _owner = field_validator("owner")(classmethod(lambda cls, v: v if v is None else _identifier(v)))
+
+
+class DefaultPrivilegesSpec(Strict):
+    """readers: SELECT on every table of the database's schemas (public and its own), now and
+    for the tables their owners create later; writers: also INSERT, UPDATE, DELETE and the
+    sequences."""
+
+    readers: list[str] = []
+    writers: list[str] = []
+
+    _roles = field_validator("readers", "writers")(classmethod(lambda cls, v: [_identifier(x) for x in v]))
+
+
 class DatabaseSpec(Strict):
     name: str
     owner: str
+    ensure: Literal["present", "absent"] = "present"
+    # ensure: absent drops an empty database; one holding tables only with this explicit opt-in.
+    drop_with_data: bool = False
+    extensions: list[ExtensionSpec] = []
+    schemas: list[SchemaSpec] = []
+    default_privileges: DefaultPrivilegesSpec = DefaultPrivilegesSpec()
 
     @field_validator("name", "owner")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not PG_IDENT.match(value):
-            raise ValueError(f"{value!r} is not a lower-case PostgreSQL identifier")
-        return value
+        return _identifier(value)
 
     @model_validator(mode="after")
     def _not_reserved(self) -> DatabaseSpec:
@@ -114,7 +236,16 @@ class DatabaseSpec(Strict):
             raise ValueError(f"database name {self.name!r} is reserved by pg_ops")
         if self.owner in RESERVED_ROLES:
             raise ValueError(f"owner {self.owner!r} is reserved by pg_ops")
+        for what, names in (("extensions", [e.name for e in self.extensions]),
+                            ("schemas", [s.name for s in self.schemas])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: {', '.join(dupes)} listed more than once")
         return self
+
+    @property
+    def present(self) -> bool:
+        return self.ensure == "present"
 
 
 class LocalSpec(Strict):
@@ -275,6 +406,7 @@ class ClusterSpec(Strict):
     name: str
     platform: Literal["local", "kubernetes"] = "local"
     postgres: PostgresSpec = PostgresSpec()
+    roles: list[RoleSpec] = []
     databases: list[DatabaseSpec] = []
     local: LocalSpec = LocalSpec()
     kubernetes: KubernetesSpec = KubernetesSpec()
@@ -298,6 +430,61 @@ class ClusterSpec(Strict):
         if dupes:
             raise ValueError(f"databases: {', '.join(dupes)} listed more than once")
         return self
+
+    @model_validator(mode="after")
+    def _roles_refer_to_roles(self) -> ClusterSpec:
+        """Every role a spec names (in_roles, owners, readers, writers) is one it declares present,
+        a database owner, or a predefined one; a role is declared once; an absent one is used nowhere."""
+        names = [r.name for r in self.roles]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"roles: {', '.join(dupes)} listed more than once")
+        absent = {r.name for r in self.roles if not r.present}
+        known = {r.name for r in self.roles if r.present} | {d.owner for d in self.databases if d.present}
+        databases = {d.name for d in self.databases if d.present}
+        for i, role in enumerate(self.roles):
+            for granted in role.in_roles:
+                if granted == role.name:
+                    raise ValueError(f"roles[{i}].in_roles: role {role.name!r} cannot be a member of itself")
+                if not granted.startswith("pg_") and granted not in known:
+                    raise ValueError(f"roles[{i}].in_roles: {granted!r} is not a role of this spec")
+            if role.database is not None and role.database not in databases:
+                raise ValueError(f"roles[{i}].database: {role.database!r} is not a database of this spec")
+        for i, db in enumerate(self.databases):
+            if not db.present:
+                continue
+            used = [("owner", db.owner)] + [(f"schemas.{s.name}.owner", s.owner) for s in db.schemas if s.owner] + \
+                [("default_privileges.readers", r) for r in db.default_privileges.readers] + \
+                [("default_privileges.writers", w) for w in db.default_privileges.writers]
+            for where, name in used:
+                if name in absent:
+                    raise ValueError(f"databases[{i}].{where}: role {name!r} has ensure: absent")
+                if name not in known or name in RESERVED_ROLES:
+                    raise ValueError(f"databases[{i}].{where}: {name!r} is not a role of this spec")
+        return self
+
+    def role(self, name: str) -> RoleSpec | None:
+        return next((r for r in self.roles if r.name == name), None)
+
+    def password_roles(self) -> list[str]:
+        """Application roles whose password pg_ops generates: the login roles declared with
+        `password: generated`, and database owners not declared as roles (always login)."""
+        declared = {r.name for r in self.roles}
+        return sorted({r.name for r in self.roles if r.has_password} |
+                      {d.owner for d in self.databases if d.present and d.owner not in declared})
+
+    def role_database(self, name: str) -> str:
+        """The dbname of a role's credentials: its `database`, else the first database it owns,
+        owns a schema of, or reads or writes; else postgres."""
+        role = self.role(name)
+        if role is not None and role.database:
+            return role.database
+        for db in (d for d in self.databases if d.present):
+            uses = {db.owner, *db.default_privileges.readers, *db.default_privileges.writers,
+                    *(s.owner for s in db.schemas if s.owner)}
+            if name in uses:
+                return db.name
+        return "postgres"
 
     @model_validator(mode="after")
     def _standbys_reply_within_the_lease(self) -> ClusterSpec:
@@ -345,6 +532,9 @@ def load_spec(path: Path) -> ClusterSpec:
         err = exc.errors()[0]
         field = _field_path(err["loc"])
         reason = err["msg"].removeprefix("Value error, ")
+        named = re.match(r"^([a-z_][\w\[\].]*): (.*)$", reason, re.S)
+        if field == "(root)" and named:  # a check across fields says which one it is about
+            field, reason = named.group(1), named.group(2)
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise SpecError(f"{path}: field {field}: {reason}{more}") from None
 

@@ -283,30 +283,34 @@ def test_data_dir_owned_by_someone_else_is_refused(make_spec):
 
 def test_role_passwords_never_reach_the_server_log(make_spec):
     """`log_statement: ddl` logs every CREATE / ALTER ROLE pg_ops runs: they carry a
-    SCRAM-SHA-256 verifier hashed client-side, never a password, and logins still work."""
-    spec = make_spec("pwlog", postgres={"parameters": {"log_statement": "ddl"}})
+    SCRAM-SHA-256 verifier hashed client-side, never a password, and logins still work; for
+    pg_ops's roles and for every role the spec declares (test_roles.py: rotation too)."""
+    spec = make_spec("pwlog", postgres={"parameters": {"log_statement": "ddl"}},
+                     roles=[{"name": "app_writer"}, {"name": "app_reader", "in_roles": ["pg_read_all_data"]}])
     with running_cluster(spec) as ctx:
-        deploy(ctx)  # the second deploy ALTERs the roles the first one CREATEd
+        deploy(ctx)  # the second deploy ALTERs pg_ops's roles the first one CREATEd
         passwords = ctx.credentials().as_plain_dict()
-        assert set(passwords) == {"postgres", "replicator", "postgres_exporter", "app"}
+        assert set(passwords) == {"postgres", "replicator", "postgres_exporter", "app", "app_writer", "app_reader"}
         logs = {m: ctx.platform.log_path(m).read_text(errors="replace") for m in ctx.spec.member_names}
         primary = ctx.state().primary
         for member, text in logs.items():
             for role, password in passwords.items():
                 assert password not in text, f"the {role} password is in {member}'s server log"
         # The statements were logged (else this test would prove nothing), with verifiers only.
-        for verb in ("create", "alter"):
-            assert re.search(rf"statement: {verb} role \"app\" with login password 'SCRAM-SHA-256\$\d+:",
-                             logs[primary]), f"no logged {verb} role for app on {primary}"
+        for role in ("app", "app_writer", "app_reader"):
+            assert re.search(rf"statement: create role \"{role}\" with login .* password 'SCRAM-SHA-256\$\d+:",
+                             logs[primary]), f"no logged create role for {role} on {primary}"
+        assert re.search(r"statement: alter role \"postgres_exporter\" with login password 'SCRAM-SHA-256\$\d+:",
+                         logs[primary]), f"no logged alter role on {primary}"
         ep = ctx.endpoints()[primary]
         for role, password in passwords.items():
-            dbname = "app" if role == "app" else "postgres"
+            dbname = "app" if role.startswith("app") else "postgres"
             with psycopg.connect(host=ep.host, port=ep.port, user=role, dbname=dbname, password=password,
                                  connect_timeout=5, passfile="/dev/null") as conn:
                 assert conn.execute("select current_user").fetchone()[0] == role
         stored = sql(ctx, primary, "select rolname, rolpassword from pg_authid where rolname = any(array"
-                     "['postgres', 'replicator', 'postgres_exporter', 'app'])")
-        assert len(stored) == 4 and all(verifier.startswith("SCRAM-SHA-256$") for _, verifier in stored)
+                     "['postgres', 'replicator', 'postgres_exporter', 'app', 'app_writer', 'app_reader'])")
+        assert len(stored) == 6 and all(verifier.startswith("SCRAM-SHA-256$") for _, verifier in stored)
         # The replicas log in as replicator with its password: both stream.
         wait_for(lambda: sql(ctx, primary, "select count(*) from pg_stat_replication "
                              "where usename = 'replicator' and state = 'streaming'") == [(2,)],

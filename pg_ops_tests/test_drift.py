@@ -95,9 +95,11 @@ def run_drift_check(applied):
     defs = dg.Definitions.merge(drift_defs.build([ctx.spec]),
                                 dg.Definitions(resources={"pg_ops": PgOpsResource(clusters_path=str(spec_path))}))
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def(drift_defs.JOB_NAME).execute_in_process(instance=instance)
-    [evaluation] = result.get_asset_check_evaluations()
-    assert evaluation.asset_key == drift_defs.git_owned_asset_key(ctx.name)
+        # The same job checks the roles and databases (catalog/<cluster>), which fails here: this
+        # cluster's objects are applied, its members never deployed.
+        result = defs.resolve_job_def(drift_defs.JOB_NAME).execute_in_process(instance=instance, raise_on_error=False)
+    [evaluation] = [e for e in result.get_asset_check_evaluations()
+                    if e.asset_key == drift_defs.git_owned_asset_key(ctx.name)]
     return evaluation
 
 

@@ -372,11 +372,12 @@ def test_rbac_grants_only_what_the_platform_uses(homelab):
         assert allowed(rules, "", "configmaps", "get", name)
         assert not allowed(rules, "", "configmaps", "patch", name) and not allowed(rules, "", "configmaps", "update", name)
     assert allowed(rules, "", "configmaps", "update", k.state_configmap(homelab))
-    # Secrets: its own credentials (update adds a role), and the backup store's keys, by name.
+    # Secrets: its own credentials (update adds a role), the backup store's keys, and the
+    # application credentials it delivers into this namespace (database owner app), by name.
     assert allowed(rules, "", "secrets", "update", k.credentials_secret(homelab))
     assert allowed(rules, "", "secrets", "get", "pg-ops-backup-s3")  # backups.store.credentials_secret
     readable = {name for verbs, names in rules_by_resource(rules)[("", "secrets")] if "get" in verbs for name in names}
-    assert readable == {k.credentials_secret(homelab), "pg-ops-backup-s3"}
+    assert readable == {k.credentials_secret(homelab), "pg-ops-backup-s3", "homelab-app", "homelab-app-read"}
     assert not allowed(rules, "", "secrets", "list")
     # Every Git-owned object can be read by name (prepare's existence check, the drift check);
     # none can be written with gitops: true.
@@ -404,7 +405,30 @@ def test_no_backup_secret_is_readable_without_one_in_the_spec(homelab):
     filestore = variant(homelab, backups={"store": {"type": "file", "path": "backups"}})
     rules = one(manifests(filestore), "Role")["rules"]
     readable = {name for verbs, names in rules_by_resource(rules)[("", "secrets")] if "get" in verbs for name in names}
-    assert readable == {k.credentials_secret(filestore)}
+    assert readable == {k.credentials_secret(filestore), "homelab-app", "homelab-app-read"}  # + the owner's delivered
+
+
+def test_rbac_for_exactly_the_credentials_secrets_in_application_namespaces(homelab):
+    """A role's credentials go to the namespaces it names: there, a Role for exactly its two
+    Secrets (create cannot be limited by name) bound to pg_ops's ServiceAccount; the cluster's
+    Role gains nothing for them."""
+    spec = variant(homelab, roles=[{"name": "shop_rw", "secret_namespaces": ["shop", "shop-jobs"]},
+                                   {"name": "nopass", "password": "none"}],
+                   databases=[{"name": "app", "owner": "app", "default_privileges": {"writers": ["shop_rw"]}}])
+    objects = manifests(spec)
+    cluster_role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == "postgresql")
+    assert not allowed(cluster_role["rules"], "", "secrets", "get", "homelab-shop-rw")
+    for namespace in ("shop", "shop-jobs"):
+        role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == namespace)
+        binding = next(o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == namespace)
+        for verb in ("get", "update", "delete"):
+            assert allowed(role["rules"], "", "secrets", verb, "homelab-shop-rw")
+            assert allowed(role["rules"], "", "secrets", verb, "homelab-shop-rw-read")
+            assert not allowed(role["rules"], "", "secrets", verb, "homelab-credentials")
+        assert not allowed(role["rules"], "", "secrets", "list")
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": k.PG_OPS_NAMESPACE}]
+    assert {o["metadata"]["namespace"] for o in objects} == {"postgresql", "shop", "shop-jobs"}
 
 
 # -- offline validators ------------------------------------------------------------------------------

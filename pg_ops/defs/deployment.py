@@ -1,5 +1,5 @@
 """Deployment as assets, one partition per cluster: credentials -> desired state -> members
--> primary endpoint -> replication, and the `deploy_cluster` job; and, per cluster,
+-> roles and databases -> primary endpoint -> replication, and the `deploy_cluster` job; and, per cluster,
 `cluster_health/<c>`: the cluster as it is now, with the deployment's checks.
 
 The checks (every member up, exactly one writable primary, every replica streaming, replication
@@ -22,6 +22,7 @@ from pg_ops.defs.partitions import (
     topology_job_tags,
 )
 from pg_ops.defs.resources import PgOpsResource
+from pg_ops.operations import catalog
 from pg_ops.operations import deploy as ops
 from pg_ops.operations.status import cluster_status
 from pg_ops.spec import ClusterSpec
@@ -157,7 +158,15 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
             "system_identifier": state.system_identifier,
         })
 
-    @dg.asset(**common, deps=[members], description="The endpoint that always reaches the current primary.")
+    @dg.asset(**common, deps=[members], description="The spec's roles, memberships, databases, schemas, extensions "
+              "and default privileges, and the applications' credentials delivered (files locally, Secrets on "
+              "Kubernetes); idempotent: `changed` is 0 when the cluster already matched.")
+    def roles_and_databases(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        return dg.MaterializeResult(metadata=catalog.reconcile(ctx).metadata())
+
+    @dg.asset(**common, deps=[roles_and_databases],
+              description="The endpoint that always reaches the current primary.")
     def primary_endpoint(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
         ctx = pg_ops.cluster(context.partition_key, context.log)
         result = ops.verify_primary_endpoint(ctx)
@@ -183,7 +192,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
             "max_lag_bytes": max((m.lag_bytes or 0) for m in status.members),
         })
 
-    deployed = [credentials, desired_state, members, primary_endpoint, replication]
+    deployed = [credentials, desired_state, members, roles_and_databases, primary_endpoint, replication]
     deploy_cluster = dg.define_asset_job(
         "deploy_cluster", selection=dg.AssetSelection.assets(*deployed), partitions_def=partitions,
         config=topology_config(partitions), executor_def=dg.in_process_executor,

@@ -16,6 +16,7 @@ from typing import Any
 
 from pg_ops.credentials import MONITORING_GRANT, MONITORING_USER, PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import PgOpsError
+from pg_ops.operations import catalog
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import initial_sync_set, sync_names
@@ -37,6 +38,7 @@ class DeployResult:
     started: list[str] = field(default_factory=list)
     seconds: float = 0.0
     members: dict[str, MemberProbe] = field(default_factory=dict)
+    catalog_changes: list[str] = field(default_factory=list)  # roles, databases…: catalog.reconcile
 
 
 def ensure_record(ctx: ClusterContext) -> DesiredState:
@@ -53,8 +55,9 @@ def ensure_record(ctx: ClusterContext) -> DesiredState:
 
 
 def configure_primary(ctx: ClusterContext, primary: str) -> None:
-    """Roles (the exporter's a member of pg_monitor), databases, pg_ops's own database (the
-    exporter may read its status table), slots for every replica, sync standbys."""
+    """pg_ops's roles (the exporter's a member of pg_monitor), pg_ops's own database (the
+    exporter may read its status table), slots for every replica, sync standbys. The spec's
+    roles and databases: catalog.reconcile, the next step."""
     creds = ctx.credentials()
     ep = ctx.endpoints()[primary]
     replicas = [m for m in ctx.spec.member_names if m != primary]
@@ -64,11 +67,7 @@ def configure_primary(ctx: ClusterContext, primary: str) -> None:
         admin.ensure_role(conn, REPLICATION_USER, creds.password(REPLICATION_USER), replication=True)
         admin.ensure_role(conn, MONITORING_USER, creds.password(MONITORING_USER))
         admin.grant_role(conn, MONITORING_GRANT, MONITORING_USER)
-        for owner in sorted({d.owner for d in ctx.spec.databases}):
-            admin.ensure_role(conn, owner, creds.password(owner))
         admin.ensure_database(conn, PG_OPS_DATABASE, SUPERUSER)
-        for db in ctx.spec.databases:
-            admin.ensure_database(conn, db.name, db.owner)
         created = admin.ensure_slots(conn, replicas)
         if created:
             ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
@@ -154,6 +153,7 @@ def deploy(ctx: ClusterContext) -> DeployResult:
     ctx.platform.ensure_credentials()  # deployment/credentials
     ensure_record(ctx)  # deployment/desired_state
     started = start_members(ctx)  # deployment/members
+    changes = catalog.reconcile(ctx).changes  # deployment/roles_and_databases
     verify_primary_endpoint(ctx)  # deployment/primary_endpoint
     adopt_legacy_archive(ctx)
     state = ctx.state()
@@ -165,7 +165,7 @@ def deploy(ctx: ClusterContext) -> DeployResult:
     ctx.log.info("cluster %s deployed in %.2f s (started: %s)", ctx.name, seconds, ", ".join(started) or "none")
     return DeployResult(cluster=ctx.name, primary=state.primary, epoch=state.epoch,
                         system_identifier=state.system_identifier, started=started, seconds=seconds,
-                        members=members)
+                        members=members, catalog_changes=changes)
 
 
 @dataclass(frozen=True)

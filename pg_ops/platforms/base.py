@@ -188,6 +188,28 @@ class Secrets(Protocol):
         Idempotent."""
         ...
 
+    def store_credentials(self, creds: Credentials) -> None:
+        """Replace the stored passwords (rotate-password), and everything made from them that
+        members and the exporter read: local, credentials.json, the admin passfile and every
+        member's passfile; Kubernetes, the credentials Secret (its passfile key too), written
+        with its resourceVersion. Raises PgOpsError when the store cannot be written."""
+        ...
+
+    def deliver_role_credentials(self, role: str, password: str, dbname: str) -> bool:
+        """An application role's credentials (credentials.APP_CREDENTIAL_KEYS), for the primary
+        and, as `<role>-read`, for the replicas. Local: 0600 files
+        PG_OPS_HOME/clusters/<c>/app-credentials/<role>.json and <role>-read.json, the primary
+        one multi-host with target_session_attrs=read-write. Kubernetes: Secrets
+        <cluster>-<role> and <cluster>-<role>-read in each of the role's secret_namespaces
+        (default: the cluster's), pointing at the primary and read Services. True when something
+        was written (unchanged ones are left as they are). Idempotent."""
+        ...
+
+    def remove_role_credentials(self, role: str) -> bool:
+        """Remove what deliver_role_credentials wrote for `role` (a role that no longer has a
+        password: absent, nologin, password: none). True when something was removed."""
+        ...
+
     def passfile(self) -> Path | None:
         """A 0600 libpq passfile for the admin role on this machine, for psql and the exporter.
         Local: the cluster's `pgpass`. Kubernetes: None: the passwords stay in the Secret."""

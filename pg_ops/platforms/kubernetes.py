@@ -41,9 +41,11 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from pg_ops.credentials import (
+    READ_SUFFIX,
     REPLICATION_USER,
     SUPERUSER,
     Credentials,
+    app_credentials,
     generate_password,
     new_credentials,
     required_roles,
@@ -278,6 +280,69 @@ class KubernetesPlatform(Platform):
             except KubernetesConflict:
                 continue
         raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
+
+    def store_credentials(self, creds: Credentials) -> None:
+        """The credentials Secret's password and passfile keys replaced, with its resourceVersion.
+        The members copy the passfile when they start; a running one keeps its copy."""
+        for _ in range(5):
+            secret = self._read_secret()
+            if secret is None:
+                raise PgOpsError(f"kubernetes: {self._secret_what()}: missing; `pg-ops deploy` creates it")
+            body = {"metadata": {"name": secret.metadata.name, "namespace": self.namespace,
+                                 "labels": secret.metadata.labels, "annotations": secret.metadata.annotations,
+                                 "resourceVersion": secret.metadata.resource_version},
+                    "type": secret.type or "Opaque", "data": {**(secret.data or {}), **self._secret_data(creds)}}
+            try:
+                self.api.call("update", self._secret_what(), self.api.core.replace_namespaced_secret,
+                              secret.metadata.name, self.namespace, body, field_manager=names.FIELD_MANAGER)
+                return
+            except KubernetesConflict:
+                continue
+        raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
+
+    def _role_secret_namespaces(self, role: str) -> list[str]:
+        declared = self.spec.role(role)
+        return list(declared.secret_namespaces) if declared and declared.secret_namespaces else [self.namespace]
+
+    def deliver_role_credentials(self, role: str, password: str, dbname: str) -> bool:
+        port = self.spec.kubernetes.services.primary.port
+        targets = ((names.app_secret(self.spec, role), names.primary_service(self.spec)),
+                   (names.app_secret(self.spec, role) + READ_SUFFIX, names.replicas_service(self.spec)))
+        changed = False
+        for namespace in self._role_secret_namespaces(role):
+            for secret_name, service in targets:
+                host = f"{service}.{self.namespace}.svc.cluster.local"
+                data = {k: _b64(v) for k, v in app_credentials(role, password, dbname, [(host, port)], None,
+                                                               None).items()}
+                what = f"secret {namespace}/{secret_name}"
+                live = self.api.call("get", what, self.api.core.read_namespaced_secret, secret_name, namespace,
+                                     missing_ok=True)
+                metadata = {**owned_metadata(self.spec, secret_name), "namespace": namespace}
+                if live is None:
+                    self.api.call("create", what, self.api.core.create_namespaced_secret, namespace,
+                                  {"metadata": metadata, "type": "Opaque", "data": data},
+                                  field_manager=names.FIELD_MANAGER)
+                elif (live.data or {}) != data:
+                    body = {"metadata": {**metadata, "resourceVersion": live.metadata.resource_version},
+                            "type": "Opaque", "data": data}
+                    self.api.call("update", what, self.api.core.replace_namespaced_secret, secret_name, namespace,
+                                  body, field_manager=names.FIELD_MANAGER)
+                else:
+                    continue
+                changed = True
+        return changed
+
+    def remove_role_credentials(self, role: str) -> bool:
+        # A delete, not a read first: RBAC lets pg_ops delete its Secrets by name (in the
+        # cluster's namespace any, in an application's those the spec names) but read only
+        # those it delivers.
+        removed = False
+        for namespace in self._role_secret_namespaces(role):
+            for secret_name in (names.app_secret(self.spec, role), names.app_secret(self.spec, role) + READ_SUFFIX):
+                gone = self.api.call("delete", f"secret {namespace}/{secret_name}",
+                                     self.api.core.delete_namespaced_secret, secret_name, namespace, missing_ok=True)
+                removed = removed or gone is not None
+        return removed
 
     def _git_owned_objects(self) -> list[dict]:
         if self._manifests is not None:

@@ -79,6 +79,12 @@ def credentials_secret(spec: ClusterSpec) -> str:
     return f"{spec.name}-credentials"
 
 
+def app_secret(spec: ClusterSpec, role: str) -> str:
+    """An application role's credentials Secret (`<cluster>-<role>`, `_` as `-`); its replicas'
+    variant adds `-read`. In each of the role's secret_namespaces."""
+    return f"{spec.name}-{role.replace('_', '-')}"
+
+
 def service_account(spec: ClusterSpec) -> str:
     return "pg-ops"
 

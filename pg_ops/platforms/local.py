@@ -4,6 +4,7 @@ the member script (the same one the StatefulSet runs), under PG_OPS_HOME/cluster
     desired-state           the record (key=value), CAS with desired-state.lock
     credentials.json        generated passwords (0600, pg_ops's user)
     pgpass                  libpq passfile for the admin role (0600, pg_ops's user)
+    app-credentials/        per application login role: <role>.json, <role>-read.json (0600)
     config/                 postgresql.conf, pg_hba.conf (cluster-wide)
     members/<member>/       owned by the server user: data/, run/, pgpass (0600), member.log
     pids/<member>.pid       the supervisor's pid (its process group holds postgres too)
@@ -30,8 +31,11 @@ from pydantic import SecretStr
 from pg_ops import settings
 from pg_ops.credentials import (
     MONITORING_USER,
+    READ_SUFFIX,
+    REPLICATION_USER,
     SUPERUSER,
     Credentials,
+    app_credentials,
     generate_password,
     new_credentials,
     required_roles,
@@ -166,6 +170,49 @@ class LocalPlatform(Platform):
         # The admin role's line, and the exporter's (postgres_exporter reads it via PGPASSFILE).
         _write_private(self.passfile(), creds.passfile_text([SUPERUSER, MONITORING_USER]))
         return creds
+
+    def store_credentials(self, creds: Credentials) -> None:
+        # The members' passfiles first, then pg_ops's: the one each member script was given and
+        # the private copy it uses (run/pgpass: primary_conninfo's passfile, its lease checks),
+        # so a replica reconnecting after the change logs in with the new password.
+        text = creds.passfile_text([SUPERUSER, REPLICATION_USER])
+        for name in self.spec.member_names:
+            mdir = self.member_dir(name)
+            for path in (mdir / "pgpass", mdir / "run" / "pgpass"):
+                if path.parent.is_dir():
+                    _write_private(path, text, self.user)
+        _write_private(self.root / "credentials.json", json.dumps(creds.as_plain_dict(), indent=1))
+        _write_private(self.passfile(), creds.passfile_text([SUPERUSER, MONITORING_USER]))
+
+    def app_credentials_dir(self) -> Path:
+        return self.root / "app-credentials"
+
+    def deliver_role_credentials(self, role: str, password: str, dbname: str) -> bool:
+        folder = self.app_credentials_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        hosts = [(ep.host, ep.port) for ep in self.member_endpoints().values()]
+        changed = False
+        for suffix, attrs, jdbc in (("", "read-write", "primary"), (READ_SUFFIX, "prefer-standby", "preferSecondary")):
+            path = folder / f"{role}{suffix}.json"
+            text = json.dumps(app_credentials(role, password, dbname, hosts, attrs, jdbc), indent=1) + "\n"
+            try:
+                same = path.read_text() == text
+            except FileNotFoundError:
+                same = False
+            if not same:
+                _write_private(path, text)
+                changed = True
+        return changed
+
+    def remove_role_credentials(self, role: str) -> bool:
+        removed = False
+        for suffix in ("", READ_SUFFIX):
+            path = self.app_credentials_dir() / f"{role}{suffix}.json"
+            if path.exists():
+                path.unlink()
+                removed = True
+        return removed
 
     def prepare(self, state: DesiredState) -> None:
         """Config files and member folders, owned so the server user can use them."""

@@ -8,6 +8,7 @@ cluster is not GitOps-managed, and its drift check compares live objects with th
 from __future__ import annotations
 
 from pg_ops.render.access import (
+    app_secret_access,
     member_service_account,
     network_policy,
     pg_ops_role,
@@ -33,6 +34,7 @@ def manifests(spec: ClusterSpec) -> list[dict]:
         service_monitor(spec), prometheus_rule(spec),
     ]
     # The Role grants read access to each of these by name (and apply access without GitOps).
-    objects = [account, pg_ops_role(spec, [account, binding, *workload]), binding, *workload]
+    objects = [account, pg_ops_role(spec, [account, binding, *workload]), binding, *workload,
+               *app_secret_access(spec)]  # in the applications' namespaces
     check_git_safe(spec, objects)
     return objects

@@ -123,6 +123,8 @@ def _owned_rules(spec: ClusterSpec) -> list[dict]:
         _rule("", "configmaps", ["get", "update"], [k.state_configmap(spec)]),
         _rule("", "secrets", ["create", "delete"]),                # the credentials once; drill Secrets
         _rule("", "secrets", ["get", "update"], [k.credentials_secret(spec)]),  # update: a role added
+        *([_rule("", "secrets", ["get", "update"], here)]    # applications' credentials delivered here
+          if (here := app_secret_names(spec, delivered_only=True).get(spec.kubernetes.namespace)) else []),
         _rule("", "persistentvolumeclaims", ["get", "delete"], [k.data_claim(m) for m in members]),
     ]
     store = spec.backups.store
@@ -173,3 +175,44 @@ def pg_ops_role_binding(spec: ClusterSpec) -> dict:
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": k.role_name(spec)},
             "subjects": [{"kind": "ServiceAccount", "name": k.service_account(spec),
                           "namespace": k.PG_OPS_NAMESPACE}]}
+
+
+def app_secret_names(spec: ClusterSpec, delivered_only: bool = False) -> dict[str, list[str]]:
+    """namespace -> the application credentials Secrets pg_ops writes there: `<cluster>-<role>`
+    and `<cluster>-<role>-read` per login role with a generated password, in each of its
+    secret_namespaces (default: the cluster's); unless `delivered_only`, also those of a declared
+    role without a password that names namespaces (pg_ops deletes them there)."""
+    out: dict[str, list[str]] = {}
+    roles = set(spec.password_roles())
+    if not delivered_only:
+        roles |= {r.name for r in spec.roles if r.secret_namespaces}
+    for role in sorted(roles):
+        declared = spec.role(role)
+        for namespace in (declared.secret_namespaces if declared and declared.secret_namespaces
+                          else [spec.kubernetes.namespace]):
+            out.setdefault(namespace, []).extend([k.app_secret(spec, role), k.app_secret(spec, role) + "-read"])
+    return {ns: sorted(names) for ns, names in out.items()}
+
+
+def app_secret_access(spec: ClusterSpec) -> list[dict]:
+    """In each application namespace other than the cluster's: a Role that lets pg_ops write
+    exactly its credentials Secrets there (`create` cannot be limited by name in RBAC; get,
+    update and delete are), and read this Role and its binding (drift), and the RoleBinding
+    granting it to pg_ops's ServiceAccount. Applied by an admin, like the cluster's Role."""
+    objects: list[dict] = []
+    for namespace, secrets in sorted(app_secret_names(spec).items()):
+        if namespace == spec.kubernetes.namespace:
+            continue
+        name = f"{k.role_name(spec)}-credentials"
+        objects.append({"apiVersion": RBAC_API, "kind": "Role",
+                        "metadata": metadata(spec, name, "rbac", namespace=namespace),
+                        "rules": [_rule("", "secrets", ["create"]),
+                                  _rule("", "secrets", ["get", "update", "delete"], secrets),
+                                  _rule("rbac.authorization.k8s.io", "roles", ["get"], [name]),
+                                  _rule("rbac.authorization.k8s.io", "rolebindings", ["get"], [name])]})
+        objects.append({"apiVersion": RBAC_API, "kind": "RoleBinding",
+                        "metadata": metadata(spec, name, "rbac", namespace=namespace),
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                        "subjects": [{"kind": "ServiceAccount", "name": k.service_account(spec),
+                                      "namespace": k.PG_OPS_NAMESPACE}]})
+    return objects
