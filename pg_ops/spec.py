@@ -545,8 +545,9 @@ def load_specs(path: Path | None = None) -> list[ClusterSpec]:
     clusters), so the first spec is still PG_OPS_CLUSTERS's."""
     files = _spec_files(path or settings.clusters_path())
     made = settings.made_specs_path()
-    if path is None and made.is_dir() and made.resolve() != settings.clusters_path().resolve():
-        files += sorted(p for p in made.iterdir() if p.suffix in (".yaml", ".yml"))
+    if path is None and made.is_dir():  # a file already loaded (PG_OPS_CLUSTERS in that folder) counts once
+        loaded = {f.resolve() for f in files}
+        files += sorted(p for p in made.iterdir() if p.suffix in (".yaml", ".yml") and p.resolve() not in loaded)
     specs = [load_spec(f) for f in files]
     seen: dict[str, Path] = {}
     for spec, f in zip(specs, files, strict=True):

@@ -34,6 +34,9 @@ from pg_ops.state import HeldLock, topology_lock
 
 LOCK_TTL_S = 60  # renewed every 20 s while the change runs (state.HeldLock)
 REJOIN_TIMEOUT_S = 60
+# A rebuild waits longer: when a rewind is impossible the member script re-clones by itself
+# (keeping the diverged data aside), and pg_ops no longer starts a second re-clone after 60 s.
+REBUILD_TIMEOUT_S = 180
 RECENT_DETECTION_S = 60
 
 
@@ -357,7 +360,7 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
         with steps.step(f"start ({method} through the member script)"):
             ctx.platform.start_member(member)
             try:
-                wait_until(ctx, member, lambda p: p.streaming, "streaming", timeout=REJOIN_TIMEOUT_S)
+                wait_until(ctx, member, lambda p: p.streaming, "streaming", timeout=REBUILD_TIMEOUT_S)
             except MemberError as exc:
                 hint = "" if reclone else f"; `pg-ops rebuild {member} --reclone` re-clones it"
                 raise MemberError(f"{exc}{hint}") from exc
