@@ -22,7 +22,7 @@ from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import initial_sync_set, sync_names
 from pg_ops.operations.ha.model import Policy
 from pg_ops.operations.ha.observe import read_view
-from pg_ops.operations.members import lease_seconds, wait_until, write_through_primary_endpoint
+from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
@@ -90,7 +90,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
     store = ctx.platform.state_store()
     state = ensure_record(ctx)
     started = []
-    with topology_lock(store, "deploy") as lock:
+    with topology_lock(store, "deploy") as lock, lease_kept(ctx):
         ctx.platform.prepare(state)
         state = ctx.state()
         primary = state.primary

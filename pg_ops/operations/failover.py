@@ -25,7 +25,7 @@ from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import plan_failover, sync_names
 from pg_ops.operations.ha.model import FailoverIntent, Policy, Refusal
 from pg_ops.operations.ha.observe import read_view
-from pg_ops.operations.members import lease_seconds, wait_until, write_through_primary_endpoint
+from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.operations.steps import StepLog
 from pg_ops.poll import poll
 from pg_ops.postgres import admin
@@ -245,7 +245,7 @@ def wait_for_lease_expiry(ctx: ClusterContext, members: list[str], detected_at: 
 
 # -- switchover ---------------------------------------------------------------------------------
 def switchover(ctx: ClusterContext, *, to: str) -> TopologyChange:
-    with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S) as lock:
+    with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
         return switchover_locked(ctx, to=to, steps=StepLog(ctx.log, "switchover"), lock=lock)
 
 
@@ -336,7 +336,7 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
     store = ctx.platform.state_store()
     if member not in ctx.spec.member_names:
         raise PgOpsError(f"cluster {ctx.name}: member {member!r} does not exist")
-    with topology_lock(store, "rebuild", ttl_seconds=LOCK_TTL_S) as lock:
+    with topology_lock(store, "rebuild", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
         check_rebuild_request(ctx, member)
         state = ctx.state()
         if not ctx.probe([state.primary])[state.primary].writable:
@@ -376,7 +376,7 @@ def rolling_restart(ctx: ClusterContext) -> dict:
     and streaming before the next), then a switchover to a restarted replica, which restarts
     the old primary cleanly as a replica."""
     steps = StepLog(ctx.log, "rolling restart")
-    with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S) as lock:
+    with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
         state = ctx.state()
         old = state.primary
         ctx.platform.prepare(state)  # configuration changes take effect through the restarts
