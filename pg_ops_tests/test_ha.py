@@ -62,14 +62,14 @@ def down(name, error="connection refused") -> MemberProbe:
     return MemberProbe(name=name, host="h", port=1, reachable=False, error=error)
 
 
-def view(members: dict, primary_name="c-0", misses=None, **record) -> ClusterView:
+def view(members: dict, primary_name="c-0", misses=None, fenced_itself=(), **record) -> ClusterView:
     fields = {"cluster": "c", "primary": primary_name, "epoch": 1, "members": ADDR, "observed_lsn": "0/5000000",
               "observed_at": NOW - 5, "observed_standbys": ("c-1", "c-2"), "timeline": 2, **record}
     state = DesiredState(**fields)
     if misses is None:
         misses = 0 if members[primary_name].reachable else 3
     return ClusterView(record=state, members=members, addresses={n: frozenset({a}) for n, a in ADDR.items()},
-                       now=NOW, primary_misses=misses)
+                       now=NOW, primary_misses=misses, fenced_itself=frozenset(fenced_itself))
 
 
 def healthy(**record) -> ClusterView:
@@ -436,7 +436,7 @@ def _fenced_itself(lsn="0/5000100"):
 def test_h2_a_primary_that_fenced_itself_is_resumed_in_place_with_a_replica_still_down(replication, automatic):
     # Scenario A: pg_ops was down while both replicas restarted; it is back while c-2 still is not.
     v = view({"c-0": _fenced_itself(), "c-1": replica("c-1", streaming=False), "c-2": down("c-2")},
-             sync_set=("c-1", "c-2") if replication != "async" else ())
+             sync_set=("c-1", "c-2") if replication != "async" else (), fenced_itself=("c-0",))
     plan = plan_failover(v, policy(replication, automatic=automatic))
     assert isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == "c-0" and plan.fence == ()
     d = decide(v, HaMemory(), policy(replication, automatic=automatic))
@@ -448,9 +448,14 @@ def test_h2_a_resume_never_promotes_a_lagging_replica_over_the_fenced_primary(re
     # Scenario B: both replicas are back, cascading from c-0 (a standby now), 16 MB behind it.
     v = view({"c-0": _fenced_itself(lsn="0/6000000"),
               "c-1": replica("c-1", lsn="0/5000000", source="c-0"),
-              "c-2": replica("c-2", lsn="0/5000000", source="c-0")}, sync_set=("c-1", "c-2"))
+              "c-2": replica("c-2", lsn="0/5000000", source="c-0")}, sync_set=("c-1", "c-2"), fenced_itself=("c-0",))
     plan = plan_failover(v, policy(replication))
     assert isinstance(plan, FailoverPlan) and plan.candidate == "c-0" and plan.resume
+    # Its member script's report could not be read: the set's rule applies, and a lagging member
+    # of the set is still never promoted over it.
+    unknown = dataclasses.replace(v, fenced_itself=frozenset())
+    refused = plan_failover(unknown, policy(replication))
+    assert isinstance(refused, Refusal) and "holds more WAL" in refused.reason
     # Asked for a lagging member by name: refused, since it would drop c-0's WAL tail.
     refused = plan_failover(v, policy(replication), FailoverIntent(to="c-2"))
     assert isinstance(refused, Refusal) and "holds more WAL" in refused.reason
@@ -508,3 +513,13 @@ def test_m5_a_late_promotion_gets_its_replication_slots_before_the_repoint():
     assert d.actions[-2:] == (SetSyncNames('ANY 1 ("c-2")'), RecordSyncSet(("c-2",)))
     healthy_again = healthy()
     assert not any(isinstance(a, EnsureSlots) for a in decide(healthy_again, HaMemory(), policy()).actions)
+
+
+def test_h2_in_place_is_only_for_a_primary_that_fenced_itself():
+    # A switchover whose final-LSN wait timed out (async): c-1 never was the primary and lacks the
+    # final WAL; the in-place rule does not apply, the lag guard against the final LSN does.
+    v = view({"c-0": down("c-0"), "c-1": replica("c-1", lsn="0/5000000", streaming=False),
+              "c-2": replica("c-2", lsn="0/5000000", streaming=False)}, primary_name="c-1", epoch=2,
+             observed_lsn="0/5100000")
+    refused = plan_failover(v, policy())
+    assert isinstance(refused, Refusal) and "c-1 is 1048576 bytes behind the record's observed LSN" in refused.reason

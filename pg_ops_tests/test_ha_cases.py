@@ -13,10 +13,12 @@ import pytest
 
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations import failover as failover_ops
+from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
 from pg_ops.operations.ha import act
 from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes_names as names
+from pg_ops.postgres import admin
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
@@ -268,3 +270,121 @@ def test_refusal_reason_is_one_line(cluster):
         failover(cluster)
     assert "\n" not in str(err.value) and "refusing failover" in str(err.value)
     assert_one_primary_all_streaming(cluster)
+
+
+# -- issue 20: synchronous modes through every failure (the pure cases are in test_ha.py) ---------------
+def _nothing_acknowledged_lost(ctx, writer, member):
+    present = {r[0] for r in q(ctx, member, "select n from writes")}
+    lost = sorted(set(writer.acked) - present)
+    assert writer.acked and not lost, f"{len(lost)} acknowledged rows missing on {member}: {lost[:10]}"
+
+
+def _stalled(c, member, epoch):
+    raise MemberError(f"member {member}: pg_promote did not complete within 30 s (injected)")
+
+
+def test_stalled_sync_promotion_is_resumed_by_the_next_tick_and_loses_nothing(cluster_sync, monkeypatch):
+    """H1: the record keeps the synchronous set until the new primary has taken over, so the
+    tick resumes a sync failover whose promotion stalled (it used to refuse: "no synchronous set
+    recorded ... use --force")."""
+    ctx = cluster_sync
+    old = ctx.state().primary
+    memory: dict = {}
+    with Writer(ctx) as writer:
+        wait_for(lambda: len(writer.acked) > 50, "sync writes")
+        kill_member(ctx.platform, old)
+        real_promote = failover_ops.promote
+        monkeypatch.setattr(failover_ops, "promote", _stalled)
+        with pytest.raises(MemberError, match="injected"):
+            failover(ctx)
+        monkeypatch.setattr(failover_ops, "promote", real_promote)
+        stalled = ctx.state()
+        assert stalled.primary != old and set(stalled.sync_set) == set(ctx.spec.member_names) - {old}
+        watch = tick(ctx, memory)
+        assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
+        change = failover(ctx)
+        wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
+    assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
+    assert ctx.state().timeline == change.timeline
+    _nothing_acknowledged_lost(ctx, writer, change.new_primary)
+
+
+def test_promotion_completing_after_the_run_gave_up_gets_its_slots_from_the_tick(cluster_sync, monkeypatch):
+    """M5: the promotion was requested but the run gave up waiting for it; it completes later.
+    The healthy tick creates the slots the repoint uses, so the other replica streams again."""
+    ctx = cluster_sync
+    old = ctx.state().primary
+    kill_member(ctx.platform, old)
+
+    def late(c, member, epoch):
+        act.sql(c, member, lambda conn: conn.execute("select pg_promote(false)"))
+        raise MemberError(f"member {member}: pg_promote did not complete within 30 s (injected; it completes later)")
+
+    real_promote = failover_ops.promote
+    monkeypatch.setattr(failover_ops, "promote", late)
+    with pytest.raises(MemberError, match="injected"):
+        failover(ctx)
+    monkeypatch.setattr(failover_ops, "promote", real_promote)
+    new = ctx.state().primary
+    other = next(m for m in ctx.spec.member_names if m not in (old, new))
+    wait_for(lambda: ctx.probe([new])[new].writable, "the late promotion")
+    memory: dict = {}
+    wait_for(lambda: tick(ctx, memory).health.view.streams_from(other, new), f"{other} streaming from {new}",
+             timeout=60)
+    slots = {s["slot_name"] for s in ctx.probe([new])[new].slots}
+    assert {admin.slot_name(other), admin.slot_name(old)} <= slots
+    wait_for(lambda: tick(ctx, memory) and ctx.state().sync_set == (other,), "the synchronous set of the new primary")
+
+
+def _fence_the_primary_with_pg_ops_away(ctx, writer):
+    """pg_ops stops ticking and both replicas stop: the primary fences itself (a standby with
+    its isolation marker) once its lease and every standby reply are older than lease_seconds."""
+    primary = ctx.state().primary
+    replicas = [m for m in ctx.spec.member_names if m != primary]
+    wait_for(lambda: len(writer.acked) > 50, "sync writes")
+    for name in replicas:
+        ctx.platform.stop_member(name)
+    wait_for(lambda: ctx.probe([primary])[primary].in_recovery is True, "the primary fencing itself", timeout=60)
+    assert ctx.platform.member_report(primary).get("isolated.at")
+    return primary, replicas
+
+
+def test_sync_primary_that_fenced_itself_is_resumed_in_place_when_ticks_resume(make_spec):
+    """H2, scenario A: pg_ops comes back while one replica is still down. The designated primary
+    is the last known primary and holds every commit it acknowledged: promoted in place (it used
+    to refuse: "... of the synchronous set does not answer")."""
+    spec = make_spec("fz", postgres={"members": 3, "replication": "sync"}, monitoring={"interval_seconds": 1})
+    with running_cluster(spec) as ctx:
+        memory: dict = {}
+        tick(ctx, memory)
+        epoch = ctx.state().epoch
+        with Writer(ctx) as writer:
+            primary, (first, second) = _fence_the_primary_with_pg_ops_away(ctx, writer)
+            ctx.platform.start_member(first)
+            wait_for(lambda: ctx.probe([first])[first].reachable, f"{first} back")
+            watch = tick(ctx, memory)
+            assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
+            change = failover(ctx)
+            assert change.new_primary == primary and change.epoch == epoch
+            tick(ctx, memory)
+            ctx.platform.start_member(second)
+            wait_for(lambda: tick(ctx, memory) and _writes_after(writer, 5), "writes acknowledged again", timeout=60)
+        assert ctx.state().primary == primary and not ctx.platform.member_report(primary).get("isolated.at")
+        _nothing_acknowledged_lost(ctx, writer, primary)
+        wait_for(lambda: all(tick(ctx, memory).health.view.streams_from(r, primary) for r in (first, second)),
+                 "both replicas streaming from the resumed primary", timeout=90)
+
+
+def test_deploy_promotes_a_primary_that_fenced_itself_in_place(make_spec):
+    """L5: deploy does not wait a minute for a member that fenced itself (it never promotes
+    itself back): the failover rules say it is the one, so deploy promotes it in place."""
+    spec = make_spec("fd", postgres={"members": 3, "replication": "sync"}, failover={"lease_seconds": 8})
+    with running_cluster(spec) as ctx:
+        epoch = ctx.state().epoch
+        with Writer(ctx) as writer:
+            primary, replicas = _fence_the_primary_with_pg_ops_away(ctx, writer)
+            result = deploy(ctx)
+            wait_for(lambda: _writes_after(writer, 5), "writes acknowledged again")
+        assert result.primary == primary and result.epoch == epoch and set(result.started) == set(replicas)
+        _nothing_acknowledged_lost(ctx, writer, primary)
+        assert_one_primary_all_streaming(ctx)

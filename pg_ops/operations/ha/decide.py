@@ -197,20 +197,25 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
         notes.append(_behind_note(view, behind).removeprefix("; "))
     position = {n: _position(view.members[n]) for n in candidates}
     in_place = (old is None and intent.to in (None, designated) and designated in candidates
-                and designated not in view.record.sync_set
+                and designated in view.fenced_itself
                 and all(position[designated] >= position[n] for n in candidates))
     eligible, lossless = candidates, False
     if in_place:
-        # The last known primary, a standby now (it fenced itself while isolated; or a change
-        # designated it and stopped half-way with no synchronous set): nobody was promoted since,
-        # and it is at least as far as every answering member on the cluster's timeline, so it
-        # holds every commit it acknowledged. Promoted in place, in every mode, whoever else is
-        # missing (Patroni: the last known primary may always take the lock again).
+        # The last known primary fenced itself while isolated (a standby now, its marker at the
+        # record's epoch): nobody was promoted since, and it is at least as far as every answering
+        # member on the cluster's timeline, so it holds every commit it acknowledged. Promoted in
+        # place, in every mode, whoever else is missing (Patroni: the last known primary may
+        # always take the lock again).
         eligible, lossless = [designated], True
-        notes.append(f"{designated} is the last known primary and the most advanced member: promoted in place")
+        notes.append(f"{designated} fenced itself as an isolated primary and is the most advanced member: "
+                     f"promoted in place")
     elif policy.sync and not force:
         sync_set = [n for n in view.record.sync_set if n != old]
-        group = sync_set or [n for n in view.replicas if n != old]
+        # No set recorded (relaxed before the failure): every replica must answer, except, when
+        # resuming a change that stopped half-way, an old primary it fenced that is gone (the run
+        # that designated the candidate already chose over it, under the lag guard, which applies).
+        group = sync_set or [n for n in view.members if n != old and (n != designated or old is None)
+                             and not (old is None and n in view.record.fenced and not view.members[n].reachable)]
         missing = sorted(set(group) - set(candidates))
         if missing:
             # ANY 1 over the group: the newest acknowledged commit may be on the one that is missing.

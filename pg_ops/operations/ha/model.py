@@ -61,6 +61,9 @@ class ClusterView:
     addresses: dict[str, frozenset[str]]  # member -> host:port a replica may stream it from
     now: float
     primary_misses: int = 0  # probes of the designated primary that failed in this read
+    # Members whose member script reports it fenced itself as an isolated primary at the
+    # record's epoch (read for the designated primary when it answers as a standby).
+    fenced_itself: frozenset[str] = frozenset()
 
     @property
     def cluster(self) -> str:
