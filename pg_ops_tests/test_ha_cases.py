@@ -331,8 +331,10 @@ def test_promotion_completing_after_the_run_gave_up_gets_its_slots_from_the_tick
     memory: dict = {}
     wait_for(lambda: tick(ctx, memory).health.view.streams_from(other, new), f"{other} streaming from {new}",
              timeout=60)
-    slots = {s["slot_name"] for s in ctx.probe([new])[new].slots}
-    assert {admin.slot_name(other), admin.slot_name(old)} <= slots
+    slots = {s["slot_name"]: s["active"] for s in ctx.probe([new])[new].slots}
+    assert {admin.slot_name(other), admin.slot_name(old)} <= set(slots)
+    wait_for(lambda: any(s["slot_name"] == admin.slot_name(other) and s["active"] for s in ctx.probe([new])[new].slots),
+             f"{other} streaming through its slot")
     wait_for(lambda: tick(ctx, memory) and ctx.state().sync_set == (other,), "the synchronous set of the new primary")
 
 
@@ -388,3 +390,46 @@ def test_deploy_promotes_a_primary_that_fenced_itself_in_place(make_spec):
         assert result.primary == primary and result.epoch == epoch and set(result.started) == set(replicas)
         _nothing_acknowledged_lost(ctx, writer, primary)
         assert_one_primary_all_streaming(ctx)
+
+
+def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec):
+    """H3: an ex-primary holding writes beyond the fork on the old timeline boots as a standby
+    while the new primary cannot be read (no divergence check then), so it has the most bytes.
+    When the new primary is lost too, the member on the cluster's timeline is promoted, not it:
+    candidates compare (timeline, LSN)."""
+    spec = make_spec("tl", failover={"lease_seconds": 10})
+    with running_cluster(spec) as ctx:
+        a = ctx.state().primary
+        # pg_ops away and both replicas stopped: a acknowledges writes alone (async) until it
+        # fences itself; pg_ops never sees that tail.
+        for name in ctx.spec.member_names:
+            if name != a:
+                ctx.platform.stop_member(name)
+        act.renew_lease(ctx, a, ctx.state().epoch)
+        q(ctx, a, "create table tail as select g as n, repeat('x', 200) as pad from generate_series(1, 150000) g",
+          "postgres")
+        wait_for(lambda: ctx.probe([a])[a].in_recovery is True, f"{a} fencing itself", timeout=60)
+        kill_member(ctx.platform, a)  # then its machine dies
+        for name in ctx.spec.member_names:
+            if name != a:
+                ctx.platform.start_member(name)
+        wait_for(lambda: all(p.reachable for n, p in ctx.probe().items() if n != a), "the replicas back")
+        first = failover(ctx)
+        b = first.new_primary
+        c = next(m for m in ctx.spec.member_names if m not in (a, b))
+        q(ctx, b, "create table after_failover as select g as n from generate_series(1, 100) g", "postgres")
+        memory: dict = {}
+        wait_for(lambda: tick(ctx, memory).health.view.streams_from(c, b), f"{c} streaming from {b}")
+        wait_for(lambda: q(ctx, c, "select to_regclass('after_failover') is not null", "postgres")[0][0]
+                 and q(ctx, c, "select count(*) from after_failover", "postgres")[0][0] == 100, f"{c} has b's rows")
+        tick(ctx, memory)
+        # b's machine is lost; a comes back while b cannot be read: a standby of b on timeline 1.
+        kill_member(ctx.platform, b)
+        ctx.platform.start_member(a)
+        wait_for(lambda: ctx.probe([a])[a].reachable, f"{a} back as a standby")
+        probes = ctx.probe([a, c])
+        assert probes[a].timeline < probes[c].timeline == ctx.state().timeline == first.timeline
+        second = failover(ctx)
+        assert second.new_primary == c, second.notes
+        assert any(f"{a} (timeline" in n for n in second.notes)
+        assert q(ctx, c, "select count(*) from after_failover", "postgres") == [(100,)]
