@@ -11,6 +11,7 @@ import time
 import dagster as dg
 import pytest
 
+from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations import failover as failover_ops
 from pg_ops.operations.deploy import deploy
@@ -19,6 +20,7 @@ from pg_ops.operations.ha import act
 from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres import admin
+from pg_ops.postgres.session import connect
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
@@ -31,7 +33,13 @@ from pg_ops_tests.helpers import (
     write_platform_spec,
 )
 from pg_ops_tests.test_alerts import WebhookCapture
-from pg_ops_tests.test_failover import Writer, _writes_after, assert_one_primary_all_streaming, q
+from pg_ops_tests.test_failover import (
+    Writer,
+    _writes_after,
+    assert_one_primary_all_streaming,
+    primary_conn,
+    q,
+)
 from pg_ops_tests.test_health import Sensor
 
 
@@ -433,3 +441,56 @@ def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec):
         assert second.new_primary == c, second.notes
         assert any(f"{a} (timeline" in n for n in second.notes)
         assert q(ctx, c, "select count(*) from after_failover", "postgres") == [(100,)]
+
+
+def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_nothing(cluster_sync, monkeypatch):
+    """H1 as it happens: a long query on the replicas (the nightly dump runs on the most advanced
+    one) holds replay by a lock conflict, for up to max_standby_streaming_delay (300 s); the
+    primary dies; the run's pg_promote waits 30 s and gives up. The next tick resumes it (it used
+    to refuse, the set having been cleared), and once the query ends the resume promotes the same
+    member: every acknowledged row is there."""
+    ctx = cluster_sync
+    old = ctx.state().primary
+    replicas = [m for m in ctx.spec.member_names if m != old]
+    with primary_conn(ctx) as c:
+        c.execute("create table hold (n int)")
+    wait_for(lambda: all(q(ctx, r, "select to_regclass('hold') is not null")[0][0] for r in replicas), "hold replicated")
+    readers = []
+    for name in replicas:
+        reader = connect(ctx.endpoints()[name], "postgres", ctx.admin_password(), dbname=PG_OPS_DATABASE,
+                         autocommit=False)
+        reader.execute("select count(*) from hold")  # an open transaction holding its lock
+        readers.append(reader)
+    try:
+        with Writer(ctx) as writer:
+            wait_for(lambda: len(writer.acked) > 20, "sync writes")
+            with primary_conn(ctx) as c:
+                c.execute("drop table hold")  # its lock's replay waits for the readers
+            acked = len(writer.acked)
+            wait_for(lambda: len(writer.acked) > acked + 50, "writes acknowledged while replay is held")
+            for name in replicas:
+                row = q(ctx, name, "select pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()")
+                assert row == [(True,)], f"{name}: replay not held"
+            kill_member(ctx.platform, old)
+            with pytest.raises(MemberError, match="pg_promote did not complete within 30 s"):
+                failover(ctx)
+            stalled = ctx.state()
+            assert q(ctx, stalled.primary, "select pg_is_in_recovery()", "postgres") == [(True,)]
+            watch = tick(ctx)
+            assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
+            real_promote = failover_ops.promote
+
+            def query_ends_then_promote(c, member, epoch):
+                for reader in readers:
+                    reader.close()  # the dump finished
+                return real_promote(c, member, epoch)
+
+            monkeypatch.setattr(failover_ops, "promote", query_ends_then_promote)
+            change = failover(ctx)
+            monkeypatch.setattr(failover_ops, "promote", real_promote)
+            wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
+    finally:
+        for reader in readers:
+            reader.close()
+    assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
+    _nothing_acknowledged_lost(ctx, writer, change.new_primary)
