@@ -494,3 +494,20 @@ def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_no
             reader.close()
     assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
     _nothing_acknowledged_lost(ctx, writer, change.new_primary)
+
+
+def test_repoint_of_a_member_without_primary_conninfo_carries_its_passfile(cluster):
+    """A member that fenced itself drops its upstream (member.sh: demote_isolated); repointing it
+    builds a conninfo from nothing, which must name the passfile its member script uses, or the
+    replication user cannot authenticate and it never streams."""
+    ctx = cluster
+    primary = ctx.state().primary
+    name = next(m for m in ctx.spec.member_names if m != primary)
+    q(ctx, name, "alter system set primary_conninfo = ''", "postgres")
+    q(ctx, name, "select pg_reload_conf()", "postgres")
+    wait_for(lambda: not ctx.probe([name])[name].streaming, f"{name} without an upstream")
+    act.repoint_member(ctx, name, primary, ctx.state())
+    wait_for(lambda: ctx.probe([name])[name].streaming, f"{name} streaming again", timeout=30)
+    conninfo = q(ctx, name, "show primary_conninfo", "postgres")[0][0]
+    assert f"passfile={ctx.platform.member_passfile(name)}" in conninfo or \
+        f"passfile='{ctx.platform.member_passfile(name)}'" in conninfo, conninfo

@@ -151,12 +151,14 @@ def resume_in_place(ctx: ClusterContext, primary: str) -> MemberProbe:
 def establish_replication(ctx: ClusterContext, lock: HeldLock) -> None:
     """Every replica streams: none is fenced any more; in sync modes the synchronous set is
     every replica the primary reports streaming (recorded before the server setting names it)
-    and the observed LSN is the primary's now (the lag guard's reference from the start)."""
+    and the observed LSN and timeline are the primary's now (the lag guard's reference and the
+    timeline candidates must be on, from the start)."""
     policy = Policy.from_spec(ctx.spec)
     view = read_view(ctx, policy, confirm=False)
     sync_set = initial_sync_set(policy, view)
     lock.update(lambda s: s.model_copy(update={
         "fenced": (), "sync_set": sync_set, "observed_lsn": view.primary.lsn or "", "observed_at": view.now,
+        "timeline": view.primary.timeline or s.timeline,
         "observed_standbys": tuple(sorted(r.name for r in view.primary.replication if r.streaming))}))
     if policy.sync:
         value = sync_names(policy, sync_set or [m for m in ctx.spec.member_names if m != view.designated])

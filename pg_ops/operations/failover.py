@@ -179,8 +179,8 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     change.notes += list(plan.notes)
     change.notes.append(f"repointed {', '.join(repointed) or 'none'}")
     if in_place:
-        change.notes.append(f"resumed in place: {candidate} was designated but a standby (a change stopped half-way, "
-                            f"or it fenced itself while isolated)")
+        change.notes.append(f"resumed a change that stopped half-way in place: {candidate} was designated but a "
+                            f"standby (not promoted yet, or it fenced itself while isolated)")
     elif plan.resume:
         change.notes.append(f"resumed a change that stopped half-way: {candidate} promoted instead of "
                             f"{view.designated}, at a new epoch")
