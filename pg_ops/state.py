@@ -54,6 +54,9 @@ class DesiredState(BaseModel):
     observed_lsn: str = ""
     observed_at: float = 0.0
     observed_standbys: tuple[str, ...] = ()
+    # The designated primary's timeline as pg_ops last saw it (0: not known yet): a member on an
+    # older timeline holds WAL off the current history and is never a failover candidate.
+    timeline: int = 0
     # Isolation fencing, read by the member script: the lease length in seconds, 0 = off.
     lease_seconds: float = 0.0
     lock: TopologyLock | None = None
@@ -72,6 +75,7 @@ class DesiredState(BaseModel):
             f"observed.lsn={self.observed_lsn}",
             f"observed.at={self.observed_at:.3f}",
             f"observed.standbys={' '.join(self.observed_standbys)}",
+            f"timeline={self.timeline}",
             f"isolation.lease_seconds={self.lease_seconds:g}",
         ]
         lines += [f"member.{name}={addr}" for name, addr in sorted(self.members.items())]
@@ -104,6 +108,7 @@ class DesiredState(BaseModel):
                 observed_lsn=raw.get("observed.lsn", ""),
                 observed_at=float(raw.get("observed.at") or 0),
                 observed_standbys=tuple(raw.get("observed.standbys", "").split()),
+                timeline=int(raw.get("timeline") or 0),
                 lease_seconds=float(raw.get("isolation.lease_seconds") or 0),
                 members={k.removeprefix("member."): v for k, v in raw.items() if k.startswith("member.")},
                 lock=lock,

@@ -11,6 +11,7 @@ import pytest
 from pg_ops.operations.ha.decide import decide, plan_failover, primary_verdict, sync_upkeep
 from pg_ops.operations.ha.model import (
     ClusterView,
+    EnsureSlots,
     FailoverIntent,
     FailoverPlan,
     HaMemory,
@@ -38,11 +39,14 @@ def policy(replication="async", automatic=True, **kw) -> Policy:
     return dataclasses.replace(base, **kw)
 
 
-def primary(name="c-0", lsn="0/5000000", standbys=(), sync_names="") -> MemberProbe:
+def primary(name="c-0", lsn="0/5000000", standbys=(), sync_names="", slots=None, timeline=2) -> MemberProbe:
     rows = [StandbyRow(name=n, state=state, sync_state="async", sent_lsn=flush, flush_lsn=flush, replay_lsn=flush,
                        lag_bytes=0, replay_lag_seconds=0.0) for n, state, flush in standbys]
-    return MemberProbe(name=name, host="h", port=1, reachable=True, in_recovery=False, timeline=2, lsn=lsn,
-                       replication=rows, synchronous_standby_names=sync_names)
+    if slots is None:  # by default the primary has the slot of every other member
+        slots = [n.replace("-", "_") for n in ADDR if n != name]
+    return MemberProbe(name=name, host="h", port=1, reachable=True, in_recovery=False, timeline=timeline, lsn=lsn,
+                       replication=rows, synchronous_standby_names=sync_names,
+                       slots=[{"slot_name": s, "active": True} for s in slots])
 
 
 def replica(name, lsn="0/5000000", source="c-0", streaming=True, silence=0.2, upstream=None, timeline=2,
@@ -58,14 +62,14 @@ def down(name, error="connection refused") -> MemberProbe:
     return MemberProbe(name=name, host="h", port=1, reachable=False, error=error)
 
 
-def view(members: dict, primary_name="c-0", misses=None, **record) -> ClusterView:
+def view(members: dict, primary_name="c-0", misses=None, fenced_itself=(), **record) -> ClusterView:
     fields = {"cluster": "c", "primary": primary_name, "epoch": 1, "members": ADDR, "observed_lsn": "0/5000000",
-              "observed_at": NOW - 5, "observed_standbys": ("c-1", "c-2"), **record}
+              "observed_at": NOW - 5, "observed_standbys": ("c-1", "c-2"), "timeline": 2, **record}
     state = DesiredState(**fields)
     if misses is None:
         misses = 0 if members[primary_name].reachable else 3
     return ClusterView(record=state, members=members, addresses={n: frozenset({a}) for n, a in ADDR.items()},
-                       now=NOW, primary_misses=misses)
+                       now=NOW, primary_misses=misses, fenced_itself=frozenset(fenced_itself))
 
 
 def healthy(**record) -> ClusterView:
@@ -278,7 +282,7 @@ def test_healthy_cluster_renews_the_lease_routes_and_otherwise_leaves_things_alo
 def test_healthy_tick_refreshes_the_observed_lsn_when_it_moved():
     v = healthy(observed_lsn="0/4000000")
     d = decide(v, HaMemory(), policy())
-    assert RecordObserved("0/5000000", ("c-1", "c-2")) in d.actions
+    assert RecordObserved("0/5000000", ("c-1", "c-2"), 2) in d.actions
     assert d.memory.last_primary_lsn == "0/5000000"
 
 
@@ -378,3 +382,144 @@ def test_manual_mode_still_resumes_the_designated_primary_in_place():
                               "c-2": replica("c-2", streaming=False)}, primary_name="c-1")
     d = decide(refused_elsewhere, HaMemory(), policy(automatic=False))
     assert d.name == "primary_not_writable" and d.failover is not None  # resume of c-1, the designated one
+
+
+# -- issue 20: synchronous modes through every failure (safety review H1, H2, H3, M5) -----------------
+def _stalled_sync_failover(sync_set=("c-1", "c-2"), **members):
+    """The failover from c-0 to c-1 wrote the record and fenced c-0, then its promotion stalled
+    (c-1's replay held by a query) or fencing raised: c-1 is designated but still a standby."""
+    base = {"c-0": down("c-0"), "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)}
+    return view({**base, **members}, primary_name="c-1", fenced=("c-0",), sync_set=sync_set, epoch=2)
+
+
+@pytest.mark.parametrize("replication", ["sync", "sync-strict"])
+def test_h1_a_stalled_sync_failover_is_resumed_by_the_next_tick(replication):
+    # The record keeps the synchronous set until the new primary has taken over: c-1 and c-2
+    # answer, c-1 is the most advanced of them (and designated): resumed, nothing lost.
+    v = _stalled_sync_failover()
+    plan = plan_failover(v, policy(replication))
+    assert isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == "c-1" and plan.fence == ()
+    d = decide(v, HaMemory(), policy(replication))
+    assert d.name == "primary_not_writable" and d.failover is not None
+    # The review's view (a record written before the fix, or a set relaxed before the failure):
+    # no set, the old primary gone; c-1 is the last designated and the most advanced member.
+    plan = plan_failover(_stalled_sync_failover(sync_set=()), policy(replication))
+    assert isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == "c-1"
+
+
+def test_h1_the_kept_set_still_guards_the_resume():
+    # c-2 of the kept set does not answer: it may hold the newest acknowledged commit.
+    refused = plan_failover(_stalled_sync_failover(**{"c-2": down("c-2")}), policy("sync"))
+    assert isinstance(refused, Refusal) and "c-2 of the synchronous set does not answer" in refused.reason
+    # c-2 received more than c-1 meanwhile: it is promoted instead (at a new epoch, failover.py).
+    plan = plan_failover(_stalled_sync_failover(**{"c-2": replica("c-2", lsn="0/5000100", streaming=False)}),
+                         policy("sync"))
+    assert isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == "c-2"
+
+
+def test_h1_a_switchover_whose_final_lsn_wait_timed_out_is_resumed():
+    # The old primary c-0 was stopped cleanly (down, not fenced); the set was kept.
+    v = view({"c-0": down("c-0"), "c-1": replica("c-1", lsn="0/5000100", streaming=False),
+              "c-2": replica("c-2", lsn="0/5000100", streaming=False)}, primary_name="c-1", sync_set=("c-1", "c-2"),
+             epoch=2, observed_lsn="0/5000100")
+    plan = plan_failover(v, policy("sync"))
+    assert isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == "c-1" and plan.lag_bytes == 0
+
+
+def _fenced_itself(lsn="0/5000100"):
+    """c-0, the designated primary, fenced itself while isolated: a standby with no upstream."""
+    return replica("c-0", lsn=lsn, streaming=False, upstream="")
+
+
+@pytest.mark.parametrize("replication", ["async", "sync", "sync-strict"])
+@pytest.mark.parametrize("automatic", [True, False])
+def test_h2_a_primary_that_fenced_itself_is_resumed_in_place_with_a_replica_still_down(replication, automatic):
+    # Scenario A: pg_ops was down while both replicas restarted; it is back while c-2 still is not.
+    v = view({"c-0": _fenced_itself(), "c-1": replica("c-1", streaming=False), "c-2": down("c-2")},
+             sync_set=("c-1", "c-2") if replication != "async" else (), fenced_itself=("c-0",))
+    plan = plan_failover(v, policy(replication, automatic=automatic))
+    assert isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == "c-0" and plan.fence == ()
+    d = decide(v, HaMemory(), policy(replication, automatic=automatic))
+    assert d.name == "primary_not_writable" and d.failover is not None  # manual mode too: no topology change
+
+
+@pytest.mark.parametrize("replication", ["sync", "sync-strict"])
+def test_h2_a_resume_never_promotes_a_lagging_replica_over_the_fenced_primary(replication):
+    # Scenario B: both replicas are back, cascading from c-0 (a standby now), 16 MB behind it.
+    v = view({"c-0": _fenced_itself(lsn="0/6000000"),
+              "c-1": replica("c-1", lsn="0/5000000", source="c-0"),
+              "c-2": replica("c-2", lsn="0/5000000", source="c-0")}, sync_set=("c-1", "c-2"), fenced_itself=("c-0",))
+    plan = plan_failover(v, policy(replication))
+    assert isinstance(plan, FailoverPlan) and plan.candidate == "c-0" and plan.resume
+    # Its member script's report could not be read: the set's rule applies, and a lagging member
+    # of the set is still never promoted over it.
+    unknown = dataclasses.replace(v, fenced_itself=frozenset())
+    refused = plan_failover(unknown, policy(replication))
+    assert isinstance(refused, Refusal) and "holds more WAL" in refused.reason
+    # Asked for a lagging member by name: refused, since it would drop c-0's WAL tail.
+    refused = plan_failover(v, policy(replication), FailoverIntent(to="c-2"))
+    assert isinstance(refused, Refusal) and "holds more WAL" in refused.reason
+
+
+def _diverged_old_primary(**record):
+    """c-1 (the primary since the last failover, timeline 2) is lost; c-0, the ex-primary that
+    fenced itself on timeline 1 with writes beyond the fork, booted as a standby of c-1 while
+    c-1 was unreachable (no divergence check), so it holds the most bytes, off the history."""
+    return view({"c-0": replica("c-0", lsn="0/7000000", streaming=False, timeline=1),
+                 "c-1": down("c-1"), "c-2": replica("c-2", lsn="0/5100000", streaming=False, source="c-1")},
+                primary_name="c-1", fenced=("c-0",), observed_lsn="0/5100000", **record)
+
+
+@pytest.mark.parametrize("record", [{"timeline": 2}, {"timeline": 0}])  # 0: a record from before it was kept
+@pytest.mark.parametrize("replication", ["async", "sync"])
+def test_h3_a_diverged_member_on_an_older_timeline_is_never_the_candidate(record, replication):
+    v = _diverged_old_primary(**record)
+    plan = plan_failover(v, policy(replication))
+    if replication == "async":
+        assert isinstance(plan, FailoverPlan) and plan.candidate == "c-2" and plan.lag_bytes == 0
+        assert any("c-0 (timeline 1) behind the cluster's timeline 2" in n for n in plan.notes)
+    else:  # no set recorded: every replica must answer, and c-0 answers off the history
+        assert isinstance(plan, Refusal) and "off the current timeline (c-0)" in plan.reason
+    refused = plan_failover(v, policy(), FailoverIntent(to="c-0"))
+    assert isinstance(refused, Refusal) and "timeline 1, behind the cluster's timeline 2" in refused.reason
+    # Same LSN order, newer timeline: (timeline, LSN) decides, not the LSN alone.
+    ahead = v.with_members({"c-0": replica("c-0", lsn="0/7000000", streaming=False, timeline=2),
+                            "c-2": replica("c-2", lsn="0/5100000", streaming=False, timeline=3)})
+    plan = plan_failover(ahead, policy(), FailoverIntent(force=True))
+    assert isinstance(plan, FailoverPlan) and plan.candidate == "c-2"
+
+
+def test_h3_a_fenced_member_on_an_older_timeline_is_reported_by_the_healthy_tick():
+    v = view({"c-1": primary("c-1", standbys=_standbys(("c-2", "0/5000000"))),
+              "c-0": replica("c-0", lsn="0/7000000", streaming=False, timeline=1, upstream=ADDR["c-1"]),
+              "c-2": replica("c-2", source="c-1")}, primary_name="c-1", fenced=("c-0",))
+    d = decide(v, HaMemory(), policy())
+    assert d.name == "healthy" and Unfence("c-0") not in d.actions
+    assert [(a.kind, a.details["member"]) for a in d.alerts] == [("replica_off_timeline", "c-0")]
+
+
+def test_m5_a_late_promotion_gets_its_replication_slots_before_the_repoint():
+    # The run gave up on c-1's promotion (and its resume too); c-1 promoted by itself later. It
+    # has no slots, c-2 still follows the dead c-0, and the record still holds the old set.
+    v = view({"c-0": down("c-0"), "c-1": primary("c-1", slots=[], sync_names=""),
+              "c-2": replica("c-2", streaming=False, source="c-0")},
+             primary_name="c-1", fenced=("c-0",), sync_set=("c-1", "c-2"), epoch=2)
+    d = decide(v, HaMemory(), policy("sync"))
+    assert d.name == "healthy"
+    kinds = [type(a).__name__ for a in d.actions]
+    assert EnsureSlots("c-1", ("c-0", "c-2")) in d.actions and Repoint("c-2") in d.actions
+    assert kinds.index("EnsureSlots") < kinds.index("Repoint")
+    # The primary is never its own synchronous standby: the record drops it, after the setting.
+    assert d.actions[-2:] == (SetSyncNames('ANY 1 ("c-2")'), RecordSyncSet(("c-2",)))
+    healthy_again = healthy()
+    assert not any(isinstance(a, EnsureSlots) for a in decide(healthy_again, HaMemory(), policy()).actions)
+
+
+def test_h2_in_place_is_only_for_a_primary_that_fenced_itself():
+    # A switchover whose final-LSN wait timed out (async): c-1 never was the primary and lacks the
+    # final WAL; the in-place rule does not apply, the lag guard against the final LSN does.
+    v = view({"c-0": down("c-0"), "c-1": replica("c-1", lsn="0/5000000", streaming=False),
+              "c-2": replica("c-2", lsn="0/5000000", streaming=False)}, primary_name="c-1", epoch=2,
+             observed_lsn="0/5100000")
+    refused = plan_failover(v, policy())
+    assert isinstance(refused, Refusal) and "c-1 is 1048576 bytes behind the record's observed LSN" in refused.reason

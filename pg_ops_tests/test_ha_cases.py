@@ -11,12 +11,16 @@ import time
 import dagster as dg
 import pytest
 
+from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.errors import MemberError, PgOpsError
 from pg_ops.operations import failover as failover_ops
+from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
 from pg_ops.operations.ha import act
 from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes_names as names
+from pg_ops.postgres import admin
+from pg_ops.postgres.session import connect
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
@@ -29,7 +33,13 @@ from pg_ops_tests.helpers import (
     write_platform_spec,
 )
 from pg_ops_tests.test_alerts import WebhookCapture
-from pg_ops_tests.test_failover import Writer, _writes_after, assert_one_primary_all_streaming, q
+from pg_ops_tests.test_failover import (
+    Writer,
+    _writes_after,
+    assert_one_primary_all_streaming,
+    primary_conn,
+    q,
+)
 from pg_ops_tests.test_health import Sensor
 
 
@@ -268,3 +278,236 @@ def test_refusal_reason_is_one_line(cluster):
         failover(cluster)
     assert "\n" not in str(err.value) and "refusing failover" in str(err.value)
     assert_one_primary_all_streaming(cluster)
+
+
+# -- issue 20: synchronous modes through every failure (the pure cases are in test_ha.py) ---------------
+def _nothing_acknowledged_lost(ctx, writer, member):
+    present = {r[0] for r in q(ctx, member, "select n from writes")}
+    lost = sorted(set(writer.acked) - present)
+    assert writer.acked and not lost, f"{len(lost)} acknowledged rows missing on {member}: {lost[:10]}"
+
+
+def _stalled(c, member, epoch):
+    raise MemberError(f"member {member}: pg_promote did not complete within 30 s (injected)")
+
+
+def test_stalled_sync_promotion_is_resumed_by_the_next_tick_and_loses_nothing(cluster_sync, monkeypatch):
+    """H1: the record keeps the synchronous set until the new primary has taken over, so the
+    tick resumes a sync failover whose promotion stalled (it used to refuse: "no synchronous set
+    recorded ... use --force")."""
+    ctx = cluster_sync
+    old = ctx.state().primary
+    memory: dict = {}
+    with Writer(ctx) as writer:
+        wait_for(lambda: len(writer.acked) > 50, "sync writes")
+        kill_member(ctx.platform, old)
+        real_promote = failover_ops.promote
+        monkeypatch.setattr(failover_ops, "promote", _stalled)
+        with pytest.raises(MemberError, match="injected"):
+            failover(ctx)
+        monkeypatch.setattr(failover_ops, "promote", real_promote)
+        stalled = ctx.state()
+        assert stalled.primary != old and set(stalled.sync_set) == set(ctx.spec.member_names) - {old}
+        watch = tick(ctx, memory)
+        assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
+        change = failover(ctx)
+        wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
+    assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
+    assert ctx.state().timeline == change.timeline
+    _nothing_acknowledged_lost(ctx, writer, change.new_primary)
+
+
+def test_promotion_completing_after_the_run_gave_up_gets_its_slots_from_the_tick(cluster_sync, monkeypatch):
+    """M5: the promotion was requested but the run gave up waiting for it; it completes later.
+    The healthy tick creates the slots the repoint uses, so the other replica streams again."""
+    ctx = cluster_sync
+    old = ctx.state().primary
+    kill_member(ctx.platform, old)
+
+    def late(c, member, epoch):
+        act.sql(c, member, lambda conn: conn.execute("select pg_promote(false)"))
+        raise MemberError(f"member {member}: pg_promote did not complete within 30 s (injected; it completes later)")
+
+    real_promote = failover_ops.promote
+    monkeypatch.setattr(failover_ops, "promote", late)
+    with pytest.raises(MemberError, match="injected"):
+        failover(ctx)
+    monkeypatch.setattr(failover_ops, "promote", real_promote)
+    new = ctx.state().primary
+    other = next(m for m in ctx.spec.member_names if m not in (old, new))
+    wait_for(lambda: ctx.probe([new])[new].writable, "the late promotion")
+    memory: dict = {}
+    wait_for(lambda: tick(ctx, memory).health.view.streams_from(other, new), f"{other} streaming from {new}",
+             timeout=60)
+    slots = {s["slot_name"]: s["active"] for s in ctx.probe([new])[new].slots}
+    assert {admin.slot_name(other), admin.slot_name(old)} <= set(slots)
+    wait_for(lambda: any(s["slot_name"] == admin.slot_name(other) and s["active"] for s in ctx.probe([new])[new].slots),
+             f"{other} streaming through its slot")
+    wait_for(lambda: tick(ctx, memory) and ctx.state().sync_set == (other,), "the synchronous set of the new primary")
+
+
+def _fence_the_primary_with_pg_ops_away(ctx, writer):
+    """pg_ops stops ticking and both replicas stop: the primary fences itself (a standby with
+    its isolation marker) once its lease and every standby reply are older than lease_seconds."""
+    primary = ctx.state().primary
+    replicas = [m for m in ctx.spec.member_names if m != primary]
+    wait_for(lambda: len(writer.acked) > 50, "sync writes")
+    for name in replicas:
+        ctx.platform.stop_member(name)
+    wait_for(lambda: ctx.probe([primary])[primary].in_recovery is True, "the primary fencing itself", timeout=60)
+    assert ctx.platform.member_report(primary).get("isolated.at")
+    return primary, replicas
+
+
+def test_sync_primary_that_fenced_itself_is_resumed_in_place_when_ticks_resume(make_spec):
+    """H2, scenario A: pg_ops comes back while one replica is still down. The designated primary
+    is the last known primary and holds every commit it acknowledged: promoted in place (it used
+    to refuse: "... of the synchronous set does not answer")."""
+    spec = make_spec("fz", postgres={"members": 3, "replication": "sync"}, monitoring={"interval_seconds": 1})
+    with running_cluster(spec) as ctx:
+        memory: dict = {}
+        tick(ctx, memory)
+        epoch = ctx.state().epoch
+        with Writer(ctx) as writer:
+            primary, (first, second) = _fence_the_primary_with_pg_ops_away(ctx, writer)
+            ctx.platform.start_member(first)
+            wait_for(lambda: ctx.probe([first])[first].reachable, f"{first} back")
+            watch = tick(ctx, memory)
+            assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
+            change = failover(ctx)
+            assert change.new_primary == primary and change.epoch == epoch
+            tick(ctx, memory)
+            ctx.platform.start_member(second)
+            wait_for(lambda: tick(ctx, memory) and _writes_after(writer, 5), "writes acknowledged again", timeout=60)
+        assert ctx.state().primary == primary and not ctx.platform.member_report(primary).get("isolated.at")
+        _nothing_acknowledged_lost(ctx, writer, primary)
+        wait_for(lambda: all(tick(ctx, memory).health.view.streams_from(r, primary) for r in (first, second)),
+                 "both replicas streaming from the resumed primary", timeout=90)
+
+
+def test_deploy_promotes_a_primary_that_fenced_itself_in_place(make_spec):
+    """L5: deploy does not wait a minute for a member that fenced itself (it never promotes
+    itself back): the failover rules say it is the one, so deploy promotes it in place."""
+    spec = make_spec("fd", postgres={"members": 3, "replication": "sync"}, failover={"lease_seconds": 8})
+    with running_cluster(spec) as ctx:
+        epoch = ctx.state().epoch
+        with Writer(ctx) as writer:
+            primary, replicas = _fence_the_primary_with_pg_ops_away(ctx, writer)
+            result = deploy(ctx)
+            wait_for(lambda: _writes_after(writer, 5), "writes acknowledged again")
+        assert result.primary == primary and result.epoch == epoch and set(result.started) == set(replicas)
+        _nothing_acknowledged_lost(ctx, writer, primary)
+        assert_one_primary_all_streaming(ctx)
+
+
+def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec):
+    """H3: an ex-primary holding writes beyond the fork on the old timeline boots as a standby
+    while the new primary cannot be read (no divergence check then), so it has the most bytes.
+    When the new primary is lost too, the member on the cluster's timeline is promoted, not it:
+    candidates compare (timeline, LSN)."""
+    spec = make_spec("tl", failover={"lease_seconds": 10})
+    with running_cluster(spec) as ctx:
+        a = ctx.state().primary
+        # pg_ops away and both replicas stopped: a acknowledges writes alone (async) until it
+        # fences itself; pg_ops never sees that tail.
+        for name in ctx.spec.member_names:
+            if name != a:
+                ctx.platform.stop_member(name)
+        act.renew_lease(ctx, a, ctx.state().epoch)
+        q(ctx, a, "create table tail as select g as n, repeat('x', 200) as pad from generate_series(1, 150000) g",
+          "postgres")
+        wait_for(lambda: ctx.probe([a])[a].in_recovery is True, f"{a} fencing itself", timeout=60)
+        kill_member(ctx.platform, a)  # then its machine dies
+        for name in ctx.spec.member_names:
+            if name != a:
+                ctx.platform.start_member(name)
+        wait_for(lambda: all(p.reachable for n, p in ctx.probe().items() if n != a), "the replicas back")
+        first = failover(ctx)
+        b = first.new_primary
+        c = next(m for m in ctx.spec.member_names if m not in (a, b))
+        q(ctx, b, "create table after_failover as select g as n from generate_series(1, 100) g", "postgres")
+        memory: dict = {}
+        wait_for(lambda: tick(ctx, memory).health.view.streams_from(c, b), f"{c} streaming from {b}")
+        wait_for(lambda: q(ctx, c, "select to_regclass('after_failover') is not null", "postgres")[0][0]
+                 and q(ctx, c, "select count(*) from after_failover", "postgres")[0][0] == 100, f"{c} has b's rows")
+        tick(ctx, memory)
+        # b's machine is lost; a comes back while b cannot be read: a standby of b on timeline 1.
+        kill_member(ctx.platform, b)
+        ctx.platform.start_member(a)
+        wait_for(lambda: ctx.probe([a])[a].reachable, f"{a} back as a standby")
+        probes = ctx.probe([a, c])
+        assert probes[a].timeline < probes[c].timeline == ctx.state().timeline == first.timeline
+        second = failover(ctx)
+        assert second.new_primary == c, second.notes
+        assert any(f"{a} (timeline" in n for n in second.notes)
+        assert q(ctx, c, "select count(*) from after_failover", "postgres") == [(100,)]
+
+
+def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_nothing(cluster_sync, monkeypatch):
+    """H1 as it happens: a long query on the replicas (the nightly dump runs on the most advanced
+    one) holds replay by a lock conflict, for up to max_standby_streaming_delay (300 s); the
+    primary dies; the run's pg_promote waits 30 s and gives up. The next tick resumes it (it used
+    to refuse, the set having been cleared), and once the query ends the resume promotes the same
+    member: every acknowledged row is there."""
+    ctx = cluster_sync
+    old = ctx.state().primary
+    replicas = [m for m in ctx.spec.member_names if m != old]
+    with primary_conn(ctx) as c:
+        c.execute("create table hold (n int)")
+    wait_for(lambda: all(q(ctx, r, "select to_regclass('hold') is not null")[0][0] for r in replicas), "hold replicated")
+    readers = []
+    for name in replicas:
+        reader = connect(ctx.endpoints()[name], "postgres", ctx.admin_password(), dbname=PG_OPS_DATABASE,
+                         autocommit=False)
+        reader.execute("select count(*) from hold")  # an open transaction holding its lock
+        readers.append(reader)
+    try:
+        with Writer(ctx) as writer:
+            wait_for(lambda: len(writer.acked) > 20, "sync writes")
+            with primary_conn(ctx) as c:
+                c.execute("drop table hold")  # its lock's replay waits for the readers
+            acked = len(writer.acked)
+            wait_for(lambda: len(writer.acked) > acked + 50, "writes acknowledged while replay is held")
+            for name in replicas:
+                row = q(ctx, name, "select pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()")
+                assert row == [(True,)], f"{name}: replay not held"
+            kill_member(ctx.platform, old)
+            with pytest.raises(MemberError, match="pg_promote did not complete within 30 s"):
+                failover(ctx)
+            stalled = ctx.state()
+            assert q(ctx, stalled.primary, "select pg_is_in_recovery()", "postgres") == [(True,)]
+            watch = tick(ctx)
+            assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
+            real_promote = failover_ops.promote
+
+            def query_ends_then_promote(c, member, epoch):
+                for reader in readers:
+                    reader.close()  # the dump finished
+                return real_promote(c, member, epoch)
+
+            monkeypatch.setattr(failover_ops, "promote", query_ends_then_promote)
+            change = failover(ctx)
+            monkeypatch.setattr(failover_ops, "promote", real_promote)
+            wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
+    finally:
+        for reader in readers:
+            reader.close()
+    assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
+    _nothing_acknowledged_lost(ctx, writer, change.new_primary)
+
+
+def test_repoint_of_a_member_without_primary_conninfo_carries_its_passfile(cluster):
+    """A member that fenced itself drops its upstream (member.sh: demote_isolated); repointing it
+    builds a conninfo from nothing, which must name the passfile its member script uses, or the
+    replication user cannot authenticate and it never streams."""
+    ctx = cluster
+    primary = ctx.state().primary
+    name = next(m for m in ctx.spec.member_names if m != primary)
+    q(ctx, name, "alter system set primary_conninfo = ''", "postgres")
+    q(ctx, name, "select pg_reload_conf()", "postgres")
+    wait_for(lambda: not ctx.probe([name])[name].streaming, f"{name} without an upstream")
+    act.repoint_member(ctx, name, primary, ctx.state())
+    wait_for(lambda: ctx.probe([name])[name].streaming, f"{name} streaming again", timeout=30)
+    conninfo = q(ctx, name, "show primary_conninfo", "postgres")[0][0]
+    assert f"passfile={ctx.platform.member_passfile(name)}" in conninfo or \
+        f"passfile='{ctx.platform.member_passfile(name)}'" in conninfo, conninfo

@@ -43,9 +43,12 @@ def tick(ctx, memory):
 
 
 # -- isolation fencing: the member script, no daemon --------------------------------------------------
-def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached_again(make_spec):
+@pytest.mark.parametrize("replication", ["async", "sync", "sync-strict"])
+def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached_again(make_spec, replication):
     # Manual mode: nobody fails over, so only the primary's own fencing can end its write window.
-    spec = make_spec("iso", failover={"mode": "manual", "lease_seconds": 3})
+    # In sync modes it is resumed in place too: it is the last known primary (issue 20, H2).
+    spec = make_spec("iso", failover={"mode": "manual", "lease_seconds": 3},
+                     postgres={"members": 3, "replication": replication})
     with running_cluster(spec) as ctx, Partitions(ctx) as parts, App(ctx, parts) as app:
         primary = ctx.state().primary
         wait_for(lambda: app.progressing(primary), "writes before the cut")
@@ -57,7 +60,9 @@ def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached
         time.sleep(2)
         late = [t for _, t in acks_on(app, primary) if t > seen_standby]
         assert late == [], f"{len(late)} writes acknowledged after it fenced itself"
-        assert acks_on(app, primary) and max(t for _, t in acks_on(app, primary)) > cut_at  # it did serve until then
+        assert acks_on(app, primary)
+        if replication == "async":  # it did serve until then (in sync modes no standby acknowledges)
+            assert max(t for _, t in acks_on(app, primary)) > cut_at
         assert ctx.state().primary == primary and ctx.state().epoch == 1  # no failover happened
         log = ctx.platform.member_log_tail(primary, 200)
         assert "ISOLATED: no lease renewal" in log
@@ -70,9 +75,11 @@ def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached
                          "the tick to see the designated primary as a standby", timeout=30)
         assert watch.failover is not None
         assert [e.kind for e in watch.events if e.details["member"] == primary] == ["primary_isolated"]
-        failover(ctx, detected_at=time.time())
+        change = failover(ctx, detected_at=time.time())
+        assert change.new_primary == primary and change.epoch == 1
         assert not in_recovery(ctx, primary)
-        wait_for(lambda: app.progressing(primary), "writes on the same primary again", timeout=30)
+        wait_for(lambda: tick(ctx, memory) and app.progressing(primary), "writes on the same primary again",
+                 timeout=30)
         assert app.lost(primary) == set()
         wait_for(lambda: next(m for m in status_report(ctx)["members"] if m["name"] == primary)["isolated_at"] is None,
                  "the isolation cleared from the member's report")

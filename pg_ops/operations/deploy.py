@@ -18,9 +18,10 @@ from pg_ops.credentials import MONITORING_GRANT, MONITORING_USER, PG_OPS_DATABAS
 from pg_ops.errors import PgOpsError
 from pg_ops.operations import catalog
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.failover import promote
 from pg_ops.operations.ha import act
-from pg_ops.operations.ha.decide import initial_sync_set, sync_names
-from pg_ops.operations.ha.model import Policy
+from pg_ops.operations.ha.decide import initial_sync_set, plan_failover, sync_names
+from pg_ops.operations.ha.model import FailoverPlan, Policy, Refusal
 from pg_ops.operations.ha.observe import read_view
 from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.postgres import admin, status_table
@@ -98,7 +99,10 @@ def start_members(ctx: ClusterContext) -> list[str]:
             ctx.log.info("starting primary %s", primary)
             ctx.platform.start_member(primary)
             started.append(primary)
-        probe = wait_until(ctx, primary, lambda p: p.writable, "writable")
+        probe = wait_until(ctx, primary, lambda p: p.writable or (p.reachable and p.in_recovery is True
+                                                                   and fenced_itself(ctx, primary)), "writable")
+        if not probe.writable:
+            probe = resume_in_place(ctx, primary)
         if state.bootstrap or not state.system_identifier:
             lock.update(lambda s: s.model_copy(
                 update={"bootstrap": False, "system_identifier": probe.system_identifier}))
@@ -119,15 +123,41 @@ def start_members(ctx: ClusterContext) -> list[str]:
     return started
 
 
+def fenced_itself(ctx: ClusterContext, name: str) -> bool:
+    """Its member script restarted it as a standby as an isolated primary (isolation fencing):
+    it never promotes itself back, so waiting for it to become writable is pointless."""
+    return bool(ctx.platform.member_report(name).get("isolated.at"))
+
+
+def resume_in_place(ctx: ClusterContext, primary: str) -> MemberProbe:
+    """The designated primary fenced itself: promote it in place when the failover rules say it
+    is the one (the last known primary, at least as far as every answering member), or refuse at
+    once with their reason. Under deploy's topology lock."""
+    policy = Policy.from_spec(ctx.spec)
+    view = read_view(ctx, policy, confirm=False)
+    plan = plan_failover(view, policy)
+    if not (isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == primary):
+        why = plan.reason if isinstance(plan, Refusal) else f"the failover rules would promote {plan.candidate}"
+        raise PgOpsError(f"cluster {ctx.name}: the designated primary {primary} fenced itself as an isolated primary "
+                         f"and cannot be promoted in place: {why}; see `pg-ops status`, then "
+                         f"`pg-ops failover --cluster {ctx.name}`")
+    ctx.log.info("%s: the designated primary %s fenced itself while isolated; promoting it in place (epoch %d)",
+                 ctx.name, primary, view.record.epoch)
+    promote(ctx, primary, view.record.epoch)
+    return wait_until(ctx, primary, lambda p: p.writable, "writable after its promotion in place", timeout=10)
+
+
 def establish_replication(ctx: ClusterContext, lock: HeldLock) -> None:
     """Every replica streams: none is fenced any more; in sync modes the synchronous set is
     every replica the primary reports streaming (recorded before the server setting names it)
-    and the observed LSN is the primary's now (the lag guard's reference from the start)."""
+    and the observed LSN and timeline are the primary's now (the lag guard's reference and the
+    timeline candidates must be on, from the start)."""
     policy = Policy.from_spec(ctx.spec)
     view = read_view(ctx, policy, confirm=False)
     sync_set = initial_sync_set(policy, view)
     lock.update(lambda s: s.model_copy(update={
         "fenced": (), "sync_set": sync_set, "observed_lsn": view.primary.lsn or "", "observed_at": view.now,
+        "timeline": view.primary.timeline or s.timeline,
         "observed_standbys": tuple(sorted(r.name for r in view.primary.replication if r.streaming))}))
     if policy.sync:
         value = sync_names(policy, sync_set or [m for m in ctx.spec.member_names if m != view.designated])

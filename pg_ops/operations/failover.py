@@ -80,6 +80,13 @@ def promote(ctx: ClusterContext, member: str, epoch: int) -> int | None:
     return ctx.probe([member], timeout=3)[member].timeline
 
 
+def took_over(lock: HeldLock, timeline: int | None) -> None:
+    """The new primary is writable: the synchronous set of the old one is history (the new
+    primary's is rebuilt by the tick from its own standbys; until then "no set" means every
+    replica must answer a failover), and its timeline is the one candidates must be on."""
+    lock.update(lambda s: s.model_copy(update={"sync_set": (), "timeline": timeline or s.timeline}))
+
+
 def repoint_replicas(ctx: ClusterContext, new_primary: str, skip: set[str]) -> list[str]:
     """Point every other reachable replica at the new primary without a restart. One that
     cannot be reached now is repointed by the health tick when it answers again."""
@@ -97,10 +104,7 @@ def repoint_replicas(ctx: ClusterContext, new_primary: str, skip: set[str]) -> l
 
 
 def configure_new_primary(ctx: ClusterContext, primary: str) -> None:
-    others = [m for m in ctx.spec.member_names if m != primary]
-    created = act.sql(ctx, primary, lambda c: admin.ensure_slots(c, others))
-    if created:
-        ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
+    act.ensure_slots(ctx, primary)
 
 
 def replication_mode_after_change(ctx: ClusterContext, primary: str) -> str:
@@ -159,9 +163,15 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
             ctx.log.info("failover: candidate %s, %s bytes behind%s", candidate, plan.lag_bytes,
                          " (resuming a change that stopped half-way)" if plan.resume else "")
         old = plan.old_primary or view.designated
+        # Resuming in place keeps the epoch (nothing changes hands); any other promotion is a new
+        # epoch, so a member still acting on the old one (an isolated primary's marker) knows.
+        in_place = plan.resume and candidate == view.designated
         with steps.step("write the desired state"):
+            # The synchronous set stays as it is until the candidate has taken over: a run that
+            # stops before that (promotion stalled, fencing raised) is resumed by the next tick
+            # under the same rule (only the last known primary and the set may promote).
             new_state = lock.update(lambda s: s.model_copy(update={
-                "epoch": s.epoch + (0 if plan.resume else 1), "primary": candidate, "sync_set": (),
+                "epoch": s.epoch + (0 if in_place else 1), "primary": candidate,
                 "fenced": tuple(sorted({*s.fenced, *plan.fence} - {candidate}))}))
         with steps.step("fence the old primary"):
             unconfirmed = [m for m in plan.fence if not fence(ctx, m, view.members.get(m))]
@@ -171,6 +181,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
         with steps.step("promote"):
             timeline = promote(ctx, candidate, new_state.epoch)
             promoted_at = time.time()
+            took_over(lock, timeline)
         with steps.step("replication slots on the new primary"):
             configure_new_primary(ctx, candidate)
         with steps.step("repoint the other replicas"):
@@ -191,8 +202,12 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     )
     change.notes += list(plan.notes)
     change.notes.append(f"repointed {', '.join(repointed) or 'none'}")
-    if plan.resume:
-        change.notes.append(f"resumed a change that stopped half-way: {candidate} was designated but not promoted")
+    if in_place:
+        change.notes.append(f"resumed a change that stopped half-way in place: {candidate} was designated but a "
+                            f"standby (not promoted yet, or it fenced itself while isolated)")
+    elif plan.resume:
+        change.notes.append(f"resumed a change that stopped half-way: {candidate} promoted instead of "
+                            f"{view.designated}, at a new epoch")
     change.notes += wal.after_promotion(ctx)  # the archive's continuity: ship from pg_wal, or the gap alert
     if ctx.spec.postgres.replication == "async" and not plan.resume:
         change.notes.append(f"async mode: commits {old} accepted after {plan.lag_bytes} bytes behind were not "
@@ -272,14 +287,14 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     with steps.step("write the desired state"):
         # The final LSN is the reference a resumed failover checks the candidate against.
         new_state = lock.update(lambda s: s.model_copy(update={
-            "epoch": s.epoch + 1, "primary": to, "sync_set": (), "observed_lsn": final_lsn,
-            "observed_at": time.time()}))
+            "epoch": s.epoch + 1, "primary": to, "observed_lsn": final_lsn, "observed_at": time.time()}))
     with steps.step("clean shutdown of the old primary"):
         ctx.platform.stop_member(old)
     with steps.step("wait for the final LSN on the candidate"):
         received = wait_final_lsn(ctx, to, final_lsn)
     with steps.step("promote"):
         timeline = promote(ctx, to, new_state.epoch)
+        took_over(lock, timeline)
     with steps.step("replication slots on the new primary"):
         configure_new_primary(ctx, to)
     with steps.step("repoint the other replicas"):

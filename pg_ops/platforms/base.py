@@ -137,6 +137,11 @@ class Members(Protocol):
         an exec into the pod). Never raises; read-only."""
         ...
 
+    def member_passfile(self, name: str) -> str:
+        """The libpq passfile the member's own processes read (its member script's private
+        copy, which its primary_conninfo names), as a path on the member's side."""
+        ...
+
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """(used bytes, total bytes) of the filesystem holding the member's data; None when
         unknown now. Local: statvfs of the data dir (None before it exists). Kubernetes: `df`

@@ -546,6 +546,9 @@ class KubernetesPlatform(Platform):
             raise
         return "" if response is None else response.data.decode(errors="replace").strip()
 
+    def member_passfile(self, name: str) -> str:
+        return f"{names.RUN_DIR}/pgpass"  # member.sh: $PGOPS_RUN_DIR/pgpass, an emptyDir in every pod
+
     def member_report(self, name: str) -> dict[str, str]:
         """The report on the data volume, through an exec into the pod; while its container is
         not running (it refused and waits to restart), the refusal it left as its termination

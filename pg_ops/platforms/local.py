@@ -372,6 +372,9 @@ class LocalPlatform(Platform):
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
+    def member_passfile(self, name: str) -> str:
+        return str(self.member_dir(name) / "run" / "pgpass")  # member.sh: $PGOPS_RUN_DIR/pgpass
+
     def member_report(self, name: str) -> dict[str, str]:
         try:
             return parse_member_report((self.member_dir(name) / REPORT_FILE).read_text(errors="replace"))

@@ -32,6 +32,10 @@ select
   pg_last_wal_receive_lsn()::text as receive_lsn,
   pg_last_wal_replay_lsn()::text as replay_lsn,
   (select timeline_id from pg_control_checkpoint()) as checkpoint_tli,
+  case when pg_is_in_recovery() then greatest(
+    (select min_recovery_end_timeline from pg_control_recovery()),
+    (select max(('x' || substr(name, 1, 8))::bit(32)::int) from pg_ls_waldir()
+      where name ~ '^[0-9A-F]{24}$')) end as wal_tli,
   (select count(*) from pg_stat_activity where backend_type = 'client backend')::int as connections,
   current_setting('max_connections')::int as max_connections,
   current_setting('synchronous_standby_names') as synchronous_standby_names,
@@ -170,9 +174,13 @@ def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeou
     probe.replication = row["replication"]
     probe.slots = row["slots"]
     if probe.in_recovery:
-        # pg_walfile_name() errors on a replica: its timeline comes from the WAL receiver,
-        # or the control data when it is not receiving.
-        probe.timeline = (receiver or {}).get("received_tli") or row["checkpoint_tli"]
+        # pg_walfile_name() errors on a replica. Its timeline is the newest of: the WAL
+        # receiver's, the last restartpoint's, the minimum recovery point's, and that of the
+        # newest WAL segment it holds (a replica that followed a promotion and lost its sender
+        # may not have had a restartpoint on the new timeline yet; one on an older timeline,
+        # say a diverged ex-primary, never received a segment of the newer one).
+        probe.timeline = max(t for t in ((receiver or {}).get("received_tli"), row["checkpoint_tli"],
+                                         row["wal_tli"], 0) if t is not None) or None
         probe.lsn = row["receive_lsn"] or row["replay_lsn"]
         probe.upstream = conninfo_address(row["primary_conninfo"])
         if receiver:

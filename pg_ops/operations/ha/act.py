@@ -20,6 +20,7 @@ from pg_ops.operations.ha.model import (
     LOCKED_ACTIONS,
     Action,
     ClusterView,
+    EnsureSlots,
     RecordObserved,
     RecordSyncSet,
     RenewLease,
@@ -45,16 +46,30 @@ def sql(ctx: ClusterContext, member: str, fn, timeout: float = 10.0, dbname: str
 
 def repoint_member(ctx: ClusterContext, name: str, primary: str, state: DesiredState) -> None:
     """Point a running replica at `primary` without a restart: its current primary_conninfo is
-    kept (passfile, application_name) with host and port swapped."""
+    kept (passfile, application_name) with host and port swapped. A member with none (one that
+    fenced itself as an isolated primary drops its upstream) gets the one its member script
+    writes, with the passfile its platform gives it."""
     peer = Endpoint.parse(state.members[primary])
 
     def change(conn):
         current = admin.primary_conninfo(conn)
-        params = conninfo_to_dict(current) if current else {"user": REPLICATION_USER, "application_name": name}
+        params = conninfo_to_dict(current) if current else {
+            "user": REPLICATION_USER, "passfile": ctx.platform.member_passfile(name), "application_name": name,
+            "connect_timeout": "3"}
         params.update(host=peer.host, port=str(peer.port))
         admin.repoint(conn, make_conninfo(**params), admin.slot_name(name))
 
     sql(ctx, name, change, timeout=5)
+
+
+def ensure_slots(ctx: ClusterContext, primary: str) -> list[str]:
+    """A replication slot on `primary` for every other member (inactive stale pg_ops slots of
+    non-members dropped); returns the slots created."""
+    others = [m for m in ctx.spec.member_names if m != primary]
+    created = sql(ctx, primary, lambda c: admin.ensure_slots(c, others))
+    if created:
+        ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
+    return created
 
 
 def renew_lease(ctx: ClusterContext, member: str, epoch: int, timeout: float = 3.0) -> None:
@@ -79,7 +94,8 @@ def _observe(view: ClusterView, action: RecordObserved):
         if not _still_current(view, state):
             return state
         return state.model_copy(update={"observed_lsn": action.lsn, "observed_at": view.now,
-                                        "observed_standbys": action.standbys})
+                                        "observed_standbys": action.standbys,
+                                        "timeline": action.timeline or state.timeline})
     return change
 
 
@@ -100,8 +116,8 @@ def _locked(ctx: ClusterContext, view: ClusterView, action: Action, lock: HeldLo
 
 def _failure(ctx: ClusterContext, view: ClusterView, action: Action, exc: Exception) -> Alert:
     kind = {SetSyncNames: "replication_mode", RoutePrimary: "primary_routing",
-            RenewLease: "lease_renewal"}.get(type(action), "upkeep_failed")
-    member = view.designated if isinstance(action, RoutePrimary | SetSyncNames | RenewLease) else \
+            RenewLease: "lease_renewal", EnsureSlots: "replication_slots"}.get(type(action), "upkeep_failed")
+    member = view.designated if isinstance(action, RoutePrimary | SetSyncNames | RenewLease | EnsureSlots) else \
         getattr(action, "member", None)
     return Alert(cluster=ctx.name, severity="critical" if kind == "primary_routing" else "warning", kind=kind,
                  summary=f"{ctx.name}: {type(action).__name__} {member or ''} failed: {exc}".replace("  ", " "),
@@ -123,6 +139,9 @@ def execute(ctx: ClusterContext, view: ClusterView, actions: tuple[Action, ...])
                 update_state(store, _observe(view, action))
             elif isinstance(action, RenewLease):
                 renew_lease(ctx, action.member, action.epoch)
+            elif isinstance(action, EnsureSlots):
+                if _still_current(view, store.read()):
+                    ensure_slots(ctx, action.member)
         except PgOpsError as exc:
             failures.append(_failure(ctx, view, action, exc))
     locked = [a for a in actions if isinstance(a, LOCKED_ACTIONS)]

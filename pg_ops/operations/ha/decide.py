@@ -21,6 +21,7 @@ from pg_ops.operations.ha.model import (
     Action,
     ClusterView,
     Decision,
+    EnsureSlots,
     FailoverIntent,
     FailoverPlan,
     FailoverRequest,
@@ -37,7 +38,7 @@ from pg_ops.operations.ha.model import (
     Unfence,
     lsn,
 )
-from pg_ops.postgres.admin import synchronous_standby_names
+from pg_ops.postgres.admin import slot_name, synchronous_standby_names
 from pg_ops.postgres.topology import MemberProbe
 
 OBSERVE_AT_LEAST_EVERY_S = 60.0
@@ -95,6 +96,30 @@ def _received(probe: MemberProbe) -> int:
     return lsn(probe.receive_lsn) or lsn(probe.replay_lsn) or 0
 
 
+def _position(probe: MemberProbe) -> tuple[int, int]:
+    """Where a member's WAL ends, comparable across members: (timeline, received LSN). An LSN on
+    an older timeline may lie beyond the newer timeline's fork point: more bytes, but not the
+    cluster's history."""
+    return probe.timeline or 0, _received(probe)
+
+
+def cluster_timeline(view: ClusterView) -> int:
+    """The cluster's current timeline: the record's (the designated primary's as pg_ops last saw
+    it, written at each promotion), else the newest any reachable member is on (0: unknown)."""
+    if view.record.timeline:
+        return view.record.timeline
+    return max((p.timeline or 0 for p in view.members.values() if p.reachable), default=0)
+
+
+def behind_timeline(view: ClusterView) -> dict[str, int]:
+    """Reachable standbys on a timeline older than the cluster's: their WAL is not on the current
+    history (a diverged ex-primary that booted as a standby, a replica that never followed the
+    last promotion). Never failover candidates; they must be rewound or re-cloned first."""
+    current = cluster_timeline(view)
+    return {n: p.timeline or 0 for n, p in view.members.items()
+            if p.reachable and p.in_recovery and (p.timeline or 0) < current}
+
+
 def reference_lsn(view: ClusterView, intent: FailoverIntent, candidates: list[str]) -> tuple[int | None, str]:
     """The best LSN known for the old primary: what the sensor saw last, what the record kept,
     and the WAL end the primary last reported to each replica; None when none is known."""
@@ -112,6 +137,14 @@ def reference_lsn(view: ClusterView, intent: FailoverIntent, candidates: list[st
     return max(known)
 
 
+def _behind_note(view: ClusterView, behind: dict[str, int]) -> str:
+    if not behind:
+        return ""
+    which = ", ".join(f"{n} (timeline {t})" for n, t in sorted(behind.items()))
+    return (f"; {which} behind the cluster's timeline {cluster_timeline(view)}: not a candidate until rewound or "
+            f"re-cloned (`pg-ops rebuild MEMBER`)")
+
+
 def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = FailoverIntent()
                   ) -> FailoverPlan | Refusal:
     """The failover rules (docs/architecture/safety.md), as one function over one view."""
@@ -126,7 +159,7 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
                            f"(a planned change is `pg-ops switchover --to MEMBER`; --force overrides)")
         old: str | None = designated
     elif primary.reachable:
-        old = None  # the designated primary is a standby: a change stopped half-way; resume it
+        old = None  # the designated primary is a standby: a change stopped half-way, or it fenced itself
     else:
         verdict = primary_verdict(view, policy)
         if verdict.kind != "down" and not force:
@@ -136,6 +169,9 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
         old = designated
     fence = tuple(sorted({*strays, *([old] if old else [])}))
     standbys = [n for n, p in view.members.items() if p.reachable and p.in_recovery and n != old]
+    # (timeline, LSN): a member on an older timeline is never a candidate (Patroni's check_timeline).
+    behind = {n: t for n, t in behind_timeline(view).items() if n in standbys}
+    candidates = [n for n in standbys if n not in behind]
     if intent.to is not None:
         if intent.to not in view.members:
             return Refusal(f"cluster {c}: member {intent.to!r} does not exist")
@@ -145,30 +181,65 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
             probe = view.members[intent.to]
             why = probe.error if not probe.reachable else "it is not a standby"
             return Refusal(f"cluster {c}: cannot promote {intent.to}: {why}")
-    if not standbys:
-        down = ", ".join(n for n in view.replicas if n != old) or "none"
-        return Refusal(f"cluster {c}: no replica is reachable to promote ({down})", deterministic=False)
+        if intent.to in behind and not force:
+            return Refusal(f"cluster {c}: cannot promote {intent.to}: it is on timeline {behind[intent.to]}, behind "
+                           f"the cluster's timeline {cluster_timeline(view)}, so its WAL is off the current history "
+                           f"(promoting it loses every commit since and reuses a timeline); rebuild it "
+                           f"(`pg-ops rebuild {intent.to}`), or --force to accept that")
+        if intent.to in behind:
+            candidates.append(intent.to)
+    if not candidates:
+        down = ", ".join(n for n in view.replicas if n != old and n not in behind) or "none"
+        return Refusal(f"cluster {c}: no replica is reachable to promote ({down}){_behind_note(view, behind)}",
+                       deterministic=False)
     notes: list[str] = []
-    eligible, lossless = standbys, False
-    if policy.sync and not force:
+    if behind:
+        notes.append(_behind_note(view, behind).removeprefix("; "))
+    position = {n: _position(view.members[n]) for n in candidates}
+    in_place = (old is None and intent.to in (None, designated) and designated in candidates
+                and designated in view.fenced_itself
+                and all(position[designated] >= position[n] for n in candidates))
+    eligible, lossless = candidates, False
+    if in_place:
+        # The last known primary fenced itself while isolated (a standby now, its marker at the
+        # record's epoch): nobody was promoted since, and it is at least as far as every answering
+        # member on the cluster's timeline, so it holds every commit it acknowledged. Promoted in
+        # place, in every mode, whoever else is missing (Patroni: the last known primary may
+        # always take the lock again).
+        eligible, lossless = [designated], True
+        notes.append(f"{designated} fenced itself as an isolated primary and is the most advanced member: "
+                     f"promoted in place")
+    elif policy.sync and not force:
         sync_set = [n for n in view.record.sync_set if n != old]
-        group = sync_set or [n for n in view.replicas if n != old]
-        missing = sorted(set(group) - set(standbys))
+        # No set recorded (relaxed before the failure): every replica must answer, except, when
+        # resuming a change that stopped half-way, an old primary it fenced that is gone (the run
+        # that designated the candidate already chose over it, under the lag guard, which applies).
+        group = sync_set or [n for n in view.members if n != old and (n != designated or old is None)
+                             and not (old is None and n in view.record.fenced and not view.members[n].reachable)]
+        missing = sorted(set(group) - set(candidates))
         if missing:
             # ANY 1 over the group: the newest acknowledged commit may be on the one that is missing.
             what = "of the synchronous set" if sync_set else "(no synchronous set recorded)"
-            return Refusal(f"cluster {c}: {policy.replication} mode: {', '.join(missing)} {what} does not answer, "
-                           f"so no reachable member is known to hold every acknowledged commit; refusing "
-                           f"(use --force to accept possible loss)", deterministic=False)
+            late = [n for n in missing if n in behind]
+            return Refusal(f"cluster {c}: {policy.replication} mode: {', '.join(missing)} {what} does not answer"
+                           + (f" or is off the current timeline ({', '.join(late)})" if late else "")
+                           + ", so no reachable member is known to hold every acknowledged commit; refusing "
+                             "(use --force to accept possible loss)", deterministic=False)
         eligible, lossless = group, bool(sync_set)
         if not sync_set:
             notes.append("no synchronous set recorded (relaxed or just changed): promoting the most advanced replica")
         if intent.to is not None and intent.to not in eligible:
             return Refusal(f"cluster {c}: cannot promote {intent.to}: it is not in the synchronous set "
                            f"({', '.join(sync_set)}); use --force to accept possible loss")
-    received = {n: _received(view.members[n]) for n in eligible}
+    received = {n: position[n][1] for n in eligible}
     reference, source = reference_lsn(view, intent, standbys)
-    candidate = intent.to or max(received, key=lambda n: (received[n], n == designated, n))
+    candidate = intent.to or max(eligible, key=lambda n: (position[n], n == designated, n))
+    if old is None and candidate != designated and designated in position \
+            and position[designated] > position[candidate] and not force:
+        # A resume never promotes a member behind the designated one: that would drop its WAL tail.
+        return Refusal(f"cluster {c}: {candidate} would be promoted but the designated primary {designated} holds "
+                       f"more WAL ({_lsn_text(position[designated][1])} on timeline {position[designated][0]}); "
+                       f"refusing (use --force to accept the loss)")
     if reference is None:
         if not force and not lossless:
             return Refusal(f"cluster {c}: no reference LSN for the old primary (pg_ops never saw it and no replica "
@@ -222,7 +293,10 @@ def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[li
             actions.append(RecordSyncSet(()))
         return actions, alerts, replace(memory, departed={}, no_standby_since=None)
     streaming = {n for n in view.replicas if _standby_streaming(view, n)}
-    members = sorted(n for n in view.record.sync_set if n in view.members)
+    # The record keeps the set through a change of primary until the new one has taken over
+    # (failover.py); a promotion that completed after its run gave up leaves the new primary in
+    # it: the primary is never its own synchronous standby.
+    members = sorted(n for n in view.record.sync_set if n in view.members and n != view.designated)
     departed = {n: v for n, v in memory.departed.items() if n in members and n not in streaming}
     primary_lsn = lsn(primary.lsn) or 0
     for name in members:
@@ -265,6 +339,10 @@ def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[li
                             summary=f"no standby streams from {view.designated}: sync replication relaxed to async "
                                     f"until one does (acknowledged commits can be lost meanwhile)",
                             details={"member": view.designated}))
+    if view.designated in view.record.sync_set and not any(isinstance(a, RecordSyncSet) for a in actions):
+        # Last, once the server setting is right: the record without the primary (or () while no
+        # standby streams: "no set" means every replica must answer a failover).
+        actions.append(RecordSyncSet(tuple(final)))
     kept = {n: v for n, v in departed.items() if n not in narrowed}
     return actions, alerts, replace(memory, departed=kept, no_standby_since=no_standby_since)
 
@@ -297,9 +375,17 @@ def observe_action(view: ClusterView, policy: Policy) -> RecordObserved | None:
     if not now_lsn:
         return None
     stale = now_lsn != kept and view.now - record.observed_at >= OBSERVE_AT_LEAST_EVERY_S
-    if standbys != record.observed_standbys or now_lsn - kept >= policy.observe_every_bytes or stale:
-        return RecordObserved(primary.lsn or "", standbys)  # not empty: now_lsn is set
+    timeline = primary.timeline or record.timeline
+    if standbys != record.observed_standbys or now_lsn - kept >= policy.observe_every_bytes or stale \
+            or timeline != record.timeline:
+        return RecordObserved(primary.lsn or "", standbys, timeline)  # not empty: now_lsn is set
     return None
+
+
+def missing_slots(view: ClusterView) -> tuple[str, ...]:
+    """Other members whose replication slot the (writable) designated primary lacks."""
+    have = {s.get("slot_name") for s in view.primary.slots}
+    return tuple(n for n in view.replicas if slot_name(n) not in have)
 
 
 def healthy_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[list[Action], list[Alert], HaMemory]:
@@ -309,6 +395,11 @@ def healthy_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple
     observed = observe_action(view, policy)
     if observed:
         actions.append(observed)
+    missing = missing_slots(view)
+    if missing:
+        # Before any repoint: a replica pointed at a slot that does not exist never streams.
+        actions.append(EnsureSlots(primary, missing))
+    alerts: list[Alert] = []
     for name in view.replicas:
         probe = view.members[name]
         if name in view.record.fenced and view.streams_from(name, primary) \
@@ -317,8 +408,18 @@ def healthy_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple
         if probe.reachable and probe.in_recovery and not view.follows(name, primary) \
                 and not view.streams_from(name, primary):
             actions.append(Repoint(name))
-    sync_actions, alerts, memory = sync_upkeep(view, memory, policy)
-    return actions + sync_actions, alerts, memory
+        if probe.reachable and probe.in_recovery and not view.streams_from(name, primary) \
+                and (name in view.record.fenced or probe.receiver_status is None) \
+                and (probe.timeline or 0) < (view.primary.timeline or 0):
+            alerts.append(Alert(cluster=view.cluster, severity="warning", kind="replica_off_timeline",
+                                summary=f"{name} is on timeline {probe.timeline}, the primary {primary} on "
+                                        f"{view.primary.timeline}: its WAL is off the current history, it cannot "
+                                        f"stream and is never a failover candidate until rewound or re-cloned "
+                                        f"(`pg-ops rebuild {name}`)",
+                                details={"member": name, "timeline": probe.timeline,
+                                         "cluster_timeline": view.primary.timeline}))
+    sync_actions, sync_alerts, memory = sync_upkeep(view, memory, policy)
+    return actions + sync_actions, alerts + sync_alerts, memory
 
 
 def decide(view: ClusterView, memory: HaMemory, policy: Policy) -> Decision:

@@ -61,6 +61,9 @@ class ClusterView:
     addresses: dict[str, frozenset[str]]  # member -> host:port a replica may stream it from
     now: float
     primary_misses: int = 0  # probes of the designated primary that failed in this read
+    # Members whose member script reports it fenced itself as an isolated primary at the
+    # record's epoch (read for the designated primary when it answers as a standby).
+    fenced_itself: frozenset[str] = frozenset()
 
     @property
     def cluster(self) -> str:
@@ -172,10 +175,20 @@ class RoutePrimary:
 
 @dataclass(frozen=True)
 class RecordObserved:
-    """The primary's LSN and streaming standbys, kept in the record (the lag guard's reference
-    and the down check's memory, for runs that have no sensor memory)."""
+    """The primary's LSN, timeline and streaming standbys, kept in the record (the lag guard's
+    reference, the timeline candidates must be on, and the down check's memory, for runs that
+    have no sensor memory)."""
     lsn: str
     standbys: tuple[str, ...]
+    timeline: int = 0
+
+
+@dataclass(frozen=True)
+class EnsureSlots:
+    """The primary lacks the replication slot of some other member (a promotion that completed
+    after its run gave up never created them): create one per other member."""
+    member: str
+    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -185,7 +198,8 @@ class RenewLease:
     epoch: int
 
 
-Action = Repoint | Unfence | SetSyncNames | RecordSyncSet | RoutePrimary | RecordObserved | RenewLease
+Action = (Repoint | Unfence | SetSyncNames | RecordSyncSet | RoutePrimary | RecordObserved | RenewLease
+          | EnsureSlots)
 # Actions that change topology-related state: the tick takes the topology lock to run them.
 LOCKED_ACTIONS = (Repoint, Unfence, SetSyncNames, RecordSyncSet)
 

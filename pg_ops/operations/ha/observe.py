@@ -47,6 +47,15 @@ def member_addresses(ctx: ClusterContext, state: DesiredState) -> dict[str, froz
     return out
 
 
+def fenced_itself(ctx: ClusterContext, name: str, probe: MemberProbe) -> frozenset[str]:
+    """{name} when that member answers as a standby and its member script reports it fenced
+    itself as an isolated primary (the report's isolated.at is cleared once pg_ops acted: a new
+    epoch, or its promotion). Read only then: one file read, or one exec on Kubernetes."""
+    if probe.reachable and probe.in_recovery and ctx.platform.member_report(name).get("isolated.at"):
+        return frozenset({name})
+    return frozenset()
+
+
 def _probe(ctx: ClusterContext, primary: str) -> dict[str, MemberProbe]:
     timeout = ctx.spec.monitoring.probe_timeout_seconds
     return ctx.probe(deadlines={primary: min(PRIMARY_PROBE_TIMEOUT_S, timeout)})
@@ -62,7 +71,7 @@ def read_view(ctx: ClusterContext, policy: Policy, *, confirm: bool = True, unle
     probes = _probe(ctx, state.primary)
     missed = 0 if probes[state.primary].reachable else missed_before + 1
     view = ClusterView(record=state, members=probes, addresses=member_addresses(ctx, state), now=started,
-                       primary_misses=missed)
+                       primary_misses=missed, fenced_itself=fenced_itself(ctx, state.primary, probes[state.primary]))
     busy = unless_locked and state.lock is not None and not state.lock.expired()
     if confirm and not view.primary.reachable and not busy:
         view = confirm_primary(ctx, view, policy, sleep, probe_began=probe_began)
