@@ -134,10 +134,12 @@ def test_a_fresh_healthy_cluster_shows_no_failed_check_in_the_ui(pg_home, tmp_pa
                 health = graphql(url, HEALTH_QUERY)["assetOrError"]["assetObservations"]
                 # The page renders the graph from the webserver's GraphQL: on a loaded machine a
                 # first dump can come before it did, so dump again until the graph is there.
-                dom = wait_for(lambda: (d := chromium(["--virtual-time-budget=20000", "--window-size=1800,900",
-                                                        "--dump-dom", url + GRAPH_PAGE], tmp_path).stdout)
-                               if "cluster_health" in d and "replication" in d else None,
-                               "the asset graph rendered by Chromium", timeout=180, interval=1)
+                def rendered() -> str | None:
+                    page = chromium(["--virtual-time-budget=20000", "--window-size=1800,900", "--dump-dom",
+                                     url + GRAPH_PAGE], tmp_path).stdout
+                    return page if "cluster_health" in page and "replication" in page else None
+
+                dom = wait_for(rendered, "the asset graph rendered by Chromium", timeout=180, interval=1)
                 shot = tmp_path / "graph.png"
                 chromium(["--virtual-time-budget=20000", "--window-size=1800,640", f"--screenshot={shot}",
                           url + GRAPH_PAGE], tmp_path)
