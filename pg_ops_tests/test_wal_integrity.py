@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -24,6 +25,7 @@ from pg_ops.operations import wal
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, teardown
 from pg_ops.operations.failover import failover
+from pg_ops.operations.recover import recover
 from pg_ops.platforms import local_archive
 from pg_ops.postgres import archiving, walfiles
 from pg_ops.postgres.session import with_connection
@@ -123,9 +125,28 @@ def test_teardown_then_deploy_archives_into_its_own_incarnation(pg_home, store_s
         assert {i.sysid for i in wa.incarnations(store, "again")} == {old.sysid, new.sysid}
         if store_spec["type"] == "file":
             assert (local_archive.archive_dir(spec) / old.sysid / "base" / old_backup.id / "backup.info").exists()
+        # And the new incarnation recovers to a point in time from its own archive.
+        sql(second, "create table kept (n int); insert into kept values (1)")
+        time.sleep(1.1)
+        target = datetime.now(UTC)
+        time.sleep(1.1)
+        sql(second, "insert into kept values (2)")
+        wal.switch_and_wait(second)
+        copy = ClusterContext.for_spec(spec_from(Path(recover(second, target, "again-copy").spec_path)))
+        try:
+            assert sql(copy, "select n from kept") == [(1,)]
+        finally:
+            stop_cluster(copy)
     finally:
         stop_cluster(second)
         stop_cluster(first)
+
+
+def sql(ctx: ClusterContext, query: str):
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
+                         autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else None
 
 
 # -- H4: a failover while the archive refuses writes -------------------------------------------------
