@@ -41,6 +41,13 @@ def run(ctx: ClusterContext, query: str, dbname: str = "postgres"):
         return cur.fetchall() if cur.description else None
 
 
+def switch_after_a_write(ctx: ClusterContext) -> str:
+    """Close the current segment after writing to it (a switch with nothing written since the
+    last one does nothing), and return its name."""
+    run(ctx, "create table if not exists switch_marker (at timestamptz); insert into switch_marker values (now())")
+    return run(ctx, "select pg_walfile_name(pg_switch_wal())")[0][0]
+
+
 def archiver(ctx: ClusterContext, member: str) -> archiving.ArchiverStatus:
     return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), archiving.archiver_status,
                            timeout=10, name=member)
@@ -108,8 +115,10 @@ def test_teardown_then_deploy_archives_into_its_own_incarnation(pg_home, store_s
         primary = second.state().primary
         for _ in range(2):
             wal.switch_and_wait(second, timeout=60)
-        status = archiver(second, primary)
-        assert status.failed_count == 0 and status.archived_count >= 2 and status.ready_segments == 0
+        # The archiver counts a segment once its command returned: a moment after the store has it.
+        status = wait_for(lambda: (st := archiver(second, primary)).archived_count >= 2 and st.ready_segments == 0
+                          and st, "the archiver to count both segments", timeout=30)
+        assert status.failed_count == 0
         # The new incarnation's window: none of the torn-down cluster's base backups or segments.
         window = wal.recovery_window(second)
         assert window.sysid == new.sysid and window.base_backups == 0 and window.oldest is None
@@ -266,8 +275,7 @@ def test_switchover_waits_a_bounded_time_for_the_archiver_then_ships_what_waits(
         mode = folder.stat().st_mode
         try:
             os.chmod(folder, 0)
-            waiting = [run(ctx, "select pg_walfile_name(pg_switch_wal()) from (select pg_current_xact_id()) x")[0][0]
-                       for _ in range(2)]
+            waiting = [switch_after_a_write(ctx) for _ in range(2)]
             wait_for(lambda: archiver(ctx, old).ready_segments >= 2, "segments wait for the archiver", timeout=60)
             change = switchover(ctx, to=target)
         finally:
