@@ -24,6 +24,7 @@ from pg_ops.operations.ha.decide import initial_sync_set, plan_failover, sync_na
 from pg_ops.operations.ha.model import FailoverPlan, Policy, Refusal
 from pg_ops.operations.ha.observe import read_view
 from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, write_through_primary_endpoint
+from pg_ops.poll import poll
 from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import MemberProbe
@@ -177,6 +178,9 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
     return result
 
 
+INVARIANTS_SETTLE_S = 20.0
+
+
 def deploy(ctx: ClusterContext) -> DeployResult:
     """The deploy_cluster job's steps, in its order (see the module doc), then the invariants."""
     started_at = time.monotonic()
@@ -187,10 +191,17 @@ def deploy(ctx: ClusterContext) -> DeployResult:
     verify_primary_endpoint(ctx)  # deployment/primary_endpoint
     adopt_legacy_archive(ctx)
     state = ctx.state()
-    members = ctx.probe()  # deployment/replication
-    problems = deployment_problems(ctx, members, state.primary)
-    if problems:
-        raise PgOpsError(f"cluster {ctx.name} deployed but unhealthy: {'; '.join(problems)}")
+    seen: list = []
+
+    def settled() -> dict | None:  # deployment/replication
+        # A replica may be reconnecting for a moment (a reload, a repoint, a role's new password
+        # just set): the invariants are given a few seconds to hold before deploy calls it unhealthy.
+        members = ctx.probe()
+        seen[:] = [deployment_problems(ctx, members, state.primary)]
+        return None if seen[0] else members
+
+    members = poll(settled, timeout=INVARIANTS_SETTLE_S, interval=0.5, expired=lambda: PgOpsError(
+        f"cluster {ctx.name} deployed but unhealthy: {'; '.join(seen[0])}"))
     seconds = time.monotonic() - started_at
     ctx.log.info("cluster %s deployed in %.2f s (started: %s)", ctx.name, seconds, ", ".join(started) or "none")
     return DeployResult(cluster=ctx.name, primary=state.primary, epoch=state.epoch,
