@@ -27,7 +27,7 @@ from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, wri
 from pg_ops.poll import poll
 from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import MemberProbe
+from pg_ops.postgres.topology import MemberProbe, lsn_to_int
 from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
 
 
@@ -179,6 +179,22 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
 
 
 INVARIANTS_SETTLE_S = 20.0
+REPLAY_WAIT_S = 30.0
+
+
+def replayed_everywhere(ctx: ClusterContext) -> None:
+    """Every reachable replica has replayed what the primary wrote so far: the roles and
+    databases the catalog step just made exist on them before deploy returns (a backup, which
+    reads from a replica, may start right after). Bounded; the invariants check follows."""
+    primary = ctx.state().primary
+    target = lsn_to_int(ctx.probe([primary])[primary].lsn) or 0
+
+    def caught_up() -> bool | None:
+        probes = ctx.probe()
+        behind = [n for n, p in probes.items() if n != primary and p.reachable and (lsn_to_int(p.replay_lsn) or 0) < target]
+        return None if behind else True
+
+    poll(caught_up, timeout=REPLAY_WAIT_S, interval=0.2)
 
 
 def deploy(ctx: ClusterContext) -> DeployResult:
@@ -188,6 +204,8 @@ def deploy(ctx: ClusterContext) -> DeployResult:
     ensure_record(ctx)  # deployment/desired_state
     started = start_members(ctx)  # deployment/members
     changes = catalog.reconcile(ctx).changes  # deployment/roles_and_databases
+    if changes:
+        replayed_everywhere(ctx)
     verify_primary_endpoint(ctx)  # deployment/primary_endpoint
     adopt_legacy_archive(ctx)
     state = ctx.state()
