@@ -30,6 +30,7 @@ from pg_ops.postgres import archiving, barman, walfiles
 from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
 from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.postgres.session import with_connection
+from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.spec import S3StoreSpec
 from pg_ops.stores import BackupStore, s3_credentials
 from pg_ops.stores import wal_archive as wa
@@ -433,8 +434,7 @@ def ship_missing(ctx: ClusterContext, store: BackupStore | None = None) -> tuple
         for segno in range(first.segno, final.segno + 1):
             name = walfiles.segment_name(wa.expected_timeline(starts, segno), segno)
             for member in members:
-                lsn = probes[member].lsn
-                if lsn is None or walfiles.lsn_value(lsn) < walfiles.segment_end(segno):
+                if (lsn_to_int(probes[member].lsn) or 0) < walfiles.segment_end(segno):
                     continue
                 data = read(member, name)
                 if data is None or len(data) != walfiles.SEGMENT_BYTES or \
@@ -453,13 +453,12 @@ def ship_missing(ctx: ClusterContext, store: BackupStore | None = None) -> tuple
 def _ship(ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef, name: str, data: bytes) -> None:
     """One WAL file into the archive under the name the archive command would have given it
     (S3: zstd-compressed, as barman-cloud-wal-archive --zstd writes it)."""
-    sub = "" if name.endswith(".history") else f"{name[:16]}/"
-    key = f"{ref.root}/wals/{sub}{name}"
-    if ctx.spec.backups.store.type == "s3":
+    compressed = ctx.spec.backups.store.type == "s3"
+    if compressed:
         import zstandard
 
-        key, data = key + ".zst", zstandard.ZstdCompressor().compress(data)
-    store.put_bytes(key, data)
+        data = zstandard.ZstdCompressor().compress(data)
+    store.put_bytes(wa.wal_file_key(ref, name, compressed), data)
 
 
 def after_promotion(ctx: ClusterContext) -> list[str]:

@@ -49,13 +49,9 @@ def history_timeline(name: str) -> int | None:
     return int(m.group(1), 16) if m else None
 
 
-def lsn_value(lsn: str) -> int:
-    hi, _, lo = lsn.partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
-
-
 def lsn_segno(lsn: str) -> int:
-    return lsn_value(lsn) // SEGMENT_BYTES
+    hi, _, lo = lsn.partition("/")
+    return ((int(hi, 16) << 32) + int(lo, 16)) // SEGMENT_BYTES
 
 
 def segment_end(segno: int) -> int:

@@ -86,6 +86,13 @@ def incarnations(store: BackupStore, cluster: str) -> list[Incarnation]:
     return sorted(out, key=lambda i: i.newest)
 
 
+def wal_file_key(ref: ArchiveRef, name: str, zstd: bool = False) -> str:
+    """Where the archive command puts a WAL file: a segment under its first 16 hex digits, a
+    history file in wals/ itself (barman-cloud's layout; wal_file.sh writes the same)."""
+    sub = "" if name.endswith(".history") else f"{name[:16]}/"
+    return f"{ref.root}/wals/{sub}{name}" + (".zst" if zstd else "")
+
+
 def _segment(name: str) -> walfiles.Segment:
     segment = walfiles.parse_segment(name)
     assert segment is not None, f"{name!r} is a WAL segment name (barman and pg_ops write them)"
