@@ -253,7 +253,7 @@ def cmd_rotate_password(args, spec):
     from pg_ops.defs.roles import JOB_NAME, OP_NAME, run_config
     from pg_ops.operations.catalog import check_rotation_request
 
-    check_rotation_request(spec, args.role)  # no run for a role pg_ops holds no password of
+    check_rotation_request(ClusterContext.for_spec(spec), args.role)  # no run for a role pg_ops cannot rotate
     result = run_job(args, JOB_NAME, spec, run_config(args.role, args.terminate_old), partition_key=spec.name)
     meta = result.output_for_node(OP_NAME)
     ended = f", {meta['terminated']} ended" if args.terminate_old else " (--terminate-old ends them)"

@@ -423,8 +423,8 @@ def test_a_rotation_schedule_per_role_requests_a_run_without_a_password(tmp_path
 def test_rotation_request_is_checked_before_any_run(tmp_path):
     spec = spec_from(write_spec(tmp_path, "chk", roles=[{"name": "nopass", "password": "none"}]))
     with pytest.raises(Refused, match="role 'nopass' has no password pg_ops generates"):
-        catalog.check_rotation_request(spec, "nopass")
-    catalog.check_rotation_request(spec, "app")
+        catalog.check_rotation_request(ClusterContext.for_spec(spec), "nopass")
+    catalog.check_rotation_request(ClusterContext.for_spec(spec), "app")
 
 
 # -- Kubernetes: the fake API server (real RBAC) with real members behind its pods ------------------
@@ -483,7 +483,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         assert catalog.reconcile(ctx).changes == ["removed the delivered credentials of batch"]
         assert secret("shop", "k8roles-batch") is None
         with pytest.raises(Refused, match="rotating postgres on Kubernetes is not supported"):
-            catalog.check_rotation_request(ctx.spec, SUPERUSER)
+            catalog.check_rotation_request(ctx, SUPERUSER)
         catalog.rotate_password(ctx, "shop_rw")
         rotated = secret("shop", "k8roles-shop-rw")
         assert rotated["password"] != rw["password"] and rotated["password"] == ctx.credentials().password("shop_rw")

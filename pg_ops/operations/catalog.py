@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import psycopg
 
 from pg_ops.credentials import MONITORING_USER, REPLICATION_USER, SUPERUSER, Credentials, generate_password
-from pg_ops.errors import PgOpsError, Refused
+from pg_ops.errors import PgOpsError, Refused, Unsupported
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.members import lease_kept
-from pg_ops.postgres import catalog
+from pg_ops.postgres import admin, catalog
 from pg_ops.postgres.session import connect, with_connection
 from pg_ops.spec import PREDEFINED_ROLES, RESERVED_DATABASES, RESERVED_ROLES, ClusterSpec
 from pg_ops.state import topology_lock
@@ -126,10 +126,10 @@ def reconcile(ctx: ClusterContext) -> CatalogResult:
             existing = catalog.databases(conn)
             for db in (d for d in spec.databases if d.present):
                 if db.name not in existing:
-                    admin_create(conn, db.name, db.owner)
+                    admin.ensure_database(conn, db.name, db.owner)
                     result.changes.append(f"created database {db.name} (owner {db.owner})")
                 elif existing[db.name] != db.owner:
-                    admin_owner(conn, db.name, db.owner)
+                    admin.ensure_database(conn, db.name, db.owner)  # alters the owner of an existing one
                     result.changes.append(f"database {db.name}: owner {existing[db.name]} -> {db.owner}")
 
         with_connection(ep, SUPERUSER, password, server, timeout=TIMEOUT_S, name=name, **LOCAL_COMMIT)
@@ -162,15 +162,6 @@ def reconcile(ctx: ClusterContext) -> CatalogResult:
     ctx.log.info("cluster %s: roles and databases: %d change(s); credentials delivered: %s", ctx.name,
                  len(result.changes), ", ".join(result.delivered) or "none (unchanged)")
     return result
-
-
-def admin_create(conn: psycopg.Connection, name: str, owner: str) -> None:
-    from pg_ops.postgres import admin
-
-    admin.ensure_database(conn, name, owner)
-
-
-admin_owner = admin_create  # ensure_database alters the owner of an existing one
 
 
 def _drop_absent(ctx: ClusterContext, ep, password: str) -> list[str]:
@@ -316,16 +307,17 @@ def rotatable_roles(spec: ClusterSpec) -> list[str]:
     return [*SYSTEM_ROLES, *spec.password_roles()]
 
 
-def check_rotation_request(spec: ClusterSpec, role: str) -> None:
-    """Before any run exists: the role is one whose password pg_ops holds."""
+def check_rotation_request(ctx: ClusterContext, role: str) -> None:
+    """Before any run exists: the role is one whose password pg_ops holds, and its platform can
+    rotate it (Platform.check_rotation)."""
+    spec = ctx.spec
     if role not in rotatable_roles(spec):
         raise Refused(f"cluster {spec.name}: role {role!r} has no password pg_ops generates (rotatable: "
                       f"{', '.join(rotatable_roles(spec))})")
-    if spec.platform == "kubernetes" and role in (SUPERUSER, REPLICATION_USER):
-        # member.sh copies the Secret's passfile when the pod starts; a running member would keep
-        # the old one (its lease checks, a replica's reconnection) until it restarts.
-        raise Refused(f"cluster {spec.name}: rotating {role} on Kubernetes is not supported yet: the members read "
-                      f"its password from a copy made when their pod starts")
+    try:
+        ctx.platform.check_rotation(role)
+    except Unsupported as exc:
+        raise Refused(str(exc)) from None
 
 
 def rotate_password(ctx: ClusterContext, role: str, terminate_old: bool = False) -> dict:
@@ -336,7 +328,7 @@ def rotate_password(ctx: ClusterContext, role: str, terminate_old: bool = False)
     with the new password proved and the old one refused; then the role's sessions, which
     started with the old password, listed (ended only with `terminate_old`). No secret in the
     returned metadata."""
-    check_rotation_request(ctx.spec, role)
+    check_rotation_request(ctx, role)
     started = time.monotonic()
     old = ctx.credentials()
     new_password = generate_password()

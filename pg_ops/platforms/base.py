@@ -210,6 +210,12 @@ class Secrets(Protocol):
         was written (unchanged ones are left as they are). Idempotent."""
         ...
 
+    def check_rotation(self, role: str) -> None:
+        """Raise Unsupported, before anything is touched, when `role`'s password cannot be rotated
+        here. Local: never. Kubernetes: the superuser and replication roles (the member script
+        reads their passwords from a copy made when its pod starts)."""
+        ...
+
     def remove_role_credentials(self, role: str) -> bool:
         """Remove what deliver_role_credentials wrote for `role` (a role that no longer has a
         password: absent, nologin, password: none). True when something was removed."""

@@ -515,6 +515,13 @@ class KubernetesPlatform(Platform):
         templates = self._statefulset().spec.volume_claim_templates or []
         return f"{templates[0].metadata.name if templates else 'data'}-{name}"
 
+    def check_rotation(self, role: str) -> None:
+        if role in (SUPERUSER, REPLICATION_USER):
+            # member.sh copies the Secret's passfile when the pod starts; a running member would keep
+            # the old one (its lease checks, a replica's reconnection) until it restarts.
+            raise Unsupported(f"cluster {self.spec.name}: rotating {role} on Kubernetes is not supported yet: the "
+                              f"members read its password from a copy made when their pod starts")
+
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         if keep_aside:
             raise Unsupported(f"member {name}: re-cloning deletes its whole volume on Kubernetes, with the writes a "

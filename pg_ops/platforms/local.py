@@ -348,6 +348,9 @@ class LocalPlatform(Platform):
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         return None
 
+    def check_rotation(self, role: str) -> None:
+        return None  # every member re-reads its passfile, which store_credentials rewrites
+
     def wipe_member(self, name: str, keep_aside: bool = False) -> str | None:
         if self.member_running(name):
             raise MemberError(f"member {name}: cannot wipe the data dir of a running member")
