@@ -166,19 +166,15 @@ def cmd_deploy(args, spec):
 def cmd_teardown(args, spec):
     """One cluster, or with --all every local cluster pg_ops knows (what `make run` and `pg-ops
     recover` made). A recovered cluster's spec (written by recover) goes with it."""
-    from pg_ops import settings
     from pg_ops.operations.deploy import teardown
-    from pg_ops.operations.recover import RECOVERED_HEADER
+    from pg_ops.operations.recover import forget_recovered_spec
 
     targets = [s for s in load_specs() if s.platform == "local"] if args.all else [spec]
     done = []
     for target in targets:
         teardown(ClusterContext.for_spec(target))
-        made = settings.made_specs_path() / f"{target.name}.yaml"
-        removed = made.is_file() and made.read_text().startswith(RECOVERED_HEADER)
-        if removed:
-            made.unlink()
-        done.append({"cluster": target.name, "torn_down": True, "spec_removed": str(made) if removed else None})
+        removed = forget_recovered_spec(target.name)
+        done.append({"cluster": target.name, "torn_down": True, "spec_removed": str(removed) if removed else None})
     emit(args, done if args.all else done[0],
          "\n".join(f"cluster {d['cluster']} torn down" + (f" (its spec {d['spec_removed']} removed)"
                                                           if d["spec_removed"] else "") for d in done))

@@ -131,7 +131,9 @@ def check_recovery(ctx: ClusterContext, target: datetime, store: BackupStore | N
 
 
 # -- the new cluster ------------------------------------------------------------------------------------
-RECOVERED_HEADER = "# Recovered by pg-ops recover"  # teardown removes a spec that starts so
+RECOVERED_HEADER = "# Recovered by pg-ops recover"  # forget_recovered_spec removes a spec that starts so
+
+
 def specs_folder() -> Path:
     """Where the new cluster's spec goes: beside pg_ops's own state (settings.made_specs_path),
     never into the git work tree; every later load of the specs includes it."""
@@ -148,15 +150,21 @@ def new_cluster_spec(source: ClusterSpec, name: str) -> ClusterSpec:
         raise RecoveryRefused(f"--as {name!r} is not a DNS-1123 label of at most 40 characters")
     raw = source.model_dump(mode="json")
     raw["name"] = name
-    count = source.postgres.members
-    owned = [range(s.local.base_port, s.local.base_port + s.postgres.members) for s in load_specs()
+    # Free now, and no other local cluster's (spec.load_specs refuses an overlap).
+    taken = [range(s.local.base_port, s.local.base_port + s.postgres.members) for s in load_specs()
              if s.platform == "local"]
-    for _ in range(50):  # free now, and no other local cluster's (spec.load_specs refuses an overlap)
-        base = free_base_port(count)
-        if not any(base < r.stop and r.start < base + count for r in owned):
-            break
-    raw["local"] = {**raw["local"], "base_port": base}
+    raw["local"] = {**raw["local"], "base_port": free_base_port(source.postgres.members, taken)}
     return ClusterSpec.model_validate(raw)
+
+
+def forget_recovered_spec(name: str) -> Path | None:
+    """After `teardown` of a cluster `recover` made: its spec goes too (only a file recover wrote,
+    never a spec someone keeps in that folder). Returns the file removed."""
+    path = settings.made_specs_path() / f"{name}.yaml"
+    if path.is_file() and path.read_text().startswith(RECOVERED_HEADER):
+        path.unlink()
+        return path
+    return None
 
 
 def refuse_existing(name: str) -> None:

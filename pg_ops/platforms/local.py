@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -452,14 +452,16 @@ def discard_tree(path: Path) -> None:
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def free_base_port(count: int) -> int:
+def free_base_port(count: int, taken: Sequence[range] = ()) -> int:
     """A base port with `count` consecutive free ports on 127.0.0.1 (below the ephemeral range,
-    so outgoing client sockets cannot take them meanwhile): for a cluster made at run time."""
+    so outgoing client sockets cannot take them meanwhile), none of them in `taken` (other local
+    clusters' ports, which may be stopped): for a cluster made at run time."""
     import random
 
     for _ in range(200):
         base = random.randrange(20000, 32000 - count)
-        if not any(_port_in_use(base + i) for i in range(count)):
+        if not any(base < r.stop and r.start < base + count for r in taken) \
+                and not any(_port_in_use(base + i) for i in range(count)):
             return base
     raise PgOpsError(f"no {count} consecutive free ports found on 127.0.0.1")
 
