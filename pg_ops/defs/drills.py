@@ -19,6 +19,7 @@ import dagster as dg
 from pg_ops.defs.backups import nightly_key
 from pg_ops.defs.partitions import cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
+from pg_ops.operations import drill as drill_ops
 from pg_ops.spec import ClusterSpec
 
 GROUP = "restore_drills"
@@ -153,14 +154,6 @@ def recent_result(status: dict, waiting: str | None = None) -> dg.AssetCheckResu
                   "limit_days": dg.MetadataValue.int(RECENT_DAYS)})
 
 
-def nothing_to_drill(ctx) -> str | None:
-    """Why the weekly drill has nothing to do on this cluster yet: no complete backup to restore."""
-    from pg_ops.operations.retention import freshness
-
-    newest, _ = freshness(ctx)
-    return None if newest else "no complete backup to drill yet (the first nightly backup has not run)"
-
-
 def drill_run_kwargs(cluster: str) -> dict:
     """execute_in_process arguments of one cluster's drill (the CLI's `pg-ops restore-drill`)."""
     return {"asset_selection": [drill_key(cluster)]}
@@ -185,7 +178,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      description="Drill checks read from the store (no restore), on demand: the "
                                                  "backup_store_checks sensor evaluates them without a run.")
     schedules = cluster_schedules(specs, lambda s: s.drills.schedule, SCHEDULE, job, drill_key, "Restore drill",
-                                  nothing_to_do=nothing_to_drill)
+                                  nothing_to_do=drill_ops.nothing_to_drill)
     sensors = [_after_backup_sensor(spec.name, job) for spec in specs if spec.drills.after_backup]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job, checks_job, restore_backup],
                           schedules=schedules, sensors=sensors, resources={"alerts": ALERTS})

@@ -20,6 +20,7 @@ import dagster as dg
 
 from pg_ops.defs.partitions import CLUSTER_TAG, cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
+from pg_ops.operations import recover as recover_ops
 from pg_ops.spec import ClusterSpec
 
 GROUP = "wal_archive"
@@ -232,7 +233,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.base_backup_schedule, BASE_SCHEDULE,
                                        base_job, base_key, "Base backup")
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
-                                       drill_job, pitr_key, "Point-in-time drill", nothing_to_do=no_base_backup)
+                                       drill_job, pitr_key, "Point-in-time drill",
+                                       nothing_to_do=recover_ops.nothing_to_pitr_drill)
         sensors.append(_archive_sensor(base_job))
     return dg.Definitions(assets=[*assets, *specs_only], asset_checks=checks, jobs=jobs, schedules=schedules,
                           sensors=sensors, resources={"alerts": ALERTS})
@@ -273,15 +275,6 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
         return dg.SensorResult(asset_events=events, run_requests=requests, cursor=json.dumps(cursor, default=str))
 
     return wal_archive_sensor
-
-
-def no_base_backup(ctx) -> str | None:
-    """Why the weekly point-in-time drill has nothing to do on this cluster yet: no base backup."""
-    from pg_ops.operations.recover import pitr_drill_status
-
-    if pitr_drill_status(ctx)["newest_base_backup"]:
-        return None
-    return "no base backup to recover from yet (the first base backup has not run)"
 
 
 def gap_base_backup_request(cluster: str, sysid: str, first_missing: str, hour: str) -> dg.RunRequest:

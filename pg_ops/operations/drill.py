@@ -415,3 +415,12 @@ def drill_report_text(report: dict) -> str:
         lines.append(f"  {name}: {counted}, {indexes}, "
                      + (f"problems: {'; '.join(problems)}" if problems else "no problems"))
     return "\n".join(lines)
+
+
+def nothing_to_drill(ctx: ClusterContext) -> str | None:
+    """Why the weekly drill has nothing to do on this cluster yet (no complete backup to
+    restore), or None: its schedule skips with this reason instead of a run that would fail."""
+    from pg_ops.operations.retention import freshness
+
+    newest, _ = freshness(ctx)
+    return None if newest else "no complete backup to drill yet (the first nightly backup has not run)"

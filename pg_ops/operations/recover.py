@@ -484,3 +484,11 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
     return {"latest": latest, "newest_base_backup": newest_base, "age_days": age,
             "from_newest_base_backup": bool(drill) and drill.get("base_backup") == newest_base,
             "drilled": passed and age is not None and age <= DRILL_RECENT_DAYS}
+
+
+def nothing_to_pitr_drill(ctx: ClusterContext) -> str | None:
+    """Why the weekly point-in-time drill has nothing to do on this cluster yet (no base backup),
+    or None: its schedule skips with this reason instead of a run that would fail."""
+    if pitr_drill_status(ctx)["newest_base_backup"]:
+        return None
+    return "no base backup to recover from yet (the first base backup has not run)"
