@@ -457,25 +457,31 @@ def local_url(dagster_home: Path) -> str:
         return LOCAL_URL
 
 
-def choose_deployment(options: Options, job: str, platform: str, cluster: str) -> Deployment | None:
-    """The deployment to submit to, or None to run in this process (after saying so)."""
+def named_or_local(options: Options) -> tuple[Deployment, bool, str | None]:
+    """The deployment `options` name (--dagster-url / PG_OPS_DAGSTER_URL), else the local one of
+    `make run` (which must serve this DAGSTER_HOME); whether it was named; why it cannot take
+    runs (None: it can)."""
     from pg_ops import settings
 
+    url = options.dagster_url or os.environ.get(URL_ENV)
+    if url:
+        deployment = Deployment(url)
+        return deployment, True, deployment.unusable_because()
+    dagster_home = settings.ensure_dagster_home().resolve()
+    deployment = Deployment(local_url(dagster_home))
+    return deployment, False, deployment.unusable_because(dagster_home)
+
+
+def choose_deployment(options: Options, job: str, platform: str, cluster: str) -> Deployment | None:
+    """The deployment to submit to, or None to run in this process (after saying so)."""
     bypassed = ("the run queue, the per-cluster topology limit and the run-failure alert do not apply "
                 "(the desired-state lock still does)")
     if options.in_process:
         notice(f"running {job} in this process (--in-process): {bypassed}")
         return None
-    url = options.dagster_url or os.environ.get(URL_ENV)
-    if url:
-        deployment = Deployment(url)
-        why = deployment.unusable_because()
-        if why:
-            raise PgOpsError(f"{why}; nothing was run (--in-process runs it here, bypassing the deployment)")
-        return deployment
-    dagster_home = settings.ensure_dagster_home().resolve()
-    deployment = Deployment(local_url(dagster_home))
-    why = deployment.unusable_because(dagster_home)
+    deployment, named, why = named_or_local(options)
+    if named and why:
+        raise PgOpsError(f"{why}; nothing was run (--in-process runs it here, bypassing the deployment)")
     if why is None:
         return deployment
     if platform == "kubernetes":
@@ -514,24 +520,24 @@ def recent_failures(cluster: str, options: Options, within: float = FAILURES_SHO
     """Runs for the cluster that failed in the last `within` seconds, newest first, from the
     deployment the commands would submit to (else the local instance): the run-failure alerts
     still firing. [] with a notice when neither can be read."""
-    from pg_ops import settings
     from pg_ops.defs.partitions import TOPOLOGY_TAG
 
     since = time.time() - within
-    url = options.dagster_url or os.environ.get(URL_ENV)
-    dagster_home = settings.ensure_dagster_home().resolve()
-    deployment = Deployment(url or local_url(dagster_home))
     rows: list[tuple[str, str, float, dict[str, str]]] = []
     try:
-        if not options.in_process and deployment.unusable_because(None if url else dagster_home) is None:
+        deployment, named, why = (None, False, "in process") if options.in_process else named_or_local(options)
+        if deployment is not None and why is None:
             found = deployment.query(FAILED_QUERY, {"filter": {"statuses": ["FAILURE"], "updatedAfter": since}})
             for r in (found.get("runsOrError") or {}).get("results") or []:
                 rows.append((r["runId"], r["jobName"], r["updateTime"], {t["key"]: t["value"] for t in r["tags"]}))
-        elif url:
-            raise PgOpsError(f"no Dagster webserver usable at {url}")
+        elif named:
+            raise PgOpsError(why or "the named deployment cannot be read")
         else:
             import dagster as dg
 
+            from pg_ops import settings
+
+            settings.ensure_dagster_home()
             with dg.DagsterInstance.get() as instance:
                 for rec in instance.get_run_records(dg.RunsFilter(
                         statuses=[dg.DagsterRunStatus.FAILURE], updated_after=datetime.fromtimestamp(since, UTC)),

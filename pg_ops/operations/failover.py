@@ -103,10 +103,6 @@ def repoint_replicas(ctx: ClusterContext, new_primary: str, skip: set[str]) -> l
     return repointed
 
 
-def configure_new_primary(ctx: ClusterContext, primary: str) -> None:
-    act.ensure_slots(ctx, primary)
-
-
 def replication_mode_after_change(ctx: ClusterContext, primary: str) -> str:
     """synchronous_standby_names right after a change of primary: ANY 1 over the other members
     in sync modes, never relaxed here (the standbys reconnect within a second or two; the
@@ -183,7 +179,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
             promoted_at = time.time()
             took_over(lock, timeline)
         with steps.step("replication slots on the new primary"):
-            configure_new_primary(ctx, candidate)
+            act.ensure_slots(ctx, candidate)
         with steps.step("repoint the other replicas"):
             repointed = repoint_replicas(ctx, candidate, skip=set(plan.fence))
         with steps.step("route the primary endpoint"):
@@ -296,7 +292,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         timeline = promote(ctx, to, new_state.epoch)
         took_over(lock, timeline)
     with steps.step("replication slots on the new primary"):
-        configure_new_primary(ctx, to)
+        act.ensure_slots(ctx, to)
     with steps.step("repoint the other replicas"):
         repoint_replicas(ctx, to, skip={old})
     with steps.step("route the primary endpoint"):
