@@ -9,82 +9,27 @@ after the birth (a drill: its first scheduled time after the first backup it cou
 GRACE for the run itself; before that, there is nothing to judge yet. After it, a missing backup
 or drill fails the check exactly as before.
 
-The crons are the spec's five-field UTC crons (minute hour day-of-month month day-of-week; `*`,
-numbers, lists, ranges and steps), matched minute by minute: the first match is at most a few
-weeks away, which is cheap to walk.
+The crons are the spec's five-field UTC crons, read with croniter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pg_ops.errors import PgOpsError
 
 GRACE = timedelta(hours=2)  # what a nightly backup's freshness limit allows beyond a day (26 h)
-SEARCH = timedelta(days=400)
 DUTIES = ("backup", "restore_drill", "base_backup", "pitr_drill")
-
-
-def _field(text: str, low: int, high: int) -> set[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        body, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if body == "*":
-            start, end = low, high
-        elif "-" in body:
-            start, end = (int(x) for x in body.split("-", 1))
-        else:
-            start = end = int(body)
-            if step_text:
-                end = high
-        values.update(range(start, end + 1, step))
-    return values
-
-
-@dataclass(frozen=True)
-class Cron:
-    minutes: set[int]
-    hours: set[int]
-    days: set[int]
-    months: set[int]
-    weekdays: set[int]  # 0 = Sunday (7 is Sunday too)
-    any_day: bool
-    any_weekday: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Cron:
-        parts = text.split()
-        if len(parts) != 5:
-            raise PgOpsError(f"cron {text!r}: expected five fields (minute hour day month weekday)")
-        minute, hour, day, month, weekday = parts
-        weekdays = {d % 7 for d in _field(weekday, 0, 7)}
-        return cls(_field(minute, 0, 59), _field(hour, 0, 23), _field(day, 1, 31), _field(month, 1, 12), weekdays,
-                   day == "*", weekday == "*")
-
-    def matches(self, at: datetime) -> bool:
-        if at.minute not in self.minutes or at.hour not in self.hours or at.month not in self.months:
-            return False
-        day_ok, weekday_ok = at.day in self.days, (at.isoweekday() % 7) in self.weekdays
-        if self.any_day or self.any_weekday:  # cron: both restricted = either matches
-            return day_ok and weekday_ok
-        return day_ok or weekday_ok
 
 
 def next_tick(cron: str, after: datetime) -> datetime:
     """The first time strictly after `after` (UTC) that `cron` names."""
-    parsed = Cron.parse(cron)
-    at = after.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    end = at + SEARCH
-    while at < end:
-        if parsed.matches(at):
-            return at
-        if at.hour not in parsed.hours:
-            at = at.replace(minute=0) + timedelta(hours=1)
-        else:
-            at += timedelta(minutes=1)
-    raise PgOpsError(f"cron {cron!r} names no time within {SEARCH.days} days of {after.isoformat()}")
+    from croniter import croniter
+
+    try:
+        return croniter(cron, after.astimezone(UTC)).get_next(datetime)
+    except (ValueError, KeyError) as exc:
+        raise PgOpsError(f"cron {cron!r}: {exc}") from None
 
 
 def ticks(cron: str, start: datetime, end: datetime) -> list[datetime]:
