@@ -652,11 +652,9 @@ def test_primary_a_standby_still_replies_to_keeps_running_without_pg_ops(member)
     assert member.terminate() == 0
 
 
-@pytest.mark.parametrize("age, stays", [(1, True), (600, False)])
-def test_a_fresh_own_lease_outranks_a_lagging_record_and_an_old_one_does_not(member, age, stays):
-    """Writable, the record file names another primary at the same epoch (it lags behind pg_ops,
-    as a kubelet's ConfigMap sync does): our own lease at that epoch, renewed a second ago, is
-    the newer word and it keeps running; one ten minutes old protects nothing (issue 20, L3)."""
+def m1_primary_and_m0_on_timeline_2(member) -> None:
+    """m-1 running as the designated primary at epoch 3, and m-0 answering on timeline 2 (a
+    promotion the record has not named yet), with the WAL m-1 would discard."""
     member.name = "m-1"
     member.write_record("m-1", epoch=3)
     member.data_dir()
@@ -664,6 +662,14 @@ def test_a_fresh_own_lease_outranks_a_lagging_record_and_an_old_one_does_not(mem
     member.wait_action("primary")
     member.primary(tli=2, history=HISTORY)
     member.knob("waldump", WALDUMP)
+
+
+@pytest.mark.parametrize("age, stays", [(1, True), (600, False)])
+def test_a_fresh_own_lease_outranks_a_lagging_record_and_an_old_one_does_not(member, age, stays):
+    """Writable, the record file names another primary at the same epoch (it lags behind pg_ops,
+    as a kubelet's ConfigMap sync does): our own lease at that epoch, renewed a second ago, is
+    the newer word and it keeps running; one ten minutes old protects nothing (issue 20, L3)."""
+    m1_primary_and_m0_on_timeline_2(member)
     member.knob("lease.own", f"m-1 3 {age}")
     member.write_record("m-0", epoch=3)
     if stays:
@@ -698,13 +704,7 @@ def test_writable_member_no_longer_designated_stops_and_rejoins_by_rewind(member
     """The record names another primary at a newer epoch (a failover pg_ops made) and our lease
     does not say otherwise: after a second look it stops (fast) and boots again as a replica of
     the new primary, rewinding first."""
-    member.name = "m-1"
-    member.write_record("m-1", epoch=3)
-    member.data_dir()
-    member.start()
-    member.wait_action("primary")
-    member.primary(tli=2, history=HISTORY)
-    member.knob("waldump", WALDUMP)
+    m1_primary_and_m0_on_timeline_2(member)
     member.write_record("m-0", epoch=4)
     report = member.wait_action("rewind")
     assert "writable but the designated primary is m-0: stopping (fast) to rejoin as a replica" in member.log()
