@@ -269,17 +269,24 @@ class KubernetesPlatform(Platform):
             missing = {k: v for k, v in self._secret_data(creds).items() if k not in (secret.data or {})}
             if not missing:
                 return creds
-            body = {"metadata": {"name": secret.metadata.name, "namespace": self.namespace,
-                                 "labels": secret.metadata.labels, "annotations": secret.metadata.annotations,
-                                 "resourceVersion": secret.metadata.resource_version},
-                    "type": secret.type or "Opaque", "data": {**secret.data, **missing}}
-            try:
-                self.api.call("update", self._secret_what(), self.api.core.replace_namespaced_secret,
-                              secret.metadata.name, self.namespace, body, field_manager=names.FIELD_MANAGER)
+            if self._replace_secret_data(secret, missing):
                 return creds
-            except KubernetesConflict:
-                continue
         raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
+
+    def _replace_secret_data(self, secret, data: dict[str, str]) -> bool:
+        """The credentials Secret with `data` merged into what it holds, written with the
+        resourceVersion it was read at: False when another writer changed it meanwhile (read it
+        again and retry)."""
+        body = {"metadata": {"name": secret.metadata.name, "namespace": self.namespace,
+                             "labels": secret.metadata.labels, "annotations": secret.metadata.annotations,
+                             "resourceVersion": secret.metadata.resource_version},
+                "type": secret.type or "Opaque", "data": {**(secret.data or {}), **data}}
+        try:
+            self.api.call("update", self._secret_what(), self.api.core.replace_namespaced_secret,
+                          secret.metadata.name, self.namespace, body, field_manager=names.FIELD_MANAGER)
+            return True
+        except KubernetesConflict:
+            return False
 
     def store_credentials(self, creds: Credentials) -> None:
         """The credentials Secret's password and passfile keys replaced, with its resourceVersion.
@@ -288,16 +295,8 @@ class KubernetesPlatform(Platform):
             secret = self._read_secret()
             if secret is None:
                 raise PgOpsError(f"kubernetes: {self._secret_what()}: missing; `pg-ops deploy` creates it")
-            body = {"metadata": {"name": secret.metadata.name, "namespace": self.namespace,
-                                 "labels": secret.metadata.labels, "annotations": secret.metadata.annotations,
-                                 "resourceVersion": secret.metadata.resource_version},
-                    "type": secret.type or "Opaque", "data": {**(secret.data or {}), **self._secret_data(creds)}}
-            try:
-                self.api.call("update", self._secret_what(), self.api.core.replace_namespaced_secret,
-                              secret.metadata.name, self.namespace, body, field_manager=names.FIELD_MANAGER)
+            if self._replace_secret_data(secret, self._secret_data(creds)):
                 return
-            except KubernetesConflict:
-                continue
         raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
 
     def _role_secret_namespaces(self, role: str) -> list[str]:
