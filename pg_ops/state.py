@@ -157,6 +157,9 @@ class HeldLock:
     def __init__(self, store: StateStore, holder: str, operation: str, ttl_seconds: float):
         self.store, self.holder, self.operation, self.ttl = store, holder, operation, ttl_seconds
         self.lost: str | None = None
+        # Until this moment nobody else can have taken the lock (a take needs it expired), so a
+        # check before then needs no read; set by the take and by every renewal.
+        self.expires_at = time.time() + ttl_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{operation}", daemon=True)
 
@@ -175,9 +178,13 @@ class HeldLock:
         return update_state(self.store, guarded)
 
     def check(self) -> None:
-        """Raise LockLost if another holder has taken the lock over."""
+        """Raise LockLost if another holder has taken the lock over (the renewals stalled past
+        the TTL, and another run took it): called before every step of a topology change, so a
+        run that lost it stops before it fences, promotes, repoints or routes anything."""
         if self.lost:
             raise LockLost(f"{self.operation}: {self.lost}")
+        if time.time() < self.expires_at - CHECK_MARGIN_S:
+            return
         state = self.store.read()
         if state is not None:
             self._check(state)
@@ -187,10 +194,15 @@ class HeldLock:
         return state.model_copy(update={"lock": TopologyLock(holder=self.holder, operation=self.operation,
                                                              expires_at=time.time() + self.ttl)})
 
+    def _renew_once(self) -> None:
+        renewed = update_state(self.store, self._renew)
+        if renewed.lock is not None:
+            self.expires_at = renewed.lock.expires_at
+
     def _renew_loop(self) -> None:
         while not self._stop.wait(max(0.2, self.ttl / 3)):
             try:
-                update_state(self.store, self._renew)
+                self._renew_once()
             except LockLost:
                 log.error("%s: %s", self.operation, self.lost)
                 return
@@ -217,6 +229,9 @@ class HeldLock:
             # It expires by itself; say so, since the next change waits for that.
             log.warning("%s: could not release the topology lock (it expires in at most %.0f s): %s",
                         self.operation, self.ttl, exc)
+
+
+CHECK_MARGIN_S = 2.0  # clocks of two pg_ops processes, and the record write's own latency
 
 
 @contextlib.contextmanager

@@ -16,12 +16,13 @@ import psycopg
 import pytest
 
 from pg_ops.credentials import PG_OPS_DATABASE
-from pg_ops.errors import LockHeld, PgOpsError
+from pg_ops.errors import LockHeld, LockLost, PgOpsError
+from pg_ops.operations import failover as failover_ops
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, rebuild, switchover
 from pg_ops.operations.status import cluster_status
 from pg_ops.postgres.session import with_connection
-from pg_ops.state import TopologyLock, update_state
+from pg_ops.state import HeldLock, TopologyLock, update_state
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,
@@ -201,6 +202,30 @@ def test_second_failover_is_refused_by_the_lock(cluster):
     kill_member(cluster.platform, cluster.state().primary)
     with pytest.raises(LockHeld, match="failover held by failover@other:7"):
         failover(cluster)
+
+
+def test_a_failover_that_lost_its_lock_stops_before_it_promotes(cluster, monkeypatch):
+    """L2: the run's lock renewals stall past the TTL while it fences, and another run takes the
+    lock over: the run stops with LockLost before it promotes anything."""
+    store = cluster.platform.state_store()
+    monkeypatch.setattr(failover_ops, "LOCK_TTL_S", 3)
+    monkeypatch.setattr(HeldLock, "_renew_once", lambda self: None)
+    real_fence = failover_ops.fence
+
+    def fence_then_lose_the_lock(ctx, member, probe):
+        stopped = real_fence(ctx, member, probe)
+        time.sleep(3.5)  # no renewal past the TTL: another run takes the lock over
+        taken = TopologyLock(holder="failover@other:7", operation="failover", expires_at=time.time() + 60)
+        update_state(store, lambda s: s.model_copy(update={"lock": taken}))
+        return stopped
+
+    monkeypatch.setattr(failover_ops, "fence", fence_then_lose_the_lock)
+    kill_member(cluster.platform, cluster.state().primary)
+    with pytest.raises(LockLost, match="failover@other:7"):
+        failover(cluster)
+    candidate = cluster.state().primary  # the record names it (written before the fence)
+    assert cluster.probe([candidate])[candidate].in_recovery is True, "promoted after losing the lock"
+    assert store.read().lock.holder == "failover@other:7"
 
 
 def test_switchover_loses_no_row_and_old_primary_follows(any_cluster):

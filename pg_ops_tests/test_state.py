@@ -4,8 +4,9 @@ import time
 import pytest
 
 from pg_ops.errors import ConflictError, LockHeld, LockLost
+from pg_ops.operations.steps import StepLog
 from pg_ops.platforms.local_state import FileStateStore
-from pg_ops.state import DesiredState, topology_lock, update_state
+from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
 
 
 def record(**kw) -> DesiredState:
@@ -101,6 +102,28 @@ def test_writes_under_a_lost_lock_are_refused(tmp_path):
             lock.update(lambda s: s.model_copy(update={"epoch": 3, "primary": "c-1"}))
     state = store.read()
     assert state.epoch == 2 and state.primary == "c-0" and state.lock.holder == "switchover@other:1"
+
+
+def test_a_step_after_the_lock_was_taken_over_never_runs(tmp_path, monkeypatch):
+    """L2: the renewals stall past the TTL and another run takes the lock: the next step of the
+    change raises LockLost before its body runs (not only record writes are refused)."""
+    import logging
+
+    store = FileStateStore(tmp_path / "state")
+    store.write(record(), None)
+    monkeypatch.setattr(HeldLock, "_renew_once", lambda self: None)  # the renewals stall
+    ran: list[str] = []
+    steps = StepLog(logging.getLogger("test"), "failover")
+    with topology_lock(store, "failover", ttl_seconds=2.5) as lock:
+        steps.guard = lock.check
+        with steps.step("fence the old primary"):
+            ran.append("fence")  # within the TTL: no read, nobody else can hold it
+        time.sleep(2.7)  # expired: another run may take it now, and does
+        with topology_lock(store, "switchover", ttl_seconds=60):
+            with pytest.raises(LockLost, match="now held by switchover"):
+                with steps.step("promote"):
+                    ran.append("promote")
+    assert ran == ["fence"] and steps.steps[-1][0] == "promote (failed)"
 
 
 def test_new_record_fields_round_trip():

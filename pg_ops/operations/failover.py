@@ -149,6 +149,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     steps = StepLog(ctx.log, "failover")
     policy = recheck_policy(Policy.from_spec(ctx.spec), detected_at)
     with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
+        steps.guard = lock.check
         with steps.step("confirm the primary is down"):
             view = read_view(ctx, policy, confirm=True)
         with steps.step("choose the candidate"):
@@ -257,7 +258,9 @@ def wait_for_lease_expiry(ctx: ClusterContext, members: list[str], detected_at: 
 # -- switchover ---------------------------------------------------------------------------------
 def switchover(ctx: ClusterContext, *, to: str) -> TopologyChange:
     with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
-        return switchover_locked(ctx, to=to, steps=StepLog(ctx.log, "switchover"), lock=lock)
+        steps = StepLog(ctx.log, "switchover")
+        steps.guard = lock.check
+        return switchover_locked(ctx, to=to, steps=steps, lock=lock)
 
 
 def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: HeldLock) -> TopologyChange:
@@ -348,6 +351,7 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
     if member not in ctx.spec.member_names:
         raise PgOpsError(f"cluster {ctx.name}: member {member!r} does not exist")
     with topology_lock(store, "rebuild", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
+        steps.guard = lock.check
         check_rebuild_request(ctx, member)
         state = ctx.state()
         if not ctx.probe([state.primary])[state.primary].writable:
@@ -388,6 +392,7 @@ def rolling_restart(ctx: ClusterContext) -> dict:
     the old primary cleanly as a replica."""
     steps = StepLog(ctx.log, "rolling restart")
     with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
+        steps.guard = lock.check
         state = ctx.state()
         old = state.primary
         ctx.platform.prepare(state)  # configuration changes take effect through the restarts

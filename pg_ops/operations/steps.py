@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class StepLog:
     def __init__(self, log: logging.Logger, operation: str):
         self.log = log
         self.operation = operation
+        # Run before each step: a topology change sets its lock's check here, so a run that lost
+        # the lock stops at the next step boundary instead of acting on a cluster it no longer owns.
+        self.guard: Callable[[], None] | None = None
         self.steps: list[tuple[str, float]] = []
         self.started = time.monotonic()
 
@@ -20,6 +23,8 @@ class StepLog:
     def step(self, name: str) -> Iterator[None]:
         t0 = time.monotonic()
         try:
+            if self.guard is not None:
+                self.guard()
             yield
         except Exception as exc:
             took = time.monotonic() - t0
