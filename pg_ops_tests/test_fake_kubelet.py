@@ -32,7 +32,8 @@ from kubernetes.client.exceptions import ApiException
 from pg_ops.credentials import SUPERUSER
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
-from pg_ops.operations.failover import rebuild, switchover
+from pg_ops.operations.failover import failover, rebuild, switchover
+from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.state import update_state
@@ -382,3 +383,27 @@ class TestRealKubeletSyncDelay:
             probes = ctx.probe()
             assert [m for m, p in probes.items() if p.writable] == [new]
             time.sleep(5)
+
+    def test_a_fenced_primary_is_not_booted_again_from_its_stale_record(self, delayed):
+        """M4 (issue 20): the failover's exec stops postgres at once, but the force-deleted pod's
+        container runs on for a while (its kubelet notices late) and its record file still names
+        it the primary (a minute's sync): its member script waits for the record to reach the
+        fence's epoch instead of starting postgres again as the primary."""
+        ctx, fake = delayed
+        ns, old = ctx.platform.namespace, ctx.state().primary
+        other = next(m for m in ctx.spec.member_names if m != old)
+        container = fake.cluster.container(ns, old)
+        fake.cluster.force_kill_delay = 5.0
+        try:
+            change = failover(ctx, to=other, force=True)
+            wait_for(lambda: not container.group_alive(), "the old container killed", timeout=30)
+        finally:
+            fake.cluster.force_kill_delay = 0.0
+        log = container.log.read_text(errors="replace")
+        after_stop = log[log.rindex("postgres exited"):]
+        assert f"fenced by pg_ops at epoch {change.epoch}; the record here is at epoch {change.epoch - 1}" in after_stop
+        assert "as primary" not in after_stop, after_stop
+        memory: dict = {}  # pg_ops ticks meanwhile, as its sensor does (it renews the new primary's lease)
+        wait_for(lambda: watch_cluster(ctx, memory) and streaming(ctx, old), f"{old} back as a replica of {other}",
+                 timeout=90)
+        deploy(ctx)

@@ -510,6 +510,27 @@ def test_isolated_primary_stays_a_standby_until_pg_ops_acts(member):
     assert (member.data / "standby.signal").exists()
 
 
+def test_a_member_fenced_at_a_newer_epoch_waits_for_its_record_to_catch_up(member):
+    """M4 (issue 20): a Kubernetes fence wrote its marker (epoch 4) and stopped postgres; the
+    record file here still says epoch 3 with this member the primary (the kubelet's ConfigMap
+    sync lags): it starts nothing until the record reaches epoch 4, then boots from that."""
+    member.name = "m-0"
+    member.write_record("m-0", epoch=3)
+    member.data_dir()
+    (member.state_dir / "pg_ops-fenced").write_text("epoch=4\n")
+    member.start()
+    report = member.wait_action("wait", running=False)
+    assert report["boot.reason"] == "fenced by pg_ops at epoch 4; the record here is at epoch 3"
+    assert "postgres" not in member.tools_called()
+    member.write_record("m-1", epoch=4)  # the record catches up: m-1 is the primary now
+    member.primary(tli=2, history=HISTORY)
+    member.knob("waldump", WALDUMP)
+    member.wait_action("rewind")
+    assert not (member.state_dir / "pg_ops-fenced").exists()
+    standby_config(member, "m-1")
+    assert member.terminate() == 0
+
+
 def test_isolation_of_an_older_epoch_is_over(member):
     """pg_ops acted since (a new epoch designates this member again): it promotes, and the
     isolation state it reports is cleared."""

@@ -24,6 +24,7 @@ SCRATCH_PARAMETERS = {"fsync": False, "synchronous_commit": "off", "full_page_wr
 
 
 REPORT_FILE = "pg_ops-report"  # written by member.sh in its state dir (the data dir's parent)
+FENCED_FILE = "pg_ops-fenced"  # written by a Kubernetes fence before it stops postgres; member.sh honours it
 
 
 def parse_member_report(text: str) -> dict[str, str]:

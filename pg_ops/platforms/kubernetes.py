@@ -53,6 +53,7 @@ from pg_ops.credentials import (
 from pg_ops.errors import MemberError, PgOpsError, Unsupported
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.base import (
+    FENCED_FILE,
     REPORT_FILE,
     SCRATCH_PARAMETERS,
     Platform,
@@ -483,19 +484,33 @@ class KubernetesPlatform(Platform):
         return stopped
 
     def _stop_postgres_now(self, name: str) -> bool:
-        """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S)."""
+        """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S). The
+        fence marker is written first: the member script would otherwise boot postgres again
+        from its record file, which the kubelet refreshes up to a minute late and which may
+        still name this member (it waits until the record reaches the fence's epoch). True only
+        when pg_ctl says it stopped the server: otherwise the failover waits for the lease."""
         what = self._what("pod", name)
-        command = [f"{names.PG_BIN_16}/pg_ctl", "stop", "-D", names.PGDATA, "-m", "immediate", "-w", "-t", "3"]
+        state = self.state_store().read()
+        epoch = state.epoch if state is not None else 0
+        # Exit 3: the marker could not be written (postgres is still stopped, but its script may
+        # boot it again from a stale record, so the stop is not confirmed).
+        script = ('printf "epoch=%s\\n" "$1" > "$2" || unmarked=1; "$3" stop -D "$4" -m immediate -w -t 3; rc=$?; '
+                  '[ -z "$unmarked" ] || exit 3; exit $rc')
+        command = ["sh", "-c", script, "fence", str(epoch), f"{names.PGDATA_MOUNT}/{FENCED_FILE}",
+                   f"{names.PG_BIN_16}/pg_ctl", names.PGDATA]
         try:
             code, _, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER, command,
                                                 timeout=DF_TIMEOUT_S)
         except KubernetesError as exc:
             logging.getLogger("pg_ops").warning("fence %s: immediate stop not possible (%s); deleting the pod", name, exc)
             return False
-        if code != 0:
-            logging.getLogger("pg_ops").warning("fence %s: pg_ctl stop -m immediate exited %d: %s", name, code,
-                                                " ".join(err.split())[:200])
-        return True
+        # pg_ctl exits 1 with "Is server running?" when postgres is not running: stopped as well
+        # (the marker keeps its script from starting it again).
+        stopped = code == 0 or (code == 1 and "is server running" in err.lower())
+        if not stopped:
+            logging.getLogger("pg_ops").warning("fence %s: the immediate stop exited %d: %s", name, code,
+                                                " ".join(err.split())[:200] or "the fence marker could not be written")
+        return stopped
 
     def route_primary(self, name: str) -> None:
         """Every other pod is labelled replica before `name` is labelled primary, so the

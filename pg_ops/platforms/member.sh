@@ -23,6 +23,9 @@
 #   - designated primary that still has standby.signal          -> start, then promote    [promote]
 #     ... but isolated at the record's epoch                    -> start as a standby     [isolated]
 #   - no record, or the primary unreachable for a clone/rewind  -> wait, touch nothing    [wait]
+#   - fenced by pg_ops at an epoch the record has not reached   -> wait, touch nothing    [wait]
+#     (Kubernetes: the failover's exec writes $STATE_DIR/pg_ops-fenced before it stops
+#     postgres; the record file here may lag behind by the kubelet's ConfigMap sync)
 # Then it stays the parent of postgres and re-reads the record every second: a member that is
 # writable but not the designated primary stops itself (fast shutdown) and comes back as a
 # replica. If postgres dies, the boot logic runs again (recovered in place, as a kubelet would).
@@ -94,6 +97,7 @@ PASSFILE="$RUN_DIR/pgpass"
 STATE_DIR=${PGOPS_STATE_DIR:-$(dirname "$DATA")}
 REPORT="$STATE_DIR/pg_ops-report"
 ISOLATED_MARK="$STATE_DIR/pg_ops-isolated"
+FENCED_MARK="$STATE_DIR/pg_ops-fenced"
 STATUS="$RUN_DIR/member-status"
 LOCK_FILE=${PGOPS_LOCK_FILE:-$(dirname "$DATA")/member.lock}
 STOP_S=${PGOPS_STOP_SECONDS:-25}
@@ -321,9 +325,26 @@ rewind_from_primary() {
     return 1
 }
 
+# pg_ops fenced this member (its exec wrote the marker, then stopped postgres at once) at an
+# epoch the record file here has not reached: the file still names the member the failover
+# replaced, and booting from it would bring that primary back for replicas not yet repointed.
+fenced_ahead() {
+    local at
+    at=$(sed -n 's/^epoch=//p' "$FENCED_MARK" 2>/dev/null)
+    [ -n "$at" ] && [ "$(sget epoch)" -lt "$at" ] 2>/dev/null
+}
+
 boot() {
     PASS_ACTION=""
     wait_for_state
+    if fenced_ahead; then
+        local why
+        why="fenced by pg_ops at epoch $(sed -n 's/^epoch=//p' "$FENCED_MARK"); the record here is at epoch $(sget epoch)"
+        set_phase waiting "$why"; boot_action wait "$why"
+        log "$why: waiting for the record to catch up"
+        return 1
+    fi
+    rm -f "$FENCED_MARK"   # the record has reached the fence's epoch: it decides from here
     local primary sysid want_sysid bootstrap
     primary=$(primary_name)
     bootstrap=$(sget bootstrap)

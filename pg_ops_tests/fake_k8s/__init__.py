@@ -51,7 +51,8 @@ timing: `time_scale` (0.2 by default) shortens the kubelet's and controllers' cl
 periods, grace periods, back-off, the node monitor grace), `sync_delay` is 0 by default
 (a real kubelet refreshes a mounted ConfigMap within about a minute; one test class runs with
 that), `force_kill_delay` is 0 (how late a kubelet notices a force-deleted pod). Pod exec serves
-only `df`/`du`, run on this machine against the pod's volumes.
+only `df`/`du`/`cat`, `sh` and the image's `pg_ctl`, run on this machine against the pod's
+volumes (container paths passed as arguments are translated; paths inside a script are not).
 
     with FakeKubernetes() as fake:          # sets KUBECONFIG and PG_OPS_K8S_ADDRESSES
         fake.register_cluster(spec)         # member and Service ports, RBAC; before pg_ops runs

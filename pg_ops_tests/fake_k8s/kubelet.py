@@ -61,9 +61,10 @@ from pg_ops_tests.fake_k8s.store import ApiError, Store, now
 MIN_KILL_GRACE_S = 2.0  # the kubelet's minimumGracePeriodInSeconds, for a force-deleted pod
 CRASH_BACKOFF_S = 10.0  # first restart delay of a crashed container, doubling, at most 300 s
 # Exec runs on this machine, as the container's user: only commands that read a volume (the
-# member script's report: cat), and
-# pg_ctl from the image's PostgreSQL bin folder (run from the wheel's).
-EXEC_COMMANDS = {"df", "du", "cat", f"{names.PG_BIN_16}/pg_ctl"}
+# member script's report: cat), pg_ctl from the image's PostgreSQL bin folder (run from the
+# wheel's), and sh (the fence's marker, then pg_ctl): every argument that is a container path
+# is translated, the script text itself is not (pg_ops passes paths as arguments).
+EXEC_COMMANDS = {"df", "du", "cat", "sh", f"{names.PG_BIN_16}/pg_ctl"}
 EXEC_TIMEOUT_S = 30
 PROBE_OUTPUT_CHARS = 300
 
@@ -536,9 +537,8 @@ class Kubelet:
     def exec_runner(self, container: Container, command: list[str]):
         if command[0] not in EXEC_COMMANDS:
             raise ApiError(400, "BadRequest", f"the fake serves exec of {sorted(EXEC_COMMANDS)} only, not {command[0]}")
-        args = [_translate_path(a, container.mounts) for a in command]
-        if args[0].startswith(names.PG_BIN_16 + "/"):
-            args[0] = str(settings.pg_bin() / args[0].rsplit("/", 1)[1])
+        args = [str(settings.pg_bin() / a.rsplit("/", 1)[1]) if a.startswith(names.PG_BIN_16 + "/")
+                else _translate_path(a, container.mounts) for a in command]
         kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
 
         def run() -> tuple[int, bytes, bytes]:
