@@ -57,6 +57,10 @@ class DesiredState(BaseModel):
     # The designated primary's timeline as pg_ops last saw it (0: not known yet): a member on an
     # older timeline holds WAL off the current history and is never a failover candidate.
     timeline: int = 0
+    # A switchover between the old primary's clean shutdown and the promotion: the shutdown
+    # checkpoint's LSN (pg_controldata), the old primary's final WAL. A resume promotes only a
+    # member that received past it (Patroni's rule); cleared once the new primary took over.
+    final_lsn: str = ""
     # Isolation fencing, read by the member script: the lease length in seconds, 0 = off.
     lease_seconds: float = 0.0
     lock: TopologyLock | None = None
@@ -76,6 +80,7 @@ class DesiredState(BaseModel):
             f"observed.at={self.observed_at:.3f}",
             f"observed.standbys={' '.join(self.observed_standbys)}",
             f"timeline={self.timeline}",
+            f"final.lsn={self.final_lsn}",
             f"isolation.lease_seconds={self.lease_seconds:g}",
         ]
         lines += [f"member.{name}={addr}" for name, addr in sorted(self.members.items())]
@@ -109,6 +114,7 @@ class DesiredState(BaseModel):
                 observed_at=float(raw.get("observed.at") or 0),
                 observed_standbys=tuple(raw.get("observed.standbys", "").split()),
                 timeline=int(raw.get("timeline") or 0),
+                final_lsn=raw.get("final.lsn", ""),
                 lease_seconds=float(raw.get("isolation.lease_seconds") or 0),
                 members={k.removeprefix("member."): v for k, v in raw.items() if k.startswith("member.")},
                 lock=lock,

@@ -244,6 +244,41 @@ def test_switchover_loses_no_row_and_old_primary_follows(any_cluster):
     assert q(ctx, old, "select pg_is_in_recovery()") == [(True,)]
 
 
+def test_a_switchover_whose_target_misses_the_final_wal_rolls_back_and_loses_nothing(cluster, monkeypatch):
+    """M6 (issue 20): the target's WAL receiver stops just before the old primary's clean shutdown
+    while clients keep committing: it never gets the shutdown checkpoint. Not promoted (it used
+    to be, within the lag guard of a pre-shutdown LSN): the old primary is designated and started
+    again at a new epoch, and every acknowledged row is there."""
+    ctx = cluster
+    old, target = ctx.state().primary, ctx.spec.member_names[1]
+    monkeypatch.setattr(failover_ops, "FINAL_WAL_TIMEOUT_S", 5)
+    real_stop = ctx.platform.stop_member
+
+    def cut_the_target_then_stop(name):
+        if name == old:
+            q(ctx, target, "alter system set primary_conninfo = ''", "postgres")
+            q(ctx, target, "select pg_reload_conf()", "postgres")
+            wait_for(lambda: not q(ctx, target, "select 1 from pg_stat_wal_receiver", "postgres"), "receiver gone")
+            wait_for(lambda: _writes_after(writer, 20), "commits the target does not receive")
+        real_stop(name)
+
+    monkeypatch.setattr(ctx.platform, "stop_member", cut_the_target_then_stop)
+    epoch = ctx.state().epoch
+    with Writer(ctx) as writer:
+        wait_for(lambda: len(writer.acked) > 50, "writes before the switchover")
+        with pytest.raises(PgOpsError, match=rf"switchover to {target} refused: member {target} did not receive the "
+                                             rf"old primary's final WAL \(shutdown checkpoint .*\); {old} is the "
+                                             rf"primary again \(epoch {epoch + 2}\), nothing lost"):
+            switchover(ctx, to=target)
+        wait_for(lambda: _writes_after(writer, 5), "writes resume on the old primary")
+    state = ctx.state()
+    assert (state.primary, state.epoch, state.final_lsn) == (old, epoch + 2, "")
+    present = {r[0] for r in q(ctx, old, "select n from writes")}
+    assert set(writer.acked) <= present, f"lost {len(set(writer.acked) - present)} acknowledged rows"
+    wait_for(lambda: q(ctx, target, "select status from pg_stat_wal_receiver", "postgres") == [("streaming",)],
+             f"{target} streaming from {old} again")
+
+
 def test_switchover_refuses_a_member_that_is_down(cluster):
     ctx = cluster
     target = ctx.spec.member_names[2]

@@ -219,6 +219,25 @@ def test_half_finished_change_fences_a_writable_old_primary_first():
     assert isinstance(plan, FailoverPlan) and plan.resume and plan.fence == ("c-0",)
 
 
+@pytest.mark.parametrize("received, promoted", [("0/5000028", False), ("0/5000000", False), ("0/50000A0", True)])
+def test_a_stopped_switchover_is_resumed_only_on_a_member_past_the_shutdown_checkpoint(received, promoted):
+    """M6: the switchover recorded the old primary's shutdown checkpoint (0/5000028) after its
+    clean shutdown; a resume promotes the target only once it received past that record, however
+    small the gap (the lag guard's 1000 bytes here would have let 0/5000000 through)."""
+    v = view({"c-0": down("c-0"), "c-1": replica("c-1", lsn=received, streaming=False),
+              "c-2": replica("c-2", lsn="0/4000000", streaming=False)},
+             primary_name="c-1", observed_lsn="0/5000000", final_lsn="0/5000028")
+    plan = plan_failover(v, policy())
+    if promoted:
+        assert isinstance(plan, FailoverPlan) and plan.candidate == "c-1" and plan.resume
+        assert "has the old primary's final WAL (shutdown checkpoint 0/5000028)" in plan.notes
+    else:
+        assert isinstance(plan, Refusal) and "c-1 has not received the old primary's final WAL" in plan.reason
+        assert not plan.deterministic  # it may still arrive: asked again next tick
+    forced = plan_failover(v, policy(), FailoverIntent(force=True))
+    assert isinstance(forced, FailoverPlan) and forced.candidate == "c-1"
+
+
 # -- the synchronous set -------------------------------------------------------------------------------
 def _standbys(*rows):
     return [(n, "streaming", flush) for n, flush in rows]

@@ -84,7 +84,7 @@ def took_over(lock: HeldLock, timeline: int | None) -> None:
     """The new primary is writable: the synchronous set of the old one is history (the new
     primary's is rebuilt by the tick from its own standbys; until then "no set" means every
     replica must answer a failover), and its timeline is the one candidates must be on."""
-    lock.update(lambda s: s.model_copy(update={"sync_set": (), "timeline": timeline or s.timeline}))
+    lock.update(lambda s: s.model_copy(update={"sync_set": (), "timeline": timeline or s.timeline, "final_lsn": ""}))
 
 
 def repoint_replicas(ctx: ClusterContext, new_primary: str, skip: set[str]) -> list[str]:
@@ -289,8 +289,24 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
             "epoch": s.epoch + 1, "primary": to, "observed_lsn": final_lsn, "observed_at": time.time()}))
     with steps.step("clean shutdown of the old primary"):
         ctx.platform.stop_member(old)
-    with steps.step("wait for the final LSN on the candidate"):
-        received = wait_final_lsn(ctx, to, final_lsn)
+    with steps.step("the old primary's shutdown checkpoint"):
+        # Commits can land after the LSN read above (clients keep writing through the member
+        # script's own checkpoint on TERM): the shutdown checkpoint is the old primary's last WAL.
+        shutdown_lsn = ctx.platform.shutdown_checkpoint(old)
+        if shutdown_lsn:
+            lock.update(lambda s: s.model_copy(update={"final_lsn": shutdown_lsn}))
+    missed: PgOpsError | None = None
+    with steps.step("wait for the final WAL on the candidate"):
+        try:
+            received = wait_final_lsn(ctx, to, final_lsn, shutdown_lsn)
+        except PgOpsError as exc:
+            missed = exc
+    if missed is not None:
+        # Promoting it would lose what it missed; the old primary, stopped cleanly, has all of it.
+        with steps.step(f"roll back: {old} the primary again"):
+            back = undo_switchover(ctx, lock, old)
+        raise PgOpsError(f"cluster {ctx.name}: switchover to {to} refused: {missed}; {old} is the primary again "
+                         f"(epoch {back}), nothing lost")
     with steps.step("promote"):
         timeline = promote(ctx, to, new_state.epoch)
         took_over(lock, timeline)
@@ -311,15 +327,34 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     change = TopologyChange(operation="switchover", cluster=ctx.name, old_primary=old, new_primary=to,
                             epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
                             seconds=steps.elapsed, steps=steps.as_metadata())
-    change.notes.append(f"final LSN {final_lsn}, received {received}")
+    change.notes.append(f"shutdown checkpoint {shutdown_lsn}, received {received}" if shutdown_lsn else
+                        f"final LSN {final_lsn} (read before the shutdown: the shutdown checkpoint is not readable "
+                        f"on {ctx.spec.platform}), received {received}")
     change.notes += [drained, *wal.after_promotion(ctx)]
     return change
 
 
-def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, timeout: float = 30.0) -> str:
-    """Wait until `member` has received everything up to the old primary's shutdown: its
+def undo_switchover(ctx: ClusterContext, lock: HeldLock, old: str) -> int:
+    """The switchover's target missed the old primary's final WAL: designate the old primary
+    again (a new epoch: the record named the target for a moment), start it (its member script
+    boots a cleanly stopped designated primary as the primary), and point everyone back at it."""
+    state = lock.update(lambda s: s.model_copy(update={"epoch": s.epoch + 1, "primary": old, "final_lsn": ""}))
+    ctx.platform.start_member(old)
+    wait_until(ctx, old, lambda p: p.writable, "writable again", timeout=REJOIN_TIMEOUT_S)
+    act.renew_lease(ctx, old, state.epoch)
+    repoint_replicas(ctx, old, skip={old})
+    ctx.platform.route_primary(old)
+    return state.epoch
+
+
+FINAL_WAL_TIMEOUT_S = 30.0
+
+
+def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn: str | None,
+                   timeout: float | None = None) -> str:
+    """Wait until `member` has received everything up to the old primary's shutdown. Known
+    shutdown checkpoint (Patroni's rule): its received LSN is past that record. Not known: the
     received LSN passes the last LSN seen before the shutdown and stops moving."""
-    wanted = lsn_to_int(at_least) or 0
     last: str | None = None
     stable_since: float | None = None
 
@@ -327,7 +362,9 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, timeout: flo
         nonlocal last, stable_since
         probe = ctx.probe([member], timeout=2)[member]
         lsn = probe.receive_lsn
-        if lsn and (lsn_to_int(lsn) or 0) >= wanted:
+        if shutdown_lsn:
+            return lsn if lsn and (lsn_to_int(lsn) or 0) > (lsn_to_int(shutdown_lsn) or 0) else None
+        if lsn and (lsn_to_int(lsn) or 0) >= (lsn_to_int(at_least) or 0):
             if lsn == last and not probe.streaming:
                 return lsn
             if lsn == last and stable_since and time.monotonic() - stable_since > 0.5:
@@ -337,10 +374,12 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, timeout: flo
         return None
 
     def expired() -> PgOpsError:
-        return PgOpsError(f"member {member} did not receive the old primary's final WAL ({at_least}) within "
+        return PgOpsError(f"member {member} did not receive the old primary's final WAL "
+                          f"({f'shutdown checkpoint {shutdown_lsn}' if shutdown_lsn else at_least}) within "
                           f"{timeout:g} s; not promoting (the old primary stays stopped; `pg-ops failover` resumes: "
                           f"it promotes {member} if it has the final WAL by then, and refuses otherwise)")
 
+    timeout = FINAL_WAL_TIMEOUT_S if timeout is None else timeout
     return poll(attempt, timeout=timeout, interval=0.05, expired=expired)
 
 

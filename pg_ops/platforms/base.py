@@ -124,6 +124,13 @@ class Members(Protocol):
         cannot be done here. Local: never. Kubernetes: `keep_aside` (the volume goes whole)."""
         ...
 
+    def shutdown_checkpoint(self, name: str) -> str | None:
+        """The LSN of a stopped member's shutdown checkpoint (its control file, read after a clean
+        shutdown): the last WAL a switchover's target must have received. None when it is not
+        known: the member did not shut down cleanly, or (Kubernetes) its pod and with it the only
+        way to its volume are gone. Read-only."""
+        ...
+
     def member_log_tail(self, name: str, lines: int = 5) -> str:
         """The last lines of the member script's and postgres's output ("" when there is none
         yet). Local: member.log. Kubernetes: the postgres container's log ("" before the

@@ -570,6 +570,11 @@ class KubernetesPlatform(Platform):
     def member_passfile(self, name: str) -> str:
         return f"{names.RUN_DIR}/pgpass"  # member.sh: $PGOPS_RUN_DIR/pgpass, an emptyDir in every pod
 
+    def shutdown_checkpoint(self, name: str) -> str | None:
+        # stop_member deletes the pod: once its container has stopped there is no exec to read the
+        # control file with (the switchover then waits for the pre-shutdown LSN; see kubernetes.md).
+        return None
+
     def member_report(self, name: str) -> dict[str, str]:
         """The report on the data volume, through an exec into the pod; while its container is
         not running (it refused and waits to restart), the refusal it left as its termination

@@ -54,6 +54,7 @@ from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, un
 from pg_ops.platforms.shared_memory import release_data_dir_segment
 from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
+from pg_ops.postgres import controldata
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
 from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.state import DesiredState
@@ -377,6 +378,9 @@ class LocalPlatform(Platform):
 
     def member_passfile(self, name: str) -> str:
         return str(self.member_dir(name) / "run" / "pgpass")  # member.sh: $PGOPS_RUN_DIR/pgpass
+
+    def shutdown_checkpoint(self, name: str) -> str | None:
+        return controldata.shutdown_checkpoint(settings.pg_bin(), self.data_dir(name))
 
     def member_report(self, name: str) -> dict[str, str]:
         try:

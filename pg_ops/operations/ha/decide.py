@@ -240,6 +240,17 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
         return Refusal(f"cluster {c}: {candidate} would be promoted but the designated primary {designated} holds "
                        f"more WAL ({_lsn_text(position[designated][1])} on timeline {position[designated][0]}); "
                        f"refusing (use --force to accept the loss)")
+    final = lsn(view.record.final_lsn)
+    if final and old is None and not force:
+        # A switchover stopped between the old primary's clean shutdown and the promotion: only a
+        # member that received its shutdown checkpoint has every commit it acknowledged.
+        if position[candidate][1] <= final:
+            return Refusal(f"cluster {c}: {candidate} has not received the old primary's final WAL (its shutdown "
+                           f"checkpoint {view.record.final_lsn}; it has {_lsn_text(position[candidate][1])}); "
+                           f"refusing (start the old primary again with `pg-ops deploy`, or --force to accept "
+                           f"the loss)", deterministic=False)
+        lossless = True
+        notes.append(f"has the old primary's final WAL (shutdown checkpoint {view.record.final_lsn})")
     if reference is None:
         if not force and not lossless:
             return Refusal(f"cluster {c}: no reference LSN for the old primary (pg_ops never saw it and no replica "
