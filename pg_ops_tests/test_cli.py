@@ -85,7 +85,7 @@ def test_a_run_that_refused_is_never_a_critical_alert(make_spec):
     assert health.run_failure_alert_for(run, "promotion timed out", specs).severity == "critical"
 
 
-def test_after_a_failover_status_names_the_fenced_member_and_the_command_that_brings_it_back(
+def test_after_a_failover_status_names_the_fenced_member_and_says_it_rejoins_by_itself(
         make_spec, capsys, monkeypatch):
     from pg_ops.operations.failover import failover
 
@@ -98,7 +98,7 @@ def test_after_a_failover_status_names_the_fenced_member_and_the_command_that_br
         assert cli_main(["status", "--cluster", "fo"]) == 0
         out = capsys.readouterr().out
         assert f"ALERT warning member_fenced_down: {old} was fenced by a failover" in out
-        assert "`pg-ops deploy` brings it back" in out and "alerts: none" not in out
+        assert "rejoins by itself as a replica once it reaches the primary" in out and "alerts: none" not in out
 
 
 def test_psql_connects_with_the_passfile_and_refuses_an_unknown_member(make_spec, monkeypatch):

@@ -24,6 +24,7 @@ from pg_ops.operations.ha.model import (
     Repoint,
     RoutePrimary,
     SetSyncNames,
+    StartMember,
     Unfence,
 )
 from pg_ops.postgres.topology import MemberProbe, StandbyRow
@@ -236,6 +237,28 @@ def test_a_stopped_switchover_is_resumed_only_on_a_member_past_the_shutdown_chec
         assert not plan.deterministic  # it may still arrive: asked again next tick
     forced = plan_failover(v, policy(), FailoverIntent(force=True))
     assert isinstance(forced, FailoverPlan) and forced.candidate == "c-1"
+
+
+def test_a_fenced_former_primary_stopped_for_good_is_started_again():
+    """After a failover the old primary is fenced; locally its processes are gone (the fence's
+    SIGKILL): the healthy tick starts it (its member script rejoins it as a replica once it
+    reaches the primary). Not where its platform restarts it, and not an unfenced member."""
+    members = {"c-1": primary("c-1", standbys=[("c-2", "streaming", "0/5000000")]), "c-0": down("c-0"),
+               "c-2": replica("c-2", source="c-1")}
+    v = view(members, primary_name="c-1", fenced=("c-0",), epoch=2)
+    stopped = dataclasses.replace(v, stopped=frozenset({"c-0"}))
+    assert StartMember("c-0") in decide(stopped, HaMemory(), policy()).actions
+    assert not any(isinstance(a, StartMember) for a in decide(v, HaMemory(), policy()).actions)
+    unfenced = dataclasses.replace(view(members, primary_name="c-1", epoch=2), stopped=frozenset({"c-0"}))
+    assert not any(isinstance(a, StartMember) for a in decide(unfenced, HaMemory(), policy()).actions)
+
+
+@pytest.mark.parametrize("replication, says", [("async", True), ("sync", False)])
+def test_the_failover_alert_says_a_cut_off_primarys_writes_are_counted_later(replication, says):
+    d = decide(dead_primary(), HaMemory(), policy(replication))
+    assert d.failover is not None
+    text = "if c-0 is cut off rather than down, writes it acknowledged since are discarded when it rejoins"
+    assert (text in d.alerts[0].summary) is says
 
 
 # -- the synchronous set -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ WALKTHROUGH = [
     ".venv/bin/pg-ops psql",
     "kill -9 -- -$(cat .pg-ops/clusters/local/pids/local-0.pid)",
     ".venv/bin/pg-ops status",
-    ".venv/bin/pg-ops deploy",
+    ".venv/bin/pg-ops status",
 ]
 
 
@@ -129,10 +129,12 @@ def test_make_run_then_the_readme_then_recover_then_make_teardown():
                                  and s["designated_primary"] in s["writable_members"] and s,
                                  "the daemon's failover (README: 'a few seconds later: a new primary')", timeout=90)
                 text = me.ok(WALKTHROUGH[4])
-                assert f"primary {after['designated_primary']}" in text and "member_fenced_down" in text, text
-                assert "deployed" in me.ok(WALKTHROUGH[5])  # local-0 comes back as a replica
-                rows = {m["name"]: m for m in me.status()["members"]}
-                assert rows["local-0"]["role"] == "replica", rows
+                assert f"primary {after['designated_primary']}" in text, text
+                # "soon after: local-0 back, a replica": the daemon's health sensor starts it again,
+                # nobody runs a command for it.
+                wait_for(lambda: "local-0" in me.ok(WALKTHROUGH[5])
+                         and {m["name"]: m for m in me.status()["members"]}["local-0"]["role"] == "replica",
+                         "local-0 back as a replica by itself", timeout=120, interval=2)
                 # -- point-in-time recovery through the deployment, on the defaults ------------------
                 me.ok(".venv/bin/pg-ops base-backup")
                 me.ok(".venv/bin/pg-ops psql --dbname app -- -c 'create table kept (n int); insert into kept values (1)'")

@@ -59,7 +59,10 @@ def health_evaluations(cluster: str, members: dict, status) -> list[dg.AssetChec
     MemberProbe) and its status (operations/status.py) of the same moment."""
     found = ops.invariants(members, status.designated_primary)
     down = [m for m in status.members if not m.up]
-    hint = ("; `pg-ops deploy` starts it again (a former primary rejoins as a replica)" if down else "")
+    fenced_down = [m for m in down if m.role == "fenced"]
+    hint = ("; a fenced former primary rejoins by itself as a replica once it reaches the primary (local: pg_ops "
+            "starts it again; Kubernetes: its StatefulSet)" if fenced_down else "")
+    hint += "; `pg-ops deploy` starts it again" if len(fenced_down) < len(down) else ""
     key = health_key(cluster)
 
     def evaluation(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckEvaluation:

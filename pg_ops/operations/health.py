@@ -100,10 +100,12 @@ def _assess_member(spec: ClusterSpec, status: ClusterStatus, m: MemberStatus, pr
                   name, role="primary" if is_primary else "replica", error=m.error)
         else:
             # Fenced by a failover and not running: the cluster is a replica short until it is
-            # back, and any writes it acknowledged while cut off are counted only when it rejoins.
+            # back, and any writes it acknowledged while cut off are counted only when it rejoins
+            # (locally the tick starts it again; on Kubernetes its StatefulSet does).
             alert("warning", "member_fenced_down",
-                  f"{name} was fenced by a failover and does not answer: the cluster runs one replica short; "
-                  f"`pg-ops deploy` brings it back as a replica (rewound, its discarded writes counted)",
+                  f"{name} was fenced by a failover and does not answer: the cluster runs one replica short until "
+                  f"it rejoins by itself as a replica once it reaches the primary (rewound, its discarded writes "
+                  f"counted); if it stays down, its log says why (`pg-ops status`, `pg-ops rebuild {name}`)",
                   name, error=m.error)
         out.unknown |= {condition_key(c, k, name) for k in MEMBER_CONDITIONS}
         return

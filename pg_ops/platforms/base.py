@@ -124,6 +124,12 @@ class Members(Protocol):
         cannot be done here. Local: never. Kubernetes: `keep_aside` (the volume goes whole)."""
         ...
 
+    def stopped_for_good(self, name: str) -> bool:
+        """True when the member's processes are gone and nothing but pg_ops will start them again
+        (local: its supervisor is not running). Kubernetes: never (the StatefulSet controller
+        recreates a pod, the kubelet restarts a container). Read-only."""
+        ...
+
     def shutdown_checkpoint(self, name: str) -> str | None:
         """The LSN of a stopped member's shutdown checkpoint (its control file, read after a clean
         shutdown): the last WAL a switchover's target must have received. None when it is not

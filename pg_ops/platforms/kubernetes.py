@@ -570,6 +570,9 @@ class KubernetesPlatform(Platform):
     def member_passfile(self, name: str) -> str:
         return f"{names.RUN_DIR}/pgpass"  # member.sh: $PGOPS_RUN_DIR/pgpass, an emptyDir in every pod
 
+    def stopped_for_good(self, name: str) -> bool:
+        return False  # the StatefulSet controller recreates the pod, the kubelet restarts the container
+
     def shutdown_checkpoint(self, name: str) -> str | None:
         # stop_member deletes the pod: once its container has stopped there is no exec to read the
         # control file with (the switchover then waits for the pre-shutdown LSN; see kubernetes.md).

@@ -379,6 +379,9 @@ class LocalPlatform(Platform):
     def member_passfile(self, name: str) -> str:
         return str(self.member_dir(name) / "run" / "pgpass")  # member.sh: $PGOPS_RUN_DIR/pgpass
 
+    def stopped_for_good(self, name: str) -> bool:
+        return not self.member_running(name)
+
     def shutdown_checkpoint(self, name: str) -> str | None:
         return controldata.shutdown_checkpoint(settings.pg_bin(), self.data_dir(name))
 

@@ -27,6 +27,7 @@ from pg_ops.operations.ha.model import (
     Repoint,
     RoutePrimary,
     SetSyncNames,
+    StartMember,
     Unfence,
 )
 from pg_ops.postgres import admin
@@ -112,11 +113,16 @@ def _locked(ctx: ClusterContext, view: ClusterView, action: Action, lock: HeldLo
     elif isinstance(action, RecordSyncSet):
         lock.update(lambda s: s.model_copy(update={"sync_set": action.members}))
         ctx.log.info("%s: synchronous set %s", ctx.name, ", ".join(action.members) or "(none)")
+    elif isinstance(action, StartMember):
+        ctx.platform.start_member(action.member)
+        ctx.log.warning("%s: started fenced former primary %s again: it rejoins as a replica of %s once it reaches "
+                        "it, and reports the writes its rewind discards", ctx.name, action.member, primary)
 
 
 def _failure(ctx: ClusterContext, view: ClusterView, action: Action, exc: Exception) -> Alert:
     kind = {SetSyncNames: "replication_mode", RoutePrimary: "primary_routing",
-            RenewLease: "lease_renewal", EnsureSlots: "replication_slots"}.get(type(action), "upkeep_failed")
+            RenewLease: "lease_renewal", EnsureSlots: "replication_slots",
+            StartMember: "member_start"}.get(type(action), "upkeep_failed")
     member = view.designated if isinstance(action, RoutePrimary | SetSyncNames | RenewLease | EnsureSlots) else \
         getattr(action, "member", None)
     return Alert(cluster=ctx.name, severity="critical" if kind == "primary_routing" else "warning", kind=kind,

@@ -35,6 +35,7 @@ from pg_ops.operations.ha.model import (
     Repoint,
     RoutePrimary,
     SetSyncNames,
+    StartMember,
     Unfence,
     lsn,
 )
@@ -413,6 +414,8 @@ def healthy_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple
     alerts: list[Alert] = []
     for name in view.replicas:
         probe = view.members[name]
+        if name in view.record.fenced and name in view.stopped:
+            actions.append(StartMember(name))
         if name in view.record.fenced and view.streams_from(name, primary) \
                 and probe.timeline == view.primary.timeline:
             actions.append(Unfence(name))
@@ -514,6 +517,11 @@ def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, 
     if incident is None or not incident.requested:
         incident = Incident(id=f"{view.record.epoch}-{int(view.now)}", requested=True, signature=signature)
         request = FailoverRequest(c, incident.id, down_since, memory.last_primary_lsn)
-    alert = _alert(view, "critical", name, f"{reason}; failover requested (incident {incident.id})",
+    # Async: a primary cut off rather than dead may have acknowledged writes no replica has, up
+    # to its fencing; they are counted when it rejoins (its rewind), in a writes_discarded alert.
+    maybe_lost = "" if policy.sync else (f"; if {view.designated} is cut off rather than down, writes it acknowledged "
+                                         f"since are discarded when it rejoins: their count follows "
+                                         f"(writes_discarded)")
+    alert = _alert(view, "critical", name, f"{reason}; failover requested (incident {incident.id}){maybe_lost}",
                    incident=incident.id, detected_at=down_since, candidate=plan.candidate)
     return Decision(name, reason, replace(memory, incident=incident), alerts=(alert,), failover=request)

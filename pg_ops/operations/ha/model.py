@@ -64,6 +64,10 @@ class ClusterView:
     # Members whose member script reports it fenced itself as an isolated primary at the
     # record's epoch (read for the designated primary when it answers as a standby).
     fenced_itself: frozenset[str] = frozenset()
+    # Fenced members whose processes are gone and that nothing but pg_ops starts again (local:
+    # the failover's SIGKILL took their supervisor; on Kubernetes the StatefulSet restarts pods,
+    # so never). Read only for fenced members that do not answer.
+    stopped: frozenset[str] = frozenset()
 
     @property
     def cluster(self) -> str:
@@ -198,10 +202,19 @@ class RenewLease:
     epoch: int
 
 
+@dataclass(frozen=True)
+class StartMember:
+    """A fenced former primary is stopped for good (ClusterView.stopped): start its member
+    script, which waits until it reaches the primary, rewinds (or re-clones, keeping its data
+    aside) and reports the writes it discards; it rejoins as a replica."""
+    member: str
+
+
 Action = (Repoint | Unfence | SetSyncNames | RecordSyncSet | RoutePrimary | RecordObserved | RenewLease
-          | EnsureSlots)
-# Actions that change topology-related state: the tick takes the topology lock to run them.
-LOCKED_ACTIONS = (Repoint, Unfence, SetSyncNames, RecordSyncSet)
+          | EnsureSlots | StartMember)
+# Actions that change topology-related state: the tick takes the topology lock to run them (a
+# start under it too: a rebuild or deploy of the same member holds the lock while it works).
+LOCKED_ACTIONS = (Repoint, Unfence, SetSyncNames, RecordSyncSet, StartMember)
 
 
 @dataclass(frozen=True)
