@@ -398,3 +398,25 @@ def test_sensor_skips_failover_decisions_while_a_topology_change_holds_the_lock(
     sensor.tick()
     assert sensor.requests == []
     assert not any(v["kind"] in ("primary_down", "primary_unreachable") for v in sensor.state["alerts"].values())
+
+
+@pytest.mark.parametrize("unknown", [None, "the WAL from the fork point 0/3000000 is gone (recycled)"])
+def test_discarded_writes_are_alerted_once_counted_or_not(unknown):
+    """M3 (issue 20): a rewind whose discarded writes could not be counted is alerted as such
+    (critical, "could NOT be counted", the reason), not skipped; a counted one gives the counts."""
+    import time
+    from types import SimpleNamespace
+
+    report = {"discarded.at": str(int(time.time())), "discarded.from": "0/3000000", "discarded.timeline": "1",
+              **({"discarded.unknown": unknown} if unknown else
+                 {"discarded.to": "0/3000082", "discarded.bytes": "130", "discarded.transactions": "1"})}
+    ctx = SimpleNamespace(name="c", spec=SimpleNamespace(member_names=["c-0"]),
+                          platform=SimpleNamespace(member_report=lambda name: report))
+    memory: dict = {}
+    [alert] = health.reported_events(ctx, memory, ["c-0"])
+    assert alert.kind == "writes_discarded" and alert.severity == "critical"
+    if unknown:
+        assert f"could NOT be counted ({unknown}): writes it acknowledged may be lost" in alert.summary
+    else:
+        assert "1 transactions, 130 bytes of WAL (0/3000000 - 0/3000082 on timeline 1)" in alert.summary
+    assert health.reported_events(ctx, memory, ["c-0"]) == []  # once

@@ -254,11 +254,13 @@ def reported_events(ctx: ClusterContext, memory: dict, names: list[str]) -> list
             if (discarded["at"] or 0) < time.time() - REPORTS_ALERTED_WITHIN_S:
                 continue  # an old report seen for the first time (a new cursor): remembered, not alerted
             aside = f"; the old data dir is kept at {discarded['kept_aside']}" if discarded["kept_aside"] else ""
+            what = (f"what it held beyond the fork point could NOT be counted ({discarded['unknown']}): writes it "
+                    f"acknowledged may be lost" if discarded["unknown"] else
+                    f"{discarded['transactions']} transactions, {discarded['bytes']} bytes of WAL "
+                    f"({discarded['from_lsn']} - {discarded['to_lsn']} on timeline {discarded['timeline']})")
             events.append(Alert(
                 cluster=ctx.name, severity="critical", kind="writes_discarded",
-                summary=f"{name} rejoined and discarded what it held beyond the fork point: "
-                        f"{discarded['transactions']} transactions, {discarded['bytes']} bytes of WAL "
-                        f"({discarded['from_lsn']} - {discarded['to_lsn']} on timeline {discarded['timeline']}){aside}; "
+                summary=f"{name} rejoined and discarded what it held beyond the fork point: {what}{aside}; "
                         f"see docs/runbooks/postgresql-failover.md, 'Discarded writes'",
                 details={"member": name, **discarded}, fired_at=time.time()))
         isolated = report.get("isolated.at")

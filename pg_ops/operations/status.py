@@ -108,7 +108,8 @@ def discarded_writes(report: dict[str, str]) -> dict | None:
     return {"at": number("discarded.at"), "from_lsn": report.get("discarded.from"),
             "to_lsn": report.get("discarded.to"), "timeline": number("discarded.timeline"),
             "bytes": number("discarded.bytes"), "transactions": number("discarded.transactions"),
-            "kept_aside": report.get("discarded.kept_aside") or None}
+            "kept_aside": report.get("discarded.kept_aside") or None,
+            "unknown": report.get("discarded.unknown") or None}
 
 
 def _member_status(name: str, probe: MemberProbe, designated: str, fenced: tuple[str, ...],

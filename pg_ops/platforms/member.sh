@@ -51,6 +51,7 @@
 #   isolated.at, isolated.reason        set when isolation fencing restarted this primary as a
 #                                       standby; isolated.at is cleared once pg_ops acted
 #   discarded.*                         the writes the last rewind or re-clone threw away
+#                                       (discarded.unknown: why they could not be counted)
 #
 # Environment (all required unless a default is shown):
 #   PGOPS_MEMBER       this member's name (e.g. local-1)
@@ -262,20 +263,37 @@ clone_from_primary() {   # [row]: clone (an empty data dir) or reclone (a diverg
 # --- what a rewind or re-clone throws away ------------------------------------------------
 lsn_int() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
 
+# A rewind or re-clone is about to throw away what this member holds, and it cannot be counted:
+# reported all the same (no amounts, the reason), so pg_ops alerts that writes may be lost.
+discarded_unknown() {   # reason [fork] [timeline]
+    log "discarding what this member held beyond the fork point: NOT COUNTED ($1)"
+    report discarded.at "$(date -u +%s)" discarded.from "${2:-}" discarded.to "" discarded.timeline "${3:-}" \
+        discarded.bytes "" discarded.transactions "" discarded.kept_aside "" discarded.unknown "$1"
+}
+
 count_discarded() {
     # The fork point is where the primary's timeline branched off ours (its timeline history
     # file); what our own WAL holds beyond it on our timeline is what the rewind (or a
     # re-clone) discards: WAL bytes and commits. Counted before pg_rewind, which first runs
-    # crash recovery on a killed primary's data dir.
+    # crash recovery on a killed primary's data dir. What cannot be counted is reported as such.
     local mine theirs history fork dump commits last tot end
     mine=$(local_tli); theirs=$(primary_tli)
-    [ -n "$mine" ] && [ -n "$theirs" ] && [ "$theirs" -gt "$mine" ] 2>/dev/null || return 0
+    [ -n "$mine" ] || { discarded_unknown "this member's timeline is unreadable (pg_controldata)"; return 0; }
+    [ -n "$theirs" ] || { discarded_unknown "the primary's timeline could not be read" "" "$mine"; return 0; }
+    [ "$theirs" -gt "$mine" ] 2>/dev/null || return 0   # not behind the primary's timeline: nothing forked off
     history=$("${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c \
         "select pg_read_file('pg_wal/' || lpad(upper(to_hex($theirs)), 8, '0') || '.history')" 2>/dev/null)
     fork=$(printf '%s\n' "$history" | awk -v t="$mine" '$1 == t { print $2; exit }')
-    [ -n "$fork" ] || return 0
-    dump=$("${BIN}pg_waldump" -p "$DATA/pg_wal" -t "$mine" -s "$fork" 2>/dev/null)
+    if [ -z "$fork" ]; then
+        discarded_unknown "timeline $mine is not in the history of the primary's timeline $theirs (unreadable, or this member is off the cluster's history)" "" "$mine"
+        return 0
+    fi
+    dump=$("${BIN}pg_waldump" -p "$DATA/pg_wal" -t "$mine" -s "$fork" 2>"$RUN_DIR/waldump.err")
     last=$(printf '%s\n' "$dump" | grep 'lsn: ' | tail -n 1)
+    if [ -z "$last" ] && grep -q -i -E "could not (find|open) file|no such file" "$RUN_DIR/waldump.err" 2>/dev/null; then
+        discarded_unknown "the WAL from the fork point $fork is gone (recycled): $(head -n 1 "$RUN_DIR/waldump.err")" "$fork" "$mine"
+        return 0
+    fi
     [ -n "$last" ] || return 0   # nothing of ours beyond the fork point: nothing discarded
     commits=$(printf '%s\n' "$dump" | grep -c 'desc: COMMIT')
     tot=$(printf '%s\n' "$last" | sed -n 's/.*len (rec\/tot): *[0-9]*\/ *\([0-9]*\),.*/\1/p')
@@ -290,7 +308,7 @@ count_discarded() {
     report discarded.timeline "$mine"
     report discarded.bytes "$bytes"
     report discarded.transactions "$commits"
-    report discarded.kept_aside ""
+    report discarded.kept_aside "" discarded.unknown ""
 }
 
 keep_aside() {
