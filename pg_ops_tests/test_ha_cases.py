@@ -405,7 +405,7 @@ def test_deploy_promotes_a_primary_that_fenced_itself_in_place(make_spec):
         assert_one_primary_all_streaming(ctx)
 
 
-def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec):
+def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec, monkeypatch):
     """H3: an ex-primary holding writes beyond the fork on the old timeline boots as a standby
     while the new primary cannot be read (no divergence check then), so it has the most bytes.
     When the new primary is lost too, the member on the cluster's timeline is promoted, not it:
@@ -422,7 +422,8 @@ def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec):
         q(ctx, a, "create table tail as select g as n, repeat('x', 200) as pad from generate_series(1, 150000) g",
           "postgres")
         wait_for(lambda: ctx.probe([a])[a].in_recovery is True, f"{a} fencing itself", timeout=60)
-        kill_member(ctx.platform, a)  # then its machine dies
+        kill_member(ctx.platform, a)  # then its machine dies: nothing starts it until the test does
+        monkeypatch.setattr(ctx.platform, "stopped_for_good", lambda name: False)
         for name in ctx.spec.member_names:
             if name != a:
                 ctx.platform.start_member(name)
@@ -446,6 +447,12 @@ def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec):
         assert second.new_primary == c, second.notes
         assert any(f"{a} (timeline" in n for n in second.notes)
         assert q(ctx, c, "select count(*) from after_failover", "postgres") == [(100,)]
+        # Its member script sees it behind a primary it now reaches and boots it again: rewound onto
+        # c's timeline, the tail it alone acknowledged counted (it was never on the cluster's history).
+        wait_for(lambda: tick(ctx, memory).health.view.streams_from(a, c), f"{a} rewound and streaming from {c}",
+                 timeout=120)
+        report = ctx.platform.member_report(a)
+        assert int(report["discarded.transactions"]) >= 1 and report["discarded.timeline"] == "1", report
 
 
 def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_nothing(cluster_sync, monkeypatch):

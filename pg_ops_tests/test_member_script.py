@@ -458,6 +458,27 @@ def test_replica_on_another_timeline_is_rewound_first(member):
     assert member.terminate() == 0
 
 
+def test_a_standby_started_behind_an_unreachable_primary_rewinds_once_it_reaches_it(member):
+    """H3 (issue 20): a standby on timeline 1 (a former primary that fenced itself) starts while the
+    primary is unreachable, so boot cannot compare timelines. Once the primary on timeline 2
+    answers and it still does not stream, three looks in a row find it behind: it boots again,
+    and the rewind counts what it discards."""
+    member.write_record("m-0")
+    member.data_dir(tli=1, standby=True)
+    member.primary(up=False)
+    member.env = lambda: {**Member.env(member), "PGOPS_TIMELINE_CHECK_SECONDS": "1"}
+    member.start()
+    member.wait_action("standby")
+    assert "pg_rewind" not in member.tools_called()
+    member.primary(tli=2, history=HISTORY)
+    member.knob("waldump", WALDUMP)
+    report = member.wait_action("rewind")
+    assert "replica on timeline 1, the primary m-0 on 2, and not streaming: booting again to rewind" in member.log()
+    assert report["discarded.transactions"] == "1" and report["discarded.timeline"] == "1"
+    assert len(member.calls("postgres")) == 2
+    assert member.terminate() == 0
+
+
 def test_replica_is_repointed_at_the_current_primary_and_started_as_a_standby(member):
     member.write_record("m-2")  # a failover made m-2 the primary since
     old = f"primary_conninfo = 'host=127.0.0.1 port={PORTS['m-0']} user=replicator'\nprimary_slot_name = 'm_1'\n"

@@ -70,6 +70,8 @@
 #   PGOPS_LOCK_FILE    the data directory's lock, held for the script's lifetime (default:
 #                      member.lock beside PGOPS_DATA, i.e. on the same volume)
 #   PGOPS_STOP_SECONDS            on TERM, the whole shutdown's budget (default 25)
+#   PGOPS_TIMELINE_CHECK_SECONDS  how often a standby that does not stream compares its timeline
+#                                 with the primary's (default 10)
 #   PGOPS_CHECKPOINT_SECONDS      of it, the CHECKPOINT taken while still serving (default 10)
 #   PGOPS_SMART_STOP_SECONDS      of it, how long a primary with transactions in flight waits
 #                                 for its sessions (smart) before a fast shutdown (default 5)
@@ -104,6 +106,7 @@ LOCK_FILE=${PGOPS_LOCK_FILE:-$(dirname "$DATA")/member.lock}
 STOP_S=${PGOPS_STOP_SECONDS:-25}
 CHECKPOINT_S=${PGOPS_CHECKPOINT_SECONDS:-10}
 SMART_S=${PGOPS_SMART_STOP_SECONDS:-5}
+TIMELINE_CHECK_S=${PGOPS_TIMELINE_CHECK_SECONDS:-10}
 PG_PID=""
 STOPPING=0
 WRITABLE_SINCE=0   # when this postgres was first seen writable as the designated primary
@@ -509,6 +512,32 @@ lease_is_newer() {
         && [ -n "$age" ] && [ "$age" -le "$LEASE_FRESH_S" ] 2>/dev/null
 }
 
+# A standby that started while the primary was unreachable skipped boot's timeline comparison: a
+# former primary that fenced itself, say, still on the timeline it diverged on. It never streams
+# from the newer timeline by itself. Every TIMELINE_CHECK_S, a standby that does not stream
+# compares its timeline with the primary's; three looks in a row that find it behind make it boot
+# again (which rewinds it, counting what that discards, or re-clones it keeping its data aside).
+OFF_TIMELINE_SEEN=0
+LAST_TIMELINE_CHECK=0
+off_timeline_standby() {
+    [ $((SECONDS - LAST_TIMELINE_CHECK)) -ge "$TIMELINE_CHECK_S" ] || return 1
+    LAST_TIMELINE_CHECK=$SECONDS
+    local mine theirs
+    if [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ] \
+            || [ "$(own_sql 3 "select count(*) from pg_stat_wal_receiver where status = 'streaming'")" = 1 ]; then
+        OFF_TIMELINE_SEEN=0
+        return 1
+    fi
+    mine=$(local_tli); theirs=$(primary_tli)
+    if [ -n "$mine" ] && [ -n "$theirs" ] && [ "$theirs" -gt "$mine" ] 2>/dev/null; then
+        OFF_TIMELINE_SEEN=$((OFF_TIMELINE_SEEN + 1))
+    else
+        OFF_TIMELINE_SEEN=0
+    fi
+    [ "$OFF_TIMELINE_SEEN" -ge 3 ] && { OFF_TIMELINE_SEEN=0; return 0; }
+    return 1
+}
+
 demote_isolated() {
     log "ISOLATED: $ISOLATION_REASON: restarting as a standby (no more acknowledged writes)"
     printf 'epoch=%s\nat=%s\nreason=%s\n' "$(sget epoch)" "$(date -u +%s)" "$ISOLATION_REASON" > "$ISOLATED_MARK"
@@ -649,7 +678,14 @@ while [ "$STOPPING" = 0 ]; do
                 break
             fi
         fi
-        is_standby_dir && continue
+        if is_standby_dir; then
+            if off_timeline_standby; then
+                log "replica on timeline $(local_tli), the primary $(primary_name) on $(primary_tli), and not streaming: booting again to rewind"
+                stop_postgres
+                break
+            fi
+            continue
+        fi
         # Writable. Designated by the record, or by our own lease when the record file lags
         # behind (a kubelet's ConfigMap sync): epochs only grow, so the newer word wins.
         if [ "$(primary_name)" != "$MEMBER" ] && [ -n "$(primary_name)" ] && ! lease_is_newer; then
