@@ -514,21 +514,28 @@ lease_is_newer() {
 
 # A standby that started while the primary was unreachable skipped boot's timeline comparison: a
 # former primary that fenced itself, say, still on the timeline it diverged on. It never streams
-# from the newer timeline by itself. Every TIMELINE_CHECK_S, a standby that does not stream
-# compares its timeline with the primary's; three looks in a row that find it behind make it boot
-# again (which rewinds it, counting what that discards, or re-clones it keeping its data aside).
+# from the newer timeline by itself. Every TIMELINE_CHECK_S, a standby that answers and does not
+# stream compares its timeline with the primary's; three looks in a row that find it behind make it
+# boot again (which rewinds it, counting what that discards, or re-clones it keeping its data
+# aside). Its timeline is what its server says, as pg_ops's probe reads it: the newest of its last
+# restartpoint's, its minimum recovery point's and its newest WAL segment's (a standby that followed
+# a promotion may have had no restartpoint on the new timeline yet: the control file alone would
+# say it is behind). Anything it cannot read counts as "not behind".
+STANDBY_TLI_SQL="select greatest((select timeline_id from pg_control_checkpoint()),
+    (select min_recovery_end_timeline from pg_control_recovery()),
+    (select max(('x' || substr(name, 1, 8))::bit(32)::int) from pg_ls_waldir() where name ~ '^[0-9A-F]{24}\$'))"
 OFF_TIMELINE_SEEN=0
 LAST_TIMELINE_CHECK=0
 off_timeline_standby() {
     [ $((SECONDS - LAST_TIMELINE_CHECK)) -ge "$TIMELINE_CHECK_S" ] || return 1
     LAST_TIMELINE_CHECK=$SECONDS
-    local mine theirs
-    if [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ] \
-            || [ "$(own_sql 3 "select count(*) from pg_stat_wal_receiver where status = 'streaming'")" = 1 ]; then
+    local streaming mine theirs
+    streaming=$(own_sql 3 "select count(*) from pg_stat_wal_receiver where status = 'streaming'")
+    if [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ] || [ "$streaming" != 0 ]; then
         OFF_TIMELINE_SEEN=0
         return 1
     fi
-    mine=$(local_tli); theirs=$(primary_tli)
+    mine=$(own_sql 3 "$STANDBY_TLI_SQL"); theirs=$(primary_tli)
     if [ -n "$mine" ] && [ -n "$theirs" ] && [ "$theirs" -gt "$mine" ] 2>/dev/null; then
         OFF_TIMELINE_SEEN=$((OFF_TIMELINE_SEEN + 1))
     else
@@ -680,7 +687,7 @@ while [ "$STOPPING" = 0 ]; do
         fi
         if is_standby_dir; then
             if off_timeline_standby; then
-                log "replica on timeline $(local_tli), the primary $(primary_name) on $(primary_tli), and not streaming: booting again to rewind"
+                log "replica on timeline $(own_sql 3 "$STANDBY_TLI_SQL"), the primary $(primary_name) on $(primary_tli), and not streaming: booting again to rewind"
                 stop_postgres
                 break
             fi
