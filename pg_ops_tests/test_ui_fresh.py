@@ -127,8 +127,11 @@ def test_a_fresh_healthy_cluster_shows_no_failed_check_in_the_ui(pg_home, tmp_pa
             try:
                 wait_for(lambda: urllib.request.urlopen(f"{url}/server_info", timeout=2), "the webserver",
                          timeout=180, interval=1)
+                # Settled: every first-minute check evaluated, and no check's run still in progress
+                # (a run the daemon launched, the catalog drift check say, still executing).
                 statuses = wait_for(lambda: (s := check_statuses(url)) and all(
-                    s.get(k, (None,))[0] for k in s if k.split(":")[1] in FIRST_MINUTE) and s,
+                    s.get(k, (None,))[0] for k in s if k.split(":")[1] in FIRST_MINUTE)
+                    and all(v[0] != "IN_PROGRESS" for v in s.values()) and s,
                     "the daemon's first reports", timeout=240, interval=2)
                 failed_runs = graphql(url, FAILED_RUNS_QUERY)["runsOrError"]["results"]
                 health = graphql(url, HEALTH_QUERY)["assetOrError"]["assetObservations"]
