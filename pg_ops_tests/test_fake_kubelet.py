@@ -379,10 +379,16 @@ class TestRealKubeletSyncDelay:
         ctx, fake = delayed
         new = next(m for m in ctx.spec.member_names if m != ctx.state().primary)
         switchover(ctx, to=new)
-        for _ in range(int(REAL_SYNC_DELAY_S * 1.5 / 5)):  # until every pod has the new record
+        epoch = ctx.state().epoch
+        ns = ctx.platform.namespace
+        record = lambda m: Path(fake.cluster.container(ns, m).env["PGOPS_STATE"]).read_text()  # noqa: E731
+        deadline = time.monotonic() + REAL_SYNC_DELAY_S * 2
+        while not all(f"\nepoch={epoch}\n" in record(m) for m in ctx.spec.member_names):  # until every pod has it
             probes = ctx.probe()
             assert [m for m, p in probes.items() if p.writable] == [new]
-            time.sleep(5)
+            assert time.monotonic() < deadline, "the pods never saw the new record"
+            time.sleep(2)
+        assert [m for m, p in ctx.probe().items() if p.writable] == [new]
 
     def test_a_fenced_primary_is_not_booted_again_from_its_stale_record(self, delayed):
         """M4 (issue 20): the failover's exec stops postgres at once, but the force-deleted pod's

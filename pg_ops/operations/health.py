@@ -104,8 +104,9 @@ def _assess_member(spec: ClusterSpec, status: ClusterStatus, m: MemberStatus, pr
             # (locally the tick starts it again; on Kubernetes its StatefulSet does).
             alert("warning", "member_fenced_down",
                   f"{name} was fenced by a failover and does not answer: the cluster runs one replica short until "
-                  f"it rejoins by itself as a replica once it reaches the primary (rewound, its discarded writes "
-                  f"counted); if it stays down, its log says why (`pg-ops status`, `pg-ops rebuild {name}`)",
+                  f"it rejoins by itself as a replica once it reaches the primary (the health sensor starts it "
+                  f"again; on Kubernetes its StatefulSet; rewound, its discarded writes counted); if it stays "
+                  f"down, its log says why (`pg-ops status`, `pg-ops rebuild {name}`)",
                   name, error=m.error)
         out.unknown |= {condition_key(c, k, name) for k in MEMBER_CONDITIONS}
         return
