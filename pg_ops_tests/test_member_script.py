@@ -413,6 +413,27 @@ def test_former_primary_is_rewound_and_its_discarded_writes_reported(member):
     assert member.terminate() == 0
 
 
+def test_a_killed_primary_promoted_since_its_last_checkpoint_counts_on_its_wal_timeline(member):
+    """A primary promoted onto timeline 2 and killed before its first checkpoint there: its control
+    file still says timeline 1, its pg_wal holds timeline 2's segments. What the rewind discards is
+    counted on timeline 2 from where timeline 3 forked (the control file alone made it look on
+    timeline 1 and report it uncountable, found by the failover benchmark's second trial)."""
+    member.write_record("m-0")
+    member.data_dir(tli=1)
+    (member.data / "pg_wal").mkdir()
+    for segment in ("000000010000000000000003", "000000020000000000000005", "00000002.history"):
+        (member.data / "pg_wal" / segment).touch()
+    member.primary(tli=3, history="1\t0/3000000\tno recovery target specified\n"
+                                  "2\t0/5000000\tno recovery target specified\n")
+    member.knob("waldump", WALDUMP)
+    member.start()
+    report = member.wait_action("rewind")
+    [waldump] = member.calls("pg_waldump")
+    assert (arg(waldump, "-t"), arg(waldump, "-s")) == ("2", "0/5000000")
+    assert report["discarded.timeline"] == "2" and report["discarded.transactions"] == "1"
+    assert member.terminate() == 0
+
+
 def test_failed_rewind_keeps_the_diverged_data_aside_and_reclones(member):
     member.write_record("m-0")
     member.data_dir(tli=1)

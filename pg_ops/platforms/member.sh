@@ -177,7 +177,18 @@ has_data() { [ -f "$DATA/PG_VERSION" ]; }
 is_standby_dir() { [ -f "$DATA/standby.signal" ]; }
 control() { LC_ALL=C "${BIN}pg_controldata" -D "$DATA" 2>/dev/null | sed -n "s/^$1: *//p"; }
 local_sysid() { control "Database system identifier"; }
-local_tli() { control "Latest checkpoint's TimeLineID"; }
+# This data dir's timeline: the newest of its last checkpoint's and its newest WAL segment's. A
+# promoted primary runs on its new timeline before its first checkpoint there (fast promotion),
+# and a killed one may never have had it: the control file alone says the old timeline, and the
+# count of what a rewind discards would then look for WAL on a timeline it never wrote beyond
+# the fork (and report it uncountable).
+local_tli() {
+    local ckpt wal
+    ckpt=$(control "Latest checkpoint's TimeLineID")
+    wal=$(ls "$DATA/pg_wal" 2>/dev/null | grep -E '^[0-9A-F]{24}$' | cut -c1-8 | sort | tail -n 1)
+    [ -n "$wal" ] && wal=$((16#$wal))
+    if [ -n "$ckpt" ] && [ -n "$wal" ] && [ "$wal" -gt "$ckpt" ] 2>/dev/null; then echo "$wal"; else echo "$ckpt"; fi
+}
 
 primary_conn() {   # libpq keywords reaching the designated primary as $1
     local addr; addr=$(member_addr "$(primary_name)")

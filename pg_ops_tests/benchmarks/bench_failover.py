@@ -176,7 +176,10 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
                 trial["lost"] = len(app.lost(ctx.state().primary)) if ok else None
                 report = ctx.platform.member_report(old)
                 fresh = int(report.get("discarded.at") or 0) >= int(failed_at)
-                trial["reported_discarded_transactions"] = int(report["discarded.transactions"]) if fresh else 0
+                counted = report.get("discarded.transactions") or None  # empty: could not be counted
+                trial["reported_discarded_transactions"] = (int(counted) if counted else None) if fresh else 0
+                if fresh and report.get("discarded.unknown"):
+                    trial["discarded_uncounted_because"] = report["discarded.unknown"]
             if not ok:
                 tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
                 print("daemon trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)
