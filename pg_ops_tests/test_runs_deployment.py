@@ -26,6 +26,7 @@ from pg_ops.defs.backups import today_partition
 from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG
 from pg_ops.operations.context import ClusterContext
 from pg_ops.runs import CLUSTERS_JOB, CODE_LOCATION, REPOSITORY
+from pg_ops.state import update_state
 from pg_ops_tests.helpers import (
     free_port,
     home_environment,
@@ -173,6 +174,10 @@ def test_a_spec_added_while_the_daemon_runs_is_picked_up_and_fails_over(deployed
         assert run.is_success and run.tags[TOPOLOGY_TAG] == "late"
     finally:
         (deployed.home / "specs" / "late.yaml").unlink()
+        # The daemon outlives this cluster and its health sensor starts a fenced member again
+        # (StartMember): nothing fenced left in the record first, so nothing is started after the stop.
+        with contextlib.suppress(Exception):
+            update_state(ctx.platform.state_store(), lambda s: s.model_copy(update={"fenced": ()}))
         stop_cluster(ctx)
 
 
