@@ -350,8 +350,7 @@ def undo_switchover(ctx: ClusterContext, lock: HeldLock, old: str) -> int:
 FINAL_WAL_TIMEOUT_S = 30.0
 
 
-def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn: str | None,
-                   timeout: float | None = None) -> str:
+def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn: str | None) -> str:
     """Wait until `member` has received everything up to the old primary's shutdown. Known
     shutdown checkpoint (Patroni's rule): its received LSN is past that record. Not known: the
     received LSN passes the last LSN seen before the shutdown and stops moving."""
@@ -376,11 +375,9 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn
     def expired() -> PgOpsError:
         return PgOpsError(f"member {member} did not receive the old primary's final WAL "
                           f"({f'shutdown checkpoint {shutdown_lsn}' if shutdown_lsn else at_least}) within "
-                          f"{timeout:g} s; not promoting (the old primary stays stopped; `pg-ops failover` resumes: "
-                          f"it promotes {member} if it has the final WAL by then, and refuses otherwise)")
+                          f"{FINAL_WAL_TIMEOUT_S:g} s (not promoted)")
 
-    timeout = FINAL_WAL_TIMEOUT_S if timeout is None else timeout
-    return poll(attempt, timeout=timeout, interval=0.05, expired=expired)
+    return poll(attempt, timeout=FINAL_WAL_TIMEOUT_S, interval=0.05, expired=expired)
 
 
 # -- rebuild ------------------------------------------------------------------------------------
