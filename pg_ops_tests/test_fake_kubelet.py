@@ -81,15 +81,18 @@ def evict(fake, ns: str, pod: str) -> None:
 
 
 def postmasters_on(data_dir: Path) -> list[int]:
-    """Postmasters (`postgres -D <dir>`: their children rewrite their title) using a data dir."""
-    found = []
+    """Postmasters (`postgres -D <dir>`) using a data dir. A postmaster's child shows its parent's
+    command line from fork() until it sets its own title, so a process whose parent is a postgres
+    on the same data dir is that parent's child (a backend being born), not a second postmaster."""
+    found: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             if argv and argv[0].endswith(b"/postgres") and b"-D" in argv and \
                     argv[argv.index(b"-D") + 1] == str(data_dir).encode():
-                found.append(int(proc.name))
-    return found
+                stat = (proc / "stat").read_text()
+                found[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: ppid
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 # -- the pods are the rendered pod spec, run --------------------------------------------------------
