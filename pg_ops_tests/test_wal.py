@@ -321,6 +321,55 @@ def test_file_store_recovery_and_drill_through_the_cli(pg_home, capsys):
         assert jobs == ["base_backup", "pitr_drill", "recover_cluster"]
 
 
+def test_recovery_and_drill_to_before_a_rotation_keep_the_current_passwords(pg_home, caplog):
+    """The data restored to a target holds the passwords as they were then. A recovery and a
+    drill to before a rotation of the superuser's and an application role's passwords still log
+    in with the store's (the superuser's set in single-user mode once promoted, the others by
+    deploy), and the older ones are refused: nothing re-applies an older password, and no
+    password reaches a log."""
+    import logging
+
+    from pg_ops.operations import catalog
+
+    caplog.set_level(logging.DEBUG)
+    spec = spec_from(write_spec(pg_home / "specs", "rotpitr", postgres={"members": 1,
+                                                                       "parameters": {"log_statement": "ddl"}},
+                                backups={"wal": {"archive_timeout_seconds": 5}}))
+    with running_cluster(spec) as ctx:
+        run(ctx, "create table kept (n int)")
+        wal.base_backup(ctx)
+        run(ctx, "insert into kept values (1)")
+        old = ctx.credentials()
+        target = between_commits()
+        for role in ("app", SUPERUSER):
+            catalog.rotate_password(ctx, role)
+        new = ctx.credentials()
+        run(ctx, "insert into kept values (2)")
+        wal.switch_and_wait(ctx)
+        result = recover(ctx, target, "rotpitr-copy")
+        copy = ClusterContext.for_spec(spec_from(Path(result.spec_path)))
+        try:
+            assert run(copy, "select n from kept") == [(1,)]
+            ep = copy.endpoints()[copy.state().primary]
+            for role, dbname in ((SUPERUSER, "postgres"), ("app", "app")):
+                assert new.password(role) != old.password(role)
+                with psycopg.connect(host=ep.host, port=ep.port, user=role, dbname=dbname,
+                                     password=new.password(role), connect_timeout=5) as conn:
+                    assert conn.execute("select current_user").fetchone() == (role,)
+                with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                    psycopg.connect(host=ep.host, port=ep.port, user=role, dbname=dbname,
+                                    password=old.password(role), connect_timeout=5).close()
+            logs = [copy.platform.log_path(m).read_text(errors="replace") for m in copy.spec.member_names]
+        finally:
+            stop_cluster(copy)
+        assert "setting the store's in single-user mode" in caplog.text
+        drill = pitr_drill(ctx, target)
+        assert drill.result == "passed" and drill.heartbeat_rows_after == 0
+        for password in [*old.as_plain_dict().values(), *new.as_plain_dict().values()]:
+            for text in [caplog.text, json.dumps(result.as_dict()), json.dumps(drill.as_dict()), *logs]:
+                assert password not in text
+
+
 # -- Kubernetes: the rendered StatefulSet on the fake API ------------------------------------------
 def test_statefulset_on_the_fake_api_archives_with_the_image_and_the_backup_secret(pg_home):
     from pg_ops.platforms import kubernetes_names as k

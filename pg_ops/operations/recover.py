@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import yaml
@@ -44,13 +45,15 @@ from pg_ops.operations.activity import record_marker, record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.members import lease_kept
 from pg_ops.operations.wal import archive_ref, require_archiving, s3_keys_env, switch_and_wait
-from pg_ops.platforms.base import Members
 from pg_ops.poll import poll
-from pg_ops.postgres import archiving, barman, dump, status_table
+from pg_ops.postgres import admin, archiving, barman, dump, status_table
 from pg_ops.postgres.session import connect_dsn, with_connection
 from pg_ops.spec import DNS_LABEL, ClusterSpec, load_specs
 from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
+
+if TYPE_CHECKING:
+    from pg_ops.platforms.local import LocalPlatform
 
 RECOVERY_TIMEOUT_S = 6 * 3600.0
 # The archive hold of a recovery or drill outlasts every step it covers: restoring the base
@@ -61,6 +64,9 @@ PROGRESS_EVERY_S = 30.0
 # What our own probes are told while the server replays: not a failure of the recovery.
 CONNECTION_REFUSALS = ("not accepting connections", "is starting up", "not yet accepting", "in recovery mode",
                        "is shutting down", "Hot standby mode is disabled")
+# Our own probe with the store's superuser password, refused by restored data that holds an
+# older one (wait_promoted sets the store's): not a failure of the recovery.
+AUTH_REFUSED = "password authentication failed"
 MARKER_SPACING_S = 1.0  # between a marker row and the target: commit timestamps are not the target
 
 
@@ -216,23 +222,39 @@ def base_backup_filler(ctx: ClusterContext, store: BackupStore, backup: wa.BaseB
     return fill_file
 
 
-def wait_promoted(platform: Members, member: str, password: str, target: datetime, log,
+def wait_promoted(platform: LocalPlatform, member: str, password: str, target: datetime, log,
                   timeout: float = RECOVERY_TIMEOUT_S) -> float:
-    """Until the recovered member is writable; fails with PostgreSQL's own FATAL line."""
+    """Until the recovered member is writable; fails with PostgreSQL's own FATAL line.
+
+    The restored data holds the roles' passwords as they were at the target. When the superuser's
+    was rotated after it, the store's password is refused: once the member has promoted (its
+    control file says so, no login needed) the store's is set in single-user mode, so pg_ops never
+    needs, keeps or re-applies the older one; `deploy` then sets every other role's from the store."""
+    from pg_ops.platforms import local_recovery
     from pg_ops.postgres.topology import probe_members
 
     started = time.monotonic()
     next_report = started + PROGRESS_EVERY_S
     endpoint = platform.member_endpoints()[member]
+    reset: list[bool] = []
 
     def attempt() -> float | None:
         nonlocal next_report
         probe = probe_members({member: endpoint}, SUPERUSER, password, 3.0)[member]
         if probe.writable:
             return time.monotonic() - started
+        if AUTH_REFUSED in (probe.error or "") and local_recovery.promoted(platform, member):
+            if reset:
+                raise PgOpsError(f"recovery to {_t(target)}: {member} still refuses the superuser's password "
+                                 f"after it was set in single-user mode")
+            log.warning("recovery to %s: %s holds an older superuser password than the credentials store "
+                        "(rotated after the target); setting the store's in single-user mode", _t(target), member)
+            local_recovery.run_single_user(platform, member, admin.offline_password_statement(SUPERUSER, password))
+            reset.append(True)
+            return None
         tail = platform.member_log_tail(member, 40)
         fatal = [line for line in tail.splitlines()
-                 if "FATAL" in line and not any(m in line for m in CONNECTION_REFUSALS)]
+                 if "FATAL" in line and not any(m in line for m in (*CONNECTION_REFUSALS, AUTH_REFUSED))]
         if fatal:
             raise PgOpsError(f"recovery to {_t(target)} failed on {member}: {fatal[-1].split('FATAL:', 1)[-1].strip()}")
         if time.monotonic() >= next_report:

@@ -12,15 +12,18 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from pg_ops import settings
 from pg_ops.credentials import Credentials
 from pg_ops.errors import MemberError
 from pg_ops.platforms.local import LocalPlatform, _free_port, _write_private
 from pg_ops.platforms.server_user import chown_tree
+from pg_ops.postgres import controldata
 from pg_ops.postgres.archiving import RECOVERY_SIGNAL
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
@@ -87,3 +90,39 @@ def drill_server(purpose: str, credentials: Credentials, fill: Fill, auto_conf: 
         yield platform
     finally:
         platform.discard()
+
+
+def promoted(platform: LocalPlatform, member: str) -> bool:
+    """The restored member has finished recovery and runs as a primary, by its control file
+    (readable without a login, which an older password in the restored data may refuse)."""
+    return controldata.cluster_state(settings.pg_bin(), platform.data_dir(member)) == controldata.IN_PRODUCTION
+
+
+SINGLE_USER_TIMEOUT_S = 300.0
+
+
+def run_single_user(platform: LocalPlatform, member: str, statement: str) -> None:
+    """One statement on the member's data with no server and no login: stops the member (a clean
+    shutdown), runs `postgres --single` as the server user with the cluster's configuration, and
+    starts the member again. For what the restored data refuses to let pg_ops do over a
+    connection: setting the credentials store's superuser password when the data holds an older
+    one. The statement is not logged (log_statement off) and its output is not kept."""
+    platform.stop_member(member)
+    data = platform.data_dir(member)
+    command = [str(settings.pg_bin() / "postgres"), "--single", "-D", str(data),
+               "-c", f"config_file={platform.root / 'config' / 'postgresql.conf'}", "-c", "log_statement=none",
+               "-c", "log_min_error_statement=panic", "-c", "archive_mode=off", "postgres"]
+    kwargs: dict = {"user": platform.user.uid, "group": platform.user.gid, "extra_groups": []} \
+        if platform.user.switch else {}
+    try:
+        done = subprocess.run(command, input=statement + "\n", capture_output=True, text=True, cwd=data,
+                              timeout=SINGLE_USER_TIMEOUT_S, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+                              check=False, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise MemberError(f"member {member}: single-user postgres did not finish in {SINGLE_USER_TIMEOUT_S:g} s") \
+            from None
+    errors = [line.strip() for line in done.stderr.splitlines() if line.lstrip().startswith(("ERROR", "FATAL", "PANIC"))]
+    if done.returncode != 0 or errors:
+        raise MemberError(f"member {member}: single-user postgres failed (exit {done.returncode}): "
+                          f"{errors[-1] if errors else 'no error line'}")
+    platform.start_member(member)

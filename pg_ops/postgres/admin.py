@@ -36,6 +36,24 @@ def ensure_role(conn: psycopg.Connection, role: str, password: str, *, replicati
         sql.SQL(verb), sql.Identifier(role), attrs, password_clause(conn, role, password)))
 
 
+def offline_password_statement(role: str, password: str) -> str:
+    """`ALTER ROLE … PASSWORD '<verifier>';` for a server no client can log in to yet (single-user
+    mode): hashed by libpq as password_clause does, on a connection object that never connects
+    (PQencryptPasswordConn needs one, and with the algorithm given it asks no server; libpq's
+    default scram_iterations). Neither the role nor the verifier can hold a quote to escape (role
+    names are DNS-like, verifiers base64), which is checked rather than assumed."""
+    from psycopg import pq
+
+    unconnected = pq.PGconn.connect_start(b"host=/nonexistent-pg-ops-socket-dir connect_timeout=1")
+    try:
+        verifier = unconnected.encrypt_password(password.encode(), role.encode(), PASSWORD_ALGORITHM.encode()).decode()
+    finally:
+        unconnected.finish()
+    if any(c in role + verifier for c in "'\"\\\n"):
+        raise ValueError(f"role {role!r}: cannot be written into a single-user statement")
+    return f'alter role "{role}" with password \'{verifier}\';'
+
+
 def set_password_statement(conn: psycopg.Connection, role: str, password: str) -> str:
     """`ALTER ROLE … PASSWORD '<verifier>';` as text, for a script another client runs (psql):
     hashed like ensure_role's, quoted for the server `conn` is connected to."""
