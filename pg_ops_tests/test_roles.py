@@ -429,13 +429,15 @@ def test_rotation_request_is_checked_before_any_run(tmp_path):
 
 # -- Kubernetes: the fake API server (real RBAC) with real members behind its pods ------------------
 @pytest.mark.parametrize("platform", ["kubernetes"])
-def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(make_platform_spec):
+def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(make_platform_spec, monkeypatch):
     """A Secret per login role in the namespaces the spec names (pg_ops's rendered RBAC allows
     exactly those), pointing at the primary Service (and `-read` at the replicas' Service); the
-    delivered credentials log in through the Service; a rotation rewrites them; rotating the
-    superuser is refused there (members copy its passfile at start)."""
+    delivered credentials log in through the Service; a rotation rewrites them. The superuser's
+    and replicator's rotations wait until every member copied the synced passfile (the replica
+    reconnects, the primary's lease checks log in), and put the Secret back when one cannot."""
     import base64
 
+    from pg_ops.platforms import kubernetes as kubernetes_platform
     from pg_ops.platforms import kubernetes_names as names
     from pg_ops.platforms.kubernetes_api import KubernetesError
     from pg_ops_tests.helpers import cluster_on, fake_of
@@ -482,8 +484,34 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
                                                                 "data": {"password": base64.b64encode(b"x").decode()}})
         assert catalog.reconcile(ctx).changes == ["removed the delivered credentials of batch"]
         assert secret("shop", "k8roles-batch") is None
-        with pytest.raises(Refused, match="rotating postgres on Kubernetes is not supported"):
-            catalog.check_rotation_request(ctx, SUPERUSER)
+        # pg_ops's own roles: the Secret's passfile reaches the running members at the kubelet's
+        # next sync (3 s later here), and the password changes only once every member copied it
+        fake.cluster.sync_delay = 3.0
+        before = ctx.credentials()
+        for role in (REPLICATION_USER, SUPERUSER):
+            catalog.rotate_password(ctx, role)
+        after = ctx.credentials()
+        generation = ctx.platform._passfile_of(ctx.platform._read_secret())[0]  # type: ignore[attr-defined]
+        for member in spec.member_names:
+            assert ctx.platform.member_report(member)["passfile.generation"] == str(generation)
+        primary = ctx.state().primary
+        sql(ctx, "select pg_terminate_backend(pid) from pg_stat_replication")  # the replica logs in again
+        wait_for(lambda: sql(ctx, "select count(*) from pg_stat_replication where state = 'streaming'") == [(1,)],
+                 "the replica streaming again with the new replication password")
+        for role in (SUPERUSER, REPLICATION_USER):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                login(ctx, role, before.password(role), "postgres", primary)
+            login(ctx, role, after.password(role), "postgres", primary).close()
+        assert ctx.probe([primary])[primary].writable  # its lease checks log in: not fenced
+        # a member that cannot get the new passfile in time: the Secret is put back, nothing changes
+        monkeypatch.setattr(kubernetes_platform, "PASSFILE_SYNC_TIMEOUT_S", 4.0)
+        fake.cluster.sync_delay = 60.0
+        with pytest.raises(PgOpsError, match=r"member\(s\) .* did not copy the new passfile .* the Secret is put "
+                                             "back and the password is not changed"):
+            catalog.rotate_password(ctx, REPLICATION_USER)
+        assert ctx.credentials().password(REPLICATION_USER) == after.password(REPLICATION_USER)
+        login(ctx, REPLICATION_USER, after.password(REPLICATION_USER), "postgres", primary).close()
+        fake.cluster.sync_delay = 0.0
         catalog.rotate_password(ctx, "shop_rw")
         rotated = secret("shop", "k8roles-shop-rw")
         assert rotated["password"] != rw["password"] and rotated["password"] == ctx.credentials().password("shop_rw")

@@ -78,6 +78,10 @@ POD_GONE_TIMEOUT_S = 60.0  # beyond terminationGracePeriodSeconds the kubelet ki
 # is bounded (a pod on a node cut off from the API server makes the API server wait for the
 # kubelet), and a pod that did not answer is skipped for a while; see data_dir_usage.
 DF_TIMEOUT_S = 5.0
+# A Secret volume is refreshed at the kubelet's next sync (syncFrequency 1 min) plus its cache TTL:
+# a rotated passfile reaches every running member within about two minutes.
+PASSFILE_SYNC_TIMEOUT_S = 180.0
+PASSFILE_GENERATION = "# pg_ops generation "  # the passfile's first line (member.sh reports N)
 EXEC_BACKOFF_S = 60.0
 # (namespace, pod) -> monotonic time until which it is not asked: process-wide, because the
 # health sensor builds a new platform object every tick (in the same code-server process).
@@ -244,10 +248,22 @@ class KubernetesPlatform(Platform):
         return S3Credentials(_unb64(data["access_key"]), _unb64(data["secret_key"]))
 
     @staticmethod
-    def _secret_data(creds: Credentials) -> dict[str, str]:
+    def _secret_data(creds: Credentials, generation: int = 1) -> dict[str, str]:
+        """The Secret's keys: a password per role, and the members' passfile, whose first line
+        ("# pg_ops generation N", not a secret) each member script reports once it copied it."""
         data = {names.password_key(role): _b64(creds.password(role)) for role in creds.passwords}
-        data[names.PASSFILE_KEY] = _b64(creds.passfile_text([SUPERUSER, REPLICATION_USER]))
+        data[names.PASSFILE_KEY] = _b64(f"{PASSFILE_GENERATION}{generation}\n"
+                                        + creds.passfile_text([SUPERUSER, REPLICATION_USER]))
         return data
+
+    @staticmethod
+    def _passfile_of(secret) -> tuple[int, str]:
+        """(generation, the passfile's lines below it) of the credentials Secret."""
+        text = _unb64((secret.data or {}).get(names.PASSFILE_KEY, "")) if secret is not None else ""
+        first, _, rest = text.partition("\n")
+        if first.startswith(PASSFILE_GENERATION) and first[len(PASSFILE_GENERATION):].isdigit():
+            return int(first[len(PASSFILE_GENERATION):]), rest
+        return 0, text
 
     def ensure_credentials(self) -> Credentials:
         """Created once with generated passwords; afterwards only keys that are missing (a role
@@ -291,14 +307,61 @@ class KubernetesPlatform(Platform):
 
     def store_credentials(self, creds: Credentials) -> None:
         """The credentials Secret's password and passfile keys replaced, with its resourceVersion.
-        The members copy the passfile when they start; a running one keeps its copy."""
+        When the passfile changes (the superuser's or replicator's password), its generation goes
+        up and this returns once every running member copied it (the kubelet syncs the Secret's
+        volume within about a minute; member.sh copies the change within a second and reports the
+        generation): only then may the password change in PostgreSQL, or a replica reconnecting
+        and the primary's own lease check would be refused. A member that has not copied it after
+        PASSFILE_SYNC_TIMEOUT_S: the Secret is put back as it was, and the error names it."""
         for _ in range(5):
             secret = self._read_secret()
             if secret is None:
                 raise PgOpsError(f"kubernetes: {self._secret_what()}: missing; `pg-ops deploy` creates it")
-            if self._replace_secret_data(secret, self._secret_data(creds)):
+            generation, lines = self._passfile_of(secret)
+            changed = lines != creds.passfile_text([SUPERUSER, REPLICATION_USER])
+            if not changed:
+                if self._replace_secret_data(secret, self._secret_data(creds, generation)):
+                    return
+                continue
+            if self._replace_secret_data(secret, self._secret_data(creds, generation + 1)):
+                try:
+                    self._await_passfile(generation + 1)
+                except PgOpsError:
+                    self._put_back(self._credentials_of(secret), generation + 2)
+                    raise
                 return
         raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
+
+    def _await_passfile(self, generation: int) -> None:
+        """Every member whose container runs reports the passfile generation (or a newer one)."""
+        def behind() -> list[str]:
+            late = []
+            for member in self.spec.member_names:
+                if not self.member_running(member):
+                    continue  # copies the Secret's passfile when it starts
+                seen = self.member_report(member).get("passfile.generation", "")
+                if not (seen.isdigit() and int(seen) >= generation):
+                    late.append(member)
+            return late
+
+        late: list[str] = []
+
+        def attempt() -> bool | None:
+            late[:] = behind()
+            return None if late else True
+
+        def expired() -> PgOpsError:
+            return PgOpsError(f"kubernetes: {self._secret_what()}: member(s) {', '.join(late)} did not copy the new "
+                              f"passfile (generation {generation}) within {PASSFILE_SYNC_TIMEOUT_S:g} s (the kubelet "
+                              f"syncs Secret volumes; a pod that cannot be reached by exec cannot say): the Secret "
+                              f"is put back and the password is not changed")
+        poll(attempt, timeout=PASSFILE_SYNC_TIMEOUT_S, interval=1.0, expired=expired)
+
+    def _put_back(self, creds: Credentials, generation: int) -> None:
+        for _ in range(5):
+            secret = self._read_secret()
+            if secret is not None and self._replace_secret_data(secret, self._secret_data(creds, generation)):
+                return
 
     def _role_secret_namespaces(self, role: str) -> list[str]:
         declared = self.spec.role(role)
@@ -530,11 +593,7 @@ class KubernetesPlatform(Platform):
         return f"{templates[0].metadata.name if templates else 'data'}-{name}"
 
     def check_rotation(self, role: str) -> None:
-        if role in (SUPERUSER, REPLICATION_USER):
-            # member.sh copies the Secret's passfile when the pod starts; a running member would keep
-            # the old one (its lease checks, a replica's reconnection) until it restarts.
-            raise Unsupported(f"cluster {self.spec.name}: rotating {role} on Kubernetes is not supported yet: the "
-                              f"members read its password from a copy made when their pod starts")
+        return None  # store_credentials waits until every running member copied a changed passfile
 
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         if keep_aside:

@@ -208,9 +208,25 @@ prepare_private_files() {
     # On Kubernetes RUN_DIR is an emptyDir: root-owned (group fsGroup), so chmod fails there; it
     # is private to the pod anyway, and the files in it are 0600.
     chmod 700 "$RUN_DIR" 2>/dev/null || true
-    # Kubernetes mounts Secrets group-readable; libpq ignores such a passfile. Keep a 0600 copy.
+    copy_passfile || die "cannot read the passfile $PGOPS_PASSFILE"
+}
+
+# Kubernetes mounts Secrets group-readable; libpq ignores such a passfile. Keep a 0600 copy, and
+# report its generation (pg_ops's first line, "# pg_ops generation N": not a secret), which a
+# rotation of the superuser's or replicator's password waits for on every member before it
+# changes the password in PostgreSQL.
+copy_passfile() {
     (umask 077 && cp "${PGOPS_PASSFILE:?PGOPS_PASSFILE is required}" "$PASSFILE.tmp" && mv "$PASSFILE.tmp" "$PASSFILE") \
-        || die "cannot read the passfile $PGOPS_PASSFILE"
+        || return 1
+    report passfile.generation "$(sed -n '1s/^# pg_ops generation //p' "$PASSFILE")"
+}
+
+# The mounted passfile changed (the kubelet synced the credentials Secret after a rotation):
+# copied again, so the lease checks and a replica's next connection use the new passwords.
+refresh_passfile() {
+    cmp -s "$PGOPS_PASSFILE" "$PASSFILE" 2>/dev/null && return 0
+    [ -s "$PGOPS_PASSFILE" ] || return 0   # between the kubelet's renames: next second
+    copy_passfile && log "the passfile changed: copied again (generation $(sed -n '1s/^# pg_ops generation //p' "$PASSFILE"))"
 }
 
 superuser_password() { awk -F: '$4 == "postgres" { print $5; exit }' "$PASSFILE"; }
@@ -680,6 +696,7 @@ while [ "$STOPPING" = 0 ]; do
     start_postgres
     while [ "$STOPPING" = 0 ]; do
         sleep 1 & wait $!
+        refresh_passfile
         if ! pg_alive; then
             wait "$PG_PID" 2>/dev/null; rc=$?
             log "postgres exited (status $rc): booting again"
