@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from pg_ops.credentials import (
+    MONITORING_USER,
     READ_SUFFIX,
     REPLICATION_USER,
     SUPERUSER,
@@ -593,7 +594,13 @@ class KubernetesPlatform(Platform):
         return f"{templates[0].metadata.name if templates else 'data'}-{name}"
 
     def check_rotation(self, role: str) -> None:
-        return None  # store_credentials waits until every running member copied a changed passfile
+        # postgres and replicator: store_credentials waits until every running member copied the
+        # changed passfile. The exporter sidecar reads its password file once, when it starts
+        # (postgres_exporter builds its data sources at startup): a rotation would leave it
+        # logging in with the old one, scraping nothing, until its pod restarts.
+        if role == MONITORING_USER:
+            raise Unsupported(f"cluster {self.spec.name}: rotating {role} on Kubernetes is not supported yet: the "
+                              f"exporter sidecar reads its password once when it starts and would stop scraping")
 
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         if keep_aside:
