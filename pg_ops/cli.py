@@ -497,6 +497,7 @@ def pitr_drill_command(args, spec):
     from pg_ops.operations.recover import check_recovery, parse_target_time
 
     ctx = ClusterContext.for_spec(spec)
+    ctx.platform.check_point_in_time("the point-in-time drill")  # before a run exists
     target = args.point_in_time or None
     if target:  # refused before a run exists, naming the window or the gap
         check_recovery(ctx, parse_target_time(target))

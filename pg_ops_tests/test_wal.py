@@ -22,7 +22,7 @@ import pytest
 from pg_ops.credentials import SUPERUSER
 from pg_ops.operations import wal
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.deploy import deployment_problems
+from pg_ops.operations.deploy import deploy, deployment_problems
 from pg_ops.operations.failover import failover
 from pg_ops.operations.recover import RecoveryRefused, check_recovery, pitr_drill, pitr_drill_status, recover
 from pg_ops.postgres import archiving, walfiles
@@ -398,6 +398,63 @@ def test_statefulset_on_the_fake_api_archives_with_the_image_and_the_backup_secr
     # The server name is the member's own system identifier, read from pg_control when it archives.
     assert 's3://b/p/k8spitr.wal "$sysid" %p' in conf and "global/pg_control" in conf
     assert "AWS_SECRET" not in conf  # the keys never in the config
+
+
+def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_home):
+    """On Kubernetes the members archive WAL from their pods (barman-cloud-wal-archive, keys from
+    the backup Secret) and pg_ops takes the base backup over the replication protocol from where
+    it runs (a run pod in production, this process here), compressed straight into SeaweedFS:
+    nothing runs in the database's pod. The backup is complete in the archive's layout, opens
+    the recovery window, and restores into a data dir a server starts from. Such a cluster gets
+    the base-backup schedule and no point-in-time drill, which its platform cannot run."""
+    import base64
+    import tarfile
+
+    import zstandard
+
+    from pg_ops import settings
+    from pg_ops.postgres import controldata
+    from pg_ops_tests.fake_k8s import FakeKubernetes
+    from pg_ops_tests.helpers import write_platform_spec
+
+    server = shared_server()
+    bucket = server.new_bucket()
+    spec = spec_from(write_platform_spec(pg_home / "specs", "k8sbase", "kubernetes", postgres={"members": 2},
+                                         backups={"wal": {"archive_timeout_seconds": 5}, "store": {
+                                             "type": "s3", "bucket": bucket, "prefix": "k8s",
+                                             "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
+                                             "credentials_secret": "pg-ops-backup-s3"}}))
+    ns = spec.kubernetes.namespace
+    with FakeKubernetes() as fake:
+        fake.register_cluster(spec)
+        fake.admin_api().core.create_namespaced_secret(ns, {"metadata": {"name": "pg-ops-backup-s3"}, "data": {
+            "access_key": base64.b64encode(server.access_key.encode()).decode(),
+            "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        run(ctx, "create table kept (n int)")
+        run(ctx, "insert into kept values (1)")
+        backup = wal.base_backup(ctx)
+        window = wal.recovery_window(ctx)
+        listing = wa.list_archive(ctx.store(), wal.archive_ref(ctx))
+        assert [b.id for b in listing.base_backups] == [backup.id] and window.gap is None
+        assert window.oldest == backup.end_time and backup.begin_segno <= listing.newest_segment.segment.segno
+        assert any(key.endswith("/data.tar.zst") for key in backup.keys)
+        # the tar restores into a data dir whose control file is the primary's system
+        data = pg_home / "restored"
+        key = next(key for key in backup.keys if key.endswith("/data.tar.zst"))
+        with ctx.store().open_reader(key) as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+            with tarfile.open(fileobj=io.BufferedReader(stream, 1 << 20), mode="r|") as tar:
+                tar.extractall(data, filter="fully_trusted")
+        assert (data / "backup_label").read_text().startswith("START WAL LOCATION")
+        fields = controldata.read(settings.pg_bin(), data)
+        assert fields["Database system identifier"] == ctx.state().system_identifier
+    from pg_ops.definitions import build_defs  # loads the specs folder on import: after writing the spec
+
+    defs = build_defs([spec])
+    assert any(s.name.startswith("base_backup_schedule") for s in defs.schedules)
+    assert not any(s.name.startswith("weekly_pitr_drill") for s in defs.schedules)
+    assert [j.name for j in defs.jobs if j.name == "pitr_drill"] == []
 
 
 # -- pure planners on fabricated archives ----------------------------------------------------------

@@ -8,7 +8,8 @@
   requests a `base_backup` run for that cluster; checks `wal_archive_is_current`,
   `wal_archive_not_failing` and `wal_archive_has_no_gap`;
 - `backups/<cluster>/pitr_drill`: the point-in-time drill, job `pitr_drill`, schedule
-  `weekly_pitr_drill` (cron `backups.wal.drill_schedule`); check `latest_recovery_point_drilled`;
+  `weekly_pitr_drill` (cron `backups.wal.drill_schedule`); check `latest_recovery_point_drilled`
+  (local clusters only: the drill's server is a local cluster restored from the archive);
 - job `recover_cluster`: `pg-ops recover --to TIME --as NEW` (a new cluster; the UI's launchpad
   takes the same config).
 """
@@ -95,9 +96,8 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
     cluster = spec.name
 
     @dg.asset(key=base_key(cluster), group_name=GROUP, kinds={"postgres"},
-              description=f"Base backup of {cluster} for point-in-time recovery "
-                          f"({'barman-cloud-backup' if spec.backups.store.type == 's3' else 'pg_basebackup'}), "
-                          f"then retention of base backups and WAL.")
+              description=f"Base backup of {cluster} for point-in-time recovery (pg_basebackup over the "
+                          f"replication protocol, streamed into the store), then retention of base backups and WAL.")
     def base_backup(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
         from pg_ops.operations.retention import prune_archive
         from pg_ops.operations.wal import base_backup as take
@@ -200,8 +200,12 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "from_newest_base_backup": dg.MetadataValue.bool(status["from_newest_base_backup"]),
             "reason": dg.MetadataValue.text(latest.get("reason") or "")})
 
-    return ([base_backup, pitr_drill], [archive],
-            [wal_archive_is_current, wal_archive_not_failing, wal_archive_has_no_gap, latest_recovery_point_drilled])
+    checks = [wal_archive_is_current, wal_archive_not_failing, wal_archive_has_no_gap]
+    if spec.platform != "local":
+        # The drill's server is a local cluster restored from the archive (Platform.check_point_in_time):
+        # a Kubernetes cluster gets no drill asset, schedule or check that could only fail.
+        return [base_backup], [archive], checks
+    return [base_backup, pitr_drill], [archive], [*checks, latest_recovery_point_drilled]
 
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
@@ -220,21 +224,24 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         base_job = dg.define_asset_job(BASE_JOB, selection=dg.AssetSelection.assets(*base_assets),
                                        executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
                                        description="Base backup of a cluster, then archive retention.")
-        drill_job = dg.define_asset_job(DRILL_JOB, selection=dg.AssetSelection.assets(*drill_assets),
-                                        executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
-                                        description="Point-in-time drill of a cluster.")
         checks_job = dg.define_asset_job(CHECKS_JOB, selection=dg.AssetSelection.checks(*checks),
                                          executor_def=dg.in_process_executor,
                                          description="WAL archive checks (no backup, no drill).")
-        jobs += [base_job, drill_job, checks_job]
+        jobs += [base_job, checks_job]
         schedules.append(dg.ScheduleDefinition(name=CHECKS_SCHEDULE, cron_schedule="27 * * * *", job=checks_job,
                                                execution_timezone="UTC",
                                                default_status=dg.DefaultScheduleStatus.RUNNING))
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.base_backup_schedule, BASE_SCHEDULE,
                                        base_job, base_key, "Base backup")
-        schedules += cluster_schedules(archiving, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
-                                       drill_job, pitr_key, "Point-in-time drill",
-                                       nothing_to_do=recover_ops.nothing_to_pitr_drill)
+        if drill_assets:  # as _cluster_defs: local clusters only
+            drill_job = dg.define_asset_job(DRILL_JOB, selection=dg.AssetSelection.assets(*drill_assets),
+                                            executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
+                                            description="Point-in-time drill of a cluster.")
+            jobs.append(drill_job)
+            drilled = [s for s in archiving if s.platform == "local"]
+            schedules += cluster_schedules(drilled, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
+                                           drill_job, pitr_key, "Point-in-time drill",
+                                           nothing_to_do=recover_ops.nothing_to_pitr_drill)
         sensors.append(_archive_sensor(base_job))
     return dg.Definitions(assets=[*assets, *specs_only], asset_checks=checks, jobs=jobs, schedules=schedules,
                           sensors=sensors, resources={"alerts": ALERTS})
@@ -260,7 +267,7 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
             if isinstance(health, str):
                 continue
             window = health.window
-            if window is not None and window.gap and health.base_backup_blocked is None:
+            if window is not None and window.gap:
                 # One request per gap and hour: a base backup that failed is asked for again.
                 requests.append(gap_base_backup_request(cluster, window.sysid, window.first_missing or "gap",
                                                         time.strftime("%Y%m%dT%H", time.gmtime())))

@@ -203,7 +203,10 @@ def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> Rec
 
 # -- filling a data dir ------------------------------------------------------------------------------
 def base_backup_filler(ctx: ClusterContext, store: BackupStore, backup: wa.BaseBackup) -> Callable[[Path], None]:
-    if ctx.spec.backups.store.type == "s3":
+    """pg_ops's own base backups (one pg_basebackup tar, zstd) are extracted by pg_ops from any
+    store; one barman-cloud-backup made (pg_ops took them so on S3 before it streamed its own)
+    is restored by barman-cloud-restore."""
+    if not any(k.endswith("/data.tar.zst") for k in backup.keys):
         ref = archive_ref(ctx, store)
 
         def fill_s3(data: Path) -> None:

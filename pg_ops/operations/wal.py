@@ -9,9 +9,10 @@ gaps, base backups, drills) is the current incarnation's. After every promotion
 (`after_promotion`) and at every sensor tick that sees a gap, segments and history files the
 archive lacks are copied from the pg_wal of any member that still has them; what none has is
 a gap: a critical `wal_archive_gap` alert and a base backup request, until a base backup after
-it exists. A switchover first lets the old primary's archiver drain (`drain_archiver`). Base backups are taken from the primary on their own schedule
-(`backups.wal.base_backup_schedule`): with S3 by barman-cloud-backup, with a file store by
-`pg_basebackup -Ft -X none` compressed into the store (ADR-003 says why each).
+it exists. A switchover first lets the old primary's archiver drain (`drain_archiver`). Base
+backups are taken from the primary on their own schedule (`backups.wal.base_backup_schedule`),
+on every platform and store the same way: `pg_basebackup -Ft -X none` over the replication
+protocol from wherever pg_ops runs, compressed straight into the store (ADR-003 says why).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import archiving, barman, walfiles
 from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
-from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.spec import S3StoreSpec
@@ -154,20 +154,14 @@ def adopt_legacy_archive(ctx: ClusterContext, store: BackupStore | None = None) 
 # -- base backups ---------------------------------------------------------------------------------
 def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.BaseBackup:
     require_archiving(ctx)
-    ctx.platform.check_base_backups()
     store = store or ctx.store()
     store.check()
     member = primary_member(ctx)
-    endpoint = ctx.endpoints()[member]
     ref = archive_ref(ctx, store)
     before = {b.id for b in wa.list_archive(store, ref).base_backups}
     started = time.monotonic()
     ctx.log.info("base backup of %s from %s into %s", ctx.name, member, store.describe())
-    if ctx.spec.backups.store.type == "s3":
-        with temporary_passfile(SUPERUSER, ctx.admin_password()) as passfile:
-            barman.take_base_backup(wa.s3_target(ctx.spec, ref), endpoint, SUPERUSER, passfile, s3_keys_env(ctx))
-    else:
-        _file_base_backup(ctx, store, ref, member)
+    _streamed_base_backup(ctx, store, ref, member)
     new = [b for b in wa.list_archive(store, ref).base_backups if b.id not in before]
     if not new:
         raise ArchivingError(f"cluster {ctx.name}: the base backup finished but is not complete in the store")
@@ -178,7 +172,11 @@ def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.Bas
     return backup
 
 
-def _file_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef, member: str) -> None:
+def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef, member: str) -> None:
+    """`pg_basebackup -Ft -X none` over the replication protocol, from wherever pg_ops runs (this
+    machine, a run pod): nothing runs in the database's pod, and the tar is compressed straight
+    into the store (S3: a multipart upload), never a full copy on local disk. Complete (its
+    backup.info, written last) once its end segment is in the archive."""
     backup_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     prefix = f"{ref.root}/base/{backup_id}"
     label = f"pg_ops {ctx.name} {backup_id}"
@@ -230,7 +228,6 @@ class ArchiveHealth:
     backlog_bytes: int
     free_bytes: int | None
     window: RecoveryWindow | None = None  # None: the archive could not be listed
-    base_backup_blocked: str | None = None  # why pg_ops cannot take a base backup of it (None: it can)
 
     @property
     def stale(self) -> bool:
@@ -258,16 +255,10 @@ def archive_health(ctx: ClusterContext, store: BackupStore | None = None) -> Arc
     except PgOpsError as exc:
         ctx.log.warning("WAL archive of %s: cannot read the recovery window: %s", ctx.name, exc)
         window = None
-    try:
-        ctx.platform.check_base_backups()
-        blocked = None
-    except PgOpsError as exc:
-        blocked = str(exc)
     return ArchiveHealth(cluster=ctx.name, primary=member, status=status,
                          stale_after_seconds=float(wal.archive_timeout_seconds + wal.stale_margin_seconds),
                          backlog_bytes=status.ready_segments * walfiles.SEGMENT_BYTES,
-                         free_bytes=(usage[1] - usage[0]) if usage else None, window=window,
-                         base_backup_blocked=blocked)
+                         free_bytes=(usage[1] - usage[0]) if usage else None, window=window)
 
 
 def archive_alerts(ctx: ClusterContext, health: ArchiveHealth) -> list[Alert]:
@@ -300,8 +291,7 @@ def archive_alerts(ctx: ClusterContext, health: ArchiveHealth) -> list[Alert]:
                                                  "free_bytes": free}))
     window = health.window
     if window is not None and window.gap:
-        remedy = "a base backup is requested" if health.base_backup_blocked is None else \
-            f"no base backup can be requested ({health.base_backup_blocked})"
+        remedy = "a base backup is requested"
         out.append(Alert(cluster=c, severity="critical", kind="wal_archive_gap",
                          summary=f"{window.gap}; recovery from the base backups before it "
                                  f"({window.oldest_text()} .. {window.newest_text()}) stops there; {remedy}",

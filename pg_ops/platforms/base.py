@@ -289,11 +289,6 @@ class Archiving(Protocol):
         a folder of pg_ops's machine)."""
         ...
 
-    def check_base_backups(self) -> None:
-        """Whether pg_ops can take a base backup. Local: yes (from this machine). Kubernetes: no:
-        barman-cloud-backup reads the data dir, so it would have to run in the primary's pod."""
-        ...
-
     def check_point_in_time(self, what: str) -> None:
         """Whether `what` (a recovery into a new cluster, a point-in-time drill) can run: its
         servers are local clusters restored from a base backup. Local: yes. Kubernetes: no."""

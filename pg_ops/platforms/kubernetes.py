@@ -722,12 +722,6 @@ class KubernetesPlatform(Platform):
             raise Unsupported(f"cluster {self.spec.name}: WAL archiving on Kubernetes needs an S3 store "
                               f"(backups.store.type is {store_type})")
 
-    def check_base_backups(self) -> None:
-        # barman-cloud-backup reads the data dir itself: it must run in the primary's pod.
-        raise Unsupported(f"cluster {self.spec.name}: base backups on kubernetes need barman-cloud-backup inside "
-                          f"the primary's pod, which pg_ops does not do yet "
-                          f"(docs/architecture/adr-003-wal-archiving.md)")
-
     def check_point_in_time(self, what: str) -> None:
         raise Unsupported(f"cluster {self.spec.name}: {what} is implemented on the local platform only "
                           f"(docs/architecture/adr-003-wal-archiving.md)")

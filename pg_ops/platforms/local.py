@@ -409,9 +409,6 @@ class LocalPlatform(Platform):
     def check_archive_store(self, store_type: str) -> None:
         return None  # the archive command runs on this machine: a folder or S3
 
-    def check_base_backups(self) -> None:
-        return None
-
     def check_point_in_time(self, what: str) -> None:
         return None
 

@@ -1,17 +1,18 @@
 """barman-cloud (the tools CloudNativePG uses) for S3 stores: the archive and restore
-commands PostgreSQL runs, and the base backup / restore / listing pg_ops runs.
+commands PostgreSQL runs, and the restore of a base backup barman-cloud-backup made (pg_ops
+streams its own base backups since; operations/wal.py).
 
 Layout in the bucket (barman-cloud's own): destination `s3://<bucket>/<prefix>/<cluster>.wal`,
 server name the cluster's system identifier, so `<cluster>.wal/<sysid>/` holds
-`wals/<timeline+log>/<segment>.zst`, `wals/<tl>.history` and `base/<backup_id>/` (data.tar.lz4,
-backup.info). `<cluster>.wal`: a cluster name has no dot, so it never collides with a logical
+`wals/<timeline+log>/<segment>.zst`, `wals/<tl>.history` and `base/<backup_id>/` (pg_ops's
+data.tar.zst, or barman-cloud-backup's data.tar.lz4, and backup.info written last). `<cluster>.wal`: a cluster name has no dot, so it never collides with a logical
 backup folder `<cluster>/`; `<sysid>`: a cluster made again under the same name is another
 system and never archives into the old one's folder. The archive command reads its server's
 own identifier from `global/pg_control` at run time (the first 8 bytes), so one command serves
 every member, a re-made cluster and a recovered one.
 
-The commands run as the server user (archive, restore) or as pg_ops (backup, restore of a
-base backup, listing), always from barman-cloud's own venv (settings.barman_bin()). S3 keys
+The commands run as the server user (archive, restore) or as pg_ops (restore of a base
+backup), always from barman-cloud's own venv (settings.barman_bin()). S3 keys
 reach them through an AWS shared-credentials file (the server user's) or the child's
 environment (pg_ops's runs), never argv.
 """
@@ -26,12 +27,9 @@ from pathlib import Path
 
 from pg_ops import settings
 from pg_ops.errors import PgOpsError
-from pg_ops.postgres.conninfo import Endpoint
 
 READ_TIMEOUT_S = 20  # an S3 endpoint that hangs fails an archive attempt instead of blocking it
 WAL_COMPRESSION = "--zstd"  # a switched, mostly empty segment compresses to a few KB
-BASE_COMPRESSION = "--lz4"  # keeps up with the disk (gzip would be the bottleneck)
-BASE_JOBS = 2
 
 
 class BarmanFailed(PgOpsError):
@@ -111,19 +109,6 @@ def _run(argv: list[str], env: dict[str, str], what: str, timeout: float) -> str
         errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln] or lines or ["no output"]
         raise BarmanFailed(f"{what} failed (exit {out.returncode}): {errors[-1].strip()}")
     return out.stdout
-
-
-def take_base_backup(target: S3Target, endpoint: Endpoint, user: str, passfile: Path, keys_env: dict[str, str],
-                     timeout: float = 6 * 3600) -> None:
-    """barman-cloud-backup of the member at `endpoint` (it reads the data dir, so it runs
-    where the data dir is: locally, pg_ops itself)."""
-    argv = [tool("barman-cloud-backup"), *target.cloud_args(), BASE_COMPRESSION, "--immediate-checkpoint",
-            "-J", str(BASE_JOBS), "-h", endpoint.host, "-p", str(endpoint.port), "-U", user, "-d", "postgres"]
-    if target.encryption:
-        argv += ["-e", target.encryption]
-    assert target.server, "a base backup goes into one incarnation's archive"
-    _run(argv + [target.destination, target.server], {**target.env(), **keys_env, "PGPASSFILE": str(passfile)},
-         f"barman-cloud-backup of {endpoint} into {target.destination}/{target.server}", timeout)
 
 
 def restore_base_backup(target: S3Target, backup_id: str, data_dir: Path, keys_env: dict[str, str],

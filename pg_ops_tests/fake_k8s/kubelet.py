@@ -6,7 +6,8 @@ this machine, the way a node's kubelet would, so the rendered pod spec is what r
   user (the image's uid 999), with the container's env translated to this machine: container
   paths become the volumes' folders, PGOPS_PORT the port of this pod incarnation (its "pod IP"),
   PGOPS_BIN the wheel's PostgreSQL bin folder (the image's is 16; these are 18), PGOPS_LISTEN
-  loopback. Other containers (the exporter sidecar) are not run and count as ready.
+  loopback, env from a Secret's or ConfigMap's key read when the container starts, and the
+  image's barman-cloud tools (on its PATH) this machine's barman venv. Other containers (the exporter sidecar) are not run and count as ready.
 - Volumes: a PVC mounts its volume's folder (root-owned 0777, as local-path makes it); an
   emptyDir is a folder per pod (root:fsGroup, setgid 2777, as the kubelet makes it, kept across
   container restarts, gone with the pod); a ConfigMap or Secret is materialized like the
@@ -52,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pg_ops import settings
+from pg_ops.errors import PgOpsError
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.local import _pid_alive
 from pg_ops.platforms.server_user import ServerUser
@@ -80,6 +82,13 @@ def termination_message(container: Container) -> dict[str, str]:
     except OSError:
         return {}
     return {"message": text} if text else {}
+
+
+def _barman_bin() -> str:
+    try:
+        return str(settings.barman_bin())
+    except PgOpsError:
+        return "/nonexistent-barman"  # no barman venv: an archive command fails, saying so
 
 
 def _translate_path(value: str, mounts: dict[str, Path]) -> str:
@@ -290,12 +299,25 @@ class Kubelet:
         return mounts
 
     def _env(self, pod: dict, spec: dict, port: int, mounts: dict[str, Path]) -> dict[str, str]:
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", "HOME": str(self.root)}
+        # The image's PATH has its barman-cloud tools (the archive command names them bare):
+        # here, the machine's barman venv, the same pins.
+        env = {"PATH": f"{_barman_bin()}:/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", "HOME": str(self.root)}
+        ns = pod["metadata"]["namespace"]
         for var in spec.get("env", []):
-            ref = (var.get("valueFrom") or {}).get("fieldRef")
-            if ref:
-                value = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
-                         "status.podIP": "127.0.0.1"}.get(ref["fieldPath"], "")
+            source = var.get("valueFrom") or {}
+            if "fieldRef" in source:
+                value = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns,
+                         "status.podIP": "127.0.0.1"}.get(source["fieldRef"]["fieldPath"], "")
+            elif "secretKeyRef" in source or "configMapKeyRef" in source:
+                # As the kubelet: the key's value when the container starts (a missing optional
+                # key: unset; a missing required one would keep the pod in CreateContainerConfigError,
+                # not modelled: unset too).
+                ref = source.get("secretKeyRef") or source["configMapKeyRef"]
+                obj = self.store.find(("v1", "secrets" if "secretKeyRef" in source else "configmaps", ns, ref["name"]))
+                raw = ((obj or {}).get("data") or {}).get(ref["key"])
+                if raw is None:
+                    continue
+                value = base64.b64decode(raw).decode() if "secretKeyRef" in source else raw
             else:
                 value = _translate_path(str(var.get("value", "")), mounts)
             env[var["name"]] = value
