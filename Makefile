@@ -21,7 +21,8 @@ APT_PACKAGES := \
 	"prometheus-postgres-exporter=live monitoring tests (pg_ops_tests/test_monitoring_live.py), make monitoring" \
 	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)" \
 	"iptables=real network partitions (pg_ops_tests/test_partitions.py; also needs a writable cgroup v2), the partition benchmark" \
-	"chromium=the Dagster UI test of a fresh cluster's asset graph (pg_ops_tests/test_ui_fresh.py), make screenshot-alerts"
+	"chromium=the Dagster UI test of a fresh cluster's asset graph (pg_ops_tests/test_ui_fresh.py), make screenshot-alerts" \
+	"zstd=the raw baseline of the point-in-time recovery benchmark (tar --zstd; make bench BENCH=pitr)"
 
 setup: $(STAMP) $(BARMAN)/.installed
 
