@@ -377,3 +377,29 @@ def test_a_refusal_is_read_from_the_termination_message_while_the_container_wait
         with pytest.raises(MemberError, match=f"member {primary} exited before it was (running|writable): it "
                                               "refused to start: designated primary .* refusing initdb"):
             deploy(ctx)
+
+
+def test_failover_and_switchover_wait_for_the_service_to_follow_the_label(fake):
+    """kube-proxy reprograms a Service's rules a while after its EndpointSlice changes (here: a
+    change reaches the proxy 2 s after the label moved). The run's proof write through the primary
+    Service waits, bounded, until the Service reaches the new primary, writing nothing through a
+    connection that reached any other member. (It used to connect once right after the label
+    moved, reach the old pod or nothing, and fail the run after the promotion.)"""
+    from pg_ops.operations.failover import failover, switchover
+    from pg_ops_tests.helpers import kill_member
+
+    with deployed_cluster(fake, "svclag", "kubernetes") as ctx:
+        fake.cluster.set_proxy_sync_period(2.0)
+        old = ctx.state().primary
+        new = next(m for m in ctx.spec.member_names if m != old)
+        switchover(ctx, to=new)
+        assert ctx.state().primary == new
+        kill_member(ctx.platform, new)
+        change = failover(ctx, force=True)
+        assert change.new_primary != new and ctx.state().primary == change.new_primary
+
+        ep = ctx.endpoints()[change.new_primary]
+        row = with_connection(ep, SUPERUSER, ctx.admin_password(),
+                              lambda c: c.execute("select epoch, writer from heartbeat where id = 1").fetchone(),
+                              dbname=PG_OPS_DATABASE)
+        assert row == (ctx.state().epoch, "failover")  # the proof write landed on the new primary

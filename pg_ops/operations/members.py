@@ -10,8 +10,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import psycopg
+
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import MemberError
+from pg_ops.errors import MemberError, PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import admin
@@ -96,19 +98,43 @@ def lease_kept(ctx: ClusterContext, every: float | None = None) -> Iterator[None
         thread.join(timeout=5)
 
 
-def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str, designated: str) -> dict:
-    """A heartbeat write through the endpoint clients use, renewing the isolation lease of the
-    member it reached only when that is the `designated` primary: a stray writable member
-    reached by mistake must not get a fresh lease (the member script lets a fresh lease at the
-    record's epoch outrank a lagging record file). The member it reached is named by its
-    cluster_name (the member script sets it on both platforms; ports and hosts differ behind
-    Services and proxies)."""
-    started = time.monotonic()
-    with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
-                     options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
-        connect_ms = (time.monotonic() - started) * 1000
-        member = admin.member_name(conn)
-        if member == designated:
-            admin.renew_lease(conn, member, epoch)
-        lsn = admin.write_heartbeat(conn, epoch, writer)
-    return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
+# How long the primary endpoint may take to follow a promotion: on Kubernetes the Service moves
+# once the EndpointSlice controller has seen the label and kube-proxy has reprogrammed its rules
+# (at most about once a second; longer on a busy node, or through MetalLB); locally libpq's
+# target_session_attrs=read-write finds the new primary at once.
+ENDPOINT_ROUTE_TIMEOUT_S = 15.0
+
+
+def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str, designated: str,
+                                   timeout: float = ENDPOINT_ROUTE_TIMEOUT_S) -> dict:
+    """A heartbeat write through the endpoint clients use, once it reaches the `designated`
+    primary, renewing that member's isolation lease. Tried again every quarter second for up to
+    `timeout` while the endpoint refuses or reaches another member (the Service not moved yet):
+    nothing is written through a connection that reached any other member, and a stray writable
+    one never gets a fresh lease (the member script lets a fresh lease at the record's epoch
+    outrank a lagging record file). The member reached is named by its cluster_name (the member
+    script sets it on both platforms; ports and hosts differ behind Services and proxies)."""
+    last: list[str] = []
+
+    def attempt() -> dict | None:
+        started = time.monotonic()
+        try:
+            with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
+                             options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
+                connect_ms = (time.monotonic() - started) * 1000
+                member = admin.member_name(conn)
+                if member != designated:
+                    last[:] = [f"it reached {member}"]
+                    return None
+                admin.renew_lease(conn, member, epoch)
+                lsn = admin.write_heartbeat(conn, epoch, writer)
+        except psycopg.Error as exc:
+            last[:] = [first_line(exc)]
+            return None
+        return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
+
+    def expired() -> PgOpsError:
+        return PgOpsError(f"cluster {ctx.name}: the primary endpoint did not reach {designated} within {timeout:g} s "
+                          f"({last[0] if last else 'no answer'})")
+
+    return poll(attempt, timeout=timeout, interval=0.25, expired=expired)

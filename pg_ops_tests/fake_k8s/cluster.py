@@ -107,6 +107,13 @@ class Cluster:
         self._thread = threading.Thread(target=self._loop, name="fake-k8s-controllers", daemon=True)
 
     # -- switches ----------------------------------------------------------------------------
+    proxy_sync_period = 0.0  # ServiceProxy.sync_period of every Service proxy (kube-proxy's reprogramming)
+
+    def set_proxy_sync_period(self, seconds: float) -> None:
+        self.proxy_sync_period = seconds
+        for proxy in self.proxies.values():
+            proxy.set_sync_period(seconds)
+
     @property
     def sync_delay(self) -> float:
         return self.kubelet.sync_delay
@@ -193,7 +200,7 @@ class Cluster:
         self._release_claims()
         for (ns, svc), port in self.service_ports.items():
             if (ns, svc) not in self.proxies and self.store.find(("v1", "services", ns, svc)) is not None:
-                self.proxies[(ns, svc)] = ServiceProxy(self.store, ns, svc, port)
+                self.proxies[(ns, svc)] = ServiceProxy(self.store, ns, svc, port, self.proxy_sync_period)
 
     # -- node controller ---------------------------------------------------------------------
     def _node_controller(self) -> None:

@@ -3,8 +3,12 @@ listens on a port of its own (its "pod IP"), and two kinds of TCP proxies stand 
 routes to pods:
 
 - ServiceProxy (kube-proxy): each new connection to a Service's port goes to a Ready pod the
-  Service's selector matches at that moment; existing connections stay where they are (like
-  conntrack); no matching pod closes the connection.
+  Service's selector matches; existing connections stay where they are (like conntrack); no
+  matching pod closes the connection. `sync_period` (0 by default: at once) is how long a change
+  takes to reach the proxy's rules: kube-proxy reprograms at most about once a second, after the
+  EndpointSlice controller and the watch, so right after a label moves a new connection still
+  reaches the pod it left (a watcher notes each change; a connection uses what was true
+  `sync_period` ago).
 - PodNameProxy (cluster DNS of a StatefulSet pod, `<pod>.<headless>.<ns>.svc`): a fixed port per
   member that reaches whichever pod of that name exists now (Ready or not: the headless
   Service publishes not-ready addresses). Member scripts reach their peers through it, so a pod
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops_tests.fake_k8s.store import Store, labels_match
@@ -99,10 +104,32 @@ class _Proxy:
 
 
 class ServiceProxy(_Proxy):
-    def __init__(self, store: Store, namespace: str, name: str, port: int):
+    def __init__(self, store: Store, namespace: str, name: str, port: int, sync_period: float = 0.0):
         self.store, self.namespace, self.name = store, namespace, name
         self.turn = 0
+        self.sync_period = 0.0
+        self.changes: list[tuple[float, list[int]]] = []  # (when seen, backends), oldest first
+        self._watching = threading.Event()
+        self._stopped = threading.Event()
         super().__init__(port, f"svc-{name}")
+        self.set_sync_period(sync_period)
+
+    def set_sync_period(self, seconds: float) -> None:
+        self.sync_period = seconds
+        if seconds > 0 and not self._watching.is_set():
+            self._watching.set()
+            self.changes = [(time.monotonic(), self.backends())]
+            threading.Thread(target=self._watch, name=f"svc-watch-{self.name}", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.05):
+            current = self.backends()
+            if current != self.changes[-1][1]:
+                self.changes = [*self.changes[-20:], (time.monotonic(), current)]
+
+    def stop(self) -> None:
+        self._stopped.set()
+        super().stop()
 
     def backends(self) -> list[int]:
         svc = self.store.find(("v1", "services", self.namespace, self.name))
@@ -118,7 +145,12 @@ class ServiceProxy(_Proxy):
         return [p for p in out if p]
 
     def backend(self) -> int | None:
-        backends = self.backends()
+        if self.sync_period > 0:
+            cutoff = time.monotonic() - self.sync_period
+            backends = [b for at, b in self.changes if at <= cutoff][-1:] or [self.changes[0][1]]
+            backends = backends[0]
+        else:
+            backends = self.backends()
         if not backends:
             return None
         self.turn += 1
