@@ -145,6 +145,10 @@ def test_base_backup_window_and_status(s3_cluster, capsys):
 
     ctx, server, bucket, _, _ = s3_cluster
     backup = wal.base_backup(ctx)
+    # The backup is consistent from its end_time (the history file's whole-second STOP TIME + 1 s);
+    # S3 dates objects to the second: a segment archived in that same second is not past it.
+    time.sleep(1.1)
+    run(ctx, "insert into pitr (batch) values (0)")
     wal.switch_and_wait(ctx)
     sysid = ctx.state().system_identifier
     keys = [o["Key"] for o in server.client().list_objects_v2(Bucket=bucket, Prefix="pitr-tests/pitr.wal/")["Contents"]]
