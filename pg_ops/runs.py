@@ -132,8 +132,6 @@ def run_in_process(launch: JobLaunch, verbose: bool) -> RunOutcome:
     from pg_ops.definitions import build_defs
     from pg_ops.spec import load_specs
 
-    # Built from the specs as they are now (the module-level `defs` froze them at import).
-    job = build_defs(load_specs()).resolve_job_def(launch.job)
     # Dagster's per-event console log (tracebacks included) goes to stderr only with --verbose.
     run_config = {**launch.run_config,
                   "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}}
@@ -143,6 +141,11 @@ def run_in_process(launch: JobLaunch, verbose: bool) -> RunOutcome:
     if launch.asset_selection is not None:
         kwargs["asset_selection"] = [AssetKey(list(path)) for path in launch.asset_selection]
     with DagsterInstance.get() as instance:
+        # Built from the specs as they are now (the module-level `defs` froze them at import), and
+        # inside the instance's block: resolving Definitions reads the current instance's state
+        # storage, and after an earlier run in this process (`with` leaves the disposed one current)
+        # that would be a dead instance ("Attempted to resolve undefined DagsterInstance weakref").
+        job = build_defs(load_specs()).resolve_job_def(launch.job)
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=launch_tags(launch),
                                         raise_on_error=False, **kwargs)
     return outcome_of_result(result)

@@ -48,6 +48,21 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.fixture(autouse=True)
+def _no_disposed_dagster_instance_left_current():
+    """Dagster (1.13) makes an instance's defs-state storage current when a `with` block enters
+    the instance and never resets it on exit; once that instance is garbage-collected, resolving
+    any Definitions outside an instance block fails with "Attempted to resolve undefined
+    DagsterInstance weakref" (seen in CI, in whichever test came after). pg_ops's own runs
+    resolve inside their instance's block (runs.run_in_process); between tests, nothing is left
+    current."""
+    yield
+    from dagster._core.storage.defs_state.base import DefsStateStorage, set_defs_state_storage
+
+    if DefsStateStorage.get() is not None:
+        set_defs_state_storage(None).__enter__()  # not exited on purpose: it stays None
+
+
 @pytest.fixture
 def pg_home(monkeypatch) -> Path:
     """A fresh PG_OPS_HOME with a specs folder; PG_OPS_CLUSTERS points at it."""
