@@ -200,7 +200,7 @@ def main() -> None:
         "base_backup_data_mb_s": round(raw_mb / base_s, 1), "raw_pg_basebackup_mb": round(raw_mb, 1),
         "raw_pg_basebackup_s": round(raw_base_s, 1), "raw_pg_basebackup_mb_s": round(raw_mb / raw_base_s, 1),
         "base_backup_ratio_vs_raw": round(raw_base_s / base_s, 2),
-        "recover_s": round(s_ours, 2), "raw_barman_restore_replay_s": round(s_raw, 2),
+        "recover_s": round(s_ours, 2), "raw_restore_replay_s": round(s_raw, 2),
         "ratio_vs_raw": round(s_ours / s_raw, 2), "recover_restore_s": result.restore_seconds,
         "recover_replay_s": result.replay_seconds, "trials": len(raws),
         "archiving_lag_age_s": lag["age"], "archiving_lag_rows": lag["rows"], "archiving_lag_wal_mb": lag["wal_mb"],
