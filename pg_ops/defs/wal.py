@@ -201,9 +201,7 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "reason": dg.MetadataValue.text(latest.get("reason") or "")})
 
     checks = [wal_archive_is_current, wal_archive_not_failing, wal_archive_has_no_gap]
-    if spec.platform != "local":
-        # The drill's server is a local cluster restored from the archive (Platform.check_point_in_time):
-        # a Kubernetes cluster gets no drill asset, schedule or check that could only fail.
+    if not recover_ops.drills_point_in_time(spec):  # no drill asset, schedule or check that could only fail
         return [base_backup], [archive], checks
     return [base_backup, pitr_drill], [archive], [*checks, latest_recovery_point_drilled]
 
@@ -233,12 +231,12 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                                default_status=dg.DefaultScheduleStatus.RUNNING))
         schedules += cluster_schedules(archiving, lambda s: s.backups.wal.base_backup_schedule, BASE_SCHEDULE,
                                        base_job, base_key, "Base backup")
-        if drill_assets:  # as _cluster_defs: local clusters only
+        drilled = [s for s in archiving if recover_ops.drills_point_in_time(s)]
+        if drilled:
             drill_job = dg.define_asset_job(DRILL_JOB, selection=dg.AssetSelection.assets(*drill_assets),
                                             executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
                                             description="Point-in-time drill of a cluster.")
             jobs.append(drill_job)
-            drilled = [s for s in archiving if s.platform == "local"]
             schedules += cluster_schedules(drilled, lambda s: s.backups.wal.drill_schedule, DRILL_SCHEDULE,
                                            drill_job, pitr_key, "Point-in-time drill",
                                            nothing_to_do=recover_ops.nothing_to_pitr_drill)

@@ -511,6 +511,13 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
             "drilled": passed and age is not None and age <= DRILL_RECENT_DAYS}
 
 
+def drills_point_in_time(spec: ClusterSpec) -> bool:
+    """Whether a cluster gets the point-in-time drill (asset, check, weekly schedule): its server
+    is a local cluster restored from the archive, so only local clusters for now (on Kubernetes
+    Platform.check_point_in_time refuses it)."""
+    return spec.platform == "local"
+
+
 def nothing_to_pitr_drill(ctx: ClusterContext) -> str | None:
     """Why the weekly point-in-time drill has nothing to do on this cluster yet (no base backup),
     or None: its schedule skips with this reason instead of a run that would fail."""

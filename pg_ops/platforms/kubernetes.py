@@ -90,6 +90,10 @@ _EXEC_SILENT: dict[tuple[str, str], float] = {}
 PASSWORD_SUFFIX = names.password_key("")
 
 
+def _at_least(number: str, floor: int) -> bool:
+    return number.isdigit() and int(number) >= floor
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -334,21 +338,13 @@ class KubernetesPlatform(Platform):
         raise PgOpsError(f"kubernetes: update {self._secret_what()}: it kept changing under us; try again")
 
     def _await_passfile(self, generation: int) -> None:
-        """Every member whose container runs reports the passfile generation (or a newer one)."""
-        def behind() -> list[str]:
-            late = []
-            for member in self.spec.member_names:
-                if not self.member_running(member):
-                    continue  # copies the Secret's passfile when it starts
-                seen = self.member_report(member).get("passfile.generation", "")
-                if not (seen.isdigit() and int(seen) >= generation):
-                    late.append(member)
-            return late
-
+        """Every member whose container runs reports the passfile generation (or a newer one); a
+        member not running copies the Secret's passfile when it starts."""
         late: list[str] = []
 
         def attempt() -> bool | None:
-            late[:] = behind()
+            late[:] = [m for m in self.spec.member_names if self.member_running(m)
+                       and not _at_least(self.member_report(m).get("passfile.generation", ""), generation)]
             return None if late else True
 
         def expired() -> PgOpsError:

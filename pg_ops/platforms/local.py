@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -295,10 +295,9 @@ class LocalPlatform(Platform):
         with open(self.log_path(name), "ab") as log:
             if self.user.switch:
                 os.chown(self.log_path(name), self.user.uid, self.user.gid)
-            kwargs: dict[str, Any] = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
             proc = subprocess.Popen(
                 ["bash", str(MEMBER_SCRIPT), name], env=env, cwd=mdir, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **self.user.process_kwargs(),
             )
         self._pid_path(name).parent.mkdir(exist_ok=True)
         self._pid_path(name).write_text(f"{proc.pid}\n")

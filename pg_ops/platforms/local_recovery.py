@@ -112,12 +112,10 @@ def run_single_user(platform: LocalPlatform, member: str, statement: str) -> Non
     command = [str(settings.pg_bin() / "postgres"), "--single", "-D", str(data),
                "-c", f"config_file={platform.root / 'config' / 'postgresql.conf'}", "-c", "log_statement=none",
                "-c", "log_min_error_statement=panic", "-c", "archive_mode=off", "postgres"]
-    kwargs: dict = {"user": platform.user.uid, "group": platform.user.gid, "extra_groups": []} \
-        if platform.user.switch else {}
     try:
         done = subprocess.run(command, input=statement + "\n", capture_output=True, text=True, cwd=data,
                               timeout=SINGLE_USER_TIMEOUT_S, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
-                              check=False, **kwargs)
+                              check=False, **platform.user.process_kwargs())
     except subprocess.TimeoutExpired:
         raise MemberError(f"member {member}: single-user postgres did not finish in {SINGLE_USER_TIMEOUT_S:g} s") \
             from None

@@ -26,6 +26,10 @@ class ServerUser:
         """True when processes must be started as this user rather than as ourselves."""
         return self.uid != os.geteuid()
 
+    def process_kwargs(self) -> dict:
+        """subprocess.Popen/run arguments that start a process as this user (none when we are it)."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": []} if self.switch else {}
+
 
 def server_user() -> ServerUser:
     if os.geteuid() != 0:

@@ -24,8 +24,11 @@ def password_clause(conn: psycopg.Connection, role: str, password: str) -> sql.C
     receives the verifier. Every role password pg_ops sets goes through this: a plaintext
     literal would be written to the server log by `log_statement: ddl` (or `all`, or
     log_min_error_statement when the statement fails), and could be seen in pg_stat_activity."""
-    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), PASSWORD_ALGORITHM.encode())
-    return sql.SQL("password {}").format(sql.Literal(verifier.decode()))
+    return sql.SQL("password {}").format(sql.Literal(_verifier(conn.pgconn, role, password)))
+
+
+def _verifier(pgconn, role: str, password: str) -> str:
+    return pgconn.encrypt_password(password.encode(), role.encode(), PASSWORD_ALGORITHM.encode()).decode()
 
 
 def ensure_role(conn: psycopg.Connection, role: str, password: str, *, replication: bool = False) -> None:
@@ -46,7 +49,7 @@ def offline_password_statement(role: str, password: str) -> str:
 
     unconnected = pq.PGconn.connect_start(b"host=/nonexistent-pg-ops-socket-dir connect_timeout=1")
     try:
-        verifier = unconnected.encrypt_password(password.encode(), role.encode(), PASSWORD_ALGORITHM.encode()).decode()
+        verifier = _verifier(unconnected, role, password)
     finally:
         unconnected.finish()
     if any(c in role + verifier for c in "'\"\\\n"):

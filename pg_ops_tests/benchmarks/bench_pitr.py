@@ -89,7 +89,7 @@ def raw_recovery(ctx, backup: wa.BaseBackup, target: datetime, home: Path) -> fl
     chown_tree(folder, user)
     os.chmod(data, 0o700)
     port = free_port()
-    kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []} if user.switch else {}
+    kwargs = user.process_kwargs()
     proc = subprocess.Popen([str(settings.pg_bin() / "postgres"), "-D", str(data), "-p", str(port),
                              "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
                              "-c", "archive_mode=off", "-c", "hot_standby=off"],

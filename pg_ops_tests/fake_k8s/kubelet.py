@@ -357,7 +357,7 @@ class Kubelet:
         command = [_translate_path(a, mounts) for a in [*spec.get("command", []), *spec.get("args", [])]]
         command[0] = "bash" if command[0].endswith("bash") else command[0]
         with open(container.log, "ab") as log:
-            kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
+            kwargs = self.user.process_kwargs()
             container.proc = subprocess.Popen(command, env=container.env, cwd=pod_dir, stdin=subprocess.DEVNULL,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                               **kwargs)
@@ -384,7 +384,7 @@ class Kubelet:
             return True, ""  # httpGet/tcpSocket probes are not run here (documented)
         command = [_translate_path(a, container.mounts) for a in command]
         command[0] = "bash" if command[0].endswith("bash") else command[0]
-        kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
+        kwargs = self.user.process_kwargs()
         try:
             done = subprocess.run(command, env=container.env, cwd=container.pod_dir, capture_output=True,
                                   timeout=probe.get("timeoutSeconds", 1), check=False, **kwargs)
@@ -561,7 +561,7 @@ class Kubelet:
             raise ApiError(400, "BadRequest", f"the fake serves exec of {sorted(EXEC_COMMANDS)} only, not {command[0]}")
         args = [str(settings.pg_bin() / a.rsplit("/", 1)[1]) if a.startswith(names.PG_BIN_16 + "/")
                 else _translate_path(a, container.mounts) for a in command]
-        kwargs = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []} if self.user.switch else {}
+        kwargs = self.user.process_kwargs()
 
         def run() -> tuple[int, bytes, bytes]:
             proc = subprocess.run(args, capture_output=True, timeout=EXEC_TIMEOUT_S, check=False, env=container.env,
