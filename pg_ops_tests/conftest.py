@@ -48,19 +48,33 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
-@pytest.fixture(autouse=True)
-def _no_disposed_dagster_instance_left_current():
-    """Dagster (1.13) makes an instance's defs-state storage current when a `with` block enters
-    the instance and never resets it on exit; once that instance is garbage-collected, resolving
-    any Definitions outside an instance block fails with "Attempted to resolve undefined
-    DagsterInstance weakref" (seen in CI, in whichever test came after). pg_ops's own runs
-    resolve inside their instance's block (runs.run_in_process); between tests, nothing is left
-    current."""
-    yield
+# Each clearing's context manager is kept: were it collected, its generator's `finally` would
+# reset the variable to what was current before, the dead storage (that was the bug of the first
+# version of this fixture, which therefore cleared nothing).
+_CLEARINGS: list = []
+
+
+def _clear_current_defs_state_storage() -> None:
     from dagster._core.storage.defs_state.base import DefsStateStorage, set_defs_state_storage
 
     if DefsStateStorage.get() is not None:
-        set_defs_state_storage(None).__enter__()  # not exited on purpose: it stays None
+        clearing = set_defs_state_storage(None)
+        clearing.__enter__()  # never exited: the variable stays None until an instance is entered
+        _CLEARINGS.append(clearing)
+
+
+@pytest.fixture(autouse=True)
+def _no_disposed_dagster_instance_left_current():
+    """Dagster (1.13) makes an instance's defs-state storage current when a `with` block enters
+    the instance, through a context variable reset by token on exit; an exit out of order (or a
+    context manager finalized late) puts a dead instance's storage back, and resolving any
+    Definitions outside an instance block then fails with "Attempted to resolve undefined
+    DagsterInstance weakref" (seen in CI, in whichever tests came after). pg_ops's own runs
+    resolve inside their instance's block (runs.run_in_process); every test starts and ends with
+    nothing current."""
+    _clear_current_defs_state_storage()
+    yield
+    _clear_current_defs_state_storage()
 
 
 @pytest.fixture
