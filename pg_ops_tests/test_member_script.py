@@ -72,8 +72,8 @@ case $SQL in
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
     *pg_stat_replication*) [ "$(knob lease.rc)" ] && exit 2; v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
     *"from lease"*)       v=$(knob lease.own); [ -n "$v" ] || exit 1; echo "$v" ;;
+    *pg_stat_wal_receiver*) v=$(knob receiver.streaming); echo "${v:-0}" ;;  # before: it joins pg_stat_activity
     *pg_stat_activity*)   echo 0 ;;
-    *pg_stat_wal_receiver*) v=$(knob receiver.streaming); echo "${v:-0}" ;;
     *pg_ls_waldir*)       v=$(knob standby.tli); [ -n "$v" ] || exit 2; echo "$v" ;;
 esac
 exit 0

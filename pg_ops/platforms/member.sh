@@ -557,7 +557,11 @@ off_timeline_standby() {
     [ $((SECONDS - LAST_TIMELINE_CHECK)) -ge "$TIMELINE_CHECK_S" ] || return 1
     LAST_TIMELINE_CHECK=$SECONDS
     local streaming mine theirs
-    streaming=$(own_sql 3 "select count(*) from pg_stat_wal_receiver where status = 'streaming'")
+    # Streaming for real (pg_ops/postgres/topology.py: SETTLED_RECEIVER_SQL): a receiver that cannot
+    # follow shows 'streaming' for the milliseconds of each attempt, which must not reset the count.
+    streaming=$(own_sql 3 "select count(*) from pg_stat_wal_receiver r where r.status = 'streaming'
+        and r.sender_host is not null and exists (select 1 from pg_stat_activity a where a.pid = r.pid
+        and a.backend_start < clock_timestamp() - interval '1 second')")
     if [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ] || [ "$streaming" != 0 ]; then
         OFF_TIMELINE_SEEN=0
         return 1

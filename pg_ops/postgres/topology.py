@@ -47,12 +47,26 @@ select
 # wal_receiver_timeout / 2 even when idle, so a long silence means the primary went quiet,
 # long before wal_receiver_timeout ends the connection. `latest_end_lsn` is the sender's WAL
 # end as last reported to this replica.
-RECEIVER_SQL = """
-select status, received_tli, sender_host, sender_port, slot_name,
-       latest_end_lsn::text as latest_end_lsn, flushed_lsn::text as flushed_lsn,
-       extract(epoch from clock_timestamp() - last_msg_receipt_time)::float8 as silence_seconds
-from pg_stat_wal_receiver
+#
+# `settled`: PostgreSQL shows a WAL receiver as 'streaming' from the moment its process starts,
+# before it has connected or its START_REPLICATION was accepted; a standby that cannot follow
+# the primary (diverged onto another timeline: "requested starting point … is not in this
+# server's history") starts one every wal_retrieve_retry_interval, each living a few
+# milliseconds, and a probe can land on one. Streaming counts only for a receiver connected to
+# its sender and alive for SETTLED_RECEIVER_S (member.sh, probe.sh and the exporter's query use
+# the same rule).
+SETTLED_RECEIVER_S = 1
+SETTLED_RECEIVER_SQL = (f"r.sender_host is not null and exists (select 1 from pg_stat_activity a where a.pid = r.pid "
+                        f"and a.backend_start < clock_timestamp() - interval '{SETTLED_RECEIVER_S} second')")
+RECEIVER_SQL = f"""
+select r.status, r.received_tli, r.sender_host, r.sender_port, r.slot_name,
+       r.latest_end_lsn::text as latest_end_lsn, r.flushed_lsn::text as flushed_lsn,
+       extract(epoch from clock_timestamp() - r.last_msg_receipt_time)::float8 as silence_seconds,
+       ({SETTLED_RECEIVER_SQL}) as settled
+from pg_stat_wal_receiver r
 """
+# A replica's WAL receivers that stream for real (0 or 1), as one SQL expression.
+STREAMING_RECEIVERS_SQL = f"(select count(*) from pg_stat_wal_receiver r where r.status = 'streaming' and {SETTLED_RECEIVER_SQL})"
 
 REPLICATION_SQL = """
 select application_name, state, sync_state,
@@ -105,7 +119,9 @@ class MemberProbe:
     connections: int | None = None
     max_connections: int | None = None
     synchronous_standby_names: str | None = None
-    receiver_status: str | None = None  # 'streaming', 'catchup', … or None when no WAL receiver
+    # pg_stat_wal_receiver.status ('streaming', 'waiting', …; 'starting' for a 'streaming' one not
+    # settled yet: RECEIVER_SQL), or None when there is no WAL receiver
+    receiver_status: str | None = None
     sender: str | None = None  # host:port the WAL receiver streams from
     silence_seconds: float | None = None  # replica: since its sender's last message
     latest_end_lsn: str | None = None  # replica: the sender's WAL end as last reported to it
@@ -184,7 +200,8 @@ def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeou
         probe.lsn = row["receive_lsn"] or row["replay_lsn"]
         probe.upstream = conninfo_address(row["primary_conninfo"])
         if receiver:
-            probe.receiver_status = receiver["status"]
+            settled = receiver["status"] != "streaming" or receiver["settled"]
+            probe.receiver_status = receiver["status"] if settled else "starting"
             probe.silence_seconds = receiver["silence_seconds"]
             probe.latest_end_lsn = receiver["latest_end_lsn"]
             if receiver["sender_host"]:

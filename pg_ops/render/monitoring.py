@@ -25,6 +25,7 @@ import yaml
 from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE
 from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres.status_table import STATUS_KEYS, STATUS_TABLE
+from pg_ops.postgres.topology import STREAMING_RECEIVERS_SQL
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
@@ -79,7 +80,7 @@ def exporter_queries() -> dict:
         # A replica whose WAL receiver is not streaming is lagging, whatever its lag reads.
         "pg_ops_wal_receiver": {
             "query": ("select case when not pg_is_in_recovery() then 1 else "
-                      "(select count(*) from pg_stat_wal_receiver where status = 'streaming') end as streaming"),
+                      f"{STREAMING_RECEIVERS_SQL} end as streaming"),
             "metrics": [{"streaming": {"usage": "GAUGE",
                                        "description": "1 on the primary and on a streaming replica"}}],
         },

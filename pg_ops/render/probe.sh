@@ -55,7 +55,9 @@ replication_verdict() {
     "${BIN}psql" -X -At -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "
         select case
           when not pg_is_in_recovery() then 'ok'
-          when not exists (select 1 from pg_stat_wal_receiver where status = 'streaming')
+          when not exists (select 1 from pg_stat_wal_receiver r where r.status = 'streaming' and r.sender_host is not null
+                           and exists (select 1 from pg_stat_activity a where a.pid = r.pid
+                                       and a.backend_start < clock_timestamp() - interval '1 second'))
             then 'replica is not streaming from the primary'
           when pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > $max_bytes
             then 'replay is more than $max_bytes bytes behind what was received'
