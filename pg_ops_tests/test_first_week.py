@@ -9,8 +9,9 @@ Time: the schedules are evaluated at simulated times (`build_schedule_context(
 scheduled_execution_time=...)`) in the week that ends now, so the backups' daily partitions of
 every simulated day exist; the runs, the stores and the checks' "not due yet" live in real time,
 where the cluster is minutes old. The simulated week starts on a Sunday at 02:30 UTC, after that
-day's nightly backup time and before the weekly drills (04:00 and 05:00), so the first drills
-find nothing to drill and must skip; the second Sunday's find the week's backups and must pass.
+day's nightly backup time and before the weekly drills (04:00 and 05:00), so the first restore
+drill finds nothing to drill and must skip, while the first PITR drill finds the base backup the
+archive sensor requested at deploy; the second Sunday's find the week's backups and must pass.
 
 What is executed: every tick of every schedule is evaluated. The daily and weekly ticks are all
 executed; the hourly ones (service levels at :17, the WAL archive checks at :27) are executed
@@ -201,16 +202,20 @@ def test_a_fresh_cluster_ticks_a_day_and_a_week_of_schedules_and_sensors_without
     failures = [(what, job, [e.message for e in result.all_events if e.is_failure][:1])
                 for what, job, result in sim.runs if not result.success]
     assert failures == [] and failed_runs == []
-    # Every run the week asks for: 7 base backups, 7 nightly backups, the second Sunday's drills.
-    assert by_job["base_backup"] == 7 and by_job["backup_cluster"] == 7
-    assert by_job["restore_drill"] == 1 and by_job["pitr_drill"] == 1
+    # Every run the week asks for: the first base backup at deploy (the archive sensor's first
+    # look), 7 nightly base backups and 7 nightly backups, the PITR drill on both Sundays (the
+    # recovery window opened at deploy) and the second Sunday's restore drill.
+    assert by_job["base_backup"] == 8 and by_job["backup_cluster"] == 7
+    first_base = next(what for what, job, _ in sim.runs if job == "base_backup")
+    assert first_base == f"wal_archive_sensor @ {start:%a %H:%M}", first_base
+    assert by_job["restore_drill"] == 1 and by_job["pitr_drill"] == 2
     runs_of_hourly = 24 // HOURLY_EVERY_H_ON_THE_FIRST_DAY + 7  # the first day's, then one a day
     assert by_job["service_level_checks"] >= runs_of_hourly and by_job["wal_archive_checks"] >= runs_of_hourly
     assert by_job["drift_check"] >= runs_of_hourly
-    # The first Sunday's drills had nothing to drill: skipped, saying why.
+    # The first Sunday's restore drill had no dump to drill: skipped, saying why.
     first_sunday = {name: reason for name, at, reason in sim.skips if at < start + timedelta(days=1)}
     assert "no complete backup" in first_sunday.get("weekly_restore_drill", "")
-    assert "no base backup" in first_sunday.get("weekly_pitr_drill", "")
+    assert "weekly_pitr_drill" not in first_sunday, first_sunday
     # No red: every check a run or a sensor evaluated passed (NOT_ASSERTED_CHECKS are printed).
     red = [c for c in sim.checks if not c[2] and c[1] not in NOT_ASSERTED_CHECKS]
     for source, check, passed, description in sim.checks:

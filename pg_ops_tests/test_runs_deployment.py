@@ -42,6 +42,9 @@ from pg_ops_tests.test_runs import dagster_storage_bytes
 from pg_ops_tests.test_sensors_daemon import VENV_BIN, dagster_daemon, prepared_instance
 
 pytestmark = pytest.mark.daemon
+# Not about archiving, and these tests count the runs they start: no WAL archive, so the archive
+# sensor launches no first base backup beside them.
+NO_ARCHIVING = {"wal": {"enabled": False}}
 REFUSED_PASSWORD = "Refused-dsn-passw0rd"
 REEXECUTE = """mutation($parent: String!) {
   launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: ALL_STEPS}) { __typename
@@ -66,7 +69,8 @@ class Deployed:
 @pytest.fixture(scope="module")
 def deployed():
     with home_environment() as home, WebhookCapture() as hook:
-        spec = spec_from(write_spec(home / "specs", "e2e", postgres={"members": 2}, failover={"mode": "manual"}))
+        spec = spec_from(write_spec(home / "specs", "e2e", postgres={"members": 2}, failover={"mode": "manual"},
+                                   backups=NO_ARCHIVING))
         instance = prepared_instance(home)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -155,7 +159,8 @@ def test_two_topology_runs_of_one_cluster_from_the_cli_and_graphql_never_overlap
 
 
 def test_a_spec_added_while_the_daemon_runs_is_picked_up_and_fails_over(deployed, capsys):
-    late = spec_from(write_spec(deployed.home / "specs", "late", postgres={"members": 2}, failover={"mode": "manual"}))
+    late = spec_from(write_spec(deployed.home / "specs", "late", postgres={"members": 2}, failover={"mode": "manual"},
+                              backups=NO_ARCHIVING))
     ctx = ClusterContext.for_spec(late)
     try:
         # Before a reload the health sensor skips it with an alert, and keeps watching the others.

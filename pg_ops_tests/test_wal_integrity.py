@@ -1,5 +1,6 @@
 """The WAL archive's integrity on real PostgreSQL clusters and real stores (a folder, SeaweedFS):
-the hourly archive checks pass on a fresh cluster; a cluster torn down and deployed again under
+a fresh cluster's first base backup is requested by the archive sensor at once, and the hourly
+archive checks pass on it; a cluster torn down and deployed again under
 the same name archives into its own incarnation's folder (keyed by system identifier) and the
 old one's files stay where they were; a failover while the archive refuses writes ships what
 the survivors still have from their pg_wal, raises `wal_archive_gap` for what none has, keeps
@@ -58,16 +59,37 @@ def wal_defs_for(spec) -> dg.Definitions:
         resources={"pg_ops": PgOpsResource(clusters_path=os.environ["PG_OPS_CLUSTERS"])}))
 
 
-# -- F2: the hourly checks on a fresh cluster --------------------------------------------------------
-def test_wal_archive_checks_job_succeeds_on_a_fresh_cluster(pg_home):
-    """The `wal_archive_checks` job as the hourly schedule runs it, every check of the
-    wal_archive asset included (its limit is int + int seconds in the spec)."""
+def archive_sensor_requests(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    sensor = defs.resolve_sensor_def(wal_defs.SENSOR)
+    context = dg.build_sensor_context(instance=instance, resources={
+        "pg_ops": PgOpsResource(clusters_path=os.environ["PG_OPS_CLUSTERS"]), "alerts": AlertsResource()})
+    return list(sensor(context).run_requests or [])
+
+
+# -- F2: a fresh cluster: its first base backup at once, and the hourly checks -------------------------
+def test_a_fresh_cluster_gets_its_first_base_backup_from_the_sensor_and_passes_the_checks(pg_home):
+    """The recovery window starts at deploy: the archive sensor's first look at a cluster with no
+    base backup of its system requests one (once per system and hour), not the nightly schedule;
+    once it ran, nothing more is requested and the window is open. Then the `wal_archive_checks`
+    job as the hourly schedule runs it, every check of the wal_archive asset included (its limit
+    is int + int seconds in the spec)."""
     spec = spec_from(write_spec(pg_home / "specs", "fresh", postgres={"members": 1},
                                 backups={"wal": {"archive_timeout_seconds": 5}}))
     with running_cluster(spec) as ctx:
-        wal.switch_and_wait(ctx)
         defs = wal_defs_for(spec)
         with dg.DagsterInstance.ephemeral() as instance:
+            assert wal.recovery_window(ctx).oldest is None  # nothing to recover to yet
+            (request,) = archive_sensor_requests(defs, instance)
+            sysid = wal.archive_ref(ctx).sysid
+            assert request.asset_selection == [wal_defs.base_key("fresh")]
+            assert sysid in (request.run_key or "") and "first" in (request.run_key or "")
+            ran = defs.resolve_job_def(wal_defs.BASE_JOB).execute_in_process(
+                instance=instance, asset_selection=request.asset_selection, tags=request.tags)
+            assert ran.success
+            assert archive_sensor_requests(defs, instance) == []
+            window = wal.recovery_window(ctx)
+            assert window.base_backups == 1 and window.oldest is not None and window.gap is None
+            wal.switch_and_wait(ctx)
             result = defs.resolve_job_def(wal_defs.CHECKS_JOB).execute_in_process(instance=instance,
                                                                                   raise_on_error=False)
         assert result.success, [e.message for e in result.all_events if e.is_failure]

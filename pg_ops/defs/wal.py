@@ -4,8 +4,9 @@
   schedule `base_backup_schedule` (cron `backups.wal.base_backup_schedule`);
 - `backups/<cluster>/wal_archive`: observed every minute by `wal_archive_sensor` (age of the
   newest archived segment, failed attempts, WAL waiting, the recovery window and its gap), which
-  fires and resolves the archiving alerts and, while the archive has a gap no member could fill,
-  requests a `base_backup` run for that cluster; checks `wal_archive_is_current`,
+  fires and resolves the archiving alerts and, while the archive has a gap no member could fill
+  or no base backup of the running system yet (a cluster just deployed), requests a `base_backup`
+  run for that cluster; checks `wal_archive_is_current`,
   `wal_archive_not_failing` and `wal_archive_has_no_gap`;
 - `backups/<cluster>/pitr_drill`: the point-in-time drill, job `pitr_drill`, schedule
   `weekly_pitr_drill` (cron `backups.wal.drill_schedule`); check `latest_recovery_point_drilled`
@@ -250,7 +251,8 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
                job=base_job,
                description="Every archiving cluster's WAL archive: age of the newest segment, failed attempts, "
                            "WAL waiting on the primary (alerts fire once, resolve once) and the recovery window; "
-                           "a gap no member could fill requests a base backup of that cluster.")
+                           "a gap no member could fill, or an archive with no base backup yet, requests a base "
+                           "backup of that cluster.")
     def wal_archive_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
                            alerts: AlertsResource) -> dg.SensorResult:
         from pg_ops.operations.context import ClusterContext
@@ -265,10 +267,14 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
             if isinstance(health, str):
                 continue
             window = health.window
+            hour = time.strftime("%Y%m%dT%H", time.gmtime())
             if window is not None and window.gap:
                 # One request per gap and hour: a base backup that failed is asked for again.
-                requests.append(gap_base_backup_request(cluster, window.sysid, window.first_missing or "gap",
-                                                        time.strftime("%Y%m%dT%H", time.gmtime())))
+                requests.append(gap_base_backup_request(cluster, window.sysid, window.first_missing or "gap", hour))
+            elif window is not None and window.base_backups == 0 and window.sysid:
+                # Archiving has started and nothing can be recovered yet: the window starts now,
+                # not at the first nightly base backup (once per incarnation and hour, as above).
+                requests.append(first_base_backup_request(cluster, window.sysid, hour))
             s = health.status
             events.append(dg.AssetObservation(asset_key=archive_key(cluster), metadata={
                 "last_archived_wal": s.last_archived_wal or "none",
@@ -285,6 +291,11 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
 def gap_base_backup_request(cluster: str, sysid: str, first_missing: str, hour: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=f"{cluster}-{sysid}-gap-{first_missing}-{hour}", asset_selection=[base_key(cluster)],
                          tags={CLUSTER_TAG: cluster, "pg_ops/reason": f"wal_archive_gap {first_missing}"})
+
+
+def first_base_backup_request(cluster: str, sysid: str, hour: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"{cluster}-{sysid}-first-{hour}", asset_selection=[base_key(cluster)],
+                         tags={CLUSTER_TAG: cluster, "pg_ops/reason": "no base backup of this system yet"})
 
 
 def pitr_drill_run_config(cluster: str, target_time: str | None) -> dict:
