@@ -164,6 +164,42 @@ def test_base_backup_window_and_status(s3_cluster, capsys):
     assert wal.archive_alerts(ctx, health) == []
 
 
+def test_base_backup_from_the_standby_while_an_application_writes(s3_cluster):
+    """backups.source: replica (the default): the base backup is the streaming replica's, taken
+    while rows are committed on the primary, and a recovery from it to a moment after it holds
+    every row committed before that moment and none after."""
+    ctx, *_ = s3_cluster
+    run(ctx, "create table standby_pitr (n serial primary key, batch int not null)")
+    replica = next(m for m in ctx.spec.member_names if m != ctx.state().primary)
+    written, stop = [0], threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            run(ctx, "insert into standby_pitr (batch) values (0)")
+            written[0] += 1
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        backup = wal.base_backup(ctx)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert backup.source == replica and backup.source_role == "replica", backup
+    assert written[0] > 0
+    run(ctx, "insert into standby_pitr (batch) select 1 from generate_series(1, 10)")
+    target = between_commits()
+    run(ctx, "insert into standby_pitr (batch) select 2 from generate_series(1, 10)")
+    wal.switch_and_wait(ctx)
+    result = recover(ctx, target, "pitr-standby")
+    new = ClusterContext.for_spec(spec_from(Path(result.spec_path)))
+    try:
+        assert dict(run(new, "select batch, count(*) from standby_pitr group by batch")) == {0: written[0], 1: 10}
+    finally:
+        stop_cluster(new)
+
+
 def test_store_down_while_archiving_alerts_and_loses_nothing(s3_cluster):
     ctx, _, _, proxy, _ = s3_cluster
     primary = wal.primary_member(ctx)

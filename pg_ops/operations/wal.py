@@ -28,7 +28,13 @@ from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import archiving, barman, walfiles
-from pg_ops.postgres.basebackup import BackupHistory, parse_backup_history, pg_basebackup_tar
+from pg_ops.postgres.basebackup import (
+    BackupHistory,
+    LabelTap,
+    parse_backup_history,
+    parse_backup_label,
+    pg_basebackup_tar,
+)
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.spec import S3StoreSpec
@@ -153,15 +159,29 @@ def adopt_legacy_archive(ctx: ClusterContext, store: BackupStore | None = None) 
 
 # -- base backups ---------------------------------------------------------------------------------
 def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.BaseBackup:
+    """From where `backups.source` says, as the nightly dump: the most caught-up streaming
+    replica (its I/O, not the primary's), the primary when none streams or the replica's backup
+    fails (a replica promoted or lost mid-way, say)."""
+    from pg_ops.operations.backup import dump_sources
+
     require_archiving(ctx)
     store = store or ctx.store()
     store.check()
-    member = primary_member(ctx)
+    sources = dump_sources(ctx, ctx.probe())
     ref = archive_ref(ctx, store)
     before = {b.id for b in wa.list_archive(store, ref).base_backups}
     started = time.monotonic()
-    ctx.log.info("base backup of %s from %s into %s", ctx.name, member, store.describe())
-    _streamed_base_backup(ctx, store, ref, member)
+    source = sources[0]
+    ctx.log.info("base backup of %s from the %s %s into %s", ctx.name, source.role, source.member, store.describe())
+    try:
+        _streamed_base_backup(ctx, store, ref, source.member, from_standby=source.role == "replica")
+    except PgOpsError as exc:
+        primary = next((s for s in sources if s.role == "primary"), None)
+        if source.role != "replica" or primary is None:
+            raise
+        ctx.log.warning("base backup of %s from the replica %s failed (%s); taking it from the primary %s",
+                        ctx.name, source.member, exc, primary.member)
+        _streamed_base_backup(ctx, store, ref, primary.member, from_standby=False)
     new = [b for b in wa.list_archive(store, ref).base_backups if b.id not in before]
     if not new:
         raise ArchivingError(f"cluster {ctx.name}: the base backup finished but is not complete in the store")
@@ -172,7 +192,8 @@ def base_backup(ctx: ClusterContext, store: BackupStore | None = None) -> wa.Bas
     return backup
 
 
-def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef, member: str) -> None:
+def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef, member: str,
+                          from_standby: bool) -> None:
     """`pg_basebackup -Ft -X none` over the replication protocol, from wherever pg_ops runs (this
     machine, a run pod): nothing runs in the database's pod, and the tar is compressed straight
     into the store (S3: a multipart upload), never a full copy on local disk. Complete (its
@@ -181,11 +202,16 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
     prefix = f"{ref.root}/base/{backup_id}"
     label = f"pg_ops {ctx.name} {backup_id}"
     password = ctx.credentials().password(REPLICATION_USER)
+    timeline_before = ctx.probe([member])[member].timeline if from_standby else None
     with store.open_writer(f"{prefix}/data.tar.zst", private=True) as writer:
         with pg_basebackup_tar(ctx.endpoints()[member], REPLICATION_USER, password, member, label) as out:
-            stats = compress_into(out, writer, label=f"base backup of {member}", log=ctx.log)
+            tap = LabelTap(out)
+            stats = compress_into(tap, writer, label=f"base backup of {member}", log=ctx.log)
+        if from_standby:
+            history = _standby_backup_end(ctx, member, tap, timeline_before)
         writer.commit()
-    history = _backup_history(ctx, store, ref, label)
+    if not from_standby:
+        history = _backup_history(ctx, store, ref, label)
     # The backup is usable only with its WAL: wait for the end segment before calling it complete.
     wait_archived(ctx, store, history.stop_wal, ARCHIVED_WAIT_S)
     info = {"backup_id": backup_id, "status": "DONE", "begin_time": history.start_time.isoformat(sep=" "),
@@ -193,8 +219,35 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
             "end_time": (history.stop_time + timedelta(seconds=1)).isoformat(sep=" "), "begin_wal": history.start_wal,
             "end_wal": history.stop_wal, "begin_xlog": history.start_lsn, "end_xlog": history.stop_lsn,
             "timeline": history.timeline, "size": stats.stored_bytes, "raw_size": stats.raw_bytes,
-            "format": "pg_basebackup-tar-zst", "source": member}
+            "format": "pg_basebackup-tar-zst", "source": member, "source_role": "replica" if from_standby else "primary"}
     store.put_bytes(f"{prefix}/{wa.BACKUP_INFO}", wa.backup_info_text(info).encode())
+
+
+def _standby_backup_end(ctx: ClusterContext, member: str, tap: LabelTap, timeline_before: int | None) -> BackupHistory:
+    """A standby's backup leaves no history file. Its start is its backup_label's; its end is where
+    the standby had replayed to once the backup ended, at or after the backup's own stop point
+    (a later end only makes the window begin a moment later), on the same timeline (a promotion
+    during the backup fails it: the primary is then the source). The primary closes that segment
+    so that it reaches the archive now, not at archive_timeout."""
+    try:
+        start = parse_backup_label(tap.backup_label())
+    except ValueError as exc:
+        raise ArchivingError(f"cluster {ctx.name}: base backup of {member}: {exc}") from None
+    row = with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
+                          lambda c: c.execute("select pg_last_wal_replay_lsn()::text, clock_timestamp()").fetchone(),
+                          timeout=10, name=member)
+    end_lsn, end_time = row if row else (None, None)
+    timeline_after = ctx.probe([member])[member].timeline
+    if not start.from_standby or end_lsn is None or end_time is None or timeline_after != timeline_before \
+            or start.timeline != timeline_after:
+        raise ArchivingError(f"cluster {ctx.name}: base backup of the replica {member}: it did not stay a standby on "
+                             f"one timeline during the backup (timeline {timeline_before} before, {timeline_after} "
+                             f"after, {start.timeline} in its backup_label)")
+    _on_primary(ctx, archiving.switch_wal)
+    end_wal = walfiles.segment_name(start.timeline, walfiles.lsn_segno(end_lsn))
+    return BackupHistory(label=start.label, start_wal=start.start_wal, stop_wal=end_wal, start_lsn=start.start_lsn,
+                         stop_lsn=end_lsn, start_time=start.start_time,
+                         stop_time=end_time.astimezone(UTC).replace(microsecond=0), timeline=start.timeline)
 
 
 def _backup_history(ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef, label: str) -> BackupHistory:

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import Protocol
 
 from pg_ops.stores.base import ObjectWriter
 
@@ -84,7 +84,11 @@ class _HashingSink:
         self._raise()
 
 
-def compress_into(source: IO[bytes], writer: ObjectWriter, *, label: str,
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def compress_into(source: Readable, writer: ObjectWriter, *, label: str,
                   log: logging.Logger | None = None) -> StreamStats:
     """Read `source` to its end into `writer` (not committed here: the caller decides)."""
     import zstandard

@@ -125,6 +125,8 @@ class BaseBackup:
     timeline: int
     size: int
     keys: tuple[str, ...] = ()
+    source: str = ""  # the member it was taken from ("" for barman-cloud-backup's, before pg_ops streamed them)
+    source_role: str = ""  # "replica" (a standby's backup) or "primary"
 
     @property
     def begin_segno(self) -> int:
@@ -213,7 +215,8 @@ def list_archive(store: BackupStore, ref: ArchiveRef) -> ArchiveListing:
         listing.base_backups.append(BaseBackup(
             id=backup_id, begin_time=_time(info["begin_time"]), end_time=_time(info["end_time"]),
             begin_wal=info["begin_wal"], end_wal=info["end_wal"], timeline=int(info["timeline"]),
-            size=_int(info.get("size")) or sum(o.size for o in objects), keys=tuple(o.key for o in objects)))
+            size=_int(info.get("size")) or sum(o.size for o in objects), keys=tuple(o.key for o in objects),
+            source=info.get("source", ""), source_role=info.get("source_role", "")))
     listing.segments.sort(key=lambda s: (s.segment.segno, s.segment.timeline))
     listing.base_backups.sort(key=lambda b: b.end_time)
     return listing
