@@ -264,7 +264,7 @@ def test_failover_keeps_sync_mode_while_the_standbys_reconnect(cluster_sync):
 def assert_one_primary_all_streaming_except(ctx, missing):
     probes = ctx.probe()
     assert [n for n, p in probes.items() if p.writable] == [ctx.state().primary]
-    # A receiver counts as streaming once settled (a second after it started: SETTLED_RECEIVER_S);
+    # A receiver counts as streaming once settled (half a second after it started: SETTLED_RECEIVER_MS);
     # a replica repointed a moment ago has just started one.
     wait_for(lambda: all(p.streaming for n, p in ctx.probe().items() if n not in (ctx.state().primary, missing)),
              f"every member but {missing} and the primary streaming", timeout=10)

@@ -561,7 +561,7 @@ off_timeline_standby() {
     # follow shows 'streaming' for the milliseconds of each attempt, which must not reset the count.
     streaming=$(own_sql 3 "select count(*) from pg_stat_wal_receiver r where r.status = 'streaming'
         and r.sender_host is not null and exists (select 1 from pg_stat_activity a where a.pid = r.pid
-        and a.backend_start < clock_timestamp() - interval '1 second')")
+        and a.backend_start < clock_timestamp() - interval '500 milliseconds')")
     if [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ] || [ "$streaming" != 0 ]; then
         OFF_TIMELINE_SEEN=0
         return 1

@@ -53,11 +53,12 @@ select
 # the primary (diverged onto another timeline: "requested starting point … is not in this
 # server's history") starts one every wal_retrieve_retry_interval, each living a few
 # milliseconds, and a probe can land on one. Streaming counts only for a receiver connected to
-# its sender and alive for SETTLED_RECEIVER_S (member.sh, probe.sh and the exporter's query use
-# the same rule).
-SETTLED_RECEIVER_S = 1
+# its sender and alive for SETTLED_RECEIVER_MS (member.sh, probe.sh and the exporter's query use
+# the same rule): a refused attempt ends within a few round trips (milliseconds here, tens of
+# them across nodes), and every replica that just (re)connected is counted that much later.
+SETTLED_RECEIVER_MS = 500
 SETTLED_RECEIVER_SQL = (f"r.sender_host is not null and exists (select 1 from pg_stat_activity a where a.pid = r.pid "
-                        f"and a.backend_start < clock_timestamp() - interval '{SETTLED_RECEIVER_S} second')")
+                        f"and a.backend_start < clock_timestamp() - interval '{SETTLED_RECEIVER_MS} milliseconds')")
 RECEIVER_SQL = f"""
 select r.status, r.received_tli, r.sender_host, r.sender_port, r.slot_name,
        r.latest_end_lsn::text as latest_end_lsn, r.flushed_lsn::text as flushed_lsn,

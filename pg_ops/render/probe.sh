@@ -57,7 +57,7 @@ replication_verdict() {
           when not pg_is_in_recovery() then 'ok'
           when not exists (select 1 from pg_stat_wal_receiver r where r.status = 'streaming' and r.sender_host is not null
                            and exists (select 1 from pg_stat_activity a where a.pid = r.pid
-                                       and a.backend_start < clock_timestamp() - interval '1 second'))
+                                       and a.backend_start < clock_timestamp() - interval '500 milliseconds'))
             then 'replica is not streaming from the primary'
           when pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > $max_bytes
             then 'replay is more than $max_bytes bytes behind what was received'
