@@ -61,6 +61,25 @@ def test_committed_objects_round_trip_and_list(store):
         store.get_bytes("c/20261126T020000Z/app.dump.zst")
 
 
+def test_base_backups_starting_in_the_same_second_get_folders_of_their_own(store, monkeypatch):
+    """Two base backups of one cluster started in the same second (the archive sensor's first and
+    a `pg-ops base-backup`): the second finds the first's claim in that second's folder, takes
+    its own back and gets the next second; the first keeps its folder."""
+    from pg_ops.operations import wal
+    from pg_ops.stores import wal_archive as wa
+
+    monkeypatch.setattr(wal.time, "sleep", lambda seconds: None)
+    ref = wa.ArchiveRef("c", "7300000000000000001")
+    second = datetime(2026, 12, 6, 20, 0, 0, 250000, tzinfo=UTC)
+    clock = iter([second, second, second + timedelta(seconds=1)])
+    first = wal.claim_backup_id(store, ref, now=lambda: second)
+    again = wal.claim_backup_id(store, ref, now=lambda: next(clock))
+    assert (first, again) == ("20261206T200000", "20261206T200001")
+    claims = [o.key for o in store.list(f"{ref.root}/base/")]
+    assert len(claims) == 2 and claims[0].startswith(f"{ref.root}/base/{first}/claim-")
+    assert claims[1].startswith(f"{ref.root}/base/{again}/claim-")
+
+
 def test_large_stream_uses_growing_multipart_parts(s3):
     store = s3_store(s3, s3.new_bucket())
     data = os.urandom(20 * MIB + 12345)  # 8 + 8 MiB parts and a short last one

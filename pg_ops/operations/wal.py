@@ -198,7 +198,7 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
     machine, a run pod): nothing runs in the database's pod, and the tar is compressed straight
     into the store (S3: a multipart upload), never a full copy on local disk. Complete (its
     backup.info, written last) once its end segment is in the archive."""
-    backup_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    backup_id = claim_backup_id(store, ref)
     prefix = f"{ref.root}/base/{backup_id}"
     label = f"pg_ops {ctx.name} {backup_id}"
     password = ctx.credentials().password(REPLICATION_USER)
@@ -221,6 +221,31 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
             "timeline": history.timeline, "size": stats.stored_bytes, "raw_size": stats.raw_bytes,
             "format": "pg_basebackup-tar-zst", "source": member, "source_role": "replica" if from_standby else "primary"}
     store.put_bytes(f"{prefix}/{wa.BACKUP_INFO}", wa.backup_info_text(info).encode())
+
+
+CLAIM_TRIES = 10
+
+
+def claim_backup_id(store: BackupStore, ref: wa.ArchiveRef, now=lambda: datetime.now(UTC)) -> str:
+    """A base backup id (barman's: the second it began) no other backup uses. Two base backups
+    of one cluster can start in the same second (the archive sensor's first one and a
+    `pg-ops base-backup`, say); sharing a folder, one's tar would end up beside the other's
+    backup.info. Each writes a claim into the folder and keeps it only if it is the folder's
+    only object; otherwise it takes its claim back and tries the next second (both may: each
+    then tries again, with a random pause)."""
+    import random
+    import uuid
+
+    for _ in range(CLAIM_TRIES):
+        backup_id = now().strftime("%Y%m%dT%H%M%S")
+        prefix = f"{ref.root}/base/{backup_id}"
+        claim = f"{prefix}/claim-{uuid.uuid4().hex}"
+        store.put_bytes(claim, b"")
+        if [o.key for o in store.list(f"{prefix}/")] == [claim]:
+            return backup_id
+        store.delete([claim])
+        time.sleep(1.0 - now().microsecond / 1e6 + random.uniform(0.0, 0.5))
+    raise ArchivingError(f"no base backup id free within {CLAIM_TRIES} tries in {store.describe()}")
 
 
 def _standby_backup_end(ctx: ClusterContext, member: str, tap: LabelTap, timeline_before: int | None) -> BackupHistory:
