@@ -275,7 +275,7 @@ def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_
         result.deleted_segments = len(old)
     # A base backup that never completed (no backup.info): garbage once a day old.
     for backup_id in listing.incomplete_base:
-        objects = store.list(f"{ref.root}/base/{backup_id}/")
+        objects = store.list(f"{ref.base_prefix(backup_id)}/")
         keys = [o.key for o in objects]
         if keys and all(now - o.modified >= INCOMPLETE_GRACE for o in objects):
             doomed += keys

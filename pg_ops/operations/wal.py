@@ -34,6 +34,7 @@ from pg_ops.postgres.basebackup import (
     parse_backup_history,
     parse_backup_label,
     pg_basebackup_tar,
+    standby_position,
 )
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import lsn_to_int
@@ -199,7 +200,7 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
     into the store (S3: a multipart upload), never a full copy on local disk. Complete (its
     backup.info, written last) once its end segment is in the archive."""
     backup_id = claim_backup_id(store, ref)
-    prefix = f"{ref.root}/base/{backup_id}"
+    prefix = ref.base_prefix(backup_id)
     label = f"pg_ops {ctx.name} {backup_id}"
     password = ctx.credentials().password(REPLICATION_USER)
     timeline_before = ctx.probe([member])[member].timeline if from_standby else None
@@ -238,7 +239,7 @@ def claim_backup_id(store: BackupStore, ref: wa.ArchiveRef, now=lambda: datetime
 
     for _ in range(CLAIM_TRIES):
         backup_id = now().strftime("%Y%m%dT%H%M%S")
-        prefix = f"{ref.root}/base/{backup_id}"
+        prefix = ref.base_prefix(backup_id)
         claim = f"{prefix}/claim-{uuid.uuid4().hex}"
         store.put_bytes(claim, b"")
         if [o.key for o in store.list(f"{prefix}/")] == [claim]:
@@ -258,10 +259,8 @@ def _standby_backup_end(ctx: ClusterContext, member: str, tap: LabelTap, timelin
         start = parse_backup_label(tap.backup_label())
     except ValueError as exc:
         raise ArchivingError(f"cluster {ctx.name}: base backup of {member}: {exc}") from None
-    row = with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
-                          lambda c: c.execute("select pg_last_wal_replay_lsn()::text, clock_timestamp()").fetchone(),
-                          timeout=10, name=member)
-    end_lsn, end_time = row if row else (None, None)
+    end_lsn, end_time = with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
+                                        standby_position, timeout=10, name=member)
     timeline_after = ctx.probe([member])[member].timeline
     if not start.from_standby or end_lsn is None or end_time is None or timeline_after != timeline_before \
             or start.timeline != timeline_after:

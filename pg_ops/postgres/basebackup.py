@@ -64,6 +64,12 @@ def parse_backup_history(text: str) -> BackupHistory:
                          stop_time=_when(fields["STOP TIME"]), timeline=int(fields["START TIMELINE"]))
 
 
+def standby_position(conn) -> tuple[str | None, datetime | None]:
+    """Where a standby has replayed to, and the server's time now (a standby backup's end)."""
+    row = conn.execute("select pg_last_wal_replay_lsn()::text, clock_timestamp()").fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
 @dataclass(frozen=True)
 class BackupStart:
     """What a backup_label says: where and when the backup began."""

@@ -57,6 +57,10 @@ class ArchiveRef:
     def root(self) -> str:
         return f"{archive_root(self.cluster)}/{self.sysid}"
 
+    def base_prefix(self, backup_id: str) -> str:
+        """The folder of one base backup (no trailing slash)."""
+        return f"{self.root}/base/{backup_id}"
+
 
 def s3_target(spec: ClusterSpec, ref: ArchiveRef | None = None) -> S3Target:
     """barman-cloud's destination `<prefix>/<cluster>.wal` and server name `<sysid>`; without a
