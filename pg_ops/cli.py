@@ -244,6 +244,17 @@ def cmd_rolling_restart(args, spec):
                      f"in {meta['seconds']} s")
 
 
+@command("rollout")
+def cmd_rollout(args, spec):
+    from pg_ops.operations.rollout import check_rollout
+
+    check_rollout(ClusterContext.for_spec(spec))  # a refused value or a member down: one line, no run
+    result = run_job(args, "rollout", spec, partition_key=spec.name)
+    meta = result.output_for_node("run_rollout")
+    emit(args, meta, f"rolled out to {meta['reloaded']}: restarted {meta['restarted']}; primary {meta['primary']} "
+                     f"(epoch {meta['epoch']}) in {meta['seconds']} s")
+
+
 @command("rotate-password")
 def cmd_rotate_password(args, spec):
     from pg_ops.defs.roles import JOB_NAME, OP_NAME, run_config
@@ -330,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("member")
     p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
     sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
+    sub.add_parser("rollout", parents=[common],
+                   help="apply the spec's configuration and binaries: reload, or restart replicas first then switch over")
     p = sub.add_parser("rotate-password", parents=[common], help="a new password for a role, delivered and verified")
     p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
     p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")

