@@ -110,6 +110,12 @@ def status_text(status: dict) -> str:
     rows = table(status["members"], ["name", "role", "host", "port", "timeline", "lsn", "lag_bytes",
                                      "lag_seconds", "sync_state", "error"])
     tail = [f"primary DSN: {status['primary_dsn']}"]
+    if status.get("maintenance"):
+        from pg_ops.operations.maintenance import until_text
+
+        held = status["maintenance"]
+        tail.append(f"MAINTENANCE MODE until {until_text(held['until'])}"
+                    f"{' (' + held['reason'] + ')' if held['reason'] else ''}: no automatic failover or rollout")
     if status.get("passfile"):
         tail.append(f"passfile:    {status['passfile']}   (PGPASSFILE={status['passfile']} psql \"<DSN>\")")
     # Health (operations/health.py): storage, connections and the alert conditions active now.
@@ -123,6 +129,22 @@ def status_text(status: dict) -> str:
             tail.append(f"{m['name']}: {', '.join(facts)}")
     tail += [f"ALERT {a['severity']} {a['kind']}: {a['summary']}" for a in status.get("alerts", [])] or ["alerts: none"]
     return "\n".join([head, rows, *tail])
+
+
+def configuration_text(ctx: ClusterContext, status: dict) -> str:
+    """What keeps members from running the rendered configuration (operations/rollout.py), and
+    sets status["configuration"]."""
+    from pg_ops.operations.rollout import member_configs
+
+    try:
+        configs = member_configs(ctx)
+    except PgOpsError as exc:
+        status["configuration"] = {"error": str(exc)}
+        return f"configuration: unknown ({exc})"
+    status["configuration"] = {"pending": configs.pending}
+    if not configs.pending:
+        return f"configuration: {configs.summary()}"
+    return f"configuration pending: {configs.summary()} (`pg-ops rollout` applies it)"
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -141,6 +163,7 @@ def cmd_status(args, spec):
                                  "kind": "run_failed", "details": {"run_id": failed["run_id"], "job": failed["job"]},
                                  "summary": f"run {failed['job']} ({failed['run_id'][:8]}) failed at {when}"})
     text = status_text(status)
+    text += "\n" + configuration_text(ctx, status)
     if spec.backups.wal.enabled:  # the recovery window (operations/wal.py)
         from pg_ops.operations.wal import recovery_window
 
@@ -255,6 +278,23 @@ def cmd_rollout(args, spec):
                      f"(epoch {meta['epoch']}) in {meta['seconds']} s")
 
 
+@command("maintenance")
+def cmd_maintenance(args, spec):
+    from pg_ops.defs.rollout import MAINTENANCE_JOB, MAINTENANCE_OP, maintenance_run_config
+    from pg_ops.operations.maintenance import parse_duration
+
+    if args.state == "on" and not args.duration:
+        raise PgOpsError("pg-ops maintenance on needs --for DURATION (90m, 2h, 1d): it always ends by itself")
+    seconds = parse_duration(args.duration) if args.state == "on" else 0.0
+    ClusterContext.for_spec(spec).state()  # not deployed: one line, no run
+    result = run_job(args, MAINTENANCE_JOB, spec, maintenance_run_config(seconds, args.reason or ""),
+                     partition_key=spec.name)
+    meta = result.output_for_node(MAINTENANCE_OP)
+    emit(args, meta, f"{spec.name}: maintenance mode on until {meta['until']}: no automatic failover or rollout, "
+                     f"alerts go on" if meta["maintenance"] == "on" else
+                     f"{spec.name}: maintenance mode off: automatic failover and rollouts resume")
+
+
 @command("rotate-password")
 def cmd_rotate_password(args, spec):
     from pg_ops.defs.roles import JOB_NAME, OP_NAME, run_config
@@ -343,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
     sub.add_parser("rollout", parents=[common],
                    help="apply the spec's configuration and binaries: reload, or restart replicas first then switch over")
+    p = sub.add_parser("maintenance", parents=[common],
+                       help="hold automatic failover and rollouts for a time (alerts go on), or resume them")
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--for", dest="duration", metavar="DURATION", help="how long: 90m, 2h, 1d (at most 7 days)")
+    p.add_argument("--reason", help="shown in status, the UI and the held failover's alert")
     p = sub.add_parser("rotate-password", parents=[common], help="a new password for a role, delivered and verified")
     p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
     p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")

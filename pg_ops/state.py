@@ -63,7 +63,14 @@ class DesiredState(BaseModel):
     final_lsn: str = ""
     # Isolation fencing, read by the member script: the lease length in seconds, 0 = off.
     lease_seconds: float = 0.0
+    # Maintenance mode (`pg-ops maintenance on --for 2h`): until this unix time no automatic
+    # failover and no automatic rollout for the cluster; alerts go on. 0: off. Expires by itself.
+    maintenance_until: float = 0.0
+    maintenance_reason: str = ""
     lock: TopologyLock | None = None
+
+    def in_maintenance(self, now: float) -> bool:
+        return self.maintenance_until > now
 
     def to_text(self) -> str:
         lines = [
@@ -82,6 +89,8 @@ class DesiredState(BaseModel):
             f"timeline={self.timeline}",
             f"final.lsn={self.final_lsn}",
             f"isolation.lease_seconds={self.lease_seconds:g}",
+            f"maintenance.until={self.maintenance_until:.3f}",
+            f"maintenance.reason={self.maintenance_reason}",
         ]
         lines += [f"member.{name}={addr}" for name, addr in sorted(self.members.items())]
         if self.lock:
@@ -116,6 +125,8 @@ class DesiredState(BaseModel):
                 timeline=int(raw.get("timeline") or 0),
                 final_lsn=raw.get("final.lsn", ""),
                 lease_seconds=float(raw.get("isolation.lease_seconds") or 0),
+                maintenance_until=float(raw.get("maintenance.until") or 0),
+                maintenance_reason=raw.get("maintenance.reason", ""),
                 members={k.removeprefix("member."): v for k, v in raw.items() if k.startswith("member.")},
                 lock=lock,
             )

@@ -380,6 +380,15 @@ def test_manual_mode_alerts_with_the_command_and_the_refusal():
     assert "pg-ops failover --cluster c" in d.alerts[0].summary
 
 
+def test_maintenance_mode_holds_the_failover_with_the_alert_and_expires_by_itself():
+    held = decide(dead_primary(maintenance_until=NOW + 600, maintenance_reason="K3s upgrade"), HaMemory(), policy())
+    assert held.name == "manual_failover_needed" and held.failover is None
+    assert "maintenance mode until" in held.alerts[0].summary and "(K3s upgrade)" in held.alerts[0].summary
+    assert held.alerts[0].severity == "critical"  # every alert goes on
+    expired = decide(dead_primary(maintenance_until=NOW - 1), HaMemory(), policy())
+    assert expired.name == "primary_down" and expired.failover is not None
+
+
 def test_designated_primary_that_is_a_standby_is_resumed():
     v = view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)},
              primary_name="c-1")

@@ -374,6 +374,45 @@ def test_killed_primary_in_manual_mode_alerts_with_the_command(cluster):
     assert manual_alerts[0]["severity"] == "critical"
 
 
+def test_maintenance_mode_holds_the_failover_keeps_the_alert_and_ends_by_itself(cluster, capsys):
+    import time
+
+    from pg_ops.cli import main as cli_main
+    from pg_ops.operations.maintenance import set_maintenance
+
+    ctx = cluster
+    on = ["maintenance", "on", "--for", "2h", "--reason", "K3s upgrade", "--cluster", ctx.name, "--in-process"]
+    assert cli_main(on) == 0 and "maintenance mode on until" in capsys.readouterr().out
+    assert cli_main(["status", "--cluster", ctx.name]) == 0
+    assert "MAINTENANCE MODE until" in capsys.readouterr().out
+    assert cli_main(["maintenance", "off", "--cluster", ctx.name, "--in-process"]) == 0
+    assert ctx.state().maintenance_until == 0
+    assert cli_main(["maintenance", "on", "--for", "2 hours", "--cluster", ctx.name]) == 1
+    assert "write it as 90m, 2h, 1d" in capsys.readouterr().err
+
+    set_maintenance(ctx, 7200, "disk work")
+    primary = ctx.state().primary
+    kill_member(ctx.platform, primary)
+    sensor = Sensor([ctx])
+    with WebhookCapture() as hook:
+        os.environ["PG_OPS_ALERT_WEBHOOK"] = hook.url
+        try:
+            sensor.tick()
+            sensor.tick()
+            assert sensor.requests == []  # held
+            held = [b for b in hook.bodies if b["kind"] == "manual_failover_needed"]
+            assert len(held) == 1 and "maintenance mode until" in held[0]["summary"]
+            assert "(disk work)" in held[0]["summary"] and held[0]["severity"] == "critical"
+            set_maintenance(ctx, 1.0, "ends in a second")
+            time.sleep(1.5)
+            sensor.tick()
+            sensor.tick()
+        finally:
+            os.environ.pop("PG_OPS_ALERT_WEBHOOK", None)
+    [request] = sensor.requests  # expired: the failover is requested as without maintenance
+    assert request.job_name == "failover" and request.partition_key == ctx.name
+
+
 def test_a_hanging_webhook_does_not_break_the_sensor(cluster):
     ctx = cluster
     ctx.platform.stop_member(replicas(ctx)[0])

@@ -141,8 +141,9 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
 
     import dagster as dg
 
-    from pg_ops.defs.rollout import CHECK_NAME, JOB_NAME
     from pg_ops.definitions import build_defs
+    from pg_ops.defs.rollout import CHECK_NAME, JOB_NAME
+    from pg_ops.operations.maintenance import set_maintenance
 
     closed = f"0 {(datetime.now(UTC) + timedelta(hours=3)).hour} * * *"  # opens in 2-3 h, for an hour
     changed = respec(_with_window(cluster, closed), work_mem="20MB")
@@ -155,7 +156,11 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
         assert not check.passed and "not written to the members yet" in check.description
 
         opened = _with_window(changed, None)
-        result = _sensor(defs, instance, cursor=waiting.cursor)
+        set_maintenance(opened, 600, "disk work")
+        held = _sensor(defs, instance, cursor=waiting.cursor)
+        assert not held.run_requests and "waits: maintenance mode until" in held.skip_reason.skip_message
+        set_maintenance(opened, None)
+        result = _sensor(defs, instance, cursor=held.cursor)
         [request] = result.run_requests
         assert request.job_name == JOB_NAME and request.partition_key == cluster.name
         assert not [e for e in result.asset_events if getattr(e, "check_name", None) == CHECK_NAME]  # unchanged
@@ -166,3 +171,27 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
         assert not done.run_requests
         [check] = [e for e in done.asset_events if getattr(e, "check_name", None) == CHECK_NAME]
         assert check.passed
+
+
+def test_the_cli_shows_what_is_pending_refuses_before_any_run_and_rolls_out(cluster, capsys):
+    import json
+
+    from dagster import DagsterInstance
+
+    from pg_ops.cli import main as cli_main
+
+    respec(cluster, work_mem="lots")
+    assert cli_main(["rollout", "--cluster", cluster.name]) == 1
+    err = capsys.readouterr().err.strip()
+    assert 'invalid value for parameter "work_mem": "lots"' in err and len(err.splitlines()) == 1
+    with DagsterInstance.get() as instance:
+        assert instance.get_runs() == []  # refused before a run existed
+    respec(cluster, work_mem="16MB")
+    assert cli_main(["status", "--cluster", cluster.name]) == 0
+    out = capsys.readouterr().out
+    assert "configuration pending: *: configuration changed in the spec, not written" in out
+    assert cli_main(["rollout", "--cluster", cluster.name, "--json", "--in-process"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["restarted"] == "none" and meta["settings"][meta["primary"]] == "work_mem=16MB"
+    assert cli_main(["status", "--cluster", cluster.name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["configuration"] == {"pending": {}}

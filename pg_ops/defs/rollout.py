@@ -1,4 +1,5 @@
-"""Changes roll out by themselves: the check "members run the rendered configuration" on each
+"""Changes to a running cluster. Maintenance mode (job `maintenance`, `pg-ops maintenance`), and
+changes rolled out by themselves: the check "members run the rendered configuration" on each
 cluster's `cluster_health/<c>`, and `rollout_sensor`, which starts the `rollout` job
 (pg_ops/defs/failover.py) for a cluster whose members do not run what its spec renders, when
 operations/rollout.py's `why_wait` finds nothing against it (a refused value, a member down or
@@ -13,9 +14,10 @@ import dagster as dg
 
 from pg_ops.defs.deployment import health_key
 from pg_ops.defs.health import loaded_specs
-from pg_ops.defs.partitions import LONG_TOPOLOGY_SECONDS, topology_run_tags
+from pg_ops.defs.partitions import LONG_TOPOLOGY_SECONDS, cluster_partitions, topology_run_tags
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.errors import PgOpsError
+from pg_ops.operations import maintenance
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.rollout import ClusterConfig, member_configs, target_signature, why_wait
 from pg_ops.spec import ClusterSpec
@@ -24,6 +26,17 @@ CHECK_NAME = "members_run_rendered_configuration"
 SENSOR_NAME = "rollout_sensor"
 JOB_NAME = "rollout"  # defined in pg_ops/defs/failover.py with the other topology jobs
 SENSOR_INTERVAL_S = 60
+MAINTENANCE_JOB = "maintenance"
+MAINTENANCE_OP = "set_maintenance_mode"
+
+
+class MaintenanceConfig(dg.Config):
+    seconds: float = 0.0  # 0: off
+    reason: str = ""
+
+
+def maintenance_run_config(seconds: float, reason: str = "") -> dict:
+    return dg.RunConfig(ops={MAINTENANCE_OP: MaintenanceConfig(seconds=seconds, reason=reason)}).to_config_dict()
 
 
 def config_evaluation(cluster: str, configs: ClusterConfig) -> dg.AssetCheckEvaluation:
@@ -101,4 +114,25 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         return dg.SensorResult(run_requests=requests, asset_events=events, cursor=json.dumps(cursor),
                                skip_reason=skip)
 
-    return dg.Definitions(asset_checks=checks, sensors=[rollout_sensor])
+    @dg.op(name=MAINTENANCE_OP, description="Hold (or resume) the cluster's automatic failover and rollouts.")
+    def set_maintenance_mode(context: dg.OpExecutionContext, config: MaintenanceConfig,
+                             pg_ops: PgOpsResource) -> dict:
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        state = maintenance.set_maintenance(ctx, config.seconds or None, config.reason)
+        on = state.maintenance_until > 0
+        metadata = {"maintenance": "on" if on else "off",
+                    "until": maintenance.until_text(state.maintenance_until) if on else "",
+                    "reason": state.maintenance_reason}
+        context.log_event(dg.AssetObservation(asset_key=health_key(ctx.name), metadata=metadata,
+                                              description=f"maintenance mode {metadata['maintenance']}"
+                                                          + (f" until {metadata['until']}" if on else "")))
+        context.add_output_metadata(metadata)
+        return metadata
+
+    @dg.job(name=MAINTENANCE_JOB, partitions_def=cluster_partitions(specs), executor_def=dg.in_process_executor,
+            description="Maintenance mode on (for a time) or off: no automatic failover or rollout meanwhile; "
+                        "alerts go on (pg-ops maintenance).")
+    def maintenance_job():
+        set_maintenance_mode()
+
+    return dg.Definitions(asset_checks=checks, sensors=[rollout_sensor], jobs=[maintenance_job])

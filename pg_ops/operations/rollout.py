@@ -209,19 +209,24 @@ def target_signature(ctx: ClusterContext) -> str:
 
 def why_wait(ctx: ClusterContext, configs: ClusterConfig, now: datetime) -> str | None:
     """Why an automatic rollout of a pending change must not start now, or None when it may:
-    a value PostgreSQL refuses (a person must fix the spec), a member that cannot be read or a
+    maintenance mode, a value PostgreSQL refuses (a person must fix the spec), a member that cannot be read or a
     replica that does not stream (a restart would leave no standby), no recent backup, outside
     the maintenance window."""
     from pg_ops.operations.due import not_due_yet
     from pg_ops.operations.retention import freshness
 
+    record = ctx.state()
+    if record.in_maintenance(now.timestamp()):
+        from pg_ops.operations.maintenance import until_text
+
+        return f"maintenance mode until {until_text(record.maintenance_until)}"
     objection = ctx.platform.server_config_error()
     if objection:
         return f"PostgreSQL refuses the configuration the spec renders: {objection}"
     unknown = [n for n, m in configs.members.items() if m.error]
     if unknown:
         return f"{', '.join(unknown)} cannot be read"
-    primary = ctx.state().primary
+    primary = record.primary
     not_streaming = [n for n, p in ctx.probe().items() if n != primary and not p.streaming]
     if not_streaming:
         return f"{', '.join(not_streaming)} not streaming"

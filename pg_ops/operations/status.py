@@ -77,6 +77,7 @@ class ClusterStatus:
     lock: dict | None
     members: list[MemberStatus]
     passfile: str | None = None
+    maintenance: dict | None = None  # {"until": unix time, "reason": …} while maintenance mode is on
     extra: dict = field(default_factory=dict)  # figures other areas add (alerts, run ids…)
 
     def member(self, name: str) -> MemberStatus:
@@ -154,7 +155,9 @@ def build_status(ctx: ClusterContext, view, storage: dict[str, Storage] | None =
         primary_dsn=ctx.platform.primary_dsn("postgres", "postgres"), writable_members=writable,
         fenced=list(state.fenced), sync_set=list(state.sync_set),
         lock=state.lock.model_dump() if state.lock and not state.lock.expired() else None,
-        members=members, passfile=str(passfile) if passfile is not None else None)
+        members=members, passfile=str(passfile) if passfile is not None else None,
+        maintenance={"until": state.maintenance_until, "reason": state.maintenance_reason}
+        if state.in_maintenance(view.now) else None)
 
 
 def cluster_status(ctx: ClusterContext) -> ClusterStatus:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from pg_ops.operations.alerts import Alert, Severity, condition_key
 from pg_ops.operations.ha.model import (
@@ -360,6 +361,10 @@ def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[li
 
 
 # -- the tick's decision -------------------------------------------------------------------------------------
+def _utc(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _alert(view: ClusterView, severity: Severity, kind: str, summary: str, **details) -> Alert:
     return Alert(cluster=view.cluster, severity=severity, kind=kind, summary=summary,
                  details={"member": view.designated, **details})
@@ -483,13 +488,18 @@ def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, 
     signature = _signature(view)
     incident = memory.incident
     resume_in_place = isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == view.designated
-    if not policy.automatic and not resume_in_place:
-        # Manual mode keeps topology changes for people; promoting the designated primary
-        # again (it fenced itself while isolated, or a change stopped half-way) changes none.
+    held = view.record.in_maintenance(view.now)
+    if (not policy.automatic or held) and not resume_in_place:
+        # Manual mode and maintenance mode keep topology changes for people; promoting the
+        # designated primary again (it fenced itself while isolated, or a change stopped
+        # half-way) changes none.
         command = f"pg-ops failover --cluster {c}"
         extra = f"; it would refuse: {plan.reason}" if isinstance(plan, Refusal) else ""
+        why = (f"the cluster is in maintenance mode until {_utc(view.record.maintenance_until)}"
+               f"{' (' + view.record.maintenance_reason + ')' if view.record.maintenance_reason else ''}"
+               if held else "failover mode is manual")
         alert = _alert(view, "critical", "manual_failover_needed",
-                       f"{reason}; failover mode is manual: run `{command}`{extra}", command=command,
+                       f"{reason}; {why}: run `{command}`{extra}", command=command,
                        detected_at=down_since)
         return Decision("manual_failover_needed", reason, memory, alerts=(alert,),
                         unknown=frozenset())
