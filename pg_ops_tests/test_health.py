@@ -403,6 +403,8 @@ def test_maintenance_mode_holds_the_failover_keeps_the_alert_and_ends_by_itself(
             held = [b for b in hook.bodies if b["kind"] == "manual_failover_needed"]
             assert len(held) == 1 and "maintenance mode until" in held[0]["summary"]
             assert "(disk work)" in held[0]["summary"] and held[0]["severity"] == "critical"
+            shown = [e for e in sensor.events if isinstance(e, dg.AssetObservation)]
+            assert shown and "MAINTENANCE MODE until" in shown[-1].description  # the UI's asset page
             set_maintenance(ctx, 1.0, "ends in a second")
             time.sleep(1.5)
             sensor.tick()

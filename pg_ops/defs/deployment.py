@@ -103,6 +103,13 @@ def health_observation(cluster: str, status, evaluations: list[dg.AssetCheckEval
         "failed_checks": dg.MetadataValue.text(", ".join(e.check_name for e in failed) or "none"),
         "members": dg.MetadataValue.md(member_rows(status)),
     }
+    if status.maintenance:  # pg-ops maintenance: automatic failover and rollouts held
+        from pg_ops.operations.maintenance import until_text
+
+        summary += f"; MAINTENANCE MODE until {until_text(status.maintenance['until'])}"
+        metadata["summary"] = dg.MetadataValue.text(summary)
+        metadata["maintenance_until"] = dg.MetadataValue.text(until_text(status.maintenance["until"]))
+        metadata["maintenance_reason"] = dg.MetadataValue.text(status.maintenance["reason"] or "none given")
     if alerts is not None:
         metadata["active_alerts"] = dg.MetadataValue.text("; ".join(alerts) or "none")
     return dg.AssetObservation(asset_key=health_key(cluster), description=summary, metadata=metadata)

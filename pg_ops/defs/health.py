@@ -142,7 +142,7 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
 def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float, secrets=()) -> list:
     """The deployment checks of each watched cluster and an observation of it, on its
     cluster_health/<cluster> asset (pg_ops/defs/deployment.py), whenever a check's outcome, the
-    primary or the cluster's active alerts change, and at least once an hour (the UI then shows
+    primary, maintenance mode or the cluster's active alerts change, and at least once an hour (the UI then shows
     how recent they are). `cursor["reported"]` remembers what was last reported per cluster;
     the alerts shown are scrubbed of `secrets` as delivered ones are."""
     reported = cursor.setdefault("reported", {})
@@ -154,7 +154,7 @@ def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float
         evaluations = health_evaluations(watch.cluster, watch.health.view.members, status)
         alerts = sorted(f"{a.severity} {a.kind}: {alert_ops.scrub(a, secrets).summary}" for a in active
                         if a.cluster == watch.cluster)
-        signature = json.dumps([status.designated_primary, [(e.check_name, e.passed, e.description) for e in evaluations],
+        signature = json.dumps([status.designated_primary, status.maintenance, [(e.check_name, e.passed, e.description) for e in evaluations],
                                 sorted(f"{a.kind}:{a.details.get('member', '')}" for a in active
                                        if a.cluster == watch.cluster)])
         last = reported.get(watch.cluster) or {}
