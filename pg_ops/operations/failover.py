@@ -419,11 +419,11 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
 
 
 # -- rolling restart ----------------------------------------------------------------------------
-def rolling_restart(ctx: ClusterContext) -> dict:
+def rolling_restart(ctx: ClusterContext, steps: StepLog | None = None) -> dict:
     """Restart every member without an unplanned failover: replicas one at a time (each back
     and streaming before the next), then a switchover to a restarted replica, which restarts
-    the old primary cleanly as a replica."""
-    steps = StepLog(ctx.log, "rolling restart")
+    the old primary cleanly as a replica. `steps`: a caller's log to add the steps to (a rollout)."""
+    steps = steps or StepLog(ctx.log, "rolling restart")
     with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
         steps.guard = lock.check
         state = ctx.state()

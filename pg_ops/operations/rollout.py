@@ -9,6 +9,8 @@ the least cost each change allows (docs/architecture/design.md, "Changes to a ru
 - What needs a restart (`pg_settings.pending_restart` after the reload) and new binaries go
   through `rolling_restart`: replicas one at a time, a switchover, then the old primary, so no
   restart is a failover.
+- The writes it cost are measured as applications see them (operations/write_probe.py): the run's
+  metadata has the pauses per step and in all.
 - What a member runs is read from the member itself, so `pg-ops status`, the asset check and
   the sensor see a change that is written but not applied, and one not written at all."""
 
@@ -18,12 +20,13 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pg_ops.credentials import SUPERUSER
+from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.failover import LOCK_TTL_S, rolling_restart
 from pg_ops.operations.members import lease_kept
 from pg_ops.operations.steps import StepLog
+from pg_ops.operations.write_probe import WriteProbe
 from pg_ops.poll import poll
 from pg_ops.postgres import running_config
 from pg_ops.postgres.session import with_connection
@@ -90,7 +93,8 @@ class RolloutResult:
     epoch: int
     seconds: float
     shown: dict[str, dict[str, str]]  # member -> the spec's parameters as SHOW reports them
-    steps: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)  # "step: …" durations, "write pause: …" per step
+    write_paused_s: float = 0.0  # writes through the primary endpoint paused this long in all (WriteProbe)
 
     def metadata(self) -> dict:
         meta = asdict(self)
@@ -150,6 +154,18 @@ def rollout(ctx: ClusterContext) -> RolloutResult:
     PgOpsError after it when a member still does not run the rendered configuration."""
     check_rollout(ctx)
     steps = StepLog(ctx.log, "rollout")
+    probe = WriteProbe(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password())
+    with probe:
+        result = _rollout(ctx, steps)
+    paused = probe.by_step(steps.spans)
+    result.write_paused_s = round(sum(paused.values()), 3)
+    result.steps.update({f"write pause: {name}": seconds for name, seconds in paused.items()})
+    ctx.log.info("rollout of %s: writes through the primary endpoint paused %.3f s in all (%s)", ctx.name,
+                 result.write_paused_s, ", ".join(f"{k} {v} s" for k, v in paused.items()) or "no step")
+    return result
+
+
+def _rollout(ctx: ClusterContext, steps: StepLog) -> RolloutResult:
     with topology_lock(ctx.platform.state_store(), "rollout", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
         steps.guard = lock.check
         state = ctx.state()
@@ -169,10 +185,8 @@ def rollout(ctx: ClusterContext) -> RolloutResult:
     if needs_restart:
         ctx.log.info("rollout of %s: %s need a restart (%s): rolling restart", ctx.name, ", ".join(needs_restart),
                      after_reload.summary())
-        restart = rolling_restart(ctx)
+        restart = rolling_restart(ctx, steps)
         primary, epoch, restarted = restart["primary"], restart["epoch"], restart["restarted"].split(", ")
-        steps.steps += [(f"rolling restart: {k.removeprefix('step: ')}", v)
-                        for k, v in restart.items() if k.startswith("step: ")]
     final = member_configs(ctx)
     if final.pending:
         raise PgOpsError(f"cluster {ctx.name}: after the rollout, not every member runs the rendered "

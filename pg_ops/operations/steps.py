@@ -17,6 +17,7 @@ class StepLog:
         # the lock stops at the next step boundary instead of acting on a cluster it no longer owns.
         self.guard: Callable[[], None] | None = None
         self.steps: list[tuple[str, float]] = []
+        self.spans: list[tuple[str, float, float]] = []  # (name, monotonic start, end): what a WriteProbe is cut by
         self.started = time.monotonic()
 
     @contextlib.contextmanager
@@ -29,10 +30,12 @@ class StepLog:
         except Exception as exc:
             took = time.monotonic() - t0
             self.steps.append((f"{name} (failed)", took))
+            self.spans.append((f"{name} (failed)", t0, t0 + took))
             self.log.error("%s: %s failed after %.3f s: %s", self.operation, name, took, exc)
             raise
         took = time.monotonic() - t0
         self.steps.append((name, took))
+        self.spans.append((name, t0, t0 + took))
         self.log.info("%s: %s (%.3f s)", self.operation, name, took)
 
     def as_metadata(self) -> dict[str, float]:
