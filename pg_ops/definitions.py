@@ -19,6 +19,7 @@ from pg_ops.defs import (
     health,
     roles,
     rollout,
+    storage,
     store_checks,
     wal,
 )
@@ -26,7 +27,7 @@ from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import ClusterSpec, load_specs
 
 # Each area module declares its own definitions from the specs.
-AREAS = [deployment, failover, health, backups, drills, store_checks, drift, wal, roles, rollout]
+AREAS = [deployment, failover, health, backups, drills, store_checks, drift, wal, roles, rollout, storage]
 
 
 def build_defs(specs: list[ClusterSpec]) -> dg.Definitions:

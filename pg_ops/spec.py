@@ -365,6 +365,8 @@ class MonitoringSpec(Strict):
     lag_alert_seconds: Annotated[float, Field(gt=0)] = 60
     lag_alert_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
     storage_alert_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    # storage_filling: the ratio above is forecast within this many days (operations/storage_forecast.py)
+    storage_forecast_days: Annotated[float, Field(gt=0, le=60)] = 3.0
     connections_alert_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
     interval_seconds: Annotated[int, Field(ge=1, le=300)] = 5
     probe_timeout_seconds: Annotated[float, Field(gt=0, le=20)] = 2.0

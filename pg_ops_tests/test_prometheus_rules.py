@@ -89,6 +89,29 @@ def cases(spec: ClusterSpec) -> list[Case]:
                  [(fires_at, [labels]), (f"{fresh_at + step}m", [])], every),
         ]
 
+    def filling_cases() -> list[Case]:
+        horizon = m.storage_forecast_days
+        start, per_step = capacity * 0.5, capacity / 144  # 144 ten-minute steps a day: growth per step, per unit rate
+        to_go = m.storage_alert_ratio - 0.5  # of the volume, until the threshold
+
+        def series(rate: float, steps: int, then_flat: int = 0) -> str:
+            inc = per_step * rate
+            text = f"{start:.0f}+{inc:.0f}x{steps}"
+            return text + (f" {start + inc * steps:.0f}x{then_flat}" if then_flat else "")
+
+        fast, slow = 1.5 * to_go / horizon, 0.5 * to_go / horizon  # the threshold in 2/3 of the horizon / in 2x
+        above = f"{capacity * (m.storage_alert_ratio + 0.01):.0f}+{per_step * fast:.0f}x60"
+        warned = [member(p0, "warning")]
+        return [
+            Case("PgOpsStorageFillingUp", "fires", {storage: series(fast, 60)}, [("2h", warned)], "10m"),
+            Case("PgOpsStorageFillingUp", "near miss", {storage: series(slow, 60)}, [("2h", []), ("9h", [])], "10m",
+                 ["the threshold twice the horizon away"]),
+            Case("PgOpsStorageFillingUp", "near miss", {storage: above}, [("2h", [])], "10m",
+                 ["past the threshold: PgOpsStorageNearlyFull speaks"]),
+            Case("PgOpsStorageFillingUp", "resolves", {storage: series(fast, 12, then_flat=72)},
+                 [("2h", warned), ("12h", [])], "10m", ["growth stopped"]),
+        ]
+
     return [
         Case("PgOpsReplicationLag", "fires", {lag_s: f"0 {m.lag_alert_seconds + 1:g}x5", lag_b: "0x6"},
              [("1m", []), ("3m", [lagging])], notes=["seconds over the limit"]),
@@ -138,6 +161,9 @@ def cases(spec: ClusterSpec) -> list[Case]:
              [("3m", [])], notes=["one primary"]),
         Case("PgOpsMoreThanOnePrimary", "resolves", {rec[p0]: "0x4", rec[p1]: "0 0 1 1", rec[p2]: "1x4"},
              [("1m", [cluster_alert]), ("2m", [])]),
+
+        # Ten-minute samples of a filling disk: half full, growing by `rate` of the volume a day.
+        *filling_cases(),
 
         # Coarser steps for limits of a day and more: promtool evaluates every rule at each step.
         *age_cases("PgOpsBackupTooOld", "backup_complete", 26 * H, 10, "critical", step=5),

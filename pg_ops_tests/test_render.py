@@ -497,9 +497,10 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 
 def promql_metrics(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, keywords, label
-    names inside {...} / by (...), or string contents."""
+    names inside {...} / by (...), range selectors, or string contents."""
     expr = re.sub(r'"[^"]*"', '""', expr)
     expr = re.sub(r"\{[^}]*\}", "{}", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors: [6h]
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):

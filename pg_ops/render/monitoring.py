@@ -231,6 +231,14 @@ def alert_rules(spec: ClusterSpec, pending: str | None = None) -> list[dict]:
              f"pg_ops_storage_used_bytes{{{sel}}} / {capacity} > {m.storage_alert_ratio:g}", "5m", "warning",
              f"{spec.name}: {{{{ $labels.pod }}}} uses more than {m.storage_alert_ratio:.0%} of its "
              f"{spec.kubernetes.storage} volume"),
+        # The same forecast pg_ops's storage_forecast_sensor makes from its own observations:
+        # the line through the last 6 h reaches the ratio within storage_forecast_days.
+        rule("PgOpsStorageFillingUp",
+             f"predict_linear(pg_ops_storage_used_bytes{{{sel}}}[6h], {m.storage_forecast_days * 86400:.0f}) / "
+             f"{capacity} > {m.storage_alert_ratio:g} and pg_ops_storage_used_bytes{{{sel}}} / {capacity} <= "
+             f"{m.storage_alert_ratio:g}", "30m", "warning",
+             f"{spec.name}: {{{{ $labels.pod }}}} is forecast to use more than {m.storage_alert_ratio:.0%} of its "
+             f"{spec.kubernetes.storage} volume within {m.storage_forecast_days:g} days: grow it first"),
         rule("PgOpsConnectionsNearLimit",
              f"pg_ops_connections_used{{{sel}}} / pg_ops_connections_max{{{sel}}} > {m.connections_alert_ratio:g}",
              "5m", "warning", f"{spec.name}: {{{{ $labels.pod }}}} uses more than "
