@@ -59,11 +59,11 @@ def require_member(spec: ClusterSpec, member: str, what: str) -> None:
                          f"{', '.join(spec.member_names)})")
 
 
-def reachable_store(spec: ClusterSpec):
-    """The cluster's backup store, or None (said on stderr) when this machine cannot open it:
-    it is the deployment's, and its runs check the backup themselves."""
+def reachable_store(spec: ClusterSpec, source: str = "primary"):
+    """The cluster's backup store (or its second store), or None (said on stderr) when this
+    machine cannot open it: it is the deployment's, and its runs check the backup themselves."""
     try:
-        return ClusterContext.for_spec(spec).store()
+        return ClusterContext.for_spec(spec).store_from(source)
     except PgOpsError as exc:
         backup_unchecked(spec, exc)
         return None
@@ -75,12 +75,12 @@ def backup_unchecked(spec: ClusterSpec, exc: Exception) -> None:
     notice(f"cannot read the backup store of {spec.name} from here ({exc}); the run will check the backup")
 
 
-def require_backup(spec: ClusterSpec, backup_id: str | None) -> None:
+def require_backup(spec: ClusterSpec, backup_id: str | None, source: str = "primary") -> None:
     """The backup exists and is complete (or, without an id, some complete backup exists)."""
     from pg_ops.operations.drill import choose_backup
     from pg_ops.stores.base import StoreError
 
-    store = reachable_store(spec)
+    store = reachable_store(spec, source)
     try:
         if store is not None:
             choose_backup(store, spec.name, backup_id)
@@ -458,22 +458,24 @@ def cmd_backup(args, spec):
               "duration": made.get("duration_seconds"), "throughput_mb_per_s": made.get("throughput_mb_per_s"),
               "source": made.get("source"), "lsn": made.get("lsn"), "store": made.get("store"),
               "databases": made.get("database_names"), "excluded": made.get("excluded_databases"),
-              "pruned": kept.get("deleted_ids"), "run_id": result.run_id}
+              "pruned": kept.get("deleted_ids"), "copy": kept.get("copy"), "run_id": result.run_id}
     emit(args, report, f"backup {report['id']} of {spec.name}: {human_bytes(report['size'])} in {report['duration']} s "
                        f"from {report['source']} (run {result.run_id[:8]})\n"
-                       f"  databases: {report['databases'] or 'none'}; excluded: {report['excluded'] or 'none'}")
+                       f"  databases: {report['databases'] or 'none'}; excluded: {report['excluded'] or 'none'}"
+                       + (f"\n  second store: {report['copy']}" if report["copy"] else ""))
 
 
 @command("backups")
 def cmd_backups(args, spec):
     from pg_ops.operations.retention import backups_report
 
-    rows = backups_report(ClusterContext.for_spec(spec))
+    ctx = ClusterContext.for_spec(spec)
+    rows = backups_report(ctx, ctx.store_from(args.source))
     shown = [{**r, "excluded": ", ".join(r.get("excluded") or []) or "-", "size": human_bytes(r["size"]),
               "duration": "-" if r.get("duration") is None else f"{r['duration']} s"} for r in rows]
     emit(args, rows, table(shown, ["id", "started", "size", "duration", "status", "excluded", "expires",
                                    "retention"])
-         if rows else f"no backups of {spec.name} yet")
+         if rows else f"no backups of {spec.name} yet" + (" in the second store" if args.source == "copy" else ""))
 
 
 def human_bytes(size: int | None) -> str:
@@ -490,7 +492,18 @@ def human_bytes(size: int | None) -> str:
 
 def _backup_parsers(sub, common) -> None:
     sub.add_parser("backup", parents=[common], help="back up the cluster now (backup_cluster job), then prune")
-    sub.add_parser("backups", parents=[common], help="list backups: id, started, size, duration, status, expires")
+    p = sub.add_parser("backups", parents=[common], help="list backups: id, started, size, duration, status, expires")
+    _from_option(p)
+
+
+def _from_option(parser) -> None:
+    parser.add_argument("--from", dest="source", choices=["primary", "copy"], default="primary",
+                        help="which store: backups.store (primary) or the second store of backups.copy_to (copy)")
+
+
+def require_copy(spec: ClusterSpec, source: str) -> None:
+    if source == "copy" and spec.backups.copy_to is None:
+        raise PgOpsError(f"cluster {spec.name} has no second store: --from copy needs backups.copy_to in its spec")
 
 
 # -- restore drills (pg_ops/defs/drills.py, operations/drill.py) -----------------------------------
@@ -499,10 +512,11 @@ def cmd_restore_drill(args, spec):
     from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
     from pg_ops.operations.drill import drill_report_text
 
+    require_copy(spec, args.source)
     if args.point_in_time is not None:
         return pitr_drill_command(args, spec)
-    require_backup(spec, args.backup)
-    result = run_job(args, "restore_drill", spec, drill_run_config(spec.name, args.backup),
+    require_backup(spec, args.backup, args.source)
+    result = run_job(args, "restore_drill", spec, drill_run_config(spec.name, args.backup, args.source),
                      **drill_run_kwargs(spec.name))
     report = {**result.materialization(drill_key(spec.name).path)["report"], "run_id": result.run_id}
     emit(args, report, drill_report_text(report))
@@ -514,6 +528,7 @@ def _drill_parsers(sub, common) -> None:
     p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
                    help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
                         "without TIME, to a moment the drill marks itself")
+    _from_option(p)
 
 
 @command("restore")
@@ -558,8 +573,8 @@ def pitr_drill_command(args, spec):
     ctx.platform.check_point_in_time("the point-in-time drill")  # before a run exists
     target = args.point_in_time or None
     if target:  # refused before a run exists, naming the window or the gap
-        check_recovery(ctx, parse_target_time(target))
-    result = run_job(args, "pitr_drill", spec, pitr_drill_run_config(spec.name, target),
+        check_recovery(ctx, parse_target_time(target), ctx.store_from(args.source))
+    result = run_job(args, "pitr_drill", spec, pitr_drill_run_config(spec.name, target, args.source),
                      asset_selection=[pitr_key(spec.name)])
     report = {**result.materialization(pitr_key(spec.name).path), "run_id": result.run_id}
     emit(args, report, f"point-in-time drill of {spec.name} to {report['target_time']}: {report['result'].upper()} "

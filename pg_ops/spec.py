@@ -336,6 +336,22 @@ class WalArchivingSpec(Strict):
     switchover_drain_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
 
 
+class CopySpec(Strict):
+    """A second store receiving every complete dump, base backup and WAL segment (operations/
+    copy.py): losing the cluster and its backup store must not lose the backups. Its own
+    retention; what the copy's retention would delete is not copied."""
+
+    store: Annotated[FileStoreSpec | S3StoreSpec, Field(discriminator="type")]
+    retention_days: Annotated[int, Field(ge=1)] = 30
+    min_keep: Annotated[int, Field(ge=1)] = 3
+
+
+def store_location(store: FileStoreSpec | S3StoreSpec) -> str:
+    if isinstance(store, FileStoreSpec):
+        return f"file:{store.path.rstrip('/')}"
+    return f"s3:{store.endpoint_url or ''}/{store.bucket}/{store.prefix.strip('/')}"
+
+
 class BackupsSpec(Strict):
     schedule: str = "0 2 * * *"
     retention_days: Annotated[int, Field(ge=1)] = 7
@@ -346,6 +362,14 @@ class BackupsSpec(Strict):
     # Every database that allows connections is dumped; these are not (listed as excluded).
     exclude: list[str] = []
     wal: WalArchivingSpec = WalArchivingSpec()
+    copy_to: CopySpec | None = None
+
+    @model_validator(mode="after")
+    def _copy_elsewhere(self) -> BackupsSpec:
+        if self.copy_to is not None and store_location(self.copy_to.store) == store_location(self.store):
+            raise ValueError(f"backups.copy_to is backups.store itself ({store_location(self.store)}): "
+                             f"a copy in the same place is lost with it")
+        return self
 
     @field_validator("exclude")
     @classmethod

@@ -81,12 +81,16 @@ def _cluster_assets(spec: ClusterSpec) -> tuple[list[dg.AssetsDefinition], list[
     @dg.asset(key=retained_key(cluster), deps=[nightly_key(cluster)], partitions_def=DAILY, group_name=GROUP,
               description=f"Retention of cluster {cluster}'s backups: {spec.backups.retention_days} days, "
                           f"the newest {spec.backups.min_keep} good ones and the newest verified one always kept.")
-    def retained(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
+    def retained(context: dg.AssetExecutionContext, pg_ops: PgOpsResource,
+                 alerts: AlertsResource) -> dg.MaterializeResult:
+        from pg_ops.operations.copy import copy_after_backup
         from pg_ops.operations.retention import prune
 
-        ctx = pg_ops.cluster(cluster, context.log)
+        ctx = pg_ops.cluster(cluster, context.log, alerts)
         result = prune(ctx)
+        copied = copy_after_backup(ctx, "nightly backup")  # backups.copy_to: the second store
         return dg.MaterializeResult(metadata={
+            **copied,
             "kept": dg.MetadataValue.int(len(result.kept)),
             "deleted": dg.MetadataValue.int(len(result.deleted)),
             "aborted_uploads": dg.MetadataValue.int(len(result.aborted_uploads)),

@@ -33,6 +33,7 @@ RECENT_DAYS = 8
 
 class DrillConfig(dg.Config):
     backup_id: str | None = None  # default: the newest complete backup
+    store: str = "primary"  # or "copy": the second store of backups.copy_to
 
 
 class RestoreConfig(dg.Config):
@@ -87,8 +88,11 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list]:
                       pg_ops: PgOpsResource, alerts: AlertsResource) -> dg.MaterializeResult:
         from pg_ops.operations.drill import drill
 
-        report = drill(pg_ops.cluster(cluster, context.log, alerts), config.backup_id, holder=f"drill-{context.run_id[:8]}")
+        ctx = pg_ops.cluster(cluster, context.log, alerts)
+        store = ctx.store_from(config.store)
+        report = drill(ctx, config.backup_id, store=store, holder=f"drill-{context.run_id[:8]}")
         return dg.MaterializeResult(metadata={
+            "store": dg.MetadataValue.text(f"{config.store}: {store.describe()}"),
             "backup_id": dg.MetadataValue.text(report.backup_id),
             "result": dg.MetadataValue.text(report.result),
             "recovery_seconds": dg.MetadataValue.float(round(report.download_seconds + report.restore_seconds, 3)),
@@ -159,9 +163,9 @@ def drill_run_kwargs(cluster: str) -> dict:
     return {"asset_selection": [drill_key(cluster)]}
 
 
-def drill_run_config(cluster: str, backup_id: str | None) -> dict:
+def drill_run_config(cluster: str, backup_id: str | None, store: str = "primary") -> dict:
     op = "__".join(drill_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"backup_id": backup_id}}}}
+    return {"ops": {op: {"config": {"backup_id": backup_id, "store": store}}}}
 
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:

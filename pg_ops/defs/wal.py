@@ -54,6 +54,7 @@ def pitr_key(cluster: str) -> dg.AssetKey:
 
 class PitrDrillConfig(dg.Config):
     target_time: str | None = None  # ISO 8601; default: a time the drill chooses between its own markers
+    store: str = "primary"  # or "copy": the second store of backups.copy_to
 
 
 class RecoverConfig(dg.Config):
@@ -99,17 +100,21 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
     @dg.asset(key=base_key(cluster), group_name=GROUP, kinds={"postgres"},
               description=f"Base backup of {cluster} for point-in-time recovery (pg_basebackup over the "
                           f"replication protocol, streamed into the store), then retention of base backups and WAL.")
-    def base_backup(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
+    def base_backup(context: dg.AssetExecutionContext, pg_ops: PgOpsResource,
+                    alerts: AlertsResource) -> dg.MaterializeResult:
+        from pg_ops.operations.copy import copy_after_backup
         from pg_ops.operations.retention import prune_archive
         from pg_ops.operations.wal import base_backup as take
         from pg_ops.operations.wal import recovery_window
 
-        ctx = pg_ops.cluster(cluster, context.log)
+        ctx = pg_ops.cluster(cluster, context.log, alerts)
         started = time.monotonic()
         backup = take(ctx)
         seconds = time.monotonic() - started
         pruned = prune_archive(ctx)
+        copied = copy_after_backup(ctx, "base backup")  # backups.copy_to: the second store
         return dg.MaterializeResult(metadata={
+            **copied,
             "backup_id": dg.MetadataValue.text(backup.id), "size_mb": dg.MetadataValue.float(round(backup.size / 1e6, 3)),
             "duration_seconds": dg.MetadataValue.float(round(seconds, 3)),
             "begin_wal": dg.MetadataValue.text(backup.begin_wal), "end_wal": dg.MetadataValue.text(backup.end_wal),
@@ -127,8 +132,9 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
         from pg_ops.operations.recover import pitr_drill as drill
 
         target = parse_target_time(config.target_time) if config.target_time else None
-        report = drill(pg_ops.cluster(cluster, context.log, alerts), target)
+        report = drill(pg_ops.cluster(cluster, context.log, alerts), target, where=config.store)
         return dg.MaterializeResult(metadata={
+            "store": dg.MetadataValue.text(config.store),
             "target_time": dg.MetadataValue.text(report.target_time),
             "base_backup": dg.MetadataValue.text(report.base_backup),
             "result": dg.MetadataValue.text(report.result),
@@ -262,6 +268,11 @@ def _archive_sensor(base_job) -> dg.SensorDefinition:
                     if s.backups.wal.enabled]
         cursor = json.loads(context.cursor) if context.cursor else {}
         healths, cursor["alerts"] = watch_archiving(contexts, cursor.get("alerts", {}))
+        copying = [c for c in contexts if c.spec.backups.copy_to is not None]
+        if copying:  # backups.copy_to: the new WAL (and whatever a run could not copy) to the second store
+            from pg_ops.operations.copy import copy_catch_up
+
+            _copied, cursor["copy_alerts"] = copy_catch_up(copying, cursor.get("copy_alerts", {}))
         events, requests = [], []
         for cluster, health in healths.items():
             if isinstance(health, str):
@@ -298,9 +309,9 @@ def first_base_backup_request(cluster: str, sysid: str, hour: str) -> dg.RunRequ
                          tags={CLUSTER_TAG: cluster, "pg_ops/reason": "no base backup of this system yet"})
 
 
-def pitr_drill_run_config(cluster: str, target_time: str | None) -> dict:
+def pitr_drill_run_config(cluster: str, target_time: str | None, store: str = "primary") -> dict:
     op = "__".join(pitr_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"target_time": target_time}}}}
+    return {"ops": {op: {"config": {"target_time": target_time, "store": store}}}}
 
 
 __all__ = ["build", "recover_run_config", "pitr_drill_run_config", "base_key", "pitr_key", "archive_key"]

@@ -15,7 +15,7 @@ from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.postgres.topology import MemberProbe, probe_members
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
-from pg_ops.stores import BackupStore, store_for
+from pg_ops.stores import BackupStore, copy_store_for, store_for
 
 
 @dataclass
@@ -44,6 +44,16 @@ class ClusterContext:
         """The cluster's backup store; S3 keys come from the env vars the spec names, the
         platform's secret (`credentials_secret`), or boto3's default chain."""
         return store_for(self.spec, secret_provider=self.platform.s3_credentials)
+
+    def copy_store(self) -> BackupStore:
+        """The second store of `backups.copy_to` (StoreError when there is none)."""
+        return copy_store_for(self.spec, secret_provider=self.platform.s3_credentials)
+
+    def store_from(self, where: str) -> BackupStore:
+        """"primary" (backups.store) or "copy" (backups.copy_to): where a drill or a listing reads."""
+        if where not in ("primary", "copy"):
+            raise PgOpsError(f"backup store {where!r}: primary or copy")
+        return self.copy_store() if where == "copy" else self.store()
 
     def admin_password(self) -> str:
         return self.credentials().password(SUPERUSER)

@@ -435,19 +435,25 @@ def expected_rows_before(ctx: ClusterContext, target: datetime) -> int:
         return status_table.heartbeats_until(conn, safe)
 
 
-def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: BackupStore | None = None) -> PitrDrillReport:
+def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: BackupStore | None = None,
+               where: str = "primary") -> PitrDrillReport:
     """Recover the archive into a throw-away server and prove the target. Raises PgOpsError when
-    the drill fails (after recording it) or cannot run."""
+    the drill fails (after recording it) or cannot run. `where` "copy": from the second store
+    (base backup, WAL and the drill's record there; its marker segment copied there first)."""
+    from pg_ops.operations.copy import copy_backups, reading_copy
     from pg_ops.operations.drill import alert_drill
     from pg_ops.platforms import local_recovery
 
     ctx.platform.check_point_in_time("the point-in-time drill")
-    store = store or ctx.store()
+    source_spec = reading_copy(ctx.spec) if where == "copy" else ctx.spec
+    store = ctx.copy_store() if where == "copy" else (store or ctx.store())
     started = time.monotonic()
     report = PitrDrillReport(cluster=ctx.name, started_at=datetime.now(UTC).isoformat())
     markers: dict = {}
     if target is None:
-        target, markers = seal_target(ctx, store)
+        target, markers = seal_target(ctx, ctx.store())
+        if where == "copy":
+            copy_backups(ctx, dst=store)  # the segment holding the markers, into the second store
     else:
         report.chosen_by = "operator"
     report.target_time, report.markers = target.isoformat(), markers
@@ -460,7 +466,7 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
             t0 = time.monotonic()
             with local_recovery.drill_server(
                     "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),
-                    recovery_auto_conf(ctx.spec, ref, target)) as server:
+                    recovery_auto_conf(source_spec, ref, target)) as server:
                 member = server.spec.member_names[0]
                 report.restore_seconds = round(time.monotonic() - t0, 3)
                 report.replay_seconds = round(wait_promoted(server, member, ctx.admin_password(), target, ctx.log), 3)

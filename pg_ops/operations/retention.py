@@ -105,13 +105,15 @@ def plan_retention(records: list[cat.BackupRecord], *, now: datetime, retention_
 
 
 def prune(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
-          now: datetime | None = None) -> PruneResult:
+          now: datetime | None = None, retention_days: int | None = None, min_keep: int | None = None
+          ) -> PruneResult:
+    """`retention_days`, `min_keep`: another store's policy (the copy's); default the spec's."""
     store = store or ctx.store()
     now = now or datetime.now(UTC)
     records = cat.list_backups(store, ctx.name, with_manifests=False)
     policy = ctx.spec.backups
-    decisions, blocked = plan_retention(records, now=now, retention_days=policy.retention_days,
-                                        min_keep=policy.min_keep)
+    decisions, blocked = plan_retention(records, now=now, retention_days=retention_days or policy.retention_days,
+                                        min_keep=min_keep or policy.min_keep)
     result = PruneResult(ctx.name, dry_run, decisions, blocked=blocked)
     if blocked:
         ctx.log.warning("retention of cluster %s: %s", ctx.name, blocked)
@@ -246,7 +248,8 @@ class ArchivePruneResult:
 
 
 def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_run: bool = False,
-                  now: datetime | None = None) -> ArchivePruneResult:
+                  now: datetime | None = None, retention_days: int | None = None, min_keep: int | None = None
+                  ) -> ArchivePruneResult:
     from pg_ops.operations.wal import archive_ref
     from pg_ops.stores import wal_archive as wa
 
@@ -256,8 +259,8 @@ def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_
     listing = wa.list_archive(store, ref)
     drills = [d for d in wa.list_drills(store, ref) if d.get("result") == "passed"]
     policy = ctx.spec.backups
-    plan = plan_archive_retention(listing.base_backups, now=now, retention_days=policy.retention_days,
-                                  min_keep=policy.min_keep, verified_base=drills[-1]["base_backup"] if drills else None,
+    plan = plan_archive_retention(listing.base_backups, now=now, retention_days=retention_days or policy.retention_days,
+                                  min_keep=min_keep or policy.min_keep, verified_base=drills[-1]["base_backup"] if drills else None,
                                   holds=listing.active_holds(now.timestamp()))
     result = ArchivePruneResult(ctx.name, dry_run, plan.decisions, blocked=plan.blocked)
     if plan.blocked:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pg_ops import settings
-from pg_ops.spec import ClusterSpec, S3StoreSpec
+from pg_ops.spec import ClusterSpec, FileStoreSpec, S3StoreSpec
 from pg_ops.stores.base import BackupStore, StoreError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # (secret name) -> credentials; the Kubernetes platform supplies one.
 SecretCredentialsProvider = Callable[[str], "S3Credentials"]
 
-__all__ = ["BackupStore", "StoreError", "store_for", "s3_credentials"]
+__all__ = ["BackupStore", "StoreError", "store_for", "copy_store_for", "store_of", "s3_credentials"]
 
 
 def s3_credentials(spec: S3StoreSpec, secret_provider: SecretCredentialsProvider | None = None,
@@ -46,7 +46,18 @@ def s3_credentials(spec: S3StoreSpec, secret_provider: SecretCredentialsProvider
 
 
 def store_for(spec: ClusterSpec, secret_provider: SecretCredentialsProvider | None = None) -> BackupStore:
-    config = spec.backups.store
+    return store_of(spec.backups.store, secret_provider)
+
+
+def copy_store_for(spec: ClusterSpec, secret_provider: SecretCredentialsProvider | None = None) -> BackupStore:
+    """The second store of `backups.copy_to` (StoreError when the spec names none)."""
+    if spec.backups.copy_to is None:
+        raise StoreError(f"cluster {spec.name} has no second store (backups.copy_to is not set)")
+    return store_of(spec.backups.copy_to.store, secret_provider)
+
+
+def store_of(config: FileStoreSpec | S3StoreSpec, secret_provider: SecretCredentialsProvider | None = None
+             ) -> BackupStore:
     if config.type == "file":
         from pg_ops.stores.filesystem import FileStore
 
