@@ -489,6 +489,21 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
         assert (data / "backup_label").read_text().startswith("START WAL LOCATION")
         fields = controldata.read(settings.pg_bin(), data)
         assert fields["Database system identifier"] == ctx.state().system_identifier
+        # Retention on Kubernetes: once the first base backup is out of the window, it goes with
+        # the WAL only it needed; the newer one and everything after its start stay.
+        from pg_ops.operations.retention import prune_archive
+
+        for _ in range(2):
+            run(ctx, "insert into kept values (2)")
+            wal.switch_and_wait(ctx)
+        newer = wal.base_backup(ctx)
+        later = datetime.now(UTC) + timedelta(days=spec.backups.retention_days + 1)
+        pruned = prune_archive(ctx, now=later, min_keep=1)
+        assert pruned.deleted_base_backups == [backup.id] and pruned.deleted_segments >= 1
+        after = wa.list_archive(ctx.store(), wal.archive_ref(ctx))
+        assert [b.id for b in after.base_backups] == [newer.id]
+        assert min(s.segment.segno for s in after.segments) == newer.begin_segno
+        assert wal.recovery_window(ctx).oldest == newer.end_time
     from pg_ops.definitions import build_defs  # loads the specs folder on import: after writing the spec
 
     defs = build_defs([spec])
