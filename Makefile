@@ -22,7 +22,8 @@ APT_PACKAGES := \
 	"prometheus-alertmanager=pg_ops alerts to a real Alertmanager (pg_ops_tests/test_monitoring_live.py)" \
 	"iptables=real network partitions (pg_ops_tests/test_partitions.py; also needs a writable cgroup v2), the partition benchmark" \
 	"chromium=the Dagster UI test of a fresh cluster's asset graph (pg_ops_tests/test_ui_fresh.py), make screenshot-alerts" \
-	"zstd=the raw baseline of the point-in-time recovery benchmark (tar --zstd; make bench BENCH=pitr)"
+	"zstd=the raw baseline of the point-in-time recovery benchmark (tar --zstd; make bench BENCH=pitr)" \
+	"pgbouncer=the connection pooler of clusters whose spec sets pooler (pg_ops_tests/test_pooler.py)"
 
 setup: $(STAMP) $(BARMAN)/.installed
 

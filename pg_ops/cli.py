@@ -164,6 +164,14 @@ def cmd_status(args, spec):
                                  "summary": f"run {failed['job']} ({failed['run_id'][:8]}) failed at {when}"})
     text = status_text(status)
     text += "\n" + configuration_text(ctx, status)
+    if spec.pooler is not None:  # spec `pooler` (operations/pooling.py)
+        from pg_ops.operations.pooling import pooler_status
+
+        status["pooler"] = pooled = pooler_status(ctx)
+        text += "\npooler: " + (f"unknown ({pooled['error']})" if "error" in pooled else
+                                f"{pooled['endpoint']} -> port {pooled['target_port']}, {pooled['clients_active']} "
+                                f"clients active, {pooled['clients_waiting']} waiting, {pooled['servers']} server "
+                                f"connections")
     if spec.backups.wal.enabled:  # the recovery window (operations/wal.py)
         from pg_ops.operations.wal import recovery_window
 

@@ -17,6 +17,7 @@ REPLICATION_USER = "replicator"
 # Its own name cannot start with "pg_": PostgreSQL reserves those for predefined roles.
 MONITORING_USER = "postgres_exporter"
 MONITORING_GRANT = "pg_monitor"
+POOLER_USER = "pgops_pooler"  # PgBouncer's auth_query and admin console login (operations/pooling.py)
 PG_OPS_DATABASE = "pg_ops"
 REDACTED = "[redacted]"
 SECRET_KEY_MARKERS = ("password", "secret", "token", "passwd", "credential", "private_key")
@@ -59,7 +60,8 @@ class Credentials(BaseModel):
 
 def required_roles(spec: ClusterSpec) -> list[str]:
     """pg_ops's own roles, then every application role whose password pg_ops generates."""
-    return [SUPERUSER, REPLICATION_USER, MONITORING_USER] + spec.password_roles()
+    return [SUPERUSER, REPLICATION_USER, MONITORING_USER] + ([POOLER_USER] if spec.pooler else []) \
+        + spec.password_roles()
 
 
 def new_credentials(spec: ClusterSpec) -> Credentials:
@@ -90,6 +92,14 @@ def _redact(value, known: list[str]):
 # -- what an application gets: one role's credentials, as a file or Secret of these keys ---------
 APP_CREDENTIAL_KEYS = ("username", "password", "host", "port", "dbname", "uri", "jdbc-uri")
 READ_SUFFIX = "-read"
+
+
+def pooled_uri(role: str, password: str, dbname: str, pooler) -> str:
+    """The libpq URI of `role` through the cluster's pooler (an Endpoint: host, port)."""
+    from urllib.parse import quote
+
+    return f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}@{pooler.host}:{pooler.port}/" \
+           f"{quote(dbname, safe='')}"
 
 
 def app_credentials(role: str, password: str, dbname: str, hosts: list[tuple[str, int]],

@@ -21,7 +21,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 PG_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Names pg_ops itself uses; an application may not claim them.
 RESERVED_DATABASES = {"postgres", "template0", "template1", "pg_ops"}
-RESERVED_ROLES = {"postgres", "replicator", "pg_ops", "postgres_exporter"}  # credentials.py
+RESERVED_ROLES = {"postgres", "replicator", "pg_ops", "postgres_exporter", "pgops_pooler"}  # credentials.py
 
 
 class Strict(BaseModel):
@@ -407,6 +407,18 @@ class FailoverSpec(Strict):
     lease_seconds: Annotated[float, Field(ge=2, le=300)] = 5.0
 
 
+class PoolerSpec(Strict):
+    """PgBouncer in front of the primary (operations/pooling.py): applications connect to it,
+    and switchovers and rolling restarts pause it instead of breaking their connections."""
+
+    mode: Literal["transaction", "session"] = "transaction"
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 20  # server connections per database and user
+    max_client_conn: Annotated[int, Field(ge=1, le=100000)] = 1000
+    # A planned change pauses the pooler at most this long for the open transactions to end;
+    # past it the pooler resumes and the change goes on (the clients then see the restart).
+    pause_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+
 class MaintenanceSpec(Strict):
     """When automatic changes may disrupt the cluster (operations/rollout.py). `window`: a
     five-field UTC cron naming when each window opens, lasting `window_hours`; None: any time."""
@@ -458,6 +470,7 @@ class ClusterSpec(Strict):
     monitoring: MonitoringSpec = MonitoringSpec()
     failover: FailoverSpec = FailoverSpec()
     maintenance: MaintenanceSpec = MaintenanceSpec()
+    pooler: PoolerSpec | None = None
     alerts: AlertsSpec = AlertsSpec()
 
     @field_validator("name")
@@ -554,6 +567,18 @@ class ClusterSpec(Strict):
         """Members are named like StatefulSet pods, on both platforms."""
         return [f"{self.name}-{i}" for i in range(self.postgres.members)]
 
+    @property
+    def local_ports(self) -> range:
+        """A local cluster's ports: one per member from base_port, then the pooler's."""
+        return range(self.local.base_port, self.local.base_port + self.postgres.members + (1 if self.pooler else 0))
+
+    @model_validator(mode="after")
+    def _pooler_on_its_platform(self) -> ClusterSpec:
+        if self.pooler is not None and self.platform != "local":
+            raise ValueError("pooler: PgBouncer is run for local clusters only so far (its Kubernetes Deployment is "
+                             "not rendered yet)")
+        return self
+
 
 def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))) or "(root)"
@@ -619,7 +644,7 @@ def _check_local_ports(specs: list[ClusterSpec], files: list[Path]) -> None:
     for spec, f in zip(specs, files, strict=True):
         if spec.platform != "local":
             continue
-        ports = range(spec.local.base_port, spec.local.base_port + spec.postgres.members)
+        ports = spec.local_ports
         if ports.start <= ephemeral.stop - 1 and ephemeral.start <= ports.stop - 1:
             raise SpecError(f"{f}: field local.base_port: ports {ports.start}-{ports.stop - 1} fall in this machine's "
                             f"ephemeral port range {ephemeral.start}-{ephemeral.stop - 1}, where an outgoing connection "

@@ -1,7 +1,7 @@
 """The application in partition tests: a separate process (so iptables can tell it from
 pg_ops) that commits numbered rows through the primary endpoint and prints one line per
 acknowledgement (`ack N UNIXTIME MEMBER`: the member that acknowledged it) and per failed
-attempt (`fail UNIXTIME`).
+attempt (`fail UNIXTIME REASON`).
 
     python -m pg_ops_tests.app_writer DSN TABLE      (password in PGPASSWORD)
 
@@ -45,6 +45,8 @@ def main() -> int:
             if conn is None:
                 conn = psycopg.connect(dsn, autocommit=True, connect_timeout=2,
                                        options="-c statement_timeout=2000")
+                if os.environ.get("PGOPS_APP_NO_PREPARE"):  # behind PgBouncer in transaction mode
+                    conn.prepare_threshold = None
                 member = conn.execute("select current_setting('cluster_name')").fetchone()[0]
             conn.execute(f"insert into {table} (n) values (%s)", (n + 1,))
             n += 1
@@ -54,8 +56,9 @@ def main() -> int:
             # stopped while the commit waited for a synchronous standby): not acknowledged, so
             # not counted; the next number goes on.
             n += 1
-        except psycopg.Error:
-            print(f"fail {time.time():.4f}", flush=True)
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())[:200]
+            print(f"fail {time.time():.4f} {reason}", flush=True)
             if conn is not None:
                 try:
                     conn.close()
@@ -70,16 +73,21 @@ def main() -> int:
 class App:
     """pg_ops_tests.app_writer in a subprocess (in the partition harness's app cgroup when given)."""
 
-    def __init__(self, ctx, parts=None, table: str = "chaos_writes", dsn: str | None = None):
-        """`dsn`: where the application connects (default: the cluster's primary endpoint)."""
-        self.ctx, self.parts, self.table = ctx, parts, table
+    def __init__(self, ctx, parts=None, table: str = "chaos_writes", dsn: str | None = None,
+                 password: str | None = None, dbname: str = PG_OPS_DATABASE, prepared: bool = True):
+        """`dsn`: where the application connects (default: the cluster's primary endpoint), with
+        `password` (default: the superuser's); `dbname`: the database it names; `prepared` False:
+        no server-side prepared statements, as an application behind a transaction pooler needs."""
+        self.ctx, self.parts, self.table, self.dbname = ctx, parts, table, dbname
         self.dsn = dsn or ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE)
+        self.password, self.prepared = password, prepared
         self.lines: list[str] = []
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> App:
         argv = [sys.executable, "-m", "pg_ops_tests.app_writer", self.dsn, self.table]
-        env = {**os.environ, "PGPASSWORD": self.ctx.admin_password(), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PGPASSWORD": self.password or self.ctx.admin_password(), "PYTHONPATH": str(REPO),
+               **({} if self.prepared else {"PGOPS_APP_NO_PREPARE": "1"})}
         kwargs = {"env": env, "stdout": subprocess.PIPE, "text": True, "cwd": REPO}
         if self.parts is not None:
             self.proc = self._stack.enter_context(self.parts.app_process(argv, **kwargs))
@@ -141,7 +149,7 @@ class App:
         acked = {n for n, _, _ in self.acks()}
         present = with_connection(self.ctx.endpoints()[primary], "postgres", self.ctx.admin_password(),
                                   lambda c: {r[0] for r in c.execute(f"select n from {self.table}")},
-                                  dbname=PG_OPS_DATABASE, timeout=30)
+                                  dbname=self.dbname, timeout=30)
         return acked - present
 
 

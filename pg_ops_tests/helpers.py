@@ -90,7 +90,9 @@ def kill_member(platform: Platform, name: str) -> None:
 
 
 def stop_cluster(ctx: ClusterContext) -> None:
-    """Stop every member of a local cluster by process group, whatever state it is in."""
+    """Stop every member of a local cluster (and its pooler) by process group, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        ctx.platform.stop_pooler()
     for name in ctx.spec.member_names:
         with contextlib.suppress(Exception):
             kill_member(ctx.platform, name)

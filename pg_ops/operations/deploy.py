@@ -168,10 +168,18 @@ def establish_replication(ctx: ClusterContext, lock: HeldLock) -> None:
 
 
 def verify_primary_endpoint(ctx: ClusterContext) -> dict:
-    """Route the primary endpoint and prove it with a write through it."""
+    """Route the primary endpoint and prove it with a write through it; with a pooler (spec
+    `pooler`), run and aim it too, and prove it the same way."""
+    from pg_ops.operations import pooling
+
     state = ctx.state()
+    if ctx.spec.pooler is not None:
+        pooling.ensure(ctx, state.primary)
     ctx.platform.route_primary(state.primary)
-    return write_through_primary_endpoint(ctx, state.epoch, "deploy", state.primary)
+    result = write_through_primary_endpoint(ctx, state.epoch, "deploy", state.primary)
+    if ctx.spec.pooler is not None:
+        result["pooler_member"] = pooling.verify(ctx, state.epoch)
+    return result
 
 
 INVARIANTS_SETTLE_S = 20.0

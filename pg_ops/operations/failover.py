@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from pg_ops.errors import MemberError, PgOpsError, Refused
-from pg_ops.operations import wal
+from pg_ops.operations import pooling, wal
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
@@ -182,6 +182,8 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
             repointed = repoint_replicas(ctx, candidate, skip=set(plan.fence))
         with steps.step("route the primary endpoint"):
             ctx.platform.route_primary(candidate)
+            if ctx.spec.pooler is not None:
+                pooling.resume(ctx)  # a switchover that died paused must not keep clients waiting
         with steps.step("replication mode"):
             replication_mode_after_change(ctx, candidate)
         with steps.step("verify a write through the primary endpoint"):
@@ -284,6 +286,42 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         # The final LSN is the reference a resumed failover checks the candidate against.
         new_state = lock.update(lambda s: s.model_copy(update={
             "epoch": s.epoch + 1, "primary": to, "observed_lsn": final_lsn, "observed_at": time.time()}))
+    pause = None
+    if ctx.spec.pooler is not None:  # clients wait in the pooler instead of failing
+        with steps.step("pause the pooler"):
+            pause = pooling.pause(ctx)
+    try:
+        received, shutdown_lsn, timeline = _hand_over(ctx, steps, lock, old, to, final_lsn, new_state.epoch)
+        if pause is not None:
+            with steps.step("resume the pooler"):
+                pooling.resume(ctx)
+    finally:
+        if pause is not None:  # also when the switchover stopped half-way: never leave clients waiting
+            pooling.resume(ctx)
+    with steps.step("old primary rejoins as a replica"):
+        ctx.platform.start_member(old)
+        wait_until(ctx, old, lambda p: p.streaming, "streaming from the new primary", timeout=REJOIN_TIMEOUT_S)
+    with steps.step("replication mode"):
+        replication_mode_after_change(ctx, to)
+    with steps.step("verify a write through the primary endpoint"):
+        verify_write(ctx, to, new_state.epoch, "switchover")
+    record_status(ctx, "failover", new_state.epoch)
+    change = TopologyChange(operation="switchover", cluster=ctx.name, old_primary=old, new_primary=to,
+                            epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
+                            seconds=steps.elapsed, steps=steps.as_metadata())
+    change.notes.append(f"shutdown checkpoint {shutdown_lsn}, received {received}" if shutdown_lsn else
+                        f"final LSN {final_lsn} (read before the shutdown: the shutdown checkpoint is not readable "
+                        f"on {ctx.spec.platform}), received {received}")
+    if pause is not None and pause.note:
+        change.notes.append(pause.note)
+    change.notes += [drained, *wal.after_promotion(ctx)]
+    return change
+
+
+def _hand_over(ctx: ClusterContext, steps: StepLog, lock: HeldLock, old: str, to: str, final_lsn: str,
+               epoch: int) -> tuple[str, str | None, int | None]:
+    """From the old primary's clean shutdown to the new one routed: the window in which writes
+    wait. Returns (received LSN, shutdown checkpoint, new timeline)."""
     with steps.step("clean shutdown of the old primary"):
         ctx.platform.stop_member(old)
     with steps.step("the old primary's shutdown checkpoint"):
@@ -305,7 +343,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         raise PgOpsError(f"cluster {ctx.name}: switchover to {to} refused: {missed}; {old} is the primary again "
                          f"(epoch {back}), nothing lost")
     with steps.step("promote"):
-        timeline = promote(ctx, to, new_state.epoch)
+        timeline = promote(ctx, to, epoch)
         took_over(lock, timeline)
     with steps.step("replication slots on the new primary"):
         act.ensure_slots(ctx, to)
@@ -313,22 +351,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
         repoint_replicas(ctx, to, skip={old})
     with steps.step("route the primary endpoint"):
         ctx.platform.route_primary(to)
-    with steps.step("old primary rejoins as a replica"):
-        ctx.platform.start_member(old)
-        wait_until(ctx, old, lambda p: p.streaming, "streaming from the new primary", timeout=REJOIN_TIMEOUT_S)
-    with steps.step("replication mode"):
-        replication_mode_after_change(ctx, to)
-    with steps.step("verify a write through the primary endpoint"):
-        verify_write(ctx, to, new_state.epoch, "switchover")
-    record_status(ctx, "failover", new_state.epoch)
-    change = TopologyChange(operation="switchover", cluster=ctx.name, old_primary=old, new_primary=to,
-                            epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
-                            seconds=steps.elapsed, steps=steps.as_metadata())
-    change.notes.append(f"shutdown checkpoint {shutdown_lsn}, received {received}" if shutdown_lsn else
-                        f"final LSN {final_lsn} (read before the shutdown: the shutdown checkpoint is not readable "
-                        f"on {ctx.spec.platform}), received {received}")
-    change.notes += [drained, *wal.after_promotion(ctx)]
-    return change
+    return received, shutdown_lsn, timeline
 
 
 def undo_switchover(ctx: ClusterContext, lock: HeldLock, old: str) -> int:
@@ -441,7 +464,7 @@ def rolling_restart(ctx: ClusterContext, steps: StepLog | None = None) -> dict:
                 wait_until(ctx, name, lambda p: p.streaming, "streaming after its restart", timeout=REJOIN_TIMEOUT_S)
         change = switchover_locked(ctx, to=replicas[0], steps=steps, lock=lock) if replicas else None
         if change is None:
-            with steps.step(f"restart {old} (single member: downtime)"):
+            with steps.step(f"restart {old} (single member: downtime)"), pooling.paused(ctx):
                 ctx.platform.stop_member(old)
                 ctx.platform.start_member(old)
                 wait_until(ctx, old, lambda p: p.writable, "writable after its restart")

@@ -12,6 +12,8 @@ import time
 
 import psycopg
 
+from pg_ops.postgres.session import connect_dsn
+
 PROBE_EVERY_S = 0.05
 PAUSE_S = 0.2  # shorter gaps are a busy machine, not an outage
 
@@ -29,8 +31,7 @@ class WriteProbe:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = psycopg.connect(self.dsn, password=self.password, autocommit=True, connect_timeout=2,
-                                           options="-c statement_timeout=2000")
+                    conn = connect_dsn(self.dsn, self.password, timeout=2, options="-c statement_timeout=2000")
                 conn.execute("select txid_current()")
                 self.commits.append(time.monotonic())
             except psycopg.Error:

@@ -175,8 +175,9 @@ class Routing(Protocol):
         ...
 
     def route_primary(self, name: str) -> None:
-        """Send the primary endpoint to `name` and away from everyone else. Local: nothing to
-        do (libpq picks the writable member). Kubernetes: every other pod labelled replica
+        """Send the primary endpoint to `name` and away from everyone else. Local: libpq picks
+        the writable member; a running pooler is aimed at `name` (RELOAD) and its server
+        connections to anyone else closed (RECONNECT). Kubernetes: every other pod labelled replica
         first, then `name` primary, so the Service never selects two (MemberError when the pod
         does not exist). Idempotent: labels already right are not written."""
         ...
@@ -334,6 +335,28 @@ class Rollouts(Protocol):
         ...
 
 
+class Pooling(Protocol):
+    """The spec's connection pooler (PgBouncer) in front of the primary (operations/pooling.py)."""
+
+    def pooler_endpoint(self) -> Endpoint | None:
+        """Where applications reach the pooler; None when the spec has no pooler."""
+        ...
+
+    def start_pooler(self, primary: str) -> bool:
+        """Run the pooler (aimed at `primary`) if it is not running; True when it was started.
+        Local: a pgbouncer process as the server user. Kubernetes: refused at spec load."""
+        ...
+
+    def stop_pooler(self) -> None:
+        """Stop it, by process group; nothing when it does not run."""
+        ...
+
+    def pooler_admin(self, command: str, timeout: float = 5.0) -> list[dict]:
+        """One command on its admin console (PAUSE, RESUME, RECONNECT, RELOAD, SHOW …): rows as
+        column -> value."""
+        ...
+
+
 class ScratchTargets(Protocol):
     """Throw-away servers that are never members of any cluster (restore drills)."""
 
@@ -346,7 +369,8 @@ class ScratchTargets(Protocol):
         ...
 
 
-class Platform(Members, Routing, Record, Secrets, ClusterObjects, Archiving, Rollouts, ScratchTargets, Protocol):
+class Platform(Members, Routing, Record, Secrets, ClusterObjects, Archiving, Rollouts, Pooling, ScratchTargets,
+               Protocol):
     """Everything an operation may ask of where a cluster runs."""
 
     spec: ClusterSpec

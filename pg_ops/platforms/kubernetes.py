@@ -733,6 +733,19 @@ class KubernetesPlatform(Platform):
     def config_written(self) -> bool | None:
         return None
 
+    # The spec refuses `pooler` on Kubernetes at load (its Deployment is not rendered yet).
+    def pooler_endpoint(self) -> Endpoint | None:
+        return None
+
+    def start_pooler(self, primary: str) -> bool:
+        return False
+
+    def stop_pooler(self) -> None:
+        return None
+
+    def pooler_admin(self, command: str, timeout: float = 5.0) -> list[dict]:
+        raise Unsupported(f"cluster {self.spec.name}: no pooler on Kubernetes yet")
+
     def server_config_text(self) -> str:
         from pg_ops.render.config import postgresql_conf
 

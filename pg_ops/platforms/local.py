@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from pg_ops import settings
 from pg_ops.credentials import (
     MONITORING_USER,
+    POOLER_USER,
     READ_SUFFIX,
     REPLICATION_USER,
     SUPERUSER,
@@ -38,6 +39,7 @@ from pg_ops.credentials import (
     app_credentials,
     generate_password,
     new_credentials,
+    pooled_uri,
     required_roles,
 )
 from pg_ops.errors import MemberError, PgOpsError, Unsupported
@@ -49,8 +51,11 @@ from pg_ops.platforms.base import (
     ScratchTarget,
     parse_member_report,
 )
+from pg_ops.platforms.local_pooler import LocalPooler
 from pg_ops.platforms.local_state import FileStateStore
 from pg_ops.platforms.server_user import ServerUser, chown_tree, server_user, unreachable_parent
+from pg_ops.platforms.server_user import pid_alive as _pid_alive
+from pg_ops.platforms.server_user import write_private as _write_private
 from pg_ops.platforms.shared_memory import release_data_dir_segment
 from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
@@ -66,27 +71,6 @@ if TYPE_CHECKING:
 MEMBER_SCRIPT = Path(__file__).with_name("member.sh")
 STOP_TIMEOUT_S = 30.0
 SCRATCH_READY_TIMEOUT_S = 60.0
-
-
-def _write_private(path: Path, text: str, owner: ServerUser | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    if owner and owner.switch:
-        os.chown(tmp, owner.uid, owner.gid)
-    os.replace(tmp, path)
-
-
-def _pid_alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def _port_in_use(port: int) -> bool:
@@ -194,9 +178,13 @@ class LocalPlatform(Platform):
         os.chmod(folder, 0o700)
         hosts = [(ep.host, ep.port) for ep in self.member_endpoints().values()]
         changed = False
+        pooler = self.pooler_endpoint()
         for suffix, attrs, jdbc in (("", "read-write", "primary"), (READ_SUFFIX, "prefer-standby", "preferSecondary")):
             path = folder / f"{role}{suffix}.json"
-            text = json.dumps(app_credentials(role, password, dbname, hosts, attrs, jdbc), indent=1) + "\n"
+            document = app_credentials(role, password, dbname, hosts, attrs, jdbc)
+            if pooler is not None and not suffix:  # spec `pooler`: the same role through PgBouncer
+                document["pooled-uri"] = pooled_uri(role, password, dbname, pooler)
+            text = json.dumps(document, indent=1) + "\n"
             try:
                 same = path.read_text() == text
             except FileNotFoundError:
@@ -340,8 +328,50 @@ class LocalPlatform(Platform):
         return True
 
     def route_primary(self, name: str) -> None:
-        # The multi-host DSN with target_session_attrs=read-write routes by itself.
-        return None
+        # The multi-host DSN with target_session_attrs=read-write routes by itself; the pooler
+        # has one target, rewritten here.
+        pooler = self._pooler()
+        if pooler is None or not pooler.running():
+            return
+        password = self.load_credentials_or_fail().password(POOLER_USER)
+        pooler.write(self.member_endpoints()[name].port, password)
+        pooler.admin("RELOAD", password)
+        pooler.admin("RECONNECT", password)  # server connections to the old target close once released
+
+    # -- the pooler ----------------------------------------------------------------------------
+    def _pooler(self) -> LocalPooler | None:
+        return LocalPooler(self.spec, self.root, self.user) if self.spec.pooler else None
+
+    def pooler_endpoint(self) -> Endpoint | None:
+        pooler = self._pooler()
+        return pooler.endpoint if pooler else None
+
+    def start_pooler(self, primary: str) -> bool:
+        pooler = self._pooler()
+        if pooler is None:
+            return False
+        if _port_in_use(pooler.endpoint.port) and not pooler.running():
+            raise PgOpsError(f"pooler of {self.spec.name}: port {pooler.endpoint.port} on 127.0.0.1 is already in "
+                             f"use by another process")
+        password = self.load_credentials_or_fail().password(POOLER_USER)
+        return pooler.start(self.member_endpoints()[primary].port, password)
+
+    def stop_pooler(self) -> None:
+        pooler = self._pooler()
+        if pooler is not None:
+            pooler.stop()
+
+    def pooler_admin(self, command: str, timeout: float = 5.0) -> list[dict]:
+        pooler = self._pooler()
+        if pooler is None:
+            raise PgOpsError(f"cluster {self.spec.name} has no pooler (spec `pooler`)")
+        return pooler.admin(command, self.load_credentials_or_fail().password(POOLER_USER), timeout)
+
+    def load_credentials_or_fail(self) -> Credentials:
+        creds = self.load_credentials()
+        if creds is None:
+            raise PgOpsError(f"cluster {self.spec.name}: no credentials yet (deploy it first)")
+        return creds
 
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         return None
@@ -442,6 +472,7 @@ class LocalPlatform(Platform):
         """Throw the cluster away: kill every member (nothing in it is kept, so no shutdown
         checkpoint), release the shared memory their postmasters leave, and delete its folder
         without waiting (moved aside at once, removed by a detached `rm -rf`)."""
+        self.stop_pooler()
         for name in self.spec.member_names:
             with contextlib.suppress(Exception):
                 self.kill_member(name)
@@ -449,6 +480,7 @@ class LocalPlatform(Platform):
         discard_tree(self.root)
 
     def teardown(self) -> None:
+        self.stop_pooler()
         for name in self.spec.member_names:
             self.stop_member(name)
             release_data_dir_segment(self.data_dir(name))

@@ -3,6 +3,7 @@ does), server processes run as an unprivileged system user, created if missing."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
@@ -76,3 +77,26 @@ def chown_tree(path: Path, user: ServerUser) -> None:
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.lchown(os.path.join(root, name), user.uid, user.gid)
+
+
+def write_private(path: Path, text: str, owner: ServerUser | None = None) -> None:
+    """A 0600 file written whole (a temporary file renamed over it), the owner's when given."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    if owner and owner.switch:
+        os.chown(tmp, owner.uid, owner.gid)
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    """A live process (a zombie is not; our own exited child is reaped on the way)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False

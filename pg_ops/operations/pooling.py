@@ -1,0 +1,156 @@
+"""The connection pooler pg_ops drives (spec `pooler`, docs/architecture/design.md "The pooler").
+
+- `ensure`: PgBouncer's login role, the auth_query function in every database it serves
+  (postgres/pooler_auth.py), the process aimed at the primary, not left paused; deploy runs it.
+- `paused`: a planned change of primary (switchover, the rolling restart's switchover) PAUSEs
+  the pooler before the old primary stops: clients' new transactions wait instead of failing
+  once the open ones have ended. The pause is bounded (`pooler.pause_timeout_seconds`): past it
+  the pooler is resumed and the change goes on, and the run says so. After the new primary is
+  routed (RELOAD of the new target, RECONNECT of the old server connections) it RESUMEs.
+- After an unplanned failover the same routing closes the server connections to the old
+  primary and resumes a pooler a dead run may have left paused.
+- `verify`: a write through the pooler."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+
+from pg_ops.credentials import POOLER_USER, SUPERUSER
+from pg_ops.errors import PgOpsError
+from pg_ops.operations.context import ClusterContext
+from pg_ops.postgres import pooler_auth
+from pg_ops.postgres.session import with_connection
+
+NOT_PAUSED = "not paused"  # what RESUME answers a pooler that was not paused
+
+
+def served_databases(ctx: ClusterContext) -> list[str]:
+    return ["postgres", *(d.name for d in ctx.spec.databases if d.present)]
+
+
+def ensure(ctx: ClusterContext, primary: str) -> bool:
+    """Login role, lookup function in each database, process; True when it was started now."""
+    from pg_ops.postgres import admin
+
+    creds = ctx.credentials()
+    endpoint = ctx.endpoints()[primary]
+    password = creds.password(SUPERUSER)
+    with_connection(endpoint, SUPERUSER, password,
+                    lambda c: admin.ensure_role(c, POOLER_USER, creds.password(POOLER_USER)), name=primary)
+    for db in served_databases(ctx):
+        with_connection(endpoint, SUPERUSER, password, functools.partial(_lookup, database=db),
+                        dbname=db, timeout=10, name=primary)
+    started = ctx.platform.start_pooler(primary)
+    ctx.platform.route_primary(primary)
+    resume(ctx)
+    return started
+
+
+def _lookup(conn: psycopg.Connection, database: str) -> None:
+    pooler_auth.ensure_lookup(conn, database, POOLER_USER)
+
+
+def resume(ctx: ClusterContext) -> bool:
+    """RESUME; False when it was not paused."""
+    try:
+        ctx.platform.pooler_admin("RESUME")
+    except psycopg.Error as exc:
+        if NOT_PAUSED in str(exc).lower() or "not suspended" in str(exc).lower():
+            return False
+        raise PgOpsError(f"pooler of {ctx.name}: RESUME failed: {exc}") from exc
+    return True
+
+
+@dataclass
+class Pause:
+    reached: bool = False
+    note: str = ""
+
+
+def _pause(ctx: ClusterContext, timeout: float) -> Pause:
+    """PAUSE, waiting at most `timeout` for the open transactions to end (the console answers
+    PAUSE only then); past it RESUME and say so."""
+    outcome: dict = {}
+
+    def send() -> None:
+        try:
+            ctx.platform.pooler_admin("PAUSE", timeout=timeout + 5)
+            outcome["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=send, name="pooler-pause", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if outcome.get("ok"):
+        return Pause(reached=True)
+    resume(ctx)
+    why = f"failed: {outcome['error']}" if "error" in outcome else f"not reached within {timeout:g} s"
+    note = f"pooler PAUSE {why}; resumed, the change went on without it (clients may see errors)"
+    ctx.log.warning("%s: %s", ctx.name, note)
+    return Pause(reached=False, note=note)
+
+
+def pause(ctx: ClusterContext) -> Pause | None:
+    """PAUSE within `pooler.pause_timeout_seconds` (None without a pooler). The caller RESUMEs,
+    also when its change fails."""
+    if ctx.spec.pooler is None or ctx.platform.pooler_endpoint() is None:
+        return None
+    return _pause(ctx, ctx.spec.pooler.pause_timeout_seconds)
+
+
+@contextlib.contextmanager
+def paused(ctx: ClusterContext) -> Iterator[Pause | None]:
+    """Paused for the block, resumed on the way out (also on error)."""
+    held = pause(ctx)
+    try:
+        yield held
+    finally:
+        if held is not None:
+            resume(ctx)
+
+
+def verify(ctx: ClusterContext, epoch: int) -> str:
+    """A write through the pooler as an application makes it (the superuser is not served by
+    it, so pg_ops's own login is used for the `postgres` database through auth_file): returns
+    the member that took it."""
+    endpoint = ctx.platform.pooler_endpoint()
+    if endpoint is None:
+        raise PgOpsError(f"cluster {ctx.name} has no pooler")
+    password = ctx.credentials().password(POOLER_USER)
+
+    def write(conn: psycopg.Connection) -> str:
+        with conn.transaction():  # one transaction: one server connection in transaction pooling
+            conn.execute("create temporary table pooler_check (epoch int) on commit drop")  # leaves nothing
+            conn.execute("insert into pooler_check values (%s)", (epoch,))
+            row = conn.execute("select current_setting('cluster_name'), pg_is_in_recovery()").fetchall()[0]
+        if row[1]:
+            raise PgOpsError(f"pooler of {ctx.name}: its server is {row[0]}, a standby")
+        return str(row[0])
+
+    return with_connection(endpoint, POOLER_USER, password, write, timeout=10, name=f"pooler of {ctx.name}")
+
+
+def pooler_status(ctx: ClusterContext) -> dict:
+    """For `pg-ops status`: where it listens, its target, its clients and server connections."""
+    endpoint = ctx.platform.pooler_endpoint()
+    if endpoint is None:
+        return {}
+    try:
+        pools = ctx.platform.pooler_admin("SHOW POOLS", timeout=3)
+        databases = ctx.platform.pooler_admin("SHOW DATABASES", timeout=3)
+    except (psycopg.Error, PgOpsError) as exc:
+        return {"endpoint": str(endpoint), "error": str(exc).splitlines()[0]}
+    target = next((row for row in databases if row.get("name") not in ("pgbouncer",)), None)
+    real = [p for p in pools if p.get("database") != "pgbouncer"]
+    return {"endpoint": str(endpoint), "target_port": target.get("port") if target else None,
+            "clients_active": sum(int(p.get("cl_active") or 0) for p in real),
+            "clients_waiting": sum(int(p.get("cl_waiting") or 0) for p in real),
+            "servers": sum(int(p.get("sv_active") or 0) + int(p.get("sv_idle") or 0) + int(p.get("sv_used") or 0)
+                           for p in real)}

@@ -1,0 +1,157 @@
+"""A local cluster's PgBouncer (spec `pooler`): one process from Debian's `pgbouncer` package on
+127.0.0.1, the port after the members', run as the server user (PgBouncer refuses root), in a
+process group of its own, its files in `<cluster>/pooler/`. It forwards every database to the
+primary's port; pg_ops rewrites that target and RELOADs when the primary changes.
+
+The auth file holds one line: PgBouncer's own login (credentials.POOLER_USER), which it needs in
+plain text to log in to the server for auth_query; 0600, the server user's. Application
+passwords come from auth_query (postgres/pooler_auth.py). The admin console (`pgbouncer`
+database) admits that same login only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+
+from pg_ops.credentials import POOLER_USER
+from pg_ops.errors import PgOpsError
+from pg_ops.platforms.server_user import ServerUser, pid_alive, write_private
+from pg_ops.poll import poll
+from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.pooler_auth import AUTH_QUERY
+from pg_ops.postgres.session import connect
+from pg_ops.spec import ClusterSpec
+
+START_TIMEOUT_S = 10.0
+ADMIN_DATABASE = "pgbouncer"
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
+                                               if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise PgOpsError("pooler: pgbouncer is not installed (Debian package pgbouncer; `make` installs it as root)")
+    return found
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class LocalPooler:
+    def __init__(self, spec: ClusterSpec, root: Path, user: ServerUser):
+        assert spec.pooler is not None
+        self.spec, self.config, self.user = spec, spec.pooler, user
+        self.folder = root / "pooler"
+        self.endpoint = Endpoint("127.0.0.1", spec.local.base_port + spec.postgres.members)
+
+    @property
+    def ini(self) -> Path:
+        return self.folder / "pgbouncer.ini"
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int((self.folder / "supervisor.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self._pid() is not None
+
+    def ini_text(self, target_port: int) -> str:
+        c = self.config
+        lines = [
+            "; Rendered by pg_ops (spec `pooler`); rewritten when the primary changes.",
+            "[databases]",
+            f"* = host=127.0.0.1 port={target_port}",
+            "[pgbouncer]",
+            f"listen_addr = {self.endpoint.host}",
+            f"listen_port = {self.endpoint.port}",
+            "unix_socket_dir =",
+            "auth_type = scram-sha-256",
+            f"auth_file = {self.folder / 'userlist.txt'}",
+            f"auth_user = {POOLER_USER}",
+            f"auth_query = {AUTH_QUERY}",
+            f"admin_users = {POOLER_USER}",
+            f"stats_users = {POOLER_USER}",
+            f"pool_mode = {c.mode}",
+            f"default_pool_size = {c.pool_size}",
+            f"max_client_conn = {c.max_client_conn}",
+            # libpq clients may pass these at startup; PgBouncer refuses unknown ones otherwise.
+            "ignore_startup_parameters = extra_float_digits,options,statement_timeout",
+            "server_login_retry = 1",
+            f"logfile = {self.folder / 'pgbouncer.log'}",
+            f"pidfile = {self.folder / 'pgbouncer.pid'}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def write(self, target_port: int, password: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)
+        write_private(self.folder / "userlist.txt", f'"{POOLER_USER}" "{_quote(password)}"\n', self.user)
+        write_private(self.ini, self.ini_text(target_port), self.user)
+        if self.user.switch:
+            os.chown(self.folder, self.user.uid, self.user.gid)
+
+    def start(self, target_port: int, password: str) -> bool:
+        """Start it (False: it was running; its target is set by retarget)."""
+        if self.running():
+            return False
+        self.write(target_port, password)
+        with open(self.folder / "stdout.log", "ab") as out:
+            proc = subprocess.Popen([pgbouncer_binary(), str(self.ini)], stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder,
+                                    env={"PATH": "/usr/sbin:/usr/bin:/bin", "LC_ALL": "C"},
+                                    **self.user.process_kwargs())
+        (self.folder / "supervisor.pid").write_text(f"{proc.pid}\n")
+
+        def accepting() -> bool | None:
+            if proc.poll() is not None:
+                raise PgOpsError(f"pooler of {self.spec.name}: pgbouncer exited ({proc.returncode}): "
+                                 f"{self.log_tail()}")
+            with contextlib.suppress(psycopg.Error):
+                self.admin("SHOW VERSION", password, timeout=2)
+                return True
+            return None
+
+        poll(accepting, timeout=START_TIMEOUT_S, interval=0.1, expired=lambda: PgOpsError(
+            f"pooler of {self.spec.name}: not answering on {self.endpoint} after {START_TIMEOUT_S:g} s: "
+            f"{self.log_tail()}"))
+        return True
+
+    def stop(self) -> None:
+        pid = self._pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.running():
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def admin(self, command: str, password: str, timeout: float = 5.0) -> list[dict]:
+        """One admin console command (simple query protocol: the console knows no other); rows
+        as column -> value."""
+        with connect(self.endpoint, POOLER_USER, password, ADMIN_DATABASE, timeout=timeout) as conn:
+            cur = conn.cursor()
+            cur.execute(command.encode(), prepare=False)
+            if not cur.description:
+                return []
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            return " | ".join((self.folder / "pgbouncer.log").read_text(errors="replace").strip().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

@@ -1,0 +1,108 @@
+"""The pooler pg_ops drives (spec `pooler`, pg_ops/operations/pooling.py), a real PgBouncer from
+Debian's package in front of a real local cluster: an application writing through it sees no
+failed statement across a switchover and a rolling restart and loses no row; after a failover
+its new connections reach the new primary; its logins come from auth_query, with no password
+file but PgBouncer's own line, and a wrong password or the superuser is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import psycopg
+import pytest
+
+from pg_ops.credentials import POOLER_USER
+from pg_ops.operations.failover import failover, rolling_restart, switchover
+from pg_ops.operations.pooling import pooler_status
+from pg_ops_tests.app_writer import App
+from pg_ops_tests.helpers import (
+    free_port_range,
+    kill_member,
+    running_cluster,
+    spec_from,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("pgbouncer") is None and not os.access("/usr/sbin/pgbouncer", os.X_OK),
+    reason="pgbouncer is not installed (Debian package pgbouncer: `make test` installs it as root)")
+
+
+@pytest.fixture
+def pooled(pg_home):
+    spec = spec_from(write_spec(pg_home / "specs", "pool", local={"base_port": free_port_range(4)},
+                                pooler={"mode": "transaction", "pool_size": 4, "pause_timeout_seconds": 10}))
+    with running_cluster(spec) as ctx:
+        yield ctx
+
+
+def app_login(ctx) -> dict:
+    return json.loads((ctx.platform.app_credentials_dir() / "app.json").read_text())
+
+
+def through_pooler(ctx, dbname: str = "app", user: str = "app", password: str | None = None):
+    ep = ctx.platform.pooler_endpoint()
+    return psycopg.connect(host=ep.host, port=ep.port, dbname=dbname, user=user, autocommit=True,
+                           password=password if password is not None else app_login(ctx)["password"],
+                           connect_timeout=3)
+
+
+def failed_statements(app: App) -> int:
+    return sum(1 for line in app.lines if line.startswith("fail "))
+
+
+def test_an_application_through_the_pooler_fails_no_statement_across_a_switchover_and_a_rolling_restart(pooled):
+    ctx = pooled
+    login = app_login(ctx)
+    ep = ctx.platform.pooler_endpoint()
+    assert login["pooled-uri"].endswith(f"@{ep.host}:{ep.port}/app")
+    dsn = f"host={ep.host} port={ep.port} dbname=app user=app"
+    first = ctx.state().primary
+    with App(ctx, table="pooled_writes", dsn=dsn, password=login["password"], dbname="app", prepared=False) as app:
+        app.wait_acks(30)
+        to = next(m for m in ctx.spec.member_names if m != first)
+        change = switchover(ctx, to=to)
+        # (The writer labels its acknowledgements with the member it saw at connect time: through
+        # the pooler it never reconnects, so progress is counted, and where rows landed checked below.)
+        app.wait_acks(30)
+        assert "step: pause the pooler" in change.metadata() and "step: resume the pooler" in change.metadata()
+        restarted = rolling_restart(ctx)
+        app.wait_acks(30)
+    assert failed_statements(app) == 0, [line for line in app.lines if line.startswith("fail")][:3]
+    assert ctx.state().primary == restarted["primary"] != to
+    assert app.lost(ctx.state().primary) == set()  # every acknowledged row is on the current primary
+    status = pooler_status(ctx)
+    assert status["target_port"] == ctx.endpoints()[ctx.state().primary].port and status["clients_waiting"] == 0
+
+
+def test_after_a_failover_new_connections_through_the_pooler_reach_the_new_primary(pooled):
+    ctx = pooled
+    old = ctx.state().primary
+    with through_pooler(ctx) as conn:
+        assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == old
+    kill_member(ctx.platform, old)
+    change = failover(ctx, force=True)
+
+    def on_new_primary():
+        with through_pooler(ctx) as conn:
+            conn.execute("create table if not exists after_failover (n int)")
+            conn.execute("insert into after_failover values (1)")
+            return conn.execute("select current_setting('cluster_name')").fetchone()[0] == change.new_primary
+
+    wait_for(on_new_primary, "a write through the pooler on the new primary", timeout=15)
+
+
+def test_logins_come_from_auth_query_a_wrong_password_and_the_superuser_are_refused(pooled):
+    ctx = pooled
+    with through_pooler(ctx) as conn:  # the application's own password, looked up by PgBouncer
+        assert conn.execute("select current_user").fetchone()[0] == "app"
+    with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+        through_pooler(ctx, password="not-the-password").close()
+    with pytest.raises(psycopg.OperationalError):  # no superuser verifier ever leaves the server
+        through_pooler(ctx, dbname="postgres", user="postgres", password=ctx.admin_password()).close()
+    userlist = (ctx.platform.root / "pooler" / "userlist.txt").read_text().splitlines()
+    assert len(userlist) == 1 and userlist[0].startswith(f'"{POOLER_USER}" ')  # PgBouncer's own login only
+    assert oct((ctx.platform.root / "pooler" / "userlist.txt").stat().st_mode & 0o777) == "0o600"
