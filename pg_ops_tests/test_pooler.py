@@ -106,3 +106,35 @@ def test_logins_come_from_auth_query_a_wrong_password_and_the_superuser_are_refu
     userlist = (ctx.platform.root / "pooler" / "userlist.txt").read_text().splitlines()
     assert len(userlist) == 1 and userlist[0].startswith(f'"{POOLER_USER}" ')  # PgBouncer's own login only
     assert oct((ctx.platform.root / "pooler" / "userlist.txt").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_saturated_pool_and_a_stopped_pooler_alert(pg_home):
+    import threading
+    import time
+
+    from pg_ops.operations.health import health_pass
+
+    spec = spec_from(write_spec(pg_home / "specs", "sat", postgres={"members": 1}, local={"base_port": free_port_range(2)},
+                                pooler={"mode": "transaction", "pool_size": 1}))
+    with running_cluster(spec) as ctx:
+        assert not [a for a in health_pass(ctx).assessment.alerts if a.kind.startswith("pooler")]
+        holder = through_pooler(ctx)
+        holder.execute("begin")
+        holder.execute("select 1")  # the pool's only server connection, held by an open transaction
+        done = threading.Event()
+
+        def wait_for_a_server():
+            with through_pooler(ctx) as waiter:
+                waiter.execute("select 1")
+            done.set()
+
+        threading.Thread(target=wait_for_a_server, daemon=True).start()
+        time.sleep(1.5)  # longer than the alert's wait (POOLER_WAIT_ALERT_S)
+        saturated = [a for a in health_pass(ctx).assessment.alerts if a.kind == "pooler_saturated"]
+        assert saturated and saturated[0].details["clients_waiting"] == 1
+        holder.execute("commit")
+        assert done.wait(10)  # the waiting client got the connection
+        holder.close()
+        ctx.platform.stop_pooler()
+        down = [a for a in health_pass(ctx).assessment.alerts if a.kind == "pooler_down"]
+        assert down and down[0].severity == "critical" and "pg-ops deploy" in down[0].summary

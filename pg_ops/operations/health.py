@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
@@ -27,6 +27,7 @@ from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import decide
 from pg_ops.operations.ha.model import ClusterView, Decision, FailoverRequest, HaMemory, Policy
 from pg_ops.operations.ha.observe import read_view, watch_primary
+from pg_ops.operations.pooling import pooler_status
 from pg_ops.operations.status import (
     ClusterStatus,
     MemberStatus,
@@ -72,6 +73,8 @@ def assess(spec: ClusterSpec, status: ClusterStatus) -> Assessment:
               writable=writable, designated_primary=primary)
     for m in status.members:
         _assess_member(spec, status, m, primary_up, fenced, alert, out)
+    if spec.pooler is not None:
+        _assess_pooler(spec, status, alert, out)
     if primary_up and len(status.members) > 1:
         streaming = [m.name for m in status.members if m.name != primary and m.replication_state == "streaming"]
         if not streaming:
@@ -81,6 +84,31 @@ def assess(spec: ClusterSpec, status: ClusterStatus) -> Assessment:
                   + (f" ({spec.postgres.replication}: commits may wait or run unprotected)" if strict else ""),
                   replication=spec.postgres.replication)
     return out
+
+
+POOLER_WAIT_ALERT_S = 1.0  # a client waiting this long for a server connection: the pool is too small
+
+
+def _assess_pooler(spec: ClusterSpec, status: ClusterStatus, alert: Callable, out: Assessment) -> None:
+    """pooler_down (critical: applications on pooled-uri cannot connect) and pooler_saturated
+    (warning: clients wait for a server connection). While a topology change runs, neither can be
+    judged (a switchover pauses the pooler on purpose)."""
+    c, pooled = spec.name, status.pooler
+    keys = {condition_key(c, k, "") for k in ("pooler_down", "pooler_saturated")}
+    if pooled is None or status.lock is not None:
+        out.unknown |= keys
+        return
+    if "error" in pooled:
+        alert("critical", "pooler_down", f"cluster {c}: the pooler on {pooled.get('endpoint')} does not answer "
+              f"({pooled['error']}); applications on pooled-uri cannot connect: `pg-ops deploy` starts it again",
+              error=pooled["error"])
+        return
+    if pooled.get("clients_waiting") and pooled.get("max_wait_s", 0) >= POOLER_WAIT_ALERT_S:
+        assert spec.pooler is not None
+        alert("warning", "pooler_saturated", f"cluster {c}: {pooled['clients_waiting']} clients wait for a server "
+              f"connection (the oldest {pooled['max_wait_s']:.1f} s); pooler.pool_size {spec.pooler.pool_size} "
+              f"per database and user is in use", clients_waiting=pooled["clients_waiting"],
+              max_wait_s=pooled["max_wait_s"], pool_size=spec.pooler.pool_size)
 
 
 def _assess_member(spec: ClusterSpec, status: ClusterStatus, m: MemberStatus, primary_up: bool, fenced: set[str],
@@ -173,11 +201,14 @@ def health_pass(ctx: ClusterContext, *, confirm: bool = False, missed_before: in
     """Every member probed at once (and, with `confirm`, the primary re-probed when it does
     not answer), storage fetched beside the probes under its own deadline."""
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage") as pool:
         storage = pool.submit(storage_of, ctx)
+        pooler = pool.submit(pooler_status, ctx) if ctx.spec.pooler is not None else None
         view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=confirm, unless_locked=True,
                          missed_before=missed_before, sleep=sleep)
         status = build_status(ctx, view, storage.result())
+        if pooler is not None:
+            status = replace(status, pooler=pooler.result())
     return ClusterHealth(cluster=ctx.name, checked_at=time.time(), seconds=time.monotonic() - started,
                          view=view, status=status, assessment=assess(ctx.spec, status))
 

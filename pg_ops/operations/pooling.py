@@ -152,5 +152,8 @@ def pooler_status(ctx: ClusterContext) -> dict:
     return {"endpoint": str(endpoint), "target_port": target.get("port") if target else None,
             "clients_active": sum(int(p.get("cl_active") or 0) for p in real),
             "clients_waiting": sum(int(p.get("cl_waiting") or 0) for p in real),
+            # how long the oldest waiting client has waited for a server connection, in seconds
+            "max_wait_s": max((int(p.get("maxwait") or 0) + int(p.get("maxwait_us") or 0) / 1e6 for p in real),
+                              default=0.0),
             "servers": sum(int(p.get("sv_active") or 0) + int(p.get("sv_idle") or 0) + int(p.get("sv_used") or 0)
                            for p in real)}

@@ -78,6 +78,7 @@ class ClusterStatus:
     members: list[MemberStatus]
     passfile: str | None = None
     maintenance: dict | None = None  # {"until": unix time, "reason": …} while maintenance mode is on
+    pooler: dict | None = None  # spec `pooler`: operations/pooling.pooler_status, read by the health pass
     extra: dict = field(default_factory=dict)  # figures other areas add (alerts, run ids…)
 
     def member(self, name: str) -> MemberStatus:
