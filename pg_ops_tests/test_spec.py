@@ -46,6 +46,12 @@ def test_shipped_specs_load():
     ("name: a\nalerts: {alertmanager_url: 'http://am:s3cret@am:9093'}\n", "alerts.alertmanager_url",
      "carries credentials"),
     ("name: a\nalerts: {alertmanager_url: 'am:9093'}\n", "alerts.alertmanager_url", "not an http(s)"),
+    ("name: a\nplatform: kubernetes\npooler: {}\n", "pooler", "PgBouncer is run for local clusters only"),
+    ("name: a\npooler: {mode: statement}\n", "pooler.mode", "'transaction' or 'session'"),
+    ("name: a\nmaintenance: {window: 'sometimes'}\n", "maintenance.window", "is not a five-field cron"),
+    ("name: a\nbackups: {store: {type: file, path: b}, copy_to: {store: {type: file, path: b}}}\n", "backups",
+     "backups.copy_to is backups.store itself"),
+    ("name: a\ndatabases: [{name: m, owner: pgops_pooler}]\n", "databases.0", "reserved"),
 ])
 def test_bad_spec_names_file_field_and_reason(tmp_path: Path, body, field, reason):
     path = tmp_path / "c.yaml"
@@ -120,6 +126,13 @@ def test_local_ports_outside_the_ephemeral_range_and_apart_from_other_clusters(t
         load_specs(overlap)
     (overlap / "b.yaml").write_text("name: b\nlocal: {base_port: 21003}\n")
     assert [s.name for s in load_specs(overlap)] == ["a", "b"]
+    # A pooler takes the port after the members'.
+    (overlap / "b.yaml").write_text("name: b\nlocal: {base_port: 21003}\npooler: {}\n")
+    (overlap / "c.yaml").write_text("name: c\nlocal: {base_port: 21006}\n")
+    with pytest.raises(SpecError, match=r"c.yaml: field local.base_port: ports 21006-21008 overlap cluster b's "
+                                        r"21003-21006"):
+        load_specs(overlap)
+    (overlap / "c.yaml").unlink()
     # Kubernetes specs have no local ports to check.
     (overlap / "k.yaml").write_text("name: k\nplatform: kubernetes\nlocal: {base_port: 21000}\n")
     assert [s.name for s in load_specs(overlap)] == ["a", "b", "k"]
