@@ -138,3 +138,16 @@ def test_a_saturated_pool_and_a_stopped_pooler_alert(pg_home):
         ctx.platform.stop_pooler()
         down = [a for a in health_pass(ctx).assessment.alerts if a.kind == "pooler_down"]
         assert down and down[0].severity == "critical" and "pg-ops deploy" in down[0].summary
+
+
+def test_a_dead_pooler_stops_no_switchover_and_deploy_brings_it_back(pooled):
+    from pg_ops.operations.deploy import deploy
+
+    ctx = pooled
+    ctx.platform.stop_pooler()
+    to = next(m for m in ctx.spec.member_names if m != ctx.state().primary)
+    change = switchover(ctx, to=to)
+    assert ctx.state().primary == to and any("pooler PAUSE failed" in note for note in change.notes)
+    deploy(ctx)  # starts it again, aimed at the new primary
+    with through_pooler(ctx) as conn:
+        assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == to

@@ -57,13 +57,14 @@ def _lookup(conn: psycopg.Connection, database: str) -> None:
 
 
 def resume(ctx: ClusterContext) -> bool:
-    """RESUME; False when it was not paused."""
+    """RESUME; False when it was not paused, or does not answer (never raises: a pooler that is
+    down must not stop a failover or a switchover; `pooler_down` alerts on it)."""
     try:
         ctx.platform.pooler_admin("RESUME")
-    except psycopg.Error as exc:
-        if NOT_PAUSED in str(exc).lower() or "not suspended" in str(exc).lower():
-            return False
-        raise PgOpsError(f"pooler of {ctx.name}: RESUME failed: {exc}") from exc
+    except (psycopg.Error, PgOpsError) as exc:
+        if NOT_PAUSED not in str(exc).lower():
+            ctx.log.warning("pooler of %s: RESUME failed: %s", ctx.name, str(exc).splitlines()[0])
+        return False
     return True
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 from pydantic import SecretStr
 
 from pg_ops import settings
@@ -335,8 +337,12 @@ class LocalPlatform(Platform):
             return
         password = self.load_credentials_or_fail().password(POOLER_USER)
         pooler.write(self.member_endpoints()[name].port, password)
-        pooler.admin("RELOAD", password)
-        pooler.admin("RECONNECT", password)  # server connections to the old target close once released
+        try:
+            pooler.admin("RELOAD", password)
+            pooler.admin("RECONNECT", password)  # server connections to the old target close once released
+        except psycopg.Error as exc:  # it died meanwhile: its file is right for its restart; pooler_down alerts
+            logging.getLogger("pg_ops").warning("pooler of %s not re-aimed at %s: %s", self.spec.name, name,
+                                                str(exc).splitlines()[0])
 
     # -- the pooler ----------------------------------------------------------------------------
     def _pooler(self) -> LocalPooler | None:
