@@ -50,7 +50,7 @@ def test_a_reload_only_change_reaches_every_member_with_no_restart(cluster):
     before, epoch = started(cluster), cluster.state().epoch
     changed = respec(cluster, work_mem="12MB", log_min_duration_statement="250ms")
     assert member_configs(changed).pending == {
-        "*": ["configuration changed in the spec, not written to the members yet"]}
+        name: ["its configuration file is not the rendered one yet"] for name in changed.spec.member_names}
     result = rollout(changed)
     assert shown(changed, "work_mem") == {"12MB"} and shown(changed, "log_min_duration_statement") == {"250ms"}
     assert started(changed) == before  # nobody restarted
@@ -160,7 +160,7 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
         assert not waiting.run_requests
         assert "outside the maintenance window (next opens" in waiting.skip_reason.skip_message
         [check] = [e for e in waiting.asset_events if getattr(e, "check_name", None) == CHECK_NAME]
-        assert not check.passed and "not written to the members yet" in check.description
+        assert not check.passed and "its configuration file is not the rendered one yet" in check.description
 
         opened = _with_window(changed, None)
         set_maintenance(opened, 600, "disk work")
@@ -196,9 +196,38 @@ def test_the_cli_shows_what_is_pending_refuses_before_any_run_and_rolls_out(clus
     respec(cluster, work_mem="16MB")
     assert cli_main(["status", "--cluster", cluster.name]) == 0
     out = capsys.readouterr().out
-    assert "configuration pending: *: configuration changed in the spec, not written" in out
+    assert f"configuration pending: {cluster.spec.member_names[0]}: its configuration file is not the rendered" in out
     assert cli_main(["rollout", "--cluster", cluster.name, "--json", "--in-process"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["restarted"] == "none" and meta["settings"][meta["primary"]] == "work_mem=16MB"
     assert cli_main(["status", "--cluster", cluster.name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["configuration"] == {"pending": {}}
+
+
+def test_on_kubernetes_a_reload_change_and_a_new_image_roll_out(pg_home):
+    """On the stand-in API (real members behind its pods; it pulls no image, so a new image is
+    only its name in the pod): the ConfigMap pg_ops applies reaches every pod's mounted file,
+    each member reloads with no pod replaced; a new image replaces every pod, replicas first,
+    with one switchover."""
+    from pg_ops_tests.helpers import cluster_on, member_generation, write_platform_spec
+
+    path = write_platform_spec(pg_home / "specs", "kro", "kubernetes", postgres={"members": 2})
+    with cluster_on(load_spec(path)) as ctx:
+        pods, epoch = {n: member_generation(ctx, n) for n in ctx.spec.member_names}, ctx.state().epoch
+        changed = respec(ctx, work_mem="24MB")
+        assert all("not the rendered one" in " ".join(m.pending) for m in member_configs(changed).members.values())
+        result = rollout(changed)
+        assert shown(changed, "work_mem") == {"24MB"} and result.restarted == []
+        assert {n: member_generation(ctx, n) for n in ctx.spec.member_names} == pods  # no pod replaced
+        assert changed.state().epoch == epoch
+
+        raw = yaml.safe_load(path.read_text())
+        raw["kubernetes"]["image"] = "postgres:16.99-test"
+        path.write_text(yaml.safe_dump(raw))
+        bumped = ClusterContext.for_spec(load_spec(path))
+        assert all(m.binaries_differ for m in member_configs(bumped).members.values())
+        result = rollout(bumped)
+        assert sorted(result.restarted) == sorted(ctx.spec.member_names) and bumped.state().epoch == epoch + 1
+        assert {bumped.platform.running_binaries(n) for n in ctx.spec.member_names} == {"postgres:16.99-test"}
+        assert all(member_generation(ctx, n) != pods[n] for n in ctx.spec.member_names)
+        assert member_configs(bumped).pending == {}

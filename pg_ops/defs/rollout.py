@@ -97,19 +97,17 @@ def config_check(spec: ClusterSpec) -> dg.AssetChecksDefinition:
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
     checks = [config_check(spec) for spec in specs]
-    local = [s for s in specs if s.platform == "local"]  # Kubernetes: Platform.check_rollout refuses it
-
     @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=SENSOR_INTERVAL_S, job_name=JOB_NAME,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Starts a rollout when a local cluster's members do not run what its spec renders, "
+               description="Starts a rollout when a cluster's members do not run what its spec renders, "
                            "inside its maintenance window, with every replica streaming and a recent backup; "
                            "otherwise says why the change waits.")
     def rollout_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource) -> dg.SensorResult:
-        watched = [s for s in loaded_specs(pg_ops.specs, local)[0] if s.platform == "local"]
+        watched = loaded_specs(pg_ops.specs, specs)[0]
         cursor = json.loads(context.cursor or "{}")
         requests, events, said = evaluate([ClusterContext.for_spec(s, context.log) for s in watched], cursor,
                                           datetime.now(UTC))
-        skip = None if requests else ("; ".join(said) or "every member of every local cluster runs its rendered "
+        skip = None if requests else ("; ".join(said) or "every member of every cluster runs its rendered "
                                                           "configuration")
         return dg.SensorResult(run_requests=requests, asset_events=events, cursor=json.dumps(cursor),
                                skip_reason=skip)

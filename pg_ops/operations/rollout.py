@@ -29,10 +29,14 @@ from pg_ops.operations.steps import StepLog
 from pg_ops.operations.write_probe import WriteProbe
 from pg_ops.poll import poll
 from pg_ops.postgres import running_config
+from pg_ops.postgres.config import stamp_of
 from pg_ops.postgres.session import with_connection
 from pg_ops.state import topology_lock
 
 RELOAD_TIMEOUT_S = 10  # the postmaster re-reads its files within milliseconds of the signal
+# Until every member reads the written file: at once locally; a kubelet refreshes a mounted
+# ConfigMap at its periodic pod sync (about a minute, plus its cache's TTL).
+FILES_TIMEOUT_S = 180
 FRESH_BACKUP_HOURS = 26  # as the backup_is_fresh check: a nightly backup and two hours of slack
 
 
@@ -45,12 +49,15 @@ class MemberConfig:
     rejected: tuple[str, ...] = ()
     binaries: str | None = None       # what runs (None: unknown, or the member is down)
     binaries_differ: bool = False
+    file_current: bool = True         # its postgresql.conf is the rendered one
     error: str | None = None          # why it could not be read
 
     @property
     def pending(self) -> list[str]:
         """What keeps this member from running the rendered configuration, one phrase each."""
         why = []
+        if not self.file_current:
+            why.append("its configuration file is not the rendered one yet")
         if self.pending_restart:
             why.append(f"restart for {', '.join(self.pending_restart)}")
         if self.rejected:
@@ -64,18 +71,14 @@ class MemberConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """A cluster's configuration state: whether its files hold the rendered text, and each member."""
+    """A cluster's configuration state, member by member."""
 
-    written: bool | None
     members: dict[str, MemberConfig]
 
     @property
     def pending(self) -> dict[str, list[str]]:
-        """Member -> what is pending on it; "*" when the files themselves are not written yet."""
-        out = {name: m.pending for name, m in self.members.items() if m.pending}
-        if self.written is False:
-            out["*"] = ["configuration changed in the spec, not written to the members yet"]
-        return out
+        """Member -> what is pending on it (members with nothing pending left out)."""
+        return {name: m.pending for name, m in self.members.items() if m.pending}
 
     def summary(self) -> str:
         pending = self.pending
@@ -104,22 +107,26 @@ class RolloutResult:
         return {**meta, **steps}
 
 
+def _read_member(conn) -> tuple[running_config.AppliedConfig, str]:
+    return running_config.read_applied(conn), running_config.config_file_text(conn)
+
+
 def member_configs(ctx: ClusterContext) -> ClusterConfig:
-    """Each member's applied configuration and binaries (one connection each, as superuser)."""
-    rendered = ctx.platform.rendered_binaries()
+    """Each member's applied configuration, configuration file and binaries (one connection
+    each, as superuser)."""
+    rendered, stamp = ctx.platform.rendered_binaries(), stamp_of(ctx.platform.server_config_text())
     password = ctx.admin_password()
     members = {}
     for name, endpoint in ctx.endpoints().items():
         try:
-            applied = with_connection(endpoint, SUPERUSER, password, running_config.read_applied,
-                                      timeout=5, name=name)
+            applied, current = with_connection(endpoint, SUPERUSER, password, _read_member, timeout=5, name=name)
         except PgOpsError as exc:
             members[name] = MemberConfig(name, error=str(exc))
             continue
         running = ctx.platform.running_binaries(name)
         members[name] = MemberConfig(name, applied.pending_restart, applied.rejected, running,
-                                     running is not None and running != rendered)
-    return ClusterConfig(ctx.platform.config_written(), members)
+                                     running is not None and running != rendered, stamp_of(current) == stamp)
+    return ClusterConfig(members)
 
 
 def check_rollout(ctx: ClusterContext) -> None:
@@ -134,6 +141,20 @@ def check_rollout(ctx: ClusterContext) -> None:
     if down:
         raise PgOpsError(f"cluster {ctx.name}: cannot roll out while {', '.join(down)} cannot be read "
                          f"({next(iter(down.values()))}); `pg-ops deploy` brings it back")
+
+
+def _files_current(ctx: ClusterContext) -> None:
+    seen: list[str] = []
+
+    def current() -> bool | None:
+        seen[:] = [n for n, m in member_configs(ctx).members.items() if not m.file_current]
+        return None if seen else True
+
+    gitops = ctx.spec.platform == "kubernetes" and ctx.spec.kubernetes.gitops
+    poll(current, timeout=FILES_TIMEOUT_S, interval=1.0, expired=lambda: PgOpsError(
+        f"cluster {ctx.name}: {', '.join(seen)} still read(s) another configuration file after {FILES_TIMEOUT_S} s"
+        + ("; sync the GitOps application (kubernetes.gitops: pg_ops does not apply the ConfigMap)" if gitops
+           else "")))
 
 
 def _reload(ctx: ClusterContext, name: str) -> None:
@@ -171,6 +192,8 @@ def _rollout(ctx: ClusterContext, steps: StepLog) -> RolloutResult:
         state = ctx.state()
         with steps.step("write configuration"):
             ctx.platform.prepare(state)
+        with steps.step("every member reads the written file"):
+            _files_current(ctx)
         for name in ctx.spec.member_names:
             with steps.step(f"reload {name}"):
                 _reload(ctx, name)
@@ -240,6 +263,10 @@ def why_wait(ctx: ClusterContext, configs: ClusterConfig, now: datetime) -> str 
     unknown = [n for n, m in configs.members.items() if m.error]
     if unknown:
         return f"{', '.join(unknown)} cannot be read"
+    if ctx.spec.platform == "kubernetes" and ctx.spec.kubernetes.gitops:
+        behind = [n for n, m in configs.members.items() if not m.file_current]
+        if behind:  # ArgoCD writes the ConfigMap, not pg_ops: the rollout starts once the members read it
+            return f"{', '.join(behind)} read(s) another configuration file: waiting for the GitOps sync"
     primary = record.primary
     not_streaming = [n for n, p in ctx.probe().items() if n != primary and not p.streaming]
     if not_streaming:

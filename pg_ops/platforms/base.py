@@ -317,13 +317,6 @@ class Rollouts(Protocol):
         of the cluster's binaries on the rendered text, as the server user."""
         ...
 
-    def config_written(self) -> bool | None:
-        """Whether the configuration files the members read hold what this spec renders (False:
-        the spec changed since they were written, so the servers cannot even see the change).
-        Local: config/postgresql.conf against the rendered text; None before the first deploy.
-        Kubernetes: None (the drift check compares the ConfigMap)."""
-        ...
-
     def running_binaries(self, name: str) -> str | None:
         """What member `name` runs: local, the resolved path of its postmaster's executable
         (None when it is down). Kubernetes: None (not compared yet)."""

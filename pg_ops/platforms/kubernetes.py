@@ -723,15 +723,21 @@ class KubernetesPlatform(Platform):
                           f"(docs/architecture/adr-003-wal-archiving.md)")
 
     def check_rollout(self) -> None:
-        raise Unsupported(f"cluster {self.spec.name}: `pg-ops rollout` is implemented on the local platform only; "
-                          f"on Kubernetes apply the rendered manifests and run `pg-ops rolling-restart`")
+        return None
 
     def server_config_error(self) -> str | None:
-        self.check_rollout()
-        return None
+        """`postgres -C` with the PostgreSQL server binaries where pg_ops runs (PG_OPS_PG_BIN; the
+        Dagster image carries the cluster's major's); without them None, and a value the members
+        refuse is found after the reload instead (pg_file_settings), before anything restarts."""
+        from pg_ops import settings
+        from pg_ops.platforms.server_user import server_user
+        from pg_ops.postgres import running_config
 
-    def config_written(self) -> bool | None:
-        return None
+        try:
+            postgres = settings.pg_bin() / "postgres"
+        except PgOpsError:
+            return None
+        return running_config.config_error(postgres, self.server_config_text(), server_user().process_kwargs())
 
     # The spec refuses `pooler` on Kubernetes at load (its Deployment is not rendered yet).
     def pooler_endpoint(self) -> Endpoint | None:
@@ -752,7 +758,11 @@ class KubernetesPlatform(Platform):
         return postgresql_conf(self.spec)
 
     def running_binaries(self, name: str) -> str | None:
-        return None
+        """The image the member's pod runs (its postgres container's)."""
+        pod = self._pod(name)
+        if pod is None:
+            return None
+        return next((c.image for c in pod.spec.containers if c.name == names.CONTAINER), None)
 
     def rendered_binaries(self) -> str:
         return self.spec.kubernetes.image

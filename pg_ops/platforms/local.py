@@ -448,16 +448,10 @@ class LocalPlatform(Platform):
     def server_config_text(self) -> str:
         """The postgresql.conf every member of this cluster reads (one file, config/)."""
         archive = local_archive.archive_command(self.spec, self.root, self.user)  # WAL archiving (ADR-003)
-        return pg_config.postgresql_conf(self.spec, small=True, archive_command=archive)
+        return pg_config.stamped(pg_config.postgresql_conf(self.spec, small=True, archive_command=archive))
 
     def check_rollout(self) -> None:
         return None
-
-    def config_written(self) -> bool | None:
-        try:
-            return (self.root / "config" / "postgresql.conf").read_text() == self.server_config_text()
-        except FileNotFoundError:
-            return None
 
     def server_config_error(self) -> str | None:
         return running_config.config_error(settings.pg_bin() / "postgres", self.server_config_text(),

@@ -72,6 +72,22 @@ def postgresql_conf(spec: ClusterSpec, *, small: bool = False, archive_command: 
     return "\n".join(lines) + "\n"
 
 
+STAMP_PREFIX = "# pg-ops configuration "
+
+
+def stamped(text: str) -> str:
+    """The file with its first line naming its digest: what a rollout compares to know whether a
+    member reads the rendered file (a node may append lines of its own; the stamp stays)."""
+    import hashlib
+
+    return f"{STAMP_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:16]}\n{text}"
+
+
+def stamp_of(text: str) -> str | None:
+    first = text.split("\n", 1)[0]
+    return first[len(STAMP_PREFIX):].strip() if first.startswith(STAMP_PREFIX) else None
+
+
 def pg_hba_conf(*, networks: list[str], tls_networks: list[str] | None = None) -> str:
     """scram-sha-256 everywhere over TCP; no trust. `tls_networks` require TLS (hostssl)."""
     lines = ["# Rendered by pg_ops. TYPE DATABASE USER ADDRESS METHOD",

@@ -75,6 +75,13 @@ def load_time(conn: psycopg.Connection) -> datetime:
     return loaded
 
 
+def config_file_text(conn: psycopg.Connection) -> str:
+    """The postgresql.conf the server reads (`config_file`), as it is on its disk now (a
+    superuser may read any file): a Kubernetes member's is the ConfigMap the kubelet last synced."""
+    [(text,)] = conn.execute("select pg_read_file(current_setting('config_file'))").fetchall()
+    return text
+
+
 def settings_shown(conn: psycopg.Connection, names: list[str]) -> dict[str, str]:
     """SHOW of each name, as the server reports it (units canonicalised: 1024MB shows as 1GB)."""
     return {name: conn.execute("select current_setting(%s)", (name,)).fetchall()[0][0] for name in names}

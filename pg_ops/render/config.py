@@ -47,7 +47,7 @@ def postgresql_conf(spec: ClusterSpec) -> str:
         text += (f"# TLS for the external path (Secret {spec.kubernetes.tls_secret})\n"
                  f"ssl = on\nssl_cert_file = '{k.TLS_MOUNT}/tls.crt'\nssl_key_file = '{k.TLS_MOUNT}/tls.key'\n"
                  "ssl_min_protocol_version = 'TLSv1.2'\n")
-    return text
+    return pg_config.stamped(text)
 
 
 def config_data(spec: ClusterSpec) -> dict[str, str]:
