@@ -276,7 +276,8 @@ def test_pg_ops_service_account_applies_everything_its_role_allows(cp, admin):
 
 
 # -- the replica PodDisruptionBudget and the real disruption controller ---------------------------
-def deploy_members(admin: KubernetesApi, namespace: str, objects: list[dict]) -> ClusterSpec:
+def deploy_members(admin: KubernetesApi, namespace: str, objects: list[dict],
+                   storage_class: str = "local-path") -> ClusterSpec:
     """The rendered StatefulSet and what it needs, in `namespace`, with a local PersistentVolume
     per member pre-bound to its claim on its own stand-in node; waits for the three pods to be
     scheduled and (stand-in) Ready, then labels member 0 primary and the others replica, as
@@ -292,7 +293,7 @@ def deploy_members(admin: KubernetesApi, namespace: str, objects: list[dict]) ->
         admin.core.create_persistent_volume({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-data-{i}"},
             "spec": {"capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteOnce"],
-                     "storageClassName": "local-path", "persistentVolumeReclaimPolicy": "Retain",
+                     "storageClassName": storage_class, "persistentVolumeReclaimPolicy": "Retain",
                      "local": {"path": f"/var/lib/stand-in/{namespace}/{member}"},
                      "claimRef": {"namespace": namespace, "name": k.data_claim(member)},
                      "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
@@ -440,3 +441,48 @@ def test_the_fake_computes_every_budget_as_the_real_disruption_controller(cp, ad
                 if (p.metadata.labels or {}).get(k.LABEL_ROLE) != k.ROLE_PRIMARY]
         fake = FakeApiServer._desired_healthy(stub, variant, pods, ns)  # type: ignore[arg-type]
         assert (variant, fake, max(2 - fake, 0)) == (variant, real["desiredHealthy"], real["disruptionsAllowed"])
+
+
+# -- growing the data volumes (issue 23) ------------------------------------------------------------
+def test_storage_grows_where_its_class_expands_and_is_refused_where_it_cannot(cp, admin):
+    """A larger kubernetes.storage on the real API server: with a class that allows expansion the
+    claims are patched and the StatefulSet (whose claim template is immutable) is replaced with
+    its pods orphaned, not one pod replaced; with local-path, which cannot expand, the real
+    admission refuses the first patch and pg_ops says so in one line, nothing changed."""
+    from kubernetes import client as k8s
+
+    from pg_ops.errors import Unsupported
+    from pg_ops.platforms.kubernetes import KubernetesPlatform
+
+    k8s.StorageV1Api(admin.client).create_storage_class({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "expandable"},
+        "provisioner": "example.com/none", "allowVolumeExpansion": True})
+    for ns, storage_class in (("grow", "expandable"), ("nogrow", "local-path")):
+        spec = homelab(namespace=ns, storage_class=storage_class, gitops=False)
+        deploy_members(admin, ns, manifests(spec), storage_class=storage_class)
+        wait_for(lambda ns=ns: all(c.status.phase == "Bound" for c in admin.core.list_namespaced_persistent_volume_claim(
+            ns).items), f"the claims in {ns} bound", timeout=60)
+    pods = {p.metadata.name: p.metadata.uid for p in admin.core.list_namespaced_pod("grow").items}
+    sts_uid = admin.apps.read_namespaced_stateful_set("homelab", "grow").metadata.uid
+
+    larger = homelab(namespace="grow", storage_class="expandable", gitops=False, storage="60Gi")
+    grown = KubernetesPlatform(larger, api=admin).grow_storage()
+    assert grown == [k.data_claim(m) for m in larger.member_names]
+    assert {c.spec.resources.requests["storage"] for c in admin.core.list_namespaced_persistent_volume_claim(
+        "grow").items} == {"60Gi"}
+    wait_for(lambda: not admin.apps.list_namespaced_stateful_set("grow").items, "the StatefulSet deleted", timeout=30)
+    ObjectClient(admin).apply(next(o for o in manifests(larger) if o["kind"] == "StatefulSet"))  # prepare's apply
+    sts = admin.apps.read_namespaced_stateful_set("homelab", "grow")
+    assert sts.metadata.uid != sts_uid and sts.spec.volume_claim_templates[0].spec.resources.requests["storage"] == "60Gi"
+    assert {p.metadata.name: p.metadata.uid for p in admin.core.list_namespaced_pod("grow").items} == pods  # kept
+
+    refused = homelab(namespace="nogrow", storage_class="local-path", gitops=False, storage="60Gi")
+    before = admin.apps.read_namespaced_stateful_set("homelab", "nogrow").metadata.uid
+    with pytest.raises(Unsupported) as err:
+        KubernetesPlatform(refused, api=admin).grow_storage()
+    message = str(err.value)
+    assert "claim data-homelab-0 (storage class local-path) cannot grow from 50Gi to 60Gi" in message
+    assert "nothing was changed" in message and "\n" not in message
+    assert {c.spec.resources.requests["storage"] for c in admin.core.list_namespaced_persistent_volume_claim(
+        "nogrow").items} == {"50Gi"}
+    assert admin.apps.read_namespaced_stateful_set("homelab", "nogrow").metadata.uid == before

@@ -430,6 +430,7 @@ class KubernetesPlatform(Platform):
                    f"a cluster admin applies them once: `kubectl apply -f deploy/kubernetes/{self.spec.name}/role.yaml "
                    f"-f deploy/kubernetes/{self.spec.name}/rolebinding.yaml`")
             raise PgOpsError(f"cluster {self.spec.name}: Git-owned objects missing ({', '.join(missing)}); {how}")
+        self.grow_storage()  # a larger kubernetes.storage: claims grown, the StatefulSet replaced (below)
         if self.spec.kubernetes.gitops:
             return
         applied = [o for o in objects if o["kind"] not in ADMIN_APPLIED_KINDS]
@@ -440,6 +441,72 @@ class KubernetesPlatform(Platform):
                 before = ", ".join(describe(o) for o in applied[:done]) or "none"
                 raise type(exc)(f"{exc}; applied before it: {before}; not applied: {len(applied) - done} object(s)",
                                 exc.status, exc.reason) from exc
+
+    # -- growing the data volumes ---------------------------------------------------------------
+    def grow_storage(self) -> list[str]:
+        """Bring the members' claims and the StatefulSet's claim template to kubernetes.storage:
+        each smaller claim patched (its class must allow expansion: the API server refuses
+        otherwise, and so does this, in one line naming the class, before anything changed),
+        then, without gitops, the StatefulSet, whose claim template cannot change in place,
+        deleted with its pods orphaned and left for `prepare` to apply again: what the runbook
+        did by hand (`kubectl delete sts --cascade=orphan`). Returns the claims grown."""
+        from kubernetes.utils import parse_quantity
+
+        wanted = self.spec.kubernetes.storage
+        claims = {}
+        for member in self.spec.member_names:
+            claim = self.api.call("get", self._what("persistentvolumeclaim", names.data_claim(member)),
+                                  self.api.core.read_namespaced_persistent_volume_claim, names.data_claim(member),
+                                  self.namespace, missing_ok=True)
+            if claim is None:
+                continue
+            have = (claim.spec.resources.requests or {}).get("storage")
+            if have is not None and parse_quantity(have) != parse_quantity(wanted):
+                claims[names.data_claim(member)] = (have, claim.spec.storage_class_name)
+        smaller = [c for c, (have, _) in claims.items() if parse_quantity(have) > parse_quantity(wanted)]
+        if smaller:
+            raise Unsupported(f"cluster {self.spec.name}: kubernetes.storage {wanted} is smaller than claim "
+                              f"{smaller[0]}'s {claims[smaller[0]][0]}: a claim never shrinks")
+        grown: list[str] = []
+        for name, (have, storage_class) in sorted(claims.items()):
+            try:
+                self.api.call("patch", self._what("persistentvolumeclaim", name),
+                              self.api.core.patch_namespaced_persistent_volume_claim, name, self.namespace,
+                              {"spec": {"resources": {"requests": {"storage": wanted}}}})
+            except KubernetesError as exc:
+                done = f"; grown before it: {', '.join(grown)}" if grown else "; nothing was changed"
+                raise Unsupported(f"cluster {self.spec.name}: claim {name} (storage class {storage_class}) cannot "
+                                  f"grow from {have} to {wanted}: the class must allow volume expansion "
+                                  f"(local-path does not){done} ({exc})") from None
+            grown.append(name)
+        if not self.spec.kubernetes.gitops:
+            self._replace_statefulset_for_its_claims(wanted)
+        return grown
+
+    def _replace_statefulset_for_its_claims(self, wanted: str) -> None:
+        from kubernetes.utils import parse_quantity
+
+        sts_name = names.statefulset_name(self.spec)
+        sts = self.api.call("get", self._what("statefulset", sts_name), self.api.apps.read_namespaced_stateful_set,
+                            sts_name, self.namespace, missing_ok=True)
+        if sts is None:
+            return
+        templates = sts.spec.volume_claim_templates or []
+        if not any(parse_quantity((t.spec.resources.requests or {}).get("storage", "0")) != parse_quantity(wanted)
+                   for t in templates):
+            return
+        uid = sts.metadata.uid
+        self.api.call("delete", self._what("statefulset", sts_name), self.api.apps.delete_namespaced_stateful_set,
+                      sts_name, self.namespace, propagation_policy="Orphan", missing_ok=True)
+
+        def gone() -> bool | None:
+            now = self.api.call("get", self._what("statefulset", sts_name), self.api.apps.read_namespaced_stateful_set,
+                                sts_name, self.namespace, missing_ok=True)
+            return True if now is None or now.metadata.uid != uid else None
+
+        poll(gone, timeout=POD_GONE_TIMEOUT_S, interval=0.2, expired=lambda: PgOpsError(
+            f"kubernetes: statefulset {self.namespace}/{sts_name} not gone {POD_GONE_TIMEOUT_S:g} s after its "
+            f"orphaning delete"))
 
     def git_owned_objects(self) -> list[tuple[dict, dict | None]]:
         client = ObjectClient(self.api)

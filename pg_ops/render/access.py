@@ -125,7 +125,8 @@ def _owned_rules(spec: ClusterSpec) -> list[dict]:
         _rule("", "secrets", ["get", "update"], [k.credentials_secret(spec)]),  # update: a role added
         *([_rule("", "secrets", ["get", "update"], here)]    # applications' credentials delivered here
           if (here := app_secret_names(spec, delivered_only=True).get(spec.kubernetes.namespace)) else []),
-        _rule("", "persistentvolumeclaims", ["get", "delete"], [k.data_claim(m) for m in members]),
+        # patch: a larger kubernetes.storage grows the claims (KubernetesPlatform.grow_storage)
+        _rule("", "persistentvolumeclaims", ["get", "delete", "patch"], [k.data_claim(m) for m in members]),
     ]
     store = spec.backups.store
     secret = getattr(store, "credentials_secret", None)
@@ -149,7 +150,10 @@ def _git_owned_rules(spec: ClusterSpec, git_owned: list[dict]) -> list[dict]:
             applied.add(key)
     rules = []
     for (group, resource), found in sorted(names.items()):
-        rules.append(_rule(group, resource, ["get", "patch"] if (group, resource) in applied else ["get"], found))
+        verbs = ["get", "patch"] if (group, resource) in applied else ["get"]
+        if (group, resource) == ("apps", "statefulsets") and (group, resource) in applied:
+            verbs.append("delete")  # replaced (pods orphaned) when its claim template grows: grow_storage
+        rules.append(_rule(group, resource, verbs, found))
         if (group, resource) in applied:
             rules.append(_rule(group, resource, ["create"]))
     return rules
