@@ -33,7 +33,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def pooled(pg_home):
-    spec = spec_from(write_spec(pg_home / "specs", "pool", local={"base_port": free_port_range(4)},
+    spec = spec_from(write_spec(pg_home / "specs", "pool", postgres={"members": 2, "replication": "async"},
+                                local={"base_port": free_port_range(3)},
                                 pooler={"mode": "transaction", "pool_size": 4, "pause_timeout_seconds": 10}))
     with running_cluster(spec) as ctx:
         yield ctx

@@ -24,6 +24,15 @@ from pg_ops_tests.app_writer import App
 from pg_ops_tests.helpers import wait_for
 
 
+@pytest.fixture
+def pair(make_spec):
+    """A deployed 2-member local cluster: a primary and the replica a restart goes through first."""
+    from pg_ops_tests.helpers import running_cluster
+
+    with running_cluster(make_spec("t", postgres={"members": 2, "replication": "async"})) as ctx:
+        yield ctx
+
+
 def respec(ctx: ClusterContext, **parameters) -> ClusterContext:
     """The cluster with its spec file's postgres.parameters changed, as an operator edits it."""
     path = Path(os.environ["PG_OPS_CLUSTERS"]) / f"{ctx.name}.yaml"
@@ -46,15 +55,15 @@ def shown(ctx: ClusterContext, name: str) -> set[str]:
     return set(on_each(ctx, lambda c: running_config.settings_shown(c, [name])[name]).values())
 
 
-def test_a_reload_only_change_reaches_every_member_with_no_restart(cluster):
-    before, epoch = started(cluster), cluster.state().epoch
-    changed = respec(cluster, work_mem="12MB", log_min_duration_statement="250ms")
+def test_a_reload_only_change_reaches_every_member_with_no_restart(pair):
+    before, epoch = started(pair), pair.state().epoch
+    changed = respec(pair, work_mem="12MB", log_min_duration_statement="250ms")
     assert member_configs(changed).pending == {
         name: ["its configuration file is not the rendered one yet"] for name in changed.spec.member_names}
     result = rollout(changed)
     assert shown(changed, "work_mem") == {"12MB"} and shown(changed, "log_min_duration_statement") == {"250ms"}
     assert started(changed) == before  # nobody restarted
-    assert changed.state().epoch == epoch and result.restarted == [] and result.primary == cluster.state().primary
+    assert changed.state().epoch == epoch and result.restarted == [] and result.primary == pair.state().primary
     assert result.shown[result.primary]["work_mem"] == "12MB"
     assert member_configs(changed).pending == {}
     assert rollout(changed).restarted == []  # nothing left to do: again, no restart
@@ -90,32 +99,32 @@ def test_a_restart_change_goes_replicas_first_then_one_switchover_and_loses_no_w
     wait_for(lambda: deployment_problems(changed, changed.probe(), result.primary) == [], "one primary, all streaming")
 
 
-def test_a_value_postgresql_refuses_is_one_line_and_nothing_changes(cluster):
-    before, config = started(cluster), cluster.platform.root / "config" / "postgresql.conf"
+def test_a_value_postgresql_refuses_is_one_line_and_nothing_changes(pair):
+    before, config = started(pair), pair.platform.root / "config" / "postgresql.conf"
     written = config.read_text()
-    bad = respec(cluster, work_mem="lots")
+    bad = respec(pair, work_mem="lots")
     with pytest.raises(PgOpsError) as refused:
         rollout(bad)
     message = str(refused.value)
     assert 'invalid value for parameter "work_mem": "lots"' in message and "nothing was written" in message
     assert "\n" not in message and "pg-ops-conf" not in message  # one line, no temporary path
-    misspelt = respec(cluster, work_mem="4MB", wrok_mem="8MB")
+    misspelt = respec(pair, work_mem="4MB", wrok_mem="8MB")
     with pytest.raises(PgOpsError, match='unrecognized configuration parameter "wrok_mem"'):
         rollout(misspelt)
-    assert config.read_text() == written and started(cluster) == before
-    assert shown(cluster, "work_mem") == {"4MB"}  # PostgreSQL's default, untouched
+    assert config.read_text() == written and started(pair) == before
+    assert shown(pair, "work_mem") == {"4MB"}  # PostgreSQL's default, untouched
 
 
-def test_new_binaries_roll_out_to_every_member(cluster, monkeypatch):
+def test_new_binaries_roll_out_to_every_member(pair, monkeypatch):
     """A copy of the same build at another path stands in for a minor update."""
     current = settings.pg_bin()
-    root = cluster.platform.root.parent / "pg-minor"
+    root = pair.platform.root.parent / "pg-minor"
     copy = root / "build" / current.parent.name
     shutil.copytree(current.parent, copy, symlinks=True)
     for libs in current.parents[2].glob("*.libs"):  # the wheel's RPATH: $ORIGIN/../../../<name>.libs
         shutil.copytree(libs, root / libs.name)
     monkeypatch.setenv("PG_OPS_PG_BIN", str(copy / "bin"))
-    ctx = ClusterContext.for_spec(cluster.spec)
+    ctx = ClusterContext.for_spec(pair.spec)
     configs = member_configs(ctx)
     assert all(m.binaries_differ for m in configs.members.values()), configs.summary()
     result = rollout(ctx)
@@ -143,7 +152,7 @@ def _with_window(ctx: ClusterContext, window: str | None) -> ClusterContext:
     return ClusterContext.for_spec(load_spec(path))
 
 
-def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follows(cluster):
+def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follows(pair):
     from datetime import UTC, datetime, timedelta
 
     import dagster as dg
@@ -153,7 +162,7 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
     from pg_ops.operations.maintenance import set_maintenance
 
     closed = f"0 {(datetime.now(UTC) + timedelta(hours=3)).hour} * * *"  # opens in 2-3 h, for an hour
-    changed = respec(_with_window(cluster, closed), work_mem="20MB")
+    changed = respec(_with_window(pair, closed), work_mem="20MB")
     defs = build_defs([changed.spec])
     with dg.DagsterInstance.ephemeral() as instance:
         waiting = _sensor(defs, instance)
@@ -169,9 +178,9 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
         set_maintenance(opened, None)
         result = _sensor(defs, instance, cursor=held.cursor)
         [request] = result.run_requests
-        assert request.job_name == JOB_NAME and request.partition_key == cluster.name
+        assert request.job_name == JOB_NAME and request.partition_key == pair.name
         assert not [e for e in result.asset_events if getattr(e, "check_name", None) == CHECK_NAME]  # unchanged
-        run = defs.resolve_job_def(JOB_NAME).execute_in_process(instance=instance, partition_key=cluster.name,
+        run = defs.resolve_job_def(JOB_NAME).execute_in_process(instance=instance, partition_key=pair.name,
                                                                 tags=request.tags)
         assert run.success and shown(opened, "work_mem") == {"20MB"}
         done = _sensor(defs, instance, cursor=result.cursor)
@@ -180,27 +189,27 @@ def test_the_sensor_waits_outside_the_window_then_rolls_out_and_the_check_follow
         assert check.passed
 
 
-def test_the_cli_shows_what_is_pending_refuses_before_any_run_and_rolls_out(cluster, capsys):
+def test_the_cli_shows_what_is_pending_refuses_before_any_run_and_rolls_out(pair, capsys):
     import json
 
     from dagster import DagsterInstance
 
     from pg_ops.cli import main as cli_main
 
-    respec(cluster, work_mem="lots")
-    assert cli_main(["rollout", "--cluster", cluster.name]) == 1
+    respec(pair, work_mem="lots")
+    assert cli_main(["rollout", "--cluster", pair.name]) == 1
     err = capsys.readouterr().err.strip()
     assert 'invalid value for parameter "work_mem": "lots"' in err and len(err.splitlines()) == 1
     with DagsterInstance.get() as instance:
         assert instance.get_runs() == []  # refused before a run existed
-    respec(cluster, work_mem="16MB")
-    assert cli_main(["status", "--cluster", cluster.name]) == 0
+    respec(pair, work_mem="16MB")
+    assert cli_main(["status", "--cluster", pair.name]) == 0
     out = capsys.readouterr().out
-    assert f"configuration pending: {cluster.spec.member_names[0]}: its configuration file is not the rendered" in out
-    assert cli_main(["rollout", "--cluster", cluster.name, "--json", "--in-process"]) == 0
+    assert f"configuration pending: {pair.spec.member_names[0]}: its configuration file is not the rendered" in out
+    assert cli_main(["rollout", "--cluster", pair.name, "--json", "--in-process"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["restarted"] == "none" and meta["settings"][meta["primary"]] == "work_mem=16MB"
-    assert cli_main(["status", "--cluster", cluster.name, "--json"]) == 0
+    assert cli_main(["status", "--cluster", pair.name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["configuration"] == {"pending": {}}
 
 
