@@ -131,8 +131,13 @@ def test_a_saturated_pool_and_a_stopped_pooler_alert(pg_home):
 
         threading.Thread(target=wait_for_a_server, daemon=True).start()
         time.sleep(1.5)  # longer than the alert's wait (POOLER_WAIT_ALERT_S)
-        saturated = [a for a in health_pass(ctx).assessment.alerts if a.kind == "pooler_saturated"]
+        health = health_pass(ctx)
+        saturated = [a for a in health.assessment.alerts if a.kind == "pooler_saturated"]
         assert saturated and saturated[0].details["clients_waiting"] == 1
+        from pg_ops.defs.deployment import health_observation  # what the UI plots on cluster_health/<c>
+
+        observed = health_observation(ctx.name, health.status, []).metadata
+        assert observed["pooler_clients_waiting"].value == 1 and observed["pooler_max_wait_s"].value >= 1
         holder.execute("commit")
         assert done.wait(10)  # the waiting client got the connection
         holder.close()

@@ -103,6 +103,9 @@ def health_observation(cluster: str, status, evaluations: list[dg.AssetCheckEval
         "failed_checks": dg.MetadataValue.text(", ".join(e.check_name for e in failed) or "none"),
         "members": dg.MetadataValue.md(member_rows(status)),
     }
+    if status.pooler and "error" not in status.pooler:  # spec `pooler`: plotted on the asset page
+        metadata.update({f"pooler_{k}": dg.MetadataValue.float(float(status.pooler[k]))
+                         for k in ("clients_active", "clients_waiting", "servers", "max_wait_s")})
     if status.maintenance:  # pg-ops maintenance: automatic failover and rollouts held
         from pg_ops.operations.maintenance import until_text
 
