@@ -95,7 +95,7 @@ def health_observation(cluster: str, status, evaluations: list[dg.AssetCheckEval
     primary = status.designated_primary
     summary = ("healthy: " if not failed else "NOT healthy: ") + "; ".join(
         [f"primary {primary}"] + [e.description or e.check_name for e in (failed or evaluations[:1])])
-    metadata = {
+    metadata: dict[str, dg.MetadataValue] = {
         "healthy": dg.MetadataValue.bool(not failed),
         "summary": dg.MetadataValue.text(summary),
         "primary": dg.MetadataValue.text(primary),
