@@ -113,12 +113,13 @@ def raw_recovery(ctx, backup: wa.BaseBackup, target: datetime, home: Path) -> fl
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def raw_base_backup(ctx, home: Path) -> tuple[float, int]:
-    """`pg_basebackup -Ft -X none` of the same primary into a local folder: (seconds, bytes)."""
+def raw_base_backup(ctx, home: Path, member: str | None = None) -> tuple[float, int]:
+    """`pg_basebackup -Ft -X none` of the same member (default the primary) into a local folder:
+    (seconds, bytes)."""
     from pg_ops.credentials import REPLICATION_USER
 
     folder = Path(tempfile.mkdtemp(prefix="raw-base-", dir=home))
-    ep = ctx.endpoints()[ctx.state().primary]
+    ep = ctx.endpoints()[member or ctx.state().primary]
     t0 = time.monotonic()
     subprocess.run([str(settings.pg_bin() / "pg_basebackup"), "-h", ep.host, "-p", str(ep.port), "-U",
                     REPLICATION_USER, "-D", str(folder / "out"), "-Ft", "-X", "none", "--checkpoint=fast",

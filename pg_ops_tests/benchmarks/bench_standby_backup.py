@@ -1,0 +1,61 @@
+"""A base backup taken from the standby (`backups.source: replica`, the default; issue 22):
+`wal.base_backup` of a 2-member cluster on SeaweedFS S3 (pg_basebackup -Ft -X none over the
+replication protocol from the most caught-up streaming standby, zstd straight into the store,
+its end read from the standby) against the raw `pg_basebackup -Ft -X none` from the same standby
+into a local folder, uncompressed, in the same run, both after the archive caught up with the
+data's WAL. Target: pg_ops >= 0.9x the raw MB/s.
+PG_OPS_BENCH_BACKUP_MB sets the data size (default 1000)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pg_ops.operations import wal
+from pg_ops_tests.benchmarks.bench_pitr import SIZE_MB, generate, raw_base_backup
+from pg_ops_tests.benchmarks.common import emit
+from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, wait_for, write_spec
+from pg_ops_tests.s3server import seaweedfs
+
+logging.basicConfig(level=logging.WARNING)
+
+
+def main() -> None:
+    with seaweedfs() as server, temp_home() as home:
+        os.environ["PG_OPS_HOME"] = str(home)
+        (home / "specs").mkdir()
+        os.environ["PG_OPS_CLUSTERS"] = str(home / "specs")
+        os.environ["PGOPS_BENCH_AK"], os.environ["PGOPS_BENCH_SK"] = server.access_key, server.secret_key
+        spec = spec_from(write_spec(home / "specs", "benchstandby", postgres={"members": 2}, backups={
+            "source": "replica", "wal": {"archive_timeout_seconds": 60},
+            "store": {"type": "s3", "bucket": server.new_bucket(), "endpoint_url": server.endpoint,
+                      "credentials_env": {"access_key": "PGOPS_BENCH_AK", "secret_key": "PGOPS_BENCH_SK"}}}))
+        with running_cluster(spec) as ctx:
+            generate(ctx, SIZE_MB)
+            primary = ctx.state().primary
+            standby = next(m for m in spec.member_names if m != primary)
+
+            def caught_up() -> bool:
+                seen = ctx.probe([primary])[primary].standby(standby)
+                return seen is not None and seen.lag_bytes == 0
+
+            wait_for(caught_up, "the standby replayed everything", timeout=600)
+            # The archive catches up with the generated WAL first: a base backup counts as complete
+            # once its end segment is archived, and the backlog is not the backup's cost.
+            wal.switch_and_wait(ctx, timeout=900)
+            raw_s, raw_bytes = raw_base_backup(ctx, home, member=standby)
+            t0 = time.monotonic()
+            backup = wal.base_backup(ctx)
+            ours_s = time.monotonic() - t0
+    raw_mb = raw_bytes / 1e6
+    emit("standby_base_backup", {
+        "source": backup.source, "source_role": backup.source_role, "data_mb": round(raw_mb, 1),
+        "base_backup_s": round(ours_s, 2), "base_backup_stored_mb": round(backup.size / 1e6, 1),
+        "base_backup_data_mb_s": round(raw_mb / ours_s, 1), "raw_pg_basebackup_s": round(raw_s, 2),
+        "raw_pg_basebackup_mb_s": round(raw_mb / raw_s, 1), "ratio_vs_raw": round(raw_s / ours_s, 2),
+        "target": {"ratio_vs_raw": ">= 0.9 (speed)"}})
+
+
+if __name__ == "__main__":
+    main()
