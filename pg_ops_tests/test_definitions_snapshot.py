@@ -201,3 +201,45 @@ def test_the_summary_is_deterministic(pinned_environment):
     """Two loads give the same text: nothing in the summary depends on the clock (every set in
     it is sorted, so neither does it depend on hash order across processes)."""
     assert render(summarise(load_code_location_defs())) == render(summarise(load_code_location_defs()))
+
+
+# Jobs whose first step asks the platform whether it can run them, and that question.
+PLATFORM_CHECKS = {
+    "pitr_drill": lambda platform, spec: platform.check_point_in_time("the point-in-time drill"),
+    "base_backup": lambda platform, spec: platform.check_archive_store(spec.backups.store.type),
+    "rollout": lambda platform, spec: platform.check_rollout(),
+}
+
+
+def test_no_schedule_or_sensor_of_a_committed_spec_launches_a_job_its_platform_refuses(pinned_environment):
+    """Every job a committed spec gets a schedule or a sensor for passes its platform's own
+    refusal check (a Kubernetes cluster gets no point-in-time drill schedule, say): nothing is
+    launched every night to fail. Rotation schedules ask about their role."""
+    from pg_ops.errors import Unsupported
+    from pg_ops.platforms import platform_for
+    from pg_ops.spec import load_specs
+
+    defs = load_code_location_defs()
+    specs = load_specs(PINNED_SPECS)
+    launched = {s.job_name for s in defs.schedules} | {j for s in defs.sensors for j in sensor_jobs(s)}
+    refused = []
+    for spec in specs:
+        platform = platform_for(spec)
+        for job, check in PLATFORM_CHECKS.items():
+            if job not in launched:
+                continue
+            scheduled_for_it = job != "pitr_drill" or any(
+                s.job_name == job and spec.name in (s.description or "") for s in defs.schedules)
+            if not scheduled_for_it:
+                continue
+            try:
+                check(platform, spec)
+            except Unsupported as exc:
+                refused.append(f"{spec.name}: {job}: {exc}")
+        for role in (r for r in spec.roles if r.rotation_schedule):
+            try:
+                platform.check_rotation(role.name)
+            except Unsupported as exc:
+                refused.append(f"{spec.name}: rotate_password {role.name}: {exc}")
+    assert refused == []
+    assert {"local", "kubernetes"} == {s.platform for s in specs}  # both platforms are looked at
