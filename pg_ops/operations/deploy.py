@@ -178,7 +178,7 @@ def verify_primary_endpoint(ctx: ClusterContext) -> dict:
     ctx.platform.route_primary(state.primary)
     result = write_through_primary_endpoint(ctx, state.epoch, "deploy", state.primary)
     if ctx.spec.pooler is not None:
-        result["pooler_member"] = pooling.verify(ctx, state.epoch)
+        result["pooler_member"] = pooling.verify(ctx)
     return result
 
 

@@ -24,7 +24,7 @@ import psycopg
 from pg_ops.credentials import POOLER_USER, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
-from pg_ops.postgres import pooler_auth
+from pg_ops.postgres import admin, pooler_auth
 from pg_ops.postgres.session import with_connection
 
 NOT_PAUSED = "not paused"  # what RESUME answers a pooler that was not paused
@@ -36,8 +36,6 @@ def served_databases(ctx: ClusterContext) -> list[str]:
 
 def ensure(ctx: ClusterContext, primary: str) -> bool:
     """Login role, lookup function in each database, process; True when it was started now."""
-    from pg_ops.postgres import admin
-
     creds = ctx.credentials()
     endpoint = ctx.endpoints()[primary]
     password = creds.password(SUPERUSER)
@@ -117,7 +115,7 @@ def paused(ctx: ClusterContext) -> Iterator[Pause | None]:
             resume(ctx)
 
 
-def verify(ctx: ClusterContext, epoch: int) -> str:
+def verify(ctx: ClusterContext) -> str:
     """A write through the pooler as an application makes it (the superuser is not served by
     it, so pg_ops's own login is used for the `postgres` database through auth_file): returns
     the member that took it."""
@@ -128,12 +126,8 @@ def verify(ctx: ClusterContext, epoch: int) -> str:
 
     def write(conn: psycopg.Connection) -> str:
         with conn.transaction():  # one transaction: one server connection in transaction pooling
-            conn.execute("create temporary table pooler_check (epoch int) on commit drop")  # leaves nothing
-            conn.execute("insert into pooler_check values (%s)", (epoch,))
-            row = conn.execute("select current_setting('cluster_name'), pg_is_in_recovery()").fetchall()[0]
-        if row[1]:
-            raise PgOpsError(f"pooler of {ctx.name}: its server is {row[0]}, a standby")
-        return str(row[0])
+            admin.assign_transaction_id(conn)  # fails on a standby
+            return admin.member_name(conn)
 
     return with_connection(endpoint, POOLER_USER, password, write, timeout=10, name=f"pooler of {ctx.name}")
 

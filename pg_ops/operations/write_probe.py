@@ -12,6 +12,7 @@ import time
 
 import psycopg
 
+from pg_ops.postgres import admin
 from pg_ops.postgres.session import connect_dsn
 
 PROBE_EVERY_S = 0.05
@@ -32,7 +33,7 @@ class WriteProbe:
             try:
                 if conn is None:
                     conn = connect_dsn(self.dsn, self.password, timeout=2, options="-c statement_timeout=2000")
-                conn.execute("select txid_current()")
+                admin.assign_transaction_id(conn)
                 self.commits.append(time.monotonic())
             except psycopg.Error:
                 self.failures += 1

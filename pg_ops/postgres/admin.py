@@ -167,6 +167,13 @@ def write_heartbeat(conn: psycopg.Connection, epoch: int, writer: str) -> str:
     return conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
 
 
+def assign_transaction_id(conn: psycopg.Connection) -> None:
+    """The smallest write: a transaction id is assigned, so its commit writes a commit record
+    (and waits for a synchronous standby like any write); on a standby it fails ("cannot assign
+    TransactionIds during recovery")."""
+    conn.execute("select txid_current()")
+
+
 def database_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 

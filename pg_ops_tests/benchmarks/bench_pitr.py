@@ -19,6 +19,7 @@ PG_OPS_BENCH_BACKUP_MB sets the size (default 1000).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from pg_ops.operations import wal
 from pg_ops.operations.recover import recover
 from pg_ops.platforms.server_user import chown_tree, server_user
 from pg_ops.postgres import archiving, barman
+from pg_ops.spec import ClusterSpec
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.benchmarks.bench_backup import SIZE_MB, generate
 from pg_ops_tests.benchmarks.common import emit, summary
@@ -157,17 +160,23 @@ def archiving_lag(ctx, seconds: float) -> dict:
     return {"age": summary(ages), "rows": written[0], "wal_mb": round(wal_bytes(ctx, start_lsn) / 1e6, 1)}
 
 
-def main() -> None:
+@contextlib.contextmanager
+def s3_bench_cluster(name: str, members: int, source: str) -> Iterator[tuple[ClusterSpec, Path]]:
+    """A throw-away PG_OPS_HOME and SeaweedFS, and the spec of a cluster archiving to a bucket of
+    its own (archive_timeout 60 s, as by default; `source`: where base backups are taken)."""
     with seaweedfs() as server, temp_home() as home:
         os.environ["PG_OPS_HOME"] = str(home)
         (home / "specs").mkdir()
         os.environ["PG_OPS_CLUSTERS"] = str(home / "specs")
         os.environ["PGOPS_BENCH_AK"], os.environ["PGOPS_BENCH_SK"] = server.access_key, server.secret_key
-        bucket = server.new_bucket()
-        spec = spec_from(write_spec(home / "specs", "benchpitr", postgres={"members": 1}, backups={
-            "source": "primary", "wal": {"archive_timeout_seconds": 60},
-            "store": {"type": "s3", "bucket": bucket, "endpoint_url": server.endpoint,
-                      "credentials_env": {"access_key": "PGOPS_BENCH_AK", "secret_key": "PGOPS_BENCH_SK"}}}))
+        yield spec_from(write_spec(home / "specs", name, postgres={"members": members}, backups={
+            "source": source, "wal": {"archive_timeout_seconds": 60},
+            "store": {"type": "s3", "bucket": server.new_bucket(), "endpoint_url": server.endpoint,
+                      "credentials_env": {"access_key": "PGOPS_BENCH_AK", "secret_key": "PGOPS_BENCH_SK"}}})), home
+
+
+def main() -> None:
+    with s3_bench_cluster("benchpitr", members=1, source="primary") as (spec, home):
         with running_cluster(spec) as ctx:
             lag = archiving_lag(ctx, LAG_SECONDS)
             generate(ctx, SIZE_MB)

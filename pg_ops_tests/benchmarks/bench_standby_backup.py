@@ -9,28 +9,18 @@ PG_OPS_BENCH_BACKUP_MB sets the data size (default 1000)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from pg_ops.operations import wal
-from pg_ops_tests.benchmarks.bench_pitr import SIZE_MB, generate, raw_base_backup
+from pg_ops_tests.benchmarks.bench_pitr import SIZE_MB, generate, raw_base_backup, s3_bench_cluster
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, wait_for, write_spec
-from pg_ops_tests.s3server import seaweedfs
+from pg_ops_tests.helpers import running_cluster, wait_for
 
 logging.basicConfig(level=logging.WARNING)
 
 
 def main() -> None:
-    with seaweedfs() as server, temp_home() as home:
-        os.environ["PG_OPS_HOME"] = str(home)
-        (home / "specs").mkdir()
-        os.environ["PG_OPS_CLUSTERS"] = str(home / "specs")
-        os.environ["PGOPS_BENCH_AK"], os.environ["PGOPS_BENCH_SK"] = server.access_key, server.secret_key
-        spec = spec_from(write_spec(home / "specs", "benchstandby", postgres={"members": 2}, backups={
-            "source": "replica", "wal": {"archive_timeout_seconds": 60},
-            "store": {"type": "s3", "bucket": server.new_bucket(), "endpoint_url": server.endpoint,
-                      "credentials_env": {"access_key": "PGOPS_BENCH_AK", "secret_key": "PGOPS_BENCH_SK"}}}))
+    with s3_bench_cluster("benchstandby", members=2, source="replica") as (spec, home):
         with running_cluster(spec) as ctx:
             generate(ctx, SIZE_MB)
             primary = ctx.state().primary
