@@ -204,6 +204,13 @@ class Pki:
         pem.chmod(0o600)
         return crt, pem
 
+    def kubelet_serving(self, stem: str, name: str) -> tuple[Path, Path]:
+        """A kubelet's serving certificate (127.0.0.1), which the API server verifies."""
+        key = _key()
+        return self._write(stem, _cert(_name(name), key, self.ca_cert.subject, self.ca_key, server=True,
+                                       sans=[x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           key)
+
     def client(self, stem: str, user: str, group: str | None = None) -> tuple[Path, Path]:
         key = _key()
         return self._write(stem, _cert(_name(user, group), key, self.ca_cert.subject, self.ca_key), key)
@@ -305,6 +312,7 @@ class ControlPlane:
                    .get("health") == "true")
         pki = self.pki
         self.admin_cert = pki.client("admin", "pg-ops-test-admin", "system:masters")
+        kubelet_client = pki.client("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
         self._run("kube-apiserver", [
             "--etcd-servers", etcd_url,
             "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(self.port),
@@ -317,6 +325,11 @@ class ControlPlane:
             # The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints validation
             # refuses (loopback); nothing here reaches the API server through that Service.
             "--endpoint-reconciler-type", "none",
+            # The API server reaches kubelets (exec, logs) at their Node's InternalIP and port, with a
+            # client certificate of its own, and verifies their serving certificates.
+            "--kubelet-preferred-address-types", "InternalIP",
+            "--kubelet-certificate-authority", str(pki.ca),
+            "--kubelet-client-certificate", str(kubelet_client[0]), "--kubelet-client-key", str(kubelet_client[1]),
             "--profiling=false", "--v", "1"])
         self._wait("kube-apiserver", lambda: self._get("/readyz") == "ok")
         self.kubeconfig = write_kubeconfig(self.root / "admin.kubeconfig", self.server, pki.ca, cert=self.admin_cert)
@@ -422,6 +435,43 @@ class ControlPlane:
         self.nodes.append(node)
         node.start()
         return node
+
+
+# Prometheus Operator kinds pg_ops renders; the real CRDs are not at hand here, so they are served
+# with an open schema (what K3s with kube-prometheus-stack validates is NOT checked here).
+OPERATOR_KINDS = {"ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules"}
+
+
+def open_crd(kind: str, plural: str) -> dict:
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def install_operator_crds(cp: ControlPlane, timeout: float = 30.0) -> None:
+    """The Prometheus Operator CRDs (open schema), created and waited for until Established."""
+    api = cp.admin_api()
+    try:
+        for kind, plural in OPERATOR_KINDS.items():
+            api.custom.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+                                                    open_crd(kind, plural))
+        deadline = time.monotonic() + timeout
+        for plural in OPERATOR_KINDS.values():
+            while not _crd_established(api, plural):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the {plural} CRD not Established after {timeout:g} s")
+                time.sleep(0.2)
+    finally:
+        api.close()
+
+
+def _crd_established(api, plural: str) -> bool:
+    crd = api.custom.get_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+                                               f"{plural}.monitoring.coreos.com")
+    return any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get("conditions", []))
 
 
 def configuration(kubeconfig: Path):

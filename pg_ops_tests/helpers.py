@@ -4,6 +4,7 @@ always stopped by the test that started them."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pg_ops.operations.context import ClusterContext
@@ -131,7 +133,8 @@ def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.2)
 
 # -- either platform: the same cluster on local processes or behind the fake Kubernetes API ------
 PLATFORMS = ("local", "kubernetes")
-_FAKES: dict[str, object] = {}  # cluster name -> the FakeKubernetes serving it
+_FAKES: dict[str, object] = {}  # cluster name -> the (Real)Kubernetes serving it
+_NAMESPACES = itertools.count(1)
 
 
 def write_platform_spec(folder: Path, name: str, platform: str, **overrides) -> Path:
@@ -142,7 +145,10 @@ def write_platform_spec(folder: Path, name: str, platform: str, **overrides) -> 
         postgres = overrides.pop("postgres", {})
         overrides["postgres"] = {**postgres, "parameters": {"shared_buffers": "128MB",
                                                             **postgres.get("parameters", {})}}
-        overrides["kubernetes"] = {"namespace": f"ns-{name}", "gitops": False, **overrides.get("kubernetes", {})}
+        # A namespace of its own per cluster: a deleted namespace takes the real namespace
+        # controller seconds to empty, and the next test need not wait for it.
+        overrides["kubernetes"] = {"namespace": f"ns-{name}-{next(_NAMESPACES)}", "gitops": False,
+                                   **overrides.get("kubernetes", {})}
     return write_spec(folder, name, platform=platform, **overrides)
 
 
@@ -155,17 +161,22 @@ def cluster_on(spec: ClusterSpec) -> Iterator[ClusterContext]:
         with running_cluster(spec) as ctx:
             yield ctx
         return
-    from pg_ops_tests.fake_k8s import FakeKubernetes  # it imports this module
+    from pg_ops_tests import kube_cluster  # it imports this module
 
-    with FakeKubernetes() as fake:
-        fake.register_cluster(spec)
-        _FAKES[spec.name] = fake
-        try:
-            ctx = ClusterContext.for_spec(spec)
-            deploy(ctx)
-            yield ctx
-        finally:
-            _FAKES.pop(spec.name, None)
+    kube = kube_cluster.RealKubernetes()
+    try:
+        kube.start()
+    except kube_cluster.ControlPlaneUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        kube.register_cluster(spec)
+        _FAKES[spec.name] = kube
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        yield ctx
+    finally:
+        _FAKES.pop(spec.name, None)
+        kube.stop()
 
 
 def fake_of(ctx: ClusterContext):
@@ -187,7 +198,7 @@ def recover_member(ctx: ClusterContext, name: str) -> None:
     do, `deploy` starts the member)."""
     fake = fake_of(ctx)
     if fake is not None:
-        fake.cluster.unschedulable.discard((ctx.spec.kubernetes.namespace, name))
+        fake.release_pending(ctx.spec.kubernetes.namespace, name)
 
 
 def member_generation(ctx: ClusterContext, name: str) -> str | None:

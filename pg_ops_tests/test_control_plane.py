@@ -28,9 +28,6 @@ from pg_ops_tests.helpers import wait_for
 
 HOMELAB = Path(__file__).resolve().parents[1] / "deploy" / "clusters" / "homelab.yaml"
 NODES = ("node-a", "node-b", "node-c")
-# Prometheus Operator kinds the homelab renders; the real CRDs are not at hand here, so they are
-# served with an open schema (what K3s with kube-prometheus-stack validates is NOT checked here).
-OPERATOR_KINDS = {"ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules"}
 # The replica budget as pg_ops rendered it before issue 21 (e34109a): maxUnavailable on a budget that
 # selects every member but the primary.
 OLD_REPLICA_BUDGET = {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}
@@ -45,37 +42,18 @@ def cp():
     with plane:
         api = plane.admin_api()
         try:
-            for kind, plural in OPERATOR_KINDS.items():
-                api.custom.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions",
-                                                        open_crd(kind, plural))
+            controlplane.install_operator_crds(plane)
             api.custom.create_cluster_custom_object("storage.k8s.io", "v1", "storageclasses", {
                 "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "local-path"},
                 "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer",
                 "reclaimPolicy": "Delete"})
             for name in NODES:
                 plane.stand_in_node(name)
-            for plural in OPERATOR_KINDS.values():
-                wait_for(lambda p=plural: crd_established(api, p), f"the {plural} CRD established", timeout=30)
         finally:
             api.close()
         yield plane
         errors = [e for node in plane.nodes for e in node.errors]
         assert not errors, errors
-
-
-def open_crd(kind: str, plural: str) -> dict:
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-                     "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
-
-
-def crd_established(api: KubernetesApi, plural: str) -> bool:
-    crd = api.custom.get_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions",
-                                               f"{plural}.monitoring.coreos.com")
-    return any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get("conditions", []))
 
 
 @pytest.fixture

@@ -58,7 +58,9 @@ def test_backup_from_a_replica_and_its_drill_pass(shared_any_cluster):
     # Restored into a temporary pod of the cluster (not a local instance), gone afterwards.
     ns = ctx.spec.kubernetes.namespace
     assert report.target.startswith(f"pod {ns}/{ctx.name}-drill-")
-    assert fake_of(ctx).scratch_objects(ns) == []
+    # The pod and its Secret are gone when the drill returns; its container stops once its
+    # node's kubelet notices the pod is gone.
+    wait_for(lambda: fake_of(ctx).scratch_objects(ns) == [], "nothing of the drill's scratch pod left")
 
 
 def test_a_failed_drill_leaves_no_drill_pod_or_secret(shared_any_cluster):
@@ -74,7 +76,8 @@ def test_a_failed_drill_leaves_no_drill_pod_or_secret(shared_any_cluster):
         drill(ctx, backup_id)
     drilled = json.loads((folder / cat.DRILL).read_text())
     assert drilled["target"].startswith(f"pod {ctx.spec.kubernetes.namespace}/{ctx.name}-drill-")
-    assert fake_of(ctx).scratch_objects(ctx.spec.kubernetes.namespace) == []
+    wait_for(lambda: fake_of(ctx).scratch_objects(ctx.spec.kubernetes.namespace) == [],
+             "nothing of the drill's scratch pod left")
 
 
 def test_a_scratch_pod_stuck_pending_fails_clearly_and_is_deleted(shared_any_cluster):
@@ -93,7 +96,7 @@ def test_a_scratch_pod_stuck_pending_fails_clearly_and_is_deleted(shared_any_clu
     assert "\n" not in message
     assert f"scratch pod {ns}/{ctx.name}-drill-" in message and "stuck Pending" in message
     assert "Unschedulable" in message
-    assert fake.scratch_objects(ns) == []
+    wait_for(lambda: fake.scratch_objects(ns) == [], "nothing of the scratch pod left")
 
 
 def test_scratch_pod_is_no_member_and_reads_its_password_from_a_secret(shared_any_cluster):
@@ -116,7 +119,7 @@ def test_scratch_pod_is_no_member_and_reads_its_password_from_a_secret(shared_an
                              password=target.password, dbname="postgres") as conn:
             assert conn.execute("select count(*) from pg_database where not datistemplate").fetchone()[0] == 1
         assert pod_name not in ctx.platform.member_endpoints()
-    assert fake.scratch_objects(ns) == []
+    wait_for(lambda: fake.scratch_objects(ns) == [], "nothing of the scratch pod left")
 
 
 def test_lost_replica_pod_is_reported_down_and_clears_once_rescheduled(shared_any_cluster):

@@ -202,10 +202,14 @@ class KubernetesPlatform(Platform):
         return self.api.call("get", self._what("pod", name), self.api.core.read_namespaced_pod, name,
                              self.namespace, missing_ok=True)
 
-    @staticmethod
-    def _pod_endpoint(pod) -> Endpoint | None:
+    def _pod_endpoint(self, pod) -> Endpoint | None:
+        """The pod IP and its `postgresql` port; where an address override says how that pod IP
+        is reached from here (`pod_ips`: the test nodes' stand-in pod network), there."""
         if pod is None or pod.status is None or not pod.status.pod_ip:
             return None
+        override = self._overrides("pod_ips").get(pod.status.pod_ip)
+        if override:
+            return Endpoint.parse(override)
         containers = sorted(pod.spec.containers, key=lambda c: c.name != names.CONTAINER)
         for container in containers:
             for port in container.ports or []:

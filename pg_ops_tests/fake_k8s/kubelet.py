@@ -134,6 +134,7 @@ class Container:
     last_state: dict = field(default_factory=dict)
     synced: dict[str, str] = field(default_factory=dict)  # volume -> resourceVersion materialized
     seen: dict[str, tuple[str, float]] = field(default_factory=dict)  # volume -> (rv, first seen)
+    sync_jitter: float = 0.0  # added to sync_delay for this container (refreshes differ per pod)
     probes: list[Probe] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -271,7 +272,7 @@ class Kubelet:
                 if rv != version:
                     container.seen[name] = (version, time.monotonic())
                     first = time.monotonic()
-                if time.monotonic() - first < self.sync_delay:
+                if time.monotonic() - first < self.sync_delay + (container.sync_jitter if self.sync_delay else 0.0):
                     continue
             self.materialize(pod, container, by_name[name], obj)
             container.synced[name] = version
