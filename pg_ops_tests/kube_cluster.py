@@ -234,6 +234,13 @@ class RealKubernetes:
         if ns not in self.namespaces:
             self._fresh_namespace(ns)
             self.namespaces.append(ns)
+        from pg_ops.render import manifests
+
+        for obj in manifests(spec):  # where the spec delivers Secrets too (roles.secret_namespaces)
+            other = obj["metadata"].get("namespace")
+            if other and other not in self.namespaces and other != names.PG_OPS_NAMESPACE:
+                self._fresh_namespace(other)
+                self.namespaces.append(other)
         for member in spec.member_names:
             proxy = PodNameProxy(cluster.admin, cluster.network, ns, member)
             self.proxies.append(proxy)
@@ -322,6 +329,13 @@ class RealKubernetes:
     def heal_node(self, node: str) -> None:
         self.cluster.kubelets[node].paused.clear()
 
+    def set_proxy_sync_period(self, seconds: float) -> None:
+        """How long a change of a Service's EndpointSlices takes to reach its kube-proxy's rules
+        (1 s by default, kube-proxy's minSyncPeriod)."""
+        for proxy in self.proxies:
+            if isinstance(proxy, EndpointSliceProxy):
+                proxy.sync_period = seconds
+
     def set_sync_delay(self, seconds: float) -> None:
         for kubelet in self.cluster.kubelets.values():
             kubelet.sync_delay = seconds
@@ -335,6 +349,14 @@ class RealKubernetes:
                     os.killpg(container.proc.pid, signal.SIGKILL)
 
     # -- views for tests --------------------------------------------------------------------
+    def container(self, namespace: str, pod: str):
+        """The running container of the pod (on whichever node runs it), or None."""
+        for kubelet in self.cluster.kubelets.values():
+            found = kubelet.container_named(namespace, pod)
+            if found is not None:
+                return found
+        return None
+
     def object(self, resource: str, namespace: str, name: str, api_version: str = "v1") -> dict | None:
         return self.cluster.admin.find((api_version, resource, namespace, name))
 

@@ -1,5 +1,5 @@
-"""The Kubernetes platform against the fake API server, with real PostgreSQL members behind
-its pods. The operations both platforms share run on both in test_deploy.py, test_failover.py
+"""The Kubernetes platform on the real control plane (pg_ops_tests/kube_cluster.py: real API
+server, controllers and scheduler; stand-in nodes running real PostgreSQL members behind the pods). The operations both platforms share run on both in test_deploy.py, test_failover.py
 and test_kubernetes_paths.py; here is what only Kubernetes has: role labels and Services, the credentials Secret, the state
 ConfigMap's compare-and-swap, pods deleted and recreated, and the API's failures."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import os
 
 import psycopg
@@ -26,7 +27,7 @@ from pg_ops.postgres.session import with_connection
 from pg_ops.render import manifests
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
-from pg_ops_tests.fake_k8s import FakeKubernetes
+from pg_ops_tests import kube_cluster
 from pg_ops_tests.helpers import (
     free_port,
     home_environment,
@@ -38,6 +39,7 @@ from pg_ops_tests.helpers import (
 )
 
 BACKUP_SECRET = "kube-backup-s3"
+NAMESPACES = itertools.count(1)
 
 
 def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
@@ -45,7 +47,7 @@ def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
     Service name is the same for every cluster) and the manifests applied by pg_ops. The backup
     store's keys come from a Secret (not used for a backup here: the Role is what matters)."""
     folder.mkdir(exist_ok=True)
-    k8s = {"namespace": f"ns-{name}", "gitops": False, **kubernetes}
+    k8s = {"namespace": f"ns-{name}-{next(NAMESPACES)}", "gitops": False, **kubernetes}
     store = {"type": "s3", "bucket": "b", "endpoint_url": "http://127.0.0.1:1", "credentials_secret": BACKUP_SECRET}
     return spec_from(write_spec(folder, name, platform=platform, kubernetes=k8s, backups={"store": store},
                                 postgres={"parameters": {"shared_buffers": "128MB"}}))
@@ -53,8 +55,15 @@ def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
 
 @pytest.fixture(scope="module")
 def fake():
-    with FakeKubernetes() as server:
-        yield server
+    kube = kube_cluster.RealKubernetes()
+    try:
+        kube.start()
+    except kube_cluster.ControlPlaneUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield kube
+    finally:
+        kube.stop()
 
 
 @contextlib.contextmanager
@@ -319,7 +328,7 @@ def test_pod_stuck_pending_is_reported_and_shown_down(k8s, fake):
         roles = {m["name"]: m["role"] for m in cluster_status(k8s).to_dict()["members"]}
         assert roles[replica] == "down"
     finally:
-        fake.cluster.unschedulable.discard((ns, replica))
+        fake.release_pending(ns, replica)
         k8s.platform.pod_start_timeout = 180.0
     k8s.platform.start_member(replica)
     wait_streaming(k8s, replica)
@@ -389,7 +398,7 @@ def test_failover_and_switchover_wait_for_the_service_to_follow_the_label(fake):
     from pg_ops_tests.helpers import kill_member
 
     with deployed_cluster(fake, "svclag", "kubernetes") as ctx:
-        fake.cluster.set_proxy_sync_period(2.0)
+        fake.set_proxy_sync_period(2.0)
         old = ctx.state().primary
         new = next(m for m in ctx.spec.member_names if m != old)
         switchover(ctx, to=new)

@@ -248,7 +248,7 @@ def test_kubernetes_primary_on_a_cut_off_node_fences_itself_before_a_new_primary
         fake, ns = fake_of(ctx), spec.kubernetes.namespace
 
         def pid_of(member):
-            container = fake.cluster.container(ns, member)
+            container = fake.container(ns, member)
             return container.proc.pid if container is not None and container.proc is not None else None
 
         old = ctx.state().primary
@@ -260,7 +260,7 @@ def test_kubernetes_primary_on_a_cut_off_node_fences_itself_before_a_new_primary
             node = fake.node_of(ns, old)
             # The container on the cut-off node outlives its pod object (the force deletion lets
             # the StatefulSet make a new pod elsewhere), so keep hold of it for its log.
-            old_container = fake.cluster.container(ns, old)
+            old_container = fake.container(ns, old)
             cut_at = time.time()
             fake.partition_node(node)
             parts.seal(old)

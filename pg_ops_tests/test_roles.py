@@ -486,7 +486,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         assert secret("shop", "k8roles-batch") is None
         # pg_ops's own roles: the Secret's passfile reaches the running members at the kubelet's
         # next sync (3 s later here), and the password changes only once every member copied it
-        fake.cluster.sync_delay = 3.0
+        fake.set_sync_delay(3.0)
         with pytest.raises(Refused, match="rotating postgres_exporter on Kubernetes is not supported yet: the "
                                           "exporter sidecar reads its password once"):
             catalog.check_rotation_request(ctx, MONITORING_USER)
@@ -508,13 +508,13 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         assert ctx.probe([primary])[primary].writable  # its lease checks log in: not fenced
         # a member that cannot get the new passfile in time: the Secret is put back, nothing changes
         monkeypatch.setattr(kubernetes_platform, "PASSFILE_SYNC_TIMEOUT_S", 4.0)
-        fake.cluster.sync_delay = 60.0
+        fake.set_sync_delay(60.0)
         with pytest.raises(PgOpsError, match=r"member\(s\) .* did not copy the new passfile .* the Secret is put "
                                              "back and the password is not changed"):
             catalog.rotate_password(ctx, REPLICATION_USER)
         assert ctx.credentials().password(REPLICATION_USER) == after.password(REPLICATION_USER)
         login(ctx, REPLICATION_USER, after.password(REPLICATION_USER), "postgres", primary).close()
-        fake.cluster.sync_delay = 0.0
+        fake.set_sync_delay(0.0)
         catalog.rotate_password(ctx, "shop_rw")
         rotated = secret("shop", "k8roles-shop-rw")
         assert rotated["password"] != rw["password"] and rotated["password"] == ctx.credentials().password("shop_rw")
