@@ -172,6 +172,7 @@ class RealKubernetes:
                 kubelet.paused.clear()
                 kubelet.not_ready.clear()
                 kubelet.sync_delay = 0.0
+                kubelet.kubelet.force_kill_delay = 0.0
             for node in list(self.cordoned):
                 self.cordon(node, False)
             if self.holding:
@@ -335,6 +336,15 @@ class RealKubernetes:
         for proxy in self.proxies:
             if isinstance(proxy, EndpointSliceProxy):
                 proxy.sync_period = seconds
+
+    def set_force_kill_delay(self, seconds: float) -> None:
+        """How late the kubelets notice a force-deleted pod and kill its container."""
+        for kubelet in self.cluster.kubelets.values():
+            kubelet.kubelet.force_kill_delay = seconds
+
+    def proxy(self, namespace: str, service: str) -> EndpointSliceProxy:
+        port = self.service_ports[(namespace, service)]
+        return next(p for p in self.proxies if isinstance(p, EndpointSliceProxy) and p.port == port)
 
     def set_sync_delay(self, seconds: float) -> None:
         for kubelet in self.cluster.kubelets.values():

@@ -1,18 +1,19 @@
-"""The fake cluster's kubelet, scheduler and partition mode with real members behind the pods,
-and the production defects they bring out (issue 13), each failing on this fake before its fix:
+"""The nodes' side of Kubernetes with real members behind the pods, on the REAL control plane
+(pg_ops_tests/kube_cluster.py: the real API server, scheduler, StatefulSet, disruption, node
+lifecycle and persistent-volume controllers; stand-in kubelets running the member scripts), and
+the production defects it brought out (issue 13), each failing before its fix:
 
 - a drain could evict the primary (one budget, maxUnavailable 1)      -> primary-only PDB
-  (and the replica budget's `maxUnavailable: 1` that followed allowed NO eviction on a real
-  cluster, which this fake wrongly allowed: it now counts as the real disruption controller and
-  the render has an integer minAvailable; issue 21, test_control_plane.py on the real one)
+  (the replica budget's `maxUnavailable: 1` that followed allowed NO eviction on a real cluster:
+  the render has an integer minAvailable; the drain here goes through the real eviction API)
 - hard anti-affinity left a member Pending with one node cordoned     -> preferred by default
 - a replacement pod ran its boot actions on the volume while the old
   container was still stopping (force delete, ReadWriteOnce)          -> member.sh's lock
-- (the RBAC ones are in test_kubernetes_platform.py and test_render.py, the probe ones against
-  real members in test_render.py)
+- (the RBAC ones are in test_kubernetes_platform.py and test_control_plane.py)
 
-One cluster for the module; each test puts back what it changes. The kubelet's clock runs ten
-times faster than a real one (probe periods, grace periods, the node monitor grace).
+One cluster for the module; each test puts back what it changes. The stand-in kubelets' clock
+runs five times faster than a real one (probe periods, grace periods); the node monitor grace
+is the control plane's (20 s).
 """
 
 from __future__ import annotations
@@ -37,15 +38,26 @@ from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.state import update_state
-from pg_ops_tests.fake_k8s import FakeKubernetes
+from pg_ops_tests import kube_cluster
 from pg_ops_tests.helpers import home_environment, kill_member, spec_from, wait_for, write_platform_spec
 
-SCALE = 0.1
+
+@contextlib.contextmanager
+def real_kubernetes():
+    kube = kube_cluster.RealKubernetes()
+    try:
+        kube.start()
+    except kube_cluster.ControlPlaneUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield kube
+    finally:
+        kube.stop()
 
 
 @pytest.fixture(scope="module")
 def kube():
-    with home_environment() as home, FakeKubernetes(time_scale=SCALE) as fake:
+    with home_environment() as home, real_kubernetes() as fake:
         spec = spec_from(write_platform_spec(home / "specs", "kl", "kubernetes"))
         fake.register_cluster(spec)
         ctx = ClusterContext.for_spec(spec)
@@ -80,6 +92,18 @@ def evict(fake, ns: str, pod: str) -> None:
         "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}})
 
 
+def evicted(fake, ns: str, pod: str) -> bool:
+    """An eviction the budgets allow now (429 while the disruption controller has not yet
+    counted the pod back in: it writes budget status asynchronously)."""
+    try:
+        evict(fake, ns, pod)
+        return True
+    except ApiException as exc:
+        if exc.status != 429:
+            raise
+        return False
+
+
 def postmasters_on(data_dir: Path) -> list[int]:
     """Postmasters (`postgres -D <dir>`) using a data dir. A postmaster's child shows its parent's
     command line from fork() until it sets its own title, so a process whose parent is a postgres
@@ -106,7 +130,7 @@ def test_member_pods_run_the_rendered_spec(kube):
         claim = fake.object("persistentvolumeclaims", ns, names.data_claim(member))
         assert claim["spec"]["storageClassName"] == "local-path"  # no class in the spec: K3s's default
         assert claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == nodes[member]
-        container = fake.cluster.container(ns, member)
+        container = fake.container(ns, member)
         env = container.env
         assert env["PGOPS_STOP_SECONDS"] == "170" and env["PGOPS_DATA"] == str(fake.data_dir(ns, member))
         status = dict(line.split("=", 1) for line in Path(env["PGOPS_RUN_DIR"], "member-status").read_text().split())
@@ -116,20 +140,20 @@ def test_member_pods_run_the_rendered_spec(kube):
 def test_readiness_follows_the_probe_and_moves_a_replica_out_of_the_read_service(kube):
     ctx, fake = kube
     ns, replica = ctx.platform.namespace, replicas(ctx)[0]
-    read = fake.cluster.proxies[(ns, names.replicas_service(ctx.spec))]
-    port = fake.object("pods", ns, replica)["spec"]["containers"][0]["ports"][0]["containerPort"]
-    assert port in read.backends()
+    read = fake.proxy(ns, names.replicas_service(ctx.spec))  # kube-proxy, from the real EndpointSlices
+    ip = fake.object("pods", ns, replica)["status"]["podIP"]
+    wait_for(lambda: ip in read.programmed, "the replica in the read Service's rules")
     conninfo = sql(ctx, replica, "show primary_conninfo")[0][0]
     sql(ctx, replica, "alter system set primary_conninfo = ''")
     sql(ctx, replica, "select pg_reload_conf()")
     try:
         wait_for(lambda: not ready(fake, ns, replica), "the disconnected replica to turn not ready")
-        assert port not in read.backends()
+        wait_for(lambda: ip not in read.programmed, "the replica out of the read Service's rules")
         assert any("replica is not streaming" in e["message"] for e in fake.events(ns, replica, "Unhealthy"))
     finally:
         sql(ctx, replica, f"alter system set primary_conninfo = '{conninfo}'")
         sql(ctx, replica, "select pg_reload_conf()")
-    wait_for(lambda: ready(fake, ns, replica) and port in read.backends(), "the replica back in the read Service")
+    wait_for(lambda: ready(fake, ns, replica) and ip in read.programmed, "the replica back in the read Service")
 
 
 # -- defect: a drain could evict the primary ---------------------------------------------------------
@@ -145,13 +169,13 @@ def test_a_drain_cannot_evict_the_primary_until_it_is_switched_over(kube):
     # A replica may go (its budget, minAvailable members - 2, allows one at a time); the
     # StatefulSet brings it back.
     uid = fake.object("pods", ns, replica)["metadata"]["uid"]
-    evict(fake, ns, replica)
+    wait_for(lambda: evicted(fake, ns, replica), f"{replica} evicted (once the controller counted the budget)")
     wait_for(lambda: (fake.object("pods", ns, replica) or {"metadata": {"uid": uid}})["metadata"]["uid"] != uid,
              f"{replica} evicted and recreated")
     deploy(ctx)  # waits for it, labels it again
     # The documented procedure: switch over first, then the old primary is an ordinary replica.
     switchover(ctx, to=replica)
-    evict(fake, ns, primary)
+    wait_for(lambda: evicted(fake, ns, primary), f"{primary} evicted as a replica now")
     wait_for(lambda: ctx.platform.member_running(primary) and streaming(ctx, primary), f"{primary} back as a replica",
              timeout=90)
     deploy(ctx)
@@ -186,13 +210,13 @@ def test_a_replacement_pod_waits_for_the_old_container_on_the_same_volume(kube):
     postmaster still uses."""
     ctx, fake = kube
     ns, member = ctx.platform.namespace, replicas(ctx)[0]
-    old = fake.cluster.container(ns, member)
+    old = fake.container(ns, member)
     data = fake.data_dir(ns, member)
     overlaps, crowded, stop = [], [], threading.Event()
 
     def watch():
         while not stop.is_set():
-            new = fake.cluster.container(ns, member)
+            new = fake.container(ns, member)
             if new is not None and new is not old and old.group_alive():
                 log = new.log.read_text(errors="replace") if new.log.exists() else ""
                 if "supervisor started" in log:
@@ -201,7 +225,7 @@ def test_a_replacement_pod_waits_for_the_old_container_on_the_same_volume(kube):
                 crowded.append(postmasters_on(data))
             time.sleep(0.05)
 
-    fake.cluster.force_kill_delay = 3.0
+    fake.set_force_kill_delay(3.0)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
@@ -211,8 +235,8 @@ def test_a_replacement_pod_waits_for_the_old_container_on_the_same_volume(kube):
     finally:
         stop.set()
         watcher.join(5)
-        fake.cluster.force_kill_delay = 0.0
-    new = fake.cluster.container(ns, member)
+        fake.set_force_kill_delay(0.0)
+    new = fake.container(ns, member)
     assert new is not old and new.node == old.node
     assert "another instance of this member still runs on this data directory" in new.log.read_text()
     assert overlaps == [], f"the new member script booted while the old container ran: {overlaps[0]}"
@@ -233,7 +257,7 @@ def test_deleting_the_primary_pod_checkpoints_then_lets_a_transaction_finish(kub
     with psycopg.connect(host=ep.host, port=ep.port, user=SUPERUSER, dbname="postgres",
                          password=ctx.admin_password(), connect_timeout=3) as conn:
         conn.execute("insert into drained values (1)")  # a transaction in flight
-        old = fake.cluster.container(ns, primary)
+        old = fake.container(ns, primary)
         fake.admin_api().core.delete_namespaced_pod(primary, ns)  # graceful: the pod's grace period
         wait_for(lambda: "smart shutdown" in old.log.read_text(), "the member script to stop smart")
         conn.commit()  # the open session still may
@@ -245,40 +269,11 @@ def test_deleting_the_primary_pod_checkpoints_then_lets_a_transaction_finish(kub
     assert sql(ctx, primary, "select v from drained") == [(1,)]
 
 
-def test_on_network_storage_the_replacement_pod_waits_for_the_volume_to_detach():
-    """With an attachable class the replacement may land on another node: a ReadWriteOnce volume
-    still used by the old container there keeps it ContainerCreating (Multi-Attach error) until
-    the old container is gone."""
-    with home_environment() as home, FakeKubernetes(time_scale=SCALE) as fake:
-        spec = spec_from(write_platform_spec(home / "specs", "net", "kubernetes", postgres={"members": 1},
-                                             kubernetes={"storage_class": "longhorn"}))
-        fake.register_cluster(spec)
-        ctx = ClusterContext.for_spec(spec)
-        deploy(ctx)
-        ns, member = ctx.platform.namespace, spec.member_names[0]
-        old = fake.cluster.container(ns, member)
-        fake.cordon(old.node)  # the replacement goes to another node
-        fake.cluster.force_kill_delay = 3.0
-        kill_member(ctx.platform, member)
-
-        def waiting_message():
-            pod = fake.object("pods", ns, member) or {}
-            statuses = pod.get("status", {}).get("containerStatuses") or [{}]
-            return (statuses[0].get("state") or {}).get("waiting", {}).get("message", "")
-
-        message = wait_for(lambda: "Multi-Attach error" in waiting_message() and waiting_message(),
-                           "the replacement waiting for the volume")
-        assert f"Volume is already used by pod(s) {member}" in message and old.group_alive()
-        wait_for(lambda: not old.group_alive(), "the old container killed")
-        wait_for(lambda: ctx.probe([member])[member].writable, f"{member} back on another node", timeout=60)
-        assert fake.node_of(ns, member) != old.node
-
-
 # -- the kubelet restarts a container whose liveness probe fails --------------------------------------
 def test_a_failing_liveness_probe_restarts_the_container(kube):
     ctx, fake = kube
     ns, member = ctx.platform.namespace, replicas(ctx)[1]
-    before = fake.cluster.container(ns, member)
+    before = fake.container(ns, member)
     postmaster = int((fake.data_dir(ns, member) / "postmaster.pid").read_text().split()[0])
     os.kill(postmaster, signal.SIGSTOP)  # hung: accepts TCP connections, answers nothing
     try:
@@ -300,12 +295,12 @@ def test_a_partitioned_node_keeps_serving_and_ignores_the_api(kube):
     ctx, fake = kube
     ns, member = ctx.platform.namespace, replicas(ctx)[0]
     node = fake.node_of(ns, member)
-    container = fake.cluster.container(ns, member)
+    container = fake.container(ns, member)
     state_file = Path(container.env["PGOPS_STATE"])
     # Earlier tests may have put two members on one node (the cordon test): reason per node.
     cut_off = {m for m in ctx.spec.member_names if fake.node_of(ns, m) == node}
     other = next(m for m in ctx.spec.member_names if m not in cut_off)
-    other_state = Path(fake.cluster.container(ns, other).env["PGOPS_STATE"])
+    other_state = Path(fake.container(ns, other).env["PGOPS_STATE"])
     fake.partition_node(node)
     try:
         # A deletion does not take effect: the pod stays Terminating, its member keeps serving.
@@ -352,9 +347,10 @@ REAL_SYNC_DELAY_S = 60.0  # a real kubelet: its periodic pod sync (1 min) plus t
 def delayed():
     """Two members whose pods see a changed desired-state ConfigMap a minute after the change,
     as on a real node (the rest of the suite runs with no delay)."""
-    with home_environment() as home, FakeKubernetes(sync_delay=REAL_SYNC_DELAY_S) as fake:
+    with home_environment() as home, real_kubernetes() as fake:
         spec = spec_from(write_platform_spec(home / "specs", "sd", "kubernetes", postgres={"members": 2}))
         fake.register_cluster(spec)
+        fake.set_sync_delay(REAL_SYNC_DELAY_S)
         ctx = ClusterContext.for_spec(spec)
         deploy(ctx)
         yield ctx, fake
@@ -365,12 +361,12 @@ class TestRealKubeletSyncDelay:
         ctx, fake = delayed
         ns = ctx.platform.namespace
         first, second = ctx.spec.member_names
-        state_file = lambda m: Path(fake.cluster.container(ns, m).env["PGOPS_STATE"])  # noqa: E731
+        state_file = lambda m: Path(fake.container(ns, m).env["PGOPS_STATE"])  # noqa: E731
         before = state_file(first).read_text()
         update_state(ctx.platform.state_store(),  # a new version of the record (a no-op change writes nothing)
                      lambda s: s.model_copy(update={"observed_at": s.observed_at + 1}))
         kill_member(ctx.platform, second)  # a pod made now mounts the record of now
-        wait_for(lambda: fake.cluster.container(ns, second) is not None
+        wait_for(lambda: fake.container(ns, second) is not None
                  and state_file(second).read_text() != before, "the new pod's record")
         assert state_file(first).read_text() == before  # the running pod: not yet
         wait_for(lambda: state_file(first).read_text() != before, "the running pod's record",
@@ -384,7 +380,7 @@ class TestRealKubeletSyncDelay:
         switchover(ctx, to=new)
         epoch = ctx.state().epoch
         ns = ctx.platform.namespace
-        record = lambda m: Path(fake.cluster.container(ns, m).env["PGOPS_STATE"]).read_text()  # noqa: E731
+        record = lambda m: Path(fake.container(ns, m).env["PGOPS_STATE"]).read_text()  # noqa: E731
         deadline = time.monotonic() + REAL_SYNC_DELAY_S * 2
         while not all(f"\nepoch={epoch}\n" in record(m) for m in ctx.spec.member_names):  # until every pod has it
             probes = ctx.probe()
@@ -401,13 +397,13 @@ class TestRealKubeletSyncDelay:
         ctx, fake = delayed
         ns, old = ctx.platform.namespace, ctx.state().primary
         other = next(m for m in ctx.spec.member_names if m != old)
-        container = fake.cluster.container(ns, old)
-        fake.cluster.force_kill_delay = 5.0
+        container = fake.container(ns, old)
+        fake.set_force_kill_delay(5.0)
         try:
             change = failover(ctx, to=other, force=True)
             wait_for(lambda: not container.group_alive(), "the old container killed", timeout=30)
         finally:
-            fake.cluster.force_kill_delay = 0.0
+            fake.set_force_kill_delay(0.0)
         log = container.log.read_text(errors="replace")
         after_stop = log[log.rindex("postgres exited"):]
         assert f"fenced by pg_ops at epoch {change.epoch}; the record here is at epoch {change.epoch - 1}" in after_stop
