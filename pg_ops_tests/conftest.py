@@ -26,7 +26,7 @@ HEAVIEST_FIRST = (
     "test_ha_cases.py",          # 381 s
     "test_failover.py",          # 264
     "test_partitions.py",        # 261
-    "test_fake_kubelet.py",      # 260
+    "test_kubernetes_nodes.py",  # 250
     "test_first_week.py",        # 219
     "test_deploy.py",            # 146
     "test_health.py",            # 104

@@ -15,9 +15,9 @@ logs in one temporary folder:
   and its tokens, ...), leader-elected like in a cluster;
 - kube-scheduler.
 
-No kubelet and no kube-proxy: `StandInNode` registers a Node, renews its Lease, marks the pods
-bound to it Ready and finishes their deletion, which is what the disruption controller, the
-StatefulSet controller and the eviction API need to be exercised for real. It runs no container.
+No kubelet and no kube-proxy here: the node side is pg_ops_tests/standin/ (kubelets, a
+local-path provisioner, kube-proxy and DNS stand-ins), put together with this control plane by
+pg_ops_tests/kube_cluster.py. `stand_in_node` adds a kubelet that runs no container.
 
     with ControlPlane() as cp:            # raises ControlPlaneUnavailable when not built
         api = cp.admin_api()              # pg_ops's KubernetesApi as a cluster admin
@@ -279,7 +279,7 @@ class ControlPlane:
         self.version = kubernetes_version()
         self.components: list[Component] = []
         self.root: Path | None = None
-        self.nodes: list[StandInNode] = []
+        self.nodes: list = []  # stand-in kubelets (standin/kubelet.py)
 
     # -- lifecycle
     def __enter__(self) -> ControlPlane:
@@ -430,8 +430,15 @@ class ControlPlane:
     def logs(self) -> dict[str, str]:
         return {c.name: c.tail(40) for c in self.components}
 
-    def stand_in_node(self, name: str, **kwargs) -> StandInNode:
-        node = StandInNode(self, name, **kwargs)
+    def stand_in_node(self, name: str, **kwargs):
+        """A stand-in kubelet that runs no container (its pods are reported Running and Ready):
+        enough for the controllers, the scheduler and the eviction API to act for real."""
+        from pg_ops_tests.standin.kubelet import StandInKubelet
+
+        assert self.root is not None
+        folder = self.root / "nodes"
+        folder.mkdir(exist_ok=True)
+        node = StandInKubelet(self, name, None, folder, run_containers=False, **kwargs)
         self.nodes.append(node)
         node.start()
         return node
@@ -481,120 +488,6 @@ def configuration(kubeconfig: Path):
     cfg = k8s.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg, persist_config=False)
     return cfg
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now_micro() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class StandInNode:
-    """A minimal node: NOT a kubelet. It registers a Node (Ready, with capacity), renews its
-    Lease in kube-node-lease every few seconds (so the node lifecycle controller keeps it Ready),
-    and every `period` seconds, for the pods bound to it: marks a running pod Ready (phase
-    Running, Ready and ContainersReady conditions, one running container status each) and
-    finishes the deletion of a terminating one `stop_seconds` after it first saw it terminating
-    (a grace-0 delete, as the kubelet does once the containers have stopped; never at once, so
-    the controllers see the pod terminating first, as on a real node). It runs no process, no probe and no volume, and gives a pod no IP: the
-    real validation refuses loopback addresses in Endpoints and EndpointSlices, so the
-    EndpointSlices of the Services stay empty (pod networking is the next step of issue 21).
-    Pods named in `not_ready` ((namespace, name)) are left not Ready."""
-
-    def __init__(self, cp: ControlPlane, name: str, *, period: float = 0.5, stop_seconds: float = 2.0,
-                 cpu: str = "64", memory: str = "256Gi"):
-        self.cp, self.name, self.period, self.stop_seconds = cp, name, period, stop_seconds
-        self.terminating: dict[str, float] = {}  # pod uid -> when first seen terminating
-        self.cpu, self.memory = cpu, memory
-        self.not_ready: set[tuple[str, str]] = set()
-        self.paused = threading.Event()  # set: the node is silent (no heartbeat, no pod sync)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.api = cp.admin_api()
-        self.errors: list[str] = []
-
-    def start(self) -> None:
-        core = self.api.core
-        core.create_node({"apiVersion": "v1", "kind": "Node",
-                          "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name,
-                                                                      "kubernetes.io/os": "linux"}}})
-        self._heartbeat()
-        self._thread = threading.Thread(target=self._loop, name=f"stand-in-node-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        self.api.close()
-
-    def _heartbeat(self) -> None:
-        now = _now()
-        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": "110", "ephemeral-storage": "100Gi"}
-        status = {"status": {
-            "capacity": capacity, "allocatable": capacity,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "stand-in node (pg_ops_tests/controlplane.py)",
-                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.name}],
-            "nodeInfo": {"kubeletVersion": self.cp.version, "operatingSystem": "linux", "architecture": "amd64",
-                         "containerRuntimeVersion": "stand-in://0", "kernelVersion": "", "osImage": "",
-                         "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""}}}
-        self.api.core.patch_node_status(self.name, status)
-        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                 "metadata": {"name": self.name, "namespace": "kube-node-lease"},
-                 "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40, "renewTime": _now_micro()}}
-        self.api.custom.patch_namespaced_custom_object(
-            "coordination.k8s.io", "v1", "kube-node-lease", "leases", self.name, lease,
-            field_manager="stand-in-node", force=True, _content_type="application/apply-patch+yaml")
-
-    def _loop(self) -> None:
-        last_beat = time.monotonic()
-        while not self._stop.wait(self.period):
-            if self.paused.is_set():
-                continue
-            try:
-                if time.monotonic() - last_beat > 5:
-                    self._heartbeat()
-                    last_beat = time.monotonic()
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep going; a test reads .errors
-                self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-
-    def sync(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        pods = self.api.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}").items
-        for pod in pods:
-            meta = pod.metadata
-            try:
-                if meta.deletion_timestamp is not None:
-                    seen = self.terminating.setdefault(meta.uid, time.monotonic())
-                    if time.monotonic() - seen < self.stop_seconds:
-                        continue
-                    # In the body: with a body the API server ignores the query's gracePeriodSeconds.
-                    self.api.core.delete_namespaced_pod(meta.name, meta.namespace, body={
-                        "gracePeriodSeconds": 0, "preconditions": {"uid": meta.uid}})
-                elif not self._is_ready(pod) and (meta.namespace, meta.name) not in self.not_ready:
-                    self._mark_ready(pod)
-            except ApiException as exc:
-                if exc.status not in (404, 409):
-                    raise
-
-    @staticmethod
-    def _is_ready(pod) -> bool:
-        return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-
-    def _mark_ready(self, pod) -> None:
-        now = _now()
-        conditions = [{"type": t, "status": "True", "lastTransitionTime": now}
-                      for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-        containers = [{"name": c.name, "image": c.image, "imageID": "", "ready": True, "restartCount": 0,
-                       "started": True, "state": {"running": {"startedAt": now}}} for c in pod.spec.containers]
-        self.api.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
-            "phase": "Running", "conditions": conditions, "containerStatuses": containers, "startTime": now}})
 
 
 def main(argv: list[str] | None = None) -> int:

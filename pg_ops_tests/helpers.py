@@ -153,14 +153,10 @@ def write_platform_spec(folder: Path, name: str, platform: str, **overrides) -> 
 
 
 @contextlib.contextmanager
-def cluster_on(spec: ClusterSpec) -> Iterator[ClusterContext]:
-    """A deployed cluster on the spec's platform. Kubernetes: a FakeKubernetes of its own (real
-    members behind its pods), stopped afterwards with every process it started, even when the
-    deploy or the test fails."""
-    if spec.platform != "kubernetes":
-        with running_cluster(spec) as ctx:
-            yield ctx
-        return
+def real_kubernetes():
+    """This test's view of the process's real control plane with stand-in nodes
+    (kube_cluster.RealKubernetes), undone afterwards; the test is skipped when the control plane
+    is not built and cannot be (no Go toolchain)."""
     from pg_ops_tests import kube_cluster  # it imports this module
 
     kube = kube_cluster.RealKubernetes()
@@ -169,18 +165,33 @@ def cluster_on(spec: ClusterSpec) -> Iterator[ClusterContext]:
     except kube_cluster.ControlPlaneUnavailable as exc:
         pytest.skip(str(exc))
     try:
-        kube.register_cluster(spec)
-        _FAKES[spec.name] = kube
-        ctx = ClusterContext.for_spec(spec)
-        deploy(ctx)
-        yield ctx
+        yield kube
     finally:
-        _FAKES.pop(spec.name, None)
         kube.stop()
 
 
+@contextlib.contextmanager
+def cluster_on(spec: ClusterSpec) -> Iterator[ClusterContext]:
+    """A deployed cluster on the spec's platform. Kubernetes: in a namespace of its own on the real
+    control plane (real members behind its pods), every process of it stopped afterwards, even
+    when the deploy or the test fails."""
+    if spec.platform != "kubernetes":
+        with running_cluster(spec) as ctx:
+            yield ctx
+        return
+    with real_kubernetes() as kube:
+        kube.register_cluster(spec)
+        _FAKES[spec.name] = kube
+        try:
+            ctx = ClusterContext.for_spec(spec)
+            deploy(ctx)
+            yield ctx
+        finally:
+            _FAKES.pop(spec.name, None)
+
+
 def fake_of(ctx: ClusterContext):
-    """The FakeKubernetes behind a cluster deployed by cluster_on (None on the local platform)."""
+    """The RealKubernetes behind a cluster deployed by cluster_on (None on the local platform)."""
     return _FAKES.get(ctx.name)
 
 

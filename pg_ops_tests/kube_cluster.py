@@ -32,8 +32,7 @@ from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import ADDRESSES_ENV
 from pg_ops.spec import ClusterSpec
 from pg_ops_tests.controlplane import ControlPlane, ControlPlaneUnavailable, install_operator_crds
-from pg_ops_tests.fake_k8s.store import ApiError
-from pg_ops_tests.standin.api import RawApi
+from pg_ops_tests.standin.api import ApiError, RawApi
 from pg_ops_tests.standin.kubelet import StandInKubelet, node_ready
 from pg_ops_tests.standin.network import EndpointSliceProxy, PodNameProxy, PodNetwork
 from pg_ops_tests.standin.provisioner import LocalPathProvisioner, storage_class

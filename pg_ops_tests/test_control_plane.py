@@ -2,7 +2,9 @@
 kube-controller-manager and kube-scheduler built from pg_ops_tests/kube/ (`make control-plane`),
 started by pg_ops_tests/controlplane.py. Admission, validation, defaulting, RBAC, server-side
 apply, the StatefulSet and disruption controllers and the eviction API are the real ones; the
-nodes are stand-ins (controlplane.StandInNode: no kubelet, no container runs)."""
+nodes are stand-in kubelets that run no container here (standin/kubelet.py with
+run_containers=False: pods are reported Running and Ready); the tests with members behind the
+pods are test_kubernetes_*.py (pg_ops_tests/kube_cluster.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -23,7 +24,6 @@ from pg_ops.platforms.kubernetes_objects import ObjectClient
 from pg_ops.render import manifests
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests import controlplane
-from pg_ops_tests.fake_k8s.server import FakeApiServer
 from pg_ops_tests.helpers import wait_for
 
 HOMELAB = Path(__file__).resolve().parents[1] / "deploy" / "clusters" / "homelab.yaml"
@@ -397,28 +397,6 @@ def test_a_replica_that_is_not_ready_may_always_go(cp, admin):
 
 BUDGET_VARIANTS = [{"maxUnavailable": 1}, {"minAvailable": 1}, {"maxUnavailable": "50%"}, {"minAvailable": "50%"},
                    {"minAvailable": "100%"}, {"maxUnavailable": 0}]
-
-
-def test_the_fake_computes_every_budget_as_the_real_disruption_controller(cp, admin):
-    """The fake's eviction API (fake_k8s/server.py `_desired_healthy`) must not disagree with the
-    real controller: for integer and percentage minAvailable/maxUnavailable on the replicas of a
-    3-member StatefulSet, the fake's desiredHealthy is the real status's."""
-    ns = "pdb-parity"
-    deploy_members(admin, ns, manifests(homelab()))
-    sts = admin.client.sanitize_for_serialization(admin.apps.read_namespaced_stateful_set("homelab", ns))
-    stub = SimpleNamespace(store=SimpleNamespace(find=lambda key: sts if key[1:] == ("statefulsets", ns, "homelab")
-                                                 else None))
-    selector = {"matchLabels": k.selector_labels(homelab()),
-                "matchExpressions": [{"key": k.LABEL_ROLE, "operator": "NotIn", "values": [k.ROLE_PRIMARY]}]}
-    client = ObjectClient(admin)
-    for variant in BUDGET_VARIANTS:
-        client.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                      "metadata": {"name": "parity", "namespace": ns}, "spec": {**variant, "selector": selector}})
-        real = budget_status(admin, ns, "parity", currentHealthy=2)
-        pods = [admin.client.sanitize_for_serialization(p) for p in admin.core.list_namespaced_pod(ns).items
-                if (p.metadata.labels or {}).get(k.LABEL_ROLE) != k.ROLE_PRIMARY]
-        fake = FakeApiServer._desired_healthy(stub, variant, pods, ns)  # type: ignore[arg-type]
-        assert (variant, fake, max(2 - fake, 0)) == (variant, real["desiredHealthy"], real["disruptionsAllowed"])
 
 
 # -- growing the data volumes (issue 23) ------------------------------------------------------------

@@ -38,21 +38,14 @@ from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.state import update_state
-from pg_ops_tests import kube_cluster
-from pg_ops_tests.helpers import home_environment, kill_member, spec_from, wait_for, write_platform_spec
-
-
-@contextlib.contextmanager
-def real_kubernetes():
-    kube = kube_cluster.RealKubernetes()
-    try:
-        kube.start()
-    except kube_cluster.ControlPlaneUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield kube
-    finally:
-        kube.stop()
+from pg_ops_tests.helpers import (
+    home_environment,
+    kill_member,
+    real_kubernetes,
+    spec_from,
+    wait_for,
+    write_platform_spec,
+)
 
 
 @pytest.fixture(scope="module")

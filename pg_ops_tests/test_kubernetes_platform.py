@@ -27,11 +27,11 @@ from pg_ops.postgres.session import with_connection
 from pg_ops.render import manifests
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
-from pg_ops_tests import kube_cluster
 from pg_ops_tests.helpers import (
     free_port,
     home_environment,
     kill_member,
+    real_kubernetes,
     spec_from,
     stop_cluster,
     wait_for,
@@ -55,15 +55,8 @@ def write_cluster_spec(folder, name: str, platform: str, **kubernetes):
 
 @pytest.fixture(scope="module")
 def fake():
-    kube = kube_cluster.RealKubernetes()
-    try:
-        kube.start()
-    except kube_cluster.ControlPlaneUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
+    with real_kubernetes() as kube:
         yield kube
-    finally:
-        kube.stop()
 
 
 @contextlib.contextmanager

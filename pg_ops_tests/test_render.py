@@ -208,7 +208,7 @@ def test_startup_probe_has_no_fixed_limit_for_a_clone(homelab):
 def test_members_spread_softly_unless_the_spec_requires_it(homelab):
     """Default (and homelab): preferred anti-affinity, so one cordoned node of three leaves two
     members on one node rather than one Pending (the fake's scheduler shows both outcomes in
-    test_fake_kubelet.py); `required` keeps the hard rule for whoever wants it."""
+    test_kubernetes_nodes.py); `required` keeps the hard rule for whoever wants it."""
     affinity = one(manifests(homelab), "StatefulSet")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
     [term] = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
@@ -330,7 +330,7 @@ def test_the_primary_has_its_own_disruption_budget(homelab):
     an integer minAvailable (members - 2, as CloudNativePG): `maxUnavailable: 1` got
     disruptionsAllowed 0 from the real disruption controller, which counts the StatefulSet's
     replicas for it (issue 21). test_control_plane.py runs both budgets on the real controller;
-    the fake's eviction API enforces them in test_fake_kubelet.py."""
+    the real eviction API enforces them in test_kubernetes_nodes.py."""
     budgets = {b["metadata"]["name"]: b["spec"] for b in by_kind(manifests(homelab), "PodDisruptionBudget")}
     primary, others = budgets[f"{homelab.name}-primary"], budgets[homelab.name]
     assert primary["minAvailable"] == 1

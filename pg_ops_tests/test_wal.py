@@ -410,19 +410,19 @@ def test_recovery_and_drill_to_before_a_rotation_keep_the_current_passwords(pg_h
                 assert password not in text
 
 
-# -- Kubernetes: the rendered StatefulSet on the fake API ------------------------------------------
-def test_statefulset_on_the_fake_api_archives_with_the_image_and_the_backup_secret(pg_home):
+# -- Kubernetes: the rendered StatefulSet on the real API server ----------------------------------
+def test_statefulset_on_the_api_server_archives_with_the_image_and_the_backup_secret(pg_home):
     from pg_ops.platforms import kubernetes_names as k
     from pg_ops.platforms.kubernetes import KubernetesPlatform
     from pg_ops.state import DesiredState
-    from pg_ops_tests.fake_k8s import FakeKubernetes
+    from pg_ops_tests.helpers import real_kubernetes
 
     image = "registry.example/pg-ops-postgres:16-barman-3.19.1"
     spec = spec_from(write_spec(pg_home / "specs", "k8spitr", platform="kubernetes", kubernetes={
         "namespace": "ns-k8spitr", "gitops": False, "image": image}, backups={"store": {
             "type": "s3", "bucket": "b", "prefix": "p", "endpoint_url": "http://minio.storage:9000",
             "credentials_secret": "pg-ops-backup-s3"}}))
-    with FakeKubernetes() as fake:
+    with real_kubernetes() as fake:
         fake.register_cluster(spec)
         platform = KubernetesPlatform(spec)
         platform.prepare(DesiredState(cluster=spec.name, primary=spec.member_names[0]))
@@ -454,8 +454,7 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
 
     from pg_ops import settings
     from pg_ops.postgres import controldata
-    from pg_ops_tests.fake_k8s import FakeKubernetes
-    from pg_ops_tests.helpers import write_platform_spec
+    from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
 
     server = shared_server()
     bucket = server.new_bucket()
@@ -465,7 +464,7 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
                                              "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
                                              "credentials_secret": "pg-ops-backup-s3"}}))
     ns = spec.kubernetes.namespace
-    with FakeKubernetes() as fake:
+    with real_kubernetes() as fake:
         fake.register_cluster(spec)
         fake.admin_api().core.create_namespaced_secret(ns, {"metadata": {"name": "pg-ops-backup-s3"}, "data": {
             "access_key": base64.b64encode(server.access_key.encode()).decode(),

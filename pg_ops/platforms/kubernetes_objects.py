@@ -38,7 +38,48 @@ class ObjectClient:
 
     def apply(self, obj: dict, *, force: bool = True) -> None:
         """Server-side apply as field manager `pg-ops`. force=True takes over fields another
-        manager set (pg_ops is the applier when the cluster is not GitOps-managed)."""
+        manager set (pg_ops is the applier when the cluster is not GitOps-managed).
+
+        An apply cannot remove what another manager ADDED to a list merged by key (a Service port
+        someone added with `kubectl edit`: the rendered port and theirs both stay, and the API
+        server refuses the result, 422 "Duplicate value"). So when an apply of an existing object
+        is refused as invalid, what the manifest sets is written over the live object (a JSON
+        patch of its top-level sections: the same `patch` verb, the server's own defaulting and
+        allocated values such as a ClusterIP kept) and the apply is made again, which then owns
+        the fields. What the server refuses even then (an immutable field) is raised as the
+        apply's error."""
+        from pg_ops.platforms.kubernetes_api import KubernetesError
+
+        try:
+            self._apply(obj, force)
+        except KubernetesError as exc:
+            if exc.status != 422 or not self.exists(obj):
+                raise
+            self._overwrite(obj)
+            self._apply(obj, force)
+
+    def _overwrite(self, obj: dict) -> None:
+        kind, meta = obj["kind"], obj["metadata"]
+        group, _, version = obj["apiVersion"].rpartition("/")
+        ops = [{"op": "add", "path": f"/{key}", "value": value} for key, value in obj.items()
+               if key not in ("apiVersion", "kind", "metadata", "status")]
+        options: dict[str, Any] = {"field_manager": names.FIELD_MANAGER, "_content_type": "application/json-patch+json"}
+        what = describe(obj)
+        if not group:
+            if kind in CLUSTER_SCOPED_CORE:
+                self.api.call("overwrite", what, getattr(self.api.core, f"patch_{_snake(kind)}"), meta["name"], ops,
+                              **options)
+            else:
+                self.api.call("overwrite", what, getattr(self.api.core, f"patch_namespaced_{_snake(kind)}"),
+                              meta["name"], meta["namespace"], ops, **options)
+        elif meta.get("namespace"):
+            self.api.call("overwrite", what, self.api.custom.patch_namespaced_custom_object, group, version,
+                          meta["namespace"], plural(kind), meta["name"], ops, **options)
+        else:
+            self.api.call("overwrite", what, self.api.custom.patch_cluster_custom_object, group, version,
+                          plural(kind), meta["name"], ops, **options)
+
+    def _apply(self, obj: dict, force: bool) -> None:
         kind, meta = obj["kind"], obj["metadata"]
         group, _, version = obj["apiVersion"].rpartition("/")
         options: dict[str, Any] = {"field_manager": names.FIELD_MANAGER, "force": force, "_content_type": APPLY_CONTENT_TYPE}

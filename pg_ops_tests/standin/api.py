@@ -1,13 +1,14 @@
 """A small JSON client of the real API server for the stand-in node parts (TEST INFRASTRUCTURE).
 
-Plain dicts in camelCase, as they are on the wire, because the container runner they feed
-(fake_k8s/kubelet.py) works on dicts. Errors raise the store's ApiError (code, reason,
-message) so the runner's `suppress(ApiError)` keeps meaning what it meant on the fake.
+Plain dicts in camelCase, as they are on the wire (the container runner, standin/containers.py,
+works on dicts); a refusal raises ApiError (code, reason, message). `find` and `create` have the
+shape the container runner reads Secrets, ConfigMaps and pods and writes Events through.
 Each identity (a node's `system:node:<name>` certificate, an admin's) is one `RawApi`.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import ssl
 import urllib.error
@@ -15,9 +16,19 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pg_ops_tests.fake_k8s.store import ApiError
-
 TIMEOUT_S = 10.0
+
+
+class ApiError(Exception):
+    """A refusal of the API server: its status code, reason and message."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _prefix(api_version: str) -> str:

@@ -6,7 +6,7 @@ admission decide what it may read and write, as for a real kubelet).
   renews its Lease in kube-node-lease; `paused` (a partition of the node) stops both, so the real
   node lifecycle controller turns it Unknown and marks its pods not Ready.
 - Runs the pods the real scheduler bound to it: the member container as a REAL member script on
-  this machine (fake_k8s/kubelet.py's container runner: the pod's env, ConfigMap/Secret volumes
+  this machine (standin/containers.py: the pod's env, ConfigMap/Secret volumes
   as the kubelet's atomic writer with refreshes after `sync_delay` plus a per-pod jitter, probes,
   crash back-off, graceful and forced termination), its claims mounted from the volumes the
   stand-in local-path provisioner made (standin/provisioner.py), a pod IP of the stand-in pod
@@ -45,13 +45,20 @@ from pathlib import Path
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.local import LocalScratchServer
 from pg_ops.platforms.server_user import server_user
-from pg_ops_tests.fake_k8s import websocket
-from pg_ops_tests.fake_k8s.cluster import Clock, _port_open, _virtual_status, _waiting, container_status
-from pg_ops_tests.fake_k8s.kubelet import MIN_KILL_GRACE_S, Container, Kubelet
-from pg_ops_tests.fake_k8s.network import pod_port
-from pg_ops_tests.fake_k8s.store import ApiError, now
 from pg_ops_tests.helpers import free_port
-from pg_ops_tests.standin.api import RawApi
+from pg_ops_tests.standin import websocket
+from pg_ops_tests.standin.api import ApiError, RawApi, now
+from pg_ops_tests.standin.containers import (
+    MIN_KILL_GRACE_S,
+    Clock,
+    Container,
+    Kubelet,
+    container_status,
+    pod_port,
+    port_open,
+    running_status,
+    waiting_status,
+)
 from pg_ops_tests.standin.network import PodNetwork
 
 HEARTBEAT_S = 5.0
@@ -212,10 +219,7 @@ class StandInKubelet:
         uid = pod["metadata"]["uid"]
         if uid not in self.pod_ips and self.network is not None:
             self.pod_ips[uid] = self.network.assign(0)
-        status = _virtual_status(pod, ready)
-        status["conditions"] = [{"type": t, "status": str(ready) if t in ("Ready", "ContainersReady") else "True"}
-                                for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-        return self._with_ip(uid, status)
+        return self._with_ip(uid, running_status(pod, ready))
 
     def _with_ip(self, uid: str, status: dict) -> dict:
         ip = self.pod_ips.get(uid)
@@ -253,16 +257,16 @@ class StandInKubelet:
             _, problem = self.kubelet.volume_objects(pod)
             claim_dirs, claim_uids, problem = (self._claim_dirs(pod) if not problem else ({}, [], problem))
             if problem:
-                self._set_status(pod, _waiting(pod, "ContainerCreating", problem))
+                self._set_status(pod, waiting_status(pod, "ContainerCreating", problem))
                 return
             port = free_port()
             local = _with_port(pod, port)
             container = self.kubelet.start(local, self.name, claim_dirs, claim_uids)
         except ApiError as exc:  # the Node authorizer may not know the pod's Secrets yet: retried
-            self._set_status(pod, _waiting(pod, "CreateContainerConfigError", exc.message))
+            self._set_status(pod, waiting_status(pod, "CreateContainerConfigError", exc.message))
             return
         except Exception as exc:  # noqa: BLE001 - reported in the pod status, retried next loop
-            self._set_status(pod, _waiting(pod, "CreateContainerError", str(exc)))
+            self._set_status(pod, waiting_status(pod, "CreateContainerError", str(exc)))
             return
         assert container is not None
         if self.network is not None:
@@ -273,8 +277,9 @@ class StandInKubelet:
 
     def _set_status(self, pod: dict, status: dict) -> None:
         uid = pod["metadata"]["uid"]
-        if self.patched.get(uid) == status:
-            return
+        live = pod.get("status") or {}
+        if self.patched.get(uid) == status and _summary(live) == _summary(status):
+            return  # unchanged, and nobody else (the node lifecycle controller) changed it either
         self.api.patch("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": status},
                        sub="status")
         self.patched[uid] = copy.deepcopy(status)
@@ -323,7 +328,7 @@ class StandInKubelet:
         if server is None:
             password, problem = self._scratch_password(pod)
             if password is None:
-                self._set_status(pod, _waiting(pod, "CreateContainerConfigError", problem))
+                self._set_status(pod, waiting_status(pod, "CreateContainerConfigError", problem))
                 return
             home = self.root / "scratch" / uid
             home.mkdir(parents=True, exist_ok=True)
@@ -335,7 +340,7 @@ class StandInKubelet:
             except Exception as exc:  # noqa: BLE001 - reported in the pod status, retried next loop
                 with contextlib.suppress(Exception):
                     server.remove()
-                self._set_status(pod, _waiting(pod, "CreateContainerError", str(exc)))
+                self._set_status(pod, waiting_status(pod, "CreateContainerError", str(exc)))
                 return
             self.scratch[uid] = server
             self.scratch_namespace[uid] = meta["namespace"]
@@ -345,7 +350,7 @@ class StandInKubelet:
             self._set_status(pod, self._with_ip(uid, {"phase": "Failed", "containerStatuses": [
                 container_status(pod, False, {"terminated": {"exitCode": 1, "reason": "Error"}})]}))
             return
-        self._set_status(pod, self._with_ip(uid, _virtual_status(pod, ready=_port_open(server.endpoint.port))))
+        self._set_status(pod, self._with_ip(uid, running_status(pod, ready=port_open(server.endpoint.port))))
 
     def _scratch_password(self, pod: dict) -> tuple[str | None, str]:
         import base64
@@ -373,6 +378,11 @@ class StandInKubelet:
         while self.paused.is_set() and time.monotonic() < deadline and not self._stop.is_set():
             time.sleep(0.2)
         return self.paused.is_set()
+
+
+def _summary(status: dict) -> tuple:
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    return status.get("phase"), status.get("podIP"), conditions.get("Ready"), conditions.get("ContainersReady")
 
 
 def _with_port(pod: dict, port: int) -> dict:

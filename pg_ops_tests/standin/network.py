@@ -23,20 +23,89 @@ name and Service is reached here:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
 
-from pg_ops_tests.fake_k8s.network import _Proxy
 from pg_ops_tests.helpers import free_port_range
 from pg_ops_tests.standin.api import RawApi
 
 POD_CIDR = "198.18.0.0/15"
 KUBE_PROXY_SYNC_S = 1.0
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class _Proxy:
+    """A TCP proxy on 127.0.0.1:`port`: each new connection goes to `backend()`'s loopback port
+    (none: the connection is closed); established ones stay where they are, as with conntrack."""
+
+    def __init__(self, port: int, name: str):
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, name=name, daemon=True)
+        self.thread.start()
+
+    def backend(self) -> int | None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            port = self.backend()
+        except Exception:  # noqa: BLE001 - the API server going away: as no endpoint
+            port = None
+        if port is None:
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=3)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        # As kube-proxy's rules add no hop of their own: no Nagle delay on top of the peers'
+        # (PostgreSQL sets TCP_NODELAY on its sockets; a proxy without it adds a delayed ACK's
+        # 40 ms to every synchronous commit's round trip).
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connections += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in its thread
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        for sock in self.connections:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 class PodNetwork:

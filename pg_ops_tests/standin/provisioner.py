@@ -19,8 +19,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from pg_ops_tests.fake_k8s.store import ApiError
-from pg_ops_tests.standin.api import RawApi
+from pg_ops_tests.standin.api import ApiError, RawApi
 
 PROVISIONER = "rancher.io/local-path"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"

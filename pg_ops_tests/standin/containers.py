@@ -1,40 +1,36 @@
-"""The fake cluster's kubelet: it runs the pods the scheduler put on a node as REAL processes on
-this machine, the way a node's kubelet would, so the rendered pod spec is what runs.
+"""The stand-in kubelet's container runner (standin/kubelet.py drives it per node): it runs a pod's
+member container as a REAL process on this machine, the way a node's container runtime would,
+so the rendered pod spec is what runs.
 
 - A container whose command is the member script (`bash <script volume>/member.sh`) is started
   as that script, from the member-script ConfigMap the pod mounts, as the unprivileged server
   user (the image's uid 999), with the container's env translated to this machine: container
-  paths become the volumes' folders, PGOPS_PORT the port of this pod incarnation (its "pod IP"),
-  PGOPS_BIN the wheel's PostgreSQL bin folder (the image's is 16; these are 18), PGOPS_LISTEN
-  loopback, env from a Secret's or ConfigMap's key read when the container starts, and the
-  image's barman-cloud tools (on its PATH) this machine's barman venv. Other containers (the exporter sidecar) are not run and count as ready.
-- Volumes: a PVC mounts its volume's folder (root-owned 0777, as local-path makes it); an
-  emptyDir is a folder per pod (root:fsGroup, setgid 2777, as the kubelet makes it, kept across
-  container restarts, gone with the pod); a ConfigMap or Secret is materialized like the
-  kubelet's atomic writer (`..data` symlink swapped to a new folder, keys as symlinks into it,
-  defaultMode, group fsGroup) at container start, and refreshed `sync_delay` seconds after the
-  object changed (0 by default; about a minute on a real node: the periodic pod sync). A pod
-  whose ConfigMap/Secret volume is missing stays ContainerCreating, saying why.
-- A claim another container still uses (its pod force-deleted, the old container still
-  shutting down) blocks a new pod on ANOTHER node (Multi-Attach error, ContainerCreating) and a
-  ReadWriteOncePod claim of an attachable (CSI) class on the same node; a ReadWriteOnce claim,
-  or any claim of the node-local class (hostPath volumes: the kubelet cannot enforce
-  ReadWriteOncePod there), is mounted by both on the same node: two containers on one data
-  directory, which only member.sh's lock keeps apart.
+  paths become the volumes' folders, PGOPS_PORT the loopback port of this pod incarnation (what
+  its pod IP leads to), PGOPS_BIN the wheel's PostgreSQL bin folder (the image's is 16; these are
+  18), PGOPS_LISTEN loopback, env from a Secret's or ConfigMap's key read when the container
+  starts, and the image's barman-cloud tools (on its PATH) this machine's barman venv. Other
+  containers (the exporter sidecar) are not run and count as ready.
+- Volumes: a PVC mounts its PersistentVolume's folder; an emptyDir is a folder per pod
+  (root:fsGroup, setgid 2777, as the kubelet makes it, kept across container restarts, gone with
+  the pod); a ConfigMap or Secret is materialized like the kubelet's atomic writer (`..data`
+  symlink swapped to a new folder, keys as symlinks into it, defaultMode, group fsGroup) at
+  container start, and refreshed `sync_delay` seconds (plus a per-pod jitter) after the object
+  changed (0 by default; about a minute on a real node: the periodic pod sync). A pod whose
+  ConfigMap/Secret volume is missing stays ContainerCreating, saying why. Two containers of one
+  member on the same node (a force-deleted pod's, still stopping, and its replacement's) share
+  the data directory, which only member.sh's lock keeps apart.
 - Probes (exec) run as the kubelet runs them: the startup probe first (liveness and readiness
   wait for it), each every periodSeconds with timeoutSeconds, failureThreshold and
   successThreshold; Ready follows the readiness probe; a failing startup or liveness probe
   restarts the container (TERM, KILL after the grace period, restartCount + 1, events
   `Unhealthy` and `Killing`). A container that exits is restarted with CrashLoopBackOff.
-- Termination: a graceful delete sends TERM to the container's first process and KILL to the
-  whole process group after the grace period (or once that process exited), then removes the
-  pod object; a force delete (grace 0) leaves the container running until the kubelet notices
-  (`force_kill_delay`, 0 by default) and then kills it with its minimum grace (2 s), while the
-  StatefulSet may already have made the replacement.
+- Termination: TERM to the container's first process and KILL to the whole process group after
+  the grace period (or once that process exited); a force-deleted pod's container is killed when
+  the kubelet notices (`force_kill_delay`, 0 by default) with its minimum grace (2 s).
 
-`time_scale` (FakeKubernetes) shortens the kubelet's own clocks (probe periods and initial
-delays, grace periods, crash back-off) for the suite; probe timeouts, member.sh's own timeouts
-and `sync_delay` are not scaled.
+`Clock.scale` shortens the kubelet's own clocks (probe periods and initial delays, grace periods,
+crash back-off) for the suite; probe timeouts, member.sh's own timeouts and `sync_delay` are not
+scaled.
 
 Test infrastructure only: not part of pg_ops.
 """
@@ -57,8 +53,7 @@ from pg_ops.errors import PgOpsError
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.local import _pid_alive
 from pg_ops.platforms.server_user import ServerUser
-from pg_ops_tests.fake_k8s.network import pod_port
-from pg_ops_tests.fake_k8s.store import ApiError, Store, now
+from pg_ops_tests.standin.api import ApiError, RawApi, now
 
 MIN_KILL_GRACE_S = 2.0  # the kubelet's minimumGracePeriodInSeconds, for a force-deleted pod
 CRASH_BACKOFF_S = 10.0  # first restart delay of a crashed container, doubling, at most 300 s
@@ -152,7 +147,7 @@ class Container:
 class Kubelet:
     """Every node's kubelet (one object; `partitioned` nodes are skipped by the caller)."""
 
-    def __init__(self, store: Store, root: Path, user: ServerUser, clock):
+    def __init__(self, store: RawApi, root: Path, user: ServerUser, clock):
         self.store, self.root, self.user, self.clock = store, root, user, clock
         self.containers: dict[str, Container] = {}  # pod uid -> container
         self.threads: list[threading.Thread] = []
@@ -582,3 +577,61 @@ class Kubelet:
 def _image(pod: dict) -> str:
     return next((c.get("image", "") for c in pod.get("spec", {}).get("containers", [])
                  if c["name"] == names.CONTAINER), "")
+
+
+class Clock:
+    """The kubelet's sense of time: `scale` shortens its periods (probe periods and delays,
+    grace periods, crash back-off) for the suite."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+        self._stop = threading.Event()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep; True if the kubelet is stopping."""
+        return self._stop.wait(max(seconds, 0))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def pod_port(pod: dict | None) -> int | None:
+    """The container port named `postgresql`: where this pod incarnation listens."""
+    for container in (pod or {}).get("spec", {}).get("containers", []):
+        for port in container.get("ports", []):
+            if port.get("name") == names.PORT_NAME:
+                return port["containerPort"]
+    return None
+
+
+def container_status(pod: dict, ready: bool, state: dict, restarts: int = 0) -> dict:
+    return {"name": names.CONTAINER, "image": _image(pod), "imageID": "", "ready": ready, "restartCount": restarts,
+            "state": state}
+
+
+def waiting_status(pod: dict, reason: str, message: str) -> dict:
+    return {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [container_status(pod, False, {"waiting": {"reason": reason, "message": message}})]}
+
+
+def running_status(pod: dict, ready: bool = True) -> dict:
+    """A pod whose containers are not run here (no member script), or a scratch pod."""
+    started = (pod.get("status") or {}).get("containerStatuses") or [{}]
+    state = started[0].get("state") if "running" in (started[0].get("state") or {}) else {"running": {"startedAt": now()}}
+    return {"phase": "Running",
+            "conditions": [{"type": t, "status": str(ready) if t in ("Ready", "ContainersReady") else "True"}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+            "containerStatuses": [container_status(pod, ready, state)]}
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
