@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(PG_OPS_HOME)/dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup tools apt-packages control-plane run test bench lint deploy status teardown clean \
+.PHONY: setup tools apt-packages control-plane kube run test bench lint deploy status teardown clean \
 	monitoring monitoring-stop screenshot-alerts
 
 # Debian packages, installed with apt when running as root (CI runs as root); not root, the tests
@@ -80,6 +80,12 @@ apt-packages:
 # caches (2.8 GB build, 557 MB modules). No Go toolchain: a warning, and those tests skip.
 control-plane:
 	@bash pg_ops_tests/kube/build.sh
+
+# A Kubernetes cluster on this machine to try pg_ops's Kubernetes platform on: the real control
+# plane with three stand-in nodes, each SPEC registered; prints the exports; Ctrl-C removes it all.
+#   make kube SPEC=path/to/kubernetes-spec.yaml
+kube: setup control-plane
+	$(PY) -m pg_ops_tests.kube_cluster $(if $(SPEC),$(foreach s,$(SPEC),--spec $(s)))
 
 # Two workers, a test file each at a time: most tests wait on PostgreSQL, Dagster or the network,
 # so two files in parallel use the two cores (three were measured no faster: 26 min against 25,

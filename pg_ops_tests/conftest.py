@@ -110,7 +110,7 @@ def shared_cluster():
         yield ctx
 
 
-# -- both platforms: the Kubernetes path runs against the fake API with real members behind it --
+# -- both platforms: the Kubernetes path runs on the real control plane, real members behind it --
 @pytest.fixture(params=PLATFORMS)
 def platform(request) -> str:
     """"local" or "kubernetes": a test taking it (or any_cluster) runs once on each."""

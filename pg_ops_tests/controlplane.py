@@ -43,7 +43,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -488,39 +487,3 @@ def configuration(kubeconfig: Path):
     cfg = k8s.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg, persist_config=False)
     return cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pg_ops_tests.controlplane`: the same control plane with stand-in nodes, in the
-    foreground until Ctrl-C (or TERM), for poking at by hand; prints the admin kubeconfig."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pg_ops_tests.controlplane", description=main.__doc__)
-    parser.add_argument("--nodes", type=int, default=3, help="stand-in nodes node-0.. (default 3)")
-    parser.add_argument("--kubeconfig", type=Path, help="also write the admin kubeconfig here (removed at the end)")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        with ControlPlane() as cp:
-            for i in range(args.nodes):
-                cp.stand_in_node(f"node-{i}")
-            path = cp.kubeconfig
-            if args.kubeconfig:
-                shutil.copy(cp.kubeconfig, args.kubeconfig)
-                path = args.kubeconfig
-            print(f"Kubernetes {cp.version} at {cp.server}, {args.nodes} stand-in nodes (no kubelet)\n"
-                  f"export KUBECONFIG={path}\nCtrl-C stops it and removes everything", flush=True)
-            stop.wait()
-    except ControlPlaneUnavailable as exc:
-        print(exc)
-        return 1
-    finally:
-        if args.kubeconfig:
-            args.kubeconfig.unlink(missing_ok=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -128,7 +128,7 @@ def shutdown() -> None:
 
 
 class RealKubernetes:
-    """One test's view of the shared cluster, with FakeKubernetes's interface."""
+    """One test's view of the shared cluster: what a test asks of Kubernetes, and what it flips."""
 
     def __init__(self, cluster: KubeCluster | None = None):
         self._cluster = cluster
@@ -409,3 +409,45 @@ class RealKubernetes:
 
 def kubeconfig_user(path: Path) -> str:
     return yaml.safe_load(path.read_text())["users"][0]["name"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pg_ops_tests.kube_cluster [--spec FILE ...]` (`make kube`): the real control
+    plane with three stand-in nodes in the foreground until Ctrl-C (or TERM), each spec
+    registered (its namespaces, its members' and Services' stand-ins, the Role and RoleBinding an
+    admin applies); prints what to export so pg-ops works on it as on K3s."""
+    import argparse
+
+    from pg_ops.spec import load_spec
+
+    parser = argparse.ArgumentParser(prog="python -m pg_ops_tests.kube_cluster", description=main.__doc__)
+    parser.add_argument("--spec", type=Path, action="append", default=[],
+                        help="a platform: kubernetes spec file to register (repeatable)")
+    args = parser.parse_args(argv)
+    specs = [load_spec(path) for path in args.spec]
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with RealKubernetes() as kube:
+            for spec in specs:
+                kube.register_cluster(spec)
+            cp = kube.cluster.cp
+            assert cp is not None
+            print(f"Kubernetes {cp.version} at {cp.server}: {len(kube.cluster.node_names)} stand-in nodes "
+                  f"({', '.join(kube.cluster.node_names)}); registered: "
+                  f"{', '.join(f'{s.name} (namespace {s.kubernetes.namespace})' for s in specs) or 'nothing'}\n"
+                  f"export KUBECONFIG={kube.cluster.kubeconfig}    # pg_ops's ServiceAccount\n"
+                  f"export {ADDRESSES_ENV}={kube.cluster.network.path}    # pod IPs, DNS names and Services here\n"
+                  f"admin kubeconfig: {cp.kubeconfig}\nCtrl-C stops it and removes everything", flush=True)
+            stop.wait()
+    except ControlPlaneUnavailable as exc:
+        print(exc)
+        return 1
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

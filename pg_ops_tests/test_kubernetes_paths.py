@@ -1,5 +1,5 @@
-"""The health, backup and restore-drill operations on the Kubernetes platform: the fake API
-server with real PostgreSQL members behind its pods, the same operations the local platform
+"""The health, backup and restore-drill operations on the Kubernetes platform: the real control
+plane with real PostgreSQL members behind its pods (stand-in nodes), the same operations the local platform
 runs in test_health.py, test_backup.py and test_drill.py (which cover their faults in depth)."""
 
 from __future__ import annotations

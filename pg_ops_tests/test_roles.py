@@ -427,7 +427,7 @@ def test_rotation_request_is_checked_before_any_run(tmp_path):
     catalog.check_rotation_request(ClusterContext.for_spec(spec), "app")
 
 
-# -- Kubernetes: the fake API server (real RBAC) with real members behind its pods ------------------
+# -- Kubernetes: the real API server (real RBAC) with real members behind its pods ------------------
 @pytest.mark.parametrize("platform", ["kubernetes"])
 def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(make_platform_spec, monkeypatch):
     """A Secret per login role in the namespaces the spec names (pg_ops's rendered RBAC allows

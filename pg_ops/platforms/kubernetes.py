@@ -20,9 +20,10 @@ the official `kubernetes` client (in-cluster service account, else KUBECONFIG).
   LABEL_SCRATCH and none of the members' labels, its postgres password in a temporary Secret;
   both deleted (grace 0) when the drill ends, however it ends.
 - Addresses: pg_ops and the member scripts reach each other through cluster DNS. When pg_ops
-  runs outside the cluster network (tests against the fake API, a laptop with port-forwards),
+  runs outside the cluster network (tests with stand-in nodes, a laptop with port-forwards),
   PG_OPS_K8S_ADDRESSES names a JSON file of overrides:
-  {"peers": {"<ns>/<member>": "host:port"}, "services": {"<ns>/<service>": "host:port"}}.
+  {"peers": {"<ns>/<member>": "host:port"}, "services": {"<ns>/<service>": "host:port"},
+   "pod_ips": {"<pod IP>": "host:port"}} (where a pod IP is reached from here).
 """
 
 from __future__ import annotations
