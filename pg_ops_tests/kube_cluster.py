@@ -418,13 +418,18 @@ def main(argv: list[str] | None = None) -> int:
     admin applies); prints what to export so pg-ops works on it as on K3s."""
     import argparse
 
+    from pg_ops.errors import PgOpsError
     from pg_ops.spec import load_spec
 
     parser = argparse.ArgumentParser(prog="python -m pg_ops_tests.kube_cluster", description=main.__doc__)
     parser.add_argument("--spec", type=Path, action="append", default=[],
                         help="a platform: kubernetes spec file to register (repeatable)")
     args = parser.parse_args(argv)
-    specs = [load_spec(path) for path in args.spec]
+    try:
+        specs = [load_spec(path) for path in args.spec]
+    except PgOpsError as exc:
+        print(f"make kube: {exc}")
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
