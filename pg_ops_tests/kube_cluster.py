@@ -22,6 +22,7 @@ import base64
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ TIME_SCALE = 0.2  # the stand-in kubelets' clock: a 10 s probe period runs every
 TOKEN_SECONDS = 24 * 3600
 NAMESPACE_GONE_TIMEOUT_S = 90.0
 HOLD_TAINT = "pg-ops-test/hold"
+# The Dagster user-code image: on the stand-in nodes, the project's venv (its `dagster` runs a
+# K8sRunLauncher run pod's `dagster api execute_run`).
+USER_CODE_IMAGE = "pg-ops-user-code:stand-in"
 
 
 class KubeCluster:
@@ -73,6 +77,7 @@ class KubeCluster:
             nodes.chmod(0o755)
             for name in self.node_names:
                 kubelet = StandInKubelet(cp, name, self.network, nodes, time_scale=self.time_scale)
+                kubelet.kubelet.local_images[USER_CODE_IMAGE] = Path(sys.executable).parent
                 self.kubelets[name] = kubelet
                 kubelet.start()
             self.admin.create(("v1", "namespaces", "", ""), {"metadata": {"name": names.PG_OPS_NAMESPACE}})

@@ -130,6 +130,9 @@ class Container:
     synced: dict[str, str] = field(default_factory=dict)  # volume -> resourceVersion materialized
     seen: dict[str, tuple[str, float]] = field(default_factory=dict)  # volume -> (rv, first seen)
     sync_jitter: float = 0.0  # added to sync_delay for this container (refreshes differ per pod)
+    name: str = names.CONTAINER
+    kind: str = "member"  # member: the member script as the server user; process: a local image's command
+    finished: int | None = None  # exit code of a container its pod does not restart (restartPolicy)
     probes: list[Probe] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -153,6 +156,7 @@ class Kubelet:
         self.threads: list[threading.Thread] = []
         self.force_kill_delay = 0.0
         self.sync_delay = 0.0
+        self.local_images: dict[str, Path] = {}  # image -> the folder its commands are found in here
         self.events: list[dict] = []
 
     # -- folders -----------------------------------------------------------------------------
@@ -281,6 +285,15 @@ class Kubelet:
                 return c
         return None
 
+    def runnable_container(self, pod: dict) -> dict | None:
+        """The container this machine can run for the pod: the member script, or the first
+        container of an image that is a folder of programs here (`local_images`: the Dagster
+        user-code image is the project's venv, so a run pod's `dagster api execute_run` runs)."""
+        member = self.member_container(pod)
+        if member is not None:
+            return member
+        return next((c for c in pod["spec"].get("containers", []) if c.get("image") in self.local_images), None)
+
     def _mounts(self, pod: dict, spec: dict, pod_dir: Path, claim_dirs: dict[str, Path]) -> dict[str, Path]:
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         mounts = {}
@@ -325,10 +338,11 @@ class Kubelet:
 
     def start(self, pod: dict, node: str, claim_dirs: dict[str, Path], claim_uids: list[str],
               restarts: int = 0, previous: Container | None = None) -> Container | None:
-        """Start the pod's postgres container (None: the pod runs no member script)."""
-        spec = self.member_container(pod)
+        """Start the pod's runnable container (None: nothing of the pod runs here)."""
+        spec = self.runnable_container(pod)
         if spec is None:
             return None
+        local_bin = None if spec is self.member_container(pod) else self.local_images[spec["image"]]
         uid = pod["metadata"]["uid"]
         pod_dir = self.pod_dir(uid)
         self._private_dir(pod_dir, 0o755)
@@ -343,8 +357,11 @@ class Kubelet:
             mounts = self._mounts(pod, spec, pod_dir, claim_dirs)
             port = pod_port(pod)
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30) * self.clock.scale
-            container = Container(uid, pod["metadata"]["namespace"], pod["metadata"]["name"], node, port, pod_dir,
-                                  mounts, self._env(pod, spec, port, mounts), claim_uids, grace)
+            container = Container(uid, pod["metadata"]["namespace"], pod["metadata"]["name"], node, port or 0,
+                                  pod_dir, mounts, self._env(pod, spec, port or 0, mounts), claim_uids, grace,
+                                  name=spec["name"], kind="member" if local_bin is None else "process")
+            if local_bin is not None:
+                container.env["PATH"] = f"{local_bin}:{container.env['PATH']}"
         else:  # a restart in the same pod: same volumes, same "IP"
             container, mounts = previous, previous.mounts
         container.restarts = restarts
@@ -352,8 +369,12 @@ class Kubelet:
             self.sync_volumes(pod, container, force=True)
         command = [_translate_path(a, mounts) for a in [*spec.get("command", []), *spec.get("args", [])]]
         command[0] = "bash" if command[0].endswith("bash") else command[0]
+        if local_bin is not None and "/" not in command[0] and (local_bin / command[0]).exists():
+            command[0] = str(local_bin / command[0])
         with open(container.log, "ab") as log:
-            kwargs = self.user.process_kwargs()
+            # A member runs as the image's server user; a local image's command as this process's
+            # user (the venv and the Dagster instance are this user's).
+            kwargs = self.user.process_kwargs() if container.kind == "member" else {}
             container.proc = subprocess.Popen(command, env=container.env, cwd=pod_dir, stdin=subprocess.DEVNULL,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                               **kwargs)
@@ -511,6 +532,12 @@ class Kubelet:
                 return
             if not container.alive():
                 code = container.proc.poll() if container.proc else 1
+                policy = pod["spec"].get("restartPolicy", "Always")
+                if policy == "Never" or (policy == "OnFailure" and code == 0):
+                    if container.finished is None:  # done for good: the pod's phase says how
+                        container.finished = code if code is not None else 1
+                        container.ready = False
+                    return
                 if container.crashed_at is None:
                     container.crashed_at = time.monotonic()
                     container.crashes += 1
@@ -529,20 +556,25 @@ class Kubelet:
 
     def status(self, pod: dict, container: Container) -> dict:
         with container.lock:
-            if container.crashed_at is not None:
+            if container.finished is not None:
+                state = {"terminated": {"exitCode": container.finished,
+                                        "reason": "Completed" if container.finished == 0 else "Error",
+                                        "startedAt": container.started_at, "finishedAt": now()}}
+            elif container.crashed_at is not None:
                 state = {"waiting": {"reason": "CrashLoopBackOff",
-                                     "message": f"back-off restarting failed container {names.CONTAINER}"}}
+                                     "message": f"back-off restarting failed container {container.name}"}}
             elif container.killing and not container.alive():
                 state = {"terminated": {"exitCode": 137, "reason": "Error"}}
             else:
                 state = {"running": {"startedAt": container.started_at}}
             ready = container.ready and "running" in state
-            statuses = [{"name": names.CONTAINER, "image": _image(pod), "imageID": "", "ready": ready,
+            statuses = [{"name": container.name, "image": _image(pod, container.name), "imageID": "", "ready": ready,
                          "started": container.started and "running" in state,
                          "restartCount": container.restarts, "state": state, "lastState": container.last_state}]
         conditions = [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
                       {"type": "ContainersReady", "status": str(ready)}, {"type": "Ready", "status": str(ready)}]
-        return {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "hostIP": "127.0.0.1",
+        phase = "Running" if container.finished is None else "Succeeded" if container.finished == 0 else "Failed"
+        return {"phase": phase, "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "hostIP": "127.0.0.1",
                 "conditions": conditions, "containerStatuses": statuses}
 
     # -- exec and logs -----------------------------------------------------------------------
@@ -574,9 +606,9 @@ class Kubelet:
         return "\n".join(lines[-tail:] if tail else lines) + "\n"
 
 
-def _image(pod: dict) -> str:
+def _image(pod: dict, container: str = names.CONTAINER) -> str:
     return next((c.get("image", "") for c in pod.get("spec", {}).get("containers", [])
-                 if c["name"] == names.CONTAINER), "")
+                 if c["name"] == container), "")
 
 
 class Clock:

@@ -204,7 +204,7 @@ class StandInKubelet:
                 self._remove(pod)
             return
         if container is None:
-            if self.run_containers and uid not in self.virtual and Kubelet.member_container(pod) is not None:
+            if self.run_containers and uid not in self.virtual and self.kubelet.runnable_container(pod) is not None:
                 self._start(pod)
             else:
                 self.virtual.add(uid)
@@ -212,7 +212,7 @@ class StandInKubelet:
                 self._set_status(pod, self._virtual(pod, ready))
             return
         self.kubelet.supervise(pod, container)
-        if not container.terminating:
+        if not container.terminating and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             self._set_status(pod, self._with_ip(uid, self.kubelet.status(pod, container)))
 
     def _virtual(self, pod: dict, ready: bool) -> dict:
@@ -260,7 +260,7 @@ class StandInKubelet:
                 self._set_status(pod, waiting_status(pod, "ContainerCreating", problem))
                 return
             port = free_port()
-            local = _with_port(pod, port)
+            local = _with_port(pod, port) if pod_port(pod) is not None else pod
             container = self.kubelet.start(local, self.name, claim_dirs, claim_uids)
         except ApiError as exc:  # the Node authorizer may not know the pod's Secrets yet: retried
             self._set_status(pod, waiting_status(pod, "CreateContainerConfigError", exc.message))
@@ -440,7 +440,7 @@ class _KubeletServer:
                     return
                 _, ns, pod, container_name = parts
                 container = node.container_named(ns, pod)
-                if container_name != names.CONTAINER or container is None:
+                if container is None or container_name != container.name:
                     self._fail(404, f'container "{container_name}" in pod "{pod}" is not running')
                     return
                 if parts[0] == "containerLogs":

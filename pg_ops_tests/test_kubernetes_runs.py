@@ -1,0 +1,111 @@
+"""Runs as production launches them (issue 21): the Dagster webserver and daemon with
+dagster-k8s's `K8sRunLauncher` against the real control plane. A failover of a Kubernetes
+cluster submitted from the CLI becomes a Kubernetes Job in the `dagster` namespace; the real Job
+controller makes its pod, the real scheduler places it, and a stand-in kubelet runs the pod's
+`dagster api execute_run …` with the project's venv standing in for the user-code image (as the
+Dagster user-code image runs it in production). The run reports to the instance, the Job
+completes, and the cluster has a new primary.
+
+What differs from production: the run pod's process runs as this machine's user and reaches the
+API server with the kubeconfig named in its env (a real pod uses its ServiceAccount token), and
+the instance is SQLite on this machine's disk (production's is PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from pg_ops import settings
+from pg_ops.cli import main as cli_main
+from pg_ops.defs.partitions import CLUSTER_TAG
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deploy
+from pg_ops.platforms import kubernetes_names as names
+from pg_ops.runs import CLUSTERS_JOB, Deployment
+from pg_ops_tests.helpers import (
+    free_port,
+    home_environment,
+    kill_member,
+    real_kubernetes,
+    spec_from,
+    wait_for,
+    write_platform_spec,
+)
+from pg_ops_tests.kube_cluster import USER_CODE_IMAGE, RealKubernetes
+from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
+
+pytestmark = pytest.mark.daemon
+DAGSTER_HOME_MOUNT = "/opt/dagster/dagster_home"
+INSTANCE_CONFIG_MAP = "dagster-instance"
+
+
+def k8s_launcher_instance(home: Path, kube: RealKubernetes) -> dg.DagsterInstance:
+    """make run's instance config with production's run launcher (deploy/dagster/dagster.yaml),
+    bound to the stand-in cluster; the instance ConfigMap its run pods mount, in `dagster`."""
+    config = yaml.safe_load(settings.LOCAL_INSTANCE_CONFIG.read_text())
+    production = yaml.safe_load((settings.REPO_ROOT / "deploy" / "dagster" / "dagster.yaml").read_text())
+    launcher = production["run_launcher"]
+    cp = kube.cluster.cp
+    assert cp is not None
+    passed_on = ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "KUBECONFIG", "PG_OPS_K8S_ADDRESSES")
+    launcher["config"].update(
+        load_incluster_config=False,
+        kubeconfig_file=str(cp.kubeconfig),  # the Dagster deployment's own identity (its chart's Role)
+        job_image=USER_CODE_IMAGE, security_context={}, run_k8s_config={},
+        env_vars=[f"{key}={os.environ[key]}" for key in passed_on])
+    launcher["config"].pop("postgres_password_secret", None)  # the instance here is SQLite
+    config["run_launcher"] = launcher
+    (home / "dagster").mkdir(exist_ok=True)
+    text = yaml.safe_dump(config)
+    kube.admin_api().core.create_namespaced_config_map(names.PG_OPS_NAMESPACE, {
+        "metadata": {"name": INSTANCE_CONFIG_MAP}, "data": {"dagster.yaml": text}})
+    instance = prepared_instance(home)
+    (home / "dagster" / "dagster.yaml").write_text(text)
+    instance.dispose()
+    return dg.DagsterInstance.from_config(str(home / "dagster"))
+
+
+def test_a_failover_run_is_a_kubernetes_job_whose_pod_runs_it(capsys):
+    with home_environment() as home, real_kubernetes() as kube:
+        spec = spec_from(write_platform_spec(home / "specs", "kr", "kubernetes", postgres={"members": 2},
+                                             failover={"mode": "manual"}, backups={"wal": {"enabled": False}}))
+        kube.register_cluster(spec)
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        instance = k8s_launcher_instance(home, kube)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with dagster_daemon(home, {}, webserver_port=port):
+                deployment = Deployment(url)
+                wait_for(lambda: "kr" in deployment.partition_keys(CLUSTERS_JOB), "dagster dev and pg-ops",
+                         timeout=240, interval=1)
+                old = ctx.state().primary
+                kube.hold_pending(spec.kubernetes.namespace, old)  # its node is gone: the pod cannot come back
+                kill_member(ctx.platform, old)
+                assert cli_main(["failover", "--cluster", "kr", "--json", "--dagster-url", url]) == 0, \
+                    (home / "daemon.log").read_text()[-3000:]
+                meta = json.loads(capsys.readouterr().out)
+                assert meta["old_primary"] == old and meta["new_primary"] == ctx.state().primary != old
+                (run,) = instance.get_runs(filters=dg.RunsFilter(job_name="failover", tags={CLUSTER_TAG: "kr"}))
+                assert run.is_success
+                # The run was a Job of the real Job controller, its pod run by a stand-in kubelet.
+                batch = k8s.BatchV1Api(kube.admin_api().client)
+                jobs = batch.list_namespaced_job(
+                    names.PG_OPS_NAMESPACE, label_selector=f"dagster/run-id={run.run_id}").items
+                assert len(jobs) == 1
+                wait_for(lambda: (batch.read_namespaced_job(
+                    jobs[0].metadata.name, names.PG_OPS_NAMESPACE).status.succeeded or 0) == 1,
+                    "the Job complete")
+                pods = kube.admin_api().core.list_namespaced_pod(
+                    names.PG_OPS_NAMESPACE, label_selector=f"dagster/run-id={run.run_id}").items
+                assert [p.status.phase for p in pods] == ["Succeeded"]
+                assert pods[0].spec.containers[0].image == USER_CODE_IMAGE
+        finally:
+            instance.dispose()
