@@ -145,6 +145,7 @@ class RealKubernetes:
         self._admin = None
         self._denied: dict[str, dict] = {}  # Role name -> the Role before a denial
         self.holding = False
+        self.config_maps: list[tuple[str, str]] = []  # (ns, name) made outside its namespaces
 
     @property
     def cluster(self) -> KubeCluster:
@@ -182,6 +183,9 @@ class RealKubernetes:
             if self.holding:
                 self.hold_scratch_pending(False)
             self.clear_denials()
+            for ns, name in self.config_maps:
+                with contextlib.suppress(ApiError):
+                    cluster.admin.delete("v1", "configmaps", ns, name)
             for ns in self.namespaces:
                 with contextlib.suppress(ApiError):
                     cluster.admin.delete("v1", "namespaces", None, ns)
@@ -410,6 +414,42 @@ class RealKubernetes:
         obj = self.object("secrets", namespace, name) or {}
         raw = (obj.get("data") or {}).get(key)
         return None if raw is None else base64.b64decode(raw).decode()
+
+
+def k8s_launcher_instance(home: Path, kube: RealKubernetes):
+    """The Dagster instance of `home` (DAGSTER_HOME = home/dagster): make run's config with
+    production's run launcher (deploy/dagster/dagster.yaml: K8sRunLauncher, run pods in
+    `dagster` as the pg-ops ServiceAccount) bound to this cluster, its run pods' image the
+    user-code stand-in; and the instance ConfigMap its run pods mount. The run pods get
+    PG_OPS_HOME, PG_OPS_CLUSTERS, KUBECONFIG and PG_OPS_K8S_ADDRESSES from here (a real pod
+    would use its ServiceAccount token and cluster DNS)."""
+    import dagster as dg
+
+    from pg_ops import settings
+    from pg_ops_tests.test_sensors_daemon import prepared_instance
+
+    config = yaml.safe_load(settings.LOCAL_INSTANCE_CONFIG.read_text())
+    production = yaml.safe_load((settings.REPO_ROOT / "deploy" / "dagster" / "dagster.yaml").read_text())
+    launcher = production["run_launcher"]
+    cp = kube.cluster.cp
+    assert cp is not None
+    passed_on = ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "KUBECONFIG", "PG_OPS_K8S_ADDRESSES")
+    launcher["config"].update(
+        load_incluster_config=False,
+        kubeconfig_file=str(cp.kubeconfig),  # the Dagster deployment's own identity (its chart's Role)
+        job_image=USER_CODE_IMAGE, security_context={}, run_k8s_config={},
+        env_vars=[f"{key}={os.environ[key]}" for key in passed_on])
+    launcher["config"].pop("postgres_password_secret", None)  # the instance here is SQLite
+    config["run_launcher"] = launcher
+    (home / "dagster").mkdir(exist_ok=True)
+    text = yaml.safe_dump(config)
+    kube.admin_api().core.create_namespaced_config_map(names.PG_OPS_NAMESPACE, {
+        "metadata": {"name": launcher["config"]["instance_config_map"]}, "data": {"dagster.yaml": text}})
+    kube.config_maps.append((names.PG_OPS_NAMESPACE, launcher["config"]["instance_config_map"]))
+    instance = prepared_instance(home)
+    (home / "dagster" / "dagster.yaml").write_text(text)
+    instance.dispose()
+    return dg.DagsterInstance.from_config(str(home / "dagster"))
 
 
 def kubeconfig_user(path: Path) -> str:

@@ -13,15 +13,11 @@ the instance is SQLite on this machine's disk (production's is PostgreSQL)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 from kubernetes import client as k8s
 
-from pg_ops import settings
 from pg_ops.cli import main as cli_main
 from pg_ops.defs.partitions import CLUSTER_TAG
 from pg_ops.operations.context import ClusterContext
@@ -37,40 +33,10 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_platform_spec,
 )
-from pg_ops_tests.kube_cluster import USER_CODE_IMAGE, RealKubernetes
-from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
+from pg_ops_tests.kube_cluster import USER_CODE_IMAGE, k8s_launcher_instance
+from pg_ops_tests.test_sensors_daemon import dagster_daemon
 
 pytestmark = pytest.mark.daemon
-DAGSTER_HOME_MOUNT = "/opt/dagster/dagster_home"
-INSTANCE_CONFIG_MAP = "dagster-instance"
-
-
-def k8s_launcher_instance(home: Path, kube: RealKubernetes) -> dg.DagsterInstance:
-    """make run's instance config with production's run launcher (deploy/dagster/dagster.yaml),
-    bound to the stand-in cluster; the instance ConfigMap its run pods mount, in `dagster`."""
-    config = yaml.safe_load(settings.LOCAL_INSTANCE_CONFIG.read_text())
-    production = yaml.safe_load((settings.REPO_ROOT / "deploy" / "dagster" / "dagster.yaml").read_text())
-    launcher = production["run_launcher"]
-    cp = kube.cluster.cp
-    assert cp is not None
-    passed_on = ("PG_OPS_HOME", "PG_OPS_CLUSTERS", "KUBECONFIG", "PG_OPS_K8S_ADDRESSES")
-    launcher["config"].update(
-        load_incluster_config=False,
-        kubeconfig_file=str(cp.kubeconfig),  # the Dagster deployment's own identity (its chart's Role)
-        job_image=USER_CODE_IMAGE, security_context={}, run_k8s_config={},
-        env_vars=[f"{key}={os.environ[key]}" for key in passed_on])
-    launcher["config"].pop("postgres_password_secret", None)  # the instance here is SQLite
-    config["run_launcher"] = launcher
-    (home / "dagster").mkdir(exist_ok=True)
-    text = yaml.safe_dump(config)
-    kube.admin_api().core.create_namespaced_config_map(names.PG_OPS_NAMESPACE, {
-        "metadata": {"name": INSTANCE_CONFIG_MAP}, "data": {"dagster.yaml": text}})
-    instance = prepared_instance(home)
-    (home / "dagster" / "dagster.yaml").write_text(text)
-    instance.dispose()
-    return dg.DagsterInstance.from_config(str(home / "dagster"))
-
-
 def test_a_failover_run_is_a_kubernetes_job_whose_pod_runs_it(capsys):
     with home_environment() as home, real_kubernetes() as kube:
         spec = spec_from(write_platform_spec(home / "specs", "kr", "kubernetes", postgres={"members": 2},

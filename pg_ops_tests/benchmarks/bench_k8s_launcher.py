@@ -1,0 +1,102 @@
+"""What launching a run as a Kubernetes Job costs (issue 21): a failover of a Kubernetes cluster
+(the real control plane, stand-in nodes) submitted with `pg-ops failover --dagster-url`, through
+`dagster dev` with
+  (a) dagster-k8s's K8sRunLauncher (production's launcher: a Job, its pod made by the real Job
+      controller and placed by the real scheduler, `dagster api execute_run` run by a stand-in
+      kubelet), against
+  (b) the default launcher (the run as a child process of the webserver), the baseline measured
+      in the same run on the same cluster.
+Per trial the primary's node is lost (cordoned, its pod killed), the failover submitted and waited
+for, then the node back and the old primary a replica again. Figures: submit -> run finished as
+the CLI sees it, and the run's own start -> end (so the rest is the launch).
+TRIALS trials of each, 2-member async cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import redirect_stdout
+from io import StringIO
+
+import dagster as dg
+
+from pg_ops.cli import main as cli_main
+from pg_ops.defs.partitions import CLUSTER_TAG
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deploy
+from pg_ops.runs import CLUSTERS_JOB, Deployment
+from pg_ops_tests.benchmarks.common import emit, summary
+from pg_ops_tests.helpers import (
+    free_port,
+    home_environment,
+    kill_member,
+    real_kubernetes,
+    spec_from,
+    wait_for,
+    write_platform_spec,
+)
+from pg_ops_tests.kube_cluster import k8s_launcher_instance
+from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
+
+TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "3"))
+logging.basicConfig(level=logging.WARNING)
+
+
+def trials(kube, ctx, home, instance, launcher: str) -> tuple[list[float], list[float]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    walls, runs_ = [], []
+    ns = ctx.spec.kubernetes.namespace
+    with dagster_daemon(home, {}, webserver_port=port):
+        deployment = Deployment(url)
+        wait_for(lambda: ctx.name in deployment.partition_keys(CLUSTERS_JOB), "dagster dev", timeout=240, interval=1)
+        for _ in range(TRIALS):
+            old = ctx.state().primary
+            kube.hold_pending(ns, old)
+            kill_member(ctx.platform, old)
+            start = time.monotonic()
+            with redirect_stdout(StringIO()):
+                rc = cli_main(["failover", "--cluster", ctx.name, "--json", "--dagster-url", url])
+            walls.append(time.monotonic() - start)
+            if rc != 0:
+                raise SystemExit(f"{launcher}: the failover run failed")
+            run = instance.get_runs(filters=dg.RunsFilter(job_name="failover", tags={CLUSTER_TAG: ctx.name}),
+                                    limit=1)[0]
+            record = instance.get_run_record_by_id(run.run_id)
+            runs_.append(record.end_time - record.start_time if record and record.start_time and record.end_time
+                         else None)
+            kube.release_pending(ns, old)
+            wait_for(lambda o=old: ctx.probe([o])[o].streaming, f"{old} back as a replica", timeout=120)
+            deploy(ctx)
+    return walls, runs_
+
+
+def main() -> None:
+    with home_environment() as home, real_kubernetes() as kube:
+        spec = spec_from(write_platform_spec(home / "specs", "kbench", "kubernetes", postgres={"members": 2},
+                                             failover={"mode": "manual"}, backups={"wal": {"enabled": False}}))
+        kube.register_cluster(spec)
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        results = {}
+        for launcher in ("local", "k8s"):
+            instance = k8s_launcher_instance(home, kube) if launcher == "k8s" else prepared_instance(home)
+            try:
+                results[launcher] = trials(kube, ctx, home, instance, launcher)
+            finally:
+                instance.dispose()
+                if launcher == "k8s":
+                    kube.admin_api().core.delete_namespaced_config_map("dagster-instance", "dagster")
+                    kube.config_maps.clear()
+        local_wall, local_run = results["local"]
+        k8s_wall, k8s_run = results["k8s"]
+        ratio = summary(k8s_wall)["median"] / summary(local_wall)["median"]
+        emit("k8s_launcher", {
+            "failover_submit_to_finished_s": {"k8s_run_launcher": summary(k8s_wall), "local_launcher": summary(local_wall)},
+            "failover_run_start_to_end_s": {"k8s_run_launcher": summary(k8s_run), "local_launcher": summary(local_run)},
+            "k8s_over_local": round(ratio, 2)})
+
+
+if __name__ == "__main__":
+    main()
