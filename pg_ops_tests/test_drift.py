@@ -47,6 +47,16 @@ def test_freshly_applied_objects_do_not_drift(applied):
              "the StatefulSet controller's status")
     assert fake.object("services", ns, names.primary_service(ctx.spec))["spec"]["clusterIP"]
     assert check_drift(ctx).passed, check_drift(ctx).lines()
+    # A sidecar another manager injects into the pod template (a mesh, a log shipper): the real
+    # server merges it beside pg_ops's containers, and it is not pg_ops's drift.
+    fake.admin_api().custom.patch_namespaced_custom_object(
+        "apps", "v1", ns, "statefulsets", "drift",
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "drift"},
+         "spec": {"template": {"spec": {"containers": [{"name": "log-shipper", "image": "busybox:1.36"}]}}}},
+        field_manager="mesh-injector", _content_type="application/apply-patch+yaml")
+    live = fake.object("statefulsets", ns, "drift", "apps/v1")
+    assert "log-shipper" in [c["name"] for c in live["spec"]["template"]["spec"]["containers"]]
+    assert check_drift(ctx).passed, check_drift(ctx).lines()
 
 
 def test_drifted_image_service_port_and_missing_object_are_named(applied):
@@ -107,6 +117,12 @@ def test_compare_fields_only_what_the_manifest_sets():
             "status": {"ready": 3}}
     assert compare_fields(rendered_obj, live) == []
     assert compare_fields({"l": [1, 2]}, {"l": [1]}) == [("l", "1 items", "2 items")]
+    # A list merged by key: an item another manager added is theirs (server-side apply keeps it),
+    # the rendered ones are compared by key, wherever they are.
+    mine = {"c": [{"name": "postgres", "image": "a"}]}
+    assert compare_fields(mine, {"c": [{"name": "istio-proxy", "image": "x"}, {"name": "postgres", "image": "a"}]}) == []
+    assert compare_fields(mine, {"c": [{"name": "postgres", "image": "b"}]}) == [("c[0].image", "b", "a")]
+    assert compare_fields(mine, {"c": [{"name": "other"}]}) == [("c[0]", ABSENT, {"name": "postgres", "image": "a"})]
     assert compare_fields({"m": {"k": "v"}}, {}) == [("m", ABSENT, {"k": "v"})]
     assert compare_fields({"m": {"k": "v"}}, {"m": {"k": "w"}}) == [("m.k", "w", "v")]
 

@@ -86,6 +86,16 @@ def compare_fields(rendered: object, live: object, path: str = "") -> list[tuple
     if isinstance(rendered, list):
         if _empty(rendered) and _empty(live):
             return []
+        key = _merge_key(rendered)
+        if key is not None and isinstance(live, list):
+            # A list merged by key (containers, volumes, env, ports...): each rendered item is
+            # compared with the live item of its key; items another manager added (an injected
+            # sidecar, a volume) are theirs, as server-side apply keeps them, and not drift.
+            by_key = {item.get(key): item for item in live if isinstance(item, dict)}
+            out = []
+            for i, want in enumerate(rendered):
+                out += compare_fields(want, by_key.get(want[key], ABSENT), f"{path}[{i}]")
+            return out
         if not isinstance(live, list) or len(live) != len(rendered):
             count = f"{len(live)} items" if isinstance(live, list) else live
             return [(path, count, f"{len(rendered)} items")]
@@ -96,6 +106,22 @@ def compare_fields(rendered: object, live: object, path: str = "") -> list[tuple
     if rendered is None:
         return []  # an explicit null in a manifest sets nothing
     return [] if _same_scalar(live, rendered) else [(path, live, rendered)]
+
+
+# The merge keys Kubernetes's associative lists use (containers, volumes, env, imagePullSecrets:
+# name; volumeMounts: mountPath; container ports: containerPort; Service ports: port, where each
+# also has a name): the first that every rendered item has, uniquely.
+MERGE_KEYS = ("name", "mountPath", "containerPort", "port")
+
+
+def _merge_key(items: list) -> str | None:
+    if not items or not all(isinstance(item, dict) for item in items):
+        return None
+    for key in MERGE_KEYS:
+        values = [item.get(key) for item in items]
+        if all(v is not None for v in values) and len(set(map(str, values))) == len(values):
+            return key
+    return None
 
 
 def object_name(obj: dict) -> str:

@@ -55,7 +55,10 @@ class ObjectClient:
         except KubernetesError as exc:
             if exc.status != 422 or not self.exists(obj):
                 raise
-            self._overwrite(obj)
+            try:
+                self._overwrite(obj)
+            except KubernetesError:
+                raise exc from None  # refused either way (an immutable field): the apply's own words
             self._apply(obj, force)
 
     def _overwrite(self, obj: dict) -> None:
