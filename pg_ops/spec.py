@@ -291,11 +291,15 @@ class KubernetesSpec(Strict):
     services: ServicesSpec = ServicesSpec()
     tls_secret: str | None = None
     gitops: bool = True  # True: ArgoCD applies the Git-owned objects; pg_ops never does
+    # Where restore drills run their temporary pods (None: `<namespace>-drills`). Not the cluster's
+    # namespace: whoever may create pods in a namespace may read every Secret there (by mounting
+    # it), so pg_ops gets `create pods` only where no Secret but the drills' own lives.
+    drill_namespace: str | None = None
 
-    @field_validator("namespace")
+    @field_validator("namespace", "drill_namespace")
     @classmethod
-    def _dns(cls, value: str) -> str:
-        if not DNS_LABEL.match(value):
+    def _dns(cls, value: str | None) -> str | None:
+        if value is not None and not DNS_LABEL.match(value):
             raise ValueError(f"{value!r} is not a DNS-1123 label")
         return value
 

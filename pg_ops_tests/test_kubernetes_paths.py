@@ -16,6 +16,7 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.drill import DrillFailed, drill
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import KubernetesPlatform
+from pg_ops.platforms.kubernetes_api import KubernetesError
 from pg_ops.stores import catalog as cat
 from pg_ops_tests.helpers import fake_of, lose_member, recover_member, wait_for
 from pg_ops_tests.test_backup import fill_app
@@ -56,7 +57,7 @@ def test_backup_from_a_replica_and_its_drill_pass(shared_any_cluster):
     record = next(r for r in cat.list_backups(ctx.store(), ctx.name) if r.id == manifest.id)
     assert record.status == "verified"
     # Restored into a temporary pod of the cluster (not a local instance), gone afterwards.
-    ns = ctx.spec.kubernetes.namespace
+    ns = names.drill_namespace(ctx.spec)  # drills run in their own namespace
     assert report.target.startswith(f"pod {ns}/{ctx.name}-drill-")
     # The pod and its Secret are gone when the drill returns; its container stops once its
     # node's kubelet notices the pod is gone.
@@ -75,15 +76,15 @@ def test_a_failed_drill_leaves_no_drill_pod_or_secret(shared_any_cluster):
     with pytest.raises(DrillFailed, match="rows restored, the manifest says"):
         drill(ctx, backup_id)
     drilled = json.loads((folder / cat.DRILL).read_text())
-    assert drilled["target"].startswith(f"pod {ctx.spec.kubernetes.namespace}/{ctx.name}-drill-")
-    wait_for(lambda: fake_of(ctx).scratch_objects(ctx.spec.kubernetes.namespace) == [],
+    assert drilled["target"].startswith(f"pod {names.drill_namespace(ctx.spec)}/{ctx.name}-drill-")
+    wait_for(lambda: fake_of(ctx).scratch_objects(names.drill_namespace(ctx.spec)) == [],
              "nothing of the drill's scratch pod left")
 
 
 def test_a_scratch_pod_stuck_pending_fails_clearly_and_is_deleted(shared_any_cluster):
     ctx = shared_any_cluster
     fake = fake_of(ctx)
-    ns = ctx.spec.kubernetes.namespace
+    ns = names.drill_namespace(ctx.spec)  # drills run in their own namespace
     platform = KubernetesPlatform(ctx.spec)
     platform.pod_start_timeout = 1.0
     fake.hold_scratch_pending()
@@ -102,7 +103,7 @@ def test_a_scratch_pod_stuck_pending_fails_clearly_and_is_deleted(shared_any_clu
 def test_scratch_pod_is_no_member_and_reads_its_password_from_a_secret(shared_any_cluster):
     ctx = shared_any_cluster
     fake = fake_of(ctx)
-    ns = ctx.spec.kubernetes.namespace
+    ns = names.drill_namespace(ctx.spec)  # drills run in their own namespace
     with ctx.platform.scratch_target("drill") as target:
         pod_name = target.name.rsplit("/", 1)[1]
         pod = fake.object("pods", ns, pod_name)
@@ -120,6 +121,13 @@ def test_scratch_pod_is_no_member_and_reads_its_password_from_a_secret(shared_an
             assert conn.execute("select count(*) from pg_database where not datistemplate").fetchone()[0] == 1
         assert pod_name not in ctx.platform.member_endpoints()
     wait_for(lambda: fake.scratch_objects(ns) == [], "nothing of the scratch pod left")
+    # pg_ops may create pods only there: in the cluster's namespace a pod could mount (and so
+    # read) any of its Secrets, and the real RBAC refuses it.
+    api = ctx.platform.api
+    with pytest.raises(KubernetesError) as refused:
+        api.call("create", "pod", api.core.create_namespaced_pod, ctx.spec.kubernetes.namespace, {
+            "metadata": {"name": "mounts-secrets"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    assert refused.value.status == 403 and 'cannot create resource "pods"' in str(refused.value)
 
 
 def test_lost_replica_pod_is_reported_down_and_clears_once_rescheduled(shared_any_cluster):

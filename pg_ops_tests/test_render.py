@@ -358,8 +358,15 @@ def allowed(rules, group: str, resource: str, verb: str, name: str | None = None
 
 def test_rbac_grants_only_what_the_platform_uses(homelab):
     objects = manifests(homelab)
-    rules = one(objects, "Role")["rules"]
+    rules = one(objects, "Role", k.role_name(homelab))["rules"]
     assert not any("*" in str(part) for rule in rules for part in rule.values())
+    # No `create pods` where the cluster's Secrets are (it would read them all by mounting them):
+    # the drills' pods are created in their own namespace, which holds nothing else.
+    assert not allowed(rules, "", "pods", "create")
+    drills = one(objects, "Role", f"{k.role_name(homelab)}-drills")
+    assert drills["metadata"]["namespace"] == k.drill_namespace(homelab) == "postgresql-drills"
+    assert allowed(drills["rules"], "", "pods", "create") and allowed(drills["rules"], "", "secrets", "create")
+    assert not allowed(drills["rules"], "", "secrets", "get")
     members = homelab.member_names
     # Exec over WebSocket is a GET: `get` (Kubernetes <= 1.34) and `create` (1.35+), members only.
     assert all(allowed(rules, "", "pods/exec", v, m) for v in ("get", "create") for m in members)
@@ -383,17 +390,18 @@ def test_rbac_grants_only_what_the_platform_uses(homelab):
     # none can be written with gitops: true.
     for obj in objects:
         group, resource = obj["apiVersion"].rpartition("/")[0], k.plural(obj["kind"])
-        assert allowed(rules, group, resource, "get", obj["metadata"]["name"]), obj["metadata"]["name"]
+        here = rules if obj["metadata"]["namespace"] == homelab.kubernetes.namespace else drills["rules"]
+        assert allowed(here, group, resource, "get", obj["metadata"]["name"]), obj["metadata"]["name"]
         if obj["kind"] != "ConfigMap":
-            assert not allowed(rules, group, resource, "patch", obj["metadata"]["name"]), obj["kind"]
-    binding = one(objects, "RoleBinding")
+            assert not allowed(here, group, resource, "patch", obj["metadata"]["name"]), obj["kind"]
+    binding = one(objects, "RoleBinding", k.role_name(homelab))
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": k.PG_OPS_NAMESPACE}]
 
 
 def test_rbac_without_gitops_lets_pg_ops_apply_all_but_its_own_access(homelab):
     applying = variant(homelab, kubernetes={"gitops": False})
     objects = manifests(applying)
-    rules = one(objects, "Role")["rules"]
+    rules = one(objects, "Role", k.role_name(applying))["rules"]
     for obj in objects:
         group, resource, name = obj["apiVersion"].rpartition("/")[0], k.plural(obj["kind"]), obj["metadata"]["name"]
         admin_only = obj["kind"] in ("Role", "RoleBinding")
@@ -403,7 +411,7 @@ def test_rbac_without_gitops_lets_pg_ops_apply_all_but_its_own_access(homelab):
 
 def test_no_backup_secret_is_readable_without_one_in_the_spec(homelab):
     filestore = variant(homelab, backups={"store": {"type": "file", "path": "backups"}})
-    rules = one(manifests(filestore), "Role")["rules"]
+    rules = one(manifests(filestore), "Role", k.role_name(filestore))["rules"]
     readable = {name for verbs, names in rules_by_resource(rules)[("", "secrets")] if "get" in verbs for name in names}
     assert readable == {k.credentials_secret(filestore), "homelab-app", "homelab-app-read"}  # + the owner's delivered
 
@@ -428,7 +436,7 @@ def test_rbac_for_exactly_the_credentials_secrets_in_application_namespaces(home
         assert not allowed(role["rules"], "", "secrets", "list")
         assert binding["roleRef"]["name"] == role["metadata"]["name"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pg-ops", "namespace": k.PG_OPS_NAMESPACE}]
-    assert {o["metadata"]["namespace"] for o in objects} == {"postgresql", "shop", "shop-jobs"}
+    assert {o["metadata"]["namespace"] for o in objects} == {"postgresql", "postgresql-drills", "shop", "shop-jobs"}
 
 
 # -- offline validators ------------------------------------------------------------------------------

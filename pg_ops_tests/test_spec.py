@@ -18,7 +18,7 @@ def test_shipped_specs_load():
     assert (k.storage, k.resources.cpu, k.resources.memory) == ("50Gi", "2", "4Gi")
     assert (k.services.primary.name, k.services.primary.port) == ("postgres-ha-postgresql", 5432)
     assert k.services.external.ip == "192.168.10.100" and k.services.external.source_ranges == ["192.168.10.0/24"]
-    assert homelab.failover.mode == "manual"
+    assert homelab.failover.mode == "automatic"
     assert homelab.backups.schedule == "0 2 * * *" and homelab.backups.retention_days == 7
 
 

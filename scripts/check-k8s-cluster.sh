@@ -20,6 +20,12 @@ for verb in "get pods/$CLUSTER-0 --subresource=exec" "create pods/$CLUSTER-0 --s
     check "pg-ops may $verb" kubectl auth can-i $verb -n "$NS" --as "$SA"
 done
 check "pg-ops may NOT read other Secrets" bash -c "! kubectl auth can-i list secrets -n $NS --as $SA"
+check "pg-ops may NOT create pods where the Secrets are (mounting reads them)" bash -c "! kubectl auth can-i create pods -n $NS --as $SA"
+DRILLS=$(sed -n 's/^ *drill_namespace: *\([^ #]*\).*/\1/p' "deploy/clusters/$CLUSTER.yaml"); DRILLS=${DRILLS:-$NS-drills}
+check "drill namespace $DRILLS exists" kubectl get namespace "$DRILLS"
+for verb in "create pods" "delete pods" "create secrets" "delete secrets"; do
+    check "pg-ops may $verb in $DRILLS (restore drills)" kubectl auth can-i $verb -n "$DRILLS" --as "$SA"
+done
 check "pg-ops may NOT change the Git-owned config" bash -c "! kubectl auth can-i patch configmaps/$CLUSTER-config -n $NS --as $SA"
 check "K3s ServiceLB disabled (no svclb pods)" bash -c "! kubectl -n kube-system get pods -l svccontroller.k3s.cattle.io/svcname -o name | grep -q ."
 check "a drain cannot evict the primary (PDB $CLUSTER-primary)" kubectl -n "$NS" get pdb "$CLUSTER-primary"

@@ -16,9 +16,10 @@ the official `kubernetes` client (in-cluster service account, else KUBECONFIG).
   deleting its pod (it comes back at once, with the desired state of that moment), and
   starting is making sure the pod exists and runs (a pod stuck Pending is reported, never
   deleted by pg_ops).
-- Scratch targets (restore drills): a temporary pod of the cluster's image, labelled
-  LABEL_SCRATCH and none of the members' labels, its postgres password in a temporary Secret;
-  both deleted (grace 0) when the drill ends, however it ends.
+- Scratch targets (restore drills): a temporary pod of the cluster's image in the drill namespace
+  (`kubernetes.drill_namespace`, default `<namespace>-drills`: pg_ops may create pods only there,
+  where no Secret but the drills' own lives), labelled LABEL_SCRATCH, its postgres password in a
+  temporary Secret; both deleted (grace 0) when the drill ends, however it ends.
 - Addresses: pg_ops and the member scripts reach each other through cluster DNS. When pg_ops
   runs outside the cluster network (tests with stand-in nodes, a laptop with port-forwards),
   PG_OPS_K8S_ADDRESSES names a JSON file of overrides:
@@ -850,17 +851,25 @@ class KubernetesPlatform(Platform):
         try:
             self._create_scratch(name, purpose, password)
             endpoint = self._wait_scratch(name, password)
-            yield ScratchTarget(self._what("pod", name), endpoint, password)
+            yield ScratchTarget(self._scratch_what("pod", name), endpoint, password)
         finally:
             self._delete_scratch(name)
 
+    @property
+    def drill_namespace(self) -> str:
+        return names.drill_namespace(self.spec)
+
+    def _scratch_what(self, kind: str, name: str) -> str:
+        return f"{kind} {self.drill_namespace}/{name}"
+
     def _create_scratch(self, name: str, purpose: str, password: str) -> None:
-        metadata = {"name": name, "namespace": self.namespace, "labels": names.scratch_labels(self.spec, purpose)}
+        ns = self.drill_namespace
+        metadata = {"name": name, "namespace": ns, "labels": names.scratch_labels(self.spec, purpose)}
         secret = {"metadata": metadata, "type": "Opaque", "data": {names.SCRATCH_PASSWORD_KEY: _b64(password)}}
-        self.api.call("create", self._what("secret", name), self.api.core.create_namespaced_secret,
-                      self.namespace, secret, field_manager=names.FIELD_MANAGER)
-        self.api.call("create", self._what("pod", name), self.api.core.create_namespaced_pod,
-                      self.namespace, {"metadata": metadata, "spec": self._scratch_pod_spec(name)},
+        self.api.call("create", self._scratch_what("secret", name), self.api.core.create_namespaced_secret,
+                      ns, secret, field_manager=names.FIELD_MANAGER)
+        self.api.call("create", self._scratch_what("pod", name), self.api.core.create_namespaced_pod,
+                      ns, {"metadata": metadata, "spec": self._scratch_pod_spec(name)},
                       field_manager=names.FIELD_MANAGER)
 
     def _scratch_pod_spec(self, secret: str) -> dict:
@@ -893,11 +902,12 @@ class KubernetesPlatform(Platform):
     def _wait_scratch(self, name: str, password: str) -> Endpoint:
         from pg_ops.postgres.topology import probe_members
 
-        what = self._what("scratch pod", name)
+        what = self._scratch_what("scratch pod", name)
         last: dict = {}
 
         def accepting() -> Endpoint | None:
-            pod = self._pod(name)
+            pod = self.api.call("get", self._scratch_what("pod", name), self.api.core.read_namespaced_pod, name,
+                                self.drill_namespace, missing_ok=True)
             phase = pod.status.phase if pod is not None and pod.status else "missing"
             if phase in ("Failed", "Succeeded"):
                 raise MemberError(f"kubernetes: {what} ended ({phase}) before accepting connections: "
@@ -928,8 +938,8 @@ class KubernetesPlatform(Platform):
         for kind, delete, kwargs in (("pod", self.api.core.delete_namespaced_pod, {"grace_period_seconds": 0}),
                                      ("secret", self.api.core.delete_namespaced_secret, {})):
             try:
-                self.api.call("delete", self._what(kind, name), delete, name, self.namespace, missing_ok=True,
-                              **kwargs)
+                self.api.call("delete", self._scratch_what(kind, name), delete, name, self.drill_namespace,
+                              missing_ok=True, **kwargs)
             except KubernetesError as exc:
                 failures.append(str(exc))
         if failures:

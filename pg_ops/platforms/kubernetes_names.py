@@ -159,6 +159,11 @@ def scratch_labels(spec: ClusterSpec, purpose: str) -> dict[str, str]:
     return {LABEL_CLUSTER: spec.name, LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_SCRATCH: purpose}
 
 
+def drill_namespace(spec: ClusterSpec) -> str:
+    """Where restore-drill (scratch) pods and their Secrets live: not the cluster's namespace."""
+    return spec.kubernetes.drill_namespace or f"{spec.kubernetes.namespace}-drills"
+
+
 def scratch_name(spec: ClusterSpec, purpose: str, suffix: str) -> str:
     """<cluster>-<purpose>-<random>: the pod and its Secret."""
     return f"{spec.name}-{purpose}-{suffix}"

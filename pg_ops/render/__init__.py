@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pg_ops.render.access import (
     app_secret_access,
+    drill_access,
     member_service_account,
     network_policy,
     pg_ops_role,
@@ -35,6 +36,6 @@ def manifests(spec: ClusterSpec) -> list[dict]:
     ]
     # The Role grants read access to each of these by name (and apply access without GitOps).
     objects = [account, pg_ops_role(spec, [account, binding, *workload]), binding, *workload,
-               *app_secret_access(spec)]  # in the applications' namespaces
+               *drill_access(spec), *app_secret_access(spec)]  # in the drills' and applications' namespaces
     check_git_safe(spec, objects)
     return objects

@@ -109,11 +109,12 @@ def _rule(group: str, resource: str, verbs: list[str], names: list[str] | None =
 
 def _owned_rules(spec: ClusterSpec) -> list[dict]:
     """What the Kubernetes platform does with the objects pg_ops owns (kubernetes.py). `create`
-    (and `delete` of the random-named drill pod and Secret) cannot be limited by resourceNames
-    in RBAC; everything else is limited to the names pg_ops uses."""
+    cannot be limited by resourceNames in RBAC; everything else is limited to the names pg_ops
+    uses. No `create pods` here: it would let pg_ops read every Secret of the namespace by
+    mounting it (the drills' pods are in their own namespace, drill_access)."""
     members = k.member_pod_names(spec)
     rules = [
-        _rule("", "pods", ["get", "list", "create", "delete"]),   # members, and drill pods (create)
+        _rule("", "pods", ["get", "list", "delete"]),             # members (fence, rebuild)
         _rule("", "pods", ["patch"], members),                    # the role label
         # A WebSocket exec is a GET: `get` is what Kubernetes <= 1.34 checks, and 1.35 checks
         # `create` as well (AuthorizePodWebsocketUpgradeCreatePermission, on by default).
@@ -121,7 +122,7 @@ def _owned_rules(spec: ClusterSpec) -> list[dict]:
         _rule("", "pods/log", ["get"], members),
         _rule("", "configmaps", ["create"]),                       # the desired state, once
         _rule("", "configmaps", ["get", "update"], [k.state_configmap(spec)]),
-        _rule("", "secrets", ["create", "delete"]),                # the credentials once; drill Secrets
+        _rule("", "secrets", ["create", "delete"]),                # the credentials once; delivered ones
         _rule("", "secrets", ["get", "update"], [k.credentials_secret(spec)]),  # update: a role added
         *([_rule("", "secrets", ["get", "update"], here)]    # applications' credentials delivered here
           if (here := app_secret_names(spec, delivered_only=True).get(spec.kubernetes.namespace)) else []),
@@ -196,6 +197,24 @@ def app_secret_names(spec: ClusterSpec, delivered_only: bool = False) -> dict[st
                           else [spec.kubernetes.namespace]):
             out.setdefault(namespace, []).extend([k.app_secret(spec, role), k.app_secret(spec, role) + "-read"])
     return {ns: sorted(names) for ns, names in out.items()}
+
+
+def drill_access(spec: ClusterSpec) -> list[dict]:
+    """In the drill namespace: a Role that lets pg_ops run restore-drill pods (create, watch and
+    delete pods and their password Secrets: random names, so not limited by name) and read this
+    Role and its binding (drift), and the RoleBinding granting it to pg_ops's ServiceAccount.
+    Applied by an admin, like the cluster's Role; the namespace holds nothing else."""
+    namespace, name = k.drill_namespace(spec), f"{k.role_name(spec)}-drills"
+    return [
+        {"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata(spec, name, "rbac", namespace=namespace),
+         "rules": [_rule("", "pods", ["get", "list", "create", "delete"]),
+                   _rule("", "secrets", ["create", "delete"]),
+                   _rule("rbac.authorization.k8s.io", "roles", ["get"], [name]),
+                   _rule("rbac.authorization.k8s.io", "rolebindings", ["get"], [name])]},
+        {"apiVersion": RBAC_API, "kind": "RoleBinding", "metadata": metadata(spec, name, "rbac", namespace=namespace),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": k.service_account(spec), "namespace": k.PG_OPS_NAMESPACE}]},
+    ]
 
 
 def app_secret_access(spec: ClusterSpec) -> list[dict]:
