@@ -35,7 +35,7 @@ from pg_ops.spec import ClusterSpec
 from pg_ops_tests.controlplane import ControlPlane, ControlPlaneUnavailable, install_operator_crds
 from pg_ops_tests.standin.api import ApiError, RawApi
 from pg_ops_tests.standin.kubelet import StandInKubelet, node_ready
-from pg_ops_tests.standin.network import EndpointSliceProxy, PodNameProxy, PodNetwork
+from pg_ops_tests.standin.network import EndpointSliceProxy, EndpointSliceWatch, PodNameProxy, PodNetwork
 from pg_ops_tests.standin.provisioner import LocalPathProvisioner, storage_class
 
 __all__ = ["ControlPlaneUnavailable", "KubeCluster", "RealKubernetes", "shared", "shutdown"]
@@ -72,6 +72,7 @@ class KubeCluster:
             self.provisioner = LocalPathProvisioner(self.admin, volumes)
             self.provisioner.start()
             self.network = PodNetwork(cp.root / "addresses.json")
+            self.endpoint_slices = EndpointSliceWatch(self.admin)
             nodes = cp.root / "nodes"
             nodes.mkdir()
             nodes.chmod(0o755)
@@ -101,6 +102,8 @@ class KubeCluster:
         self.kubelets.clear()
         if self.provisioner is not None:
             self.provisioner.stop()
+        if getattr(self, "endpoint_slices", None) is not None:
+            self.endpoint_slices.stop()
         if self.cp is not None:
             self.cp.stop()
             self.cp = None
@@ -255,7 +258,7 @@ class RealKubernetes:
             self.proxies.append(proxy)
             cluster.network.publish("peers", f"{ns}/{member}", f"127.0.0.1:{proxy.port}")
         for service in (names.primary_service(spec), names.replicas_service(spec)):
-            proxy = EndpointSliceProxy(cluster.admin, cluster.network, ns, service)
+            proxy = EndpointSliceProxy(cluster.endpoint_slices, cluster.network, ns, service)
             self.proxies.append(proxy)
             self.service_ports[(ns, service)] = proxy.port
             cluster.network.publish("services", f"{ns}/{service}", f"127.0.0.1:{proxy.port}")

@@ -168,12 +168,45 @@ class PodNameProxy(_Proxy):
         return self.network.local(((obj or {}).get("status") or {}).get("podIP"))
 
 
+class EndpointSliceWatch:
+    """What kube-proxy watches: every EndpointSlice of the cluster, read in one list every
+    `poll` seconds and grouped by Service, for all the Service proxies of a cluster."""
+
+    def __init__(self, api: RawApi, poll: float = 0.2):
+        self.api, self.poll = api, poll
+        self.by_service: dict[tuple[str, str], list[dict]] = {}
+        self.errors: list[str] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="endpointslice-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.poll):
+            try:
+                grouped: dict[tuple[str, str], list[dict]] = {}
+                for piece in self.api.list("discovery.k8s.io/v1", "endpointslices"):
+                    meta = piece["metadata"]
+                    service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+                    if service:
+                        grouped.setdefault((meta["namespace"], service), []).append(piece)
+                self.by_service = grouped
+            except Exception as exc:  # noqa: BLE001 - the API server may be going away; keep the old view
+                self.errors.append(str(exc)[:200])
+
+    def slices(self, namespace: str, service: str) -> list[dict]:
+        return self.by_service.get((namespace, service), [])
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(5)
+
+
 class EndpointSliceProxy(_Proxy):
     """kube-proxy for one Service port, from the Service's real EndpointSlices."""
 
-    def __init__(self, api: RawApi, network: PodNetwork, namespace: str, service: str,
+    def __init__(self, watch: EndpointSliceWatch, network: PodNetwork, namespace: str, service: str,
                  sync_period: float = KUBE_PROXY_SYNC_S, poll: float = 0.1):
-        self.api, self.network, self.namespace, self.service = api, network, namespace, service
+        self.watch, self.network, self.namespace, self.service = watch, network, namespace, service
         self.sync_period, self.poll = sync_period, poll
         self.programmed: list[str] = []  # pod IPs the rules send new connections to
         self.turn = 0
@@ -184,10 +217,9 @@ class EndpointSliceProxy(_Proxy):
         self._watcher.start()
 
     def endpoints(self) -> list[str]:
-        slices = self.api.list("discovery.k8s.io/v1", "endpointslices", self.namespace,
-                               labelSelector=f"{SERVICE_NAME_LABEL}={self.service}")
-        ready, serving = [], []
-        for piece in slices:
+        ready: list[str] = []
+        serving: list[str] = []
+        for piece in self.watch.slices(self.namespace, self.service):
             for endpoint in piece.get("endpoints") or []:
                 cond = endpoint.get("conditions") or {}
                 target = ready if cond.get("ready", True) else serving if cond.get("serving") else None

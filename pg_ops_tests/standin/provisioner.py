@@ -35,7 +35,7 @@ def storage_class() -> dict:
 
 
 class LocalPathProvisioner:
-    def __init__(self, api: RawApi, root: Path, period: float = 0.2):
+    def __init__(self, api: RawApi, root: Path, period: float = 0.4):
         self.api, self.root, self.period = api, root, period
         self.errors: list[str] = []
         self._stop = threading.Event()
