@@ -110,6 +110,20 @@ def shared_cluster():
         yield ctx
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _kubernetes_only_while_needed():
+    """The process's Kubernetes cluster (kube_cluster.shared: control plane and stand-in nodes)
+    is stopped at the end of each test module that started one, so its API server, etcd and
+    controllers do not take CPU from the modules that follow (the suite runs two files at a time
+    on two cores); the next module that needs it starts a new one (about 10 s)."""
+    yield
+    import sys
+
+    kube_cluster = sys.modules.get("pg_ops_tests.kube_cluster")
+    if kube_cluster is not None:
+        kube_cluster.shutdown()
+
+
 # -- both platforms: the Kubernetes path runs on the real control plane, real members behind it --
 @pytest.fixture(params=PLATFORMS)
 def platform(request) -> str:
