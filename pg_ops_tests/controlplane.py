@@ -477,7 +477,9 @@ def install_operator_crds(cp: ControlPlane, timeout: float = 30.0) -> None:
 def _crd_established(api, plural: str) -> bool:
     crd = api.custom.get_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                                                f"{plural}.monitoring.coreos.com")
-    return any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get("conditions", []))
+    # A CRD just created may have a status without conditions yet (null).
+    return any(c["type"] == "Established" and c["status"] == "True"
+               for c in (crd.get("status") or {}).get("conditions") or [])
 
 
 def configuration(kubeconfig: Path):
