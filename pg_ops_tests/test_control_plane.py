@@ -227,8 +227,8 @@ def test_pg_ops_service_account_applies_everything_its_role_allows(cp, admin):
     spec = homelab(gitops=False)
     namespace = spec.kubernetes.namespace
     objects = manifests(spec)
-    create_namespace(admin, namespace)
-    create_namespace(admin, k.PG_OPS_NAMESPACE)
+    for ns in sorted({o["metadata"]["namespace"] for o in objects} | {k.PG_OPS_NAMESPACE}):
+        create_namespace(admin, ns)  # the cluster's, its drills' and pg_ops's own: an admin's step
     admin.core.create_namespaced_service_account(k.PG_OPS_NAMESPACE, {
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": k.service_account(spec)}})
     for obj in objects:
