@@ -18,7 +18,6 @@ container of theirs stopped.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import os
 import signal
@@ -413,10 +412,6 @@ class RealKubernetes:
         return found + [f"server {server.name}" for k in self.cluster.kubelets.values()
                         for uid, server in list(k.scratch.items()) if k.scratch_namespace.get(uid) == namespace]
 
-    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        obj = self.object("secrets", namespace, name) or {}
-        raw = (obj.get("data") or {}).get(key)
-        return None if raw is None else base64.b64decode(raw).decode()
 
 
 def k8s_launcher_instance(home: Path, kube: RealKubernetes):
@@ -453,10 +448,6 @@ def k8s_launcher_instance(home: Path, kube: RealKubernetes):
     (home / "dagster" / "dagster.yaml").write_text(text)
     instance.dispose()
     return dg.DagsterInstance.from_config(str(home / "dagster"))
-
-
-def kubeconfig_user(path: Path) -> str:
-    return yaml.safe_load(path.read_text())["users"][0]["name"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,44 +62,33 @@ class ObjectClient:
             self._apply(obj, force)
 
     def _overwrite(self, obj: dict) -> None:
-        kind, meta = obj["kind"], obj["metadata"]
-        group, _, version = obj["apiVersion"].rpartition("/")
         ops = [{"op": "add", "path": f"/{key}", "value": value} for key, value in obj.items()
                if key not in ("apiVersion", "kind", "metadata", "status")]
-        options: dict[str, Any] = {"field_manager": names.FIELD_MANAGER, "_content_type": "application/json-patch+json"}
-        what = describe(obj)
-        if not group:
-            if kind in CLUSTER_SCOPED_CORE:
-                self.api.call("overwrite", what, getattr(self.api.core, f"patch_{_snake(kind)}"), meta["name"], ops,
-                              **options)
-            else:
-                self.api.call("overwrite", what, getattr(self.api.core, f"patch_namespaced_{_snake(kind)}"),
-                              meta["name"], meta["namespace"], ops, **options)
-        elif meta.get("namespace"):
-            self.api.call("overwrite", what, self.api.custom.patch_namespaced_custom_object, group, version,
-                          meta["namespace"], plural(kind), meta["name"], ops, **options)
-        else:
-            self.api.call("overwrite", what, self.api.custom.patch_cluster_custom_object, group, version,
-                          plural(kind), meta["name"], ops, **options)
+        self._patch("overwrite", obj, ops, {"_content_type": "application/json-patch+json"})
 
     def _apply(self, obj: dict, force: bool) -> None:
+        self._patch("apply", obj, obj, {"force": force, "_content_type": APPLY_CONTENT_TYPE})
+
+    def _patch(self, verb: str, obj: dict, body: Any, options: dict[str, Any]) -> None:
+        """A PATCH of the object the manifest names, as field manager `pg-ops`, through the
+        typed CoreV1Api for core kinds and CustomObjectsApi's generic paths for the rest."""
         kind, meta = obj["kind"], obj["metadata"]
         group, _, version = obj["apiVersion"].rpartition("/")
-        options: dict[str, Any] = {"field_manager": names.FIELD_MANAGER, "force": force, "_content_type": APPLY_CONTENT_TYPE}
+        options = {"field_manager": names.FIELD_MANAGER, **options}
         what = describe(obj)
         if not group:
             if kind in CLUSTER_SCOPED_CORE:
-                fn = getattr(self.api.core, f"patch_{_snake(kind)}")
-                self.api.call("apply", what, fn, meta["name"], obj, **options)
+                self.api.call(verb, what, getattr(self.api.core, f"patch_{_snake(kind)}"), meta["name"], body,
+                              **options)
             else:
-                fn = getattr(self.api.core, f"patch_namespaced_{_snake(kind)}")
-                self.api.call("apply", what, fn, meta["name"], meta["namespace"], obj, **options)
+                self.api.call(verb, what, getattr(self.api.core, f"patch_namespaced_{_snake(kind)}"),
+                              meta["name"], meta["namespace"], body, **options)
         elif meta.get("namespace"):
-            self.api.call("apply", what, self.api.custom.patch_namespaced_custom_object, group, version,
-                          meta["namespace"], plural(kind), meta["name"], obj, **options)
+            self.api.call(verb, what, self.api.custom.patch_namespaced_custom_object, group, version,
+                          meta["namespace"], plural(kind), meta["name"], body, **options)
         else:
-            self.api.call("apply", what, self.api.custom.patch_cluster_custom_object, group, version,
-                          plural(kind), meta["name"], obj, **options)
+            self.api.call(verb, what, self.api.custom.patch_cluster_custom_object, group, version,
+                          plural(kind), meta["name"], body, **options)
 
     def exists(self, obj: dict) -> bool:
         return self.read(obj) is not None
