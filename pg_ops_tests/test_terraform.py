@@ -91,6 +91,7 @@ def test_variable_defaults_are_the_homelab_spec(hcl):
     kube = HOMELAB.kubernetes
     assert d["cluster_name"] == HOMELAB.name == "homelab"
     assert d["namespace"] == kube.namespace == "postgresql"
+    assert d["drill_namespace"] == k.drill_namespace(HOMELAB) == "postgresql-drills"
     assert d["storage"] == kube.storage == "50Gi"
     assert d["primary_service"] == {"name": kube.services.primary.name, "port": kube.services.primary.port}
     assert d["primary_service"] == {"name": "postgres-ha-postgresql", "port": 5432}
@@ -128,7 +129,12 @@ def test_the_rendered_files_satisfy_the_modules_preconditions(hcl):
     re-rendered spec that moved (namespace, size, address…) without the module's defaults fails."""
     d = defaults(hcl)
     objects = rendered_objects()
-    assert objects and all(o["metadata"]["namespace"] == d["namespace"] for o in objects)
+    assert objects and all(o["metadata"]["namespace"] in (d["namespace"], d["drill_namespace"])
+                           for o in objects)
+    # Only the drill Role and its binding live in the drill namespace: nothing there for a drill
+    # pod to mount.
+    assert sorted(o["kind"] for o in objects if o["metadata"]["namespace"] == d["drill_namespace"]) == [
+        "Role", "RoleBinding"]
     statefulset, = [o for o in objects if o["kind"] == "StatefulSet"]
     assert statefulset["metadata"]["name"] == d["cluster_name"]
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == d["storage"]

@@ -44,8 +44,8 @@ resource "terraform_data" "rendered_matches_variables" {
 
   lifecycle {
     precondition {
-      condition     = alltrue([for object in local.rendered : object.metadata.namespace == var.namespace])
-      error_message = "${local.manifests_dir}: rendered objects are not all in namespace ${var.namespace}."
+      condition     = alltrue([for object in local.rendered : contains([var.namespace, var.drill_namespace], object.metadata.namespace)])
+      error_message = "${local.manifests_dir}: rendered objects are not all in namespace ${var.namespace} or the drill namespace ${var.drill_namespace}."
     }
     precondition {
       condition     = try(local.statefulset.metadata.name, "") == var.cluster_name
@@ -73,10 +73,12 @@ resource "terraform_data" "rendered_matches_variables" {
 }
 
 resource "kubernetes_namespace_v1" "cluster" {
-  count = var.create_namespace ? 1 : 0
+  # The cluster's namespace and the restore drills' (a drill pod lives apart from the members'
+  # Secrets: docs/architecture/kubernetes.md, restore-drill targets).
+  for_each = var.create_namespace ? toset([var.namespace, var.drill_namespace]) : toset([])
 
   metadata {
-    name = var.namespace
+    name = each.value
   }
 }
 

@@ -25,8 +25,14 @@ variable "namespace" {
   default     = "postgresql"
 }
 
+variable "drill_namespace" {
+  description = "Namespace of the restore-drill pods (spec kubernetes.drill_namespace, default <namespace>-drills): the rendered Role <cluster>-pg-ops-drills and its binding live there, and nothing else should."
+  type        = string
+  default     = "postgresql-drills"
+}
+
 variable "create_namespace" {
-  description = "Create the namespace here. false when something else (ArgoCD of another app, a platform module) owns it."
+  description = "Create the namespace and the drill namespace here. false when something else (ArgoCD of another app, a platform module) owns them."
   type        = bool
   default     = true
 }
