@@ -213,7 +213,7 @@ PLATFORM_CHECKS = {
 
 def test_no_schedule_or_sensor_of_a_committed_spec_launches_a_job_its_platform_refuses(pinned_environment):
     """Every job a committed spec gets a schedule or a sensor for passes its platform's own
-    refusal check (a Kubernetes cluster gets no point-in-time drill schedule, say): nothing is
+    refusal check (the point-in-time drill only where its platform reads the archive): nothing is
     launched every night to fail. Rotation schedules ask about their role."""
     from pg_ops.errors import Unsupported
     from pg_ops.platforms import platform_for

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from pg_ops.credentials import SUPERUSER
+from pg_ops.errors import PgOpsError
 from pg_ops.operations import wal
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, deployment_problems
@@ -445,14 +446,16 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     the backup Secret) and pg_ops takes the base backup over the replication protocol from where
     it runs (a run pod in production, this process here), compressed straight into SeaweedFS:
     nothing runs in the database's pod. The backup is complete in the archive's layout, opens
-    the recovery window, and restores into a data dir a server starts from. Such a cluster gets
-    the base-backup schedule and no point-in-time drill, which its platform cannot run."""
+    the recovery window, and restores into a data dir a server starts from; the point-in-time
+    drill recovers it in a pod and proves its target, and fails on an unreadable segment. Such a
+    cluster gets the base-backup schedule and the weekly point-in-time drill."""
     import base64
     import tarfile
 
     import zstandard
 
     from pg_ops import settings
+    from pg_ops.platforms import kubernetes_names as k
     from pg_ops.postgres import controldata
     from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
 
@@ -503,12 +506,34 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
         assert [b.id for b in after.base_backups] == [newer.id]
         assert min(s.segment.segno for s in after.segments) == newer.begin_segno
         assert wal.recovery_window(ctx).oldest == newer.end_time
+        # The point-in-time drill on Kubernetes: a recovery pod in the drill namespace fetches the
+        # base backup from S3 and replays the archive (barman-cloud-wal-restore of the image) to a
+        # target between two marker rows; pg_ops logs in with the store's password and proves it.
+        drill = pitr_drill(ctx)
+        assert drill.result == "passed" and drill.chosen_by == "drill" and drill.base_backup == newer.id
+        assert drill.heartbeat_rows_after == 0 and drill.heartbeat_rows_before >= 1
+        assert drill.amcheck["pg_ops"]["indexes_checked"] >= 1
+        assert pitr_drill_status(ctx)["drilled"]
+        drills = k.drill_namespace(spec)
+        assert fake.admin_api().core.list_namespaced_pod(drills, label_selector=k.LABEL_SCRATCH).items == []
+        assert fake.admin_api().core.list_namespaced_secret(drills, label_selector=k.LABEL_SCRATCH).items == []
+        # A segment the replay needs is unreadable (present, so the plan accepts it): the pod's
+        # replay ends before the target, and the drill fails with PostgreSQL's reason, recorded.
+        run(ctx, "insert into kept values (3)")
+        target = datetime.now(UTC)
+        wal.switch_and_wait(ctx)
+        first = next(s for s in after.segments if s.segment.segno == newer.begin_segno)
+        ctx.store().put_bytes(first.key, b"not a WAL segment")
+        with pytest.raises(PgOpsError, match=r"recovery to .* failed: pod .*-pitr-.* stopped \(exit 1\): "
+                                             r"postgres exited \(1\): could not locate required checkpoint record"):
+            pitr_drill(ctx, target)
+        assert pitr_drill_status(ctx)["latest"]["result"] == "failed"
+        assert fake.admin_api().core.list_namespaced_pod(drills, label_selector=k.LABEL_SCRATCH).items == []
     from pg_ops.definitions import build_defs  # loads the specs folder on import: after writing the spec
 
     defs = build_defs([spec])
     assert any(s.name.startswith("base_backup_schedule") for s in defs.schedules)
-    assert not any(s.name.startswith("weekly_pitr_drill") for s in defs.schedules)
-    assert [j.name for j in defs.jobs if j.name == "pitr_drill"] == []
+    assert any(s.name.startswith("weekly_pitr_drill") for s in defs.schedules)
 
 
 # -- pure planners on fabricated archives ----------------------------------------------------------

@@ -29,7 +29,7 @@ import json
 import secrets
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,7 +53,9 @@ from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
 
 if TYPE_CHECKING:
+    from pg_ops.platforms.base import RecoveryPod, RecoveryPodRequest
     from pg_ops.platforms.local import LocalPlatform
+    from pg_ops.postgres.conninfo import Endpoint
 
 RECOVERY_TIMEOUT_S = 6 * 3600.0
 # The archive hold of a recovery or drill outlasts every step it covers: restoring the base
@@ -189,7 +191,7 @@ def refuse_existing(name: str) -> None:
 
 def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> RecoveryPlan:
     """Everything `recover` refuses, checked before a run exists (the CLI calls it first)."""
-    ctx.platform.check_point_in_time("point-in-time recovery into a new cluster")
+    ctx.platform.check_recover()
     if as_name == ctx.name:
         raise RecoveryRefused(f"--as {as_name}: that is the source cluster itself; recovery always makes a new one")
     new_cluster_spec(ctx.spec, as_name)
@@ -309,7 +311,7 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
     plan = validate_recover(ctx, target, as_name)
     store = store or ctx.store()
     new_spec = new_cluster_spec(ctx.spec, as_name)
-    platform = LocalPlatform(new_spec)  # a new local cluster (check_point_in_time passed for its source)
+    platform = LocalPlatform(new_spec)  # a new local cluster (check_recover passed for its source)
     new_ctx = ClusterContext(new_spec, platform, ctx.log, ctx.alerts)
     holder = f"recover-{as_name}-{secrets.token_hex(3)}"
     ctx.log.info("recovering cluster %s to %s as %s from base backup %s", ctx.name, _t(target), as_name,
@@ -442,7 +444,6 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
     (base backup, WAL and the drill's record there; its marker segment copied there first)."""
     from pg_ops.operations.copy import copy_backups, reading_copy
     from pg_ops.operations.drill import alert_drill
-    from pg_ops.platforms import local_recovery
 
     ctx.platform.check_point_in_time("the point-in-time drill")
     source_spec = reading_copy(ctx.spec) if where == "copy" else ctx.spec
@@ -463,15 +464,9 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
     try:
         ref = archive_ref(ctx, store)
         with wa.hold_archive(store, ref, f"pitr-drill-{secrets.token_hex(3)}", "drill", ttl_seconds=RECOVERY_HOLD_S):
-            t0 = time.monotonic()
-            with local_recovery.drill_server(
-                    "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),
-                    recovery_auto_conf(source_spec, ref, target)) as server:
-                member = server.spec.member_names[0]
-                report.restore_seconds = round(time.monotonic() - t0, 3)
-                report.replay_seconds = round(wait_promoted(server, member, ctx.admin_password(), target, ctx.log), 3)
+            with _recovered_server(ctx, store, source_spec, ref, plan, report) as endpoint:
                 t1 = time.monotonic()
-                problems = _verify(server.member_endpoints()[member], ctx.admin_password(), target, markers, report)
+                problems = _verify(endpoint, ctx.admin_password(), target, markers, report)
                 if report.heartbeat_rows_before != expected:
                     problems.append(f"{report.heartbeat_rows_before} heartbeat rows from before the target "
                                     f"recovered, the source has {expected}")
@@ -492,6 +487,91 @@ def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: Backu
                  report.heartbeat_rows_before, "checked" if markers else "none")
     record_status(ctx, "pitr_drill_success", report.replay_seconds)
     return report
+
+
+@contextlib.contextmanager
+def _recovered_server(ctx: ClusterContext, store: BackupStore, source_spec: ClusterSpec, ref: wa.ArchiveRef,
+                      plan: RecoveryPlan, report: PitrDrillReport) -> Iterator[Endpoint]:
+    """A throw-away server recovered to the plan's target and promoted, its superuser's password
+    the credentials store's; removed when the block ends. Local: a server on this machine (the
+    base backup restored by pg_ops, then replay). Kubernetes: a recovery pod that fetches the base
+    backup and replays in the pod (its replay_seconds include the fetch)."""
+    from pg_ops.platforms import local_recovery
+
+    t0 = time.monotonic()
+    if ctx.spec.platform != "kubernetes":
+        with local_recovery.drill_server(
+                "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),
+                recovery_auto_conf(source_spec, ref, plan.target)) as server:
+            member = server.spec.member_names[0]
+            report.restore_seconds = round(time.monotonic() - t0, 3)
+            report.replay_seconds = round(wait_promoted(server, member, ctx.admin_password(), plan.target,
+                                                        ctx.log), 3)
+            yield server.member_endpoints()[member]
+        return
+    with ctx.platform.recovery_pod(recovery_pod_request(ctx, store, source_spec, ref, plan)) as pod:
+        report.restore_seconds = round(time.monotonic() - t0, 3)  # the pod scheduled and started
+        ctx.log.info("point-in-time drill of %s: %s restores base backup %s and replays to %s", ctx.name, pod.name,
+                     plan.base_backup.id, _t(plan.target))
+        report.replay_seconds = round(wait_pod_promoted(pod, ctx.admin_password(), plan.target, ctx.log), 3)
+        yield pod.endpoint
+
+
+def recovery_pod_request(ctx: ClusterContext, store: BackupStore, source_spec: ClusterSpec, ref: wa.ArchiveRef,
+                         plan: RecoveryPlan) -> RecoveryPodRequest:
+    """What the recovery pod reads: pg_ops's base backup tar in the S3 store (a barman-cloud-backup
+    one is refused: the pod extracts pg_ops's tar), the restore_command of the cluster's image,
+    the store's keys."""
+    from pg_ops.platforms.base import RecoveryPodRequest
+    from pg_ops.platforms.local_recovery import DRILL_PARAMETERS
+    from pg_ops.spec import S3StoreSpec
+    from pg_ops.stores import s3_credentials
+    from pg_ops.stores.s3 import S3Store
+
+    store_spec = source_spec.backups.store
+    if not isinstance(store_spec, S3StoreSpec) or not isinstance(store, S3Store):
+        raise RecoveryRefused(f"cluster {ctx.name}: a recovery pod reads the archive from S3; "
+                              f"{store.describe()} is not an S3 store")
+    tar = next((k for k in plan.base_backup.keys if k.endswith("/data.tar.zst")), None)
+    if tar is None:
+        raise RecoveryRefused(f"cluster {ctx.name}: base backup {plan.base_backup.id} was made by "
+                              f"barman-cloud-backup; a recovery pod restores pg_ops's own (take one: the "
+                              f"base_backup job)")
+    creds = s3_credentials(store_spec, ctx.platform.s3_credentials, where=store.describe())
+    restore = barman.restore_command(wa.s3_target(source_spec, ref), "", None)
+    return RecoveryPodRequest(
+        purpose="pitr", bucket=store_spec.bucket, key=store.full_key(tar), endpoint_url=store_spec.endpoint_url,
+        region=store_spec.region, config=archiving.recovery_server_conf(restore, plan.target, DRILL_PARAMETERS),
+        superuser_statement=admin.offline_password_statement(SUPERUSER, ctx.admin_password()),
+        access_key=creds.access_key if creds else None, secret_key=creds.secret_key if creds else None)
+
+
+def wait_pod_promoted(pod: RecoveryPod, password: str, target: datetime, log,
+                      timeout: float = RECOVERY_TIMEOUT_S) -> float:
+    """Until the recovery pod's server is writable with the store's password; fails with the
+    pod's own reason (its script's one line) as soon as it stopped."""
+    from pg_ops.postgres.topology import probe_members
+
+    started = time.monotonic()
+    next_report = started + PROGRESS_EVERY_S
+
+    def attempt() -> float | None:
+        nonlocal next_report
+        probe = probe_members({pod.name: pod.endpoint}, SUPERUSER, password, 3.0)[pod.name]
+        if probe.writable:
+            return time.monotonic() - started
+        ended = pod.ended()
+        if ended:
+            raise PgOpsError(f"recovery to {_t(target)} failed: {pod.name} {ended}")
+        if time.monotonic() >= next_report:
+            log.info("recovery of %s to %s: %s", pod.name, _t(target), probe.error or "replaying")
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+        return None
+
+    def expired() -> PgOpsError:
+        return PgOpsError(f"recovery to {_t(target)} not finished in {pod.name} after {timeout:g} s")
+
+    return poll(attempt, timeout=timeout, interval=0.5, expired=expired)
 
 
 DRILL_RECENT_DAYS = 8  # a weekly drill, a day of slack
@@ -518,10 +598,10 @@ def pitr_drill_status(ctx: ClusterContext, store: BackupStore | None = None) -> 
 
 
 def drills_point_in_time(spec: ClusterSpec) -> bool:
-    """Whether a cluster gets the point-in-time drill (asset, check, weekly schedule): its server
-    is a local cluster restored from the archive, so only local clusters for now (on Kubernetes
-    Platform.check_point_in_time refuses it)."""
-    return spec.platform == "local"
+    """Whether a cluster gets the point-in-time drill (asset, check, weekly schedule): every local
+    cluster (its server restored on this machine), a Kubernetes one whose archive is in S3 (its
+    recovery pod reads it there; Platform.check_point_in_time refuses the rest)."""
+    return spec.platform == "local" or spec.backups.store.type == "s3"
 
 
 def nothing_to_pitr_drill(ctx: ClusterContext) -> str | None:

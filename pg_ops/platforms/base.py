@@ -4,6 +4,7 @@ targets)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,35 @@ class ScratchTarget:
     name: str
     endpoint: Endpoint
     password: str = field(repr=False)  # of the superuser postgres
+
+
+@dataclass(frozen=True)
+class RecoveryPodRequest:
+    """What a point-in-time recovery in a pod needs (KubernetesPlatform.recovery_pod): the base
+    backup's tar in the S3 store, the server's whole postgresql.conf (recovery settings and
+    restore_command included), and the statement that sets the superuser's password once it
+    is promoted. The keys are the store's, read at use; none of it is logged."""
+
+    purpose: str
+    bucket: str
+    key: str  # of pg_ops's base backup tar (data.tar.zst)
+    endpoint_url: str | None
+    region: str | None
+    config: str
+    superuser_statement: str = field(repr=False)
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RecoveryPod:
+    """A server recovering in a pod: where it will listen, and `ended()`, why it stopped (the
+    script's one line: a base backup it could not fetch, a replay that ended before the target),
+    None while it runs."""
+
+    name: str
+    endpoint: Endpoint
+    ended: Callable[[], str | None] = field(repr=False)
 
 
 # -- the contract ---------------------------------------------------------------------------------
@@ -291,8 +321,13 @@ class Archiving(Protocol):
         ...
 
     def check_point_in_time(self, what: str) -> None:
-        """Whether `what` (a recovery into a new cluster, a point-in-time drill) can run: its
-        servers are local clusters restored from a base backup. Local: yes. Kubernetes: no."""
+        """Whether `what` (a point-in-time drill) can run. Local: yes (a local server restored
+        from the archive). Kubernetes: yes (a recovery pod: recovery_pod), the archive being S3."""
+        ...
+
+    def check_recover(self) -> None:
+        """Whether `pg-ops recover` can make a new cluster of this one. Local: yes. Kubernetes:
+        Unsupported (a new StatefulSet whose first member restores in its pod is not built yet)."""
         ...
 
 
@@ -359,6 +394,14 @@ class ScratchTargets(Protocol):
         Local: a one-member cluster of its own on a free port under PG_OPS_HOME. Kubernetes: a
         pod of the cluster's image on an emptyDir, its password in a temporary Secret
         (MemberError with the scheduler's reason when it does not run in time)."""
+        ...
+
+    def recovery_pod(self, request: RecoveryPodRequest) -> AbstractContextManager[RecoveryPod]:
+        """Start a server that restores the base backup and replays the archive to its target in
+        a pod of the cluster's image (the point-in-time drill on Kubernetes), wait until that pod
+        runs (not until it is promoted: RecoveryPod.ended says when it stopped instead), and
+        always delete it and its Secret when the block ends. Kubernetes only; local: Unsupported
+        (the local drill restores into local_recovery.drill_server on this machine)."""
         ...
 
 

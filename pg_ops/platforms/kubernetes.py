@@ -38,6 +38,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -60,6 +61,8 @@ from pg_ops.platforms.base import (
     REPORT_FILE,
     SCRATCH_PARAMETERS,
     Platform,
+    RecoveryPod,
+    RecoveryPodRequest,
     ScratchTarget,
     parse_member_report,
 )
@@ -792,7 +795,11 @@ class KubernetesPlatform(Platform):
                               f"(backups.store.type is {store_type})")
 
     def check_point_in_time(self, what: str) -> None:
-        raise Unsupported(f"cluster {self.spec.name}: {what} is implemented on the local platform only "
+        self.check_archive_store(self.spec.backups.store.type)  # the recovery pod reads the archive from S3
+
+    def check_recover(self) -> None:
+        raise Unsupported(f"cluster {self.spec.name}: recovery into a new cluster is implemented on the local "
+                          f"platform only; on Kubernetes the point-in-time drill proves the archive "
                           f"(docs/architecture/adr-003-wal-archiving.md)")
 
     def check_rollout(self) -> None:
@@ -849,7 +856,7 @@ class KubernetesPlatform(Platform):
         name = names.scratch_name(self.spec, purpose, secrets.token_hex(3))
         password = generate_password()
         try:
-            self._create_scratch(name, purpose, password)
+            self._create_scratch(name, purpose, {names.SCRATCH_PASSWORD_KEY: password}, self._scratch_pod_spec(name))
             endpoint = self._wait_scratch(name, password)
             yield ScratchTarget(self._scratch_what("pod", name), endpoint, password)
         finally:
@@ -862,42 +869,110 @@ class KubernetesPlatform(Platform):
     def _scratch_what(self, kind: str, name: str) -> str:
         return f"{kind} {self.drill_namespace}/{name}"
 
-    def _create_scratch(self, name: str, purpose: str, password: str) -> None:
+    def _create_scratch(self, name: str, purpose: str, secret_data: dict[str, str], pod_spec: dict) -> None:
         ns = self.drill_namespace
         metadata = {"name": name, "namespace": ns, "labels": names.scratch_labels(self.spec, purpose)}
-        secret = {"metadata": metadata, "type": "Opaque", "data": {names.SCRATCH_PASSWORD_KEY: _b64(password)}}
+        secret = {"metadata": metadata, "type": "Opaque", "data": {k: _b64(v) for k, v in secret_data.items()}}
         self.api.call("create", self._scratch_what("secret", name), self.api.core.create_namespaced_secret,
                       ns, secret, field_manager=names.FIELD_MANAGER)
         self.api.call("create", self._scratch_what("pod", name), self.api.core.create_namespaced_pod,
-                      ns, {"metadata": metadata, "spec": self._scratch_pod_spec(name)},
-                      field_manager=names.FIELD_MANAGER)
+                      ns, {"metadata": metadata, "spec": pod_spec}, field_manager=names.FIELD_MANAGER)
 
-    def _scratch_pod_spec(self, secret: str) -> dict:
-        """The official image's own entrypoint (initdb with POSTGRES_PASSWORD from the Secret,
-        then postgres with the scratch settings); no API token, nothing persistent."""
-        from pg_ops.render.statefulset import POSTGRES_UID
-
-        settings = [f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in SCRATCH_PARAMETERS.items()]
+    def _scratch_container(self, **fields) -> dict:
         res = self.spec.kubernetes.resources
-        container = {
+        return {
             "name": names.CONTAINER, "image": self.spec.kubernetes.image, "imagePullPolicy": "IfNotPresent",
-            "args": ["postgres", *[arg for s in settings for arg in ("-c", s)]],
-            "env": [{"name": "POSTGRES_PASSWORD",
-                     "valueFrom": {"secretKeyRef": {"name": secret, "key": names.SCRATCH_PASSWORD_KEY}}},
-                    {"name": "PGDATA", "value": names.PGDATA}],
             "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT, "protocol": "TCP"}],
             "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
                           "limits": {"cpu": res.cpu, "memory": res.memory}},
             "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
                                 "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "data", "mountPath": names.PGDATA_MOUNT},
-                             {"name": "socket", "mountPath": "/var/run/postgresql"}],
+            **fields,
         }
+
+    @staticmethod
+    def _scratch_pod(container: dict, volumes: list[dict]) -> dict:
+        """No API token, no service links, nothing persistent; never restarted."""
+        from pg_ops.render.statefulset import POSTGRES_UID
+
         return {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "securityContext": {"runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_UID, "fsGroup": POSTGRES_UID,
                                     "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                "volumes": [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}]}
+                "volumes": volumes}
+
+    def _scratch_pod_spec(self, secret: str) -> dict:
+        """The official image's own entrypoint (initdb with POSTGRES_PASSWORD from the Secret,
+        then postgres with the scratch settings)."""
+        settings = [f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in SCRATCH_PARAMETERS.items()]
+        container = self._scratch_container(
+            args=["postgres", *[arg for s in settings for arg in ("-c", s)]],
+            env=[{"name": "POSTGRES_PASSWORD",
+                  "valueFrom": {"secretKeyRef": {"name": secret, "key": names.SCRATCH_PASSWORD_KEY}}},
+                 {"name": "PGDATA", "value": names.PGDATA}],
+            volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
+                          {"name": "socket", "mountPath": "/var/run/postgresql"}])
+        return self._scratch_pod(container, [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}])
+
+    # -- recovery pods (the point-in-time drill) --------------------------------------------------
+    @contextlib.contextmanager
+    def recovery_pod(self, request: RecoveryPodRequest) -> Iterator[RecoveryPod]:
+        """A scratch pod whose entrypoint is recover_pod.sh (from its Secret, with the server's
+        configuration and the password statement): it fetches the base backup from S3 into its
+        emptyDir and replays the archive with barman-cloud-wal-restore, the store's keys in its
+        env from that Secret. Deleted with its Secret when the block ends, also on error."""
+        name = names.scratch_name(self.spec, request.purpose, secrets.token_hex(3))
+        script = resources.files("pg_ops.platforms").joinpath(RECOVERY_SCRIPT).read_text()
+        data = {RECOVERY_SCRIPT: script, "postgresql.conf": request.config, "pg_hba.conf": RECOVERY_HBA,
+                "superuser.sql": request.superuser_statement}
+        keys = {"aws-access-key-id": request.access_key, "aws-secret-access-key": request.secret_key}
+        data.update({k: v for k, v in keys.items() if v})
+        env: list[dict] = [{"name": "PGDATA", "value": names.PGDATA},
+               {"name": "PGOPS_RECOVERY_DIR", "value": RECOVERY_MOUNT},
+               {"name": "PGOPS_TERMINATION_LOG", "value": "/dev/termination-log"},
+               {"name": "PGOPS_S3_BUCKET", "value": request.bucket},
+               {"name": "PGOPS_S3_KEY", "value": request.key},
+               {"name": "PGOPS_S3_ENDPOINT", "value": request.endpoint_url or ""},
+               {"name": "PGOPS_S3_REGION", "value": request.region or "us-east-1"}]
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+                for var, key in (("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
+                                 ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key")) if keys[key]]
+        container = self._scratch_container(
+            command=["bash", f"{RECOVERY_MOUNT}/{RECOVERY_SCRIPT}"], env=env,
+            volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
+                          {"name": "recovery", "mountPath": RECOVERY_MOUNT, "readOnly": True}])
+        pod = self._scratch_pod(container, [{"name": "data", "emptyDir": {}},
+                                            {"name": "recovery", "secret": {"secretName": name, "defaultMode": 0o440}}])
+        what = self._scratch_what("recovery pod", name)
+        try:
+            self._create_scratch(name, request.purpose, data, pod)
+            endpoint = self._wait_running(name, what)
+            yield RecoveryPod(self._scratch_what("pod", name), endpoint, lambda: self._ended(name, what))
+        finally:
+            self._delete_scratch(name)
+
+    def _wait_running(self, name: str, what: str) -> Endpoint:
+        last: dict = {}
+
+        def running() -> Endpoint | None:
+            pod = self.api.call("get", what, self.api.core.read_namespaced_pod, name, self.drill_namespace,
+                                missing_ok=True)
+            ended = _ended_reason(pod)
+            if ended:
+                raise MemberError(f"kubernetes: {what} {ended}")
+            last["pod"] = pod
+            return self._pod_endpoint(pod) if _running(pod) else None
+
+        def expired() -> MemberError:
+            return MemberError(f"kubernetes: {what} not running after {self.pod_start_timeout:g} s: "
+                               f"{_one_line(_pending_reason(last.get('pod')))}")
+
+        return poll(running, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
+
+    def _ended(self, name: str, what: str) -> str | None:
+        pod = self.api.call("get", what, self.api.core.read_namespaced_pod, name, self.drill_namespace,
+                            missing_ok=True)
+        return _ended_reason(pod)
 
     def _wait_scratch(self, name: str, password: str) -> Endpoint:
         from pg_ops.postgres.topology import probe_members
@@ -947,6 +1022,28 @@ class KubernetesPlatform(Platform):
             if sys.exc_info()[1] is None:
                 raise PgOpsError(message)
             logging.getLogger("pg_ops").error(message)
+
+
+RECOVERY_SCRIPT = "recover_pod.sh"
+RECOVERY_MOUNT = "/etc/pg-ops-recovery"
+# The recovery pod's server: the drill logs in with the superuser's password over TCP; the
+# script sets that password through the pod's own socket, the one way in without one.
+RECOVERY_HBA = ("# pg_ops recovery pod\nlocal all postgres trust\n"
+                "host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+
+
+def _ended_reason(pod) -> str | None:
+    """Why a pod that runs once stopped (its container's termination message), None while it runs."""
+    if pod is None:
+        return "is gone"
+    phase = pod.status.phase if pod.status else None
+    if phase not in ("Failed", "Succeeded"):
+        return None
+    for status in (pod.status.container_statuses or []):
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None:
+            return f"stopped (exit {terminated.exit_code}): {_one_line(terminated.message or terminated.reason or '')}"
+    return f"ended ({phase})"
 
 
 def _one_line(text: str) -> str:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,8 @@ from pg_ops.platforms.base import (
     REPORT_FILE,
     SCRATCH_PARAMETERS,
     Platform,
+    RecoveryPod,
+    RecoveryPodRequest,
     ScratchTarget,
     parse_member_report,
 )
@@ -445,6 +448,9 @@ class LocalPlatform(Platform):
     def check_point_in_time(self, what: str) -> None:
         return None
 
+    def check_recover(self) -> None:
+        return None
+
     def server_config_text(self) -> str:
         """The postgresql.conf every member of this cluster reads (one file, config/)."""
         archive = local_archive.archive_command(self.spec, self.root, self.user)  # WAL archiving (ADR-003)
@@ -498,6 +504,10 @@ class LocalPlatform(Platform):
             yield server.target(f"scratch cluster {server.name}")
         finally:
             server.remove()
+
+    def recovery_pod(self, request: RecoveryPodRequest) -> AbstractContextManager[RecoveryPod]:
+        raise Unsupported(f"cluster {self.spec.name}: a recovery pod is Kubernetes's; the local drill restores "
+                          f"into a local server (local_recovery.drill_server)")
 
 
 def discard_tree(path: Path) -> None:

@@ -124,6 +124,17 @@ def auto_conf_for_recovery(current: str, settings: dict[str, str]) -> str:
     return "\n".join(kept + ["# pg_ops: point-in-time recovery (reset after promotion)"] + added) + "\n"
 
 
+def recovery_server_conf(restore_command: str, target_time: datetime, parameters: dict[str, object]) -> str:
+    """The whole postgresql.conf of a throw-away server recovering to `target_time` (a recovery
+    pod): `parameters`, no archiving, the source's replica and sync settings emptied (its
+    postgresql.auto.conf is not read: the pod deletes it), the recovery settings."""
+    from pg_ops.postgres.config import conf_value
+
+    settings: dict[str, object] = {**parameters, "archive_mode": "off", **dict.fromkeys(INHERITED_KEYS, ""),
+                                   **recovery_settings(restore_command, target_time)}
+    return "# pg_ops: point-in-time recovery pod\n" + "".join(f"{k} = {conf_value(v)}\n" for k, v in settings.items())
+
+
 def reset_recovery_settings(conn: psycopg.Connection) -> None:
     """After promotion: nothing of the recovery or the source's replication stays configured."""
     for key in (*RECOVERY_KEYS, *INHERITED_KEYS):

@@ -18,7 +18,7 @@ def wal_receiver_timeout_seconds(spec: ClusterSpec) -> float:
     return seconds if seconds and seconds > 0 else float(WAL_RECEIVER_TIMEOUT_S)
 
 
-def _value(v: object) -> str:
+def conf_value(v: object) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
     if isinstance(v, int | float):
@@ -68,7 +68,7 @@ def postgresql_conf(spec: ClusterSpec, *, small: bool = False, archive_command: 
         settings.update(archive_settings(archive_command, spec.backups.wal.archive_timeout_seconds))
     settings.update(spec.postgres.parameters)
     lines = ["# Rendered by pg_ops from the cluster spec; per-member settings are on the command line."]
-    lines += [f"{k} = {_value(v)}" for k, v in settings.items()]
+    lines += [f"{k} = {conf_value(v)}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"
 
 

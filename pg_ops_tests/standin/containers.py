@@ -8,7 +8,9 @@ so the rendered pod spec is what runs.
   paths become the volumes' folders, PGOPS_PORT the loopback port of this pod incarnation (what
   its pod IP leads to), PGOPS_BIN the wheel's PostgreSQL bin folder (the image's is 16; these are
   18), PGOPS_LISTEN loopback, env from a Secret's or ConfigMap's key read when the container
-  starts, and the image's barman-cloud tools (on its PATH) this machine's barman venv. Other
+  starts, and the image's barman-cloud tools (on its PATH) this machine's barman venv (and its
+  python, PGOPS_PYTHON, with boto3 and zstandard). A point-in-time drill's recovery pod
+  (`bash <secret volume>/recover_pod.sh`) runs the same way. Other
   containers (the exporter sidecar) are not run and count as ready.
 - Volumes: a PVC mounts its PersistentVolume's folder; an emptyDir is a folder per pod
   (root:fsGroup, setgid 2777, as the kubelet makes it, kept across container restarts, gone with
@@ -67,6 +69,9 @@ PROBE_OUTPUT_CHARS = 300
 
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the container default
+# pg_ops's scripts for the cluster's image, run here as the server user: the member script, and
+# the point-in-time drill's recovery pod (its script comes in a Secret volume).
+SCRIPTS = ("/member.sh", "/recover_pod.sh")
 
 
 def termination_message(container: Container) -> dict[str, str]:
@@ -281,7 +286,7 @@ class Kubelet:
     def member_container(pod: dict) -> dict | None:
         for c in pod["spec"].get("containers", []):
             command = [*c.get("command", []), *c.get("args", [])]
-            if c["name"] == names.CONTAINER and any(a.endswith("/member.sh") for a in command):
+            if c["name"] == names.CONTAINER and any(a.endswith(SCRIPTS) for a in command):
                 return c
         return None
 
@@ -334,6 +339,7 @@ class Kubelet:
         env["PGOPS_PORT"] = str(port)
         env["PGOPS_BIN"] = str(settings.pg_bin())
         env["PGOPS_LISTEN"] = "127.0.0.1"
+        env["PGOPS_PYTHON"] = str(Path(_barman_bin()) / "python3")  # the image's /opt/barman/bin/python3
         return env
 
     def start(self, pod: dict, node: str, claim_dirs: dict[str, Path], claim_uids: list[str],
@@ -559,7 +565,8 @@ class Kubelet:
             if container.finished is not None:
                 state = {"terminated": {"exitCode": container.finished,
                                         "reason": "Completed" if container.finished == 0 else "Error",
-                                        "startedAt": container.started_at, "finishedAt": now()}}
+                                        "startedAt": container.started_at, "finishedAt": now(),
+                                        **termination_message(container)}}
             elif container.crashed_at is not None:
                 state = {"waiting": {"reason": "CrashLoopBackOff",
                                      "message": f"back-off restarting failed container {container.name}"}}

@@ -12,7 +12,8 @@ admission decide what it may read and write, as for a real kubelet).
   stand-in local-path provisioner made (standin/provisioner.py), a pod IP of the stand-in pod
   network (standin/network.py), and `pods/status` written from what runs. A pod that runs no
   member script (another image) is reported Running and Ready without running anything; a
-  restore-drill scratch pod is bound to a throw-away local server (LocalScratchServer).
+  restore-drill scratch pod is bound to a throw-away local server (LocalScratchServer), and a
+  point-in-time drill's recovery pod runs its script (recover_pod.sh) like a member's.
 - Confirms deletions: a deleted pod's container is stopped (TERM, KILL after its grace period),
   then the pod object is removed (a grace-0 delete with the uid as precondition); a pod whose
   object is gone (force-deleted) has its container killed once the kubelet notices.
@@ -188,7 +189,7 @@ class StandInKubelet:
     def _sync_pod(self, pod: dict) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
-        if names.LABEL_SCRATCH in (meta.get("labels") or {}):
+        if names.LABEL_SCRATCH in (meta.get("labels") or {}) and self.kubelet.member_container(pod) is None:
             self._sync_scratch(pod)
             return
         container = self.kubelet.containers.get(uid)
