@@ -1,0 +1,104 @@
+"""Base backups and the point-in-time drill on Kubernetes (issue 22), on the real control plane
+(stand-in node: members and the recovery pod run as processes here), SeaweedFS as S3.
+
+1. Base backup: `wal.base_backup` of the Kubernetes cluster (pg_basebackup over the replication
+   protocol from where pg_ops runs, reaching the member at its pod IP, zstd straight into S3)
+   against the raw `pg_basebackup -Ft -X none` of the same member into a local folder. Target:
+   pg_ops >= 0.9x the raw MB/s.
+2. Point-in-time recovery: the drill's recovery pod (created, scheduled and started by the real
+   control plane; the base backup fetched from S3 and the WAL replayed in the pod, promoted, the
+   store's password set), from the drill's start until its server is writable, against the raw
+   way on the same objects (the tar from S3 into `tar --zstd -x`, replay by hand, as in
+   bench_pitr). Target: <= 1.2x.
+
+PG_OPS_BENCH_K8S_MB sets the size of the data (default 300; the same again is written as WAL after
+the base backup). TRIALS (PG_OPS_BENCH_TRIALS, default 2) recoveries of each.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+
+import psycopg
+
+from pg_ops.credentials import SUPERUSER
+from pg_ops.operations import wal
+from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.deploy import deploy
+from pg_ops.operations.recover import pitr_drill
+from pg_ops_tests.benchmarks.bench_backup import generate
+from pg_ops_tests.benchmarks.bench_pitr import current_lsn, raw_base_backup, raw_recovery, wal_bytes
+from pg_ops_tests.benchmarks.common import emit
+from pg_ops_tests.helpers import home_environment, real_kubernetes, spec_from, write_platform_spec
+from pg_ops_tests.s3server import seaweedfs
+
+SIZE_MB = int(os.environ.get("PG_OPS_BENCH_K8S_MB", "300"))
+TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "2"))
+logging.basicConfig(level=logging.WARNING)
+
+
+def checkpoint(ctx: ClusterContext) -> None:
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "postgres"), password=ctx.admin_password(),
+                         autocommit=True) as conn:
+        conn.execute("checkpoint")
+
+
+def main() -> None:
+    with seaweedfs() as server, home_environment() as home, real_kubernetes() as kube:
+        # raw_recovery reads the keys from these (an AWS credentials file, as an operator would).
+        os.environ["PGOPS_BENCH_AK"], os.environ["PGOPS_BENCH_SK"] = server.access_key, server.secret_key
+        spec = spec_from(write_platform_spec(home / "specs", "k8spitr", "kubernetes", postgres={"members": 1},
+                                             backups={"wal": {"archive_timeout_seconds": 60}, "store": {
+                                                 "type": "s3", "bucket": server.new_bucket(),
+                                                 "endpoint_url": server.endpoint,
+                                                 "credentials_secret": "pg-ops-backup-s3"}}))
+        kube.register_cluster(spec)
+        kube.admin_api().core.create_namespaced_secret(spec.kubernetes.namespace, {
+            "metadata": {"name": "pg-ops-backup-s3"}, "data": {
+                "access_key": base64.b64encode(server.access_key.encode()).decode(),
+                "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        generate(ctx, SIZE_MB)
+        checkpoint(ctx)  # neither backup pays for the data just written (both ask a fast checkpoint)
+        raw_base_s, raw_base_bytes = raw_base_backup(ctx, home)
+        checkpoint(ctx)
+        t0 = time.monotonic()
+        backup = wal.base_backup(ctx)
+        base_s = time.monotonic() - t0
+        before = current_lsn(ctx)
+        with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
+                             autocommit=True) as conn:
+            conn.execute("alter table bench_text rename to bench_text_first")
+        generate(ctx, SIZE_MB)  # as much WAL again after the base backup
+        wal_mb = wal_bytes(ctx, before) / 1e6
+        time.sleep(1.1)
+        target = datetime.now(UTC)
+        time.sleep(1.1)
+        wal.switch_and_wait(ctx, timeout=600)
+        raws, pods, starts = [], [], []
+        for _ in range(TRIALS):
+            raws.append(raw_recovery(ctx, backup, target, home))
+            report = pitr_drill(ctx, target)
+            pods.append(report.restore_seconds + report.replay_seconds)
+            starts.append(report.restore_seconds)
+    raw_mb = raw_base_bytes / 1e6
+    s_raw, s_pod = statistics.median(raws), statistics.median(pods)
+    emit("k8s_pitr", {
+        "data_mb": SIZE_MB, "base_backup_mb": round(backup.size / 1e6, 1), "wal_mb": round(wal_mb, 1),
+        "base_backup_s": round(base_s, 1), "base_backup_data_mb_s": round(raw_mb / base_s, 1),
+        "raw_pg_basebackup_s": round(raw_base_s, 1), "raw_pg_basebackup_mb_s": round(raw_mb / raw_base_s, 1),
+        "base_backup_ratio_vs_raw": round(raw_base_s / base_s, 2),
+        "recovery_pod_s": round(s_pod, 2), "recovery_pod_start_s": round(statistics.median(starts), 2),
+        "raw_restore_replay_s": round(s_raw, 2), "ratio_vs_raw": round(s_pod / s_raw, 2), "trials": len(raws),
+        "targets": {"base_backup_ratio_vs_raw": ">= 0.9 (speed)", "ratio_vs_raw": "<= 1.2"},
+    })
+
+
+if __name__ == "__main__":
+    main()
