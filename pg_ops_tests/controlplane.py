@@ -54,6 +54,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pg_ops.platforms.shared_memory import release_data_dir_segment
+
 REPO = Path(__file__).resolve().parents[1]
 GO_MODULE = Path(__file__).resolve().parent / "kube"
 BUILD_SCRIPT = GO_MODULE / "build.sh"
@@ -115,7 +117,10 @@ ROOT_PREFIX = "pg-ops-controlplane-"
 
 def sweep() -> None:
     """Folders of control planes whose test process died without stopping them (SIGKILL: the
-    components died with it, PR_SET_PDEATHSIG, but the folder stayed)."""
+    components died with it, PR_SET_PDEATHSIG, but the folder stayed), and what their stand-in
+    nodes ran: the members' scripts and servers are in sessions of their own (as a container
+    outlives a crashed kubelet), so they outlive the test process; killed here by process group,
+    then the shared memory their postmasters left is released."""
     for folder in Path(tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
         try:
             pid = int((folder / "owner.pid").read_text())
@@ -124,9 +129,35 @@ def sweep() -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            _kill_processes_in(folder)
+            for pid_file in folder.glob("**/postmaster.pid"):
+                release_data_dir_segment(pid_file.parent)
             shutil.rmtree(folder, ignore_errors=True)
         except PermissionError:
             pass
+
+
+def _kill_processes_in(folder: Path) -> None:
+    """SIGKILL the process group of every process working in `folder` (a container's pod folder,
+    a server's data dir), until none is left."""
+    root = folder.resolve()
+    for _ in range(10):
+        groups = set()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cwd = Path(os.readlink(proc / "cwd"))
+                if cwd == root or root in cwd.parents:
+                    groups.add(os.getpgid(int(proc.name)))
+            except OSError:
+                continue
+        if not groups:
+            return
+        for group in groups - {os.getpgrp()}:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        time.sleep(0.2)
 
 
 def free_port() -> int:

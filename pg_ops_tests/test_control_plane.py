@@ -8,10 +8,12 @@ pods are test_kubernetes_*.py (pg_ops_tests/kube_cluster.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,48 @@ def test_not_built_and_no_go_is_one_line(monkeypatch, tmp_path):
     message = str(unavailable.value)
     assert "\n" not in message and message.startswith("real control plane not built (")
     assert message.endswith("and no Go toolchain: run `make control-plane`")
+
+
+def test_the_sweep_kills_what_a_dead_test_process_left_running():
+    """A test process killed with SIGKILL cannot stop its stand-in nodes' containers (sessions of
+    their own): the next control plane's sweep kills them by process group, then deletes the folder."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = Path(tempfile.mkdtemp(prefix=controlplane.ROOT_PREFIX))
+    (folder / "owner.pid").write_text(str(dead.pid))
+    pod = folder / "nodes" / "node-1" / "pods" / "uid-1"
+    pod.mkdir(parents=True)
+    # A container: a script and its child, in a session of their own, working in the pod's folder.
+    container = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], cwd=pod, start_new_session=True)
+    try:
+        wait_for(lambda: len(_working_in(folder)) == 2, "the container and its child", timeout=10)
+        controlplane.sweep()
+        assert container.wait(timeout=10) == -9
+        assert not folder.exists()
+        assert _working_in(folder) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(container.pid, 9)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _working_in(folder: Path) -> list[int]:
+    import os
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cwd = Path(os.readlink(proc / "cwd")) if proc.name.isdigit() else None
+        except OSError:
+            continue
+        if cwd is not None and (cwd == folder or folder in cwd.parents):
+            found.append(int(proc.name))
+    return found
 
 
 def test_the_control_plane_comes_up(cp, admin):
