@@ -225,15 +225,15 @@ class RealKubernetes:
         return self._admin
 
     def bootstrap_rbac(self, spec: ClusterSpec) -> None:
-        """What a cluster admin applies once, before pg_ops can do anything: the rendered Role
-        and RoleBinding (pg_ops cannot grant itself access)."""
+        """What a cluster admin applies once, before pg_ops can do anything: the rendered Roles
+        and RoleBindings (pg_ops cannot grant itself access) and the drill namespace's objects."""
         from pg_ops.platforms.kubernetes_objects import ObjectClient
         from pg_ops.render import manifests
-        from pg_ops.render.access import ADMIN_APPLIED_KINDS
+        from pg_ops.render.access import admin_applied
 
         client = ObjectClient(self.admin_api())
         for obj in manifests(spec):
-            if obj["kind"] in ADMIN_APPLIED_KINDS:
+            if admin_applied(spec, obj):
                 client.apply(obj)
 
     def register_cluster(self, spec: ClusterSpec) -> None:

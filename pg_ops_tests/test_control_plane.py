@@ -24,6 +24,7 @@ from pg_ops.platforms import kubernetes_names as k
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient
 from pg_ops.render import manifests
+from pg_ops.render.access import admin_applied
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests import controlplane
 from pg_ops_tests.helpers import wait_for
@@ -265,9 +266,10 @@ def test_an_immutable_statefulset_field_is_refused_with_422(cp, admin):
 
 
 def test_pg_ops_service_account_applies_everything_its_role_allows(cp, admin):
-    """`kubernetes.gitops: false`: an admin applies the Role and RoleBinding once, then pg_ops, as
-    its own ServiceAccount (a real bound token), applies every other object; the real RBAC
-    authorizer answers each request. What the Role does not grant is refused with 403."""
+    """`kubernetes.gitops: false`: an admin applies the Roles and RoleBindings and the drill
+    namespace's NetworkPolicy once, then pg_ops, as its own ServiceAccount (a real bound token),
+    applies every other object; the real RBAC authorizer answers each request. What the Roles do
+    not grant is refused with 403."""
     spec = homelab(gitops=False)
     namespace = spec.kubernetes.namespace
     objects = manifests(spec)
@@ -276,18 +278,25 @@ def test_pg_ops_service_account_applies_everything_its_role_allows(cp, admin):
     admin.core.create_namespaced_service_account(k.PG_OPS_NAMESPACE, {
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": k.service_account(spec)}})
     for obj in objects:
-        if obj["kind"] in ("Role", "RoleBinding"):
+        if admin_applied(spec, obj):  # the RBAC objects, and the drill namespace's
             ObjectClient(admin).apply(obj)
     pg_ops = KubernetesApi(controlplane.configuration(
         cp.service_account_kubeconfig(k.PG_OPS_NAMESPACE, k.service_account(spec))))
     try:
         client = ObjectClient(pg_ops)
         for obj in objects:
-            if obj["kind"] not in ("Role", "RoleBinding"):
+            if not admin_applied(spec, obj):
                 client.apply(obj)
         assert client.exists(next(o for o in objects if o["kind"] == "StatefulSet"))
         with pytest.raises(KubernetesError) as refused:  # pg_ops may not grant itself more
             client.apply(next(o for o in objects if o["kind"] == "Role"))
+        assert refused.value.status == 403
+        # The drill pods' NetworkPolicy: pg_ops reads it (drift), and may not loosen it.
+        drill_policy = next(o for o in objects if o["kind"] == "NetworkPolicy"
+                            and o["metadata"]["namespace"] == k.drill_namespace(spec))
+        assert client.exists(drill_policy)
+        with pytest.raises(KubernetesError) as refused:
+            client.apply(drill_policy)
         assert refused.value.status == 403
         with pytest.raises(ApiException) as denied:  # secrets: only its own, by name
             pg_ops.core.read_namespaced_secret("someone-elses", namespace)

@@ -22,6 +22,7 @@ from pg_ops.operations.activity import record_status
 from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres.status_table import STATUS_KEYS
 from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
+from pg_ops.render.access import admin_applied
 from pg_ops.render.config import PROBE_SCRIPT
 from pg_ops.render.output import files_by_kind
 from pg_ops.spec import ClusterSpec, load_spec
@@ -316,12 +317,37 @@ def test_pg_hba_plain_inside_tls_outside(homelab):
 
 def test_network_policy(homelab):
     objects = manifests(homelab)
-    policy = one(objects, "NetworkPolicy")["spec"]
+    policy = one(objects, "NetworkPolicy", homelab.name)["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     postgres_sources = policy["ingress"][0]["from"]
     assert {"ipBlock": {"cidr": "192.168.10.0/24"}} in postgres_sources
     assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5432}]
     assert policy["egress"][0]["to"] == [{"podSelector": {"matchLabels": k.selector_labels(homelab)}}]
+
+
+def test_the_drill_pods_are_reached_only_by_pg_ops_runs(homelab):
+    """Drill pods hold a restored copy of the data (and a recovery pod the store's keys): in the
+    drill namespace a NetworkPolicy selects exactly them (every scratch pod of this cluster, no
+    member), lets only pg_ops's namespace reach their PostgreSQL, and lets them reach only DNS and
+    the archive's S3 port. Applied by an admin with the drill Role, which may read it (drift)."""
+    objects = manifests(homelab)
+    drills = k.drill_namespace(homelab)
+    policy = one(objects, "NetworkPolicy", f"{k.role_name(homelab)}-drills")
+    assert policy["metadata"]["namespace"] == drills
+    spec = policy["spec"]
+    labels = k.scratch_labels(homelab, "pitr")
+    selector = spec["podSelector"]
+    assert all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+    assert selector["matchExpressions"] == [{"key": k.LABEL_SCRATCH, "operator": "Exists"}]
+    assert not set(k.selector_labels(homelab).items()) <= set(selector["matchLabels"].items())  # no member
+    assert spec["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": k.PG_OPS_NAMESPACE}}}], "ports": [{"protocol": "TCP", "port": 5432}]}]
+    ports = [p for rule in spec["egress"] for p in rule["ports"]]
+    assert {"protocol": "UDP", "port": 53} in ports
+    assert {"protocol": "TCP", "port": 9000} in ports or {"protocol": "TCP", "port": 443} in ports  # the store
+    role = one(objects, "Role", f"{k.role_name(homelab)}-drills")
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+            "resourceNames": [policy["metadata"]["name"]], "verbs": ["get"]} in role["rules"]
 
 
 def test_the_primary_has_its_own_disruption_budget(homelab):
@@ -402,7 +428,9 @@ def test_rbac_without_gitops_lets_pg_ops_apply_all_but_its_own_access(homelab):
     applying = variant(homelab, kubernetes={"gitops": False})
     objects = manifests(applying)
     rules = one(objects, "Role", k.role_name(applying))["rules"]
-    for obj in objects:
+    # The drill namespace's objects are an admin's too (pg_ops may only run drill pods there).
+    assert all(admin_applied(applying, o) for o in objects if o["metadata"]["namespace"] != applying.kubernetes.namespace)
+    for obj in (o for o in objects if o["metadata"]["namespace"] == applying.kubernetes.namespace):
         group, resource, name = obj["apiVersion"].rpartition("/")[0], k.plural(obj["kind"]), obj["metadata"]["name"]
         admin_only = obj["kind"] in ("Role", "RoleBinding")
         assert allowed(rules, group, resource, "patch", name) is not admin_only, obj["kind"]

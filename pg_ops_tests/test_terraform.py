@@ -131,10 +131,10 @@ def test_the_rendered_files_satisfy_the_modules_preconditions(hcl):
     objects = rendered_objects()
     assert objects and all(o["metadata"]["namespace"] in (d["namespace"], d["drill_namespace"])
                            for o in objects)
-    # Only the drill Role and its binding live in the drill namespace: nothing there for a drill
-    # pod to mount.
+    # Only the drill Role, its binding and the drill pods' NetworkPolicy live in the drill
+    # namespace: nothing there for a drill pod to mount.
     assert sorted(o["kind"] for o in objects if o["metadata"]["namespace"] == d["drill_namespace"]) == [
-        "Role", "RoleBinding"]
+        "NetworkPolicy", "Role", "RoleBinding"]
     statefulset, = [o for o in objects if o["kind"] == "StatefulSet"]
     assert statefulset["metadata"]["name"] == d["cluster_name"]
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == d["storage"]

@@ -426,23 +426,25 @@ class KubernetesPlatform(Platform):
         """gitops: true -> ArgoCD applies the Git-owned objects; only check they are there.
         gitops: false -> server-side apply them as field manager pg-ops, in manifest order,
         saying how far it got when one fails; except the Role and RoleBinding, which give pg_ops
-        its access and which only a cluster admin can apply (they are checked)."""
-        from pg_ops.render.access import ADMIN_APPLIED_KINDS
+        its access and which only a cluster admin can apply, and the drill namespace's objects
+        (they are checked)."""
+        from pg_ops.render.access import admin_applied
 
         objects = self._git_owned_objects()
         client = ObjectClient(self.api)
-        checked = objects if self.spec.kubernetes.gitops else [o for o in objects if o["kind"] in ADMIN_APPLIED_KINDS]
+        checked = objects if self.spec.kubernetes.gitops else [o for o in objects if admin_applied(self.spec, o)]
         missing = [describe(o) for o in checked if not client.exists(o)]
         if missing:
             how = ("sync the GitOps application (kubernetes.gitops is true: pg_ops never applies them)"
                    if self.spec.kubernetes.gitops else
                    f"a cluster admin applies them once: `kubectl apply -f deploy/kubernetes/{self.spec.name}/role.yaml "
-                   f"-f deploy/kubernetes/{self.spec.name}/rolebinding.yaml`")
+                   f"-f deploy/kubernetes/{self.spec.name}/rolebinding.yaml` and the drill namespace's "
+                   f"NetworkPolicy in networkpolicy.yaml")
             raise PgOpsError(f"cluster {self.spec.name}: Git-owned objects missing ({', '.join(missing)}); {how}")
         self.grow_storage()  # a larger kubernetes.storage: claims grown, the StatefulSet replaced (below)
         if self.spec.kubernetes.gitops:
             return
-        applied = [o for o in objects if o["kind"] not in ADMIN_APPLIED_KINDS]
+        applied = [o for o in objects if not admin_applied(self.spec, o)]
         for done, obj in enumerate(applied):
             try:
                 client.apply(obj)

@@ -7,9 +7,14 @@ from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
 # RBAC objects an admin applies (pg_ops can grant itself nothing: Kubernetes refuses a Role
-# its creator does not already hold, and the RoleBinding is what gives pg_ops any access).
+# its creator does not already hold, and the RoleBinding is what gives pg_ops any access), and
+# everything in the drill namespace (where pg_ops may only run drill pods).
 # With `kubernetes.gitops: false` pg_ops applies every other Git-owned object, not these.
 ADMIN_APPLIED_KINDS = ("Role", "RoleBinding")
+
+
+def admin_applied(spec: ClusterSpec, obj: dict) -> bool:
+    return obj["kind"] in ADMIN_APPLIED_KINDS or obj["metadata"].get("namespace") == k.drill_namespace(spec)
 RBAC_API = "rbac.authorization.k8s.io/v1"
 
 
@@ -147,7 +152,7 @@ def _git_owned_rules(spec: ClusterSpec, git_owned: list[dict]) -> list[dict]:
         group = obj["apiVersion"].rpartition("/")[0]
         key = (group, k.plural(obj["kind"]))
         names.setdefault(key, []).append(obj["metadata"]["name"])
-        if not spec.kubernetes.gitops and obj["kind"] not in ADMIN_APPLIED_KINDS:
+        if not spec.kubernetes.gitops and not admin_applied(spec, obj):
             applied.add(key)
     rules = []
     for (group, resource), found in sorted(names.items()):
@@ -201,20 +206,44 @@ def app_secret_names(spec: ClusterSpec, delivered_only: bool = False) -> dict[st
 
 def drill_access(spec: ClusterSpec) -> list[dict]:
     """In the drill namespace: a Role that lets pg_ops run restore-drill pods (create, watch and
-    delete pods and their password Secrets: random names, so not limited by name) and read this
-    Role and its binding (drift), and the RoleBinding granting it to pg_ops's ServiceAccount.
-    Applied by an admin, like the cluster's Role; the namespace holds nothing else."""
+    delete pods and their Secrets: random names, so not limited by name) and read this Role, its
+    binding and the NetworkPolicy (drift), the RoleBinding granting it to pg_ops's
+    ServiceAccount, and the drill pods' NetworkPolicy. Applied by an admin, like the cluster's
+    Role; the namespace holds nothing else."""
     namespace, name = k.drill_namespace(spec), f"{k.role_name(spec)}-drills"
     return [
         {"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata(spec, name, "rbac", namespace=namespace),
          "rules": [_rule("", "pods", ["get", "list", "create", "delete"]),
                    _rule("", "secrets", ["create", "delete"]),
+                   _rule("networking.k8s.io", "networkpolicies", ["get"], [name]),
                    _rule("rbac.authorization.k8s.io", "roles", ["get"], [name]),
                    _rule("rbac.authorization.k8s.io", "rolebindings", ["get"], [name])]},
         {"apiVersion": RBAC_API, "kind": "RoleBinding", "metadata": metadata(spec, name, "rbac", namespace=namespace),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
          "subjects": [{"kind": "ServiceAccount", "name": k.service_account(spec), "namespace": k.PG_OPS_NAMESPACE}]},
+        drill_network_policy(spec, name),
     ]
+
+
+def drill_network_policy(spec: ClusterSpec, name: str) -> dict:
+    """The drill pods hold a restored copy of the data (password hashes included) and, for a
+    point-in-time drill, the store's keys: only pg_ops's runs (namespace `dagster`) reach their
+    PostgreSQL; they reach only cluster DNS and, with WAL archiving on S3, the store's port (the
+    recovery pod fetches the base backup and the WAL there; a dump drill's pod needs neither)."""
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    runs = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k.PG_OPS_NAMESPACE}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(spec, name, "drills", namespace=k.drill_namespace(spec)),
+        "spec": {
+            "podSelector": {"matchLabels": {k.LABEL_CLUSTER: spec.name},
+                            "matchExpressions": [{"key": k.LABEL_SCRATCH, "operator": "Exists"}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [runs], "ports": [_tcp(k.PORT)]}],
+            "egress": [{"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, _tcp(53)]}, *archive_egress(spec)],
+        },
+    }
 
 
 def app_secret_access(spec: ClusterSpec) -> list[dict]:
