@@ -90,11 +90,12 @@ kube: setup control-plane
 # Two workers, a test file each at a time: most tests wait on PostgreSQL, Dagster or the network,
 # so two files in parallel use the two cores (three were measured no faster: 26 min against 25,
 # the suite is CPU-bound at its peaks; TEST_WORKERS=0 runs them one after another). Files are
-# handed out heaviest first (pg_ops_tests/conftest.py: HEAVIEST_FIRST), not by test count.
+# handed out heaviest first (pg_ops_tests/conftest.py: HEAVIEST_FIRST), not by test count. The 25
+# slowest tests are printed at the end: where `make test`'s time goes.
 TEST_WORKERS ?= 2
 test: setup tools apt-packages control-plane lint
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=pg_ops_tests/benchmarks -n $(TEST_WORKERS) --dist loadfile \
-		--no-loadscope-reorder $(PYTEST_ARGS)
+		--no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 # Benchmarks print JSON lines (figure + same-run baseline) and append to bench-results/.
 # BENCH=failover runs one of them.
