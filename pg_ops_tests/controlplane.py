@@ -137,21 +137,30 @@ def sweep() -> None:
             pass
 
 
+def processes_in(folder: Path) -> list[int]:
+    """Process ids of every process working in `folder` or below (its current directory)."""
+    root = folder.resolve()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        if cwd == root or root in cwd.parents:
+            found.append(int(proc.name))
+    return found
+
+
 def _kill_processes_in(folder: Path) -> None:
     """SIGKILL the process group of every process working in `folder` (a container's pod folder,
     a server's data dir), until none is left."""
-    root = folder.resolve()
     for _ in range(10):
         groups = set()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cwd = Path(os.readlink(proc / "cwd"))
-                if cwd == root or root in cwd.parents:
-                    groups.add(os.getpgid(int(proc.name)))
-            except OSError:
-                continue
+        for pid in processes_in(folder):
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(pid))
         if not groups:
             return
         for group in groups - {os.getpgrp()}:

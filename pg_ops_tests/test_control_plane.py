@@ -123,29 +123,15 @@ def test_the_sweep_kills_what_a_dead_test_process_left_running():
     # A container: a script and its child, in a session of their own, working in the pod's folder.
     container = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], cwd=pod, start_new_session=True)
     try:
-        wait_for(lambda: len(_working_in(folder)) == 2, "the container and its child", timeout=10)
+        wait_for(lambda: len(controlplane.processes_in(folder)) == 2, "the container and its child", timeout=10)
         controlplane.sweep()
         assert container.wait(timeout=10) == -9
         assert not folder.exists()
-        assert _working_in(folder) == []
+        assert controlplane.processes_in(folder) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(container.pid, 9)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _working_in(folder: Path) -> list[int]:
-    import os
-
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cwd = Path(os.readlink(proc / "cwd")) if proc.name.isdigit() else None
-        except OSError:
-            continue
-        if cwd is not None and (cwd == folder or folder in cwd.parents):
-            found.append(int(proc.name))
-    return found
 
 
 def test_the_control_plane_comes_up(cp, admin):

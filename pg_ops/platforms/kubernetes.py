@@ -949,7 +949,7 @@ class KubernetesPlatform(Platform):
         try:
             self._create_scratch(name, request.purpose, data, pod)
             endpoint = self._wait_running(name, what)
-            yield RecoveryPod(self._scratch_what("pod", name), endpoint, lambda: self._ended(name, what))
+            yield RecoveryPod(self._scratch_what("pod", name), endpoint, lambda: _ended_reason(self._read_scratch(name)))
         finally:
             self._delete_scratch(name)
 
@@ -957,8 +957,7 @@ class KubernetesPlatform(Platform):
         last: dict = {}
 
         def running() -> Endpoint | None:
-            pod = self.api.call("get", what, self.api.core.read_namespaced_pod, name, self.drill_namespace,
-                                missing_ok=True)
+            pod = self._read_scratch(name)
             ended = _ended_reason(pod)
             if ended:
                 raise MemberError(f"kubernetes: {what} {ended}")
@@ -971,10 +970,10 @@ class KubernetesPlatform(Platform):
 
         return poll(running, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
 
-    def _ended(self, name: str, what: str) -> str | None:
-        pod = self.api.call("get", what, self.api.core.read_namespaced_pod, name, self.drill_namespace,
-                            missing_ok=True)
-        return _ended_reason(pod)
+    def _read_scratch(self, name: str):
+        """The scratch pod as it is now, None when it is gone."""
+        return self.api.call("get", self._scratch_what("pod", name), self.api.core.read_namespaced_pod, name,
+                             self.drill_namespace, missing_ok=True)
 
     def _wait_scratch(self, name: str, password: str) -> Endpoint:
         from pg_ops.postgres.topology import probe_members
@@ -983,8 +982,7 @@ class KubernetesPlatform(Platform):
         last: dict = {}
 
         def accepting() -> Endpoint | None:
-            pod = self.api.call("get", self._scratch_what("pod", name), self.api.core.read_namespaced_pod, name,
-                                self.drill_namespace, missing_ok=True)
+            pod = self._read_scratch(name)
             phase = pod.status.phase if pod is not None and pod.status else "missing"
             if phase in ("Failed", "Succeeded"):
                 raise MemberError(f"kubernetes: {what} ended ({phase}) before accepting connections: "

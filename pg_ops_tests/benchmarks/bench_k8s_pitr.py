@@ -21,18 +21,11 @@ import base64
 import logging
 import os
 import statistics
-import time
-from datetime import UTC, datetime
 
-import psycopg
-
-from pg_ops.credentials import SUPERUSER
-from pg_ops.operations import wal
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.recover import pitr_drill
-from pg_ops_tests.benchmarks.bench_backup import generate
-from pg_ops_tests.benchmarks.bench_pitr import current_lsn, raw_base_backup, raw_recovery, wal_bytes
+from pg_ops_tests.benchmarks.bench_pitr import backups_then_wal, raw_recovery
 from pg_ops_tests.benchmarks.common import emit
 from pg_ops_tests.helpers import home_environment, real_kubernetes, spec_from, write_platform_spec
 from pg_ops_tests.s3server import seaweedfs
@@ -40,12 +33,6 @@ from pg_ops_tests.s3server import seaweedfs
 SIZE_MB = int(os.environ.get("PG_OPS_BENCH_K8S_MB", "300"))
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "2"))
 logging.basicConfig(level=logging.WARNING)
-
-
-def checkpoint(ctx: ClusterContext) -> None:
-    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "postgres"), password=ctx.admin_password(),
-                         autocommit=True) as conn:
-        conn.execute("checkpoint")
 
 
 def main() -> None:
@@ -64,23 +51,9 @@ def main() -> None:
                 "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
         ctx = ClusterContext.for_spec(spec)
         deploy(ctx)
-        generate(ctx, SIZE_MB)
-        checkpoint(ctx)  # neither backup pays for the data just written (both ask a fast checkpoint)
-        raw_base_s, raw_base_bytes = raw_base_backup(ctx, home)
-        checkpoint(ctx)
-        t0 = time.monotonic()
-        backup = wal.base_backup(ctx)
-        base_s = time.monotonic() - t0
-        before = current_lsn(ctx)
-        with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
-                             autocommit=True) as conn:
-            conn.execute("alter table bench_text rename to bench_text_first")
-        generate(ctx, SIZE_MB)  # as much WAL again after the base backup
-        wal_mb = wal_bytes(ctx, before) / 1e6
-        time.sleep(1.1)
-        target = datetime.now(UTC)
-        time.sleep(1.1)
-        wal.switch_and_wait(ctx, timeout=600)
+        run = backups_then_wal(ctx, home, SIZE_MB)
+        raw_base_s, raw_base_bytes, backup, base_s = run.raw_s, run.raw_bytes, run.backup, run.seconds
+        wal_mb, target = run.wal_mb, run.target
         raws, pods, starts = [], [], []
         for _ in range(TRIALS):
             raws.append(raw_recovery(ctx, backup, target, home))

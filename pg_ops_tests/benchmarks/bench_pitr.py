@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -134,6 +135,46 @@ def raw_base_backup(ctx, home: Path, member: str | None = None) -> tuple[float, 
     return seconds, size
 
 
+@dataclass
+class BackupsThenWal:
+    raw_s: float  # raw pg_basebackup -Ft -X none into a local folder
+    raw_bytes: int
+    backup: wa.BaseBackup  # pg_ops's
+    seconds: float
+    wal_mb: float  # written after pg_ops's base backup
+    target: datetime  # a recovery target after all of it, its segment archived
+
+
+def backups_then_wal(ctx, home: Path, size_mb: int) -> BackupsThenWal:
+    """`size_mb` of data; the raw base backup, then pg_ops's, each after a checkpoint (neither pays
+    for the data just written: both ask a fast checkpoint); as much WAL again (another table);
+    a target time a second after it, its segment archived."""
+    generate(ctx, size_mb)
+    checkpoint(ctx)
+    raw_s, raw_bytes = raw_base_backup(ctx, home)
+    checkpoint(ctx)
+    t0 = time.monotonic()
+    backup = wal.base_backup(ctx)
+    seconds = time.monotonic() - t0
+    before = current_lsn(ctx)
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
+                         autocommit=True) as conn:
+        conn.execute("alter table bench_text rename to bench_text_first")
+    generate(ctx, size_mb)
+    wal_mb = wal_bytes(ctx, before) / 1e6
+    time.sleep(1.1)
+    target = datetime.now(UTC)
+    time.sleep(1.1)
+    wal.switch_and_wait(ctx, timeout=600)
+    return BackupsThenWal(raw_s, raw_bytes, backup, seconds, wal_mb, target)
+
+
+def checkpoint(ctx) -> None:
+    with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "postgres"), password=ctx.admin_password(),
+                         autocommit=True) as conn:
+        conn.execute("checkpoint")
+
+
 def archiving_lag(ctx, seconds: float) -> dict:
     stop = threading.Event()
     written = [0]
@@ -179,21 +220,9 @@ def main() -> None:
     with s3_bench_cluster("benchpitr", members=1, source="primary") as (spec, home):
         with running_cluster(spec) as ctx:
             lag = archiving_lag(ctx, LAG_SECONDS)
-            generate(ctx, SIZE_MB)
-            raw_base_s, raw_base_bytes = raw_base_backup(ctx, home)
-            t0 = time.monotonic()
-            backup = wal.base_backup(ctx)
-            base_s = time.monotonic() - t0
-            before = current_lsn(ctx)
-            with psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, "app"), password=ctx.admin_password(),
-                                 autocommit=True) as conn:
-                conn.execute("alter table bench_text rename to bench_text_first")
-            generate(ctx, SIZE_MB)  # ~1 GB more of WAL after the base backup
-            wal_mb = wal_bytes(ctx, before) / 1e6
-            time.sleep(1.1)
-            target = datetime.now(UTC)
-            time.sleep(1.1)
-            wal.switch_and_wait(ctx, timeout=600)
+            run = backups_then_wal(ctx, home, SIZE_MB)
+            raw_base_s, raw_base_bytes, backup, base_s = run.raw_s, run.raw_bytes, run.backup, run.seconds
+            wal_mb, target = run.wal_mb, run.target
             raws, ours = [], []
             for i in range(2):
                 raws.append(raw_recovery(ctx, backup, target, home))
