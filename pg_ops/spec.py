@@ -421,6 +421,11 @@ class PoolerSpec(Strict):
     # A planned change pauses the pooler at most this long for the open transactions to end;
     # past it the pooler resumes and the change goes on (the clients then see the restart).
     pause_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # Kubernetes only (render/pooler.py): the Deployment's image and its pods. The image runs
+    # `/usr/bin/pgbouncer <ini>` as uid 998 (CloudNativePG's PgBouncer image; another image with
+    # the binary at that path and a non-root user works the same).
+    image: str = "ghcr.io/cloudnative-pg/pgbouncer:1.24.0"
+    replicas: Annotated[int, Field(ge=1, le=10)] = 2
 
 
 class MaintenanceSpec(Strict):
@@ -575,13 +580,6 @@ class ClusterSpec(Strict):
     def local_ports(self) -> range:
         """A local cluster's ports: one per member from base_port, then the pooler's."""
         return range(self.local.base_port, self.local.base_port + self.postgres.members + (1 if self.pooler else 0))
-
-    @model_validator(mode="after")
-    def _pooler_on_its_platform(self) -> ClusterSpec:
-        if self.pooler is not None and self.platform != "local":
-            raise ValueError("pooler: PgBouncer is run for local clusters only so far (its Kubernetes Deployment is "
-                             "not rendered yet)")
-        return self
 
 
 def _field_path(loc: tuple) -> str:

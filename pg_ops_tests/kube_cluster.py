@@ -30,7 +30,7 @@ import yaml
 
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import ADDRESSES_ENV
-from pg_ops.spec import ClusterSpec
+from pg_ops.spec import ClusterSpec, PoolerSpec
 from pg_ops_tests.controlplane import ControlPlane, ControlPlaneUnavailable, install_operator_crds
 from pg_ops_tests.standin.api import ApiError, RawApi
 from pg_ops_tests.standin.kubelet import StandInKubelet, node_ready
@@ -47,6 +47,9 @@ HOLD_TAINT = "pg-ops-test/hold"
 # The Dagster user-code image: on the stand-in nodes, the project's venv (its `dagster` runs a
 # K8sRunLauncher run pod's `dagster api execute_run`).
 USER_CODE_IMAGE = "pg-ops-user-code:stand-in"
+# The spec's default pooler image, run as this machine's PgBouncer (standin/pgbouncer_image/).
+POOLER_IMAGE = PoolerSpec().image
+POOLER_IMAGE_DIR = Path(__file__).parent / "standin" / "pgbouncer_image"
 
 
 class KubeCluster:
@@ -78,6 +81,7 @@ class KubeCluster:
             for name in self.node_names:
                 kubelet = StandInKubelet(cp, name, self.network, nodes, time_scale=self.time_scale)
                 kubelet.kubelet.local_images[USER_CODE_IMAGE] = Path(sys.executable).parent
+                kubelet.kubelet.local_images[POOLER_IMAGE] = POOLER_IMAGE_DIR
                 self.kubelets[name] = kubelet
                 kubelet.start()
             self.admin.create(("v1", "namespaces", "", ""), {"metadata": {"name": names.PG_OPS_NAMESPACE}})
@@ -256,7 +260,10 @@ class RealKubernetes:
             proxy = PodNameProxy(cluster.admin, cluster.network, ns, member)
             self.proxies.append(proxy)
             cluster.network.publish("peers", f"{ns}/{member}", f"127.0.0.1:{proxy.port}")
-        for service in (names.primary_service(spec), names.replicas_service(spec)):
+        services = [names.primary_service(spec), names.replicas_service(spec)]
+        if spec.pooler is not None:
+            services.append(names.pooler_service(spec))
+        for service in services:
             proxy = EndpointSliceProxy(cluster.endpoint_slices, cluster.network, ns, service)
             self.proxies.append(proxy)
             self.service_ports[(ns, service)] = proxy.port

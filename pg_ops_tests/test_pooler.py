@@ -6,6 +6,7 @@ file but PgBouncer's own line, and a wrong password or the superuser is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,7 +70,8 @@ def test_an_application_through_the_pooler_fails_no_statement_across_a_switchove
         # (The writer labels its acknowledgements with the member it saw at connect time: through
         # the pooler it never reconnects, so progress is counted, and where rows landed checked below.)
         app.wait_acks(30)
-        assert "step: pause the pooler" in change.metadata() and "step: resume the pooler" in change.metadata()
+        steps = change.metadata()
+        assert "step: pause the pooler" in steps and "step: resume the pooler on the new primary" in steps
         restarted = rolling_restart(ctx)
         app.wait_acks(30)
     assert failed_statements(app) == 0, [line for line in app.lines if line.startswith("fail")][:3]
@@ -157,3 +159,77 @@ def test_a_dead_pooler_stops_no_switchover_and_deploy_brings_it_back(pooled):
     deploy(ctx)  # starts it again, aimed at the new primary
     with through_pooler(ctx) as conn:
         assert conn.execute("select current_setting('cluster_name')").fetchone()[0] == to
+
+
+# -- on Kubernetes: the rendered Deployment on the real control plane --------------------------------
+def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchover_and_a_failover():
+    """The Deployment, Service, budget and NetworkPolicy render/pooler.py renders, applied by
+    deploy to the real API server; the stand-in nodes run its pods as Debian's PgBouncer (the
+    rendered pgbouncer.ini bound to this machine's loopback). The real scheduler spreads the two
+    pods, the real disruption controller lets one of them go; an application through the pooler
+    Service fails no statement across a switchover, whose run PAUSEs and RESUMEs every pooler pod;
+    after a failover new connections reach the new primary; the application's Secret carries the
+    pooled uri, and a wrong password is refused."""
+    import base64
+
+    from pg_ops.operations import pooling
+    from pg_ops.operations.context import ClusterContext
+    from pg_ops.operations.deploy import deploy
+    from pg_ops.platforms import kubernetes_names as names
+    from pg_ops_tests.helpers import home_environment, real_kubernetes
+
+    with real_kubernetes() as kube, home_environment() as home:
+        store = {"type": "s3", "bucket": "b", "endpoint_url": "http://127.0.0.1:1", "credentials_secret": "kube-s3"}
+        spec = spec_from(write_spec(home / "specs", "kpool", platform="kubernetes", backups={"store": store},
+                                    kubernetes={"namespace": "ns-kpool", "gitops": False},
+                                    postgres={"members": 2, "parameters": {"shared_buffers": "128MB"}},
+                                    pooler={"mode": "transaction", "pool_size": 4, "pause_timeout_seconds": 10}))
+        kube.register_cluster(spec)
+        ctx = ClusterContext.for_spec(spec)
+        ns, name = spec.kubernetes.namespace, names.pooler_name(spec)
+        try:
+            deploy(ctx)  # proves a write through the pooler Service itself
+            first = ctx.state().primary
+            assert pooling.verify(ctx) == first
+
+            pods = ctx.platform._pooler_pods()
+            assert len(pods) == 2 and len({p.spec.node_name for p in pods}) == 2  # spread over nodes
+            wait_for(lambda: (kube.object("poddisruptionbudgets", ns, name, "policy/v1") or {})
+                     .get("status", {}).get("disruptionsAllowed") == 1, "the pooler's budget lets one go", timeout=30)
+            secret = kube.admin_api().core.read_namespaced_secret(names.app_secret(spec, "app"), ns)
+            pooled = base64.b64decode(secret.data["pooled-uri"]).decode()
+            assert f"@{names.pooler_service(spec)}.{ns}.svc.cluster.local:5432/app" in pooled
+            password = base64.b64decode(secret.data["password"]).decode()
+
+            ep = ctx.platform.pooler_endpoint()
+            dsn = f"host={ep.host} port={ep.port} dbname=app user=app"
+            with App(ctx, table="pooled_writes", dsn=dsn, password=password, dbname="app", prepared=False) as app:
+                app.wait_acks(30)
+                to = next(m for m in spec.member_names if m != first)
+                change = switchover(ctx, to=to)
+                app.wait_acks(30)
+            steps = change.metadata()
+            assert "step: pause the pooler" in steps and "step: resume the pooler on the new primary" in steps
+            assert failed_statements(app) == 0, [line for line in app.lines if line.startswith("fail")][:3]
+            assert app.lost(to) == set()
+
+            kill_member(ctx.platform, to)
+            moved = failover(ctx, force=True)
+
+            def on_new_primary() -> bool:
+                with through_k8s_pooler(ep, password) as conn:
+                    return conn.execute("select current_setting('cluster_name')").fetchone()[0] == moved.new_primary
+
+            wait_for(on_new_primary, "a connection through the pooler on the new primary", timeout=30)
+            with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+                through_k8s_pooler(ep, "not-the-password").close()
+            status = pooler_status(ctx)
+            assert status["clients_waiting"] == 0 and "error" not in status
+        finally:  # the namespace goes with the test (RealKubernetes.stop); its members stop now
+            with contextlib.suppress(Exception):
+                kube.admin_api().apps.delete_namespaced_stateful_set(names.statefulset_name(spec), ns)
+
+
+def through_k8s_pooler(ep, password: str):
+    return psycopg.connect(host=ep.host, port=ep.port, dbname="app", user="app", password=password,
+                           autocommit=True, connect_timeout=3)

@@ -475,7 +475,7 @@ def test_rendered_manifests_pass_kubernetes_validate_strict(homelab, tmp_path):
     # It only warns on custom resources; every built-in kind must really have been checked.
     builtin = {o["kind"] for o in manifests(homelab)} - CUSTOM_KINDS
     assert builtin <= {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet",
-                       "PodDisruptionBudget", "NetworkPolicy"}
+                       "PodDisruptionBudget", "NetworkPolicy", "Deployment"}
 
 
 def test_kubernetes_validate_catches_a_broken_manifest(homelab, tmp_path):
@@ -691,3 +691,36 @@ def test_cli_render_works_offline(tmp_path):
     refused = subprocess.run([cli, "render", "--cluster", "local", "--out", str(tmp_path / "x")],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "not kubernetes" in refused.stderr
+
+
+# -- the pooler (spec `pooler`: render/pooler.py) ------------------------------------------------------
+def test_the_pooler_forwards_to_the_primary_service_and_no_member_selector_reaches_its_pods(homelab):
+    objects = manifests(homelab)
+    deployment = one(objects, "Deployment", k.pooler_name(homelab))
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    # No Service, budget or NetworkPolicy of the members selects a pooler pod, and the pooler's own
+    # Service, budget and NetworkPolicy select only pooler pods.
+    for obj in objects:
+        selector = (obj.get("spec") or {}).get("selector") or (obj.get("spec") or {}).get("podSelector") or {}
+        wanted = selector.get("matchLabels", selector) if obj["kind"] != "StatefulSet" else selector["matchLabels"]
+        if not wanted or obj["metadata"]["name"] in (k.pooler_name(homelab), k.pooler_service(homelab)):
+            continue
+        assert not wanted.items() <= pod_labels.items(), f"{obj['kind']} {obj['metadata']['name']} selects the pooler"
+    service = one(objects, "Service", k.pooler_service(homelab))
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["port"] == homelab.kubernetes.services.primary.port  # apps change the host only
+    budget = one(objects, "PodDisruptionBudget", k.pooler_name(homelab))
+    assert budget["spec"]["minAvailable"] == 1 and budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    ini = one(objects, "ConfigMap", f"{k.pooler_name(homelab)}-config")["data"]["pgbouncer.ini"]
+    assert f"* = host={k.primary_service(homelab)}.postgresql.svc.cluster.local port=5432" in ini
+    assert "auth_query = SELECT usename, passwd FROM pgops_pooler.lookup($1)" in ini
+    # Only PgBouncer's own login line of the credentials Secret is mounted, never the rest of it.
+    secret_volumes = [v["secret"] for v in pod["spec"]["volumes"] if "secret" in v]
+    assert secret_volumes == [{"secretName": k.credentials_secret(homelab), "defaultMode": 0o440,
+                               "items": [{"key": k.POOLER_USERLIST_KEY, "path": "userlist.txt"}]}]
+    # A changed pgbouncer.ini rolls the pods (PgBouncer reads it at start).
+    changed = manifests(variant(homelab, pooler={"pool_size": 50}))
+    assert (one(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+            != pod["metadata"]["annotations"])
+    assert not [o for o in manifests(variant(homelab, pooler=None)) if o["metadata"]["name"].endswith(("-pooler", "-pooler-config"))]

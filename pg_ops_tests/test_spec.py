@@ -46,7 +46,7 @@ def test_shipped_specs_load():
     ("name: a\nalerts: {alertmanager_url: 'http://am:s3cret@am:9093'}\n", "alerts.alertmanager_url",
      "carries credentials"),
     ("name: a\nalerts: {alertmanager_url: 'am:9093'}\n", "alerts.alertmanager_url", "not an http(s)"),
-    ("name: a\nplatform: kubernetes\npooler: {}\n", "pooler", "PgBouncer is run for local clusters only"),
+    ("name: a\nplatform: kubernetes\npooler: {replicas: 0}\n", "pooler.replicas", "greater than or equal to 1"),
     ("name: a\npooler: {mode: statement}\n", "pooler.mode", "'transaction' or 'session'"),
     ("name: a\nmaintenance: {window: 'sometimes'}\n", "maintenance.window", "is not a five-field cron"),
     ("name: a\nbackups: {store: {type: file, path: b}, copy_to: {store: {type: file, path: b}}}\n", "backups",

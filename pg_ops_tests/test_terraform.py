@@ -16,10 +16,11 @@ from types import SimpleNamespace
 import pytest
 
 from pg_ops import settings
-from pg_ops.credentials import MONITORING_USER, REPLICATION_USER, SUPERUSER, required_roles
+from pg_ops.credentials import MONITORING_USER, POOLER_USER, REPLICATION_USER, SUPERUSER, required_roles
 from pg_ops.platforms import kubernetes_names as k
 from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_state import owned_metadata
+from pg_ops.postgres import pgbouncer
 from pg_ops.spec import load_spec
 from pg_ops_tests.test_render import documents, tool
 
@@ -100,6 +101,7 @@ def test_variable_defaults_are_the_homelab_spec(hcl):
     assert d["load_balancer_source_ranges"] == kube.services.external.source_ranges == ["192.168.10.0/24"]
     assert d["tls_enabled"] is (kube.tls_secret is not None)
     assert d["databases"] == [{"name": db.name, "owner": db.owner} for db in HOMELAB.databases]
+    assert d["pooler_enabled"] is (HOMELAB.pooler is not None)
     assert d["manifests_dir"] is None  # -> the repository's deploy/kubernetes/<cluster_name>
 
 
@@ -202,12 +204,20 @@ def test_pg_ops_reads_the_secret_opentofu_writes(hcl):
     """Build the Secret's data as secrets.tf does (its roles, key names, passfile lines) and hand
     it to the platform's own reader: every role pg_ops needs comes back with its password."""
     owners = [db["owner"] for db in defaults(hcl)["databases"]]
-    roles = list(dict.fromkeys([SUPERUSER, REPLICATION_USER, MONITORING_USER, *owners]))
+    pooler = [POOLER_USER] if defaults(hcl)["pooler_enabled"] else []
+    roles = list(dict.fromkeys([SUPERUSER, REPLICATION_USER, MONITORING_USER, *pooler, *owners]))
     passwords = {role: f"{role}PW0123456789abcdefghijklmnopqr" for role in roles}
     key_template = re.search(r'"(\$\{role\}-password)"', module_locals(hcl)["password_keys"]).group(1)
     data = {key_template.replace("${role}", role): pw for role, pw in passwords.items()}
     passfile = "".join(f"*:*:*:{role}:{passwords[role]}\n" for role in (SUPERUSER, REPLICATION_USER))
     data[module_locals(hcl)["passfile_key"]] = passfile
+    line = re.search(r'=> "(\\"\$\{role\}.*?\\n)"', (MODULE / "secrets.tf").read_text()).group(1)
+    if pooler:  # PgBouncer's auth-file line as its pods read it: exactly what pg_ops would write
+        userlist = line.replace('\\"', '"').replace("\\n", "\n").replace("${role}", POOLER_USER) \
+            .replace("${random_password.role[role].result}", passwords[POOLER_USER])
+        assert userlist == pgbouncer.userlist(passwords[POOLER_USER])
+        data[module_locals(hcl)["userlist_key"]] = userlist
+        assert module_locals(hcl)["userlist_key"] == k.POOLER_USERLIST_KEY
     secret = SimpleNamespace(data={key: base64.b64encode(v.encode()).decode() for key, v in data.items()})
     creds = KubernetesPlatform._credentials_of(secret)
     assert sorted(creds.passwords) == sorted(required_roles(HOMELAB))

@@ -182,12 +182,13 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
             repointed = repoint_replicas(ctx, candidate, skip=set(plan.fence))
         with steps.step("route the primary endpoint"):
             ctx.platform.route_primary(candidate)
-            if ctx.spec.pooler is not None:
-                pooling.resume(ctx)  # a switchover that died paused must not keep clients waiting
         with steps.step("replication mode"):
             replication_mode_after_change(ctx, candidate)
         with steps.step("verify a write through the primary endpoint"):
             verify_write(ctx, candidate, new_state.epoch, "failover")
+        if ctx.spec.pooler is not None:  # also resumes a pooler a switchover that died left paused
+            with steps.step("the pooler follows the new primary"):
+                pooling.follow(ctx)
     record_status(ctx, "failover", new_state.epoch)
     change = TopologyChange(
         operation="failover", cluster=ctx.name, old_primary=old, new_primary=candidate, epoch=new_state.epoch,
@@ -293,8 +294,11 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     try:
         received, shutdown_lsn, timeline = _hand_over(ctx, steps, lock, old, to, final_lsn, new_state.epoch)
         if pause is not None:
-            with steps.step("resume the pooler"):
-                pooling.resume(ctx)
+            with steps.step("resume the pooler on the new primary"):
+                # Only once the primary endpoint reaches it: RECONNECTed server connections go
+                # where the endpoint leads (a Service, until kube-proxy synced: the old pod).
+                verify_write(ctx, to, new_state.epoch, "switchover")
+                pooling.follow(ctx)
     finally:
         if pause is not None:  # also when the switchover stopped half-way: never leave clients waiting
             pooling.resume(ctx)

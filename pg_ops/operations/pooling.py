@@ -5,10 +5,11 @@
 - `paused`: a planned change of primary (switchover, the rolling restart's switchover) PAUSEs
   the pooler before the old primary stops: clients' new transactions wait instead of failing
   once the open ones have ended. The pause is bounded (`pooler.pause_timeout_seconds`): past it
-  the pooler is resumed and the change goes on, and the run says so. After the new primary is
-  routed (RELOAD of the new target, RECONNECT of the old server connections) it RESUMEs.
-- After an unplanned failover the same routing closes the server connections to the old
-  primary and resumes a pooler a dead run may have left paused.
+  the pooler is resumed and the change goes on, and the run says so.
+- `follow`: once the new primary is routed and the primary endpoint is proven to reach it (a
+  Service follows its label only when kube-proxy has synced), RECONNECT closes the pooler's
+  server connections to the old primary and RESUME lets the clients on. An unplanned failover
+  does the same, which also resumes a pooler a dead run may have left paused.
 - `verify`: a write through the pooler."""
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def resume(ctx: ClusterContext) -> bool:
             ctx.log.warning("pooler of %s: RESUME failed: %s", ctx.name, str(exc).splitlines()[0])
         return False
     return True
+
+
+def follow(ctx: ClusterContext) -> None:
+    """After the primary endpoint reaches the new primary: RECONNECT (server connections to the
+    old primary close once released: all of them while paused), then RESUME. Never raises (as
+    `resume`); a pooler that cannot be told is logged, and `pooler_down` alerts on one that is down."""
+    try:
+        ctx.platform.pooler_admin("RECONNECT")
+    except (psycopg.Error, PgOpsError) as exc:
+        ctx.log.warning("pooler of %s: RECONNECT failed: %s", ctx.name, str(exc).splitlines()[0])
+    resume(ctx)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from pydantic import SecretStr
 
 from pg_ops.credentials import (
     MONITORING_USER,
+    POOLER_USER,
     READ_SUFFIX,
     REPLICATION_USER,
     SUPERUSER,
@@ -52,6 +53,7 @@ from pg_ops.credentials import (
     app_credentials,
     generate_password,
     new_credentials,
+    pooled_uri,
     required_roles,
 )
 from pg_ops.errors import MemberError, PgOpsError, Unsupported
@@ -114,6 +116,14 @@ def _running(pod) -> bool:
         return False
     return not any(cs.name == names.CONTAINER and cs.state and cs.state.waiting
                    for cs in pod.status.container_statuses or [])
+
+
+def _ready(pod) -> bool:
+    """Running, not being deleted, and Ready (its readiness probe passes)."""
+    if pod is None or pod.metadata.deletion_timestamp is not None or pod.status is None \
+            or pod.status.phase != "Running":
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def _last_words(pod) -> dict[str, str]:
@@ -268,6 +278,10 @@ class KubernetesPlatform(Platform):
         data = {names.password_key(role): _b64(creds.password(role)) for role in creds.passwords}
         data[names.PASSFILE_KEY] = _b64(f"{PASSFILE_GENERATION}{generation}\n"
                                         + creds.passfile_text([SUPERUSER, REPLICATION_USER]))
+        if POOLER_USER in creds.passwords:  # spec `pooler`: PgBouncer's own login, mounted alone in its pods
+            from pg_ops.postgres import pgbouncer
+
+            data[names.POOLER_USERLIST_KEY] = _b64(pgbouncer.userlist(creds.password(POOLER_USER)))
         return data
 
     @staticmethod
@@ -381,8 +395,12 @@ class KubernetesPlatform(Platform):
         for namespace in self._role_secret_namespaces(role):
             for secret_name, service in targets:
                 host = f"{service}.{self.namespace}.svc.cluster.local"
-                data = {k: _b64(v) for k, v in app_credentials(role, password, dbname, [(host, port)], None,
-                                                               None).items()}
+                document = app_credentials(role, password, dbname, [(host, port)], None, None)
+                if self.spec.pooler is not None and service == names.primary_service(self.spec):
+                    # spec `pooler`: the same role through PgBouncer's Service
+                    pooler = Endpoint(f"{names.pooler_service(self.spec)}.{self.namespace}.svc.cluster.local", port)
+                    document["pooled-uri"] = pooled_uri(role, password, dbname, pooler)
+                data = {k: _b64(v) for k, v in document.items()}
                 what = f"secret {namespace}/{secret_name}"
                 live = self.api.call("get", what, self.api.core.read_namespaced_secret, secret_name, namespace,
                                      missing_ok=True)
@@ -675,6 +693,13 @@ class KubernetesPlatform(Platform):
         if role == MONITORING_USER:
             raise Unsupported(f"cluster {self.spec.name}: rotating {role} on Kubernetes is not supported yet: the "
                               f"exporter sidecar reads its password once when it starts and would stop scraping")
+        # PgBouncer reads its auth file at start and on RELOAD, and the kubelet refreshes the
+        # mounted key up to a minute after the Secret changed: between the password change and
+        # both, the pooler could not log in for auth_query and every new client would be refused.
+        if role == POOLER_USER:
+            raise Unsupported(f"cluster {self.spec.name}: rotating {role} on Kubernetes is not supported yet: the "
+                              f"pooler pods read its password from a mounted Secret key the kubelet refreshes up "
+                              f"to a minute later, and would refuse every new client meanwhile")
 
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         if keep_aside:
@@ -821,18 +846,77 @@ class KubernetesPlatform(Platform):
             return None
         return running_config.config_error(postgres, self.server_config_text(), server_user().process_kwargs())
 
-    # The spec refuses `pooler` on Kubernetes at load (its Deployment is not rendered yet).
+    # -- the pooler (spec `pooler`: render/pooler.py's Deployment, Git-owned) --------------------
     def pooler_endpoint(self) -> Endpoint | None:
-        return None
+        if self.spec.pooler is None:
+            return None
+        return self._service_endpoint(names.pooler_service(self.spec), self.spec.kubernetes.services.primary.port)
+
+    def _pooler_pods(self) -> list:
+        """The pooler's pods that are Ready (its readiness probe: PgBouncer listens), by name."""
+        selector = ",".join(f"{k}={v}" for k, v in names.pooler_labels(self.spec).items())
+        pods = self.api.call("list", f"pods in {self.namespace} ({selector})", self.api.core.list_namespaced_pod,
+                             self.namespace, label_selector=selector)
+        return sorted((p for p in pods.items if _ready(p)), key=lambda p: p.metadata.name)
 
     def start_pooler(self, primary: str) -> bool:
-        return False
+        """The Deployment is applied with the other Git-owned objects (prepare); this waits until
+        one of its pods is Ready. True when none was before. It forwards to the primary Service,
+        so `primary` needs no aiming here."""
+        if self.spec.pooler is None:
+            return False
+        if self._pooler_pods():
+            return False
+        what = self._what("deployment", names.pooler_name(self.spec))
+
+        def expired() -> PgOpsError:
+            return PgOpsError(f"kubernetes: {what}: no Ready pod after {self.pod_start_timeout:g} s "
+                              f"(kubectl describe pods -l {names.LABEL_NAME}=pgbouncer -n {self.namespace})")
+
+        poll(lambda: bool(self._pooler_pods()) or None, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
+        return True
 
     def stop_pooler(self) -> None:
-        return None
+        return None  # the Deployment is Git's: removing `pooler` from the spec and syncing removes it
 
     def pooler_admin(self, command: str, timeout: float = 5.0) -> list[dict]:
-        raise Unsupported(f"cluster {self.spec.name}: no pooler on Kubernetes yet")
+        """The command on every Ready pooler pod at once (a PAUSE waits for each one's open
+        transactions), through its pod IP as a client in the cluster; the rows of all of them.
+        One pod failing raises, naming it (the others have run the command)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pg_ops.postgres import pgbouncer
+
+        if self.spec.pooler is None:
+            raise PgOpsError(f"cluster {self.spec.name} has no pooler (spec `pooler`)")
+        pods = self._pooler_pods()
+        if not pods:
+            raise PgOpsError(f"kubernetes: {self._what('deployment', names.pooler_name(self.spec))}: no Ready pod")
+        password = self.load_credentials_or_fail().password(POOLER_USER)
+
+        def one(pod) -> list[dict]:
+            endpoint = self._pod_endpoint(pod)
+            if endpoint is None:
+                raise PgOpsError("no pod IP")
+            return pgbouncer.admin(endpoint, password, command, timeout)
+
+        rows: list[dict] = []
+        failed: list[str] = []
+        with ThreadPoolExecutor(max_workers=len(pods), thread_name_prefix="pooler-admin") as pool:
+            for pod, future in [(p, pool.submit(one, p)) for p in pods]:
+                try:
+                    rows += future.result()
+                except Exception as exc:  # noqa: BLE001 - named below
+                    failed.append(f"pooler pod {pod.metadata.name}: {str(exc).strip().splitlines()[0]}")
+        if failed:
+            raise PgOpsError(f"{command}: " + "; ".join(failed))
+        return rows
+
+    def load_credentials_or_fail(self) -> Credentials:
+        creds = self.load_credentials()
+        if creds is None:
+            raise PgOpsError(f"kubernetes: {self._secret_what()} does not exist yet (deploy creates it)")
+        return creds
 
     def server_config_text(self) -> str:
         from pg_ops.render.config import postgresql_conf

@@ -147,6 +147,30 @@ def plural(kind: str) -> str:
     return lower + "s"
 
 
+# -- the pooler (spec `pooler`; render/pooler.py) -------------------------------------------------
+# Its pods carry neither LABEL_NAME=postgresql nor a role label: no member Service, budget or
+# NetworkPolicy selects them, and the members' selectors never reach them.
+POOLER_CONTAINER = "pgbouncer"
+POOLER_PORT = 6432
+POOLER_CONFIG_MOUNT = "/etc/pg-ops/pooler"        # pgbouncer.ini (the pooler's ConfigMap)
+POOLER_AUTH_MOUNT = "/etc/pg-ops/pooler-auth"     # userlist.txt (one key of the credentials Secret)
+POOLER_USERLIST_KEY = "pooler-userlist"           # in the credentials Secret: PgBouncer's own login
+
+
+def pooler_labels(spec: ClusterSpec) -> dict[str, str]:
+    return {LABEL_NAME: "pgbouncer", LABEL_INSTANCE: spec.name}
+
+
+def pooler_name(spec: ClusterSpec) -> str:
+    """The Deployment, its ConfigMap (`-config`), budget and NetworkPolicy."""
+    return f"{spec.name}-pooler"
+
+
+def pooler_service(spec: ClusterSpec) -> str:
+    """Where applications reach the pooler: beside the primary Service, on the same port."""
+    return f"{primary_service(spec)}-pooler"
+
+
 # -- scratch targets (restore-drill pods) --------------------------------------------------------
 # On a temporary pod pg_ops makes (value: its purpose, e.g. "drill") and on its Secret. Such a
 # pod carries neither LABEL_NAME nor LABEL_INSTANCE, so no Service, PDB, NetworkPolicy or the

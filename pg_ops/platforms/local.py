@@ -341,8 +341,7 @@ class LocalPlatform(Platform):
         password = self.load_credentials_or_fail().password(POOLER_USER)
         pooler.write(self.member_endpoints()[name].port, password)
         try:
-            pooler.admin("RELOAD", password)
-            pooler.admin("RECONNECT", password)  # server connections to the old target close once released
+            pooler.admin("RELOAD", password)  # operations/pooling.follow RECONNECTs once the new primary is proven
         except psycopg.Error as exc:  # it died meanwhile: its file is right for its restart; pooler_down alerts
             logging.getLogger("pg_ops").warning("pooler of %s not re-aimed at %s: %s", self.spec.name, name,
                                                 str(exc).splitlines()[0])

@@ -3,10 +3,8 @@
 process group of its own, its files in `<cluster>/pooler/`. It forwards every database to the
 primary's port; pg_ops rewrites that target and RELOADs when the primary changes.
 
-The auth file holds one line: PgBouncer's own login (credentials.POOLER_USER), which it needs in
-plain text to log in to the server for auth_query; 0600, the server user's. Application
-passwords come from auth_query (postgres/pooler_auth.py). The admin console (`pgbouncer`
-database) admits that same login only."""
+Its configuration and auth file are postgres/pgbouncer.py's; the auth file is 0600, the server
+user's."""
 
 from __future__ import annotations
 
@@ -20,17 +18,14 @@ from pathlib import Path
 
 import psycopg
 
-from pg_ops.credentials import POOLER_USER
 from pg_ops.errors import PgOpsError
 from pg_ops.platforms.server_user import ServerUser, pid_alive, write_private
 from pg_ops.poll import poll
+from pg_ops.postgres import pgbouncer
 from pg_ops.postgres.conninfo import Endpoint
-from pg_ops.postgres.pooler_auth import AUTH_QUERY
-from pg_ops.postgres.session import connect
 from pg_ops.spec import ClusterSpec
 
 START_TIMEOUT_S = 10.0
-ADMIN_DATABASE = "pgbouncer"
 
 
 def pgbouncer_binary() -> str:
@@ -39,10 +34,6 @@ def pgbouncer_binary() -> str:
     if found is None:
         raise PgOpsError("pooler: pgbouncer is not installed (Debian package pgbouncer; `make` installs it as root)")
     return found
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class LocalPooler:
@@ -67,36 +58,15 @@ class LocalPooler:
         return self._pid() is not None
 
     def ini_text(self, target_port: int) -> str:
-        c = self.config
-        lines = [
-            "; Rendered by pg_ops (spec `pooler`); rewritten when the primary changes.",
-            "[databases]",
-            f"* = host=127.0.0.1 port={target_port}",
-            "[pgbouncer]",
-            f"listen_addr = {self.endpoint.host}",
-            f"listen_port = {self.endpoint.port}",
-            "unix_socket_dir =",
-            "auth_type = scram-sha-256",
-            f"auth_file = {self.folder / 'userlist.txt'}",
-            f"auth_user = {POOLER_USER}",
-            f"auth_query = {AUTH_QUERY}",
-            f"admin_users = {POOLER_USER}",
-            f"stats_users = {POOLER_USER}",
-            f"pool_mode = {c.mode}",
-            f"default_pool_size = {c.pool_size}",
-            f"max_client_conn = {c.max_client_conn}",
-            # libpq clients may pass these at startup; PgBouncer refuses unknown ones otherwise.
-            "ignore_startup_parameters = extra_float_digits,options,statement_timeout",
-            "server_login_retry = 1",
-            f"logfile = {self.folder / 'pgbouncer.log'}",
-            f"pidfile = {self.folder / 'pgbouncer.pid'}",
-        ]
-        return "\n".join(lines) + "\n"
+        return pgbouncer.ini_text(self.config, target=Endpoint("127.0.0.1", target_port), listen=self.endpoint,
+                                  auth_file=str(self.folder / "userlist.txt"), logfile=str(self.folder / "pgbouncer.log"),
+                                  pidfile=str(self.folder / "pgbouncer.pid"),
+                                  header="Rewritten when the primary changes.")
 
     def write(self, target_port: int, password: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)
-        write_private(self.folder / "userlist.txt", f'"{POOLER_USER}" "{_quote(password)}"\n', self.user)
+        write_private(self.folder / "userlist.txt", pgbouncer.userlist(password), self.user)
         write_private(self.ini, self.ini_text(target_port), self.user)
         if self.user.switch:
             os.chown(self.folder, self.user.uid, self.user.gid)
@@ -140,15 +110,7 @@ class LocalPooler:
             os.killpg(pid, signal.SIGKILL)
 
     def admin(self, command: str, password: str, timeout: float = 5.0) -> list[dict]:
-        """One admin console command (simple query protocol: the console knows no other); rows
-        as column -> value."""
-        with connect(self.endpoint, POOLER_USER, password, ADMIN_DATABASE, timeout=timeout) as conn:
-            cur = conn.cursor()
-            cur.execute(command.encode(), prepare=False)
-            if not cur.description:
-                return []
-            names = [c.name for c in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return pgbouncer.admin(self.endpoint, password, command, timeout)
 
     def log_tail(self, lines: int = 3) -> str:
         try:

@@ -19,6 +19,7 @@ from pg_ops.render.access import (
 from pg_ops.render.config import config_configmap, script_configmap
 from pg_ops.render.monitoring import exporter_queries_configmap, prometheus_rule, service_monitor
 from pg_ops.render.output import check_git_safe, default_output_dir, write_manifests
+from pg_ops.render.pooler import pooler_objects
 from pg_ops.render.services import services
 from pg_ops.render.statefulset import statefulset
 from pg_ops.spec import ClusterSpec
@@ -32,7 +33,7 @@ def manifests(spec: ClusterSpec) -> list[dict]:
     workload = [
         config_configmap(spec), script_configmap(spec), exporter_queries_configmap(spec),
         *services(spec), statefulset(spec), *pod_disruption_budgets(spec), network_policy(spec),
-        service_monitor(spec), prometheus_rule(spec),
+        service_monitor(spec), prometheus_rule(spec), *pooler_objects(spec),
     ]
     # The Role grants read access to each of these by name (and apply access without GitOps).
     objects = [account, pg_ops_role(spec, [account, binding, *workload]), binding, *workload,

@@ -10,8 +10,11 @@ so the rendered pod spec is what runs.
   18), PGOPS_LISTEN loopback, env from a Secret's or ConfigMap's key read when the container
   starts, and the image's barman-cloud tools (on its PATH) this machine's barman venv (and its
   python, PGOPS_PYTHON, with boto3 and zstandard). A point-in-time drill's recovery pod
-  (`bash <secret volume>/recover_pod.sh`) runs the same way. Other
-  containers (the exporter sidecar) are not run and count as ready.
+  (`bash <secret volume>/recover_pod.sh`) runs the same way. A container of a local image (a
+  folder of programs here: the user-code venv, `standin/pgbouncer_image/`) runs its command's
+  program from that folder, with TMPDIR its writable layer, PGOPS_STANDIN_MOUNTS its volumes'
+  folders and PG_OPS_K8S_ADDRESSES the stand-in cluster DNS; as the server user when its pod sets
+  a runAsUser. Other containers (the exporter sidecar) are not run and count as ready.
 - Volumes: a PVC mounts its PersistentVolume's folder; an emptyDir is a folder per pod
   (root:fsGroup, setgid 2777, as the kubelet makes it, kept across container restarts, gone with
   the pod); a ConfigMap or Secret is materialized like the kubelet's atomic writer (`..data`
@@ -21,7 +24,7 @@ so the rendered pod spec is what runs.
   ConfigMap/Secret volume is missing stays ContainerCreating, saying why. Two containers of one
   member on the same node (a force-deleted pod's, still stopping, and its replacement's) share
   the data directory, which only member.sh's lock keeps apart.
-- Probes (exec) run as the kubelet runs them: the startup probe first (liveness and readiness
+- Probes (exec, and tcpSocket against the pod's loopback port) run as the kubelet runs them: the startup probe first (liveness and readiness
   wait for it), each every periodSeconds with timeoutSeconds, failureThreshold and
   successThreshold; Ready follows the readiness probe; a failing startup or liveness probe
   restarts the container (TERM, KILL after the grace period, restartCount + 1, events
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -53,6 +57,7 @@ from pathlib import Path
 from pg_ops import settings
 from pg_ops.errors import PgOpsError
 from pg_ops.platforms import kubernetes_names as names
+from pg_ops.platforms.kubernetes import ADDRESSES_ENV
 from pg_ops.platforms.local import _pid_alive
 from pg_ops.platforms.server_user import ServerUser
 from pg_ops_tests.standin.api import ApiError, RawApi, now
@@ -136,7 +141,9 @@ class Container:
     seen: dict[str, tuple[str, float]] = field(default_factory=dict)  # volume -> (rv, first seen)
     sync_jitter: float = 0.0  # added to sync_delay for this container (refreshes differ per pod)
     name: str = names.CONTAINER
-    kind: str = "member"  # member: the member script as the server user; process: a local image's command
+    # member: the member script as the server user; process: a local image's command as this
+    # process's user; process-unprivileged: one whose pod sets a runAsUser, as the server user
+    kind: str = "member"
     finished: int | None = None  # exit code of a container its pod does not restart (restartPolicy)
     probes: list[Probe] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -162,6 +169,7 @@ class Kubelet:
         self.force_kill_delay = 0.0
         self.sync_delay = 0.0
         self.local_images: dict[str, Path] = {}  # image -> the folder its commands are found in here
+        self.addresses: Path | None = None  # the stand-in cluster DNS (standin/network.py), for local images
         self.events: list[dict] = []
 
     # -- folders -----------------------------------------------------------------------------
@@ -368,6 +376,16 @@ class Kubelet:
                                   name=spec["name"], kind="member" if local_bin is None else "process")
             if local_bin is not None:
                 container.env["PATH"] = f"{local_bin}:{container.env['PATH']}"
+                # What a program of a local image needs of the node: its container's writable
+                # layer (TMPDIR), where its volumes are, and the stand-in cluster DNS.
+                layer = pod_dir / "layer"
+                self._private_dir(layer, 0o2777)
+                container.env["TMPDIR"] = str(layer)
+                container.env["PGOPS_STANDIN_MOUNTS"] = json.dumps({k: str(v) for k, v in mounts.items()})
+                if self.addresses is not None:
+                    container.env[ADDRESSES_ENV] = str(self.addresses)
+                if _non_root(pod, spec):
+                    container.kind = "process-unprivileged"
         else:  # a restart in the same pod: same volumes, same "IP"
             container, mounts = previous, previous.mounts
         container.restarts = restarts
@@ -375,12 +393,13 @@ class Kubelet:
             self.sync_volumes(pod, container, force=True)
         command = [_translate_path(a, mounts) for a in [*spec.get("command", []), *spec.get("args", [])]]
         command[0] = "bash" if command[0].endswith("bash") else command[0]
-        if local_bin is not None and "/" not in command[0] and (local_bin / command[0]).exists():
-            command[0] = str(local_bin / command[0])
+        if local_bin is not None and (local_bin / Path(command[0]).name).exists():
+            command[0] = str(local_bin / Path(command[0]).name)  # the image's program, by its name
         with open(container.log, "ab") as log:
-            # A member runs as the image's server user; a local image's command as this process's
-            # user (the venv and the Dagster instance are this user's).
-            kwargs = self.user.process_kwargs() if container.kind == "member" else {}
+            # A member runs as the image's server user, and so does a local image's command whose
+            # pod must not run as root (runAsUser): this machine has that one unprivileged user.
+            # Otherwise as this process's user (the venv and the Dagster instance are this user's).
+            kwargs = self.user.process_kwargs() if container.kind != "process" else {}
             container.proc = subprocess.Popen(command, env=container.env, cwd=pod_dir, stdin=subprocess.DEVNULL,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                               **kwargs)
@@ -402,9 +421,11 @@ class Kubelet:
 
     # -- probes ------------------------------------------------------------------------------
     def run_probe(self, container: Container, probe: dict) -> tuple[bool, str]:
+        if "tcpSocket" in probe:  # the container's one port, named or numbered: its loopback port here
+            return (True, "") if port_open(container.port) else (False, f"dial tcp {container.port}: connection refused")
         command = (probe.get("exec") or {}).get("command")
         if not command:
-            return True, ""  # httpGet/tcpSocket probes are not run here (documented)
+            return True, ""  # httpGet probes are not run here (documented)
         command = [_translate_path(a, container.mounts) for a in command]
         command[0] = "bash" if command[0].endswith("bash") else command[0]
         kwargs = self.user.process_kwargs()
@@ -611,6 +632,14 @@ class Kubelet:
         except FileNotFoundError:
             return ""
         return "\n".join(lines[-tail:] if tail else lines) + "\n"
+
+
+def _non_root(pod: dict, container: dict) -> bool:
+    """The container must not run as root: a non-zero runAsUser, its own or its pod's."""
+    user = (container.get("securityContext") or {}).get("runAsUser")
+    if user is None:
+        user = (pod["spec"].get("securityContext") or {}).get("runAsUser")
+    return bool(user)
 
 
 def _image(pod: dict, container: str = names.CONTAINER) -> str:

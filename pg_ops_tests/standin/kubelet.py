@@ -24,8 +24,10 @@ admission decide what it may read and write, as for a real kubelet).
   While the node is partitioned both hang until the caller gives up, as a cut-off node does.
 
 What it does NOT model: container images and isolation (no cgroups, no namespaces, the wheel's
-PostgreSQL 18 where the image has 16), resource requests and limits, httpGet/tcpSocket probes
-(exec probes only), the exporter sidecar (not run, reported ready), init containers, SPDY exec
+PostgreSQL 18 where the image has 16; an image it runs is a local folder of programs: the
+user-code venv, the PgBouncer stand-in image; a pod whose securityContext sets a runAsUser runs
+as this machine's one unprivileged user, whatever the uid), resource requests and limits, httpGet
+probes (exec and tcpSocket only), the exporter sidecar (not run, reported ready), init containers, SPDY exec
 (only WebSocket), port-forward and attach, image pulls, eviction by node pressure.
 """
 
@@ -84,6 +86,7 @@ class StandInKubelet:
         self.api = RawApi(cp.server, cp.pki.ca, cp.pki.client(f"node-{name}", f"system:node:{name}", "system:nodes"))
         self.clock = Clock(time_scale)
         self.kubelet = Kubelet(self.api, self.root, server_user(), self.clock)  # type: ignore[arg-type]
+        self.kubelet.addresses = network.path if network is not None else None
         self.pod_ips: dict[str, str] = {}  # pod uid -> its pod IP
         self.patched: dict[str, dict] = {}  # pod uid -> the status last written
         self.terminating: dict[str, float] = {}  # uid of a pod that runs nothing -> first seen deleted

@@ -4,6 +4,7 @@ locals {
   service_domain = "${var.namespace}.svc.${var.cluster_domain}"
   primary_host   = "${var.primary_service.name}.${local.service_domain}"
   read_host      = "${var.primary_service.name}-read.${local.service_domain}"
+  pooler_host    = "${var.primary_service.name}-pooler.${local.service_domain}"
   # In-cluster paths are plain scram (pg_hba); the external path is TLS-only when tls_enabled.
   external_sslmode = var.tls_enabled ? "?sslmode=verify-full" : ""
 }
@@ -24,12 +25,14 @@ output "external_endpoint" {
 }
 
 output "connection_uris" {
-  description = "Per database, libpq URIs without a password (in_cluster, read_only, external)."
+  description = "Per database, libpq URIs without a password (in_cluster, read_only, external, pooled)."
   value = {
     for db in var.databases : db.name => {
       in_cluster = "postgresql://${db.owner}@${local.primary_host}:${var.primary_service.port}/${db.name}"
       read_only  = "postgresql://${db.owner}@${local.read_host}:${var.primary_service.port}/${db.name}"
       external   = var.load_balancer_ip == null ? null : "postgresql://${db.owner}@${var.load_balancer_ip}:${var.primary_service.port}/${db.name}${local.external_sslmode}"
+      # Through PgBouncer (transaction pooling: no server-side prepared statements); null without it.
+      pooled = var.pooler_enabled ? "postgresql://${db.owner}@${local.pooler_host}:${var.primary_service.port}/${db.name}" : null
     }
   }
 }

@@ -1,8 +1,10 @@
 # The credentials Secret, in the exact layout the Kubernetes platform reads
 # (pg_ops/platforms/kubernetes.py, kubernetes_names.py): name <cluster>-credentials, one key
 # "<role>-password" per role (the superuser, the replication role, the exporter's monitoring role,
-# each database owner) and
-# "pgpass", a libpq password file for the superuser and the replication role (the member script's).
+# each database owner; with pooler_enabled PgBouncer's own login "pgops_pooler") and
+# "pgpass", a libpq password file for the superuser and the replication role (the member script's);
+# with pooler_enabled "pooler-userlist", PgBouncer's auth-file line for its own login (its pods
+# mount that key alone: render/pooler.py).
 #
 # Created once here; from then on pg_ops owns it: it reads it, adds a key for a role the spec
 # gains, and never replaces a password. ignore_changes keeps OpenTofu from undoing those
@@ -16,10 +18,13 @@ locals {
   superuser        = "postgres"
   replication_user = "replicator"
   monitoring_user  = "postgres_exporter"
-  roles            = distinct(concat([local.superuser, local.replication_user, local.monitoring_user], [for db in var.databases : db.owner]))
+  pooler_user      = "pgops_pooler"
+  pooler_roles     = var.pooler_enabled ? [local.pooler_user] : []
+  roles            = distinct(concat([local.superuser, local.replication_user, local.monitoring_user], local.pooler_roles, [for db in var.databases : db.owner]))
   passfile_roles   = [local.superuser, local.replication_user]
   password_keys    = { for role in local.roles : role => "${role}-password" }
   passfile_key     = "pgpass"
+  userlist_key     = "pooler-userlist"
 }
 
 resource "random_password" "role" {
@@ -50,6 +55,8 @@ resource "kubernetes_secret_v1" "credentials" {
   data = merge(
     { for role in local.roles : local.password_keys[role] => random_password.role[role].result },
     { (local.passfile_key) = join("", [for role in local.passfile_roles : "*:*:*:${role}:${random_password.role[role].result}\n"]) },
+    # Letters and digits only (random_password below): nothing to quote in PgBouncer's line.
+    { for role in local.pooler_roles : local.userlist_key => "\"${role}\" \"${random_password.role[role].result}\"\n" },
   )
 
   lifecycle {

@@ -73,6 +73,12 @@ variable "tls_enabled" {
   default     = false
 }
 
+variable "pooler_enabled" {
+  description = "true when the spec sets pooler: the credentials Secret gains PgBouncer's own login (role pgops_pooler and its auth-file line, key pooler-userlist) and connection_uris a pooled URI."
+  type        = bool
+  default     = true
+}
+
 variable "databases" {
   description = "Application databases and their owner roles (spec databases). Each owner gets a generated password in the credentials Secret."
   type = list(object({
