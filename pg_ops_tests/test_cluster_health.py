@@ -1,5 +1,5 @@
 """The deployment checks are the cluster now: `cluster_health/<cluster>`'s checks, reported by the
-deploy and kept current by `cluster_health_sensor` (evaluated in process here, its cursor carried
+deploy and kept current by the cluster's health sensor `cluster_health_<cluster>` (evaluated in process here, its cursor carried
 from tick to tick, its asset events written to a real instance as the daemon would). A primary
 lost and failed over leaves the old primary fenced and down: `every_member_up` turns red and
 says it rejoins by itself, and stays red until the sensor has started it again and it streams
@@ -12,14 +12,15 @@ import dagster as dg
 
 from pg_ops.definitions import build_defs
 from pg_ops.defs.deployment import CHECK_MEMBERS_UP, CHECK_ONE_PRIMARY, HEALTH_CHECKS, health_key
-from pg_ops.defs.health import SENSOR_NAME
+from pg_ops.defs.health import sensor_name
 from pg_ops.defs.resources import AlertsResource, PgOpsResource
 from pg_ops_tests.helpers import kill_member, running_cluster, wait_for
 
 
 class HealthSensor:
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
-        self.sensor = defs.get_sensor_def(SENSOR_NAME)
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, cluster: str):
+        self.name = sensor_name(cluster)
+        self.sensor = defs.get_sensor_def(self.name)
         self.defs, self.instance, self.cursor = defs, instance, None
         self.resources = {"pg_ops": PgOpsResource(), "alerts": AlertsResource()}
 
@@ -27,7 +28,7 @@ class HealthSensor:
         """One evaluation: (the cluster_health checks it reported by name, its run requests,
         its observations of cluster_health/<cluster>)."""
         result = self.sensor(dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                                     resources=self.resources, sensor_name=SENSOR_NAME))
+                                                     resources=self.resources, sensor_name=self.name))
         self.cursor = result.cursor
         events = list(result.asset_events or [])
         for event in events:
@@ -48,7 +49,7 @@ def test_a_member_down_after_a_failover_is_red_until_it_rejoins_by_itself(make_s
     spec = make_spec("ch", monitoring={"interval_seconds": 1})
     defs = build_defs([spec])
     with running_cluster(spec) as ctx, dg.instance_for_test() as instance:
-        sensor = HealthSensor(defs, instance)
+        sensor = HealthSensor(defs, instance, spec.name)
         checks, requests, observed = sensor.tick()
         assert set(checks) == set(HEALTH_CHECKS) and all(c.passed for c in checks.values()), checks
         assert all(c.asset_key == health_key("ch") for c in checks.values())

@@ -58,6 +58,7 @@ CHART_KEYS = {
                           "maxResumeRunAttempts": ANY, "pollIntervalSeconds": ANY,
                           "freeSlotsAfterRunEndSeconds": ANY},
         "runRetries": {"enabled": ANY, "maxRetries": ANY},
+        "sensors": {"useThreads": ANY, "numWorkers": ANY, "numSubmitWorkers": ANY},
     },
     "retention": {"enabled": ANY, "schedule": {"purgeAfterDays": ANY},
                   "sensor": {"purgeAfterDays": {"failure": ANY, "skipped": ANY, "started": ANY, "success": ANY}}},
@@ -192,7 +193,12 @@ def test_helm_values_match_the_production_instance_config():
     assert values["postgresql"]["enabled"] is False  # Dagster's storage is not a pg_ops cluster
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     deployment = values["dagster-user-deployments"]["deployments"][0]
-    assert deployment["codeServerArgs"] == ["-m", "pg_ops.definitions"]
+    assert deployment["codeServerArgs"][:2] == ["-m", "pg_ops.definitions"]
+    # Every cluster's health sensor holds a code-server thread and a daemon worker per loop.
+    workers = int(deployment["codeServerArgs"][deployment["codeServerArgs"].index("--max-workers") + 1])
+    sensors = values["dagsterDaemon"]["sensors"]
+    assert workers > sensors["numWorkers"] >= 16 and sensors["useThreads"]
+    assert instance["sensors"] == {"use_threads": True, "num_workers": sensors["numWorkers"]}
     assert values["serviceAccount"]["name"] == k.service_account(HOMELAB)
 
 

@@ -124,7 +124,7 @@ def daemon_clusters():
                 running_cluster(specs["pw"]) as pw, \
                 dagster_daemon(home, {"PG_OPS_ALERT_WEBHOOK": hook.url}):
             try:
-                wait_for(lambda: _ticked(instance), "the health sensor's first ticks", timeout=120)
+                wait_for(lambda: _ticked(instance, list(specs)), "every health sensor's first ticks", timeout=120)
                 yield {"async": pa, "sync": ps, "watch": pw, "hook": hook, "instance": instance, "home": home}
             except AssertionError:
                 print((home / "daemon.log").read_text()[-3000:])
@@ -133,10 +133,10 @@ def daemon_clusters():
                 instance.dispose()
 
 
-def _ticked(instance) -> bool:
+def _ticked(instance, clusters: list[str]) -> bool:
     from pg_ops.defs.health import health_sensor_cursor
 
-    return len(health_sensor_cursor(instance)["ticks"]) >= 2
+    return all(len(health_sensor_cursor(instance, c)["ticks"]) >= 2 for c in clusters)
 
 
 def _failovers(instance, cluster):

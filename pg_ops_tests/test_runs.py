@@ -165,23 +165,29 @@ def test_a_spec_added_after_loading_is_skipped_with_an_alert_not_a_broken_tick(p
     loaded = spec_from(write_spec(pg_home / "specs", "old"))
     defs = defs_of(loaded)
     write_spec(pg_home / "specs", "new")  # written after the code location loaded
-    sensor = defs.get_sensor_def(health.SENSOR_NAME)
+    specs_sensor = defs.get_sensor_def(health.SPECS_SENSOR_NAME)
+    assert [s.name for s in defs.sensors if s.name.startswith(health.SENSOR_PREFIX)] == [health.sensor_name("old")]
     with WebhookCapture() as hook, dg.instance_for_test() as instance:
         monkeypatch.setenv("PG_OPS_ALERT_WEBHOOK", hook.url)
         resources = {"pg_ops": PgOpsResource(), "alerts": health.AlertsResource()}
-        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        result = specs_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert not result.run_requests  # no request for "new": its partition does not exist here
         assert ("cluster_not_loaded", "new") in hook.kinds(resolved=False)
         body = next(b for b in hook.bodies if b["kind"] == "cluster_not_loaded")
         assert "cluster new " in body["summary"] and "reloaded" in body["summary"]
-        watched = json.loads(result.cursor)["clusters"]
-        assert "old" in watched and "new" not in watched
-        # Once the code location knows it (a reload builds the definitions again), it is watched
-        # and the alert resolves.
-        sensor = defs_of(*load_specs()).get_sensor_def(health.SENSOR_NAME)
-        result = sensor(dg.build_sensor_context(instance=instance, resources=resources, cursor=result.cursor))
+        # "old" is watched by its own sensor, which requests nothing for the other cluster.
+        watched = defs.get_sensor_def(health.sensor_name("old"))(dg.build_sensor_context(
+            instance=instance, resources=resources))
+        assert list(json.loads(watched.cursor)["clusters"]) == ["old"]
+        # Once the code location knows it (a reload builds the definitions again), it has its
+        # own sensor and the alert resolves.
+        reloaded = defs_of(*load_specs())
+        result = reloaded.get_sensor_def(health.SPECS_SENSOR_NAME)(dg.build_sensor_context(
+            instance=instance, resources=resources, cursor=result.cursor))
         assert ("cluster_not_loaded", "new") in hook.kinds(resolved=True)
-        assert "new" in json.loads(result.cursor)["clusters"]
+        new = reloaded.get_sensor_def(health.sensor_name("new"))(dg.build_sensor_context(
+            instance=instance, resources=resources))
+        assert list(json.loads(new.cursor)["clusters"]) == ["new"]
 
 
 def test_unreadable_specs_leave_the_loaded_ones_watched(pg_home):

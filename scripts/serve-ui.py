@@ -61,6 +61,9 @@ def stop(children: list[subprocess.Popen]) -> None:
             child.wait()
 
 
+CODE_SERVER_THREADS = 40  # the daemon's sensor workers (dagster.yaml: 32) and a few more
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # Every cluster's health sensor holds a code-server thread for most of each daemon loop
+    # (pg_ops/defs/health.py): the code server the daemon starts for workspace.yaml gets enough
+    # threads for a fleet (its default is the machine's CPUs + 4).
+    os.environ.setdefault("DAGSTER_GRPC_MAX_WORKERS", str(CODE_SERVER_THREADS))
     daemon = start([str(VENV_BIN / "dagster-daemon"), "run", "-w", args.workspace])
     webserver = start([str(VENV_BIN / "dagster-webserver"), "-h", args.host, "-p", str(args.port),
                        "-w", args.workspace])

@@ -4,7 +4,7 @@
 
 The checks (every member up, exactly one writable primary, every replica streaming, replication
 slots present) hang off `cluster_health/<c>`, not off the partitioned `replication` asset: they
-are the cluster now, not at deploy time. `cluster_health_sensor` reports their evaluations and
+are the cluster now, not at deploy time. Its health sensor (`cluster_health_<cluster>`) reports their evaluations and
 an observation of the cluster (primary, epoch, members, what is wrong and what brings it back)
 whenever one changes, and at least once an hour (pg_ops/defs/health.py); `deploy_cluster`
 reports them at the end of each deploy; and they can be executed on demand (job
@@ -214,14 +214,14 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     )
     health_assets = [dg.AssetSpec(health_key(s.name), group_name=GROUP, deps=[replication.key],
                                   description=f"Cluster {s.name} now: which member is primary, which answer, "
-                                              f"replication; kept current by cluster_health_sensor (its checks "
+                                              f"replication; kept current by its health sensor cluster_health_{s.name.replace('-', '_')} (its checks "
                                               f"and observations).")
                      for s in specs]
     checks = [health_checks(s) for s in specs]
     checks_job = dg.define_asset_job(HEALTH_CHECKS_JOB, selection=dg.AssetSelection.checks(*checks),
                                      executor_def=dg.in_process_executor,
                                      description="The deployment checks of every cluster now, on demand "
-                                                 "(cluster_health_sensor reports them without a run).")
+                                                 "(each cluster's health sensor reports them without a run).")
     return dg.Definitions(assets=[*deployed, *health_assets], asset_checks=checks,
                           jobs=[deploy_cluster, checks_job])
 

@@ -92,7 +92,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
     long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
 
-    @dg.job(name="failover", **quick, description="Automatic or manual failover (launched by cluster_health_sensor).")
+    @dg.job(name="failover", **quick, description="Automatic or manual failover (launched by the cluster's health sensor, cluster_health_<cluster>).")
     def failover_job():
         run_failover()
 

@@ -1,7 +1,13 @@
-"""Health in Dagster: `cluster_health_sensor` (alerts, member observations, failover run
-requests), the run-failure alert sensor, the alerts resource, and the service-level checks
-with their schedule. Thin: the decisions are operations/health.py's, the measurements
+"""Health in Dagster: one health sensor per cluster, `cluster_health_<cluster>` (alerts, member
+observations, failover run requests), `cluster_specs_sensor` (alerts about the spec files as a
+whole), the run-failure alert sensor, the alerts resource, and the service-level checks with
+their schedule. Thin: the decisions are operations/health.py's, the measurements
 operations/slo.py's.
+
+One sensor per cluster, not one over the fleet: the daemon evaluates sensors in parallel threads
+(`sensors: use_threads` in dagster.yaml), so a cluster's failover request leaves when its own
+tick sees the failure, not when every other cluster's watch has ended; each cluster's ticks,
+cursor and skip reasons are its own in the UI, and a cluster that hangs a tick delays only itself.
 
 Member observations go to one asset key per member, ["health", cluster, member]: Dagster
 plots numeric metadata per asset key, so each member gets its own lag / connections / storage
@@ -27,7 +33,9 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.model import FailoverRequest
 from pg_ops.spec import ClusterSpec
 
-SENSOR_NAME = "cluster_health_sensor"
+SENSOR_PREFIX = "cluster_health_"  # + the cluster's name with `-` as `_` (sensor_name)
+SPECS_SENSOR_NAME = "cluster_specs_sensor"
+SPECS_SENSOR_INTERVAL_S = 30
 RUN_FAILURE_SENSOR_NAME = "pg_ops_run_failure_alert"
 FAILOVER_JOB = "failover"
 FAILOVER_OP = "run_failover"
@@ -67,10 +75,15 @@ def load_cursor(raw: str | None) -> dict:
     return cursor
 
 
-def health_sensor_cursor(instance: dg.DagsterInstance) -> dict:
-    """The health sensor's record (what the failed-member-detection check reads on demand)."""
+def sensor_name(cluster: str) -> str:
+    """The cluster's health sensor (Dagster names allow no `-`; cluster names, DNS labels, no `_`)."""
+    return SENSOR_PREFIX + cluster.replace("-", "_")
+
+
+def health_sensor_cursor(instance: dg.DagsterInstance, cluster: str) -> dict:
+    """The cluster's health sensor's record (what the failed-member-detection check reads on demand)."""
     states = [s for s in instance.all_instigator_state()
-              if s.instigator_name == SENSOR_NAME and getattr(s.instigator_data, "cursor", None) is not None]
+              if s.instigator_name == sensor_name(cluster) and getattr(s.instigator_data, "cursor", None) is not None]
     states.sort(key=lambda s: getattr(s.instigator_data, "last_tick_timestamp", 0) or 0)
     return load_cursor(getattr(states[-1].instigator_data, "cursor", None) if states else None)
 
@@ -246,23 +259,38 @@ def trim_observations(instance: dg.DagsterInstance, keys: list[dg.AssetKey], now
     return stale
 
 
-def build(specs: list[ClusterSpec]) -> dg.Definitions:
-    interval = min((s.monitoring.interval_seconds for s in specs), default=5)
-    minimum_interval, watch_seconds = sensor_timing(interval)
+def health_sensor(spec: ClusterSpec) -> dg.SensorDefinition:
+    """The cluster's health sensor: its spec as the files say now (a changed threshold applies at
+    the next tick), skipped once the cluster is gone from them."""
+    minimum_interval, watch_seconds = sensor_timing(spec.monitoring.interval_seconds)
 
-    @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=minimum_interval,
+    @dg.sensor(name=sensor_name(spec.name), minimum_interval_seconds=minimum_interval,
                default_status=dg.DefaultSensorStatus.RUNNING,
                job_name=FAILOVER_JOB,  # defined in pg_ops/defs/failover.py
-               description="Every member of every cluster: alerts (fire once, resolve once), lag and state "
-                           "observations, and a failover run when a primary is confirmed down.")
-    def cluster_health_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
-                              alerts: AlertsResource) -> dg.SensorResult:
+               description=f"Every member of cluster {spec.name}: alerts (fire once, resolve once), lag and state "
+                           f"observations, and a failover run when its primary is confirmed down.")
+    def cluster_health(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
+                       alerts: AlertsResource) -> dg.SensorResult | dg.SkipReason:
         now = time.time()
-        watched, spec_alerts = loaded_specs(pg_ops.specs, specs)
+        watched, _ = loaded_specs(pg_ops.specs, [spec])  # the spec-file alerts: cluster_specs_sensor's
+        if not watched:
+            return dg.SkipReason(f"cluster {spec.name} is no longer in the cluster specs")
         contexts = [ClusterContext.for_spec(s, context.log) for s in watched]
-        result = evaluate_health(context, contexts, alerts, now=now, spec_alerts=spec_alerts,
-                                 watch_seconds=watch_seconds)
+        result = evaluate_health(context, contexts, alerts, now=now, watch_seconds=watch_seconds)
         return with_detection_checks(result, context.cursor, watched, now)
+
+    return cluster_health
+
+
+def build(specs: list[ClusterSpec]) -> dg.Definitions:
+    @dg.sensor(name=SPECS_SENSOR_NAME, minimum_interval_seconds=SPECS_SENSOR_INTERVAL_S,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="The cluster spec files as a whole: alerts when they cannot be read, or name a "
+                           "cluster the loaded code location does not know (no health sensor watches it).")
+    def cluster_specs_sensor(context: dg.SensorEvaluationContext, pg_ops: PgOpsResource,
+                             alerts: AlertsResource) -> dg.SensorResult:
+        _, spec_alerts = loaded_specs(pg_ops.specs, specs)
+        return evaluate_health(context, [], alerts, spec_alerts=spec_alerts)
 
     @dg.sensor(name=RETENTION_SENSOR_NAME, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Wipes a member's health observations once the oldest is {OBSERVATIONS_KEPT_DAYS} days old.")
@@ -282,7 +310,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         deliver_run_failure(context, alerts, {s.name: s for s in current})
 
     member_assets = [dg.AssetSpec(member_asset_key(s.name, m), group_name=GROUP,
-                                  description=f"Member {m} of {s.name}: state and lag, observed by {SENSOR_NAME}.")
+                                  description=f"Member {m} of {s.name}: state and lag, observed by {sensor_name(s.name)}.")
                      for s in specs for m in s.member_names]
     slo_assets = [dg.AssetSpec(service_level_asset_key(s.name), group_name=GROUP,
                                description=f"Service levels of cluster {s.name} (asset checks).")
@@ -297,7 +325,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                                      default_status=dg.DefaultScheduleStatus.RUNNING,
                                      description="Service-level checks every hour.")
     return dg.Definitions(assets=member_assets + slo_assets, asset_checks=checks, jobs=[job], schedules=[schedule],
-                          sensors=[cluster_health_sensor, run_failure_alert, observation_retention],
+                          sensors=[*(health_sensor(s) for s in specs), cluster_specs_sensor, run_failure_alert,
+                                   observation_retention],
                           resources={"alerts": ALERTS})
 
 
@@ -361,7 +390,7 @@ def service_level_checks(spec: ClusterSpec) -> dg.AssetChecksDefinition:
             "data_consistency": lambda: slo.data_consistency(ctx),
             "query_latency_p95": lambda: slo.query_latency(ctx),
             "failed_member_detection": lambda: slo.failed_member_detection(
-                health_sensor_cursor(context.instance), spec.name,
+                health_sensor_cursor(context.instance, spec.name), spec.name,
                 sensor_interval=spec.monitoring.interval_seconds),
         }
         for name in CHECKS:

@@ -19,7 +19,7 @@ STATUS_KEYS = {
     "backup_complete": "last complete backup (value: its stored size in bytes)",
     "drill_success": "last successful restore drill (value: restored bytes)",
     "failover": "last failover or switchover (value: the new epoch)",
-    "health_tick": "last cluster_health_sensor tick (value: members reachable)",
+    "health_tick": "last tick of the cluster's health sensor, cluster_health_<cluster> (value: members reachable)",
     "base_backup_complete": "last complete base backup for point-in-time recovery (value: its size in bytes)",
     "pitr_drill_success": "last successful point-in-time drill (value: seconds of replay)",
 }

@@ -1,6 +1,6 @@
 """Chaos benchmark: RTO and RPO when the primary is lost, for
   (a) the failover job alone, launched the moment the primary member is killed;
-  (b) the whole loop through the real Dagster daemon and cluster_health_sensor after a kill
+  (b) the whole loop through the real Dagster daemon and the cluster's health sensor after a kill
       (supervisor and postgres SIGKILLed, as when a node dies);
   (c) the same loop after the primary is cut off on loopback (alive and reachable by the
       application, unreachable for pg_ops and the replicas: pg_ops_tests/partition.py; root only).

@@ -9,6 +9,9 @@
 Per trial the primary's node is lost (cordoned, its pod killed), the failover submitted and waited
 for, then the node back and the old primary a replica again. Figures: submit -> run finished as
 the CLI sees it, and the run's own start -> end (so the rest is the launch).
+Then the path production runs (issue 27): `failover.mode: automatic`, the cluster's health sensor
+in the real daemon, an application writing through the primary Service; the RTO (the pod killed ->
+the application's first acknowledged write on the new primary) with each launcher.
 TRIALS trials of each, 2-member async cluster."""
 
 from __future__ import annotations
@@ -72,18 +75,63 @@ def trials(kube, ctx, home, instance, launcher: str) -> tuple[list[float], list[
     return walls, runs_
 
 
+def sensor_trials(kube, ctx, home, instance) -> list[float]:
+    """Kill -> the application's first write acknowledged by the new primary, with the daemon's
+    health sensor deciding and launching the failover."""
+    from pg_ops.defs.health import health_sensor_cursor
+    from pg_ops_tests.app_writer import App
+
+    rtos = []
+    ns = ctx.spec.kubernetes.namespace
+    with dagster_daemon(home, {}):
+        wait_for(lambda: len(health_sensor_cursor(instance, ctx.name)["ticks"]) >= 2, "two health sensor ticks",
+                 timeout=240, interval=1)
+        for _ in range(TRIALS):
+            with App(ctx) as app:
+                app.wait_acks(30, timeout=60)
+                old, epoch = ctx.state().primary, ctx.state().epoch
+                kube.hold_pending(ns, old)
+                failed_at = time.time()
+                kill_member(ctx.platform, old)
+                wait_for(lambda e=epoch: ctx.state().epoch > e, "the sensor's failover", timeout=180, interval=0.2)
+                new = ctx.state().primary
+                app.wait_acks(10, timeout=60, on=new)
+                first = app.first_ack_on(new, failed_at)
+                rtos.append(round(first - failed_at, 3) if first else None)
+            wait_for(lambda: ctx.state().lock is None, "the failover run to end", timeout=120)
+            kube.release_pending(ns, old)
+            wait_for(lambda o=old: ctx.probe([o])[o].streaming, f"{old} back as a replica", timeout=120)
+            deploy(ctx)
+            time.sleep(6)  # the sensor sees the healthy cluster (the incident resolves)
+    return rtos
+
+
+def failover_mode(path, mode: str) -> None:
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    raw["failover"] = {**raw.get("failover", {}), "mode": mode}
+    path.write_text(yaml.safe_dump(raw))
+
+
 def main() -> None:
     with home_environment() as home, real_kubernetes() as kube:
-        spec = spec_from(write_platform_spec(home / "specs", "kbench", "kubernetes", postgres={"members": 2},
-                                             failover={"mode": "manual"}, backups={"wal": {"enabled": False}}))
+        path = write_platform_spec(home / "specs", "kbench", "kubernetes", postgres={"members": 2},
+                                   failover={"mode": "manual"}, backups={"wal": {"enabled": False}})
+        spec = spec_from(path)
         kube.register_cluster(spec)
         ctx = ClusterContext.for_spec(spec)
         deploy(ctx)
-        results = {}
+        results, sensor = {}, {}
         for launcher in ("local", "k8s"):
             instance = k8s_launcher_instance(home, kube) if launcher == "k8s" else prepared_instance(home)
             try:
                 results[launcher] = trials(kube, ctx, home, instance, launcher)
+                failover_mode(path, "automatic")  # the sensor reads the spec file at every tick
+                try:
+                    sensor[launcher] = sensor_trials(kube, ctx, home, instance)
+                finally:
+                    failover_mode(path, "manual")
             finally:
                 instance.dispose()
                 if launcher == "k8s":
@@ -95,7 +143,10 @@ def main() -> None:
         emit("k8s_launcher", {
             "failover_submit_to_finished_s": {"k8s_run_launcher": summary(k8s_wall), "local_launcher": summary(local_wall)},
             "failover_run_start_to_end_s": {"k8s_run_launcher": summary(k8s_run), "local_launcher": summary(local_run)},
-            "k8s_over_local": round(ratio, 2)})
+            "k8s_over_local": round(ratio, 2),
+            "sensor_kill_rto_s": {"k8s_run_launcher": summary(sensor["k8s"]), "local_launcher": summary(sensor["local"])},
+            "sensor_rto_k8s_over_local": round(summary(sensor["k8s"])["median"] / summary(sensor["local"])["median"], 2),
+            "target_sensor_rto_k8s_over_local": 1.5})
 
 
 if __name__ == "__main__":
