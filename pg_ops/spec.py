@@ -409,6 +409,11 @@ class FailoverSpec(Strict):
     # for lease_seconds stops acknowledging writes (docs/architecture/safety.md#isolation-fencing).
     isolation_fencing: bool = True
     lease_seconds: Annotated[float, Field(ge=2, le=300)] = 5.0
+    # Where an automatic failover's recovery-time steps (confirm, fence, promote, route) run:
+    # `sensor`, in the health sensor's own tick in the long-lived code server, the failover run it
+    # requests finishing and recording the change; `run`, all of it in the run, after the run
+    # was queued and launched (a process, or a pod on Kubernetes). ADR-004.
+    promote_in: Literal["sensor", "run"] = "sensor"
 
 
 class PoolerSpec(Strict):

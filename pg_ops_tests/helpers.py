@@ -241,3 +241,16 @@ def home_environment() -> Iterator[Path]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+def requested_run(ctx: ClusterContext, request):
+    """What the failover run a health tick requested does (`request`: the tick's FailoverRequest
+    or the sensor's RunRequest): finish the take-over the tick already made (failover.promote_in:
+    sensor, the default: docs/architecture/adr-004-failover-in-the-sensor.md), or, when the tick
+    only requested (promote_in: run, or its take-over did not happen), the whole failover."""
+    from pg_ops.operations.failover import TakeOver, failover, finish
+
+    taken = getattr(request, "taken_over", None)
+    if taken is None and getattr(request, "run_config", None):
+        taken = request.run_config["ops"]["run_failover"]["config"].get("taken_over")
+    return finish(ctx, TakeOver.from_json(taken)) if taken else failover(ctx)

@@ -27,6 +27,7 @@ from pg_ops_tests.helpers import (
     kill_member,
     lose_member,
     recover_member,
+    requested_run,
     running_cluster,
     spec_from,
     wait_for,
@@ -97,8 +98,8 @@ def test_failed_fencing_leaves_a_change_the_tick_resumes(any_cluster, monkeypatc
         sensor = Sensor([ctx], instance=instance)
         sensor.tick()
         assert f"primary_not_writable/{stuck.primary}" in sensor.open_kinds()
-        assert len(sensor.requests) == 1  # the change is resumed through a failover run
-    change = failover(ctx)  # what the requested run does
+        assert len(sensor.requests) == 1  # the change is resumed (by the tick itself) and a failover run requested
+    change = requested_run(ctx, sensor.requests[0])
     assert change.new_primary == stuck.primary and change.epoch == stuck.epoch
     assert "resumed a change that stopped half-way" in change.metadata()["notes"]
     if fake_of(ctx) is not None:
@@ -121,7 +122,7 @@ def test_failed_promotion_is_resumed(cluster, monkeypatch):
     monkeypatch.setattr(failover_ops, "promote", real_promote)
     watch = tick(ctx)
     assert watch.decision.name == "primary_not_writable" and watch.failover is not None
-    change = failover(ctx)
+    change = requested_run(ctx, watch.failover)
     assert change.new_primary == ctx.state().primary
     assert q(ctx, change.new_primary, "select pg_is_in_recovery()", "postgres") == [(False,)]
 
@@ -313,7 +314,7 @@ def test_stalled_sync_promotion_is_resumed_by_the_next_tick_and_loses_nothing(cl
         assert stalled.primary != old and set(stalled.sync_set) == set(ctx.spec.member_names) - {old}
         watch = tick(ctx, memory)
         assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
-        change = failover(ctx)
+        change = requested_run(ctx, watch.failover)
         wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
     assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
     assert ctx.state().timeline == change.timeline
@@ -379,7 +380,7 @@ def test_sync_primary_that_fenced_itself_is_resumed_in_place_when_ticks_resume(m
             wait_for(lambda: ctx.probe([first])[first].reachable, f"{first} back")
             watch = tick(ctx, memory)
             assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
-            change = failover(ctx)
+            change = requested_run(ctx, watch.failover)
             assert change.new_primary == primary and change.epoch == epoch
             tick(ctx, memory)
             ctx.platform.start_member(second)

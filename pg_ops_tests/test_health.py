@@ -316,7 +316,9 @@ def test_wrong_password_reports_every_member_and_requests_no_failover(cluster, m
 
 
 def test_killed_primary_requests_one_failover_per_incident(cluster):
-    ctx = cluster
+    """failover.promote_in: run: the sensor only requests (its take-over in the tick: the next test)."""
+    ctx = ClusterContext(cluster.spec.model_copy(update={
+        "failover": cluster.spec.failover.model_copy(update={"promote_in": "run"})}), cluster.platform, cluster.log)
     primary = ctx.state().primary
     kill_member(ctx.platform, primary)
     found = verdict(ctx)
@@ -352,6 +354,35 @@ def test_killed_primary_requests_one_failover_per_incident(cluster):
         assert len(sensor.requests) == 1
         assert f"failover_failed/{ctx.state().primary}" in sensor.open_kinds()
         assert f"primary_down/{ctx.state().primary}" not in sensor.open_kinds()
+
+
+def test_the_sensor_takes_over_in_its_tick_and_the_run_finishes_and_records_it(cluster):
+    """failover.promote_in: sensor (the default): the tick that confirms the primary down fences
+    it, promotes and routes before it returns, so the new primary takes writes before any run
+    exists; its request carries what it did, and the run finishes it (the proof write, the
+    record). A run for a take-over the record no longer shows (another change since) refuses."""
+    from pg_ops.errors import Refused
+    from pg_ops.operations.failover import TakeOver, finish
+
+    ctx = cluster
+    old, epoch = ctx.state().primary, ctx.state().epoch
+    kill_member(ctx.platform, old)
+    sensor = Sensor([ctx])
+    sensor.tick()
+    sensor.tick()
+    assert len(sensor.requests) == 1
+    taken = TakeOver.from_json(sensor.requests[0].run_config["ops"]["run_failover"]["config"]["taken_over"])
+    state = ctx.state()
+    assert (state.primary, state.epoch) == (taken.candidate, epoch + 1) and taken.old_primary == old
+    assert state.lock is None and old in state.fenced
+    assert ctx.probe([taken.candidate])[taken.candidate].writable  # before any run
+    assert "step: promote" in taken.steps and "step: route the primary endpoint" in taken.steps
+    change = finish(ctx, taken)
+    metadata = change.metadata()
+    assert metadata["new_primary"] == taken.candidate and "step: verify a write through the primary endpoint" in metadata
+    assert "step: promote" in metadata and "the health sensor took over" in metadata["notes"]
+    with pytest.raises(Refused, match="no longer the cluster's state"):
+        finish(ctx, TakeOver(**{**taken.__dict__, "epoch": taken.epoch - 1}))
 
 
 def test_killed_primary_in_manual_mode_alerts_with_the_command(cluster):

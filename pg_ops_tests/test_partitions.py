@@ -18,7 +18,7 @@ from pg_ops.operations.failover import failover
 from pg_ops.operations.health import status_report, watch_cluster
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.app_writer import App
-from pg_ops_tests.helpers import running_cluster, wait_for
+from pg_ops_tests.helpers import requested_run, running_cluster, wait_for
 from pg_ops_tests.partition import APP, PG_OPS, Partitions, unavailable
 from pg_ops_tests.test_alerts import WebhookCapture
 from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
@@ -75,7 +75,7 @@ def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached
                          "the tick to see the designated primary as a standby", timeout=30)
         assert watch.failover is not None
         assert [e.kind for e in watch.events if e.details["member"] == primary] == ["primary_isolated"]
-        change = failover(ctx, detected_at=time.time())
+        change = requested_run(ctx, watch.failover)
         assert change.new_primary == primary and change.epoch == 1
         assert not in_recovery(ctx, primary)
         wait_for(lambda: tick(ctx, memory) and app.progressing(primary), "writes on the same primary again",

@@ -98,8 +98,10 @@ def test_daemon_alerts_on_a_stopped_replica_and_on_its_return(make_spec, pg_home
 
 def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
     """The whole loop: the primary member is lost (supervisor and postgres SIGKILLed); the
-    sensor confirms it, requests a failover run, the daemon launches it; writes resume through
-    the primary endpoint; `deploy` brings the old primary back as a replica on the new timeline."""
+    sensor confirms it and takes over in its own tick (fence, promote, route: failover.promote_in
+    sensor, the default), then requests the failover run, which the daemon launches and which
+    finishes and records the change; writes resume through the primary endpoint; `deploy` brings
+    the old primary back as a replica on the new timeline."""
     import psycopg
 
     from pg_ops.credentials import PG_OPS_DATABASE
@@ -114,11 +116,19 @@ def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
             wait_for(lambda: len(health_sensor_cursor(instance, spec.name)["ticks"]) >= 2, "two health sensor ticks", timeout=120)
             old = ctx.state().primary
             kill_member(ctx.platform, old)
-            wait_for(lambda: ctx.state().epoch == 2 and ctx.state().lock is None, "the failover run", timeout=120)
-            runs = instance.get_runs(filters=dg.RunsFilter(job_name="failover"))
+            wait_for(lambda: ctx.state().epoch == 2 and ctx.state().lock is None, "the failover", timeout=120)
+            runs = wait_for(lambda: instance.get_runs(filters=dg.RunsFilter(job_name="failover")), "the failover run",
+                            timeout=60)
             wait_for(lambda: instance.get_run_by_id(runs[0].run_id).is_finished, "the run to finish", timeout=60)
             assert len(runs) == 1 and instance.get_run_by_id(runs[0].run_id).is_success
             assert runs[0].tags["dagster/run_key"].startswith("failover-dfo-")
+            # The run recorded the whole change: the sensor's steps and its own.
+            records = instance.fetch_observations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(["deployment", "replication"]), asset_partitions=["dfo"]), limit=5).records
+            change = next(r.asset_observation.metadata for r in records
+                          if r.asset_observation.metadata.get("operation").value == "failover")
+            assert "step: promote" in change and "step: verify a write through the primary endpoint" in change
+            assert "the health sensor took over" in change["notes"].value
             new = ctx.state().primary
             with psycopg.connect(ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE),
                                  password=ctx.admin_password(), autocommit=True) as conn:

@@ -27,6 +27,9 @@ class FailoverConfig(dg.Config):
     incident: Optional[str] = None  # noqa: UP045
     detected_at: Optional[float] = None  # noqa: UP045 - unix time the sensor first saw the primary fail
     last_primary_lsn: Optional[str] = None  # noqa: UP045 - the primary's last LSN the sensor observed
+    # What the health sensor's tick already did (operations/failover.TakeOver as JSON: member
+    # names, LSNs, timings); the run then finishes and records that change instead of deciding.
+    taken_over: Optional[str] = None  # noqa: UP045
 
 
 class SwitchoverConfig(dg.Config):
@@ -49,8 +52,11 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     @dg.op(description="Fail over to the best replica after the primary is confirmed down.")
     def run_failover(context: dg.OpExecutionContext, config: FailoverConfig, pg_ops: PgOpsResource) -> dict:
         ctx = pg_ops.cluster(context.partition_key, context.log)
-        change = ops.failover(ctx, to=config.to, force=config.force, detected_at=config.detected_at,
-                              last_primary_lsn=config.last_primary_lsn)
+        if config.taken_over:
+            change = ops.finish(ctx, ops.TakeOver.from_json(config.taken_over))
+        else:
+            change = ops.failover(ctx, to=config.to, force=config.force, detected_at=config.detected_at,
+                                  last_primary_lsn=config.last_primary_lsn)
         metadata = {**change.metadata(), **({"incident": config.incident} if config.incident else {})}
         _observe(context, metadata)
         context.add_output_metadata(metadata)

@@ -112,7 +112,7 @@ def _observation(row: dict) -> dg.AssetObservation:
 
 def _failover_request(request: FailoverRequest) -> dg.RunRequest:
     config = {"to": None, "force": False, "incident": request.incident, "detected_at": request.detected_at,
-              "last_primary_lsn": request.last_primary_lsn}
+              "last_primary_lsn": request.last_primary_lsn, "taken_over": request.taken_over}
     return dg.RunRequest(run_key=request.run_key, job_name=FAILOVER_JOB, partition_key=request.cluster,
                          run_config={"ops": {FAILOVER_OP: {"config": config}}},
                          tags=topology_run_tags(request.cluster))

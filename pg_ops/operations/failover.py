@@ -139,6 +139,45 @@ def check_rebuild_request(ctx: ClusterContext, member: str) -> None:
                       f"(`pg-ops switchover --to <replica>`)")
 
 
+@dataclass
+class TakeOver:
+    """What the recovery-time half of a failover did (`take_over`: confirm, fence, promote,
+    route), for the half that finishes it (`finish`: the proof write, the pooler, the record).
+    Both halves run in one failover run, or the health sensor takes over in its own tick (spec
+    `failover.promote_in: sensor`) and hands this, as JSON in the run config (member names,
+    LSNs, timings: no secret), to the failover run it requests, which finishes and records it."""
+
+    old_primary: str
+    candidate: str
+    designated: str  # the record's primary when the failover began
+    epoch: int
+    timeline: int | None
+    lag_bytes: int | None
+    reference_lsn: str | None
+    promoted_at: float
+    detected_at: float | None
+    resume: bool
+    in_place: bool
+    fence: list[str]
+    repointed: list[str]
+    notes: list[str]
+    steps: dict[str, float]
+    seconds: float
+    by: str = "run"  # "sensor": the health sensor's tick did it
+
+    def to_json(self) -> str:
+        import json
+        from dataclasses import asdict
+
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TakeOver:
+        import json
+
+        return cls(**json.loads(text))
+
+
 def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
              detected_at: float | None = None, last_primary_lsn: str | None = None) -> TopologyChange:
     """Promote the best replica (ha.plan_failover decides which, or refuses), or resume a change
@@ -147,70 +186,126 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
     policy = recheck_policy(Policy.from_spec(ctx.spec), detected_at)
     with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
         steps.guard = lock.check
-        with steps.step("confirm the primary is down"):
-            view = read_view(ctx, policy, confirm=True)
-        with steps.step("choose the candidate"):
-            plan = plan_failover(view, policy, FailoverIntent(to=to, force=force, reference_lsn=last_primary_lsn))
-            if isinstance(plan, Refusal):
-                raise Refused(plan.reason)
-            candidate = plan.candidate
-            ctx.log.info("failover: candidate %s, %s bytes behind%s", candidate, plan.lag_bytes,
-                         " (resuming a change that stopped half-way)" if plan.resume else "")
-        old = plan.old_primary or view.designated
-        # Resuming in place keeps the epoch (nothing changes hands); any other promotion is a new
-        # epoch, so a member still acting on the old one (an isolated primary's marker) knows.
-        in_place = plan.resume and candidate == view.designated
-        with steps.step("write the desired state"):
-            # The synchronous set stays as it is until the candidate has taken over: a run that
-            # stops before that (promotion stalled, fencing raised) is resumed by the next tick
-            # under the same rule (only the last known primary and the set may promote).
-            new_state = lock.update(lambda s: s.model_copy(update={
-                "epoch": s.epoch + (0 if in_place else 1), "primary": candidate,
-                "fenced": tuple(sorted({*s.fenced, *plan.fence} - {candidate}))}))
-        with steps.step("fence the old primary"):
-            unconfirmed = [m for m in plan.fence if not fence(ctx, m, view.members.get(m))]
-        if unconfirmed:
-            with steps.step("wait for the old primary's lease to run out"):
-                wait_for_lease_expiry(ctx, unconfirmed, detected_at)
-        with steps.step("promote"):
-            timeline = promote(ctx, candidate, new_state.epoch)
-            promoted_at = time.time()
-            took_over(lock, timeline)
-        with steps.step("replication slots on the new primary"):
-            act.ensure_slots(ctx, candidate)
-        with steps.step("repoint the other replicas"):
-            repointed = repoint_replicas(ctx, candidate, skip=set(plan.fence))
-        with steps.step("route the primary endpoint"):
-            ctx.platform.route_primary(candidate)
-        with steps.step("replication mode"):
-            replication_mode_after_change(ctx, candidate)
-        with steps.step("verify a write through the primary endpoint"):
-            verify_write(ctx, candidate, new_state.epoch, "failover")
-        if ctx.spec.pooler is not None:  # also resumes a pooler a switchover that died left paused
-            with steps.step("the pooler follows the new primary"):
-                pooling.follow(ctx)
-    record_status(ctx, "failover", new_state.epoch)
+        taken = take_over(ctx, steps, lock, policy, FailoverIntent(to=to, force=force, reference_lsn=last_primary_lsn),
+                          detected_at)
+        _prove(ctx, steps, taken)
+    return _record(ctx, steps, taken)
+
+
+def take_over_now(ctx: ClusterContext, *, detected_at: float, last_primary_lsn: str | None) -> TakeOver:
+    """The recovery-time half of an automatic failover, in the process that decided it (the
+    health sensor's tick, in the long-lived code server): under the topology lock, with the
+    run's own re-check and rules. The failover run it then requests finishes it (`finish`)."""
+    steps = StepLog(ctx.log, "failover")
+    policy = recheck_policy(Policy.from_spec(ctx.spec), detected_at)
+    with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
+        steps.guard = lock.check
+        taken = take_over(ctx, steps, lock, policy, FailoverIntent(reference_lsn=last_primary_lsn), detected_at)
+    return replace(taken, by="sensor")
+
+
+def take_over(ctx: ClusterContext, steps: StepLog, lock: HeldLock, policy: Policy, intent: FailoverIntent,
+              detected_at: float | None) -> TakeOver:
+    """Confirm, choose, write the desired state, fence, promote, slots, repoint, replication
+    mode, route: everything until clients reach a writable new primary. Under `lock`."""
+    with steps.step("confirm the primary is down"):
+        view = read_view(ctx, policy, confirm=True)
+    with steps.step("choose the candidate"):
+        plan = plan_failover(view, policy, intent)
+        if isinstance(plan, Refusal):
+            raise Refused(plan.reason)
+        candidate = plan.candidate
+        ctx.log.info("failover: candidate %s, %s bytes behind%s", candidate, plan.lag_bytes,
+                     " (resuming a change that stopped half-way)" if plan.resume else "")
+    old = plan.old_primary or view.designated
+    # Resuming in place keeps the epoch (nothing changes hands); any other promotion is a new
+    # epoch, so a member still acting on the old one (an isolated primary's marker) knows.
+    in_place = plan.resume and candidate == view.designated
+    with steps.step("write the desired state"):
+        # The synchronous set stays as it is until the candidate has taken over: a run that
+        # stops before that (promotion stalled, fencing raised) is resumed by the next tick
+        # under the same rule (only the last known primary and the set may promote).
+        new_state = lock.update(lambda s: s.model_copy(update={
+            "epoch": s.epoch + (0 if in_place else 1), "primary": candidate,
+            "fenced": tuple(sorted({*s.fenced, *plan.fence} - {candidate}))}))
+    with steps.step("fence the old primary"):
+        unconfirmed = [m for m in plan.fence if not fence(ctx, m, view.members.get(m))]
+    if unconfirmed:
+        with steps.step("wait for the old primary's lease to run out"):
+            wait_for_lease_expiry(ctx, unconfirmed, detected_at)
+    with steps.step("promote"):
+        timeline = promote(ctx, candidate, new_state.epoch)
+        promoted_at = time.time()
+        took_over(lock, timeline)
+    with steps.step("replication slots on the new primary"):
+        act.ensure_slots(ctx, candidate)
+    with steps.step("repoint the other replicas"):
+        repointed = repoint_replicas(ctx, candidate, skip=set(plan.fence))
+    with steps.step("replication mode"):  # before clients reach it: a sync mode waits from its first write
+        replication_mode_after_change(ctx, candidate)
+    with steps.step("route the primary endpoint"):
+        ctx.platform.route_primary(candidate)
+    return TakeOver(old_primary=old, candidate=candidate, designated=view.designated, epoch=new_state.epoch,
+                    timeline=timeline, lag_bytes=plan.lag_bytes, reference_lsn=plan.reference_lsn,
+                    promoted_at=promoted_at, detected_at=detected_at, resume=plan.resume, in_place=in_place,
+                    fence=list(plan.fence), repointed=repointed, notes=list(plan.notes),
+                    steps=steps.as_metadata(), seconds=steps.elapsed)
+
+
+def finish(ctx: ClusterContext, taken: TakeOver) -> TopologyChange:
+    """The failover run's half after the health sensor took over: under the lock, only if the
+    record still names what the sensor made (another change since: refused, nothing done)."""
+    steps = StepLog(ctx.log, "failover")
+    with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
+        steps.guard = lock.check
+        state = ctx.state()
+        if (state.primary, state.epoch) != (taken.candidate, taken.epoch):
+            raise Refused(f"cluster {ctx.name}: the health sensor's failover ({taken.old_primary} -> {taken.candidate}, "
+                          f"epoch {taken.epoch}) is no longer the cluster's state (primary {state.primary}, epoch "
+                          f"{state.epoch}): nothing to finish")
+        _prove(ctx, steps, taken)
+    return _record(ctx, steps, taken)
+
+
+def _prove(ctx: ClusterContext, steps: StepLog, taken: TakeOver) -> None:
+    """Under the lock: the proof write through the primary endpoint, and the pooler."""
+    with steps.step("verify a write through the primary endpoint"):
+        verify_write(ctx, taken.candidate, taken.epoch, "failover")
+    if ctx.spec.pooler is not None:  # also resumes a pooler a switchover that died left paused
+        with steps.step("the pooler follows the new primary"):
+            pooling.follow(ctx)
+
+
+def _record(ctx: ClusterContext, steps: StepLog, taken: TakeOver) -> TopologyChange:
+    """The status row and the record of the change (the take-over's steps first)."""
+    candidate, old = taken.candidate, taken.old_primary
+    record_status(ctx, "failover", taken.epoch)
+    finished = steps.as_metadata()
+    seconds = steps.elapsed if taken.by == "run" else taken.seconds + steps.elapsed
     change = TopologyChange(
-        operation="failover", cluster=ctx.name, old_primary=old, new_primary=candidate, epoch=new_state.epoch,
-        timeline=timeline, lag_bytes_at_promotion=plan.lag_bytes, reference_lsn=plan.reference_lsn,
-        promoted_at=promoted_at, seconds=steps.elapsed,
-        detection_to_writable_s=round(promoted_at - detected_at, 3) if detected_at else None,
-        steps=steps.as_metadata(),
+        operation="failover", cluster=ctx.name, old_primary=old, new_primary=candidate, epoch=taken.epoch,
+        timeline=taken.timeline, lag_bytes_at_promotion=taken.lag_bytes, reference_lsn=taken.reference_lsn,
+        promoted_at=taken.promoted_at, seconds=seconds,
+        detection_to_writable_s=round(taken.promoted_at - taken.detected_at, 3) if taken.detected_at else None,
+        steps=finished if taken.by == "run" else {**taken.steps, **finished},
     )
-    change.notes += list(plan.notes)
-    change.notes.append(f"repointed {', '.join(repointed) or 'none'}")
-    if in_place:
+    if taken.by == "sensor":
+        change.notes.append(f"the health sensor took over in {taken.seconds:.3f} s (confirm to route, in its own "
+                            f"tick); this run finished it")
+    change.notes += list(taken.notes)
+    change.notes.append(f"repointed {', '.join(taken.repointed) or 'none'}")
+    if taken.in_place:
         change.notes.append(f"resumed a change that stopped half-way in place: {candidate} was designated but a "
                             f"standby (not promoted yet, or it fenced itself while isolated)")
-    elif plan.resume:
+    elif taken.resume:
         change.notes.append(f"resumed a change that stopped half-way: {candidate} promoted instead of "
-                            f"{view.designated}, at a new epoch")
+                            f"{taken.designated}, at a new epoch")
     change.notes += wal.after_promotion(ctx)  # the archive's continuity: ship from pg_wal, or the gap alert
-    if ctx.spec.postgres.replication == "async" and not plan.resume:
-        change.notes.append(f"async mode: commits {old} accepted after {plan.lag_bytes} bytes behind were not "
+    if ctx.spec.postgres.replication == "async" and not taken.resume:
+        change.notes.append(f"async mode: commits {old} accepted after {taken.lag_bytes} bytes behind were not "
                             "replicated and are discarded when it rejoins (pg_rewind)")
-    ctx.log.info("failover done: %s -> %s, epoch %d, timeline %s, %.3f s", old, candidate, new_state.epoch,
-                 timeline, steps.elapsed)
+    ctx.log.info("failover done: %s -> %s, epoch %d, timeline %s, %.3f s", old, candidate, taken.epoch,
+                 taken.timeline, seconds)
     return change
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.alerts import Alert, condition_key
 from pg_ops.operations.context import ClusterContext
@@ -337,11 +337,14 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
         if broke:
             ctx.log.warning("%s: the primary %s stopped answering during the watch: %s", ctx.name, health.primary, broke)
             health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep, missed_before=1)
+    request = decision.failover
+    if request is not None and ctx.spec.failover.promote_in == "sensor":
+        request = take_over_in_tick(ctx, request)
     now = now or health.checked_at
     alerts = [*health.assessment.alerts, *decision.alerts, *failures]
     unknown = set(health.assessment.unknown) | set(decision.unknown)
     watch = ClusterWatch(cluster=ctx.name, health=health, alerts=alerts, unknown=unknown, memory=memory,
-                         decision=decision, failover=decision.failover)
+                         decision=decision, failover=request)
     rows = [{**m.__dict__, "cluster": ctx.name} for m in health.status.members]
     watch.detections = [{**d, "cluster": ctx.name}
                         for d in _track_detections(memory, rows, set(health.status.fenced), now)]
@@ -357,6 +360,21 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
                                         f"through the primary endpoint ({ctx.platform.primary_dsn('postgres', 'pg_ops')})",
                                 details={"member": health.primary}))
     return watch
+
+
+def take_over_in_tick(ctx: ClusterContext, request: FailoverRequest) -> FailoverRequest:
+    """failover.promote_in: sensor: confirm, fence, promote and route now, in this tick, and
+    request the run that finishes and records it. Whatever stops the take-over (a refusal, a
+    held lock, an error) leaves the request as it was: the run then decides and acts on its own,
+    and its failure alerts as any run's."""
+    from pg_ops.operations.failover import take_over_now
+
+    try:
+        taken = take_over_now(ctx, detected_at=request.detected_at, last_primary_lsn=request.last_primary_lsn)
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the run decides again and alerts if it fails
+        ctx.log.warning("%s: the sensor did not take over (%s); the failover run decides", ctx.name, first_line(exc))
+        return request
+    return replace(request, taken_over=taken.to_json())
 
 
 def watch_failed(ctx: ClusterContext, exc: Exception, memory: dict) -> ClusterWatch:

@@ -4,8 +4,10 @@
       (supervisor and postgres SIGKILLed, as when a node dies);
   (c) the same loop after the primary is cut off on loopback (alive and reachable by the
       application, unreachable for pg_ops and the replicas: pg_ops_tests/partition.py; root only).
-Async and sync modes, TRIALS trials each, with a per-phase breakdown of (b) and (c) from the
-run's own events: tick wait (failure -> pg_ops first saw it), confirmation (-> run enqueued),
+Async and sync modes, TRIALS trials each; (b) and (c) once per `failover.promote_in`
+(PROMOTE_IN: `sensor`, the default, takes over in the sensor's own tick and the run finishes;
+`run`, the whole failover in the run after it was queued and launched: ADR-004), with a
+per-phase breakdown of (b) and (c) from the run's own events: tick wait (failure -> pg_ops first saw it), confirmation (-> run enqueued),
 dequeue, launch (dequeued -> run started), run (started -> promoted), and the application's
 view (first acknowledged write after the failure). Baseline measured in the same run: a bare
 pg_promote(wait => true) of a replica, the floor any failover pays.
@@ -37,6 +39,7 @@ from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, temp_h
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))
 PATHS = os.environ.get("PG_OPS_BENCH_PATHS", "job_alone,daemon_kill,daemon_partition").split(",")
 MODES = os.environ.get("PG_OPS_BENCH_MODES", "async,sync").split(",")
+PROMOTE_IN = os.environ.get("PG_OPS_BENCH_PROMOTE_IN", "sensor,run").split(",")
 REPO = Path(__file__).parents[2]
 logging.basicConfig(level=logging.WARNING)
 
@@ -105,6 +108,17 @@ def daemon(home: Path):
         log.close()
 
 
+def failover_run_finished(dagster_home: Path, since: float) -> bool:
+    from dagster import DagsterInstance, RunsFilter
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs(filters=RunsFilter(job_name="failover"), limit=1)
+        if not runs:
+            return False
+        record = instance.get_run_record_by_id(runs[0].run_id)
+        return bool(record and record.create_timestamp.timestamp() >= since and runs[0].is_finished)
+
+
 def phases(dagster_home: Path, epoch_before: int, failed_at: float) -> dict:
     """The failover run's timeline, from its own events and output metadata."""
     from dagster import DagsterEventType, DagsterInstance, RunsFilter
@@ -165,6 +179,8 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
                         app.wait_acks(20, timeout=30, on=new)
                 while ctx.state().lock is not None and time.time() < deadline:
                     time.sleep(0.2)
+                while ok and not failover_run_finished(dagster_home, failed_at) and time.time() < deadline:
+                    time.sleep(0.2)  # with promote_in sensor the run comes after the take-over
                 trial = {"ok": ok, **phases(dagster_home, epoch, failed_at)}
                 first_new = app.first_ack_on(new, failed_at) if ok else None
                 trial["rto_s"] = round(first_new - failed_at, 3) if first_new else None
@@ -188,6 +204,14 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
     return out
 
 
+def promote_in_spec(path: Path, where: str) -> None:
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    raw["failover"] = {**raw.get("failover", {}), "promote_in": where}
+    path.write_text(yaml.safe_dump(raw))
+
+
 def _phase_summary(trials: list[dict]) -> dict:
     keys = ("tick_wait_s", "confirmation_s", "dequeue_s", "launch_s", "run_to_promoted_s", "failure_to_promoted_s")
     return {k: summary([t.get(k) for t in trials]) for k in keys}
@@ -204,22 +228,24 @@ def main() -> None:
         (home / "base").mkdir()
         baseline = promote_baseline(spec_from(write_spec(home / "base", "base")))
         # Every spec exists before the code location is loaded (its partitions are the clusters).
-        modes = {mode: spec_from(write_spec(specs, f"chaos-{mode}", postgres={"members": 3, "replication": mode},
-                                            failover={"mode": "automatic"})) for mode in MODES}
+        paths = {mode: write_spec(specs, f"chaos-{mode}", postgres={"members": 3, "replication": mode},
+                                  failover={"mode": "automatic"}) for mode in MODES}
+        modes = {mode: spec_from(path) for mode, path in paths.items()}
         why_not = unavailable()
         for mode, spec in modes.items():
             with running_cluster(spec) as ctx:
-                for label in PATHS:
+                for label, promote_in in [(p, w) for p in PATHS for w in (PROMOTE_IN if p != "job_alone" else ["run"])]:
                     if label == "daemon_partition" and why_not:
                         print(f"skipping {label}: {why_not}", file=sys.stderr)
                         continue
                     if label == "job_alone":
                         trials = run_job_alone(ctx, TRIALS)
                     else:
+                        promote_in_spec(paths[mode], promote_in)  # the sensor and the run read the file
                         trials = run_through_daemon(ctx, home, TRIALS, partition=label == "daemon_partition")
                     rtos = [t["rto_s"] for t in trials if t.get("rto_s") is not None]
                     line = {
-                        "path": label, "replication": mode, "trials": len(trials),
+                        "path": label, "replication": mode, "promote_in": promote_in, "trials": len(trials),
                         "succeeded": sum(1 for t in trials if t["ok"]),
                         "rto_s": summary(rtos),
                         "rpo_rows_lost": {"max": max((t.get("lost") or 0) for t in trials),

@@ -223,6 +223,8 @@ class FailoverRequest:
     incident: str
     detected_at: float
     last_primary_lsn: str | None = None  # for the run's lag guard
+    # failover.promote_in: sensor: what the sensor's tick already did (TakeOver JSON); the run finishes it
+    taken_over: str | None = None
 
     @property
     def run_key(self) -> str:
