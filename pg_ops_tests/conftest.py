@@ -38,6 +38,13 @@ HEAVIEST_FIRST = (
     "test_control_plane.py",     # 58
     "test_sensors_daemon.py",    # 57
     "test_roles.py",             # 55
+    # Measured on the real control plane (issue 21) and not placed by figure yet: long files
+    # that must not start last.
+    "test_kubernetes_runs.py",
+    "test_readme.py",
+    "test_kubernetes_paths.py",
+    "test_kubernetes_platform.py",
+    "test_pooler.py",
 )
 
 
