@@ -175,6 +175,7 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
     from pg_ops.operations import pooling
     from pg_ops.operations.context import ClusterContext
     from pg_ops.operations.deploy import deploy
+    from pg_ops.operations.drift import check_drift
     from pg_ops.platforms import kubernetes_names as names
     from pg_ops_tests.helpers import home_environment, real_kubernetes
 
@@ -196,6 +197,9 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
             assert len(pods) == 2 and len({p.spec.node_name for p in pods}) == 2  # spread over nodes
             wait_for(lambda: (kube.object("poddisruptionbudgets", ns, name, "policy/v1") or {})
                      .get("status", {}).get("disruptionsAllowed") == 1, "the pooler's budget lets one go", timeout=30)
+            # What the API server defaults and the controllers add to them is no drift (the hourly check).
+            drift = check_drift(ctx)
+            assert f"Deployment/{name}" in drift.checked and drift.passed, drift.lines()
             secret = kube.admin_api().core.read_namespaced_secret(names.app_secret(spec, "app"), ns)
             pooled = base64.b64decode(secret.data["pooled-uri"]).decode()
             assert f"@{names.pooler_service(spec)}.{ns}.svc.cluster.local:5432/app" in pooled
