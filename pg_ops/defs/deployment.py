@@ -214,7 +214,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     )
     health_assets = [dg.AssetSpec(health_key(s.name), group_name=GROUP, deps=[replication.key],
                                   description=f"Cluster {s.name} now: which member is primary, which answer, "
-                                              f"replication; kept current by its health sensor cluster_health_{s.name.replace('-', '_')} (its checks "
+                                              f"replication; kept current by its health sensor (its checks "
                                               f"and observations).")
                      for s in specs]
     checks = [health_checks(s) for s in specs]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pg_ops.credentials import Credentials
+from pg_ops.errors import PgOpsError
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState, StateStore
@@ -226,10 +227,19 @@ class Secrets(Protocol):
     """The cluster's generated passwords, and the backup store's keys where the platform holds
     them."""
 
+    spec: ClusterSpec
+
     def load_credentials(self) -> Credentials | None:
         """The cluster's passwords; None before the first deploy. Local: credentials.json
         (0600). Kubernetes: the credentials Secret. Read-only."""
         ...
+
+    def load_credentials_or_fail(self) -> Credentials:
+        """The stored credentials, or one line saying there are none yet."""
+        creds = self.load_credentials()
+        if creds is None:
+            raise PgOpsError(f"cluster {self.spec.name}: no credentials yet (deploy it first)")
+        return creds
 
     def ensure_credentials(self) -> Credentials:
         """Generate once, never overwrite; add roles the spec gained. Local: also (re)writes the

@@ -206,12 +206,15 @@ class KubernetesPlatform(Platform):
     def passfile(self) -> None:
         return None
 
+    def _list_pods(self, labels: dict[str, str]) -> list:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        return self.api.call("list", f"pods in {self.namespace} ({selector})", self.api.core.list_namespaced_pod,
+                             self.namespace, label_selector=selector).items
+
     def _pods(self) -> dict:
-        selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(self.spec).items())
-        pods = self.api.call("list", f"pods in {self.namespace} ({selector})", self.api.core.list_namespaced_pod,
-                             self.namespace, label_selector=selector)
         members = set(self.spec.member_names)
-        return {p.metadata.name: p for p in pods.items if p.metadata.name in members}
+        return {p.metadata.name: p for p in self._list_pods(names.selector_labels(self.spec))
+                if p.metadata.name in members}
 
     def _pod(self, name: str):
         return self.api.call("get", self._what("pod", name), self.api.core.read_namespaced_pod, name,
@@ -854,10 +857,8 @@ class KubernetesPlatform(Platform):
 
     def _pooler_pods(self) -> list:
         """The pooler's pods that are Ready (its readiness probe: PgBouncer listens), by name."""
-        selector = ",".join(f"{k}={v}" for k, v in names.pooler_labels(self.spec).items())
-        pods = self.api.call("list", f"pods in {self.namespace} ({selector})", self.api.core.list_namespaced_pod,
-                             self.namespace, label_selector=selector)
-        return sorted((p for p in pods.items if _ready(p)), key=lambda p: p.metadata.name)
+        return sorted((p for p in self._list_pods(names.pooler_labels(self.spec)) if _ready(p)),
+                      key=lambda p: p.metadata.name)
 
     def start_pooler(self, primary: str) -> bool:
         """The Deployment is applied with the other Git-owned objects (prepare); this waits until
@@ -911,12 +912,6 @@ class KubernetesPlatform(Platform):
         if failed:
             raise PgOpsError(f"{command}: " + "; ".join(failed))
         return rows
-
-    def load_credentials_or_fail(self) -> Credentials:
-        creds = self.load_credentials()
-        if creds is None:
-            raise PgOpsError(f"kubernetes: {self._secret_what()} does not exist yet (deploy creates it)")
-        return creds
 
     def server_config_text(self) -> str:
         from pg_ops.render.config import postgresql_conf

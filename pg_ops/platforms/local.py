@@ -375,12 +375,6 @@ class LocalPlatform(Platform):
             raise PgOpsError(f"cluster {self.spec.name} has no pooler (spec `pooler`)")
         return pooler.admin(command, self.load_credentials_or_fail().password(POOLER_USER), timeout)
 
-    def load_credentials_or_fail(self) -> Credentials:
-        creds = self.load_credentials()
-        if creds is None:
-            raise PgOpsError(f"cluster {self.spec.name}: no credentials yet (deploy it first)")
-        return creds
-
     def check_wipe(self, name: str, keep_aside: bool) -> None:
         return None
 
