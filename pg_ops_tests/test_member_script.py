@@ -786,3 +786,30 @@ def test_writable_member_no_longer_designated_stops_and_rejoins_by_rewind(member
     assert report["boot.reason"] == "from m-0"
     standby_config(member, "m-0")
     assert member.terminate() == 0
+
+
+def command_substitutions(text: str) -> list[tuple[int, str]]:
+    """Every `$( ... )` in a shell script with the line it starts on (parentheses matched, not
+    a shell parser: enough for scripts that keep `(` and `)` balanced inside them)."""
+    found, start = [], text.find("$(")
+    while start >= 0:
+        depth, end = 0, start + 1
+        while end < len(text):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+            end += 1
+        found.append((text.count("\n", 0, start) + 1, text[start:end + 1]))
+        start = text.find("$(", start + 2)
+    return found
+
+
+def test_no_command_substitution_in_member_sh_spans_lines():
+    """bash 5.2 sometimes fails to parse a multi-line `$( ... )` that a TERM handler runs while the
+    main loop is inside another ("trap: line 2: unexpected EOF while looking for matching `)'"):
+    member.sh then never stopped (CI, issue 27). Its handlers run its functions, so none of them
+    may hold one; longer SQL goes into a variable. (recover_pod.sh's handler only sends a signal.)"""
+    text = Path(MEMBER_SCRIPT).read_text()
+    assert len(command_substitutions(text)) > 20, "the scanner no longer finds member.sh's $( ... )"
+    spanning = [(line, sub[:70]) for line, sub in command_substitutions(text) if "\n" in sub]
+    assert not spanning, f"member.sh: command substitutions over several lines: {spanning}"

@@ -114,6 +114,17 @@ LEASE_SEEN=""      # set once a lease row was read: from then on a missing row i
 LAST_LEASE=0       # last second the lease was fresh
 LAST_STANDBY=0     # last second a standby streamed from us
 
+# No command substitution in this script spans lines (tested): bash 5.2 can fail to parse one
+# that a TERM handler runs while the main loop is inside another - "trap: line 2: unexpected EOF
+# while looking for matching `)'" - and the member would not stop. Longer SQL lives here.
+# Streaming for real (pg_ops/postgres/topology.py: SETTLED_RECEIVER_SQL): a receiver that cannot
+# follow shows 'streaming' for the milliseconds of each attempt, which must not reset the count.
+SETTLED_RECEIVER_SQL="select count(*) from pg_stat_wal_receiver r where r.status = 'streaming'
+    and r.sender_host is not null and exists (select 1 from pg_stat_activity a where a.pid = r.pid
+    and a.backend_start < clock_timestamp() - interval '500 milliseconds')"
+BUSY_SESSIONS_SQL="select count(*) from pg_stat_activity where backend_type = 'client backend'
+    and state <> 'idle' and pid <> pg_backend_pid() and not pg_is_in_recovery()"
+
 log() { printf '%s member %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$MEMBER" "$*"; }
 die() {
     log "FATAL: $*"; set_phase refused "$*"; boot_action refused "$*" 2>/dev/null
@@ -198,9 +209,13 @@ primary_conn() {   # libpq keywords reaching the designated primary as $1
 primary_reachable() {
     "${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c "select 1" >/dev/null 2>&1
 }
-primary_tli() {
-    "${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" \
-        -c "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int" 2>/dev/null
+primary_sql() {   # SQL on the designated primary, as the superuser
+    "${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c "$1" 2>/dev/null
+}
+primary_tli() { primary_sql "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"; }
+pg_ops_sql() {   # SQL on this member's own server, database pg_ops (the lease), fields split by a space
+    "${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
+        -c "$1" 2>/dev/null
 }
 
 prepare_private_files() {
@@ -311,8 +326,7 @@ count_discarded() {
     [ -n "$mine" ] || { discarded_unknown "this member's timeline is unreadable (pg_controldata)"; return 0; }
     [ -n "$theirs" ] || { discarded_unknown "the primary's timeline could not be read" "" "$mine"; return 0; }
     [ "$theirs" -gt "$mine" ] 2>/dev/null || return 0   # not behind the primary's timeline: nothing forked off
-    history=$("${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c \
-        "select pg_read_file('pg_wal/' || lpad(upper(to_hex($theirs)), 8, '0') || '.history')" 2>/dev/null)
+    history=$(primary_sql "select pg_read_file('pg_wal/' || lpad(upper(to_hex($theirs)), 8, '0') || '.history')")
     fork=$(printf '%s\n' "$history" | awk -v t="$mine" '$1 == t { print $2; exit }')
     if [ -z "$fork" ]; then
         discarded_unknown "timeline $mine is not in the history of the primary's timeline $theirs (unreadable, or this member is off the cluster's history)" "" "$mine"
@@ -502,8 +516,7 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
     [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$(date +%s); LAST_LEASE=$now; LAST_STANDBY=$now; }
     # Our own server not answering is no sign of life from pg_ops or a standby: the ages stay
     # where they were (fail closed), and the bound below still applies.
-    out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
-        -c "$(lease_sql)" 2>/dev/null) || out="unread 0 -1"
+    out=$(pg_ops_sql "$(lease_sql)") || out="unread 0 -1"
     read -r holder age reply <<< "$out"
     if [ "$holder" = "none" ] && [ -z "$LEASE_SEEN" ]; then
         LAST_LEASE=$now   # no lease yet: pg_ops has not renewed this cluster's lease since it started
@@ -532,8 +545,7 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
 LEASE_FRESH_S=180
 lease_is_newer() {
     local out holder epoch age
-    out=$("${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
-        -c "select holder, epoch, ceil(extract(epoch from clock_timestamp() - renewed_at))::int from lease" 2>/dev/null) || return 1
+    out=$(pg_ops_sql "select holder, epoch, ceil(extract(epoch from clock_timestamp() - renewed_at))::int from lease") || return 1
     read -r holder epoch age <<< "$out"
     [ "$holder" = "$MEMBER" ] && [ -n "$epoch" ] && [ "$epoch" -ge "$(sget epoch)" ] 2>/dev/null \
         && [ -n "$age" ] && [ "$age" -le "$LEASE_FRESH_S" ] 2>/dev/null
@@ -557,11 +569,7 @@ off_timeline_standby() {
     [ $((SECONDS - LAST_TIMELINE_CHECK)) -ge "$TIMELINE_CHECK_S" ] || return 1
     LAST_TIMELINE_CHECK=$SECONDS
     local streaming mine theirs
-    # Streaming for real (pg_ops/postgres/topology.py: SETTLED_RECEIVER_SQL): a receiver that cannot
-    # follow shows 'streaming' for the milliseconds of each attempt, which must not reset the count.
-    streaming=$(own_sql 3 "select count(*) from pg_stat_wal_receiver r where r.status = 'streaming'
-        and r.sender_host is not null and exists (select 1 from pg_stat_activity a where a.pid = r.pid
-        and a.backend_start < clock_timestamp() - interval '500 milliseconds')")
+    streaming=$(own_sql 3 "$SETTLED_RECEIVER_SQL")
     if [ "$(primary_name)" = "$MEMBER" ] || [ -z "$(primary_name)" ] || [ "$streaming" != 0 ]; then
         OFF_TIMELINE_SEEN=0
         return 1
@@ -647,8 +655,7 @@ on_term() {
         else
             log "stop requested: checkpoint failed or took more than ${CHECKPOINT_S} s"
         fi
-        busy=$(own_sql 5 "select count(*) from pg_stat_activity where backend_type = 'client backend'
-                          and state <> 'idle' and pid <> pg_backend_pid() and not pg_is_in_recovery()")
+        busy=$(own_sql 5 "$BUSY_SESSIONS_SQL")
         if [ "$(primary_name)" = "$MEMBER" ] && [ "${busy:-0}" -gt 0 ]; then smart=$SMART_S; fi
     fi
     shutdown_postgres "$smart" "$deadline"
