@@ -70,10 +70,13 @@ class TopologyChange:
 
 
 # -- shared steps -------------------------------------------------------------------------------
+# pg_promote's own wait: replay of what the candidate received must end first, which a query
+# holding a lock on it can delay (up to max_standby_streaming_delay); past it, the next tick resumes.
+PROMOTE_WAIT_S = 30
 def promote(ctx: ClusterContext, member: str, epoch: int) -> int | None:
-    ok = act.sql(ctx, member, lambda c: admin.promote(c, wait_seconds=30), timeout=35)
+    ok = act.sql(ctx, member, lambda c: admin.promote(c, wait_seconds=PROMOTE_WAIT_S), timeout=PROMOTE_WAIT_S + 5)
     if not ok:
-        raise MemberError(f"member {member}: pg_promote did not complete within 30 s")
+        raise MemberError(f"member {member}: pg_promote did not complete within {PROMOTE_WAIT_S} s")
     # At once: its lease names it at the new epoch, which its member script trusts over a
     # record file that has not caught up yet (a kubelet's ConfigMap sync takes up to a minute).
     act.renew_lease(ctx, member, epoch)

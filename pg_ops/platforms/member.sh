@@ -169,7 +169,15 @@ boot_action() {   # row [reason]: the boot table's row taken (header), for pg_op
 }
 
 # --- the desired-state record -------------------------------------------------------------
-sget() { sed -n "s/^$1=//p" "$STATE" 2>/dev/null | tail -n 1; }
+# The record's value of KEY (its last line): read with builtins, no sed, as the primary's loop
+# reads it several times a second (a fork and exec each cost more than the whole loop otherwise).
+sget() {
+    local line value=""
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in "$1="*) value=${line#"$1="} ;; esac
+    done 2>/dev/null < "$STATE"
+    printf '%s\n' "$value"
+}
 primary_name() { sget primary; }
 member_addr() { sget "member.$1"; }   # host:port
 
@@ -492,15 +500,18 @@ isolated_here() {   # the marker names the record's current epoch: pg_ops has no
 # application_name = member name): a CDC consumer, pg_receivewal or a clone's pg_basebackup that
 # still reaches a cut-off primary must not keep it writable.
 lease_sql() {
-    local names
-    names=$(sed -n 's/^member\.\([a-z0-9-]*\)=.*/\1/p' "$STATE" 2>/dev/null | grep -vx "$MEMBER" | sed "s/.*/'&'/" | paste -sd, -)
+    local line name names=""
+    while IFS= read -r line || [ -n "$line" ]; do   # the other members' names, quoted, comma-separated
+        case $line in member.*=*) name=${line%%=*}; name=${name#member.} ;; *) continue ;; esac
+        [[ $name =~ ^[a-z0-9-]+$ ]] && [ "$name" != "$MEMBER" ] && names="${names:+$names,}'$name'"
+    done 2>/dev/null < "$STATE"
     echo "select coalesce((select holder || ' ' || ceil(extract(epoch from clock_timestamp() - renewed_at) * 10)::int from lease), 'none 0'),
                   coalesce((select ceil(extract(epoch from clock_timestamp() - max(reply_time)) * 10)::int
                               from pg_stat_replication where state = 'streaming'
                                and application_name in (${names:-''})), -1)"
 }
 
-now_tenths() { local ns; ns=$(date +%s%N); echo $((ns / 100000000)); }
+now_tenths() { local us=${EPOCHREALTIME/[.,]/}; echo $((us / 100000)); }   # no date(1) fork
 
 isolation_check() {   # returns 1 when this primary is cut off from pg_ops and every standby
     local lease now out holder age reply record_ok=1
@@ -513,7 +524,7 @@ isolation_check() {   # returns 1 when this primary is cut off from pg_ops and e
     fi
     [ -n "$lease" ] && [ "$lease" -gt 0 ] 2>/dev/null || return 0
     now=$(now_tenths)
-    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$(date +%s); LAST_LEASE=$now; LAST_STANDBY=$now; }
+    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$EPOCHSECONDS; LAST_LEASE=$now; LAST_STANDBY=$now; }
     # Our own server not answering is no sign of life from pg_ops or a standby: the ages stay
     # where they were (fail closed), and the bound below still applies.
     out=$(pg_ops_sql "$(lease_sql)") || out="unread 0 -1"

@@ -100,12 +100,26 @@ def daemon(home: Path):
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(10)  # the daemon's first sensor ticks (the code location loads first)
+        wait_until_no_run_in_flight(dagster_home)
         yield dagster_home
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+def wait_until_no_run_in_flight(dagster_home: Path, timeout: float = 300.0) -> None:
+    """The runs the first ticks request (each archiving cluster's first base backup, its WAL
+    checks) finished: trials measure failover, not a fleet busy with its first minute."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    busy = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+            DagsterRunStatus.STARTED]
+    deadline = time.time() + timeout
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        while instance.get_runs_count(filters=RunsFilter(statuses=busy)) and time.time() < deadline:
+            time.sleep(1)
 
 
 def failover_run_finished(dagster_home: Path, since: float) -> bool:
