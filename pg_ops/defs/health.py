@@ -35,7 +35,7 @@ from pg_ops.spec import ClusterSpec
 
 SENSOR_PREFIX = "cluster_health_"  # + the cluster's name with `-` as `_` (sensor_name)
 SPECS_SENSOR_NAME = "cluster_specs_sensor"
-SPECS_SENSOR_INTERVAL_S = 30
+SPECS_SENSOR_INTERVAL_S = 10  # a bad or unknown spec file is alerted within a daemon loop or two
 RUN_FAILURE_SENSOR_NAME = "pg_ops_run_failure_alert"
 FAILOVER_JOB = "failover"
 FAILOVER_OP = "run_failover"

@@ -266,7 +266,7 @@ def main() -> None:
                                           "per_trial": [t.get("lost") for t in trials]},
                         "baseline_promote_s": round(baseline, 4),
                         "rto_median_over_promote": round(summary(rtos).get("median", 0) / baseline, 1) if rtos else None,
-                        "target_median_rto_s": {"job_alone": 2.0, "daemon_kill": 5.0, "daemon_partition": 10.0}[label],
+                        "target_median_rto_s": {"job_alone": 2.0, "daemon_kill": 3.0, "daemon_partition": 8.0}[label],
                         "target_old_primary_acked_for_median_s": 10.0 if label == "daemon_partition" else None,
                     }
                     failures = [{k: t.get(k) for k in ("error", "run_failure")} for t in trials if not t["ok"]]
