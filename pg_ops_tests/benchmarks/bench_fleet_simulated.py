@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pg_ops.errors import MemberError  # noqa: E402
+from pg_ops.errors import ConflictError, MemberError  # noqa: E402
 from pg_ops.operations import health  # noqa: E402
 from pg_ops.operations.context import ClusterContext  # noqa: E402
 from pg_ops.operations.ha import act  # noqa: E402
@@ -49,11 +49,39 @@ PROBE_COST_S = 0.007  # a probe's round trip on loopback (a bare `select 1` on a
 logging.basicConfig(level=logging.ERROR)
 
 
+class SimulatedRecord:
+    """The cluster's record in memory, compare-and-swap as the file and the ConfigMap are."""
+
+    def __init__(self, record):
+        self.record, self.lock = record, threading.Lock()
+
+    def read(self):
+        return self.record
+
+    def write(self, new, expected_version):
+        with self.lock:
+            if self.record.version != expected_version:
+                raise ConflictError("simulated record changed")
+            self.record = new.model_copy(update={"version": expected_version + 1})
+            return self.record
+
+
 class SimulatedPlatform:
     """The platform calls a tick makes, answered from the recording."""
 
-    def __init__(self, peers: dict):
-        self.peers = peers
+    kind = "local"
+
+    def __init__(self, peers: dict, record):
+        self.peers, self.store = peers, SimulatedRecord(record)
+
+    def state_store(self) -> SimulatedRecord:
+        return self.store
+
+    def route_primary(self, member: str) -> None:
+        pass
+
+    def passfile(self):
+        return None
 
     def member_report(self, name: str) -> dict:
         return {}
@@ -77,12 +105,12 @@ class SimulatedCluster(ClusterContext):
     def __init__(self, recorded: ClusterContext, probes: dict[str, MemberProbe], endpoints, peers, record):
         spec = recorded.spec.model_copy(update={"failover": recorded.spec.failover.model_copy(
             update={"promote_in": "run"})})  # the request is what is timed, not a take-over
-        super().__init__(spec, SimulatedPlatform(peers), logging.getLogger("pg_ops.sim"))
-        self._probes, self._endpoints, self._record = probes, endpoints, record
+        super().__init__(spec, SimulatedPlatform(peers, record), logging.getLogger("pg_ops.sim"))
+        self._probes, self._endpoints, self._primary = probes, endpoints, record.primary
         self.killed_at: float | None = None
 
     def state(self):
-        return self._record
+        return self.platform.state_store().read()
 
     def endpoints(self):
         return self._endpoints
@@ -91,7 +119,7 @@ class SimulatedCluster(ClusterContext):
         return "simulated"
 
     def is_down(self, member: str) -> bool:
-        return self.killed_at is not None and member == self._record.primary
+        return self.killed_at is not None and member == self._primary
 
     def probe(self, names=None, timeout=None, deadlines=None) -> dict[str, MemberProbe]:
         time.sleep(PROBE_COST_S)  # every member at once: one round trip
