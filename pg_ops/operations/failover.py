@@ -73,6 +73,8 @@ class TopologyChange:
 # pg_promote's own wait: replay of what the candidate received must end first, which a query
 # holding a lock on it can delay (up to max_standby_streaming_delay); past it, the next tick resumes.
 PROMOTE_WAIT_S = 30
+
+
 def promote(ctx: ClusterContext, member: str, epoch: int) -> int | None:
     ok = act.sql(ctx, member, lambda c: admin.promote(c, wait_seconds=PROMOTE_WAIT_S), timeout=PROMOTE_WAIT_S + 5)
     if not ok:

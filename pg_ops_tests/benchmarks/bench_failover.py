@@ -110,8 +110,9 @@ def daemon(home: Path):
 
 
 def wait_until_no_run_in_flight(dagster_home: Path, timeout: float = 300.0) -> None:
-    """The runs the first ticks request (each archiving cluster's first base backup, its WAL
-    checks) finished: trials measure failover, not a fleet busy with its first minute."""
+    """No run queued or running now (the first ticks' requests: an archiving cluster's first
+    base backup, its WAL checks). Runs a sensor requests later are not waited for: benchmarks
+    that must not have them turn archiving off (bench_fleet)."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     busy = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
