@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -55,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pg_ops.platforms.shared_memory import release_data_dir_segment
+from pg_ops_tests.helpers import free_port_range
 
 REPO = Path(__file__).resolve().parents[1]
 GO_MODULE = Path(__file__).resolve().parent / "kube"
@@ -167,12 +167,6 @@ def _kill_processes_in(folder: Path) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, signal.SIGKILL)
         time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- PKI -----------------------------------------------------------------------------------------
@@ -333,12 +327,26 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
+        # The ports are chosen free, then bound by another process a moment later; whatever took
+        # one meanwhile (another test's server) makes that component exit with EADDRINUSE. That
+        # is the test machine's race, not the control plane's: start again on other ports.
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.stop()
+
+    def _start_once(self) -> None:
         sweep()
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
         (self.root / "owner.pid").write_text(str(os.getpid()))
         net = ipaddress.ip_network(SERVICE_CIDR)
         self.pki = Pki(self.root / "pki", str(net[1]))
-        etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
+        # Below the ephemeral range, so no outgoing connection's local port takes one meanwhile.
+        base = free_port_range(3)
+        etcd_port, peer_port, self.port = base, base + 1, base + 2
         self.server = f"https://127.0.0.1:{self.port}"
         etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
         self._run("etcd", [
