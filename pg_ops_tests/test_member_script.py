@@ -70,7 +70,7 @@ case $SQL in
     "select 1")           [ -e "$W/primary.up" ] || { echo "psql: error: connection refused" >&2; exit 2; } ;;
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
-    *pg_stat_replication*) [ "$(knob lease.rc)" ] && exit 2; v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
+    *pg_stat_replication*) [ -e "$W/lease.hang" ] && exec sleep 600; [ "$(knob lease.rc)" ] && exit 2; v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
     *"from lease"*)       v=$(knob lease.own); [ -n "$v" ] || exit 1; echo "$v" ;;
     *pg_stat_wal_receiver*) v=$(knob receiver.streaming); echo "${v:-0}" ;;  # before: it joins pg_stat_activity
     *pg_stat_activity*)   echo 0 ;;
@@ -635,6 +635,19 @@ def test_a_primary_whose_own_lease_check_fails_is_not_kept_writable_by_that(memb
     (issue 20, M2: it used to conclude nothing and stay writable): past the lease it fences."""
     designated_primary_with_lease(member, 1)
     member.knob("lease.rc", "2")
+    member.start()
+    member.wait_action("primary")
+    report = member.wait_action("isolated")
+    assert report["isolated.reason"].startswith("no lease renewal for "), report
+    assert member.terminate() == 0
+
+
+def test_a_lease_check_that_hangs_is_bounded_and_the_primary_fences(member):
+    """Its own server accepts the lease query and never answers (a lock on the lease table, a
+    stuck disk): the check is cut off, counts as no renewal, and past the lease it fences. An
+    unbounded check would stall the loop, and a cut-off primary would stay writable."""
+    designated_primary_with_lease(member, 1)
+    member.knob("lease.hang", "")
     member.start()
     member.wait_action("primary")
     report = member.wait_action("isolated")

@@ -214,13 +214,16 @@ primary_conn() {   # libpq keywords reaching the designated primary as $1
     printf 'host=%s port=%s user=%s passfile=%s connect_timeout=3' \
         "${addr%:*}" "${addr##*:}" "$1" "$PASSFILE"
 }
+# Every psql here is bounded as a whole, not only its connection: a server that accepted the
+# connection and then hangs (a stuck disk, a lock on the lease table, a frozen process) would
+# otherwise stall this loop, and with it the isolation check that fences a cut-off primary.
 primary_sql() {   # SQL on the designated primary, as the superuser
-    "${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c "$1" 2>/dev/null
+    timeout 5 "${BIN}psql" -X -At -d "$(primary_conn postgres) dbname=postgres" -c "$1" 2>/dev/null
 }
 primary_reachable() { primary_sql "select 1" >/dev/null; }
 primary_tli() { primary_sql "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"; }
 pg_ops_sql() {   # SQL on this member's own server, database pg_ops (the lease), fields split by a space
-    "${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
+    timeout 3 "${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
         -c "$1" 2>/dev/null
 }
 
