@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rotate-password", parents=[common], help="a new password for a role, delivered and verified")
     p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
     p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")
-    for add_parsers in (_psql_parser, _render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers):
+    for add_parsers in (_psql_parser, _render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers,
+                        _upgrade_parser):
         add_parsers(sub, common)
     return parser
 
@@ -625,6 +626,36 @@ def cmd_base_backup(args, spec):
     emit(args, {**meta, "recovery_window": window, "run_id": result.run_id},
          f"base backup {meta['backup_id']} of {spec.name}: {human_bytes(round(meta['size_mb'] * 1e6))} in "
          f"{meta['duration_seconds']} s (run {result.run_id[:8]}); {opened}")
+
+
+# -- major-version upgrades (pg_ops/defs/upgrades.py, operations/upgrade.py) ----------------------
+@command("upgrade")
+def cmd_upgrade(args, spec):
+    from pg_ops.defs.upgrades import rehearsal_key, rehearsal_run_config, rehearsal_run_kwargs
+    from pg_ops.operations.upgrade import check_rehearsal, rehearsal_text
+
+    if not args.rehearse:
+        raise PgOpsError(f"cluster {spec.name}: the upgrade itself is not built yet; rehearse it on a copy with "
+                         f"`pg-ops upgrade --to {args.to} --rehearse`")
+    if spec.platform != "local":
+        raise PgOpsError(f"cluster {spec.name}: the upgrade rehearsal runs on the local platform only (on Kubernetes "
+                         f"it needs both majors' binaries in one image, which pg_ops does not build yet)")
+    check_rehearsal(ClusterContext.for_spec(spec), args.to)  # the pair and the binaries, before a run exists
+    require_backup(spec, args.backup, "primary")
+    result = run_job(args, "upgrade_rehearsal", spec, rehearsal_run_config(spec.name, args.to, args.backup),
+                     **rehearsal_run_kwargs(spec.name))
+    report = {**result.materialization(rehearsal_key(spec.name).path)["report"], "run_id": result.run_id}
+    emit(args, report, rehearsal_text(report))
+
+
+def _upgrade_parser(sub, common) -> None:
+    p = sub.add_parser("upgrade", parents=[common],
+                       help="rehearse a major-version upgrade on a restored copy of a backup (--rehearse)")
+    p.add_argument("--to", type=int, required=True, metavar="MAJOR", help="the PostgreSQL major to upgrade to")
+    p.add_argument("--rehearse", action="store_true",
+                   help="restore a backup into a scratch server, pg_upgrade it there and verify it (the cluster "
+                        "is only read)")
+    p.add_argument("--backup", help="backup id to rehearse on (default: the newest complete backup)")
 
 
 def _wal_parsers(sub, common) -> None:

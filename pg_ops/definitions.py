@@ -21,13 +21,14 @@ from pg_ops.defs import (
     rollout,
     storage,
     store_checks,
+    upgrades,
     wal,
 )
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.spec import ClusterSpec, load_specs
 
 # Each area module declares its own definitions from the specs.
-AREAS = [deployment, failover, health, backups, drills, store_checks, drift, wal, roles, rollout, storage]
+AREAS = [deployment, failover, health, backups, drills, store_checks, drift, wal, roles, rollout, storage, upgrades]
 
 
 def build_defs(specs: list[ClusterSpec]) -> dg.Definitions:

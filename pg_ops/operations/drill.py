@@ -29,7 +29,8 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,7 +258,12 @@ def drill_workdir(raw_bytes: int) -> Path:
     return settings.home() / "drills"
 
 
-def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, report: DrillReport) -> None:
+def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, report: DrillReport,
+         target: Callable[[], AbstractContextManager[ScratchTarget]] | None = None,
+         then: Callable[[ScratchTarget, cat.Manifest], None] | None = None) -> None:
+    """Download, restore into a scratch target (`target`, default the platform's) and verify;
+    `then` goes on with the restored server before it is removed (the upgrade rehearsal)."""
+    target = target or (lambda: ctx.platform.scratch_target("drill"))
     try:
         manifest = cat.read_manifest(store, ctx.name, record.id)
     except StoreError as exc:
@@ -268,7 +274,7 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
     workdir.mkdir(parents=True, mode=0o700)
     try:
         # The scratch target starts while the objects download.
-        with _in_background(ctx.platform.scratch_target, "drill") as scratch_future:
+        with _in_background(target) as scratch_future:
             t0 = time.monotonic()
             files = {}
             for obj in [manifest.globals, *manifest.databases]:
@@ -280,6 +286,8 @@ def _run(ctx: ClusterContext, store: BackupStore, record: cat.BackupRecord, repo
             scratch = scratch_future()
             report.target = scratch.name
             _restore_and_verify(scratch, manifest, files, report)
+            if then is not None:
+                then(scratch, manifest)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -50,6 +50,15 @@ class ScratchTarget:
 
 
 @dataclass(frozen=True)
+class UpgradeScratch(ScratchTarget):
+    """A scratch target of the cluster's major whose server `upgrade()` takes to a newer one in
+    place, as the real upgrade would the primary (the upgrade rehearsal); it returns the seconds
+    each step took, and leaves the same endpoint and password serving the new major."""
+
+    upgrade: Callable[[], dict[str, float]] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class RecoveryPodRequest:
     """What a point-in-time recovery in a pod needs (KubernetesPlatform.recovery_pod): the base
     backup's tar in the S3 store, the server's whole postgresql.conf (recovery settings and
@@ -404,6 +413,12 @@ class ScratchTargets(Protocol):
         Local: a one-member cluster of its own on a free port under PG_OPS_HOME. Kubernetes: a
         pod of the cluster's image on an emptyDir, its password in a temporary Secret
         (MemberError with the scheduler's reason when it does not run in time)."""
+        ...
+
+    def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
+        """A scratch target like scratch_target's, of the cluster's major, that can be upgraded
+        in place to `to_major` (pg_upgrade --link) for the upgrade rehearsal. Local only for now;
+        Kubernetes: Unsupported."""
         ...
 
     def recovery_pod(self, request: RecoveryPodRequest) -> AbstractContextManager[RecoveryPod]:

@@ -38,6 +38,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,7 @@ from pg_ops.platforms.base import (
     RecoveryPod,
     RecoveryPodRequest,
     ScratchTarget,
+    UpgradeScratch,
     parse_member_report,
 )
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
@@ -994,6 +996,11 @@ class KubernetesPlatform(Platform):
             volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
                           {"name": "socket", "mountPath": "/var/run/postgresql"}])
         return self._scratch_pod(container, [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}])
+
+    def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
+        raise Unsupported(f"cluster {self.spec.name}: the upgrade rehearsal runs on the local platform only "
+                          f"(on Kubernetes it needs both majors' binaries in one image, which pg_ops does not "
+                          f"build yet)")
 
     # -- recovery pods (the point-in-time drill) --------------------------------------------------
     @contextlib.contextmanager

@@ -54,6 +54,7 @@ from pg_ops.platforms.base import (
     RecoveryPod,
     RecoveryPodRequest,
     ScratchTarget,
+    UpgradeScratch,
     parse_member_report,
 )
 from pg_ops.platforms.local_pooler import LocalPooler
@@ -104,6 +105,13 @@ class LocalPlatform(Platform):
         if self._user is None:
             self._user = server_user()
         return self._user
+
+    @property
+    def bin(self) -> Path:
+        """The PostgreSQL binaries this cluster runs: its spec's major (postgres.version), else
+        pg_ops's default ones."""
+        version = self.spec.postgres.version
+        return settings.pg_bin_for(version) if version is not None else settings.pg_bin()
 
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
@@ -219,6 +227,8 @@ class LocalPlatform(Platform):
                 f"{self.user.name} (uid {self.user.uid}): {blocked} does not let it through; "
                 f"set PG_OPS_HOME to a folder it can reach"
             )
+        for name in self.spec.member_names:
+            self._check_data_major(name)
         config = self.root / "config"
         config.mkdir(exist_ok=True)
         os.chmod(config, 0o755)
@@ -242,6 +252,22 @@ class LocalPlatform(Platform):
 
     def _owner_differs(self, path: Path) -> bool:
         return self.user.switch and path.stat().st_uid != self.user.uid
+
+    def _check_data_major(self, name: str) -> None:
+        """A data dir of another major than the binaries: one line before anything starts (the
+        server would refuse it after the member script had begun; a downgrade is never possible)."""
+        try:
+            data_major = int((self.data_dir(name) / "PG_VERSION").read_text().strip())
+        except (FileNotFoundError, PermissionError, ValueError):
+            return  # empty (a member to initdb or clone) or unreadable: the member script decides
+        major = settings.server_major(self.bin)
+        if data_major > major:
+            raise MemberError(f"member {name}: its data is PostgreSQL {data_major} and the binaries are {major}: "
+                              f"a downgrade is not possible (postgres.version, PG_OPS_PG_BIN)")
+        if data_major < major:
+            raise MemberError(f"member {name}: its data is PostgreSQL {data_major} and the binaries are {major}: "
+                              f"a major upgrade is pg_upgrade's, not a restart (rehearse it: "
+                              f"`pg-ops upgrade --to {major} --rehearse`)")
 
     def _check_data_owner(self, name: str) -> None:
         data = self.data_dir(name)
@@ -280,7 +306,7 @@ class LocalPlatform(Platform):
             "PGOPS_CONFIG_DIR": str(self.root / "config"),
             "PGOPS_PASSFILE": str(mdir / "pgpass"),
             "PGOPS_RUN_DIR": str(mdir / "run"),
-            "PGOPS_BIN": str(settings.pg_bin()),
+            "PGOPS_BIN": str(self.bin),
             "PGOPS_LISTEN": "127.0.0.1",
         }
         with open(self.log_path(name), "ab") as log:
@@ -412,7 +438,7 @@ class LocalPlatform(Platform):
         return not self.member_running(name)
 
     def shutdown_checkpoint(self, name: str) -> str | None:
-        return controldata.shutdown_checkpoint(settings.pg_bin(), self.data_dir(name))
+        return controldata.shutdown_checkpoint(self.bin, self.data_dir(name))
 
     def member_report(self, name: str) -> dict[str, str]:
         try:
@@ -453,7 +479,7 @@ class LocalPlatform(Platform):
         return None
 
     def server_config_error(self) -> str | None:
-        return running_config.config_error(settings.pg_bin() / "postgres", self.server_config_text(),
+        return running_config.config_error(self.bin / "postgres", self.server_config_text(),
                                            self.user.process_kwargs())
 
     def running_binaries(self, name: str) -> str | None:
@@ -465,7 +491,7 @@ class LocalPlatform(Platform):
             return None
 
     def rendered_binaries(self) -> str:
-        return os.path.realpath(settings.pg_bin() / "postgres")
+        return os.path.realpath(self.bin / "postgres")
 
     def discard(self) -> None:
         """Throw the cluster away: kill every member (nothing in it is kept, so no shutdown
@@ -497,6 +523,11 @@ class LocalPlatform(Platform):
             yield server.target(f"scratch cluster {server.name}")
         finally:
             server.remove()
+
+    def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
+        from pg_ops.platforms.local_upgrade import upgrade_scratch
+
+        return upgrade_scratch(self, to_major)
 
     def recovery_pod(self, request: RecoveryPodRequest) -> AbstractContextManager[RecoveryPod]:
         raise Unsupported(f"cluster {self.spec.name}: a recovery pod is Kubernetes's; the local drill restores "
@@ -543,11 +574,13 @@ class LocalScratchServer:
     Split into start / wait_ready / remove so the fake Kubernetes kubelet can bind a pod's life
     to it too."""
 
-    def __init__(self, name: str, password: str, home: Path | None = None, port: int | None = None):
+    def __init__(self, name: str, password: str, home: Path | None = None, port: int | None = None,
+                 version: int | None = None):
         self.name = name
         self.password = password
         spec = ClusterSpec.model_validate({
-            "name": name, "platform": "local", "postgres": {"members": 1, "parameters": SCRATCH_PARAMETERS},
+            "name": name, "platform": "local",
+            "postgres": {"members": 1, "parameters": SCRATCH_PARAMETERS, "version": version},
             "databases": [], "local": {"base_port": port or _free_port()},
             "backups": {"wal": {"enabled": False}}})  # nothing of a scratch server is archived
         self.platform = LocalPlatform(spec, home)

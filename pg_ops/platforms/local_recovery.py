@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from pg_ops import settings
 from pg_ops.credentials import Credentials
 from pg_ops.errors import MemberError
 from pg_ops.platforms.local import LocalPlatform, _free_port, _write_private
@@ -95,7 +94,7 @@ def drill_server(purpose: str, credentials: Credentials, fill: Fill, auto_conf: 
 def promoted(platform: LocalPlatform, member: str) -> bool:
     """The restored member has finished recovery and runs as a primary, by its control file
     (readable without a login, which an older password in the restored data may refuse)."""
-    return controldata.cluster_state(settings.pg_bin(), platform.data_dir(member)) == controldata.IN_PRODUCTION
+    return controldata.cluster_state(platform.bin, platform.data_dir(member)) == controldata.IN_PRODUCTION
 
 
 SINGLE_USER_TIMEOUT_S = 300.0
@@ -109,7 +108,7 @@ def run_single_user(platform: LocalPlatform, member: str, statement: str) -> Non
     one. The statement is not logged (log_statement off) and its output is not kept."""
     platform.stop_member(member)
     data = platform.data_dir(member)
-    command = [str(settings.pg_bin() / "postgres"), "--single", "-D", str(data),
+    command = [str(platform.bin / "postgres"), "--single", "-D", str(data),
                "-c", f"config_file={platform.root / 'config' / 'postgresql.conf'}", "-c", "log_statement=none",
                "-c", "log_min_error_statement=panic", "-c", "archive_mode=off", "postgres"]
     try:

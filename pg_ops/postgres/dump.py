@@ -273,6 +273,14 @@ def psql_script(endpoint: Endpoint, user: str, password: str, dbname: str, scrip
     return _run_tool(argv, "psql", user, password, stdin=script, harmless=harmless)
 
 
+def analyze_in_stages(endpoint: Endpoint, user: str, password: str, bin_dir: Path) -> ToolReport:
+    """`vacuumdb --all --analyze-in-stages` with the tools of `bin_dir` (the server's major):
+    planner statistics after pg_upgrade, which carries none before PostgreSQL 18."""
+    argv = [str(bin_dir / "vacuumdb"), "--all", "--analyze-in-stages", "--no-password",
+            f"--maintenance-db={member_dsn(endpoint, user, 'postgres')}"]
+    return _run_tool(argv, "vacuumdb", user, password)
+
+
 # Databases every server already has: restored into, not created (`--create` would fail).
 EXISTING_ON_EVERY_SERVER = ("postgres",)
 
