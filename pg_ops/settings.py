@@ -105,6 +105,17 @@ def pg_bin_for(major: int) -> Path:
                      f"(looked in {', '.join(map(str, looked))})")
 
 
+def client_bin(major: int | None) -> Path:
+    """Client tools for a server of `major` where the protocol ties them to it (pg_basebackup
+    refuses a newer server): that major's binaries when pg_ops finds them, else pg_bin()'s."""
+    if major is not None:
+        try:
+            return pg_bin_for(major)
+        except PgOpsError:
+            pass
+    return pg_bin()
+
+
 # make run's instance config (copied into DAGSTER_HOME): not at the repository root, where
 # `dagster dev` would warn that a dagster.yaml in the current folder is not used.
 LOCAL_INSTANCE_CONFIG = REPO_ROOT / "deploy" / "dagster" / "local" / "dagster.yaml"

@@ -27,7 +27,7 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pg_ops import settings
 from pg_ops.credentials import SUPERUSER
@@ -173,6 +173,169 @@ def _verify_upgraded(scratch: ScratchTarget, manifest: cat.Manifest, before: dic
         raise RehearsalProblem(f"vacuumdb --analyze-in-stages failed (exit {analyzed.returncode}): "
                                f"{'; '.join(analyzed.errors[:2])}")
     report.analyze_seconds = round(time.monotonic() - t1, 3)
+
+
+# -- the upgrade itself -----------------------------------------------------------------------------
+REHEARSAL_MAX_AGE_DAYS = 7  # a rehearsal older than a week of schema changes proves little
+UPGRADE_LOCK_TTL_S = 60  # renewed while the upgrade runs (state.HeldLock), like every topology change
+
+
+@dataclass
+class UpgradeResult:
+    cluster: str
+    from_major: int
+    to_major: int
+    primary: str
+    backup_id: str
+    downtime_seconds: float  # the primary stopped -> the upgraded primary writable
+    seconds: float
+    system_identifier: str
+    base_backup: str | None
+    extensions_updated: dict[str, list[str]]
+    steps: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> int:
+    """The cluster's major, once the upgrade may start; else one line naming what stops it."""
+    from_major = check_rehearsal(ctx, to_major)
+    if ctx.spec.postgres.version != to_major:
+        raise pgu.UpgradeRefused(
+            f"cluster {ctx.name}: its spec asks for PostgreSQL {ctx.spec.postgres.version or 'the default binaries'}; "
+            f"set postgres.version: {to_major} first (the upgraded members start with the spec's binaries)")
+    if not force:
+        latest = latest_rehearsal(ctx, to_major)
+        fresh = latest is not None and latest.get("result") == "passed" and latest.get("from_major") == from_major \
+            and datetime.fromisoformat(latest["finished_at"]) > datetime.now(UTC) - timedelta(days=REHEARSAL_MAX_AGE_DAYS)
+        if not fresh:
+            said = (f"the newest {latest['result']} on {latest['finished_at'][:16]}" if latest else "none yet")
+            raise pgu.UpgradeRefused(
+                f"cluster {ctx.name}: no passed upgrade rehearsal to PostgreSQL {to_major} within "
+                f"{REHEARSAL_MAX_AGE_DAYS} days ({said}): `pg-ops upgrade --to {to_major} --rehearse` first "
+                f"(or --force)")
+    state = ctx.state()
+    probes = ctx.probe()
+    if not probes[state.primary].writable:
+        raise pgu.UpgradeRefused(f"cluster {ctx.name}: the primary {state.primary} is not writable")
+    behind = [n for n, p in probes.items() if n != state.primary and not p.streaming]
+    if behind:
+        raise pgu.UpgradeRefused(f"cluster {ctx.name}: {', '.join(behind)} not streaming; repair it first (`pg-ops "
+                                 f"deploy` or `pg-ops rebuild`)")
+    return from_major
+
+
+def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeResult:
+    """In place, with pg_upgrade --link on the primary. The steps, each timed (StepLog):
+    a backup; under the topology lock (the health sensor leaves a locked cluster alone), the
+    replicas then the primary stopped cleanly — the downtime window opens; `pg_upgrade --check`
+    and `--link` of the primary's data dir; the record's system identifier set to the new one;
+    the primary started on the new major — the window closes once it takes a write. Before that
+    start, any failure gives the old major its data dir back and starts the old cluster again,
+    untouched, and says so in one line. After it: the replicas re-cloned from the upgraded
+    primary (their old data cannot follow pg_upgrade --link), slots and the replication mode as
+    a deploy sets them, extensions updated, statistics rebuilt, and a base backup at once (the
+    WAL archive continues under the new system identifier)."""
+    from pg_ops.operations import wal
+    from pg_ops.operations.backup import backup
+    from pg_ops.operations.deploy import configure_primary, establish_replication
+    from pg_ops.operations.failover import REBUILD_TIMEOUT_S
+    from pg_ops.operations.members import lease_kept, wait_until
+    from pg_ops.operations.steps import StepLog
+    from pg_ops.state import topology_lock
+
+    from_major = check_upgrade(ctx, to_major, force)
+    steps = StepLog(ctx.log, f"upgrade to PostgreSQL {to_major}")
+    with steps.step("backup"):
+        manifest = backup(ctx)
+    password = ctx.admin_password()
+    with topology_lock(ctx.platform.state_store(), "upgrade", ttl_seconds=UPGRADE_LOCK_TTL_S) as lock, lease_kept(ctx):
+        steps.guard = lock.check
+        state = ctx.state()
+        primary = state.primary
+        replicas = [m for m in ctx.spec.member_names if m != primary]
+        locale_args = with_connection(ctx.endpoints()[primary], SUPERUSER, password, pgu.initdb_locale_args,
+                                      timeout=30, name=primary)
+        member = ctx.platform.member_upgrade(primary, from_major, to_major, password)
+        with steps.step("stop the replicas"):
+            for name in replicas:
+                ctx.platform.stop_member(name)
+        window = time.monotonic()
+        try:
+            with steps.step(f"stop the primary {primary}"):
+                ctx.platform.stop_member(primary)
+            with steps.step("pg_upgrade --check"):
+                member.check(locale_args)
+            with steps.step("pg_upgrade --link"):
+                member.link()
+            sysid = member.system_identifier()
+            lock.update(lambda s: s.model_copy(update={"system_identifier": sysid}))
+        except BaseException as exc:
+            _restore_old(ctx, member, primary, replicas, state.system_identifier, lock)
+            raise pgu.UpgradeFailed(
+                f"upgrade of cluster {ctx.name} to PostgreSQL {to_major} failed before the point of no return: "
+                f"{exc}; the cluster runs PostgreSQL {from_major} again with its data untouched (set "
+                f"postgres.version back to {from_major}, or fix the cause and upgrade again)") from exc
+        with steps.step(f"start {primary} on PostgreSQL {to_major}"):
+            ctx.platform.start_member(primary)
+            wait_until(ctx, primary, lambda p: p.writable, "writable on the new major", timeout=REBUILD_TIMEOUT_S)
+        downtime = time.monotonic() - window
+        member.finish()
+        with steps.step("configure the primary"):
+            configure_primary(ctx, primary)
+        with steps.step("re-clone the replicas"):
+            for name in replicas:
+                ctx.platform.wipe_member(name)
+                ctx.platform.start_member(name)
+            for name in replicas:
+                wait_until(ctx, name, lambda p: p.streaming, "streaming from the upgraded primary",
+                           timeout=REBUILD_TIMEOUT_S)
+            establish_replication(ctx, lock)
+    updated: dict[str, list[str]] = {}
+    with steps.step("update extensions"):
+        for database in _databases(ctx, primary, password):
+            updated[database] = with_connection(ctx.endpoints()[primary], SUPERUSER, password,
+                                                pgu.update_extensions, dbname=database, timeout=600,
+                                                name=f"{primary}/{database}")
+    with steps.step("analyze in stages"):
+        analyzed = dump.analyze_in_stages(ctx.endpoints()[primary], SUPERUSER, password,
+                                          settings.pg_bin_for(to_major))
+        if not analyzed.ok:
+            ctx.log.warning("vacuumdb --analyze-in-stages failed (exit %s): %s", analyzed.returncode,
+                            "; ".join(analyzed.errors[:2]))
+    base = None
+    if ctx.spec.backups.wal.enabled:
+        with steps.step("base backup"):
+            base = wal.base_backup(ctx).id
+    result = UpgradeResult(cluster=ctx.name, from_major=from_major, to_major=to_major, primary=primary,
+                           backup_id=manifest.id, downtime_seconds=round(downtime, 3),
+                           seconds=round(steps.elapsed, 3), system_identifier=sysid, base_backup=base,
+                           extensions_updated=updated, steps=steps.as_metadata())
+    ctx.log.info("cluster %s upgraded from PostgreSQL %d to %d: downtime %.1f s, %.1f s in all", ctx.name,
+                 from_major, to_major, result.downtime_seconds, result.seconds)
+    return result
+
+
+def _restore_old(ctx: ClusterContext, member, primary: str, replicas: list[str], sysid: str, lock) -> None:
+    """Before the new server started: the old data dir back, the record's identifier back, the
+    old cluster started again (primary first) and waited for."""
+    from pg_ops.operations.members import wait_until
+
+    ctx.platform.stop_member(primary)  # a primary that did stop is a no-op; one that did not, stops now
+    member.undo()
+    lock.update(lambda s: s.model_copy(update={"system_identifier": sysid}))
+    member.start_old(primary)
+    wait_until(ctx, primary, lambda p: p.writable, "writable again on the old major")
+    for name in replicas:
+        member.start_old(name)
+    for name in replicas:
+        wait_until(ctx, name, lambda p: p.streaming, "streaming again on the old major")
+
+
+def _databases(ctx: ClusterContext, primary: str, password: str) -> list[str]:
+    return with_connection(ctx.endpoints()[primary], SUPERUSER, password, dump.list_databases, timeout=30,
+                           name=primary)
 
 
 # -- reading it back --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+from pg_ops import settings
 from pg_ops.credentials import REPLICATION_USER, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
@@ -203,9 +204,12 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
     prefix = ref.base_prefix(backup_id)
     label = f"pg_ops {ctx.name} {backup_id}"
     password = ctx.credentials().password(REPLICATION_USER)
-    timeline_before = ctx.probe([member])[member].timeline if from_standby else None
+    probe = ctx.probe([member])[member]
+    timeline_before = probe.timeline if from_standby else None
+    # pg_basebackup refuses a server of a newer major: after an upgrade, that major's own.
+    tools = settings.client_bin(probe.server_version_num // 10000 if probe.server_version_num else None)
     with store.open_writer(f"{prefix}/data.tar.zst", private=True) as writer:
-        with pg_basebackup_tar(ctx.endpoints()[member], REPLICATION_USER, password, member, label) as out:
+        with pg_basebackup_tar(ctx.endpoints()[member], REPLICATION_USER, password, member, label, tools) as out:
             tap = LabelTap(out)
             stats = compress_into(tap, writer, label=f"base backup of {member}", log=ctx.log)
         if from_standby:

@@ -382,6 +382,43 @@ class Rollouts(Protocol):
         ...
 
 
+class MemberUpgrade(Protocol):
+    """pg_upgrade --link of one stopped member's data dir (Upgrades.member_upgrade), in the
+    steps the upgrade times: check, link; undo until the new server first started (the old
+    major's data dir back as it was), finish after it (the old major's leftovers removed)."""
+
+    def check(self, locale_args: list[str]) -> None:
+        """The old server stopped cleanly; initdb of the new major with `locale_args` (the old
+        template0's) and the old checksums; `pg_upgrade --check`. UpgradeFailed: its reason."""
+        ...
+
+    def link(self) -> None:
+        """`pg_upgrade --link`, then the new data dir in the old one's place."""
+        ...
+
+    def undo(self) -> None:
+        ...
+
+    def finish(self) -> None:
+        ...
+
+    def system_identifier(self) -> str:
+        """The upgraded data dir's (pg_upgrade gives the new cluster its own initdb's)."""
+        ...
+
+    def start_old(self, member: str) -> None:
+        """Start a member of the cluster with the old major's binaries (after undo)."""
+        ...
+
+
+class Upgrades(Protocol):
+    def member_upgrade(self, member: str, from_major: int, to_major: int, password: str) -> MemberUpgrade:
+        """The in-place major upgrade of `member`'s data dir, its binaries found for both majors
+        (one line when they are not). Local: MemberDataUpgrade. Kubernetes: Unsupported for now
+        (an image with both majors' binaries, as CloudNativePG's)."""
+        ...
+
+
 class Pooling(Protocol):
     """The spec's connection pooler (PgBouncer) in front of the primary (operations/pooling.py)."""
 
@@ -431,7 +468,7 @@ class ScratchTargets(Protocol):
 
 
 class Platform(Members, Routing, Record, Secrets, ClusterObjects, Archiving, Rollouts, Pooling, ScratchTargets,
-               Protocol):
+               Upgrades, Protocol):
     """Everything an operation may ask of where a cluster runs."""
 
     spec: ClusterSpec

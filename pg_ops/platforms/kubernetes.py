@@ -63,6 +63,7 @@ from pg_ops.platforms.base import (
     FENCED_FILE,
     REPORT_FILE,
     SCRATCH_PARAMETERS,
+    MemberUpgrade,
     Platform,
     RecoveryPod,
     RecoveryPodRequest,
@@ -996,6 +997,11 @@ class KubernetesPlatform(Platform):
             volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
                           {"name": "socket", "mountPath": "/var/run/postgresql"}])
         return self._scratch_pod(container, [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}])
+
+    def member_upgrade(self, member: str, from_major: int, to_major: int, password: str) -> MemberUpgrade:
+        raise Unsupported(f"cluster {self.spec.name}: a major-version upgrade runs on the local platform only "
+                          f"(on Kubernetes the member script would run pg_upgrade in the primary's pod from an "
+                          f"image with both majors' binaries, which pg_ops does not build yet)")
 
     def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
         raise Unsupported(f"cluster {self.spec.name}: the upgrade rehearsal runs on the local platform only "

@@ -50,6 +50,7 @@ from pg_ops.platforms import local_archive
 from pg_ops.platforms.base import (
     REPORT_FILE,
     SCRATCH_PARAMETERS,
+    MemberUpgrade,
     Platform,
     RecoveryPod,
     RecoveryPodRequest,
@@ -112,6 +113,11 @@ class LocalPlatform(Platform):
         pg_ops's default ones."""
         version = self.spec.postgres.version
         return settings.pg_bin_for(version) if version is not None else settings.pg_bin()
+
+    def for_major(self, major: int) -> LocalPlatform:
+        """The same cluster (root, members, ports) run with PostgreSQL `major`'s binaries."""
+        spec = self.spec.model_copy(update={"postgres": self.spec.postgres.model_copy(update={"version": major})})
+        return LocalPlatform(spec, self.root.parent.parent)
 
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
@@ -523,6 +529,11 @@ class LocalPlatform(Platform):
             yield server.target(f"scratch cluster {server.name}")
         finally:
             server.remove()
+
+    def member_upgrade(self, member: str, from_major: int, to_major: int, password: str) -> MemberUpgrade:
+        from pg_ops.platforms.local_upgrade import MemberDataUpgrade
+
+        return MemberDataUpgrade(self, member, settings.pg_bin_for(from_major), to_major, password)
 
     def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
         from pg_ops.platforms.local_upgrade import upgrade_scratch

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pg_ops import settings
@@ -66,11 +66,101 @@ def _run(step: str, command: list[str], platform: LocalPlatform, cwd: Path, env:
     return done.stdout
 
 
+class MemberDataUpgrade:
+    """pg_upgrade --link of one stopped member's data dir, in three steps the caller times:
+    `check` (initdb of the new major beside it, `pg_upgrade --check`), `link` (`pg_upgrade
+    --link`, then the new data dir in the old one's place, the old kept as data-<from>-old), and
+    `undo`, which until the new server first starts gives the old major its data dir back
+    untouched (pg_upgrade --link renames global/pg_control to pg_control.old before it links;
+    renamed back, the old cluster is whole, as PostgreSQL documents). Starting the new server
+    is the point of no return: the old one shares its files by hard link from then on."""
+
+    def __init__(self, platform: LocalPlatform, member: str, from_bin: Path, to_major: int, password: str):
+        self.platform = platform
+        self.member = member
+        self.from_bin = from_bin
+        self.new_bin = settings.pg_bin_for(to_major)
+        self.data = platform.data_dir(member)
+        self.new_data = platform.member_dir(member) / f"data-{to_major}"
+        self.old_data = platform.member_dir(member) / f"data-{settings.server_major(from_bin)}-old"
+        self.work = platform.member_dir(member) / "upgrade"
+        self.password = password
+        self.port = platform.member_endpoints()[member].port
+        self.swapped = False
+
+    def _tool(self, step: str, command: Callable[[Path], list[str]]) -> str:
+        """`command(pwfile)` as the server user in the work folder, the superuser's password in
+        a passfile (and `pwfile`, initdb's) that exist only while it runs."""
+        user = self.platform.user
+        self.work.mkdir(mode=0o700, exist_ok=True)
+        if user.switch:
+            shutil.chown(self.work, user.uid, user.gid)
+        pwfile, passfile = self.work / "pwfile", self.work / "pgpass"
+        write_private(pwfile, f"{self.password}\n", user)
+        write_private(passfile, f"*:*:*:{SUPERUSER}:{self.password}\n", user)
+        try:
+            return _run(step, command(pwfile), self.platform, self.work, {"PGPASSFILE": str(passfile)}, self.new_data)
+        finally:
+            pwfile.unlink(missing_ok=True)
+            passfile.unlink(missing_ok=True)
+
+    def check(self, locale_args: list[str]) -> None:
+        """The old server must have stopped cleanly (pg_upgrade needs it, and a crash-stopped
+        primary may hold writes only its WAL has)."""
+        state = controldata.cluster_state(self.from_bin, self.data)
+        if state != controldata.SHUT_DOWN:
+            raise pgu.UpgradeFailed(f"member {self.member} did not stop cleanly ({state}): pg_upgrade needs a "
+                                    f"clean shutdown")
+        checksums = controldata.read(self.from_bin, self.data).get("Data page checksum version", "0") != "0"
+        if not self.new_data.exists():
+            self._tool("initdb", lambda pwfile: pgu.initdb_command(self.new_bin, self.new_data, pwfile, locale_args,
+                                                                   checksums))
+        self._tool("pg_upgrade --check", lambda _: pgu.pg_upgrade_command(
+            self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=True))
+
+    def link(self) -> None:
+        self._tool("pg_upgrade --link", lambda _: pgu.pg_upgrade_command(
+            self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=False))
+        self.data.rename(self.old_data)
+        self.new_data.rename(self.data)
+        self.swapped = True
+        # pg_upgrade carries no configuration: ALTER SYSTEM's settings come across as they are
+        # (one the new major no longer knows stops its start: a rehearsal finds that first).
+        auto_conf = self.old_data / "postgresql.auto.conf"
+        if auto_conf.exists():
+            shutil.copy2(auto_conf, self.data / "postgresql.auto.conf")
+            if self.platform.user.switch:
+                shutil.chown(self.data / "postgresql.auto.conf", self.platform.user.uid, self.platform.user.gid)
+
+    def undo(self) -> None:
+        """Before the new server started: the old data dir as it was, the new one gone."""
+        if self.swapped:
+            self.data.rename(self.new_data)
+            self.old_data.rename(self.data)
+            self.swapped = False
+        renamed = self.data / "global" / "pg_control.old"
+        if renamed.exists():
+            renamed.rename(self.data / "global" / "pg_control")
+        shutil.rmtree(self.new_data, ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def finish(self) -> None:
+        """After the new server runs: what only the old major could use goes."""
+        shutil.rmtree(self.old_data, ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def system_identifier(self) -> str:
+        return controldata.read(self.new_bin, self.data).get("Database system identifier", "")
+
+    def start_old(self, member: str) -> None:
+        self.platform.for_major(settings.server_major(self.from_bin)).start_member(member)
+
+
 def upgrade_in_place(server: LocalScratchServer, to_major: int, new_bin: Path) -> dict[str, float]:
-    """The running scratch server upgraded to `to_major`; the seconds each step took."""
+    """The running scratch server upgraded to `to_major` (the steps the real upgrade takes on a
+    primary, MemberDataUpgrade); the seconds each step took."""
     old = server.platform
     member = server.member
-    old_data = old.data_dir(member)
     timings: dict[str, float] = {}
 
     def timed(step: str, fn):
@@ -81,45 +171,12 @@ def upgrade_in_place(server: LocalScratchServer, to_major: int, new_bin: Path) -
 
     locale_args = with_connection(server.endpoint, SUPERUSER, server.password, pgu.initdb_locale_args,
                                   timeout=30, name=server.name)
+    upgrade = MemberDataUpgrade(old, member, old.bin, to_major, server.password)
     timed("stop", lambda: old.stop_member(member))
-    state = controldata.cluster_state(old.bin, old_data)
-    if state != "shut down":
-        raise pgu.UpgradeFailed(f"{server.name} did not stop cleanly ({state}): pg_upgrade needs a clean shutdown")
-    checksums = controldata.read(old.bin, old_data).get("Data page checksum version", "0") != "0"
+    timed("check", lambda: upgrade.check(locale_args))
+    timed("pg_upgrade", upgrade.link)
+    server.platform = old.for_major(to_major)
 
-    work = old.root / "upgrade"
-    work.mkdir(mode=0o700)
-    new_data = old.member_dir(member) / f"data-{to_major}"
-    user = old.user
-    if user.switch:
-        shutil.chown(work, user.uid, user.gid)
-    pwfile, passfile = work / "pwfile", work / "pgpass"
-    write_private(pwfile, f"{server.password}\n", user)
-    write_private(passfile, f"*:*:*:{SUPERUSER}:{server.password}\n", user)
-    env = {"PGPASSFILE": str(passfile)}
-    try:
-        timed("initdb", lambda: _run("initdb", pgu.initdb_command(new_bin, new_data, pwfile, locale_args, checksums),
-                                     old, work, env))
-        port = server.endpoint.port
-        timed("check", lambda: _run("pg_upgrade --check", pgu.pg_upgrade_command(
-            old.bin, new_bin, old_data, new_data, work, port, check=True), old, work, env, new_data))
-        timed("pg_upgrade", lambda: _run("pg_upgrade --link", pgu.pg_upgrade_command(
-            old.bin, new_bin, old_data, new_data, work, port, check=False), old, work, env, new_data))
-    finally:
-        pwfile.unlink(missing_ok=True)
-        passfile.unlink(missing_ok=True)
-    # Past this point the old data dir is the new one's by hard link: it is never started again.
-    old_data.rename(old.member_dir(member) / "data-old")
-    new_data.rename(old_data)
-    # pg_upgrade carries no configuration: ALTER SYSTEM's settings come across as they are (one
-    # the new major no longer knows stops its start, which is what a rehearsal is for).
-    auto_conf = old.member_dir(member) / "data-old" / "postgresql.auto.conf"
-    if auto_conf.exists():
-        shutil.copy2(auto_conf, old_data / "postgresql.auto.conf")
-        if user.switch:
-            shutil.chown(old_data / "postgresql.auto.conf", user.uid, user.gid)
-    server.platform = LocalPlatform(old.spec.model_copy(update={"postgres": old.spec.postgres.model_copy(
-        update={"version": to_major})}), old.root.parent.parent)
     def start() -> None:
         server.platform.start_member(member)
         server.wait_ready()

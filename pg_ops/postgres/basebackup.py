@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO
 
 from pg_ops.postgres.conninfo import Endpoint, member_dsn
@@ -19,9 +20,12 @@ from pg_ops.postgres.dump import _binary, _dump_process
 
 
 @contextlib.contextmanager
-def pg_basebackup_tar(endpoint: Endpoint, user: str, password: str, member: str, label: str) -> Iterator[IO[bytes]]:
-    """Yield the tar stream (the server waits until the backup's WAL is archived before ending it)."""
-    argv = [_binary("pg_basebackup"), f"--dbname={member_dsn(endpoint, user)}", "--pgdata=-", "--format=tar",
+def pg_basebackup_tar(endpoint: Endpoint, user: str, password: str, member: str, label: str,
+                      bin_dir: Path | None = None) -> Iterator[IO[bytes]]:
+    """Yield the tar stream (the server waits until the backup's WAL is archived before ending it).
+    `bin_dir`: pg_basebackup's folder (default pg_ops's client tools)."""
+    tool = str(bin_dir / "pg_basebackup") if bin_dir is not None else _binary("pg_basebackup")
+    argv = [tool, f"--dbname={member_dsn(endpoint, user)}", "--pgdata=-", "--format=tar",
             "--wal-method=none", "--checkpoint=fast", "--no-manifest", f"--label={label}", "--no-password"]
     with _dump_process(argv, f"pg_basebackup of {member}", user, password) as out:
         yield out
