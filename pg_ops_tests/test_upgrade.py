@@ -168,3 +168,90 @@ def test_a_rehearsal_pg_ops_cannot_do_is_refused_in_one_line_before_it_starts(si
     with pytest.raises(PgOpsError) as refused:
         rehearse_upgrade(sixteen, to_major)
     assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+# -- the upgrade itself ------------------------------------------------------------------------------
+TABLES_SQL = ("select c.relname from pg_class c join pg_namespace s on s.oid = c.relnamespace "
+              "where c.relkind = 'r' and s.nspname = 'public' order by 1")
+
+
+def fingerprints(ctx) -> dict[str, dict[str, tuple]]:
+    """Per table of app and shop: its rows and an md5 of every row's text, in order."""
+    out = {}
+    for db in ("app", "shop"):
+        tables = [name for (name,) in sql(ctx, [TABLES_SQL], dbname=db)]
+        out[db] = {table: sql(ctx, [f"select count(*), md5(string_agg(t::text, ',' order by t::text)) "
+                                    f"from \"{table}\" t"], dbname=db)[0] for table in tables}
+    return out
+
+
+def majors(ctx) -> dict[str, int | None]:
+    return {name: (p.server_version_num // 10000 if p.server_version_num else None)
+            for name, p in ctx.probe().items()}
+
+
+def all_streaming(ctx) -> bool:
+    primary = ctx.state().primary
+    probes = ctx.probe()
+    return probes[primary].writable and all(p.streaming for n, p in probes.items() if n != primary)
+
+
+@pytest.fixture(scope="module")
+def three(home):
+    with running_cluster(spec_from(write_spec(
+            home / "specs", "inplace", databases=[{"name": "app", "owner": "app"},
+                                                  {"name": "shop", "owner": "shop"}]))) as ctx:
+        fill(ctx)
+        yield ctx
+
+
+def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(three):
+    from pg_ops.operations.context import ClusterContext
+    from pg_ops.operations.recover import pitr_drill
+    from pg_ops.operations.upgrade import upgrade
+    from pg_ops_tests.helpers import wait_for
+    from pg_ops_tests.test_failover import Writer, _writes_after, q
+
+    ctx = three
+    backup(ctx)
+    assert rehearse_upgrade(ctx, 18).result == "passed"
+    # The spec must ask for the new major first: the members start with the spec's binaries.
+    with pytest.raises(pgu.UpgradeRefused, match="set postgres.version: 18 first"):
+        upgrade(ctx, 18)
+    spec18 = ctx.spec.model_copy(update={"postgres": ctx.spec.postgres.model_copy(update={"version": 18})})
+    ctx18 = ClusterContext.for_spec(spec18, ctx.log)
+    old_sysid = ctx.state().system_identifier
+
+    # A failure inside the window, before the point of no return: a reg* column added since the
+    # rehearsal makes the upgrade's own pg_upgrade --check refuse. The 16 cluster comes back whole.
+    sql(ctx, ["create table legacy_refs (fn regprocedure)", "insert into legacy_refs values ('now()')"])
+    before = fingerprints(ctx)
+    with pytest.raises(pgu.UpgradeFailed) as failed:
+        upgrade(ctx18, 18)
+    message = str(failed.value)
+    assert "before the point of no return" in message and "runs PostgreSQL 16 again" in message, message
+    assert "legacy_refs" in message and "\n" not in message
+    wait_for(lambda: all_streaming(ctx), "the 16 cluster streaming again", timeout=60)
+    assert set(majors(ctx).values()) == {16}
+    assert fingerprints(ctx) == before and ctx.state().system_identifier == old_sysid
+    sql(ctx, ["drop table legacy_refs"])
+
+    before = fingerprints(ctx)
+    with Writer(ctx) as writer:
+        wait_for(lambda: len(writer.acked) > 20, "writes before the upgrade")
+        result = upgrade(ctx18, 18)
+        wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
+    assert (result.from_major, result.to_major) == (16, 18) and result.downtime_seconds > 0
+    assert "step: pg_upgrade --link" in result.steps and "step: re-clone the replicas" in result.steps
+    wait_for(lambda: all_streaming(ctx18), "every replica streaming from the upgraded primary", timeout=120)
+    assert set(majors(ctx18).values()) == {18}
+    # Every acknowledged write is there, and every table as it was (rows and their md5).
+    primary = ctx18.state().primary
+    present = {n for (n,) in q(ctx18, primary, "select n from writes")}
+    assert set(writer.acked) <= present, sorted(set(writer.acked) - present)[:5]
+    assert fingerprints(ctx18) == before
+    assert result.extensions_updated["app"] == ["vector 0.6.2 -> 0.8.6"]
+    # A new cluster identity, recorded; its archive starts with a base backup, and recovers.
+    assert ctx18.state().system_identifier == result.system_identifier != old_sysid
+    assert result.base_backup is not None
+    assert pitr_drill(ctx18).result == "passed"

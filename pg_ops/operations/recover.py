@@ -502,7 +502,7 @@ def _recovered_server(ctx: ClusterContext, store: BackupStore, source_spec: Clus
     if ctx.spec.platform != "kubernetes":
         with local_recovery.drill_server(
                 "pitr", ctx.credentials(), base_backup_filler(ctx, store, plan.base_backup),
-                recovery_auto_conf(source_spec, ref, plan.target)) as server:
+                recovery_auto_conf(source_spec, ref, plan.target), version=source_spec.postgres.version) as server:
             member = server.spec.member_names[0]
             report.restore_seconds = round(time.monotonic() - t0, 3)
             report.replay_seconds = round(wait_promoted(server, member, ctx.admin_password(), plan.target,

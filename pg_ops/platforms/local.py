@@ -522,7 +522,8 @@ class LocalPlatform(Platform):
     def scratch_target(self, purpose: str) -> Iterator[ScratchTarget]:
         """A fresh one-member local cluster nobody else knows about, on a free port under
         PG_OPS_HOME/clusters/<purpose>-<random>/; always killed and deleted."""
-        server = LocalScratchServer(f"{purpose}-{secrets.token_hex(4)}", generate_password())
+        server = LocalScratchServer(f"{purpose}-{secrets.token_hex(4)}", generate_password(),
+                                    version=self.spec.postgres.version)
         try:
             server.start()
             server.wait_ready()

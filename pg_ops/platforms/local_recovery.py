@@ -74,12 +74,14 @@ def bootstrap_recovered(platform: LocalPlatform, credentials: Credentials, fill:
 
 @contextlib.contextmanager
 def drill_server(purpose: str, credentials: Credentials, fill: Fill, auto_conf: AutoConf,
-                 home: Path | None = None) -> Iterator[LocalPlatform]:
-    """A throw-away one-member cluster seeded from a base backup, started; always killed and
+                 home: Path | None = None, version: int | None = None) -> Iterator[LocalPlatform]:
+    """A throw-away one-member cluster seeded from a base backup, started with the binaries of
+    PostgreSQL `version` (the source cluster's; None: the default ones); always killed and
     deleted (data included) when the block ends. Nothing of it is archived."""
     name = f"{purpose}-{secrets.token_hex(4)}"
     spec = ClusterSpec.model_validate({
-        "name": name, "platform": "local", "postgres": {"members": 1, "parameters": DRILL_PARAMETERS},
+        "name": name, "platform": "local",
+        "postgres": {"members": 1, "parameters": DRILL_PARAMETERS, "version": version},
         "databases": [], "local": {"base_port": _free_port()}, "backups": {"wal": {"enabled": False}}})
     platform = LocalPlatform(spec, home)
     try:
