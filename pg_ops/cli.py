@@ -632,14 +632,21 @@ def cmd_base_backup(args, spec):
 @command("upgrade")
 def cmd_upgrade(args, spec):
     from pg_ops.defs.upgrades import rehearsal_key, rehearsal_run_config, rehearsal_run_kwargs
-    from pg_ops.operations.upgrade import check_rehearsal, rehearsal_text
+    from pg_ops.operations.upgrade import check_rehearsal, check_upgrade, rehearsal_text
 
-    if not args.rehearse:
-        raise PgOpsError(f"cluster {spec.name}: the upgrade itself is not built yet; rehearse it on a copy with "
-                         f"`pg-ops upgrade --to {args.to} --rehearse`")
     if spec.platform != "local":
-        raise PgOpsError(f"cluster {spec.name}: the upgrade rehearsal runs on the local platform only (on Kubernetes "
-                         f"it needs both majors' binaries in one image, which pg_ops does not build yet)")
+        raise PgOpsError(f"cluster {spec.name}: major-version upgrades run on the local platform only (on Kubernetes "
+                         f"they need both majors' binaries in one image, which pg_ops does not build yet)")
+    if not args.rehearse:
+        check_upgrade(ClusterContext.for_spec(spec), args.to, args.force)  # one line before a run exists
+        result = run_job(args, "upgrade", spec, {"ops": {"run_upgrade": {"config": {
+            "to_major": args.to, "force": args.force}}}}, partition_key=spec.name)
+        meta = result.output_for_node("run_upgrade")
+        emit(args, meta, f"cluster {spec.name} upgraded from PostgreSQL {meta['from_major']} to {meta['to_major']} "
+                         f"(primary {meta['primary']}): downtime {meta['downtime_seconds']} s, {meta['seconds']} s "
+                         f"in all; backup {meta['backup_id']} before, base backup {meta['base_backup'] or 'none'} "
+                         f"after (run {result.run_id[:8]})")
+        return
     check_rehearsal(ClusterContext.for_spec(spec), args.to)  # the pair and the binaries, before a run exists
     require_backup(spec, args.backup, "primary")
     result = run_job(args, "upgrade_rehearsal", spec, rehearsal_run_config(spec.name, args.to, args.backup),
@@ -650,8 +657,9 @@ def cmd_upgrade(args, spec):
 
 def _upgrade_parser(sub, common) -> None:
     p = sub.add_parser("upgrade", parents=[common],
-                       help="rehearse a major-version upgrade on a restored copy of a backup (--rehearse)")
+                       help="major-version upgrade in place (pg_upgrade --link), or its rehearsal on a copy (--rehearse)")
     p.add_argument("--to", type=int, required=True, metavar="MAJOR", help="the PostgreSQL major to upgrade to")
+    p.add_argument("--force", action="store_true", help="upgrade without a passed rehearsal within a week")
     p.add_argument("--rehearse", action="store_true",
                    help="restore a backup into a scratch server, pg_upgrade it there and verify it (the cluster "
                         "is only read)")

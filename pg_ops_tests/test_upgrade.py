@@ -13,6 +13,7 @@ import os
 
 import psycopg
 import pytest
+import yaml
 
 from pg_ops.cli import main as cli_main
 from pg_ops.credentials import SUPERUSER
@@ -107,7 +108,7 @@ def test_pg_ops_upgrade_rehearse_runs_the_dagster_job_and_prints_the_report(sixt
     assert cli_main(["upgrade", "--cluster", sixteen.name, "--to", "15", "--rehearse"]) == 1
     assert "a downgrade to 15 is not possible" in capsys.readouterr().err
     assert cli_main(["upgrade", "--cluster", sixteen.name, "--to", "18"]) == 1
-    assert "--rehearse" in capsys.readouterr().err
+    assert "set postgres.version: 18 first" in capsys.readouterr().err
 
 
 def test_a_rehearsal_pg_upgrade_refuses_is_recorded_with_its_reason(sixteen):
@@ -205,7 +206,7 @@ def three(home):
         yield ctx
 
 
-def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(three):
+def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(three, home, capsys):
     from pg_ops.operations.context import ClusterContext
     from pg_ops.operations.recover import pitr_drill
     from pg_ops.operations.upgrade import upgrade
@@ -236,13 +237,20 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     assert fingerprints(ctx) == before and ctx.state().system_identifier == old_sysid
     sql(ctx, ["drop table legacy_refs"])
 
+    # The upgrade as a user runs it: the spec asks for 18, then `pg-ops upgrade --to 18` (its
+    # Dagster run), with an application writing all along.
+    path = home / "specs" / "inplace.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["postgres"]["version"] = 18
+    path.write_text(yaml.safe_dump(raw))
     before = fingerprints(ctx)
     with Writer(ctx) as writer:
         wait_for(lambda: len(writer.acked) > 20, "writes before the upgrade")
-        result = upgrade(ctx18, 18)
+        assert cli_main(["upgrade", "--cluster", "inplace", "--to", "18", "--in-process", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
         wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
-    assert (result.from_major, result.to_major) == (16, 18) and result.downtime_seconds > 0
-    assert "step: pg_upgrade --link" in result.steps and "step: re-clone the replicas" in result.steps
+    assert (result["from_major"], result["to_major"]) == (16, 18) and result["downtime_seconds"] > 0
+    assert "step: pg_upgrade --link" in result and "step: re-clone the replicas" in result
     wait_for(lambda: all_streaming(ctx18), "every replica streaming from the upgraded primary", timeout=120)
     assert set(majors(ctx18).values()) == {18}
     # Every acknowledged write is there, and every table as it was (rows and their md5).
@@ -250,8 +258,8 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     present = {n for (n,) in q(ctx18, primary, "select n from writes")}
     assert set(writer.acked) <= present, sorted(set(writer.acked) - present)[:5]
     assert fingerprints(ctx18) == before
-    assert result.extensions_updated["app"] == ["vector 0.6.2 -> 0.8.6"]
+    assert result["extensions_updated"] == {"app": ["vector 0.6.2 -> 0.8.6"]}
     # A new cluster identity, recorded; its archive starts with a base backup, and recovers.
-    assert ctx18.state().system_identifier == result.system_identifier != old_sysid
-    assert result.base_backup is not None
+    assert ctx18.state().system_identifier == result["system_identifier"] != old_sysid
+    assert result["base_backup"]
     assert pitr_drill(ctx18).result == "passed"

@@ -1,4 +1,4 @@
-"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart, rollout. In-process executor (one
+"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart, rollout, upgrade. In-process executor (one
 interpreter per step would cost seconds of downtime), one partition per cluster, never
 retried automatically. Each records the change as an observation on the replication asset."""
 
@@ -39,6 +39,11 @@ class SwitchoverConfig(dg.Config):
 class RebuildConfig(dg.Config):
     member: str
     reclone: bool = False
+
+
+class UpgradeConfig(dg.Config):
+    to_major: int  # the PostgreSQL major to upgrade to (the spec's postgres.version)
+    force: bool = False  # without a passed rehearsal within a week
 
 
 def _observe(context: dg.OpExecutionContext, metadata: dict) -> None:
@@ -94,6 +99,20 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata)
         return metadata
 
+    @dg.op(description="Major-version upgrade in place: pg_upgrade --link on the primary inside one downtime window, "
+                       "then the replicas re-cloned, extensions updated, statistics rebuilt, a base backup.")
+    def run_upgrade(context: dg.OpExecutionContext, config: UpgradeConfig, pg_ops: PgOpsResource) -> dict:
+        from pg_ops.operations.upgrade import upgrade
+
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        result = upgrade(ctx, config.to_major, force=config.force)
+        metadata = {k: v for k, v in result.as_dict().items() if k not in ("steps", "extensions_updated")}
+        metadata = {"operation": "upgrade", **metadata, **result.steps,
+                    "extensions_updated": {db: names for db, names in result.extensions_updated.items() if names}}
+        _observe(context, metadata)
+        context.add_output_metadata(metadata)
+        return metadata
+
     common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
     long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
@@ -119,4 +138,10 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     def rollout_job():
         run_rollout()
 
-    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job, rolling_restart_job, rollout_job])
+    @dg.job(name="upgrade", **long, description="Major-version upgrade in place (pg_upgrade --link), after a passed "
+                                                   "rehearsal (upgrade_rehearsal).")
+    def upgrade_job():
+        run_upgrade()
+
+    return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job, rolling_restart_job, rollout_job,
+                                upgrade_job])
