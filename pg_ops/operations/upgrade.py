@@ -255,9 +255,11 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
         state = ctx.state()
         primary = state.primary
         replicas = [m for m in ctx.spec.member_names if m != primary]
-        locale_args = with_connection(ctx.endpoints()[primary], SUPERUSER, password, pgu.initdb_locale_args,
-                                      timeout=30, name=primary)
+        options = with_connection(ctx.endpoints()[primary], SUPERUSER, password, pgu.initdb_options, timeout=30,
+                                  name=primary)
         member = ctx.platform.member_upgrade(primary, from_major, to_major, password)
+        with steps.step(f"initdb of PostgreSQL {to_major}"):
+            member.prepare(options)
         with steps.step("stop the replicas"):
             for name in replicas:
                 ctx.platform.stop_member(name)
@@ -266,7 +268,7 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
             with steps.step(f"stop the primary {primary}"):
                 ctx.platform.stop_member(primary)
             with steps.step("pg_upgrade --check"):
-                member.check(locale_args)
+                member.check()
             with steps.step("pg_upgrade --link"):
                 member.link()
             sysid = member.system_identifier()

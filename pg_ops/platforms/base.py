@@ -383,13 +383,17 @@ class Rollouts(Protocol):
 
 
 class MemberUpgrade(Protocol):
-    """pg_upgrade --link of one stopped member's data dir (Upgrades.member_upgrade), in the
-    steps the upgrade times: check, link; undo until the new server first started (the old
+    """pg_upgrade --link of one member's data dir (Upgrades.member_upgrade), in the steps the
+    upgrade times: prepare (before the downtime window), check and link (inside it); undo until the new server first started (the old
     major's data dir back as it was), finish after it (the old major's leftovers removed)."""
 
-    def check(self, locale_args: list[str]) -> None:
-        """The old server stopped cleanly; initdb of the new major with `locale_args` (the old
-        template0's) and the old checksums; `pg_upgrade --check`. UpgradeFailed: its reason."""
+    def prepare(self, initdb_options: list[str]) -> None:
+        """initdb of the new major beside the old data dir (postgres.upgrade.initdb_options: the
+        old template0's locale, the old checksums); the old server may still run."""
+        ...
+
+    def check(self) -> None:
+        """The old server stopped cleanly; `pg_upgrade --check`. UpgradeFailed: its reason."""
         ...
 
     def link(self) -> None:

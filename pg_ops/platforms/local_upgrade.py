@@ -67,10 +67,10 @@ def _run(step: str, command: list[str], platform: LocalPlatform, cwd: Path, env:
 
 
 class MemberDataUpgrade:
-    """pg_upgrade --link of one stopped member's data dir, in three steps the caller times:
-    `check` (initdb of the new major beside it, `pg_upgrade --check`), `link` (`pg_upgrade
-    --link`, then the new data dir in the old one's place, the old kept as data-<from>-old), and
-    `undo`, which until the new server first starts gives the old major its data dir back
+    """pg_upgrade --link of one member's data dir, in steps the caller times: `prepare` (initdb
+    of the new major beside it, while the old server still runs), `check` (the old server
+    stopped cleanly, `pg_upgrade --check`), `link` (`pg_upgrade --link`, then the new data dir in
+    the old one's place, the old kept as data-<from>-old), and `undo`, which until the new server first starts gives the old major its data dir back
     untouched (pg_upgrade --link renames global/pg_control to pg_control.old before it links;
     renamed back, the old cluster is whole, as PostgreSQL documents). Starting the new server
     is the point of no return: the old one shares its files by hard link from then on."""
@@ -104,17 +104,18 @@ class MemberDataUpgrade:
             pwfile.unlink(missing_ok=True)
             passfile.unlink(missing_ok=True)
 
-    def check(self, locale_args: list[str]) -> None:
+    def prepare(self, initdb_options: list[str]) -> None:
+        """The new major's empty cluster beside the old one (the old server may still run)."""
+        shutil.rmtree(self.new_data, ignore_errors=True)  # a previous attempt's
+        self._tool("initdb", lambda pwfile: pgu.initdb_command(self.new_bin, self.new_data, pwfile, initdb_options))
+
+    def check(self) -> None:
         """The old server must have stopped cleanly (pg_upgrade needs it, and a crash-stopped
-        primary may hold writes only its WAL has)."""
+        primary may hold writes only its WAL has); then `pg_upgrade --check`."""
         state = controldata.cluster_state(self.from_bin, self.data)
         if state != controldata.SHUT_DOWN:
             raise pgu.UpgradeFailed(f"member {self.member} did not stop cleanly ({state}): pg_upgrade needs a "
                                     f"clean shutdown")
-        checksums = controldata.read(self.from_bin, self.data).get("Data page checksum version", "0") != "0"
-        if not self.new_data.exists():
-            self._tool("initdb", lambda pwfile: pgu.initdb_command(self.new_bin, self.new_data, pwfile, locale_args,
-                                                                   checksums))
         self._tool("pg_upgrade --check", lambda _: pgu.pg_upgrade_command(
             self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=True))
 
@@ -169,11 +170,12 @@ def upgrade_in_place(server: LocalScratchServer, to_major: int, new_bin: Path) -
         timings[f"{step}_seconds"] = round(time.monotonic() - t0, 3)
         return out
 
-    locale_args = with_connection(server.endpoint, SUPERUSER, server.password, pgu.initdb_locale_args,
-                                  timeout=30, name=server.name)
+    options = with_connection(server.endpoint, SUPERUSER, server.password, pgu.initdb_options, timeout=30,
+                              name=server.name)
     upgrade = MemberDataUpgrade(old, member, old.bin, to_major, server.password)
+    timed("initdb", lambda: upgrade.prepare(options))
     timed("stop", lambda: old.stop_member(member))
-    timed("check", lambda: upgrade.check(locale_args))
+    timed("check", upgrade.check)
     timed("pg_upgrade", upgrade.link)
     server.platform = old.for_major(to_major)
 

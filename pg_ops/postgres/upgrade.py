@@ -41,30 +41,29 @@ def server_major(conn: psycopg.Connection) -> int:
 
 
 TEMPLATE_SQL = """
-select pg_encoding_to_char(encoding), datcollate, datctype, datlocprovider::text
+select pg_encoding_to_char(encoding), datcollate, datctype, datlocprovider::text, current_setting('data_checksums')
 from pg_database where datname = 'template0'
 """
 
 
-def initdb_locale_args(conn: psycopg.Connection) -> list[str]:
-    """initdb options giving a new cluster the old one's encoding and locale: pg_upgrade
-    refuses a pair whose template0 differs. ICU and builtin providers are refused here in one
-    line (their locale names need options this does not carry yet)."""
+def initdb_options(conn: psycopg.Connection) -> list[str]:
+    """initdb options giving a new cluster what pg_upgrade requires of it: the old template0's
+    encoding and locale, and the old data checksums setting (18 turns them on by default). Read
+    from the running old server, so the new cluster is made before the downtime window. ICU and
+    builtin locale providers are refused in one line (their locale options are not carried yet)."""
     row = conn.execute(TEMPLATE_SQL).fetchone()
     assert row is not None  # template0 exists on every server
-    encoding, collate, ctype, provider = row
+    encoding, collate, ctype, provider, checksums = row
     if provider != "c":
         raise UpgradeRefused(f"template0 uses locale provider {provider!r}; pg_ops upgrades libc clusters only")
-    return [f"--encoding={encoding}", f"--lc-collate={collate}", f"--lc-ctype={ctype}", "--locale-provider=libc"]
+    return [f"--encoding={encoding}", f"--lc-collate={collate}", f"--lc-ctype={ctype}", "--locale-provider=libc",
+            "--data-checksums" if checksums == "on" else "--no-data-checksums"]
 
 
-def initdb_command(new_bin: Path, data: Path, pwfile: Path, locale_args: list[str], checksums: bool) -> list[str]:
-    """The new major's empty cluster, its superuser `postgres` with the old one's password; data
-    checksums as the old cluster has them (pg_upgrade refuses a mismatch; 18 turns them on by
-    default)."""
+def initdb_command(new_bin: Path, data: Path, pwfile: Path, options: list[str]) -> list[str]:
+    """The new major's empty cluster, its superuser `postgres` with the old one's password."""
     return [str(new_bin / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}",
-            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", *locale_args,
-            "--data-checksums" if checksums else "--no-data-checksums", "--no-instructions"]
+            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", *options, "--no-instructions"]
 
 
 def pg_upgrade_command(old_bin: Path, new_bin: Path, old_data: Path, new_data: Path, socket_dir: Path,
