@@ -237,7 +237,7 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
     primary (their old data cannot follow pg_upgrade --link), slots and the replication mode as
     a deploy sets them, extensions updated, statistics rebuilt, and a base backup at once (the
     WAL archive continues under the new system identifier)."""
-    from pg_ops.operations import wal
+    from pg_ops.operations import pooling, wal
     from pg_ops.operations.backup import backup
     from pg_ops.operations.deploy import configure_primary, establish_replication
     from pg_ops.operations.failover import REBUILD_TIMEOUT_S
@@ -260,40 +260,49 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
         member = ctx.platform.member_upgrade(primary, from_major, to_major, password)
         with steps.step(f"initdb of PostgreSQL {to_major}"):
             member.prepare(options)
-        with steps.step("stop the replicas"):
-            for name in replicas:
-                ctx.platform.stop_member(name)
         window = time.monotonic()
-        try:
-            with steps.step(f"stop the primary {primary}"):
-                ctx.platform.stop_member(primary)
-            with steps.step("pg_upgrade --check"):
-                member.check()
-            with steps.step("pg_upgrade --link"):
-                member.link()
-            sysid = member.system_identifier()
-            lock.update(lambda s: s.model_copy(update={"system_identifier": sysid}))
-        except BaseException as exc:
-            _restore_old(ctx, member, primary, replicas, state.system_identifier, lock)
-            raise pgu.UpgradeFailed(
-                f"upgrade of cluster {ctx.name} to PostgreSQL {to_major} failed before the point of no return: "
-                f"{exc}; the cluster runs PostgreSQL {from_major} again with its data untouched (set "
-                f"postgres.version back to {from_major}, or fix the cause and upgrade again)") from exc
-        with steps.step(f"start {primary} on PostgreSQL {to_major}"):
-            ctx.platform.start_member(primary)
-            wait_until(ctx, primary, lambda p: p.writable, "writable on the new major", timeout=REBUILD_TIMEOUT_S)
-        downtime = time.monotonic() - window
-        member.finish()
-        with steps.step("configure the primary"):
-            configure_primary(ctx, primary)
-        with steps.step("re-clone the replicas"):
-            for name in replicas:
-                ctx.platform.wipe_member(name)
-                ctx.platform.start_member(name)
-            for name in replicas:
-                wait_until(ctx, name, lambda p: p.streaming, "streaming from the upgraded primary",
+        # Applications through the pooler wait out the window instead of failing (as a one-member
+        # restart does); without a pooler they see refused connections for its length.
+        with pooling.paused(ctx):
+            try:
+                with steps.step("stop the replicas"):
+                    for name in replicas:
+                        ctx.platform.stop_member(name)
+                with steps.step(f"stop the primary {primary}"):
+                    ctx.platform.stop_member(primary)
+                with steps.step("pg_upgrade --check"):
+                    member.check()
+                with steps.step("pg_upgrade --link"):
+                    member.link()
+                sysid = member.system_identifier()
+                lock.update(lambda s: s.model_copy(update={"system_identifier": sysid}))
+            except BaseException as exc:
+                _restore_old(ctx, member, primary, replicas, state.system_identifier, lock)
+                raise pgu.UpgradeFailed(
+                    f"upgrade of cluster {ctx.name} to PostgreSQL {to_major} failed before the point of no return: "
+                    f"{exc}; the cluster runs PostgreSQL {from_major} again with its data untouched (set "
+                    f"postgres.version back to {from_major}, or fix the cause and upgrade again)") from exc
+            with steps.step(f"start {primary} on PostgreSQL {to_major}"):
+                ctx.platform.start_member(primary)
+                wait_until(ctx, primary, lambda p: p.writable, "writable on the new major",
                            timeout=REBUILD_TIMEOUT_S)
-            establish_replication(ctx, lock)
+            downtime = time.monotonic() - window
+        member.finish()
+        try:
+            with steps.step("configure the primary"):
+                configure_primary(ctx, primary)
+            with steps.step("re-clone the replicas"):
+                for name in replicas:
+                    ctx.platform.wipe_member(name)
+                    ctx.platform.start_member(name)
+                for name in replicas:
+                    wait_until(ctx, name, lambda p: p.streaming, "streaming from the upgraded primary",
+                               timeout=REBUILD_TIMEOUT_S)
+                establish_replication(ctx, lock)
+        except PgOpsError as exc:
+            raise PgOpsError(f"cluster {ctx.name} runs PostgreSQL {to_major} (its primary {primary} upgraded, "
+                             f"downtime {downtime:.1f} s) but its replicas did not come back: {exc}; `pg-ops deploy` "
+                             f"re-clones them") from exc
     updated: dict[str, list[str]] = {}
     with steps.step("update extensions"):
         for database in _databases(ctx, primary, password):
@@ -309,7 +318,12 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
     base = None
     if ctx.spec.backups.wal.enabled:
         with steps.step("base backup"):
-            base = wal.base_backup(ctx).id
+            try:
+                base = wal.base_backup(ctx).id
+            except PgOpsError as exc:  # the upgrade is done; the nightly base backup will come
+                ctx.log.error("cluster %s upgraded, but its first base backup on PostgreSQL %d failed: %s "
+                              "(`pg-ops base-backup` takes one; until then no point in time after the "
+                              "upgrade can be recovered)", ctx.name, to_major, exc)
     result = UpgradeResult(cluster=ctx.name, from_major=from_major, to_major=to_major, primary=primary,
                            backup_id=manifest.id, downtime_seconds=round(downtime, 3),
                            seconds=round(steps.elapsed, 3), system_identifier=sysid, base_backup=base,
@@ -330,7 +344,8 @@ def _restore_old(ctx: ClusterContext, member, primary: str, replicas: list[str],
     member.start_old(primary)
     wait_until(ctx, primary, lambda p: p.writable, "writable again on the old major")
     for name in replicas:
-        member.start_old(name)
+        if not ctx.platform.member_running(name):  # the window may have failed before it stopped them all
+            member.start_old(name)
     for name in replicas:
         wait_until(ctx, name, lambda p: p.streaming, "streaming again on the old major")
 
