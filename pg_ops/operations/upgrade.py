@@ -229,7 +229,7 @@ def check_upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> in
 def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeResult:
     """In place, with pg_upgrade --link on the primary. The steps, each timed (StepLog):
     a backup; under the topology lock (the health sensor leaves a locked cluster alone), the
-    replicas then the primary stopped cleanly — the downtime window opens; `pg_upgrade --check`
+    primary stopped cleanly — the downtime window opens — then the replicas; `pg_upgrade --check`
     and `--link` of the primary's data dir; the record's system identifier set to the new one;
     the primary started on the new major — the window closes once it takes a write. Before that
     start, any failure gives the old major its data dir back and starts the old cluster again,
@@ -265,11 +265,14 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
         # restart does); without a pooler they see refused connections for its length.
         with pooling.paused(ctx):
             try:
+                # The primary first: stopped after its standbys, a sync primary's commits would wait
+                # for them and hold its clean shutdown. The replicas then, before the record names
+                # the new system identifier (their member scripts would refuse their own data).
+                with steps.step(f"stop the primary {primary}"):
+                    ctx.platform.stop_member(primary)
                 with steps.step("stop the replicas"):
                     for name in replicas:
                         ctx.platform.stop_member(name)
-                with steps.step(f"stop the primary {primary}"):
-                    ctx.platform.stop_member(primary)
                 with steps.step("pg_upgrade --check"):
                     member.check()
                 with steps.step("pg_upgrade --link"):
