@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -270,13 +271,17 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
                 # the new system identifier (their member scripts would refuse their own data).
                 with steps.step(f"stop the primary {primary}"):
                     ctx.platform.stop_member(primary)
-                with steps.step("stop the replicas"):
-                    for name in replicas:
-                        ctx.platform.stop_member(name)
-                with steps.step("pg_upgrade --check"):
-                    member.check()
-                with steps.step("pg_upgrade --link"):
-                    member.link()
+                # They stop while pg_upgrade works (each stop is a checkpoint and a shutdown: not
+                # the window's business), and must have stopped before the record changes.
+                with ThreadPoolExecutor(max_workers=max(len(replicas), 1), thread_name_prefix="stop") as pool:
+                    stopping = [pool.submit(ctx.platform.stop_member, name) for name in replicas]
+                    with steps.step("pg_upgrade --check"):
+                        member.check()
+                    with steps.step("pg_upgrade --link"):
+                        member.link()
+                    with steps.step("the replicas stopped"):
+                        for future in stopping:
+                            future.result()
                 sysid = member.system_identifier()
                 lock.update(lambda s: s.model_copy(update={"system_identifier": sysid}))
             except BaseException as exc:
