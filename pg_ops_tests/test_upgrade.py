@@ -129,6 +129,13 @@ def test_a_rehearsal_pg_upgrade_refuses_is_recorded_with_its_reason(sixteen):
         assert recorded["result"] == "failed" and "legacy_refs" in recorded["reason"]
         assert "pg_upgrade_seconds" not in recorded["steps"] and recorded["restore_seconds"] > 0
         assert sql(ctx, ["select current_setting('server_version_num')::int / 10000, count(*) from items"]) == [(16, ROWS)]
+        # The last rehearsal failed: the upgrade itself is refused until one passes (or --force).
+        from pg_ops.operations.context import ClusterContext
+        from pg_ops.operations.upgrade import check_upgrade
+
+        spec18 = ctx.spec.model_copy(update={"postgres": ctx.spec.postgres.model_copy(update={"version": 18})})
+        with pytest.raises(pgu.UpgradeRefused, match="the newest failed on"):
+            check_upgrade(ClusterContext.for_spec(spec18), 18)
     finally:
         sql(ctx, ["drop table legacy_refs"])
 
@@ -215,12 +222,15 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
 
     ctx = three
     backup(ctx)
+    spec18 = ctx.spec.model_copy(update={"postgres": ctx.spec.postgres.model_copy(update={"version": 18})})
+    ctx18 = ClusterContext.for_spec(spec18, ctx.log)
+    # No rehearsal yet: refused, naming the command that makes one.
+    with pytest.raises(pgu.UpgradeRefused, match=r"no passed upgrade rehearsal .* \(none yet\): `pg-ops upgrade"):
+        upgrade(ctx18, 18)
     assert rehearse_upgrade(ctx, 18).result == "passed"
     # The spec must ask for the new major first: the members start with the spec's binaries.
     with pytest.raises(pgu.UpgradeRefused, match="set postgres.version: 18 first"):
         upgrade(ctx, 18)
-    spec18 = ctx.spec.model_copy(update={"postgres": ctx.spec.postgres.model_copy(update={"version": 18})})
-    ctx18 = ClusterContext.for_spec(spec18, ctx.log)
     old_sysid = ctx.state().system_identifier
 
     # A failure inside the window, before the point of no return: a reg* column added since the

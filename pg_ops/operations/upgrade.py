@@ -365,16 +365,17 @@ def _databases(ctx: ClusterContext, primary: str, password: str) -> list[str]:
 
 # -- reading it back --------------------------------------------------------------------------------
 def latest_rehearsal(ctx: ClusterContext, to_major: int, store: BackupStore | None = None) -> dict | None:
-    """The newest recorded rehearsal for `to_major` (passed or failed), or None."""
+    """The last rehearsal for `to_major` to finish (passed or failed), whichever backup it
+    rehearsed on (`--backup` may pick an older one), or None. A week of backups: a few reads."""
     store = store or ctx.store()
     suffix = f"/{rehearsal_file(to_major)}"
-    keys = sorted(o.key for o in store.list(f"{ctx.name}/") if o.key.endswith(suffix))
-    for key in reversed(keys):
+    found = []
+    for key in (o.key for o in store.list(f"{ctx.name}/") if o.key.endswith(suffix)):
         try:
-            return json.loads(store.get_bytes(key))
+            found.append(json.loads(store.get_bytes(key)))
         except (PgOpsError, ValueError):
             continue
-    return None
+    return max(found, key=lambda r: r.get("finished_at", ""), default=None)
 
 
 def rehearsal_text(report: dict) -> str:
