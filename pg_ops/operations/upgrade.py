@@ -202,10 +202,11 @@ class UpgradeResult:
 def check_upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> int:
     """The cluster's major, once the upgrade may start; else one line naming what stops it."""
     from_major = check_rehearsal(ctx, to_major)
-    if ctx.spec.postgres.version != to_major:
-        raise pgu.UpgradeRefused(
-            f"cluster {ctx.name}: its spec asks for PostgreSQL {ctx.spec.postgres.version or 'the default binaries'}; "
-            f"set postgres.version: {to_major} first (the upgraded members start with the spec's binaries)")
+    asked = ctx.spec.postgres.version
+    if asked != to_major:
+        said = f"PostgreSQL {asked}" if asked else "the default binaries (postgres.version unset)"
+        raise pgu.UpgradeRefused(f"cluster {ctx.name}: its spec asks for {said}; set postgres.version: {to_major} "
+                                 f"first (the upgraded members start with the spec's binaries)")
     if not force:
         latest = latest_rehearsal(ctx, to_major)
         fresh = latest is not None and latest.get("result") == "passed" and latest.get("from_major") == from_major \

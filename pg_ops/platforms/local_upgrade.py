@@ -37,14 +37,14 @@ STEP_TIMEOUT_S = 3600.0  # pg_upgrade --link of a large catalog; initdb
 @contextlib.contextmanager
 def upgrade_scratch(platform: LocalPlatform, to_major: int) -> Iterator[UpgradeScratch]:
     """An empty server of `platform`'s major, always removed (both data dirs) at the end."""
-    new_bin = settings.pg_bin_for(to_major)  # one line before anything starts when missing
+    settings.pg_bin_for(to_major)  # one line before anything starts when missing
     server = LocalScratchServer(f"upgrade-{secrets.token_hex(4)}", generate_password(),
                                 version=platform.spec.postgres.version)
     try:
         server.start()
         server.wait_ready()
         yield UpgradeScratch(f"scratch cluster {server.name}", server.endpoint, server.password,
-                             upgrade=lambda: upgrade_in_place(server, to_major, new_bin))
+                             upgrade=lambda: upgrade_in_place(server, to_major))
     finally:
         server.remove()
 
@@ -157,7 +157,7 @@ class MemberDataUpgrade:
         self.platform.for_major(settings.server_major(self.from_bin)).start_member(member)
 
 
-def upgrade_in_place(server: LocalScratchServer, to_major: int, new_bin: Path) -> dict[str, float]:
+def upgrade_in_place(server: LocalScratchServer, to_major: int) -> dict[str, float]:
     """The running scratch server upgraded to `to_major` (the steps the real upgrade takes on a
     primary, MemberDataUpgrade); the seconds each step took."""
     old = server.platform
