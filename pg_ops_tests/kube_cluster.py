@@ -239,6 +239,29 @@ class RealKubernetes:
         for obj in manifests(spec):
             if admin_applied(spec, obj):
                 client.apply(obj)
+        self._wait_until_authorized(spec)
+
+    def _wait_until_authorized(self, spec: ClusterSpec) -> None:
+        """The API server's RBAC authorizer reads Roles from its informer cache: for a moment
+        after an admin applied them, pg_ops may still be refused ("role … not found"; seen once
+        in CI, failing a whole module's fixture). Until a SubjectAccessReview of pg_ops reading
+        its credentials Secret is allowed, as a careful admin would check before handing over."""
+        from pg_ops_tests.standin.api import path_of
+
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+            "user": f"system:serviceaccount:{names.PG_OPS_NAMESPACE}:pg-ops",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{names.PG_OPS_NAMESPACE}",
+                       "system:authenticated"],
+            "resourceAttributes": {"namespace": spec.kubernetes.namespace, "verb": "get", "resource": "secrets",
+                                   "name": names.credentials_secret(spec)}}}
+        deadline = time.monotonic() + 30
+        while not self.cluster.admin.request(
+                "POST", path_of("authorization.k8s.io/v1", "subjectaccessreviews", None), review).get(
+                "status", {}).get("allowed"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pg_ops is still not allowed to read {names.credentials_secret(spec)} in "
+                                   f"{spec.kubernetes.namespace} 30 s after its Role was applied")
+            time.sleep(0.1)
 
     def register_cluster(self, spec: ClusterSpec) -> None:
         """The spec's namespace (an admin creates it), the stable DNS names of its members and its
