@@ -390,11 +390,14 @@ class RealKubernetes:
         for kubelet in self.cluster.kubelets.values():
             kubelet.sync_delay = seconds
 
-    def crash_pod(self, namespace: str, pod: str) -> None:
-        """SIGKILL everything the pod's container runs, now (its machine lost power)."""
+    def crash_pod(self, namespace: str, pod: str, restart_after_s: float | None = None) -> None:
+        """SIGKILL everything the pod's container runs, now (its machine lost power, or the
+        container crashed). `restart_after_s`: when its kubelet restarts it, unscaled (a real
+        kubelet's first back-off is 10 s; the stand-in's scaled clock would restart it sooner)."""
         for kubelet in self.cluster.kubelets.values():
             container = kubelet.container_named(namespace, pod)
             if container is not None and container.proc is not None:
+                container.next_backoff_s = restart_after_s
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(container.proc.pid, signal.SIGKILL)
 

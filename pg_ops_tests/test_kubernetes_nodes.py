@@ -332,6 +332,28 @@ def test_a_partitioned_node_keeps_serving_and_ignores_the_api(kube):
     deploy(ctx)
 
 
+def test_a_crashed_primary_container_is_confirmed_stopped_by_its_kubelet_instead_of_waited_out(kube):
+    """Issue 27: the primary's container crashed, its node is up. The failover's exec has nothing
+    to reach (the container waits to restart), so the fence deletes the pod gracefully; its
+    kubelet completes the deletion once the container is stopped, and that confirms the fence:
+    the failover promotes without waiting for the isolation lease, and only one member is ever
+    writable. (A node cut off from the API server never completes it: test_partitions, lease.)"""
+    ctx, fake = kube
+    ns, old = ctx.platform.namespace, ctx.state().primary
+    uid = fake.object("pods", ns, old)["metadata"]["uid"]
+    container = fake.container(ns, old)
+    fake.crash_pod(ns, old, restart_after_s=10.0)  # a real kubelet's first back-off
+    wait_for(lambda: not container.group_alive(), "the primary's container dead")
+    change = failover(ctx, detected_at=time.time())
+    assert any(n.startswith(f"{old} confirmed stopped by the platform") for n in change.notes), change.notes
+    assert not any(n.startswith("waited for the isolation lease") for n in change.notes), change.notes
+    pod = fake.object("pods", ns, old)
+    assert pod is None or pod["metadata"]["uid"] != uid  # its kubelet removed it
+    assert [m for m, p in ctx.probe().items() if p.writable] == [change.new_primary]
+    wait_for(lambda: streaming(ctx, old), f"{old} back as a replica", timeout=120)
+    deploy(ctx)
+
+
 # -- the kubelet's ConfigMap refresh delay (slow: half a minute per test) ------------------------------
 # A real kubelet refreshes a mounted ConfigMap at its next periodic pod sync (1 min) plus the
 # cache's TTL. pg_ops must hold for any such delay; 30 s is longer than every topology change

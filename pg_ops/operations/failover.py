@@ -235,9 +235,10 @@ def take_over(ctx: ClusterContext, steps: StepLog, lock: HeldLock, policy: Polic
             "fenced": tuple(sorted({*s.fenced, *plan.fence} - {candidate}))}))
     with steps.step("fence the old primary"):
         unconfirmed = [m for m in plan.fence if not fence(ctx, m, view.members.get(m))]
+    fence_notes: list[str] = []
     if unconfirmed:
-        with steps.step("wait for the old primary's lease to run out"):
-            wait_for_lease_expiry(ctx, unconfirmed, detected_at)
+        with steps.step("wait until the old primary is confirmed stopped or its lease ran out"):
+            fence_notes.append(wait_until_stopped(ctx, unconfirmed, detected_at))
     with steps.step("promote"):
         timeline = promote(ctx, candidate, new_state.epoch)
         promoted_at = time.time()
@@ -253,7 +254,7 @@ def take_over(ctx: ClusterContext, steps: StepLog, lock: HeldLock, policy: Polic
     return TakeOver(old_primary=old, candidate=candidate, designated=view.designated, epoch=new_state.epoch,
                     timeline=timeline, lag_bytes=plan.lag_bytes, reference_lsn=plan.reference_lsn,
                     promoted_at=promoted_at, detected_at=detected_at, resume=plan.resume, in_place=in_place,
-                    fence=list(plan.fence), repointed=repointed, notes=list(plan.notes),
+                    fence=list(plan.fence), repointed=repointed, notes=[*plan.notes, *fence_notes],
                     steps=steps.as_metadata(), seconds=steps.elapsed)
 
 
@@ -336,23 +337,40 @@ def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> bool:
 
 
 LEASE_MARGIN_S = 2.0  # the member script checks every second; its fast shutdown takes about one more
+FENCE_POLL_S = 0.2  # how often a failover asks whether the platform confirmed a fence meanwhile
 
 
-def wait_for_lease_expiry(ctx: ClusterContext, members: list[str], detected_at: float | None) -> None:
-    """Members the platform could not confirm stopped may still run cut off from everyone: with
-    isolation fencing, each stops acknowledging writes at most lease_seconds after pg_ops last
-    renewed its lease (at the latest when the failure was detected; now, when that is unknown).
-    Promoting before that could leave two primaries acknowledging writes at once."""
+def wait_until_stopped(ctx: ClusterContext, members: list[str], detected_at: float | None) -> str:
+    """Members the platform could not confirm stopped at the fence may still run cut off from
+    everyone: with isolation fencing, each stops acknowledging writes at most lease_seconds after
+    pg_ops last renewed its lease (at the latest when the failure was detected; now, when that is
+    unknown). Promoting before that could leave two primaries acknowledging writes at once,
+    unless the platform confirms the stop first (a Kubernetes pod's kubelet completing its
+    deletion: a crashed container's node is up). Returns how the wait ended, for the record."""
     lease = lease_seconds(ctx)
+    who = ", ".join(members)
     if lease <= 0:
         ctx.log.warning("%s: %s may still run and accept writes (isolation fencing is off) until its platform "
-                        "stops it", ctx.name, ", ".join(members))
-        return
-    until = (detected_at or time.time()) + lease + LEASE_MARGIN_S
-    left = until - time.time()
-    if left > 0:
-        ctx.log.info("%s: waiting %.1f s for the isolation lease of %s to run out", ctx.name, left, ", ".join(members))
-        time.sleep(left)
+                        "stops it", ctx.name, who)
+        for member in members:
+            ctx.platform.fence_abandon(member)
+        return f"{who} not confirmed stopped, and isolation fencing is off: not waited for"
+    started = time.time()
+    until = (detected_at or started) + lease + LEASE_MARGIN_S
+    ctx.log.info("%s: waiting up to %.1f s for %s to be confirmed stopped or its isolation lease to run out",
+                 ctx.name, max(until - started, 0.0), who)
+    pending = list(members)
+    while True:
+        pending = [m for m in pending if not ctx.platform.fence_confirmed(m)]
+        if not pending:
+            return f"{who} confirmed stopped by the platform after {time.time() - started:.1f} s (no lease wait)"
+        left = until - time.time()
+        if left <= 0:
+            break
+        time.sleep(min(FENCE_POLL_S, left))
+    for member in pending:
+        ctx.platform.fence_abandon(member)
+    return f"waited for the isolation lease of {', '.join(pending)} to run out ({time.time() - started:.1f} s)"
 
 
 # -- switchover ---------------------------------------------------------------------------------

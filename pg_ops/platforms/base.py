@@ -145,9 +145,24 @@ class Members(Protocol):
         it, writing nothing more (no shutdown checkpoint). True when it is known to be stopped
         now; False when it may still run somewhere pg_ops cannot reach (a pod on a node cut
         off from the API server): then only its own isolation fencing stops it, and a failover
-        waits for its lease to run out. Local: SIGKILL of its process group (always True).
-        Kubernetes: role label removed, `pg_ctl stop -m immediate` through an exec (True when
-        that answered), then the pod force-deleted (grace 0). Idempotent."""
+        waits until the platform confirms the stop (fence_confirmed) or the lease runs out.
+        Local: SIGKILL of its process group (always True). Kubernetes: role label removed,
+        `pg_ctl stop -m immediate` through an exec, then the pod force-deleted (grace 0): True;
+        when the exec did not answer (a container that crashed and waits to restart, a node cut
+        off), a graceful delete instead, which only the pod's kubelet completes. Idempotent."""
+        ...
+
+    def fence_confirmed(self, name: str) -> bool:
+        """After fence_member said False: whether the platform knows by now that the member
+        stopped. Local: always (its fence never says False). Kubernetes: the pod fence_member
+        deleted with a grace period is gone from the API, which only its kubelet does once its
+        containers stopped (the guarantee a StatefulSet's one-pod-per-name rests on)."""
+        ...
+
+    def fence_abandon(self, name: str) -> None:
+        """Stop waiting for that confirmation (its lease ran out, or isolation fencing is off):
+        Kubernetes force-deletes the pod, so the StatefulSet can make it again elsewhere while
+        its node stays unreachable. Local: nothing to do."""
         ...
 
     def wipe_member(self, name: str, keep_aside: bool = False) -> str | None:

@@ -89,6 +89,9 @@ POD_GONE_TIMEOUT_S = 60.0  # beyond terminationGracePeriodSeconds the kubelet ki
 # is bounded (a pod on a node cut off from the API server makes the API server wait for the
 # kubelet), and a pod that did not answer is skipped for a while; see data_dir_usage.
 DF_TIMEOUT_S = 5.0
+# A fenced pod the exec could not reach is deleted with this grace: its kubelet sends TERM, then
+# KILL a second later, and only then removes the pod (what fence_confirmed waits for).
+FENCE_GRACE_S = 1
 # A Secret volume is refreshed at the kubelet's next sync (syncFrequency 1 min) plus its cache TTL:
 # a rotated passfile reaches every running member within about two minutes.
 PASSFILE_SYNC_TIMEOUT_S = 180.0
@@ -168,6 +171,7 @@ class KubernetesPlatform(Platform):
         self._api = api
         self._manifests = manifests
         self.pod_start_timeout = POD_START_TIMEOUT_S
+        self._fences: dict[str, str | None] = {}  # member -> uid of the pod fence_member deleted gracefully
 
     @property
     def api(self) -> KubernetesApi:
@@ -636,14 +640,53 @@ class KubernetesPlatform(Platform):
         first, and a clean shutdown writes a shutdown checkpoint that standbys still streaming
         from the old primary receive, past the new primary's fork point: they could then not
         follow the new timeline without a rewind. An immediate shutdown writes nothing more (the
-        local platform's SIGKILL, on Kubernetes). Not confirmed (False): a pod whose node is cut
-        off from the API server keeps running until its kubelet is back; its isolation fencing
-        stops it once its lease runs out (the failover waits for that), or its member script
-        demotes it once the ConfigMap volume refreshes with the new record."""
+        local platform's SIGKILL, on Kubernetes).
+
+        When the exec does not answer (False), the pod is deleted gracefully instead (grace
+        FENCE_GRACE_S): a container that crashed and waits to restart has nothing to exec into,
+        but its kubelet is connected and completes the deletion once the container is stopped,
+        which fence_confirmed sees. A pod whose node is cut off from the API server stays
+        Terminating and keeps running until its kubelet is back; its isolation fencing stops it
+        once its lease runs out (the failover waits for that, then fence_abandon force-deletes
+        it), or its member script demotes it once the ConfigMap volume refreshes."""
         self._set_role(name, None)
-        stopped = self._stop_postgres_now(name)
+        if self._stop_postgres_now(name):
+            self._fences.pop(name, None)
+            self._delete_pod(name, 0)
+            return True
+        pod = self._pod(name)
+        # A pod already gone (force-deleted by someone else) confirms nothing: its container may
+        # still run on a node that has not noticed.
+        self._fences[name] = pod.metadata.uid if pod is not None else None
+        if pod is not None:
+            try:
+                self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
+                              self.namespace, missing_ok=True,  # with a body, the query's grace is ignored
+                              body={"gracePeriodSeconds": FENCE_GRACE_S, "preconditions": {"uid": pod.metadata.uid}})
+            except KubernetesError as exc:  # a 409: replaced meanwhile; anything else: the lease decides
+                logging.getLogger("pg_ops").warning("fence %s: graceful delete not possible (%s)", name, exc)
+                self._fences[name] = None
+        return False
+
+    def fence_confirmed(self, name: str) -> bool:
+        """The pod fence_member deleted gracefully is gone from the API (or replaced by a new
+        one of the same name): only its kubelet removes such a pod, after its containers
+        stopped — the guarantee a StatefulSet's one pod per name rests on. (A person force-deleting
+        it meanwhile, or the pod garbage collector for a node declared out of service, would
+        also remove it; both say the node is gone.)"""
+        if name not in self._fences or self._fences[name] is None:
+            return False
+        pod = self._pod(name)
+        if pod is not None and pod.metadata.uid == self._fences[name]:
+            return False
+        self._fences.pop(name, None)
+        return True
+
+    def fence_abandon(self, name: str) -> None:
+        """Its lease ran out (or fencing is off): force-delete what is left, so the StatefulSet
+        makes the pod again (elsewhere, with network storage) while its node is unreachable."""
+        self._fences.pop(name, None)
         self._delete_pod(name, 0)
-        return stopped
 
     def _stop_postgres_now(self, name: str) -> bool:
         """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S). The

@@ -364,6 +364,12 @@ class LocalPlatform(Platform):
         self.kill_member(name)
         return True
 
+    def fence_confirmed(self, name: str) -> bool:
+        return True  # fence_member never says otherwise here
+
+    def fence_abandon(self, name: str) -> None:
+        return None
+
     def route_primary(self, name: str) -> None:
         # The multi-host DSN with target_session_attrs=read-write routes by itself; the pooler
         # has one target, rewritten here.

@@ -10,9 +10,11 @@ Per trial the primary's node is lost (cordoned, its pod killed), the failover su
 for, then the node back and the old primary a replica again. Figures: submit -> run finished as
 the CLI sees it, and the run's own start -> end (so the rest is the launch).
 Then the path production runs (issue 27): `failover.mode: automatic`, the cluster's health sensor
-in the real daemon, an application writing through the primary Service; the RTO (the pod killed ->
-the application's first acknowledged write on the new primary) with each launcher; and, in the
-same run, the same path on a local 2-member cluster (the laptop's figure): production's RTO over it.
+in the real daemon, an application writing through the primary Service; the RTO (the failure ->
+the application's first acknowledged write on the new primary) with each launcher when the
+primary's node is lost, and with K8sRunLauncher when its container crashes on a node that is up;
+and, in the same run, the same path on a local 2-member cluster (the laptop's figure, primary
+killed and primary cut off): production's RTO over it.
 TRIALS trials of each, 2-member async cluster."""
 
 from __future__ import annotations
@@ -76,9 +78,13 @@ def trials(kube, ctx, home, instance, launcher: str) -> tuple[list[float], list[
     return walls, runs_
 
 
-def sensor_trials(kube, ctx, home, instance) -> list[float]:
+def sensor_trials(kube, ctx, home, instance, failure: str = "node") -> list[float]:
     """Kill -> the application's first write acknowledged by the new primary, with the daemon's
-    health sensor deciding and launching the failover."""
+    health sensor deciding and launching the failover. `failure`: "node", the primary's node
+    lost (its pod force-deleted, the node cordoned: nobody can confirm the old primary stopped,
+    the isolation lease is waited out); "crash", the primary's container crashed on a node that
+    is up (its kubelet restarts it after the real first back-off, 10 s; it confirms the graceful
+    deletion the fence makes, so no lease wait)."""
     from pg_ops.defs.health import health_sensor_cursor
     from pg_ops_tests.app_writer import App
 
@@ -91,9 +97,13 @@ def sensor_trials(kube, ctx, home, instance) -> list[float]:
             with App(ctx) as app:
                 app.wait_acks(30, timeout=60)
                 old, epoch = ctx.state().primary, ctx.state().epoch
-                kube.hold_pending(ns, old)
+                if failure == "node":
+                    kube.hold_pending(ns, old)
                 failed_at = time.time()
-                kill_member(ctx.platform, old)
+                if failure == "node":
+                    kill_member(ctx.platform, old)
+                else:
+                    kube.crash_pod(ns, old, restart_after_s=10.0)
                 wait_for(lambda e=epoch: ctx.state().epoch > e, "the sensor's failover", timeout=180, interval=0.2)
                 new = ctx.state().primary
                 app.wait_acks(10, timeout=60, on=new)
@@ -184,6 +194,8 @@ def main() -> None:
                 failover_mode(path, "automatic")  # the sensor reads the spec file at every tick
                 try:
                     sensor[launcher] = sensor_trials(kube, ctx, home, instance)
+                    if launcher == "k8s":
+                        sensor["k8s_crash"] = sensor_trials(kube, ctx, home, instance, failure="crash")
                 finally:
                     failover_mode(path, "manual")
             finally:
@@ -204,7 +216,11 @@ def main() -> None:
             "local_platform_sensor_kill_rto_s": summary(local_platform["kill"]),
             "local_platform_sensor_partition_rto_s": summary(local_platform["partition"]),
             # A pod on a lost node is like a partitioned local primary (the lease waited out); a
-            # killed local primary is confirmed stopped at once.
+            # killed local primary is confirmed stopped at once, as a crashed container is by its
+            # kubelet (the like-for-like pair: production's crash against the local kill).
+            "production_crash_rto_s": summary(sensor["k8s_crash"]),
+            "production_crash_over_local_kill": round(summary(sensor["k8s_crash"])["median"]
+                                                      / summary(local_platform["kill"])["median"], 2),
             "production_over_local_kill": round(summary(sensor["k8s"])["median"]
                                                 / summary(local_platform["kill"])["median"], 2),
             "production_over_local_partition": round(summary(sensor["k8s"])["median"]

@@ -136,6 +136,7 @@ class Container:
     gone: bool = False  # its process group is dead and will not be restarted
     crashes: int = 0
     crashed_at: float | None = None
+    next_backoff_s: float | None = None  # a test's back-off for the next crash, unscaled (crash_pod)
     last_state: dict = field(default_factory=dict)
     synced: dict[str, str] = field(default_factory=dict)  # volume -> resourceVersion materialized
     seen: dict[str, tuple[str, float]] = field(default_factory=dict)  # volume -> (rv, first seen)
@@ -574,9 +575,11 @@ class Kubelet:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(container.proc.pid, signal.SIGKILL)  # what the dead container left
                 backoff = min(300.0, CRASH_BACKOFF_S * 2 ** (container.crashes - 1)) * self.clock.scale
+                if container.next_backoff_s is not None:
+                    backoff = container.next_backoff_s
                 if time.monotonic() - container.crashed_at < backoff:
                     return
-                container.crashed_at = None
+                container.crashed_at = container.next_backoff_s = None
                 self.start(pod, container.node, {}, container.claims, container.restarts + 1, previous=container)
                 return
         self.sync_volumes(pod, container)

@@ -21,6 +21,8 @@ admission decide what it may read and write, as for a real kubelet).
   reaches (it verifies this node's serving certificate; the node requires the API server's client
   certificate): `/exec/<ns>/<pod>/<container>` as a WebSocket (v4.channel.k8s.io, the protocol
   pg_ops asks for and the API server passes through), `/containerLogs/<ns>/<pod>/<container>`.
+  An exec into a container that is not running (crashed, waiting to restart) is refused, as a
+  real kubelet refuses it.
   While the node is partitioned both hang until the caller gives up, as a cut-off node does.
 
 What it does NOT model: container images and isolation (no cgroups, no namespaces, the wheel's
@@ -446,6 +448,10 @@ class _KubeletServer:
                 container = node.container_named(ns, pod)
                 if container is None or container_name != container.name:
                     self._fail(404, f'container "{container_name}" in pod "{pod}" is not running')
+                    return
+                if parts[0] == "exec" and not container.alive():
+                    # A crashed container waiting to restart: a real kubelet has nothing to exec into.
+                    self._fail(404, f'container not found ("{container_name}")')
                     return
                 if parts[0] == "containerLogs":
                     tail = int(query["tailLines"][0]) if "tailLines" in query else None
