@@ -354,6 +354,25 @@ def test_a_crashed_primary_container_is_confirmed_stopped_by_its_kubelet_instead
     deploy(ctx)
 
 
+def test_a_replacement_pod_confirms_nothing_the_lease_is_waited_out(kube):
+    """The primary's pod force-deleted (by a person, or for a node declared lost) and its node
+    cordoned: the pod the fence finds is the StatefulSet's replacement (Pending), made after pg_ops
+    last saw the primary writable. Its deletion says nothing about the old container, which may
+    still run on a node nobody reaches: the failover waits for the lease."""
+    ctx, fake = kube
+    ns, old = ctx.platform.namespace, ctx.state().primary
+    fake.hold_pending(ns, old)
+    try:
+        kill_member(ctx.platform, old)
+        change = failover(ctx, detected_at=time.time())
+        assert any(n.startswith(f"waited for the isolation lease of {old}") for n in change.notes), change.notes
+        assert [m for m, p in ctx.probe().items() if p.writable] == [change.new_primary]
+    finally:
+        fake.release_pending(ns, old)
+    wait_for(lambda: streaming(ctx, old), f"{old} back as a replica", timeout=120)
+    deploy(ctx)
+
+
 # -- the kubelet's ConfigMap refresh delay (slow: half a minute per test) ------------------------------
 # A real kubelet refreshes a mounted ConfigMap at its next periodic pod sync (1 min) plus the
 # cache's TTL. pg_ops must hold for any such delay; 30 s is longer than every topology change

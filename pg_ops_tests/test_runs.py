@@ -229,8 +229,9 @@ def test_store_checks_are_reported_by_a_sensor_on_change_and_hourly(pg_home):
         context = dg.build_sensor_context(instance=instance, resources={"pg_ops": PgOpsResource()})
         result = sensor(context)
         reported = {e.check_name: e for e in result.asset_events}
-        assert set(reported) == {"backup_is_fresh", "latest_backup_restores", "drill_is_recent"}
-        assert not any(e.passed for e in reported.values())
+        assert set(reported) == {"backup_is_fresh", "latest_backup_restores", "drill_is_recent", "upgrade_rehearsed"}
+        assert not any(e.passed for name, e in reported.items() if name != "upgrade_rehearsed")
+        assert reported["upgrade_rehearsed"].passed  # postgres.version unset: no upgrade pending
         assert reported["backup_is_fresh"].metadata["newest_good_backup"].value == "none"
         again = sensor(dg.build_sensor_context(instance=instance, resources={"pg_ops": PgOpsResource()},
                                                cursor=result.cursor))
@@ -238,7 +239,7 @@ def test_store_checks_are_reported_by_a_sensor_on_change_and_hourly(pg_home):
     results = store_checks.store_results(health.ClusterContext.for_spec(spec))
     events, memory = store_checks.evaluations_to_report(json.loads(result.cursor), results,
                                                          time.time() + store_checks.REPORT_AT_LEAST_EVERY)
-    assert len(events) == 3  # an hour later: reported again, so the UI shows it is current
+    assert len(events) == 4  # an hour later: reported again, so the UI shows it is current
 
 
 # -- observation retention --------------------------------------------------------------------

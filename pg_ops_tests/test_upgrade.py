@@ -227,7 +227,15 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     # No rehearsal yet: refused, naming the command that makes one.
     with pytest.raises(pgu.UpgradeRefused, match=r"no passed upgrade rehearsal .* \(none yet\): `pg-ops upgrade"):
         upgrade(ctx18, 18)
+    # The `upgrade_rehearsed` asset check says the same before anyone tries, and passes after a rehearsal.
+    from pg_ops.defs.upgrades import rehearsed_result
+
+    check = rehearsed_result(ctx18)
+    assert not check.passed and "the cluster runs 16" in check.description and "none yet" in check.description
+    assert rehearsed_result(ctx).passed  # postgres.version unset: no upgrade pending
     assert rehearse_upgrade(ctx, 18).result == "passed"
+    check = rehearsed_result(ctx18)
+    assert check.passed and "upgrade PostgreSQL 16 -> 18 rehearsed" in check.description, check.description
     # The spec must ask for the new major first: the members start with the spec's binaries.
     with pytest.raises(pgu.UpgradeRefused, match="set postgres.version: 18 first"):
         upgrade(ctx, 18)
@@ -273,6 +281,8 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     assert ctx18.state().system_identifier == result["system_identifier"] != old_sysid
     assert result["base_backup"]
     assert pitr_drill(ctx18).result == "passed"
+    check = rehearsed_result(ctx18)
+    assert check.passed and "runs PostgreSQL 18, the major its spec asks for" in check.description
 
 
 def test_a_major_s_binaries_are_found_where_named_and_a_wrong_folder_is_one_line(monkeypatch, tmp_path):

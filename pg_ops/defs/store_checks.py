@@ -1,5 +1,7 @@
 """The backup store's checks, evaluated in the daemon without a run: `backup_is_fresh`
-(pg_ops/defs/backups.py), `latest_backup_restores` and `drill_is_recent` (pg_ops/defs/drills.py).
+(pg_ops/defs/backups.py), `latest_backup_restores` and `drill_is_recent` (pg_ops/defs/drills.py),
+and `upgrade_rehearsed` (pg_ops/defs/upgrades.py: the rehearsals the store holds, against the
+major the primary answers with).
 
 They used to be hourly schedules of check jobs: a run an hour each, a Kubernetes Job pod in
 production. The `backup_store_checks` sensor reads the same store (the source of truth: a
@@ -13,6 +15,7 @@ store lost it, and its sensor still launches a run to evaluate its checks.
 """
 
 import json
+import logging
 import time
 
 import dagster as dg
@@ -20,12 +23,14 @@ import dagster as dg
 from pg_ops.defs.backups import CHECK_FRESH, freshness_result, nightly_key
 from pg_ops.defs.drills import CHECK_RECENT, CHECK_RESTORES, drill_key, recent_result, restores_result
 from pg_ops.defs.resources import PgOpsResource
+from pg_ops.defs.upgrades import CHECK_REHEARSED, rehearsal_key, rehearsed_result
 from pg_ops.errors import PgOpsError
 from pg_ops.spec import ClusterSpec
 
 SENSOR_NAME = "backup_store_checks"
 INTERVAL_SECONDS = 300
 REPORT_AT_LEAST_EVERY = 3600
+log = logging.getLogger("pg_ops.store_checks")
 
 
 def store_results(ctx) -> list[tuple[dg.AssetKey, str, dg.AssetCheckResult]]:
@@ -43,7 +48,12 @@ def store_results(ctx) -> list[tuple[dg.AssetKey, str, dg.AssetCheckResult]]:
     except PgOpsError as exc:
         results = [dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                        metadata={"error": dg.MetadataValue.text(str(exc))})] * len(keys)
-    return [(key, name, result) for (key, name), result in zip(keys, results, strict=True)]
+    found = [(key, name, result) for (key, name), result in zip(keys, results, strict=True)]
+    try:
+        found.append((rehearsal_key(ctx.name), CHECK_REHEARSED, rehearsed_result(ctx)))
+    except PgOpsError as exc:  # the primary does not answer: the health sensor says so; no verdict here
+        log.info("upgrade_rehearsed of %s not evaluated: %s", ctx.name, exc)
+    return found
 
 
 def evaluations_to_report(cursor: dict, results, now: float) -> tuple[list[dg.AssetCheckEvaluation], dict]:

@@ -13,6 +13,7 @@ from pg_ops.spec import ClusterSpec
 
 GROUP = "upgrades"
 JOB = "upgrade_rehearsal"
+CHECK_REHEARSED = "upgrade_rehearsed"
 
 
 class RehearsalConfig(dg.Config):
@@ -33,10 +34,29 @@ def rehearsal_run_config(cluster: str, to_major: int, backup_id: str | None) -> 
     return {"ops": {op: {"config": {"to_major": to_major, "backup_id": backup_id}}}}
 
 
+def rehearsed_result(ctx) -> dg.AssetCheckResult:
+    """`upgrade_rehearsed`: the major the spec asks for (`postgres.version`) is what the cluster
+    runs, or its upgrade passed a rehearsal within REHEARSAL_MAX_AGE_DAYS (what `pg-ops upgrade`
+    requires without --force). A warning, not an error: nothing is broken until someone upgrades."""
+    from pg_ops.operations.upgrade import REHEARSAL_MAX_AGE_DAYS, rehearsal_standing
+
+    standing = rehearsal_standing(ctx)
+    metadata: dict[str, dg.MetadataValue] = {"max_age_days": dg.MetadataValue.int(REHEARSAL_MAX_AGE_DAYS)}
+    if standing.latest is not None:
+        metadata["latest"] = dg.MetadataValue.json(standing.latest)
+    return dg.AssetCheckResult(check_name=CHECK_REHEARSED, passed=standing.passed,
+                               severity=dg.AssetCheckSeverity.WARN, description=standing.description,
+                               metadata=metadata)
+
+
 def _rehearsal_asset(spec: ClusterSpec) -> dg.AssetsDefinition:
     cluster = spec.name
 
     @dg.asset(key=rehearsal_key(cluster), group_name=GROUP, kinds={"postgres"},
+              check_specs=[dg.AssetCheckSpec(CHECK_REHEARSED, asset=rehearsal_key(cluster),
+                                             description="The major the spec asks for (postgres.version) is the "
+                                                         "one the cluster runs, or its upgrade passed a rehearsal "
+                                                         "within 7 days (pg-ops upgrade requires it).")],
               description=f"Upgrade rehearsal of cluster {cluster}: a backup restored into a scratch server of its "
                           f"major, upgraded there with pg_upgrade --link, and verified (row counts, amcheck, "
                           f"extensions updated); each step timed.")
@@ -44,8 +64,9 @@ def _rehearsal_asset(spec: ClusterSpec) -> dg.AssetsDefinition:
                   pg_ops: PgOpsResource) -> dg.MaterializeResult:
         from pg_ops.operations.upgrade import rehearse_upgrade
 
-        report = rehearse_upgrade(pg_ops.cluster(cluster, context.log), config.to_major, config.backup_id)
-        return dg.MaterializeResult(metadata={
+        ctx = pg_ops.cluster(cluster, context.log)
+        report = rehearse_upgrade(ctx, config.to_major, config.backup_id)
+        return dg.MaterializeResult(check_results=[rehearsed_result(ctx)], metadata={
             "result": dg.MetadataValue.text(report.result),
             "upgrade": dg.MetadataValue.text(f"PostgreSQL {report.from_major} -> {report.to_major}"),
             "backup_id": dg.MetadataValue.text(report.backup_id),

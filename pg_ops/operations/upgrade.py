@@ -80,8 +80,11 @@ class RehearsalProblem(Exception):
 def cluster_major(ctx: ClusterContext) -> int:
     """The major the cluster's primary runs (what it answers, not what its spec says)."""
     primary = ctx.state().primary
-    return with_connection(ctx.endpoints()[primary], SUPERUSER, ctx.admin_password(), pgu.server_major,
-                           timeout=10, name=primary)
+    probe = ctx.probe([primary])[primary]
+    if probe.server_version_num is None:
+        raise PgOpsError(f"cluster {ctx.name}: cannot read the major of its primary {primary}: "
+                         f"{probe.error or 'no answer'}")
+    return probe.server_version_num // 10000
 
 
 def check_rehearsal(ctx: ClusterContext, to_major: int) -> int:
@@ -209,14 +212,8 @@ def check_upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> in
                                  f"first (the upgraded members start with the spec's binaries)")
     if not force:
         latest = latest_rehearsal(ctx, to_major)
-        fresh = latest is not None and latest.get("result") == "passed" and latest.get("from_major") == from_major \
-            and datetime.fromisoformat(latest["finished_at"]) > datetime.now(UTC) - timedelta(days=REHEARSAL_MAX_AGE_DAYS)
-        if not fresh:
-            said = (f"the newest {latest['result']} on {latest['finished_at'][:16]}" if latest else "none yet")
-            raise pgu.UpgradeRefused(
-                f"cluster {ctx.name}: no passed upgrade rehearsal to PostgreSQL {to_major} within "
-                f"{REHEARSAL_MAX_AGE_DAYS} days ({said}): `pg-ops upgrade --to {to_major} --rehearse` first "
-                f"(or --force)")
+        if not rehearsal_is_fresh(latest, from_major):
+            raise pgu.UpgradeRefused(f"cluster {ctx.name}: {_not_rehearsed(latest, to_major)} (or --force)")
     state = ctx.state()
     probes = ctx.probe()
     if not probes[state.primary].writable:
@@ -365,6 +362,45 @@ def _databases(ctx: ClusterContext, primary: str, password: str) -> list[str]:
 
 
 # -- reading it back --------------------------------------------------------------------------------
+def rehearsal_is_fresh(latest: dict | None, from_major: int) -> bool:
+    """A passed rehearsal from the major the cluster runs, within REHEARSAL_MAX_AGE_DAYS: what
+    the upgrade requires (and the `upgrade_rehearsed` asset check reports)."""
+    return latest is not None and latest.get("result") == "passed" and latest.get("from_major") == from_major \
+        and datetime.fromisoformat(latest["finished_at"]) > datetime.now(UTC) - timedelta(days=REHEARSAL_MAX_AGE_DAYS)
+
+
+def _not_rehearsed(latest: dict | None, to_major: int) -> str:
+    said = f"the newest {latest['result']} on {latest['finished_at'][:16]}" if latest else "none yet"
+    return (f"no passed upgrade rehearsal to PostgreSQL {to_major} within {REHEARSAL_MAX_AGE_DAYS} days ({said}): "
+            f"`pg-ops upgrade --to {to_major} --rehearse` first")
+
+
+@dataclass(frozen=True)
+class RehearsalStanding:
+    """Whether the upgrade a cluster's spec asks for is rehearsed (the `upgrade_rehearsed` check)."""
+
+    passed: bool
+    description: str
+    latest: dict | None = None
+
+
+def rehearsal_standing(ctx: ClusterContext) -> RehearsalStanding:
+    """The spec's `postgres.version` against the major the primary runs: no upgrade pending
+    passes; a pending one passes only with a fresh passed rehearsal (what `upgrade` requires)."""
+    asked = ctx.spec.postgres.version
+    if asked is None:
+        return RehearsalStanding(True, "no major asked for (postgres.version unset): no upgrade pending")
+    running = cluster_major(ctx)
+    if running >= asked:  # a downgrade never gets here: the platform refuses the spec first
+        return RehearsalStanding(True, f"runs PostgreSQL {running}, the major its spec asks for: no upgrade pending")
+    latest = latest_rehearsal(ctx, asked)
+    if latest is not None and rehearsal_is_fresh(latest, running):
+        return RehearsalStanding(True, f"upgrade PostgreSQL {running} -> {asked} rehearsed on "
+                                       f"{latest['finished_at'][:16]} (backup {latest.get('backup_id', '?')})", latest)
+    return RehearsalStanding(False, f"spec asks for PostgreSQL {asked}, the cluster runs {running}: "
+                                    f"{_not_rehearsed(latest, asked)}", latest)
+
+
 def latest_rehearsal(ctx: ClusterContext, to_major: int, store: BackupStore | None = None) -> dict | None:
     """The last rehearsal for `to_major` to finish (passed or failed), whichever backup it
     rehearsed on (`--backup` may pick an older one), or None. A week of backups: a few reads."""

@@ -92,6 +92,9 @@ DF_TIMEOUT_S = 5.0
 # A fenced pod the exec could not reach is deleted with this grace: its kubelet sends TERM, then
 # KILL a second later, and only then removes the pod (what fence_confirmed waits for).
 FENCE_GRACE_S = 1
+# Between pg_ops's clock (the record's observed_at) and the API server's (a pod's creation time,
+# to the second): a pod must predate the primary's last observation by this much to count as its pod.
+POD_CLOCK_MARGIN_S = 5.0
 # A Secret volume is refreshed at the kubelet's next sync (syncFrequency 1 min) plus its cache TTL:
 # a rotated passfile reaches every running member within about two minutes.
 PASSFILE_SYNC_TIMEOUT_S = 180.0
@@ -645,7 +648,9 @@ class KubernetesPlatform(Platform):
         When the exec does not answer (False), the pod is deleted gracefully instead (grace
         FENCE_GRACE_S): a container that crashed and waits to restart has nothing to exec into,
         but its kubelet is connected and completes the deletion once the container is stopped,
-        which fence_confirmed sees. A pod whose node is cut off from the API server stays
+        which fence_confirmed sees. Only the pod that already existed when pg_ops last saw the
+        primary writable (the record's observed_at) can confirm anything: a newer one is a
+        replacement made after a forced deletion, force-deleted at once, and the lease decides. A pod whose node is cut off from the API server stays
         Terminating and keeps running until its kubelet is back; its isolation fencing stops it
         once its lease runs out (the failover waits for that, then fence_abandon force-deletes
         it), or its member script demotes it once the ConfigMap volume refreshes."""
@@ -655,17 +660,26 @@ class KubernetesPlatform(Platform):
             self._delete_pod(name, 0)
             return True
         pod = self._pod(name)
-        # A pod already gone (force-deleted by someone else) confirms nothing: its container may
-        # still run on a node that has not noticed.
-        self._fences[name] = pod.metadata.uid if pod is not None else None
-        if pod is not None:
-            try:
-                self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
-                              self.namespace, missing_ok=True,  # with a body, the query's grace is ignored
-                              body={"gracePeriodSeconds": FENCE_GRACE_S, "preconditions": {"uid": pod.metadata.uid}})
-            except KubernetesError as exc:  # a 409: replaced meanwhile; anything else: the lease decides
-                logging.getLogger("pg_ops").warning("fence %s: graceful delete not possible (%s)", name, exc)
-                self._fences[name] = None
+        state = self.state_store().read()
+        seen = state.observed_at if state is not None else 0.0
+        if pod is None or pod.metadata.creation_timestamp is None \
+                or pod.metadata.creation_timestamp.timestamp() > seen - POD_CLOCK_MARGIN_S:
+            # No pod, or one made after the old primary was last seen writable (a replacement
+            # the StatefulSet made after someone force-deleted the pod it ran in): deleting it
+            # says nothing about the old container, which may still run on a node that has not
+            # noticed. Forced, as a pod on a lost node must not hold the name; the lease decides.
+            self._fences[name] = None
+            self._delete_pod(name, 0)
+            return False
+        # The pod the old primary ran in when pg_ops last saw it writable (the record's observed_at).
+        self._fences[name] = pod.metadata.uid
+        try:
+            self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
+                          self.namespace, missing_ok=True,  # with a body, the query's grace is ignored
+                          body={"gracePeriodSeconds": FENCE_GRACE_S, "preconditions": {"uid": pod.metadata.uid}})
+        except KubernetesError as exc:  # a 409: replaced meanwhile; anything else: the lease decides
+            logging.getLogger("pg_ops").warning("fence %s: graceful delete not possible (%s)", name, exc)
+            self._fences[name] = None
         return False
 
     def fence_confirmed(self, name: str) -> bool:
