@@ -80,6 +80,34 @@ def write_spec(folder: Path, name: str, **overrides) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def pg_bin_set(path: Path | None) -> Iterator[None]:
+    """PG_OPS_PG_BIN set to another major's binaries (as a user sets it), as it was after."""
+    saved = os.environ.get("PG_OPS_PG_BIN")
+    os.environ["PG_OPS_PG_BIN"] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PG_OPS_PG_BIN", None)
+        else:
+            os.environ["PG_OPS_PG_BIN"] = saved
+
+
+def server_majors(ctx: ClusterContext) -> dict[str, int | None]:
+    """The major each member answers with (None: it does not answer)."""
+    return {name: (p.server_version_num // 10000 if p.server_version_num else None)
+            for name, p in ctx.probe().items()}
+
+
+def one_primary_all_streaming(ctx: ClusterContext) -> bool:
+    """The designated primary is the only writable member and every other member streams."""
+    primary = ctx.state().primary
+    probes = ctx.probe()
+    return [n for n, p in probes.items() if p.writable] == [primary] and \
+        all(p.streaming for n, p in probes.items() if n != primary)
+
+
 def kill_member(platform: Platform, name: str) -> None:
     """Kill a member as when its node dies (a power of the tests, not of pg_ops): local, SIGKILL
     of its supervisor and postgres together (the process group, as fencing does); Kubernetes, its

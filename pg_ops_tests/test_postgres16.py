@@ -20,13 +20,15 @@ from pg_ops.operations.backup import backup
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.drill import drill
 from pg_ops.operations.failover import failover, switchover
-from pg_ops.operations.health import status_report
 from pg_ops.operations.restore import restore
 from pg_ops.postgres.dump import AMCHECK_UNAVAILABLE
 from pg_ops_tests.helpers import (
     home_environment,
     kill_member,
+    one_primary_all_streaming,
+    pg_bin_set,
     running_cluster,
+    server_majors,
     spec_from,
     wait_for,
     write_spec,
@@ -47,26 +49,13 @@ pytestmark = pytest.mark.skipif(pg16_bin() is None, reason="the pgserver wheel (
 
 @pytest.fixture(scope="module")
 def pg16():
-    saved = os.environ.get("PG_OPS_PG_BIN")
-    os.environ["PG_OPS_PG_BIN"] = str(pg16_bin())
-    try:
-        with home_environment() as home, running_cluster(spec_from(write_spec(home / "specs", "sixteen"))) as ctx:
-            yield ctx
-    finally:
-        if saved is None:
-            os.environ.pop("PG_OPS_PG_BIN", None)
-        else:
-            os.environ["PG_OPS_PG_BIN"] = saved
+    with pg_bin_set(pg16_bin()), home_environment() as home, \
+            running_cluster(spec_from(write_spec(home / "specs", "sixteen"))) as ctx:
+        yield ctx
 
 
 def versions(ctx) -> set[int]:
-    return {p.server_version_num // 10000 for p in ctx.probe().values() if p.reachable}
-
-
-def one_primary_all_streaming(ctx) -> bool:
-    status = status_report(ctx)
-    return status["writable_members"] == [ctx.state().primary] and all(
-        m["streaming"] for m in status["members"] if m["name"] != ctx.state().primary)
+    return {major for major in server_majors(ctx).values() if major is not None}
 
 
 def test_deploy_and_streaming_replication_on_16(pg16):

@@ -9,7 +9,6 @@ Refusals (downgrade, same major, a major without binaries) come before anything 
 from __future__ import annotations
 
 import json
-import os
 
 import psycopg
 import pytest
@@ -22,7 +21,15 @@ from pg_ops.operations.backup import backup
 from pg_ops.operations.upgrade import latest_rehearsal, rehearse_upgrade
 from pg_ops.postgres import upgrade as pgu
 from pg_ops.postgres.session import with_connection
-from pg_ops_tests.helpers import home_environment, running_cluster, spec_from, write_spec
+from pg_ops_tests.helpers import (
+    home_environment,
+    one_primary_all_streaming,
+    pg_bin_set,
+    running_cluster,
+    server_majors,
+    spec_from,
+    write_spec,
+)
 from pg_ops_tests.test_postgres16 import pg16_bin
 
 pytestmark = pytest.mark.skipif(pg16_bin() is None, reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
@@ -35,16 +42,8 @@ def home():
     """PostgreSQL 16 as pg_ops's binaries (PG_OPS_PG_BIN, as test_postgres16.py runs it): its
     server and its client tools, which read and restore what they dump; 18 is the wheel's,
     found by the upgrade as a user's /usr/lib/postgresql/18 would be."""
-    saved = os.environ.get("PG_OPS_PG_BIN")
-    os.environ["PG_OPS_PG_BIN"] = str(pg16_bin())
-    try:
-        with home_environment() as path:
-            yield path
-    finally:
-        if saved is None:
-            os.environ.pop("PG_OPS_PG_BIN", None)
-        else:
-            os.environ["PG_OPS_PG_BIN"] = saved
+    with pg_bin_set(pg16_bin()), home_environment() as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -193,17 +192,6 @@ def fingerprints(ctx) -> dict[str, dict[str, tuple]]:
     return out
 
 
-def majors(ctx) -> dict[str, int | None]:
-    return {name: (p.server_version_num // 10000 if p.server_version_num else None)
-            for name, p in ctx.probe().items()}
-
-
-def all_streaming(ctx) -> bool:
-    primary = ctx.state().primary
-    probes = ctx.probe()
-    return probes[primary].writable and all(p.streaming for n, p in probes.items() if n != primary)
-
-
 @pytest.fixture(scope="module")
 def three(home):
     with running_cluster(spec_from(write_spec(
@@ -250,8 +238,8 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     message = str(failed.value)
     assert "before the point of no return" in message and "runs PostgreSQL 16 again" in message, message
     assert "legacy_refs" in message and "\n" not in message
-    wait_for(lambda: all_streaming(ctx), "the 16 cluster streaming again", timeout=60)
-    assert set(majors(ctx).values()) == {16}
+    wait_for(lambda: one_primary_all_streaming(ctx), "the 16 cluster streaming again", timeout=60)
+    assert set(server_majors(ctx).values()) == {16}
     assert fingerprints(ctx) == before and ctx.state().system_identifier == old_sysid
     sql(ctx, ["drop table legacy_refs"])
 
@@ -269,8 +257,8 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
         wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
     assert (result["from_major"], result["to_major"]) == (16, 18) and result["downtime_seconds"] > 0
     assert "step: pg_upgrade --link" in result and "step: re-clone the replicas" in result
-    wait_for(lambda: all_streaming(ctx18), "every replica streaming from the upgraded primary", timeout=120)
-    assert set(majors(ctx18).values()) == {18}
+    wait_for(lambda: one_primary_all_streaming(ctx18), "every replica streaming from the upgraded primary", timeout=120)
+    assert set(server_majors(ctx18).values()) == {18}
     # Every acknowledged write is there, and every table as it was (rows and their md5).
     primary = ctx18.state().primary
     present = {n for (n,) in q(ctx18, primary, "select n from writes")}

@@ -699,8 +699,10 @@ class KubernetesPlatform(Platform):
     def fence_abandon(self, name: str) -> None:
         """Its lease ran out (or fencing is off): force-delete what is left, so the StatefulSet
         makes the pod again (elsewhere, with network storage) while its node is unreachable."""
-        self._fences.pop(name, None)
-        self._delete_pod(name, 0)
+        uid = self._fences.pop(name, None)
+        pod = self._pod(name) if uid is not None else None  # None: fence_member force-deleted already
+        if pod is not None and pod.metadata.uid == uid:
+            self._delete_pod(name, 0)
 
     def _stop_postgres_now(self, name: str) -> bool:
         """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S). The
