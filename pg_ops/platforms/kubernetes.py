@@ -600,18 +600,28 @@ class KubernetesPlatform(Platform):
 
         poll(runs, timeout=self.pod_start_timeout, interval=0.5, expired=expired)
 
-    def _delete_pod(self, name: str, grace_seconds: int | None) -> None:
-        """Delete a pod and wait until that pod (its uid) is gone; the StatefulSet then makes
-        a new one, which is not waited for. Grace 0 is a forced delete: the API object goes at
-        once, the kubelet kills the container at its next sync (seconds), and a pod on a dead
-        node does not block us."""
+    def _delete_pod(self, name: str, grace_seconds: int | None, *, uid: str | None = None,
+                    wait: bool = True) -> str | None:
+        """Delete a pod and (`wait`) wait until that pod (its uid) is gone; the StatefulSet then
+        makes a new one, which is not waited for. Grace 0 is a forced delete: the API object goes
+        at once, the kubelet kills the container at its next sync (seconds), and a pod on a dead
+        node does not block us. `uid`: only that incarnation (a precondition of the delete; a
+        pod of another uid is left alone). Returns the uid deleted, None when there was none."""
         pod = self._pod(name)
-        if pod is None:
-            return
+        if pod is None or (uid is not None and pod.metadata.uid != uid):
+            return None
+        if uid is None:
+            kwargs: dict = {} if grace_seconds is None else {"grace_period_seconds": grace_seconds}
+        else:  # with a body, the API server ignores the query's grace: both go in the body
+            body: dict = {"preconditions": {"uid": uid}}
+            if grace_seconds is not None:
+                body["gracePeriodSeconds"] = grace_seconds
+            kwargs = {"body": body}
         uid = pod.metadata.uid
-        kwargs = {} if grace_seconds is None else {"grace_period_seconds": grace_seconds}
         self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
                       self.namespace, missing_ok=True, **kwargs)
+        if not wait:
+            return uid
         grace = (pod.spec.termination_grace_period_seconds or 30) if grace_seconds is None else grace_seconds
 
         def gone() -> bool | None:
@@ -623,6 +633,7 @@ class KubernetesPlatform(Platform):
                                f"{POD_GONE_TIMEOUT_S + grace:g} s (node unreachable?)")
 
         poll(gone, timeout=POD_GONE_TIMEOUT_S + grace, interval=0.2, expired=expired)
+        return uid
 
     def stop_member(self, name: str) -> None:
         """Graceful delete: the kubelet sends TERM, which the member script turns into a
@@ -650,17 +661,18 @@ class KubernetesPlatform(Platform):
         but its kubelet is connected and completes the deletion once the container is stopped,
         which fence_confirmed sees. Only the pod that already existed when pg_ops last saw the
         primary writable (the record's observed_at) can confirm anything: a newer one is a
-        replacement made after a forced deletion, force-deleted at once, and the lease decides. A pod whose node is cut off from the API server stays
-        Terminating and keeps running until its kubelet is back; its isolation fencing stops it
-        once its lease runs out (the failover waits for that, then fence_abandon force-deletes
-        it), or its member script demotes it once the ConfigMap volume refreshes."""
+        replacement made after a forced deletion, force-deleted at once, and the lease decides.
+        A pod whose node is cut off from the API server stays Terminating and keeps running
+        until its kubelet is back; its isolation fencing stops it once its lease runs out (the
+        failover waits for that, then fence_abandon force-deletes it), or its member script
+        demotes it once the ConfigMap volume refreshes."""
         self._set_role(name, None)
-        if self._stop_postgres_now(name):
-            self._fences.pop(name, None)
+        state = self.state_store().read()
+        self._fences.pop(name, None)
+        if self._stop_postgres_now(name, state.epoch if state is not None else 0):
             self._delete_pod(name, 0)
             return True
         pod = self._pod(name)
-        state = self.state_store().read()
         seen = state.observed_at if state is not None else 0.0
         if pod is None or pod.metadata.creation_timestamp is None \
                 or pod.metadata.creation_timestamp.timestamp() > seen - POD_CLOCK_MARGIN_S:
@@ -668,18 +680,13 @@ class KubernetesPlatform(Platform):
             # the StatefulSet made after someone force-deleted the pod it ran in): deleting it
             # says nothing about the old container, which may still run on a node that has not
             # noticed. Forced, as a pod on a lost node must not hold the name; the lease decides.
-            self._fences[name] = None
             self._delete_pod(name, 0)
             return False
         # The pod the old primary ran in when pg_ops last saw it writable (the record's observed_at).
-        self._fences[name] = pod.metadata.uid
         try:
-            self.api.call("delete", self._what("pod", name), self.api.core.delete_namespaced_pod, name,
-                          self.namespace, missing_ok=True,  # with a body, the query's grace is ignored
-                          body={"gracePeriodSeconds": FENCE_GRACE_S, "preconditions": {"uid": pod.metadata.uid}})
+            self._fences[name] = self._delete_pod(name, FENCE_GRACE_S, uid=pod.metadata.uid, wait=False)
         except KubernetesError as exc:  # a 409: replaced meanwhile; anything else: the lease decides
             logging.getLogger("pg_ops").warning("fence %s: graceful delete not possible (%s)", name, exc)
-            self._fences[name] = None
         return False
 
     def fence_confirmed(self, name: str) -> bool:
@@ -688,31 +695,29 @@ class KubernetesPlatform(Platform):
         stopped — the guarantee a StatefulSet's one pod per name rests on. (A person force-deleting
         it meanwhile, or the pod garbage collector for a node declared out of service, would
         also remove it; both say the node is gone.)"""
-        if name not in self._fences or self._fences[name] is None:
+        uid = self._fences.get(name)
+        if uid is None:
             return False
         pod = self._pod(name)
-        if pod is not None and pod.metadata.uid == self._fences[name]:
+        if pod is not None and pod.metadata.uid == uid:
             return False
-        self._fences.pop(name, None)
+        del self._fences[name]
         return True
 
     def fence_abandon(self, name: str) -> None:
         """Its lease ran out (or fencing is off): force-delete what is left, so the StatefulSet
         makes the pod again (elsewhere, with network storage) while its node is unreachable."""
         uid = self._fences.pop(name, None)
-        pod = self._pod(name) if uid is not None else None  # None: fence_member force-deleted already
-        if pod is not None and pod.metadata.uid == uid:
-            self._delete_pod(name, 0)
+        if uid is not None:  # None: fence_member force-deleted it already
+            self._delete_pod(name, 0, uid=uid)
 
-    def _stop_postgres_now(self, name: str) -> bool:
+    def _stop_postgres_now(self, name: str, epoch: int) -> bool:
         """`pg_ctl stop -m immediate` in the pod, best effort and bounded (DF_TIMEOUT_S). The
         fence marker is written first: the member script would otherwise boot postgres again
         from its record file, which the kubelet refreshes up to a minute late and which may
         still name this member (it waits until the record reaches the fence's epoch). True only
         when pg_ctl says it stopped the server: otherwise the failover waits for the lease."""
         what = self._what("pod", name)
-        state = self.state_store().read()
-        epoch = state.epoch if state is not None else 0
         # Exit 3: the marker could not be written (postgres is still stopped, but its script may
         # boot it again from a stale record, so the stop is not confirmed).
         script = ('printf "epoch=%s\\n" "$1" > "$2" || unmarked=1; "$3" stop -D "$4" -m immediate -w -t 3; rc=$?; '
