@@ -635,7 +635,32 @@ def load_specs(path: Path | None = None) -> list[ClusterSpec]:
             raise SpecError(f"{f}: field name: cluster {spec.name!r} is already defined in {seen[spec.name]}")
         seen[spec.name] = f
     _check_local_ports(specs, files)
+    _check_kubernetes_services(specs, files)
     return specs
+
+
+def _check_kubernetes_services(specs: list[ClusterSpec], files: list[Path]) -> None:
+    """Two Kubernetes clusters in one namespace with the same primary Service name would apply
+    each other's Service (the second's selector wins: applications of the first would write to
+    the second), and two with the same external address would fight over it."""
+    names: dict[tuple[str, str], tuple[str, Path]] = {}
+    addresses: dict[str, tuple[str, Path]] = {}
+    for spec, f in zip(specs, files, strict=True):
+        if spec.platform != "kubernetes":
+            continue
+        services = spec.kubernetes.services
+        key = (spec.kubernetes.namespace, services.primary.name)
+        if key in names:
+            other, where = names[key]
+            raise SpecError(f"{f}: field kubernetes.services.primary.name: Service {key[1]!r} in namespace {key[0]} "
+                            f"is already cluster {other}'s ({where}): give each cluster its own")
+        names[key] = (spec.name, f)
+        ip = services.external.ip if services.external.type != "none" else None
+        if ip and ip in addresses:
+            other, where = addresses[ip]
+            raise SpecError(f"{f}: field kubernetes.services.external.ip: {ip} is already cluster {other}'s ({where})")
+        if ip:
+            addresses[ip] = (spec.name, f)
 
 
 def ephemeral_ports() -> range:

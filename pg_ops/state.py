@@ -44,6 +44,10 @@ class DesiredState(BaseModel):
     primary: str
     system_identifier: str = ""
     bootstrap: bool = True
+    # `pg-ops recover` on Kubernetes: the designated primary's first boot restores a base backup
+    # and replays to the target (member.sh's [recover] row) instead of initdb, with the inputs of
+    # the recovery Secret that carries this token; cleared once it runs as the primary.
+    recovery: str = ""
     fenced: tuple[str, ...] = ()  # must not be writable (ex-primaries until they stream again)
     members: dict[str, str] = {}  # name -> "host:port" the member script connects to
     # Sync modes: the members known to hold every acknowledged commit, between them
@@ -81,6 +85,7 @@ class DesiredState(BaseModel):
             f"primary={self.primary}",
             f"system_identifier={self.system_identifier}",
             f"bootstrap={'true' if self.bootstrap else 'false'}",
+            f"recovery={self.recovery}",
             f"fenced={' '.join(self.fenced)}",
             f"sync_set={' '.join(self.sync_set)}",
             f"observed.lsn={self.observed_lsn}",
@@ -117,6 +122,7 @@ class DesiredState(BaseModel):
                 cluster=raw["cluster"], version=int(raw["version"]), epoch=int(raw["epoch"]),
                 primary=raw["primary"], system_identifier=raw.get("system_identifier", ""),
                 bootstrap=raw.get("bootstrap") == "true",
+                recovery=raw.get("recovery", ""),
                 fenced=tuple(raw.get("fenced", "").split()),
                 sync_set=tuple(raw.get("sync_set", "").split()),
                 observed_lsn=raw.get("observed.lsn", ""),

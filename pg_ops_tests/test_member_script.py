@@ -141,10 +141,11 @@ class Member:
         return self.root / "desired-state"
 
     # -- preparing a row ---------------------------------------------------------------------
-    def write_record(self, primary: str, bootstrap: bool = False, epoch: int = 3, lease_seconds: float = 0.0):
+    def write_record(self, primary: str, bootstrap: bool = False, epoch: int = 3, lease_seconds: float = 0.0,
+                     recovery: str = ""):
         state = DesiredState(cluster="c", version=epoch, epoch=epoch, primary=primary, bootstrap=bootstrap,
                              system_identifier="" if bootstrap else SYSID, lease_seconds=lease_seconds,
-                             members={n: f"127.0.0.1:{p}" for n, p in PORTS.items()})
+                             members={n: f"127.0.0.1:{p}" for n, p in PORTS.items()}, recovery=recovery)
         self.record.write_text(state.to_text())
 
     def primary(self, up: bool = True, tli: int = 1, sysid: str = SYSID, history: str = "") -> None:
@@ -175,7 +176,24 @@ class Member:
                 "PGOPS_MEMBER": self.name, "PGOPS_DATA": str(self.data), "PGOPS_PORT": str(PORTS[self.name]),
                 "PGOPS_STATE": str(self.record), "PGOPS_CONFIG_DIR": str(self.root / "config"),
                 "PGOPS_PASSFILE": str(self.root / "pgpass"), "PGOPS_RUN_DIR": str(self.state_dir / "run"),
-                "PGOPS_BIN": str(self.root / "stubs"), "PGOPS_LISTEN": "127.0.0.1"}
+                "PGOPS_BIN": str(self.root / "stubs"), "PGOPS_LISTEN": "127.0.0.1",
+                "PGOPS_RECOVERY_DIR": str(self.root / "recovery")}
+
+    def recovery_inputs(self, token: str, rc: int = 0, reason: str = "") -> None:
+        """The recovery Secret as mounted: its token, and a recover_pod.sh that records its call and
+        its environment's mode, restores a data dir of the cluster's system (or fails with
+        `reason` in its termination log, as recover_pod.sh does)."""
+        folder = self.root / "recovery"
+        folder.mkdir(exist_ok=True)
+        (folder / "token").write_text(token)
+        (folder / "recover_pod.sh").write_text(
+            f'printf "%s %s %s\\n" "$PGOPS_RECOVERY_THEN" "[$PGOPS_LISTEN]" "$PGDATA" >> {self.world}/recoveries\n'
+            + (f'printf "%s\\n" "{reason}" > "$PGOPS_TERMINATION_LOG"; exit {rc}\n' if rc else
+               f'echo 16 > "$PGDATA/PG_VERSION"; printf "{control_text(SYSID, 2)}" > "$PGDATA/fake_control"\n'))
+
+    def recoveries(self) -> list[str]:
+        path = self.world / "recoveries"
+        return path.read_text().splitlines() if path.exists() else []
 
     def start(self) -> None:
         log = open(self.root / "member.log", "ab")  # noqa: SIM115 - the child holds it
@@ -308,6 +326,54 @@ def test_initdb_for_the_first_primary_of_a_new_cluster(member):
     assert member.terminate() == 0
     assert member.calls("postgres-signal") == [["postgres-signal", "SIGINT"]]  # fast shutdown on TERM
     assert member.status()["phase"] == "stopping"
+
+
+def test_a_recovery_waits_for_its_inputs_then_restores_and_starts_as_the_primary(member):
+    """`pg-ops recover` on Kubernetes: the record names a recovery; until the Secret with that
+    token is mounted the member waits (never initdb: a new empty cluster would read as healthy);
+    then recover_pod.sh restores and replays (stop mode, socket only) and the data starts as the
+    primary."""
+    member.name = "m-0"
+    member.write_record("m-0", bootstrap=True, recovery="tok1")
+    member.recovery_inputs("an-older-token")
+    member.start()
+    report = member.wait_action("wait", running=False)
+    assert "recovery tok1: its inputs are not mounted yet" in report["boot.reason"]
+    assert member.recoveries() == [] and member.tools_called().isdisjoint({"initdb", "postgres", "pg_basebackup"})
+    member.recovery_inputs("tok1")  # the kubelet synced the Secret
+    member.wait_action("recover")
+    assert member.recoveries() == [f"stop [] {member.data}"]
+    assert "initdb" not in member.tools_called()
+    started_postgres(member)
+    assert not (member.state_dir / "pg_ops-recovering").exists()
+    assert member.terminate() == 0
+
+
+def test_a_failed_recovery_is_refused_at_every_boot_and_one_cut_short_starts_over(member):
+    member.name = "m-0"
+    member.write_record("m-0", bootstrap=True, recovery="tok2")
+    member.recovery_inputs("tok2", rc=1, reason="postgres exited (1): could not locate required checkpoint record")
+    member.start()
+    assert member.exit_code() == 1
+    report = member.report()
+    assert report["boot.action"] == "refused"
+    assert report["boot.reason"] == ("recovery tok2 failed: postgres exited (1): could not locate required "
+                                     "checkpoint record")
+    # The container restarts: the kept failure is refused again, recover_pod.sh not run twice.
+    member.start()
+    assert member.exit_code() == 1 and len(member.recoveries()) == 1
+    assert member.report()["boot.reason"].startswith("recovery tok2 failed: postgres exited (1)")
+    # A restore cut short (the marker left, a half-written data dir): wiped, then restored again.
+    member.write_record("m-0", bootstrap=True, recovery="tok3")
+    member.recovery_inputs("tok3")
+    member.data_dir(sysid=OTHER_SYSID)
+    (member.data / "half-restored").touch()
+    (member.state_dir / "pg_ops-recovering").touch()
+    member.start()
+    member.wait_action("recover")
+    assert not (member.data / "half-restored").exists() and len(member.recoveries()) == 2
+    started_postgres(member)  # the restored data, as the primary
+    assert member.terminate() == 0
 
 
 def test_failed_initdb_is_a_refusal(member):

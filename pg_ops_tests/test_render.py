@@ -175,6 +175,11 @@ def test_statefulset_runs_the_member_script_with_its_env_contract(homelab):
     assert volumes["credentials"]["secret"]["optional"] is False
     mounts = {m["mountPath"]: m["name"] for m in postgres["volumeMounts"]}
     assert mounts[k.STATE_MOUNT] == "state" and mounts[k.SCRIPT_MOUNT] == "script"
+    # `pg-ops recover`: the first member's recovery inputs, an optional Secret member.sh reads
+    # only while the record names a recovery.
+    assert volumes["recovery"]["secret"] == {"secretName": k.recovery_secret(homelab), "optional": True,
+                                             "defaultMode": 0o440}
+    assert mounts[k.RECOVERY_MOUNT] == "recovery" and env["PGOPS_RECOVERY_DIR"]["value"] == k.RECOVERY_MOUNT
 
 
 def test_pods_are_non_root_spread_and_probed(homelab):
@@ -405,6 +410,9 @@ def test_rbac_grants_only_what_the_platform_uses(homelab):
         assert allowed(rules, "", "configmaps", "get", name)
         assert not allowed(rules, "", "configmaps", "patch", name) and not allowed(rules, "", "configmaps", "update", name)
     assert allowed(rules, "", "configmaps", "update", k.state_configmap(homelab))
+    # delete: only its own record (a recovered cluster whose recovery failed is removed)
+    assert allowed(rules, "", "configmaps", "delete", k.state_configmap(homelab))
+    assert not allowed(rules, "", "configmaps", "delete", k.config_configmap(homelab))
     # Secrets: its own credentials (update adds a role), the backup store's keys, and the
     # application credentials it delivers into this namespace (database owner app), by name.
     assert allowed(rules, "", "secrets", "update", k.credentials_secret(homelab))

@@ -105,6 +105,28 @@ def test_duplicate_cluster_names_and_selection(tmp_path: Path):
         select_spec(specs, "three")
 
 
+def test_two_kubernetes_clusters_in_one_namespace_need_their_own_services(tmp_path: Path):
+    """The same primary Service name in one namespace: the second cluster's apply would take the
+    first's Service (its applications would write to the second); the same external address too.
+    `pg-ops recover` gives the new cluster its own (test_wal's Kubernetes recovery)."""
+    folder = tmp_path / "k8s"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("name: a\nplatform: kubernetes\n")
+    (folder / "b.yaml").write_text("name: b\nplatform: kubernetes\n")
+    with pytest.raises(SpecError, match=r"b.yaml: field kubernetes.services.primary.name: Service "
+                                        r"'postgres-ha-postgresql' in namespace postgresql is already cluster a's"):
+        load_specs(folder)
+    (folder / "b.yaml").write_text("name: b\nplatform: kubernetes\nkubernetes: {namespace: other}\n")
+    assert [s.name for s in load_specs(folder)] == ["a", "b"]  # another namespace
+    (folder / "a.yaml").write_text("name: a\nplatform: kubernetes\n"
+                                   "kubernetes: {services: {external: {ip: 192.0.2.10}}}\n")
+    (folder / "b.yaml").write_text("name: b\nplatform: kubernetes\n"
+                                   "kubernetes: {namespace: other, services: {external: {ip: 192.0.2.10}}}\n")
+    with pytest.raises(SpecError, match=r"b.yaml: field kubernetes.services.external.ip: 192.0.2.10 is already "
+                                        r"cluster a's"):
+        load_specs(folder)
+
+
 def test_local_ports_outside_the_ephemeral_range_and_apart_from_other_clusters(tmp_path: Path):
     from pg_ops.spec import ephemeral_ports
 

@@ -538,6 +538,85 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     assert any(s.name.startswith("weekly_pitr_drill") for s in defs.schedules)
 
 
+def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home):
+    """`recover --as NEW` on Kubernetes: the new cluster's first pod restores the base backup from
+    S3 and replays the source's archive on its own data volume (member.sh's [recover] row), then
+    runs as the primary and its replica clones from it. Exactly the rows committed before the
+    target are there, the source is untouched, the recovery's Secret is gone and the record
+    forgets it. A target outside the window is refused before anything exists; a recovery whose
+    replay fails is reported with the pod's reason and leaves nothing of the new cluster."""
+    import base64
+
+    from pg_ops.operations.recover import new_cluster_spec
+    from pg_ops.platforms import kubernetes_names as k
+    from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
+
+    server = shared_server()
+    bucket = server.new_bucket()
+    spec = spec_from(write_platform_spec(pg_home / "specs", "k8srec", "kubernetes", postgres={"members": 2},
+                                         backups={"wal": {"archive_timeout_seconds": 5}, "store": {
+                                             "type": "s3", "bucket": bucket, "prefix": "k8s",
+                                             "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
+                                             "credentials_secret": "pg-ops-backup-s3"}}))
+    ns = spec.kubernetes.namespace
+    with real_kubernetes() as fake:
+        fake.register_cluster(spec)
+        fake.admin_api().core.create_namespaced_secret(ns, {"metadata": {"name": "pg-ops-backup-s3"}, "data": {
+            "access_key": base64.b64encode(server.access_key.encode()).decode(),
+            "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        run(ctx, "create table pitr (batch int, at timestamptz default clock_timestamp())")
+        batch(ctx, 1)
+        wal.base_backup(ctx)
+        batch(ctx, 2)
+        time.sleep(1)
+        target = datetime.now(UTC)
+        time.sleep(1)
+        batch(ctx, 3)
+        wal.switch_and_wait(ctx)
+        # The admin's step for any new cluster: its namespace objects and RBAC (role.yaml).
+        recovered, broken = new_cluster_spec(spec, "k8srec-back"), new_cluster_spec(spec, "k8srec-bad")
+        fake.register_cluster(recovered)
+        fake.register_cluster(broken)
+        with pytest.raises(RecoveryRefused, match=r"is before the oldest base backup .*recovery window"):
+            recover(ctx, target - timedelta(days=1), "k8srec-back")
+        assert fake.admin_api().core.list_namespaced_config_map(
+            ns, field_selector=f"metadata.name={k.state_configmap(recovered)}").items == []
+
+        result = recover(ctx, target, "k8srec-back")
+        assert result.cluster == "k8srec-back" and result.members == ["k8srec-back-0", "k8srec-back-1"]
+        new_ctx = ClusterContext.for_spec(recovered)
+        assert run(new_ctx, "select batch, count(*) from pitr group by batch order by batch") == [(1, 10), (2, 10)]
+        # The source is only read, and its primary Service still leads to it (the new cluster has
+        # its own Services: the source's name would have handed them over).
+        assert run(ctx, "select count(*), current_setting('cluster_name') from pitr") == [(30, "k8srec-0")]
+        assert k.primary_service(recovered) == "k8srec-back-primary"
+        state = new_ctx.state()
+        assert state.primary == "k8srec-back-0" and state.recovery == "" and not state.bootstrap
+        assert state.system_identifier == ctx.state().system_identifier  # the source's data, recovered
+        assert deployment_problems(new_ctx, new_ctx.probe(), state.primary) == []
+        assert fake.admin_api().core.list_namespaced_secret(
+            ns, field_selector=f"metadata.name={k.recovery_secret(recovered)}").items == []
+        assert new_ctx.platform.member_report("k8srec-back-0").get("boot.action") == "recover"  # its boot row
+        run(new_ctx, "insert into pitr (batch) values (4)")  # writable, as the new cluster's primary
+
+        # A segment the replay needs cannot be read: the pod's refusal names PostgreSQL's reason,
+        # and the half-made cluster is removed (its record, StatefulSet, claims and Secrets).
+        listing = wa.list_archive(ctx.store(), wal.archive_ref(ctx))
+        first = next(s for s in listing.segments if s.segment.segno == listing.base_backups[-1].begin_segno)
+        ctx.store().put_bytes(first.key, b"not a WAL segment")
+        with pytest.raises(PgOpsError, match=r"recovery to .* failed on k8srec-bad-0: recovery \w+ failed: "
+                                             r"postgres exited \(1\): could not locate required checkpoint"):
+            recover(ctx, target, "k8srec-bad")
+        core = fake.admin_api().core
+        assert core.list_namespaced_config_map(
+            ns, field_selector=f"metadata.name={k.state_configmap(broken)}").items == []
+        assert core.list_namespaced_persistent_volume_claim(ns, label_selector=f"{k.LABEL_CLUSTER}=k8srec-bad").items == []
+        assert [s.metadata.name for s in core.list_namespaced_secret(ns).items if s.metadata.name.startswith(
+            "k8srec-bad-")] == []
+
+
 # -- pure planners on fabricated archives ----------------------------------------------------------
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -53,6 +53,7 @@ from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
 
 if TYPE_CHECKING:
+    from pg_ops.operations.deploy import DeployResult
     from pg_ops.platforms.base import RecoveryPod, RecoveryPodRequest
     from pg_ops.platforms.local import LocalPlatform
     from pg_ops.postgres.conninfo import Endpoint
@@ -158,10 +159,18 @@ def new_cluster_spec(source: ClusterSpec, name: str) -> ClusterSpec:
         raise RecoveryRefused(f"--as {name!r} is not a DNS-1123 label of at most 40 characters")
     raw = source.model_dump(mode="json")
     raw["name"] = name
-    # Free now, and no other local cluster's (spec.load_specs refuses an overlap).
-    taken = [range(s.local.base_port, s.local.base_port + s.postgres.members) for s in load_specs()
-             if s.platform == "local"]
-    raw["local"] = {**raw["local"], "base_port": free_base_port(source.postgres.members, taken)}
+    if source.platform == "local":
+        # Free now, and no other local cluster's (spec.load_specs refuses an overlap).
+        taken = [range(s.local.base_port, s.local.base_port + s.postgres.members) for s in load_specs()
+                 if s.platform == "local"]
+        raw["local"] = {**raw["local"], "base_port": free_base_port(source.postgres.members, taken)}
+    else:
+        # Its own Services: the source's name would hand the source's primary Service (and its
+        # applications) to the recovered cluster. No external address until someone gives it one
+        # (the source keeps its own; a cut-over changes the specs in Git).
+        raw["kubernetes"]["services"] = {"primary": {**raw["kubernetes"]["services"]["primary"],
+                                                     "name": f"{name}-primary"},
+                                         "external": {"type": "none"}}
     return ClusterSpec.model_validate(raw)
 
 
@@ -175,18 +184,24 @@ def forget_recovered_spec(name: str) -> Path | None:
     return None
 
 
-def refuse_existing(name: str) -> None:
+def refuse_existing(new_spec: ClusterSpec) -> None:
+    from pg_ops.platforms import platform_for
     from pg_ops.platforms.local import LocalPlatform
 
+    name = new_spec.name
     folder = specs_folder()
     known = {s.name for s in load_specs()}
     if name in known or (folder / f"{name}.yaml").exists():
         raise RecoveryRefused(f"--as {name}: a cluster named {name} already exists (its spec is loaded from "
                               f"{settings.clusters_path()} or {folder}); choose a new name")
-    probe = ClusterSpec.model_validate({"name": name})
-    if LocalPlatform(probe).root.exists():
-        raise RecoveryRefused(f"--as {name}: a local cluster named {name} already exists "
-                              f"({LocalPlatform(probe).root}); choose a new name")
+    if new_spec.platform == "local":
+        probe = ClusterSpec.model_validate({"name": name})
+        if LocalPlatform(probe).root.exists():
+            raise RecoveryRefused(f"--as {name}: a local cluster named {name} already exists "
+                                  f"({LocalPlatform(probe).root}); choose a new name")
+    elif platform_for(new_spec).state_store().read() is not None:
+        raise RecoveryRefused(f"--as {name}: a cluster named {name} already runs in namespace "
+                              f"{new_spec.kubernetes.namespace} (its desired-state record exists); choose a new name")
 
 
 def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> RecoveryPlan:
@@ -194,8 +209,7 @@ def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> Rec
     ctx.platform.check_recover()
     if as_name == ctx.name:
         raise RecoveryRefused(f"--as {as_name}: that is the source cluster itself; recovery always makes a new one")
-    new_cluster_spec(ctx.spec, as_name)
-    refuse_existing(as_name)
+    refuse_existing(new_cluster_spec(ctx.spec, as_name))
     store = ctx.store()
     if store.list(f"{wa.archive_root(as_name)}/"):
         raise RecoveryRefused(f"--as {as_name}: the backup store {store.describe()} already holds a WAL archive "
@@ -303,15 +317,13 @@ class RecoverResult:
 
 
 def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupStore | None = None) -> RecoverResult:
-    from pg_ops.operations.deploy import deploy
-    from pg_ops.platforms import local_recovery
-    from pg_ops.platforms.local import LocalPlatform
+    from pg_ops.platforms import platform_for
 
     started = time.monotonic()
     plan = validate_recover(ctx, target, as_name)
     store = store or ctx.store()
     new_spec = new_cluster_spec(ctx.spec, as_name)
-    platform = LocalPlatform(new_spec)  # a new local cluster (check_recover passed for its source)
+    platform = platform_for(new_spec)  # a new cluster on the source's platform (check_recover passed)
     new_ctx = ClusterContext(new_spec, platform, ctx.log, ctx.alerts)
     holder = f"recover-{as_name}-{secrets.token_hex(3)}"
     ctx.log.info("recovering cluster %s to %s as %s from base backup %s", ctx.name, _t(target), as_name,
@@ -319,20 +331,11 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
     try:
         ref = archive_ref(ctx, store)
         with wa.hold_archive(store, ref, holder, "recovery", ttl_seconds=RECOVERY_HOLD_S):
-            t0 = time.monotonic()
-            member = local_recovery.bootstrap_recovered(platform, ctx.credentials(),
-                                                        base_backup_filler(ctx, store, plan.base_backup),
-                                                        recovery_auto_conf(ctx.spec, ref, target))
-            restore_s = time.monotonic() - t0
-            with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
-                platform.start_member(member)
-                replay_s = wait_promoted(platform, member, ctx.admin_password(), target, ctx.log)
-                with_connection(platform.member_endpoints()[member], SUPERUSER, ctx.admin_password(),
-                                archiving.reset_recovery_settings, timeout=30, name=member)
-                result = deploy(new_ctx)
+            recover_into = _recover_local if new_spec.platform == "local" else _recover_in_pod
+            restore_s, replay_s, result = recover_into(ctx, new_ctx, store, ref, plan)
     except BaseException:
         ctx.log.error("recovery of %s as %s failed: removing the half-made cluster %s", ctx.name, as_name, as_name)
-        platform.teardown()
+        platform.discard_recovered()
         # What the half-made cluster archived (its own, new archive: the source's is never touched).
         with contextlib.suppress(PgOpsError):
             store.delete([o.key for o in store.list(f"{wa.archive_root(as_name)}/")])
@@ -350,6 +353,95 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
     ctx.log.info("cluster %s recovered as %s to %s in %.1f s (restore %.1f s, replay %.1f s)", ctx.name, as_name,
                  _t(target), out.seconds, restore_s, replay_s)
     return out
+
+
+def _recover_local(ctx: ClusterContext, new_ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef,
+                   plan: RecoveryPlan) -> tuple[float, float, DeployResult]:
+    """Local: pg_ops restores the base backup into the first member's data dir, the member
+    script starts it and PostgreSQL replays to the target and promotes; then deploy."""
+    from pg_ops.operations.deploy import deploy
+    from pg_ops.platforms import local_recovery
+    from pg_ops.platforms.local import LocalPlatform
+
+    platform = new_ctx.platform
+    assert isinstance(platform, LocalPlatform)
+    t0 = time.monotonic()
+    member = local_recovery.bootstrap_recovered(platform, ctx.credentials(),
+                                                base_backup_filler(ctx, store, plan.base_backup),
+                                                recovery_auto_conf(ctx.spec, ref, plan.target))
+    restore_s = time.monotonic() - t0
+    with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
+        platform.start_member(member)
+        replay_s = wait_promoted(platform, member, ctx.admin_password(), plan.target, ctx.log)
+        with_connection(platform.member_endpoints()[member], SUPERUSER, ctx.admin_password(),
+                        archiving.reset_recovery_settings, timeout=30, name=member)
+        return restore_s, replay_s, deploy(new_ctx)
+
+
+# The recovering member's own server until it promotes: no hot standby (so none of the source's
+# max_* settings need matching), archiving off (recovery_server_conf); fsync stays on, unlike a
+# drill's: these files become the new cluster's primary.
+RECOVER_PARAMETERS = {"hot_standby": False, "max_wal_size": "4GB"}
+
+
+def _recover_in_pod(ctx: ClusterContext, new_ctx: ClusterContext, store: BackupStore, ref: wa.ArchiveRef,
+                    plan: RecoveryPlan) -> tuple[float, float, DeployResult]:
+    """Kubernetes: the new cluster's first pod restores the base backup from S3 and replays to
+    the target on its own data volume (member.sh's [recover] row runs recover_pod.sh), stops
+    the promoted server cleanly and starts it as the primary; then the recovery's Secret is
+    deleted, the record forgets the recovery, and deploy finishes the cluster (replicas cloned
+    from it). The fetch and the replay are one step in the pod: restore_seconds is the time
+    until the pod runs, replay_seconds the rest."""
+    from pg_ops.operations.deploy import deploy
+    from pg_ops.platforms.kubernetes import KubernetesPlatform
+    from pg_ops.state import update_state
+
+    platform = new_ctx.platform
+    assert isinstance(platform, KubernetesPlatform)
+    password = ctx.admin_password()
+    t0 = time.monotonic()
+    request = recovery_pod_request(ctx, store, ctx.spec, ref, plan, purpose="recover", parameters=RECOVER_PARAMETERS)
+    member = platform.bootstrap_recovered(ctx.credentials(), request)
+    ctx.log.info("recovery of %s as %s: pod %s restores base backup %s and replays to %s", ctx.name, new_ctx.name,
+                 member, plan.base_backup.id, _t(plan.target))
+    poll(lambda: True if platform.member_running(member) else None, timeout=platform.pod_start_timeout,
+         interval=0.5, expired=lambda: PgOpsError(f"recovery as {new_ctx.name}: pod {member} not running after "
+                                                  f"{platform.pod_start_timeout:g} s"))
+    restore_s = time.monotonic() - t0
+    with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
+        replay_s = wait_member_recovered(new_ctx, member, password, plan.target, ctx.log)
+        platform.recovery_done()
+        update_state(platform.state_store(), lambda s: s.model_copy(update={"recovery": ""}))
+        return restore_s, replay_s, deploy(new_ctx)
+
+
+def wait_member_recovered(ctx: ClusterContext, member: str, password: str, target: datetime, log,
+                          timeout: float = RECOVERY_TIMEOUT_S) -> float:
+    """Until the recovered member runs writable as the new cluster's primary; fails with the
+    member's own refusal (recover_pod.sh's one line, kept by member.sh) as soon as it reports one."""
+    from pg_ops.postgres.topology import probe_members
+
+    started = time.monotonic()
+    next_report = started + PROGRESS_EVERY_S
+
+    def attempt() -> float | None:
+        nonlocal next_report
+        endpoint = ctx.platform.member_endpoints()[member]
+        probe = probe_members({member: endpoint}, SUPERUSER, password, 3.0)[member]
+        if probe.writable:
+            return time.monotonic() - started
+        report = ctx.platform.member_report(member)
+        if report.get("boot.action") == "refused":
+            raise PgOpsError(f"recovery to {_t(target)} failed on {member}: {report.get('boot.reason', '')}")
+        if time.monotonic() >= next_report:
+            log.info("recovery of %s to %s: %s", member, _t(target), report.get("boot.reason") or "replaying")
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+        return None
+
+    def expired() -> PgOpsError:
+        return PgOpsError(f"recovery to {_t(target)} not finished on {member} after {timeout:g} s")
+
+    return poll(attempt, timeout=timeout, interval=0.5, expired=expired)
 
 
 # -- the point-in-time drill ---------------------------------------------------------------------------
@@ -518,10 +610,12 @@ def _recovered_server(ctx: ClusterContext, store: BackupStore, source_spec: Clus
 
 
 def recovery_pod_request(ctx: ClusterContext, store: BackupStore, source_spec: ClusterSpec, ref: wa.ArchiveRef,
-                         plan: RecoveryPlan) -> RecoveryPodRequest:
-    """What the recovery pod reads: pg_ops's base backup tar in the S3 store (a barman-cloud-backup
-    one is refused: the pod extracts pg_ops's tar), the restore_command of the cluster's image,
-    the store's keys."""
+                         plan: RecoveryPlan, purpose: str = "pitr",
+                         parameters: dict[str, object] | None = None) -> RecoveryPodRequest:
+    """What recover_pod.sh reads (a drill's recovery pod; the first pod of a recovered cluster):
+    pg_ops's base backup tar in the S3 store (a barman-cloud-backup one is refused: the pod
+    extracts pg_ops's tar), the restore_command of the cluster's image, the store's keys; the
+    server's `parameters` (default: a drill's)."""
     from pg_ops.platforms.base import RecoveryPodRequest
     from pg_ops.platforms.local_recovery import DRILL_PARAMETERS
     from pg_ops.spec import S3StoreSpec
@@ -540,8 +634,10 @@ def recovery_pod_request(ctx: ClusterContext, store: BackupStore, source_spec: C
     creds = s3_credentials(store_spec, ctx.platform.s3_credentials, where=store.describe())
     restore = barman.restore_command(wa.s3_target(source_spec, ref), "", None)
     return RecoveryPodRequest(
-        purpose="pitr", bucket=store_spec.bucket, key=store.full_key(tar), endpoint_url=store_spec.endpoint_url,
-        region=store_spec.region, config=archiving.recovery_server_conf(restore, plan.target, DRILL_PARAMETERS),
+        purpose=purpose, bucket=store_spec.bucket, key=store.full_key(tar), endpoint_url=store_spec.endpoint_url,
+        region=store_spec.region,
+        config=archiving.recovery_server_conf(restore, plan.target, DRILL_PARAMETERS if parameters is None
+                                              else parameters),
         superuser_statement=admin.offline_password_statement(SUPERUSER, ctx.admin_password()),
         access_key=creds.access_key if creds else None, secret_key=creds.secret_key if creds else None)
 

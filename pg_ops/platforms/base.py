@@ -369,6 +369,12 @@ class Rollouts(Protocol):
     """What a configuration rollout compares and checks (operations/rollout.py): the server
     configuration and binaries the spec renders against what each member runs."""
 
+    def discard_recovered(self) -> None:
+        """Remove a new cluster whose recovery (`pg-ops recover`) failed, so its name can be used
+        again: local, teardown; Kubernetes, its StatefulSet, claims, Secrets and record. Never
+        called on a cluster that served."""
+        ...
+
     def check_rollout(self) -> None:
         """Raise Unsupported when a rollout cannot run here, before anything is touched. Local:
         never. Kubernetes: always for now (the ConfigMap reaches the pods on the kubelet's own

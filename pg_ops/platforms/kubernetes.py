@@ -306,14 +306,15 @@ class KubernetesPlatform(Platform):
             return int(first[len(PASSFILE_GENERATION):]), rest
         return 0, text
 
-    def ensure_credentials(self) -> Credentials:
-        """Created once with generated passwords; afterwards only keys that are missing (a role
-        the spec gained) are added, with the Secret's resourceVersion, so two writers racing
-        cannot replace each other's passwords."""
+    def ensure_credentials(self, initial: Credentials | None = None) -> Credentials:
+        """Created once with generated passwords (`initial`'s when given: a recovered cluster's
+        are its source's); afterwards only keys that are missing (a role the spec gained) are
+        added, with the Secret's resourceVersion, so two writers racing cannot replace each
+        other's passwords."""
         for _ in range(5):
             secret = self._read_secret()
             if secret is None:
-                creds = new_credentials(self.spec)
+                creds = initial.with_roles(required_roles(self.spec)) if initial else new_credentials(self.spec)
                 body = {"metadata": owned_metadata(self.spec, names.credentials_secret(self.spec)),
                         "type": "Opaque", "data": self._secret_data(creds)}
                 try:
@@ -895,9 +896,68 @@ class KubernetesPlatform(Platform):
         self.check_archive_store(self.spec.backups.store.type)  # the recovery pod reads the archive from S3
 
     def check_recover(self) -> None:
-        raise Unsupported(f"cluster {self.spec.name}: recovery into a new cluster is implemented on the local "
-                          f"platform only; on Kubernetes the point-in-time drill proves the archive "
-                          f"(docs/architecture/adr-003-wal-archiving.md)")
+        # The new cluster's first pod fetches the base backup and the WAL from S3 (recover_pod.sh).
+        self.check_archive_store(self.spec.backups.store.type)
+        if self.spec.kubernetes.gitops:
+            raise Unsupported(f"cluster {self.spec.name}: recovery into a new cluster on Kubernetes applies the "
+                              f"new cluster's StatefulSet itself, and kubernetes.gitops is true (ArgoCD owns it); "
+                              f"recover from a spec with gitops: false, then hand the new cluster to Git")
+
+    # -- a new cluster recovered to a point in time (`pg-ops recover`) ---------------------------
+    def bootstrap_recovered(self, credentials: Credentials, request: RecoveryPodRequest) -> str:
+        """Lay out this (new) cluster so that its first member recovers on its own data volume:
+        the credentials Secret with the source's passwords (the restored roles have them), the
+        recovery Secret (recovery_files and a token), the desired state designating that member
+        with `recovery` = the token, then the Git-owned objects applied (prepare). member.sh's
+        [recover] row restores and replays in the pod once the Secret with that token is mounted,
+        stops the promoted server cleanly and starts it as the primary; the other members clone
+        from it. Returns the member."""
+        if self.state_store().read() is not None:
+            raise MemberError(f"cluster {self.spec.name} already has a desired-state record "
+                              f"({self._what('configmap', names.state_configmap(self.spec))})")
+        self.ensure_credentials(initial=credentials)
+        token = secrets.token_hex(8)
+        name = names.recovery_secret(self.spec)
+        what = self._what("secret", name)
+        self.api.call("delete", what, self.api.core.delete_namespaced_secret, name, self.namespace, missing_ok=True)
+        body = {"metadata": owned_metadata(self.spec, name), "type": "Opaque",
+                "data": {k: _b64(v) for k, v in {**recovery_files(request), "token": token}.items()}}
+        self.api.call("create", what, self.api.core.create_namespaced_secret, self.namespace, body,
+                      field_manager=names.FIELD_MANAGER)
+        member = self.spec.member_names[0]
+        state = self.state_store().write(DesiredState(cluster=self.spec.name, primary=member, epoch=1, bootstrap=True,
+                                                      recovery=token, members=self.peer_addresses()), None)
+        self.prepare(state)
+        return member
+
+    def recovery_done(self) -> None:
+        """The recovery's inputs (base backup place, the store's keys) deleted once the member runs
+        as the primary."""
+        name = names.recovery_secret(self.spec)
+        self.api.call("delete", self._what("secret", name), self.api.core.delete_namespaced_secret, name,
+                      self.namespace, missing_ok=True)
+
+    def discard_recovered(self) -> None:
+        """A recovery that failed: its StatefulSet (pods with it), their claims, its Secrets and
+        its desired-state record deleted, so the name can be used again; the Services and
+        ConfigMaps prepare applied stay (the same ones a new attempt applies). Only for a
+        cluster bootstrap_recovered made, never run on a cluster that served."""
+        sts = names.statefulset_name(self.spec)
+        self.api.call("delete", self._what("statefulset", sts), self.api.apps.delete_namespaced_stateful_set, sts,
+                      self.namespace, missing_ok=True, propagation_policy="Background")
+        for member in self.spec.member_names:
+            self._delete_pod(member, 0)
+        for member in self.spec.member_names:
+            claim = names.data_claim(member)
+            self.api.call("delete", self._what("persistentvolumeclaim", claim),
+                          self.api.core.delete_namespaced_persistent_volume_claim, claim, self.namespace,
+                          missing_ok=True)
+        for secret in (names.recovery_secret(self.spec), names.credentials_secret(self.spec)):
+            self.api.call("delete", self._what("secret", secret), self.api.core.delete_namespaced_secret, secret,
+                          self.namespace, missing_ok=True)
+        state = names.state_configmap(self.spec)
+        self.api.call("delete", self._what("configmap", state), self.api.core.delete_namespaced_config_map, state,
+                      self.namespace, missing_ok=True)
 
     def check_rollout(self) -> None:
         return None
@@ -1076,34 +1136,23 @@ class KubernetesPlatform(Platform):
     @contextlib.contextmanager
     def recovery_pod(self, request: RecoveryPodRequest) -> Iterator[RecoveryPod]:
         """A scratch pod whose entrypoint is recover_pod.sh (from its Secret, with the server's
-        configuration and the password statement): it fetches the base backup from S3 into its
-        emptyDir and replays the archive with barman-cloud-wal-restore, the store's keys in its
-        env from that Secret. Deleted with its Secret when the block ends, also on error."""
+        configuration, the password statement, the base backup's place and the store's keys:
+        recovery_files): it fetches the base backup from S3 into its emptyDir and replays the
+        archive with barman-cloud-wal-restore. Deleted with its Secret when the block ends, also
+        on error."""
         name = names.scratch_name(self.spec, request.purpose, secrets.token_hex(3))
-        script = resources.files("pg_ops.platforms").joinpath(RECOVERY_SCRIPT).read_text()
-        data = {RECOVERY_SCRIPT: script, "postgresql.conf": request.config, "pg_hba.conf": RECOVERY_HBA,
-                "superuser.sql": request.superuser_statement}
-        keys = {"aws-access-key-id": request.access_key, "aws-secret-access-key": request.secret_key}
-        data.update({k: v for k, v in keys.items() if v})
         env: list[dict] = [{"name": "PGDATA", "value": names.PGDATA},
-               {"name": "PGOPS_RECOVERY_DIR", "value": RECOVERY_MOUNT},
-               {"name": "PGOPS_TERMINATION_LOG", "value": "/dev/termination-log"},
-               {"name": "PGOPS_S3_BUCKET", "value": request.bucket},
-               {"name": "PGOPS_S3_KEY", "value": request.key},
-               {"name": "PGOPS_S3_ENDPOINT", "value": request.endpoint_url or ""},
-               {"name": "PGOPS_S3_REGION", "value": request.region or "us-east-1"}]
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
-                for var, key in (("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
-                                 ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key")) if keys[key]]
+                           {"name": "PGOPS_RECOVERY_DIR", "value": names.RECOVERY_MOUNT},
+                           {"name": "PGOPS_TERMINATION_LOG", "value": "/dev/termination-log"}]
         container = self._scratch_container(
-            command=["bash", f"{RECOVERY_MOUNT}/{RECOVERY_SCRIPT}"], env=env,
+            command=["bash", f"{names.RECOVERY_MOUNT}/{names.RECOVERY_SCRIPT}"], env=env,
             volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
-                          {"name": "recovery", "mountPath": RECOVERY_MOUNT, "readOnly": True}])
+                          {"name": "recovery", "mountPath": names.RECOVERY_MOUNT, "readOnly": True}])
         pod = self._scratch_pod(container, [{"name": "data", "emptyDir": {}},
                                             {"name": "recovery", "secret": {"secretName": name, "defaultMode": 0o440}}])
         what = self._scratch_what("recovery pod", name)
         try:
-            self._create_scratch(name, request.purpose, data, pod)
+            self._create_scratch(name, request.purpose, recovery_files(request), pod)
             endpoint = self._wait_running(name, what)
             yield RecoveryPod(self._scratch_what("pod", name), endpoint, lambda: _ended_reason(self._read_scratch(name)))
         finally:
@@ -1180,12 +1229,23 @@ class KubernetesPlatform(Platform):
             logging.getLogger("pg_ops").error(message)
 
 
-RECOVERY_SCRIPT = "recover_pod.sh"
-RECOVERY_MOUNT = "/etc/pg-ops-recovery"
 # The recovery pod's server: the drill logs in with the superuser's password over TCP; the
 # script sets that password through the pod's own socket, the one way in without one.
 RECOVERY_HBA = ("# pg_ops recovery pod\nlocal all postgres trust\n"
                 "host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+
+
+def recovery_files(request: RecoveryPodRequest) -> dict[str, str]:
+    """What recover_pod.sh reads from its Secret (a drill's recovery pod, or the first member of
+    a cluster `pg-ops recover` makes): itself, the server's configuration, the password
+    statement, and one file per variable of the base backup's place and the store's keys."""
+    script = resources.files("pg_ops.platforms").joinpath(names.RECOVERY_SCRIPT).read_text()
+    files = {names.RECOVERY_SCRIPT: script, "postgresql.conf": request.config, "pg_hba.conf": RECOVERY_HBA,
+             "superuser.sql": request.superuser_statement, "PGOPS_S3_BUCKET": request.bucket,
+             "PGOPS_S3_KEY": request.key, "PGOPS_S3_ENDPOINT": request.endpoint_url or "",
+             "PGOPS_S3_REGION": request.region or "us-east-1",
+             "AWS_ACCESS_KEY_ID": request.access_key, "AWS_SECRET_ACCESS_KEY": request.secret_key}
+    return {key: value for key, value in files.items() if value is not None}
 
 
 def _ended_reason(pod) -> str | None:

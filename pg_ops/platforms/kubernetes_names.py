@@ -30,6 +30,8 @@ STATE_KEY = "desired-state"
 CONFIG_MOUNT = "/etc/pg-ops/config"            # postgresql.conf, pg_hba.conf, pg_ident.conf
 SCRIPT_MOUNT = "/opt/pg-ops"                   # member.sh
 SECRET_MOUNT = "/etc/pg-ops/secret"            # credentials Secret (key "pgpass" for the member script)
+RECOVERY_MOUNT = "/etc/pg-ops/recovery"        # the recovery Secret (recovery_secret), or a drill's
+RECOVERY_SCRIPT = "recover_pod.sh"
 PASSFILE_KEY = "pgpass"
 RUN_DIR = "/var/run/pg-ops"                    # emptyDir
 PG_BIN_16 = "/usr/lib/postgresql/16/bin"
@@ -77,6 +79,13 @@ def script_configmap(spec: ClusterSpec) -> str:
 
 def credentials_secret(spec: ClusterSpec) -> str:
     return f"{spec.name}-credentials"
+
+
+def recovery_secret(spec: ClusterSpec) -> str:
+    """The inputs of a cluster's first boot as a point-in-time recovery (`pg-ops recover`):
+    recover_pod.sh, the recovery's postgresql.conf, the base backup's place, a token the desired
+    state names. Present only while that recovery runs; mounted optionally by every member."""
+    return f"{spec.name}-recovery"
 
 
 def app_secret(spec: ClusterSpec, role: str) -> str:

@@ -516,6 +516,9 @@ class LocalPlatform(Platform):
             release_data_dir_segment(self.data_dir(name))
         discard_tree(self.root)
 
+    def discard_recovered(self) -> None:
+        self.teardown()
+
     def teardown(self) -> None:
         self.stop_pooler()
         for name in self.spec.member_names:

@@ -8,6 +8,14 @@
 # pg_ops writes (key=value lines; on Kubernetes a ConfigMap key mounted as a file) and makes
 # this member match it (in brackets: the boot.action it reports, see below):
 #   - empty data dir, designated primary, bootstrap=true      -> initdb                  [initdb]
+#     ... and the record names a recovery (`pg-ops recover`)   -> restore the base backup and
+#                                                                 replay to the target with the
+#                                                                 recovery Secret's inputs
+#                                                                 (recover_pod.sh), once its token
+#                                                                 is mounted; never initdb [recover]
+#                                                                 (a failure is kept and refused
+#                                                                 again at every boot; a restore cut
+#                                                                 short is wiped and started over)
 #   - empty data dir otherwise                                  -> clone from the primary [clone]
 #                                                                 (never initdb: a new empty
 #                                                                 cluster that reads as healthy
@@ -77,12 +85,14 @@
 #                                 for its sessions (smart) before a fast shutdown (default 5)
 #   PGOPS_TERMINATION_LOG         where a refusal's reason also goes when the script exits
 #                                 (Kubernetes: the container's termination message; default none)
+#   PGOPS_RECOVERY_DIR            the recovery Secret's files when the record names a recovery
+#                                 (recover_pod.sh, its inputs, `token`; default none)
 #
 # Boot-time safety (before any boot action): the lock (flock on PGOPS_LOCK_FILE, inherited by
 # postgres, so it is held until the last process of this member is gone) keeps a second copy of
 # this script - a replacement pod on the same ReadWriteOnce volume while the old container is
 # still stopping - from rewinding or wiping a data directory a postmaster still uses; it waits.
-# What it is doing is in $PGOPS_RUN_DIR/member-status (phase=waiting|initdb|cloning|rewinding|
+# What it is doing is in $PGOPS_RUN_DIR/member-status (phase=waiting|initdb|recovering|cloning|rewinding|
 # starting|running|stopping|refused, since=, pid=, reason=), which probe.sh reads.
 set -u
 
@@ -101,6 +111,9 @@ STATE_DIR=${PGOPS_STATE_DIR:-$(dirname "$DATA")}
 REPORT="$STATE_DIR/pg_ops-report"
 ISOLATED_MARK="$STATE_DIR/pg_ops-isolated"
 FENCED_MARK="$STATE_DIR/pg_ops-fenced"
+RECOVERY_DIR=${PGOPS_RECOVERY_DIR:-}
+RECOVERING_MARK="$STATE_DIR/pg_ops-recovering"      # a restore under way: its data never served
+RECOVERY_FAILED="$STATE_DIR/pg_ops-recovery-failed" # token and reason of a recovery that failed
 STATUS="$RUN_DIR/member-status"
 LOCK_FILE=${PGOPS_LOCK_FILE:-$(dirname "$DATA")/member.lock}
 STOP_S=${PGOPS_STOP_SECONDS:-25}
@@ -270,6 +283,35 @@ run_initdb() {
         --no-instructions >/dev/null || die "initdb failed"
 }
 
+run_recovery() {   # token: the record's recovery; the mounted Secret must carry the same one
+    local token=$1 why
+    if [ "$(sed -n 1p "$RECOVERY_FAILED" 2>/dev/null)" = "$token" ]; then
+        die "recovery $token failed: $(sed -n 2p "$RECOVERY_FAILED")"
+    fi
+    if [ -z "$RECOVERY_DIR" ] || [ "$(cat "$RECOVERY_DIR/token" 2>/dev/null)" != "$token" ]; then
+        why="recovery $token: its inputs are not mounted yet (Secret ${RECOVERY_DIR:-unset})"
+        set_phase waiting "$why"; boot_action wait "$why"
+        log "$why: waiting"
+        return 1
+    fi
+    set_phase recovering
+    boot_action recover "recovery $token: base backup and replay to the target"
+    log "recovery $token: restoring the base backup and replaying the archive to the target"
+    : > "$RECOVERING_MARK"
+    local failed="$RUN_DIR/recovery-failed"
+    rm -f "$failed"
+    if ! PGDATA="$DATA" PGOPS_RECOVERY_DIR="$RECOVERY_DIR" PGOPS_RECOVERY_THEN=stop PGOPS_LISTEN="" \
+            PGOPS_PORT="$PORT" PGOPS_BIN="${PGOPS_BIN:-}" PGOPS_TERMINATION_LOG="$failed" \
+            bash "$RECOVERY_DIR/recover_pod.sh"; then
+        why=$(head -n 1 "$failed" 2>/dev/null)
+        printf '%s\n%s\n' "$token" "${why:-recover_pod.sh failed without a reason}" > "$RECOVERY_FAILED"
+        die "recovery $token failed: ${why:-recover_pod.sh failed without a reason}"
+    fi
+    rm -f "$RECOVERING_MARK"
+    log "recovery $token: promoted and stopped cleanly; starting it as the primary"
+    return 0
+}
+
 write_standby_config() {
     # primary_conninfo/primary_slot_name go to postgresql.auto.conf (not the command line), so
     # pg_ops can repoint a running replica with ALTER SYSTEM + reload.
@@ -416,11 +458,19 @@ boot() {
         return 1
     fi
     rm -f "$FENCED_MARK"   # the record has reached the fence's epoch: it decides from here
-    local primary sysid want_sysid bootstrap
+    local primary sysid want_sysid bootstrap recovery
     primary=$(primary_name)
     bootstrap=$(sget bootstrap)
+    recovery=$(sget recovery)
+    if [ -f "$RECOVERING_MARK" ]; then
+        log "a recovery into this data dir was cut short: wiping what it restored (it never served)"
+        wipe_data
+        rm -f "$RECOVERING_MARK"
+    fi
     if ! has_data; then
-        if [ "$primary" = "$MEMBER" ] && [ "$bootstrap" = "true" ]; then
+        if [ "$primary" = "$MEMBER" ] && [ "$bootstrap" = "true" ] && [ -n "$recovery" ]; then
+            run_recovery "$recovery" || return 1
+        elif [ "$primary" = "$MEMBER" ] && [ "$bootstrap" = "true" ]; then
             run_initdb
         else
             clone_from_primary || return 1
@@ -466,8 +516,8 @@ start_postgres() {
     fi
     log "starting postgres on port $PORT as $(is_standby_dir && echo replica || echo primary)"
     set_phase starting
-    case $PASS_ACTION in   # a pass that initialised, cloned or rewound reports that
-        initdb|clone|reclone|rewind) ;;
+    case $PASS_ACTION in   # a pass that initialised, recovered, cloned or rewound reports that
+        initdb|recover|clone|reclone|rewind) ;;
         *) boot_action "$row" "$detail" ;;
     esac
     "${BIN}postgres" "${args[@]}" &

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A point-in-time recovery in a pod of the cluster's image (deploy/postgres/Dockerfile): the
-# entrypoint of a Kubernetes point-in-time drill's scratch pod (KubernetesPlatform.recovery_pod).
+# entrypoint of a Kubernetes point-in-time drill's scratch pod (KubernetesPlatform.recovery_pod),
+# and the first boot of a cluster `pg-ops recover` makes on Kubernetes: member.sh runs it in the
+# new cluster's first pod, on its own data volume, with PGOPS_RECOVERY_THEN=stop (below).
 #
 #   1. fetch pg_ops's base backup (one pg_basebackup tar, zstd) from the S3 store and extract it
 #      into PGDATA, streamed (barman-cloud's venv has boto3 and zstandard: no copy of the tar);
@@ -8,16 +10,19 @@
 #      barman-cloud-wal-restore, recovery_target_time, promote at the target; no hot standby);
 #   3. once promoted, set the superuser's password from the credentials store (the restored
 #      data holds the one of the target's time; a verifier, never the password) over the local
-#      socket, so pg_ops can log in; then wait on postgres.
+#      socket, so pg_ops can log in; then wait on postgres (a drill), or with
+#      PGOPS_RECOVERY_THEN=stop shut it down cleanly and exit 0: the member script then starts
+#      the promoted data as the cluster's primary with the cluster's own configuration.
 # Whatever fails first (the fetch, the replay: "recovery ended before the target…") is written to
 # the termination log, so pg_ops reads the reason in the pod's status without reading its logs.
 #
 # Inputs (env): PGDATA; PGOPS_RECOVERY_DIR (the Secret's files: postgresql.conf, pg_hba.conf,
-# superuser.sql); PGOPS_S3_BUCKET, PGOPS_S3_KEY, PGOPS_S3_ENDPOINT (may be empty), PGOPS_S3_REGION,
-# AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (from the Secret, may be unset: the default chain);
+# superuser.sql, and one file per variable below that the env does not set: PGOPS_S3_BUCKET,
+# PGOPS_S3_KEY, PGOPS_S3_ENDPOINT (may be empty), PGOPS_S3_REGION, AWS_ACCESS_KEY_ID /
+# AWS_SECRET_ACCESS_KEY (may be absent: the default chain));
 # optional PGOPS_BIN (PostgreSQL's bin folder, default from PATH), PGOPS_PYTHON (barman-cloud's
 # python, default /opt/barman/bin/python3), PGOPS_PORT (5432), PGOPS_LISTEN (*),
-# PGOPS_TERMINATION_LOG (/dev/termination-log). The local socket, the one way in without a
+# PGOPS_TERMINATION_LOG (/dev/termination-log), PGOPS_RECOVERY_THEN (wait | stop). The local socket, the one way in without a
 # password (pg_hba: `local all postgres trust`), is in a private folder of the pod's /tmp.
 set -uo pipefail
 
@@ -26,8 +31,9 @@ INPUT=${PGOPS_RECOVERY_DIR:?PGOPS_RECOVERY_DIR is required}
 if [ -n "${PGOPS_BIN:-}" ]; then BIN="$PGOPS_BIN/"; else BIN=""; fi
 PYTHON=${PGOPS_PYTHON:-/opt/barman/bin/python3}
 PORT=${PGOPS_PORT:-5432}
-LISTEN=${PGOPS_LISTEN:-*}
+LISTEN=${PGOPS_LISTEN-*}   # empty: the local socket only
 TERMINATION_LOG=${PGOPS_TERMINATION_LOG:-/dev/termination-log}
+THEN=${PGOPS_RECOVERY_THEN:-wait}
 RUN_DIR=$(dirname "$DATA")/pg-ops-recovery
 LOG=$RUN_DIR/postgres.log
 
@@ -36,6 +42,15 @@ fail() {
     printf '%s\n' "$*" > "$TERMINATION_LOG" 2>/dev/null
     exit 1
 }
+
+# The store's coordinates and keys: the env's, else the Secret's file of that name (read here,
+# never echoed; the keys reach barman-cloud-wal-restore through postgres's environment).
+for var in PGOPS_S3_BUCKET PGOPS_S3_KEY PGOPS_S3_ENDPOINT PGOPS_S3_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY; do
+    if [ -z "${!var+set}" ] && [ -f "$INPUT/$var" ]; then
+        export "$var=$(cat "$INPUT/$var")"
+    fi
+done
+[ -n "${PGOPS_S3_BUCKET:-}" ] && [ -n "${PGOPS_S3_KEY:-}" ] || fail "PGOPS_S3_BUCKET and PGOPS_S3_KEY are required"
 
 mkdir -p "$RUN_DIR" "$DATA" || fail "cannot create $DATA"
 SOCKET_DIR=$(mktemp -d /tmp/pg-ops-recovery.XXXXXX) || fail "cannot create a socket folder in /tmp"
@@ -100,6 +115,16 @@ while kill -0 "$pid" 2>/dev/null; do
         if set_password; then
             password_set=1
             echo "recover_pod: promoted; the superuser's password is the credentials store's"
+            if [ "$THEN" = stop ]; then
+                # A clean shutdown: the member script starts these files as the primary next.
+                "${BIN}pg_ctl" stop -D "$DATA" -m fast -w -t 300 >/dev/null 2>&1 \
+                    || fail "the recovered server did not stop cleanly after its promotion"
+                wait "$pid" 2>/dev/null
+                kill "$tailer" 2>/dev/null
+                rm -rf "$RUN_DIR" "$SOCKET_DIR"
+                echo "recover_pod: recovered, promoted and stopped cleanly"
+                exit 0
+            fi
         fi
     fi
     sleep 0.2

@@ -126,8 +126,10 @@ def _owned_rules(spec: ClusterSpec) -> list[dict]:
         _rule("", "pods/exec", ["get", "create"], members),
         _rule("", "pods/log", ["get"], members),
         _rule("", "configmaps", ["create"]),                       # the desired state, once
-        _rule("", "configmaps", ["get", "update"], [k.state_configmap(spec)]),
-        _rule("", "secrets", ["create", "delete"]),                # the credentials once; delivered ones
+        # delete: the record of a cluster whose recovery (`pg-ops recover`) failed, with its pods
+        _rule("", "configmaps", ["get", "update", "delete"], [k.state_configmap(spec)]),
+        # the credentials once; delivered ones; a recovery's inputs (`pg-ops recover`), while it runs
+        _rule("", "secrets", ["create", "delete"]),
         _rule("", "secrets", ["get", "update"], [k.credentials_secret(spec)]),  # update: a role added
         *([_rule("", "secrets", ["get", "update"], here)]    # applications' credentials delivered here
           if (here := app_secret_names(spec, delivered_only=True).get(spec.kubernetes.namespace)) else []),

@@ -51,6 +51,7 @@ def member_env(spec: ClusterSpec) -> list[dict]:
         {"name": "PGOPS_SMART_STOP_SECONDS", "value": str(SMART_STOP_S)},
         # The container's terminationMessagePath (Kubernetes' default): a refusal's reason.
         {"name": "PGOPS_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "PGOPS_RECOVERY_DIR", "value": k.RECOVERY_MOUNT},
     ]
 
 
@@ -76,6 +77,7 @@ def postgres_container(spec: ClusterSpec) -> dict:
         {"name": "config", "mountPath": k.CONFIG_MOUNT, "readOnly": True},
         {"name": "script", "mountPath": k.SCRIPT_MOUNT, "readOnly": True},
         {"name": "credentials", "mountPath": k.SECRET_MOUNT, "readOnly": True},
+        {"name": "recovery", "mountPath": k.RECOVERY_MOUNT, "readOnly": True},
         {"name": "run", "mountPath": k.RUN_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
         # Parallel queries and hash joins keep dynamic shared memory in /dev/shm, which the
@@ -115,6 +117,10 @@ def volumes(spec: ClusterSpec) -> list[dict]:
         {"name": "credentials", "secret": {"secretName": k.credentials_secret(spec), "optional": False,
                                            "defaultMode": 0o440,
                                            "items": [{"key": k.PASSFILE_KEY, "path": k.PASSFILE_KEY}]}},
+        # `pg-ops recover`: the first member's recovery inputs, read only while the desired state
+        # names a recovery (member.sh's [recover] row); absent otherwise, hence optional.
+        {"name": "recovery", "secret": {"secretName": k.recovery_secret(spec), "optional": True,
+                                        "defaultMode": 0o440}},
         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},  # passfile copy: not on disk
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         # Memory-backed, so it counts against the container's memory limit: sized to it.
