@@ -595,7 +595,12 @@ def pitr_drill_command(args, spec):
 @command("recover")
 def cmd_recover(args, spec):
     from pg_ops.defs.wal import recover_run_config
-    from pg_ops.operations.recover import parse_target_time, validate_recover
+    from pg_ops.operations.recover import (
+        new_cluster_spec,
+        parse_target_time,
+        validate_recover,
+        write_recovered_spec,
+    )
 
     target = parse_target_time(args.to)
     validate_recover(ClusterContext.for_spec(spec), target, args.as_name)  # before a run exists
@@ -606,9 +611,21 @@ def cmd_recover(args, spec):
         from pg_ops.runs import Deployment
 
         Deployment(result.where).reload()
-    emit(args, out, f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
-                    f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
-                    f"total {out['seconds']} s); spec written to {out['spec_path']}")
+    text = (f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
+            f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
+            f"total {out['seconds']} s)")
+    if spec.platform == "kubernetes":  # pg_ops applied its objects; Git gets them from here
+        from pg_ops.render import default_output_dir, manifests, write_manifests
+
+        # The run wrote the spec where it ran (a run pod's in production): here too (no ports
+        # to choose on Kubernetes, so it is the same spec).
+        new_spec = new_cluster_spec(spec, args.as_name)
+        out["spec_path"] = str(write_recovered_spec(new_spec, spec.name, target, out["base_backup"]))
+        folder = default_output_dir(new_spec)
+        write_manifests(new_spec, manifests(new_spec), folder)
+        out["manifests"] = str(folder)
+        text += f"; manifests rendered in {folder} (commit them and the spec to Git)"
+    emit(args, out, f"{text}; spec written to {out['spec_path']}")
 
 
 @command("base-backup")

@@ -538,13 +538,14 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     assert any(s.name.startswith("weekly_pitr_drill") for s in defs.schedules)
 
 
-def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home):
+def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home, monkeypatch):
     """`recover --as NEW` on Kubernetes: the new cluster's first pod restores the base backup from
     S3 and replays the source's archive on its own data volume (member.sh's [recover] row), then
     runs as the primary and its replica clones from it. Exactly the rows committed before the
     target are there, the source is untouched, the recovery's Secret is gone and the record
     forgets it. A target outside the window is refused before anything exists; a recovery whose
-    replay fails is reported with the pod's reason and leaves nothing of the new cluster."""
+    replay fails is reported with the pod's reason and leaves nothing of the new cluster. Until a
+    cluster admin has applied the new cluster's Role, recover refuses and renders its manifests."""
     import base64
 
     from pg_ops.operations.recover import new_cluster_spec
@@ -575,9 +576,15 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
         time.sleep(1)
         batch(ctx, 3)
         wal.switch_and_wait(ctx)
-        # The admin's step for any new cluster: its namespace objects and RBAC (role.yaml).
         recovered, broken = new_cluster_spec(spec, "k8srec-back"), new_cluster_spec(spec, "k8srec-bad")
-        fake.register_cluster(recovered)
+        # pg_ops's access is per cluster: without the new one's Role (an admin applies it) the
+        # recovery is refused before anything exists, and its manifests are rendered for the admin.
+        monkeypatch.setattr("pg_ops.render.default_output_dir", lambda s: pg_home / "rendered" / s.name)
+        with pytest.raises(RecoveryRefused, match=r"--as k8srec-back: its access is not applied yet \(role "
+                                                  r".*kubectl apply -f .*rendered/k8srec-back/role.yaml"):
+            recover(ctx, target, "k8srec-back")
+        assert (pg_home / "rendered" / "k8srec-back" / "rolebinding.yaml").is_file()
+        fake.register_cluster(recovered)  # the admin's step (role.yaml, rolebinding.yaml)
         fake.register_cluster(broken)
         with pytest.raises(RecoveryRefused, match=r"is before the oldest base backup .*recovery window"):
             recover(ctx, target - timedelta(days=1), "k8srec-back")

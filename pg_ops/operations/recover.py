@@ -167,11 +167,25 @@ def new_cluster_spec(source: ClusterSpec, name: str) -> ClusterSpec:
     else:
         # Its own Services: the source's name would hand the source's primary Service (and its
         # applications) to the recovered cluster. No external address until someone gives it one
-        # (the source keeps its own; a cut-over changes the specs in Git).
+        # (the source keeps its own; a cut-over changes the specs in Git). pg_ops applies its
+        # objects itself (gitops: false), as nothing in Git knows it yet; its manifests are
+        # rendered for Git, and its spec can say gitops: true once they are committed.
         raw["kubernetes"]["services"] = {"primary": {**raw["kubernetes"]["services"]["primary"],
                                                      "name": f"{name}-primary"},
                                          "external": {"type": "none"}}
+        raw["kubernetes"]["gitops"] = False
     return ClusterSpec.model_validate(raw)
+
+
+def write_recovered_spec(new_spec: ClusterSpec, source: str, target: datetime, base_backup: str) -> Path:
+    """The new cluster's spec where pg_ops loads specs from (specs_folder). The run writes it
+    where it runs; the CLI writes it again where it runs when the run was the deployment's."""
+    path = specs_folder() / f"{new_spec.name}.yaml"
+    how = (f"`pg-ops teardown --cluster {new_spec.name}` removes the cluster and this file" if new_spec.platform == "local"
+           else f"its manifests for Git: `pg-ops render --cluster {new_spec.name}`")
+    path.write_text(f"{RECOVERED_HEADER} from cluster {source} to {_t(target)} (base backup {base_backup}); {how}.\n"
+                    + yaml.safe_dump(new_spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+    return path
 
 
 def forget_recovered_spec(name: str) -> Path | None:
@@ -199,9 +213,29 @@ def refuse_existing(new_spec: ClusterSpec) -> None:
         if LocalPlatform(probe).root.exists():
             raise RecoveryRefused(f"--as {name}: a local cluster named {name} already exists "
                                   f"({LocalPlatform(probe).root}); choose a new name")
-    elif platform_for(new_spec).state_store().read() is not None:
+        return
+    refuse_without_access(new_spec)  # it may not even read the new cluster's record without it
+    if platform_for(new_spec).state_store().read() is not None:
         raise RecoveryRefused(f"--as {name}: a cluster named {name} already runs in namespace "
                               f"{new_spec.kubernetes.namespace} (its desired-state record exists); choose a new name")
+
+
+def refuse_without_access(new_spec: ClusterSpec) -> None:
+    """A new Kubernetes cluster needs its own Role and RoleBinding (by name: pg_ops's access is
+    per cluster), which only a cluster admin applies. Missing: its manifests are rendered (the
+    admin's files, and Git's) and the recovery is refused until they are applied."""
+    from pg_ops.platforms.kubernetes import KubernetesPlatform
+    from pg_ops.render import default_output_dir, manifests, write_manifests
+
+    platform = KubernetesPlatform(new_spec)
+    missing = platform.missing_git_owned()
+    if not missing:
+        return
+    out = default_output_dir(new_spec)
+    write_manifests(new_spec, manifests(new_spec), out)
+    raise RecoveryRefused(f"--as {new_spec.name}: its access is not applied yet ({', '.join(missing)}); its "
+                          f"manifests are rendered in {out}: {platform.how_to_apply(str(out))}, then run the same "
+                          f"command again")
 
 
 def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> RecoveryPlan:
@@ -209,7 +243,8 @@ def validate_recover(ctx: ClusterContext, target: datetime, as_name: str) -> Rec
     ctx.platform.check_recover()
     if as_name == ctx.name:
         raise RecoveryRefused(f"--as {as_name}: that is the source cluster itself; recovery always makes a new one")
-    refuse_existing(new_cluster_spec(ctx.spec, as_name))
+    new_spec = new_cluster_spec(ctx.spec, as_name)
+    refuse_existing(new_spec)
     store = ctx.store()
     if store.list(f"{wa.archive_root(as_name)}/"):
         raise RecoveryRefused(f"--as {as_name}: the backup store {store.describe()} already holds a WAL archive "
@@ -340,11 +375,7 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
         with contextlib.suppress(PgOpsError):
             store.delete([o.key for o in store.list(f"{wa.archive_root(as_name)}/")])
         raise
-    path = specs_folder() / f"{as_name}.yaml"
-    path.write_text(f"{RECOVERED_HEADER} from cluster {ctx.name} to {_t(target)} "
-                    f"(base backup {plan.base_backup.id}); `pg-ops teardown --cluster {as_name}` removes the "
-                    f"cluster and this file.\n"
-                    + yaml.safe_dump(new_spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+    path = write_recovered_spec(new_spec, ctx.name, target, plan.base_backup.id)
     timeline = result.members[result.primary].timeline if result.primary in result.members else None
     out = RecoverResult(cluster=as_name, source=ctx.name, target=target.isoformat(), base_backup=plan.base_backup.id,
                         spec_path=str(path), restore_seconds=round(restore_s, 3), replay_seconds=round(replay_s, 3),
