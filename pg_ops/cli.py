@@ -654,6 +654,35 @@ def cmd_upgrade(args, spec):
     if spec.platform != "local":
         raise PgOpsError(f"cluster {spec.name}: major-version upgrades run on the local platform only (on Kubernetes "
                          f"they need both majors' binaries in one image, which pg_ops does not build yet)")
+    if args.rollback:
+        if not args.as_name:
+            raise PgOpsError("--rollback needs --as NEW_CLUSTER (the cluster the blue/green upgrade made)")
+        result = run_job(args, "upgrade_blue_green_rollback", spec, {"ops": {"run_blue_green_rollback": {"config": {
+            "as_name": args.as_name}}}}, partition_key=spec.name)
+        meta = result.output_for_node("run_blue_green_rollback")
+        emit(args, meta, f"cluster {spec.name} is writable again ({', '.join(meta['databases_writable'])}); "
+                         f"{args.as_name} keeps what it took since the cut")
+        return
+    if args.to is None:
+        raise PgOpsError("upgrade needs --to MAJOR")
+    if args.as_name:
+        from pg_ops.operations.blue_green import check_blue_green
+
+        check_blue_green(ClusterContext.for_spec(spec), args.to, args.as_name)  # one line before a run exists
+        result = run_job(args, "upgrade_blue_green", spec, {"ops": {"run_blue_green": {"config": {
+            "to_major": args.to, "as_name": args.as_name, "read_only_days": args.read_only_days}}}},
+            partition_key=spec.name)
+        meta = result.output_for_node("run_blue_green")
+        if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
+            from pg_ops.runs import Deployment
+
+            Deployment(result.where).reload()
+        emit(args, meta, f"cluster {spec.name} upgraded blue/green to PostgreSQL {meta['to_major']} as "
+                         f"{meta['new_cluster']}: downtime {meta['downtime_seconds']} s, {meta['tables_compared']} "
+                         f"tables compared, {meta['sequences_set']} sequences set; {spec.name} stays read-only "
+                         f"until {meta['source_read_only_until']} (`pg-ops upgrade --cluster {spec.name} --rollback "
+                         f"--as {meta['new_cluster']}` makes it writable again); spec written to {meta['spec_path']}")
+        return
     if not args.rehearse:
         check_upgrade(ClusterContext.for_spec(spec), args.to, args.force)  # one line before a run exists
         result = run_job(args, "upgrade", spec, {"ops": {"run_upgrade": {"config": {
@@ -675,12 +704,18 @@ def cmd_upgrade(args, spec):
 def _upgrade_parser(sub, common) -> None:
     p = sub.add_parser("upgrade", parents=[common],
                        help="major-version upgrade in place (pg_upgrade --link), or its rehearsal on a copy (--rehearse)")
-    p.add_argument("--to", type=int, required=True, metavar="MAJOR", help="the PostgreSQL major to upgrade to")
+    p.add_argument("--to", type=int, metavar="MAJOR", help="the PostgreSQL major to upgrade to (not with --rollback)")
     p.add_argument("--force", action="store_true", help="upgrade without a passed rehearsal within a week")
     p.add_argument("--rehearse", action="store_true",
                    help="restore a backup into a scratch server, pg_upgrade it there and verify it (the cluster "
                         "is only read)")
     p.add_argument("--backup", help="backup id to rehearse on (default: the newest complete backup)")
+    p.add_argument("--as", dest="as_name", metavar="NEW_CLUSTER",
+                   help="blue/green: a new cluster on the new major, filled by logical replication; the source "
+                        "stays read-only for --read-only-days")
+    p.add_argument("--read-only-days", type=float, default=7.0, help="blue/green: the rollback period (default 7)")
+    p.add_argument("--rollback", action="store_true",
+                   help="blue/green, within the rollback period: make the source writable again (with --as)")
 
 
 def _wal_parsers(sub, common) -> None:

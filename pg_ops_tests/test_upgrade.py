@@ -287,3 +287,139 @@ def test_a_major_s_binaries_are_found_where_named_and_a_wrong_folder_is_one_line
         settings.pg_bin_for(17)
     monkeypatch.setenv("PG_OPS_PG_BIN_16", str(pg16_bin()))
     assert settings.pg_bin_for(16) == pg16_bin() and settings.server_major(pg16_bin()) == 16
+
+
+class AppWriter:
+    """Commits numbered rows into app.writes through the primary until stopped; remembers every
+    acknowledged one (a write the read-only cut refuses is not acknowledged, and retried)."""
+
+    def __init__(self, ctx):
+        import threading
+
+        self.ctx, self.acked, self.refused, self.stop = ctx, [], 0, threading.Event()
+        sql(ctx, ["create table if not exists writes (n int primary key, at timestamptz default now())"])
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        import time
+
+        n, conn = 0, None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.ctx.platform.primary_dsn(SUPERUSER, "app"),
+                                           password=self.ctx.admin_password(), autocommit=True, connect_timeout=2)
+                conn.execute("insert into writes (n) values (%s)", (n + 1,))
+                n += 1
+                self.acked.append(n)
+            except psycopg.Error:
+                self.refused += 1
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_readable(home, capsys, monkeypatch):
+    """`pg-ops upgrade --to 18 --as NEW`: a 16 cluster (wal_level logical) with two databases, an
+    extension, sequences and a writer running until the cut; the new cluster runs 18 on every
+    member with every acknowledged row, the same fingerprint per table, sequences past the
+    source's; the source stays readable and refuses writes until the rollback makes it writable.
+    Refused before anything starts: a table without a replica identity, a downgrade, a source
+    without wal_level logical (test_postgres16's cluster)."""
+    from pg_ops.operations.blue_green import blue_green, rollback
+    from pg_ops.operations.context import ClusterContext
+    from pg_ops.postgres import logical
+    from pg_ops.spec import load_specs
+    from pg_ops_tests.helpers import wait_for
+
+    spec = spec_from(write_spec(home / "specs", "blue", postgres={"members": 2, "parameters": {"wal_level": "logical"}},
+                                databases=[{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}]))
+    with running_cluster(spec) as ctx:
+        fill(ctx)
+        sql(ctx, ["create table notes (body text)", "insert into notes values ('no key')"], dbname="shop")
+        with pytest.raises(pgu.UpgradeRefused, match=r"table\(s\) public.notes in database shop have no primary key"):
+            blue_green(ctx, 18, "green")
+        sql(ctx, ["alter table notes replica identity full"], dbname="shop")
+        with pytest.raises(pgu.UpgradeRefused, match="a downgrade to 15 is not possible"):
+            blue_green(ctx, 15, "green")
+        assert cli_main(["upgrade", "--cluster", "blue", "--to", "18", "--as", "blue"]) == 1
+        assert "that is the source cluster itself" in capsys.readouterr().err
+        # A failure inside the window (NEW stops answering while its sequences are set): the source
+        # is writable again with its data untouched, nothing of the replication is left, and the
+        # half-made cluster is gone.
+        before = with_connection(ctx.endpoints()[ctx.state().primary], SUPERUSER, ctx.admin_password(),
+                                 logical.fingerprint, dbname="shop", timeout=60)
+
+        def dies(conn, values):
+            raise PgOpsError("green-0/shop: server closed the connection unexpectedly")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(logical, "set_sequences", dies)
+            with pytest.raises(pgu.UpgradeFailed, match=r"failed: green-0/shop: server closed the connection "
+                                                        r"unexpectedly; blue runs PostgreSQL 16, writable, "
+                                                        r"untouched, and green was removed"):
+                blue_green(ctx, 18, "green")
+        sql(ctx, ["insert into orders (total) values (0)", "delete from orders where total = 0"], dbname="shop")
+        assert with_connection(ctx.endpoints()[ctx.state().primary], SUPERUSER, ctx.admin_password(),
+                               logical.fingerprint, dbname="shop", timeout=60) == before
+        assert sql(ctx, ["select count(*) from pg_publication"]) == [(0,)]
+        assert sql(ctx, ["select count(*) from pg_replication_slots where slot_type = 'logical'"]) == [(0,)]
+        assert "green" not in {s.name for s in load_specs()}
+        with AppWriter(ctx) as writer:
+            wait_for(lambda: len(writer.acked) > 50, "writes before the upgrade")
+            assert cli_main(["upgrade", "--cluster", "blue", "--to", "18", "--as", "green", "--read-only-days", "2",
+                             "--in-process", "--json"]) == 0  # the Dagster job upgrade_blue_green
+            wait_for(lambda: writer.refused > 0, "the source refusing writes after the cut")
+        result = json.loads(capsys.readouterr().out)
+        assert (result["from_major"], result["to_major"], result["databases"]) == (16, 18, ["app", "shop"])
+        assert result["tables_compared"] >= 4 and result["sequences_set"] >= 1 and result["downtime_seconds"] > 0
+        assert {"step: the source read-only", "step: NEW caught up", "step: compare fingerprints"} <= set(result)
+        green = ClusterContext.for_spec(next(s for s in load_specs() if s.name == "green"))
+        try:
+            assert set(server_majors(green).values()) == {18} and one_primary_all_streaming(green)
+            # Every acknowledged write, the same rows everywhere, the extension on 18's version.
+            kept = {n for (n,) in sql(green, ["select n from writes"])}
+            assert set(writer.acked) <= kept and len(kept) == len(writer.acked)
+            for db in ("app", "shop"):
+                source = with_connection(ctx.endpoints()[ctx.state().primary], SUPERUSER, ctx.admin_password(),
+                                         logical.fingerprint, dbname=db, timeout=60)
+                new = with_connection(green.endpoints()[green.state().primary], SUPERUSER, green.admin_password(),
+                                      logical.fingerprint, dbname=db, timeout=60)
+                assert source == new and source
+            assert sql(green, ["select extversion from pg_extension where extname = 'vector'"]) == [("0.8.6",)]
+            # Sequences were carried at the cut: the next order follows the source's last one.
+            [(last,)] = sql(ctx, ["select last_value from orders_id_seq"], dbname="shop")
+            assert last >= 500
+            assert sql(green, ["insert into orders (total) values (1) returning id"], dbname="shop") == [(last + 1,)]
+            # The source: readable, read-only (the passwords are the same on both).
+            assert green.admin_password() == ctx.admin_password()
+            assert sql(ctx, ["select count(*) from items"]) == [(ROWS,)]
+            with pytest.raises(PgOpsError, match="cannot execute INSERT in a read-only transaction"):
+                sql(ctx, ["insert into writes (n) values (-1)"])
+            assert cli_main(["upgrade", "--cluster", "blue", "--rollback", "--as", "green", "--in-process"]) == 0
+            assert "cluster blue is writable again (app, shop)" in capsys.readouterr().out
+            sql(ctx, ["insert into writes (n) values (-1)"])  # writable again
+            with pytest.raises(PgOpsError, match="none of its databases is read-only"):
+                rollback(ctx, "green")
+            # No publication, subscription or slot left behind.
+            assert sql(ctx, ["select count(*) from pg_publication"]) == [(0,)]
+            assert sql(ctx, ["select count(*) from pg_replication_slots where slot_type = 'logical'"]) == [(0,)]
+            assert sql(green, ["select count(*) from pg_subscription"]) == [(0,)]
+        finally:
+            green.platform.teardown()
+
+
+def test_blue_green_needs_wal_level_logical(sixteen):
+    from pg_ops.operations.blue_green import check_blue_green
+
+    with pytest.raises(pgu.UpgradeRefused, match=r"wal_level is replica; a blue/green upgrade copies by logical "
+                                                  r"replication: set postgres.parameters.wal_level: logical"):
+        check_blue_green(sixteen, 18, "green16")

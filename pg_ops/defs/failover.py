@@ -1,4 +1,5 @@
-"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart, rollout, upgrade. In-process executor (one
+"""Topology-change jobs: failover, switchover, rebuild_member, rolling_restart, rollout, upgrade,
+upgrade_blue_green (and its rollback). In-process executor (one
 interpreter per step would cost seconds of downtime), one partition per cluster, never
 retried automatically. Each records the change as an observation on the replication asset."""
 
@@ -44,6 +45,16 @@ class RebuildConfig(dg.Config):
 class UpgradeConfig(dg.Config):
     to_major: int  # the PostgreSQL major to upgrade to (the spec's postgres.version)
     force: bool = False  # without a passed rehearsal within a week
+
+
+class BlueGreenConfig(dg.Config):
+    to_major: int  # the new cluster's PostgreSQL major
+    as_name: str  # the new cluster's name
+    read_only_days: float = 7.0  # how long the source stays read-only for a rollback
+
+
+class BlueGreenRollbackConfig(dg.Config):
+    as_name: str  # the cluster the blue/green upgrade made
 
 
 def _observe(context: dg.OpExecutionContext, metadata: dict) -> None:
@@ -113,6 +124,31 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata)
         return metadata
 
+    @dg.op(description="Blue/green major-version upgrade: a new cluster on the new major filled by logical "
+                       "replication, then a cut of seconds (the source read-only, caught up, sequences, fingerprints).")
+    def run_blue_green(context: dg.OpExecutionContext, config: BlueGreenConfig, pg_ops: PgOpsResource) -> dict:
+        from pg_ops.operations.blue_green import blue_green
+
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        result = blue_green(ctx, config.to_major, config.as_name, read_only_days=config.read_only_days)
+        metadata = {"operation": "upgrade_blue_green",
+                    **{k: v for k, v in result.as_dict().items() if k != "steps"}, **result.steps}
+        _observe(context, metadata)
+        context.add_output_metadata(metadata)
+        return metadata
+
+    @dg.op(description="Within a blue/green upgrade's rollback period: the source's databases writable again.")
+    def run_blue_green_rollback(context: dg.OpExecutionContext, config: BlueGreenRollbackConfig,
+                                pg_ops: PgOpsResource) -> dict:
+        from pg_ops.operations.blue_green import rollback
+
+        ctx = pg_ops.cluster(context.partition_key, context.log)
+        metadata = {"operation": "upgrade_blue_green_rollback", "from": config.as_name,
+                    "databases_writable": rollback(ctx, config.as_name)}
+        _observe(context, metadata)
+        context.add_output_metadata(metadata)
+        return metadata
+
     common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
     long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
@@ -143,5 +179,15 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     def upgrade_job():
         run_upgrade()
 
+    @dg.job(name="upgrade_blue_green", **long, description="Major-version upgrade into a NEW cluster by logical "
+                                                              "replication; the source stays read-only for a rollback.")
+    def blue_green_job():
+        run_blue_green()
+
+    @dg.job(name="upgrade_blue_green_rollback", **quick, description="Make a blue/green upgrade's source writable "
+                                                                      "again (within its rollback period).")
+    def blue_green_rollback_job():
+        run_blue_green_rollback()
+
     return dg.Definitions(jobs=[failover_job, switchover_job, rebuild_job, rolling_restart_job, rollout_job,
-                                upgrade_job])
+                                upgrade_job, blue_green_job, blue_green_rollback_job])

@@ -141,6 +141,7 @@ def check_recovery(ctx: ClusterContext, target: datetime, store: BackupStore | N
 
 # -- the new cluster ------------------------------------------------------------------------------------
 RECOVERED_HEADER = "# Recovered by pg-ops recover"  # forget_recovered_spec removes a spec that starts so
+MADE_BY_UPGRADE = "# Made by pg-ops upgrade --as"  # a blue/green upgrade's new cluster: the same
 
 
 def specs_folder() -> Path:
@@ -192,7 +193,7 @@ def forget_recovered_spec(name: str) -> Path | None:
     """After `teardown` of a cluster `recover` made: its spec goes too (only a file recover wrote,
     never a spec someone keeps in that folder). Returns the file removed."""
     path = settings.made_specs_path() / f"{name}.yaml"
-    if path.is_file() and path.read_text().startswith(RECOVERED_HEADER):
+    if path.is_file() and path.read_text().startswith((RECOVERED_HEADER, MADE_BY_UPGRADE)):
         path.unlink()
         return path
     return None

@@ -265,8 +265,10 @@ class Secrets(Protocol):
             raise PgOpsError(f"cluster {self.spec.name}: no credentials yet (deploy it first)")
         return creds
 
-    def ensure_credentials(self) -> Credentials:
-        """Generate once, never overwrite; add roles the spec gained. Local: also (re)writes the
+    def ensure_credentials(self, initial: Credentials | None = None) -> Credentials:
+        """Generate once (`initial`'s passwords when given: a cluster made from another, by
+        `recover` or a blue/green upgrade, keeps its source's), never overwrite; add roles the
+        spec gained. Local: also (re)writes the
         admin passfile. Kubernetes: written with the Secret's resourceVersion, so two writers
         racing cannot replace each other's passwords (PgOpsError after 5 conflicts).
         Idempotent."""

@@ -165,10 +165,11 @@ class LocalPlatform(Platform):
             return None
         return Credentials(passwords={k: SecretStr(v) for k, v in raw.items()})
 
-    def ensure_credentials(self) -> Credentials:
+    def ensure_credentials(self, initial: Credentials | None = None) -> Credentials:
         self.root.mkdir(parents=True, exist_ok=True)
         current = self.load_credentials()
-        creds = current.with_roles(required_roles(self.spec)) if current else new_credentials(self.spec)
+        first = initial.with_roles(required_roles(self.spec)) if initial else None
+        creds = current.with_roles(required_roles(self.spec)) if current else first or new_credentials(self.spec)
         if creds is not current:
             _write_private(self.root / "credentials.json", json.dumps(creds.as_plain_dict(), indent=1))
         # The admin role's line, and the exporter's (postgres_exporter reads it via PGPASSFILE).

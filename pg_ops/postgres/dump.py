@@ -264,11 +264,22 @@ def _run_tool(argv: list[str], tool: str, user: str, password: str | None, stdin
                       time.monotonic() - started)
 
 
+def schema_script(endpoint: Endpoint, user: str, password: str, dbname: str, bin_dir: Path) -> bytes:
+    """`pg_dump --schema-only --clean --if-exists` (plain SQL) of one database, with the tools of
+    `bin_dir` (a newer major's pg_dump reads an older server): a new cluster's database, which
+    holds only what its deploy created (the spec's schemas and extensions), takes it whole."""
+    argv = [str(bin_dir / "pg_dump"), "--schema-only", "--clean", "--if-exists", "--no-password",
+            f"--dbname={member_dsn(endpoint, user, dbname)}"]
+    with _dump_process(argv, f"pg_dump --schema-only of database {dbname} on {endpoint}", user, password) as out:
+        return out.read()
+
+
 def psql_script(endpoint: Endpoint, user: str, password: str, dbname: str, script: bytes,
-                harmless: tuple[re.Pattern, ...] = ()) -> ToolReport:
+                harmless: tuple[re.Pattern, ...] = (), bin_dir: Path | None = None) -> ToolReport:
     """Run a SQL script (pg_dumpall's globals: psql, because of meta-commands like \\restrict)
     to its end, collecting every error instead of stopping at the first."""
-    argv = [_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=0", "--no-password",
+    psql = str(bin_dir / "psql") if bin_dir else _binary("psql")
+    argv = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=0", "--no-password",
             f"--dbname={member_dsn(endpoint, user, dbname)}", "-f", "-"]
     return _run_tool(argv, "psql", user, password, stdin=script, harmless=harmless)
 
