@@ -28,6 +28,10 @@ class MemberError(PgOpsError):
     """A member could not be started, reached or changed."""
 
 
+class ClusterExists(MemberError):
+    """A cluster to be made (recover, blue/green) already exists: nothing of it may be removed."""
+
+
 class Refused(PgOpsError):
     """A request pg_ops will not carry out as asked (a healthy primary to fail over, the primary
     to rebuild): nothing was changed. The person who asked is told; nobody is paged for it."""

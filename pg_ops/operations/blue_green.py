@@ -37,13 +37,14 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pg_ops import settings
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import ClusterExists, PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import dump, logical
@@ -144,6 +145,8 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
     window = None
     try:
         with steps.step(f"deploy {as_name} on PostgreSQL {to_major}"):
+            if new_ctx.platform.state_store().read() is not None:
+                raise ClusterExists(f"cluster {as_name} was made meanwhile by someone else")
             new_ctx.platform.ensure_credentials(ctx.credentials())  # the source's passwords
             deploy(new_ctx)
         new_primary = new_ctx.state().primary
@@ -197,13 +200,18 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
         compared = 0
         with steps.step("compare fingerprints"):
             for db in databases:
-                theirs, ours = _source_sql(ctx, logical.fingerprint, db, 3600), on_new(logical.fingerprint, db, 3600)
+                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fingerprint") as pool:  # both at once
+                    source_side = pool.submit(_source_sql, ctx, logical.fingerprint, db, 3600)
+                    ours = on_new(logical.fingerprint, db, 3600)
+                    theirs = source_side.result()
                 differ = sorted(t for t in set(theirs) | set(ours) if theirs.get(t) != ours.get(t))
                 if differ:
                     raise PgOpsError(f"database {db}: table(s) {', '.join(differ[:5])} differ between {ctx.name} and "
                                      f"{as_name} after the copy")
                 compared += len(ours)
         downtime = time.monotonic() - window
+    except ClusterExists:
+        raise  # nothing was done to either cluster, and the other one is not ours to remove
     except BaseException as exc:
         _undo(ctx, new_ctx, databases, subscriptions, read_only)
         raise pgu.UpgradeFailed(f"blue/green upgrade of cluster {ctx.name} to PostgreSQL {to_major} failed: {exc}; "

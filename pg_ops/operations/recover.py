@@ -40,7 +40,7 @@ import yaml
 
 from pg_ops import settings
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
-from pg_ops.errors import PgOpsError
+from pg_ops.errors import ClusterExists, PgOpsError
 from pg_ops.operations.activity import record_marker, record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.members import lease_kept
@@ -369,6 +369,8 @@ def recover(ctx: ClusterContext, target: datetime, as_name: str, store: BackupSt
         with wa.hold_archive(store, ref, holder, "recovery", ttl_seconds=RECOVERY_HOLD_S):
             recover_into = _recover_local if new_spec.platform == "local" else _recover_in_pod
             restore_s, replay_s, result = recover_into(ctx, new_ctx, store, ref, plan)
+    except ClusterExists:
+        raise  # made by someone else meanwhile: nothing of it is ours to remove
     except BaseException:
         ctx.log.error("recovery of %s as %s failed: removing the half-made cluster %s", ctx.name, as_name, as_name)
         platform.discard_recovered()

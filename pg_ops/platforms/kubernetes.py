@@ -57,7 +57,7 @@ from pg_ops.credentials import (
     pooled_uri,
     required_roles,
 )
-from pg_ops.errors import MemberError, PgOpsError, Unsupported
+from pg_ops.errors import ClusterExists, MemberError, PgOpsError, Unsupported
 from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.base import (
     FENCED_FILE,
@@ -933,7 +933,7 @@ class KubernetesPlatform(Platform):
         stops the promoted server cleanly and starts it as the primary; the other members clone
         from it. Returns the member."""
         if self.state_store().read() is not None:
-            raise MemberError(f"cluster {self.spec.name} already has a desired-state record "
+            raise ClusterExists(f"cluster {self.spec.name} already has a desired-state record "
                               f"({self._what('configmap', names.state_configmap(self.spec))})")
         self.ensure_credentials(initial=credentials)
         token = secrets.token_hex(8)

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from pg_ops.credentials import Credentials
-from pg_ops.errors import MemberError
+from pg_ops.errors import ClusterExists, MemberError
 from pg_ops.platforms.local import LocalPlatform, _free_port, _write_private
 from pg_ops.platforms.server_user import chown_tree
 from pg_ops.postgres import controldata
@@ -60,7 +60,7 @@ def bootstrap_recovered(platform: LocalPlatform, credentials: Credentials, fill:
     """Lay out a new local cluster whose first primary is a restored base backup (not started);
     returns that member. It keeps the source's roles and passwords: they come with the data."""
     if platform.state_store().read() is not None:
-        raise MemberError(f"cluster {platform.spec.name} already exists under {platform.root}")
+        raise ClusterExists(f"cluster {platform.spec.name} already exists under {platform.root}")
     platform.root.mkdir(parents=True, exist_ok=True)
     _write_private(platform.root / "credentials.json", json.dumps(credentials.as_plain_dict(), indent=1))
     member = platform.spec.member_names[0]

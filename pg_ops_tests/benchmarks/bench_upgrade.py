@@ -4,8 +4,12 @@
   (b) the baseline measured in the same run: raw `pg_upgrade --link` by hand on one server of
       the same data (clean stop, pg_upgrade --link, start until it accepts connections; initdb
       done beforehand, as in (a));
-  (c) the rehearsal's duration (restore of the backup, upgrade and proof on a scratch server).
-Target (issue 25): (a) at most 1.5x (b); the replicas' re-clone comes after the window.
+  (c) the rehearsal's duration (restore of the backup, upgrade and proof on a scratch server);
+  (d) the blue/green upgrade's window (`pg-ops upgrade --as NEW`: the source read-only, NEW
+      caught up, sequences, replication dropped, every table compared) and its whole run, on a
+      cluster of the same data with wal_level logical.
+Target (issue 25): (a) at most 1.5x (b); the replicas' re-clone comes after the window. (d) is
+reported against (b) too: its window does not grow with the data's size.
 Data: DATA_ROWS rows in one table and CATALOG_TABLES small tables with an index each (pg_upgrade's
 time is mostly the catalog's dump and restore). TRIALS trials, each on fresh clusters.
 PostgreSQL 16 is the pgserver wheel's (PG_OPS_PG_BIN), 18 the embedded wheel's."""
@@ -20,12 +24,13 @@ import yaml
 
 from pg_ops.credentials import SUPERUSER
 from pg_ops.operations.backup import backup
+from pg_ops.operations.blue_green import blue_green
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.upgrade import rehearse_upgrade, upgrade
 from pg_ops.platforms.local_upgrade import MemberDataUpgrade
 from pg_ops.postgres import upgrade as pgu
 from pg_ops.postgres.session import with_connection
-from pg_ops.spec import load_spec
+from pg_ops.spec import load_spec, load_specs
 from pg_ops_tests.benchmarks.common import emit, summary
 from pg_ops_tests.helpers import home_environment, running_cluster, write_spec
 from pg_ops_tests.test_postgres16 import pg16_bin
@@ -80,7 +85,7 @@ def raw_pg_upgrade(home) -> float:
 
 def main() -> None:
     os.environ["PG_OPS_PG_BIN"] = str(pg16_bin())
-    raws, windows, totals, rehearsals, pg_upgrades = [], [], [], [], []
+    raws, windows, totals, rehearsals, pg_upgrades, bg_windows, bg_totals = [], [], [], [], [], [], []
     for trial in range(TRIALS):
         with home_environment() as home:
             raws.append(raw_pg_upgrade(home))
@@ -98,6 +103,14 @@ def main() -> None:
                 result = upgrade(ClusterContext.for_spec(load_spec(path)), 18)
                 windows.append(result.downtime_seconds)
                 totals.append(result.seconds)
+            blue = load_spec(write_spec(home / "specs", f"blue{trial}", databases=[{"name": "app", "owner": "app"}],
+                                        postgres={"parameters": {"wal_level": "logical"}}))
+            with running_cluster(blue) as ctx:
+                fill(ctx.endpoints()[ctx.state().primary], ctx.admin_password())
+                moved = blue_green(ctx, 18, f"green{trial}")
+                bg_windows.append(moved.downtime_seconds)
+                bg_totals.append(moved.seconds)
+                ClusterContext.for_spec(next(s for s in load_specs() if s.name == f"green{trial}")).platform.teardown()
     window, base = summary(windows).get("median"), summary(raws).get("median")
     emit("upgrade", {
         "trials": TRIALS, "data_rows": DATA_ROWS, "catalog_tables": CATALOG_TABLES,
@@ -108,6 +121,9 @@ def main() -> None:
         "in_place_total_s": summary(totals),
         "rehearsal_s": summary(rehearsals),
         "rehearsal_pg_upgrade_step_s": summary(pg_upgrades),
+        "blue_green_downtime_s": summary(bg_windows),
+        "blue_green_over_raw": round(summary(bg_windows)["median"] / base, 2) if bg_windows and base else None,
+        "blue_green_total_s": summary(bg_totals),
     })
 
 
