@@ -538,7 +538,7 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     assert any(s.name.startswith("weekly_pitr_drill") for s in defs.schedules)
 
 
-def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home, monkeypatch):
+def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home, monkeypatch, capsys):
     """`recover --as NEW` on Kubernetes: the new cluster's first pod restores the base backup from
     S3 and replays the source's archive on its own data volume (member.sh's [recover] row), then
     runs as the primary and its replica clones from it. Exactly the rows committed before the
@@ -591,8 +591,19 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
         assert fake.admin_api().core.list_namespaced_config_map(
             ns, field_selector=f"metadata.name={k.state_configmap(recovered)}").items == []
 
-        result = recover(ctx, target, "k8srec-back")
-        assert result.cluster == "k8srec-back" and result.members == ["k8srec-back-0", "k8srec-back-1"]
+        from pg_ops.cli import main
+        from pg_ops.spec import load_spec
+
+        capsys.readouterr()
+        assert main(["recover", "--cluster", "k8srec", "--to", target.isoformat(), "--as", "k8srec-back",
+                     "--in-process", "--json"]) == 0  # the CLI and the Dagster job recover_cluster
+        result = json.loads(capsys.readouterr().out)
+        assert result["cluster"] == "k8srec-back" and result["members"] == ["k8srec-back-0", "k8srec-back-1"]
+        # The spec where pg_ops loads specs from, and the manifests for Git, written by the CLI.
+        kept = load_spec(Path(result["spec_path"]))
+        assert kept.name == "k8srec-back" and not kept.kubernetes.gitops
+        assert kept.kubernetes.services.primary.name == "k8srec-back-primary"
+        assert (Path(result["manifests"]) / "statefulset.yaml").is_file()
         new_ctx = ClusterContext.for_spec(recovered)
         assert run(new_ctx, "select batch, count(*) from pitr group by batch order by batch") == [(1, 10), (2, 10)]
         # The source is only read, and its primary Service still leads to it (the new cluster has
