@@ -172,6 +172,14 @@ def cmd_status(args, spec):
                                 f"{pooled['endpoint']} -> port {pooled['target_port']}, {pooled['clients_active']} "
                                 f"clients active, {pooled['clients_waiting']} waiting, {pooled['servers']} server "
                                 f"connections")
+    from pg_ops.operations.blue_green import read_only_databases
+
+    # A blue/green upgrade's source after its cut (asked only of a primary that answered above).
+    read_only = read_only_databases(ctx) if status.get("writable_members") else []
+    if read_only:
+        status["read_only_databases"] = read_only
+        text += (f"\nread-only databases: {', '.join(read_only)} (the source of a blue/green upgrade; "
+                 f"`pg-ops upgrade --cluster {spec.name} --rollback --as NEW` makes them writable again)")
     if spec.backups.wal.enabled:  # the recovery window (operations/wal.py)
         from pg_ops.operations.wal import recovery_window
 

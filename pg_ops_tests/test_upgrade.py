@@ -404,6 +404,9 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
             assert sql(ctx, ["select count(*) from items"]) == [(ROWS,)]
             with pytest.raises(PgOpsError, match="cannot execute INSERT in a read-only transaction"):
                 sql(ctx, ["insert into writes (n) values (-1)"])
+            capsys.readouterr()
+            assert cli_main(["status", "--cluster", "blue"]) == 0
+            assert "read-only databases: app, shop (the source of a blue/green upgrade" in capsys.readouterr().out
             assert cli_main(["upgrade", "--cluster", "blue", "--rollback", "--as", "green", "--in-process"]) == 0
             assert "cluster blue is writable again (app, shop)" in capsys.readouterr().out
             sql(ctx, ["insert into writes (n) values (-1)"])  # writable again

@@ -278,6 +278,15 @@ def _undo(ctx: ClusterContext, new_ctx: ClusterContext, databases: list[str], su
             _source_sql(ctx, lambda c, db=db: logical.drop_slot(c, subscriptions[db]))
 
 
+def read_only_databases(ctx: ClusterContext) -> list[str]:
+    """The cluster's databases a blue/green cut left read-only; [] when its primary does not
+    answer (status reports that itself)."""
+    try:
+        return _source_sql(ctx, logical.read_only_databases, timeout=5)
+    except PgOpsError:
+        return []
+
+
 def rollback(ctx: ClusterContext, as_name: str) -> list[str]:
     """Within the rollback period: the source's databases writable again (NEW is left as it is:
     whatever it took since the cut is its own). Returns the databases made writable."""

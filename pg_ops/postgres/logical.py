@@ -129,12 +129,15 @@ def set_read_only(conn: psycopg.Connection, database: str, read_only: bool) -> i
     return 0
 
 
+def read_only_databases(conn: psycopg.Connection) -> list[str]:
+    """The databases set_read_only made read-only (a blue/green upgrade's source after its cut)."""
+    return [r[0] for r in conn.execute(
+        "select d.datname from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase "
+        "where s.setrole = 0 and 'default_transaction_read_only=on' = any(s.setconfig) order by 1")]
+
+
 def is_read_only(conn: psycopg.Connection, database: str) -> bool:
-    row = conn.execute(
-        "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase "
-        "where d.datname = %s and s.setrole = 0 and 'default_transaction_read_only=on' = any(s.setconfig))",
-        (database,)).fetchone()
-    return bool(row[0])
+    return database in read_only_databases(conn)
 
 
 def fingerprint(conn: psycopg.Connection) -> dict[str, tuple[int, str | None]]:
