@@ -42,8 +42,8 @@ def q(ctx, member, query, dbname=PG_OPS_DATABASE):
     return with_connection(ctx.endpoints()[member], "postgres", ctx.admin_password(), run, dbname=dbname, timeout=10)
 
 
-def primary_conn(ctx, **kw):
-    return psycopg.connect(ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE), password=ctx.admin_password(),
+def primary_conn(ctx, dbname: str = PG_OPS_DATABASE, **kw):
+    return psycopg.connect(ctx.platform.primary_dsn("postgres", dbname), password=ctx.admin_password(),
                            autocommit=True, **kw)
 
 
@@ -57,11 +57,12 @@ def assert_one_primary_all_streaming(ctx):
 
 
 class Writer:
-    """Commits numbered rows through the primary endpoint; remembers every acknowledged one."""
+    """Commits numbered rows into `writes` of `dbname` through the primary endpoint; remembers
+    every acknowledged one, and counts the writes refused (not acknowledged, retried)."""
 
-    def __init__(self, ctx):
-        self.ctx, self.acked, self.stop = ctx, [], threading.Event()
-        with primary_conn(ctx) as c:
+    def __init__(self, ctx, dbname: str = PG_OPS_DATABASE):
+        self.ctx, self.dbname, self.acked, self.refused, self.stop = ctx, dbname, [], 0, threading.Event()
+        with primary_conn(ctx, dbname) as c:
             c.execute("create table if not exists writes (n int primary key)")
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -70,11 +71,12 @@ class Writer:
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    conn = primary_conn(self.ctx, connect_timeout=2)
+                    conn = primary_conn(self.ctx, self.dbname, connect_timeout=2)
                 n += 1
                 conn.execute("insert into writes values (%s)", (n,))
                 self.acked.append(n)
             except psycopg.Error:
+                self.refused += 1
                 conn = None
                 time.sleep(0.05)
             time.sleep(0.002)

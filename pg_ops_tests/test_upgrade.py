@@ -289,44 +289,6 @@ def test_a_major_s_binaries_are_found_where_named_and_a_wrong_folder_is_one_line
     assert settings.pg_bin_for(16) == pg16_bin() and settings.server_major(pg16_bin()) == 16
 
 
-class AppWriter:
-    """Commits numbered rows into app.writes through the primary until stopped; remembers every
-    acknowledged one (a write the read-only cut refuses is not acknowledged, and retried)."""
-
-    def __init__(self, ctx):
-        import threading
-
-        self.ctx, self.acked, self.refused, self.stop = ctx, [], 0, threading.Event()
-        sql(ctx, ["create table if not exists writes (n int primary key, at timestamptz default now())"])
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        import time
-
-        n, conn = 0, None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg.connect(self.ctx.platform.primary_dsn(SUPERUSER, "app"),
-                                           password=self.ctx.admin_password(), autocommit=True, connect_timeout=2)
-                conn.execute("insert into writes (n) values (%s)", (n + 1,))
-                n += 1
-                self.acked.append(n)
-            except psycopg.Error:
-                self.refused += 1
-                conn = None
-                time.sleep(0.05)
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(10)
-
-
 def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_readable(home, capsys, monkeypatch):
     """`pg-ops upgrade --to 18 --as NEW`: a 16 cluster (wal_level logical) with two databases, an
     extension, sequences and a writer running until the cut; the new cluster runs 18 on every
@@ -339,6 +301,7 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
     from pg_ops.postgres import logical
     from pg_ops.spec import load_specs
     from pg_ops_tests.helpers import wait_for
+    from pg_ops_tests.test_failover import Writer
 
     spec = spec_from(write_spec(home / "specs", "blue", postgres={"members": 2, "parameters": {"wal_level": "logical"}},
                                 databases=[{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}]))
@@ -373,7 +336,7 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
         assert sql(ctx, ["select count(*) from pg_publication"]) == [(0,)]
         assert sql(ctx, ["select count(*) from pg_replication_slots where slot_type = 'logical'"]) == [(0,)]
         assert "green" not in {s.name for s in load_specs()}
-        with AppWriter(ctx) as writer:
+        with Writer(ctx, "app") as writer:
             wait_for(lambda: len(writer.acked) > 50, "writes before the upgrade")
             assert cli_main(["upgrade", "--cluster", "blue", "--to", "18", "--as", "green", "--read-only-days", "2",
                              "--in-process", "--json"]) == 0  # the Dagster job upgrade_blue_green

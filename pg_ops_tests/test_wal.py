@@ -443,6 +443,31 @@ def test_statefulset_on_the_api_server_archives_with_the_image_and_the_backup_se
     assert "AWS_SECRET" not in conf  # the keys never in the config
 
 
+@contextlib.contextmanager
+def kubernetes_s3_cluster(pg_home: Path, name: str):
+    """A deployed 2-member Kubernetes cluster on the real control plane, archiving to a fresh
+    SeaweedFS bucket with the keys in the backup Secret (as an admin creates it): (ctx, kube)."""
+    import base64
+
+    from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
+
+    server = shared_server()
+    spec = spec_from(write_platform_spec(pg_home / "specs", name, "kubernetes", postgres={"members": 2},
+                                         backups={"wal": {"archive_timeout_seconds": 5}, "store": {
+                                             "type": "s3", "bucket": server.new_bucket(), "prefix": "k8s",
+                                             "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
+                                             "credentials_secret": "pg-ops-backup-s3"}}))
+    with real_kubernetes() as kube:
+        kube.register_cluster(spec)
+        kube.admin_api().core.create_namespaced_secret(spec.kubernetes.namespace, {
+            "metadata": {"name": "pg-ops-backup-s3"}, "data": {
+                "access_key": base64.b64encode(server.access_key.encode()).decode(),
+                "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        yield ctx, kube
+
+
 def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_home):
     """On Kubernetes the members archive WAL from their pods (barman-cloud-wal-archive, keys from
     the backup Secret) and pg_ops takes the base backup over the replication protocol from where
@@ -451,7 +476,6 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     the recovery window, and restores into a data dir a server starts from; the point-in-time
     drill recovers it in a pod and proves its target, and fails on an unreadable segment. Such a
     cluster gets the base-backup schedule and the weekly point-in-time drill."""
-    import base64
     import tarfile
 
     import zstandard
@@ -459,23 +483,9 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     from pg_ops import settings
     from pg_ops.platforms import kubernetes_names as k
     from pg_ops.postgres import controldata
-    from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
 
-    server = shared_server()
-    bucket = server.new_bucket()
-    spec = spec_from(write_platform_spec(pg_home / "specs", "k8sbase", "kubernetes", postgres={"members": 2},
-                                         backups={"wal": {"archive_timeout_seconds": 5}, "store": {
-                                             "type": "s3", "bucket": bucket, "prefix": "k8s",
-                                             "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
-                                             "credentials_secret": "pg-ops-backup-s3"}}))
-    ns = spec.kubernetes.namespace
-    with real_kubernetes() as fake:
-        fake.register_cluster(spec)
-        fake.admin_api().core.create_namespaced_secret(ns, {"metadata": {"name": "pg-ops-backup-s3"}, "data": {
-            "access_key": base64.b64encode(server.access_key.encode()).decode(),
-            "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
-        ctx = ClusterContext.for_spec(spec)
-        deploy(ctx)
+    with kubernetes_s3_cluster(pg_home, "k8sbase") as (ctx, fake):
+        spec = ctx.spec
         run(ctx, "create table kept (n int)")
         run(ctx, "insert into kept values (1)")
         backup = wal.base_backup(ctx)
@@ -546,27 +556,12 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
     forgets it. A target outside the window is refused before anything exists; a recovery whose
     replay fails is reported with the pod's reason and leaves nothing of the new cluster. Until a
     cluster admin has applied the new cluster's Role, recover refuses and renders its manifests."""
-    import base64
 
     from pg_ops.operations.recover import new_cluster_spec
     from pg_ops.platforms import kubernetes_names as k
-    from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
 
-    server = shared_server()
-    bucket = server.new_bucket()
-    spec = spec_from(write_platform_spec(pg_home / "specs", "k8srec", "kubernetes", postgres={"members": 2},
-                                         backups={"wal": {"archive_timeout_seconds": 5}, "store": {
-                                             "type": "s3", "bucket": bucket, "prefix": "k8s",
-                                             "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
-                                             "credentials_secret": "pg-ops-backup-s3"}}))
-    ns = spec.kubernetes.namespace
-    with real_kubernetes() as fake:
-        fake.register_cluster(spec)
-        fake.admin_api().core.create_namespaced_secret(ns, {"metadata": {"name": "pg-ops-backup-s3"}, "data": {
-            "access_key": base64.b64encode(server.access_key.encode()).decode(),
-            "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
-        ctx = ClusterContext.for_spec(spec)
-        deploy(ctx)
+    with kubernetes_s3_cluster(pg_home, "k8srec") as (ctx, fake):
+        spec, ns = ctx.spec, ctx.spec.kubernetes.namespace
         run(ctx, "create table pitr (batch int, at timestamptz default clock_timestamp())")
         batch(ctx, 1)
         wal.base_backup(ctx)

@@ -62,6 +62,13 @@ def _observe(context: dg.OpExecutionContext, metadata: dict) -> None:
                                           metadata=metadata))
 
 
+def _recorded(context: dg.OpExecutionContext, metadata: dict) -> dict:
+    """A topology change's metadata: observed on the replication asset, on the op's output, returned."""
+    _observe(context, metadata)
+    context.add_output_metadata(metadata)
+    return metadata
+
+
 def build(specs: list[ClusterSpec]) -> dg.Definitions:
     partitions = cluster_partitions(specs)
 
@@ -74,17 +81,13 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
             change = ops.failover(ctx, to=config.to, force=config.force, detected_at=config.detected_at,
                                   last_primary_lsn=config.last_primary_lsn)
         metadata = {**change.metadata(), **({"incident": config.incident} if config.incident else {})}
-        _observe(context, metadata)
-        context.add_output_metadata(metadata)
-        return metadata
+        return _recorded(context, metadata)
 
     @dg.op(description="Planned, lossless change of primary.")
     def run_switchover(context: dg.OpExecutionContext, config: SwitchoverConfig, pg_ops: PgOpsResource) -> dict:
         ctx = pg_ops.cluster(context.partition_key, context.log)
         metadata = ops.switchover(ctx, to=config.to).metadata()
-        _observe(context, metadata)
-        context.add_output_metadata(metadata)
-        return metadata
+        return _recorded(context, metadata)
 
     @dg.op(description="Rewind (or re-clone) a replica from the current primary.")
     def run_rebuild(context: dg.OpExecutionContext, config: RebuildConfig, pg_ops: PgOpsResource) -> dict:
@@ -120,9 +123,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         metadata = {k: v for k, v in result.as_dict().items() if k not in ("steps", "extensions_updated")}
         metadata = {"operation": "upgrade", **metadata, **result.steps,
                     "extensions_updated": {db: names for db, names in result.extensions_updated.items() if names}}
-        _observe(context, metadata)
-        context.add_output_metadata(metadata)
-        return metadata
+        return _recorded(context, metadata)
 
     @dg.op(description="Blue/green major-version upgrade: a new cluster on the new major filled by logical "
                        "replication, then a cut of seconds (the source read-only, caught up, sequences, fingerprints).")
@@ -133,9 +134,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         result = blue_green(ctx, config.to_major, config.as_name, read_only_days=config.read_only_days)
         metadata = {"operation": "upgrade_blue_green",
                     **{k: v for k, v in result.as_dict().items() if k != "steps"}, **result.steps}
-        _observe(context, metadata)
-        context.add_output_metadata(metadata)
-        return metadata
+        return _recorded(context, metadata)
 
     @dg.op(description="Within a blue/green upgrade's rollback period: the source's databases writable again.")
     def run_blue_green_rollback(context: dg.OpExecutionContext, config: BlueGreenRollbackConfig,
@@ -145,9 +144,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         ctx = pg_ops.cluster(context.partition_key, context.log)
         metadata = {"operation": "upgrade_blue_green_rollback", "from": config.as_name,
                     "databases_writable": rollback(ctx, config.as_name)}
-        _observe(context, metadata)
-        context.add_output_metadata(metadata)
-        return metadata
+        return _recorded(context, metadata)
 
     common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}

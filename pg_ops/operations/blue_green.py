@@ -49,7 +49,6 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import dump, logical
 from pg_ops.postgres import upgrade as pgu
-from pg_ops.postgres.session import with_connection
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -87,10 +86,11 @@ def subscription_name(index: int, database: str) -> str:
     return f"pg_ops_bg_{index}_{re.sub(r'[^a-z0-9_]', '_', database.lower())[:30]}"
 
 
-def _source_sql(ctx: ClusterContext, fn, dbname: str = "postgres", timeout: float = 60):
-    primary = ctx.state().primary
-    return with_connection(ctx.endpoints()[primary], SUPERUSER, ctx.admin_password(), fn, dbname=dbname,
-                           timeout=timeout, name=f"{primary}/{dbname}")
+def _primary_sql(ctx: ClusterContext, fn, dbname: str = "postgres", timeout: float = 60):
+    """fn(conn) on the cluster's designated primary, in `dbname` (ha.act.sql)."""
+    from pg_ops.operations.ha import act
+
+    return act.sql(ctx, ctx.state().primary, fn, timeout=timeout, dbname=dbname)
 
 
 def check_blue_green(ctx: ClusterContext, to_major: int, as_name: str) -> tuple[int, ClusterSpec]:
@@ -108,19 +108,19 @@ def check_blue_green(ctx: ClusterContext, to_major: int, as_name: str) -> tuple[
     base = new_cluster_spec(ctx.spec, as_name)
     new_spec = base.model_copy(update={"postgres": base.postgres.model_copy(update={"version": to_major})})
     refuse_existing(new_spec)
-    level = _source_sql(ctx, logical.wal_level)
+    level = _primary_sql(ctx, logical.wal_level)
     if level != "logical":
         raise pgu.UpgradeRefused(f"cluster {ctx.name}: wal_level is {level}; a blue/green upgrade copies by logical "
                                  f"replication: set postgres.parameters.wal_level: logical and roll it out "
                                  f"(`pg-ops rollout`) first, or upgrade in place")
     declared = [d.name for d in ctx.spec.databases if d.present]
-    present = _source_sql(ctx, dump.list_databases)
+    present = _primary_sql(ctx, dump.list_databases)
     extra = [d for d in present if d not in declared and d not in ("postgres", PG_OPS_DATABASE)]
     if extra:
         raise pgu.UpgradeRefused(f"cluster {ctx.name}: database(s) {', '.join(extra)} are not in its spec and would "
                                  f"not be carried to {as_name}: declare them (databases:) or upgrade in place")
     for database in declared:
-        missing = _source_sql(ctx, logical.tables_without_replica_identity, database)
+        missing = _primary_sql(ctx, logical.tables_without_replica_identity, database)
         if missing:
             raise pgu.UpgradeRefused(f"cluster {ctx.name}: table(s) {', '.join(missing[:5])} in database {database} "
                                      f"have no primary key or replica identity: once published their updates would "
@@ -151,11 +151,6 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
             deploy(new_ctx)
         new_primary = new_ctx.state().primary
         new_endpoint = new_ctx.endpoints()[new_primary]
-
-        def on_new(fn, dbname: str, timeout: float = 60):
-            return with_connection(new_endpoint, SUPERUSER, password, fn, dbname=dbname, timeout=timeout,
-                                   name=f"{new_primary}/{dbname}")
-
         source_primary = ctx.state().primary
         source_endpoint = ctx.endpoints()[source_primary]
         with steps.step("copy the schema"):
@@ -168,41 +163,41 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
         with steps.step("publish and subscribe"):
             passfile = new_ctx.platform.member_passfile(new_primary)
             for db in databases:
-                _source_sql(ctx, lambda c: logical.create_publication(c, PUBLICATION), db)
+                _primary_sql(ctx, lambda c: logical.create_publication(c, PUBLICATION), db)
                 conninfo = (f"host={source_endpoint.host} port={source_endpoint.port} dbname={db} user={SUPERUSER} "
                             f"passfile={passfile} application_name={subscriptions[db]}")
-                on_new(lambda c, db=db, conninfo=conninfo: logical.create_subscription(
+                _primary_sql(new_ctx, lambda c, db=db, conninfo=conninfo: logical.create_subscription(
                     c, subscriptions[db], conninfo, PUBLICATION), db)
         with steps.step("copy every table"):
             for db in databases:
-                _wait_copied(new_ctx, on_new, db, subscriptions[db])
+                _wait_copied(new_ctx, db, subscriptions[db])
         # -- the window --------------------------------------------------------------------
         window = time.monotonic()
         ended = 0
         with steps.step("the source read-only"):
             for db in databases:
-                ended += _source_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, True))
+                ended += _primary_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, True))
                 read_only.append(db)
         with steps.step("NEW caught up"):
-            cut = _source_sql(ctx, logical.current_lsn)
+            cut = _primary_sql(ctx, logical.current_lsn)
             for db in databases:
                 _wait_confirmed(ctx, subscriptions[db], cut)
         sequences = 0
         with steps.step("sequences"):
             for db in databases:
-                values = _source_sql(ctx, logical.sequence_values, db)
-                on_new(lambda c, values=values: logical.set_sequences(c, values), db)
+                values = _primary_sql(ctx, logical.sequence_values, db)
+                _primary_sql(new_ctx, lambda c, values=values: logical.set_sequences(c, values), db)
                 sequences += len(values)
         with steps.step("stop the replication"):
             for db in databases:
-                on_new(lambda c, db=db: logical.drop_subscription(c, subscriptions[db]), db)
-                _source_sql(ctx, lambda c: logical.drop_publication(c, PUBLICATION), db)
+                _primary_sql(new_ctx, lambda c, db=db: logical.drop_subscription(c, subscriptions[db]), db)
+                _primary_sql(ctx, lambda c: logical.drop_publication(c, PUBLICATION), db)
         compared = 0
         with steps.step("compare fingerprints"):
             for db in databases:
                 with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fingerprint") as pool:  # both at once
-                    source_side = pool.submit(_source_sql, ctx, logical.fingerprint, db, 3600)
-                    ours = on_new(logical.fingerprint, db, 3600)
+                    source_side = pool.submit(_primary_sql, ctx, logical.fingerprint, db, 3600)
+                    ours = _primary_sql(new_ctx, logical.fingerprint, db, 3600)
                     theirs = source_side.result()
                 differ = sorted(t for t in set(theirs) | set(ours) if theirs.get(t) != ours.get(t))
                 if differ:
@@ -230,11 +225,11 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
     return result
 
 
-def _wait_copied(new_ctx: ClusterContext, on_new, db: str, subscription: str) -> None:
+def _wait_copied(new_ctx: ClusterContext, db: str, subscription: str) -> None:
     last = [(0, 0)]
 
     def copied() -> bool | None:
-        last[0] = on_new(lambda c: logical.subscription_tables(c, subscription), db)
+        last[0] = _primary_sql(new_ctx, lambda c: logical.subscription_tables(c, subscription), db)
         ready, total = last[0]
         return True if ready == total else None
 
@@ -244,7 +239,7 @@ def _wait_copied(new_ctx: ClusterContext, on_new, db: str, subscription: str) ->
 
 def _wait_confirmed(ctx: ClusterContext, slot: str, cut: str) -> None:
     def confirmed() -> bool | None:
-        return True if _source_sql(ctx, lambda c: logical.slot_confirmed(c, slot, cut)) else None
+        return True if _primary_sql(ctx, lambda c: logical.slot_confirmed(c, slot, cut)) else None
 
     poll(confirmed, timeout=CATCH_UP_TIMEOUT_S, interval=0.1, expired=lambda: PgOpsError(
         f"subscription {slot} did not confirm {cut} within {CATCH_UP_TIMEOUT_S:g} s"))
@@ -258,31 +253,24 @@ def _undo(ctx: ClusterContext, new_ctx: ClusterContext, databases: list[str], su
     not stop the others."""
     for db in read_only:
         with contextlib.suppress(PgOpsError):
-            _source_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, False))
-    with contextlib.suppress(PgOpsError):
-        new_primary = new_ctx.state().primary
-        endpoint = new_ctx.endpoints()[new_primary]
-        for db in databases:
-            def drop(conn, name: str = subscriptions[db]) -> None:
-                logical.drop_subscription(conn, name)
-
-            with contextlib.suppress(PgOpsError):
-                with_connection(endpoint, SUPERUSER, ctx.admin_password(), drop, dbname=db, timeout=30,
-                                name=f"{new_primary}/{db}")
+            _primary_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, False))
+    for db in databases:  # while NEW answers: its subscription drops its slot on the source
+        with contextlib.suppress(PgOpsError):
+            _primary_sql(new_ctx, lambda c, db=db: logical.drop_subscription(c, subscriptions[db]), db, 30)
     for db in databases:
         with contextlib.suppress(PgOpsError):
-            _source_sql(ctx, lambda c: logical.drop_publication(c, PUBLICATION), db)
+            _primary_sql(ctx, lambda c: logical.drop_publication(c, PUBLICATION), db)
     new_ctx.platform.discard_recovered()
     for db in databases:
         with contextlib.suppress(PgOpsError):
-            _source_sql(ctx, lambda c, db=db: logical.drop_slot(c, subscriptions[db]))
+            _primary_sql(ctx, lambda c, db=db: logical.drop_slot(c, subscriptions[db]))
 
 
 def read_only_databases(ctx: ClusterContext) -> list[str]:
     """The cluster's databases a blue/green cut left read-only; [] when its primary does not
     answer (status reports that itself)."""
     try:
-        return _source_sql(ctx, logical.read_only_databases, timeout=5)
+        return _primary_sql(ctx, logical.read_only_databases, timeout=5)
     except PgOpsError:
         return []
 
@@ -292,8 +280,8 @@ def rollback(ctx: ClusterContext, as_name: str) -> list[str]:
     whatever it took since the cut is its own). Returns the databases made writable."""
     made = []
     for database in [d.name for d in ctx.spec.databases if d.present]:
-        if _source_sql(ctx, lambda c, database=database: logical.is_read_only(c, database)):
-            _source_sql(ctx, lambda c, database=database: logical.set_read_only(c, database, False))
+        if _primary_sql(ctx, lambda c, database=database: logical.is_read_only(c, database)):
+            _primary_sql(ctx, lambda c, database=database: logical.set_read_only(c, database, False))
             made.append(database)
     if not made:
         raise PgOpsError(f"cluster {ctx.name}: none of its databases is read-only: nothing to roll back to from "

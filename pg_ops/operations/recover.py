@@ -438,9 +438,7 @@ def _recover_in_pod(ctx: ClusterContext, new_ctx: ClusterContext, store: BackupS
     member = platform.bootstrap_recovered(ctx.credentials(), request)
     ctx.log.info("recovery of %s as %s: pod %s restores base backup %s and replays to %s", ctx.name, new_ctx.name,
                  member, plan.base_backup.id, _t(plan.target))
-    poll(lambda: True if platform.member_running(member) else None, timeout=platform.pod_start_timeout,
-         interval=0.5, expired=lambda: PgOpsError(f"recovery as {new_ctx.name}: pod {member} not running after "
-                                                  f"{platform.pod_start_timeout:g} s"))
+    platform.start_member(member)  # its pod scheduled and running (a Pending one is reported)
     restore_s = time.monotonic() - t0
     with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
         replay_s = wait_member_recovered(new_ctx, member, password, plan.target, ctx.log)
@@ -453,6 +451,19 @@ def wait_member_recovered(ctx: ClusterContext, member: str, password: str, targe
                           timeout: float = RECOVERY_TIMEOUT_S) -> float:
     """Until the recovered member runs writable as the new cluster's primary; fails with the
     member's own refusal (recover_pod.sh's one line, kept by member.sh) as soon as it reports one."""
+    def refused() -> str | None:
+        report = ctx.platform.member_report(member)
+        return report.get("boot.reason", "") if report.get("boot.action") == "refused" else None
+
+    return _wait_writable(member, lambda: ctx.platform.member_endpoints()[member], password, target, log,
+                          refused, f"failed on {member}:", timeout)
+
+
+def _wait_writable(name: str, endpoint: Callable[[], Endpoint], password: str, target: datetime, log,
+                   stopped: Callable[[], str | None], says: str, timeout: float) -> float:
+    """Until the server recovering to `target` at `endpoint()` takes the store's password and
+    is writable; fails with `stopped()`'s reason ("recovery to T <says> <reason>") as soon as
+    there is one. Progress is logged every PROGRESS_EVERY_S."""
     from pg_ops.postgres.topology import probe_members
 
     started = time.monotonic()
@@ -460,20 +471,19 @@ def wait_member_recovered(ctx: ClusterContext, member: str, password: str, targe
 
     def attempt() -> float | None:
         nonlocal next_report
-        endpoint = ctx.platform.member_endpoints()[member]
-        probe = probe_members({member: endpoint}, SUPERUSER, password, 3.0)[member]
+        probe = probe_members({name: endpoint()}, SUPERUSER, password, 3.0)[name]
         if probe.writable:
             return time.monotonic() - started
-        report = ctx.platform.member_report(member)
-        if report.get("boot.action") == "refused":
-            raise PgOpsError(f"recovery to {_t(target)} failed on {member}: {report.get('boot.reason', '')}")
+        reason = stopped()
+        if reason is not None:
+            raise PgOpsError(f"recovery to {_t(target)} {says} {reason}")
         if time.monotonic() >= next_report:
-            log.info("recovery of %s to %s: %s", member, _t(target), report.get("boot.reason") or "replaying")
+            log.info("recovery of %s to %s: %s", name, _t(target), probe.error or "replaying")
             next_report = time.monotonic() + PROGRESS_EVERY_S
         return None
 
     def expired() -> PgOpsError:
-        return PgOpsError(f"recovery to {_t(target)} not finished on {member} after {timeout:g} s")
+        return PgOpsError(f"recovery to {_t(target)} not finished on {name} after {timeout:g} s")
 
     return poll(attempt, timeout=timeout, interval=0.5, expired=expired)
 
@@ -680,28 +690,8 @@ def wait_pod_promoted(pod: RecoveryPod, password: str, target: datetime, log,
                       timeout: float = RECOVERY_TIMEOUT_S) -> float:
     """Until the recovery pod's server is writable with the store's password; fails with the
     pod's own reason (its script's one line) as soon as it stopped."""
-    from pg_ops.postgres.topology import probe_members
-
-    started = time.monotonic()
-    next_report = started + PROGRESS_EVERY_S
-
-    def attempt() -> float | None:
-        nonlocal next_report
-        probe = probe_members({pod.name: pod.endpoint}, SUPERUSER, password, 3.0)[pod.name]
-        if probe.writable:
-            return time.monotonic() - started
-        ended = pod.ended()
-        if ended:
-            raise PgOpsError(f"recovery to {_t(target)} failed: {pod.name} {ended}")
-        if time.monotonic() >= next_report:
-            log.info("recovery of %s to %s: %s", pod.name, _t(target), probe.error or "replaying")
-            next_report = time.monotonic() + PROGRESS_EVERY_S
-        return None
-
-    def expired() -> PgOpsError:
-        return PgOpsError(f"recovery to {_t(target)} not finished in {pod.name} after {timeout:g} s")
-
-    return poll(attempt, timeout=timeout, interval=0.5, expired=expired)
+    return _wait_writable(pod.name, lambda: pod.endpoint, password, target, log,
+                          lambda: f"{pod.name} {ended}" if (ended := pod.ended()) else None, "failed:", timeout)
 
 
 DRILL_RECENT_DAYS = 8  # a weekly drill, a day of slack

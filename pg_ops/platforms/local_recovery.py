@@ -9,7 +9,6 @@ and promotes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
@@ -20,7 +19,7 @@ from pydantic import SecretStr
 
 from pg_ops.credentials import Credentials
 from pg_ops.errors import ClusterExists, MemberError
-from pg_ops.platforms.local import LocalPlatform, _free_port, _write_private
+from pg_ops.platforms.local import LocalPlatform, _free_port
 from pg_ops.platforms.server_user import chown_tree
 from pg_ops.postgres import controldata
 from pg_ops.postgres.archiving import RECOVERY_SIGNAL
@@ -61,8 +60,7 @@ def bootstrap_recovered(platform: LocalPlatform, credentials: Credentials, fill:
     returns that member. It keeps the source's roles and passwords: they come with the data."""
     if platform.state_store().read() is not None:
         raise ClusterExists(f"cluster {platform.spec.name} already exists under {platform.root}")
-    platform.root.mkdir(parents=True, exist_ok=True)
-    _write_private(platform.root / "credentials.json", json.dumps(credentials.as_plain_dict(), indent=1))
+    platform.ensure_credentials(credentials)
     member = platform.spec.member_names[0]
     state = DesiredState(cluster=platform.spec.name, primary=member, epoch=1, bootstrap=True,
                          members=platform.peer_addresses())
