@@ -48,6 +48,13 @@ class DesiredState(BaseModel):
     # and replays to the target (member.sh's [recover] row) instead of initdb, with the inputs of
     # the recovery Secret that carries this token; cleared once it runs as the primary.
     recovery: str = ""
+    # `pg-ops upgrade --to N` on Kubernetes: the designated primary's member script upgrades its
+    # data in place (member.sh's [upgrade] row) to major `upgrade_to`, initdb of the new major with
+    # `upgrade_initdb`; its work is reported under `upgrade_id`. Cleared when the upgrade is done
+    # or called off (the member undoes it until the record names the upgraded system identifier).
+    upgrade_id: str = ""
+    upgrade_to: int = 0
+    upgrade_initdb: str = ""
     fenced: tuple[str, ...] = ()  # must not be writable (ex-primaries until they stream again)
     members: dict[str, str] = {}  # name -> "host:port" the member script connects to
     # Sync modes: the members known to hold every acknowledged commit, between them
@@ -86,6 +93,9 @@ class DesiredState(BaseModel):
             f"system_identifier={self.system_identifier}",
             f"bootstrap={'true' if self.bootstrap else 'false'}",
             f"recovery={self.recovery}",
+            f"upgrade.id={self.upgrade_id}",
+            f"upgrade.to={self.upgrade_to or ''}",
+            f"upgrade.initdb={self.upgrade_initdb}",
             f"fenced={' '.join(self.fenced)}",
             f"sync_set={' '.join(self.sync_set)}",
             f"observed.lsn={self.observed_lsn}",
@@ -123,6 +133,9 @@ class DesiredState(BaseModel):
                 primary=raw["primary"], system_identifier=raw.get("system_identifier", ""),
                 bootstrap=raw.get("bootstrap") == "true",
                 recovery=raw.get("recovery", ""),
+                upgrade_id=raw.get("upgrade.id", ""),
+                upgrade_to=int(raw.get("upgrade.to") or 0),
+                upgrade_initdb=raw.get("upgrade.initdb", ""),
                 fenced=tuple(raw.get("fenced", "").split()),
                 sync_set=tuple(raw.get("sync_set", "").split()),
                 observed_lsn=raw.get("observed.lsn", ""),

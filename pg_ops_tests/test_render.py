@@ -169,7 +169,8 @@ def test_statefulset_runs_the_member_script_with_its_env_contract(homelab):
     assert env["PGOPS_MEMBER"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["PGOPS_STATE"]["value"] == f"{k.STATE_MOUNT}/{k.STATE_KEY}"
     assert env["PGOPS_PASSFILE"]["value"] == f"{k.SECRET_MOUNT}/{k.PASSFILE_KEY}"
-    assert env["PGOPS_BIN"]["value"] == k.PG_BIN_16
+    assert env["PGOPS_BIN"]["value"] == k.pg_bin(16) == "/usr/lib/postgresql/16/bin"
+    assert env["PGOPS_BINS"]["value"] == "/usr/lib/postgresql/{major}/bin"  # an image may carry two majors
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["state"]["configMap"]["name"] == k.state_configmap(homelab)
     assert volumes["credentials"]["secret"]["optional"] is False

@@ -389,3 +389,100 @@ def test_blue_green_needs_wal_level_logical(sixteen):
     with pytest.raises(pgu.UpgradeRefused, match=r"wal_level is replica; a blue/green upgrade copies by logical "
                                                   r"replication: set postgres.parameters.wal_level: logical"):
         check_blue_green(sixteen, 18, "green16")
+
+
+# -- on Kubernetes ------------------------------------------------------------------------------------
+OLD_IMAGE = "registry.example/pg-ops-postgres:16"
+NEW_IMAGE = "registry.example/pg-ops-postgres:18-from-16"  # deploy/postgres/Dockerfile, OLD_MAJORS=16
+
+
+def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home):
+    """A 2-member cluster on the real control plane, its pods really on 16 (the stand-in runs an
+    image's majors from this machine's binaries). The rehearsal runs where pg_ops runs; the new
+    template (18, an image with both majors) is applied first and a pod restarted on it keeps
+    serving its 16 data; the upgrade's own pg_upgrade --check refusing (in the pod) brings the 16
+    cluster back whole; then the upgrade with a writer: both members 18, every acknowledged write
+    and every table as it was, the old data dir gone from the volume."""
+    from pg_ops.operations.context import ClusterContext
+    from pg_ops.operations.deploy import deploy
+    from pg_ops.operations.upgrade import upgrade
+    from pg_ops_tests.helpers import real_kubernetes, wait_for, write_platform_spec
+    from pg_ops_tests.test_failover import Writer, _writes_after, q
+
+    databases = [{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}]
+    with real_kubernetes() as kube:
+        kube.image_carries(OLD_IMAGE, 16)
+        kube.image_carries(NEW_IMAGE, 16, 18)
+        path = write_platform_spec(home / "specs", "k8sup", "kubernetes", databases=databases,
+                                   postgres={"members": 2, "version": 16}, kubernetes={"image": OLD_IMAGE},
+                                   backups={"wal": {"enabled": False}})
+        spec = spec_from(path)
+        kube.register_cluster(spec)
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        wait_for(lambda: one_primary_all_streaming(ctx), "the 16 cluster streaming", timeout=120)
+        assert set(server_majors(ctx).values()) == {16}
+        fill(ctx)
+        backup(ctx)
+        # The rehearsal needs nothing of the pods: the backup, restored where pg_ops runs.
+        assert rehearse_upgrade(ctx, 18).result == "passed"
+
+        raw = yaml.safe_load(path.read_text())
+        raw["postgres"]["version"], raw["kubernetes"]["image"] = 18, NEW_IMAGE
+        path.write_text(yaml.safe_dump(raw))
+        ctx18 = ClusterContext.for_spec(spec_from(path))
+        # The StatefulSet still starts members on 16: refused in one line, nothing touched.
+        with pytest.raises(pgu.UpgradeRefused, match=r"its StatefulSet still starts members with "
+                                                     r"/usr/lib/postgresql/16/bin .*`pg-ops deploy"):
+            upgrade(ctx18, 18)
+        assert ctx.state().upgrade_id == ""
+        deploy(ctx18)  # the new template; OnDelete: no pod restarts for it
+        primary = ctx18.state().primary
+        replica = next(m for m in spec.member_names if m != primary)
+        # A pod that restarts on the new image keeps running the data it has with that data's major.
+        ctx18.platform.stop_member(replica)
+        ctx18.platform.start_member(replica)
+        wait_for(lambda: one_primary_all_streaming(ctx18), "the replica streaming again on the new image", timeout=120)
+        assert ctx18.platform.running_binaries(replica) == NEW_IMAGE
+        assert set(server_majors(ctx18).values()) == {16}
+        old_sysid = ctx18.state().system_identifier
+
+        # The upgrade's own pg_upgrade --check refuses (a reg* column added since the rehearsal):
+        # it ran in the pod, the pod gave its 16 data dir back, the cluster runs 16 whole again.
+        sql(ctx, ["create table legacy_refs (fn regprocedure)", "insert into legacy_refs values ('now()')"])
+        before = fingerprints(ctx)
+        with pytest.raises(pgu.UpgradeFailed) as failed:
+            upgrade(ctx18, 18)
+        message = str(failed.value)
+        assert "before the point of no return" in message and "runs PostgreSQL 16 again" in message, message
+        assert "pg_upgrade --check: Checking data type usage failed check: Checking for reg* data types" in message
+        assert "[tables_using_reg.txt: In database: app public.legacy_refs.fn" in message and "\n" not in message
+        wait_for(lambda: one_primary_all_streaming(ctx18), "the 16 cluster streaming again", timeout=120)
+        assert set(server_majors(ctx18).values()) == {16}
+        assert fingerprints(ctx) == before
+        state = ctx18.state()
+        assert (state.system_identifier, state.upgrade_id) == (old_sysid, "")
+        assert ctx18.platform.member_report(state.primary)["upgrade.step"] == "failed"
+        sql(ctx, ["drop table legacy_refs"])
+
+        before = fingerprints(ctx)
+        with Writer(ctx18) as writer:
+            wait_for(lambda: len(writer.acked) > 20, "writes before the upgrade")
+            result = upgrade(ctx18, 18)
+            wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
+        assert (result.from_major, result.to_major) == (16, 18) and result.downtime_seconds > 0
+        wait_for(lambda: one_primary_all_streaming(ctx18), "the replica streaming from the upgraded primary",
+                 timeout=120)
+        assert set(server_majors(ctx18).values()) == {18}
+        primary = ctx18.state().primary
+        present = {n for (n,) in q(ctx18, primary, "select n from writes")}
+        assert set(writer.acked) <= present, sorted(set(writer.acked) - present)[:5]
+        assert fingerprints(ctx18) == before
+        assert {db: done for db, done in result.extensions_updated.items() if done} == {"app": ["vector 0.6.2 -> 0.8.6"]}
+        state = ctx18.state()
+        assert state.system_identifier == result.system_identifier != old_sysid and state.upgrade_id == ""
+        assert ctx18.platform.member_report(primary)["upgrade.step"] == "started"
+        # The old major's data dir went with the go (pg_upgrade --link: it shared the new one's files).
+        data = kube.data_dir(spec.kubernetes.namespace, primary)
+        assert data is not None
+        wait_for(lambda: not (data.parent / "pg_ops-data-16").exists(), "the old data dir removed", timeout=30)

@@ -92,8 +92,7 @@ def check_rehearsal(ctx: ClusterContext, to_major: int) -> int:
     line (UpgradeRefused, Unsupported, or the missing binaries)."""
     from_major = cluster_major(ctx)
     pgu.check_pair(ctx.name, from_major, to_major)
-    if ctx.spec.platform == "local":
-        settings.pg_bin_for(to_major)
+    settings.pg_bin_for(to_major)  # the rehearsal's, and the statistics' rebuild after an upgrade
     return from_major
 
 
@@ -123,7 +122,7 @@ def rehearse_upgrade(ctx: ClusterContext, to_major: int, backup_id: str | None =
     try:
         with cat.hold_backup(store, ctx.name, record.id, f"upgrade-rehearsal-{secrets.token_hex(4)}",
                              "upgrade rehearsal", HOLD_SECONDS):
-            drill._run(ctx, store, record, restore, target=lambda: ctx.platform.upgrade_scratch(to_major),
+            drill._run(ctx, store, record, restore, target=lambda: ctx.platform.upgrade_scratch(from_major, to_major),
                        then=upgrade_and_verify)
         report.result = "passed"
     except drill.BackupFault as fault:
@@ -292,6 +291,7 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
                 ctx.platform.start_member(primary)
                 wait_until(ctx, primary, lambda p: p.writable, "writable on the new major",
                            timeout=REBUILD_TIMEOUT_S)
+                ctx.platform.route_primary(primary)  # Kubernetes: its new pod labelled for the Service
             downtime = time.monotonic() - window
         member.finish()
         try:
@@ -349,6 +349,7 @@ def _restore_old(ctx: ClusterContext, member, primary: str, replicas: list[str],
     lock.update(lambda s: s.model_copy(update={"system_identifier": sysid}))
     member.start_old(primary)
     wait_until(ctx, primary, lambda p: p.writable, "writable again on the old major")
+    ctx.platform.route_primary(primary)
     for name in replicas:
         if not ctx.platform.member_running(name):  # the window may have failed before it stopped them all
             member.start_old(name)

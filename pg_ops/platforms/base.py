@@ -441,8 +441,8 @@ class MemberUpgrade(Protocol):
 class Upgrades(Protocol):
     def member_upgrade(self, member: str, from_major: int, to_major: int, password: str) -> MemberUpgrade:
         """The in-place major upgrade of `member`'s data dir, its binaries found for both majors
-        (one line when they are not). Local: MemberDataUpgrade. Kubernetes: Unsupported for now
-        (an image with both majors' binaries, as CloudNativePG's)."""
+        (one line when they are not). Local: MemberDataUpgrade. Kubernetes: PodDataUpgrade (the
+        member script upgrades in the primary's pod, from an image with both majors)."""
         ...
 
 
@@ -479,10 +479,11 @@ class ScratchTargets(Protocol):
         (MemberError with the scheduler's reason when it does not run in time)."""
         ...
 
-    def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
-        """A scratch target like scratch_target's, of the cluster's major, that can be upgraded
-        in place to `to_major` (pg_upgrade --link) for the upgrade rehearsal. Local only for now;
-        Kubernetes: Unsupported."""
+    def upgrade_scratch(self, from_major: int, to_major: int) -> AbstractContextManager[UpgradeScratch]:
+        """A scratch target like scratch_target's, of PostgreSQL `from_major` (the cluster's),
+        that can be upgraded in place to `to_major` (pg_upgrade --link) for the upgrade
+        rehearsal. Both platforms: a local server where pg_ops runs, with this machine's
+        binaries of both majors (the rehearsal reads only the backup store)."""
         ...
 
     def recovery_pod(self, request: RecoveryPodRequest) -> AbstractContextManager[RecoveryPod]:

@@ -748,7 +748,7 @@ class KubernetesPlatform(Platform):
         script = ('printf "epoch=%s\\n" "$1" > "$2" || unmarked=1; "$3" stop -D "$4" -m immediate -w -t 3; rc=$?; '
                   '[ -z "$unmarked" ] || exit 3; exit $rc')
         command = ["sh", "-c", script, "fence", str(epoch), f"{names.PGDATA_MOUNT}/{FENCED_FILE}",
-                   f"{names.PG_BIN_16}/pg_ctl", names.PGDATA]
+                   f"{names.pg_bin(self.spec.postgres.version)}/pg_ctl", names.PGDATA]
         try:
             code, _, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER, command,
                                                 timeout=DF_TIMEOUT_S)
@@ -1142,15 +1142,25 @@ class KubernetesPlatform(Platform):
                           {"name": "socket", "mountPath": "/var/run/postgresql"}])
         return self._scratch_pod(container, [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}])
 
-    def member_upgrade(self, member: str, from_major: int, to_major: int, password: str) -> MemberUpgrade:
-        raise Unsupported(f"cluster {self.spec.name}: a major-version upgrade runs on the local platform only "
-                          f"(on Kubernetes the member script would run pg_upgrade in the primary's pod from an "
-                          f"image with both majors' binaries, which pg_ops does not build yet)")
+    def member_template(self) -> tuple[str, dict[str, str]]:
+        """The live StatefulSet's postgres container: its image and its plain env values."""
+        container = next((c for c in self._statefulset().spec.template.spec.containers if c.name == names.CONTAINER),
+                         None)
+        if container is None:
+            return "", {}
+        return container.image or "", {e.name: e.value for e in container.env or [] if e.value is not None}
 
-    def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
-        raise Unsupported(f"cluster {self.spec.name}: the upgrade rehearsal runs on the local platform only "
-                          f"(on Kubernetes it needs both majors' binaries in one image, which pg_ops does not "
-                          f"build yet)")
+    def member_upgrade(self, member: str, from_major: int, to_major: int, password: str) -> MemberUpgrade:
+        from pg_ops.platforms.kubernetes_upgrade import PodDataUpgrade
+
+        return PodDataUpgrade(self, member, from_major, to_major)
+
+    def upgrade_scratch(self, from_major: int, to_major: int) -> AbstractContextManager[UpgradeScratch]:
+        """Where pg_ops runs, with this machine's binaries of both majors (as locally): the
+        rehearsal restores a backup from the store, which needs nothing of the cluster's pods."""
+        from pg_ops.platforms.local_upgrade import upgrade_scratch
+
+        return upgrade_scratch(from_major, to_major)
 
     # -- recovery pods (the point-in-time drill) --------------------------------------------------
     @contextlib.contextmanager

@@ -34,7 +34,17 @@ RECOVERY_MOUNT = "/etc/pg-ops/recovery"        # the recovery Secret (recovery_s
 RECOVERY_SCRIPT = "recover_pod.sh"
 PASSFILE_KEY = "pgpass"
 RUN_DIR = "/var/run/pg-ops"                    # emptyDir
-PG_BIN_16 = "/usr/lib/postgresql/16/bin"
+# The official image's layout (PGDG's packages): each major's binaries in its own folder, so an
+# image may carry two (deploy/postgres/Dockerfile's OLD_MAJORS, for an upgrade in place).
+PG_BINS = "/usr/lib/postgresql/{major}/bin"
+DEFAULT_MAJOR = 16  # the major of postgres:16, the default image, when postgres.version is unset
+
+
+def pg_bin(major: int | None) -> str:
+    """The bin folder of PostgreSQL `major` in the member image (None: the default image's)."""
+    return PG_BINS.format(major=major or DEFAULT_MAJOR)
+
+
 CONTAINER = "postgres"
 PORT_NAME = "postgresql"
 PORT = 5432

