@@ -659,9 +659,6 @@ def cmd_upgrade(args, spec):
     from pg_ops.defs.upgrades import rehearsal_key, rehearsal_run_config, rehearsal_run_kwargs
     from pg_ops.operations.upgrade import check_rehearsal, check_upgrade, rehearsal_text
 
-    if spec.platform != "local":
-        raise PgOpsError(f"cluster {spec.name}: major-version upgrades run on the local platform only (on Kubernetes "
-                         f"they need both majors' binaries in one image, which pg_ops does not build yet)")
     if args.rollback:
         if not args.as_name:
             raise PgOpsError("--rollback needs --as NEW_CLUSTER (the cluster the blue/green upgrade made)")

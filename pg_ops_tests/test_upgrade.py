@@ -396,13 +396,14 @@ OLD_IMAGE = "registry.example/pg-ops-postgres:16"
 NEW_IMAGE = "registry.example/pg-ops-postgres:18-from-16"  # deploy/postgres/Dockerfile, OLD_MAJORS=16
 
 
-def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home):
+def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, capsys):
     """A 2-member cluster on the real control plane, its pods really on 16 (the stand-in runs an
     image's majors from this machine's binaries). The rehearsal runs where pg_ops runs; the new
     template (18, an image with both majors) is applied first and a pod restarted on it keeps
     serving its 16 data; the upgrade's own pg_upgrade --check refusing (in the pod) brings the 16
-    cluster back whole; then the upgrade with a writer: both members 18, every acknowledged write
-    and every table as it was, the old data dir gone from the volume."""
+    cluster back whole; then `pg-ops upgrade` (its Dagster job) with a writer through the primary
+    Service: both members 18, every acknowledged write and every table as it was, the old data
+    dir gone from the volume."""
     from pg_ops.operations.context import ClusterContext
     from pg_ops.operations.deploy import deploy
     from pg_ops.operations.upgrade import upgrade
@@ -466,11 +467,14 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home):
         sql(ctx, ["drop table legacy_refs"])
 
         before = fingerprints(ctx)
-        with Writer(ctx18) as writer:
+        with Writer(ctx18) as writer:  # through the primary Service, as an application
             wait_for(lambda: len(writer.acked) > 20, "writes before the upgrade")
-            result = upgrade(ctx18, 18)
+            capsys.readouterr()
+            assert cli_main(["upgrade", "--cluster", "k8sup", "--to", "18", "--in-process", "--json"]) == 0
+            result = json.loads(capsys.readouterr().out)
             wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
-        assert (result.from_major, result.to_major) == (16, 18) and result.downtime_seconds > 0
+        assert (result["from_major"], result["to_major"]) == (16, 18) and result["downtime_seconds"] > 0
+        assert "step: pg_upgrade --link" in result and "step: re-clone the replicas" in result
         wait_for(lambda: one_primary_all_streaming(ctx18), "the replica streaming from the upgraded primary",
                  timeout=120)
         assert set(server_majors(ctx18).values()) == {18}
@@ -478,9 +482,9 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home):
         present = {n for (n,) in q(ctx18, primary, "select n from writes")}
         assert set(writer.acked) <= present, sorted(set(writer.acked) - present)[:5]
         assert fingerprints(ctx18) == before
-        assert {db: done for db, done in result.extensions_updated.items() if done} == {"app": ["vector 0.6.2 -> 0.8.6"]}
+        assert {db: done for db, done in result["extensions_updated"].items() if done} == {"app": ["vector 0.6.2 -> 0.8.6"]}
         state = ctx18.state()
-        assert state.system_identifier == result.system_identifier != old_sysid and state.upgrade_id == ""
+        assert state.system_identifier == result["system_identifier"] != old_sysid and state.upgrade_id == ""
         assert ctx18.platform.member_report(primary)["upgrade.step"] == "started"
         # The old major's data dir went with the go (pg_upgrade --link: it shared the new one's files).
         data = kube.data_dir(spec.kubernetes.namespace, primary)

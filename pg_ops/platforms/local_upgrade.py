@@ -86,6 +86,7 @@ class MemberDataUpgrade:
         self.password = password
         self.port = platform.member_endpoints()[member].port
         self.swapped = False
+        self.old_options = ""
 
     def _tool(self, step: str, command: Callable[[Path], list[str]]) -> str:
         """`command(pwfile)` as the server user in the work folder, the superuser's password in
@@ -115,12 +116,15 @@ class MemberDataUpgrade:
         if state != controldata.SHUT_DOWN:
             raise pgu.UpgradeFailed(f"member {self.member} did not stop cleanly ({state}): pg_upgrade needs a "
                                     f"clean shutdown")
+        self.old_options = controldata.last_run_options(self.from_bin, self.data)
         self._tool("pg_upgrade --check", lambda _: pgu.pg_upgrade_command(
-            self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=True))
+            self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=True,
+            old_options=self.old_options))
 
     def link(self) -> None:
         self._tool("pg_upgrade --link", lambda _: pgu.pg_upgrade_command(
-            self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=False))
+            self.from_bin, self.new_bin, self.data, self.new_data, self.work, self.port, check=False,
+            old_options=self.old_options))
         self.data.rename(self.old_data)
         self.new_data.rename(self.data)
         self.swapped = True

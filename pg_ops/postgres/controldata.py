@@ -43,3 +43,22 @@ def shutdown_checkpoint(pg_bin: Path, data_dir: Path) -> str | None:
     if fields.get("Database cluster state") != SHUT_DOWN:
         return None
     return fields.get("Latest checkpoint location") or None
+
+
+# The settings a standby must match (hot standby refuses lower ones), as the control file names
+# them: what the server last ran with.
+STANDBY_SETTINGS = {"wal_level setting": "wal_level", "wal_log_hints setting": "wal_log_hints",
+                    "max_connections setting": "max_connections",
+                    "max_worker_processes setting": "max_worker_processes",
+                    "max_wal_senders setting": "max_wal_senders",
+                    "max_prepared_xacts setting": "max_prepared_transactions",
+                    "max_locks_per_xact setting": "max_locks_per_transaction",
+                    "track_commit_timestamp setting": "track_commit_timestamp"}
+
+
+def last_run_options(pg_bin: Path, data_dir: Path) -> str:
+    """`-c name=value` for each setting a standby must match, as the server last ran: a server
+    started another way (pg_upgrade's, with the data dir's own postgresql.conf) then logs no
+    change of them that would pause the replicas replaying its WAL (member.sh does the same)."""
+    control = read(pg_bin, data_dir)
+    return " ".join(f"-c {name}={control[key]}" for key, name in STANDBY_SETTINGS.items() if control.get(key))

@@ -67,14 +67,16 @@ def initdb_command(new_bin: Path, data: Path, pwfile: Path, options: list[str]) 
 
 
 def pg_upgrade_command(old_bin: Path, new_bin: Path, old_data: Path, new_data: Path, socket_dir: Path,
-                       port: int, *, check: bool, jobs: int = 2) -> list[str]:
+                       port: int, *, check: bool, jobs: int = 2, old_options: str = "") -> list[str]:
     """pg_upgrade --link (the new cluster takes the old one's files by hard link: no copy, and
     no way back once the new server has started), or only its checks. Both servers on `port`
-    in turn, reached through a socket in `socket_dir` alone."""
+    in turn, reached through a socket in `socket_dir` alone. `old_options`: the old server's
+    (controldata.last_run_options: its replicas can replay its shutdown after an undo)."""
     return [str(new_bin / "pg_upgrade"), "--old-bindir", str(old_bin), "--new-bindir", str(new_bin),
             "--old-datadir", str(old_data), "--new-datadir", str(new_data), "--username", "postgres",
             "--old-port", str(port), "--new-port", str(port), "--socketdir", str(socket_dir), "--link",
-            "--jobs", str(jobs), *(["--check"] if check else [])]
+            "--jobs", str(jobs), *(["--old-options", old_options] if old_options else []),
+            *(["--check"] if check else [])]
 
 
 def failure_reason(output: str, report_files: list[Path]) -> str:
