@@ -7,9 +7,13 @@
   (c) the rehearsal's duration (restore of the backup, upgrade and proof on a scratch server);
   (d) the blue/green upgrade's window (`pg-ops upgrade --as NEW`: the source read-only, NEW
       caught up, sequences, replication dropped, every table compared) and its whole run, on a
-      cluster of the same data with wal_level logical.
+      cluster of the same data with wal_level logical;
+  (e) the in-place upgrade of a 3-member Kubernetes cluster of the same data on the real control
+      plane (its pods really on 16, then an image with both majors; the member script runs
+      pg_upgrade in the primary's pod): its window against (b).
 Target (issue 25): (a) at most 1.5x (b); the replicas' re-clone comes after the window. (d) is
-reported against (b) too: its window does not grow with the data's size.
+reported against (b) too: its window does not grow with the data's size. (e) has no target of
+its own: the pod's deletion and its replacement's start are in its window.
 Data: DATA_ROWS rows in one table and CATALOG_TABLES small tables with an index each (pg_upgrade's
 time is mostly the catalog's dump and restore). TRIALS trials, each on fresh clusters.
 PostgreSQL 16 is the pgserver wheel's (PG_OPS_PG_BIN), 18 the embedded wheel's."""
@@ -83,9 +87,35 @@ def raw_pg_upgrade(home) -> float:
         return time.monotonic() - started
 
 
+def kubernetes_upgrade(home, trial: int) -> tuple[float, float]:
+    """(e): the window and the whole run of `upgrade` on Kubernetes (the rehearsal is (c)'s)."""
+    from pg_ops.operations.deploy import deploy
+    from pg_ops_tests.helpers import real_kubernetes, spec_from, write_platform_spec
+    from pg_ops_tests.test_upgrade import NEW_IMAGE, OLD_IMAGE
+
+    with real_kubernetes() as kube:
+        kube.image_carries(OLD_IMAGE, 16)
+        kube.image_carries(NEW_IMAGE, 16, 18)
+        path = write_platform_spec(home / "specs", f"k8s{trial}", "kubernetes", postgres={"version": 16},
+                                   kubernetes={"image": OLD_IMAGE}, backups={"wal": {"enabled": False}})
+        spec = spec_from(path)
+        kube.register_cluster(spec)
+        ctx = ClusterContext.for_spec(spec)
+        deploy(ctx)
+        fill(ctx.endpoints()[ctx.state().primary], ctx.admin_password())
+        raw = yaml.safe_load(path.read_text())
+        raw["postgres"]["version"], raw["kubernetes"]["image"] = 18, NEW_IMAGE
+        path.write_text(yaml.safe_dump(raw))
+        upgraded = ClusterContext.for_spec(spec_from(path))
+        deploy(upgraded)  # the new template first (OnDelete: nothing restarts for it)
+        result = upgrade(upgraded, 18, force=True)
+        return result.downtime_seconds, result.seconds
+
+
 def main() -> None:
     os.environ["PG_OPS_PG_BIN"] = str(pg16_bin())
     raws, windows, totals, rehearsals, pg_upgrades, bg_windows, bg_totals = [], [], [], [], [], [], []
+    k8s_windows, k8s_totals = [], []
     for trial in range(TRIALS):
         with home_environment() as home:
             raws.append(raw_pg_upgrade(home))
@@ -111,6 +141,9 @@ def main() -> None:
                 bg_windows.append(moved.downtime_seconds)
                 bg_totals.append(moved.seconds)
                 ClusterContext.for_spec(next(s for s in load_specs() if s.name == f"green{trial}")).platform.teardown()
+            k8s_window, k8s_total = kubernetes_upgrade(home, trial)
+            k8s_windows.append(k8s_window)
+            k8s_totals.append(k8s_total)
     window, base = summary(windows).get("median"), summary(raws).get("median")
     emit("upgrade", {
         "trials": TRIALS, "data_rows": DATA_ROWS, "catalog_tables": CATALOG_TABLES,
@@ -124,6 +157,9 @@ def main() -> None:
         "blue_green_downtime_s": summary(bg_windows),
         "blue_green_over_raw": round(summary(bg_windows)["median"] / base, 2) if bg_windows and base else None,
         "blue_green_total_s": summary(bg_totals),
+        "kubernetes_in_place_downtime_s": summary(k8s_windows),
+        "kubernetes_over_raw": round(summary(k8s_windows)["median"] / base, 2) if k8s_windows and base else None,
+        "kubernetes_in_place_total_s": summary(k8s_totals),
     })
 
 
