@@ -686,7 +686,9 @@ def cmd_upgrade(args, spec):
                          f"{meta['new_cluster']}: downtime {meta['downtime_seconds']} s, {meta['tables_compared']} "
                          f"tables compared, {meta['sequences_set']} sequences set; {spec.name} stays read-only "
                          f"until {meta['source_read_only_until']} (`pg-ops upgrade --cluster {spec.name} --rollback "
-                         f"--as {meta['new_cluster']}` makes it writable again); spec written to {meta['spec_path']}")
+                         f"--as {meta['new_cluster']}` makes it writable again); spec written to {meta['spec_path']}"
+                         + (f"; the applications on its pooler ({meta['pooler_moved']}) reach {meta['new_cluster']} now"
+                            if meta.get("pooler_moved") else ""))
         return
     if not args.rehearse:
         check_upgrade(ClusterContext.for_spec(spec), args.to, args.force)  # one line before a run exists

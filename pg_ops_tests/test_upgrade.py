@@ -293,19 +293,25 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
     """`pg-ops upgrade --to 18 --as NEW`: a 16 cluster (wal_level logical) with two databases, an
     extension, sequences and a writer running until the cut; the new cluster runs 18 on every
     member with every acknowledged row, the same fingerprint per table, sequences past the
-    source's; the source stays readable and refuses writes until the rollback makes it writable.
+    source's; the source's pooler moves to the new cluster at the cut and follows its primary
+    through a switchover; the source stays readable and refuses writes until the rollback makes it
+    writable and takes its pooler back.
     Refused before anything starts: a table without a replica identity, a downgrade, a source
     without wal_level logical (test_postgres16's cluster)."""
+    from pg_ops.operations import pooling
     from pg_ops.operations.blue_green import blue_green, rollback
     from pg_ops.operations.context import ClusterContext
+    from pg_ops.operations.failover import switchover
     from pg_ops.postgres import logical
     from pg_ops.spec import load_specs
     from pg_ops_tests.helpers import wait_for
     from pg_ops_tests.test_failover import Writer
 
     spec = spec_from(write_spec(home / "specs", "blue", postgres={"members": 2, "parameters": {"wal_level": "logical"}},
-                                databases=[{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}]))
+                                databases=[{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}],
+                                pooler={"pool_size": 4}))
     with running_cluster(spec) as ctx:
+        assert pooling.verify(ctx) == ctx.state().primary  # a write through the source's pooler
         fill(ctx)
         sql(ctx, ["create table notes (body text)", "insert into notes values ('no key')"], dbname="shop")
         with pytest.raises(pgu.UpgradeRefused, match=r"table\(s\) public.notes in database shop have no primary key"):
@@ -344,9 +350,17 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
         result = json.loads(capsys.readouterr().out)
         assert (result["from_major"], result["to_major"], result["databases"]) == (16, 18, ["app", "shop"])
         assert result["tables_compared"] >= 4 and result["sequences_set"] >= 1 and result["downtime_seconds"] > 0
-        assert {"step: the source read-only", "step: NEW caught up", "step: compare fingerprints"} <= set(result)
+        assert {"step: the source read-only", "step: NEW caught up", "step: compare fingerprints",
+                "step: the pooler to NEW"} <= set(result)
         green = ClusterContext.for_spec(next(s for s in load_specs() if s.name == "green"))
         try:
+            # The source's pooler moved in the cut: the applications on it write into green's
+            # primary, and keep doing so through green's switchover.
+            assert result["pooler_moved"] == str(ctx.platform.pooler_endpoint())
+            assert pooling.verify(ctx) == green.state().primary
+            other = next(m for m in green.spec.member_names if m != green.state().primary)
+            switchover(green, to=other)
+            assert pooling.verify(ctx) == other == green.state().primary
             assert set(server_majors(green).values()) == {18} and one_primary_all_streaming(green)
             # Every acknowledged write, the same rows everywhere, the extension on 18's version.
             kept = {n for (n,) in sql(green, ["select n from writes"])}
@@ -373,6 +387,7 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
             assert cli_main(["upgrade", "--cluster", "blue", "--rollback", "--as", "green", "--in-process"]) == 0
             assert "cluster blue is writable again (app, shop)" in capsys.readouterr().out
             sql(ctx, ["insert into writes (n) values (-1)"])  # writable again
+            assert pooling.verify(ctx) == ctx.state().primary  # and its pooler on it again
             with pytest.raises(PgOpsError, match="none of its databases is read-only"):
                 rollback(ctx, "green")
             # No publication, subscription or slot left behind.

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from pg_ops import settings
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import ClusterExists, PgOpsError
+from pg_ops.operations import pooling
 from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import dump, logical
@@ -75,6 +76,9 @@ class BlueGreenResult:
     sessions_ended: int
     source_read_only_until: str
     spec_path: str
+    # The source's pooler, aimed at NEW's primary at the cut ("" without one): the applications
+    # on it reach NEW without a change of their connection strings.
+    pooler_moved: str = ""
     steps: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -143,6 +147,8 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
     new_bin = settings.pg_bin_for(to_major)
     read_only: list[str] = []
     window = None
+    moved = ""
+    path: Path | None = None
     try:
         with steps.step(f"deploy {as_name} on PostgreSQL {to_major}"):
             if new_ctx.platform.state_store().read() is not None:
@@ -171,54 +177,65 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
         with steps.step("copy every table"):
             for db in databases:
                 _wait_copied(new_ctx, db, subscriptions[db])
+        # NEW's spec where pg_ops finds its clusters: from the cut on, the source's pooler follows
+        # NEW's primary, which it looks up by NEW's spec (removed again if the upgrade fails).
+        until = datetime.now(UTC) + timedelta(days=read_only_days)
+        path = write_made_spec(new_spec, ctx.name, from_major, until)
         # -- the window --------------------------------------------------------------------
-        window = time.monotonic()
-        ended = 0
-        with steps.step("the source read-only"):
-            for db in databases:
-                ended += _primary_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, True))
-                read_only.append(db)
-        with steps.step("NEW caught up"):
-            cut = _primary_sql(ctx, logical.current_lsn)
-            for db in databases:
-                _wait_confirmed(ctx, subscriptions[db], cut)
-        sequences = 0
-        with steps.step("sequences"):
-            for db in databases:
-                values = _primary_sql(ctx, logical.sequence_values, db)
-                _primary_sql(new_ctx, lambda c, values=values: logical.set_sequences(c, values), db)
-                sequences += len(values)
-        with steps.step("stop the replication"):
-            for db in databases:
-                _primary_sql(new_ctx, lambda c, db=db: logical.drop_subscription(c, subscriptions[db]), db)
-                _primary_sql(ctx, lambda c: logical.drop_publication(c, PUBLICATION), db)
-        compared = 0
-        with steps.step("compare fingerprints"):
-            for db in databases:
-                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fingerprint") as pool:  # both at once
-                    source_side = pool.submit(_primary_sql, ctx, logical.fingerprint, db, 3600)
-                    ours = _primary_sql(new_ctx, logical.fingerprint, db, 3600)
-                    theirs = source_side.result()
-                differ = sorted(t for t in set(theirs) | set(ours) if theirs.get(t) != ours.get(t))
-                if differ:
-                    raise PgOpsError(f"database {db}: table(s) {', '.join(differ[:5])} differ between {ctx.name} and "
-                                     f"{as_name} after the copy")
-                compared += len(ours)
-        downtime = time.monotonic() - window
+        # Applications on the source's pooler wait out the window (PAUSE), then reach NEW (moved).
+        with pooling.paused(ctx):
+            window = time.monotonic()
+            ended = 0
+            with steps.step("the source read-only"):
+                for db in databases:
+                    ended += _primary_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, True))
+                    read_only.append(db)
+            with steps.step("NEW caught up"):
+                cut = _primary_sql(ctx, logical.current_lsn)
+                for db in databases:
+                    _wait_confirmed(ctx, subscriptions[db], cut)
+            sequences = 0
+            with steps.step("sequences"):
+                for db in databases:
+                    values = _primary_sql(ctx, logical.sequence_values, db)
+                    _primary_sql(new_ctx, lambda c, values=values: logical.set_sequences(c, values), db)
+                    sequences += len(values)
+            with steps.step("stop the replication"):
+                for db in databases:
+                    _primary_sql(new_ctx, lambda c, db=db: logical.drop_subscription(c, subscriptions[db]), db)
+                    _primary_sql(ctx, lambda c: logical.drop_publication(c, PUBLICATION), db)
+            compared = 0
+            with steps.step("compare fingerprints"):
+                for db in databases:
+                    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fingerprint") as pool:  # both at once
+                        source_side = pool.submit(_primary_sql, ctx, logical.fingerprint, db, 3600)
+                        ours = _primary_sql(new_ctx, logical.fingerprint, db, 3600)
+                        theirs = source_side.result()
+                    differ = sorted(t for t in set(theirs) | set(ours) if theirs.get(t) != ours.get(t))
+                    if differ:
+                        raise PgOpsError(f"database {db}: table(s) {', '.join(differ[:5])} differ between {ctx.name} and "
+                                         f"{as_name} after the copy")
+                    compared += len(ours)
+            if ctx.spec.pooler is not None:
+                with steps.step("the pooler to NEW"):
+                    pooling.move(ctx, as_name)
+                    moved = str(ctx.platform.pooler_endpoint())
+            downtime = time.monotonic() - window
     except ClusterExists:
         raise  # nothing was done to either cluster, and the other one is not ours to remove
     except BaseException as exc:
         _undo(ctx, new_ctx, databases, subscriptions, read_only)
+        if path is not None:
+            path.unlink(missing_ok=True)
         raise pgu.UpgradeFailed(f"blue/green upgrade of cluster {ctx.name} to PostgreSQL {to_major} failed: {exc}; "
                                 f"{ctx.name} runs PostgreSQL {from_major}, writable, untouched, and {as_name} was "
                                 f"removed") from exc
-    until = datetime.now(UTC) + timedelta(days=read_only_days)
-    path = write_made_spec(new_spec, ctx.name, from_major, until)
+    assert path is not None
     result = BlueGreenResult(cluster=ctx.name, new_cluster=as_name, from_major=from_major, to_major=to_major,
                              databases=databases, downtime_seconds=round(downtime, 3), seconds=round(steps.elapsed, 3),
                              tables_compared=compared, sequences_set=sequences, sessions_ended=ended,
                              source_read_only_until=until.isoformat(timespec="seconds"), spec_path=str(path),
-                             steps=steps.as_metadata())
+                             pooler_moved=moved, steps=steps.as_metadata())
     ctx.log.info("cluster %s upgraded blue/green to PostgreSQL %d as %s: downtime %.2f s (%d tables compared); %s "
                  "stays read-only until %s", ctx.name, to_major, as_name, downtime, compared, ctx.name,
                  result.source_read_only_until)
@@ -254,6 +271,8 @@ def _undo(ctx: ClusterContext, new_ctx: ClusterContext, databases: list[str], su
     for db in read_only:
         with contextlib.suppress(PgOpsError):
             _primary_sql(ctx, lambda c, db=db: logical.set_read_only(c, db, False))
+    with contextlib.suppress(PgOpsError):
+        pooling.move(ctx, None)  # the source's pooler on the source (a no-op unless the cut moved it)
     for db in databases:  # while NEW answers: its subscription drops its slot on the source
         with contextlib.suppress(PgOpsError):
             _primary_sql(new_ctx, lambda c, db=db: logical.drop_subscription(c, subscriptions[db]), db, 30)
@@ -286,6 +305,8 @@ def rollback(ctx: ClusterContext, as_name: str) -> list[str]:
     if not made:
         raise PgOpsError(f"cluster {ctx.name}: none of its databases is read-only: nothing to roll back to from "
                          f"{as_name}")
+    if pooling.move(ctx, None):  # writable first: the applications on the pooler come back to a writable source
+        ctx.log.warning("the pooler of %s serves %s's primary again", ctx.name, ctx.name)
     ctx.log.warning("cluster %s is writable again (rolled back from %s; %s keeps what it took since the cut)",
                     ctx.name, as_name, as_name)
     return made

@@ -10,6 +10,8 @@
   Service follows its label only when kube-proxy has synced), RECONNECT closes the pooler's
   server connections to the old primary and RESUME lets the clients on. An unplanned failover
   does the same, which also resumes a pooler a dead run may have left paused.
+- `move`: a blue/green cut hands the pooler to the new cluster (its primary, followed through its
+  failovers from then on), the rollback takes it back; re-aimed, RECONNECT, RESUME.
 - `verify`: a write through the pooler."""
 
 from __future__ import annotations
@@ -125,6 +127,16 @@ def paused(ctx: ClusterContext) -> Iterator[Pause | None]:
     finally:
         if held is not None:
             resume(ctx)
+
+
+def move(ctx: ClusterContext, cluster: str | None) -> bool:
+    """The pooler (if the spec has one) aimed at `cluster`'s primary, or back at this cluster's
+    (None); then RECONNECT and RESUME (`follow`). True when there was a pooler to move."""
+    if ctx.spec.pooler is None:
+        return False
+    ctx.platform.move_pooler(cluster)
+    follow(ctx)
+    return True
 
 
 def verify(ctx: ClusterContext) -> str:

@@ -467,6 +467,15 @@ class Pooling(Protocol):
         column -> value."""
         ...
 
+    def move_pooler(self, cluster: str | None) -> None:
+        """Aim the pooler at another cluster's primary (a blue/green cut hands the applications
+        on this pooler to the new cluster) until called with None (the rollback): route_primary
+        of either cluster keeps it on that cluster's primary meanwhile, through its failovers.
+        Local: a `moved-to` file beside its configuration (and this cluster's name in the other's
+        `poolers-moved-here`), then RELOAD. Kubernetes: Unsupported (there the primary Service is
+        the endpoint)."""
+        ...
+
 
 class ScratchTargets(Protocol):
     """Throw-away servers that are never members of any cluster (restore drills)."""

@@ -1027,6 +1027,10 @@ class KubernetesPlatform(Platform):
     def stop_pooler(self) -> None:
         return None  # the Deployment is Git's: removing `pooler` from the spec and syncing removes it
 
+    def move_pooler(self, cluster: str | None) -> None:
+        raise Unsupported(f"cluster {self.spec.name}: the pooler follows the primary Service on Kubernetes; it is "
+                          f"not moved to another cluster")
+
     def pooler_admin(self, command: str, timeout: float = 5.0) -> list[dict]:
         """The command on every Ready pooler pod at once (a PAUSE waits for each one's open
         transactions), through its pod IP as a client in the cluster; the rows of all of them.

@@ -373,17 +373,79 @@ class LocalPlatform(Platform):
 
     def route_primary(self, name: str) -> None:
         # The multi-host DSN with target_session_attrs=read-write routes by itself; the pooler
-        # has one target, rewritten here.
+        # has one target, rewritten here. A pooler a blue/green cut moved to another cluster
+        # follows that cluster's primary instead; the poolers moved to this one follow `name`.
+        target = self.member_endpoints()[name]
         pooler = self._pooler()
-        if pooler is None or not pooler.running():
-            return
+        if pooler is not None and pooler.running():
+            self._aim(pooler, self._pooler_target(pooler, target))
+        for other in self._clusters_whose_pooler_moved_here():
+            other_pooler = other._pooler()
+            assert other_pooler is not None
+            other._aim(other_pooler, target)
+
+    def _aim(self, pooler: LocalPooler, target: Endpoint) -> None:
         password = self.load_credentials_or_fail().password(POOLER_USER)
-        pooler.write(self.member_endpoints()[name].port, password)
+        pooler.write(target, password)
         try:
             pooler.admin("RELOAD", password)  # operations/pooling.follow RECONNECTs once the new primary is proven
         except psycopg.Error as exc:  # it died meanwhile: its file is right for its restart; pooler_down alerts
-            logging.getLogger("pg_ops").warning("pooler of %s not re-aimed at %s: %s", self.spec.name, name,
+            logging.getLogger("pg_ops").warning("pooler of %s not re-aimed at %s: %s", self.spec.name, target,
                                                 str(exc).splitlines()[0])
+
+    def _pooler_target(self, pooler: LocalPooler, own: Endpoint) -> Endpoint:
+        """`own` (this cluster's primary), or the primary of the cluster the pooler was moved to."""
+        moved = pooler.moved_to
+        if moved is None:
+            return own
+        other = self._local_cluster(moved)
+        state = other.state_store().read() if other is not None else None
+        if other is None or state is None:
+            logging.getLogger("pg_ops").warning("pooler of %s was moved to cluster %s, which is gone: aiming it at "
+                                                "%s's own primary again", self.spec.name, moved, self.spec.name)
+            return own
+        return other.member_endpoints()[state.primary]
+
+    def _local_cluster(self, name: str) -> LocalPlatform | None:
+        """Another local cluster of this pg_ops home, by its spec's name (None: no such spec)."""
+        from pg_ops.spec import load_specs
+
+        try:
+            spec = next((s for s in load_specs() if s.name == name and s.platform == "local"), None)
+        except PgOpsError as exc:
+            logging.getLogger("pg_ops").warning("cluster %s: the specs do not load (%s)", name, exc)
+            return None
+        return LocalPlatform(spec, self.root.parent.parent) if spec is not None else None
+
+    @property
+    def _moved_here_file(self) -> Path:
+        return self.root / "poolers-moved-here"  # the clusters whose pooler a blue/green cut moved here
+
+    def _clusters_whose_pooler_moved_here(self) -> list[LocalPlatform]:
+        try:
+            names = self._moved_here_file.read_text().split()
+        except FileNotFoundError:
+            return []
+        found = [self._local_cluster(name) for name in names]
+        return [c for c in found if c is not None and (p := c._pooler()) is not None
+                and p.moved_to == self.spec.name and p.running()]
+
+    def move_pooler(self, cluster: str | None) -> None:
+        pooler = self._pooler()
+        if pooler is None:
+            return
+        for name, adding in ((pooler.moved_to, False), (cluster, True)):
+            if name is None:
+                continue
+            listed = self.root.parent / name / self._moved_here_file.name  # that cluster's root
+            names = set(listed.read_text().split()) if listed.exists() else set()
+            names = names | {self.spec.name} if adding else names - {self.spec.name}
+            if listed.parent.is_dir():
+                listed.write_text("".join(f"{n}\n" for n in sorted(names)))
+        pooler.move(cluster)
+        state = self.state_store().read()
+        if state is not None and pooler.running():
+            self._aim(pooler, self._pooler_target(pooler, self.member_endpoints()[state.primary]))
 
     # -- the pooler ----------------------------------------------------------------------------
     def _pooler(self) -> LocalPooler | None:
@@ -401,12 +463,13 @@ class LocalPlatform(Platform):
             raise PgOpsError(f"pooler of {self.spec.name}: port {pooler.endpoint.port} on 127.0.0.1 is already in "
                              f"use by another process")
         password = self.load_credentials_or_fail().password(POOLER_USER)
-        return pooler.start(self.member_endpoints()[primary].port, password)
+        return pooler.start(self._pooler_target(pooler, self.member_endpoints()[primary]), password)
 
     def stop_pooler(self) -> None:
         pooler = self._pooler()
         if pooler is not None:
             pooler.stop()
+
 
     def pooler_admin(self, command: str, timeout: float = 5.0) -> list[dict]:
         pooler = self._pooler()

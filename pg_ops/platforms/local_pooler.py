@@ -47,6 +47,21 @@ class LocalPooler:
     def ini(self) -> Path:
         return self.folder / "pgbouncer.ini"
 
+    @property
+    def moved_to(self) -> str | None:
+        """The cluster whose primary it serves since a blue/green cut (its `moved-to` file)."""
+        try:
+            return (self.folder / "moved-to").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def move(self, cluster: str | None) -> None:
+        if cluster is None:
+            (self.folder / "moved-to").unlink(missing_ok=True)
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_private(self.folder / "moved-to", f"{cluster}\n", self.user)
+
     def _pid(self) -> int | None:
         try:
             pid = int((self.folder / "supervisor.pid").read_text().strip())
@@ -57,25 +72,25 @@ class LocalPooler:
     def running(self) -> bool:
         return self._pid() is not None
 
-    def ini_text(self, target_port: int) -> str:
-        return pgbouncer.ini_text(self.config, target=Endpoint("127.0.0.1", target_port), listen=self.endpoint,
+    def ini_text(self, target: Endpoint) -> str:
+        return pgbouncer.ini_text(self.config, target=target, listen=self.endpoint,
                                   auth_file=str(self.folder / "userlist.txt"), logfile=str(self.folder / "pgbouncer.log"),
                                   pidfile=str(self.folder / "pgbouncer.pid"),
                                   header="Rewritten when the primary changes.")
 
-    def write(self, target_port: int, password: str) -> None:
+    def write(self, target: Endpoint, password: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)
         write_private(self.folder / "userlist.txt", pgbouncer.userlist(password), self.user)
-        write_private(self.ini, self.ini_text(target_port), self.user)
+        write_private(self.ini, self.ini_text(target), self.user)
         if self.user.switch:
             os.chown(self.folder, self.user.uid, self.user.gid)
 
-    def start(self, target_port: int, password: str) -> bool:
+    def start(self, target: Endpoint, password: str) -> bool:
         """Start it (False: it was running; its target is set by retarget)."""
         if self.running():
             return False
-        self.write(target_port, password)
+        self.write(target, password)
         with open(self.folder / "stdout.log", "ab") as out:
             proc = subprocess.Popen([pgbouncer_binary(), str(self.ini)], stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder,
