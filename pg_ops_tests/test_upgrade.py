@@ -412,30 +412,25 @@ NEW_IMAGE = "registry.example/pg-ops-postgres:18-from-16"  # deploy/postgres/Doc
 
 
 def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, capsys):
-    """A 2-member cluster on the real control plane, its pods really on 16 (the stand-in runs an
-    image's majors from this machine's binaries). The rehearsal runs where pg_ops runs; the new
+    """A 2-member cluster on the real control plane archiving to S3, its pods really on 16 (the
+    stand-in runs an image's majors from this machine's binaries). The rehearsal runs where pg_ops runs; the new
     template (18, an image with both majors) is applied first and a pod restarted on it keeps
     serving its 16 data; the upgrade's own pg_upgrade --check refusing (in the pod) brings the 16
     cluster back whole; then `pg-ops upgrade` (its Dagster job) with a writer through the primary
     Service: both members 18, every acknowledged write and every table as it was, the old data
-    dir gone from the volume."""
+    dir gone from the volume, the archive continued and a point in time after it recovered."""
     from pg_ops.operations.context import ClusterContext
     from pg_ops.operations.deploy import deploy
+    from pg_ops.operations.recover import pitr_drill
     from pg_ops.operations.upgrade import upgrade
-    from pg_ops_tests.helpers import real_kubernetes, wait_for, write_platform_spec
+    from pg_ops_tests.helpers import kubernetes_s3_cluster, wait_for
     from pg_ops_tests.test_failover import Writer, _writes_after, q
 
     databases = [{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}]
-    with real_kubernetes() as kube:
-        kube.image_carries(OLD_IMAGE, 16)
-        kube.image_carries(NEW_IMAGE, 16, 18)
-        path = write_platform_spec(home / "specs", "k8sup", "kubernetes", databases=databases,
-                                   postgres={"members": 2, "version": 16}, kubernetes={"image": OLD_IMAGE},
-                                   backups={"wal": {"enabled": False}})
-        spec = spec_from(path)
-        kube.register_cluster(spec)
-        ctx = ClusterContext.for_spec(spec)
-        deploy(ctx)
+    with kubernetes_s3_cluster(home, "k8sup", images={OLD_IMAGE: (16,), NEW_IMAGE: (16, 18)}, databases=databases,
+                               postgres={"version": 16}, kubernetes={"image": OLD_IMAGE}) as (ctx, kube):
+        spec = ctx.spec
+        path = home / "specs" / "k8sup.yaml"
         wait_for(lambda: one_primary_all_streaming(ctx), "the 16 cluster streaming", timeout=120)
         assert set(server_majors(ctx).values()) == {16}
         fill(ctx)
@@ -505,3 +500,7 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
         data = kube.data_dir(spec.kubernetes.namespace, primary)
         assert data is not None
         wait_for(lambda: not (data.parent / "pg_ops-data-16").exists(), "the old data dir removed", timeout=30)
+        # The pods archive the 18 cluster's WAL (its own incarnation), the upgrade took its base
+        # backup at once, and a point in time after the upgrade recovers (in a recovery pod).
+        assert result["base_backup"]
+        assert pitr_drill(ctx18).result == "passed"

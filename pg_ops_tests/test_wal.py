@@ -23,7 +23,7 @@ from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations import wal
 from pg_ops.operations.context import ClusterContext
-from pg_ops.operations.deploy import deploy, deployment_problems
+from pg_ops.operations.deploy import deployment_problems
 from pg_ops.operations.failover import failover
 from pg_ops.operations.recover import RecoveryRefused, check_recovery, pitr_drill, pitr_drill_status, recover
 from pg_ops.postgres import archiving, walfiles
@@ -33,6 +33,7 @@ from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.helpers import (
     home_environment,
     kill_member,
+    kubernetes_s3_cluster,
     running_cluster,
     spec_from,
     stop_cluster,
@@ -441,31 +442,6 @@ def test_statefulset_on_the_api_server_archives_with_the_image_and_the_backup_se
     # The server name is the member's own system identifier, read from pg_control when it archives.
     assert 's3://b/p/k8spitr.wal "$sysid" %p' in conf and "global/pg_control" in conf
     assert "AWS_SECRET" not in conf  # the keys never in the config
-
-
-@contextlib.contextmanager
-def kubernetes_s3_cluster(pg_home: Path, name: str):
-    """A deployed 2-member Kubernetes cluster on the real control plane, archiving to a fresh
-    SeaweedFS bucket with the keys in the backup Secret (as an admin creates it): (ctx, kube)."""
-    import base64
-
-    from pg_ops_tests.helpers import real_kubernetes, write_platform_spec
-
-    server = shared_server()
-    spec = spec_from(write_platform_spec(pg_home / "specs", name, "kubernetes", postgres={"members": 2},
-                                         backups={"wal": {"archive_timeout_seconds": 5}, "store": {
-                                             "type": "s3", "bucket": server.new_bucket(), "prefix": "k8s",
-                                             "endpoint_url": f"http://127.0.0.1:{S3_PORT}",
-                                             "credentials_secret": "pg-ops-backup-s3"}}))
-    with real_kubernetes() as kube:
-        kube.register_cluster(spec)
-        kube.admin_api().core.create_namespaced_secret(spec.kubernetes.namespace, {
-            "metadata": {"name": "pg-ops-backup-s3"}, "data": {
-                "access_key": base64.b64encode(server.access_key.encode()).decode(),
-                "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
-        ctx = ClusterContext.for_spec(spec)
-        deploy(ctx)
-        yield ctx, kube
 
 
 def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_home):
