@@ -477,6 +477,10 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
         sql(ctx, ["drop table legacy_refs"])
 
         before = fingerprints(ctx)
+        # Running pods see a changed record only at the kubelet's next sync (about a minute on a
+        # real node; longer than the wait for the upgraded primary here): the go reaches the
+        # waiting primary by an exec, the replicas' new pods read the record as they start.
+        kube.set_sync_delay(300)
         with Writer(ctx18) as writer:  # through the primary Service, as an application
             wait_for(lambda: len(writer.acked) > 20, "writes before the upgrade")
             capsys.readouterr()

@@ -288,6 +288,7 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
                     f"{exc}; the cluster runs PostgreSQL {from_major} again with its data untouched (set "
                     f"postgres.version back to {from_major}, or fix the cause and upgrade again)") from exc
             with steps.step(f"start {primary} on PostgreSQL {to_major}"):
+                member.go()
                 ctx.platform.start_member(primary)
                 wait_until(ctx, primary, lambda p: p.writable, "writable on the new major",
                            timeout=REBUILD_TIMEOUT_S)

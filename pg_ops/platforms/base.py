@@ -27,6 +27,7 @@ SCRATCH_PARAMETERS = {"fsync": False, "synchronous_commit": "off", "full_page_wr
 
 REPORT_FILE = "pg_ops-report"  # written by member.sh in its state dir (the data dir's parent)
 FENCED_FILE = "pg_ops-fenced"  # written by a Kubernetes fence before it stops postgres; member.sh honours it
+UPGRADE_GO_FILE = "pg_ops-upgrade-go"  # written by a Kubernetes upgrade's go (member.sh's UPGRADE_GO)
 
 
 def parse_member_report(text: str) -> dict[str, str]:
@@ -431,6 +432,14 @@ class MemberUpgrade(Protocol):
 
     def system_identifier(self) -> str:
         """The upgraded data dir's (pg_upgrade gives the new cluster its own initdb's)."""
+        ...
+
+    def go(self) -> None:
+        """Once the record names the upgraded system identifier (the point of no return): make
+        the member act on it now. Local: nothing (the member script starts on it). Kubernetes:
+        the record mounted in a running pod lags the kubelet's sync by up to a minute, which
+        would be downtime, so an exec also writes the go beside the data. Never raises: the
+        record is the go either way."""
         ...
 
     def start_old(self, member: str) -> None:

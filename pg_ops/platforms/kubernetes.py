@@ -63,6 +63,7 @@ from pg_ops.platforms.base import (
     FENCED_FILE,
     REPORT_FILE,
     SCRATCH_PARAMETERS,
+    UPGRADE_GO_FILE,
     MemberUpgrade,
     Platform,
     RecoveryPod,
@@ -1158,6 +1159,19 @@ class KubernetesPlatform(Platform):
         from pg_ops.platforms.kubernetes_upgrade import PodDataUpgrade
 
         return PodDataUpgrade(self, member, from_major, to_major)
+
+    def upgrade_go(self, name: str, go: str) -> None:
+        """member.sh's upgrade go file (`<upgrade id> <system identifier>`) beside the data, by an
+        exec: its record file lags the kubelet's ConfigMap sync. Best effort: the record is the go."""
+        command = ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "go", go, f"{names.PGDATA_MOUNT}/{UPGRADE_GO_FILE}"]
+        try:
+            code, _, err = self.api.exec_in_pod(self._what("pod", name), name, self.namespace, names.CONTAINER,
+                                                command, timeout=DF_TIMEOUT_S)
+        except KubernetesError as exc:
+            code, err = -1, str(exc)
+        if code != 0:
+            logging.getLogger("pg_ops").warning("upgrade of %s: the go could not be written in its pod (%s); it "
+                                                "starts once its record file catches up", name, err.strip()[:200])
 
     def upgrade_scratch(self, from_major: int, to_major: int) -> AbstractContextManager[UpgradeScratch]:
         """Where pg_ops runs, with this machine's binaries of both majors (as locally): the

@@ -15,8 +15,10 @@ drives it through the desired-state record and reads each step from the member's
              starts it (before the go only)
     finish   the record's upgrade cleared after the go
 
-The go is the operation's own step: the record's system identifier set to the upgraded one. The
-script waits for it and only then starts the new server (the point of no return).
+The go is the operation's own step: the record's system identifier set to the upgraded one, and
+(`go`) the same written beside the data by an exec, as the record mounted in a running pod lags
+the kubelet's sync. The script waits for either and only then starts the new server (the point
+of no return).
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class PodDataUpgrade:
 
     def system_identifier(self) -> str:
         return self.sysid
+
+    def go(self) -> None:
+        self.platform.upgrade_go(self.member, f"{self.id} {self.sysid}")
 
     def undo(self) -> None:
         self._record(upgrade_id="", upgrade_to=0, upgrade_initdb="")

@@ -136,6 +136,9 @@ class MemberDataUpgrade:
             if self.platform.user.switch:
                 shutil.chown(self.data / "postgresql.auto.conf", self.platform.user.uid, self.platform.user.gid)
 
+    def go(self) -> None:
+        return None  # the platform starts the member, which reads the record as it boots
+
     def undo(self) -> None:
         """Before the new server started: the old data dir as it was, the new one gone."""
         if self.swapped:

@@ -133,6 +133,7 @@ RECOVERY_FAILED="$STATE_DIR/pg_ops-recovery-failed" # token and reason of a reco
 UPGRADE_MARK="$STATE_DIR/pg_ops-upgrade"            # id=, from=, to=, step=, sysid= of an upgrade under way
 UPGRADE_NEW="$STATE_DIR/pg_ops-upgrade-data"        # the new major's data dir until it is swapped in
 UPGRADE_WORK="$STATE_DIR/pg_ops-upgrade-work"       # pg_upgrade's working folder, socket and logs
+UPGRADE_GO="$STATE_DIR/pg_ops-upgrade-go"           # "<id> <system identifier>": pg_ops's go, by an exec
 STATUS="$RUN_DIR/member-status"
 LOCK_FILE=${PGOPS_LOCK_FILE:-$(dirname "$DATA")/member.lock}
 STOP_S=${PGOPS_STOP_SECONDS:-25}
@@ -353,8 +354,9 @@ use_data_major() {
 # both majors) finds the old major's data stopped cleanly and: initdb of the new major beside it,
 # pg_upgrade --check, pg_upgrade --link, the new data dir in the old one's place (the old kept as
 # pg_ops-data-<old>), each step reported. Then it waits for pg_ops: the record's system
-# identifier set to the upgraded one is the go — starting the new server is the point of no
-# return (the two data dirs share files from then on), so the old one goes; upgrade.id cleared
+# identifier set to the upgraded one (or the same in $UPGRADE_GO, by pg_ops's exec) is the go —
+# starting the new server is the point of no return (the two data dirs share files from then
+# on), so the old one goes; upgrade.id cleared
 # instead is the undo: the old data dir back as it was (pg_upgrade --link renamed its pg_control
 # first: renamed back, it is whole, as PostgreSQL documents) and the old major started. A step
 # that fails undoes the same way and reports why; the old major then boots as it was. The mark
@@ -372,7 +374,7 @@ undo_upgrade() {   # before the new server started: the old major's data dir as 
     fi
     if [ -f "$DATA/global/pg_control.old" ]; then mv "$DATA/global/pg_control.old" "$DATA/global/pg_control"; fi
     rm -rf "$UPGRADE_NEW" "$UPGRADE_WORK"
-    rm -f "$UPGRADE_MARK"
+    rm -f "$UPGRADE_MARK" "$UPGRADE_GO"
 }
 upgrade_failed() {   # reason: reported, the upgrade undone; the old major boots as it was
     log "upgrade $(mark_get id) FAILED: $1; the PostgreSQL $(mark_get from) data dir is back as it was"
@@ -426,10 +428,12 @@ upgrade_wait() {   # linked: start the new major on pg_ops's go, or undo when it
             log "upgrade $id called off by pg_ops: the PostgreSQL $(data_major) data dir is back as it was"
             return 0
         fi
-        if [ "$(sget system_identifier)" = "$sysid" ]; then
+        # The go: the record names the upgraded identifier, or pg_ops said so beside the data (on
+        # Kubernetes a running pod's record file lags the kubelet's sync by up to a minute).
+        if [ "$(sget system_identifier)" = "$sysid" ] || [ "$(cat "$UPGRADE_GO" 2>/dev/null)" = "$id $sysid" ]; then
             log "upgrade $id: pg_ops's go; starting PostgreSQL $(mark_get to) (the old data dir goes)"
             ( rm -rf "$old" "$UPGRADE_WORK" ) 9>&- &
-            rm -f "$UPGRADE_MARK"
+            rm -f "$UPGRADE_MARK"   # the go file stays: it speaks for the record until that catches up (boot)
             report upgrade.id "$id" upgrade.step started upgrade.reason ""
             return 0
         fi
@@ -663,6 +667,13 @@ boot() {
     fi
     use_data_major
     want_sysid=$(sget system_identifier)
+    # An upgrade's go that pg_ops wrote beside the data names the new identifier while this
+    # pod's record file still says the upgrade and the old one (the kubelet's sync lags).
+    if [ -f "$UPGRADE_GO" ]; then
+        local go_id="" go_sysid=""
+        read -r go_id go_sysid 2>/dev/null < "$UPGRADE_GO"
+        if [ -n "$go_id" ] && [ "$(sget upgrade.id)" = "$go_id" ]; then want_sysid=$go_sysid; else rm -f "$UPGRADE_GO"; fi
+    fi
     sysid=$(local_sysid)
     if [ -n "$want_sysid" ] && [ "$sysid" != "$want_sysid" ]; then
         die "data dir $DATA belongs to another cluster (system identifier $sysid, expected $want_sysid); refusing to start"
