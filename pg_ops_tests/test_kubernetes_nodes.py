@@ -119,7 +119,9 @@ def test_member_pods_run_the_rendered_spec(kube):
     nodes = {m: fake.node_of(ns, m) for m in ctx.spec.member_names}
     assert len(set(nodes.values())) == 3, nodes  # preferred anti-affinity spreads them while it can
     for member in ctx.spec.member_names:
-        assert ready(fake, ns, member)  # Ready comes from the readiness probe (probe.sh ready)
+        # Ready comes from the readiness probe (probe.sh ready), at its next period after the
+        # replica streams (deploy waits for streaming, not for the kubelet's probe).
+        wait_for(lambda member=member: ready(fake, ns, member), f"{member} Ready", timeout=60)
         claim = fake.object("persistentvolumeclaims", ns, names.data_claim(member))
         assert claim["spec"]["storageClassName"] == "local-path"  # no class in the spec: K3s's default
         assert claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == nodes[member]

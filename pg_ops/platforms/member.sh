@@ -356,9 +356,9 @@ use_data_major() {
 # pg_ops-data-<old>), each step reported. Then it waits for pg_ops: the record's system
 # identifier set to the upgraded one (or the same in $UPGRADE_GO, by pg_ops's exec) is the go —
 # starting the new server is the point of no return (the two data dirs share files from then
-# on), so the old one goes; upgrade.id cleared
-# instead is the undo: the old data dir back as it was (pg_upgrade --link renamed its pg_control
-# first: renamed back, it is whole, as PostgreSQL documents) and the old major started. A step
+# on), so the old one goes; upgrade.id cleared instead is the undo: the old data dir back as it
+# was (pg_upgrade --link renamed its pg_control first: renamed back, it is whole, as PostgreSQL
+# documents) and the old major started. A step
 # that fails undoes the same way and reports why; the old major then boots as it was. The mark
 # file keeps the step across restarts: an upgrade cut short is undone and started over.
 mark_get() { sed -n "s/^$1=//p" "$UPGRADE_MARK" 2>/dev/null; }
