@@ -291,15 +291,13 @@ def kubernetes_s3_cluster(pg_home: Path, name: str, images: dict[str, tuple[int,
     SeaweedFS bucket with the keys in the backup Secret (as an admin creates it): (ctx, kube).
     `overrides` merge into the spec one level deep; `images`: member images and the PostgreSQL
     majors they carry (RealKubernetes.image_carries)."""
-    import base64
-
     from pg_ops_tests.s3server import S3_PORT, shared_server
 
     server = shared_server()
     raw: dict = {"postgres": {"members": 2},
                  "backups": {"wal": {"archive_timeout_seconds": 5}, "store": {
                      "type": "s3", "bucket": server.new_bucket(), "prefix": "k8s",
-                     "endpoint_url": f"http://127.0.0.1:{S3_PORT}", "credentials_secret": "pg-ops-backup-s3"}}}
+                     "endpoint_url": f"http://127.0.0.1:{S3_PORT}", "credentials_secret": BACKUP_SECRET}}}
     for key, value in overrides.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
     spec = spec_from(write_platform_spec(pg_home / "specs", name, "kubernetes", **raw))
@@ -307,10 +305,21 @@ def kubernetes_s3_cluster(pg_home: Path, name: str, images: dict[str, tuple[int,
         for image, majors in (images or {}).items():
             kube.image_carries(image, *majors)
         kube.register_cluster(spec)
-        kube.admin_api().core.create_namespaced_secret(spec.kubernetes.namespace, {
-            "metadata": {"name": "pg-ops-backup-s3"}, "data": {
-                "access_key": base64.b64encode(server.access_key.encode()).decode(),
-                "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
+        create_backup_secret(kube, spec, server)
         ctx = ClusterContext.for_spec(spec)
         deploy(ctx)
         yield ctx, kube
+
+
+BACKUP_SECRET = "pg-ops-backup-s3"
+
+
+def create_backup_secret(kube, spec: ClusterSpec, server) -> None:
+    """The backup store's keys in the Secret the spec names (`backups.store.credentials_secret`),
+    in the cluster's namespace, as an admin creates it."""
+    import base64
+
+    kube.admin_api().core.create_namespaced_secret(spec.kubernetes.namespace, {
+        "metadata": {"name": spec.backups.store.credentials_secret}, "data": {
+            "access_key": base64.b64encode(server.access_key.encode()).decode(),
+            "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})

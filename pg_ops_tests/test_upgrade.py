@@ -192,6 +192,22 @@ def fingerprints(ctx) -> dict[str, dict[str, tuple]]:
     return out
 
 
+def refused_for_a_reg_column(ctx, ctx18) -> tuple[str, dict]:
+    """A failure inside the window, before the point of no return: a reg* column added since the
+    rehearsal makes the upgrade's own pg_upgrade --check refuse. The one-line error, and the
+    fingerprints from before (for the caller to find again on the 16 cluster)."""
+    from pg_ops.operations.upgrade import upgrade
+
+    sql(ctx, ["create table legacy_refs (fn regprocedure)", "insert into legacy_refs values ('now()')"])
+    before = fingerprints(ctx)
+    with pytest.raises(pgu.UpgradeFailed) as failed:
+        upgrade(ctx18, 18)
+    message = str(failed.value)
+    assert "before the point of no return" in message and "runs PostgreSQL 16 again" in message, message
+    assert "\n" not in message
+    return message, before
+
+
 @pytest.fixture(scope="module")
 def three(home):
     with running_cluster(spec_from(write_spec(
@@ -231,13 +247,8 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
 
     # A failure inside the window, before the point of no return: a reg* column added since the
     # rehearsal makes the upgrade's own pg_upgrade --check refuse. The 16 cluster comes back whole.
-    sql(ctx, ["create table legacy_refs (fn regprocedure)", "insert into legacy_refs values ('now()')"])
-    before = fingerprints(ctx)
-    with pytest.raises(pgu.UpgradeFailed) as failed:
-        upgrade(ctx18, 18)
-    message = str(failed.value)
-    assert "before the point of no return" in message and "runs PostgreSQL 16 again" in message, message
-    assert "legacy_refs" in message and "\n" not in message
+    message, before = refused_for_a_reg_column(ctx, ctx18)
+    assert "legacy_refs" in message
     wait_for(lambda: one_primary_all_streaming(ctx), "the 16 cluster streaming again", timeout=60)
     assert set(server_majors(ctx).values()) == {16}
     assert fingerprints(ctx) == before and ctx.state().system_identifier == old_sysid
@@ -460,14 +471,9 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
 
         # The upgrade's own pg_upgrade --check refuses (a reg* column added since the rehearsal):
         # it ran in the pod, the pod gave its 16 data dir back, the cluster runs 16 whole again.
-        sql(ctx, ["create table legacy_refs (fn regprocedure)", "insert into legacy_refs values ('now()')"])
-        before = fingerprints(ctx)
-        with pytest.raises(pgu.UpgradeFailed) as failed:
-            upgrade(ctx18, 18)
-        message = str(failed.value)
-        assert "before the point of no return" in message and "runs PostgreSQL 16 again" in message, message
+        message, before = refused_for_a_reg_column(ctx, ctx18)
         assert "pg_upgrade --check: Checking data type usage failed check: Checking for reg* data types" in message
-        assert "[tables_using_reg.txt: In database: app public.legacy_refs.fn" in message and "\n" not in message
+        assert "[tables_using_reg.txt: In database: app public.legacy_refs.fn" in message
         wait_for(lambda: one_primary_all_streaming(ctx18), "the 16 cluster streaming again", timeout=120)
         assert set(server_majors(ctx18).values()) == {16}
         assert fingerprints(ctx) == before

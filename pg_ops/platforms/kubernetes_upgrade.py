@@ -112,10 +112,10 @@ class PodDataUpgrade:
         self.platform.upgrade_go(self.member, f"{self.id} {self.sysid}")
 
     def undo(self) -> None:
+        """The record's upgrade cleared before the go: the member script undoes it."""
         self._record(upgrade_id="", upgrade_to=0, upgrade_initdb="")
 
-    def finish(self) -> None:
-        self._record(upgrade_id="", upgrade_to=0, upgrade_initdb="")
+    finish = undo  # after the go the same clearing only ends it (the script already started the new major)
 
     def start_old(self, member: str) -> None:
         self.platform.start_member(member)

@@ -21,7 +21,6 @@ the base backup). TRIALS (PG_OPS_BENCH_TRIALS, default 2) recoveries of each.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import statistics
@@ -31,7 +30,14 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.recover import new_cluster_spec, pitr_drill, recover
 from pg_ops_tests.benchmarks.bench_pitr import backups_then_wal, raw_recovery
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import home_environment, real_kubernetes, spec_from, write_platform_spec
+from pg_ops_tests.helpers import (
+    BACKUP_SECRET,
+    create_backup_secret,
+    home_environment,
+    real_kubernetes,
+    spec_from,
+    write_platform_spec,
+)
 from pg_ops_tests.s3server import seaweedfs
 
 SIZE_MB = int(os.environ.get("PG_OPS_BENCH_K8S_MB", "300"))
@@ -47,12 +53,9 @@ def main() -> None:
                                              backups={"wal": {"archive_timeout_seconds": 60}, "store": {
                                                  "type": "s3", "bucket": server.new_bucket(),
                                                  "endpoint_url": server.endpoint,
-                                                 "credentials_secret": "pg-ops-backup-s3"}}))
+                                                 "credentials_secret": BACKUP_SECRET}}))
         kube.register_cluster(spec)
-        kube.admin_api().core.create_namespaced_secret(spec.kubernetes.namespace, {
-            "metadata": {"name": "pg-ops-backup-s3"}, "data": {
-                "access_key": base64.b64encode(server.access_key.encode()).decode(),
-                "secret_key": base64.b64encode(server.secret_key.encode()).decode()}})
+        create_backup_secret(kube, spec, server)
         ctx = ClusterContext.for_spec(spec)
         deploy(ctx)
         run = backups_then_wal(ctx, home, SIZE_MB)
