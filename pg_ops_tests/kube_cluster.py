@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import ADDRESSES_ENV
+from pg_ops.render import names as names
 from pg_ops.spec import ClusterSpec, PoolerSpec
 from pg_ops_tests.controlplane import ControlPlane, ControlPlaneUnavailable, install_operator_crds
 from pg_ops_tests.standin.api import ApiError, RawApi

@@ -20,10 +20,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from pg_ops.operations.drift import compare_fields
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient
 from pg_ops.render import manifests
+from pg_ops.render import names as k
 from pg_ops.render.access import admin_applied
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests import controlplane

@@ -17,8 +17,8 @@ from pg_ops.errors import LockHeld, MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, teardown, wait_until
 from pg_ops.operations.status import cluster_status
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres.session import with_connection
+from pg_ops.render import names as names
 from pg_ops.state import TopologyLock, update_state
 from pg_ops_tests.helpers import fake_of, kill_member, running_cluster, stop_cluster, wait_for
 

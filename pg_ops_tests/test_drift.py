@@ -14,8 +14,8 @@ from pg_ops.defs.resources import PgOpsResource
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.drift import ABSENT, check_drift, compare_fields
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.render import manifests
+from pg_ops.render import names as names
 from pg_ops_tests.helpers import home_environment, real_kubernetes, spec_from, wait_for, write_platform_spec
 
 

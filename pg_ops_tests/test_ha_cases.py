@@ -18,9 +18,9 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
 from pg_ops.operations.ha import act
 from pg_ops.operations.health import watch_cluster
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.postgres import admin
 from pg_ops.postgres.session import connect
+from pg_ops.render import names as names
 from pg_ops_tests.helpers import (
     cluster_on,
     fake_of,

@@ -36,7 +36,7 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, rebuild, switchover
 from pg_ops.operations.health import watch_cluster
 from pg_ops.platforms import kubernetes as kubernetes_platform
-from pg_ops.platforms import kubernetes_names as names
+from pg_ops.render import names as names
 from pg_ops.state import update_state
 from pg_ops_tests.helpers import (
     home_environment,

@@ -14,9 +14,9 @@ from pg_ops.operations import health
 from pg_ops.operations.backup import backup
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.drill import DrillFailed, drill
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_api import KubernetesError
+from pg_ops.render import names as names
 from pg_ops.stores import catalog as cat
 from pg_ops_tests.helpers import fake_of, lose_member, recover_member, wait_for
 from pg_ops_tests.test_backup import fill_app

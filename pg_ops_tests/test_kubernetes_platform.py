@@ -19,12 +19,12 @@ from pg_ops.errors import ConflictError, MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, teardown
 from pg_ops.operations.status import cluster_status
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient
 from pg_ops.postgres.session import with_connection
 from pg_ops.render import manifests
+from pg_ops.render import names as names
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
 from pg_ops_tests.helpers import (

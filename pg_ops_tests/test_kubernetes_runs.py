@@ -22,7 +22,7 @@ from pg_ops.cli import main as cli_main
 from pg_ops.defs.partitions import CLUSTER_TAG
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
-from pg_ops.platforms import kubernetes_names as names
+from pg_ops.render import names as names
 from pg_ops.runs import CLUSTERS_JOB, Deployment
 from pg_ops_tests.helpers import (
     free_port,

@@ -176,7 +176,7 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
     from pg_ops.operations.context import ClusterContext
     from pg_ops.operations.deploy import deploy
     from pg_ops.operations.drift import check_drift
-    from pg_ops.platforms import kubernetes_names as names
+    from pg_ops.render import names as names
     from pg_ops_tests.helpers import home_environment, real_kubernetes
 
     with real_kubernetes() as kube, home_environment() as home:

@@ -19,9 +19,9 @@ from pg_ops import settings
 from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres.status_table import STATUS_KEYS
 from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
+from pg_ops.render import names as k
 from pg_ops.render.access import admin_applied
 from pg_ops.render.config import PROBE_SCRIPT
 from pg_ops.render.output import files_by_kind

@@ -438,8 +438,8 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
     import base64
 
     from pg_ops.platforms import kubernetes as kubernetes_platform
-    from pg_ops.platforms import kubernetes_names as names
     from pg_ops.platforms.kubernetes_api import KubernetesError
+    from pg_ops.render import names as names
     from pg_ops_tests.helpers import cluster_on, fake_of
 
     spec = make_platform_spec("k8roles", postgres={"members": 2},

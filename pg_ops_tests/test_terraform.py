@@ -17,10 +17,10 @@ import pytest
 
 from pg_ops import settings
 from pg_ops.credentials import MONITORING_USER, POOLER_USER, REPLICATION_USER, SUPERUSER, required_roles
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_state import owned_metadata
 from pg_ops.postgres import pgbouncer
+from pg_ops.render import names as k
 from pg_ops.spec import load_spec
 from pg_ops_tests.test_render import documents, tool
 

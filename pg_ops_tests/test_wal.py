@@ -416,8 +416,8 @@ def test_recovery_and_drill_to_before_a_rotation_keep_the_current_passwords(pg_h
 
 # -- Kubernetes: the rendered StatefulSet on the real API server ----------------------------------
 def test_statefulset_on_the_api_server_archives_with_the_image_and_the_backup_secret(pg_home):
-    from pg_ops.platforms import kubernetes_names as k
     from pg_ops.platforms.kubernetes import KubernetesPlatform
+    from pg_ops.render import names as k
     from pg_ops.state import DesiredState
     from pg_ops_tests.helpers import real_kubernetes
 
@@ -457,8 +457,8 @@ def test_kubernetes_base_backup_streamed_from_the_run_while_the_pods_archive(pg_
     import zstandard
 
     from pg_ops import settings
-    from pg_ops.platforms import kubernetes_names as k
     from pg_ops.postgres import controldata
+    from pg_ops.render import names as k
 
     with kubernetes_s3_cluster(pg_home, "k8sbase") as (ctx, fake):
         spec = ctx.spec
@@ -535,7 +535,7 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
     cluster admin has applied the new cluster's Role, recover refuses and renders its manifests."""
 
     from pg_ops.operations.recover import new_cluster_spec
-    from pg_ops.platforms import kubernetes_names as k
+    from pg_ops.render import names as k
 
     with kubernetes_s3_cluster(pg_home, "k8srec") as (ctx, fake):
         spec, ns = ctx.spec, ctx.spec.kubernetes.namespace

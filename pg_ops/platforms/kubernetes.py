@@ -58,7 +58,6 @@ from pg_ops.credentials import (
     required_roles,
 )
 from pg_ops.errors import ClusterExists, MemberError, PgOpsError, Unsupported
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.base import (
     FENCED_FILE,
     REPORT_FILE,
@@ -77,6 +76,7 @@ from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
 from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadata
 from pg_ops.poll import poll
 from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.render import names as names
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
 

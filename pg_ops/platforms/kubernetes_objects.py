@@ -13,9 +13,9 @@ import json
 import re
 from typing import Any
 
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes_api import KubernetesApi
-from pg_ops.platforms.kubernetes_names import plural
+from pg_ops.render import names as names
+from pg_ops.render.names import plural
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 CLUSTER_SCOPED_CORE = {"Namespace", "PersistentVolume", "Node"}

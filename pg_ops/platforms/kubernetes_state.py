@@ -10,8 +10,8 @@ state.update_state). Creation answers 409 AlreadyExists to the loser of a race.
 from __future__ import annotations
 
 from pg_ops.errors import ConflictError
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes_api import KubernetesApi
+from pg_ops.render import names as names
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.poll import poll
 from pg_ops.postgres import upgrade as pgu
+from pg_ops.render import names as names
 from pg_ops.state import DesiredState, update_state
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pg_ops.platforms import kubernetes_names as k
+from pg_ops.render import names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres import config as pg_config
+from pg_ops.render import names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import yaml
 
 from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres.status_table import STATUS_KEYS, STATUS_TABLE
 from pg_ops.postgres.topology import STREAMING_RECEIVERS_SQL
+from pg_ops.render import names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 

@@ -10,7 +10,7 @@ import yaml
 
 from pg_ops import settings
 from pg_ops.errors import PgOpsError
-from pg_ops.platforms import kubernetes_names as k
+from pg_ops.render import names as k
 from pg_ops.spec import ClusterSpec
 
 HEADER = ("# Rendered by `pg-ops render --cluster {name}` from the cluster spec {name}.\n"

@@ -6,7 +6,7 @@ rest.
   or switchover needs no change here. pg_ops still drives each pooler pod through its admin
   console (PAUSE before a planned change, RECONNECT and RESUME after it: operations/pooling.py).
 - `<primary-service>-pooler` on the primary Service's port: applications change a host name.
-- Its pods carry their own labels (kubernetes_names.pooler_labels), so no member selector, budget
+- Its pods carry their own labels (names.pooler_labels), so no member selector, budget
   or NetworkPolicy reaches them; a budget of their own keeps one running through a drain, and
   their NetworkPolicy lets clients in and lets them reach only the members and DNS.
 - Its one secret, PgBouncer's own login line, is one key of the credentials Secret, mounted alone.
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.postgres import pgbouncer
 from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.render import names as k
 from pg_ops.render.meta import checkov_skips, metadata
 from pg_ops.spec import ClusterSpec
 

@@ -3,7 +3,7 @@ pg_ops puts on pods (never in Git), so routing follows a failover without a sync
 
 from __future__ import annotations
 
-from pg_ops.platforms import kubernetes_names as k
+from pg_ops.render import names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 

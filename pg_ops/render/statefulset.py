@@ -7,8 +7,8 @@ role label: pg_ops sets it on the pods (the Services select on it) and Git never
 
 from __future__ import annotations
 
-from pg_ops.platforms import kubernetes_names as k
 from pg_ops.render import monitoring
+from pg_ops.render import names as k
 from pg_ops.render.config import config_hash
 from pg_ops.render.meta import checkov_skips, labels, metadata
 from pg_ops.spec import ClusterSpec

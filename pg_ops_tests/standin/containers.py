@@ -59,10 +59,10 @@ from pathlib import Path
 
 from pg_ops import settings
 from pg_ops.errors import PgOpsError
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.kubernetes import ADDRESSES_ENV
 from pg_ops.platforms.local import _pid_alive
 from pg_ops.platforms.server_user import ServerUser
+from pg_ops.render import names as names
 from pg_ops_tests.standin.api import ApiError, RawApi, now
 
 MIN_KILL_GRACE_S = 2.0  # the kubelet's minimumGracePeriodInSeconds, for a force-deleted pod

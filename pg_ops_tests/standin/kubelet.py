@@ -46,9 +46,9 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pg_ops.platforms import kubernetes_names as names
 from pg_ops.platforms.local import LocalScratchServer
 from pg_ops.platforms.server_user import server_user
+from pg_ops.render import names as names
 from pg_ops_tests.helpers import free_port
 from pg_ops_tests.standin import websocket
 from pg_ops_tests.standin.api import ApiError, RawApi, now
