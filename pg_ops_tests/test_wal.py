@@ -27,8 +27,8 @@ from pg_ops.operations.deploy import deployment_problems
 from pg_ops.operations.failover import failover
 from pg_ops.operations.recover import RecoveryRefused, check_recovery, pitr_drill, pitr_drill_status, recover
 from pg_ops.postgres import archiving, walfiles
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.helpers import (
     home_environment,
@@ -295,7 +295,7 @@ def test_recovery_to_three_points_in_time_across_a_failover(s3_cluster):
     wait_for(lambda: wal.archive_health(ctx).status.ready_segments == 0, "nothing waiting for the archiver")
     replica = next(m for m in ctx.spec.member_names if m != old)
     lsn = run(ctx, "select pg_current_wal_lsn()::text", "postgres")[0][0]
-    wait_for(lambda: lsn_to_int(ctx.probe([replica])[replica].replay_lsn) >= lsn_to_int(lsn),  # numbers: "0/10000060" > "0/FFFFF38"
+    wait_for(lambda: ctx.probe([replica])[replica].replay_lsn >= Lsn.parse(lsn),  # numbers: "0/10000060" > "0/FFFFF38"
              "the replica replayed batch 2")
     kill_member(ctx.platform, old)
     change = failover(ctx, detected_at=time.time())
