@@ -588,7 +588,7 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
         assert deployment_problems(new_ctx, new_ctx.probe(), state.primary) == []
         assert fake.admin_api().core.list_namespaced_secret(
             ns, field_selector=f"metadata.name={k.recovery_secret(recovered)}").items == []
-        assert new_ctx.platform.member_report("k8srec-back-0").get("boot.action") == "recover"  # its boot row
+        assert new_ctx.platform.member_report("k8srec-back-0").boot_action == "recover"  # its boot row
         run(new_ctx, "insert into pitr (batch) values (4)")  # writable, as the new cluster's primary
 
         # A segment the replay needs cannot be read: the pod's refusal names PostgreSQL's reason,
