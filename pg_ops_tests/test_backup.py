@@ -53,11 +53,11 @@ def fill_app(ctx: ClusterContext, rows: int = 20000) -> None:
 
 
 def wait_until_replayed(ctx: ClusterContext, lsn: str) -> None:
-    from pg_ops.postgres.topology import lsn_to_int
+    from pg_ops.postgres.lsn import Lsn
 
-    target = lsn_to_int(lsn)
+    target = Lsn.parse(lsn)
     replicas = [m for m in ctx.spec.member_names if m != ctx.state().primary]
-    wait_for(lambda: all((lsn_to_int(p.replay_lsn) or 0) >= target for p in ctx.probe(replicas).values()),
+    wait_for(lambda: all((p.replay_lsn or 0) >= target for p in ctx.probe(replicas).values()),
              "replicas replayed the test data")
 
 

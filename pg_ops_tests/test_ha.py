@@ -27,6 +27,7 @@ from pg_ops.operations.ha.model import (
     StartMember,
     Unfence,
 )
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.topology import MemberProbe, StandbyRow
 from pg_ops.state import DesiredState, TopologyLock
 
@@ -41,11 +42,12 @@ def policy(replication="async", automatic=True, **kw) -> Policy:
 
 
 def primary(name="c-0", lsn="0/5000000", standbys=(), sync_names="", slots=None, timeline=2) -> MemberProbe:
-    rows = [StandbyRow(name=n, state=state, sync_state="async", sent_lsn=flush, flush_lsn=flush, replay_lsn=flush,
-                       lag_bytes=0, replay_lag_seconds=0.0) for n, state, flush in standbys]
+    rows = [StandbyRow(name=n, state=state, sync_state="async", sent_lsn=Lsn.parse(flush), flush_lsn=Lsn.parse(flush),
+                       replay_lsn=Lsn.parse(flush), lag_bytes=0, replay_lag_seconds=0.0) for n, state, flush in standbys]
     if slots is None:  # by default the primary has the slot of every other member
         slots = [n.replace("-", "_") for n in ADDR if n != name]
-    return MemberProbe(name=name, host="h", port=1, reachable=True, in_recovery=False, timeline=timeline, lsn=lsn,
+    return MemberProbe(name=name, host="h", port=1, reachable=True, in_recovery=False, timeline=timeline,
+                       lsn=Lsn.parse(lsn),
                        replication=rows, synchronous_standby_names=sync_names,
                        slots=[{"slot_name": s, "active": True} for s in slots])
 
@@ -53,10 +55,10 @@ def primary(name="c-0", lsn="0/5000000", standbys=(), sync_names="", slots=None,
 def replica(name, lsn="0/5000000", source="c-0", streaming=True, silence=0.2, upstream=None, timeline=2,
             latest_end=None) -> MemberProbe:
     return MemberProbe(name=name, host="h", port=1, reachable=True, in_recovery=True, timeline=timeline,
-                       lsn=lsn, receive_lsn=lsn, replay_lsn=lsn,
+                       lsn=Lsn.parse(lsn), receive_lsn=Lsn.parse(lsn), replay_lsn=Lsn.parse(lsn),
                        receiver_status="streaming" if streaming else None,
                        sender=ADDR[source] if streaming else None, silence_seconds=silence if streaming else None,
-                       upstream=upstream or ADDR[source], latest_end_lsn=latest_end)
+                       upstream=upstream or ADDR[source], latest_end_lsn=Lsn.parse(latest_end))
 
 
 def down(name, error="connection refused") -> MemberProbe:
@@ -325,7 +327,7 @@ def test_healthy_tick_refreshes_the_observed_lsn_when_it_moved():
     v = healthy(observed_lsn="0/4000000")
     d = decide(v, HaMemory(), policy())
     assert RecordObserved("0/5000000", ("c-1", "c-2"), 2) in d.actions
-    assert d.memory.last_primary_lsn == "0/5000000"
+    assert d.memory.last_primary_lsn == Lsn.parse("0/5000000")
 
 
 def test_replica_that_missed_the_repoint_is_repointed_and_a_rejoined_member_unfenced():
@@ -417,7 +419,7 @@ def test_split_brain_is_named():
 
 def test_memory_round_trips_through_the_cursor():
     memory = HaMemory(incident=Incident(id="1-2", requested=True, signature="s"), down_since=1.0,
-                      departed={"c-1": 7}, last_primary_lsn="0/1")
+                      departed={"c-1": Lsn(7)}, last_primary_lsn=Lsn.parse("0/1"))
     assert HaMemory.from_dict(memory.to_dict()) == memory
     assert HaMemory.from_dict({"incident": "garbage"}) == HaMemory()
 

@@ -17,7 +17,7 @@ from pg_ops.operations import failover as failover_ops
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
 from pg_ops.operations.ha import act
-from pg_ops.operations.health import watch_cluster
+from pg_ops.operations.health import TickMemory, watch_cluster
 from pg_ops.postgres import admin
 from pg_ops.postgres.session import connect
 from pg_ops.render import names as names
@@ -46,10 +46,9 @@ from pg_ops_tests.test_health import Sensor
 
 def tick(ctx, memory=None):
     """One sensor tick; `memory` (the cursor's part for this cluster) is carried over in place."""
-    memory = {} if memory is None else memory
+    memory = TickMemory() if memory is None else memory
     watch = watch_cluster(ctx, memory)
-    memory.clear()
-    memory.update(watch.memory)
+    vars(memory).update(vars(watch.memory))
     return watch
 
 
@@ -67,7 +66,7 @@ def test_rejoined_fenced_member_is_a_full_replica_again(make_platform_spec):
         recover_member(ctx, old)
         ctx.platform.start_member(old)
         wait_for(lambda: tick(ctx).health.view.streams_from(old, change.new_primary), f"{old} streaming", timeout=90)
-        memory = {}
+        memory = TickMemory()
         wait_for(lambda: tick(ctx, memory) and old in ctx.state().sync_set, f"{old} back in the synchronous set",
                  timeout=60)
         state = ctx.state()
@@ -230,7 +229,7 @@ def test_sync_mode_loses_a_replica_then_the_primary_and_loses_nothing(make_platf
         with Writer(ctx) as writer:
             wait_for(lambda: len(writer.acked) > 50, "sync writes")
             lose_member(ctx, gone)
-            memory: dict = {}
+            memory = TickMemory()
 
             wait_for(lambda: tick(ctx, memory) and ctx.state().sync_set == (survivor,),
                      "the synchronous set narrowed to the survivor", timeout=60)
@@ -252,7 +251,7 @@ def test_failover_keeps_sync_mode_while_the_standbys_reconnect(cluster_sync):
     change = failover(ctx)
     # Right after the promotion: not relaxed (the other replica reconnects within a second).
     assert sync_setting(ctx, change.new_primary).startswith("ANY 1 (")
-    memory: dict = {}
+    memory = TickMemory()
     watch = tick(ctx, memory)
     assert "sync_relaxed" not in {a.kind for a in watch.alerts}
     deadline = time.monotonic() + 30
@@ -301,7 +300,7 @@ def test_stalled_sync_promotion_is_resumed_by_the_next_tick_and_loses_nothing(cl
     recorded ... use --force")."""
     ctx = cluster_sync
     old = ctx.state().primary
-    memory: dict = {}
+    memory = TickMemory()
     with Writer(ctx) as writer:
         wait_for(lambda: len(writer.acked) > 50, "sync writes")
         kill_member(ctx.platform, old)
@@ -340,7 +339,7 @@ def test_promotion_completing_after_the_run_gave_up_gets_its_slots_from_the_tick
     new = ctx.state().primary
     other = next(m for m in ctx.spec.member_names if m not in (old, new))
     wait_for(lambda: ctx.probe([new])[new].writable, "the late promotion")
-    memory: dict = {}
+    memory = TickMemory()
     wait_for(lambda: tick(ctx, memory).health.view.streams_from(other, new), f"{other} streaming from {new}",
              timeout=60)
     slots = {s["slot_name"]: s["active"] for s in ctx.probe([new])[new].slots}
@@ -361,7 +360,7 @@ def _fence_the_primary_with_pg_ops_away(ctx, writer):
     for name in replicas:
         ctx.platform.stop_member(name)
     wait_for(lambda: ctx.probe([primary])[primary].in_recovery is True, "the primary fencing itself", timeout=60)
-    assert ctx.platform.member_report(primary).get("isolated.at")
+    assert ctx.platform.member_report(primary).isolated_at
     return primary, replicas
 
 
@@ -371,7 +370,7 @@ def test_sync_primary_that_fenced_itself_is_resumed_in_place_when_ticks_resume(m
     to refuse: "... of the synchronous set does not answer")."""
     spec = make_spec("fz", postgres={"members": 3, "replication": "sync"}, monitoring={"interval_seconds": 1})
     with running_cluster(spec) as ctx:
-        memory: dict = {}
+        memory = TickMemory()
         tick(ctx, memory)
         epoch = ctx.state().epoch
         with Writer(ctx) as writer:
@@ -389,7 +388,7 @@ def test_sync_primary_that_fenced_itself_is_resumed_in_place_when_ticks_resume(m
         # The supervisor clears its isolation marker on its next one-second check once it sees
         # itself writable (and a tick may have had to promote it in place once more: with pg_ops
         # away longer than the lease while the replica starts, it fences itself again, correctly).
-        wait_for(lambda: tick(ctx, memory) and not ctx.platform.member_report(primary).get("isolated.at"),
+        wait_for(lambda: tick(ctx, memory) and not ctx.platform.member_report(primary).isolated_at,
                  "the isolation marker cleared")
         _nothing_acknowledged_lost(ctx, writer, primary)
         wait_for(lambda: all(tick(ctx, memory).health.view.streams_from(r, primary) for r in (first, second)),
@@ -438,7 +437,7 @@ def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec, mo
         b = first.new_primary
         c = next(m for m in ctx.spec.member_names if m not in (a, b))
         q(ctx, b, "create table after_failover as select g as n from generate_series(1, 100) g", "postgres")
-        memory: dict = {}
+        memory = TickMemory()
         wait_for(lambda: tick(ctx, memory).health.view.streams_from(c, b), f"{c} streaming from {b}")
         wait_for(lambda: q(ctx, c, "select to_regclass('after_failover') is not null", "postgres")[0][0]
                  and q(ctx, c, "select count(*) from after_failover", "postgres")[0][0] == 100, f"{c} has b's rows")
@@ -458,8 +457,9 @@ def test_diverged_old_primary_on_an_old_timeline_is_never_promoted(make_spec, mo
         wait_for(lambda: tick(ctx, memory).health.view.streams_from(a, c), f"{a} rewound and streaming from {c}",
                  timeout=120)
         report = ctx.platform.member_report(a)
-        assert report.get("discarded.timeline") == "1", (report, ctx.platform.member_log_tail(a, 30))
-        assert int(report["discarded.transactions"]) >= 1, report
+        assert report.discarded is not None and report.discarded.timeline == 1, \
+            (report, ctx.platform.member_log_tail(a, 30))
+        assert (report.discarded.transactions or 0) >= 1, report
 
 
 def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_nothing(cluster_sync, monkeypatch):

@@ -5,6 +5,7 @@ is in test_sensors_daemon.py.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pg_ops.operations.ha.decide import primary_verdict
 from pg_ops.operations.ha.model import Policy
 from pg_ops.operations.ha.observe import read_view
 from pg_ops.operations.status import cluster_status
+from pg_ops.platforms.base import MemberReport
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import probe_member
@@ -191,12 +193,12 @@ def test_stopped_replica_alerts_once_and_resolves_after_restart(cluster):
 
 def test_observations_on_change_and_otherwise_once_a_minute(shared_cluster):
     ctx = shared_cluster
-    memory: dict = {}
-    rows = [{**m, "cluster": ctx.name} for m in cluster_status(ctx).to_dict()["members"]]
+    memory = health.TickMemory()
+    rows = cluster_status(ctx).members
     assert len(health.due_observations(memory, rows, [], now=1000)) == 3
     assert health.due_observations(memory, rows, [], now=1010) == []
-    changed = [{**rows[1], "role": "down", "streaming": None}] + [rows[0], rows[2]]
-    assert [r["name"] for r in health.due_observations(memory, changed, [], now=1020)] == [rows[1]["name"]]
+    changed = [dataclasses.replace(rows[1], role="down", streaming=None)] + [rows[0], rows[2]]
+    assert [r.name for r in health.due_observations(memory, changed, [], now=1020)] == [rows[1].name]
     assert len(health.due_observations(memory, changed, [], now=1000 + health.OBSERVE_EVERY_S)) == 2
 
 
@@ -479,12 +481,13 @@ def test_discarded_writes_are_alerted_once_counted_or_not(unknown):
     import time
     from types import SimpleNamespace
 
-    report = {"discarded.at": str(int(time.time())), "discarded.from": "0/3000000", "discarded.timeline": "1",
-              **({"discarded.unknown": unknown} if unknown else
-                 {"discarded.to": "0/3000082", "discarded.bytes": "130", "discarded.transactions": "1"})}
+    pairs = {"discarded.at": str(int(time.time())), "discarded.from": "0/3000000", "discarded.timeline": "1",
+             **({"discarded.unknown": unknown} if unknown else
+                {"discarded.to": "0/3000082", "discarded.bytes": "130", "discarded.transactions": "1"})}
+    report = MemberReport.parse("".join(f"{k}={v}\n" for k, v in pairs.items()))
     ctx = SimpleNamespace(name="c", spec=SimpleNamespace(member_names=["c-0"]),
                           platform=SimpleNamespace(member_report=lambda name: report))
-    memory: dict = {}
+    memory = health.TickMemory()
     [alert] = health.reported_events(ctx, memory, ["c-0"])
     assert alert.kind == "writes_discarded" and alert.severity == "critical"
     if unknown:

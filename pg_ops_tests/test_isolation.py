@@ -54,10 +54,10 @@ def test_a_replication_client_that_is_no_member_does_not_keep_an_isolated_primar
                     kill_member(ctx.platform, member)
             # pg_ops renews nothing here and no member streams: within the lease (3 s) and a
             # check, the primary stops acknowledging writes, however often pg_receivewal replies.
-            wait_for(lambda: ctx.platform.member_report(primary).get("isolated.at"), "the primary to fence itself",
+            wait_for(lambda: ctx.platform.member_report(primary).isolated_at, "the primary to fence itself",
                      timeout=60, interval=0.5)
             report = ctx.platform.member_report(primary)
-            assert report["isolated.reason"].startswith("no lease renewal for "), report
+            assert report.isolated_reason.startswith("no lease renewal for "), report
             wait_for(lambda: _sql(ctx, primary, "select pg_is_in_recovery()") == [(True,)],
                      "the primary back as a standby (read-only)", timeout=30)
         finally:
@@ -82,9 +82,9 @@ def test_a_change_holding_the_lock_keeps_the_primary_lease_renewed(make_spec):
         with topology_lock(ctx.platform.state_store(), "test-rebuild"), lease_kept(ctx):
             ctx.platform.stop_member(replica)
             time.sleep(8)  # four leases with no standby
-            assert not ctx.platform.member_report(primary).get("isolated.at")
+            assert not ctx.platform.member_report(primary).isolated_at
             assert _sql(ctx, primary, "select pg_is_in_recovery()") == [(False,)]
-        wait_for(lambda: ctx.platform.member_report(primary).get("isolated.at"),
+        wait_for(lambda: ctx.platform.member_report(primary).isolated_at,
                  "the primary to fence itself once nothing renews its lease", timeout=60, interval=0.5)
 
 

@@ -34,7 +34,7 @@ from pg_ops.credentials import SUPERUSER
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, rebuild, switchover
-from pg_ops.operations.health import watch_cluster
+from pg_ops.operations.health import TickMemory, watch_cluster
 from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.render import names as names
 from pg_ops.state import update_state
@@ -448,7 +448,7 @@ class TestKubeletSyncDelay:
         after_stop = log[log.rindex("postgres exited"):]
         assert f"fenced by pg_ops at epoch {change.epoch}; the record here is at epoch {change.epoch - 1}" in after_stop
         assert "as primary" not in after_stop, after_stop
-        memory: dict = {}  # pg_ops ticks meanwhile, as its sensor does (it renews the new primary's lease)
+        memory = TickMemory()  # pg_ops ticks meanwhile, as its sensor does (it renews the new primary's lease)
         wait_for(lambda: watch_cluster(ctx, memory) and streaming(ctx, old), f"{old} back as a replica of {other}",
                  timeout=90)
         deploy(ctx)

@@ -19,6 +19,7 @@ from pg_ops.errors import ConflictError, MemberError, PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy, teardown
 from pg_ops.operations.status import cluster_status
+from pg_ops.platforms.base import MemberReport
 from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient
@@ -294,7 +295,7 @@ def test_wiped_member_is_recloned_not_reinitialised(k8s, fake):
     assert (42,) in sql(k8s, replica, "select v from keep", PG_OPS_DATABASE)
     assert "cloning from primary" in k8s.platform.member_log_tail(replica, lines=1000)
     report = k8s.platform.member_report(replica)  # read through an exec into the pod
-    assert (report["boot.action"], report["boot.reason"]) == ("clone", f"from {primary}")
+    assert (report.boot_action, report.boot_reason) == ("clone", f"from {primary}")
 
 
 def test_fenced_member_leaves_the_services_and_its_pod_is_deleted(k8s, fake):
@@ -372,19 +373,18 @@ def test_a_refusal_is_read_from_the_termination_message_while_the_container_wait
     with deployed_cluster(fake, "refuse", "kubernetes") as ctx:
         primary = ctx.state().primary
         ctx.platform.wipe_member(primary)  # empty volume: the designated primary of a bootstrapped cluster
-        seen: dict[str, str] = {}
+        seen = [MemberReport()]
 
         def refused() -> bool:
             # One read: a second one may fall between the container's exit and the status that
-            # says so, when neither an exec nor a termination message reaches the report ({}).
+            # says so, when neither an exec nor a termination message reaches the report (empty).
             if ctx.platform.member_running(primary):
                 return False
-            seen.clear()
-            seen.update(ctx.platform.member_report(primary))
-            return seen.get("boot.action") == "refused"
+            seen[0] = ctx.platform.member_report(primary)
+            return seen[0].boot_action == "refused"
 
         wait_for(refused, "the refusal while the container waits", timeout=90)
-        assert "refusing initdb" in seen["boot.reason"]
+        assert "refusing initdb" in seen[0].boot_reason
         # and deploy says so at once, with the reason (not after the pod start timeout). The
         # container restarts with back-off, so deploy may catch it running and then see it exit
         # before it is writable: the same refusal either way.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from pg_ops.platforms.base import REPORT_FILE, parse_member_report
+from pg_ops.platforms.base import REPORT_FILE, report_pairs
 from pg_ops.platforms.local import MEMBER_SCRIPT
 from pg_ops.state import DesiredState
 from pg_ops_tests.helpers import wait_for
@@ -239,7 +239,7 @@ class Member:
     def report(self) -> dict[str, str]:
         """What pg_ops reads, parsed the way the platforms parse it."""
         path = self.state_dir / REPORT_FILE
-        return parse_member_report(path.read_text()) if path.exists() else {}
+        return report_pairs(path.read_text()) if path.exists() else {}
 
     def status(self) -> dict[str, str]:
         path = self.state_dir / "run" / "member-status"

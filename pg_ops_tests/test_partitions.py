@@ -136,7 +136,7 @@ def daemon_clusters():
 def _ticked(instance, clusters: list[str]) -> bool:
     from pg_ops.defs.health import health_sensor_cursor
 
-    return all(len(health_sensor_cursor(instance, c)["ticks"]) >= 2 for c in clusters)
+    return all(len(health_sensor_cursor(instance, c).ticks) >= 2 for c in clusters)
 
 
 def _failovers(instance, cluster):

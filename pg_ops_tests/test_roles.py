@@ -496,7 +496,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         after = ctx.credentials()
         generation = ctx.platform._passfile_of(ctx.platform._read_secret())[0]  # type: ignore[attr-defined]
         for member in spec.member_names:
-            assert ctx.platform.member_report(member)["passfile.generation"] == str(generation)
+            assert ctx.platform.member_report(member).passfile_generation == generation
         primary = ctx.state().primary
         sql(ctx, "select pg_terminate_backend(pid) from pg_stat_replication")  # the replica logs in again
         wait_for(lambda: sql(ctx, "select count(*) from pg_stat_replication where state = 'streaming'") == [(1,)],

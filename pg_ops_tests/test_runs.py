@@ -6,6 +6,7 @@ The same paths through a real `dagster dev`: pg_ops_tests/test_runs_deployment.p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -21,6 +22,7 @@ from pg_ops.cli import main as cli_main
 from pg_ops.defs import health
 from pg_ops.defs.partitions import CLUSTER_TAG, MAX_RUNTIME_TAG, TOPOLOGY_TAG
 from pg_ops.defs.resources import PgOpsResource
+from pg_ops.operations.health import Detection, SensorCursor
 from pg_ops.runs import CODE_LOCATION
 from pg_ops.spec import load_specs
 from pg_ops_tests.helpers import free_port, spec_from, write_spec
@@ -207,10 +209,11 @@ def test_unreadable_specs_leave_the_loaded_ones_watched(pg_home):
 def test_the_health_sensor_reports_failed_member_detection_on_a_new_failure_and_hourly(pg_home):
     spec = spec_from(write_spec(pg_home / "specs", "det"))
     hour = 3600 * 1000
-    before = {"ticks": [hour + 10.0], "detections": [], "probe_seconds": 0.1}
-    after = {"ticks": [hour + 10.0, hour + 15.0], "detections": [], "probe_seconds": 0.1}
+    before = SensorCursor(ticks=[hour + 10.0], probe_seconds=0.1)
+    after = SensorCursor(ticks=[hour + 10.0, hour + 15.0], probe_seconds=0.1)
     assert health.detection_checks(before, after, [spec], now=hour + 15.0) == []
-    failed = {**after, "detections": [{"cluster": "det", "member": "det-1", "seconds": 4.2, "at": hour + 14.0}]}
+    failed = dataclasses.replace(after, detections=[Detection(cluster="det", member="det-1", seen_down_at=hour + 14.0,
+                                                              last_seen_up_at=hour + 9.8, seconds=4.2)])
     (check,) = health.detection_checks(after, failed, [spec], now=hour + 15.0)
     assert check.check_name == health.DETECTION_CHECK and check.asset_key == health.service_level_asset_key("det")
     assert check.passed and check.metadata["figure"].value == 5.1  # tick spacing 5 s + probes 0.1 s

@@ -1,11 +1,14 @@
 """Service-level checks on a real cluster, through Dagster's asset checks."""
 
+import dataclasses
+
 import dagster as dg
 
 from pg_ops.defs import failover as failover_defs
 from pg_ops.defs import health as health_defs
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import slo
+from pg_ops.operations.health import Detection, SensorCursor
 from pg_ops.postgres.load import SCRATCH_DATABASE
 from pg_ops.postgres.session import with_connection
 
@@ -53,12 +56,15 @@ def test_consistency_fails_when_a_replica_stops_replaying(shared_cluster):
 
 def test_detection_level_from_the_sensor_record():
     now = 10_000.0
-    history = {"ticks": [now - 15, now - 10, now - 5], "probe_seconds": 0.1,
-               "detections": [{"cluster": "c", "member": "c-1", "seconds": 5.2},
-                              {"cluster": "other", "member": "o-1", "seconds": 99}]}
+    def detection(cluster, member, seconds):
+        return Detection(cluster=cluster, member=member, seen_down_at=now - 20, last_seen_up_at=now - 20 - seconds,
+                         seconds=seconds)
+
+    history = SensorCursor(ticks=[now - 15, now - 10, now - 5], probe_seconds=0.1,
+                           detections=[detection("c", "c-1", 5.2), detection("other", "o-1", 99)])
     level = slo.failed_member_detection(history, "c", now=now)
     assert level.passed and level.figure == 5.2 and level.details["recorded_failures"] == 1
-    slow = {**history, "detections": [{"cluster": "c", "member": "c-2", "seconds": 41.0}]}
+    slow = dataclasses.replace(history, detections=[detection("c", "c-2", 41.0)])
     assert not slo.failed_member_detection(slow, "c", now=now).passed
     stale = slo.failed_member_detection(history, "c", now=now + 600)
     assert not stale.passed and "not watching" in stale.summary

@@ -479,7 +479,7 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
         assert fingerprints(ctx) == before
         state = ctx18.state()
         assert (state.system_identifier, state.upgrade_id) == (old_sysid, "")
-        assert ctx18.platform.member_report(state.primary)["upgrade.step"] == "failed"
+        assert ctx18.platform.member_report(state.primary).upgrade_step == "failed"
         sql(ctx, ["drop table legacy_refs"])
 
         before = fingerprints(ctx)
@@ -505,7 +505,7 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
         assert {db: done for db, done in result["extensions_updated"].items() if done} == {"app": ["vector 0.6.2 -> 0.8.6"]}
         state = ctx18.state()
         assert state.system_identifier == result["system_identifier"] != old_sysid and state.upgrade_id == ""
-        assert ctx18.platform.member_report(primary)["upgrade.step"] == "started"
+        assert ctx18.platform.member_report(primary).upgrade_step == "started"
         # The old major's data dir went with the go (pg_upgrade --link: it shared the new one's files).
         data = kube.data_dir(spec.kubernetes.namespace, primary)
         assert data is not None

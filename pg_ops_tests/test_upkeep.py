@@ -8,7 +8,7 @@ import pytest
 
 from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
-from pg_ops.operations.health import watch_cluster
+from pg_ops.operations.health import TickMemory, watch_cluster
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.helpers import kill_member, running_cluster
 
@@ -33,7 +33,7 @@ def test_sync_mode_relaxes_only_when_allowed_and_tightens_again(make_spec, mode)
             kill_member(ctx.platform, replica)
         # The first tick without a standby does not relax yet: right after a failover the
         # standbys reconnect within a second or two, and relaxing then would give up RPO 0.
-        watch = watch_cluster(ctx, {})
+        watch = watch_cluster(ctx, TickMemory())
         assert setting(ctx, primary).startswith("ANY 1 (") and "sync_relaxed" not in kinds(watch)
         deadline = time.monotonic() + 8  # relax_after is 2 intervals: 2 s here
         while time.monotonic() < deadline and "sync_relaxed" not in kinds(watch):
@@ -52,7 +52,7 @@ def test_sync_mode_relaxes_only_when_allowed_and_tightens_again(make_spec, mode)
 
 def test_health_tick_is_recorded_for_the_exporter(make_spec):
     with running_cluster(make_spec("tick")) as ctx:
-        watch_cluster(ctx, {})
+        watch_cluster(ctx, TickMemory())
         rows = with_connection(ctx.endpoints()[ctx.state().primary], "postgres", ctx.admin_password(),
                                lambda c: c.execute("select key, value from status").fetchall(),
                                dbname=PG_OPS_DATABASE, timeout=5)

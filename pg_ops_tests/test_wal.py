@@ -27,8 +27,8 @@ from pg_ops.operations.deploy import deployment_problems
 from pg_ops.operations.failover import failover
 from pg_ops.operations.recover import RecoveryRefused, check_recovery, pitr_drill, pitr_drill_status, recover
 from pg_ops.postgres import archiving, walfiles
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.helpers import (
     home_environment,
@@ -295,7 +295,7 @@ def test_recovery_to_three_points_in_time_across_a_failover(s3_cluster):
     wait_for(lambda: wal.archive_health(ctx).status.ready_segments == 0, "nothing waiting for the archiver")
     replica = next(m for m in ctx.spec.member_names if m != old)
     lsn = run(ctx, "select pg_current_wal_lsn()::text", "postgres")[0][0]
-    wait_for(lambda: lsn_to_int(ctx.probe([replica])[replica].replay_lsn) >= lsn_to_int(lsn),  # numbers: "0/10000060" > "0/FFFFF38"
+    wait_for(lambda: ctx.probe([replica])[replica].replay_lsn >= Lsn.parse(lsn),  # numbers: "0/10000060" > "0/FFFFF38"
              "the replica replayed batch 2")
     kill_member(ctx.platform, old)
     change = failover(ctx, detected_at=time.time())
@@ -588,7 +588,7 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
         assert deployment_problems(new_ctx, new_ctx.probe(), state.primary) == []
         assert fake.admin_api().core.list_namespaced_secret(
             ns, field_selector=f"metadata.name={k.recovery_secret(recovered)}").items == []
-        assert new_ctx.platform.member_report("k8srec-back-0").get("boot.action") == "recover"  # its boot row
+        assert new_ctx.platform.member_report("k8srec-back-0").boot_action == "recover"  # its boot row
         run(new_ctx, "insert into pitr (batch) values (4)")  # writable, as the new cluster's primary
 
         # A segment the replay needs cannot be read: the pod's refusal names PostgreSQL's reason,

@@ -29,8 +29,8 @@ from pg_ops.operations.failover import failover
 from pg_ops.operations.recover import recover
 from pg_ops.platforms import local_archive
 from pg_ops.postgres import archiving, walfiles
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, stop_cluster, wait_for, write_spec
 from pg_ops_tests.s3server import S3_PORT, shared_server
@@ -211,7 +211,7 @@ def test_failover_while_the_archive_refuses_writes_ships_or_alerts_and_backs_up(
             wait_for(lambda: archiver(ctx, old).failing and archiver(ctx, old).ready_segments >= 4,
                      "the archiver fails with the segments waiting", timeout=60)
             lsn = run(ctx, "select pg_current_wal_lsn()::text")[0][0]
-            wait_for(lambda: all(lsn_to_int(ctx.probe([m])[m].replay_lsn) >= lsn_to_int(lsn) for m in survivors),
+            wait_for(lambda: all(ctx.probe([m])[m].replay_lsn >= Lsn.parse(lsn) for m in survivors),
                      "the replicas have it all")
             _, open_alerts = wal.watch_archiving([ctx], {})
             failing = [k for k, v in open_alerts.items() if v["kind"] == "wal_archive_failing"]

@@ -31,6 +31,8 @@ from pg_ops.operations import slo
 from pg_ops.operations.alerts import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.model import FailoverRequest
+from pg_ops.operations.health import SensorCursor
+from pg_ops.operations.status import MemberStatus
 from pg_ops.spec import ClusterSpec
 
 SENSOR_PREFIX = "cluster_health_"  # + the cluster's name with `-` as `_` (sensor_name)
@@ -62,30 +64,17 @@ def service_level_asset_key(cluster: str) -> dg.AssetKey:
     return dg.AssetKey(["service_levels", cluster])
 
 
-# -- cursor ------------------------------------------------------------------------------------
-def load_cursor(raw: str | None) -> dict:
-    try:
-        cursor = json.loads(raw) if raw else {}
-    except ValueError:
-        cursor = {}
-    if not isinstance(cursor, dict):
-        cursor = {}
-    for key, empty in (("alerts", {}), ("clusters", {}), ("ticks", []), ("detections", []), ("reported", {})):
-        cursor.setdefault(key, empty)
-    return cursor
-
-
 def sensor_name(cluster: str) -> str:
     """The cluster's health sensor (Dagster names allow no `-`; cluster names, DNS labels, no `_`)."""
     return SENSOR_PREFIX + cluster.replace("-", "_")
 
 
-def health_sensor_cursor(instance: dg.DagsterInstance, cluster: str) -> dict:
+def health_sensor_cursor(instance: dg.DagsterInstance, cluster: str) -> SensorCursor:
     """The cluster's health sensor's record (what the failed-member-detection check reads on demand)."""
     states = [s for s in instance.all_instigator_state()
               if s.instigator_name == sensor_name(cluster) and getattr(s.instigator_data, "cursor", None) is not None]
     states.sort(key=lambda s: getattr(s.instigator_data, "last_tick_timestamp", 0) or 0)
-    return load_cursor(getattr(states[-1].instigator_data, "cursor", None) if states else None)
+    return SensorCursor.from_json(getattr(states[-1].instigator_data, "cursor", None) if states else None)
 
 
 def _failed_run_lookup(context):
@@ -100,14 +89,18 @@ def _failed_run_lookup(context):
     return failed
 
 
-def _observation(row: dict) -> dg.AssetObservation:
-    fields = ("role", "streaming", "timeline", "lsn", "lag_bytes", "lag_seconds", "sync_state", "connections",
-              "max_connections", "storage_ratio", "error")
-    metadata = {k: row[k] for k in fields if row.get(k) is not None}
-    if row.get("lag_seconds") is not None:
-        metadata["lag_seconds"] = dg.MetadataValue.float(float(row["lag_seconds"]))
-    metadata["reachable"] = row["role"] in ("primary", "replica")
-    return dg.AssetObservation(asset_key=member_asset_key(row["cluster"], row["name"]), metadata=metadata)
+def _observation(cluster: str, member: MemberStatus) -> dg.AssetObservation:
+    """The member's observation: its status as asset metadata (the LSN as PostgreSQL prints it)."""
+    fields = {"role": member.role, "streaming": member.streaming, "timeline": member.timeline,
+              "lsn": None if member.lsn is None else str(member.lsn), "lag_bytes": member.lag_bytes,
+              "lag_seconds": member.lag_seconds, "sync_state": member.sync_state, "connections": member.connections,
+              "max_connections": member.max_connections, "storage_ratio": member.storage_ratio,
+              "error": member.error}
+    metadata: dict = {k: v for k, v in fields.items() if v is not None}
+    if member.lag_seconds is not None:
+        metadata["lag_seconds"] = dg.MetadataValue.float(float(member.lag_seconds))
+    metadata["reachable"] = member.up
+    return dg.AssetObservation(asset_key=member_asset_key(cluster, member.name), metadata=metadata)
 
 
 def _failover_request(request: FailoverRequest) -> dg.RunRequest:
@@ -126,9 +119,9 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
     (loaded_specs). `watch_seconds`: how long each healthy cluster's primary is watched after
     the decision."""
     now = now or time.time()
-    cursor = load_cursor(context.cursor)
+    cursor = SensorCursor.from_json(context.cursor)
     specs = {c.name: c.spec for c in contexts}
-    watches = health_ops.watch_fleet(contexts, cursor["clusters"], now,
+    watches = health_ops.watch_fleet(contexts, cursor.clusters, now,
                                      failed_run=_failed_run_lookup(context), watch_seconds=watch_seconds)
     active, unknown, scope, run_requests = list(spec_alerts[0]), set(), set(spec_alerts[1]), []
     for watch in watches:
@@ -136,29 +129,29 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
         unknown |= watch.unknown
         if watch.health is not None:
             scope.add(watch.cluster)
-        cursor["clusters"][watch.cluster] = watch.memory
-        cursor["detections"] = (cursor["detections"] + watch.detections)[-health_ops.DETECTIONS_KEPT:]
+        cursor.clusters[watch.cluster] = watch.memory
+        cursor.detections = (cursor.detections + watch.detections)[-health_ops.DETECTIONS_KEPT:]
         if watch.failover is not None:
             run_requests.append(_failover_request(watch.failover))
-    to_send, cursor["alerts"] = alert_ops.reconcile(cursor["alerts"], active, unknown, scope, now)
+    to_send, cursor.alerts = alert_ops.reconcile(cursor.alerts, active, unknown, scope, now)
     to_send += [event for watch in watches for event in watch.events]  # one-off: sent once, never resolved
     secrets = [s for c in contexts for s in alert_ops.cluster_secrets(c)]
     alerts.deliver(to_send, specs, secrets, context.log)
-    cursor["ticks"] = (cursor["ticks"] + [now])[-TICKS_KEPT:]
-    cursor["probe_seconds"] = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
-    events: list = [_observation(row) for w in watches for row in w.observe]
+    cursor.ticks = (cursor.ticks + [now])[-TICKS_KEPT:]
+    cursor.probe_seconds = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
+    events: list = [_observation(w.cluster, member) for w in watches for member in w.observe]
     events += cluster_health_events(cursor, watches, active, now, secrets)
-    return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(cursor),
+    return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=cursor.to_json(),
                            skip_reason=None if (run_requests or events) else "all clusters unchanged")
 
 
-def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float, secrets=()) -> list:
+def cluster_health_events(cursor: SensorCursor, watches, active: list[Alert], now: float, secrets=()) -> list:
     """The deployment checks of each watched cluster and an observation of it, on its
     cluster_health/<cluster> asset (pg_ops/defs/deployment.py), whenever a check's outcome, the
     primary, maintenance mode or the cluster's active alerts change, and at least once an hour (the UI then shows
-    how recent they are). `cursor["reported"]` remembers what was last reported per cluster;
+    how recent they are). `cursor.reported` remembers what was last reported per cluster;
     the alerts shown are scrubbed of `secrets` as delivered ones are."""
-    reported = cursor.setdefault("reported", {})
+    reported = cursor.reported
     events: list = []
     for watch in watches:
         if watch.health is None:  # the pass did not run: its health_check_failed alert says why
@@ -170,10 +163,10 @@ def cluster_health_events(cursor: dict, watches, active: list[Alert], now: float
         signature = json.dumps([status.designated_primary, status.maintenance, [(e.check_name, e.passed, e.description) for e in evaluations],
                                 sorted(f"{a.kind}:{a.details.get('member', '')}" for a in active
                                        if a.cluster == watch.cluster)])
-        last = reported.get(watch.cluster) or {}
-        if last.get("sig") == signature and now - last.get("at", 0) < HEALTH_REPORT_AT_LEAST_EVERY_S:
+        last = reported.get(watch.cluster)
+        if last is not None and last.sig == signature and now - last.at < HEALTH_REPORT_AT_LEAST_EVERY_S:
             continue
-        reported[watch.cluster] = {"sig": signature, "at": now}
+        reported[watch.cluster] = health_ops.Seen(signature, now)
         events += [*evaluations, health_observation(watch.cluster, status, evaluations, alerts)]
     return events
 
@@ -219,13 +212,14 @@ def loaded_specs(read_specs, loaded: list[ClusterSpec]) -> tuple[list[ClusterSpe
 
 
 # -- the failed-member-detection check, evaluated by the sensor itself ------------------------------
-def detection_checks(before: dict, after: dict, specs: list[ClusterSpec], now: float) -> list[dg.AssetCheckEvaluation]:
+def detection_checks(before: SensorCursor, after: SensorCursor, specs: list[ClusterSpec],
+                     now: float) -> list[dg.AssetCheckEvaluation]:
     """failed_member_detection of each cluster from the sensor's own record (no run, no reading
     another instigator's cursor): when the tick recorded a new member failure for the cluster,
     and otherwise once an hour."""
-    ticks = before.get("ticks") or []
+    ticks = before.ticks
     new_hour = not ticks or int(ticks[-1] // 3600) != int(now // 3600)
-    fresh = {d.get("cluster") for d in after.get("detections", []) if d not in before.get("detections", [])}
+    fresh = {d.cluster for d in after.detections if d not in before.detections}
     return [check_evaluation(DETECTION_CHECK, service_level_asset_key(s.name), slo.failed_member_detection(
                 after, s.name, now=now, sensor_interval=s.monitoring.interval_seconds))
             for s in specs if new_hour or s.name in fresh]
@@ -233,7 +227,7 @@ def detection_checks(before: dict, after: dict, specs: list[ClusterSpec], now: f
 
 def with_detection_checks(result: dg.SensorResult, before: str | None, specs: list[ClusterSpec],
                           now: float) -> dg.SensorResult:
-    checks = detection_checks(load_cursor(before), load_cursor(result.cursor), specs, now)
+    checks = detection_checks(SensorCursor.from_json(before), SensorCursor.from_json(result.cursor), specs, now)
     if not checks:
         return result
     return dg.SensorResult(run_requests=result.run_requests, asset_events=[*result.asset_events, *checks],

@@ -35,7 +35,7 @@ from pg_ops.operations.alerts import cluster_secrets, send_alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import MemberProbe, lsn_to_int
+from pg_ops.postgres.topology import MemberProbe
 from pg_ops.stores import BackupStore, StoreError
 from pg_ops.stores import catalog as cat
 from pg_ops.stores.pipe import compress_into
@@ -68,7 +68,7 @@ def dump_sources(ctx: ClusterContext, probes: dict[str, MemberProbe]) -> list[So
     sources = []
     if ctx.spec.backups.source == "replica":
         replicas = [p for n, p in probes.items() if n not in writable and p.streaming]
-        replicas.sort(key=lambda p: -(lsn_to_int(p.replay_lsn) or 0))
+        replicas.sort(key=lambda p: -(p.replay_lsn or 0))
         sources += [Source(p.name, "replica", p) for p in replicas]
     sources += [Source(n, "primary", probes[n]) for n in writable]
     if not sources:
@@ -234,7 +234,7 @@ def _take(ctx: ClusterContext, store: BackupStore, backup_id: str) -> cat.Manife
         id=backup_id, cluster=ctx.name, started_at=started, finished_at=datetime.now(UTC),
         server_version=_server_version(first.probe), pg_dump_version=dump.tool_version(),
         source=first.member, source_role=first.role, timeline=first.probe.timeline,
-        lsn=databases[0].lsn if databases else first.probe.lsn,
+        lsn=databases[0].lsn if databases else (None if first.probe.lsn is None else str(first.probe.lsn)),
         fingerprint=ctx.spec.backups.fingerprint, globals=globals_obj, databases=databases,
         excluded_databases=excluded,
     )

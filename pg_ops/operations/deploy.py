@@ -27,7 +27,7 @@ from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, wri
 from pg_ops.poll import poll
 from pg_ops.postgres import admin, status_table
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import MemberProbe, lsn_to_int
+from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
 
 
@@ -127,7 +127,7 @@ def start_members(ctx: ClusterContext) -> list[str]:
 def fenced_itself(ctx: ClusterContext, name: str) -> bool:
     """Its member script restarted it as a standby as an isolated primary (isolation fencing):
     it never promotes itself back, so waiting for it to become writable is pointless."""
-    return bool(ctx.platform.member_report(name).get("isolated.at"))
+    return bool(ctx.platform.member_report(name).isolated_at)
 
 
 def resume_in_place(ctx: ClusterContext, primary: str) -> MemberProbe:
@@ -157,7 +157,7 @@ def establish_replication(ctx: ClusterContext, lock: HeldLock) -> None:
     view = read_view(ctx, policy, confirm=False)
     sync_set = initial_sync_set(policy, view)
     lock.update(lambda s: s.model_copy(update={
-        "fenced": (), "sync_set": sync_set, "observed_lsn": view.primary.lsn or "", "observed_at": view.now,
+        "fenced": (), "sync_set": sync_set, "observed_lsn": str(view.primary.lsn or ""), "observed_at": view.now,
         "timeline": view.primary.timeline or s.timeline,
         "observed_standbys": tuple(sorted(r.name for r in view.primary.replication if r.streaming))}))
     if policy.sync:
@@ -191,11 +191,11 @@ def replayed_everywhere(ctx: ClusterContext) -> None:
     databases the catalog step just made exist on them before deploy returns (a backup, which
     reads from a replica, may start right after). Bounded; the invariants check follows."""
     primary = ctx.state().primary
-    target = lsn_to_int(ctx.probe([primary])[primary].lsn) or 0
+    target = ctx.probe([primary])[primary].lsn or 0
 
     def caught_up() -> bool | None:
         probes = ctx.probe()
-        behind = [n for n, p in probes.items() if n != primary and p.reachable and (lsn_to_int(p.replay_lsn) or 0) < target]
+        behind = [n for n, p in probes.items() if n != primary and p.reachable and (p.replay_lsn or 0) < target]
         return None if behind else True
 
     poll(caught_up, timeout=REPLAY_WAIT_S, interval=0.2)

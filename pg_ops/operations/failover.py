@@ -29,7 +29,8 @@ from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, wri
 from pg_ops.operations.steps import StepLog
 from pg_ops.poll import poll
 from pg_ops.postgres import admin
-from pg_ops.postgres.topology import MemberProbe, lsn_to_int
+from pg_ops.postgres.lsn import Lsn
+from pg_ops.postgres.topology import MemberProbe
 from pg_ops.state import HeldLock, topology_lock
 
 LOCK_TTL_S = 60  # renewed every 20 s while the change runs (state.HeldLock)
@@ -496,7 +497,7 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn
     """Wait until `member` has received everything up to the old primary's shutdown. Known
     shutdown checkpoint (Patroni's rule): its received LSN is past that record. Not known: the
     received LSN passes the last LSN seen before the shutdown and stops moving."""
-    last: str | None = None
+    last: Lsn | None = None
     stable_since: float | None = None
 
     def attempt() -> str | None:
@@ -504,12 +505,12 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn
         probe = ctx.probe([member], timeout=2)[member]
         lsn = probe.receive_lsn
         if shutdown_lsn:
-            return lsn if lsn and (lsn_to_int(lsn) or 0) > (lsn_to_int(shutdown_lsn) or 0) else None
-        if lsn and (lsn_to_int(lsn) or 0) >= (lsn_to_int(at_least) or 0):
+            return str(lsn) if lsn and lsn > (Lsn.parse(shutdown_lsn) or 0) else None
+        if lsn and lsn >= (Lsn.parse(at_least) or 0):
             if lsn == last and not probe.streaming:
-                return lsn
+                return str(lsn)
             if lsn == last and stable_since and time.monotonic() - stable_since > 0.5:
-                return lsn
+                return str(lsn)
             if lsn != last:
                 last, stable_since = lsn, time.monotonic()
         return None

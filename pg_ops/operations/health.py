@@ -8,18 +8,22 @@ members down). When the cluster is healthy the tick then watches the primary for
 the daemon loop (`watch_seconds`), so a failure is seen within a second instead of at the next
 tick; if the watch sees one, the tick reads and decides again at once.
 
-The sensor (defs/health.py) hands each cluster its memory from its cursor and turns the
-result into alerts, asset observations and a `failover` run request.
+The sensor (defs/health.py) loads its cursor (`SensorCursor`, defined here with the
+`TickMemory` each cluster keeps in it), hands each cluster its memory, turns the result into
+alerts, asset observations and a `failover` run request, and saves the cursor.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from pg_ops.errors import PgOpsError, first_line
+from pg_ops.operations import stored
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.alerts import Alert, condition_key
 from pg_ops.operations.context import ClusterContext
@@ -33,10 +37,10 @@ from pg_ops.operations.status import (
     MemberStatus,
     build_status,
     cluster_status,
-    discarded_writes,
     per_member,
     storage_of,
 )
+from pg_ops.platforms.base import MemberReport
 from pg_ops.spec import ClusterSpec
 
 OBSERVE_EVERY_S = 60.0  # an unchanged member is observed at most once a minute
@@ -44,7 +48,72 @@ DETECTIONS_KEPT = 20
 REPORTS_ALERTED_WITHIN_S = 3600.0
 MEMBER_CONDITIONS = ("replication_lag", "replica_not_streaming", "connections")
 
-__all__ = ["FailoverRequest", "assess", "health_pass", "status_report", "watch_cluster", "watch_fleet"]
+__all__ = ["FailoverRequest", "SensorCursor", "TickMemory", "assess", "health_pass", "status_report",
+           "watch_cluster", "watch_fleet"]
+
+
+# -- what the sensor remembers between ticks: its cursor ------------------------------------------------
+@dataclass
+class Seen:
+    """What was last observed or reported, as a signature, and when."""
+
+    sig: str
+    at: float
+
+
+@dataclass
+class Alerted:
+    """What of a member's report was alerted already (each event is alerted once)."""
+
+    discarded: int | None = None  # discarded.at of the rewind or re-clone alerted last
+    isolated: float | None = None  # isolated.at of the isolation alerted last
+
+
+@dataclass
+class TickMemory:
+    """What one cluster's health sensor remembers between ticks (its part of the cursor)."""
+
+    ha: HaMemory = field(default_factory=HaMemory)  # the HA state machine's (decide)
+    observed: dict[str, Seen] = field(default_factory=dict)  # member -> its last observation
+    last_up: dict[str, float] = field(default_factory=dict)  # member -> the last tick that saw it up
+    down: dict[str, float] = field(default_factory=dict)  # member -> the first tick that saw it down, while it is
+    reported: dict[str, Alerted] = field(default_factory=dict)  # member -> its report's events alerted
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A member first seen down: `seconds` since it was last seen up bounds its detection time."""
+
+    cluster: str
+    member: str
+    seen_down_at: float
+    last_seen_up_at: float
+    seconds: float
+
+
+@dataclass
+class SensorCursor:
+    """The health sensor's cursor (a string Dagster stores; `to_json` / `from_json`, readable
+    JSON). A cursor an older pg_ops wrote reads as it is: an upgrade keeps the sensor's memory."""
+
+    alerts: dict[str, dict] = field(default_factory=dict)  # open alerts: key -> Alert as a dict (alerts.reconcile)
+    clusters: dict[str, TickMemory] = field(default_factory=dict)
+    ticks: list[float] = field(default_factory=list)  # the last TICKS_KEPT tick times
+    detections: list[Detection] = field(default_factory=list)  # the last DETECTIONS_KEPT
+    reported: dict[str, Seen] = field(default_factory=dict)  # cluster -> what cluster_health/<c> last reported
+    probe_seconds: float = 0.0  # the slowest cluster's pass at the last tick
+
+    def to_json(self) -> str:
+        return json.dumps(stored.to_json_value(self))
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> SensorCursor:
+        """An empty or unreadable cursor is a fresh start, never a crash."""
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            return cls()
+        return stored.from_json_value(cls, value) or cls()
 
 
 # -- member-level alert conditions ----------------------------------------------------------------
@@ -220,11 +289,11 @@ class ClusterWatch:
     health: ClusterHealth | None
     alerts: list[Alert]
     unknown: set[str]
-    memory: dict
+    memory: TickMemory
     decision: Decision | None = None
     failover: FailoverRequest | None = None
-    observe: list[dict] = field(default_factory=list)  # member rows due for an observation
-    detections: list[dict] = field(default_factory=list)
+    observe: list[MemberStatus] = field(default_factory=list)  # members due for an observation
+    detections: list[Detection] = field(default_factory=list)
     events: list[Alert] = field(default_factory=list)  # one-off alerts (discarded writes, an isolation)
     error: str | None = None
 
@@ -233,101 +302,99 @@ class ClusterWatch:
         return self.decision.summary if self.decision else None
 
 
-def _observation_signature(row: dict, alerting: set[str | None]) -> str:
-    return "|".join(str(x) for x in (row["role"], row["streaming"], row["timeline"], row["name"] in alerting))
+def _observation_signature(member: MemberStatus, alerting: set[str | None]) -> str:
+    return "|".join(str(x) for x in (member.role, member.streaming, member.timeline, member.name in alerting))
 
 
-def due_observations(memory: dict, rows: list[dict], alerts: list[Alert], now: float) -> list[dict]:
+def due_observations(memory: TickMemory, members: list[MemberStatus], alerts: list[Alert],
+                     now: float) -> list[MemberStatus]:
     """Members whose state changed since their last observation, or last observed a minute ago."""
-    seen = memory.setdefault("observed", {})
     alerting = {a.details.get("member") for a in alerts}
     due = []
-    for row in rows:
-        sig = _observation_signature(row, alerting)
-        last = seen.get(row["name"])
-        if last is None or last["sig"] != sig or now - last["at"] >= OBSERVE_EVERY_S:
-            seen[row["name"]] = {"sig": sig, "at": now}
-            due.append(row)
+    for member in members:
+        sig = _observation_signature(member, alerting)
+        last = memory.observed.get(member.name)
+        if last is None or last.sig != sig or now - last.at >= OBSERVE_EVERY_S:
+            memory.observed[member.name] = Seen(sig, now)
+            due.append(member)
     return due
 
 
-def _track_detections(memory: dict, rows: list[dict], fenced: set[str], now: float) -> list[dict]:
+def _track_detections(cluster: str, memory: TickMemory, members: list[MemberStatus], fenced: set[str],
+                      now: float) -> list[Detection]:
     """When a member is first seen down: how long since it was last seen up. The member failed
     somewhere in that window, so this is an upper bound of the detection time."""
-    last_up = memory.setdefault("last_up", {})
-    down = memory.setdefault("down", {})
+    last_up, down = memory.last_up, memory.down
     found = []
-    for row in rows:
-        name = row["name"]
-        if row["role"] in ("primary", "replica"):
+    for member in members:
+        name = member.name
+        if member.up:
             last_up[name] = now
             down.pop(name, None)
         elif name not in down and name not in fenced:
             down[name] = now
             if name in last_up:
-                found.append({"cluster": row.get("cluster"), "member": name, "seen_down_at": now,
-                              "last_seen_up_at": last_up[name], "seconds": round(now - last_up[name], 3)})
+                found.append(Detection(cluster=cluster, member=name, seen_down_at=now, last_seen_up_at=last_up[name],
+                                       seconds=round(now - last_up[name], 3)))
     return found
 
 
-def reported_events(ctx: ClusterContext, memory: dict, names: list[str]) -> list[Alert]:
+def reported_events(ctx: ClusterContext, memory: TickMemory, names: list[str]) -> list[Alert]:
     """What the member scripts of `names` reported that was not alerted yet: writes a rewind or
     re-clone discarded, and isolations (each alerted once; the cursor remembers the times)."""
     if not names:
         return []
-    seen = memory.setdefault("reported", {})
-    reports = per_member(ctx, ctx.platform.member_report, {}, names=names)
+    reports: dict[str, MemberReport] = per_member(ctx, ctx.platform.member_report, MemberReport(), names=names)
     events = []
     for name, report in reports.items():
-        mine = seen.setdefault(name, {})
-        discarded = discarded_writes(report)
-        if discarded and str(discarded["at"]) != mine.get("discarded"):
-            mine["discarded"] = str(discarded["at"])
-            if (discarded["at"] or 0) < time.time() - REPORTS_ALERTED_WITHIN_S:
+        mine = memory.reported.setdefault(name, Alerted())
+        discarded = report.discarded
+        if discarded and discarded.at != mine.discarded:
+            mine.discarded = discarded.at
+            if (discarded.at or 0) < time.time() - REPORTS_ALERTED_WITHIN_S:
                 continue  # an old report seen for the first time (a new cursor): remembered, not alerted
-            aside = f"; the old data dir is kept at {discarded['kept_aside']}" if discarded["kept_aside"] else ""
-            what = (f"what it held beyond the fork point could NOT be counted ({discarded['unknown']}): writes it "
-                    f"acknowledged may be lost" if discarded["unknown"] else
-                    f"{discarded['transactions']} transactions, {discarded['bytes']} bytes of WAL "
-                    f"({discarded['from_lsn']} - {discarded['to_lsn']} on timeline {discarded['timeline']})")
+            aside = f"; the old data dir is kept at {discarded.kept_aside}" if discarded.kept_aside else ""
+            what = (f"what it held beyond the fork point could NOT be counted ({discarded.unknown}): writes it "
+                    f"acknowledged may be lost" if discarded.unknown else
+                    f"{discarded.transactions} transactions, {discarded.bytes} bytes of WAL "
+                    f"({discarded.from_lsn} - {discarded.to_lsn} on timeline {discarded.timeline})")
             events.append(Alert(
                 cluster=ctx.name, severity="critical", kind="writes_discarded",
                 summary=f"{name} rejoined and discarded what it held beyond the fork point: {what}{aside}; "
                         f"see docs/runbooks/postgresql-failover.md, 'Discarded writes'",
-                details={"member": name, **discarded}, fired_at=time.time()))
-        isolated = report.get("isolated.at")
-        if isolated and isolated != mine.get("isolated"):
-            mine["isolated"] = isolated
+                details={"member": name, **asdict(discarded)}, fired_at=time.time()))
+        isolated = report.isolated_at
+        if isolated and isolated != mine.isolated:
+            mine.isolated = isolated
             events.append(Alert(
                 cluster=ctx.name, severity="critical", kind="primary_isolated",
-                summary=f"{name} fenced itself as an isolated primary ({report.get('isolated.reason', '')}): "
+                summary=f"{name} fenced itself as an isolated primary ({report.isolated_reason}): "
                         f"it restarted as a standby and stopped acknowledging writes",
-                details={"member": name, "at": float(isolated), "reason": report.get("isolated.reason")},
+                details={"member": name, "at": isolated, "reason": report.isolated_reason},
                 fired_at=time.time()))
     return events
 
 
-def _decide_and_act(ctx: ClusterContext, memory: dict, failed_run: Callable[[str], bool],
+def _decide_and_act(ctx: ClusterContext, memory: TickMemory, failed_run: Callable[[str], bool],
                     sleep: Callable[[float], None], missed_before: int = 0
                     ) -> tuple[ClusterHealth, Decision, list[Alert]]:
     health = health_pass(ctx, confirm=True, missed_before=missed_before, sleep=sleep)
-    ha_memory = HaMemory.from_dict(memory.get("ha"))
-    incident = ha_memory.incident
+    incident = memory.ha.incident
     if incident is not None and incident.requested and not incident.run_failed:
         incident.run_failed = failed_run(FailoverRequest(ctx.name, incident.id, 0).run_key)
-    decision = decide(health.view, ha_memory, Policy.from_spec(ctx.spec))
+    decision = decide(health.view, memory.ha, Policy.from_spec(ctx.spec))
     failures = act.execute(ctx, health.view, decision.actions)
-    memory["ha"] = decision.memory.to_dict()
+    memory.ha = decision.memory
     return health, decision, failures
 
 
-def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
+def watch_cluster(ctx: ClusterContext, memory: TickMemory, now: float | None = None,
                   failed_run: Callable[[str], bool] = lambda run_key: False,
                   sleep: Callable[[float], None] = time.sleep, watch_seconds: float = 0.0) -> ClusterWatch:
     """One sensor tick for one cluster. `memory` is this cluster's part of the cursor (a copy
     is changed and returned); `failed_run(run_key)` says whether a requested failover run
     failed. `watch_seconds`: how long to keep watching a healthy primary after deciding."""
-    memory = dict(memory or {})
+    memory = copy.deepcopy(memory)
     started = time.monotonic()
     health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep)
     if decision.name == "healthy" and watch_seconds > 0:
@@ -345,11 +412,10 @@ def watch_cluster(ctx: ClusterContext, memory: dict, now: float | None = None,
     unknown = set(health.assessment.unknown) | set(decision.unknown)
     watch = ClusterWatch(cluster=ctx.name, health=health, alerts=alerts, unknown=unknown, memory=memory,
                          decision=decision, failover=request)
-    rows = [{**m.__dict__, "cluster": ctx.name} for m in health.status.members]
-    watch.detections = [{**d, "cluster": ctx.name}
-                        for d in _track_detections(memory, rows, set(health.status.fenced), now)]
-    watch.observe = due_observations(memory, rows, alerts, now)
-    watch.events = reported_events(ctx, memory, [r["name"] for r in watch.observe if r["role"] in ("primary", "replica")])
+    members = health.status.members
+    watch.detections = _track_detections(ctx.name, memory, members, set(health.status.fenced), now)
+    watch.observe = due_observations(memory, members, alerts, now)
+    watch.events = reported_events(ctx, memory, [m.name for m in watch.observe if m.up])
     if decision.name == "healthy":
         # The dead man's switch: Prometheus alerts when these rows stop moving. It is written
         # through the primary endpoint, so it also proves the endpoint routes to the primary.
@@ -377,15 +443,15 @@ def take_over_in_tick(ctx: ClusterContext, request: FailoverRequest) -> Failover
     return replace(request, taken_over=taken.to_json())
 
 
-def watch_failed(ctx: ClusterContext, exc: Exception, memory: dict) -> ClusterWatch:
+def watch_failed(ctx: ClusterContext, exc: Exception, memory: TickMemory) -> ClusterWatch:
     """A pass that could not run at all: say so, and keep every open alert as it was."""
     summary = f"cluster {ctx.name}: health check failed: {exc}"
     alert = Alert(cluster=ctx.name, severity="warning", kind="health_check_failed", summary=summary)
-    return ClusterWatch(cluster=ctx.name, health=None, alerts=[alert], unknown=set(), memory=dict(memory or {}),
+    return ClusterWatch(cluster=ctx.name, health=None, alerts=[alert], unknown=set(), memory=copy.deepcopy(memory),
                         error=str(exc))
 
 
-def watch_fleet(contexts: list[ClusterContext], memories: dict[str, dict], now: float | None = None,
+def watch_fleet(contexts: list[ClusterContext], memories: dict[str, TickMemory], now: float | None = None,
                 failed_run: Callable[[str], bool] = lambda run_key: False,
                 watch_seconds: float = 0.0) -> list[ClusterWatch]:
     """Every cluster at once: the fleet costs about as much as its slowest cluster."""
@@ -394,11 +460,11 @@ def watch_fleet(contexts: list[ClusterContext], memories: dict[str, dict], now: 
 
     def one(ctx: ClusterContext) -> ClusterWatch:
         try:
-            return watch_cluster(ctx, memories.get(ctx.name, {}), now, failed_run, watch_seconds=watch_seconds)
+            return watch_cluster(ctx, memories.get(ctx.name) or TickMemory(), now, failed_run, watch_seconds=watch_seconds)
         except PgOpsError as exc:
-            return watch_failed(ctx, exc, memories.get(ctx.name, {}))
+            return watch_failed(ctx, exc, memories.get(ctx.name) or TickMemory())
         except Exception as exc:  # noqa: BLE001 - one cluster's bug must not blind the others
-            return watch_failed(ctx, PgOpsError(f"{type(exc).__name__}: {exc}"), memories.get(ctx.name, {}))
+            return watch_failed(ctx, PgOpsError(f"{type(exc).__name__}: {exc}"), memories.get(ctx.name) or TickMemory())
 
     with ThreadPoolExecutor(max_workers=min(16, len(contexts)), thread_name_prefix="health") as pool:
         return list(pool.map(one, contexts))

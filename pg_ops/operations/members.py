@@ -50,7 +50,7 @@ def member_detail(ctx: ClusterContext, name: str, probe: MemberProbe | None = No
     and boot.reason of Platform.member_report): a refusal and its reason, or what it waits for.
     Otherwise (it reported neither, or its report cannot be read) the tail of its log."""
     report = ctx.platform.member_report(name)
-    action, reason = report.get("boot.action", ""), report.get("boot.reason", "")
+    action, reason = report.boot_action, report.boot_reason
     if action == "refused":
         return f"it refused to start: {reason}"
     if action == "wait":

@@ -452,8 +452,7 @@ def wait_member_recovered(ctx: ClusterContext, member: str, password: str, targe
     """Until the recovered member runs writable as the new cluster's primary; fails with the
     member's own refusal (recover_pod.sh's one line, kept by member.sh) as soon as it reports one."""
     def refused() -> str | None:
-        report = ctx.platform.member_report(member)
-        return report.get("boot.reason", "") if report.get("boot.action") == "refused" else None
+        return ctx.platform.member_report(member).refused
 
     return _wait_writable(member, lambda: ctx.platform.member_endpoints()[member], password, target, log,
                           refused, f"failed on {member}:", timeout)

@@ -15,6 +15,7 @@ import psycopg
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
+from pg_ops.operations.health import SensorCursor
 from pg_ops.poll import poll
 from pg_ops.postgres import admin, consistency, load
 from pg_ops.postgres.session import connect_dsn, with_connection
@@ -118,22 +119,22 @@ def query_latency(ctx: ClusterContext, seconds: int = 5, clients: int = 4) -> Se
     )
 
 
-def failed_member_detection(history: dict | None, cluster: str, now: float | None = None,
+def failed_member_detection(history: SensorCursor | None, cluster: str, now: float | None = None,
                             sensor_interval: float = 5.0) -> ServiceLevel:
     """From the health sensor's own record (its cursor): the worst time between a member last
     seen up and first seen down, and the bound the sensor's recent tick spacing gives for a
     failure that has not happened yet. No recent tick = the sensor is not watching: fail."""
     now = now or time.time()
-    history = history or {}
-    ticks = sorted(history.get("ticks", []))
-    detections = [d for d in history.get("detections", []) if d.get("cluster") == cluster]
+    history = history or SensorCursor()
+    ticks = sorted(history.ticks)
+    detections = [d for d in history.detections if d.cluster == cluster]
     if not ticks or now - ticks[-1] > max(60.0, 6 * sensor_interval):
         when = f"{now - ticks[-1]:.0f} s ago" if ticks else "never"
         return ServiceLevel("failed_member_detection", False, None, "s", DETECTION_LIMIT_S,
                             f"the health sensor is not watching: its last tick was {when}")
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-    bound = (max(gaps) if gaps else sensor_interval) + history.get("probe_seconds", 0.0)
-    worst = max((d["seconds"] for d in detections), default=None)
+    bound = (max(gaps) if gaps else sensor_interval) + history.probe_seconds
+    worst = max((d.seconds for d in detections), default=None)
     figure = max(bound, worst or 0.0)
     summary = (f"worst detection {worst:.1f} s over {len(detections)} recorded member failures; "
                if worst is not None else "no member failure recorded; ") + f"tick spacing bound {bound:.1f} s"

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
+from pg_ops.platforms.base import DiscardedWrites, MemberReport
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.topology import MemberProbe, StandbyRow
 
 STORAGE_TIMEOUT_S = 5.0  # a pod exec to a lost node must not hold up a health tick
@@ -36,8 +38,8 @@ class MemberStatus:
     host: str
     port: int
     timeline: int | None
-    lsn: str | None
-    replay_lsn: str | None
+    lsn: Lsn | None
+    replay_lsn: Lsn | None
     lag_bytes: int | None
     lag_seconds: float | None
     sync_state: str | None
@@ -54,7 +56,7 @@ class MemberStatus:
     storage_ratio: float | None
     # From the member script's report: the writes its last rewind or re-clone discarded, and
     # when it last fenced itself as an isolated primary (None: nothing reported).
-    discarded: dict | None = None
+    discarded: DiscardedWrites | None = None
     isolated_at: float | None = None
 
     @property
@@ -85,11 +87,16 @@ class ClusterStatus:
         return next(m for m in self.members if m.name == name)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        out = asdict(self, dict_factory=_printed)
         out.pop("extra")
         if out["passfile"] is None:
             out.pop("passfile")
         return {**out, **self.extra}
+
+
+def _printed(items: list[tuple[str, object]]) -> dict:
+    """asdict's dict factory: LSNs printed as PostgreSQL does (`X/Y`), the status's JSON form."""
+    return {k: str(v) if isinstance(v, Lsn) else v for k, v in items}
 
 
 def member_role(name: str, probe: MemberProbe, fenced: tuple[str, ...]) -> str:
@@ -98,24 +105,8 @@ def member_role(name: str, probe: MemberProbe, fenced: tuple[str, ...]) -> str:
     return "primary" if probe.writable else "replica"
 
 
-def discarded_writes(report: dict[str, str]) -> dict | None:
-    """The discarded-writes part of a member report, typed (None when there is none)."""
-    if not report.get("discarded.at"):
-        return None
-    def number(key: str) -> int | None:
-        try:
-            return int(report.get(key, ""))
-        except ValueError:
-            return None
-    return {"at": number("discarded.at"), "from_lsn": report.get("discarded.from"),
-            "to_lsn": report.get("discarded.to"), "timeline": number("discarded.timeline"),
-            "bytes": number("discarded.bytes"), "transactions": number("discarded.transactions"),
-            "kept_aside": report.get("discarded.kept_aside") or None,
-            "unknown": report.get("discarded.unknown") or None}
-
-
 def _member_status(name: str, probe: MemberProbe, designated: str, fenced: tuple[str, ...],
-                   row: StandbyRow | None, storage: Storage, report: dict[str, str]) -> MemberStatus:
+                   row: StandbyRow | None, storage: Storage, report: MemberReport) -> MemberStatus:
     role = member_role(name, probe, fenced)
     lag_bytes = row.lag_bytes if row else None
     lag_seconds = row.replay_lag_seconds if row else None
@@ -133,12 +124,12 @@ def _member_status(name: str, probe: MemberProbe, designated: str, fenced: tuple
         connections=probe.connections, max_connections=probe.max_connections, error=probe.error,
         receiver_status=probe.receiver_status, replication_state=row.state if row else None,
         silence_seconds=probe.silence_seconds, data_dir_used_bytes=storage.used_bytes,
-        data_dir_total_bytes=storage.total_bytes, storage_ratio=storage.ratio, discarded=discarded_writes(report),
-        isolated_at=float(report["isolated.at"]) if report.get("isolated.at") else None)
+        data_dir_total_bytes=storage.total_bytes, storage_ratio=storage.ratio, discarded=report.discarded,
+        isolated_at=report.isolated_at)
 
 
 def build_status(ctx: ClusterContext, view, storage: dict[str, Storage] | None = None,
-                 reports: dict[str, dict[str, str]] | None = None) -> ClusterStatus:
+                 reports: dict[str, MemberReport] | None = None) -> ClusterStatus:
     """The status of one ClusterView (operations/ha/model.py)."""
     state, probes = view.record, view.members
     writable = [n for n, p in probes.items() if p.writable]
@@ -147,7 +138,7 @@ def build_status(ctx: ClusterContext, view, storage: dict[str, Storage] | None =
     storage = storage or {}
     members = [_member_status(name, probe, state.primary, state.fenced,
                               primary_probe.standby(name) if primary_probe is not None else None,
-                              storage.get(name, Storage()), (reports or {}).get(name, {}))
+                              storage.get(name, Storage()), (reports or {}).get(name, MemberReport()))
                for name, probe in probes.items()]
     passfile = ctx.platform.passfile()
     return ClusterStatus(
@@ -168,7 +159,7 @@ def cluster_status(ctx: ClusterContext) -> ClusterStatus:
     if ctx.platform.state_store().read() is None:
         raise PgOpsError(f"cluster {ctx.name} is not deployed (no desired-state record); run `pg-ops deploy`")
     view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=False)
-    return build_status(ctx, view, storage_of(ctx), per_member(ctx, ctx.platform.member_report, {}))
+    return build_status(ctx, view, storage_of(ctx), per_member(ctx, ctx.platform.member_report, MemberReport()))
 
 
 def per_member(ctx: ClusterContext, fetch, unknown, names: list[str] | None = None,

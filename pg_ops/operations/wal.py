@@ -38,7 +38,6 @@ from pg_ops.postgres.basebackup import (
     standby_position,
 )
 from pg_ops.postgres.session import with_connection
-from pg_ops.postgres.topology import lsn_to_int
 from pg_ops.spec import S3StoreSpec
 from pg_ops.stores import BackupStore, s3_credentials
 from pg_ops.stores import wal_archive as wa
@@ -505,7 +504,7 @@ def ship_missing(ctx: ClusterContext, store: BackupStore | None = None) -> tuple
         for segno in range(first.segno, final.segno + 1):
             name = walfiles.segment_name(wa.expected_timeline(starts, segno), segno)
             for member in members:
-                if (lsn_to_int(probes[member].lsn) or 0) < walfiles.segment_end(segno):
+                if (probes[member].lsn or 0) < walfiles.segment_end(segno):
                     continue
                 data = read(member, name)
                 if data is None or len(data) != walfiles.SEGMENT_BYTES or \

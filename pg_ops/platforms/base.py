@@ -30,14 +30,87 @@ FENCED_FILE = "pg_ops-fenced"  # written by a Kubernetes fence before it stops p
 UPGRADE_GO_FILE = "pg_ops-upgrade-go"  # written by a Kubernetes upgrade's go (member.sh's UPGRADE_GO)
 
 
-def parse_member_report(text: str) -> dict[str, str]:
-    """The member script's report: key=value lines (boot action, isolation, discarded writes)."""
+def report_pairs(text: str) -> dict[str, str]:
+    """The member script's report as it is written: key=value lines (member.sh's `report`), an
+    empty value meaning none. Only MemberReport.parse and the script's own tests read it so."""
     out = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip():
             out[key.strip()] = value.strip()
     return out
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class DiscardedWrites:
+    """The writes the member's last rewind or re-clone threw away (member.sh's discarded.*):
+    the WAL range, its bytes and commits, where a diverged data dir was moved aside, and why
+    they could not be counted (`unknown`: the amounts are then None)."""
+
+    at: int | None
+    from_lsn: str | None
+    to_lsn: str | None
+    timeline: int | None
+    bytes: int | None
+    transactions: int | None
+    kept_aside: str | None
+    unknown: str | None
+
+
+@dataclass(frozen=True)
+class MemberReport:
+    """What the member script reported (base.REPORT_FILE; docs/architecture/interfaces.md lists
+    the keys), parsed once: "" or None where it reported nothing. Keys it does not know are
+    ignored, so an older or newer member script never breaks a reader."""
+
+    boot_action: str = ""  # the boot table's row it took last (refused, wait, clone, …)
+    boot_reason: str = ""  # refused: why; wait: what for; otherwise the detail
+    boot_at: int | None = None  # since when (epoch seconds)
+    isolated_at: float | None = None  # isolation fencing restarted this primary as a standby
+    isolated_reason: str = ""
+    upgrade_id: str = ""  # the record's upgrade it worked on last
+    upgrade_step: str = ""  # initdb, checked, linked, started, failed, undone
+    upgrade_reason: str = ""
+    upgrade_system_identifier: str = ""  # the upgraded data dir's (pg_ops's go)
+    passfile_generation: int | None = None  # Kubernetes: the passfile generation it copied
+    discarded: DiscardedWrites | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> MemberReport:
+        raw = report_pairs(text)
+        get = raw.get
+        discarded = None
+        if get("discarded.at"):
+            discarded = DiscardedWrites(
+                at=_int(get("discarded.at", "")), from_lsn=get("discarded.from"), to_lsn=get("discarded.to"),
+                timeline=_int(get("discarded.timeline", "")), bytes=_int(get("discarded.bytes", "")),
+                transactions=_int(get("discarded.transactions", "")),
+                kept_aside=get("discarded.kept_aside") or None, unknown=get("discarded.unknown") or None)
+        return cls(boot_action=get("boot.action", ""), boot_reason=get("boot.reason", ""),
+                   boot_at=_int(get("boot.at", "")), isolated_at=_float(get("isolated.at", "")),
+                   isolated_reason=get("isolated.reason", ""), upgrade_id=get("upgrade.id", ""),
+                   upgrade_step=get("upgrade.step", ""), upgrade_reason=get("upgrade.reason", ""),
+                   upgrade_system_identifier=get("upgrade.system_identifier", ""),
+                   passfile_generation=_int(get("passfile.generation", "")), discarded=discarded)
+
+    @property
+    def refused(self) -> str | None:
+        """Its refusal's reason when the row it took last is `refused`."""
+        return self.boot_reason if self.boot_action == "refused" else None
 
 
 @dataclass(frozen=True)
@@ -199,12 +272,12 @@ class Members(Protocol):
         container started; KubernetesError otherwise). Read-only."""
         ...
 
-    def member_report(self, name: str) -> dict[str, str]:
-        """What the member script reported (base.REPORT_FILE, parsed): the boot table row it took
-        (boot.action, boot.reason: a refusal's reason), its isolation state and the writes its
-        last rewind or re-clone discarded (docs/architecture/interfaces.md lists the keys). {} when
-        there is none (or the member's volume cannot be read now: local the file, Kubernetes
-        an exec into the pod). Never raises; read-only."""
+    def member_report(self, name: str) -> MemberReport:
+        """What the member script reported (base.REPORT_FILE, parsed once: MemberReport): the boot
+        table row it took (a refusal's reason), its isolation state and the writes its last
+        rewind or re-clone discarded (docs/architecture/interfaces.md lists the keys). An empty
+        MemberReport() when there is none (or the member's volume cannot be read now: local the
+        file, Kubernetes an exec into the pod). Never raises; read-only."""
         ...
 
     def member_passfile(self, name: str) -> str:

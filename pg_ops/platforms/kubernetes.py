@@ -63,13 +63,13 @@ from pg_ops.platforms.base import (
     REPORT_FILE,
     SCRATCH_PARAMETERS,
     UPGRADE_GO_FILE,
+    MemberReport,
     MemberUpgrade,
     Platform,
     RecoveryPod,
     RecoveryPodRequest,
     ScratchTarget,
     UpgradeScratch,
-    parse_member_report,
 )
 from pg_ops.platforms.kubernetes_api import KubernetesApi, KubernetesConflict, KubernetesError
 from pg_ops.platforms.kubernetes_objects import ObjectClient, describe
@@ -107,8 +107,8 @@ _EXEC_SILENT: dict[tuple[str, str], float] = {}
 PASSWORD_SUFFIX = names.password_key("")
 
 
-def _at_least(number: str, floor: int) -> bool:
-    return number.isdigit() and int(number) >= floor
+def _at_least(number: int | None, floor: int) -> bool:
+    return number is not None and number >= floor
 
 
 def _b64(text: str) -> str:
@@ -136,17 +136,17 @@ def _ready(pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def _last_words(pod) -> dict[str, str]:
+def _last_words(pod) -> MemberReport:
     """The termination message of the pod's postgres container while it is not running
     (member.sh writes a refusal there; the kubelet keeps it in the pod status), parsed as the
-    member report it is; {} when there is none."""
+    member report it is; an empty one when there is none."""
     for cs in (pod.status.container_statuses or []) if pod is not None and pod.status else []:
         if cs.name != names.CONTAINER or (cs.state and cs.state.running):
             continue
         ended = (cs.state.terminated if cs.state else None) or (cs.last_state.terminated if cs.last_state else None)
         if ended is not None and ended.message:
-            return parse_member_report(ended.message)
-    return {}
+            return MemberReport.parse(ended.message)
+    return MemberReport()
 
 
 def _pending_reason(pod) -> str:
@@ -382,7 +382,7 @@ class KubernetesPlatform(Platform):
 
         def attempt() -> bool | None:
             late[:] = [m for m in self.spec.member_names if self.member_running(m)
-                       and not _at_least(self.member_report(m).get("passfile.generation", ""), generation)]
+                       and not _at_least(self.member_report(m).passfile_generation, generation)]
             return None if late else True
 
         def expired() -> PgOpsError:
@@ -612,10 +612,9 @@ class KubernetesPlatform(Platform):
                 return True
             # A member that refused does not come round by itself: say so now, with its reason,
             # as locally (rather than after the whole start timeout of a crash-looping pod).
-            words = _last_words(seen[0])
-            if words.get("boot.action") == "refused":
-                raise MemberError(f"member {name} exited before it was running: it refused to start: "
-                                  f"{words.get('boot.reason', '')}")
+            refused = _last_words(seen[0]).refused
+            if refused is not None:
+                raise MemberError(f"member {name} exited before it was running: it refused to start: {refused}")
             return None
 
         def expired() -> MemberError:
@@ -839,22 +838,22 @@ class KubernetesPlatform(Platform):
         # control file with (the switchover then waits for the pre-shutdown LSN; see kubernetes.md).
         return None
 
-    def member_report(self, name: str) -> dict[str, str]:
+    def member_report(self, name: str) -> MemberReport:
         """The report on the data volume, through an exec into the pod; while its container is
         not running (it refused and waits to restart), the refusal it left as its termination
-        message. {} when there is neither."""
+        message. An empty MemberReport() when there is neither."""
         what = self._what("pod", name)
         try:
             code, out, _ = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER,
                                                 ["cat", f"{names.PGDATA_MOUNT}/{REPORT_FILE}"])
             if code == 0:
-                return parse_member_report(out)
+                return MemberReport.parse(out)
         except (KubernetesError, MemberError):
             pass
         try:
             return _last_words(self._pod(name))
         except KubernetesError:
-            return {}
+            return MemberReport()
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         """df of the data volume, through an exec into the pod (the kubelet's volume stats are

@@ -26,6 +26,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
+from pg_ops.platforms.base import MemberReport
 from pg_ops.poll import poll
 from pg_ops.postgres import upgrade as pgu
 from pg_ops.render import names as names
@@ -70,29 +71,28 @@ class PodDataUpgrade:
                                      f"({initdb_options}) cannot be passed to the member script")
         self._record(upgrade_id=self.id, upgrade_to=self.to_major, upgrade_initdb=" ".join(initdb_options))
 
-    def _wait_step(self, wanted: str) -> dict[str, str]:
+    def _wait_step(self, wanted: str) -> MemberReport:
         """The member's report once its script reached `wanted` for this upgrade; UpgradeFailed
         with the script's reason when it failed, or the member's when it refused to start."""
         order = ("initdb", "checked", "linked")
-        seen: dict[str, str] = {}
+        seen = [MemberReport()]
 
-        def reached() -> dict[str, str] | None:
-            seen.clear()
-            seen.update(self.platform.member_report(self.member))
-            if seen.get("upgrade.id") == self.id:
-                step = seen.get("upgrade.step", "")
+        def reached() -> MemberReport | None:
+            report = seen[0] = self.platform.member_report(self.member)
+            if report.upgrade_id == self.id:
+                step = report.upgrade_step
                 if step == "failed":
-                    raise pgu.UpgradeFailed(f"member {self.member}: {seen.get('upgrade.reason') or 'no reason given'}")
+                    raise pgu.UpgradeFailed(f"member {self.member}: {report.upgrade_reason or 'no reason given'}")
                 if step in order and order.index(step) >= order.index(wanted):
-                    return dict(seen)
-            if seen.get("boot.action") == "refused":
-                raise pgu.UpgradeFailed(f"member {self.member} refused to start: {seen.get('boot.reason', '')}")
+                    return report
+            if report.refused is not None:
+                raise pgu.UpgradeFailed(f"member {self.member} refused to start: {report.refused}")
             return None
 
         def expired() -> pgu.UpgradeFailed:
             return pgu.UpgradeFailed(f"member {self.member}: upgrade step {wanted} not reached after "
-                                     f"{STEP_TIMEOUT_S:g} s (last report: step {seen.get('upgrade.step') or 'none'}, "
-                                     f"boot {seen.get('boot.action') or 'none'})")
+                                     f"{STEP_TIMEOUT_S:g} s (last report: step {seen[0].upgrade_step or 'none'}, "
+                                     f"boot {seen[0].boot_action or 'none'})")
 
         return poll(reached, timeout=STEP_TIMEOUT_S, interval=0.5, expired=expired)
 
@@ -101,7 +101,7 @@ class PodDataUpgrade:
         self._wait_step("checked")
 
     def link(self) -> None:
-        self.sysid = self._wait_step("linked").get("upgrade.system_identifier", "")
+        self.sysid = self._wait_step("linked").upgrade_system_identifier
         if not self.sysid:
             raise pgu.UpgradeFailed(f"member {self.member}: linked, but reported no system identifier")
 

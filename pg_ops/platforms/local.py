@@ -50,13 +50,13 @@ from pg_ops.platforms import local_archive
 from pg_ops.platforms.base import (
     REPORT_FILE,
     SCRATCH_PARAMETERS,
+    MemberReport,
     MemberUpgrade,
     Platform,
     RecoveryPod,
     RecoveryPodRequest,
     ScratchTarget,
     UpgradeScratch,
-    parse_member_report,
 )
 from pg_ops.platforms.local_pooler import LocalPooler
 from pg_ops.platforms.local_state import FileStateStore
@@ -516,11 +516,11 @@ class LocalPlatform(Platform):
     def shutdown_checkpoint(self, name: str) -> str | None:
         return controldata.shutdown_checkpoint(self.bin, self.data_dir(name))
 
-    def member_report(self, name: str) -> dict[str, str]:
+    def member_report(self, name: str) -> MemberReport:
         try:
-            return parse_member_report((self.member_dir(name) / REPORT_FILE).read_text(errors="replace"))
+            return MemberReport.parse((self.member_dir(name) / REPORT_FILE).read_text(errors="replace"))
         except (FileNotFoundError, PermissionError):
-            return {}
+            return MemberReport()
 
     def data_dir_usage(self, name: str) -> tuple[int, int] | None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 
 from pg_ops.errors import MemberError
 from pg_ops.postgres.conninfo import Endpoint
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.session import with_connection
 
 MEMBER_SQL = """
@@ -90,9 +91,9 @@ class StandbyRow:
     name: str  # application_name = the member name
     state: str | None
     sync_state: str | None
-    sent_lsn: str | None
-    flush_lsn: str | None
-    replay_lsn: str | None
+    sent_lsn: Lsn | None
+    flush_lsn: Lsn | None
+    replay_lsn: Lsn | None
     lag_bytes: int | None
     replay_lag_seconds: float | None
 
@@ -114,9 +115,9 @@ class MemberProbe:
     system_identifier: str | None = None
     server_version_num: int | None = None
     timeline: int | None = None
-    lsn: str | None = None  # current LSN on a primary, received LSN on a replica
-    receive_lsn: str | None = None
-    replay_lsn: str | None = None
+    lsn: Lsn | None = None  # current LSN on a primary, received LSN on a replica
+    receive_lsn: Lsn | None = None
+    replay_lsn: Lsn | None = None
     connections: int | None = None
     max_connections: int | None = None
     synchronous_standby_names: str | None = None
@@ -125,7 +126,7 @@ class MemberProbe:
     receiver_status: str | None = None
     sender: str | None = None  # host:port the WAL receiver streams from
     silence_seconds: float | None = None  # replica: since its sender's last message
-    latest_end_lsn: str | None = None  # replica: the sender's WAL end as last reported to it
+    latest_end_lsn: Lsn | None = None  # replica: the sender's WAL end as last reported to it
     upstream: str | None = None  # replica: host:port its primary_conninfo names
     replication: list[StandbyRow] = field(default_factory=list)  # primary only: pg_stat_replication
     slots: list[dict] = field(default_factory=list)  # primary only: physical slots
@@ -143,9 +144,6 @@ class MemberProbe:
         """`name` as this member (a primary) sees it in pg_stat_replication."""
         return next((r for r in self.replication if r.name == name), None)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def _query_member(conn: psycopg.Connection) -> dict:
     with conn.cursor(row_factory=dict_row) as cur:
@@ -159,8 +157,9 @@ def _query_member(conn: psycopg.Connection) -> dict:
             out["receiver"] = None
             cur.execute(REPLICATION_SQL)
             out["replication"] = [StandbyRow(name=r["application_name"], state=r["state"], sync_state=r["sync_state"],
-                                             sent_lsn=r["sent_lsn"], flush_lsn=r["flush_lsn"],
-                                             replay_lsn=r["replay_lsn"], lag_bytes=r["lag_bytes"],
+                                             sent_lsn=Lsn.parse(r["sent_lsn"]),
+                                             flush_lsn=Lsn.parse(r["flush_lsn"]),
+                                             replay_lsn=Lsn.parse(r["replay_lsn"]), lag_bytes=r["lag_bytes"],
                                              replay_lag_seconds=r["replay_lag_seconds"])
                                   for r in cur.fetchall()]
             cur.execute(SLOTS_SQL)
@@ -183,8 +182,8 @@ def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeou
     probe.in_recovery = row["in_recovery"]
     probe.system_identifier = row["system_identifier"]
     probe.server_version_num = row["server_version_num"]
-    probe.receive_lsn = row["receive_lsn"]
-    probe.replay_lsn = row["replay_lsn"]
+    probe.receive_lsn = Lsn.parse(row["receive_lsn"])
+    probe.replay_lsn = Lsn.parse(row["replay_lsn"])
     probe.connections = row["connections"]
     probe.max_connections = row["max_connections"]
     probe.synchronous_standby_names = row["synchronous_standby_names"]
@@ -198,19 +197,19 @@ def probe_member(name: str, endpoint: Endpoint, user: str, password: str, timeou
         # say a diverged ex-primary, never received a segment of the newer one).
         probe.timeline = max(t for t in ((receiver or {}).get("received_tli"), row["checkpoint_tli"],
                                          row["wal_tli"], 0) if t is not None) or None
-        probe.lsn = row["receive_lsn"] or row["replay_lsn"]
+        probe.lsn = probe.receive_lsn or probe.replay_lsn
         probe.upstream = conninfo_address(row["primary_conninfo"])
         if receiver:
             settled = receiver["status"] != "streaming" or receiver["settled"]
             probe.receiver_status = receiver["status"] if settled else "starting"
             probe.silence_seconds = receiver["silence_seconds"]
-            probe.latest_end_lsn = receiver["latest_end_lsn"]
+            probe.latest_end_lsn = Lsn.parse(receiver["latest_end_lsn"])
             if receiver["sender_host"]:
                 probe.sender = f"{receiver['sender_host']}:{receiver['sender_port']}"
     else:
         # Right after promotion pg_control_checkpoint() still shows the old timeline.
         probe.timeline = row["primary_tli"]
-        probe.lsn = row["current_lsn"]
+        probe.lsn = Lsn.parse(row["current_lsn"])
     probe.probe_seconds = time.monotonic() - started
     return probe
 
@@ -238,10 +237,3 @@ def conninfo_address(conninfo: str | None) -> str | None:
         return None
     host = params.get("host") or params.get("hostaddr")
     return f"{host}:{params.get('port') or 5432}" if host else None
-
-
-def lsn_to_int(lsn: str | None) -> int | None:
-    if not lsn:
-        return None
-    hi, _, lo = lsn.partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)

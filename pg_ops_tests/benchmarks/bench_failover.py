@@ -206,11 +206,12 @@ def run_through_daemon(ctx, home: Path, trials: int, partition: bool) -> list[di
                 deploy(ctx)  # the old primary rejoins (rewound) as a replica, counting what it discards
                 trial["lost"] = len(app.lost(ctx.state().primary)) if ok else None
                 report = ctx.platform.member_report(old)
-                fresh = int(report.get("discarded.at") or 0) >= int(failed_at)
-                counted = report.get("discarded.transactions") or None  # empty: could not be counted
-                trial["reported_discarded_transactions"] = (int(counted) if counted else None) if fresh else 0
-                if fresh and report.get("discarded.unknown"):
-                    trial["discarded_uncounted_because"] = report["discarded.unknown"]
+                discarded = report.discarded
+                fresh = discarded is not None and (discarded.at or 0) >= int(failed_at)
+                # None: could not be counted
+                trial["reported_discarded_transactions"] = discarded.transactions if discarded and fresh else 0
+                if discarded and fresh and discarded.unknown:
+                    trial["discarded_uncounted_because"] = discarded.unknown
             if not ok:
                 tail = (home / "daemon.log").read_text(errors="replace").splitlines()[-25:]
                 print("daemon trial failed; daemon log tail:\n" + "\n".join(tail), file=sys.stderr)

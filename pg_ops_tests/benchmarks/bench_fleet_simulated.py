@@ -37,6 +37,7 @@ from pg_ops.errors import ConflictError, MemberError  # noqa: E402
 from pg_ops.operations import health  # noqa: E402
 from pg_ops.operations.context import ClusterContext  # noqa: E402
 from pg_ops.operations.ha import act  # noqa: E402
+from pg_ops.platforms.base import MemberReport  # noqa: E402
 from pg_ops.postgres.topology import MemberProbe  # noqa: E402
 from pg_ops_tests.benchmarks.common import emit, summary  # noqa: E402
 from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
@@ -83,8 +84,8 @@ class SimulatedPlatform:
     def passfile(self):
         return None
 
-    def member_report(self, name: str) -> dict:
-        return {}
+    def member_report(self, name: str) -> MemberReport:
+        return MemberReport()
 
     def data_dir_usage(self, name: str):
         return (1 << 30, 10 << 30)
@@ -150,7 +151,7 @@ def record_cluster() -> tuple:
         spec = spec_from(write_spec(specs, "recorded", monitoring={"interval_seconds": 1},
                                     backups={"store": {"type": "file", "path": "backups"}, "wal": {"enabled": False}}))
         with running_cluster(spec) as ctx:
-            watch = health.watch_cluster(ctx, {})
+            watch = health.watch_cluster(ctx, health.TickMemory())
             assert watch.decision is not None and watch.decision.name == "healthy", watch.primary_verdict
             return ctx, ctx.probe(), ctx.endpoints(), ctx.platform.peer_addresses(), ctx.state()
 
@@ -165,7 +166,7 @@ def run_fleet(size: int, recording: tuple) -> dict:
     start = time.monotonic() + 0.5
 
     def daemon_worker(ctx: SimulatedCluster) -> None:
-        memory: dict = {}
+        memory = health.TickMemory()
         loop = 0
         while not stop.is_set():
             due = start + loop * LOOP_S
@@ -178,7 +179,7 @@ def run_fleet(size: int, recording: tuple) -> dict:
                 if watch.failover is not None and ctx is victim and ctx.killed_at is not None:
                     to_request.append(ended - ctx.killed_at)
                     ctx.killed_at = None  # the cluster is "failed over": healthy again for the next trial
-                    memory = {}
+                    memory = health.TickMemory()
                 elif ctx.killed_at is None:
                     ticks.append(ended - began)
             loop += 1

@@ -91,7 +91,7 @@ def sensor_trials(kube, ctx, home, instance, failure: str = "node") -> list[floa
     rtos = []
     ns = ctx.spec.kubernetes.namespace
     with dagster_daemon(home, {}):
-        wait_for(lambda: len(health_sensor_cursor(instance, ctx.name)["ticks"]) >= 2, "two health sensor ticks",
+        wait_for(lambda: len(health_sensor_cursor(instance, ctx.name).ticks) >= 2, "two health sensor ticks",
                  timeout=240, interval=1)
         for _ in range(TRIALS):
             with App(ctx) as app:
@@ -139,7 +139,7 @@ def local_sensor_trials() -> dict[str, list[float]]:
             instance = prepared_instance(home)
             try:
                 with dagster_daemon(home, {}):
-                    wait_for(lambda: len(health_sensor_cursor(instance, ctx.name)["ticks"]) >= 2,
+                    wait_for(lambda: len(health_sensor_cursor(instance, ctx.name).ticks) >= 2,
                              "two health sensor ticks", timeout=240, interval=1)
                     for mode in ("kill", "partition"):
                         if mode == "partition" and unavailable():

@@ -38,9 +38,9 @@ from pg_ops.operations.ha.model import (
     SetSyncNames,
     StartMember,
     Unfence,
-    lsn,
 )
 from pg_ops.postgres.admin import slot_name, synchronous_standby_names
+from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.topology import MemberProbe
 
 OBSERVE_AT_LEAST_EVERY_S = 60.0
@@ -94,11 +94,11 @@ def primary_verdict(view: ClusterView, policy: Policy) -> Verdict:
 
 
 # -- which member to promote ---------------------------------------------------------------------------
-def _received(probe: MemberProbe) -> int:
-    return lsn(probe.receive_lsn) or lsn(probe.replay_lsn) or 0
+def _received(probe: MemberProbe) -> Lsn:
+    return probe.receive_lsn or probe.replay_lsn or Lsn(0)
 
 
-def _position(probe: MemberProbe) -> tuple[int, int]:
+def _position(probe: MemberProbe) -> tuple[int, Lsn]:
     """Where a member's WAL ends, comparable across members: (timeline, received LSN). An LSN on
     an older timeline may lie beyond the newer timeline's fork point: more bytes, but not the
     cluster's history."""
@@ -122,16 +122,16 @@ def behind_timeline(view: ClusterView) -> dict[str, int]:
             if p.reachable and p.in_recovery and (p.timeline or 0) < current}
 
 
-def reference_lsn(view: ClusterView, intent: FailoverIntent, candidates: list[str]) -> tuple[int | None, str]:
+def reference_lsn(view: ClusterView, intent: FailoverIntent, candidates: list[str]) -> tuple[Lsn | None, str]:
     """The best LSN known for the old primary: what the sensor saw last, what the record kept,
     and the WAL end the primary last reported to each replica; None when none is known."""
-    known = []
-    if lsn(intent.reference_lsn):
-        known.append((lsn(intent.reference_lsn), "the sensor's last view of the primary"))
-    if lsn(view.record.observed_lsn):
-        known.append((lsn(view.record.observed_lsn), "the record's observed LSN"))
+    known: list[tuple[Lsn, str]] = []
+    if sensor_saw := Lsn.parse(intent.reference_lsn):
+        known.append((sensor_saw, "the sensor's last view of the primary"))
+    if observed := Lsn.parse(view.record.observed_lsn):
+        known.append((observed, "the record's observed LSN"))
     for name in candidates:
-        end = lsn(view.members[name].latest_end_lsn)
+        end = view.members[name].latest_end_lsn
         if end:
             known.append((end, f"the primary's WAL end as reported to {name}"))
     if not known:
@@ -240,15 +240,15 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
             and position[designated] > position[candidate] and not force:
         # A resume never promotes a member behind the designated one: that would drop its WAL tail.
         return Refusal(f"cluster {c}: {candidate} would be promoted but the designated primary {designated} holds "
-                       f"more WAL ({_lsn_text(position[designated][1])} on timeline {position[designated][0]}); "
+                       f"more WAL ({position[designated][1]} on timeline {position[designated][0]}); "
                        f"refusing (use --force to accept the loss)")
-    final = lsn(view.record.final_lsn)
+    final = Lsn.parse(view.record.final_lsn)
     if final and old is None and not force:
         # A switchover stopped between the old primary's clean shutdown and the promotion: only a
         # member that received its shutdown checkpoint has every commit it acknowledged.
         if position[candidate][1] <= final:
             return Refusal(f"cluster {c}: {candidate} has not received the old primary's final WAL (its shutdown "
-                           f"checkpoint {view.record.final_lsn}; it has {_lsn_text(position[candidate][1])}); "
+                           f"checkpoint {view.record.final_lsn}; it has {position[candidate][1]}); "
                            f"refusing (start the old primary again with `pg-ops deploy`, or --force to accept "
                            f"the loss)", deterministic=False)
         lossless = True
@@ -266,11 +266,12 @@ def plan_failover(view: ClusterView, policy: Policy, intent: FailoverIntent = Fa
                            f"(failover.max_lag_bytes {policy.max_lag_bytes}); refusing (use --force)")
         notes.append(f"reference: {source}")
     return FailoverPlan(candidate=candidate, old_primary=old, fence=tuple(n for n in fence if n != candidate),
-                        lag_bytes=lag, reference_lsn=_lsn_text(reference), notes=tuple(notes))
+                        lag_bytes=lag, reference_lsn=_text(reference), notes=tuple(notes))
 
 
-def _lsn_text(value: int | None) -> str | None:
-    return None if value is None else f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+def _text(value: Lsn | None) -> str | None:
+    """An LSN as the run config and the record spell it (they keep text)."""
+    return None if value is None else str(value)
 
 
 # -- the synchronous set ------------------------------------------------------------------------------------
@@ -311,12 +312,12 @@ def sync_upkeep(view: ClusterView, memory: HaMemory, policy: Policy) -> tuple[li
     # it: the primary is never its own synchronous standby.
     members = sorted(n for n in view.record.sync_set if n in view.members and n != view.designated)
     departed = {n: v for n, v in memory.departed.items() if n in members and n not in streaming}
-    primary_lsn = lsn(primary.lsn) or 0
+    primary_lsn = primary.lsn or Lsn(0)
     for name in members:
         if name not in streaming:
             departed.setdefault(name, primary_lsn)
     staying = [n for n in members if n in streaming]
-    flushed = {n: lsn(row.flush_lsn) or 0 for n in staying if (row := primary.standby(n))}
+    flushed = {n: row.flush_lsn or Lsn(0) for n in staying if (row := primary.standby(n))}
     narrowed = [n for n in members if n in departed and staying
                 and all(flushed.get(k, 0) >= departed[n] for k in staying)]
     no_standby_since = memory.no_standby_since
@@ -388,14 +389,14 @@ def observe_action(view: ClusterView, policy: Policy) -> RecordObserved | None:
     """Refresh the record's observed LSN and standbys when they moved enough to matter."""
     primary, record = view.primary, view.record
     standbys = tuple(sorted(n for n in view.replicas if _standby_streaming(view, n)))
-    now_lsn, kept = lsn(primary.lsn), lsn(record.observed_lsn) or 0
+    now_lsn, kept = primary.lsn, Lsn.parse(record.observed_lsn) or 0
     if not now_lsn:
         return None
     stale = now_lsn != kept and view.now - record.observed_at >= OBSERVE_AT_LEAST_EVERY_S
     timeline = primary.timeline or record.timeline
     if standbys != record.observed_standbys or now_lsn - kept >= policy.observe_every_bytes or stale \
             or timeline != record.timeline:
-        return RecordObserved(primary.lsn or "", standbys, timeline)  # not empty: now_lsn is set
+        return RecordObserved(str(now_lsn), standbys, timeline)
     return None
 
 
@@ -484,7 +485,7 @@ def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, 
     """No writable designated primary: request one failover run per incident, unless the
     failover rules refuse or the last attempt failed on the same facts."""
     c = view.cluster
-    plan = plan_failover(view, policy, FailoverIntent(reference_lsn=memory.last_primary_lsn))
+    plan = plan_failover(view, policy, FailoverIntent(reference_lsn=_text(memory.last_primary_lsn)))
     signature = _signature(view)
     incident = memory.incident
     resume_in_place = isinstance(plan, FailoverPlan) and plan.resume and plan.candidate == view.designated
@@ -526,7 +527,7 @@ def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, 
     request = None
     if incident is None or not incident.requested:
         incident = Incident(id=f"{view.record.epoch}-{int(view.now)}", requested=True, signature=signature)
-        request = FailoverRequest(c, incident.id, down_since, memory.last_primary_lsn)
+        request = FailoverRequest(c, incident.id, down_since, _text(memory.last_primary_lsn))
     # Async: a primary cut off rather than dead may have acknowledged writes no replica has, up
     # to its fencing; they are counted when it rejoins (its rewind), in a writes_discarded alert.
     maybe_lost = "" if policy.sync else (f"; if {view.designated} is cut off rather than down, writes it acknowledged "

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from pg_ops.operations import stored
 from pg_ops.operations.alerts import Alert
-from pg_ops.postgres.topology import MemberProbe, lsn_to_int
+from pg_ops.postgres.lsn import Lsn
+from pg_ops.postgres.topology import MemberProbe
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
 
@@ -102,10 +104,6 @@ class ClusterView:
         return replace(self, members={**self.members, **members}, **changes)
 
 
-def lsn(value: str | None) -> int | None:
-    return lsn_to_int(value)
-
-
 # -- what the sensor remembers between ticks (its cursor) -------------------------------------------
 @dataclass
 class Incident:
@@ -123,27 +121,16 @@ class HaMemory:
     incident: Incident | None = None
     down_since: float | None = None  # first tick without a writable designated primary
     no_standby_since: float | None = None  # sync: first tick the primary reported no standby streaming
-    departed: dict[str, int] = field(default_factory=dict)  # sync-set member -> primary LSN when it left
-    last_primary_lsn: str | None = None  # the designated primary's LSN at the last tick that reached it
+    departed: dict[str, Lsn] = field(default_factory=dict)  # sync-set member -> primary LSN when it left
+    last_primary_lsn: Lsn | None = None  # the designated primary's LSN at the last tick that reached it
 
     def to_dict(self) -> dict:
-        out = {"down_since": self.down_since, "no_standby_since": self.no_standby_since,
-               "departed": dict(self.departed), "last_primary_lsn": self.last_primary_lsn}
-        if self.incident is not None:
-            out["incident"] = vars(self.incident).copy()
-        return out
+        return stored.to_json_value(self)
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> HaMemory:
-        raw = raw or {}
-        incident = raw.get("incident")
-        try:
-            return cls(incident=Incident(**incident) if isinstance(incident, dict) else None,
-                       down_since=raw.get("down_since"), no_standby_since=raw.get("no_standby_since"),
-                       departed={str(k): int(v) for k, v in (raw.get("departed") or {}).items()},
-                       last_primary_lsn=raw.get("last_primary_lsn"))
-        except (TypeError, ValueError):
-            return cls()  # an unreadable memory is a fresh start, never a crash
+        # An unreadable memory is a fresh start, never a crash.
+        return stored.from_json_value(cls, raw or {}) or cls()
 
 
 # -- what decide() returns ------------------------------------------------------------------------------

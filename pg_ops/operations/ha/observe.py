@@ -51,7 +51,7 @@ def fenced_itself(ctx: ClusterContext, name: str, probe: MemberProbe) -> frozens
     """{name} when that member answers as a standby and its member script reports it fenced
     itself as an isolated primary (the report's isolated.at is cleared once pg_ops acted: a new
     epoch, or its promotion). Read only then: one file read, or one exec on Kubernetes."""
-    if probe.reachable and probe.in_recovery and ctx.platform.member_report(name).get("isolated.at"):
+    if probe.reachable and probe.in_recovery and ctx.platform.member_report(name).isolated_at:
         return frozenset({name})
     return frozenset()
 
