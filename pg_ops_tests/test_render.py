@@ -20,7 +20,7 @@ from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.postgres.status_table import STATUS_KEYS
-from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
+from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, scratch, write_manifests
 from pg_ops.render import names as k
 from pg_ops.render.access import admin_applied
 from pg_ops.render.config import MEMBER_SCRIPT, PROBE_SCRIPT
@@ -354,6 +354,48 @@ def test_the_drill_pods_are_reached_only_by_pg_ops_runs(homelab):
     role = one(objects, "Role", f"{k.role_name(homelab)}-drills")
     assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
             "resourceNames": [policy["metadata"]["name"]], "verbs": ["get"]} in role["rules"]
+
+
+def test_drill_pods_are_confined_never_members_and_keep_their_secrets_out_of_the_pod_spec(homelab):
+    """The scratch server and the recovery pod (render/scratch.py): the cluster's image, non-root,
+    no API token, never restarted, nothing persistent; labelled so the drill NetworkPolicy selects
+    them and no member Service does; a password or a store key only through their own Secret."""
+    scratch_name = k.scratch_name(homelab, "drill", "abc123")
+    server = scratch.scratch_server_pod_spec(homelab, scratch_name, {"fsync": False, "max_connections": 20})
+    recovery = scratch.recovery_pod_spec(homelab, scratch_name)
+    for pod_spec in (server, recovery):
+        pod = scratch.scratch_pod(homelab, scratch_name, "drill", pod_spec)
+        assert pod["metadata"]["namespace"] == k.drill_namespace(homelab)
+        labels = pod["metadata"]["labels"]
+        assert labels[k.LABEL_SCRATCH] == "drill"
+        assert not set(k.selector_labels(homelab).items()) <= set(labels.items())  # no member
+        spec = pod["spec"]
+        assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+        assert spec["enableServiceLinks"] is False
+        assert spec["securityContext"]["runAsUser"] == 999 and spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert all("persistentVolumeClaim" not in v for v in spec["volumes"])
+        container = spec["containers"][0]
+        assert container["image"] == homelab.kubernetes.image
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["resources"]["limits"] == {"cpu": homelab.kubernetes.resources.cpu,
+                                                    "memory": homelab.kubernetes.resources.memory}
+    container = server["containers"][0]
+    assert container["args"] == ["postgres", "-c", "fsync=off", "-c", "max_connections=20"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_PASSWORD"] == {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {
+        "name": scratch_name, "key": k.SCRATCH_PASSWORD_KEY}}}
+    assert env["PGDATA"]["value"] == k.PGDATA
+    container = recovery["containers"][0]
+    assert container["command"] == ["bash", f"{k.RECOVERY_MOUNT}/{k.RECOVERY_SCRIPT}"]
+    assert {"name": "recovery", "mountPath": k.RECOVERY_MOUNT, "readOnly": True} in container["volumeMounts"]
+    assert {"name": "recovery", "secret": {"secretName": scratch_name, "defaultMode": 0o440}} in recovery["volumes"]
+    secret = scratch.scratch_secret(homelab, scratch_name, "drill", {k.SCRATCH_PASSWORD_KEY: "s3cret"})
+    assert secret["metadata"] == scratch.scratch_metadata(homelab, scratch_name, "drill")
+    assert secret["data"] == {k.SCRATCH_PASSWORD_KEY: "czNjcmV0"}  # base64 of the value
+
+
 
 
 def test_the_primary_has_its_own_disruption_budget(homelab):
