@@ -10,9 +10,9 @@ import dagster as dg
 from pg_ops.credentials import REDACTED
 from pg_ops.defs.health import AlertsResource, deliver_run_failure
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.alerts import (
     EVENT_SECONDS,
-    Alert,
     AlertmanagerSender,
     WebhookSender,
     alertmanager_alert,
@@ -152,8 +152,8 @@ def test_run_failure_alert_is_posted_without_secrets(monkeypatch, make_spec):
     def failing_job():
         boom()
 
-    from pg_ops.operations import alerts as alert_ops
-    monkeypatch.setattr(alert_ops, "cluster_secrets", lambda ctx: [secret])
+    from pg_ops.operations import cluster_alerts
+    monkeypatch.setattr(cluster_alerts, "cluster_secrets", lambda ctx: [secret])
     with dg.instance_for_test() as instance, WebhookCapture() as hook:
         monkeypatch.setenv("PG_OPS_ALERT_WEBHOOK", hook.url)
         result = failing_job.execute_in_process(instance=instance, raise_on_error=False, tags={"dagster/partition": "rf"})

@@ -269,7 +269,8 @@ def test_an_operations_event_reaches_alertmanager_once_and_ends_by_itself(live):
     Alertmanager and carries its own end, an hour later: nothing will ever resolve it."""
     from datetime import datetime
 
-    from pg_ops.operations.alerts import EVENT_SECONDS, send_alert
+    from pg_ops.operations.alerts import EVENT_SECONDS
+    from pg_ops.operations.cluster_alerts import send_alert
 
     alert = send_alert(live.ctx, "critical", "backup_failed", f"backup of cluster {CLUSTER} failed (test)",
                        backup_id="b-live")

@@ -1,5 +1,6 @@
-"""Alerts: one JSON shape, fired once and resolved once, always logged, POSTed to a webhook
-and, when the spec names one (`alerts.alertmanager_url`), to an Alertmanager.
+"""How alerts leave pg_ops: the one JSON shape (the value, operations/alert_model.py) fired once
+and resolved once, always logged, POSTed to a webhook and, when the spec names one
+(`alerts.alertmanager_url`), to an Alertmanager. From a ClusterContext: operations/cluster_alerts.py.
 
 The de-duplication state is a plain dict (the sensor keeps it in its cursor): a condition
 that is active now and was not open fires; an open one that is no longer active resolves; an
@@ -32,44 +33,13 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
 from pg_ops.credentials import redact
+from pg_ops.operations.alert_model import Alert
 from pg_ops.spec import AlertsSpec, ClusterSpec
 
-if TYPE_CHECKING:
-    from pg_ops.operations.context import ClusterContext
-
-Severity = Literal["critical", "warning", "info"]
 log = logging.getLogger("pg_ops.alerts")
-
-
-class Alert(BaseModel):
-    """The alert shape of docs/architecture/interfaces.md; `details` may carry `member` (its subject)."""
-
-    model_config = ConfigDict(frozen=True)
-    cluster: str
-    severity: Severity
-    kind: str
-    summary: str
-    details: dict = {}
-    fired_at: float | None = None
-    resolved_at: float | None = None
-
-    @property
-    def key(self) -> str:
-        """One open alert per cluster, kind and member."""
-        return f"{self.cluster}/{self.kind}/{self.details.get('member', '')}"
-
-    @property
-    def resolved(self) -> bool:
-        return self.resolved_at is not None
-
-
-def condition_key(cluster: str, kind: str, member: str | None = None) -> str:
-    return f"{cluster}/{kind}/{member or ''}"
 
 
 # -- de-duplication --------------------------------------------------------------------------
@@ -315,29 +285,3 @@ class AlertDelivery:
             alertmanager = AlertmanagerSender(alertmanager_url, **limits) if alertmanager_url else None
             outcome.update(deliver(batch, sender, secrets, logger, alertmanager=alertmanager, events=events))
         return outcome
-
-
-def cluster_secrets(ctx: ClusterContext) -> list[str]:
-    """Values that must never appear in an alert: the cluster's passwords and the backup
-    store's secret key (by the env var the spec names)."""
-    values: list[str] = []
-    try:
-        creds = ctx.platform.load_credentials()
-    except Exception:  # noqa: BLE001 - scrubbing must not fail the sensor
-        creds = None
-    if creds is not None:
-        values += list(creds.as_plain_dict().values())
-    store = ctx.spec.backups.store
-    env = getattr(store, "credentials_env", None)
-    if env is not None:
-        values += [os.environ.get(env.secret_key, ""), os.environ.get(env.access_key, "")]
-    return [v for v in values if v]
-
-
-def send_alert(ctx: ClusterContext, severity: Severity, kind: str, summary: str, **details) -> Alert:
-    """One-off alert from an operation (a failed backup or drill), through the cluster
-    context's AlertDelivery. Never raises."""
-    alert = Alert(cluster=ctx.name, severity=severity, kind=kind, summary=summary, details=details,
-                  fired_at=time.time())
-    ctx.alerts.send([alert], {ctx.name: ctx.spec}, cluster_secrets(ctx), ctx.log, events=True)
-    return alert

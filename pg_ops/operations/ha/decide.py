@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from pg_ops.operations.alerts import Alert, Severity, condition_key
+from pg_ops.operations.alert_model import Alert, Severity, condition_key
 from pg_ops.operations.ha.model import (
     Action,
     ClusterView,

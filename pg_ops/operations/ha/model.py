@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from pg_ops.operations.alerts import Alert
+from pg_ops.operations.alert_model import Alert
 from pg_ops.postgres.topology import MemberProbe, lsn_to_int
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
