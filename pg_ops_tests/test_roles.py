@@ -21,7 +21,7 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, switchover
 from pg_ops.postgres.session import with_connection
 from pg_ops.spec import ClusterSpec, load_spec
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     home_environment,
     kill_member,
     running_cluster,
@@ -440,7 +440,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
     from pg_ops.platforms import kubernetes as kubernetes_platform
     from pg_ops.platforms.kubernetes_api import KubernetesError
     from pg_ops.render import names as names
-    from pg_ops_tests.helpers import cluster_on, fake_of
+    from pg_ops_tests.support.helpers import cluster_on, fake_of
 
     spec = make_platform_spec("k8roles", postgres={"members": 2},
                               roles=[{"name": "shop_rw", "secret_namespaces": ["shop"]},

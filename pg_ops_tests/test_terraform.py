@@ -22,7 +22,7 @@ from pg_ops.platforms.kubernetes_state import owned_metadata
 from pg_ops.postgres import pgbouncer
 from pg_ops.render import names as k
 from pg_ops.spec import load_spec
-from pg_ops_tests.test_render import documents, tool
+from pg_ops_tests.support.manifest_checks import documents, tool
 
 REPO = settings.REPO_ROOT
 MODULE = REPO / "deploy" / "terraform" / "modules" / "postgresql-cluster"
