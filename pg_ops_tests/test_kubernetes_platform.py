@@ -83,7 +83,7 @@ def delete_statefulset(ctx, fake) -> None:
     with contextlib.suppress(Exception):
         fake.admin_api().apps.delete_namespaced_stateful_set(names.statefulset_name(ctx.spec), platform.namespace)
     with contextlib.suppress(Exception):
-        wait_for(lambda: not platform._pods(), "pods deleted", timeout=60)
+        wait_for(lambda: not platform.member_pods(), "pods deleted", timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,7 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
             first = ctx.state().primary
             assert pooling.verify(ctx) == first
 
-            pods = ctx.platform._pooler_pods()
+            pods = ctx.platform.ready_pooler_pods()
             assert len(pods) == 2 and len({p.spec.node_name for p in pods}) == 2  # spread over nodes
             wait_for(lambda: (kube.object("poddisruptionbudgets", ns, name, "policy/v1") or {})
                      .get("status", {}).get("disruptionsAllowed") == 1, "the pooler's budget lets one go", timeout=30)

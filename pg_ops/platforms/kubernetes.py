@@ -1233,6 +1233,33 @@ class KubernetesPlatform(Platform):
                 raise PgOpsError(message)
             logging.getLogger("pg_ops").error(message)
 
+    # -- what the tests observe and do (not in the Platform protocol; pg_ops never calls these) -----
+    def force_delete_pod(self, name: str) -> None:
+        """Delete the member's pod with grace 0, as when its node dies, and wait until that pod
+        is gone (the StatefulSet makes a new one, not waited for)."""
+        self._delete_pod(name, 0)
+
+    def member_pods(self) -> dict:
+        """The members' pods as the API server lists them now, by name."""
+        return self._pods()
+
+    def ready_pooler_pods(self) -> list:
+        """The pooler's Ready pods, by name."""
+        return self._pooler_pods()
+
+    def service_endpoint(self, service: str, port: int) -> Endpoint:
+        """Where pg_ops reaches a Service of the cluster's namespace (an address override first)."""
+        return self._service_endpoint(service, port)
+
+    def passfile_generation(self) -> int:
+        """The generation of the passfile in the credentials Secret (0 when it has none)."""
+        return self._passfile_of(self._read_secret())[0]
+
+    @staticmethod
+    def credentials_of(secret) -> Credentials:
+        """The passwords a credentials Secret (as the API returns it: base64 `data`) holds."""
+        return KubernetesPlatform._credentials_of(secret)
+
 
 # The recovery pod's server: the drill logs in with the superuser's password over TCP; the
 # script sets that password through the pod's own socket, the one way in without one.
