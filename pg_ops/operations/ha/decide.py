@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 from pg_ops.operations.alert_model import Alert, Severity, condition_key
 from pg_ops.operations.ha.model import (
     Action,
     ClusterView,
     Decision,
+    DecisionName,
     EnsureSlots,
     FailoverIntent,
     FailoverPlan,
@@ -49,9 +51,12 @@ PRIMARY_KINDS = ("primary_unreachable", "primary_down", "manual_failover_needed"
 
 
 # -- is the primary down? -----------------------------------------------------------------------------
+VerdictKind = Literal["up", "unconfirmed", "alive", "no_witness", "unknown_witness", "down"]
+
+
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # up | unconfirmed | alive | no_witness | unknown_witness | down
+    kind: VerdictKind
     reason: str
     witnesses: tuple[str, ...] = ()
 
@@ -479,7 +484,7 @@ def decide(view: ClusterView, memory: HaMemory, policy: Policy) -> Decision:
     return _no_primary(view, memory, policy, "primary_down", verdict.reason, down_since)
 
 
-def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, reason: str,
+def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: DecisionName, reason: str,
                 down_since: float) -> Decision:
     """No writable designated primary: request one failover run per incident, unless the
     failover rules refuse or the last attempt failed on the same facts."""

@@ -9,6 +9,7 @@ without a server (pg_ops_tests/test_ha.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pg_ops.operations.alert_model import Alert
 from pg_ops.postgres.topology import MemberProbe, lsn_to_int
@@ -231,11 +232,17 @@ class FailoverRequest:
         return f"failover-{self.cluster}-{self.incident}"
 
 
+# The names `decide` gives its decisions (DECISIONS says what each means; ha-state-machine.md has
+# the table, test_ha.py a case for each).
+DecisionName = Literal["healthy", "split_brain", "change_in_progress", "primary_unreachable", "primary_down",
+                       "manual_failover_needed", "failover_refused", "failover_failed", "primary_not_writable"]
+
+
 @dataclass(frozen=True)
 class Decision:
     """One named decision for one cluster at one tick (see DECISIONS)."""
 
-    name: str
+    name: DecisionName
     summary: str
     memory: HaMemory
     actions: tuple[Action, ...] = ()
@@ -244,7 +251,7 @@ class Decision:
     failover: FailoverRequest | None = None
 
 
-DECISIONS = {
+DECISIONS: dict[DecisionName, str] = {
     "healthy": "the designated primary is writable; upkeep actions keep replicas, the synchronous set "
                "and routing right",
     "split_brain": "another member is writable too: critical alert (its member script stops it)",
