@@ -12,6 +12,7 @@ from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.alerts import (
     EVENT_SECONDS,
     AlertmanagerSender,
+    SendLimits,
     WebhookSender,
     alertmanager_alert,
     alertmanager_name,
@@ -69,19 +70,19 @@ def test_webhook_receives_the_alert_json():
 
 def test_failing_webhook_is_retried_then_given_up_without_raising():
     with WebhookCapture("fail") as hook:
-        outcome = WebhookSender(hook.url, retries=2, backoff=0.01).send([a()])
+        outcome = WebhookSender(hook.url, SendLimits(retries=2, backoff=0.01)).send([a()])
     assert hook.attempts == 3
     assert outcome["c/member_down/c-1"].startswith("failed after 3 attempts (HTTP 500)")
 
 
 def test_hanging_webhook_and_dead_webhook_never_raise():
     with WebhookCapture("hang") as hook:
-        outcome = WebhookSender(hook.url, timeout=0.5, retries=5, deadline=1.0).send([a(), a(member="c-2")])
+        outcome = WebhookSender(hook.url, SendLimits(timeout=0.5, retries=5, deadline=1.0)).send([a(), a(member="c-2")])
     assert all(v.startswith(("timed out", "failed")) for v in outcome.values()), outcome
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    outcome = WebhookSender(f"http://127.0.0.1:{port}/", retries=1, backoff=0.01).send([a()])
+    outcome = WebhookSender(f"http://127.0.0.1:{port}/", SendLimits(retries=1, backoff=0.01)).send([a()])
     assert outcome["c/member_down/c-1"].startswith("failed after 2 attempts")
     assert WebhookSender(None).send([a()]) == {"c/member_down/c-1": "not configured"}
 
