@@ -10,7 +10,7 @@ from typing import get_args
 
 import pytest
 
-from pg_ops.operations.ha.decide import decide, plan_failover, primary_verdict, sync_upkeep
+from pg_ops.operations.ha.decide import decide, plan_failover, plan_switchover, primary_verdict, sync_upkeep
 from pg_ops.operations.ha.model import (
     DECISIONS,
     ClusterView,
@@ -208,6 +208,25 @@ def test_sync_set_member_is_promoted_even_behind_the_reference():
     v = dead_primary(sync_set=("c-1", "c-2"), observed_lsn="0/6000000")
     plan = plan_failover(v, policy("sync"))
     assert isinstance(plan, FailoverPlan)
+
+
+# -- may a switchover begin? ----------------------------------------------------------------------------
+@pytest.mark.parametrize("v,to,fragment", [
+    (dead_primary(), "c-1", "the primary c-0 is not healthy (connection refused); a switchover needs it: "
+                            "use `pg-ops failover`"),
+    (healthy(), "c-9", "member 'c-9' does not exist"),
+    (healthy(), "c-0", "c-0 is already the primary"),
+    (view({"c-0": primary(standbys=[("c-1", "streaming", "0/5000000")]), "c-1": replica("c-1"),
+           "c-2": replica("c-2", streaming=False)}), "c-2",
+     "cannot switch over to c-2: it is not streaming (no WAL receiver)"),
+])
+def test_a_switchover_needs_a_writable_primary_and_a_streaming_target(v, to, fragment):
+    refusal = plan_switchover(v, to)
+    assert isinstance(refusal, Refusal) and fragment in refusal.reason
+
+
+def test_a_switchover_to_a_streaming_replica_of_a_writable_primary_may_begin():
+    assert plan_switchover(healthy(), "c-1") is None
 
 
 def test_half_finished_change_is_resumed_on_the_designated_primary():

@@ -278,6 +278,27 @@ def _lsn_text(value: int | None) -> str | None:
     return None if value is None else f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
+# -- may a switchover begin? ---------------------------------------------------------------------------
+def plan_switchover(view: ClusterView, to: str) -> Refusal | None:
+    """The switchover rules over one view (the record and the members' probes): the designated
+    primary writable (a switchover hands over from it; without it, `pg-ops failover`), `to`
+    another member, streaming from it. None: the switchover may begin. Its candidate needs no
+    lag guard: the old primary's final WAL reaches it before it is promoted."""
+    c, old, primary = view.cluster, view.designated, view.primary
+    if not primary.writable:
+        return Refusal(f"cluster {c}: the primary {old} is not healthy ({primary.error or 'not writable'}); "
+                       f"a switchover needs it: use `pg-ops failover`")
+    if to not in view.members:
+        return Refusal(f"cluster {c}: member {to!r} does not exist")
+    if to == old:
+        return Refusal(f"cluster {c}: {to} is already the primary")
+    target = view.members[to]
+    if not target.streaming:
+        return Refusal(f"cluster {c}: cannot switch over to {to}: it is not streaming "
+                       f"({target.error or target.receiver_status or 'no WAL receiver'})")
+    return None
+
+
 # -- the synchronous set ------------------------------------------------------------------------------------
 def sync_names(policy: Policy, members: list[str] | tuple[str, ...]) -> str:
     return synchronous_standby_names(policy.replication, list(members))
