@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     PLATFORMS,
     cluster_on,
     home_environment,

@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pg_ops.platforms.shared_memory import release_data_dir_segment
-from pg_ops_tests.helpers import free_port_range
+from pg_ops_tests.support.helpers import free_port_range
 
 REPO = Path(__file__).resolve().parents[1]
 GO_MODULE = Path(__file__).resolve().parent / "kube"

@@ -464,7 +464,7 @@ def k8s_launcher_instance(home: Path, kube: RealKubernetes):
     import dagster as dg
 
     from pg_ops import settings
-    from pg_ops_tests.test_sensors_daemon import prepared_instance
+    from pg_ops_tests.support.dagster import prepared_instance
 
     config = yaml.safe_load(settings.LOCAL_INSTANCE_CONFIG.read_text())
     production = yaml.safe_load((settings.REPO_ROOT / "deploy" / "dagster" / "dagster.yaml").read_text())

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pg_ops_tests.helpers import free_port, wait_for
+from pg_ops_tests.support.helpers import free_port, wait_for
 
 DEBIAN_PACKAGE = {"promtool": "prometheus", "prometheus": "prometheus",
                   "prometheus-postgres-exporter": "prometheus-postgres-exporter",
@@ -110,7 +110,7 @@ def monitoring_stack(workdir: Path, alertmanager: str | None = None, pending: st
 def free_port_after(port: int, count: int = 9) -> int:
     """A base port for `count` exporters that is not `port` (free_port_range never returns a taken
     one, and Prometheus has bound its port by then only in theory: keep them apart)."""
-    from pg_ops_tests.helpers import free_port_range
+    from pg_ops_tests.support.helpers import free_port_range
 
     for _ in range(50):
         base = free_port_range(count)

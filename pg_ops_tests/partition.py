@@ -176,7 +176,7 @@ class Partitions:
         if reason:
             raise RuntimeError(reason)
         self.ctx = ctx
-        self.pid_of = pid_of or ctx.platform._supervisor_pid
+        self.pid_of = pid_of or ctx.platform.supervisor_pid
         self.port_of = port_of or (lambda member: ctx.endpoints()[member].port)
         self.root = _cgroup2_root()
         self.run = f"pg-ops-test-{os.getpid()}-{secrets.token_hex(3)}"

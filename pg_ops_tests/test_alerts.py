@@ -2,18 +2,17 @@
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
 from pg_ops.credentials import REDACTED
 from pg_ops.defs.health import AlertsResource, deliver_run_failure
 from pg_ops.errors import PgOpsError
+from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.alerts import (
     EVENT_SECONDS,
-    Alert,
     AlertmanagerSender,
+    SendLimits,
     WebhookSender,
     alertmanager_alert,
     alertmanager_name,
@@ -21,55 +20,9 @@ from pg_ops.operations.alerts import (
     reconcile,
     scrub,
 )
+from pg_ops_tests.support.alerts import WebhookCapture
 
 ALERT_FIELDS = {"cluster", "severity", "kind", "summary", "details", "fired_at", "resolved_at"}
-
-
-class WebhookCapture:
-    """A local HTTP server that records every JSON body POSTed to it. mode: ok | fail | hang."""
-
-    def __init__(self, mode: str = "ok"):
-        self.mode = mode
-        self.bodies: list[dict] = []
-        self.attempts = 0
-        self.release = threading.Event()
-        capture = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                capture.attempts += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if capture.mode == "hang":
-                    capture.release.wait(30)
-                    return
-                if capture.mode == "fail":
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                capture.bodies.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def kinds(self, resolved: bool | None = None) -> list[tuple[str, str]]:
-        return [(b["kind"], b["details"].get("member", "")) for b in self.bodies
-                if resolved is None or (b["resolved_at"] is not None) == resolved]
 
 
 def a(kind="member_down", member="c-1", cluster="c", **details):
@@ -117,19 +70,19 @@ def test_webhook_receives_the_alert_json():
 
 def test_failing_webhook_is_retried_then_given_up_without_raising():
     with WebhookCapture("fail") as hook:
-        outcome = WebhookSender(hook.url, retries=2, backoff=0.01).send([a()])
+        outcome = WebhookSender(hook.url, SendLimits(retries=2, backoff=0.01)).send([a()])
     assert hook.attempts == 3
     assert outcome["c/member_down/c-1"].startswith("failed after 3 attempts (HTTP 500)")
 
 
 def test_hanging_webhook_and_dead_webhook_never_raise():
     with WebhookCapture("hang") as hook:
-        outcome = WebhookSender(hook.url, timeout=0.5, retries=5, deadline=1.0).send([a(), a(member="c-2")])
+        outcome = WebhookSender(hook.url, SendLimits(timeout=0.5, retries=5, deadline=1.0)).send([a(), a(member="c-2")])
     assert all(v.startswith(("timed out", "failed")) for v in outcome.values()), outcome
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    outcome = WebhookSender(f"http://127.0.0.1:{port}/", retries=1, backoff=0.01).send([a()])
+    outcome = WebhookSender(f"http://127.0.0.1:{port}/", SendLimits(retries=1, backoff=0.01)).send([a()])
     assert outcome["c/member_down/c-1"].startswith("failed after 2 attempts")
     assert WebhookSender(None).send([a()]) == {"c/member_down/c-1": "not configured"}
 
@@ -152,8 +105,8 @@ def test_run_failure_alert_is_posted_without_secrets(monkeypatch, make_spec):
     def failing_job():
         boom()
 
-    from pg_ops.operations import alerts as alert_ops
-    monkeypatch.setattr(alert_ops, "cluster_secrets", lambda ctx: [secret])
+    from pg_ops.operations import cluster_alerts
+    monkeypatch.setattr(cluster_alerts, "cluster_secrets", lambda ctx: [secret])
     with dg.instance_for_test() as instance, WebhookCapture() as hook:
         monkeypatch.setenv("PG_OPS_ALERT_WEBHOOK", hook.url)
         result = failing_job.execute_in_process(instance=instance, raise_on_error=False, tags={"dagster/partition": "rf"})

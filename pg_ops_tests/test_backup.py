@@ -24,41 +24,13 @@ from pg_ops.credentials import SUPERUSER
 from pg_ops.operations.backup import BackupFailed, backup
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.retention import prune
-from pg_ops.spec import ClusterSpec
 from pg_ops.stores import catalog as cat
 from pg_ops.stores.s3 import S3Credentials, S3Store
-from pg_ops_tests.helpers import free_port, wait_for
 from pg_ops_tests.s3server import shared_server
-from pg_ops_tests.test_stores import tiny_tmpfs
+from pg_ops_tests.support.backups import fill_app, primary_conn, tiny_tmpfs, wait_until_replayed, with_store
+from pg_ops_tests.support.helpers import free_port
 
 S3_SECRET = "s3-secret-that-must-not-leak"
-
-
-def primary_conn(ctx: ClusterContext, dbname: str = "app") -> psycopg.Connection:
-    return psycopg.connect(ctx.platform.primary_dsn(SUPERUSER, dbname), password=ctx.admin_password(),
-                           autocommit=True)
-
-
-def fill_app(ctx: ClusterContext, rows: int = 20000) -> None:
-    with primary_conn(ctx) as conn:
-        conn.execute("create table if not exists items (id bigint primary key, body text not null)")
-        conn.execute("insert into items select g, md5(g::text) || md5(random()::text) from generate_series(1, %s) g "
-                     "on conflict do nothing", (rows,))
-        conn.execute('create schema if not exists "Sales"')
-        conn.execute('create table if not exists "Sales"."Order lines" (n int)')
-        conn.execute('insert into "Sales"."Order lines" select generate_series(1, 7)')
-        conn.execute("create unlogged table if not exists scratch (x int)")
-        lsn = conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
-    wait_until_replayed(ctx, lsn)
-
-
-def wait_until_replayed(ctx: ClusterContext, lsn: str) -> None:
-    from pg_ops.postgres.lsn import Lsn
-
-    target = Lsn.parse(lsn)
-    replicas = [m for m in ctx.spec.member_names if m != ctx.state().primary]
-    wait_for(lambda: all((p.replay_lsn or 0) >= target for p in ctx.probe(replicas).values()),
-             "replicas replayed the test data")
 
 
 def restore_counts(ctx: ClusterContext, store, manifest: cat.Manifest, database: str) -> dict[str, int]:
@@ -95,12 +67,6 @@ def restore_counts(ctx: ClusterContext, store, manifest: cat.Manifest, database:
 def filled(shared_cluster):
     fill_app(shared_cluster)
     return shared_cluster
-
-
-def with_store(ctx: ClusterContext, store_spec: dict, **backups) -> ClusterContext:
-    raw = ctx.spec.model_dump()
-    raw["backups"] = {**raw["backups"], **backups, "store": store_spec}
-    return ClusterContext(ClusterSpec.model_validate(raw), ctx.platform, ctx.log)
 
 
 def test_backup_from_a_replica_restores_to_identical_row_counts(filled, caplog):

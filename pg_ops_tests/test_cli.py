@@ -17,7 +17,7 @@ from pg_ops.cli import parse_args
 from pg_ops.defs import health
 from pg_ops.defs.partitions import TOPOLOGY_TAG
 from pg_ops.settings import REPO_ROOT
-from pg_ops_tests.helpers import kill_member, running_cluster, wait_for
+from pg_ops_tests.support.helpers import kill_member, running_cluster, wait_for
 
 GLOBAL = {  # option -> (argv words, the attribute and the value it must give)
     "--cluster": (["--cluster", "other"], "cluster", "other"),
@@ -150,7 +150,7 @@ def test_recover_works_on_the_defaults_and_teardown_all_removes_what_it_made(mon
     from pg_ops.operations import wal
     from pg_ops.operations.context import ClusterContext
     from pg_ops.spec import load_specs
-    from pg_ops_tests.helpers import spec_from, stop_cluster, temp_home, write_spec
+    from pg_ops_tests.support.helpers import spec_from, stop_cluster, temp_home, write_spec
 
     monkeypatch.delenv(runs.URL_ENV, raising=False)
     with temp_home() as home:

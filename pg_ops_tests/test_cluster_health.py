@@ -14,7 +14,7 @@ from pg_ops.definitions import build_defs
 from pg_ops.defs.deployment import CHECK_MEMBERS_UP, CHECK_ONE_PRIMARY, HEALTH_CHECKS, health_key
 from pg_ops.defs.health import sensor_name
 from pg_ops.defs.resources import AlertsResource, PgOpsResource
-from pg_ops_tests.helpers import kill_member, running_cluster, wait_for
+from pg_ops_tests.support.helpers import kill_member, running_cluster, wait_for
 
 
 class HealthSensor:

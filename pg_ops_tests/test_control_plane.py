@@ -27,7 +27,7 @@ from pg_ops.render import names as k
 from pg_ops.render.access import admin_applied
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests import controlplane
-from pg_ops_tests.helpers import wait_for
+from pg_ops_tests.support.helpers import wait_for
 
 HOMELAB = Path(__file__).resolve().parents[1] / "deploy" / "clusters" / "homelab.yaml"
 NODES = ("node-a", "node-b", "node-c")

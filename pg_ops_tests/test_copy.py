@@ -18,8 +18,8 @@ from pg_ops.operations.wal import archive_ref
 from pg_ops.spec import load_spec
 from pg_ops.stores import catalog as cat
 from pg_ops.stores import wal_archive as wa
-from pg_ops_tests.helpers import running_cluster, spec_from, write_spec
 from pg_ops_tests.s3server import shared_server
+from pg_ops_tests.support.helpers import running_cluster, spec_from, write_spec
 
 AK, SK = "PGOPS_T_COPY_AK", "PGOPS_T_COPY_SK"
 

@@ -13,7 +13,11 @@ import yaml
 from pg_ops import settings
 from pg_ops.render import manifests, monitoring
 from pg_ops.spec import load_spec
-from pg_ops_tests.test_render import EXPORTER_DEFAULT_METRICS, PROMETHEUS_SYNTHETIC, promql_metrics
+from pg_ops_tests.support.manifest_checks import (
+    EXPORTER_DEFAULT_METRICS,
+    PROMETHEUS_SYNTHETIC,
+    promql_metrics,
+)
 
 MONITORING = settings.REPO_ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard-postgresql.json"

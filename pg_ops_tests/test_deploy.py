@@ -20,7 +20,7 @@ from pg_ops.operations.status import cluster_status
 from pg_ops.postgres.session import with_connection
 from pg_ops.render import names as names
 from pg_ops.state import TopologyLock, update_state
-from pg_ops_tests.helpers import fake_of, kill_member, running_cluster, stop_cluster, wait_for
+from pg_ops_tests.support.helpers import fake_of, kill_member, running_cluster, stop_cluster, wait_for
 
 # Read-only cases that only the local platform has: the shared cluster's local instance.
 LOCAL_ONLY = pytest.mark.parametrize("shared_any_cluster", ["local"], indirect=True)

@@ -16,7 +16,13 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.drift import ABSENT, check_drift, compare_fields
 from pg_ops.render import manifests
 from pg_ops.render import names as names
-from pg_ops_tests.helpers import home_environment, real_kubernetes, spec_from, wait_for, write_platform_spec
+from pg_ops_tests.support.helpers import (
+    home_environment,
+    real_kubernetes,
+    spec_from,
+    wait_for,
+    write_platform_spec,
+)
 
 
 @pytest.fixture(scope="module")

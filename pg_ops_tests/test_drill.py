@@ -18,7 +18,7 @@ from pg_ops.operations.backup import backup
 from pg_ops.operations.drill import DrillFailed, drill
 from pg_ops.stores import catalog as cat
 from pg_ops_tests.s3server import shared_server
-from pg_ops_tests.test_backup import fill_app, primary_conn, wait_until_replayed, with_store
+from pg_ops_tests.support.backups import copy_backup, fill_app, primary_conn, wait_until_replayed, with_store
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,6 @@ def scratch_leftovers(ctx) -> list[str]:
         if "postgres" in cmd and f"{home}/clusters/drill-" in cmd:
             left.append(f"pid {proc.pid}")
     return left
-
-
-def copy_backup(ctx, manifest: cat.Manifest, seconds: int) -> str:
-    """A copy of a complete backup under a later id (file store), to corrupt."""
-    store = ctx.store()
-    new_id = cat.new_backup_id(cat.backup_time(manifest.id) + timedelta(seconds=seconds))
-    src, dst = store.root / ctx.name / manifest.id, store.root / ctx.name / new_id
-    shutil.copytree(src, dst)
-    (dst / cat.DRILL).unlink(missing_ok=True)
-    text = (dst / cat.MANIFEST).read_text().replace(manifest.id, new_id)
-    (dst / cat.MANIFEST).write_text(text)
-    return new_id
 
 
 def test_a_good_backup_passes_and_becomes_verified(backed_up, caplog):
@@ -192,7 +180,7 @@ def test_the_drill_resets_the_scratch_superuser_without_sending_its_password(pg_
     from pg_ops.platforms.local import LocalScratchServer
     from pg_ops.postgres import admin, dump
     from pg_ops.postgres.session import with_connection
-    from pg_ops_tests.helpers import wait_for
+    from pg_ops_tests.support.helpers import wait_for
 
     server = LocalScratchServer(f"drill-{pysecrets.token_hex(4)}", generate_password())
     try:

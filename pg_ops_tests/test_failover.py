@@ -15,15 +15,20 @@ import time
 import psycopg
 import pytest
 
-from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.errors import LockHeld, LockLost, PgOpsError
 from pg_ops.operations import failover as failover_ops
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, rebuild, switchover
 from pg_ops.operations.status import cluster_status
-from pg_ops.postgres.session import with_connection
 from pg_ops.state import HeldLock, TopologyLock, update_state
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.failover import (
+    Writer,
+    assert_one_primary_all_streaming,
+    primary_conn,
+    q,
+    writes_after,
+)
+from pg_ops_tests.support.helpers import (
     cluster_on,
     fake_of,
     kill_member,
@@ -35,61 +40,6 @@ from pg_ops_tests.helpers import (
 )
 
 
-def q(ctx, member, query, dbname=PG_OPS_DATABASE):
-    def run(conn):
-        cur = conn.execute(query)
-        return cur.fetchall() if cur.description else None
-    return with_connection(ctx.endpoints()[member], "postgres", ctx.admin_password(), run, dbname=dbname, timeout=10)
-
-
-def primary_conn(ctx, dbname: str = PG_OPS_DATABASE, **kw):
-    return psycopg.connect(ctx.platform.primary_dsn("postgres", dbname), password=ctx.admin_password(),
-                           autocommit=True, **kw)
-
-
-def assert_one_primary_all_streaming(ctx):
-    status = cluster_status(ctx).to_dict()
-    assert status["writable_members"] == [ctx.state().primary], status["writable_members"]
-    for m in status["members"]:
-        if m["name"] != ctx.state().primary:
-            assert m["streaming"], f"{m['name']} not streaming: {m}"
-            assert m["timeline"] == next(x["timeline"] for x in status["members"] if x["role"] == "primary")
-
-
-class Writer:
-    """Commits numbered rows into `writes` of `dbname` through the primary endpoint; remembers
-    every acknowledged one, and counts the writes refused (not acknowledged, retried)."""
-
-    def __init__(self, ctx, dbname: str = PG_OPS_DATABASE):
-        self.ctx, self.dbname, self.acked, self.refused, self.stop = ctx, dbname, [], 0, threading.Event()
-        with primary_conn(ctx, dbname) as c:
-            c.execute("create table if not exists writes (n int primary key)")
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        n, conn = 0, None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = primary_conn(self.ctx, self.dbname, connect_timeout=2)
-                n += 1
-                conn.execute("insert into writes values (%s)", (n,))
-                self.acked.append(n)
-            except psycopg.Error:
-                self.refused += 1
-                conn = None
-                time.sleep(0.05)
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(10)
-
-
 def test_failover_after_primary_lost_and_old_primary_rejoins(any_cluster):
     ctx = any_cluster
     old = ctx.state().primary
@@ -97,7 +47,7 @@ def test_failover_after_primary_lost_and_old_primary_rejoins(any_cluster):
         wait_for(lambda: len(writer.acked) > 20, "writes before the failure")
         lose_member(ctx, old)  # its machine dies: processes SIGKILLed / pod gone, not rescheduled
         change = failover(ctx, detected_at=time.time())
-        wait_for(lambda: len(writer.acked) and writer.acked[-1] > 0 and _writes_after(writer, 5), "writes resume")
+        wait_for(lambda: len(writer.acked) and writer.acked[-1] > 0 and writes_after(writer, 5), "writes resume")
     assert change.new_primary != old and change.epoch == 2 and change.timeline == 2
     state = ctx.state()
     assert state.primary == change.new_primary and old in state.fenced
@@ -146,12 +96,6 @@ class WritableWatcher:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(10)
-
-
-def _writes_after(writer, k):
-    before = len(writer.acked)
-    time.sleep(0.3)
-    return len(writer.acked) >= before + k
 
 
 def test_failover_refused_while_primary_is_healthy(any_cluster):
@@ -237,7 +181,7 @@ def test_switchover_loses_no_row_and_old_primary_follows(any_cluster):
     with Writer(ctx) as writer:
         wait_for(lambda: len(writer.acked) > 50, "writes before the switchover")
         change = switchover(ctx, to=target)
-        wait_for(lambda: _writes_after(writer, 5), "writes resume after the switchover")
+        wait_for(lambda: writes_after(writer, 5), "writes resume after the switchover")
     acked = set(writer.acked)
     present = {r[0] for r in q(ctx, target, "select n from writes")}
     assert acked <= present, f"lost {len(acked - present)} acknowledged rows"
@@ -261,7 +205,7 @@ def test_a_switchover_whose_target_misses_the_final_wal_rolls_back_and_loses_not
             q(ctx, target, "alter system set primary_conninfo = ''", "postgres")
             q(ctx, target, "select pg_reload_conf()", "postgres")
             wait_for(lambda: not q(ctx, target, "select 1 from pg_stat_wal_receiver", "postgres"), "receiver gone")
-            wait_for(lambda: _writes_after(writer, 20), "commits the target does not receive")
+            wait_for(lambda: writes_after(writer, 20), "commits the target does not receive")
         real_stop(name)
 
     monkeypatch.setattr(ctx.platform, "stop_member", cut_the_target_then_stop)
@@ -272,7 +216,7 @@ def test_a_switchover_whose_target_misses_the_final_wal_rolls_back_and_loses_not
                                              rf"old primary's final WAL \(shutdown checkpoint .*\); {old} is the "
                                              rf"primary again \(epoch {epoch + 2}\), nothing lost"):
             switchover(ctx, to=target)
-        wait_for(lambda: _writes_after(writer, 5), "writes resume on the old primary")
+        wait_for(lambda: writes_after(writer, 5), "writes resume on the old primary")
     state = ctx.state()
     assert (state.primary, state.epoch, state.final_lsn) == (old, epoch + 2, "")
     present = {r[0] for r in q(ctx, old, "select n from writes")}
@@ -336,7 +280,7 @@ def test_sync_mode_loses_no_acknowledged_commit(make_platform_spec):
             wait_for(lambda: len(writer.acked) > 50, "sync writes")
             lose_member(ctx, old)
             change = failover(ctx)
-            wait_for(lambda: _writes_after(writer, 5), "writes resume")
+            wait_for(lambda: writes_after(writer, 5), "writes resume")
         present = {r[0] for r in q(ctx, change.new_primary, "select n from writes")}
         assert set(writer.acked) <= present, f"lost {len(set(writer.acked) - present)} acknowledged rows"
 

@@ -45,7 +45,7 @@ from pg_ops.defs.resources import AlertsResource, PgOpsResource
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.due import ticks
 from pg_ops.spec import load_spec
-from pg_ops_tests.helpers import free_port_range, stop_cluster
+from pg_ops_tests.support.helpers import free_port_range, stop_cluster
 
 # Hourly schedules run every twelfth hour on the first day, then once on the last day (each is
 # the same check every hour; 172 drift runs a week took 140 s of this test alone).

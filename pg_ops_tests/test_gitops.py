@@ -15,7 +15,7 @@ from pg_ops import settings
 from pg_ops.defs.partitions import TOPOLOGY_TAG
 from pg_ops.render import names as k
 from pg_ops.spec import load_spec
-from pg_ops_tests.test_render import checkov, documents, failed_checks, kubernetes_validate
+from pg_ops_tests.support.manifest_checks import checkov, documents, failed_checks, kubernetes_validate
 
 REPO = settings.REPO_ROOT
 DEPLOY = REPO / "deploy"

@@ -5,12 +5,17 @@ test_health.py)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import get_args
 
 import pytest
 
-from pg_ops.operations.ha.decide import decide, plan_failover, primary_verdict, sync_upkeep
+from pg_ops.operations.ha.decide import decide, plan_failover, plan_switchover, primary_verdict, sync_upkeep
 from pg_ops.operations.ha.model import (
+    DECISIONS,
     ClusterView,
+    Decision,
+    DecisionName,
     EnsureSlots,
     FailoverIntent,
     FailoverPlan,
@@ -207,6 +212,25 @@ def test_sync_set_member_is_promoted_even_behind_the_reference():
     assert isinstance(plan, FailoverPlan)
 
 
+# -- may a switchover begin? ----------------------------------------------------------------------------
+@pytest.mark.parametrize("v,to,fragment", [
+    (dead_primary(), "c-1", "the primary c-0 is not healthy (connection refused); a switchover needs it: "
+                            "use `pg-ops failover`"),
+    (healthy(), "c-9", "member 'c-9' does not exist"),
+    (healthy(), "c-0", "c-0 is already the primary"),
+    (view({"c-0": primary(standbys=[("c-1", "streaming", "0/5000000")]), "c-1": replica("c-1"),
+           "c-2": replica("c-2", streaming=False)}), "c-2",
+     "cannot switch over to c-2: it is not streaming (no WAL receiver)"),
+])
+def test_a_switchover_needs_a_writable_primary_and_a_streaming_target(v, to, fragment):
+    refusal = plan_switchover(v, to)
+    assert isinstance(refusal, Refusal) and fragment in refusal.reason
+
+
+def test_a_switchover_to_a_streaming_replica_of_a_writable_primary_may_begin():
+    assert plan_switchover(healthy(), "c-1") is None
+
+
 def test_half_finished_change_is_resumed_on_the_designated_primary():
     # The record names c-1, which is still a standby; c-0 (the old primary) is gone.
     v = view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)},
@@ -317,104 +341,196 @@ def test_async_clears_sync_names_and_the_set():
     assert actions == [SetSyncNames(""), RecordSyncSet(())]
 
 
-# -- the tick's decision ---------------------------------------------------------------------------------
-def test_healthy_cluster_renews_the_lease_routes_and_otherwise_leaves_things_alone():
-    d = decide(healthy(), HaMemory(), policy())
-    assert d.name == "healthy" and d.actions == (RenewLease("c-0", 1), RoutePrimary("c-0")) and d.failover is None
+# -- the tick's decision: ha-state-machine.md's table, row by row ----------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of "The tick's decision" in docs/architecture/ha-state-machine.md: its situation
+    (the test id; a row with several cases adds what each shows after a colon), the decision
+    `decide` names, the tick, and what else the row promises (further ticks included)."""
+
+    situation: str
+    decision: str
+    tick: Callable[[], Decision]
+    then: Callable[[Decision], None] = lambda d: None
 
 
-def test_healthy_tick_refreshes_the_observed_lsn_when_it_moved():
-    v = healthy(observed_lsn="0/4000000")
-    d = decide(v, HaMemory(), policy())
+def _healthy_renews_the_lease_and_routes(d):
+    assert d.actions == (RenewLease("c-0", 1), RoutePrimary("c-0")) and d.failover is None
+
+
+def _healthy_refreshes_the_observed_lsn(d):
     assert RecordObserved("0/5000000", ("c-1", "c-2"), 2) in d.actions
     assert d.memory.last_primary_lsn == Lsn.parse("0/5000000")
 
 
-def test_replica_that_missed_the_repoint_is_repointed_and_a_rejoined_member_unfenced():
-    v = view({"c-0": primary(standbys=_standbys(("c-2", "0/5000000"))),
-              "c-1": replica("c-1", streaming=False, upstream="10.0.0.9:5432"),
-              "c-2": replica("c-2")}, fenced=("c-2",))
-    d = decide(v, HaMemory(), policy())
+def _repointed_and_unfenced(d):
     assert Repoint("c-1") in d.actions and Unfence("c-2") in d.actions
     assert Repoint("c-2") not in d.actions
 
 
-def test_lock_held_decides_nothing():
-    lock = TopologyLock(holder="switchover@x:1", operation="switchover", expires_at=NOW + 60)
-    d = decide(dead_primary(lock=lock), HaMemory(), policy())
-    assert d.name == "change_in_progress" and d.failover is None and d.actions == ()
+def _split_brain_routes_to_the_designated_primary(d):
+    # Only the lease and the route to the designated primary (its member script stops the other);
+    # no upkeep on a cluster with two writable members, no failover. The critical split_brain
+    # alert is the health pass's (operations/health.py), raised from the same probes.
+    assert d.actions == (RenewLease("c-0", 1), RoutePrimary("c-0")) and d.failover is None
+    assert "c-1 writable besides the designated primary c-0" in d.summary
+    assert d.alerts == () and d.unknown == frozenset()
+
+
+def _lock_decides_nothing(d):
+    assert d.failover is None and d.actions == ()
     assert "c/primary_down/c-0" in d.unknown
 
 
-def test_confirmed_down_requests_one_failover_per_incident():
-    d1 = decide(dead_primary(), HaMemory(), policy())
-    assert d1.name == "primary_down" and d1.failover is not None
+def _one_failover_per_incident(d1):
+    assert d1.failover is not None
     d2 = decide(dead_primary(), d1.memory, policy())
     assert d2.name == "primary_down" and d2.failover is None  # same incident: no second request
 
 
-def test_failed_run_is_not_retried_on_the_same_facts_but_is_once_they_change():
-    d1 = decide(dead_primary(), HaMemory(), policy())
-    failed = dataclasses.replace(d1.memory, incident=dataclasses.replace(d1.memory.incident, run_failed=True))
-    d2 = decide(dead_primary(), failed, policy())
-    assert d2.name == "failover_failed" and d2.failover is None
+def _failed_run_failed(d1):
+    return dataclasses.replace(d1.memory, incident=dataclasses.replace(d1.memory.incident, run_failed=True))
+
+
+def _failed_run_retried_once_the_facts_change(d2):
+    assert d2.failover is None
+    failed = _failed_run_failed(decide(dead_primary(), HaMemory(), policy()))
     changed = dead_primary(members={"c-2": replica("c-2", lsn="0/5000010", streaming=False)})
     d3 = decide(changed, failed, policy())
     assert d3.name == "primary_down" and d3.failover is not None
 
 
-def test_deterministic_refusal_requests_nothing_and_waits_for_the_cluster_to_change():
-    lagging = dead_primary(members={"c-1": replica("c-1", lsn="0/4000000", streaming=False),
-                                    "c-2": replica("c-2", lsn="0/4000000", streaming=False)})
-    d1 = decide(lagging, HaMemory(), policy())
-    assert d1.name == "failover_refused" and d1.failover is None
+def _lagging():
+    return dead_primary(members={"c-1": replica("c-1", lsn="0/4000000", streaming=False),
+                                 "c-2": replica("c-2", lsn="0/4000000", streaming=False)})
+
+
+def _refused_until_the_cluster_changes(d1):
+    assert d1.failover is None
     assert [a.kind for a in d1.alerts] == ["failover_refused"]
-    d2 = decide(lagging, d1.memory, policy())
+    d2 = decide(_lagging(), d1.memory, policy())
     assert d2.name == "failover_refused" and d2.memory.incident.id == d1.memory.incident.id
     caught_up = dead_primary()
     d3 = decide(caught_up, d2.memory, policy())
     assert d3.name == "primary_down" and d3.failover is not None
 
 
-def test_manual_mode_alerts_with_the_command_and_the_refusal():
-    d = decide(dead_primary(), HaMemory(), policy(automatic=False))
-    assert d.name == "manual_failover_needed" and d.failover is None
+def _sync_member_silent():
+    # c-2, of the synchronous set, does not answer: it may hold the newest acknowledged commit.
+    return dead_primary(members={"c-2": down("c-2")}, sync_set=("c-1", "c-2"), observed_standbys=("c-1",))
+
+
+def _refused_for_now_and_decided_again(d1):
+    assert d1.failover is None
+    assert [(a.kind, a.severity) for a in d1.alerts] == [("failover_refused", "critical")]
+    assert "c-2 of the synchronous set does not answer" in d1.alerts[0].summary
+    assert d1.memory.incident is None  # nothing settled: no incident to wait out
+    d2 = decide(_sync_member_silent(), d1.memory, policy("sync"))
+    assert d2.name == "failover_refused" and d2.failover is None and d2.alerts  # every tick, until c-2 answers
+    back = dead_primary(sync_set=("c-1", "c-2"), observed_standbys=("c-1",))
+    d3 = decide(back, d2.memory, policy("sync"))
+    assert d3.name == "primary_down" and d3.failover is not None
+
+
+def _manual_alerts_with_the_command(d):
+    assert d.failover is None
     assert "pg-ops failover --cluster c" in d.alerts[0].summary
 
 
-def test_maintenance_mode_holds_the_failover_with_the_alert_and_expires_by_itself():
-    held = decide(dead_primary(maintenance_until=NOW + 600, maintenance_reason="K3s upgrade"), HaMemory(), policy())
-    assert held.name == "manual_failover_needed" and held.failover is None
+def _maintenance_holds_and_expires(held):
+    assert held.failover is None
     assert "maintenance mode until" in held.alerts[0].summary and "(K3s upgrade)" in held.alerts[0].summary
     assert held.alerts[0].severity == "critical"  # every alert goes on
     expired = decide(dead_primary(maintenance_until=NOW - 1), HaMemory(), policy())
     assert expired.name == "primary_down" and expired.failover is not None
 
 
-def test_designated_primary_that_is_a_standby_is_resumed():
-    v = view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)},
-             primary_name="c-1")
-    d = decide(v, HaMemory(), policy())
-    assert d.name == "primary_not_writable" and d.failover is not None
+def _resumed_with_a_critical_alert(d):
+    assert d.failover is not None
     assert d.alerts[0].severity == "critical"
 
 
-def test_pg_ops_cut_off_alerts_and_never_requests():
-    v = dead_primary(members={"c-1": replica("c-1", silence=0.3), "c-2": replica("c-2", silence=0.3)})
-    d = decide(v, HaMemory(), policy())
-    assert d.name == "primary_unreachable" and d.failover is None
+def _manual_mode_resumes_in_place(d):
+    assert d.failover is not None
+    refused_elsewhere = view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False),
+                              "c-2": replica("c-2", streaming=False)}, primary_name="c-1")
+    d = decide(refused_elsewhere, HaMemory(), policy(automatic=False))
+    assert d.name == "primary_not_writable" and d.failover is not None  # resume of c-1, the designated one
+
+
+def _cut_off_alerts_and_never_requests(d):
+    assert d.failover is None
     assert "still stream from it" in d.alerts[0].summary
 
 
-def test_unconfirmed_keeps_open_alerts_open():
-    d = decide(dead_primary(misses=1), HaMemory(), policy())
-    assert d.name == "primary_unreachable" and not d.alerts and "c/primary_down/c-0" in d.unknown
+def _unconfirmed_keeps_open_alerts_open(d):
+    assert not d.alerts and "c/primary_down/c-0" in d.unknown
 
 
-def test_split_brain_is_named():
-    v = healthy()
-    v = v.with_members({"c-1": primary("c-1")})
-    assert decide(v, HaMemory(), policy()).name == "split_brain"
+CASES = [
+    Case("a topology change holds the lock", "change_in_progress",
+         lambda: decide(dead_primary(lock=TopologyLock(holder="switchover@x:1", operation="switchover",
+                                                       expires_at=NOW + 60)), HaMemory(), policy()),
+         _lock_decides_nothing),
+    Case("the designated primary is writable: renews the lease, routes, otherwise leaves things alone", "healthy",
+         lambda: decide(healthy(), HaMemory(), policy()), _healthy_renews_the_lease_and_routes),
+    Case("the designated primary is writable: refreshes the observed LSN when it moved", "healthy",
+         lambda: decide(healthy(observed_lsn="0/4000000"), HaMemory(), policy()),
+         _healthy_refreshes_the_observed_lsn),
+    Case("the designated primary is writable: repoints a replica that missed the repoint, unfences a rejoined member",
+         "healthy",
+         lambda: decide(view({"c-0": primary(standbys=_standbys(("c-2", "0/5000000"))),
+                              "c-1": replica("c-1", streaming=False, upstream="10.0.0.9:5432"),
+                              "c-2": replica("c-2")}, fenced=("c-2",)), HaMemory(), policy()),
+         _repointed_and_unfenced),
+    Case("another member is writable too", "split_brain",
+         lambda: decide(healthy().with_members({"c-1": primary("c-1")}), HaMemory(), policy()),
+         _split_brain_routes_to_the_designated_primary),
+    Case("the designated primary answers as a standby", "primary_not_writable",
+         lambda: decide(view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False),
+                              "c-2": replica("c-2", streaming=False)}, primary_name="c-1"), HaMemory(), policy()),
+         _resumed_with_a_critical_alert),
+    # It fenced itself while isolated (a standby now, the most advanced member): promoting it
+    # again changes no topology, so manual mode does not wait for a person.
+    Case("the designated primary answers as a standby: manual mode still resumes it in place", "primary_not_writable",
+         lambda: decide(view({"c-0": replica("c-0", lsn="0/5000100", streaming=False),
+                              "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)}),
+                        HaMemory(), policy(automatic=False)),
+         _manual_mode_resumes_in_place),
+    Case("not confirmed: pg_ops is cut off, the replicas still stream from it", "primary_unreachable",
+         lambda: decide(dead_primary(members={"c-1": replica("c-1", silence=0.3), "c-2": replica("c-2", silence=0.3)}),
+                        HaMemory(), policy()),
+         _cut_off_alerts_and_never_requests),
+    Case("not confirmed: fewer misses than probes keep open alerts open", "primary_unreachable",
+         lambda: decide(dead_primary(misses=1), HaMemory(), policy()), _unconfirmed_keeps_open_alerts_open),
+    Case("confirmed down, automatic mode, the failover rules allow it", "primary_down",
+         lambda: decide(dead_primary(), HaMemory(), policy()), _one_failover_per_incident),
+    Case("confirmed down, the rules refuse deterministically", "failover_refused",
+         lambda: decide(_lagging(), HaMemory(), policy()), _refused_until_the_cluster_changes),
+    Case("confirmed down, the rules refuse for now", "failover_refused",
+         lambda: decide(_sync_member_silent(), HaMemory(), policy("sync")), _refused_for_now_and_decided_again),
+    Case("confirmed down, manual mode", "manual_failover_needed",
+         lambda: decide(dead_primary(), HaMemory(), policy(automatic=False)), _manual_alerts_with_the_command),
+    Case("confirmed down, manual mode: maintenance mode holds the failover and expires by itself",
+         "manual_failover_needed",
+         lambda: decide(dead_primary(maintenance_until=NOW + 600, maintenance_reason="K3s upgrade"), HaMemory(),
+                        policy()),
+         _maintenance_holds_and_expires),
+    Case("the requested run failed and nothing changed since", "failover_failed",
+         lambda: decide(dead_primary(), _failed_run_failed(decide(dead_primary(), HaMemory(), policy())), policy()),
+         _failed_run_retried_once_the_facts_change),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.situation for c in CASES])
+def test_decide(case):
+    d = case.tick()
+    assert d.name == case.decision, d.summary
+    case.then(d)
+
+
+def test_every_decision_has_a_case():
+    assert {c.decision for c in CASES} == set(DECISIONS) == set(get_args(DecisionName))
 
 
 def test_memory_round_trips_through_the_cursor():
@@ -422,19 +538,6 @@ def test_memory_round_trips_through_the_cursor():
                       departed={"c-1": Lsn(7)}, last_primary_lsn=Lsn.parse("0/1"))
     assert HaMemory.from_dict(memory.to_dict()) == memory
     assert HaMemory.from_dict({"incident": "garbage"}) == HaMemory()
-
-
-def test_manual_mode_still_resumes_the_designated_primary_in_place():
-    # It fenced itself while isolated (a standby now, the most advanced member): promoting it
-    # again changes no topology, so manual mode does not wait for a person.
-    v = view({"c-0": replica("c-0", lsn="0/5000100", streaming=False),
-              "c-1": replica("c-1", streaming=False), "c-2": replica("c-2", streaming=False)})
-    d = decide(v, HaMemory(), policy(automatic=False))
-    assert d.name == "primary_not_writable" and d.failover is not None
-    refused_elsewhere = view({"c-0": down("c-0"), "c-1": replica("c-1", streaming=False),
-                              "c-2": replica("c-2", streaming=False)}, primary_name="c-1")
-    d = decide(refused_elsewhere, HaMemory(), policy(automatic=False))
-    assert d.name == "primary_not_writable" and d.failover is not None  # resume of c-1, the designated one
 
 
 # -- issue 20: synchronous modes through every failure (safety review H1, H2, H3, M5) -----------------

@@ -21,7 +21,16 @@ from pg_ops.operations.health import TickMemory, watch_cluster
 from pg_ops.postgres import admin
 from pg_ops.postgres.session import connect
 from pg_ops.render import names as names
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.dagster import Sensor
+from pg_ops_tests.support.failover import (
+    Writer,
+    assert_one_primary_all_streaming,
+    primary_conn,
+    q,
+    writes_after,
+)
+from pg_ops_tests.support.helpers import (
     cluster_on,
     fake_of,
     kill_member,
@@ -33,15 +42,6 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_platform_spec,
 )
-from pg_ops_tests.test_alerts import WebhookCapture
-from pg_ops_tests.test_failover import (
-    Writer,
-    _writes_after,
-    assert_one_primary_all_streaming,
-    primary_conn,
-    q,
-)
-from pg_ops_tests.test_health import Sensor
 
 
 def tick(ctx, memory=None):
@@ -234,11 +234,11 @@ def test_sync_mode_loses_a_replica_then_the_primary_and_loses_nothing(make_platf
             wait_for(lambda: tick(ctx, memory) and ctx.state().sync_set == (survivor,),
                      "the synchronous set narrowed to the survivor", timeout=60)
             assert sync_setting(ctx, old) == f'ANY 1 ("{survivor}")'
-            wait_for(lambda: _writes_after(writer, 20), "writes acknowledged by the survivor alone")
+            wait_for(lambda: writes_after(writer, 20), "writes acknowledged by the survivor alone")
             lose_member(ctx, old)
             change = failover(ctx)  # no --force: the survivor holds every acknowledged commit
             # No standby is left to acknowledge: writes wait until the tick relaxes sync mode.
-            wait_for(lambda: tick(ctx, memory) and _writes_after(writer, 5), "writes resume once relaxed")
+            wait_for(lambda: tick(ctx, memory) and writes_after(writer, 5), "writes resume once relaxed")
         assert change.new_primary == survivor
         present = {r[0] for r in q(ctx, survivor, "select n from writes")}
         assert set(writer.acked) <= present, f"lost {len(set(writer.acked) - present)} acknowledged rows"
@@ -314,7 +314,7 @@ def test_stalled_sync_promotion_is_resumed_by_the_next_tick_and_loses_nothing(cl
         watch = tick(ctx, memory)
         assert watch.decision.name == "primary_not_writable" and watch.failover is not None, watch.decision.summary
         change = requested_run(ctx, watch.failover)
-        wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
+        wait_for(lambda: writes_after(writer, 5), "writes resume on the new primary")
     assert change.new_primary == stalled.primary and change.epoch == stalled.epoch
     assert ctx.state().timeline == change.timeline
     _nothing_acknowledged_lost(ctx, writer, change.new_primary)
@@ -383,7 +383,7 @@ def test_sync_primary_that_fenced_itself_is_resumed_in_place_when_ticks_resume(m
             assert change.new_primary == primary and change.epoch == epoch
             tick(ctx, memory)
             ctx.platform.start_member(second)
-            wait_for(lambda: tick(ctx, memory) and _writes_after(writer, 5), "writes acknowledged again", timeout=60)
+            wait_for(lambda: tick(ctx, memory) and writes_after(writer, 5), "writes acknowledged again", timeout=60)
         assert ctx.state().primary == primary
         # The supervisor clears its isolation marker on its next one-second check once it sees
         # itself writable (and a tick may have had to promote it in place once more: with pg_ops
@@ -404,7 +404,7 @@ def test_deploy_promotes_a_primary_that_fenced_itself_in_place(make_spec):
         with Writer(ctx) as writer:
             primary, replicas = _fence_the_primary_with_pg_ops_away(ctx, writer)
             result = deploy(ctx)
-            wait_for(lambda: _writes_after(writer, 5), "writes acknowledged again")
+            wait_for(lambda: writes_after(writer, 5), "writes acknowledged again")
         assert result.primary == primary and result.epoch == epoch and set(result.started) == set(replicas)
         _nothing_acknowledged_lost(ctx, writer, primary)
         assert_one_primary_all_streaming(ctx)
@@ -508,7 +508,7 @@ def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_no
             monkeypatch.setattr(failover_ops, "promote", query_ends_then_promote)
             change = failover(ctx)
             monkeypatch.setattr(failover_ops, "promote", real_promote)
-            wait_for(lambda: _writes_after(writer, 5), "writes resume on the new primary")
+            wait_for(lambda: writes_after(writer, 5), "writes resume on the new primary")
     finally:
         for reader in readers:
             reader.close()

@@ -8,16 +8,14 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import socket
 import threading
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from pg_ops.credentials import PG_OPS_DATABASE
-from pg_ops.defs.health import AlertsResource, evaluate_health, member_asset_key
+from pg_ops.defs.health import member_asset_key
 from pg_ops.operations import health
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.decide import primary_verdict
@@ -28,8 +26,10 @@ from pg_ops.platforms.base import MemberReport
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.postgres.session import with_connection
 from pg_ops.postgres.topology import probe_member
-from pg_ops_tests.helpers import free_port, kill_member, wait_for
-from pg_ops_tests.test_alerts import WebhookCapture
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.dagster import Sensor
+from pg_ops_tests.support.faults import hung
+from pg_ops_tests.support.helpers import free_port, kill_member, wait_for
 
 
 def sql(ctx, member, query, dbname="postgres"):
@@ -43,33 +43,6 @@ def kinds(alerts, member=None):
     return sorted(a.kind for a in alerts if member is None or a.details.get("member") == member)
 
 
-class Sensor:
-    """Evaluates the health sensor's body tick after tick, carrying its cursor."""
-
-    def __init__(self, contexts, instance=None):
-        self.contexts = contexts
-        self.instance = instance
-        self.cursor = None
-        self.requests: list[dg.RunRequest] = []
-        self.events = []
-
-    def tick(self) -> dg.SensorResult:
-        context = dg.build_sensor_context(cursor=self.cursor, instance=self.instance)
-        result = evaluate_health(context, self.contexts, AlertsResource())
-        self.cursor = result.cursor
-        self.requests += result.run_requests or []
-        self.events += result.asset_events or []
-        return result
-
-    @property
-    def state(self) -> dict:
-        return json.loads(self.cursor)
-
-    def open_kinds(self) -> list[str]:
-        return sorted(k.split("/", 2)[1] + ("/" + k.split("/", 2)[2] if k.split("/", 2)[2] else "")
-                      for k in self.state["alerts"])
-
-
 def verdict(ctx):
     """Is the primary down, as the state machine would decide after its confirmation probes?"""
     policy = Policy.from_spec(ctx.spec)
@@ -78,32 +51,6 @@ def verdict(ctx):
 
 def replicas(ctx):
     return [m for m in ctx.spec.member_names if m != ctx.state().primary]
-
-
-@contextlib.contextmanager
-def hung(ctx, member):
-    """SIGSTOP a member's postmaster and every backend it forked (not the supervisor, whose
-    process group they share); always SIGCONT."""
-    pid = int((ctx.platform.data_dir(member) / "postmaster.pid").read_text().splitlines()[0])
-    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid]
-    stopped = []
-    try:
-        for target in [pid, *children]:  # the postmaster first: it cannot fork new ones meanwhile
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGSTOP)
-                stopped.append(target)
-        yield stopped
-    finally:
-        for target in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGCONT)
-
-
-def _ppid(proc: Path) -> int | None:
-    try:
-        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @contextlib.contextmanager
@@ -203,7 +150,7 @@ def test_observations_on_change_and_otherwise_once_a_minute(shared_cluster):
 
 
 def test_paused_replay_under_writes_raises_a_lag_alert(make_spec):
-    from pg_ops_tests.helpers import running_cluster
+    from pg_ops_tests.support.helpers import running_cluster
     spec = make_spec("lag", monitoring={"lag_alert_bytes": 1024 * 1024, "lag_alert_seconds": 3})
     with running_cluster(spec) as ctx:
         paused, other = replicas(ctx)
@@ -228,7 +175,7 @@ def test_paused_replay_under_writes_raises_a_lag_alert(make_spec):
 def test_idle_cluster_raises_no_lag_alert(make_spec):
     import time
 
-    from pg_ops_tests.helpers import running_cluster
+    from pg_ops_tests.support.helpers import running_cluster
     spec = make_spec("idle", monitoring={"lag_alert_seconds": 1, "lag_alert_bytes": 1024 * 1024})
     with running_cluster(spec) as ctx:
         sql(ctx, ctx.state().primary, "create table once (v int); insert into once values (1)", PG_OPS_DATABASE)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pg_ops import settings
 from pg_ops.credentials import REPLICATION_USER
-from pg_ops_tests.helpers import kill_member, wait_for
+from pg_ops_tests.support.helpers import kill_member, wait_for
 
 
 def _sql(ctx, member: str, query: str):
@@ -31,7 +31,7 @@ def _sql(ctx, member: str, query: str):
 
 
 def test_a_replication_client_that_is_no_member_does_not_keep_an_isolated_primary_writable(make_spec):
-    from pg_ops_tests.helpers import running_cluster
+    from pg_ops_tests.support.helpers import running_cluster
 
     spec = make_spec("iso", failover={"mode": "automatic", "lease_seconds": 3})
     with running_cluster(spec) as ctx, tempfile.TemporaryDirectory() as scratch:
@@ -73,7 +73,7 @@ def test_a_change_holding_the_lock_keeps_the_primary_lease_renewed(make_spec):
     same primary does fence itself, which shows the renewal is what kept it writable."""
     from pg_ops.operations.members import lease_kept
     from pg_ops.state import topology_lock
-    from pg_ops_tests.helpers import running_cluster
+    from pg_ops_tests.support.helpers import running_cluster
 
     spec = make_spec("own", postgres={"members": 2}, failover={"mode": "automatic", "lease_seconds": 2})
     with running_cluster(spec) as ctx:
@@ -93,7 +93,7 @@ def test_a_former_primary_re_cloned_keeps_its_data_aside(make_spec):
     hold writes nobody counted, is moved aside (never deleted by pg_ops) before the clone
     (issue 20, M3); the member streams again and is no longer fenced."""
     from pg_ops.operations.failover import failover, rebuild
-    from pg_ops_tests.helpers import running_cluster
+    from pg_ops_tests.support.helpers import running_cluster
 
     with running_cluster(make_spec("aside")) as ctx:
         old = ctx.state().primary

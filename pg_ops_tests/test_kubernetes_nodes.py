@@ -38,7 +38,7 @@ from pg_ops.operations.health import TickMemory, watch_cluster
 from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.render import names as names
 from pg_ops.state import update_state
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     home_environment,
     kill_member,
     real_kubernetes,

@@ -18,9 +18,8 @@ from pg_ops.platforms.kubernetes import KubernetesPlatform
 from pg_ops.platforms.kubernetes_api import KubernetesError
 from pg_ops.render import names as names
 from pg_ops.stores import catalog as cat
-from pg_ops_tests.helpers import fake_of, lose_member, recover_member, wait_for
-from pg_ops_tests.test_backup import fill_app
-from pg_ops_tests.test_drill import copy_backup
+from pg_ops_tests.support.backups import copy_backup, fill_app
+from pg_ops_tests.support.helpers import fake_of, lose_member, recover_member, wait_for
 
 # Every case here runs on the shared cluster's Kubernetes instance.
 pytestmark = pytest.mark.parametrize("shared_any_cluster", ["kubernetes"], indirect=True)

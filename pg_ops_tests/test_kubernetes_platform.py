@@ -28,7 +28,7 @@ from pg_ops.render import manifests
 from pg_ops.render import names as names
 from pg_ops.spec import DatabaseSpec
 from pg_ops.state import update_state
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     free_port,
     home_environment,
     kill_member,
@@ -84,7 +84,7 @@ def delete_statefulset(ctx, fake) -> None:
     with contextlib.suppress(Exception):
         fake.admin_api().apps.delete_namespaced_stateful_set(names.statefulset_name(ctx.spec), platform.namespace)
     with contextlib.suppress(Exception):
-        wait_for(lambda: not platform._pods(), "pods deleted", timeout=60)
+        wait_for(lambda: not platform.member_pods(), "pods deleted", timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +400,7 @@ def test_failover_and_switchover_wait_for_the_service_to_follow_the_label(fake):
     connection that reached any other member. (It used to connect once right after the label
     moved, reach the old pod or nothing, and fail the run after the promotion.)"""
     from pg_ops.operations.failover import failover, switchover
-    from pg_ops_tests.helpers import kill_member
+    from pg_ops_tests.support.helpers import kill_member
 
     with deployed_cluster(fake, "svclag", "kubernetes") as ctx:
         fake.set_proxy_sync_period(2.0)

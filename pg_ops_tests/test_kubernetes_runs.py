@@ -24,7 +24,9 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
 from pg_ops.render import names as names
 from pg_ops.runs import CLUSTERS_JOB, Deployment
-from pg_ops_tests.helpers import (
+from pg_ops_tests.kube_cluster import USER_CODE_IMAGE, k8s_launcher_instance
+from pg_ops_tests.support.dagster import dagster_daemon
+from pg_ops_tests.support.helpers import (
     free_port,
     home_environment,
     kill_member,
@@ -33,8 +35,6 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_platform_spec,
 )
-from pg_ops_tests.kube_cluster import USER_CODE_IMAGE, k8s_launcher_instance
-from pg_ops_tests.test_sensors_daemon import dagster_daemon
 
 pytestmark = pytest.mark.daemon
 def test_a_failover_run_is_a_kubernetes_job_whose_pod_runs_it(capsys):

@@ -29,7 +29,7 @@ import pytest
 from pg_ops.platforms.base import REPORT_FILE, report_pairs
 from pg_ops.platforms.local import MEMBER_SCRIPT
 from pg_ops.state import DesiredState
-from pg_ops_tests.helpers import wait_for
+from pg_ops_tests.support.helpers import wait_for
 
 SYSID = "7300000000000000001"
 OTHER_SYSID = "7300000000000000999"

@@ -25,9 +25,9 @@ from pg_ops.defs.health import AlertsResource, evaluate_health
 from pg_ops.operations.activity import record_status
 from pg_ops.postgres.status_table import STATUS_KEYS
 from pg_ops.render import monitoring
-from pg_ops_tests.helpers import home_environment, kill_member, running_cluster, spec_from, write_spec
 from pg_ops_tests.monitoring_tools import alertmanager, monitoring_stack, notified, wait_until
-from pg_ops_tests.test_alerts import WebhookCapture
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.helpers import home_environment, kill_member, running_cluster, spec_from, write_spec
 
 CLUSTER = "mon"
 DASHBOARD = settings.REPO_ROOT / "deploy" / "monitoring" / "grafana-dashboard-postgresql.json"
@@ -269,7 +269,8 @@ def test_an_operations_event_reaches_alertmanager_once_and_ends_by_itself(live):
     Alertmanager and carries its own end, an hour later: nothing will ever resolve it."""
     from datetime import datetime
 
-    from pg_ops.operations.alerts import EVENT_SECONDS, send_alert
+    from pg_ops.operations.alerts import EVENT_SECONDS
+    from pg_ops.operations.cluster_alerts import send_alert
 
     alert = send_alert(live.ctx, "critical", "backup_failed", f"backup of cluster {CLUSTER} failed (test)",
                        backup_id="b-live")
@@ -291,8 +292,8 @@ def test_make_monitoring_stop_stops_every_process_it_started(live):
     import sys
 
     from pg_ops.platforms import local_monitoring
-    from pg_ops_tests.helpers import free_port, free_port_range
     from pg_ops_tests.monitoring_tools import Prometheus, stop_group
+    from pg_ops_tests.support.helpers import free_port, free_port_range
 
     workdir = live.home / "monitoring-2"
     port = free_port()

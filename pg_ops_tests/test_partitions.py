@@ -18,10 +18,10 @@ from pg_ops.operations.failover import failover
 from pg_ops.operations.health import status_report, watch_cluster
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.app_writer import App
-from pg_ops_tests.helpers import requested_run, running_cluster, wait_for
 from pg_ops_tests.partition import APP, PG_OPS, Partitions, unavailable
-from pg_ops_tests.test_alerts import WebhookCapture
-from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.dagster import dagster_daemon, prepared_instance
+from pg_ops_tests.support.helpers import requested_run, running_cluster, wait_for
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"no partitions here: {unavailable()}")
 
@@ -113,7 +113,7 @@ def test_primary_whose_standbys_still_stream_keeps_running_without_pg_ops(make_s
 @pytest.fixture(scope="module")
 def daemon_clusters():
     """Three clusters watched by one real daemon (specs written before it loads the code location)."""
-    from pg_ops_tests.helpers import home_environment, spec_from, write_spec
+    from pg_ops_tests.support.helpers import home_environment, spec_from, write_spec
 
     with home_environment() as home, WebhookCapture() as hook:
         specs = {name: spec_from(write_spec(home / "specs", name, monitoring={"interval_seconds": 1},
@@ -241,7 +241,7 @@ def test_kubernetes_primary_on_a_cut_off_node_fences_itself_before_a_new_primary
     lease to run out before promoting: the two never acknowledge writes at the same time."""
     from psycopg.conninfo import make_conninfo
 
-    from pg_ops_tests.helpers import cluster_on, fake_of, spec_from, write_platform_spec
+    from pg_ops_tests.support.helpers import cluster_on, fake_of, spec_from, write_platform_spec
 
     spec = spec_from(write_platform_spec(pg_home / "specs", "kn", "kubernetes", failover={"lease_seconds": 3}))
     with cluster_on(spec) as ctx:

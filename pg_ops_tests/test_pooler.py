@@ -18,7 +18,7 @@ from pg_ops.credentials import POOLER_USER
 from pg_ops.operations.failover import failover, rolling_restart, switchover
 from pg_ops.operations.pooling import pooler_status
 from pg_ops_tests.app_writer import App
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     free_port_range,
     kill_member,
     running_cluster,
@@ -177,7 +177,7 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
     from pg_ops.operations.deploy import deploy
     from pg_ops.operations.drift import check_drift
     from pg_ops.render import names as names
-    from pg_ops_tests.helpers import home_environment, real_kubernetes
+    from pg_ops_tests.support.helpers import home_environment, real_kubernetes
 
     with real_kubernetes() as kube, home_environment() as home:
         store = {"type": "s3", "bucket": "b", "endpoint_url": "http://127.0.0.1:1", "credentials_secret": "kube-s3"}
@@ -193,7 +193,7 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
             first = ctx.state().primary
             assert pooling.verify(ctx) == first
 
-            pods = ctx.platform._pooler_pods()
+            pods = ctx.platform.ready_pooler_pods()
             assert len(pods) == 2 and len({p.spec.node_name for p in pods}) == 2  # spread over nodes
             wait_for(lambda: (kube.object("poddisruptionbudgets", ns, name, "policy/v1") or {})
                      .get("status", {}).get("disruptionsAllowed") == 1, "the pooler's budget lets one go", timeout=30)

@@ -6,10 +6,8 @@ unavailable by the drills here (the production image has it). One cluster, in or
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,7 +20,8 @@ from pg_ops.operations.drill import drill
 from pg_ops.operations.failover import failover, switchover
 from pg_ops.operations.restore import restore
 from pg_ops.postgres.dump import AMCHECK_UNAVAILABLE
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.failover import Writer, q, writes_after
+from pg_ops_tests.support.helpers import (
     home_environment,
     kill_member,
     one_primary_all_streaming,
@@ -33,16 +32,7 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_spec,
 )
-from pg_ops_tests.test_failover import Writer, _writes_after, q
-
-
-def pg16_bin() -> Path | None:
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
-    return path if (path / "postgres").is_file() else None
-
+from pg_ops_tests.support.majors import pg16_bin
 
 pytestmark = pytest.mark.skipif(pg16_bin() is None, reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
 
@@ -70,7 +60,7 @@ def test_failover_and_the_old_primary_rejoins_by_rewind_on_16(pg16):
         wait_for(lambda: len(writer.acked) > 20, "writes")
         kill_member(ctx.platform, old)
         change = failover(ctx, detected_at=time.time())
-        wait_for(lambda: _writes_after(writer, 5), "writes resume")
+        wait_for(lambda: writes_after(writer, 5), "writes resume")
     assert change.new_primary != old and change.timeline == 2
     deploy(ctx)
     assert one_primary_all_streaming(ctx) and versions(ctx) == {16}
@@ -83,7 +73,7 @@ def test_switchover_loses_nothing_on_16(pg16):
     with Writer(ctx) as writer:
         wait_for(lambda: len(writer.acked) > 20, "writes")
         switchover(ctx, to=target)
-        wait_for(lambda: _writes_after(writer, 5), "writes resume")
+        wait_for(lambda: writes_after(writer, 5), "writes resume")
     present = {r[0] for r in q(ctx, target, "select n from writes")}
     assert set(writer.acked) <= present
     assert ctx.state().primary == target and one_primary_all_streaming(ctx)

@@ -23,7 +23,7 @@ import pytest
 
 from pg_ops import runs
 from pg_ops.settings import REPO_ROOT
-from pg_ops_tests.helpers import free_port, temp_home, wait_for
+from pg_ops_tests.support.helpers import free_port, temp_home, wait_for
 
 pytestmark = pytest.mark.daemon
 README = REPO_ROOT / "README.md"

@@ -20,62 +20,29 @@ from pg_ops.credentials import MONITORING_USER, PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.postgres.status_table import STATUS_KEYS
-from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
+from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, scratch, write_manifests
 from pg_ops.render import names as k
 from pg_ops.render.access import admin_applied
-from pg_ops.render.config import PROBE_SCRIPT
+from pg_ops.render.config import MEMBER_SCRIPT, PROBE_SCRIPT
 from pg_ops.render.output import files_by_kind
 from pg_ops.spec import ClusterSpec, load_spec
-from pg_ops_tests.helpers import kill_member, wait_for
+from pg_ops_tests.support.helpers import kill_member, wait_for
+from pg_ops_tests.support.manifest_checks import (
+    EXPORTER_DEFAULT_METRICS,
+    PROMETHEUS_SYNTHETIC,
+    checkov,
+    failed_checks,
+    kubernetes_validate,
+    promql_metrics,
+)
 
 REPO = settings.REPO_ROOT
 HOMELAB = REPO / "deploy" / "clusters" / "homelab.yaml"
-K8S_VERSION = "1.31.0"
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Application", "IPAddressPool", "L2Advertisement"}
-# Metrics postgres_exporter produces without custom queries in every version we run (the sidecar's
-# 0.17 and Debian's 0.11: its own pg_up and the default `database` collector) plus Prometheus's own
-# per-target `up`. Not pg_replication_is_replica: 0.11 has no such metric.
-EXPORTER_DEFAULT_METRICS = {"pg_up", "pg_database_size_bytes"}
-PROMETHEUS_SYNTHETIC = {"up"}
-
-
-# -- the validator tools (a separate venv: `make tools`) ----------------------------------------
-def tool(name: str) -> Path:
-    """A validator from .venv/tools, installed by `make tools` when missing; skip only when it
-    cannot be installed."""
-    path = REPO / ".venv" / "tools" / "bin" / name
-    if not path.exists():
-        done = subprocess.run(["make", "-s", "tools"], cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0 or not path.exists():
-            pytest.skip(f"{name} cannot be installed (make tools): {done.stderr.strip()[-300:]}")
-    return path
-
-
-def kubernetes_validate(files: list[Path]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(tool("kubernetes-validate")), "--strict", "-k", K8S_VERSION, "--quiet",
-                           *map(str, files)], capture_output=True, text=True)
-
-
-def checkov(folder: Path) -> dict:
-    done = subprocess.run([str(tool("checkov")), "--framework", "kubernetes", "-d", str(folder),
-                           "--skip-download", "-o", "json"], capture_output=True, text=True)
-    report = json.loads(done.stdout)
-    report = report[0] if isinstance(report, list) else report
-    return report
-
-
-def failed_checks(report: dict) -> list[str]:
-    if "results" not in report:  # nothing scanned: an empty summary
-        return []
-    return [f"{c['check_id']} {c['resource']} ({c['file_path']})" for c in report["results"]["failed_checks"]]
 
 
 def yaml_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.yaml") if p.name != "kustomization.yaml")
-
-
-def documents(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 # -- specs ---------------------------------------------------------------------------------------
@@ -157,7 +124,7 @@ def test_statefulset_runs_the_member_script_with_its_env_contract(homelab):
     assert postgres["command"] == ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"]
     assert postgres["resources"]["requests"] == postgres["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     # Every variable member.sh requires (`${PGOPS_X:?...}`) is set, and nothing it does not read.
-    script = (Path(k.__file__).with_name("member.sh")).read_text()
+    script = MEMBER_SCRIPT.read_text()
     required = set(re.findall(r"\$\{(PGOPS_\w+):\?", script))
     documented = set(re.findall(r"^#\s+(PGOPS_\w+)\s", script, re.M))
     env = {e["name"]: e for e in postgres["env"] if e["name"].startswith("PGOPS_")}
@@ -356,6 +323,48 @@ def test_the_drill_pods_are_reached_only_by_pg_ops_runs(homelab):
             "resourceNames": [policy["metadata"]["name"]], "verbs": ["get"]} in role["rules"]
 
 
+def test_drill_pods_are_confined_never_members_and_keep_their_secrets_out_of_the_pod_spec(homelab):
+    """The scratch server and the recovery pod (render/scratch.py): the cluster's image, non-root,
+    no API token, never restarted, nothing persistent; labelled so the drill NetworkPolicy selects
+    them and no member Service does; a password or a store key only through their own Secret."""
+    scratch_name = k.scratch_name(homelab, "drill", "abc123")
+    server = scratch.scratch_server_pod_spec(homelab, scratch_name, {"fsync": False, "max_connections": 20})
+    recovery = scratch.recovery_pod_spec(homelab, scratch_name)
+    for pod_spec in (server, recovery):
+        pod = scratch.scratch_pod(homelab, scratch_name, "drill", pod_spec)
+        assert pod["metadata"]["namespace"] == k.drill_namespace(homelab)
+        labels = pod["metadata"]["labels"]
+        assert labels[k.LABEL_SCRATCH] == "drill"
+        assert not set(k.selector_labels(homelab).items()) <= set(labels.items())  # no member
+        spec = pod["spec"]
+        assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+        assert spec["enableServiceLinks"] is False
+        assert spec["securityContext"]["runAsUser"] == 999 and spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert all("persistentVolumeClaim" not in v for v in spec["volumes"])
+        container = spec["containers"][0]
+        assert container["image"] == homelab.kubernetes.image
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["resources"]["limits"] == {"cpu": homelab.kubernetes.resources.cpu,
+                                                    "memory": homelab.kubernetes.resources.memory}
+    container = server["containers"][0]
+    assert container["args"] == ["postgres", "-c", "fsync=off", "-c", "max_connections=20"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_PASSWORD"] == {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {
+        "name": scratch_name, "key": k.SCRATCH_PASSWORD_KEY}}}
+    assert env["PGDATA"]["value"] == k.PGDATA
+    container = recovery["containers"][0]
+    assert container["command"] == ["bash", f"{k.RECOVERY_MOUNT}/{k.RECOVERY_SCRIPT}"]
+    assert {"name": "recovery", "mountPath": k.RECOVERY_MOUNT, "readOnly": True} in container["volumeMounts"]
+    assert {"name": "recovery", "secret": {"secretName": scratch_name, "defaultMode": 0o440}} in recovery["volumes"]
+    secret = scratch.scratch_secret(homelab, scratch_name, "drill", {k.SCRATCH_PASSWORD_KEY: "s3cret"})
+    assert secret["metadata"] == scratch.scratch_metadata(homelab, scratch_name, "drill")
+    assert secret["data"] == {k.SCRATCH_PASSWORD_KEY: "czNjcmV0"}  # base64 of the value
+
+
+
+
 def test_the_primary_has_its_own_disruption_budget(homelab):
     """A drain may not evict the primary (switch over first); the other members go one at a
     time. No pod is selected by both (the eviction API refuses such a pod). The replica budget is
@@ -536,26 +545,6 @@ def test_custom_resources_have_their_required_fields(homelab):
 
 
 # -- alerts reference produced metrics -----------------------------------------------------------
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                "unless", "offset"}
-
-
-def promql_metrics(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: identifiers that are not functions, keywords, label
-    names inside {...} / by (...), range selectors, or string contents."""
-    expr = re.sub(r'"[^"]*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "{}", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors: [6h]
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        word, rest = match.group(), expr[match.end():].lstrip()
-        if word in PROMQL_WORDS or rest.startswith("(") or re.fullmatch(r"\d+[smhdwy]", word):
-            continue
-        names.add(word)
-    return names
-
-
 def test_promql_metric_extraction():
     expr = 'time() - max by (member) (foo_seconds{a="b"}) > 3 or absent(bar{key="x y"}) and on(pod) baz'
     assert promql_metrics(expr) == {"foo_seconds", "bar", "baz"}

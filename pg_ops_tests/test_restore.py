@@ -11,7 +11,7 @@ from pg_ops.credentials import SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.backup import backup
 from pg_ops.operations.restore import RestoreRefused, restore
-from pg_ops_tests.test_backup import fill_app, primary_conn, wait_until_replayed
+from pg_ops_tests.support.backups import fill_app, primary_conn, wait_until_replayed
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, switchover
 from pg_ops.postgres.session import with_connection
 from pg_ops.spec import ClusterSpec, load_spec
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     home_environment,
     kill_member,
     running_cluster,
@@ -440,7 +440,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
     from pg_ops.platforms import kubernetes as kubernetes_platform
     from pg_ops.platforms.kubernetes_api import KubernetesError
     from pg_ops.render import names as names
-    from pg_ops_tests.helpers import cluster_on, fake_of
+    from pg_ops_tests.support.helpers import cluster_on, fake_of
 
     spec = make_platform_spec("k8roles", postgres={"members": 2},
                               roles=[{"name": "shop_rw", "secret_namespaces": ["shop"]},
@@ -473,7 +473,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         assert api.call("get", "secret shop/k8roles-shop-rw", api.core.read_namespaced_secret, "k8roles-shop-rw",
                         "shop") is not None
         assert secret(spec.kubernetes.namespace, "k8roles-app")["username"] == "app"  # default: the cluster's
-        ep = ctx.platform._service_endpoint(names.primary_service(spec), 5432)  # type: ignore[attr-defined]
+        ep = ctx.platform.service_endpoint(names.primary_service(spec), 5432)  # type: ignore[attr-defined]
         with psycopg.connect(host=ep.host, port=ep.port, user=rw["username"], password=rw["password"],
                              dbname=rw["dbname"], passfile="/dev/null", connect_timeout=5) as conn:
             assert conn.execute("select current_user, pg_is_in_recovery()").fetchone() == ("shop_rw", False)
@@ -494,7 +494,7 @@ def test_kubernetes_delivers_secrets_in_the_named_namespaces_and_rotates_them(ma
         for role in (REPLICATION_USER, SUPERUSER):
             catalog.rotate_password(ctx, role)
         after = ctx.credentials()
-        generation = ctx.platform._passfile_of(ctx.platform._read_secret())[0]  # type: ignore[attr-defined]
+        generation = ctx.platform.passfile_generation()  # type: ignore[attr-defined]
         for member in spec.member_names:
             assert ctx.platform.member_report(member).passfile_generation == generation
         primary = ctx.state().primary

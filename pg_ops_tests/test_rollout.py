@@ -21,13 +21,13 @@ from pg_ops.postgres import running_config
 from pg_ops.postgres.session import with_connection
 from pg_ops.spec import load_spec
 from pg_ops_tests.app_writer import App
-from pg_ops_tests.helpers import wait_for
+from pg_ops_tests.support.helpers import wait_for
 
 
 @pytest.fixture
 def pair(make_spec):
     """A deployed 2-member local cluster: a primary and the replica a restart goes through first."""
-    from pg_ops_tests.helpers import running_cluster
+    from pg_ops_tests.support.helpers import running_cluster
 
     with running_cluster(make_spec("t", postgres={"members": 2, "replication": "async"})) as ctx:
         yield ctx
@@ -218,7 +218,7 @@ def test_on_kubernetes_a_reload_change_and_a_new_image_roll_out(pg_home):
     only its name in the pod): the ConfigMap pg_ops applies reaches every pod's mounted file,
     each member reloads with no pod replaced; a new image replaces every pod, replicas first,
     with one switchover."""
-    from pg_ops_tests.helpers import cluster_on, member_generation, write_platform_spec
+    from pg_ops_tests.support.helpers import cluster_on, member_generation, write_platform_spec
 
     path = write_platform_spec(pg_home / "specs", "kro", "kubernetes", postgres={"members": 2})
     with cluster_on(load_spec(path)) as ctx:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 import tomllib
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -25,8 +24,9 @@ from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations.health import Detection, SensorCursor
 from pg_ops.runs import CODE_LOCATION
 from pg_ops.spec import load_specs
-from pg_ops_tests.helpers import free_port, spec_from, write_spec
-from pg_ops_tests.test_alerts import WebhookCapture
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.dagster import dagster_storage_bytes
+from pg_ops_tests.support.helpers import free_port, spec_from, write_spec
 
 REPO = settings.REPO_ROOT
 TOPOLOGY_JOBS = ("deploy_cluster", "failover", "switchover", "rebuild_member", "rolling_restart")
@@ -36,11 +36,6 @@ def defs_of(*specs):
     from pg_ops.definitions import build_defs
 
     return build_defs(list(specs))
-
-
-def dagster_storage_bytes(dagster_home: Path) -> bytes:
-    """Everything the instance stored: run/event/schedule SQLite files, compute logs, artifacts."""
-    return b"".join(p.read_bytes() for p in sorted(dagster_home.rglob("*")) if p.is_file())
 
 
 # -- one code location name -----------------------------------------------------------------------

@@ -27,7 +27,9 @@ from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG
 from pg_ops.operations.context import ClusterContext
 from pg_ops.runs import CLUSTERS_JOB, CODE_LOCATION, REPOSITORY
 from pg_ops.state import update_state
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.dagster import VENV_BIN, dagster_daemon, dagster_storage_bytes, prepared_instance
+from pg_ops_tests.support.helpers import (
     free_port,
     home_environment,
     kill_member,
@@ -37,9 +39,6 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_spec,
 )
-from pg_ops_tests.test_alerts import WebhookCapture
-from pg_ops_tests.test_runs import dagster_storage_bytes
-from pg_ops_tests.test_sensors_daemon import VENV_BIN, dagster_daemon, prepared_instance
 
 pytestmark = pytest.mark.daemon
 # Not about archiving, and these tests count the runs they start: no WAL archive, so the archive

@@ -2,71 +2,17 @@
 member-down alert when a replica stops and its resolution after the restart, and its record
 (the cursor) holds the failed-member detection time the service-level check reads."""
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from pg_ops import settings
 from pg_ops.defs.health import health_sensor_cursor
 from pg_ops.operations import slo
-from pg_ops.runs import CODE_LOCATION
-from pg_ops_tests.helpers import kill_member, running_cluster, wait_for
-from pg_ops_tests.test_alerts import WebhookCapture
+from pg_ops_tests.support.alerts import WebhookCapture
+from pg_ops_tests.support.dagster import dagster_daemon, prepared_instance
+from pg_ops_tests.support.helpers import kill_member, running_cluster, wait_for
 
 pytestmark = pytest.mark.daemon
-VENV_BIN = Path(sys.executable).parent
-
-
-def prepared_instance(home: Path) -> dg.DagsterInstance:
-    """The instance the daemon will use, with its storage created before the daemon starts
-    (two processes creating the SQLite tables at once collide)."""
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(exist_ok=True)
-    shutil.copy(settings.LOCAL_INSTANCE_CONFIG, dagster_home / "dagster.yaml")
-    instance = dg.DagsterInstance.from_config(str(dagster_home))
-    instance.get_runs(limit=1)
-    instance.all_instigator_state()
-    return instance
-
-
-@contextlib.contextmanager
-def dagster_daemon(home: Path, env: dict, webserver_port: int | None = None):
-    """`dagster-daemon run` on the pg_ops code location (with `webserver_port`: `dagster dev`,
-    the webserver on 127.0.0.1:port and the daemon sharing one code server), in its own
-    session, stopped by process group (its code server and any run it launched go with it)."""
-    dagster_home = home / "dagster"
-    workspace = home / "workspace.yaml"
-    workspace.write_text("load_from:\n  - python_module:\n      module_name: pg_ops.definitions\n"
-                         f"      working_directory: {settings.REPO_ROOT}\n      location_name: {CODE_LOCATION}\n")
-    log = open(home / "daemon.log", "wb")  # noqa: SIM115 - closed in finally
-    command = [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(workspace)]
-    if webserver_port is not None:
-        command = [str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(webserver_port), "-w", str(workspace)]
-    proc = subprocess.Popen(command,
-                            env={**os.environ, **env, "DAGSTER_HOME": str(dagster_home)}, cwd=settings.REPO_ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
-
-
 def test_daemon_alerts_on_a_stopped_replica_and_on_its_return(make_spec, pg_home):
     spec = make_spec("dmn", monitoring={"interval_seconds": 1})
     instance = prepared_instance(pg_home)

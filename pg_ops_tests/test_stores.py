@@ -3,12 +3,8 @@ only when committed, failed uploads leave nothing behind, faults fail with a cle
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +12,9 @@ from pg_ops.spec import S3StoreSpec
 from pg_ops.stores import StoreError, s3_credentials
 from pg_ops.stores.filesystem import FileStore
 from pg_ops.stores.s3 import MAX_PARTS, MIB, S3Credentials, S3Store, part_size
-from pg_ops_tests.helpers import free_port
 from pg_ops_tests.s3server import admin_identity, seaweedfs, shared_server, stop_shared_server
+from pg_ops_tests.support.backups import tiny_tmpfs
+from pg_ops_tests.support.helpers import free_port
 
 SECRET = "super-secret-key-do-not-leak"
 
@@ -142,22 +139,6 @@ def test_server_side_encryption_is_requested(s3):
     for key in ("globals.sql.zst", "app.dump.zst"):
         head = store.client.head_object(Bucket=store.bucket, Key=f"pfx/c/1/{key}")
         assert head.get("ServerSideEncryption") == "AES256"
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(size: str = "2m"):
-    """A small filesystem that fills up for real (root can mount tmpfs here)."""
-    folder = Path(tempfile.mkdtemp(prefix="pg-ops-full-"))
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk: {result.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-        folder.rmdir()
 
 
 def test_disk_full_fails_clearly_and_leaves_no_partial_file():

@@ -22,7 +22,7 @@ from pg_ops.platforms.kubernetes_state import owned_metadata
 from pg_ops.postgres import pgbouncer
 from pg_ops.render import names as k
 from pg_ops.spec import load_spec
-from pg_ops_tests.test_render import documents, tool
+from pg_ops_tests.support.manifest_checks import documents, tool
 
 REPO = settings.REPO_ROOT
 MODULE = REPO / "deploy" / "terraform" / "modules" / "postgresql-cluster"
@@ -219,7 +219,7 @@ def test_pg_ops_reads_the_secret_opentofu_writes(hcl):
         data[module_locals(hcl)["userlist_key"]] = userlist
         assert module_locals(hcl)["userlist_key"] == k.POOLER_USERLIST_KEY
     secret = SimpleNamespace(data={key: base64.b64encode(v.encode()).decode() for key, v in data.items()})
-    creds = KubernetesPlatform._credentials_of(secret)
+    creds = KubernetesPlatform.credentials_of(secret)
     assert sorted(creds.passwords) == sorted(required_roles(HOMELAB))
     assert all(creds.password(role) == passwords[role] for role in roles)
     template = re.search(r'"(\*:\*:\*:[^"]*)"', (MODULE / "secrets.tf").read_text()).group(1)

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from pg_ops import runs, settings
-from pg_ops_tests.helpers import free_port, free_port_range, wait_for
+from pg_ops_tests.support.helpers import free_port, free_port_range, wait_for
 
 REPO = settings.REPO_ROOT
 VENV_BIN = Path(sys.executable).parent

@@ -21,7 +21,7 @@ from pg_ops.operations.backup import backup
 from pg_ops.operations.upgrade import latest_rehearsal, rehearse_upgrade
 from pg_ops.postgres import upgrade as pgu
 from pg_ops.postgres.session import with_connection
-from pg_ops_tests.helpers import (
+from pg_ops_tests.support.helpers import (
     home_environment,
     one_primary_all_streaming,
     pg_bin_set,
@@ -30,7 +30,7 @@ from pg_ops_tests.helpers import (
     spec_from,
     write_spec,
 )
-from pg_ops_tests.test_postgres16 import pg16_bin
+from pg_ops_tests.support.majors import NEW_IMAGE, OLD_IMAGE, pg16_bin
 
 pytestmark = pytest.mark.skipif(pg16_bin() is None, reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
 
@@ -221,8 +221,8 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
     from pg_ops.operations.context import ClusterContext
     from pg_ops.operations.recover import pitr_drill
     from pg_ops.operations.upgrade import upgrade
-    from pg_ops_tests.helpers import wait_for
-    from pg_ops_tests.test_failover import Writer, _writes_after, q
+    from pg_ops_tests.support.failover import Writer, q, writes_after
+    from pg_ops_tests.support.helpers import wait_for
 
     ctx = three
     backup(ctx)
@@ -265,7 +265,7 @@ def test_an_upgrade_in_place_takes_all_three_members_to_18_and_loses_no_row(thre
         wait_for(lambda: len(writer.acked) > 20, "writes before the upgrade")
         assert cli_main(["upgrade", "--cluster", "inplace", "--to", "18", "--in-process", "--json"]) == 0
         result = json.loads(capsys.readouterr().out)
-        wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
+        wait_for(lambda: writes_after(writer, 5), "writes after the upgrade", timeout=60)
     assert (result["from_major"], result["to_major"]) == (16, 18) and result["downtime_seconds"] > 0
     assert "step: pg_upgrade --link" in result and "step: re-clone the replicas" in result
     wait_for(lambda: one_primary_all_streaming(ctx18), "every replica streaming from the upgraded primary", timeout=120)
@@ -315,8 +315,8 @@ def test_blue_green_moves_every_committed_row_to_18_and_keeps_the_old_cluster_re
     from pg_ops.operations.failover import switchover
     from pg_ops.postgres import logical
     from pg_ops.spec import load_specs
-    from pg_ops_tests.helpers import wait_for
-    from pg_ops_tests.test_failover import Writer
+    from pg_ops_tests.support.failover import Writer
+    from pg_ops_tests.support.helpers import wait_for
 
     spec = spec_from(write_spec(home / "specs", "blue", postgres={"members": 2, "parameters": {"wal_level": "logical"}},
                                 databases=[{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}],
@@ -418,8 +418,6 @@ def test_blue_green_needs_wal_level_logical(sixteen):
 
 
 # -- on Kubernetes ------------------------------------------------------------------------------------
-OLD_IMAGE = "registry.example/pg-ops-postgres:16"
-NEW_IMAGE = "registry.example/pg-ops-postgres:18-from-16"  # deploy/postgres/Dockerfile, OLD_MAJORS=16
 
 
 def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, capsys):
@@ -434,8 +432,8 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
     from pg_ops.operations.deploy import deploy
     from pg_ops.operations.recover import pitr_drill
     from pg_ops.operations.upgrade import upgrade
-    from pg_ops_tests.helpers import kubernetes_s3_cluster, wait_for
-    from pg_ops_tests.test_failover import Writer, _writes_after, q
+    from pg_ops_tests.support.failover import Writer, q, writes_after
+    from pg_ops_tests.support.helpers import kubernetes_s3_cluster, wait_for
 
     databases = [{"name": "app", "owner": "app"}, {"name": "shop", "owner": "shop"}]
     with kubernetes_s3_cluster(home, "k8sup", images={OLD_IMAGE: (16,), NEW_IMAGE: (16, 18)}, databases=databases,
@@ -492,7 +490,7 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
             capsys.readouterr()
             assert cli_main(["upgrade", "--cluster", "k8sup", "--to", "18", "--in-process", "--json"]) == 0
             result = json.loads(capsys.readouterr().out)
-            wait_for(lambda: _writes_after(writer, 5), "writes after the upgrade", timeout=60)
+            wait_for(lambda: writes_after(writer, 5), "writes after the upgrade", timeout=60)
         assert (result["from_major"], result["to_major"]) == (16, 18) and result["downtime_seconds"] > 0
         assert "step: pg_upgrade --link" in result and "step: re-clone the replicas" in result
         wait_for(lambda: one_primary_all_streaming(ctx18), "the replica streaming from the upgraded primary",

@@ -10,7 +10,7 @@ from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.health import TickMemory, watch_cluster
 from pg_ops.postgres.session import with_connection
-from pg_ops_tests.helpers import kill_member, running_cluster
+from pg_ops_tests.support.helpers import kill_member, running_cluster
 
 
 def setting(ctx, member, name="synchronous_standby_names"):

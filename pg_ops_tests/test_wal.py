@@ -30,7 +30,8 @@ from pg_ops.postgres import archiving, walfiles
 from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.session import with_connection
 from pg_ops.stores import wal_archive as wa
-from pg_ops_tests.helpers import (
+from pg_ops_tests.s3server import S3_PORT, shared_server
+from pg_ops_tests.support.helpers import (
     home_environment,
     kill_member,
     kubernetes_s3_cluster,
@@ -40,7 +41,6 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_spec,
 )
-from pg_ops_tests.s3server import S3_PORT, shared_server
 
 
 class TcpProxy:
@@ -419,7 +419,7 @@ def test_statefulset_on_the_api_server_archives_with_the_image_and_the_backup_se
     from pg_ops.platforms.kubernetes import KubernetesPlatform
     from pg_ops.render import names as k
     from pg_ops.state import DesiredState
-    from pg_ops_tests.helpers import real_kubernetes
+    from pg_ops_tests.support.helpers import real_kubernetes
 
     image = "registry.example/pg-ops-postgres:16-barman-3.19.1"
     spec = spec_from(write_spec(pg_home / "specs", "k8spitr", platform="kubernetes", kubernetes={

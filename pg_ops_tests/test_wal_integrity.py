@@ -32,8 +32,15 @@ from pg_ops.postgres import archiving, walfiles
 from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.session import with_connection
 from pg_ops.stores import wal_archive as wa
-from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, stop_cluster, wait_for, write_spec
 from pg_ops_tests.s3server import S3_PORT, shared_server
+from pg_ops_tests.support.helpers import (
+    kill_member,
+    running_cluster,
+    spec_from,
+    stop_cluster,
+    wait_for,
+    write_spec,
+)
 
 
 def run(ctx: ClusterContext, query: str, dbname: str = "postgres"):

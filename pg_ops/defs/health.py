@@ -26,9 +26,9 @@ from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG, topology_run_tags
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.errors import Refused, SpecError, first_line
 from pg_ops.operations import alerts as alert_ops
+from pg_ops.operations import cluster_alerts, slo
 from pg_ops.operations import health as health_ops
-from pg_ops.operations import slo
-from pg_ops.operations.alerts import Alert
+from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.model import FailoverRequest
 from pg_ops.operations.health import SensorCursor
@@ -135,7 +135,7 @@ def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResou
             run_requests.append(_failover_request(watch.failover))
     to_send, cursor.alerts = alert_ops.reconcile(cursor.alerts, active, unknown, scope, now)
     to_send += [event for watch in watches for event in watch.events]  # one-off: sent once, never resolved
-    secrets = [s for c in contexts for s in alert_ops.cluster_secrets(c)]
+    secrets = [s for c in contexts for s in cluster_alerts.cluster_secrets(c)]
     alerts.deliver(to_send, specs, secrets, context.log)
     cursor.ticks = (cursor.ticks + [now])[-TICKS_KEPT:]
     cursor.probe_seconds = round(max((w.health.seconds for w in watches if w.health), default=0.0), 3)
@@ -358,7 +358,7 @@ def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResou
     alert = run_failure_alert_for(context.dagster_run, first_line(message) or "failed", specs, refused)
     secrets = []
     if alert.cluster in specs:
-        secrets = alert_ops.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))
+        secrets = cluster_alerts.cluster_secrets(ClusterContext.for_spec(specs[alert.cluster]))
     alerts.deliver([alert], specs, secrets, context.log, events=True)
     return alert
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from pg_ops.operations.alerts import Alert, AlertDelivery
+from pg_ops.operations.alert_model import Alert
+from pg_ops.operations.alerts import AlertDelivery
 from pg_ops.operations.context import ClusterContext
 from pg_ops.spec import ClusterSpec, load_specs, select_spec
 

@@ -12,7 +12,9 @@ import dagster as dg
 from pg_ops.defs.health import member_asset_key
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.operations import alerts as alert_ops
+from pg_ops.operations import cluster_alerts
 from pg_ops.operations import storage_forecast as sf
+from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.spec import ClusterSpec
 
@@ -35,7 +37,7 @@ def ratio_points(instance: dg.DagsterInstance, key: dg.AssetKey, since: float) -
 
 
 def evaluate(instance: dg.DagsterInstance, specs: list[ClusterSpec], open_alerts: dict,
-             now: float, min_span_s: float = sf.MIN_SPAN_S) -> tuple[list, list[alert_ops.Alert], dict]:
+             now: float, min_span_s: float = sf.MIN_SPAN_S) -> tuple[list, list[Alert], dict]:
     """(observations, alerts to send, the new open-alert state)."""
     events, active = [], []
     for spec in specs:
@@ -71,7 +73,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         watched = [s for s in pg_ops.specs() if s.name in {x.name for x in specs}]
         events, to_send, cursor["alerts"] = evaluate(context.instance, watched, cursor.get("alerts", {}), time.time())
         if to_send:
-            secrets = [x for s in watched for x in alert_ops.cluster_secrets(ClusterContext.for_spec(s))]
+            secrets = [x for s in watched for x in cluster_alerts.cluster_secrets(ClusterContext.for_spec(s))]
             alerts.deliver(to_send, {s.name: s for s in watched}, secrets, context.log)
         return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor),
                                skip_reason=None if events else "no member has enough storage observations to "

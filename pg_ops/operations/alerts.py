@@ -1,5 +1,6 @@
-"""Alerts: one JSON shape, fired once and resolved once, always logged, POSTed to a webhook
-and, when the spec names one (`alerts.alertmanager_url`), to an Alertmanager.
+"""How alerts leave pg_ops: the one JSON shape (the value, operations/alert_model.py) fired once
+and resolved once, always logged, POSTed to a webhook and, when the spec names one
+(`alerts.alertmanager_url`), to an Alertmanager. From a ClusterContext: operations/cluster_alerts.py.
 
 The de-duplication state is a plain dict (the sensor keeps it in its cursor): a condition
 that is active now and was not open fires; an open one that is no longer active resolves; an
@@ -32,44 +33,12 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from pg_ops.credentials import redact
+from pg_ops.operations.alert_model import Alert
 from pg_ops.spec import AlertsSpec, ClusterSpec
 
-if TYPE_CHECKING:
-    from pg_ops.operations.context import ClusterContext
-
-Severity = Literal["critical", "warning", "info"]
 log = logging.getLogger("pg_ops.alerts")
-
-
-class Alert(BaseModel):
-    """The alert shape of docs/architecture/interfaces.md; `details` may carry `member` (its subject)."""
-
-    model_config = ConfigDict(frozen=True)
-    cluster: str
-    severity: Severity
-    kind: str
-    summary: str
-    details: dict = {}
-    fired_at: float | None = None
-    resolved_at: float | None = None
-
-    @property
-    def key(self) -> str:
-        """One open alert per cluster, kind and member."""
-        return f"{self.cluster}/{self.kind}/{self.details.get('member', '')}"
-
-    @property
-    def resolved(self) -> bool:
-        return self.resolved_at is not None
-
-
-def condition_key(cluster: str, kind: str, member: str | None = None) -> str:
-    return f"{cluster}/{kind}/{member or ''}"
 
 
 # -- de-duplication --------------------------------------------------------------------------
@@ -119,19 +88,31 @@ def _post_json(url: str, body: bytes, timeout: float) -> None:
         response.read()
 
 
-def _post_with_retries(url: str, body: bytes, timeout: float, retries: int, backoff: float) -> str:
+@dataclass(frozen=True)
+class SendLimits:
+    """What one receiver may cost the caller: each POST's timeout, the retries after the first
+    attempt (`backoff` × attempt seconds apart), and one deadline for the whole batch."""
+
+    timeout: float = 2.0
+    retries: int = 2
+    deadline: float = 5.0
+    backoff: float = 0.3
+
+
+def _post_with_retries(url: str, body: bytes, limits: SendLimits) -> str:
     """'sent' or 'failed after N attempts (reason)'; never raises, never names the URL."""
     last = ""
+    retries = limits.retries
     for attempt in range(retries + 1):
         try:
-            _post_json(url, body, timeout)
+            _post_json(url, body, limits.timeout)
             return "sent"
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code}"
         except Exception as exc:  # noqa: BLE001 - a receiver must never break the sensor
             last = type(exc).__name__ + (f": {exc.reason}" if hasattr(exc, "reason") else "")
         if attempt < retries:
-            time.sleep(backoff * (attempt + 1))
+            time.sleep(limits.backoff * (attempt + 1))
     return f"failed after {retries + 1} attempts ({last})"
 
 
@@ -155,20 +136,16 @@ class WebhookSender:
     """POST each alert as JSON with a short timeout and a few retries; never raises.
 
     Each send runs in a daemon thread and the whole batch has one deadline, so a webhook that
-    hangs costs the caller at most `deadline` seconds, however many alerts there are.
+    hangs costs the caller at most `limits.deadline` seconds, however many alerts there are.
     """
 
-    def __init__(self, url: str | None, timeout: float = 2.0, retries: int = 2, deadline: float = 5.0,
-                 backoff: float = 0.3):
+    def __init__(self, url: str | None, limits: SendLimits = SendLimits()):
         self.url = url
-        self.timeout = timeout
-        self.retries = retries
-        self.deadline = deadline
-        self.backoff = backoff
+        self.limits = limits
 
     @classmethod
-    def from_env(cls, env_name: str, **kwargs) -> WebhookSender:
-        return cls(os.environ.get(env_name) or None, **kwargs)
+    def from_env(cls, env_name: str, limits: SendLimits = SendLimits()) -> WebhookSender:
+        return cls(os.environ.get(env_name) or None, limits)
 
     def send(self, alerts: list[Alert]) -> dict[str, str]:
         """key -> 'sent' | 'failed …' | 'timed out' | 'not configured'."""
@@ -181,9 +158,9 @@ class WebhookSender:
 
         def post(alert: Alert):
             body = json.dumps(alert.model_dump(), default=str).encode()
-            return lambda: _post_with_retries(url, body, self.timeout, self.retries, self.backoff)
+            return lambda: _post_with_retries(url, body, self.limits)
 
-        return _within_deadline([(a.key, post(a)) for a in alerts], self.deadline, "alert-webhook")
+        return _within_deadline([(a.key, post(a)) for a in alerts], self.limits.deadline, "alert-webhook")
 
 
 EVENT_SECONDS = 3600.0  # how long a one-off event stays firing in Alertmanager
@@ -230,13 +207,9 @@ class AlertmanagerSender:
     """POST alerts to Alertmanager's /api/v2/alerts: one request per batch, retried, under one
     deadline; never raises. Kinds a Prometheus rule covers are not sent (see the module doc)."""
 
-    def __init__(self, url: str | None, timeout: float = 2.0, retries: int = 2, deadline: float = 5.0,
-                 backoff: float = 0.3):
+    def __init__(self, url: str | None, limits: SendLimits = SendLimits()):
         self.url = url.rstrip("/") + "/api/v2/alerts" if url else None
-        self.timeout = timeout
-        self.retries = retries
-        self.deadline = deadline
-        self.backoff = backoff
+        self.limits = limits
 
     def send(self, alerts: list[Alert], events: bool = False) -> dict[str, str]:
         """key -> 'sent' | 'left to Prometheus (Rule)' | 'failed …' | 'timed out'. `events`:
@@ -247,10 +220,9 @@ class AlertmanagerSender:
                    for a in alerts if covered_by_prometheus(a.kind)}
         batch = [a for a in alerts if a.key not in outcome]
         if batch:
-            body = json.dumps([alertmanager_alert(a, events) for a in batch]).encode()
-            result = _within_deadline(
-                [("batch", lambda: _post_with_retries(self.url, body, self.timeout, self.retries, self.backoff))],
-                self.deadline, "alert-alertmanager")["batch"]
+            url, body = self.url, json.dumps([alertmanager_alert(a, events) for a in batch]).encode()
+            result = _within_deadline([("batch", lambda: _post_with_retries(url, body, self.limits))],
+                                      self.limits.deadline, "alert-alertmanager")["batch"]
             outcome.update({a.key: result for a in batch})
         return outcome
 
@@ -309,35 +281,9 @@ class AlertDelivery:
             route = (self.webhook_url_env or spec_alerts.webhook_url_env, spec_alerts.alertmanager_url)
             by_route.setdefault(route, []).append(alert)
         outcome: dict[str, str] = {}
-        limits: dict[str, Any] = {"timeout": self.timeout_seconds, "retries": self.retries, "deadline": self.deadline_seconds}
+        limits = SendLimits(timeout=self.timeout_seconds, retries=self.retries, deadline=self.deadline_seconds)
         for (env_name, alertmanager_url), batch in by_route.items():
-            sender = WebhookSender.from_env(env_name, **limits)
-            alertmanager = AlertmanagerSender(alertmanager_url, **limits) if alertmanager_url else None
+            sender = WebhookSender.from_env(env_name, limits)
+            alertmanager = AlertmanagerSender(alertmanager_url, limits) if alertmanager_url else None
             outcome.update(deliver(batch, sender, secrets, logger, alertmanager=alertmanager, events=events))
         return outcome
-
-
-def cluster_secrets(ctx: ClusterContext) -> list[str]:
-    """Values that must never appear in an alert: the cluster's passwords and the backup
-    store's secret key (by the env var the spec names)."""
-    values: list[str] = []
-    try:
-        creds = ctx.platform.load_credentials()
-    except Exception:  # noqa: BLE001 - scrubbing must not fail the sensor
-        creds = None
-    if creds is not None:
-        values += list(creds.as_plain_dict().values())
-    store = ctx.spec.backups.store
-    env = getattr(store, "credentials_env", None)
-    if env is not None:
-        values += [os.environ.get(env.secret_key, ""), os.environ.get(env.access_key, "")]
-    return [v for v in values if v]
-
-
-def send_alert(ctx: ClusterContext, severity: Severity, kind: str, summary: str, **details) -> Alert:
-    """One-off alert from an operation (a failed backup or drill), through the cluster
-    context's AlertDelivery. Never raises."""
-    alert = Alert(cluster=ctx.name, severity=severity, kind=kind, summary=summary, details=details,
-                  fired_at=time.time())
-    ctx.alerts.send([alert], {ctx.name: ctx.spec}, cluster_secrets(ctx), ctx.log, events=True)
-    return alert

@@ -31,7 +31,7 @@ from typing import Literal
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER, redact
 from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.activity import record_status
-from pg_ops.operations.alerts import cluster_secrets, send_alert
+from pg_ops.operations.cluster_alerts import cluster_secrets, send_alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import dump
 from pg_ops.postgres.session import with_connection

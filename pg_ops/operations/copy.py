@@ -144,7 +144,7 @@ def copy_after_backup(ctx: ClusterContext, what: str) -> dict:
     """The copy a backup run makes once its backup is complete: metadata for the run. A copy that
     fails does not fail the run (the backup itself is good); it alerts `backup_copy_failed`
     (warning), and the next copy (the archive sensor's, each minute, or the next run) finishes it."""
-    from pg_ops.operations.alerts import send_alert
+    from pg_ops.operations.cluster_alerts import send_alert
 
     if ctx.spec.backups.copy_to is None:
         return {}
@@ -165,6 +165,8 @@ def copy_catch_up(contexts: list[ClusterContext], open_alerts: dict[str, dict],
     (warning) fires once while a cluster's copy fails and resolves once it succeeds. Returns
     (result or reason per cluster, the new open-alert state)."""
     from pg_ops.operations import alerts as alert_ops
+    from pg_ops.operations import cluster_alerts
+    from pg_ops.operations.alert_model import Alert
 
     results: dict[str, CopyResult | str] = {}
     active = []
@@ -173,14 +175,14 @@ def copy_catch_up(contexts: list[ClusterContext], open_alerts: dict[str, dict],
             results[ctx.name] = copy_backups(ctx)
         except PgOpsError as exc:
             results[ctx.name] = str(exc)
-            active.append(alert_ops.Alert(cluster=ctx.name, severity="warning", kind="backup_copy_failing",
-                                          summary=f"backups of {ctx.name} are not reaching the second store: {exc}"))
+            active.append(Alert(cluster=ctx.name, severity="warning", kind="backup_copy_failing",
+                                summary=f"backups of {ctx.name} are not reaching the second store: {exc}"))
     mine = {k: v for k, v in open_alerts.items() if v.get("kind") == "backup_copy_failing"}
     to_send, state = alert_ops.reconcile(mine, active, None, {c.name for c in contexts}, now)
     for ctx in contexts:
         batch = [a for a in to_send if a.cluster == ctx.name]
         if batch:
-            ctx.alerts.send(batch, {ctx.name: ctx.spec}, alert_ops.cluster_secrets(ctx), ctx.log)
+            ctx.alerts.send(batch, {ctx.name: ctx.spec}, cluster_alerts.cluster_secrets(ctx), ctx.log)
     return results, state
 
 

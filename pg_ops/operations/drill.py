@@ -381,7 +381,7 @@ def _in_background(factory, *args) -> Iterator:
 
 
 def alert_drill(ctx: ClusterContext, backup_id: str, reason: str) -> None:
-    from pg_ops.operations.alerts import send_alert
+    from pg_ops.operations.cluster_alerts import send_alert
 
     send_alert(ctx, "critical", "restore_drill_failed",
                f"restore drill of backup {backup_id} of cluster {ctx.name} failed", backup_id=backup_id, reason=reason)

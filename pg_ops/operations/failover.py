@@ -22,8 +22,8 @@ from pg_ops.operations import pooling, wal
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
-from pg_ops.operations.ha.decide import plan_failover, sync_names
-from pg_ops.operations.ha.model import FailoverIntent, Policy, Refusal
+from pg_ops.operations.ha.decide import plan_failover, plan_switchover, sync_names
+from pg_ops.operations.ha.model import ClusterView, FailoverIntent, Policy, Refusal
 from pg_ops.operations.ha.observe import read_view
 from pg_ops.operations.members import lease_kept, lease_seconds, wait_until, write_through_primary_endpoint
 from pg_ops.operations.steps import StepLog
@@ -388,16 +388,10 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     old = state.primary
     with steps.step("check the cluster"):
         probes = ctx.probe()
-        if not probes[old].writable:
-            raise PgOpsError(f"cluster {ctx.name}: the primary {old} is not healthy ({probes[old].error or 'not writable'}); "
-                             f"a switchover needs it: use `pg-ops failover`")
-        if to not in ctx.spec.member_names:
-            raise PgOpsError(f"cluster {ctx.name}: member {to!r} does not exist")
-        if to == old:
-            raise PgOpsError(f"cluster {ctx.name}: {to} is already the primary")
-        if not probes[to].streaming:
-            raise PgOpsError(f"cluster {ctx.name}: cannot switch over to {to}: it is not streaming "
-                             f"({probes[to].error or probes[to].receiver_status or 'no WAL receiver'})")
+        # The rules read only the record and the probes (no addresses: nothing is repointed here).
+        refusal = plan_switchover(ClusterView(record=state, members=probes, addresses={}, now=time.time()), to)
+        if refusal is not None:
+            raise PgOpsError(refusal.reason)
     with steps.step("drain the old primary's WAL archiver"):  # before the record names another primary
         drained = wal.drain_archiver(ctx, old)
     with steps.step("checkpoint the old primary"):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations import stored
 from pg_ops.operations.activity import record_status
-from pg_ops.operations.alerts import Alert, condition_key
+from pg_ops.operations.alert_model import Alert, condition_key
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha import act
 from pg_ops.operations.ha.decide import decide

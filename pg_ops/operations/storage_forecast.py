@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pg_ops.operations.alerts import Alert
+from pg_ops.operations.alert_model import Alert
 
 WINDOW_S = 24 * 3600.0
 MIN_POINTS = 6

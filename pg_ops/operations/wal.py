@@ -25,7 +25,7 @@ from pg_ops import settings
 from pg_ops.credentials import REPLICATION_USER, SUPERUSER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
-from pg_ops.operations.alerts import Alert
+from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import archiving, barman, walfiles
@@ -609,6 +609,7 @@ def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict]
     members' pg_wal if they still have it. While a cluster's archive has a gap, its open
     archiving alerts stay open (a failover must not resolve them while segments are missing)."""
     from pg_ops.operations import alerts as alert_ops
+    from pg_ops.operations import cluster_alerts
 
     healths: dict[str, ArchiveHealth | str] = {}
     active, unknown, scope = [], set(), set()
@@ -641,5 +642,5 @@ def watch_archiving(contexts: list[ClusterContext], open_alerts: dict[str, dict]
     for ctx in contexts:
         batch = [a for a in to_send if a.cluster == ctx.name]
         if batch:
-            ctx.alerts.send(batch, {ctx.name: ctx.spec}, alert_ops.cluster_secrets(ctx), ctx.log)
+            ctx.alerts.send(batch, {ctx.name: ctx.spec}, cluster_alerts.cluster_secrets(ctx), ctx.log)
     return healths, state

@@ -77,6 +77,7 @@ from pg_ops.platforms.kubernetes_state import ConfigMapStateStore, owned_metadat
 from pg_ops.poll import poll
 from pg_ops.postgres.conninfo import Endpoint
 from pg_ops.render import names as names
+from pg_ops.render import scratch
 from pg_ops.spec import ClusterSpec
 from pg_ops.state import DesiredState
 
@@ -1088,7 +1089,8 @@ class KubernetesPlatform(Platform):
         name = names.scratch_name(self.spec, purpose, secrets.token_hex(3))
         password = generate_password()
         try:
-            self._create_scratch(name, purpose, {names.SCRATCH_PASSWORD_KEY: password}, self._scratch_pod_spec(name))
+            self._create_scratch(name, purpose, {names.SCRATCH_PASSWORD_KEY: password},
+                                 scratch.scratch_server_pod_spec(self.spec, name, SCRATCH_PARAMETERS))
             endpoint = self._wait_scratch(name, password)
             yield ScratchTarget(self._scratch_what("pod", name), endpoint, password)
         finally:
@@ -1103,48 +1105,11 @@ class KubernetesPlatform(Platform):
 
     def _create_scratch(self, name: str, purpose: str, secret_data: dict[str, str], pod_spec: dict) -> None:
         ns = self.drill_namespace
-        metadata = {"name": name, "namespace": ns, "labels": names.scratch_labels(self.spec, purpose)}
-        secret = {"metadata": metadata, "type": "Opaque", "data": {k: _b64(v) for k, v in secret_data.items()}}
         self.api.call("create", self._scratch_what("secret", name), self.api.core.create_namespaced_secret,
-                      ns, secret, field_manager=names.FIELD_MANAGER)
+                      ns, scratch.scratch_secret(self.spec, name, purpose, secret_data),
+                      field_manager=names.FIELD_MANAGER)
         self.api.call("create", self._scratch_what("pod", name), self.api.core.create_namespaced_pod,
-                      ns, {"metadata": metadata, "spec": pod_spec}, field_manager=names.FIELD_MANAGER)
-
-    def _scratch_container(self, **fields) -> dict:
-        res = self.spec.kubernetes.resources
-        return {
-            "name": names.CONTAINER, "image": self.spec.kubernetes.image, "imagePullPolicy": "IfNotPresent",
-            "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT, "protocol": "TCP"}],
-            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                          "limits": {"cpu": res.cpu, "memory": res.memory}},
-            "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                                "capabilities": {"drop": ["ALL"]}},
-            **fields,
-        }
-
-    @staticmethod
-    def _scratch_pod(container: dict, volumes: list[dict]) -> dict:
-        """No API token, no service links, nothing persistent; never restarted."""
-        from pg_ops.render.statefulset import POSTGRES_UID
-
-        return {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,
-                "enableServiceLinks": False,
-                "securityContext": {"runAsUser": POSTGRES_UID, "runAsGroup": POSTGRES_UID, "fsGroup": POSTGRES_UID,
-                                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                "volumes": volumes}
-
-    def _scratch_pod_spec(self, secret: str) -> dict:
-        """The official image's own entrypoint (initdb with POSTGRES_PASSWORD from the Secret,
-        then postgres with the scratch settings)."""
-        settings = [f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in SCRATCH_PARAMETERS.items()]
-        container = self._scratch_container(
-            args=["postgres", *[arg for s in settings for arg in ("-c", s)]],
-            env=[{"name": "POSTGRES_PASSWORD",
-                  "valueFrom": {"secretKeyRef": {"name": secret, "key": names.SCRATCH_PASSWORD_KEY}}},
-                 {"name": "PGDATA", "value": names.PGDATA}],
-            volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
-                          {"name": "socket", "mountPath": "/var/run/postgresql"}])
-        return self._scratch_pod(container, [{"name": "data", "emptyDir": {}}, {"name": "socket", "emptyDir": {}}])
+                      ns, scratch.scratch_pod(self.spec, name, purpose, pod_spec), field_manager=names.FIELD_MANAGER)
 
     def member_template(self) -> tuple[str, dict[str, str]]:
         """The live StatefulSet's postgres container: its image and its plain env values."""
@@ -1188,15 +1153,7 @@ class KubernetesPlatform(Platform):
         archive with barman-cloud-wal-restore. Deleted with its Secret when the block ends, also
         on error."""
         name = names.scratch_name(self.spec, request.purpose, secrets.token_hex(3))
-        env: list[dict] = [{"name": "PGDATA", "value": names.PGDATA},
-                           {"name": "PGOPS_RECOVERY_DIR", "value": names.RECOVERY_MOUNT},
-                           {"name": "PGOPS_TERMINATION_LOG", "value": "/dev/termination-log"}]
-        container = self._scratch_container(
-            command=["bash", f"{names.RECOVERY_MOUNT}/{names.RECOVERY_SCRIPT}"], env=env,
-            volumeMounts=[{"name": "data", "mountPath": names.PGDATA_MOUNT},
-                          {"name": "recovery", "mountPath": names.RECOVERY_MOUNT, "readOnly": True}])
-        pod = self._scratch_pod(container, [{"name": "data", "emptyDir": {}},
-                                            {"name": "recovery", "secret": {"secretName": name, "defaultMode": 0o440}}])
+        pod = scratch.recovery_pod_spec(self.spec, name)
         what = self._scratch_what("recovery pod", name)
         try:
             self._create_scratch(name, request.purpose, recovery_files(request), pod)
@@ -1274,6 +1231,33 @@ class KubernetesPlatform(Platform):
             if sys.exc_info()[1] is None:
                 raise PgOpsError(message)
             logging.getLogger("pg_ops").error(message)
+
+    # -- what the tests observe and do (not in the Platform protocol; pg_ops never calls these) -----
+    def force_delete_pod(self, name: str) -> None:
+        """Delete the member's pod with grace 0, as when its node dies, and wait until that pod
+        is gone (the StatefulSet makes a new one, not waited for)."""
+        self._delete_pod(name, 0)
+
+    def member_pods(self) -> dict:
+        """The members' pods as the API server lists them now, by name."""
+        return self._pods()
+
+    def ready_pooler_pods(self) -> list:
+        """The pooler's Ready pods, by name."""
+        return self._pooler_pods()
+
+    def service_endpoint(self, service: str, port: int) -> Endpoint:
+        """Where pg_ops reaches a Service of the cluster's namespace (an address override first)."""
+        return self._service_endpoint(service, port)
+
+    def passfile_generation(self) -> int:
+        """The generation of the passfile in the credentials Secret (0 when it has none)."""
+        return self._passfile_of(self._read_secret())[0]
+
+    @staticmethod
+    def credentials_of(secret) -> Credentials:
+        """The passwords a credentials Secret (as the API returns it: base64 `data`) holds."""
+        return KubernetesPlatform._credentials_of(secret)
 
 
 # The recovery pod's server: the drill logs in with the superuser's password over TCP; the

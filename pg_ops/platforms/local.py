@@ -618,6 +618,13 @@ class LocalPlatform(Platform):
         raise Unsupported(f"cluster {self.spec.name}: a recovery pod is Kubernetes's; the local drill restores "
                           f"into a local server (local_recovery.drill_server)")
 
+    # -- what the tests observe (not in the Platform protocol; pg_ops itself never calls these) ----
+    def supervisor_pid(self, name: str) -> int | None:
+        """The pid of the member's running supervisor (member.sh; its process group holds the
+        member's postgres), None when it does not run: what changes when the member restarts, and
+        what a test stops or partitions."""
+        return self._supervisor_pid(name)
+
 
 def discard_tree(path: Path) -> None:
     """Delete a folder nobody uses any more without waiting for it."""

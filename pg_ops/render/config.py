@@ -10,7 +10,8 @@ from pg_ops.render import names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
-MEMBER_SCRIPT = Path(k.__file__).with_name("member.sh")
+# The script lives with the platform code that also runs it locally (platforms/local.py); read as a file.
+MEMBER_SCRIPT = Path(__file__).parent.parent / "platforms" / "member.sh"
 PROBE_SCRIPT = Path(__file__).with_name("probe.sh")
 
 

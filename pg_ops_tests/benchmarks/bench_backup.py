@@ -34,8 +34,8 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres.dump import temporary_passfile
 from pg_ops.spec import ClusterSpec
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
 from pg_ops_tests.s3server import seaweedfs
+from pg_ops_tests.support.helpers import running_cluster, spec_from, temp_home, write_spec
 
 SIZE_MB = int(os.environ.get("PG_OPS_BENCH_BACKUP_MB", "1000"))
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "3"))  # medians: a 2-core VM is noisy

@@ -17,8 +17,15 @@ from pathlib import Path
 
 from pg_ops import runs
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import free_port, home_environment, running_cluster, spec_from, wait_for, write_spec
-from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
+from pg_ops_tests.support.dagster import dagster_daemon, prepared_instance
+from pg_ops_tests.support.helpers import (
+    free_port,
+    home_environment,
+    running_cluster,
+    spec_from,
+    wait_for,
+    write_spec,
+)
 
 TRIALS = int(os.environ.get("BENCH_TRIALS", "3"))
 PG_OPS = str(Path(sys.executable).with_name("pg-ops"))

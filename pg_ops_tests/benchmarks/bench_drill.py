@@ -29,7 +29,7 @@ from pg_ops.operations.drill import drill
 from pg_ops.postgres import dump
 from pg_ops_tests.benchmarks.bench_backup import SIZE_MB, generate
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec
+from pg_ops_tests.support.helpers import running_cluster, spec_from, temp_home, write_spec
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "2"))
 logging.basicConfig(level=logging.WARNING)

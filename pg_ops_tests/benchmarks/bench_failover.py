@@ -34,7 +34,7 @@ from pg_ops.postgres.session import with_connection
 from pg_ops.runs import failure_of_events
 from pg_ops_tests.app_writer import App
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import kill_member, running_cluster, spec_from, temp_home, write_spec
+from pg_ops_tests.support.helpers import kill_member, running_cluster, spec_from, temp_home, write_spec
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))
 PATHS = os.environ.get("PG_OPS_BENCH_PATHS", "job_alone,daemon_kill,daemon_partition").split(",")

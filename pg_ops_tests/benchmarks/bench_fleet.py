@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from pg_ops_tests.benchmarks.bench_failover import _phase_summary, run_through_daemon  # noqa: E402
 from pg_ops_tests.benchmarks.common import emit, summary  # noqa: E402
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
+from pg_ops_tests.support.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
 
 FLEETS = [int(n) for n in os.environ.get("PG_OPS_BENCH_FLEETS", "1,5,20").split(",")]
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "3"))

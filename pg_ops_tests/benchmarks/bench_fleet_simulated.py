@@ -40,7 +40,7 @@ from pg_ops.operations.ha import act  # noqa: E402
 from pg_ops.platforms.base import MemberReport  # noqa: E402
 from pg_ops.postgres.topology import MemberProbe  # noqa: E402
 from pg_ops_tests.benchmarks.common import emit, summary  # noqa: E402
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
+from pg_ops_tests.support.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
 
 FLEETS = [int(n) for n in os.environ.get("PG_OPS_BENCH_SIM_FLEETS", "1,5,20,50").split(",")]
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))

@@ -33,7 +33,9 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
 from pg_ops.runs import CLUSTERS_JOB, Deployment
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import (
+from pg_ops_tests.kube_cluster import k8s_launcher_instance
+from pg_ops_tests.support.dagster import dagster_daemon, prepared_instance
+from pg_ops_tests.support.helpers import (
     free_port,
     home_environment,
     kill_member,
@@ -42,8 +44,6 @@ from pg_ops_tests.helpers import (
     wait_for,
     write_platform_spec,
 )
-from pg_ops_tests.kube_cluster import k8s_launcher_instance
-from pg_ops_tests.test_sensors_daemon import dagster_daemon, prepared_instance
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "3"))
 logging.basicConfig(level=logging.WARNING)
@@ -128,8 +128,8 @@ def local_sensor_trials() -> dict[str, list[float]]:
 
     from pg_ops.defs.health import health_sensor_cursor
     from pg_ops_tests.app_writer import App
-    from pg_ops_tests.helpers import running_cluster, write_spec
     from pg_ops_tests.partition import Partitions, unavailable
+    from pg_ops_tests.support.helpers import running_cluster, write_spec
 
     rtos: dict[str, list[float]] = {"kill": [], "partition": []}
     with home_environment() as home:

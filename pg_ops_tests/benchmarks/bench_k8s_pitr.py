@@ -30,7 +30,8 @@ from pg_ops.operations.deploy import deploy
 from pg_ops.operations.recover import new_cluster_spec, pitr_drill, recover
 from pg_ops_tests.benchmarks.bench_pitr import backups_then_wal, raw_recovery
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import (
+from pg_ops_tests.s3server import seaweedfs
+from pg_ops_tests.support.helpers import (
     BACKUP_SECRET,
     create_backup_secret,
     home_environment,
@@ -38,7 +39,6 @@ from pg_ops_tests.helpers import (
     spec_from,
     write_platform_spec,
 )
-from pg_ops_tests.s3server import seaweedfs
 
 SIZE_MB = int(os.environ.get("PG_OPS_BENCH_K8S_MB", "300"))
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "2"))

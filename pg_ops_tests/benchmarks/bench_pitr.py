@@ -45,8 +45,15 @@ from pg_ops.spec import ClusterSpec
 from pg_ops.stores import wal_archive as wa
 from pg_ops_tests.benchmarks.bench_backup import SIZE_MB, generate
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import free_port, running_cluster, spec_from, stop_cluster, temp_home, write_spec
 from pg_ops_tests.s3server import seaweedfs
+from pg_ops_tests.support.helpers import (
+    free_port,
+    running_cluster,
+    spec_from,
+    stop_cluster,
+    temp_home,
+    write_spec,
+)
 
 LAG_SECONDS = float(os.environ.get("PG_OPS_BENCH_LAG_S", "90"))
 logging.basicConfig(level=logging.WARNING)

@@ -17,7 +17,13 @@ import time
 from pg_ops.operations.failover import switchover
 from pg_ops_tests.app_writer import App
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import free_port_range, home_environment, running_cluster, spec_from, write_spec
+from pg_ops_tests.support.helpers import (
+    free_port_range,
+    home_environment,
+    running_cluster,
+    spec_from,
+    write_spec,
+)
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "5"))
 logging.basicConfig(level=logging.WARNING)

@@ -23,7 +23,7 @@ from pg_ops.operations.rollout import rollout
 from pg_ops.operations.write_probe import WriteProbe
 from pg_ops.spec import load_spec
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import home_environment, running_cluster, spec_from, write_spec
+from pg_ops_tests.support.helpers import home_environment, running_cluster, spec_from, write_spec
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "3"))
 logging.basicConfig(level=logging.WARNING)

@@ -27,8 +27,8 @@ from pg_ops.credentials import SUPERUSER  # noqa: E402
 from pg_ops.defs.health import AlertsResource, evaluate_health  # noqa: E402
 from pg_ops.postgres.session import with_connection  # noqa: E402
 from pg_ops_tests.benchmarks.common import emit, summary  # noqa: E402
-from pg_ops_tests.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
-from pg_ops_tests.test_health import hung  # noqa: E402
+from pg_ops_tests.support.faults import hung  # noqa: E402
+from pg_ops_tests.support.helpers import running_cluster, spec_from, temp_home, write_spec  # noqa: E402
 
 TICKS = 5
 

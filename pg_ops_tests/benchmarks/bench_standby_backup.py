@@ -14,7 +14,7 @@ import time
 from pg_ops.operations import wal
 from pg_ops_tests.benchmarks.bench_pitr import SIZE_MB, generate, raw_base_backup, s3_bench_cluster
 from pg_ops_tests.benchmarks.common import emit
-from pg_ops_tests.helpers import running_cluster, wait_for
+from pg_ops_tests.support.helpers import running_cluster, wait_for
 
 logging.basicConfig(level=logging.WARNING)
 

@@ -36,8 +36,8 @@ from pg_ops.postgres import upgrade as pgu
 from pg_ops.postgres.session import with_connection
 from pg_ops.spec import load_spec, load_specs
 from pg_ops_tests.benchmarks.common import emit, summary
-from pg_ops_tests.helpers import home_environment, running_cluster, write_spec
-from pg_ops_tests.test_postgres16 import pg16_bin
+from pg_ops_tests.support.helpers import home_environment, running_cluster, write_spec
+from pg_ops_tests.support.majors import pg16_bin
 
 TRIALS = int(os.environ.get("PG_OPS_BENCH_TRIALS", "2"))
 DATA_ROWS = int(os.environ.get("PG_OPS_BENCH_UPGRADE_ROWS", "1000000"))
@@ -90,8 +90,8 @@ def raw_pg_upgrade(home) -> float:
 def kubernetes_upgrade(home, trial: int) -> tuple[float, float]:
     """(e): the window and the whole run of `upgrade` on Kubernetes (the rehearsal is (c)'s)."""
     from pg_ops.operations.deploy import deploy
-    from pg_ops_tests.helpers import real_kubernetes, spec_from, write_platform_spec
-    from pg_ops_tests.test_upgrade import NEW_IMAGE, OLD_IMAGE
+    from pg_ops_tests.support.helpers import real_kubernetes, spec_from, write_platform_spec
+    from pg_ops_tests.support.majors import NEW_IMAGE, OLD_IMAGE
 
     with real_kubernetes() as kube:
         kube.image_carries(OLD_IMAGE, 16)

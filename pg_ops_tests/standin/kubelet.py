@@ -49,7 +49,6 @@ from pathlib import Path
 from pg_ops.platforms.local import LocalScratchServer
 from pg_ops.platforms.server_user import server_user
 from pg_ops.render import names as names
-from pg_ops_tests.helpers import free_port
 from pg_ops_tests.standin import websocket
 from pg_ops_tests.standin.api import ApiError, RawApi, now
 from pg_ops_tests.standin.containers import (
@@ -64,6 +63,7 @@ from pg_ops_tests.standin.containers import (
     waiting_status,
 )
 from pg_ops_tests.standin.network import PodNetwork
+from pg_ops_tests.support.helpers import free_port
 
 HEARTBEAT_S = 5.0
 LEASE_SECONDS = 40

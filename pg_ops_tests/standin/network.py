@@ -32,8 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from pg_ops_tests.helpers import free_port_range
 from pg_ops_tests.standin.api import RawApi
+from pg_ops_tests.support.helpers import free_port_range
 
 POD_CIDR = "198.18.0.0/15"
 KUBE_PROXY_SYNC_S = 1.0

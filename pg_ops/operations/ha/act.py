@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
 from pg_ops.errors import LockHeld, PgOpsError
-from pg_ops.operations.alerts import Alert
+from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.model import (
     LOCKED_ACTIONS,

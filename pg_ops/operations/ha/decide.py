@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Literal
 
-from pg_ops.operations.alerts import Alert, Severity, condition_key
+from pg_ops.operations.alert_model import Alert, Severity, condition_key
 from pg_ops.operations.ha.model import (
     Action,
     ClusterView,
     Decision,
+    DecisionName,
     EnsureSlots,
     FailoverIntent,
     FailoverPlan,
@@ -49,9 +51,12 @@ PRIMARY_KINDS = ("primary_unreachable", "primary_down", "manual_failover_needed"
 
 
 # -- is the primary down? -----------------------------------------------------------------------------
+VerdictKind = Literal["up", "unconfirmed", "alive", "no_witness", "unknown_witness", "down"]
+
+
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # up | unconfirmed | alive | no_witness | unknown_witness | down
+    kind: VerdictKind
     reason: str
     witnesses: tuple[str, ...] = ()
 
@@ -274,6 +279,27 @@ def _text(value: Lsn | None) -> str | None:
     return None if value is None else str(value)
 
 
+# -- may a switchover begin? ---------------------------------------------------------------------------
+def plan_switchover(view: ClusterView, to: str) -> Refusal | None:
+    """The switchover rules over one view (the record and the members' probes): the designated
+    primary writable (a switchover hands over from it; without it, `pg-ops failover`), `to`
+    another member, streaming from it. None: the switchover may begin. Its candidate needs no
+    lag guard: the old primary's final WAL reaches it before it is promoted."""
+    c, old, primary = view.cluster, view.designated, view.primary
+    if not primary.writable:
+        return Refusal(f"cluster {c}: the primary {old} is not healthy ({primary.error or 'not writable'}); "
+                       f"a switchover needs it: use `pg-ops failover`")
+    if to not in view.members:
+        return Refusal(f"cluster {c}: member {to!r} does not exist")
+    if to == old:
+        return Refusal(f"cluster {c}: {to} is already the primary")
+    target = view.members[to]
+    if not target.streaming:
+        return Refusal(f"cluster {c}: cannot switch over to {to}: it is not streaming "
+                       f"({target.error or target.receiver_status or 'no WAL receiver'})")
+    return None
+
+
 # -- the synchronous set ------------------------------------------------------------------------------------
 def sync_names(policy: Policy, members: list[str] | tuple[str, ...]) -> str:
     return synchronous_standby_names(policy.replication, list(members))
@@ -480,7 +506,7 @@ def decide(view: ClusterView, memory: HaMemory, policy: Policy) -> Decision:
     return _no_primary(view, memory, policy, "primary_down", verdict.reason, down_since)
 
 
-def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: str, reason: str,
+def _no_primary(view: ClusterView, memory: HaMemory, policy: Policy, name: DecisionName, reason: str,
                 down_since: float) -> Decision:
     """No writable designated primary: request one failover run per incident, unless the
     failover rules refuse or the last attempt failed on the same facts."""

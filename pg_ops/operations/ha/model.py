@@ -9,9 +9,10 @@ without a server (pg_ops_tests/test_ha.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pg_ops.operations import stored
-from pg_ops.operations.alerts import Alert
+from pg_ops.operations.alert_model import Alert
 from pg_ops.postgres.lsn import Lsn
 from pg_ops.postgres.topology import MemberProbe
 from pg_ops.spec import ClusterSpec
@@ -218,11 +219,17 @@ class FailoverRequest:
         return f"failover-{self.cluster}-{self.incident}"
 
 
+# The names `decide` gives its decisions (DECISIONS says what each means; ha-state-machine.md has
+# the table, test_ha.py a case for each).
+DecisionName = Literal["healthy", "split_brain", "change_in_progress", "primary_unreachable", "primary_down",
+                       "manual_failover_needed", "failover_refused", "failover_failed", "primary_not_writable"]
+
+
 @dataclass(frozen=True)
 class Decision:
     """One named decision for one cluster at one tick (see DECISIONS)."""
 
-    name: str
+    name: DecisionName
     summary: str
     memory: HaMemory
     actions: tuple[Action, ...] = ()
@@ -231,7 +238,7 @@ class Decision:
     failover: FailoverRequest | None = None
 
 
-DECISIONS = {
+DECISIONS: dict[DecisionName, str] = {
     "healthy": "the designated primary is writable; upkeep actions keep replicas, the synchronous set "
                "and routing right",
     "split_brain": "another member is writable too: critical alert (its member script stops it)",

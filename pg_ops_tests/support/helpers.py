@@ -116,7 +116,7 @@ def kill_member(platform: Platform, name: str) -> None:
     if isinstance(platform, LocalPlatform):
         platform.kill_member(name)
     else:
-        platform._delete_pod(name, 0)  # type: ignore[attr-defined]  # KubernetesPlatform
+        platform.force_delete_pod(name)  # type: ignore[attr-defined]  # KubernetesPlatform
 
 
 def stop_cluster(ctx: ClusterContext) -> None:
@@ -244,7 +244,7 @@ def member_generation(ctx: ClusterContext, name: str) -> str | None:
     """What changes when a member is restarted: the supervisor's pid (local) or the pod's uid."""
     fake = fake_of(ctx)
     if fake is None:
-        pid = ctx.platform._supervisor_pid(name)
+        pid = ctx.platform.supervisor_pid(name)
         return None if pid is None else str(pid)
     pod = fake.object("pods", ctx.spec.kubernetes.namespace, name)
     return None if pod is None else pod["metadata"]["uid"]
