@@ -23,7 +23,7 @@ from pg_ops.postgres.status_table import STATUS_KEYS
 from pg_ops.render import check_git_safe, default_output_dir, manifests, monitoring, write_manifests
 from pg_ops.render import names as k
 from pg_ops.render.access import admin_applied
-from pg_ops.render.config import PROBE_SCRIPT
+from pg_ops.render.config import MEMBER_SCRIPT, PROBE_SCRIPT
 from pg_ops.render.output import files_by_kind
 from pg_ops.spec import ClusterSpec, load_spec
 from pg_ops_tests.helpers import kill_member, wait_for
@@ -157,7 +157,7 @@ def test_statefulset_runs_the_member_script_with_its_env_contract(homelab):
     assert postgres["command"] == ["/bin/bash", f"{k.SCRIPT_MOUNT}/member.sh"]
     assert postgres["resources"]["requests"] == postgres["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     # Every variable member.sh requires (`${PGOPS_X:?...}`) is set, and nothing it does not read.
-    script = (Path(k.__file__).with_name("member.sh")).read_text()
+    script = MEMBER_SCRIPT.read_text()
     required = set(re.findall(r"\$\{(PGOPS_\w+):\?", script))
     documented = set(re.findall(r"^#\s+(PGOPS_\w+)\s", script, re.M))
     env = {e["name"]: e for e in postgres["env"] if e["name"].startswith("PGOPS_")}
