@@ -74,6 +74,7 @@ case $SQL in
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
     *isolation_verdict*)  [ -e "$W/lease.hang" ] && exec sleep 600; [ "$(knob lease.rc)" ] && exit 2
+                          [ -e "$W/lease.missing" ] && { echo "ERROR:  function public.isolation_verdict(integer, unknown) does not exist" >&2; exit 1; }
                           exec "$(dirname "$0")/lease-verdict" "$SQL" "$(knob lease.check)" ;;  # lease_rule.py
     *"from lease"*)       v=$(knob lease.own); [ -n "$v" ] || exit 1; echo "$v" ;;
     *pg_stat_wal_receiver*) v=$(knob receiver.streaming); echo "${v:-0}" ;;  # before: it joins pg_stat_activity
@@ -748,6 +749,19 @@ def test_a_lease_check_that_hangs_is_bounded_and_the_primary_fences(member):
     member.wait_action("primary")
     report = member.wait_action("isolated")
     assert report["isolated.reason"].startswith("no lease renewal for "), report
+    assert member.terminate() == 0
+
+
+def test_a_server_without_the_verdict_fences_as_one_that_does_not_answer(member):
+    """A cluster deployed by an older pg_ops has no isolation_verdict() until pg_ops installs it
+    (its next deploy or lease renewal): no verdict is no renewal (fail closed), said once."""
+    designated_primary_with_lease(member, 1)
+    member.knob("lease.missing", "")
+    member.start()
+    member.wait_action("primary")
+    report = member.wait_action("isolated")
+    assert report["isolated.reason"].startswith("no lease renewal for "), report
+    assert member.log().count("the pg_ops database has no isolation_verdict()") == 1
     assert member.terminate() == 0
 
 

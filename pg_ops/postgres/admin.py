@@ -155,10 +155,16 @@ create table if not exists lease (
 
 def renew_lease(conn: psycopg.Connection, holder: str, epoch: int) -> None:
     """The connection commits locally (synchronous_commit=local): the lease says that pg_ops
-    reached this member, and must not wait for a standby in sync-strict mode."""
-    conn.execute("""insert into lease (id, holder, epoch, renewed_at) values (1, %s, %s, now())
+    reached this member, and must not wait for a standby in sync-strict mode. The same round trip
+    says whether the member script's isolation verdict is installed: a cluster deployed by an
+    older pg_ops gets it at the first renewal, without waiting for its next deploy (the script
+    counts a verdict it cannot ask as no renewal)."""
+    installed = conn.execute("""insert into lease (id, holder, epoch, renewed_at) values (1, %s, %s, now())
                     on conflict (id) do update set holder = excluded.holder, epoch = excluded.epoch,
-                    renewed_at = excluded.renewed_at""", (holder, epoch))
+                    renewed_at = excluded.renewed_at
+                    returning to_regprocedure(%s) is not null""", (holder, epoch, isolation.VERDICT_SIGNATURE)).fetchone()
+    if not installed[0]:
+        isolation.ensure_isolation_verdict(conn)
 
 
 def write_heartbeat(conn: psycopg.Connection, epoch: int, writer: str) -> str:

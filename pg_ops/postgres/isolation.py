@@ -2,7 +2,8 @@
 
 member.sh asks it every second of its own server, through the local port (the member may be
 cut off from everyone else), in the cluster's `pg_ops` database, where every deploy installs it
-(`admin.ensure_pg_ops_schema`, idempotent; physical replication carries it to every member):
+(`admin.ensure_pg_ops_schema`, idempotent), and every lease renewal that finds it missing (a cluster
+deployed by an older pg_ops); physical replication carries it to every member:
 
     select public.isolation_verdict(lease_s, me, standbys, lease_at, standby_at, lease_seen, record_ok)
 
@@ -71,6 +72,9 @@ returns text language sql volatile as $verdict$
                     from pg_stat_replication where state = 'streaming' and application_name = any(standbys)), -1))
 $verdict$
 """
+
+
+VERDICT_SIGNATURE = "public.isolation_verdict(float8, text, text[], bigint, bigint, boolean, boolean)"
 
 
 def ensure_isolation_verdict(conn: psycopg.Connection) -> None:
