@@ -1103,13 +1103,15 @@ demotion_rule() {
 # keep memory across seconds: they run in this shell, never in a $( ) subshell.
 TICK_FACTS=()
 tick_facts() {
-    local designated=none standby=no mark=none
+    local designated=none standby=no mark=none stale_seen=no primary   # no fork that is not needed: every second
     TICK_FACTS=()
     if ! pg_alive; then TICK_FACTS=(alive=no); return 0; fi
-    if [ "$(primary_name)" = "$MEMBER" ]; then designated=me; elif [ -n "$(primary_name)" ]; then designated=other; fi
+    primary=$(primary_name)
+    if [ "$primary" = "$MEMBER" ]; then designated=me; elif [ -n "$primary" ]; then designated=other; fi
     if [ -f "$ISOLATED_MARK" ]; then if isolated_here; then mark=current; else mark=old; fi; fi
     is_standby_dir && standby=yes
-    TICK_FACTS=(alive=yes designated=$designated standby=$standby mark=$mark stale_seen=$([ "${STALE_SEEN:-0}" = 1 ] && echo yes || echo no))
+    [ "${STALE_SEEN:-0}" = 1 ] && stale_seen=yes
+    TICK_FACTS=(alive=yes designated=$designated standby=$standby mark=$mark stale_seen=$stale_seen)
     [ "$mark" = old ] && [ "$designated" = other ] && return 0
     if [ "$standby" = yes ]; then
         if off_timeline_standby; then TICK_FACTS+=(off_timeline=yes); else TICK_FACTS+=(off_timeline=no); fi   # it counts looks: not in a subshell
