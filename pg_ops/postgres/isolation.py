@@ -78,9 +78,13 @@ VERDICT_SIGNATURE = "public.isolation_verdict(float8, text, text[], bigint, bigi
 
 
 def ensure_isolation_verdict(conn: psycopg.Connection) -> None:
-    """Install (or replace) the rule and the verdict; after the lease table they read."""
-    conn.execute(ISOLATION_RULE_DDL)
-    conn.execute(ISOLATION_VERDICT_DDL)
+    """Install (or replace) the rule and the verdict; after the lease table they read. One
+    installer at a time (a deploy's and a lease renewal's may meet: two creations of one function
+    at once fail on pg_proc's unique index), by a lock held to the end of the transaction."""
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('pg_ops.isolation_verdict'))")
+        conn.execute(ISOLATION_RULE_DDL)
+        conn.execute(ISOLATION_VERDICT_DDL)
 
 
 def isolation_rule(conn: psycopg.Connection, *, now: int, lease_s: float, record_ok: bool, lease_seen: bool,
