@@ -18,17 +18,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import pytest
 
 from pg_ops.platforms.base import REPORT_FILE, report_pairs
 from pg_ops.platforms.local import MEMBER_SCRIPT
+from pg_ops.render.member_env import MemberEnv
 from pg_ops.state import DesiredState
+from pg_ops_tests.support import lease_rule
 from pg_ops_tests.support.helpers import wait_for
 
 SYSID = "7300000000000000001"
@@ -70,7 +73,9 @@ case $SQL in
     "select 1")           [ -e "$W/primary.up" ] || { echo "psql: error: connection refused" >&2; exit 2; } ;;
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
-    *pg_stat_replication*) [ -e "$W/lease.hang" ] && exec sleep 600; [ "$(knob lease.rc)" ] && exit 2; v=$(knob lease.check); echo "${v:-none 0 -1}" ;;
+    *isolation_verdict*)  [ -e "$W/lease.hang" ] && exec sleep 600; [ "$(knob lease.rc)" ] && exit 2
+                          [ -e "$W/lease.missing" ] && { echo "ERROR:  function public.isolation_verdict(integer, unknown) does not exist" >&2; exit 1; }
+                          exec "$(dirname "$0")/lease-verdict" "$SQL" "$(knob lease.check)" ;;  # lease_rule.py
     *"from lease"*)       v=$(knob lease.own); [ -n "$v" ] || exit 1; echo "$v" ;;
     *pg_stat_wal_receiver*) v=$(knob receiver.streaming); echo "${v:-0}" ;;  # before: it joins pg_stat_activity
     *pg_stat_activity*)   echo 0 ;;
@@ -173,12 +178,11 @@ class Member:
 
     # -- running it ----------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C",
-                "PGOPS_MEMBER": self.name, "PGOPS_DATA": str(self.data), "PGOPS_PORT": str(PORTS[self.name]),
-                "PGOPS_STATE": str(self.record), "PGOPS_CONFIG_DIR": str(self.root / "config"),
-                "PGOPS_PASSFILE": str(self.root / "pgpass"), "PGOPS_RUN_DIR": str(self.state_dir / "run"),
-                "PGOPS_BIN": str(self.root / "stubs"), "PGOPS_LISTEN": "127.0.0.1",
-                "PGOPS_RECOVERY_DIR": str(self.root / "recovery"), **self.more_env}
+        contract = MemberEnv(member=self.name, data=str(self.data), port=PORTS[self.name], state=str(self.record),
+                             config_dir=str(self.root / "config"), passfile=str(self.root / "pgpass"),
+                             run_dir=str(self.state_dir / "run"), bin=str(self.root / "stubs"), listen="127.0.0.1",
+                             recovery_dir=str(self.root / "recovery"))
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", **contract.variables(), **self.more_env}
 
     def recovery_inputs(self, token: str, rc: int = 0, reason: str = "") -> None:
         """The recovery Secret as mounted: its token, and a recover_pod.sh that records its call and
@@ -273,6 +277,9 @@ def member(tmp_path):
         path = tmp_path / "stubs" / tool
         path.write_text(STUB_HEAD.format(world=m.world) + body)
         path.chmod(0o755)
+    verdict = tmp_path / "stubs" / "lease-verdict"  # the isolation verdict a server would give (not a tool)
+    verdict.write_text(f'#!/bin/bash\nexec {sys.executable} {lease_rule.__file__} "$@"\n')
+    verdict.chmod(0o755)
     postgres = tmp_path / "stubs" / "postgres"
     postgres.write_text(POSTGRES_STUB.format(python=sys.executable, world=str(m.world)))
     postgres.chmod(0o755)
@@ -745,6 +752,19 @@ def test_a_lease_check_that_hangs_is_bounded_and_the_primary_fences(member):
     assert member.terminate() == 0
 
 
+def test_a_server_without_the_verdict_fences_as_one_that_does_not_answer(member):
+    """A cluster deployed by an older pg_ops has no isolation_verdict() until pg_ops installs it
+    (its next deploy or lease renewal): no verdict is no renewal (fail closed), said once."""
+    designated_primary_with_lease(member, 1)
+    member.knob("lease.missing", "")
+    member.start()
+    member.wait_action("primary")
+    report = member.wait_action("isolated")
+    assert report["isolated.reason"].startswith("no lease renewal for "), report
+    assert member.log().count("the pg_ops database has no isolation_verdict()") == 1
+    assert member.terminate() == 0
+
+
 def test_a_lease_row_that_goes_away_is_no_renewal(member):
     """Before pg_ops ever renewed the lease, a missing row keeps the primary running (a cluster
     being deployed); once a row was seen, its disappearance does not count as a renewal."""
@@ -752,7 +772,7 @@ def test_a_lease_row_that_goes_away_is_no_renewal(member):
     member.knob("lease.check", "none 0 -1")
     member.start()
     member.wait_action("primary")
-    checks = lambda: sum(1 for c in member.calls("psql") if "pg_stat_replication" in c[-1])  # noqa: E731
+    checks = lambda: sum(1 for c in member.calls("psql") if "isolation_verdict" in c[-1])  # noqa: E731
     wait_for(lambda: checks() >= 3, "three isolation checks with no lease row yet", timeout=20, interval=0.1)
     assert not member.report().get("isolated.at")  # no row yet: not a reason to stop
     member.knob("lease.check", "m-0 0 -1")  # pg_ops renews it
@@ -771,11 +791,11 @@ def test_only_members_count_as_standbys_in_the_lease_query(member):
     member.knob("lease.check", "m-0 0 -1")
     member.start()
     member.wait_action("primary")
-    wait_for(lambda: [c for c in member.calls("psql") if "pg_stat_replication" in c[-1]], "a lease check",
+    wait_for(lambda: [c for c in member.calls("psql") if "isolation_verdict" in c[-1]], "a lease check",
              timeout=20, interval=0.1)
-    query = next(c[-1] for c in member.calls("psql") if "pg_stat_replication" in c[-1])
+    query = next(c[-1] for c in member.calls("psql") if "isolation_verdict" in c[-1])
     others = ",".join(f"'{n}'" for n in sorted(PORTS) if n != "m-0")
-    assert f"application_name in ({others})" in query, query
+    assert f"array[{others}]::text[]" in query, query  # isolation_verdict's standbys: application_name = any(...)
     assert member.terminate() == 0
 
 
@@ -822,7 +842,7 @@ def test_primary_a_standby_still_replies_to_keeps_running_without_pg_ops(member)
     member.knob("lease.check", "m-0 999 5")
     member.start()
     member.wait_action("primary")
-    checks = lambda: sum(1 for c in member.calls("psql") if "pg_stat_replication" in c[-1])  # noqa: E731
+    checks = lambda: sum(1 for c in member.calls("psql") if "isolation_verdict" in c[-1])  # noqa: E731
     wait_for(lambda: checks() >= 4, "four isolation checks, each past the 1 s lease", timeout=20, interval=0.1)
     assert member.report().get("boot.action") == "primary" and not member.report().get("isolated.at")
     assert len(member.calls("postgres")) == 1  # never restarted
@@ -850,7 +870,7 @@ def test_a_fresh_own_lease_outranks_a_lagging_record_and_an_old_one_does_not(mem
     member.knob("lease.own", f"m-1 3 {age}")
     member.write_record("m-0", epoch=3)
     if stays:
-        looks = lambda: sum(1 for c in member.calls("psql") if "from lease" in c[-1] and "pg_stat_replication" not in c[-1])  # noqa: E731
+        looks = lambda: sum(1 for c in member.calls("psql") if "from lease" in c[-1] and "isolation_verdict" not in c[-1])  # noqa: E731
         wait_for(lambda: looks() >= 3, "three looks at its own lease", timeout=20, interval=0.1)
         assert member.report()["boot.action"] == "primary" and len(member.calls("postgres")) == 1
     else:
@@ -916,3 +936,115 @@ def test_no_command_substitution_in_member_sh_spans_lines():
     assert len(command_substitutions(text)) > 20, "the scanner no longer finds member.sh's $( ... )"
     spanning = [(line, sub[:70]) for line, sub in command_substitutions(text) if "\n" in sub]
     assert not spanning, f"member.sh: command substitutions over several lines: {spanning}"
+
+
+# -- the rules alone: member.sh sourced, boot_row and demotion_rule called with facts ---------------
+def sourced(function: str, facts: list[str], tmp_path: Path) -> str:
+    """`function facts...` of member.sh sourced (which runs nothing), with the contract's
+    environment; its output, or an AssertionError with what it said on stderr."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C",
+           **MemberEnv(member="m-1", data=str(tmp_path / "data"), port=PORTS["m-1"], state=str(tmp_path / "record"),
+                       config_dir=str(tmp_path), passfile=str(tmp_path / "pgpass"),
+                       run_dir=str(tmp_path / "run")).variables()}
+    done = subprocess.run(["bash", "-c", f'source "$0" && {function} "$@"', str(MEMBER_SCRIPT), *facts],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0 and not done.stderr, (done.returncode, done.stderr)
+    return done.stdout.strip()
+
+
+DATA_PRIMARY = ["record=yes", "data=yes", "designated=yes"]
+DATA_REPLICA = ["record=yes", "data=yes", "designated=no"]
+# One case per line of member.sh's header table, in its order: (row, facts). Facts not given are
+# boot_row's defaults (no, match, unknown); the cases add the ones that must not change the row.
+BOOT_TABLE = [
+    ("wait-record", ["record=no", "data=yes", "designated=yes"]),
+    ("wait-fenced", ["record=yes", "fenced=yes", "data=yes", "designated=yes", "restore_cut=yes"]),
+    ("wipe-restore", ["record=yes", "restore_cut=yes", "data=yes", "designated=yes", "bootstrap=yes"]),
+    ("recover", ["record=yes", "data=no", "designated=yes", "bootstrap=yes", "recovery=yes"]),
+    ("initdb", ["record=yes", "data=no", "designated=yes", "bootstrap=yes"]),
+    ("refuse-empty", ["record=yes", "data=no", "designated=yes", "bootstrap=no", "recovery=yes"]),
+    ("clone", ["record=yes", "data=no", "designated=no", "bootstrap=yes", "recovery=yes"]),
+    ("upgrade", [*DATA_PRIMARY, "upgrade=yes", "sysid=differs"]),
+    ("refuse-sysid", [*DATA_REPLICA, "sysid=differs", "standby=yes", "reachable=yes"]),
+    ("standby", [*DATA_REPLICA, "rewound=yes", "standby=yes", "timeline=differs"]),
+    ("wait-primary", [*DATA_REPLICA, "standby=no", "reachable=no"]),
+    ("rewind", [*DATA_REPLICA, "standby=no", "reachable=yes"]),
+    ("rewind-timeline", [*DATA_REPLICA, "standby=yes", "timeline=differs"]),
+    ("standby", [*DATA_REPLICA, "standby=yes", "timeline=same"]),
+    ("isolated", [*DATA_PRIMARY, "standby=yes", "isolated=yes"]),
+    ("promote", [*DATA_PRIMARY, "standby=yes", "isolated=no"]),
+    ("primary", [*DATA_PRIMARY, "standby=no", "isolated=yes"]),
+]
+
+
+@pytest.mark.parametrize("row, facts", BOOT_TABLE, ids=[f"{i:02d}-{row}" for i, (row, _) in enumerate(BOOT_TABLE)])
+def test_boot_row_takes_the_header_s_row(row, facts, tmp_path):
+    assert sourced("boot_row", facts, tmp_path) == row
+
+
+def header_rows(script: str) -> list[str]:
+    """The boot table's row names, in the header's order (a line `#   <row>  <situation> ...`)."""
+    header = script[:script.index("\n# Then it stays the parent of postgres")]
+    return re.findall(r"^#   ([a-z]+(?:-[a-z]+)*) {2,}\S", header, re.M)
+
+
+def function_rows(script: str, function: str) -> set[str]:
+    body = script[script.index(f"\n{function}() {{"):]
+    body = body[:body.index("\n}\n")]
+    return {a or b for a, b in re.findall(r"then echo ([a-z-]+)|else echo ([a-z-]+)", body)}
+
+
+def test_the_header_s_boot_table_is_boot_row_row_for_row():
+    """Every header line is a case above, in the same order, and boot_row prints no other row."""
+    script = Path(MEMBER_SCRIPT).read_text()
+    assert header_rows(script) == [row for row, _ in BOOT_TABLE]
+    assert function_rows(script, "boot_row") == {row for row, _ in BOOT_TABLE}
+
+
+def test_boot_row_refuses_a_fact_it_does_not_know(tmp_path):
+    """A misspelt fact must not be read as its default (a refusal skipped, say)."""
+    env_script = f'source "{MEMBER_SCRIPT}" && boot_row record=yes sysd=differs'
+    done = subprocess.run(["bash", "-c", env_script], capture_output=True, text=True, timeout=10,
+                          env={"PATH": "/usr/bin:/bin", **MemberEnv(member="m-1", data="d", port=1, state="s",
+                               config_dir="c", passfile="p", run_dir=str(tmp_path)).variables()})
+    assert done.returncode == 2 and "unknown fact sysd=differs" in done.stderr and not done.stdout
+
+
+WRITABLE = ["alive=yes", "standby=no"]
+# One case per line of demotion_rule's table (beside the function), in its order.
+DEMOTION_TABLE = [
+    ("reboot", ["alive=no", "designated=other", "mark=old", "lease=isolated"]),
+    ("rejoin", ["alive=yes", "mark=old", "designated=other", "standby=yes", "off_timeline=yes"]),
+    ("rewind", ["alive=yes", "mark=old", "designated=me", "standby=yes", "off_timeline=yes"]),
+    ("standby", ["alive=yes", "mark=current", "designated=other", "standby=yes", "off_timeline=no"]),
+    ("look-again", [*WRITABLE, "designated=other", "lease_newer=no", "stale_seen=no", "lease=isolated"]),
+    ("demote", [*WRITABLE, "designated=other", "lease_newer=no", "stale_seen=yes", "lease=ok"]),
+    ("isolate", [*WRITABLE, "designated=me", "lease=isolated", "mark=current"]),
+    ("isolate", [*WRITABLE, "designated=other", "lease_newer=yes", "stale_seen=yes", "lease=isolated"]),
+    ("isolate", [*WRITABLE, "designated=none", "lease=isolated"]),
+    ("primary", [*WRITABLE, "designated=me", "lease=ok", "mark=old"]),
+    ("primary", [*WRITABLE, "designated=other", "lease_newer=yes", "stale_seen=no", "lease=ok"]),
+]
+
+
+@pytest.mark.parametrize("rule, facts", DEMOTION_TABLE,
+                         ids=[f"{i:02d}-{rule}" for i, (rule, _) in enumerate(DEMOTION_TABLE)])
+def test_demotion_rule_takes_its_table_s_rule(rule, facts, tmp_path):
+    assert sourced("demotion_rule", facts, tmp_path) == rule
+
+
+def test_demotion_rule_s_table_is_the_function_row_for_row():
+    script = Path(MEMBER_SCRIPT).read_text()
+    table = script[script.index("# demotion_rule is pure"):script.index("\ndemotion_rule() {")]
+    listed = re.findall(r"-> .*?\s([a-z]+(?:-[a-z]+)*)$", table, re.M)
+    assert listed == list(dict.fromkeys(rule for rule, _ in DEMOTION_TABLE))
+    assert function_rows(script, "demotion_rule") == set(listed)
+
+
+def test_the_member_env_contract_is_the_header_s():
+    """MemberEnv (render/member_env.py) names every variable the header documents, no other."""
+    script = Path(MEMBER_SCRIPT).read_text()
+    documented = set(re.findall(r"^#\s+(PGOPS_\w+)\s", script, re.M))
+    assert {f"PGOPS_{f.name.upper()}" for f in fields(MemberEnv)} == documented
+    assert set(re.findall(r"\$\{(PGOPS_\w+):\?", script)) == {
+        f"PGOPS_{f.name.upper()}" for f in fields(MemberEnv) if f.default is MISSING}

@@ -68,6 +68,7 @@ from pg_ops.poll import poll
 from pg_ops.postgres import config as pg_config
 from pg_ops.postgres import controldata, running_config
 from pg_ops.postgres.conninfo import Endpoint, multi_host_dsn
+from pg_ops.render.member_env import MemberEnv
 from pg_ops.spec import ClusterSpec, S3StoreSpec
 from pg_ops.state import DesiredState
 from pg_ops.stores import StoreError
@@ -303,19 +304,11 @@ class LocalPlatform(Platform):
         if _port_in_use(endpoint.port):
             raise MemberError(f"member {name}: port {endpoint.port} on 127.0.0.1 is already in use by another process")
         mdir = self.member_dir(name)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LC_ALL": "C",
-            "PGOPS_MEMBER": name,
-            "PGOPS_DATA": str(mdir / "data"),
-            "PGOPS_PORT": str(endpoint.port),
-            "PGOPS_STATE": str(self.state_store().path),
-            "PGOPS_CONFIG_DIR": str(self.root / "config"),
-            "PGOPS_PASSFILE": str(mdir / "pgpass"),
-            "PGOPS_RUN_DIR": str(mdir / "run"),
-            "PGOPS_BIN": str(self.bin),
-            "PGOPS_LISTEN": "127.0.0.1",
-        }
+        contract = MemberEnv(member=name, data=str(mdir / "data"), port=endpoint.port,
+                             state=str(self.state_store().path), config_dir=str(self.root / "config"),
+                             passfile=str(mdir / "pgpass"), run_dir=str(mdir / "run"), bin=str(self.bin),
+                             listen="127.0.0.1")
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", **contract.variables()}
         with open(self.log_path(name), "ab") as log:
             if self.user.switch:
                 os.chown(self.log_path(name), self.user.uid, self.user.gid)

@@ -6,46 +6,65 @@
 # command of the official postgres image (which has bash and the PostgreSQL tools, but no
 # Python - hence bash). It never decides topology: it reads the desired-state record that
 # pg_ops writes (key=value lines; on Kubernetes a ConfigMap key mounted as a file) and makes
-# this member match it (in brackets: the boot.action it reports, see below):
-#   - empty data dir, designated primary, bootstrap=true      -> initdb                  [initdb]
-#     ... and the record names a recovery (`pg-ops recover`)   -> restore the base backup and
-#                                                                 replay to the target with the
-#                                                                 recovery Secret's inputs
-#                                                                 (recover_pod.sh), once its token
-#                                                                 is mounted; never initdb [recover]
-#                                                                 (a failure is kept and refused
-#                                                                 again at every boot; a restore cut
-#                                                                 short is wiped and started over)
-#   - empty data dir otherwise                                  -> clone from the primary [clone]
-#                                                                 (never initdb: a new empty
-#                                                                 cluster that reads as healthy
-#                                                                 is the worst outcome)
-#   - empty data dir, designated primary, bootstrapped          -> refuse to start       [refused]
-#   - system identifier differs from the record                 -> refuse to start, loudly [refused]
-#   - not the designated primary, no standby.signal             -> pg_rewind              [rewind]
-#                                                                 (fallback: re-clone)   [reclone]
-#   - replica on another timeline than the primary              -> pg_rewind first        [rewind]
-#   - replica                                                   -> primary_conninfo/slot rewritten,
-#                                                                 start as a standby     [standby]
-#   - designated primary                                        -> start                  [primary]
-#   - designated primary that still has standby.signal          -> start, then promote    [promote]
-#   - designated primary, data of an older major, the record    -> pg_upgrade --link from  [upgrade]
-#     names an upgrade to a newer one (`pg-ops upgrade`;           this image's two majors,
-#     an image with several majors: PGOPS_BINS)                    then wait for pg_ops's go
-#                                                                 (the record's new system
-#                                                                 identifier) or its undo
-#     ... but isolated at the record's epoch                    -> start as a standby     [isolated]
-#   - no record, or the primary unreachable for a clone/rewind  -> wait, touch nothing    [wait]
-#   - fenced by pg_ops at an epoch the record has not reached   -> wait, touch nothing    [wait]
-#     (Kubernetes: the failover's exec writes $STATE_DIR/pg_ops-fenced before it stops
-#     postgres; the record file here may lag behind by the kubelet's ConfigMap sync)
-# Then it stays the parent of postgres and re-reads the record every second: a member that is
-# writable but not the designated primary stops itself (fast shutdown) and comes back as a
-# replica. If postgres dies, the boot logic runs again (recovered in place, as a kubelet would).
+# this member match it. The boot table, first match wins; each line is one row of boot_row (its
+# name first; its facts are listed beside the function) and, in brackets, the boot.action it
+# reports (see below). A row that changes the data dir is followed by a new look at the table.
+#   wait-record      no record yet                            -> wait, touch nothing      [wait]
+#   wait-fenced      fenced by pg_ops at an epoch the record  -> wait, touch nothing      [wait]
+#                    has not reached (Kubernetes: the failover's exec writes
+#                    $STATE_DIR/pg_ops-fenced before it stops postgres; the record file here
+#                    may lag behind by the kubelet's ConfigMap sync)
+#   wipe-restore     a restore into the data dir was cut      -> wipe what it restored (it
+#                    short                                       never served), look again
+#   recover          empty data dir, designated primary,      -> restore the base backup and
+#                    bootstrap=true, and the record names a      replay to the target with the
+#                    recovery (`pg-ops recover`)                 recovery Secret's inputs
+#                                                                (recover_pod.sh), once its token
+#                                                                is mounted; never initdb [recover]
+#                                                                (a failure is kept and refused
+#                                                                again at every boot: [refused])
+#   initdb           empty data dir, designated primary,      -> initdb                   [initdb]
+#                    bootstrap=true
+#   refuse-empty     empty data dir, designated primary,      -> refuse to start          [refused]
+#                    bootstrapped                                (never initdb: a new empty
+#                                                                cluster that reads as healthy
+#                                                                is the worst outcome)
+#   clone            empty data dir otherwise                 -> clone from the primary   [clone]
+#                                                                (waits, touching nothing, while
+#                                                                it is unreachable: [wait])
+#   upgrade          an image with several majors             -> on the designated primary with
+#                    (PGOPS_BINS), and the record names an       data of an older major: pg_upgrade
+#                    upgrade (`pg-ops upgrade`) or one is        --link from this image's two
+#                    under way (its mark)                        majors, then wait for pg_ops's go
+#                                                                (the record's new system
+#                                                                identifier) or its undo [upgrade]
+#   refuse-sysid     system identifier differs from the       -> refuse to start, loudly  [refused]
+#                    record
+#   standby          not the designated primary, rewound or   -> start as a standby       [standby]
+#                    re-cloned in this boot pass                 (its pass reports [rewind]/[reclone])
+#   wait-primary     not the designated primary, no           -> wait, touch nothing      [wait]
+#                    standby.signal, the primary unreachable
+#   rewind           not the designated primary, no           -> count what it discards,
+#                    standby.signal                              pg_rewind                [rewind]
+#                                                                (fallback: re-clone, the data
+#                                                                dir kept aside)          [reclone]
+#   rewind-timeline  replica on another timeline than the     -> pg_rewind first, as above [rewind]
+#                    primary
+#   standby          replica                                  -> primary_conninfo/slot rewritten,
+#                                                                start as a standby       [standby]
+#   isolated         designated primary with standby.signal,  -> start as a standby      [isolated]
+#                    isolated at the record's epoch
+#   promote          designated primary with standby.signal   -> start, then promote      [promote]
+#   primary          designated primary                       -> start                    [primary]
+# Then it stays the parent of postgres and re-reads the record every second (demotion_rule, its
+# own table): a member that is writable but not the designated primary stops itself (fast
+# shutdown) and comes back as a replica. If postgres dies, the boot table runs again
+# (recovered in place, as a kubelet would).
 #
 # Isolation fencing (the record's isolation.lease_seconds, 0 = off): the designated primary
 # checks every second, through its own local port, when pg_ops last renewed its lease (a row
-# in its pg_ops database) and whether a standby streams from it. Neither for lease_seconds
+# in its pg_ops database) and whether a standby streams from it: it asks its own server's
+# isolation_verdict() (pg_ops/postgres/isolation.py, installed by pg_ops). Neither for lease_seconds
 # (an unreadable record counts as a stale lease): it is cut off from everyone, and restarts
 # as a standby, so it stops acknowledging writes but still serves reads. It never promotes
 # itself back: pg_ops does, when it reaches it again and it is still the one to promote.
@@ -69,7 +88,8 @@
 #   discarded.*                         the writes the last rewind or re-clone threw away
 #                                       (discarded.unknown: why they could not be counted)
 #
-# Environment (all required unless a default is shown):
+# Environment (all required unless a default is shown), written once in Python for both
+# platforms and the tests: pg_ops/render/member_env.py (MemberEnv):
 #   PGOPS_MEMBER       this member's name (e.g. local-1)
 #   PGOPS_DATA         data directory
 #   PGOPS_PORT         port postgres listens on
@@ -143,9 +163,9 @@ TIMELINE_CHECK_S=${PGOPS_TIMELINE_CHECK_SECONDS:-10}
 PG_PID=""
 STOPPING=0
 WRITABLE_SINCE=0   # when this postgres was first seen writable as the designated primary
-LEASE_SEEN=""      # set once a lease row was read: from then on a missing row is no renewal
-LAST_LEASE=0       # last second the lease was fresh
-LAST_STANDBY=0     # last second a standby streamed from us
+LEASE_SEEN=false   # a lease row was read: from then on a missing row is no renewal
+LAST_LEASE=0       # when the lease was last renewed for us (tenths of a second since the epoch)
+LAST_STANDBY=0     # when a standby last replied to us (the same)
 
 # No command substitution in this script spans lines (tested): bash 5.2 can fail to parse one
 # that a TERM handler runs while the main loop is inside another - "trap: line 2: unexpected EOF
@@ -255,9 +275,9 @@ primary_sql() {   # SQL on the designated primary, as the superuser
 }
 primary_reachable() { primary_sql "select 1" >/dev/null; }
 primary_tli() { primary_sql "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"; }
-pg_ops_sql() {   # SQL on this member's own server, database pg_ops (the lease), fields split by a space
+pg_ops_sql() {   # SQL [error file]: on this member's own server, database pg_ops (the lease), fields split by a space
     timeout 3 "${BIN}psql" -X -At -F ' ' -d "host=127.0.0.1 port=$PORT user=postgres dbname=pg_ops passfile=$PASSFILE connect_timeout=2" \
-        -c "$1" 2>/dev/null
+        -c "$1" 2>"${2:-/dev/null}"
 }
 
 prepare_private_files() {
@@ -632,70 +652,159 @@ fenced_ahead() {
     [ -n "$at" ] && [ "$(sget epoch)" -lt "$at" ] 2>/dev/null
 }
 
-boot() {
-    PASS_ACTION=""
-    wait_for_state
-    if fenced_ahead; then
-        local why
-        why="fenced by pg_ops at epoch $(sed -n 's/^epoch=//p' "$FENCED_MARK"); the record here is at epoch $(sget epoch)"
-        set_phase waiting "$why"; boot_action wait "$why"
-        log "$why: waiting for the record to catch up"
-        return 1
+# --- the boot table (header): facts in, row out --------------------------------------------
+# boot_row is pure (no I/O, no globals): the header's table as one function, tested row by row
+# by sourcing this script (pg_ops_tests/test_member_script.py). Its facts, each yes|no unless shown:
+#   record        the record is readable and names a primary
+#   fenced        pg_ops fenced this member at an epoch the record has not reached
+#   restore_cut   a recovery into this data dir was cut short (its mark is still there)
+#   data          the data dir holds a cluster (PG_VERSION)
+#   designated    the record names this member as the primary
+#   bootstrap     the record says bootstrap=true
+#   recovery      the record names a recovery
+#   upgrade       an image with several majors, and an upgrade mark or the record's upgrade.id,
+#                 not yet looked at in this boot pass
+#   sysid         match|differs: the data dir's system identifier against the record's (match
+#                 when the record names none)
+#   standby       standby.signal is in the data dir
+#   rewound       this boot pass rewound or re-cloned the data dir already
+#   reachable     the designated primary answers (asked only for a rewind)
+#   timeline      same|differs|unknown: this replica's timeline against the primary's
+#   isolated      fenced itself as isolated at the record's current epoch
+# Rows that act on the data dir (wipe-restore, recover, initdb, clone, upgrade, rewind*) are
+# followed by a new look at the facts; the others end the pass (start postgres, wait, refuse).
+boot_row() {
+    local record=no fenced=no restore_cut=no data=no designated=no bootstrap=no recovery=no upgrade=no
+    local sysid=match standby=no rewound=no reachable=no timeline=unknown isolated=no fact
+    for fact in "$@"; do
+        case $fact in
+            record=*|fenced=*|restore_cut=*|data=*|designated=*|bootstrap=*|recovery=*|upgrade=*|sysid=*|\
+            standby=*|rewound=*|reachable=*|timeline=*|isolated=*) local "$fact" ;;
+            *) echo "boot_row: unknown fact $fact" >&2; return 2 ;;
+        esac
+    done
+    if [ "$record" != yes ]; then echo wait-record
+    elif [ "$fenced" = yes ]; then echo wait-fenced
+    elif [ "$restore_cut" = yes ]; then echo wipe-restore
+    elif [ "$data" != yes ]; then
+        if [ "$designated" = yes ] && [ "$bootstrap" = yes ] && [ "$recovery" = yes ]; then echo recover
+        elif [ "$designated" = yes ] && [ "$bootstrap" = yes ]; then echo initdb
+        elif [ "$designated" = yes ]; then echo refuse-empty   # never initdb a bootstrapped cluster
+        else echo clone
+        fi
+    elif [ "$upgrade" = yes ]; then echo upgrade
+    elif [ "$sysid" != match ]; then echo refuse-sysid
+    elif [ "$designated" != yes ]; then
+        if [ "$rewound" = yes ]; then echo standby
+        elif [ "$standby" != yes ] && [ "$reachable" != yes ]; then echo wait-primary
+        elif [ "$standby" != yes ]; then echo rewind
+        elif [ "$timeline" = differs ]; then echo rewind-timeline
+        else echo standby
+        fi
+    elif [ "$standby" = yes ] && [ "$isolated" = yes ]; then echo isolated
+    elif [ "$standby" = yes ]; then echo promote
+    else echo primary
     fi
-    rm -f "$FENCED_MARK"   # the record has reached the fence's epoch: it decides from here
+}
+
+# The facts boot_row decides on, into BOOT_FACTS. A fact that costs a tool or a connection
+# (pg_controldata, the primary's psql) is read only where the table looks at it, in its order,
+# so a designated primary never connects to anyone and a refused data dir is never rewound.
+# Side effects: BIN becomes the data dir's major's (use_data_major, which refuses data of a
+# major the image lacks); BOOT_SYSID/BOOT_WANT_SYSID for a refusal's message.
+BOOT_FACTS=()
+BOOT_SYSID="" BOOT_WANT_SYSID="" BOOT_TLI=""
+boot_facts() {   # upgrade_seen rewound: what this boot pass did already
+    local designated=no data=no standby=no mine theirs
+    BOOT_FACTS=()
+    if ! [ -r "$STATE" ] || [ -z "$(primary_name)" ]; then BOOT_FACTS=(record=no); return 0; fi
+    if fenced_ahead; then BOOT_FACTS=(record=yes fenced=yes); return 0; fi
     use_data_major   # new data (initdb, clone, recovery) is the image's own major
-    local primary sysid want_sysid bootstrap recovery
-    primary=$(primary_name)
-    bootstrap=$(sget bootstrap)
-    recovery=$(sget recovery)
-    if [ -f "$RECOVERING_MARK" ]; then
-        log "a recovery into this data dir was cut short: wiping what it restored (it never served)"
-        wipe_data
-        rm -f "$RECOVERING_MARK"
+    if [ -f "$RECOVERING_MARK" ]; then BOOT_FACTS=(record=yes restore_cut=yes); return 0; fi
+    [ "$(primary_name)" = "$MEMBER" ] && designated=yes
+    has_data && data=yes
+    is_standby_dir && standby=yes
+    BOOT_FACTS=(record=yes designated=$designated data=$data standby=$standby rewound=$2)
+    BOOT_FACTS+=(bootstrap=$([ "$(sget bootstrap)" = true ] && echo yes || echo no))
+    BOOT_FACTS+=(recovery=$([ -n "$(sget recovery)" ] && echo yes || echo no))
+    [ "$data" = yes ] || return 0
+    if [ "$1" = no ] && [ -n "$BINS" ] && { [ -f "$UPGRADE_MARK" ] || [ -n "$(sget upgrade.id)" ]; }; then
+        BOOT_FACTS+=(upgrade=yes); return 0
     fi
-    if ! has_data; then
-        if [ "$primary" = "$MEMBER" ] && [ "$bootstrap" = "true" ] && [ -n "$recovery" ]; then
-            run_recovery "$recovery" || return 1
-        elif [ "$primary" = "$MEMBER" ] && [ "$bootstrap" = "true" ]; then
-            run_initdb
-        else
-            clone_from_primary || return 1
-        fi
-    fi
-    if [ -n "$BINS" ] && { [ -f "$UPGRADE_MARK" ] || [ -n "$(sget upgrade.id)" ]; }; then
-        run_upgrade "$(sget upgrade.id)" "$(sget upgrade.to)" || return 1
-    fi
-    use_data_major
-    want_sysid=$(sget system_identifier)
-    # An upgrade's go that pg_ops wrote beside the data names the new identifier while this
-    # pod's record file still says the upgrade and the old one (the kubelet's sync lags).
-    if [ -f "$UPGRADE_GO" ]; then
-        local go_id="" go_sysid=""
-        read -r go_id go_sysid 2>/dev/null < "$UPGRADE_GO"
-        if [ -n "$go_id" ] && [ "$(sget upgrade.id)" = "$go_id" ]; then want_sysid=$go_sysid; else rm -f "$UPGRADE_GO"; fi
-    fi
-    sysid=$(local_sysid)
-    if [ -n "$want_sysid" ] && [ "$sysid" != "$want_sysid" ]; then
-        die "data dir $DATA belongs to another cluster (system identifier $sysid, expected $want_sysid); refusing to start"
-    fi
-    if [ "$primary" != "$MEMBER" ]; then
-        if ! is_standby_dir; then
-            primary_reachable || { set_phase waiting "primary $primary unreachable: cannot rewind";
-                                   boot_action wait "primary $primary unreachable: cannot rewind";
-                                   log "not the designated primary and $primary is unreachable: waiting"; return 1; }
-            log "not the designated primary ($primary) but the data dir is not a standby: rewinding"
-            rewind_from_primary || reclone_diverged || return 1
-        else
-            local mine theirs
-            mine=$(local_tli); theirs=$(primary_tli)
-            if [ -n "$theirs" ] && [ -n "$mine" ] && [ "$mine" != "$theirs" ]; then
-                log "replica on timeline $mine, primary on $theirs: checking for divergence"
-                rewind_from_primary || reclone_diverged || return 1
-            fi
-        fi
-        write_standby_config
+    [ "$2" = yes ] && { BOOT_FACTS+=(isolated=$(isolated_here && echo yes || echo no)); return 0; }
+    BOOT_WANT_SYSID=$(wanted_sysid); BOOT_SYSID=$(local_sysid)
+    if [ -n "$BOOT_WANT_SYSID" ] && [ "$BOOT_SYSID" != "$BOOT_WANT_SYSID" ]; then BOOT_FACTS+=(sysid=differs); return 0; fi
+    if [ "$designated" = yes ]; then
+        [ "$standby" = yes ] && BOOT_FACTS+=(isolated=$(isolated_here && echo yes || echo no))
+    elif [ "$standby" = no ]; then
+        BOOT_FACTS+=(reachable=$(primary_reachable && echo yes || echo no))
+    else
+        mine=$(local_tli); theirs=$(primary_tli)
+        if [ -n "$theirs" ] && [ -n "$mine" ] && [ "$mine" != "$theirs" ]; then BOOT_FACTS+=(timeline=differs)
+        else BOOT_FACTS+=(timeline=same); fi
+        BOOT_TLI="$mine $theirs"
     fi
     return 0
+}
+
+# The identifier the data dir must have: the record's, or the upgrade's go that pg_ops wrote
+# beside the data, which names the new identifier while this pod's record file still says the
+# upgrade and the old one (the kubelet's sync lags). A go of another upgrade is stale: removed.
+wanted_sysid() {
+    local want go_id="" go_sysid=""
+    want=$(sget system_identifier)
+    if [ -f "$UPGRADE_GO" ]; then
+        read -r go_id go_sysid 2>/dev/null < "$UPGRADE_GO"
+        if [ -n "$go_id" ] && [ "$(sget upgrade.id)" = "$go_id" ]; then want=$go_sysid; else rm -f "$UPGRADE_GO"; fi
+    fi
+    printf '%s\n' "$want"
+}
+
+BOOT_ROW=""   # the row that ended the last boot pass: how start_postgres starts postgres
+boot() {   # one pass of the boot table: 0 with BOOT_ROW set to start postgres, 1 to boot again later
+    PASS_ACTION="" BOOT_ROW=""
+    local row upgrade_seen=no rewound=no why
+    while [ "$STOPPING" = 0 ]; do
+        boot_facts "$upgrade_seen" "$rewound"
+        row=$(boot_row "${BOOT_FACTS[@]}") || { log "boot table: no row for ${BOOT_FACTS[*]}"; return 1; }
+        case $row in wait-record|wait-fenced) ;; *) rm -f "$FENCED_MARK" ;; esac   # the record decides from here
+        case $row in
+            wait-record) wait_for_state ;;
+            wait-fenced)
+                why="fenced by pg_ops at epoch $(sed -n 's/^epoch=//p' "$FENCED_MARK"); the record here is at epoch $(sget epoch)"
+                set_phase waiting "$why"; boot_action wait "$why"
+                log "$why: waiting for the record to catch up"
+                return 1 ;;
+            wipe-restore)
+                log "a recovery into this data dir was cut short: wiping what it restored (it never served)"
+                wipe_data
+                rm -f "$RECOVERING_MARK" ;;
+            recover) run_recovery "$(sget recovery)" || return 1 ;;
+            initdb) run_initdb ;;
+            refuse-empty) die "designated primary but the data dir is empty and the cluster is bootstrapped; refusing initdb (fail over to a replica)" ;;
+            clone) clone_from_primary || return 1 ;;
+            upgrade) upgrade_seen=yes; run_upgrade "$(sget upgrade.id)" "$(sget upgrade.to)" || return 1 ;;
+            refuse-sysid) die "data dir $DATA belongs to another cluster (system identifier $BOOT_SYSID, expected $BOOT_WANT_SYSID); refusing to start" ;;
+            wait-primary)
+                why="primary $(primary_name) unreachable: cannot rewind"
+                set_phase waiting "$why"; boot_action wait "$why"
+                log "not the designated primary and $(primary_name) is unreachable: waiting"
+                return 1 ;;
+            rewind|rewind-timeline)
+                if [ "$row" = rewind ]; then
+                    log "not the designated primary ($(primary_name)) but the data dir is not a standby: rewinding"
+                else
+                    log "replica on timeline ${BOOT_TLI% *}, primary on ${BOOT_TLI#* }: checking for divergence"
+                fi
+                rewind_from_primary || reclone_diverged || return 1
+                write_standby_config
+                rewound=yes ;;
+            standby) write_standby_config; BOOT_ROW=$row; return 0 ;;
+            isolated|promote|primary) BOOT_ROW=$row; return 0 ;;
+            *) log "boot table: unknown row $row"; return 1 ;;
+        esac
+    done
+    return 1
 }
 
 start_postgres() {
@@ -704,13 +813,11 @@ start_postgres() {
         -c "ident_file=$CONFIG_DIR/pg_ident.conf"
         -c "listen_addresses=$LISTEN" -c "cluster_name=$MEMBER"
         -c "unix_socket_directories=$SOCKET_DIR")
-    local row detail=""
-    if [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir && isolated_here; then
-        row=isolated detail="isolated at epoch $(sget epoch): a standby until pg_ops promotes it"
-    elif [ "$(primary_name)" = "$MEMBER" ] && is_standby_dir; then row=promote
-    elif is_standby_dir; then row=standby detail="from $(primary_name)"
-    else row=primary
-    fi
+    local row=$BOOT_ROW detail=""
+    case $row in
+        isolated) detail="isolated at epoch $(sget epoch): a standby until pg_ops promotes it" ;;
+        standby) detail="from $(primary_name)" ;;
+    esac
     log "starting postgres on port $PORT as $(is_standby_dir && echo replica || echo primary)"
     set_phase starting
     case $PASS_ACTION in   # a pass that initialised, recovered, cloned or rewound reports that
@@ -739,61 +846,68 @@ isolated_here() {   # the marker names the record's current epoch: pg_ops has no
     [ -f "$ISOLATED_MARK" ] && [ "$(sed -n 's/^epoch=//p' "$ISOLATED_MARK")" = "$(sget epoch)" ]
 }
 
-# Ages in tenths of a second, measured by the server itself: the lease's (since pg_ops last
-# renewed it) and the newest standby reply's (-1: no standby streams). The bound is counted from
-# those moments, not from when this loop last saw them fresh, so a cut-off primary stops
+# The isolation verdict is the server's: isolation_verdict() in this member's own pg_ops
+# database (pg_ops/postgres/isolation.py, installed by every deploy; physical replication
+# carries it to every member), asked through the local port, so a member cut off from
+# everyone still gets an answer. The script only asks and acts. It keeps the rule's memory
+# between seconds and hands it back with each question: when the lease was last renewed for
+# this member, when a standby last replied (tenths of a second since the epoch, both set to now
+# when this postgres is first seen writable), whether a lease row was ever seen. The bound is
+# counted from those moments, as the server measures them, so a cut-off primary stops
 # lease_seconds (plus one check and its shutdown) after pg_ops last reached it — the wait a
 # failover that cannot confirm the fence allows for (operations/failover.py: LEASE_MARGIN_S).
 # Only the cluster's own members count as standbys (their WAL receivers connect with
 # application_name = member name): a CDC consumer, pg_receivewal or a clone's pg_basebackup that
 # still reaches a cut-off primary must not keep it writable.
-lease_sql() {
+verdict_sql() {   # lease_seconds record_ok: the question, with the other members' names and the memory
     local line name names=""
     while IFS= read -r line || [ -n "$line" ]; do   # the other members' names, quoted, comma-separated
         case $line in member.*=*) name=${line%%=*}; name=${name#member.} ;; *) continue ;; esac
         [[ $name =~ ^[a-z0-9-]+$ ]] && [ "$name" != "$MEMBER" ] && names="${names:+$names,}'$name'"
     done 2>/dev/null < "$STATE"
-    echo "select coalesce((select holder || ' ' || ceil(extract(epoch from clock_timestamp() - renewed_at) * 10)::int from lease), 'none 0'),
-                  coalesce((select ceil(extract(epoch from clock_timestamp() - max(reply_time)) * 10)::int
-                              from pg_stat_replication where state = 'streaming'
-                               and application_name in (${names:-''})), -1)"
+    echo "select public.isolation_verdict($1, '${MEMBER//\'/\'\'}', array[$names]::text[], $LAST_LEASE, $LAST_STANDBY, ${LEASE_SEEN:-false}, $2)"
 }
 
 now_tenths() { local us=${EPOCHREALTIME/[.,]/}; echo $((us / 100000)); }   # no date(1) fork
 
+# Its own server not answering (down, hung past the 3 s bound, or a pg_ops database without the
+# function: a cluster deployed by an older pg_ops until its next deploy) is no sign of life from
+# pg_ops or a standby: the memory stays where it was and the same bound applies (fail closed).
+# The server's rule for a question it cannot answer: nothing renewed, nothing replied.
+unanswered_past_lease() {   # lease: 0 while within the bound, else ISOLATION_REASON set
+    local now; now=$(now_tenths)
+    if [ $((now - LAST_LEASE)) -gt $(($1 * 10)) ] && [ $((now - LAST_STANDBY)) -gt $(($1 * 10)) ]; then
+        ISOLATION_REASON="no lease renewal for $(((now - LAST_LEASE) / 10)) s and no standby for $(((now - LAST_STANDBY) / 10)) s (lease $1 s; its own server did not answer)"
+        return 1
+    fi
+    return 0
+}
+
+VERDICT_MISSING_LOGGED=""
 isolation_check() {   # returns 1 when this primary is cut off from pg_ops and every standby
-    local lease now out holder age reply record_ok=1
+    local lease out verdict lease_at standby_at seen reason record_ok=true
     lease=$(lease_seconds)
     if [ -z "$(primary_name)" ]; then
-        record_ok=0   # unreadable or empty record: the lease counts as stale
+        record_ok=false   # unreadable or empty record: the lease counts as stale
         lease=${LAST_LEASE_SECONDS:-0}
     else
         LAST_LEASE_SECONDS=$lease
     fi
     [ -n "$lease" ] && [ "$lease" -gt 0 ] 2>/dev/null || return 0
-    now=$(now_tenths)
-    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$EPOCHSECONDS; LAST_LEASE=$now; LAST_STANDBY=$now; }
-    # Our own server not answering is no sign of life from pg_ops or a standby: the ages stay
-    # where they were (fail closed), and the bound below still applies.
-    out=$(pg_ops_sql "$(lease_sql)") || out="unread 0 -1"
-    read -r holder age reply <<< "$out"
-    if [ "$holder" = "none" ] && [ -z "$LEASE_SEEN" ]; then
-        LAST_LEASE=$now   # no lease yet: pg_ops has not renewed this cluster's lease since it started
-    elif [ "$holder" = "none" ] || [ "$holder" = "unread" ]; then
-        :   # a lease row that went away, or no answer: no renewal seen
-    elif [ "$record_ok" = 1 ] && [ "$holder" = "$MEMBER" ] && [ "${age:-x}" -ge 0 ] 2>/dev/null \
-            && [ $((now - age)) -gt "$LAST_LEASE" ]; then
-        LAST_LEASE=$((now - age))   # when pg_ops renewed it
-    fi
-    case "$holder" in none|unread) ;; *) LEASE_SEEN=1 ;; esac
-    if [ "${reply:--1}" -ge 0 ] 2>/dev/null && [ $((now - reply)) -gt "$LAST_STANDBY" ]; then
-        LAST_STANDBY=$((now - reply))   # when a standby last replied
-    fi
-    if [ $((now - LAST_LEASE)) -gt $((lease * 10)) ] && [ $((now - LAST_STANDBY)) -gt $((lease * 10)) ]; then
-        ISOLATION_REASON="no lease renewal for $(((now - LAST_LEASE) / 10)) s and no standby for $(((now - LAST_STANDBY) / 10)) s (lease ${lease} s)"
+    [ "$WRITABLE_SINCE" -gt 0 ] || { WRITABLE_SINCE=$EPOCHSECONDS; LAST_LEASE=$(now_tenths); LAST_STANDBY=$LAST_LEASE; }
+    out=$(pg_ops_sql "$(verdict_sql "$lease" "$record_ok")" "$RUN_DIR/verdict.err") || out=""
+    read -r verdict lease_at standby_at seen reason <<< "$out"
+    if [[ $verdict =~ ^(ok|isolated)$ && $lease_at =~ ^[0-9]+$ && $standby_at =~ ^[0-9]+$ && $seen =~ ^(true|false)$ ]]; then
+        LAST_LEASE=$lease_at LAST_STANDBY=$standby_at LEASE_SEEN=$seen
+        [ "$verdict" = ok ] && return 0
+        ISOLATION_REASON=$reason
         return 1
     fi
-    return 0
+    if [ -z "$VERDICT_MISSING_LOGGED" ] && grep -q "isolation_verdict.*does not exist" "$RUN_DIR/verdict.err" 2>/dev/null; then
+        VERDICT_MISSING_LOGGED=1
+        log "the pg_ops database has no isolation_verdict() (deployed by an older pg_ops?): no answer counts as no renewal until pg_ops deploys it"
+    fi
+    unanswered_past_lease "$lease"
 }
 
 # Our own lease names us, at the record's epoch or later, and pg_ops renewed it lately (it renews
@@ -927,8 +1041,6 @@ on_int() {
     shutdown_postgres 0 $((SECONDS + STOP_S))
     exit 0
 }
-trap on_term TERM
-trap on_int INT
 
 mark_running_when_accepting() {   # in the background: phase=running once postgres accepts
     local pid=$1
@@ -953,64 +1065,121 @@ take_data_lock() {
     return 0
 }
 
-prepare_private_files
-take_data_lock
-report boot.action "" boot.reason "" boot.at ""   # what an earlier supervisor did is history now
-log "supervisor started (pid $$)"
-while [ "$STOPPING" = 0 ]; do
-    if ! boot; then
-        log "boot failed; retrying in 5 s"
-        sleep 5 & wait $!
-        continue
+# --- the supervision loop's rules: facts in, rule out -------------------------------------
+# demotion_rule is pure, like boot_row: what the loop does this second, first match wins:
+#   postgres exited                                         -> boot again in place      reboot
+#   isolated at an older epoch, another primary designated  -> stop, rejoin it          rejoin
+#   standby, three looks behind the primary's timeline      -> stop, boot to rewind     rewind
+#   standby                                                 -> nothing                  standby
+#   writable, another primary designated, our own lease not
+#   newer (the record file may lag): the first look         -> look again next second   look-again
+#                                    the second look        -> stop (fast), rejoin      demote
+#   writable, designated: the isolation verdict "isolated"  -> restart as a standby     isolate
+#   writable, designated                                    -> nothing                  primary
+# Facts: alive, standby, off_timeline, lease_newer, stale_seen (yes|no), designated (me|other|
+# none), mark (none|current|old: the isolation marker's epoch against the record's), lease
+# (ok|isolated: isolation_check's verdict).
+demotion_rule() {
+    local alive=yes mark=none designated=me standby=no off_timeline=no lease_newer=no stale_seen=no lease=ok fact
+    for fact in "$@"; do
+        case $fact in
+            alive=*|mark=*|designated=*|standby=*|off_timeline=*|lease_newer=*|stale_seen=*|lease=*) local "$fact" ;;
+            *) echo "demotion_rule: unknown fact $fact" >&2; return 2 ;;
+        esac
+    done
+    if [ "$alive" != yes ]; then echo reboot
+    elif [ "$mark" = old ] && [ "$designated" = other ]; then echo rejoin
+    elif [ "$standby" = yes ] && [ "$off_timeline" = yes ]; then echo rewind
+    elif [ "$standby" = yes ]; then echo standby
+    elif [ "$designated" = other ] && [ "$lease_newer" != yes ] && [ "$stale_seen" != yes ]; then echo look-again
+    elif [ "$designated" = other ] && [ "$lease_newer" != yes ]; then echo demote
+    elif [ "$lease" = isolated ]; then echo isolate
+    else echo primary
     fi
-    start_postgres
+}
+
+# The loop's facts, into TICK_FACTS; each psql only where the rule looks at it (the standby's
+# timeline look, our own lease, the isolation check). The timeline look and the isolation check
+# keep memory across seconds: they run in this shell, never in a $( ) subshell.
+TICK_FACTS=()
+tick_facts() {
+    local designated=none standby=no mark=none stale_seen=no primary   # no fork that is not needed: every second
+    TICK_FACTS=()
+    if ! pg_alive; then TICK_FACTS=(alive=no); return 0; fi
+    primary=$(primary_name)
+    if [ "$primary" = "$MEMBER" ]; then designated=me; elif [ -n "$primary" ]; then designated=other; fi
+    if [ -f "$ISOLATED_MARK" ]; then if isolated_here; then mark=current; else mark=old; fi; fi
+    is_standby_dir && standby=yes
+    [ "${STALE_SEEN:-0}" = 1 ] && stale_seen=yes
+    TICK_FACTS=(alive=yes designated=$designated standby=$standby mark=$mark stale_seen=$stale_seen)
+    [ "$mark" = old ] && [ "$designated" = other ] && return 0
+    if [ "$standby" = yes ]; then
+        if off_timeline_standby; then TICK_FACTS+=(off_timeline=yes); else TICK_FACTS+=(off_timeline=no); fi   # it counts looks: not in a subshell
+        return 0
+    fi
+    if [ "$designated" = other ]; then
+        lease_is_newer || { TICK_FACTS+=(lease_newer=no); return 0; }
+        TICK_FACTS+=(lease_newer=yes)
+    fi
+    if isolation_check; then TICK_FACTS+=(lease=ok); else TICK_FACTS+=(lease=isolated); fi
+}
+
+clear_isolation_mark() { rm -f "$ISOLATED_MARK"; report isolated.at ""; }
+
+main() {
+    trap on_term TERM
+    trap on_int INT
+    prepare_private_files
+    take_data_lock
+    report boot.action "" boot.reason "" boot.at ""   # what an earlier supervisor did is history now
+    log "supervisor started (pid $$)"
+    local rule rc
     while [ "$STOPPING" = 0 ]; do
-        sleep 1 & wait $!
-        refresh_passfile
-        if ! pg_alive; then
-            wait "$PG_PID" 2>/dev/null; rc=$?
-            log "postgres exited (status $rc): booting again"
-            PG_PID=""
-            sleep 1
-            break
-        fi
-        if [ -f "$ISOLATED_MARK" ] && ! isolated_here; then
-            rm -f "$ISOLATED_MARK"   # pg_ops acted since (it promoted us, or chose another primary)
-            report isolated.at ""
-            if [ "$(primary_name)" != "$MEMBER" ] && [ -n "$(primary_name)" ]; then
-                log "isolation over: the designated primary is now $(primary_name); rejoining as its replica"
-                stop_postgres
-                break
-            fi
-        fi
-        if is_standby_dir; then
-            if off_timeline_standby; then
-                log "replica on timeline $(own_sql 3 "$STANDBY_TLI_SQL"), the primary $(primary_name) on $(primary_tli), and not streaming: booting again to rewind"
-                stop_postgres
-                break
-            fi
+        if ! boot; then
+            log "boot failed; retrying in 5 s"
+            sleep 5 & wait $!
             continue
         fi
-        # Writable. Designated by the record, or by our own lease when the record file lags
-        # behind (a kubelet's ConfigMap sync): epochs only grow, so the newer word wins.
-        if [ "$(primary_name)" != "$MEMBER" ] && [ -n "$(primary_name)" ] && ! lease_is_newer; then
-            if [ "${STALE_SEEN:-0}" = 0 ]; then
-                STALE_SEEN=1   # once more before acting: pg_ops renews a new primary's lease right after promoting it
-                continue
-            fi
-            log "writable but the designated primary is $(primary_name): stopping (fast) to rejoin as a replica"
-            STALE_SEEN=0
-            stop_postgres
-            break
-        fi
-        STALE_SEEN=0
-        if [ -f "$ISOLATED_MARK" ]; then
-            log "writable again (promoted by pg_ops): isolation over"
-            rm -f "$ISOLATED_MARK"; report isolated.at ""
-        fi
-        if ! isolation_check; then
-            demote_isolated
-            break
-        fi
+        start_postgres
+        while [ "$STOPPING" = 0 ]; do
+            sleep 1 & wait $!
+            refresh_passfile
+            tick_facts
+            rule=$(demotion_rule "${TICK_FACTS[@]}") || { log "supervision: no rule for ${TICK_FACTS[*]}"; continue; }
+            case " ${TICK_FACTS[*]} " in
+                *" mark=old "*) clear_isolation_mark ;;   # pg_ops acted since (it promoted us, or chose another primary)
+                *" mark=current "*) case $rule in primary|isolate)   # writable again: pg_ops promoted us
+                    log "writable again (promoted by pg_ops): isolation over"; clear_isolation_mark ;; esac ;;
+            esac
+            case $rule in look-again) STALE_SEEN=1 ;; demote|primary|isolate) STALE_SEEN=0 ;; esac
+            case $rule in
+                reboot)
+                    wait "$PG_PID" 2>/dev/null; rc=$?
+                    log "postgres exited (status $rc): booting again"
+                    PG_PID=""
+                    sleep 1
+                    break ;;
+                rejoin)
+                    log "isolation over: the designated primary is now $(primary_name); rejoining as its replica"
+                    stop_postgres
+                    break ;;
+                rewind)
+                    log "replica on timeline $(own_sql 3 "$STANDBY_TLI_SQL"), the primary $(primary_name) on $(primary_tli), and not streaming: booting again to rewind"
+                    stop_postgres
+                    break ;;
+                demote)
+                    log "writable but the designated primary is $(primary_name): stopping (fast) to rejoin as a replica"
+                    stop_postgres
+                    break ;;
+                isolate)
+                    demote_isolated
+                    break ;;
+                standby|look-again|primary) ;;
+            esac
+        done
     done
-done
+}
+
+# Sourced (the tests call boot_row and demotion_rule), it defines its functions and runs nothing:
+# `return` succeeds only in a sourced file.
+if ! (return 0 2>/dev/null); then main "$@"; fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from pg_ops.postgres import isolation
 from pg_ops.postgres.status_table import HEARTBEAT_HISTORY_DDL, STATUS_TABLE_DDL
 
 
@@ -88,6 +89,7 @@ def ensure_pg_ops_schema(conn: psycopg.Connection) -> None:
             writer text not null)
     """)
     conn.execute(LEASE_DDL)
+    isolation.ensure_isolation_verdict(conn)  # member.sh's fencing rule, which reads the lease
 
 
 def ensure_slots(conn: psycopg.Connection, members: list[str]) -> list[str]:
@@ -140,8 +142,8 @@ def terminate_client_backends(conn: psycopg.Connection) -> int:
 
 
 # The isolation lease: renewed by pg_ops whenever it reaches the designated primary, read by
-# that primary's own member script through its local port (pg_ops/platforms/member.sh,
-# isolation_check). One row; `holder` is the member it was renewed on.
+# that primary's own member script through its local port, by asking isolation_verdict()
+# (postgres/isolation.py). One row; `holder` is the member it was renewed on.
 LEASE_DDL = """
 create table if not exists lease (
     id int primary key default 1 check (id = 1),
@@ -153,10 +155,16 @@ create table if not exists lease (
 
 def renew_lease(conn: psycopg.Connection, holder: str, epoch: int) -> None:
     """The connection commits locally (synchronous_commit=local): the lease says that pg_ops
-    reached this member, and must not wait for a standby in sync-strict mode."""
-    conn.execute("""insert into lease (id, holder, epoch, renewed_at) values (1, %s, %s, now())
+    reached this member, and must not wait for a standby in sync-strict mode. The same round trip
+    says whether the member script's isolation verdict is installed: a cluster deployed by an
+    older pg_ops gets it at the first renewal, without waiting for its next deploy (the script
+    counts a verdict it cannot ask as no renewal)."""
+    installed = conn.execute("""insert into lease (id, holder, epoch, renewed_at) values (1, %s, %s, now())
                     on conflict (id) do update set holder = excluded.holder, epoch = excluded.epoch,
-                    renewed_at = excluded.renewed_at""", (holder, epoch))
+                    renewed_at = excluded.renewed_at
+                    returning to_regprocedure(%s) is not null""", (holder, epoch, isolation.VERDICT_SIGNATURE)).fetchone()
+    if not installed[0]:
+        isolation.ensure_isolation_verdict(conn)
 
 
 def write_heartbeat(conn: psycopg.Connection, epoch: int, writer: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pg_ops.render import monitoring
 from pg_ops.render import names as k
 from pg_ops.render.config import config_hash
+from pg_ops.render.member_env import MemberEnv
 from pg_ops.render.meta import checkov_skips, labels, metadata
 from pg_ops.spec import ClusterSpec
 
@@ -35,25 +36,15 @@ TERMINATION_LOG = "/dev/termination-log"
 
 
 def member_env(spec: ClusterSpec) -> list[dict]:
-    """member.sh's environment contract (see its header)."""
-    return [
-        {"name": "PGOPS_MEMBER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "PGOPS_DATA", "value": k.PGDATA},
-        {"name": "PGOPS_PORT", "value": str(k.PORT)},
-        {"name": "PGOPS_STATE", "value": f"{k.STATE_MOUNT}/{k.STATE_KEY}"},
-        {"name": "PGOPS_CONFIG_DIR", "value": k.CONFIG_MOUNT},
-        {"name": "PGOPS_PASSFILE", "value": f"{k.SECRET_MOUNT}/{k.PASSFILE_KEY}"},
-        {"name": "PGOPS_RUN_DIR", "value": k.RUN_DIR},
-        {"name": "PGOPS_BIN", "value": k.pg_bin(spec.postgres.version)},
-        {"name": "PGOPS_BINS", "value": k.PG_BINS},
-        {"name": "PGOPS_LISTEN", "value": "*"},
-        {"name": "PGOPS_STOP_SECONDS", "value": str(STOP_S)},
-        {"name": "PGOPS_CHECKPOINT_SECONDS", "value": str(CHECKPOINT_S)},
-        {"name": "PGOPS_SMART_STOP_SECONDS", "value": str(SMART_STOP_S)},
-        # The container's terminationMessagePath (Kubernetes' default): a refusal's reason.
-        {"name": "PGOPS_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "PGOPS_RECOVERY_DIR", "value": k.RECOVERY_MOUNT},
-    ]
+    """member.sh's environment contract (render/member_env.py), every member from one template."""
+    return MemberEnv(
+        member=None, data=k.PGDATA, port=k.PORT, state=f"{k.STATE_MOUNT}/{k.STATE_KEY}",
+        config_dir=k.CONFIG_MOUNT, passfile=f"{k.SECRET_MOUNT}/{k.PASSFILE_KEY}", run_dir=k.RUN_DIR,
+        bin=k.pg_bin(spec.postgres.version), bins=k.PG_BINS, listen="*",
+        stop_seconds=STOP_S, checkpoint_seconds=CHECKPOINT_S, smart_stop_seconds=SMART_STOP_S,
+        termination_log=TERMINATION_LOG,  # the container's terminationMessagePath: a refusal's reason
+        recovery_dir=k.RECOVERY_MOUNT,
+    ).container_env()
 
 
 def archive_env(spec: ClusterSpec) -> list[dict]:
