@@ -16,10 +16,16 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.spec import ClusterSpec, load_specs, select_spec
+
+if TYPE_CHECKING:  # dagster is imported by the commands that launch a run, not when pg-ops starts
+    from dagster import RunConfig
+
+    from pg_ops.operations.failover import TopologyChange
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, ClusterSpec], object]] = {}
 
@@ -32,15 +38,16 @@ def command(name: str):
 
 
 # -- running Dagster jobs (pg_ops/runs.py decides where: the deployment, or this process) --------
-def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_config: dict | None = None,
+def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_config: RunConfig | None = None,
             tags: dict | None = None, partition_key: str | None = None, asset_selection=None):
     """Run a job of the code location for one cluster, to its end; a failed run raises with its
     one-line reason (its traceback goes to stderr first with --verbose). `asset_selection`:
-    asset keys of an asset job (a daily job's keys: see pg_ops/defs/backups.py)."""
+    asset keys of an asset job (a daily job's keys: see pg_ops/defs/backups.py). `run_config`: built
+    by the job's defs module (pg_ops/defs/failover.py's `failover_run_config`, ...)."""
     from pg_ops import runs
 
     launch = runs.JobLaunch(
-        job=job_name, cluster=spec.name, run_config=run_config or {}, tags=tags or {}, partition_key=partition_key,
+        job=job_name, cluster=spec.name, run_config=run_config, tags=tags or {}, partition_key=partition_key,
         asset_selection=None if asset_selection is None else tuple(tuple(getattr(k, "path", k)) for k in asset_selection))
     options = runs.Options(dagster_url=args.dagster_url, in_process=args.in_process, verbose=args.verbose)
     outcome = runs.run(launch, options, spec.platform)
@@ -219,10 +226,11 @@ def cmd_teardown(args, spec):
                                                           if d["spec_removed"] else "") for d in done))
 
 
-def _change_text(meta: dict) -> str:
-    head = f"{meta.get('operation')}: {meta.get('old_primary')} -> {meta.get('new_primary')}  epoch {meta.get('epoch')}"
-    steps = [f"  {k.removeprefix('step: ')}: {v:.3f} s" for k, v in meta.items() if k.startswith("step: ")]
-    return "\n".join([head, *steps, f"  total: {meta.get('seconds')} s"] + ([f"  {meta['notes']}"] if meta.get("notes") else []))
+def _change_text(change: TopologyChange) -> str:
+    head = f"{change.operation}: {change.old_primary} -> {change.new_primary}  epoch {change.epoch}"
+    steps = [f"  {name}: {seconds:.3f} s" for name, seconds in change.steps.items()]
+    notes = [f"  {'; '.join(change.notes)}"] if change.notes else []
+    return "\n".join([head, *steps, f"  total: {change.seconds} s", *notes])
 
 
 def precheck(spec: ClusterSpec, check: Callable[[ClusterContext], None]) -> None:
@@ -240,58 +248,76 @@ def precheck(spec: ClusterSpec, check: Callable[[ClusterContext], None]) -> None
         notice(f"cannot read cluster {spec.name} from here ({exc}); the run will check the request")
 
 
+# The topology commands read their run's result back as the operation's result dataclass
+# (pg_ops/defs/metadata.py: the same field names the op recorded), never by a metadata key.
 @command("failover")
 def cmd_failover(args, spec):
-    from pg_ops.operations.failover import check_failover_request
+    from pg_ops.defs.failover import FAILOVER_JOB, FAILOVER_OP, failover_run_config
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import TopologyChange, check_failover_request
 
     if args.to:
         require_member(spec, args.to, "--to")
     precheck(spec, lambda ctx: check_failover_request(ctx, to=args.to, force=args.force))
-    config = {"to": args.to, "force": args.force}
-    result = run_job(args, "failover", spec, {"ops": {"run_failover": {"config": config}}}, partition_key=spec.name)
-    meta = result.output_for_node("run_failover")
-    emit(args, meta, _change_text(meta))
+    result = run_job(args, FAILOVER_JOB, spec, failover_run_config(to=args.to, force=args.force),
+                     partition_key=spec.name)
+    meta = result.output_for_node(FAILOVER_OP)
+    emit(args, meta, _change_text(from_metadata(TopologyChange, meta)))
 
 
 @command("switchover")
 def cmd_switchover(args, spec):
+    from pg_ops.defs.failover import SWITCHOVER_JOB, SWITCHOVER_OP, switchover_run_config
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import TopologyChange
+
     require_member(spec, args.to, "--to")
-    result = run_job(args, "switchover", spec, {"ops": {"run_switchover": {"config": {"to": args.to}}}},
-                     partition_key=spec.name)
-    meta = result.output_for_node("run_switchover")
-    emit(args, meta, _change_text(meta))
+    result = run_job(args, SWITCHOVER_JOB, spec, switchover_run_config(args.to), partition_key=spec.name)
+    meta = result.output_for_node(SWITCHOVER_OP)
+    emit(args, meta, _change_text(from_metadata(TopologyChange, meta)))
 
 
 @command("rebuild")
 def cmd_rebuild(args, spec):
-    from pg_ops.operations.failover import check_rebuild_request
+    from pg_ops.defs.failover import REBUILD_JOB, REBUILD_OP, rebuild_run_config
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import RebuildResult, check_rebuild_request
 
     require_member(spec, args.member, "rebuild")
     precheck(spec, lambda ctx: check_rebuild_request(ctx, args.member))
-    config = {"member": args.member, "reclone": args.reclone}
-    result = run_job(args, "rebuild_member", spec, {"ops": {"run_rebuild": {"config": config}}},
-                     partition_key=spec.name)
-    meta = result.output_for_node("run_rebuild")
-    emit(args, meta, f"rebuilt {meta['member']} by {meta['method']} in {meta['seconds']} s")
+    result = run_job(args, REBUILD_JOB, spec, rebuild_run_config(args.member, args.reclone), partition_key=spec.name)
+    meta = result.output_for_node(REBUILD_OP)
+    rebuilt = from_metadata(RebuildResult, meta)
+    emit(args, meta, f"rebuilt {rebuilt.member} by {rebuilt.method} in {rebuilt.seconds} s")
 
 
 @command("rolling-restart")
 def cmd_rolling_restart(args, spec):
-    result = run_job(args, "rolling_restart", spec, partition_key=spec.name)
-    meta = result.output_for_node("run_rolling_restart")
-    emit(args, meta, f"restarted {meta['restarted']}; primary now {meta['primary']} (epoch {meta['epoch']}) "
-                     f"in {meta['seconds']} s")
+    from pg_ops.defs.failover import ROLLING_RESTART_JOB, ROLLING_RESTART_OP
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import RestartResult
+
+    result = run_job(args, ROLLING_RESTART_JOB, spec, partition_key=spec.name)
+    meta = result.output_for_node(ROLLING_RESTART_OP)
+    done = from_metadata(RestartResult, meta)
+    emit(args, meta, f"restarted {', '.join(done.restarted)}; primary now {done.primary} (epoch {done.epoch}) "
+                     f"in {done.seconds} s")
 
 
 @command("rollout")
 def cmd_rollout(args, spec):
-    from pg_ops.operations.rollout import check_rollout
+    from pg_ops.defs.failover import ROLLOUT_JOB, ROLLOUT_OP
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.rollout import RolloutResult, check_rollout
 
     check_rollout(ClusterContext.for_spec(spec))  # a refused value or a member down: one line, no run
-    result = run_job(args, "rollout", spec, partition_key=spec.name)
-    meta = result.output_for_node("run_rollout")
-    emit(args, meta, f"rolled out to {meta['reloaded']}: restarted {meta['restarted']}; primary {meta['primary']} "
-                     f"(epoch {meta['epoch']}) in {meta['seconds']} s")
+    result = run_job(args, ROLLOUT_JOB, spec, partition_key=spec.name)
+    done = from_metadata(RolloutResult, result.output_for_node(ROLLOUT_OP))
+    reloaded, restarted = ", ".join(done.reloaded), ", ".join(done.restarted) or "none"
+    out = {**result.output_for_node(ROLLOUT_OP), "reloaded": reloaded, "restarted": restarted,
+           "settings": done.settings()}
+    emit(args, out, f"rolled out to {reloaded}: restarted {restarted}; primary {done.primary} "
+                    f"(epoch {done.epoch}) in {done.seconds} s")
 
 
 @command("maintenance")
@@ -656,15 +682,26 @@ def cmd_base_backup(args, spec):
 # -- major-version upgrades (pg_ops/defs/upgrades.py, operations/upgrade.py) ----------------------
 @command("upgrade")
 def cmd_upgrade(args, spec):
+    from pg_ops.defs.failover import (
+        BLUE_GREEN_JOB,
+        BLUE_GREEN_OP,
+        BLUE_GREEN_ROLLBACK_JOB,
+        BLUE_GREEN_ROLLBACK_OP,
+        UPGRADE_JOB,
+        UPGRADE_OP,
+        blue_green_rollback_run_config,
+        blue_green_run_config,
+        upgrade_run_config,
+    )
     from pg_ops.defs.upgrades import rehearsal_key, rehearsal_run_config, rehearsal_run_kwargs
     from pg_ops.operations.upgrade import check_rehearsal, check_upgrade, rehearsal_text
 
     if args.rollback:
         if not args.as_name:
             raise PgOpsError("--rollback needs --as NEW_CLUSTER (the cluster the blue/green upgrade made)")
-        result = run_job(args, "upgrade_blue_green_rollback", spec, {"ops": {"run_blue_green_rollback": {"config": {
-            "as_name": args.as_name}}}}, partition_key=spec.name)
-        meta = result.output_for_node("run_blue_green_rollback")
+        result = run_job(args, BLUE_GREEN_ROLLBACK_JOB, spec, blue_green_rollback_run_config(args.as_name),
+                         partition_key=spec.name)
+        meta = result.output_for_node(BLUE_GREEN_ROLLBACK_OP)
         emit(args, meta, f"cluster {spec.name} is writable again ({', '.join(meta['databases_writable'])}); "
                          f"{args.as_name} keeps what it took since the cut")
         return
@@ -674,10 +711,9 @@ def cmd_upgrade(args, spec):
         from pg_ops.operations.blue_green import check_blue_green
 
         check_blue_green(ClusterContext.for_spec(spec), args.to, args.as_name)  # one line before a run exists
-        result = run_job(args, "upgrade_blue_green", spec, {"ops": {"run_blue_green": {"config": {
-            "to_major": args.to, "as_name": args.as_name, "read_only_days": args.read_only_days}}}},
-            partition_key=spec.name)
-        meta = result.output_for_node("run_blue_green")
+        result = run_job(args, BLUE_GREEN_JOB, spec, blue_green_run_config(args.to, args.as_name, args.read_only_days),
+                         partition_key=spec.name)
+        meta = result.output_for_node(BLUE_GREEN_OP)
         if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
             from pg_ops.runs import Deployment
 
@@ -692,9 +728,8 @@ def cmd_upgrade(args, spec):
         return
     if not args.rehearse:
         check_upgrade(ClusterContext.for_spec(spec), args.to, args.force)  # one line before a run exists
-        result = run_job(args, "upgrade", spec, {"ops": {"run_upgrade": {"config": {
-            "to_major": args.to, "force": args.force}}}}, partition_key=spec.name)
-        meta = result.output_for_node("run_upgrade")
+        result = run_job(args, UPGRADE_JOB, spec, upgrade_run_config(args.to, args.force), partition_key=spec.name)
+        meta = result.output_for_node(UPGRADE_OP)
         emit(args, meta, f"cluster {spec.name} upgraded from PostgreSQL {meta['from_major']} to {meta['to_major']} "
                          f"(primary {meta['primary']}): downtime {meta['downtime_seconds']} s, {meta['seconds']} s "
                          f"in all; backup {meta['backup_id']} before, base backup {meta['base_backup'] or 'none'} "

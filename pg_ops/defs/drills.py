@@ -68,10 +68,10 @@ def restore_backup():
 
 
 def restore_run_config(cluster: str, backup_id: str, target_dsn: str, confirm: str | None, database: str | None,
-                       overwrite: bool, keep_owners: bool) -> dict:
-    return {"ops": {"run_restore": {"config": {
-        "cluster": cluster, "backup_id": backup_id, "target_dsn": target_dsn, "confirm": confirm or "",
-        "database": database, "overwrite": overwrite, "keep_owners": keep_owners}}}}
+                       overwrite: bool, keep_owners: bool) -> dg.RunConfig:
+    return dg.RunConfig(ops={"run_restore": RestoreConfig(
+        cluster=cluster, backup_id=backup_id, target_dsn=target_dsn, confirm=confirm or "", database=database,
+        overwrite=overwrite, keep_owners=keep_owners)})
 
 
 def drill_key(cluster: str) -> dg.AssetKey:
@@ -163,9 +163,9 @@ def drill_run_kwargs(cluster: str) -> dict:
     return {"asset_selection": [drill_key(cluster)]}
 
 
-def drill_run_config(cluster: str, backup_id: str | None, store: str = "primary") -> dict:
+def drill_run_config(cluster: str, backup_id: str | None, store: str = "primary") -> dg.RunConfig:
     op = "__".join(drill_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"backup_id": backup_id, "store": store}}}}
+    return dg.RunConfig(ops={op: DrillConfig(backup_id=backup_id, store=store)})
 
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:

@@ -90,8 +90,8 @@ def recover_cluster():
     run_recover()
 
 
-def recover_run_config(cluster: str, to: str, as_name: str) -> dict:
-    return {"ops": {"run_recover": {"config": {"cluster": cluster, "to": to, "as_name": as_name}}}}
+def recover_run_config(cluster: str, to: str, as_name: str) -> dg.RunConfig:
+    return dg.RunConfig(ops={"run_recover": RecoverConfig(cluster=cluster, to=to, as_name=as_name)})
 
 
 def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
@@ -309,9 +309,9 @@ def first_base_backup_request(cluster: str, sysid: str, hour: str) -> dg.RunRequ
                          tags={CLUSTER_TAG: cluster, "pg_ops/reason": "no base backup of this system yet"})
 
 
-def pitr_drill_run_config(cluster: str, target_time: str | None, store: str = "primary") -> dict:
+def pitr_drill_run_config(cluster: str, target_time: str | None, store: str = "primary") -> dg.RunConfig:
     op = "__".join(pitr_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"target_time": target_time, "store": store}}}}
+    return dg.RunConfig(ops={op: PitrDrillConfig(target_time=target_time, store=store)})
 
 
 __all__ = ["build", "recover_run_config", "pitr_drill_run_config", "base_key", "pitr_key", "archive_key"]
