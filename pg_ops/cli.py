@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,12 +28,25 @@ if TYPE_CHECKING:  # dagster is imported by the commands that launch a run, not 
 
     from pg_ops.operations.failover import TopologyChange
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, ClusterSpec], object]] = {}
+Arguments = Callable[[argparse.ArgumentParser], None]
 
 
-def command(name: str):
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its help line, its own arguments (besides the global options) and its
+    handler, registered together by `@command` beside the handler."""
+
+    help: str
+    arguments: Arguments | None
+    handler: Callable[[argparse.Namespace, ClusterSpec], object]
+
+
+COMMANDS: dict[str, Command] = {}  # in the order `pg-ops --help` lists them
+
+
+def command(name: str, help: str, arguments: Arguments | None = None):
     def register(fn):
-        COMMANDS[name] = fn
+        COMMANDS[name] = Command(help, arguments, fn)
         return fn
     return register
 
@@ -155,7 +169,7 @@ def configuration_text(ctx: ClusterContext, status: dict) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
-@command("status")
+@command("status", "members, roles, lag, primary DSN")
 def cmd_status(args, spec):
     from pg_ops import runs
     from pg_ops.operations.health import status_report
@@ -198,7 +212,7 @@ def cmd_status(args, spec):
     emit(args, status, text)
 
 
-@command("deploy")
+@command("deploy", "deploy or repair the cluster (idempotent)")
 def cmd_deploy(args, spec):
     from pg_ops.operations.health import status_report
 
@@ -208,7 +222,11 @@ def cmd_deploy(args, spec):
     emit(args, status, f"deployed (run {result.run_id[:8]})\n" + status_text(status))
 
 
-@command("teardown")
+def _teardown_arguments(p) -> None:
+    p.add_argument("--all", action="store_true", help="every local cluster: the specs' and the recovered ones")
+
+
+@command("teardown", "stop and delete a local cluster", _teardown_arguments)
 def cmd_teardown(args, spec):
     """One cluster, or with --all every local cluster pg_ops knows (what `make run` and `pg-ops
     recover` made). A recovered cluster's spec (written by recover) goes with it."""
@@ -250,7 +268,12 @@ def precheck(spec: ClusterSpec, check: Callable[[ClusterContext], None]) -> None
 
 # The topology commands read their run's result back as the operation's result dataclass
 # (pg_ops/defs/metadata.py: the same field names the op recorded), never by a metadata key.
-@command("failover")
+def _failover_arguments(p) -> None:
+    p.add_argument("--to", help="member to promote (default: the replica with the highest received LSN)")
+    p.add_argument("--force", action="store_true", help="even if the primary answers, or the candidate lags")
+
+
+@command("failover", "promote a replica after the primary died", _failover_arguments)
 def cmd_failover(args, spec):
     from pg_ops.defs.failover import FAILOVER_JOB, FAILOVER_OP, failover_run_config
     from pg_ops.defs.metadata import from_metadata
@@ -265,7 +288,11 @@ def cmd_failover(args, spec):
     emit(args, meta, _change_text(from_metadata(TopologyChange, meta)))
 
 
-@command("switchover")
+def _switchover_arguments(p) -> None:
+    p.add_argument("--to", required=True, help="replica to promote")
+
+
+@command("switchover", "planned, lossless change of primary", _switchover_arguments)
 def cmd_switchover(args, spec):
     from pg_ops.defs.failover import SWITCHOVER_JOB, SWITCHOVER_OP, switchover_run_config
     from pg_ops.defs.metadata import from_metadata
@@ -277,7 +304,12 @@ def cmd_switchover(args, spec):
     emit(args, meta, _change_text(from_metadata(TopologyChange, meta)))
 
 
-@command("rebuild")
+def _rebuild_arguments(p) -> None:
+    p.add_argument("member")
+    p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
+
+
+@command("rebuild", "rewind (or re-clone) a replica from the primary", _rebuild_arguments)
 def cmd_rebuild(args, spec):
     from pg_ops.defs.failover import REBUILD_JOB, REBUILD_OP, rebuild_run_config
     from pg_ops.defs.metadata import from_metadata
@@ -291,7 +323,7 @@ def cmd_rebuild(args, spec):
     emit(args, meta, f"rebuilt {rebuilt.member} by {rebuilt.method} in {rebuilt.seconds} s")
 
 
-@command("rolling-restart")
+@command("rolling-restart", "restart every member, replicas first, then switch over")
 def cmd_rolling_restart(args, spec):
     from pg_ops.defs.failover import ROLLING_RESTART_JOB, ROLLING_RESTART_OP
     from pg_ops.defs.metadata import from_metadata
@@ -304,7 +336,7 @@ def cmd_rolling_restart(args, spec):
                      f"in {done.seconds} s")
 
 
-@command("rollout")
+@command("rollout", "apply the spec's configuration and binaries: reload, or restart replicas first then switch over")
 def cmd_rollout(args, spec):
     from pg_ops.defs.failover import ROLLOUT_JOB, ROLLOUT_OP
     from pg_ops.defs.metadata import from_metadata
@@ -320,7 +352,14 @@ def cmd_rollout(args, spec):
                     f"(epoch {done.epoch}) in {done.seconds} s")
 
 
-@command("maintenance")
+def _maintenance_arguments(p) -> None:
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--for", dest="duration", metavar="DURATION", help="how long: 90m, 2h, 1d (at most 7 days)")
+    p.add_argument("--reason", help="shown in status, the UI and the held failover's alert")
+
+
+@command("maintenance", "hold automatic failover and rollouts for a time (alerts go on), or resume them",
+         _maintenance_arguments)
 def cmd_maintenance(args, spec):
     from pg_ops.defs.rollout import MAINTENANCE_JOB, MAINTENANCE_OP, maintenance_run_config
     from pg_ops.operations.maintenance import parse_duration
@@ -337,7 +376,12 @@ def cmd_maintenance(args, spec):
                      f"{spec.name}: maintenance mode off: automatic failover and rollouts resume")
 
 
-@command("rotate-password")
+def _rotate_password_arguments(p) -> None:
+    p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
+    p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")
+
+
+@command("rotate-password", "a new password for a role, delivered and verified", _rotate_password_arguments)
 def cmd_rotate_password(args, spec):
     from pg_ops.defs.roles import JOB_NAME, OP_NAME, run_config
     from pg_ops.operations.catalog import check_rotation_request
@@ -410,36 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
     common = _global_options(suppress=True)
     parser = Parser(prog="pg-ops", description=__doc__.splitlines()[0], parents=[_global_options(suppress=False)])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
-    sub.add_parser("deploy", parents=[common], help="deploy or repair the cluster (idempotent)")
-    p = sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
-    p.add_argument("--all", action="store_true", help="every local cluster: the specs' and the recovered ones")
-    p = sub.add_parser("failover", parents=[common], help="promote a replica after the primary died")
-    p.add_argument("--to", help="member to promote (default: the replica with the highest received LSN)")
-    p.add_argument("--force", action="store_true", help="even if the primary answers, or the candidate lags")
-    p = sub.add_parser("switchover", parents=[common], help="planned, lossless change of primary")
-    p.add_argument("--to", required=True, help="replica to promote")
-    p = sub.add_parser("rebuild", parents=[common], help="rewind (or re-clone) a replica from the primary")
-    p.add_argument("member")
-    p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
-    sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
-    sub.add_parser("rollout", parents=[common],
-                   help="apply the spec's configuration and binaries: reload, or restart replicas first then switch over")
-    p = sub.add_parser("maintenance", parents=[common],
-                       help="hold automatic failover and rollouts for a time (alerts go on), or resume them")
-    p.add_argument("state", choices=["on", "off"])
-    p.add_argument("--for", dest="duration", metavar="DURATION", help="how long: 90m, 2h, 1d (at most 7 days)")
-    p.add_argument("--reason", help="shown in status, the UI and the held failover's alert")
-    p = sub.add_parser("rotate-password", parents=[common], help="a new password for a role, delivered and verified")
-    p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
-    p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")
-    for add_parsers in (_psql_parser, _render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers,
-                        _upgrade_parser):
-        add_parsers(sub, common)
+    for name, registered in COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=registered.help)
+        if registered.arguments is not None:
+            registered.arguments(p)
     return parser
 
 
-@command("psql")
+def _psql_arguments(p) -> None:
+    p.add_argument("--member", help="one member instead of the primary endpoint")
+    p.add_argument("--dbname", default="postgres", help="database (default: postgres)")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql after `--` (e.g. -- -c 'select 1')")
+
+
+@command("psql", "psql on the primary (or --member), password from the passfile", _psql_arguments)
 def cmd_psql(args, spec):
     """psql on the primary endpoint (or one member), its password from the cluster's 0600
     passfile: never on the command line, never in the environment."""
@@ -463,15 +491,12 @@ def cmd_psql(args, spec):
     os.execve(str(psql), [str(psql), dsn, *extra], {**os.environ, "PGPASSFILE": str(passfile)})
 
 
-def _psql_parser(sub, common) -> None:
-    p = sub.add_parser("psql", parents=[common], help="psql on the primary (or --member), password from the passfile")
-    p.add_argument("--member", help="one member instead of the primary endpoint")
-    p.add_argument("--dbname", default="postgres", help="database (default: postgres)")
-    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql after `--` (e.g. -- -c 'select 1')")
-
-
 # -- render (offline: writes the Git-owned manifests, never talks to a cluster) ---------------------
-@command("render")
+def _render_arguments(p) -> None:
+    p.add_argument("--out", help="output folder (default: deploy/kubernetes/<cluster>/)")
+
+
+@command("render", "write a kubernetes cluster's Git-owned manifests", _render_arguments)
 def cmd_render(args, spec):
     from pathlib import Path
 
@@ -483,13 +508,13 @@ def cmd_render(args, spec):
          f"rendered {len(written)} files for {spec.name} into {out}")
 
 
-def _render_parser(sub, common) -> None:
-    p = sub.add_parser("render", parents=[common], help="write a kubernetes cluster's Git-owned manifests")
-    p.add_argument("--out", help="output folder (default: deploy/kubernetes/<cluster>/)")
+def _from_option(parser) -> None:
+    parser.add_argument("--from", dest="source", choices=["primary", "copy"], default="primary",
+                        help="which store: backups.store (primary) or the second store of backups.copy_to (copy)")
 
 
 # -- backups (pg_ops/defs/backups.py, operations/backup.py, operations/retention.py) -----------------
-@command("backup")
+@command("backup", "back up the cluster now (backup_cluster job), then prune")
 def cmd_backup(args, spec):
     from pg_ops.defs.backups import backup_run_kwargs, nightly_key, retained_key
 
@@ -508,7 +533,7 @@ def cmd_backup(args, spec):
                        + (f"\n  second store: {report['copy']}" if report["copy"] else ""))
 
 
-@command("backups")
+@command("backups", "list backups: id, started, size, duration, status, expires", _from_option)
 def cmd_backups(args, spec):
     from pg_ops.operations.retention import backups_report
 
@@ -533,24 +558,21 @@ def human_bytes(size: int | None) -> str:
     return f"{value:.1f} TB"
 
 
-def _backup_parsers(sub, common) -> None:
-    sub.add_parser("backup", parents=[common], help="back up the cluster now (backup_cluster job), then prune")
-    p = sub.add_parser("backups", parents=[common], help="list backups: id, started, size, duration, status, expires")
-    _from_option(p)
-
-
-def _from_option(parser) -> None:
-    parser.add_argument("--from", dest="source", choices=["primary", "copy"], default="primary",
-                        help="which store: backups.store (primary) or the second store of backups.copy_to (copy)")
-
-
 def require_copy(spec: ClusterSpec, source: str) -> None:
     if source == "copy" and spec.backups.copy_to is None:
         raise PgOpsError(f"cluster {spec.name} has no second store: --from copy needs backups.copy_to in its spec")
 
 
 # -- restore drills (pg_ops/defs/drills.py, operations/drill.py) -----------------------------------
-@command("restore-drill")
+def _drill_arguments(p) -> None:
+    p.add_argument("--backup", help="backup id (default: the newest complete backup)")
+    p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
+                   help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
+                        "without TIME, to a moment the drill marks itself")
+    _from_option(p)
+
+
+@command("restore-drill", "restore a backup into a throw-away target and verify it", _drill_arguments)
 def cmd_restore_drill(args, spec):
     from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
     from pg_ops.operations.drill import drill_report_text
@@ -565,16 +587,17 @@ def cmd_restore_drill(args, spec):
     emit(args, report, drill_report_text(report))
 
 
-def _drill_parsers(sub, common) -> None:
-    p = sub.add_parser("restore-drill", parents=[common], help="restore a backup into a throw-away target and verify it")
-    p.add_argument("--backup", help="backup id (default: the newest complete backup)")
-    p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
-                   help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
-                        "without TIME, to a moment the drill marks itself")
-    _from_option(p)
+def _restore_arguments(p) -> None:
+    p.add_argument("--backup", required=True, help="backup id (pg-ops backups)")
+    p.add_argument("--target", required=True, help="libpq DSN of the target database, WITHOUT a password "
+                                                   "(PGPASSFILE / PGPASSWORD supply it)")
+    p.add_argument("--confirm", help="the cluster's name, to confirm")
+    p.add_argument("--database", help="which database of the backup (default: its only one)")
+    p.add_argument("--overwrite", action="store_true", help="drop and recreate a non-empty target database")
+    p.add_argument("--keep-owners", action="store_true", help="keep object owners (the roles must exist)")
 
 
-@command("restore")
+@command("restore", "restore a backup into a named target database", _restore_arguments)
 def cmd_restore(args, spec):
     from pg_ops.defs.drills import restore_run_config
     from pg_ops.operations.restore import check_request, check_target
@@ -596,21 +619,11 @@ def cmd_restore(args, spec):
                     f"in {out['seconds']} s")
 
 
-def _restore_parser(sub, common) -> None:
-    p = sub.add_parser("restore", parents=[common], help="restore a backup into a named target database")
-    p.add_argument("--backup", required=True, help="backup id (pg-ops backups)")
-    p.add_argument("--target", required=True, help="libpq DSN of the target database, WITHOUT a password "
-                                                   "(PGPASSFILE / PGPASSWORD supply it)")
-    p.add_argument("--confirm", help="the cluster's name, to confirm")
-    p.add_argument("--database", help="which database of the backup (default: its only one)")
-    p.add_argument("--overwrite", action="store_true", help="drop and recreate a non-empty target database")
-    p.add_argument("--keep-owners", action="store_true", help="keep object owners (the roles must exist)")
-
-
 # -- WAL archiving and point-in-time recovery (pg_ops/defs/wal.py, operations/wal.py, recover.py) ----
 def pitr_drill_command(args, spec):
+    from pg_ops.defs.metadata import from_metadata
     from pg_ops.defs.wal import pitr_drill_run_config, pitr_key
-    from pg_ops.operations.recover import check_recovery, parse_target_time
+    from pg_ops.operations.recover import PitrDrillReport, check_recovery, parse_target_time
 
     ctx = ClusterContext.for_spec(spec)
     ctx.platform.check_point_in_time("the point-in-time drill")  # before a run exists
@@ -619,17 +632,26 @@ def pitr_drill_command(args, spec):
         check_recovery(ctx, parse_target_time(target), ctx.store_from(args.source))
     result = run_job(args, "pitr_drill", spec, pitr_drill_run_config(spec.name, target, args.source),
                      asset_selection=[pitr_key(spec.name)])
-    report = {**result.materialization(pitr_key(spec.name).path), "run_id": result.run_id}
-    emit(args, report, f"point-in-time drill of {spec.name} to {report['target_time']}: {report['result'].upper()} "
-                       f"(base backup {report['base_backup']}; restore {report['restore_seconds']:.1f} s, replay "
-                       f"{report['replay_seconds']:.1f} s; {report['heartbeat_rows_before']} heartbeat rows before the "
-                       f"target, {report['heartbeat_rows_after']} after)")
+    recorded = result.materialization(pitr_key(spec.name).path)
+    drilled = from_metadata(PitrDrillReport, recorded)
+    emit(args, {**recorded, "run_id": result.run_id},
+         f"point-in-time drill of {spec.name} to {drilled.target_time}: {drilled.result.upper()} "
+         f"(base backup {drilled.base_backup}; restore {drilled.restore_seconds:.1f} s, replay "
+         f"{drilled.replay_seconds:.1f} s; {drilled.heartbeat_rows_before} heartbeat rows before the "
+         f"target, {drilled.heartbeat_rows_after} after)")
 
 
-@command("recover")
+def _recover_arguments(p) -> None:
+    p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
+    p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
+
+
+@command("recover", "recover the cluster to a point in time as a NEW cluster", _recover_arguments)
 def cmd_recover(args, spec):
+    from pg_ops.defs.metadata import from_metadata
     from pg_ops.defs.wal import recover_run_config
     from pg_ops.operations.recover import (
+        RecoverResult,
         new_cluster_spec,
         parse_target_time,
         validate_recover,
@@ -641,20 +663,21 @@ def cmd_recover(args, spec):
     result = run_job(args, "recover_cluster", spec, recover_run_config(spec.name, target.isoformat(), args.as_name),
                      {"pg_ops/recovered_as": args.as_name})
     out = result.output_for_node("run_recover")
+    recovered = from_metadata(RecoverResult, out)
     if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
         from pg_ops.runs import Deployment
 
         Deployment(result.where).reload()
-    text = (f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
-            f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
-            f"total {out['seconds']} s)")
+    text = (f"recovered {recovered.source} to {recovered.target} as cluster {recovered.cluster} "
+            f"({', '.join(recovered.members)}; base backup {recovered.base_backup}, replay {recovered.replay_seconds} s, "
+            f"total {recovered.seconds} s)")
     if spec.platform == "kubernetes":  # pg_ops applied its objects; Git gets them from here
         from pg_ops.render import default_output_dir, manifests, write_manifests
 
         # The run wrote the spec where it ran (a run pod's in production): here too (no ports
         # to choose on Kubernetes, so it is the same spec).
         new_spec = new_cluster_spec(spec, args.as_name)
-        out["spec_path"] = str(write_recovered_spec(new_spec, spec.name, target, out["base_backup"]))
+        out["spec_path"] = str(write_recovered_spec(new_spec, spec.name, target, recovered.base_backup))
         folder = default_output_dir(new_spec)
         write_manifests(new_spec, manifests(new_spec), folder)
         out["manifests"] = str(folder)
@@ -662,7 +685,7 @@ def cmd_recover(args, spec):
     emit(args, out, f"{text}; spec written to {out['spec_path']}")
 
 
-@command("base-backup")
+@command("base-backup", "take a base backup for point-in-time recovery now")
 def cmd_base_backup(args, spec):
     from pg_ops.defs.wal import base_key
 
@@ -680,7 +703,23 @@ def cmd_base_backup(args, spec):
 
 
 # -- major-version upgrades (pg_ops/defs/upgrades.py, operations/upgrade.py) ----------------------
-@command("upgrade")
+def _upgrade_arguments(p) -> None:
+    p.add_argument("--to", type=int, metavar="MAJOR", help="the PostgreSQL major to upgrade to (not with --rollback)")
+    p.add_argument("--force", action="store_true", help="upgrade without a passed rehearsal within a week")
+    p.add_argument("--rehearse", action="store_true",
+                   help="restore a backup into a scratch server, pg_upgrade it there and verify it (the cluster "
+                        "is only read)")
+    p.add_argument("--backup", help="backup id to rehearse on (default: the newest complete backup)")
+    p.add_argument("--as", dest="as_name", metavar="NEW_CLUSTER",
+                   help="blue/green: a new cluster on the new major, filled by logical replication; the source "
+                        "stays read-only for --read-only-days")
+    p.add_argument("--read-only-days", type=float, default=7.0, help="blue/green: the rollback period (default 7)")
+    p.add_argument("--rollback", action="store_true",
+                   help="blue/green, within the rollback period: make the source writable again (with --as)")
+
+
+@command("upgrade", "major-version upgrade in place (pg_upgrade --link), or its rehearsal on a copy (--rehearse)",
+         _upgrade_arguments)
 def cmd_upgrade(args, spec):
     from pg_ops.defs.failover import (
         BLUE_GREEN_JOB,
@@ -743,30 +782,6 @@ def cmd_upgrade(args, spec):
     emit(args, report, rehearsal_text(report))
 
 
-def _upgrade_parser(sub, common) -> None:
-    p = sub.add_parser("upgrade", parents=[common],
-                       help="major-version upgrade in place (pg_upgrade --link), or its rehearsal on a copy (--rehearse)")
-    p.add_argument("--to", type=int, metavar="MAJOR", help="the PostgreSQL major to upgrade to (not with --rollback)")
-    p.add_argument("--force", action="store_true", help="upgrade without a passed rehearsal within a week")
-    p.add_argument("--rehearse", action="store_true",
-                   help="restore a backup into a scratch server, pg_upgrade it there and verify it (the cluster "
-                        "is only read)")
-    p.add_argument("--backup", help="backup id to rehearse on (default: the newest complete backup)")
-    p.add_argument("--as", dest="as_name", metavar="NEW_CLUSTER",
-                   help="blue/green: a new cluster on the new major, filled by logical replication; the source "
-                        "stays read-only for --read-only-days")
-    p.add_argument("--read-only-days", type=float, default=7.0, help="blue/green: the rollback period (default 7)")
-    p.add_argument("--rollback", action="store_true",
-                   help="blue/green, within the rollback period: make the source writable again (with --as)")
-
-
-def _wal_parsers(sub, common) -> None:
-    p = sub.add_parser("recover", parents=[common], help="recover the cluster to a point in time as a NEW cluster")
-    p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
-    p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
-    sub.add_parser("base-backup", parents=[common], help="take a base backup for point-in-time recovery now")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -775,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render" and "PG_OPS_CLUSTERS" not in os.environ:
             os.environ["PG_OPS_CLUSTERS"] = "deploy/clusters"  # offline: every spec, not just local
         spec = select_spec(load_specs(), args.cluster)
-        COMMANDS[args.command](args, spec)
+        COMMANDS[args.command].handler(args, spec)
     except PgOpsError as exc:
         print(f"pg-ops {args.command}: {exc}", file=sys.stderr)
         return 1

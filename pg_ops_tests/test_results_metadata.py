@@ -13,6 +13,7 @@ import pytest
 from pg_ops import runs
 from pg_ops.defs.metadata import from_metadata, metadata_of
 from pg_ops.operations.failover import RebuildResult, RestartResult, TopologyChange
+from pg_ops.operations.recover import PitrDrillReport, RecoverResult
 from pg_ops.operations.rollout import RolloutResult
 
 STEPS = {"confirm the primary is down": 0.0123, "promote": 0.5, "route the primary endpoint (failed)": 1.25}
@@ -27,6 +28,13 @@ RESULTS = [
     RolloutResult(cluster="c", reloaded=["c-0", "c-1"], restarted=[], primary="c-0", epoch=2, seconds=4.5,
                   shown={"c-0": {"work_mem": "16MB"}, "c-1": {"work_mem": "16MB"}}, steps=STEPS,
                   write_pauses={"promote": 0.4}, write_paused_s=0.4),
+    RecoverResult(cluster="c2", source="c", target="2026-12-08T01:00:00+00:00", base_backup="b1",
+                  spec_path="/specs/c2.yaml", restore_seconds=1.5, replay_seconds=0.25, seconds=3.0,
+                  members=["c2-0", "c2-1"], timeline=2),
+    PitrDrillReport(cluster="c", result="passed", target_time="2026-12-08T01:00:00+00:00", base_backup="b1",
+                    restore_seconds=1.5, replay_seconds=0.5, total_seconds=2.5, heartbeat_rows_before=10,
+                    heartbeat_rows_after=0, markers={"before": "m1", "after": "m2"},
+                    amcheck={"postgres": {"indexes_checked": 3, "problems": []}}),
 ]
 
 
