@@ -600,7 +600,8 @@ def _restore_arguments(p) -> None:
 @command("restore", "restore a backup into a named target database", _restore_arguments)
 def cmd_restore(args, spec):
     from pg_ops.defs.drills import restore_run_config
-    from pg_ops.operations.restore import check_request, check_target
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.restore import RestoreResult, check_request, check_target
     from pg_ops.stores.base import StoreError
 
     ctx = ClusterContext.for_spec(spec)
@@ -615,8 +616,9 @@ def cmd_restore(args, spec):
                                 args.keep_owners)
     result = run_job(args, "restore_backup", spec, config)
     out = result.output_for_node("run_restore")
-    emit(args, out, f"restored {out['source_database']} of backup {out['backup_id']} into {out['target']} "
-                    f"in {out['seconds']} s")
+    restored = from_metadata(RestoreResult, out)
+    emit(args, out, f"restored {restored.source_database} of backup {restored.backup_id} into {restored.target} "
+                    f"in {restored.seconds} s")
 
 
 # -- WAL archiving and point-in-time recovery (pg_ops/defs/wal.py, operations/wal.py, recover.py) ----

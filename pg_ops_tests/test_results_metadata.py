@@ -14,6 +14,7 @@ from pg_ops import runs
 from pg_ops.defs.metadata import from_metadata, metadata_of
 from pg_ops.operations.failover import RebuildResult, RestartResult, TopologyChange
 from pg_ops.operations.recover import PitrDrillReport, RecoverResult
+from pg_ops.operations.restore import RestoreResult
 from pg_ops.operations.rollout import RolloutResult
 
 STEPS = {"confirm the primary is down": 0.0123, "promote": 0.5, "route the primary endpoint (failed)": 1.25}
@@ -35,6 +36,8 @@ RESULTS = [
                     restore_seconds=1.5, replay_seconds=0.5, total_seconds=2.5, heartbeat_rows_before=10,
                     heartbeat_rows_after=0, markers={"before": "m1", "after": "m2"},
                     amcheck={"postgres": {"indexes_checked": 3, "problems": []}}),
+    RestoreResult(cluster="c", backup_id="b1", source_database="app", target="host=h dbname=app user=u",
+                  restored_bytes=123456, seconds=2.5, overwritten=False),
 ]
 
 

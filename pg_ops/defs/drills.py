@@ -17,6 +17,7 @@ holds the backup id, the target DSN (refused if it carries a password) and the c
 import dagster as dg
 
 from pg_ops.defs.backups import nightly_key
+from pg_ops.defs.metadata import metadata_of
 from pg_ops.defs.partitions import cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.operations import drill as drill_ops
@@ -53,11 +54,7 @@ def run_restore(context: dg.OpExecutionContext, config: RestoreConfig, pg_ops: P
     result = restore(pg_ops.cluster(config.cluster, context.log), config.backup_id, config.target_dsn,
                      config.confirm, database=config.database, overwrite=config.overwrite,
                      keep_owners=config.keep_owners)
-    context.add_output_metadata({"backup_id": dg.MetadataValue.text(result.backup_id),
-                                 "source_database": dg.MetadataValue.text(result.source_database),
-                                 "seconds": dg.MetadataValue.float(result.seconds),
-                                 "restored_mb": dg.MetadataValue.float(round(result.restored_bytes / 1e6, 3)),
-                                 "target": dg.MetadataValue.text(result.target)})
+    context.add_output_metadata(metadata_of(result, restored_mb=round(result.restored_bytes / 1e6, 3)))
     return result.as_dict()
 
 

@@ -162,7 +162,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         context.add_output_metadata(metadata_of(result))
         return result
 
-    @dg.op(name=UPGRADE_OP, description="Major-version upgrade in place: pg_upgrade --link on the primary inside one downtime window, "
+    @dg.op(name=UPGRADE_OP,
+           description="Major-version upgrade in place: pg_upgrade --link on the primary inside one downtime window, "
                        "then the replicas re-cloned, extensions updated, statistics rebuilt, a base backup.")
     def run_upgrade(context: dg.OpExecutionContext, config: UpgradeConfig, pg_ops: PgOpsResource) -> dict:
         from pg_ops.operations.upgrade import upgrade
@@ -174,7 +175,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                     "extensions_updated": {db: names for db, names in result.extensions_updated.items() if names}}
         return _recorded(context, metadata)
 
-    @dg.op(name=BLUE_GREEN_OP, description="Blue/green major-version upgrade: a new cluster on the new major filled by logical "
+    @dg.op(name=BLUE_GREEN_OP,
+           description="Blue/green major-version upgrade: a new cluster on the new major filled by logical "
                        "replication, then a cut of seconds (the source read-only, caught up, sequences, fingerprints).")
     def run_blue_green(context: dg.OpExecutionContext, config: BlueGreenConfig, pg_ops: PgOpsResource) -> dict:
         from pg_ops.operations.blue_green import blue_green
@@ -185,7 +187,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                     **{k: v for k, v in result.as_dict().items() if k != "steps"}, **result.steps}
         return _recorded(context, metadata)
 
-    @dg.op(name=BLUE_GREEN_ROLLBACK_OP, description="Within a blue/green upgrade's rollback period: the source's databases writable again.")
+    @dg.op(name=BLUE_GREEN_ROLLBACK_OP,
+           description="Within a blue/green upgrade's rollback period: the source's databases writable again.")
     def run_blue_green_rollback(context: dg.OpExecutionContext, config: BlueGreenRollbackConfig,
                                 pg_ops: PgOpsResource) -> dict:
         from pg_ops.operations.blue_green import rollback
