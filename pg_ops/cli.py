@@ -15,32 +15,53 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.context import ClusterContext
 from pg_ops.spec import ClusterSpec, load_specs, select_spec
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, ClusterSpec], object]] = {}
+if TYPE_CHECKING:  # dagster is imported by the commands that launch a run, not when pg-ops starts
+    from dagster import RunConfig
+
+    from pg_ops.operations.failover import TopologyChange
+
+Arguments = Callable[[argparse.ArgumentParser], None]
 
 
-def command(name: str):
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its help line, its own arguments (besides the global options) and its
+    handler, registered together by `@command` beside the handler."""
+
+    help: str
+    arguments: Arguments | None
+    handler: Callable[[argparse.Namespace, ClusterSpec], object]
+
+
+COMMANDS: dict[str, Command] = {}  # in the order `pg-ops --help` lists them
+
+
+def command(name: str, help: str, arguments: Arguments | None = None):
     def register(fn):
-        COMMANDS[name] = fn
+        COMMANDS[name] = Command(help, arguments, fn)
         return fn
     return register
 
 
 # -- running Dagster jobs (pg_ops/runs.py decides where: the deployment, or this process) --------
-def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_config: dict | None = None,
+def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_config: RunConfig | None = None,
             tags: dict | None = None, partition_key: str | None = None, asset_selection=None):
     """Run a job of the code location for one cluster, to its end; a failed run raises with its
     one-line reason (its traceback goes to stderr first with --verbose). `asset_selection`:
-    asset keys of an asset job (a daily job's keys: see pg_ops/defs/backups.py)."""
+    asset keys of an asset job (a daily job's keys: see pg_ops/defs/backups.py). `run_config`: built
+    by the job's defs module (pg_ops/defs/failover.py's `failover_run_config`, ...)."""
     from pg_ops import runs
 
     launch = runs.JobLaunch(
-        job=job_name, cluster=spec.name, run_config=run_config or {}, tags=tags or {}, partition_key=partition_key,
+        job=job_name, cluster=spec.name, run_config=run_config, tags=tags or {}, partition_key=partition_key,
         asset_selection=None if asset_selection is None else tuple(tuple(getattr(k, "path", k)) for k in asset_selection))
     options = runs.Options(dagster_url=args.dagster_url, in_process=args.in_process, verbose=args.verbose)
     outcome = runs.run(launch, options, spec.platform)
@@ -148,7 +169,7 @@ def configuration_text(ctx: ClusterContext, status: dict) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
-@command("status")
+@command("status", "members, roles, lag, primary DSN")
 def cmd_status(args, spec):
     from pg_ops import runs
     from pg_ops.operations.health import status_report
@@ -191,7 +212,7 @@ def cmd_status(args, spec):
     emit(args, status, text)
 
 
-@command("deploy")
+@command("deploy", "deploy or repair the cluster (idempotent)")
 def cmd_deploy(args, spec):
     from pg_ops.operations.health import status_report
 
@@ -201,7 +222,11 @@ def cmd_deploy(args, spec):
     emit(args, status, f"deployed (run {result.run_id[:8]})\n" + status_text(status))
 
 
-@command("teardown")
+def _teardown_arguments(p) -> None:
+    p.add_argument("--all", action="store_true", help="every local cluster: the specs' and the recovered ones")
+
+
+@command("teardown", "stop and delete a local cluster", _teardown_arguments)
 def cmd_teardown(args, spec):
     """One cluster, or with --all every local cluster pg_ops knows (what `make run` and `pg-ops
     recover` made). A recovered cluster's spec (written by recover) goes with it."""
@@ -219,10 +244,11 @@ def cmd_teardown(args, spec):
                                                           if d["spec_removed"] else "") for d in done))
 
 
-def _change_text(meta: dict) -> str:
-    head = f"{meta.get('operation')}: {meta.get('old_primary')} -> {meta.get('new_primary')}  epoch {meta.get('epoch')}"
-    steps = [f"  {k.removeprefix('step: ')}: {v:.3f} s" for k, v in meta.items() if k.startswith("step: ")]
-    return "\n".join([head, *steps, f"  total: {meta.get('seconds')} s"] + ([f"  {meta['notes']}"] if meta.get("notes") else []))
+def _change_text(change: TopologyChange) -> str:
+    head = f"{change.operation}: {change.old_primary} -> {change.new_primary}  epoch {change.epoch}"
+    steps = [f"  {name}: {seconds:.3f} s" for name, seconds in change.steps.items()]
+    notes = [f"  {'; '.join(change.notes)}"] if change.notes else []
+    return "\n".join([head, *steps, f"  total: {change.seconds} s", *notes])
 
 
 def precheck(spec: ClusterSpec, check: Callable[[ClusterContext], None]) -> None:
@@ -240,61 +266,100 @@ def precheck(spec: ClusterSpec, check: Callable[[ClusterContext], None]) -> None
         notice(f"cannot read cluster {spec.name} from here ({exc}); the run will check the request")
 
 
-@command("failover")
+# The topology commands read their run's result back as the operation's result dataclass
+# (pg_ops/defs/metadata.py: the same field names the op recorded), never by a metadata key.
+def _failover_arguments(p) -> None:
+    p.add_argument("--to", help="member to promote (default: the replica with the highest received LSN)")
+    p.add_argument("--force", action="store_true", help="even if the primary answers, or the candidate lags")
+
+
+@command("failover", "promote a replica after the primary died", _failover_arguments)
 def cmd_failover(args, spec):
-    from pg_ops.operations.failover import check_failover_request
+    from pg_ops.defs.failover import FAILOVER_JOB, FAILOVER_OP, failover_run_config
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import TopologyChange, check_failover_request
 
     if args.to:
         require_member(spec, args.to, "--to")
     precheck(spec, lambda ctx: check_failover_request(ctx, to=args.to, force=args.force))
-    config = {"to": args.to, "force": args.force}
-    result = run_job(args, "failover", spec, {"ops": {"run_failover": {"config": config}}}, partition_key=spec.name)
-    meta = result.output_for_node("run_failover")
-    emit(args, meta, _change_text(meta))
-
-
-@command("switchover")
-def cmd_switchover(args, spec):
-    require_member(spec, args.to, "--to")
-    result = run_job(args, "switchover", spec, {"ops": {"run_switchover": {"config": {"to": args.to}}}},
+    result = run_job(args, FAILOVER_JOB, spec, failover_run_config(to=args.to, force=args.force),
                      partition_key=spec.name)
-    meta = result.output_for_node("run_switchover")
-    emit(args, meta, _change_text(meta))
+    meta = result.output_for_node(FAILOVER_OP)
+    emit(args, meta, _change_text(from_metadata(TopologyChange, meta)))
 
 
-@command("rebuild")
+def _switchover_arguments(p) -> None:
+    p.add_argument("--to", required=True, help="replica to promote")
+
+
+@command("switchover", "planned, lossless change of primary", _switchover_arguments)
+def cmd_switchover(args, spec):
+    from pg_ops.defs.failover import SWITCHOVER_JOB, SWITCHOVER_OP, switchover_run_config
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import TopologyChange
+
+    require_member(spec, args.to, "--to")
+    result = run_job(args, SWITCHOVER_JOB, spec, switchover_run_config(args.to), partition_key=spec.name)
+    meta = result.output_for_node(SWITCHOVER_OP)
+    emit(args, meta, _change_text(from_metadata(TopologyChange, meta)))
+
+
+def _rebuild_arguments(p) -> None:
+    p.add_argument("member")
+    p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
+
+
+@command("rebuild", "rewind (or re-clone) a replica from the primary", _rebuild_arguments)
 def cmd_rebuild(args, spec):
-    from pg_ops.operations.failover import check_rebuild_request
+    from pg_ops.defs.failover import REBUILD_JOB, REBUILD_OP, rebuild_run_config
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import RebuildResult, check_rebuild_request
 
     require_member(spec, args.member, "rebuild")
     precheck(spec, lambda ctx: check_rebuild_request(ctx, args.member))
-    config = {"member": args.member, "reclone": args.reclone}
-    result = run_job(args, "rebuild_member", spec, {"ops": {"run_rebuild": {"config": config}}},
-                     partition_key=spec.name)
-    meta = result.output_for_node("run_rebuild")
-    emit(args, meta, f"rebuilt {meta['member']} by {meta['method']} in {meta['seconds']} s")
+    result = run_job(args, REBUILD_JOB, spec, rebuild_run_config(args.member, args.reclone), partition_key=spec.name)
+    meta = result.output_for_node(REBUILD_OP)
+    rebuilt = from_metadata(RebuildResult, meta)
+    emit(args, meta, f"rebuilt {rebuilt.member} by {rebuilt.method} in {rebuilt.seconds} s")
 
 
-@command("rolling-restart")
+@command("rolling-restart", "restart every member, replicas first, then switch over")
 def cmd_rolling_restart(args, spec):
-    result = run_job(args, "rolling_restart", spec, partition_key=spec.name)
-    meta = result.output_for_node("run_rolling_restart")
-    emit(args, meta, f"restarted {meta['restarted']}; primary now {meta['primary']} (epoch {meta['epoch']}) "
-                     f"in {meta['seconds']} s")
+    from pg_ops.defs.failover import ROLLING_RESTART_JOB, ROLLING_RESTART_OP
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.failover import RestartResult
+
+    result = run_job(args, ROLLING_RESTART_JOB, spec, partition_key=spec.name)
+    meta = result.output_for_node(ROLLING_RESTART_OP)
+    done = from_metadata(RestartResult, meta)
+    emit(args, meta, f"restarted {', '.join(done.restarted)}; primary now {done.primary} (epoch {done.epoch}) "
+                     f"in {done.seconds} s")
 
 
-@command("rollout")
+@command("rollout", "apply the spec's configuration and binaries: reload, or restart replicas first then switch over")
 def cmd_rollout(args, spec):
-    from pg_ops.operations.rollout import check_rollout
+    from pg_ops.defs.failover import ROLLOUT_JOB, ROLLOUT_OP
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.rollout import RolloutResult, check_rollout
 
     check_rollout(ClusterContext.for_spec(spec))  # a refused value or a member down: one line, no run
-    result = run_job(args, "rollout", spec, partition_key=spec.name)
-    meta = result.output_for_node("run_rollout")
-    emit(args, meta, f"rolled out to {meta['reloaded']}: restarted {meta['restarted']}; primary {meta['primary']} "
-                     f"(epoch {meta['epoch']}) in {meta['seconds']} s")
+    result = run_job(args, ROLLOUT_JOB, spec, partition_key=spec.name)
+    done = from_metadata(RolloutResult, result.output_for_node(ROLLOUT_OP))
+    reloaded, restarted = ", ".join(done.reloaded), ", ".join(done.restarted) or "none"
+    out = {**result.output_for_node(ROLLOUT_OP), "reloaded": reloaded, "restarted": restarted,
+           "settings": done.settings()}
+    emit(args, out, f"rolled out to {reloaded}: restarted {restarted}; primary {done.primary} "
+                    f"(epoch {done.epoch}) in {done.seconds} s")
 
 
-@command("maintenance")
+def _maintenance_arguments(p) -> None:
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--for", dest="duration", metavar="DURATION", help="how long: 90m, 2h, 1d (at most 7 days)")
+    p.add_argument("--reason", help="shown in status, the UI and the held failover's alert")
+
+
+@command("maintenance", "hold automatic failover and rollouts for a time (alerts go on), or resume them",
+         _maintenance_arguments)
 def cmd_maintenance(args, spec):
     from pg_ops.defs.rollout import MAINTENANCE_JOB, MAINTENANCE_OP, maintenance_run_config
     from pg_ops.operations.maintenance import parse_duration
@@ -311,7 +376,12 @@ def cmd_maintenance(args, spec):
                      f"{spec.name}: maintenance mode off: automatic failover and rollouts resume")
 
 
-@command("rotate-password")
+def _rotate_password_arguments(p) -> None:
+    p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
+    p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")
+
+
+@command("rotate-password", "a new password for a role, delivered and verified", _rotate_password_arguments)
 def cmd_rotate_password(args, spec):
     from pg_ops.defs.roles import JOB_NAME, OP_NAME, run_config
     from pg_ops.operations.catalog import check_rotation_request
@@ -384,36 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
     common = _global_options(suppress=True)
     parser = Parser(prog="pg-ops", description=__doc__.splitlines()[0], parents=[_global_options(suppress=False)])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    sub.add_parser("status", parents=[common], help="members, roles, lag, primary DSN")
-    sub.add_parser("deploy", parents=[common], help="deploy or repair the cluster (idempotent)")
-    p = sub.add_parser("teardown", parents=[common], help="stop and delete a local cluster")
-    p.add_argument("--all", action="store_true", help="every local cluster: the specs' and the recovered ones")
-    p = sub.add_parser("failover", parents=[common], help="promote a replica after the primary died")
-    p.add_argument("--to", help="member to promote (default: the replica with the highest received LSN)")
-    p.add_argument("--force", action="store_true", help="even if the primary answers, or the candidate lags")
-    p = sub.add_parser("switchover", parents=[common], help="planned, lossless change of primary")
-    p.add_argument("--to", required=True, help="replica to promote")
-    p = sub.add_parser("rebuild", parents=[common], help="rewind (or re-clone) a replica from the primary")
-    p.add_argument("member")
-    p.add_argument("--reclone", action="store_true", help="wipe and re-clone instead of rewinding")
-    sub.add_parser("rolling-restart", parents=[common], help="restart every member, replicas first, then switch over")
-    sub.add_parser("rollout", parents=[common],
-                   help="apply the spec's configuration and binaries: reload, or restart replicas first then switch over")
-    p = sub.add_parser("maintenance", parents=[common],
-                       help="hold automatic failover and rollouts for a time (alerts go on), or resume them")
-    p.add_argument("state", choices=["on", "off"])
-    p.add_argument("--for", dest="duration", metavar="DURATION", help="how long: 90m, 2h, 1d (at most 7 days)")
-    p.add_argument("--reason", help="shown in status, the UI and the held failover's alert")
-    p = sub.add_parser("rotate-password", parents=[common], help="a new password for a role, delivered and verified")
-    p.add_argument("role", help="an application login role, or postgres, replicator, postgres_exporter")
-    p.add_argument("--terminate-old", action="store_true", help="end the role's sessions that logged in before")
-    for add_parsers in (_psql_parser, _render_parser, _backup_parsers, _drill_parsers, _restore_parser, _wal_parsers,
-                        _upgrade_parser):
-        add_parsers(sub, common)
+    for name, registered in COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=registered.help)
+        if registered.arguments is not None:
+            registered.arguments(p)
     return parser
 
 
-@command("psql")
+def _psql_arguments(p) -> None:
+    p.add_argument("--member", help="one member instead of the primary endpoint")
+    p.add_argument("--dbname", default="postgres", help="database (default: postgres)")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql after `--` (e.g. -- -c 'select 1')")
+
+
+@command("psql", "psql on the primary (or --member), password from the passfile", _psql_arguments)
 def cmd_psql(args, spec):
     """psql on the primary endpoint (or one member), its password from the cluster's 0600
     passfile: never on the command line, never in the environment."""
@@ -437,15 +491,12 @@ def cmd_psql(args, spec):
     os.execve(str(psql), [str(psql), dsn, *extra], {**os.environ, "PGPASSFILE": str(passfile)})
 
 
-def _psql_parser(sub, common) -> None:
-    p = sub.add_parser("psql", parents=[common], help="psql on the primary (or --member), password from the passfile")
-    p.add_argument("--member", help="one member instead of the primary endpoint")
-    p.add_argument("--dbname", default="postgres", help="database (default: postgres)")
-    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql after `--` (e.g. -- -c 'select 1')")
-
-
 # -- render (offline: writes the Git-owned manifests, never talks to a cluster) ---------------------
-@command("render")
+def _render_arguments(p) -> None:
+    p.add_argument("--out", help="output folder (default: deploy/kubernetes/<cluster>/)")
+
+
+@command("render", "write a kubernetes cluster's Git-owned manifests", _render_arguments)
 def cmd_render(args, spec):
     from pathlib import Path
 
@@ -457,13 +508,13 @@ def cmd_render(args, spec):
          f"rendered {len(written)} files for {spec.name} into {out}")
 
 
-def _render_parser(sub, common) -> None:
-    p = sub.add_parser("render", parents=[common], help="write a kubernetes cluster's Git-owned manifests")
-    p.add_argument("--out", help="output folder (default: deploy/kubernetes/<cluster>/)")
+def _from_option(parser) -> None:
+    parser.add_argument("--from", dest="source", choices=["primary", "copy"], default="primary",
+                        help="which store: backups.store (primary) or the second store of backups.copy_to (copy)")
 
 
 # -- backups (pg_ops/defs/backups.py, operations/backup.py, operations/retention.py) -----------------
-@command("backup")
+@command("backup", "back up the cluster now (backup_cluster job), then prune")
 def cmd_backup(args, spec):
     from pg_ops.defs.backups import backup_run_kwargs, nightly_key, retained_key
 
@@ -482,7 +533,7 @@ def cmd_backup(args, spec):
                        + (f"\n  second store: {report['copy']}" if report["copy"] else ""))
 
 
-@command("backups")
+@command("backups", "list backups: id, started, size, duration, status, expires", _from_option)
 def cmd_backups(args, spec):
     from pg_ops.operations.retention import backups_report
 
@@ -507,24 +558,21 @@ def human_bytes(size: int | None) -> str:
     return f"{value:.1f} TB"
 
 
-def _backup_parsers(sub, common) -> None:
-    sub.add_parser("backup", parents=[common], help="back up the cluster now (backup_cluster job), then prune")
-    p = sub.add_parser("backups", parents=[common], help="list backups: id, started, size, duration, status, expires")
-    _from_option(p)
-
-
-def _from_option(parser) -> None:
-    parser.add_argument("--from", dest="source", choices=["primary", "copy"], default="primary",
-                        help="which store: backups.store (primary) or the second store of backups.copy_to (copy)")
-
-
 def require_copy(spec: ClusterSpec, source: str) -> None:
     if source == "copy" and spec.backups.copy_to is None:
         raise PgOpsError(f"cluster {spec.name} has no second store: --from copy needs backups.copy_to in its spec")
 
 
 # -- restore drills (pg_ops/defs/drills.py, operations/drill.py) -----------------------------------
-@command("restore-drill")
+def _drill_arguments(p) -> None:
+    p.add_argument("--backup", help="backup id (default: the newest complete backup)")
+    p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
+                   help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
+                        "without TIME, to a moment the drill marks itself")
+    _from_option(p)
+
+
+@command("restore-drill", "restore a backup into a throw-away target and verify it", _drill_arguments)
 def cmd_restore_drill(args, spec):
     from pg_ops.defs.drills import drill_key, drill_run_config, drill_run_kwargs
     from pg_ops.operations.drill import drill_report_text
@@ -539,19 +587,21 @@ def cmd_restore_drill(args, spec):
     emit(args, report, drill_report_text(report))
 
 
-def _drill_parsers(sub, common) -> None:
-    p = sub.add_parser("restore-drill", parents=[common], help="restore a backup into a throw-away target and verify it")
-    p.add_argument("--backup", help="backup id (default: the newest complete backup)")
-    p.add_argument("--point-in-time", nargs="?", const="", metavar="TIME",
-                   help="drill point-in-time recovery instead (base backup + WAL), to TIME (ISO 8601) or, "
-                        "without TIME, to a moment the drill marks itself")
-    _from_option(p)
+def _restore_arguments(p) -> None:
+    p.add_argument("--backup", required=True, help="backup id (pg-ops backups)")
+    p.add_argument("--target", required=True, help="libpq DSN of the target database, WITHOUT a password "
+                                                   "(PGPASSFILE / PGPASSWORD supply it)")
+    p.add_argument("--confirm", help="the cluster's name, to confirm")
+    p.add_argument("--database", help="which database of the backup (default: its only one)")
+    p.add_argument("--overwrite", action="store_true", help="drop and recreate a non-empty target database")
+    p.add_argument("--keep-owners", action="store_true", help="keep object owners (the roles must exist)")
 
 
-@command("restore")
+@command("restore", "restore a backup into a named target database", _restore_arguments)
 def cmd_restore(args, spec):
     from pg_ops.defs.drills import restore_run_config
-    from pg_ops.operations.restore import check_request, check_target
+    from pg_ops.defs.metadata import from_metadata
+    from pg_ops.operations.restore import RestoreResult, check_request, check_target
     from pg_ops.stores.base import StoreError
 
     ctx = ClusterContext.for_spec(spec)
@@ -566,25 +616,16 @@ def cmd_restore(args, spec):
                                 args.keep_owners)
     result = run_job(args, "restore_backup", spec, config)
     out = result.output_for_node("run_restore")
-    emit(args, out, f"restored {out['source_database']} of backup {out['backup_id']} into {out['target']} "
-                    f"in {out['seconds']} s")
-
-
-def _restore_parser(sub, common) -> None:
-    p = sub.add_parser("restore", parents=[common], help="restore a backup into a named target database")
-    p.add_argument("--backup", required=True, help="backup id (pg-ops backups)")
-    p.add_argument("--target", required=True, help="libpq DSN of the target database, WITHOUT a password "
-                                                   "(PGPASSFILE / PGPASSWORD supply it)")
-    p.add_argument("--confirm", help="the cluster's name, to confirm")
-    p.add_argument("--database", help="which database of the backup (default: its only one)")
-    p.add_argument("--overwrite", action="store_true", help="drop and recreate a non-empty target database")
-    p.add_argument("--keep-owners", action="store_true", help="keep object owners (the roles must exist)")
+    restored = from_metadata(RestoreResult, out)
+    emit(args, out, f"restored {restored.source_database} of backup {restored.backup_id} into {restored.target} "
+                    f"in {restored.seconds} s")
 
 
 # -- WAL archiving and point-in-time recovery (pg_ops/defs/wal.py, operations/wal.py, recover.py) ----
 def pitr_drill_command(args, spec):
+    from pg_ops.defs.metadata import from_metadata
     from pg_ops.defs.wal import pitr_drill_run_config, pitr_key
-    from pg_ops.operations.recover import check_recovery, parse_target_time
+    from pg_ops.operations.recover import PitrDrillReport, check_recovery, parse_target_time
 
     ctx = ClusterContext.for_spec(spec)
     ctx.platform.check_point_in_time("the point-in-time drill")  # before a run exists
@@ -593,17 +634,26 @@ def pitr_drill_command(args, spec):
         check_recovery(ctx, parse_target_time(target), ctx.store_from(args.source))
     result = run_job(args, "pitr_drill", spec, pitr_drill_run_config(spec.name, target, args.source),
                      asset_selection=[pitr_key(spec.name)])
-    report = {**result.materialization(pitr_key(spec.name).path), "run_id": result.run_id}
-    emit(args, report, f"point-in-time drill of {spec.name} to {report['target_time']}: {report['result'].upper()} "
-                       f"(base backup {report['base_backup']}; restore {report['restore_seconds']:.1f} s, replay "
-                       f"{report['replay_seconds']:.1f} s; {report['heartbeat_rows_before']} heartbeat rows before the "
-                       f"target, {report['heartbeat_rows_after']} after)")
+    recorded = result.materialization(pitr_key(spec.name).path)
+    drilled = from_metadata(PitrDrillReport, recorded)
+    emit(args, {**recorded, "run_id": result.run_id},
+         f"point-in-time drill of {spec.name} to {drilled.target_time}: {drilled.result.upper()} "
+         f"(base backup {drilled.base_backup}; restore {drilled.restore_seconds:.1f} s, replay "
+         f"{drilled.replay_seconds:.1f} s; {drilled.heartbeat_rows_before} heartbeat rows before the "
+         f"target, {drilled.heartbeat_rows_after} after)")
 
 
-@command("recover")
+def _recover_arguments(p) -> None:
+    p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
+    p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
+
+
+@command("recover", "recover the cluster to a point in time as a NEW cluster", _recover_arguments)
 def cmd_recover(args, spec):
+    from pg_ops.defs.metadata import from_metadata
     from pg_ops.defs.wal import recover_run_config
     from pg_ops.operations.recover import (
+        RecoverResult,
         new_cluster_spec,
         parse_target_time,
         validate_recover,
@@ -615,20 +665,21 @@ def cmd_recover(args, spec):
     result = run_job(args, "recover_cluster", spec, recover_run_config(spec.name, target.isoformat(), args.as_name),
                      {"pg_ops/recovered_as": args.as_name})
     out = result.output_for_node("run_recover")
+    recovered = from_metadata(RecoverResult, out)
     if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
         from pg_ops.runs import Deployment
 
         Deployment(result.where).reload()
-    text = (f"recovered {out['source']} to {out['target']} as cluster {out['cluster']} "
-            f"({', '.join(out['members'])}; base backup {out['base_backup']}, replay {out['replay_seconds']} s, "
-            f"total {out['seconds']} s)")
+    text = (f"recovered {recovered.source} to {recovered.target} as cluster {recovered.cluster} "
+            f"({', '.join(recovered.members)}; base backup {recovered.base_backup}, replay {recovered.replay_seconds} s, "
+            f"total {recovered.seconds} s)")
     if spec.platform == "kubernetes":  # pg_ops applied its objects; Git gets them from here
         from pg_ops.render import default_output_dir, manifests, write_manifests
 
         # The run wrote the spec where it ran (a run pod's in production): here too (no ports
         # to choose on Kubernetes, so it is the same spec).
         new_spec = new_cluster_spec(spec, args.as_name)
-        out["spec_path"] = str(write_recovered_spec(new_spec, spec.name, target, out["base_backup"]))
+        out["spec_path"] = str(write_recovered_spec(new_spec, spec.name, target, recovered.base_backup))
         folder = default_output_dir(new_spec)
         write_manifests(new_spec, manifests(new_spec), folder)
         out["manifests"] = str(folder)
@@ -636,7 +687,7 @@ def cmd_recover(args, spec):
     emit(args, out, f"{text}; spec written to {out['spec_path']}")
 
 
-@command("base-backup")
+@command("base-backup", "take a base backup for point-in-time recovery now")
 def cmd_base_backup(args, spec):
     from pg_ops.defs.wal import base_key
 
@@ -654,63 +705,7 @@ def cmd_base_backup(args, spec):
 
 
 # -- major-version upgrades (pg_ops/defs/upgrades.py, operations/upgrade.py) ----------------------
-@command("upgrade")
-def cmd_upgrade(args, spec):
-    from pg_ops.defs.upgrades import rehearsal_key, rehearsal_run_config, rehearsal_run_kwargs
-    from pg_ops.operations.upgrade import check_rehearsal, check_upgrade, rehearsal_text
-
-    if args.rollback:
-        if not args.as_name:
-            raise PgOpsError("--rollback needs --as NEW_CLUSTER (the cluster the blue/green upgrade made)")
-        result = run_job(args, "upgrade_blue_green_rollback", spec, {"ops": {"run_blue_green_rollback": {"config": {
-            "as_name": args.as_name}}}}, partition_key=spec.name)
-        meta = result.output_for_node("run_blue_green_rollback")
-        emit(args, meta, f"cluster {spec.name} is writable again ({', '.join(meta['databases_writable'])}); "
-                         f"{args.as_name} keeps what it took since the cut")
-        return
-    if args.to is None:
-        raise PgOpsError("upgrade needs --to MAJOR")
-    if args.as_name:
-        from pg_ops.operations.blue_green import check_blue_green
-
-        check_blue_green(ClusterContext.for_spec(spec), args.to, args.as_name)  # one line before a run exists
-        result = run_job(args, "upgrade_blue_green", spec, {"ops": {"run_blue_green": {"config": {
-            "to_major": args.to, "as_name": args.as_name, "read_only_days": args.read_only_days}}}},
-            partition_key=spec.name)
-        meta = result.output_for_node("run_blue_green")
-        if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
-            from pg_ops.runs import Deployment
-
-            Deployment(result.where).reload()
-        emit(args, meta, f"cluster {spec.name} upgraded blue/green to PostgreSQL {meta['to_major']} as "
-                         f"{meta['new_cluster']}: downtime {meta['downtime_seconds']} s, {meta['tables_compared']} "
-                         f"tables compared, {meta['sequences_set']} sequences set; {spec.name} stays read-only "
-                         f"until {meta['source_read_only_until']} (`pg-ops upgrade --cluster {spec.name} --rollback "
-                         f"--as {meta['new_cluster']}` makes it writable again); spec written to {meta['spec_path']}"
-                         + (f"; the applications on its pooler ({meta['pooler_moved']}) reach {meta['new_cluster']} now"
-                            if meta.get("pooler_moved") else ""))
-        return
-    if not args.rehearse:
-        check_upgrade(ClusterContext.for_spec(spec), args.to, args.force)  # one line before a run exists
-        result = run_job(args, "upgrade", spec, {"ops": {"run_upgrade": {"config": {
-            "to_major": args.to, "force": args.force}}}}, partition_key=spec.name)
-        meta = result.output_for_node("run_upgrade")
-        emit(args, meta, f"cluster {spec.name} upgraded from PostgreSQL {meta['from_major']} to {meta['to_major']} "
-                         f"(primary {meta['primary']}): downtime {meta['downtime_seconds']} s, {meta['seconds']} s "
-                         f"in all; backup {meta['backup_id']} before, base backup {meta['base_backup'] or 'none'} "
-                         f"after (run {result.run_id[:8]})")
-        return
-    check_rehearsal(ClusterContext.for_spec(spec), args.to)  # the pair and the binaries, before a run exists
-    require_backup(spec, args.backup, "primary")
-    result = run_job(args, "upgrade_rehearsal", spec, rehearsal_run_config(spec.name, args.to, args.backup),
-                     **rehearsal_run_kwargs(spec.name))
-    report = {**result.materialization(rehearsal_key(spec.name).path)["report"], "run_id": result.run_id}
-    emit(args, report, rehearsal_text(report))
-
-
-def _upgrade_parser(sub, common) -> None:
-    p = sub.add_parser("upgrade", parents=[common],
-                       help="major-version upgrade in place (pg_upgrade --link), or its rehearsal on a copy (--rehearse)")
+def _upgrade_arguments(p) -> None:
     p.add_argument("--to", type=int, metavar="MAJOR", help="the PostgreSQL major to upgrade to (not with --rollback)")
     p.add_argument("--force", action="store_true", help="upgrade without a passed rehearsal within a week")
     p.add_argument("--rehearse", action="store_true",
@@ -725,11 +720,68 @@ def _upgrade_parser(sub, common) -> None:
                    help="blue/green, within the rollback period: make the source writable again (with --as)")
 
 
-def _wal_parsers(sub, common) -> None:
-    p = sub.add_parser("recover", parents=[common], help="recover the cluster to a point in time as a NEW cluster")
-    p.add_argument("--to", required=True, help="target time, ISO 8601 (UTC when no offset is given)")
-    p.add_argument("--as", dest="as_name", required=True, help="name of the new cluster")
-    sub.add_parser("base-backup", parents=[common], help="take a base backup for point-in-time recovery now")
+@command("upgrade", "major-version upgrade in place (pg_upgrade --link), or its rehearsal on a copy (--rehearse)",
+         _upgrade_arguments)
+def cmd_upgrade(args, spec):
+    from pg_ops.defs.failover import (
+        BLUE_GREEN_JOB,
+        BLUE_GREEN_OP,
+        BLUE_GREEN_ROLLBACK_JOB,
+        BLUE_GREEN_ROLLBACK_OP,
+        UPGRADE_JOB,
+        UPGRADE_OP,
+        blue_green_rollback_run_config,
+        blue_green_run_config,
+        upgrade_run_config,
+    )
+    from pg_ops.defs.upgrades import rehearsal_key, rehearsal_run_config, rehearsal_run_kwargs
+    from pg_ops.operations.upgrade import check_rehearsal, check_upgrade, rehearsal_text
+
+    if args.rollback:
+        if not args.as_name:
+            raise PgOpsError("--rollback needs --as NEW_CLUSTER (the cluster the blue/green upgrade made)")
+        result = run_job(args, BLUE_GREEN_ROLLBACK_JOB, spec, blue_green_rollback_run_config(args.as_name),
+                         partition_key=spec.name)
+        meta = result.output_for_node(BLUE_GREEN_ROLLBACK_OP)
+        emit(args, meta, f"cluster {spec.name} is writable again ({', '.join(meta['databases_writable'])}); "
+                         f"{args.as_name} keeps what it took since the cut")
+        return
+    if args.to is None:
+        raise PgOpsError("upgrade needs --to MAJOR")
+    if args.as_name:
+        from pg_ops.operations.blue_green import check_blue_green
+
+        check_blue_green(ClusterContext.for_spec(spec), args.to, args.as_name)  # one line before a run exists
+        result = run_job(args, BLUE_GREEN_JOB, spec, blue_green_run_config(args.to, args.as_name, args.read_only_days),
+                         partition_key=spec.name)
+        meta = result.output_for_node(BLUE_GREEN_OP)
+        if result.where.startswith("http"):  # the deployment watches the new cluster from its next load
+            from pg_ops.runs import Deployment
+
+            Deployment(result.where).reload()
+        emit(args, meta, f"cluster {spec.name} upgraded blue/green to PostgreSQL {meta['to_major']} as "
+                         f"{meta['new_cluster']}: downtime {meta['downtime_seconds']} s, {meta['tables_compared']} "
+                         f"tables compared, {meta['sequences_set']} sequences set; {spec.name} stays read-only "
+                         f"until {meta['source_read_only_until']} (`pg-ops upgrade --cluster {spec.name} --rollback "
+                         f"--as {meta['new_cluster']}` makes it writable again); spec written to {meta['spec_path']}"
+                         + (f"; the applications on its pooler ({meta['pooler_moved']}) reach {meta['new_cluster']} now"
+                            if meta.get("pooler_moved") else ""))
+        return
+    if not args.rehearse:
+        check_upgrade(ClusterContext.for_spec(spec), args.to, args.force)  # one line before a run exists
+        result = run_job(args, UPGRADE_JOB, spec, upgrade_run_config(args.to, args.force), partition_key=spec.name)
+        meta = result.output_for_node(UPGRADE_OP)
+        emit(args, meta, f"cluster {spec.name} upgraded from PostgreSQL {meta['from_major']} to {meta['to_major']} "
+                         f"(primary {meta['primary']}): downtime {meta['downtime_seconds']} s, {meta['seconds']} s "
+                         f"in all; backup {meta['backup_id']} before, base backup {meta['base_backup'] or 'none'} "
+                         f"after (run {result.run_id[:8]})")
+        return
+    check_rehearsal(ClusterContext.for_spec(spec), args.to)  # the pair and the binaries, before a run exists
+    require_backup(spec, args.backup, "primary")
+    result = run_job(args, "upgrade_rehearsal", spec, rehearsal_run_config(spec.name, args.to, args.backup),
+                     **rehearsal_run_kwargs(spec.name))
+    report = {**result.materialization(rehearsal_key(spec.name).path)["report"], "run_id": result.run_id}
+    emit(args, report, rehearsal_text(report))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -740,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render" and "PG_OPS_CLUSTERS" not in os.environ:
             os.environ["PG_OPS_CLUSTERS"] = "deploy/clusters"  # offline: every spec, not just local
         spec = select_spec(load_specs(), args.cluster)
-        COMMANDS[args.command](args, spec)
+        COMMANDS[args.command].handler(args, spec)
     except PgOpsError as exc:
         print(f"pg-ops {args.command}: {exc}", file=sys.stderr)
         return 1

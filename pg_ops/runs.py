@@ -37,9 +37,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pg_ops.errors import PgOpsError, first_line
+
+if TYPE_CHECKING:  # dagster is imported when a run is launched, not when pg-ops starts
+    from dagster import RunConfig
 
 # One code location name everywhere: the Helm chart names it after its user deployment, and a
 # Kubernetes object name cannot hold "_" (workspace.yaml and pyproject.toml say the same).
@@ -72,10 +76,17 @@ class Options:
 class JobLaunch:
     job: str
     cluster: str
-    run_config: dict = field(default_factory=dict)
+    run_config: RunConfig | None = None  # built by the job's defs module (failover_run_config, ...)
     tags: dict = field(default_factory=dict)
     partition_key: str | None = None
     asset_selection: tuple[tuple[str, ...], ...] | None = None  # asset key paths
+
+    def config_dict(self) -> dict:
+        """The run config as Dagster's dict: what a submission takes (in process or over GraphQL),
+        the only place the typed config is spelled as a dict."""
+        if self.run_config is None:
+            return {}
+        return {part: value for part, value in self.run_config.to_config_dict().items() if value}
 
 
 @dataclass
@@ -114,6 +125,38 @@ def launch_tags(launch: JobLaunch) -> dict[str, str]:
 WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
 
 
+@dataclass(frozen=True)
+class ErrorLink:
+    """One error of a failure's chain (the error, then its cause, ...), however Dagster handed it
+    over: a SerializableErrorInfo in process and to the run-failure sensor, a PythonError over GraphQL."""
+
+    class_name: str
+    message: str
+    stack: str = ""
+
+
+def own_error(chain: list[ErrorLink]) -> ErrorLink:
+    """The failed step's own error: the first of `chain` that is not one of Dagster's wrappers
+    around it (else the last). The one unwrap of a Dagster failure: `pg-ops` and the run-failure
+    alert (pg_ops/defs/health.py) both read a failure through it."""
+    return next((link for link in chain if link.class_name not in WRAPPERS), chain[-1])
+
+
+def chain_of_error_info(error) -> list[ErrorLink]:
+    """The chain of a Dagster SerializableErrorInfo (`.cause` after `.cause`)."""
+    chain = []
+    while error is not None:
+        chain.append(ErrorLink(error.cls_name or "", error.message or "", "".join(error.stack or [])))
+        error = error.cause
+    return chain
+
+
+def chain_of_python_error(error: dict) -> list[ErrorLink]:
+    """The chain of a GraphQL PythonError (the error, then its `errorChain`)."""
+    return [ErrorLink(e.get("className") or "", e.get("message") or "", "".join(e.get("stack") or []))
+            for e in [error] + [link["error"] for link in error.get("errorChain") or []]]
+
+
 def one_line(message: str | None, class_name: str | None = None) -> str:
     """The first line of an error message, without the 'module.Class: ' Python puts in front."""
     text = (message or "").strip()
@@ -133,7 +176,7 @@ def run_in_process(launch: JobLaunch, verbose: bool) -> RunOutcome:
     from pg_ops.spec import load_specs
 
     # Dagster's per-event console log (tracebacks included) goes to stderr only with --verbose.
-    run_config = {**launch.run_config,
+    run_config = {**launch.config_dict(),
                   "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}}
     kwargs: dict = {}
     if launch.partition_key is not None:
@@ -169,10 +212,8 @@ def failure_of_events(events) -> tuple[str, str | None]:
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             err = event.step_failure_data.error
-            trace = err.to_string()
-            while err.cause is not None and (err.cls_name or "") in WRAPPERS:
-                err = err.cause
-            return one_line(err.message, err.cls_name), trace
+            own = own_error(chain_of_error_info(err))
+            return one_line(own.message, own.class_name), err.to_string()
     for event in events:
         if event.is_failure and event.message:
             return one_line(event.message), None
@@ -243,10 +284,10 @@ def _metadata(entries: list[dict]) -> dict:
 
 def _error_text(error: dict) -> tuple[str, str]:
     """(one-line reason, traceback) of a GraphQL PythonError, unwrapping Dagster's wrappers."""
-    chain = [error] + [link["error"] for link in error.get("errorChain") or []]
-    trace = "\n".join("".join(e.get("stack") or []) + (e.get("message") or "") for e in chain)
-    inner = next((e for e in chain if (e.get("className") or "") not in WRAPPERS), chain[-1])
-    return one_line(inner.get("message"), inner.get("className")), trace
+    chain = chain_of_python_error(error)
+    trace = "\n".join(link.stack + link.message for link in chain)
+    own = own_error(chain)
+    return one_line(own.message, own.class_name), trace
 
 
 def outcome_of_events(run_id: str, status: str, where: str, events: list[dict]) -> RunOutcome:
@@ -391,7 +432,7 @@ class Deployment:
         try:
             run_id = self.client.submit_job_execution(
                 launch.job, repository_location_name=CODE_LOCATION, repository_name=REPOSITORY,
-                run_config=launch.run_config, tags=tags,
+                run_config=launch.config_dict(), tags=tags,
                 asset_selection=[list(p) for p in launch.asset_selection] if launch.asset_selection else None)
             return run_id, tags
         except DagsterGraphQLClientError as exc:

@@ -100,7 +100,7 @@ def test_failed_fencing_leaves_a_change_the_tick_resumes(any_cluster, monkeypatc
         assert len(sensor.requests) == 1  # the change is resumed (by the tick itself) and a failover run requested
     change = requested_run(ctx, sensor.requests[0])
     assert change.new_primary == stuck.primary and change.epoch == stuck.epoch
-    assert "resumed a change that stopped half-way" in change.metadata()["notes"]
+    assert "resumed a change that stopped half-way" in "; ".join(change.notes)
     if fake_of(ctx) is not None:
         pod = fake_of(ctx).object("pods", ctx.spec.kubernetes.namespace, change.new_primary)
         assert pod["metadata"]["labels"][names.LABEL_ROLE] == names.ROLE_PRIMARY

@@ -325,11 +325,10 @@ def test_the_sensor_takes_over_in_its_tick_and_the_run_finishes_and_records_it(c
     assert (state.primary, state.epoch) == (taken.candidate, epoch + 1) and taken.old_primary == old
     assert state.lock is None and old in state.fenced
     assert ctx.probe([taken.candidate])[taken.candidate].writable  # before any run
-    assert "step: promote" in taken.steps and "step: route the primary endpoint" in taken.steps
+    assert "promote" in taken.steps and "route the primary endpoint" in taken.steps
     change = finish(ctx, taken)
-    metadata = change.metadata()
-    assert metadata["new_primary"] == taken.candidate and "step: verify a write through the primary endpoint" in metadata
-    assert "step: promote" in metadata and "the health sensor took over" in metadata["notes"]
+    assert change.new_primary == taken.candidate and "verify a write through the primary endpoint" in change.steps
+    assert "promote" in change.steps and "the health sensor took over" in "; ".join(change.notes)
     with pytest.raises(Refused, match="no longer the cluster's state"):
         finish(ctx, TakeOver(**{**taken.__dict__, "epoch": taken.epoch - 1}))
 

@@ -70,12 +70,12 @@ def test_an_application_through_the_pooler_fails_no_statement_across_a_switchove
         # (The writer labels its acknowledgements with the member it saw at connect time: through
         # the pooler it never reconnects, so progress is counted, and where rows landed checked below.)
         app.wait_acks(30)
-        steps = change.metadata()
-        assert "step: pause the pooler" in steps and "step: resume the pooler on the new primary" in steps
+        steps = change.steps
+        assert "pause the pooler" in steps and "resume the pooler on the new primary" in steps
         restarted = rolling_restart(ctx)
         app.wait_acks(30)
     assert failed_statements(app) == 0, [line for line in app.lines if line.startswith("fail")][:3]
-    assert ctx.state().primary == restarted["primary"] != to
+    assert ctx.state().primary == restarted.primary != to
     assert app.lost(ctx.state().primary) == set()  # every acknowledged row is on the current primary
     status = pooler_status(ctx)
     assert status["target_port"] == ctx.endpoints()[ctx.state().primary].port and status["clients_waiting"] == 0
@@ -212,8 +212,8 @@ def test_on_kubernetes_the_rendered_pooler_serves_applications_across_a_switchov
                 to = next(m for m in spec.member_names if m != first)
                 change = switchover(ctx, to=to)
                 app.wait_acks(30)
-            steps = change.metadata()
-            assert "step: pause the pooler" in steps and "step: resume the pooler on the new primary" in steps
+            steps = change.steps
+            assert "pause the pooler" in steps and "resume the pooler on the new primary" in steps
             assert failed_statements(app) == 0, [line for line in app.lines if line.startswith("fail")][:3]
             assert app.lost(to) == set()
 

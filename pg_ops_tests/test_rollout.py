@@ -89,7 +89,7 @@ def test_a_restart_change_goes_replicas_first_then_one_switchover_and_loses_no_w
     assert result.restarted[-1] == old_primary  # the old primary last, as a replica
     assert app.lost(result.primary) == set()
     # The switchover paused the writes, as the probe through the primary endpoint saw it, charged to its steps.
-    pauses = {k.removeprefix("write pause: "): v for k, v in result.steps.items() if k.startswith("write pause: ")}
+    pauses = result.write_pauses
     assert result.write_paused_s > 0 and round(sum(pauses.values()), 3) == result.write_paused_s
     switchover_steps = ("clean shutdown of the old primary", "the old primary's shutdown checkpoint",
                         "wait for the final WAL on the candidate", "promote", "route the primary endpoint",

@@ -73,8 +73,9 @@ def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
                 asset_key=dg.AssetKey(["deployment", "replication"]), asset_partitions=["dfo"]), limit=5).records
             change = next(r.asset_observation.metadata for r in records
                           if r.asset_observation.metadata.get("operation").value == "failover")
-            assert "step: promote" in change and "step: verify a write through the primary endpoint" in change
-            assert "the health sensor took over" in change["notes"].value
+            steps = change["steps"].value
+            assert "promote" in steps and "verify a write through the primary endpoint" in steps
+            assert "the health sensor took over" in "; ".join(change["notes"].value)
             new = ctx.state().primary
             with psycopg.connect(ctx.platform.primary_dsn("postgres", PG_OPS_DATABASE),
                                  password=ctx.admin_password(), autocommit=True) as conn:

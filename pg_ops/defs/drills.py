@@ -17,6 +17,7 @@ holds the backup id, the target DSN (refused if it carries a password) and the c
 import dagster as dg
 
 from pg_ops.defs.backups import nightly_key
+from pg_ops.defs.metadata import metadata_of
 from pg_ops.defs.partitions import cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.operations import drill as drill_ops
@@ -53,11 +54,7 @@ def run_restore(context: dg.OpExecutionContext, config: RestoreConfig, pg_ops: P
     result = restore(pg_ops.cluster(config.cluster, context.log), config.backup_id, config.target_dsn,
                      config.confirm, database=config.database, overwrite=config.overwrite,
                      keep_owners=config.keep_owners)
-    context.add_output_metadata({"backup_id": dg.MetadataValue.text(result.backup_id),
-                                 "source_database": dg.MetadataValue.text(result.source_database),
-                                 "seconds": dg.MetadataValue.float(result.seconds),
-                                 "restored_mb": dg.MetadataValue.float(round(result.restored_bytes / 1e6, 3)),
-                                 "target": dg.MetadataValue.text(result.target)})
+    context.add_output_metadata(metadata_of(result, restored_mb=round(result.restored_bytes / 1e6, 3)))
     return result.as_dict()
 
 
@@ -68,10 +65,10 @@ def restore_backup():
 
 
 def restore_run_config(cluster: str, backup_id: str, target_dsn: str, confirm: str | None, database: str | None,
-                       overwrite: bool, keep_owners: bool) -> dict:
-    return {"ops": {"run_restore": {"config": {
-        "cluster": cluster, "backup_id": backup_id, "target_dsn": target_dsn, "confirm": confirm or "",
-        "database": database, "overwrite": overwrite, "keep_owners": keep_owners}}}}
+                       overwrite: bool, keep_owners: bool) -> dg.RunConfig:
+    return dg.RunConfig(ops={"run_restore": RestoreConfig(
+        cluster=cluster, backup_id=backup_id, target_dsn=target_dsn, confirm=confirm or "", database=database,
+        overwrite=overwrite, keep_owners=keep_owners)})
 
 
 def drill_key(cluster: str) -> dg.AssetKey:
@@ -163,9 +160,9 @@ def drill_run_kwargs(cluster: str) -> dict:
     return {"asset_selection": [drill_key(cluster)]}
 
 
-def drill_run_config(cluster: str, backup_id: str | None, store: str = "primary") -> dict:
+def drill_run_config(cluster: str, backup_id: str | None, store: str = "primary") -> dg.RunConfig:
     op = "__".join(drill_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"backup_id": backup_id, "store": store}}}}
+    return dg.RunConfig(ops={op: DrillConfig(backup_id=backup_id, store=store)})
 
 
 def build(specs: list[ClusterSpec]) -> dg.Definitions:

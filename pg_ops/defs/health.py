@@ -22,6 +22,7 @@ import time
 import dagster as dg
 
 from pg_ops.defs.deployment import health_evaluations, health_observation
+from pg_ops.defs.failover import FAILOVER_JOB, failover_run_config
 from pg_ops.defs.partitions import CLUSTER_TAG, TOPOLOGY_TAG, topology_run_tags
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.errors import Refused, SpecError, first_line
@@ -33,14 +34,13 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.ha.model import FailoverRequest
 from pg_ops.operations.health import SensorCursor
 from pg_ops.operations.status import MemberStatus
+from pg_ops.runs import chain_of_error_info, own_error
 from pg_ops.spec import ClusterSpec
 
 SENSOR_PREFIX = "cluster_health_"  # + the cluster's name with `-` as `_` (sensor_name)
 SPECS_SENSOR_NAME = "cluster_specs_sensor"
 SPECS_SENSOR_INTERVAL_S = 10  # a bad or unknown spec file is alerted within a daemon loop or two
 RUN_FAILURE_SENSOR_NAME = "pg_ops_run_failure_alert"
-FAILOVER_JOB = "failover"
-FAILOVER_OP = "run_failover"
 SLO_JOB = "service_level_checks"
 SLO_SCHEDULE = "service_level_checks_schedule"
 RETENTION_SENSOR_NAME = "health_observation_retention"
@@ -104,11 +104,10 @@ def _observation(cluster: str, member: MemberStatus) -> dg.AssetObservation:
 
 
 def _failover_request(request: FailoverRequest) -> dg.RunRequest:
-    config = {"to": None, "force": False, "incident": request.incident, "detected_at": request.detected_at,
-              "last_primary_lsn": request.last_primary_lsn, "taken_over": request.taken_over}
+    config = failover_run_config(incident=request.incident, detected_at=request.detected_at,
+                                 last_primary_lsn=request.last_primary_lsn, taken_over=request.taken_over)
     return dg.RunRequest(run_key=request.run_key, job_name=FAILOVER_JOB, partition_key=request.cluster,
-                         run_config={"ops": {FAILOVER_OP: {"config": config}}},
-                         tags=topology_run_tags(request.cluster))
+                         run_config=config, tags=topology_run_tags(request.cluster))
 
 
 def evaluate_health(context, contexts: list[ClusterContext], alerts: AlertsResource,
@@ -350,11 +349,9 @@ def deliver_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResou
                         specs: dict[str, ClusterSpec]) -> Alert:
     steps = context.get_step_failure_events()
     error = steps[0].step_failure_data.error if steps and steps[0].event_specific_data else None
-    while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in (
-            error.cls_name or ""):
-        error = error.cause
-    message = (error.message if error else context.failure_event.message or "the run failed").strip()
-    refused = error is not None and (error.cls_name or "") == Refused.__name__
+    own = own_error(chain_of_error_info(error)) if error is not None else None
+    message = (own.message if own else context.failure_event.message or "the run failed").strip()
+    refused = own is not None and own.class_name == Refused.__name__
     alert = run_failure_alert_for(context.dagster_run, first_line(message) or "failed", specs, refused)
     secrets = []
     if alert.cluster in specs:

@@ -26,8 +26,8 @@ class RotatePasswordConfig(dg.Config):
     terminate_old: bool = False  # end the sessions that logged in with the old password
 
 
-def run_config(role: str, terminate_old: bool = False) -> dict:
-    return {"ops": {OP_NAME: {"config": {"role": role, "terminate_old": terminate_old}}}}
+def run_config(role: str, terminate_old: bool = False) -> dg.RunConfig:
+    return dg.RunConfig(ops={OP_NAME: RotatePasswordConfig(role=role, terminate_old=terminate_old)})
 
 
 def schedule_name(cluster: str, role: str) -> str:

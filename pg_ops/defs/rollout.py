@@ -35,8 +35,8 @@ class MaintenanceConfig(dg.Config):
     reason: str = ""
 
 
-def maintenance_run_config(seconds: float, reason: str = "") -> dict:
-    return dg.RunConfig(ops={MAINTENANCE_OP: MaintenanceConfig(seconds=seconds, reason=reason)}).to_config_dict()
+def maintenance_run_config(seconds: float, reason: str = "") -> dg.RunConfig:
+    return dg.RunConfig(ops={MAINTENANCE_OP: MaintenanceConfig(seconds=seconds, reason=reason)})
 
 
 def config_evaluation(cluster: str, configs: ClusterConfig) -> dg.AssetCheckEvaluation:

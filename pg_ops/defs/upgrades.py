@@ -29,9 +29,9 @@ def rehearsal_run_kwargs(cluster: str) -> dict:
     return {"asset_selection": [rehearsal_key(cluster)]}
 
 
-def rehearsal_run_config(cluster: str, to_major: int, backup_id: str | None) -> dict:
+def rehearsal_run_config(cluster: str, to_major: int, backup_id: str | None) -> dg.RunConfig:
     op = "__".join(rehearsal_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"to_major": to_major, "backup_id": backup_id}}}}
+    return dg.RunConfig(ops={op: RehearsalConfig(to_major=to_major, backup_id=backup_id)})
 
 
 def rehearsed_result(ctx) -> dg.AssetCheckResult:

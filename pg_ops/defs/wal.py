@@ -20,6 +20,7 @@ import time
 
 import dagster as dg
 
+from pg_ops.defs.metadata import metadata_of
 from pg_ops.defs.partitions import CLUSTER_TAG, cluster_schedules
 from pg_ops.defs.resources import ALERTS, AlertsResource, PgOpsResource
 from pg_ops.operations import recover as recover_ops
@@ -77,11 +78,8 @@ def run_recover(context: dg.OpExecutionContext, config: RecoverConfig, pg_ops: P
 
     result = recover(pg_ops.cluster(config.cluster, context.log), parse_target_time(config.to), config.as_name)
     # Everything the CLI prints, in the output metadata: pg-ops reads it back from the run's events.
-    out = result.as_dict()
-    context.add_output_metadata({**{k: v for k, v in out.items() if v is not None and not isinstance(v, list | dict)},
-                                 "members": dg.MetadataValue.json(out["members"]),
-                                 "spec": dg.MetadataValue.path(result.spec_path)})
-    return out
+    context.add_output_metadata({**metadata_of(result), "spec": dg.MetadataValue.path(result.spec_path)})
+    return result.as_dict()
 
 
 @dg.job(name=RECOVER_JOB, executor_def=dg.in_process_executor, tags={"dagster/max_retries": "0"},
@@ -90,8 +88,8 @@ def recover_cluster():
     run_recover()
 
 
-def recover_run_config(cluster: str, to: str, as_name: str) -> dict:
-    return {"ops": {"run_recover": {"config": {"cluster": cluster, "to": to, "as_name": as_name}}}}
+def recover_run_config(cluster: str, to: str, as_name: str) -> dg.RunConfig:
+    return dg.RunConfig(ops={"run_recover": RecoverConfig(cluster=cluster, to=to, as_name=as_name)})
 
 
 def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
@@ -133,17 +131,8 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
 
         target = parse_target_time(config.target_time) if config.target_time else None
         report = drill(pg_ops.cluster(cluster, context.log, alerts), target, where=config.store)
-        return dg.MaterializeResult(metadata={
-            "store": dg.MetadataValue.text(config.store),
-            "target_time": dg.MetadataValue.text(report.target_time),
-            "base_backup": dg.MetadataValue.text(report.base_backup),
-            "result": dg.MetadataValue.text(report.result),
-            "restore_seconds": dg.MetadataValue.float(report.restore_seconds),
-            "replay_seconds": dg.MetadataValue.float(report.replay_seconds),
-            "total_seconds": dg.MetadataValue.float(report.total_seconds),
-            "heartbeat_rows_before": dg.MetadataValue.int(report.heartbeat_rows_before),
-            "heartbeat_rows_after": dg.MetadataValue.int(report.heartbeat_rows_after),
-            "indexes_checked": dg.MetadataValue.int(sum(d.get("indexes_checked", 0) for d in report.amcheck.values()))})
+        indexes_checked = sum(d.get("indexes_checked", 0) for d in report.amcheck.values())
+        return dg.MaterializeResult(metadata=metadata_of(report, store=config.store, indexes_checked=indexes_checked))
 
     archive = dg.AssetSpec(archive_key(cluster), group_name=GROUP,
                            description=f"The WAL archive of {cluster}: observed by {SENSOR} every minute.")
@@ -309,9 +298,9 @@ def first_base_backup_request(cluster: str, sysid: str, hour: str) -> dg.RunRequ
                          tags={CLUSTER_TAG: cluster, "pg_ops/reason": "no base backup of this system yet"})
 
 
-def pitr_drill_run_config(cluster: str, target_time: str | None, store: str = "primary") -> dict:
+def pitr_drill_run_config(cluster: str, target_time: str | None, store: str = "primary") -> dg.RunConfig:
     op = "__".join(pitr_key(cluster).path).replace("-", "_")
-    return {"ops": {op: {"config": {"target_time": target_time, "store": store}}}}
+    return dg.RunConfig(ops={op: PitrDrillConfig(target_time=target_time, store=store)})
 
 
 __all__ = ["build", "recover_run_config", "pitr_drill_run_config", "base_key", "pitr_key", "archive_key"]

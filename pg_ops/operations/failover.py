@@ -43,6 +43,9 @@ RECENT_DETECTION_S = 60
 
 @dataclass
 class TopologyChange:
+    """What a failover or switchover did: the result of its run (pg_ops/defs/metadata.py shows it
+    as the run's metadata and reads it back for `pg-ops`)."""
+
     operation: str
     cluster: str
     old_primary: str
@@ -54,20 +57,30 @@ class TopologyChange:
     detection_to_writable_s: float | None = None
     promoted_at: float | None = None
     seconds: float = 0.0
-    steps: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)  # step name -> seconds, in order (StepLog.timings)
     notes: list[str] = field(default_factory=list)
 
-    def metadata(self) -> dict:
-        out = {k: v for k, v in {
-            "operation": self.operation, "old_primary": self.old_primary, "new_primary": self.new_primary,
-            "epoch": self.epoch, "timeline": self.timeline, "lag_bytes_at_promotion": self.lag_bytes_at_promotion,
-            "reference_lsn": self.reference_lsn,
-            "detection_to_writable_s": self.detection_to_writable_s, "seconds": round(self.seconds, 4),
-        }.items() if v is not None}
-        out.update(self.steps)
-        if self.notes:
-            out["notes"] = "; ".join(self.notes)
-        return out
+
+@dataclass
+class RebuildResult:
+    """What a rebuild did."""
+
+    member: str
+    method: str  # "rewind" or "re-clone"
+    seconds: float
+    kept_aside: str | None = None  # where a re-cloned former primary's data dir was kept
+    steps: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RestartResult:
+    """What a rolling restart did."""
+
+    restarted: list[str]  # in the order they restarted (the old primary last)
+    primary: str
+    epoch: int
+    seconds: float
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 # -- shared steps -------------------------------------------------------------------------------
@@ -256,7 +269,7 @@ def take_over(ctx: ClusterContext, steps: StepLog, lock: HeldLock, policy: Polic
                     timeline=timeline, lag_bytes=plan.lag_bytes, reference_lsn=plan.reference_lsn,
                     promoted_at=promoted_at, detected_at=detected_at, resume=plan.resume, in_place=in_place,
                     fence=list(plan.fence), repointed=repointed, notes=[*plan.notes, *fence_notes],
-                    steps=steps.as_metadata(), seconds=steps.elapsed)
+                    steps=steps.timings(), seconds=steps.elapsed)
 
 
 def finish(ctx: ClusterContext, taken: TakeOver) -> TopologyChange:
@@ -287,8 +300,8 @@ def _record(ctx: ClusterContext, steps: StepLog, taken: TakeOver) -> TopologyCha
     """The status row and the record of the change (the take-over's steps first)."""
     candidate, old = taken.candidate, taken.old_primary
     record_status(ctx, "failover", taken.epoch)
-    finished = steps.as_metadata()
-    seconds = steps.elapsed if taken.by == "run" else taken.seconds + steps.elapsed
+    finished = steps.timings()
+    seconds = round(steps.elapsed if taken.by == "run" else taken.seconds + steps.elapsed, 4)
     change = TopologyChange(
         operation="failover", cluster=ctx.name, old_primary=old, new_primary=candidate, epoch=taken.epoch,
         timeline=taken.timeline, lag_bytes_at_promotion=taken.lag_bytes, reference_lsn=taken.reference_lsn,
@@ -425,7 +438,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     record_status(ctx, "failover", new_state.epoch)
     change = TopologyChange(operation="switchover", cluster=ctx.name, old_primary=old, new_primary=to,
                             epoch=new_state.epoch, timeline=timeline, lag_bytes_at_promotion=0,
-                            seconds=steps.elapsed, steps=steps.as_metadata())
+                            seconds=round(steps.elapsed, 4), steps=steps.timings())
     change.notes.append(f"shutdown checkpoint {shutdown_lsn}, received {received}" if shutdown_lsn else
                         f"final LSN {final_lsn} (read before the shutdown: the shutdown checkpoint is not readable "
                         f"on {ctx.spec.platform}), received {received}")
@@ -518,7 +531,7 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn
 
 
 # -- rebuild ------------------------------------------------------------------------------------
-def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
+def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> RebuildResult:
     steps = StepLog(ctx.log, "rebuild")
     store = ctx.platform.state_store()
     if member not in ctx.spec.member_names:
@@ -554,12 +567,11 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> dict:
                 raise MemberError(f"{exc}{hint}") from exc
         if member in state.fenced:
             lock.update(lambda s: s.model_copy(update={"fenced": tuple(m for m in s.fenced if m != member)}))
-    return {"member": member, "method": method, "seconds": round(steps.elapsed, 3),
-            **({"kept_aside": kept} if kept else {}), **steps.as_metadata()}
+    return RebuildResult(member, method, round(steps.elapsed, 3), kept_aside=kept or None, steps=steps.timings())
 
 
 # -- rolling restart ----------------------------------------------------------------------------
-def rolling_restart(ctx: ClusterContext, steps: StepLog | None = None) -> dict:
+def rolling_restart(ctx: ClusterContext, steps: StepLog | None = None) -> RestartResult:
     """Restart every member without an unplanned failover: replicas one at a time (each back
     and streaming before the next), then a switchover to a restarted replica, which restarts
     the old primary cleanly as a replica. `steps`: a caller's log to add the steps to (a rollout)."""
@@ -585,6 +597,5 @@ def rolling_restart(ctx: ClusterContext, steps: StepLog | None = None) -> dict:
                 ctx.platform.stop_member(old)
                 ctx.platform.start_member(old)
                 wait_until(ctx, old, lambda p: p.writable, "writable after its restart")
-    return {"restarted": ", ".join(replicas + [old]), "primary": change.new_primary if change else old,
-            "epoch": change.epoch if change else state.epoch, "seconds": round(steps.elapsed, 3),
-            **steps.as_metadata()}
+    return RestartResult(replicas + [old], change.new_primary if change else old,
+                         change.epoch if change else state.epoch, round(steps.elapsed, 3), steps.timings())

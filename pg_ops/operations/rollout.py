@@ -17,7 +17,7 @@ the least cost each change allows (docs/architecture/design.md, "Changes to a ru
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
@@ -96,15 +96,13 @@ class RolloutResult:
     epoch: int
     seconds: float
     shown: dict[str, dict[str, str]]  # member -> the spec's parameters as SHOW reports them
-    steps: dict[str, float] = field(default_factory=dict)  # "step: …" durations, "write pause: …" per step
-    write_paused_s: float = 0.0  # writes through the primary endpoint paused this long in all (WriteProbe)
+    steps: dict[str, float] = field(default_factory=dict)  # step name -> seconds (StepLog.timings)
+    write_pauses: dict[str, float] = field(default_factory=dict)  # step name -> writes paused in it (WriteProbe)
+    write_paused_s: float = 0.0  # writes through the primary endpoint paused this long in all
 
-    def metadata(self) -> dict:
-        meta = asdict(self)
-        steps, shown = meta.pop("steps"), meta.pop("shown")
-        meta["reloaded"], meta["restarted"] = ", ".join(self.reloaded), ", ".join(self.restarted) or "none"
-        meta["settings"] = {name: ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in shown.items()}
-        return {**meta, **steps}
+    def settings(self) -> dict[str, str]:
+        """Member -> its parameters as one line ("work_mem=16MB, ...")."""
+        return {name: ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in self.shown.items()}
 
 
 def _read_member(conn) -> tuple[running_config.AppliedConfig, str]:
@@ -180,7 +178,7 @@ def rollout(ctx: ClusterContext) -> RolloutResult:
         result = _rollout(ctx, steps)
     paused = probe.by_step(steps.spans)
     result.write_paused_s = round(sum(paused.values()), 3)
-    result.steps.update({f"write pause: {name}": seconds for name, seconds in paused.items()})
+    result.write_pauses = paused
     ctx.log.info("rollout of %s: writes through the primary endpoint paused %.3f s in all (%s)", ctx.name,
                  result.write_paused_s, ", ".join(f"{k} {v} s" for k, v in paused.items()) or "no step")
     return result
@@ -209,7 +207,7 @@ def _rollout(ctx: ClusterContext, steps: StepLog) -> RolloutResult:
         ctx.log.info("rollout of %s: %s need a restart (%s): rolling restart", ctx.name, ", ".join(needs_restart),
                      after_reload.summary())
         restart = rolling_restart(ctx, steps)
-        primary, epoch, restarted = restart["primary"], restart["epoch"], restart["restarted"].split(", ")
+        primary, epoch, restarted = restart.primary, restart.epoch, restart.restarted
     final = member_configs(ctx)
     if final.pending:
         raise PgOpsError(f"cluster {ctx.name}: after the rollout, not every member runs the rendered "
@@ -219,7 +217,7 @@ def _rollout(ctx: ClusterContext, steps: StepLog) -> RolloutResult:
     shown = {name: with_connection(ep, SUPERUSER, password, lambda c: running_config.settings_shown(c, names),
                                    name=name) for name, ep in ctx.endpoints().items()}
     return RolloutResult(ctx.name, list(ctx.spec.member_names), restarted, primary, epoch,
-                         round(steps.elapsed, 3), shown, steps.as_metadata())
+                         round(steps.elapsed, 3), shown, steps.timings())
 
 
 # -- when the sensor may start one ----------------------------------------------------------------

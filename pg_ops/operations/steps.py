@@ -1,5 +1,6 @@
 """Timed, logged steps: every topology change logs each step with its duration and keeps
-them for the run's metadata."""
+them for its result (a result's `steps`: step name -> seconds, in order; pg_ops/defs/metadata.py
+shows them as one value of the run's metadata)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,14 @@ class StepLog:
         self.spans.append((name, t0, t0 + took))
         self.log.info("%s: %s (%.3f s)", self.operation, name, took)
 
+    def timings(self) -> dict[str, float]:
+        """Step name -> seconds, in the order they ran (a failed step's name ends in "(failed)")."""
+        return {name: round(seconds, 4) for name, seconds in self.steps}
+
     def as_metadata(self) -> dict[str, float]:
-        return {f"step: {name}": round(seconds, 4) for name, seconds in self.steps}
+        """The timings as "step: <name>" keys: the upgrade results' spelling (operations/upgrade.py,
+        blue_green.py); the topology changes and the rollout keep `timings()`."""
+        return {f"step: {name}": seconds for name, seconds in self.timings().items()}
 
     @property
     def elapsed(self) -> float:
