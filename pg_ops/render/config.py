@@ -10,7 +10,7 @@ from pg_ops.render import names as k
 from pg_ops.render.meta import metadata
 from pg_ops.spec import ClusterSpec
 
-MEMBER_SCRIPT = Path(k.__file__).with_name("member.sh")
+MEMBER_SCRIPT = Path(__file__).parents[1] / "platforms" / "member.sh"  # the one script both platforms run
 PROBE_SCRIPT = Path(__file__).with_name("probe.sh")
 
 
