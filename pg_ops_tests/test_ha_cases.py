@@ -328,7 +328,7 @@ def test_promotion_completing_after_the_run_gave_up_gets_its_slots_from_the_tick
     kill_member(ctx.platform, old)
 
     def late(c, member, epoch):
-        act.sql(c, member, lambda conn: conn.execute("select pg_promote(false)"))
+        c.sql(member, lambda conn: conn.execute("select pg_promote(false)"))
         raise MemberError(f"member {member}: pg_promote did not complete within 30 s (injected; it completes later)")
 
     real_promote = failover_ops.promote

@@ -35,6 +35,7 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover, rebuild, switchover
 from pg_ops.operations.health import TickMemory, watch_cluster
+from pg_ops.operations.status import storage_of
 from pg_ops.platforms import kubernetes as kubernetes_platform
 from pg_ops.render import names as names
 from pg_ops.state import update_state
@@ -314,8 +315,8 @@ def test_a_partitioned_node_keeps_serving_and_ignores_the_api(kube):
         # asked again for a while (no health tick waits on it twice).
         assert ctx.platform.data_dir_usage(member) is None
         assert (ns, member) in kubernetes_platform._EXEC_SILENT
-        usages = ctx.platform.data_dir_usages(ctx.spec.member_names)  # all at once, in parallel
-        assert {m for m, usage in usages.items() if usage is None} == cut_off
+        usages = storage_of(ctx)  # all at once, in parallel (the health pass's reading)
+        assert {m for m, usage in usages.items() if usage.used_bytes is None} == cut_off
         with pytest.raises(Exception, match="timed out"):
             ctx.platform.api.core.read_namespaced_pod_log(member, ns, container=names.CONTAINER, tail_lines=1,
                                                           _request_timeout=(2, 2))

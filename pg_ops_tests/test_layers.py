@@ -102,3 +102,31 @@ def test_tests_call_no_private_platform_method():
     backend keeps for the tests (supervisor_pid, force_delete_pod, member_pods, …), never a private
     method, so a backend can change its insides without breaking the tests."""
     assert lines_of_tests(r"[Pp]latform\)?\._[a-z]") == []
+
+
+# Modules of operations/ that still open connections themselves, and why. Equal, not a subset:
+# a module that moves onto the context leaves this list, a new one cannot join it unnoticed.
+CONNECTS_ITSELF = {
+    "operations/context.py": "the toolkit: ctx.sql (a member, superuser) and ctx.on_primary_endpoint",
+    "operations/backup.py": "one reading of endpoints and password for a whole backup, shared with pg_dump",
+    "operations/catalog.py": "the passwords being deployed or rotated, not yet the stored ones",
+    "operations/deploy.py": "the credentials being deployed, before the platform holds them",
+    "operations/drill.py": "the drill's scratch server, not a member",
+    "operations/pooling.py": "the pooler's own role at the pooler's endpoint (its member calls: not moved yet)",
+    "operations/recover.py": "the PITR drill's scratch server, not a member",
+    "operations/restore.py": "a restore target's own connection string",
+    "operations/rollout.py": "member reads with one reading per function (not moved yet)",
+    "operations/upgrade.py": "the rehearsal's scratch server, not a member",
+    "operations/write_probe.py": "a connection held open in its own thread for a whole rollout",
+}
+
+
+def test_operations_run_sql_through_the_context():
+    """SQL on a member as the superuser is `ctx.sql`, through the primary endpoint
+    `ctx.on_primary_endpoint` (operations/context.py: through the session's one reading of the
+    endpoints and the password); the old spellings are gone, and who else connects says why."""
+    spellings = (r"with_connection\(\s*ctx\.endpoints\(\)|connect_dsn\(\s*ctx\.platform\.primary_dsn"
+                 r"|\bact\.sql\(|\b_on_primary\(")
+    assert offenders(spellings, "operations", allowed=("operations/context.py",)) == []
+    connecting = {o.split(":")[0] for o in offenders(r"\b(with_connection|connect_dsn)\b", "operations")}
+    assert connecting == set(CONNECTS_ITSELF)

@@ -8,11 +8,9 @@ import logging
 
 import psycopg
 
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
 from pg_ops.postgres import status_table
-from pg_ops.postgres.session import connect_dsn
 
 log = logging.getLogger("pg_ops")
 
@@ -22,12 +20,12 @@ HISTORY_KEYS = ("health_tick",)
 
 
 def record_status(ctx: ClusterContext, key: str, value: float) -> bool:
+    def write(conn: psycopg.Connection) -> None:
+        status_table.record(conn, key, value)
+        if key in HISTORY_KEYS:
+            _append_history(ctx, conn, value)
     try:
-        with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=2,
-                         options="-c synchronous_commit=local -c statement_timeout=3000") as conn:
-            status_table.record(conn, key, value)
-            if key in HISTORY_KEYS:
-                _append_history(ctx, conn, value)
+        ctx.on_primary_endpoint(write, timeout=2, options="-c synchronous_commit=local -c statement_timeout=3000")
         return True
     except (psycopg.Error, PgOpsError) as exc:
         ctx.log.warning("could not record %s in pg_ops.status on %s: %s", key, ctx.name, first_line(exc))
@@ -46,7 +44,7 @@ def _append_history(ctx: ClusterContext, conn: psycopg.Connection, value: float)
 def record_marker(ctx: ClusterContext, marker: str) -> str:
     """One heartbeat row with a marker, committed on the primary; returns its time (a drill's
     proof that rows before its target are there and rows after it are not)."""
-    with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
-                     options="-c synchronous_commit=local -c statement_timeout=10000") as conn:
+    def write(conn: psycopg.Connection) -> str:
         conn.execute(status_table.HEARTBEAT_HISTORY_DDL)
         return status_table.record_heartbeat(conn, -1, marker)
+    return ctx.on_primary_endpoint(write, timeout=3, options="-c synchronous_commit=local -c statement_timeout=10000")

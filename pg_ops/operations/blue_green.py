@@ -91,10 +91,8 @@ def subscription_name(index: int, database: str) -> str:
 
 
 def _primary_sql(ctx: ClusterContext, fn, dbname: str = "postgres", timeout: float = 60):
-    """fn(conn) on the cluster's designated primary, in `dbname` (ha.act.sql)."""
-    from pg_ops.operations.ha import act
-
-    return act.sql(ctx, ctx.state().primary, fn, timeout=timeout, dbname=dbname)
+    """fn(conn) on the cluster's designated primary, in `dbname`."""
+    return ctx.sql(ctx.state().primary, fn, timeout=timeout, dbname=dbname)
 
 
 def check_blue_green(ctx: ClusterContext, to_major: int, as_name: str) -> tuple[int, ClusterSpec]:
@@ -139,7 +137,7 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
     from pg_ops.platforms import platform_for
 
     from_major, new_spec = check_blue_green(ctx, to_major, as_name)
-    steps = StepLog(ctx.log, f"blue/green upgrade of {ctx.name} to PostgreSQL {to_major} as {as_name}")
+    steps = StepLog(ctx.log, f"blue/green upgrade of {ctx.name} to PostgreSQL {to_major} as {as_name}", ctx)
     new_ctx = ClusterContext(new_spec, platform_for(new_spec), ctx.log, ctx.alerts)
     databases = [d.name for d in ctx.spec.databases if d.present]
     subscriptions = {db: subscription_name(i, db) for i, db in enumerate(databases)}

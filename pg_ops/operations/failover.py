@@ -90,7 +90,7 @@ PROMOTE_WAIT_S = 30
 
 
 def promote(ctx: ClusterContext, member: str, epoch: int) -> int | None:
-    ok = act.sql(ctx, member, lambda c: admin.promote(c, wait_seconds=PROMOTE_WAIT_S), timeout=PROMOTE_WAIT_S + 5)
+    ok = ctx.sql(member, lambda c: admin.promote(c, wait_seconds=PROMOTE_WAIT_S), timeout=PROMOTE_WAIT_S + 5)
     if not ok:
         raise MemberError(f"member {member}: pg_promote did not complete within {PROMOTE_WAIT_S} s")
     # At once: its lease names it at the new epoch, which its member script trusts over a
@@ -201,7 +201,7 @@ def failover(ctx: ClusterContext, *, to: str | None = None, force: bool = False,
              detected_at: float | None = None, last_primary_lsn: str | None = None) -> TopologyChange:
     """Promote the best replica (ha.plan_failover decides which, or refuses), or resume a change
     that stopped half-way (the designated primary is still a standby)."""
-    steps = StepLog(ctx.log, "failover")
+    steps = StepLog(ctx.log, "failover", ctx)
     policy = recheck_policy(Policy.from_spec(ctx.spec), detected_at)
     with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
         steps.guard = lock.check
@@ -215,7 +215,7 @@ def take_over_now(ctx: ClusterContext, *, detected_at: float, last_primary_lsn: 
     """The recovery-time half of an automatic failover, in the process that decided it (the
     health sensor's tick, in the long-lived code server): under the topology lock, with the
     run's own re-check and rules. The failover run it then requests finishes it (`finish`)."""
-    steps = StepLog(ctx.log, "failover")
+    steps = StepLog(ctx.log, "failover", ctx)
     policy = recheck_policy(Policy.from_spec(ctx.spec), detected_at)
     with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
         steps.guard = lock.check
@@ -275,7 +275,7 @@ def take_over(ctx: ClusterContext, steps: StepLog, lock: HeldLock, policy: Polic
 def finish(ctx: ClusterContext, taken: TakeOver) -> TopologyChange:
     """The failover run's half after the health sensor took over: under the lock, only if the
     record still names what the sensor made (another change since: refused, nothing done)."""
-    steps = StepLog(ctx.log, "failover")
+    steps = StepLog(ctx.log, "failover", ctx)
     with topology_lock(ctx.platform.state_store(), "failover", ttl_seconds=LOCK_TTL_S) as lock:
         steps.guard = lock.check
         state = ctx.state()
@@ -344,7 +344,7 @@ def fence(ctx: ClusterContext, member: str, probe: MemberProbe | None) -> bool:
     removed, pod deleted). True when the platform knows it stopped."""
     if probe is not None and probe.reachable:
         try:
-            act.sql(ctx, member, admin.terminate_client_backends, timeout=2)
+            ctx.sql(member, admin.terminate_client_backends, timeout=2)
         except MemberError as exc:
             ctx.log.warning("could not terminate connections on %s: %s", member, exc)
     return ctx.platform.fence_member(member)
@@ -390,7 +390,7 @@ def wait_until_stopped(ctx: ClusterContext, members: list[str], detected_at: flo
 # -- switchover ---------------------------------------------------------------------------------
 def switchover(ctx: ClusterContext, *, to: str) -> TopologyChange:
     with topology_lock(ctx.platform.state_store(), "switchover", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
-        steps = StepLog(ctx.log, "switchover")
+        steps = StepLog(ctx.log, "switchover", ctx)
         steps.guard = lock.check
         return switchover_locked(ctx, to=to, steps=steps, lock=lock)
 
@@ -408,7 +408,7 @@ def switchover_locked(ctx: ClusterContext, *, to: str, steps: StepLog, lock: Hel
     with steps.step("drain the old primary's WAL archiver"):  # before the record names another primary
         drained = wal.drain_archiver(ctx, old)
     with steps.step("checkpoint the old primary"):
-        final_lsn = act.sql(ctx, old, admin.checkpoint, timeout=60)
+        final_lsn = ctx.sql(old, admin.checkpoint, timeout=60)
     with steps.step("write the desired state"):
         # The final LSN is the reference a resumed failover checks the candidate against.
         new_state = lock.update(lambda s: s.model_copy(update={
@@ -532,7 +532,7 @@ def wait_final_lsn(ctx: ClusterContext, member: str, at_least: str, shutdown_lsn
 
 # -- rebuild ------------------------------------------------------------------------------------
 def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> RebuildResult:
-    steps = StepLog(ctx.log, "rebuild")
+    steps = StepLog(ctx.log, "rebuild", ctx)
     store = ctx.platform.state_store()
     if member not in ctx.spec.member_names:
         raise PgOpsError(f"cluster {ctx.name}: member {member!r} does not exist")
@@ -575,7 +575,7 @@ def rolling_restart(ctx: ClusterContext, steps: StepLog | None = None) -> Restar
     """Restart every member without an unplanned failover: replicas one at a time (each back
     and streaming before the next), then a switchover to a restarted replica, which restarts
     the old primary cleanly as a replica. `steps`: a caller's log to add the steps to (a rollout)."""
-    steps = steps or StepLog(ctx.log, "rolling restart")
+    steps = steps or StepLog(ctx.log, "rolling restart", ctx)
     with topology_lock(ctx.platform.state_store(), "rolling-restart", ttl_seconds=LOCK_TTL_S) as lock, lease_kept(ctx):
         steps.guard = lock.check
         state = ctx.state()

@@ -270,7 +270,7 @@ def health_pass(ctx: ClusterContext, *, confirm: bool = False, missed_before: in
     """Every member probed at once (and, with `confirm`, the primary re-probed when it does
     not answer), storage fetched beside the probes under its own deadline."""
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage") as pool:
+    with ctx.session(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage") as pool:
         storage = pool.submit(storage_of, ctx)
         pooler = pool.submit(pooler_status, ctx) if ctx.spec.pooler is not None else None
         view = read_view(ctx, Policy.from_spec(ctx.spec), confirm=confirm, unless_locked=True,
@@ -378,12 +378,13 @@ def reported_events(ctx: ClusterContext, memory: TickMemory, names: list[str]) -
 def _decide_and_act(ctx: ClusterContext, memory: TickMemory, failed_run: Callable[[str], bool],
                     sleep: Callable[[float], None], missed_before: int = 0
                     ) -> tuple[ClusterHealth, Decision, list[Alert]]:
-    health = health_pass(ctx, confirm=True, missed_before=missed_before, sleep=sleep)
-    incident = memory.ha.incident
-    if incident is not None and incident.requested and not incident.run_failed:
-        incident.run_failed = failed_run(FailoverRequest(ctx.name, incident.id, 0).run_key)
-    decision = decide(health.view, memory.ha, Policy.from_spec(ctx.spec))
-    failures = act.execute(ctx, health.view, decision.actions)
+    with ctx.session():  # one reading of the platform for the pass and its upkeep (context.py)
+        health = health_pass(ctx, confirm=True, missed_before=missed_before, sleep=sleep)
+        incident = memory.ha.incident
+        if incident is not None and incident.requested and not incident.run_failed:
+            incident.run_failed = failed_run(FailoverRequest(ctx.name, incident.id, 0).run_key)
+        decision = decide(health.view, memory.ha, Policy.from_spec(ctx.spec))
+        failures = act.execute(ctx, health.view, decision.actions)
     memory.ha = decision.memory
     return health, decision, failures
 

@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 
-from pg_ops.credentials import PG_OPS_DATABASE, SUPERUSER
 from pg_ops.errors import MemberError, PgOpsError, first_line
 from pg_ops.operations.context import ClusterContext
 from pg_ops.poll import poll
 from pg_ops.postgres import admin
-from pg_ops.postgres.session import connect_dsn
 from pg_ops.postgres.topology import MemberProbe
 
 READY_TIMEOUT_S = 60.0
@@ -118,20 +116,21 @@ def write_through_primary_endpoint(ctx: ClusterContext, epoch: int, writer: str,
 
     def attempt() -> dict | None:
         started = time.monotonic()
+
+        def write(conn: psycopg.Connection) -> dict | None:
+            connect_ms = (time.monotonic() - started) * 1000
+            member = admin.member_name(conn)
+            if member != designated:
+                last[:] = [f"it reached {member}"]
+                return None
+            admin.renew_lease(conn, member, epoch)
+            return {"member": member, "connect_ms": connect_ms, "lsn": admin.write_heartbeat(conn, epoch, writer)}
         try:
-            with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3,
-                             options="-c synchronous_commit=local -c statement_timeout=5000") as conn:
-                connect_ms = (time.monotonic() - started) * 1000
-                member = admin.member_name(conn)
-                if member != designated:
-                    last[:] = [f"it reached {member}"]
-                    return None
-                admin.renew_lease(conn, member, epoch)
-                lsn = admin.write_heartbeat(conn, epoch, writer)
+            return ctx.on_primary_endpoint(write, timeout=3,
+                                           options="-c synchronous_commit=local -c statement_timeout=5000")
         except psycopg.Error as exc:
             last[:] = [first_line(exc)]
             return None
-        return {"member": member, "connect_ms": connect_ms, "lsn": lsn}
 
     def expired() -> PgOpsError:
         return PgOpsError(f"cluster {ctx.name}: the primary endpoint did not reach {designated} within {timeout:g} s "

@@ -47,7 +47,7 @@ from pg_ops.operations.members import lease_kept
 from pg_ops.operations.wal import archive_ref, require_archiving, s3_keys_env, switch_and_wait
 from pg_ops.poll import poll
 from pg_ops.postgres import admin, archiving, barman, dump, status_table
-from pg_ops.postgres.session import connect_dsn, with_connection
+from pg_ops.postgres.session import with_connection
 from pg_ops.spec import DNS_LABEL, ClusterSpec, load_specs
 from pg_ops.stores import BackupStore
 from pg_ops.stores import wal_archive as wa
@@ -407,8 +407,7 @@ def _recover_local(ctx: ClusterContext, new_ctx: ClusterContext, store: BackupSt
     with lease_kept(new_ctx):  # promoted, it has no standby until deploy has cloned them
         platform.start_member(member)
         replay_s = wait_promoted(platform, member, ctx.admin_password(), plan.target, ctx.log)
-        with_connection(platform.member_endpoints()[member], SUPERUSER, ctx.admin_password(),
-                        archiving.reset_recovery_settings, timeout=30, name=member)
+        new_ctx.sql(member, archiving.reset_recovery_settings, timeout=30)  # the source's passwords
         return restore_s, replay_s, deploy(new_ctx)
 
 
@@ -568,8 +567,7 @@ def _verify(endpoint, password: str, target: datetime, markers: dict, report: Pi
 def expected_rows_before(ctx: ClusterContext, target: datetime) -> int:
     """Heartbeat rows the source holds from before the target (what the recovery must have)."""
     safe = target - timedelta(seconds=MARKER_SPACING_S)
-    with connect_dsn(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password(), timeout=3) as conn:
-        return status_table.heartbeats_until(conn, safe)
+    return ctx.on_primary_endpoint(lambda conn: status_table.heartbeats_until(conn, safe), timeout=3)
 
 
 def pitr_drill(ctx: ClusterContext, target: datetime | None = None, store: BackupStore | None = None,

@@ -172,7 +172,7 @@ def rollout(ctx: ClusterContext) -> RolloutResult:
     PgOpsError, before anything is written, for a refused value or a member that cannot be read;
     PgOpsError after it when a member still does not run the rendered configuration."""
     check_rollout(ctx)
-    steps = StepLog(ctx.log, "rollout")
+    steps = StepLog(ctx.log, "rollout", ctx)
     probe = WriteProbe(ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE), ctx.admin_password())
     with probe:
         result = _rollout(ctx, steps)

@@ -18,7 +18,6 @@ from pg_ops.operations.context import ClusterContext
 from pg_ops.operations.health import SensorCursor
 from pg_ops.poll import poll
 from pg_ops.postgres import admin, consistency, load
-from pg_ops.postgres.session import connect_dsn, with_connection
 
 CONNECT_LIMIT_S = 5.0
 CONCURRENT_CONNECTIONS = 100
@@ -40,11 +39,10 @@ class ServiceLevel:
 
 def connect_time(ctx: ClusterContext) -> ServiceLevel:
     """Time to connect through the primary endpoint and get an answer."""
-    dsn = ctx.platform.primary_dsn(SUPERUSER, PG_OPS_DATABASE)
     started = time.monotonic()
     try:
-        with connect_dsn(dsn, ctx.admin_password(), timeout=None) as conn:
-            admin.member_name(conn)  # an answer from the member, not just a handshake
+        # an answer from the member, not just a handshake
+        ctx.on_primary_endpoint(admin.member_name, timeout=None)
     except psycopg.Error as exc:
         return ServiceLevel("connect_time", False, None, "s", CONNECT_LIMIT_S,
                             f"cannot connect to the primary endpoint: {first_line(exc)}")
@@ -65,14 +63,16 @@ def concurrent_connections(ctx: ClusterContext, count: int = CONCURRENT_CONNECTI
 
 def data_consistency(ctx: ClusterContext, timeout: float = CONSISTENCY_TIMEOUT_S) -> ServiceLevel:
     """A marker written on the primary, read back from every replica (seconds until the
-    slowest one shows it)."""
+    slowest one shows it). One reading of the endpoints for the whole poll (a session)."""
+    with ctx.session():
+        return _data_consistency(ctx, timeout)
+
+
+def _data_consistency(ctx: ClusterContext, timeout: float) -> ServiceLevel:
     state = ctx.state()
-    password = ctx.admin_password()
-    endpoints = ctx.endpoints()
     try:
-        token = with_connection(endpoints[state.primary], SUPERUSER, password,
-                                lambda conn: consistency.write_marker(conn, "slo"),
-                                dbname=PG_OPS_DATABASE, timeout=10, name=state.primary)
+        token = ctx.sql(state.primary, lambda conn: consistency.write_marker(conn, "slo"), dbname=PG_OPS_DATABASE,
+                        timeout=10, local_commit=False)
     except MemberError as exc:
         return ServiceLevel("data_consistency", False, None, "s", timeout, f"cannot write the marker: {exc}")
     written = time.monotonic()
@@ -85,9 +85,8 @@ def data_consistency(ctx: ClusterContext, timeout: float = CONSISTENCY_TIMEOUT_S
             if name in seen:
                 continue
             try:
-                if with_connection(endpoints[name], SUPERUSER, password,
-                                   lambda conn: consistency.marker_visible(conn, token),
-                                   dbname=PG_OPS_DATABASE, timeout=3, name=name):
+                if ctx.sql(name, lambda conn: consistency.marker_visible(conn, token), dbname=PG_OPS_DATABASE,
+                           timeout=3, local_commit=False):
                     seen[name] = round(time.monotonic() - written, 4)
             except MemberError as exc:
                 last_error[name] = str(exc)

@@ -244,7 +244,7 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
     from pg_ops.state import topology_lock
 
     from_major = check_upgrade(ctx, to_major, force)
-    steps = StepLog(ctx.log, f"upgrade to PostgreSQL {to_major}")
+    steps = StepLog(ctx.log, f"upgrade to PostgreSQL {to_major}", ctx)
     with steps.step("backup"):
         manifest = backup(ctx)
     password = ctx.admin_password()
@@ -253,8 +253,7 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
         state = ctx.state()
         primary = state.primary
         replicas = [m for m in ctx.spec.member_names if m != primary]
-        options = with_connection(ctx.endpoints()[primary], SUPERUSER, password, pgu.initdb_options, timeout=30,
-                                  name=primary)
+        options = ctx.sql(primary, pgu.initdb_options, timeout=30, local_commit=False)
         member = ctx.platform.member_upgrade(primary, from_major, to_major, password)
         with steps.step(f"initdb of PostgreSQL {to_major}"):
             member.prepare(options)
@@ -312,10 +311,9 @@ def upgrade(ctx: ClusterContext, to_major: int, force: bool = False) -> UpgradeR
                              f"re-clones them") from exc
     updated: dict[str, list[str]] = {}
     with steps.step("update extensions"):
-        for database in _databases(ctx, primary, password):
-            updated[database] = with_connection(ctx.endpoints()[primary], SUPERUSER, password,
-                                                pgu.update_extensions, dbname=database, timeout=600,
-                                                name=f"{primary}/{database}")
+        for database in _databases(ctx, primary):
+            updated[database] = ctx.sql(primary, pgu.update_extensions, dbname=database, timeout=600,
+                                        local_commit=False, name=f"{primary}/{database}")
     with steps.step("analyze in stages"):
         analyzed = dump.analyze_in_stages(ctx.endpoints()[primary], SUPERUSER, password,
                                           settings.pg_bin_for(to_major))
@@ -358,9 +356,8 @@ def _restore_old(ctx: ClusterContext, member, primary: str, replicas: list[str],
         wait_until(ctx, name, lambda p: p.streaming, "streaming again on the old major")
 
 
-def _databases(ctx: ClusterContext, primary: str, password: str) -> list[str]:
-    return with_connection(ctx.endpoints()[primary], SUPERUSER, password, dump.list_databases, timeout=30,
-                           name=primary)
+def _databases(ctx: ClusterContext, primary: str) -> list[str]:
+    return ctx.sql(primary, dump.list_databases, timeout=30, local_commit=False)
 
 
 # -- reading it back --------------------------------------------------------------------------------

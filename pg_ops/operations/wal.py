@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from pg_ops import settings
-from pg_ops.credentials import REPLICATION_USER, SUPERUSER
+from pg_ops.credentials import REPLICATION_USER
 from pg_ops.errors import PgOpsError
 from pg_ops.operations.activity import record_status
 from pg_ops.operations.alert_model import Alert
@@ -37,7 +37,6 @@ from pg_ops.postgres.basebackup import (
     pg_basebackup_tar,
     standby_position,
 )
-from pg_ops.postgres.session import with_connection
 from pg_ops.spec import S3StoreSpec
 from pg_ops.stores import BackupStore, s3_credentials
 from pg_ops.stores import wal_archive as wa
@@ -87,16 +86,10 @@ def primary_member(ctx: ClusterContext) -> str:
     return writable[0]
 
 
-def _on_primary(ctx: ClusterContext, fn, timeout: float = 10.0):
-    member = primary_member(ctx)
-    return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), fn, timeout=timeout,
-                           name=member)
-
-
 def switch_and_wait(ctx: ClusterContext, store: BackupStore | None = None, timeout: float = ARCHIVED_WAIT_S) -> str:
     """Close the current segment and wait until it is in the archive; returns its name."""
     store = store or ctx.store()
-    name = _on_primary(ctx, archiving.switch_wal)
+    name = ctx.sql(primary_member(ctx), archiving.switch_wal)
     wait_archived(ctx, store, name, timeout)
     return name
 
@@ -113,7 +106,7 @@ def wait_archived(ctx: ClusterContext, store: BackupStore, segment_name: str, ti
                    for s in listing.segments) or None
 
     def expired() -> ArchivingError:
-        status = _on_primary(ctx, archiving.archiver_status)
+        status = ctx.sql(primary_member(ctx), archiving.archiver_status)
         why = f"; last failure at {status.last_failed_wal}" if status.failing else ""
         return ArchivingError(f"cluster {ctx.name}: WAL segment {segment_name} is not in the archive after "
                               f"{timeout:g} s{why}")
@@ -142,7 +135,7 @@ def adopt_legacy_archive(ctx: ClusterContext, store: BackupStore | None = None) 
         ctx.log.info("WAL archive of %s: the files of the layout before incarnations in %s/%s/ are system %s's, "
                      "not this cluster's (%s): left where they are", ctx.name, store.describe(), root, sysid, ref.sysid)
         return 0
-    command = _on_primary(ctx, lambda c: c.execute("show archive_command").fetchone()[0])
+    command = ctx.sql(primary_member(ctx), lambda c: c.execute("show archive_command").fetchone()[0])
     if ctx.spec.backups.store.type == "s3" and '"$sysid"' not in command:
         ctx.log.warning("WAL archive of %s: its archive command still writes the layout before incarnations; the "
                         "archive is moved into %s/ after a restart (`pg-ops rolling-restart`)", ctx.name, ref.root)
@@ -262,15 +255,14 @@ def _standby_backup_end(ctx: ClusterContext, member: str, tap: LabelTap, timelin
         start = parse_backup_label(tap.backup_label())
     except ValueError as exc:
         raise ArchivingError(f"cluster {ctx.name}: base backup of {member}: {exc}") from None
-    end_lsn, end_time = with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
-                                        standby_position, timeout=10, name=member)
+    end_lsn, end_time = ctx.sql(member, standby_position, timeout=10)
     timeline_after = ctx.probe([member])[member].timeline
     if not start.from_standby or end_lsn is None or end_time is None or timeline_after != timeline_before \
             or start.timeline != timeline_after:
         raise ArchivingError(f"cluster {ctx.name}: base backup of the replica {member}: it did not stay a standby on "
                              f"one timeline during the backup (timeline {timeline_before} before, {timeline_after} "
                              f"after, {start.timeline} in its backup_label)")
-    _on_primary(ctx, archiving.switch_wal)
+    ctx.sql(primary_member(ctx), archiving.switch_wal)
     end_wal = walfiles.segment_name(start.timeline, walfiles.lsn_segno(end_lsn))
     return BackupHistory(label=start.label, start_wal=start.start_wal, stop_wal=end_wal, start_lsn=start.start_lsn,
                          stop_lsn=end_lsn, start_time=start.start_time,
@@ -326,8 +318,7 @@ class ArchiveHealth:
 def archive_health(ctx: ClusterContext, store: BackupStore | None = None) -> ArchiveHealth:
     require_archiving(ctx)
     member = primary_member(ctx)
-    status = with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), archiving.archiver_status,
-                             timeout=10, name=member)
+    status = ctx.sql(member, archiving.archiver_status, timeout=10)
     usage = ctx.platform.data_dir_usage(member)
     wal = ctx.spec.backups.wal
     try:
@@ -477,8 +468,7 @@ def ship_missing(ctx: ClusterContext, store: BackupStore | None = None) -> tuple
 
     def read(member: str, name: str) -> bytes | None:
         try:
-            return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
-                                   lambda c: archiving.wal_file(c, name), timeout=30, name=member)
+            return ctx.sql(member, lambda c: archiving.wal_file(c, name), timeout=30)
         except PgOpsError as exc:
             ctx.log.warning("WAL archive of %s: cannot read %s from %s: %s", ctx.name, name, member, exc)
             return None
@@ -564,8 +554,7 @@ def drain_archiver(ctx: ClusterContext, member: str) -> str:
         return f"archiver not drained: {exc}"
 
     def status() -> archiving.ArchiverStatus:
-        return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(),
-                               archiving.archiver_status, timeout=10, name=member)
+        return ctx.sql(member, archiving.archiver_status, timeout=10)
 
     started, first = time.monotonic(), None
 

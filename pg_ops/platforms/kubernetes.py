@@ -887,24 +887,6 @@ class KubernetesPlatform(Platform):
             raise MemberError(f"kubernetes: exec in {what}: unexpected df output {out.strip()[:200]!r}") from None
         return used, size
 
-    def data_dir_usages(self, members: list[str]) -> dict[str, tuple[int, int] | None]:
-        """data_dir_usage of several members at once, in parallel: the whole call takes about
-        one DF_TIMEOUT_S however many pods do not answer. A member whose exec failed otherwise
-        (RBAC, df) is None too, and logged: storage is never worth failing a health pass."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(name: str) -> tuple[int, int] | None:
-            try:
-                return self.data_dir_usage(name)
-            except PgOpsError as exc:
-                logging.getLogger("pg_ops").warning("storage of %s unknown: %s", name, exc)
-                return None
-
-        if not members:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(len(members), 9), thread_name_prefix="df") as pool:
-            return dict(zip(members, pool.map(one, members), strict=True))
-
     def check_teardown(self) -> None:
         raise Unsupported(f"cluster {self.spec.name}: teardown is for local clusters only (platform kubernetes); "
                           f"delete the Git-owned objects through Git")

@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import ssl
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -103,6 +105,14 @@ class KubernetesApi:
         self.core = k8s.CoreV1Api(self.client)
         self.apps = k8s.AppsV1Api(self.client)
         self.custom = k8s.CustomObjectsApi(self.client)
+        # Requests made through this client, by "<verb> <kind>" ("list pods", "get secret",
+        # "exec pod"): what an operation costs the API server (the failover benchmark reads it).
+        self.calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
+
+    def _count(self, verb: str, what: str) -> None:
+        with self._calls_lock:
+            self.calls[f"{verb} {what.split(' ', 1)[0]}"] += 1
 
     def close(self) -> None:
         self.client.close()
@@ -120,6 +130,7 @@ class KubernetesApi:
         """Run one API call; `what` is "<kind> <namespace>/<name>". Returns None for a 404
         when missing_ok, raises a KubernetesError with one clear line otherwise."""
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        self._count(verb, what)
         try:
             return fn(*args, **kwargs)
         except ApiException as exc:
@@ -150,6 +161,7 @@ class KubernetesApi:
         from kubernetes.stream.ws_client import get_websocket_url
         from websocket import ABNF, WebSocket, WebSocketBadStatusException, WebSocketException
 
+        self._count("exec", "pod")
         cfg = self.configuration
         url = get_websocket_url(f"{cfg.host}/api/v1/namespaces/{namespace}/pods/{name}/exec", [
             ("command", command), ("container", container), ("stdin", "false"), ("stdout", "true"),

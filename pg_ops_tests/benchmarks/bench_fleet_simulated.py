@@ -36,7 +36,6 @@ sys.path.insert(0, str(REPO))
 from pg_ops.errors import ConflictError, MemberError  # noqa: E402
 from pg_ops.operations import health  # noqa: E402
 from pg_ops.operations.context import ClusterContext  # noqa: E402
-from pg_ops.operations.ha import act  # noqa: E402
 from pg_ops.platforms.base import MemberReport  # noqa: E402
 from pg_ops.postgres.topology import MemberProbe  # noqa: E402
 from pg_ops_tests.benchmarks.common import emit, summary  # noqa: E402
@@ -119,6 +118,13 @@ class SimulatedCluster(ClusterContext):
     def admin_password(self) -> str:
         return "simulated"
 
+    def sql(self, member, fn, **_):
+        """Lease renewals (the watch) and actions: answered by the simulation."""
+        time.sleep(PROBE_COST_S)
+        if self.is_down(member):
+            raise MemberError(f"member {member}: connection refused")
+        return True
+
     def is_down(self, member: str) -> bool:
         return self.killed_at is not None and member == self._primary
 
@@ -134,13 +140,6 @@ class SimulatedCluster(ClusterContext):
                 probe = replace(probe, receiver_status=None, sender=None, silence_seconds=None)
             out[name] = probe
         return out
-
-
-def simulated_sql(ctx, member, fn, timeout=10.0, dbname="postgres"):
-    time.sleep(PROBE_COST_S)
-    if isinstance(ctx, SimulatedCluster) and ctx.is_down(member):
-        raise MemberError(f"member {member}: connection refused")
-    return True
 
 
 def record_cluster() -> tuple:
@@ -207,7 +206,6 @@ def run_fleet(size: int, recording: tuple) -> dict:
 
 def main() -> None:
     recording = record_cluster()
-    act.sql = simulated_sql  # lease renewals (the watch) and actions: answered by the simulation
     health.record_status = lambda ctx, key, value: True
     results = [run_fleet(size, recording) for size in FLEETS]
     base = results[0]["failure_to_request_s"].get("median") if results and results[0]["clusters"] == 1 else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER, SUPERUSER
+from pg_ops.credentials import PG_OPS_DATABASE, REPLICATION_USER
 from pg_ops.errors import LockHeld, PgOpsError
 from pg_ops.operations.alert_model import Alert
 from pg_ops.operations.context import ClusterContext
@@ -32,17 +32,9 @@ from pg_ops.operations.ha.model import (
 )
 from pg_ops.postgres import admin
 from pg_ops.postgres.conninfo import Endpoint
-from pg_ops.postgres.session import with_connection
 from pg_ops.state import DesiredState, HeldLock, topology_lock, update_state
 
 UPKEEP_LOCK_TTL_S = 30
-
-
-def sql(ctx: ClusterContext, member: str, fn, timeout: float = 10.0, dbname: str = "postgres"):
-    """fn(conn) on one member as the superuser; pg_ops's own writes commit locally (they must
-    not wait for a standby in sync-strict mode)."""
-    return with_connection(ctx.endpoints()[member], SUPERUSER, ctx.admin_password(), fn, timeout=timeout,
-                           name=member, dbname=dbname, options="-c synchronous_commit=local")
 
 
 def repoint_member(ctx: ClusterContext, name: str, primary: str, state: DesiredState) -> None:
@@ -60,25 +52,25 @@ def repoint_member(ctx: ClusterContext, name: str, primary: str, state: DesiredS
         params.update(host=peer.host, port=str(peer.port))
         admin.repoint(conn, make_conninfo(**params), admin.slot_name(name))
 
-    sql(ctx, name, change, timeout=5)
+    ctx.sql(name, change, timeout=5)
 
 
 def ensure_slots(ctx: ClusterContext, primary: str) -> list[str]:
     """A replication slot on `primary` for every other member (inactive stale pg_ops slots of
     non-members dropped); returns the slots created."""
     others = [m for m in ctx.spec.member_names if m != primary]
-    created = sql(ctx, primary, lambda c: admin.ensure_slots(c, others))
+    created = ctx.sql(primary, lambda c: admin.ensure_slots(c, others))
     if created:
         ctx.log.info("created replication slots %s on %s", ", ".join(created), primary)
     return created
 
 
 def renew_lease(ctx: ClusterContext, member: str, epoch: int, timeout: float = 3.0) -> None:
-    sql(ctx, member, lambda c: admin.renew_lease(c, member, epoch), timeout=timeout, dbname=PG_OPS_DATABASE)
+    ctx.sql(member, lambda c: admin.renew_lease(c, member, epoch), timeout=timeout, dbname=PG_OPS_DATABASE)
 
 
 def set_sync_names(ctx: ClusterContext, primary: str, value: str) -> bool:
-    changed = sql(ctx, primary, lambda c: admin.set_synchronous_standbys(c, value), timeout=5)
+    changed = ctx.sql(primary, lambda c: admin.set_synchronous_standbys(c, value), timeout=5)
     if changed:
         ctx.log.info("synchronous_standby_names on %s = %r", primary, value)
     return changed

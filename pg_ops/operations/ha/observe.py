@@ -36,7 +36,7 @@ def member_addresses(ctx: ClusterContext, state: DesiredState) -> dict[str, froz
     """Where a replica may stream each member from: pg_ops's endpoint for it, or the peer
     address in the record (on Kubernetes the pod's DNS name)."""
     endpoints = ctx.endpoints()
-    peers = ctx.platform.peer_addresses()
+    peers = ctx.peer_addresses()
     out = {}
     for name, endpoint in endpoints.items():
         known = {str(endpoint)}
