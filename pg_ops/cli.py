@@ -62,7 +62,8 @@ def run_job(args: argparse.Namespace, job_name: str, spec: ClusterSpec, run_conf
 
     launch = runs.JobLaunch(
         job=job_name, cluster=spec.name, run_config=run_config, tags=tags or {}, partition_key=partition_key,
-        asset_selection=None if asset_selection is None else tuple(tuple(getattr(k, "path", k)) for k in asset_selection))
+        asset_selection=(None if asset_selection is None
+                         else tuple(tuple(getattr(k, "path", k)) for k in asset_selection)))
     options = runs.Options(dagster_url=args.dagster_url, in_process=args.in_process, verbose=args.verbose)
     outcome = runs.run(launch, options, spec.platform)
     if not outcome.success:
@@ -422,7 +423,8 @@ def _global_options(suppress: bool) -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--cluster", help="cluster name (default: the only/first cluster)", **kw("cluster", None))
     common.add_argument("--json", action="store_true", help="machine-readable output", **kw("json", False))
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress (and a failure's traceback) to stderr",
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress (and a failure's traceback) to stderr",
                         **kw("verbose", False))
     # Where runs go (pg_ops/runs.py): a named deployment, else the local one of `make run`, else here.
     common.add_argument("--dagster-url", metavar="URL",
@@ -519,7 +521,8 @@ def cmd_backup(args, spec):
     from pg_ops.defs.backups import backup_run_kwargs, nightly_key, retained_key
 
     result = run_job(args, "backup_cluster", spec, **backup_run_kwargs(spec.name))
-    made, kept = result.materialization(nightly_key(spec.name).path), result.materialization(retained_key(spec.name).path)
+    made, kept = (result.materialization(nightly_key(spec.name).path),
+                  result.materialization(retained_key(spec.name).path))
     # From the run's materialization metadata: the store may not be reachable from here.
     report = {"id": made.get("backup_id"), "cluster": spec.name, "status": "complete", "size": made.get("size_bytes"),
               "size_mb": made.get("size_mb"), "raw_bytes": made.get("raw_bytes"),
@@ -671,7 +674,8 @@ def cmd_recover(args, spec):
 
         Deployment(result.where).reload()
     text = (f"recovered {recovered.source} to {recovered.target} as cluster {recovered.cluster} "
-            f"({', '.join(recovered.members)}; base backup {recovered.base_backup}, replay {recovered.replay_seconds} s, "
+            f"({', '.join(recovered.members)}; base backup {recovered.base_backup}, "
+            f"replay {recovered.replay_seconds} s, "
             f"total {recovered.seconds} s)")
     if spec.platform == "kubernetes":  # pg_ops applied its objects; Git gets them from here
         from pg_ops.render import default_output_dir, manifests, write_manifests

@@ -44,6 +44,7 @@ from pg_ops.errors import PgOpsError, first_line
 
 if TYPE_CHECKING:  # dagster is imported when a run is launched, not when pg-ops starts
     from dagster import RunConfig
+    from dagster_graphql import DagsterGraphQLClient
 
 # One code location name everywhere: the Helm chart names it after its user deployment, and a
 # Kubernetes object name cannot hold "_" (workspace.yaml and pyproject.toml say the same).
@@ -314,7 +315,8 @@ def serves_home(info: str | None) -> Path | None:
     import yaml
 
     try:
-        base = ((yaml.safe_load(info or "") or {}).get("local_artifact_storage") or {}).get("config", {}).get("base_dir")
+        base = (((yaml.safe_load(info or "") or {}).get("local_artifact_storage") or {})
+                .get("config", {}).get("base_dir"))
     except (yaml.YAMLError, AttributeError):
         return None
     return Path(base).resolve() if base else None
@@ -329,14 +331,15 @@ class Deployment:
             raise PgOpsError(f"Dagster URL {url!r} is not an http(s) URL (--dagster-url / {URL_ENV})")
         self.url = url.rstrip("/")
         self._parts = parts
-        self._client = None
+        self._hostname: str = parts.hostname
+        self._client: DagsterGraphQLClient | None = None
 
     @property
-    def client(self):
+    def client(self) -> DagsterGraphQLClient:
         from dagster_graphql import DagsterGraphQLClient
 
         if self._client is None:
-            self._client = DagsterGraphQLClient(self._parts.hostname, port_number=self._parts.port,
+            self._client = DagsterGraphQLClient(self._hostname, port_number=self._parts.port,
                                                 use_https=self._parts.scheme == "https",
                                                 path_prefix=self._parts.path, timeout=HTTP_TIMEOUT)
         return self._client

@@ -574,8 +574,9 @@ class ClusterSpec(Strict):
         sender = setting_seconds(self.postgres.parameter("wal_sender_timeout"), bare_unit=0.001, default=5.0)
         every = min([x for x in (status, sender / 2 if sender else 0.0) if x and x > 0] or [float("inf")])
         if every > lease / 2:
-            raise ValueError(f"postgres.parameters: standbys reply only every {every:g} s (wal_receiver_status_interval "
-                             f"{status:g} s, wal_sender_timeout {sender:g} s), more than half of failover.lease_seconds "
+            raise ValueError(f"postgres.parameters: standbys reply only every {every:g} s "
+                             f"(wal_receiver_status_interval {status:g} s, wal_sender_timeout {sender:g} s), "
+                             f"more than half of failover.lease_seconds "
                              f"({lease:g} s): a healthy primary would fence itself between two replies while pg_ops "
                              f"is away; reply at least every {lease / 2:g} s or raise the lease")
         return self
@@ -683,7 +684,8 @@ def _check_local_ports(specs: list[ClusterSpec], files: list[Path]) -> None:
         ports = spec.local_ports
         if ports.start <= ephemeral.stop - 1 and ephemeral.start <= ports.stop - 1:
             raise SpecError(f"{f}: field local.base_port: ports {ports.start}-{ports.stop - 1} fall in this machine's "
-                            f"ephemeral port range {ephemeral.start}-{ephemeral.stop - 1}, where an outgoing connection "
+                            f"ephemeral port range {ephemeral.start}-{ephemeral.stop - 1}, "
+                            f"where an outgoing connection "
                             f"may hold one when a member restarts: choose a base port below {ephemeral.start}")
         for other, name, where in taken:
             if ports.start <= other.stop - 1 and other.start <= ports.stop - 1:

@@ -400,7 +400,8 @@ class ControlPlane:
             self._wait(lease, lambda name=lease: (self.get_json(
                 f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}") or {})
                 .get("spec", {}).get("holderIdentity"))
-        self._wait("kube-controller-manager", lambda: self.get_json("/api/v1/namespaces/default/serviceaccounts/default"))
+        self._wait("kube-controller-manager",
+                   lambda: self.get_json("/api/v1/namespaces/default/serviceaccounts/default"))
 
     def stop(self) -> None:
         for node in self.nodes:

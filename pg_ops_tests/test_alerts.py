@@ -109,7 +109,8 @@ def test_run_failure_alert_is_posted_without_secrets(monkeypatch, make_spec):
     monkeypatch.setattr(cluster_alerts, "cluster_secrets", lambda ctx: [secret])
     with dg.instance_for_test() as instance, WebhookCapture() as hook:
         monkeypatch.setenv("PG_OPS_ALERT_WEBHOOK", hook.url)
-        result = failing_job.execute_in_process(instance=instance, raise_on_error=False, tags={"dagster/partition": "rf"})
+        result = failing_job.execute_in_process(instance=instance, raise_on_error=False,
+                                                tags={"dagster/partition": "rf"})
         event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
         context = dg.build_run_status_sensor_context(
             sensor_name="pg_ops_run_failure_alert", dagster_event=event, dagster_instance=instance,

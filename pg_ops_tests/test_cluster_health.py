@@ -1,10 +1,11 @@
 """The deployment checks are the cluster now: `cluster_health/<cluster>`'s checks, reported by the
-deploy and kept current by the cluster's health sensor `cluster_health_<cluster>` (evaluated in process here, its cursor carried
-from tick to tick, its asset events written to a real instance as the daemon would). A primary
-lost and failed over leaves the old primary fenced and down: `every_member_up` turns red and
-says it rejoins by itself, and stays red until the sensor has started it again and it streams
-from the new primary (nobody runs `deploy`); then every check is green again. A healthy cluster whose checks do not change is not
-reported again at every tick (only when something changes, and hourly)."""
+deploy and kept current by the cluster's health sensor `cluster_health_<cluster>` (evaluated in
+process here, its cursor carried from tick to tick, its asset events written to a real instance
+as the daemon would). A primary lost and failed over leaves the old primary fenced and down:
+`every_member_up` turns red and says it rejoins by itself, and stays red until the sensor has
+started it again and it streams from the new primary (nobody runs `deploy`); then every check is
+green again. A healthy cluster whose checks do not change is not reported again at every tick
+(only when something changes, and hourly)."""
 
 from __future__ import annotations
 

@@ -248,7 +248,8 @@ def test_an_immutable_statefulset_field_is_refused_with_422(cp, admin):
     changed["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = "60Gi"
     with pytest.raises(KubernetesError) as refused:
         client.apply(changed)
-    assert refused.value.status == 422 and "Forbidden: updates to statefulset spec for fields other than" in str(refused.value)
+    assert (refused.value.status == 422
+            and "Forbidden: updates to statefulset spec for fields other than" in str(refused.value))
 
 
 def test_pg_ops_service_account_applies_everything_its_role_allows(cp, admin):
@@ -455,8 +456,9 @@ def test_storage_grows_where_its_class_expands_and_is_refused_where_it_cannot(cp
     for ns, storage_class in (("grow", "expandable"), ("nogrow", "local-path")):
         spec = homelab(namespace=ns, storage_class=storage_class, gitops=False)
         deploy_members(admin, ns, manifests(spec), storage_class=storage_class)
-        wait_for(lambda ns=ns: all(c.status.phase == "Bound" for c in admin.core.list_namespaced_persistent_volume_claim(
-            ns).items), f"the claims in {ns} bound", timeout=60)
+        wait_for(lambda ns=ns: all(c.status.phase == "Bound"
+                                   for c in admin.core.list_namespaced_persistent_volume_claim(ns).items),
+                 f"the claims in {ns} bound", timeout=60)
     pods = {p.metadata.name: p.metadata.uid for p in admin.core.list_namespaced_pod("grow").items}
     sts_uid = admin.apps.read_namespaced_stateful_set("homelab", "grow").metadata.uid
 
@@ -468,7 +470,8 @@ def test_storage_grows_where_its_class_expands_and_is_refused_where_it_cannot(cp
     wait_for(lambda: not admin.apps.list_namespaced_stateful_set("grow").items, "the StatefulSet deleted", timeout=30)
     ObjectClient(admin).apply(next(o for o in manifests(larger) if o["kind"] == "StatefulSet"))  # prepare's apply
     sts = admin.apps.read_namespaced_stateful_set("homelab", "grow")
-    assert sts.metadata.uid != sts_uid and sts.spec.volume_claim_templates[0].spec.resources.requests["storage"] == "60Gi"
+    assert (sts.metadata.uid != sts_uid
+            and sts.spec.volume_claim_templates[0].spec.resources.requests["storage"] == "60Gi")
     assert {p.metadata.name: p.metadata.uid for p in admin.core.list_namespaced_pod("grow").items} == pods  # kept
 
     refused = homelab(namespace="nogrow", storage_class="local-path", gitops=False, storage="60Gi")

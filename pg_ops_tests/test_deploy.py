@@ -93,7 +93,8 @@ def test_deploy_twice_is_a_no_op(shared_any_cluster):
     result = deploy(shared_any_cluster)
     assert result.started == []
     after = shared_any_cluster.state()
-    assert (after.epoch, after.primary, after.system_identifier) == (before.epoch, before.primary, before.system_identifier)
+    assert ((after.epoch, after.primary, after.system_identifier)
+            == (before.epoch, before.primary, before.system_identifier))
 
 
 @LOCAL_ONLY
@@ -132,7 +133,8 @@ def test_wiped_member_is_recloned_not_reinitialised(any_cluster):
     ctx.platform.stop_member(replica)
     ctx.platform.wipe_member(replica)
     deploy(ctx)
-    assert sql(ctx, replica, "select system_identifier::text from pg_control_system()")[0][0] == ctx.state().system_identifier
+    assert (sql(ctx, replica, "select system_identifier::text from pg_control_system()")[0][0]
+            == ctx.state().system_identifier)
     assert sql(ctx, replica, "select v from keep", PG_OPS_DATABASE) == [(42,)]
     assert ctx.platform.member_report(replica).boot_action == "clone"
 
@@ -203,7 +205,8 @@ def test_port_already_taken_is_a_clear_error(make_spec):
     sock.listen()
     ctx = ClusterContext.for_spec(spec)
     try:
-        with pytest.raises(MemberError, match=f"member busy-0: port {spec.local.base_port} on 127.0.0.1 is already in use"):
+        with pytest.raises(MemberError,
+                           match=f"member busy-0: port {spec.local.base_port} on 127.0.0.1 is already in use"):
             deploy(ctx)
     finally:
         sock.close()
@@ -275,7 +278,8 @@ def test_data_dir_owned_by_someone_else_is_refused(make_spec):
     data.mkdir(parents=True)
     os.chown(data, 65534, 65534)  # nobody
     try:
-        with pytest.raises(MemberError, match="member owned-1: data dir .* is owned by uid 65534, not by the server user"):
+        with pytest.raises(MemberError,
+                           match="member owned-1: data dir .* is owned by uid 65534, not by the server user"):
             deploy(ctx)
     finally:
         stop_cluster(ctx)

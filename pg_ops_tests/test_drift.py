@@ -126,7 +126,8 @@ def test_compare_fields_only_what_the_manifest_sets():
     # A list merged by key: an item another manager added is theirs (server-side apply keeps it),
     # the rendered ones are compared by key, wherever they are.
     mine = {"c": [{"name": "postgres", "image": "a"}]}
-    assert compare_fields(mine, {"c": [{"name": "istio-proxy", "image": "x"}, {"name": "postgres", "image": "a"}]}) == []
+    assert compare_fields(mine, {"c": [{"name": "istio-proxy", "image": "x"},
+                                       {"name": "postgres", "image": "a"}]}) == []
     assert compare_fields(mine, {"c": [{"name": "postgres", "image": "b"}]}) == [("c[0].image", "b", "a")]
     assert compare_fields(mine, {"c": [{"name": "other"}]}) == [("c[0]", ABSENT, {"name": "postgres", "image": "a"})]
     assert compare_fields({"m": {"k": "v"}}, {}) == [("m", ABSENT, {"k": "v"})]

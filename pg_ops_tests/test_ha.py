@@ -48,7 +48,8 @@ def policy(replication="async", automatic=True, **kw) -> Policy:
 
 def primary(name="c-0", lsn="0/5000000", standbys=(), sync_names="", slots=None, timeline=2) -> MemberProbe:
     rows = [StandbyRow(name=n, state=state, sync_state="async", sent_lsn=Lsn.parse(flush), flush_lsn=Lsn.parse(flush),
-                       replay_lsn=Lsn.parse(flush), lag_bytes=0, replay_lag_seconds=0.0) for n, state, flush in standbys]
+                       replay_lsn=Lsn.parse(flush), lag_bytes=0, replay_lag_seconds=0.0)
+            for n, state, flush in standbys]
     if slots is None:  # by default the primary has the slot of every other member
         slots = [n.replace("-", "_") for n in ADDR if n != name]
     return MemberProbe(name=name, host="h", port=1, reachable=True, in_recovery=False, timeline=timeline,

@@ -473,7 +473,8 @@ def test_sync_promotion_held_by_a_query_on_the_candidate_is_resumed_and_loses_no
     replicas = [m for m in ctx.spec.member_names if m != old]
     with primary_conn(ctx) as c:
         c.execute("create table hold (n int)")
-    wait_for(lambda: all(q(ctx, r, "select to_regclass('hold') is not null")[0][0] for r in replicas), "hold replicated")
+    wait_for(lambda: all(q(ctx, r, "select to_regclass('hold') is not null")[0][0] for r in replicas),
+             "hold replicated")
     readers = []
     for name in replicas:
         reader = connect(ctx.endpoints()[name], "postgres", ctx.admin_password(), dbname=PG_OPS_DATABASE,

@@ -88,7 +88,8 @@ def test_healthy_cluster_reports_everything_and_alerts_nothing(shared_cluster):
     for name in replicas(shared_cluster):
         row = rows[name]
         assert row["streaming"] is True and row["replication_state"] == "streaming"
-        assert row["lag_bytes"] is not None and row["sender"] == str(shared_cluster.endpoints()[shared_cluster.state().primary])
+        assert (row["lag_bytes"] is not None
+                and row["sender"] == str(shared_cluster.endpoints()[shared_cluster.state().primary]))
     for row in rows.values():
         assert 0 < row["storage_ratio"] < 1 and row["data_dir_total_bytes"] > row["data_dir_used_bytes"] > 0
         assert row["connections"] >= 1 and row["max_connections"] == 200
@@ -124,7 +125,8 @@ def test_stopped_replica_alerts_once_and_resolves_after_restart(cluster):
             detection = sensor.state["detections"][-1]
             assert detection["member"] == victim and detection["seconds"] > 0
             ctx.platform.start_member(victim)
-            wait_for(lambda: health.health_pass(ctx).status.to_dict()["members"][1]["streaming"], f"{victim} streaming again")
+            wait_for(lambda: health.health_pass(ctx).status.to_dict()["members"][1]["streaming"],
+                     f"{victim} streaming again")
             sensor.tick()
             assert hook.kinds(resolved=True) == [("member_down", victim)]
             assert hook.bodies[-1]["fired_at"] == hook.bodies[0]["fired_at"]
@@ -158,11 +160,13 @@ def test_paused_replay_under_writes_raises_a_lag_alert(make_spec):
         try:
             sql(ctx, ctx.state().primary, "create table filler (v text)", PG_OPS_DATABASE)
             for _ in range(4):
-                sql(ctx, ctx.state().primary, "insert into filler select repeat('x', 1000) from generate_series(1, 1000)",
+                sql(ctx, ctx.state().primary,
+                    "insert into filler select repeat('x', 1000) from generate_series(1, 1000)",
                     PG_OPS_DATABASE)
             # The replica that replays catches up within moments (on a busy machine it may lag
             # past 1 MB for a tick); the paused one keeps lagging.
-            result = wait_for(lambda: (r := health.health_pass(ctx)) and "replication_lag" in kinds(r.assessment.alerts, paused)
+            result = wait_for(lambda: (r := health.health_pass(ctx))
+                              and "replication_lag" in kinds(r.assessment.alerts, paused)
                               and "replication_lag" not in kinds(r.assessment.alerts, other) and r,
                               "a lag alert for the paused replica only")
             lag = next(a for a in result.assessment.alerts if a.kind == "replication_lag")

@@ -160,7 +160,8 @@ def test_a_drain_cannot_evict_the_primary_until_it_is_switched_over(kube):
     with pytest.raises(ApiException) as refused:
         evict(fake, ns, primary)
     body = json.loads(refused.value.body)
-    assert refused.value.status == 429 and f"disruption budget {ctx.name}-primary" in body["details"]["causes"][0]["message"]
+    assert (refused.value.status == 429
+            and f"disruption budget {ctx.name}-primary" in body["details"]["causes"][0]["message"])
     assert sql(ctx, primary, "select pg_is_in_recovery()") == [(False,)]  # untouched
     # A replica may go (its budget, minAvailable members - 2, allows one at a time); the
     # StatefulSet brings it back.

@@ -1,7 +1,9 @@
 """The Kubernetes platform on the real control plane (pg_ops_tests/kube_cluster.py: real API
-server, controllers and scheduler; stand-in nodes running real PostgreSQL members behind the pods). The operations both platforms share run on both in test_deploy.py, test_failover.py
-and test_kubernetes_paths.py; here is what only Kubernetes has: role labels and Services, the credentials Secret, the state
-ConfigMap's compare-and-swap, pods deleted and recreated, and the API's failures."""
+server, controllers and scheduler; stand-in nodes running real PostgreSQL members behind the
+pods). The operations both platforms share run on both in test_deploy.py, test_failover.py and
+test_kubernetes_paths.py; here is what only Kubernetes has: role labels and Services, the
+credentials Secret, the state ConfigMap's compare-and-swap, pods deleted and recreated, and the
+API's failures."""
 
 from __future__ import annotations
 
@@ -139,7 +141,8 @@ def test_credentials_secret_is_never_overwritten(k8s):
     assert deploy(k8s).started == []
     assert secret_data(k8s) == before
     # A role the spec gains is added; nothing that exists changes.
-    grown = k8s.spec.model_copy(update={"databases": [*k8s.spec.databases, DatabaseSpec(name="rep", owner="reporting")]})
+    grown = k8s.spec.model_copy(
+        update={"databases": [*k8s.spec.databases, DatabaseSpec(name="rep", owner="reporting")]})
     creds = KubernetesPlatform(grown).ensure_credentials()
     after = secret_data(k8s)
     assert {k: after[k] for k in before} == before

@@ -94,7 +94,8 @@ def lines_of_tests(pattern: str) -> list[str]:
 
 def test_no_test_module_imports_another_test_module():
     """What several test modules (or benchmarks) share lives in pg_ops_tests/support/."""
-    assert lines_of_tests(r"^\s*(from pg_ops_tests\.test_|import pg_ops_tests\.test_|from pg_ops_tests import test_)") == []
+    assert lines_of_tests(r"^\s*(from pg_ops_tests\.test_|import pg_ops_tests\.test_|"
+                          r"from pg_ops_tests import test_)") == []
 
 
 def test_tests_call_no_private_platform_method():

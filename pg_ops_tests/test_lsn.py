@@ -9,7 +9,8 @@ from pydantic import TypeAdapter
 from pg_ops.postgres.lsn import Lsn
 
 
-@pytest.mark.parametrize("text, value", [("0/0", 0), ("0/3000060", 0x3000060), ("16/B374D848", (0x16 << 32) + 0xB374D848),
+@pytest.mark.parametrize("text, value", [("0/0", 0), ("0/3000060", 0x3000060),
+                                         ("16/B374D848", (0x16 << 32) + 0xB374D848),
                                          ("FFFFFFFF/FFFFFFFF", (1 << 64) - 1)])
 def test_parse_and_print_round_trip(text, value):
     lsn = Lsn.parse(text)

@@ -49,7 +49,8 @@ printf '%s\\x1e' "$rec" >> "$W/calls"
 knob() {{ cat "$W/$1" 2>/dev/null; }}
 rc() {{ local v; v=$(knob "$1.rc"); exit "${{v:-0}}"; }}
 opt() {{ local want=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$want" ] && {{ echo "$2"; return; }}; shift; done; }}
-control() {{ printf 'Database system identifier:           %s\\nLatest checkpoint'"'"'s TimeLineID:       %s\\n' "$2" "$3" > "$1/fake_control"; }}
+control() {{ printf 'Database system identifier:           %s\\nLatest checkpoint'"'"'s TimeLineID:       %s\\n' \
+"$2" "$3" > "$1/fake_control"; }}
 """
 
 STUBS = {
@@ -74,7 +75,8 @@ case $SQL in
     *pg_walfile_name*)    [ -e "$W/primary.up" ] || exit 2; knob primary.tli ;;
     *.history*)           [ -e "$W/primary.up" ] || exit 2; knob primary.history ;;
     *isolation_verdict*)  [ -e "$W/lease.hang" ] && exec sleep 600; [ "$(knob lease.rc)" ] && exit 2
-                          [ -e "$W/lease.missing" ] && { echo "ERROR:  function public.isolation_verdict(integer, unknown) does not exist" >&2; exit 1; }
+                          [ -e "$W/lease.missing" ] && { echo \
+"ERROR:  function public.isolation_verdict(integer, unknown) does not exist" >&2; exit 1; }
                           exec "$(dirname "$0")/lease-verdict" "$SQL" "$(knob lease.check)" ;;  # lease_rule.py
     *"from lease"*)       v=$(knob lease.own); [ -n "$v" ] || exit 1; echo "$v" ;;
     *pg_stat_wal_receiver*) v=$(knob receiver.streaming); echo "${v:-0}" ;;  # before: it joins pg_stat_activity
@@ -870,7 +872,8 @@ def test_a_fresh_own_lease_outranks_a_lagging_record_and_an_old_one_does_not(mem
     member.knob("lease.own", f"m-1 3 {age}")
     member.write_record("m-0", epoch=3)
     if stays:
-        looks = lambda: sum(1 for c in member.calls("psql") if "from lease" in c[-1] and "isolation_verdict" not in c[-1])  # noqa: E731
+        looks = lambda: sum(1 for c in member.calls("psql")  # noqa: E731
+                            if "from lease" in c[-1] and "isolation_verdict" not in c[-1])
         wait_for(lambda: looks() >= 3, "three looks at its own lease", timeout=20, interval=0.1)
         assert member.report()["boot.action"] == "primary" and len(member.calls("postgres")) == 1
     else:

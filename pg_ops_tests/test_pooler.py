@@ -117,7 +117,8 @@ def test_a_saturated_pool_and_a_stopped_pooler_alert(pg_home):
 
     from pg_ops.operations.health import health_pass
 
-    spec = spec_from(write_spec(pg_home / "specs", "sat", postgres={"members": 1}, local={"base_port": free_port_range(2)},
+    spec = spec_from(write_spec(pg_home / "specs", "sat", postgres={"members": 1},
+                                local={"base_port": free_port_range(2)},
                                 pooler={"mode": "transaction", "pool_size": 1}))
     with running_cluster(spec) as ctx:
         assert not [a for a in health_pass(ctx).assessment.alerts if a.kind.startswith("pooler")]

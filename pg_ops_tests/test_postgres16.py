@@ -34,7 +34,8 @@ from pg_ops_tests.support.helpers import (
 )
 from pg_ops_tests.support.majors import pg16_bin
 
-pytestmark = pytest.mark.skipif(pg16_bin() is None, reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
+pytestmark = pytest.mark.skipif(pg16_bin() is None,
+                                reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
 
 
 @pytest.fixture(scope="module")

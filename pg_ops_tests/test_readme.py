@@ -137,11 +137,13 @@ def test_make_run_then_the_readme_then_recover_then_make_teardown():
                          "local-0 back as a replica by itself", timeout=120, interval=2)
                 # -- point-in-time recovery through the deployment, on the defaults ------------------
                 me.ok(".venv/bin/pg-ops base-backup")
-                me.ok(".venv/bin/pg-ops psql --dbname app -- -c 'create table kept (n int); insert into kept values (1)'")
+                me.ok(".venv/bin/pg-ops psql --dbname app -- "
+                      "-c 'create table kept (n int); insert into kept values (1)'")
                 time.sleep(1.1)
                 target = datetime.now(UTC)
                 time.sleep(1.1)
-                me.ok(".venv/bin/pg-ops psql --dbname app -- -c 'insert into kept values (2)' -c 'select pg_switch_wal()'")
+                me.ok(".venv/bin/pg-ops psql --dbname app -- -c 'insert into kept values (2)' "
+                      "-c 'select pg_switch_wal()'")
                 wait_for(lambda: datetime.fromisoformat(me.status()["recovery_window"]["newest"]) > target,
                          "the archive to pass the target", timeout=120, interval=2)
                 out = json.loads(me.ok(f".venv/bin/pg-ops recover --to {target.isoformat()} --as copy --json"))

@@ -418,7 +418,8 @@ def test_rbac_grants_only_what_the_platform_uses(homelab):
     # state is pg_ops's own, updated by compare-and-swap.
     for name in (k.config_configmap(homelab), k.script_configmap(homelab), f"{homelab.name}-exporter-queries"):
         assert allowed(rules, "", "configmaps", "get", name)
-        assert not allowed(rules, "", "configmaps", "patch", name) and not allowed(rules, "", "configmaps", "update", name)
+        assert (not allowed(rules, "", "configmaps", "patch", name)
+                and not allowed(rules, "", "configmaps", "update", name))
     assert allowed(rules, "", "configmaps", "update", k.state_configmap(homelab))
     # delete: only its own record (a recovered cluster whose recovery failed is removed)
     assert allowed(rules, "", "configmaps", "delete", k.state_configmap(homelab))
@@ -447,7 +448,8 @@ def test_rbac_without_gitops_lets_pg_ops_apply_all_but_its_own_access(homelab):
     objects = manifests(applying)
     rules = one(objects, "Role", k.role_name(applying))["rules"]
     # The drill namespace's objects are an admin's too (pg_ops may only run drill pods there).
-    assert all(admin_applied(applying, o) for o in objects if o["metadata"]["namespace"] != applying.kubernetes.namespace)
+    assert all(admin_applied(applying, o) for o in objects
+               if o["metadata"]["namespace"] != applying.kubernetes.namespace)
     for obj in (o for o in objects if o["metadata"]["namespace"] == applying.kubernetes.namespace):
         group, resource, name = obj["apiVersion"].rpartition("/")[0], k.plural(obj["kind"]), obj["metadata"]["name"]
         admin_only = obj["kind"] in ("Role", "RoleBinding")
@@ -709,7 +711,8 @@ def test_the_pooler_forwards_to_the_primary_service_and_no_member_selector_reach
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["port"] == homelab.kubernetes.services.primary.port  # apps change the host only
     budget = one(objects, "PodDisruptionBudget", k.pooler_name(homelab))
-    assert budget["spec"]["minAvailable"] == 1 and budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert (budget["spec"]["minAvailable"] == 1
+            and budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items())
     ini = one(objects, "ConfigMap", f"{k.pooler_name(homelab)}-config")["data"]["pgbouncer.ini"]
     assert f"* = host={k.primary_service(homelab)}.postgresql.svc.cluster.local port=5432" in ini
     assert "auth_query = SELECT usename, passwd FROM pgops_pooler.lookup($1)" in ini
@@ -721,4 +724,5 @@ def test_the_pooler_forwards_to_the_primary_service_and_no_member_selector_reach
     changed = manifests(variant(homelab, pooler={"pool_size": 50}))
     assert (one(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
             != pod["metadata"]["annotations"])
-    assert not [o for o in manifests(variant(homelab, pooler=None)) if o["metadata"]["name"].endswith(("-pooler", "-pooler-config"))]
+    assert not [o for o in manifests(variant(homelab, pooler=None))
+                if o["metadata"]["name"].endswith(("-pooler", "-pooler-config"))]

@@ -207,7 +207,9 @@ def test_drift_names_a_hand_made_role_and_a_missing_extension(roles_cluster):
     finally:
         sql(ctx, "drop role if exists handmade")
     result = catalog.reconcile(ctx)  # deploy puts the extension back
-    assert result.changes == [f"database app: created extension citext {sql(ctx, 'select extversion from pg_extension where extname = %s', ('citext',), dbname='app')[0][0]}"]
+    assert result.changes == [
+        "database app: created extension citext "
+        f"{sql(ctx, 'select extversion from pg_extension where extname = %s', ('citext',), dbname='app')[0][0]}"]
     assert catalog.check_catalog(ctx).passed
 
 

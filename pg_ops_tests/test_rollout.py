@@ -129,7 +129,8 @@ def test_new_binaries_roll_out_to_every_member(pair, monkeypatch):
     assert all(m.binaries_differ for m in configs.members.values()), configs.summary()
     result = rollout(ctx)
     assert sorted(result.restarted) == sorted(ctx.spec.member_names)
-    assert {ctx.platform.running_binaries(n) for n in ctx.spec.member_names} == {str((copy / "bin" / "postgres").resolve())}
+    assert ({ctx.platform.running_binaries(n) for n in ctx.spec.member_names}
+            == {str((copy / "bin" / "postgres").resolve())})
     assert member_configs(ctx).pending == {}
 
 

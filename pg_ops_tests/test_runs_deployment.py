@@ -74,7 +74,8 @@ def deployed():
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         dagster_home = (home / "dagster").resolve()
-        with running_cluster(spec) as ctx, dagster_daemon(home, {"PG_OPS_ALERT_WEBHOOK": hook.url}, webserver_port=port):
+        with running_cluster(spec) as ctx, \
+                dagster_daemon(home, {"PG_OPS_ALERT_WEBHOOK": hook.url}, webserver_port=port):
             (dagster_home / runs.LOCAL_URL_FILE).write_text(url)  # what `make run` writes
             deployment = runs.Deployment(url)
             try:

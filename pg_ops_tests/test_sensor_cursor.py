@@ -12,7 +12,21 @@ from pg_ops.postgres.lsn import Lsn
 # Written by pg_ops at e15480b (defs/health.evaluate_health's json.dumps of its dict cursor,
 # filled by that commit's health functions: HaMemory.to_dict, _track_detections,
 # due_observations, reported_events, alerts.reconcile).
-OLD_CURSOR = r'''{"alerts": {"c/member_down/c-0": {"cluster": "c", "severity": "critical", "kind": "member_down", "summary": "c-0 (primary) does not answer", "details": {"member": "c-0"}, "fired_at": 1765000000.0, "resolved_at": null}}, "clusters": {"c": {"ha": {"down_since": 1764999993.0, "no_standby_since": null, "departed": {"c-2": 83886336}, "last_primary_lsn": "0/5000100", "incident": {"id": "1765000000-3", "requested": true, "signature": "abc", "run_failed": false, "refused": null}}, "last_up": {"c-0": 1764999990.0, "c-1": 1765000000.0, "c-2": 1765000000.0}, "down": {"c-0": 1765000000.0}, "observed": {"c-0": {"sig": "down|None|None|False", "at": 1765000000.0}, "c-1": {"sig": "replica|True|2|False", "at": 1765000000.0}, "c-2": {"sig": "replica|False|2|False", "at": 1765000000.0}}, "reported": {"c-1": {"discarded": "1764999970"}, "c-2": {"isolated": "1764999980"}}}}, "ticks": [1764999990.0, 1764999995.0, 1765000000.0], "detections": [{"cluster": "c", "member": "c-0", "seen_down_at": 1765000000.0, "last_seen_up_at": 1764999990.0, "seconds": 10.0}], "reported": {"c": {"sig": "[\"c-0\"]", "at": 1765000000.0}}, "probe_seconds": 0.412}'''
+OLD_CURSOR = (r'{"alerts": {"c/member_down/c-0": {"cluster": "c", "severity": "critical", "kind": "member_down", '
+              r'"summary": "c-0 (primary) does not answer", "details": {"member": "c-0"}, '
+              r'"fired_at": 1765000000.0, "resolved_at": null}}, '
+              r'"clusters": {"c": {"ha": {"down_since": 1764999993.0, "no_standby_since": null, '
+              r'"departed": {"c-2": 83886336}, "last_primary_lsn": "0/5000100", '
+              r'"incident": {"id": "1765000000-3", "requested": true, "signature": "abc", "run_failed": false, '
+              r'"refused": null}}, "last_up": {"c-0": 1764999990.0, "c-1": 1765000000.0, "c-2": 1765000000.0}, '
+              r'"down": {"c-0": 1765000000.0}, "observed": {"c-0": {"sig": "down|None|None|False", '
+              r'"at": 1765000000.0}, "c-1": {"sig": "replica|True|2|False", "at": 1765000000.0}, '
+              r'"c-2": {"sig": "replica|False|2|False", "at": 1765000000.0}}, '
+              r'"reported": {"c-1": {"discarded": "1764999970"}, "c-2": {"isolated": "1764999980"}}}}, '
+              r'"ticks": [1764999990.0, 1764999995.0, 1765000000.0], "detections": [{"cluster": "c", '
+              r'"member": "c-0", "seen_down_at": 1765000000.0, "last_seen_up_at": 1764999990.0, '
+              r'"seconds": 10.0}], "reported": {"c": {"sig": "[\"c-0\"]", "at": 1765000000.0}}, '
+              r'"probe_seconds": 0.412}')
 
 
 def test_a_cursor_written_before_the_types_reads_as_it_is():

@@ -19,7 +19,8 @@ def test_daemon_alerts_on_a_stopped_replica_and_on_its_return(make_spec, pg_home
     with running_cluster(spec) as ctx, WebhookCapture() as hook, \
             dagster_daemon(pg_home, {"PG_OPS_ALERT_WEBHOOK": hook.url}):
         try:
-            wait_for(lambda: len(health_sensor_cursor(instance, spec.name).ticks) >= 2, "two health sensor ticks", timeout=120)
+            wait_for(lambda: len(health_sensor_cursor(instance, spec.name).ticks) >= 2, "two health sensor ticks",
+                     timeout=120)
             victim = [m for m in spec.member_names if m != ctx.state().primary][0]
             ctx.platform.stop_member(victim)
             wait_for(lambda: ("member_down", victim) in hook.kinds(resolved=False), "member_down alert", timeout=60)
@@ -59,7 +60,8 @@ def test_daemon_fails_over_a_lost_primary_and_it_rejoins(make_spec, pg_home):
     with running_cluster(spec) as ctx, WebhookCapture() as hook, \
             dagster_daemon(pg_home, {"PG_OPS_ALERT_WEBHOOK": hook.url}):
         try:
-            wait_for(lambda: len(health_sensor_cursor(instance, spec.name).ticks) >= 2, "two health sensor ticks", timeout=120)
+            wait_for(lambda: len(health_sensor_cursor(instance, spec.name).ticks) >= 2, "two health sensor ticks",
+                     timeout=120)
             old = ctx.state().primary
             kill_member(ctx.platform, old)
             wait_for(lambda: ctx.state().epoch == 2 and ctx.state().lock is None, "the failover", timeout=120)

@@ -39,7 +39,8 @@ def test_service_level_checks_record_their_figures(shared_cluster):
     assert evaluations["query_latency_p95"].metadata["transactions"].value > 0
     primary = ctx.state().primary
     assert sql(ctx, primary, f"select count(*) from pg_database where datname = '{SCRATCH_DATABASE}'") == [(0,)]
-    assert sql(ctx, primary, "select count(*) from pg_stat_activity where application_name like 'pg_ops-slo-%'") == [(0,)]
+    assert sql(ctx, primary,
+               "select count(*) from pg_stat_activity where application_name like 'pg_ops-slo-%'") == [(0,)]
 
 
 def test_consistency_fails_when_a_replica_stops_replaying(shared_cluster):

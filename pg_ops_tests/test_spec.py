@@ -14,7 +14,8 @@ def test_shipped_specs_load():
     assert local.failover.mode == "automatic" and local.backups.store.type == "file"
     assert [d.name for d in local.databases] == ["app"]
     k = homelab.kubernetes
-    assert homelab.platform == "kubernetes" and k.namespace == "postgresql" and k.image.endswith("/pg-ops-postgres:16-barman-3.19.1")
+    assert (homelab.platform == "kubernetes" and k.namespace == "postgresql"
+            and k.image.endswith("/pg-ops-postgres:16-barman-3.19.1"))
     assert (k.storage, k.resources.cpu, k.resources.memory) == ("50Gi", "2", "4Gi")
     assert (k.services.primary.name, k.services.primary.port) == ("postgres-ha-postgresql", 5432)
     assert k.services.external.ip == "192.168.10.100" and k.services.external.source_ranges == ["192.168.10.0/24"]

@@ -152,7 +152,8 @@ def test_a_fresh_healthy_cluster_shows_no_failed_check_in_the_ui(pg_home, tmp_pa
     assert {k.split(":")[1] for k in evaluated} >= FIRST_MINUTE
     assert {k: v for k, v in evaluated.items() if v[0] != "SUCCEEDED"} == {}
     assert all("not due yet" in statuses[f"backups/local/{a}:{c}"][1] for a, c in (
-        ("nightly", "backup_is_fresh"), ("restore_drill", "latest_backup_restores"), ("restore_drill", "drill_is_recent")))
+        ("nightly", "backup_is_fresh"), ("restore_drill", "latest_backup_restores"),
+        ("restore_drill", "drill_is_recent")))
     assert failed_runs == []
     # The cluster's health now, readable on its asset without the sensor's cursor.
     assert health and health[0]["description"].startswith("healthy: primary local-0")

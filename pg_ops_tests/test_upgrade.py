@@ -32,7 +32,8 @@ from pg_ops_tests.support.helpers import (
 )
 from pg_ops_tests.support.majors import NEW_IMAGE, OLD_IMAGE, pg16_bin
 
-pytestmark = pytest.mark.skipif(pg16_bin() is None, reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
+pytestmark = pytest.mark.skipif(pg16_bin() is None,
+                                reason="the pgserver wheel (PostgreSQL 16 binaries) is not installed")
 
 ROWS = 3000
 
@@ -71,7 +72,8 @@ def sql(ctx, statements: list[str], dbname: str = "app"):
 def fill(ctx) -> None:
     sql(ctx, ["create extension vector",
               "create table items (id bigint primary key, name text not null, embedding vector(3))",
-              f"insert into items select g, 'item ' || g, ('[' || g || ',1,2]')::vector from generate_series(1, {ROWS}) g",
+              f"insert into items select g, 'item ' || g, ('[' || g || ',1,2]')::vector "
+              f"from generate_series(1, {ROWS}) g",
               "create index items_name on items (name)"])
     sql(ctx, ["create table orders (id serial primary key, total numeric(10,2))",
               "insert into orders (total) select g / 7.0 from generate_series(1, 500) g"], dbname="shop")
@@ -127,7 +129,8 @@ def test_a_rehearsal_pg_upgrade_refuses_is_recorded_with_its_reason(sixteen):
         recorded = latest_rehearsal(ctx, 18)
         assert recorded["result"] == "failed" and "legacy_refs" in recorded["reason"]
         assert "pg_upgrade_seconds" not in recorded["steps"] and recorded["restore_seconds"] > 0
-        assert sql(ctx, ["select current_setting('server_version_num')::int / 10000, count(*) from items"]) == [(16, ROWS)]
+        assert (sql(ctx, ["select current_setting('server_version_num')::int / 10000, count(*) from items"])
+                == [(16, ROWS)])
         # The last rehearsal failed: the upgrade itself is refused until one passes (or --force).
         from pg_ops.operations.context import ClusterContext
         from pg_ops.operations.upgrade import check_upgrade
@@ -500,7 +503,8 @@ def test_kubernetes_upgrade_in_place_runs_pg_upgrade_in_the_primary_s_pod(home, 
         present = {n for (n,) in q(ctx18, primary, "select n from writes")}
         assert set(writer.acked) <= present, sorted(set(writer.acked) - present)[:5]
         assert fingerprints(ctx18) == before
-        assert {db: done for db, done in result["extensions_updated"].items() if done} == {"app": ["vector 0.6.2 -> 0.8.6"]}
+        assert ({db: done for db, done in result["extensions_updated"].items() if done}
+                == {"app": ["vector 0.6.2 -> 0.8.6"]})
         state = ctx18.state()
         assert state.system_identifier == result["system_identifier"] != old_sysid and state.upgrade_id == ""
         assert ctx18.platform.member_report(primary).upgrade_step == "started"

@@ -1,6 +1,6 @@
-"""Upkeep between topology changes. Sync mode is kept right by the health sensor: relaxed (with an alert) while no standby
-streams, tightened again when one does; sync-strict never relaxes. Also the status rows the
-exporter reads (the dead man's switch)."""
+"""Upkeep between topology changes. Sync mode is kept right by the health sensor: relaxed (with
+an alert) while no standby streams, tightened again when one does; sync-strict never relaxes.
+Also the status rows the exporter reads (the dead man's switch)."""
 
 import time
 

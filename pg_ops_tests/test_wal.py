@@ -602,7 +602,8 @@ def test_kubernetes_recovery_into_a_new_cluster_replays_in_its_first_pod(pg_home
         core = fake.admin_api().core
         assert core.list_namespaced_config_map(
             ns, field_selector=f"metadata.name={k.state_configmap(broken)}").items == []
-        assert core.list_namespaced_persistent_volume_claim(ns, label_selector=f"{k.LABEL_CLUSTER}=k8srec-bad").items == []
+        assert core.list_namespaced_persistent_volume_claim(
+            ns, label_selector=f"{k.LABEL_CLUSTER}=k8srec-bad").items == []
         assert [s.metadata.name for s in core.list_namespaced_secret(ns).items if s.metadata.name.startswith(
             "k8srec-bad-")] == []
 

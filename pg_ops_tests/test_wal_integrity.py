@@ -384,7 +384,8 @@ def test_a_missing_timeline_history_file_is_a_gap():
     histories = {3: "1\t0/8000100\tno recovery target specified\n2\t0/A000100\tno recovery target specified\n"}
     listing, store = fabricated(segs, [("b1", 1, 2)], histories)
     window = wal.window_of(store, listing)  # type: ignore[arg-type]
-    assert window.first_missing == "00000002.history" and "history file 00000002.history is missing" in (window.gap or "")
+    assert (window.first_missing == "00000002.history"
+            and "history file 00000002.history is missing" in (window.gap or ""))
 
 
 def test_the_gap_alert_names_the_first_missing_segment_and_the_window(pg_home):

@@ -154,7 +154,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         return result
 
     @dg.op(name=ROLLOUT_OP, description="Bring every member to the rendered configuration and binaries: reload what "
-                                        "can be reloaded, restart (replicas first, then a switchover) only what needs it.")
+                                        "can be reloaded, restart (replicas first, then a switchover) only what "
+                                        "needs it.")
     def run_rollout(context: dg.OpExecutionContext, pg_ops: PgOpsResource) -> RolloutResult:
         ctx = pg_ops.cluster(context.partition_key, context.log)
         result = rollouts.rollout(ctx)
@@ -198,11 +199,13 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
                     "databases_writable": rollback(ctx, config.as_name)}
         return _recorded(context, metadata)
 
-    common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions), "executor_def": dg.in_process_executor}
+    common: dict[str, Any] = {"partitions_def": partitions, "config": topology_config(partitions),
+                              "executor_def": dg.in_process_executor}
     quick = {**common, "tags": topology_job_tags(QUICK_TOPOLOGY_SECONDS)}
     long = {**common, "tags": topology_job_tags(LONG_TOPOLOGY_SECONDS)}
 
-    @dg.job(name=FAILOVER_JOB, **quick, description="Automatic or manual failover (launched by the cluster's health sensor, cluster_health_<cluster>).")
+    @dg.job(name=FAILOVER_JOB, **quick, description="Automatic or manual failover (launched by the cluster's health "
+                                                    "sensor, cluster_health_<cluster>).")
     def failover_job():
         run_failover()
 

@@ -159,7 +159,8 @@ def cluster_health_events(cursor: SensorCursor, watches, active: list[Alert], no
         evaluations = health_evaluations(watch.cluster, watch.health.view.members, status)
         alerts = sorted(f"{a.severity} {a.kind}: {alert_ops.scrub(a, secrets).summary}" for a in active
                         if a.cluster == watch.cluster)
-        signature = json.dumps([status.designated_primary, status.maintenance, [(e.check_name, e.passed, e.description) for e in evaluations],
+        signature = json.dumps([status.designated_primary, status.maintenance,
+                                [(e.check_name, e.passed, e.description) for e in evaluations],
                                 sorted(f"{a.kind}:{a.details.get('member', '')}" for a in active
                                        if a.cluster == watch.cluster)])
         last = reported.get(watch.cluster)
@@ -286,9 +287,11 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         return evaluate_health(context, [], alerts, spec_alerts=spec_alerts)
 
     @dg.sensor(name=RETENTION_SENSOR_NAME, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Wipes a member's health observations once the oldest is {OBSERVATIONS_KEPT_DAYS} days old.")
+               description=f"Wipes a member's health observations once the oldest is {OBSERVATIONS_KEPT_DAYS} "
+                           f"days old.")
     def observation_retention(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        wiped = trim_observations(context.instance, [member_asset_key(s.name, m) for s in specs for m in s.member_names])
+        wiped = trim_observations(context.instance,
+                                  [member_asset_key(s.name, m) for s in specs for m in s.member_names])
         return dg.SkipReason(f"wiped the observations of {', '.join(k.to_user_string() for k in wiped)}" if wiped
                              else f"no member's observations are older than {OBSERVATIONS_KEPT_DAYS} days")
 
@@ -303,7 +306,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
         deliver_run_failure(context, alerts, {s.name: s for s in current})
 
     member_assets = [dg.AssetSpec(member_asset_key(s.name, m), group_name=GROUP,
-                                  description=f"Member {m} of {s.name}: state and lag, observed by {sensor_name(s.name)}.")
+                                  description=f"Member {m} of {s.name}: state and lag, observed by "
+                                              f"{sensor_name(s.name)}.")
                      for s in specs for m in s.member_names]
     slo_assets = [dg.AssetSpec(service_level_asset_key(s.name), group_name=GROUP,
                                description=f"Service levels of cluster {s.name} (asset checks).")
@@ -311,7 +315,8 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     checks = [service_level_checks(s) for s in specs]
     # failed_member_detection is evaluated by the health sensor itself (and on demand in the UI).
     detection = [dg.AssetCheckKey(service_level_asset_key(s.name), DETECTION_CHECK) for s in specs]
-    job = dg.define_asset_job(SLO_JOB, selection=dg.AssetSelection.checks(*checks) - dg.AssetSelection.checks(*detection),
+    job = dg.define_asset_job(SLO_JOB,
+                              selection=dg.AssetSelection.checks(*checks) - dg.AssetSelection.checks(*detection),
                               executor_def=dg.in_process_executor,
                               description="Measure every cluster's service levels now.")
     schedule = dg.ScheduleDefinition(name=SLO_SCHEDULE, job=job, cron_schedule="17 * * * *",

@@ -113,7 +113,8 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
         copied = copy_after_backup(ctx, "base backup")  # backups.copy_to: the second store
         return dg.MaterializeResult(metadata={
             **copied,
-            "backup_id": dg.MetadataValue.text(backup.id), "size_mb": dg.MetadataValue.float(round(backup.size / 1e6, 3)),
+            "backup_id": dg.MetadataValue.text(backup.id),
+            "size_mb": dg.MetadataValue.float(round(backup.size / 1e6, 3)),
             "duration_seconds": dg.MetadataValue.float(round(seconds, 3)),
             "begin_wal": dg.MetadataValue.text(backup.begin_wal), "end_wal": dg.MetadataValue.text(backup.end_wal),
             "pruned_base_backups": dg.MetadataValue.text(", ".join(pruned.deleted_base_backups) or "none"),
@@ -192,7 +193,8 @@ def _cluster_defs(spec: ClusterSpec) -> tuple[list, list, list]:
             "drilled_base_backup": dg.MetadataValue.text(latest.get("base_backup") or "none"),
             "newest_base_backup": dg.MetadataValue.text(status["newest_base_backup"] or "none"),
             "result": dg.MetadataValue.text(latest.get("result") or "none"),
-            "age_days": dg.MetadataValue.float(round(status["age_days"], 2) if status["age_days"] is not None else -1.0),
+            "age_days": dg.MetadataValue.float(round(status["age_days"], 2) if status["age_days"] is not None
+                                               else -1.0),
             "from_newest_base_backup": dg.MetadataValue.bool(status["from_newest_base_backup"]),
             "reason": dg.MetadataValue.text(latest.get("reason") or "")})
 

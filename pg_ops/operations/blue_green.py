@@ -211,8 +211,8 @@ def blue_green(ctx: ClusterContext, to_major: int, as_name: str,
                         theirs = source_side.result()
                     differ = sorted(t for t in set(theirs) | set(ours) if theirs.get(t) != ours.get(t))
                     if differ:
-                        raise PgOpsError(f"database {db}: table(s) {', '.join(differ[:5])} differ between {ctx.name} and "
-                                         f"{as_name} after the copy")
+                        raise PgOpsError(f"database {db}: table(s) {', '.join(differ[:5])} differ between "
+                                         f"{ctx.name} and {as_name} after the copy")
                     compared += len(ours)
             if ctx.spec.pooler is not None:
                 with steps.step("the pooler to NEW"):
@@ -317,7 +317,8 @@ def write_made_spec(new_spec: ClusterSpec, source: str, from_major: int, until: 
 
     path = specs_folder() / f"{new_spec.name}.yaml"
     path.write_text(f"{MADE_BY_UPGRADE} from cluster {source} (PostgreSQL {from_major} -> "
-                    f"{new_spec.postgres.version}); {source} stays read-only until {until.isoformat(timespec='seconds')}"
+                    f"{new_spec.postgres.version}); {source} stays read-only until "
+                    f"{until.isoformat(timespec='seconds')}"
                     f"; `pg-ops teardown --cluster {new_spec.name}` removes the cluster and this file.\n"
                     + yaml.safe_dump(new_spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
     return path

@@ -5,10 +5,10 @@ The newest complete backup (or a chosen one) is held against retention, download
 seekable local copy (sha256 and sizes checked against the manifest while it streams), and
 restored into a throw-away target that can never be production, which the platform makes and
 always removes (`Platform.scratch_target`): locally a fresh one-member cluster on a free port
-under PG_OPS_HOME; on Kubernetes a temporary pod of the cluster's image. Globals go in through psql, each database through
-`pg_restore --create -j 2`. Then: pg_restore's exit status and every error it printed (an
-error fails the drill unless a test proves that exact message harmless), row counts per
-table equal to the manifest's, and amcheck on every restored B-tree index.
+under PG_OPS_HOME; on Kubernetes a temporary pod of the cluster's image. Globals go in through
+psql, each database through `pg_restore --create -j 2`. Then: pg_restore's exit status and every
+error it printed (an error fails the drill unless a test proves that exact message harmless),
+row counts per table equal to the manifest's, and amcheck on every restored B-tree index.
 
 The result is `drill.json` beside the backup; `result: passed` makes it `verified`,
 `failed` makes it `failed` for retention. A drill that could not run for a reason that is

@@ -280,7 +280,8 @@ def finish(ctx: ClusterContext, taken: TakeOver) -> TopologyChange:
         steps.guard = lock.check
         state = ctx.state()
         if (state.primary, state.epoch) != (taken.candidate, taken.epoch):
-            raise Refused(f"cluster {ctx.name}: the health sensor's failover ({taken.old_primary} -> {taken.candidate}, "
+            raise Refused(f"cluster {ctx.name}: the health sensor's failover "
+                          f"({taken.old_primary} -> {taken.candidate}, "
                           f"epoch {taken.epoch}) is no longer the cluster's state (primary {state.primary}, epoch "
                           f"{state.epoch}): nothing to finish")
         _prove(ctx, steps, taken)
@@ -541,7 +542,8 @@ def rebuild(ctx: ClusterContext, member: str, *, reclone: bool = False) -> Rebui
         check_rebuild_request(ctx, member)
         state = ctx.state()
         if not ctx.probe([state.primary])[state.primary].writable:
-            raise PgOpsError(f"cluster {ctx.name}: the primary {state.primary} is not writable; nothing to rebuild from")
+            raise PgOpsError(f"cluster {ctx.name}: the primary {state.primary} is not writable; "
+                             f"nothing to rebuild from")
         # A fenced member is a former primary: its data may hold writes nobody counted yet. A
         # re-clone keeps that data aside (refused where the platform cannot); a rewind counts
         # them itself, and the member script re-clones (keeping the diverged dir aside) when a

@@ -403,7 +403,8 @@ def watch_cluster(ctx: ClusterContext, memory: TickMemory, now: float | None = N
         broke = watch_primary(ctx, health.primary, health.view.record.epoch, left,
                               Policy.from_spec(ctx.spec).probe_interval_s)
         if broke:
-            ctx.log.warning("%s: the primary %s stopped answering during the watch: %s", ctx.name, health.primary, broke)
+            ctx.log.warning("%s: the primary %s stopped answering during the watch: %s", ctx.name, health.primary,
+                            broke)
             health, decision, failures = _decide_and_act(ctx, memory, failed_run, sleep, missed_before=1)
     request = decision.failover
     if request is not None and ctx.spec.failover.promote_in == "sensor":
@@ -424,7 +425,8 @@ def watch_cluster(ctx: ClusterContext, memory: TickMemory, now: float | None = N
         if not record_status(ctx, "health_tick", reached):
             alerts.append(Alert(cluster=ctx.name, severity="critical", kind="primary_endpoint",
                                 summary=f"{ctx.name}: the primary {health.primary} answers directly, but not "
-                                        f"through the primary endpoint ({ctx.platform.primary_dsn('postgres', 'pg_ops')})",
+                                        f"through the primary endpoint "
+                                        f"({ctx.platform.primary_dsn('postgres', 'pg_ops')})",
                                 details={"member": health.primary}))
     return watch
 
@@ -461,7 +463,8 @@ def watch_fleet(contexts: list[ClusterContext], memories: dict[str, TickMemory],
 
     def one(ctx: ClusterContext) -> ClusterWatch:
         try:
-            return watch_cluster(ctx, memories.get(ctx.name) or TickMemory(), now, failed_run, watch_seconds=watch_seconds)
+            return watch_cluster(ctx, memories.get(ctx.name) or TickMemory(), now, failed_run,
+                                 watch_seconds=watch_seconds)
         except PgOpsError as exc:
             return watch_failed(ctx, exc, memories.get(ctx.name) or TickMemory())
         except Exception as exc:  # noqa: BLE001 - one cluster's bug must not blind the others

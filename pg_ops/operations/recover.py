@@ -182,7 +182,8 @@ def write_recovered_spec(new_spec: ClusterSpec, source: str, target: datetime, b
     """The new cluster's spec where pg_ops loads specs from (specs_folder). The run writes it
     where it runs; the CLI writes it again where it runs when the run was the deployment's."""
     path = specs_folder() / f"{new_spec.name}.yaml"
-    how = (f"`pg-ops teardown --cluster {new_spec.name}` removes the cluster and this file" if new_spec.platform == "local"
+    how = (f"`pg-ops teardown --cluster {new_spec.name}` removes the cluster and this file"
+           if new_spec.platform == "local"
            else f"its manifests for Git: `pg-ops render --cluster {new_spec.name}`")
     path.write_text(f"{RECOVERED_HEADER} from cluster {source} to {_t(target)} (base backup {base_backup}); {how}.\n"
                     + yaml.safe_dump(new_spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))

@@ -260,7 +260,8 @@ def prune_archive(ctx: ClusterContext, store: BackupStore | None = None, *, dry_
     drills = [d for d in wa.list_drills(store, ref) if d.get("result") == "passed"]
     policy = ctx.spec.backups
     plan = plan_archive_retention(listing.base_backups, now=now, retention_days=retention_days or policy.retention_days,
-                                  min_keep=min_keep or policy.min_keep, verified_base=drills[-1]["base_backup"] if drills else None,
+                                  min_keep=min_keep or policy.min_keep,
+                                  verified_base=drills[-1]["base_backup"] if drills else None,
                                   holds=listing.active_holds(now.timestamp()))
     result = ArchivePruneResult(ctx.name, dry_run, plan.decisions, blocked=plan.blocked)
     if plan.blocked:

@@ -216,7 +216,8 @@ def _streamed_base_backup(ctx: ClusterContext, store: BackupStore, ref: wa.Archi
             "end_time": (history.stop_time + timedelta(seconds=1)).isoformat(sep=" "), "begin_wal": history.start_wal,
             "end_wal": history.stop_wal, "begin_xlog": history.start_lsn, "end_xlog": history.stop_lsn,
             "timeline": history.timeline, "size": stats.stored_bytes, "raw_size": stats.raw_bytes,
-            "format": "pg_basebackup-tar-zst", "source": member, "source_role": "replica" if from_standby else "primary"}
+            "format": "pg_basebackup-tar-zst", "source": member,
+            "source_role": "replica" if from_standby else "primary"}
     store.put_bytes(f"{prefix}/{wa.BACKUP_INFO}", wa.backup_info_text(info).encode())
 
 

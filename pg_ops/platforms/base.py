@@ -481,8 +481,9 @@ class Rollouts(Protocol):
 
 class MemberUpgrade(Protocol):
     """pg_upgrade --link of one member's data dir (Upgrades.member_upgrade), in the steps the
-    upgrade times: prepare (before the downtime window), check and link (inside it); undo until the new server first started (the old
-    major's data dir back as it was), finish after it (the old major's leftovers removed)."""
+    upgrade times: prepare (before the downtime window), check and link (inside it); undo until
+    the new server first started (the old major's data dir back as it was), finish after it (the
+    old major's leftovers removed)."""
 
     def prepare(self, initdb_options: list[str]) -> None:
         """initdb of the new major beside the old data dir (postgres.upgrade.initdb_options: the

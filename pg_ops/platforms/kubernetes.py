@@ -508,7 +508,8 @@ class KubernetesPlatform(Platform):
         if self.spec.kubernetes.gitops:
             return "sync the GitOps application (kubernetes.gitops is true: pg_ops never applies them)"
         folder = folder or f"deploy/kubernetes/{self.spec.name}"
-        return (f"a cluster admin applies them once: `kubectl apply -f {folder}/role.yaml -f {folder}/rolebinding.yaml` "
+        return (f"a cluster admin applies them once: "
+                f"`kubectl apply -f {folder}/role.yaml -f {folder}/rolebinding.yaml` "
                 f"and the drill namespace's NetworkPolicy in networkpolicy.yaml")
 
     # -- growing the data volumes ---------------------------------------------------------------
@@ -754,7 +755,8 @@ class KubernetesPlatform(Platform):
             code, _, err = self.api.exec_in_pod(what, name, self.namespace, names.CONTAINER, command,
                                                 timeout=DF_TIMEOUT_S)
         except KubernetesError as exc:
-            logging.getLogger("pg_ops").warning("fence %s: immediate stop not possible (%s); deleting the pod", name, exc)
+            logging.getLogger("pg_ops").warning("fence %s: immediate stop not possible (%s); deleting the pod",
+                                                name, exc)
             return False
         # pg_ctl exits 1 with "Is server running?" when postgres is not running: stopped as well
         # (the marker keeps its script from starting it again).
@@ -1140,7 +1142,8 @@ class KubernetesPlatform(Platform):
         try:
             self._create_scratch(name, request.purpose, recovery_files(request), pod)
             endpoint = self._wait_running(name, what)
-            yield RecoveryPod(self._scratch_what("pod", name), endpoint, lambda: _ended_reason(self._read_scratch(name)))
+            yield RecoveryPod(self._scratch_what("pod", name), endpoint,
+                              lambda: _ended_reason(self._read_scratch(name)))
         finally:
             self._delete_scratch(name)
 

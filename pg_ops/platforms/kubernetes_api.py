@@ -137,7 +137,8 @@ class KubernetesApi:
             status = int(exc.status or 0)
             if status == 404 and missing_ok:
                 return None
-            message = f"kubernetes: {verb} {what}: {_reason_words(status, exc.reason)} ({status}): {_server_message(exc)}"
+            message = (f"kubernetes: {verb} {what}: {_reason_words(status, exc.reason)} ({status}): "
+                       f"{_server_message(exc)}")
             cls = {404: KubernetesNotFound, 409: KubernetesConflict}.get(status, KubernetesError)
             # from None: the message has the status, reason and server message; the ApiException
             # adds every response header and the body again

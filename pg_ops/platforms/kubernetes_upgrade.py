@@ -57,7 +57,8 @@ class PodDataUpgrade:
             spec = self.platform.spec
             how = self.platform.how_to_apply() if spec.kubernetes.gitops else f"`pg-ops deploy --cluster {spec.name}`"
             raise pgu.UpgradeRefused(
-                f"cluster {spec.name}: its StatefulSet still starts members with {env.get('PGOPS_BIN') or 'no PGOPS_BIN'} "
+                f"cluster {spec.name}: its StatefulSet still starts members with "
+                f"{env.get('PGOPS_BIN') or 'no PGOPS_BIN'} "
                 f"(image {image}), not {want}: apply the manifests rendered for postgres.version {self.to_major} and "
                 f"an image with PostgreSQL {self.from_major} and {self.to_major} first ({how}; its pods keep running "
                 f"their data's major until the upgrade)")

@@ -3,12 +3,13 @@ the server user, and how a data dir is seeded from a base backup for a recovery.
 
 File store: the archive is `<store>/<cluster>.wal/<sysid>/` (one folder per incarnation, the
 archive command picks its server's own), `<cluster>.wal/` owned by the server user (the archive
-command writes it; pg_ops's own writes below it take that owner, FileStore's rule); the store's own folder is pg_ops's, opened to the server user's group for
-traversal only (0710), so the dumps beside it stay unreadable. S3: barman-cloud from its own
-venv (settings.barman_bin(): built from a python the server user can execute, not the project
-venv whose python lives under root's 0700 pyenv), with the keys in an AWS credentials file
-0600 owned by the server user, never in postgresql.conf or argv. Nothing outside what pg_ops
-created is ever chmod-ed: an unreachable folder is reported instead.
+command writes it; pg_ops's own writes below it take that owner, FileStore's rule); the store's
+own folder is pg_ops's, opened to the server user's group for traversal only (0710), so the
+dumps beside it stay unreadable. S3: barman-cloud from its own venv (settings.barman_bin():
+built from a python the server user can execute, not the project venv whose python lives under
+root's 0700 pyenv), with the keys in an AWS credentials file 0600 owned by the server user,
+never in postgresql.conf or argv. Nothing outside what pg_ops created is ever chmod-ed: an
+unreachable folder is reported instead.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class LocalPooler:
 
     def ini_text(self, target: Endpoint) -> str:
         return pgbouncer.ini_text(self.config, target=target, listen=self.endpoint,
-                                  auth_file=str(self.folder / "userlist.txt"), logfile=str(self.folder / "pgbouncer.log"),
+                                  auth_file=str(self.folder / "userlist.txt"),
+                                  logfile=str(self.folder / "pgbouncer.log"),
                                   pidfile=str(self.folder / "pgbouncer.pid"),
                                   header="Rewritten when the primary changes.")
 

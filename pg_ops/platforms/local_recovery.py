@@ -118,7 +118,8 @@ def run_single_user(platform: LocalPlatform, member: str, statement: str) -> Non
     except subprocess.TimeoutExpired:
         raise MemberError(f"member {member}: single-user postgres did not finish in {SINGLE_USER_TIMEOUT_S:g} s") \
             from None
-    errors = [line.strip() for line in done.stderr.splitlines() if line.lstrip().startswith(("ERROR", "FATAL", "PANIC"))]
+    errors = [line.strip() for line in done.stderr.splitlines()
+              if line.lstrip().startswith(("ERROR", "FATAL", "PANIC"))]
     if done.returncode != 0 or errors:
         raise MemberError(f"member {member}: single-user postgres failed (exit {done.returncode}): "
                           f"{errors[-1] if errors else 'no error line'}")

@@ -69,10 +69,11 @@ class MemberDataUpgrade:
     """pg_upgrade --link of one member's data dir, in steps the caller times: `prepare` (initdb
     of the new major beside it, while the old server still runs), `check` (the old server
     stopped cleanly, `pg_upgrade --check`), `link` (`pg_upgrade --link`, then the new data dir in
-    the old one's place, the old kept as data-<from>-old), and `undo`, which until the new server first starts gives the old major its data dir back
-    untouched (pg_upgrade --link renames global/pg_control to pg_control.old before it links;
-    renamed back, the old cluster is whole, as PostgreSQL documents). Starting the new server
-    is the point of no return: the old one shares its files by hard link from then on."""
+    the old one's place, the old kept as data-<from>-old), and `undo`, which until the new server
+    first starts gives the old major its data dir back untouched (pg_upgrade --link renames
+    global/pg_control to pg_control.old before it links; renamed back, the old cluster is whole,
+    as PostgreSQL documents). Starting the new server is the point of no return: the old one
+    shares its files by hard link from then on."""
 
     def __init__(self, platform: LocalPlatform, member: str, from_bin: Path, to_major: int, password: str):
         self.platform = platform

@@ -162,7 +162,8 @@ def renew_lease(conn: psycopg.Connection, holder: str, epoch: int) -> None:
     installed = conn.execute("""insert into lease (id, holder, epoch, renewed_at) values (1, %s, %s, now())
                     on conflict (id) do update set holder = excluded.holder, epoch = excluded.epoch,
                     renewed_at = excluded.renewed_at
-                    returning to_regprocedure(%s) is not null""", (holder, epoch, isolation.VERDICT_SIGNATURE)).fetchone()
+                    returning to_regprocedure(%s) is not null""",
+                             (holder, epoch, isolation.VERDICT_SIGNATURE)).fetchone()
     if not installed[0]:
         isolation.ensure_isolation_verdict(conn)
 

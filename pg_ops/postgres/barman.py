@@ -5,11 +5,12 @@ streams its own base backups since; operations/wal.py).
 Layout in the bucket (barman-cloud's own): destination `s3://<bucket>/<prefix>/<cluster>.wal`,
 server name the cluster's system identifier, so `<cluster>.wal/<sysid>/` holds
 `wals/<timeline+log>/<segment>.zst`, `wals/<tl>.history` and `base/<backup_id>/` (pg_ops's
-data.tar.zst, or barman-cloud-backup's data.tar.lz4, and backup.info written last). `<cluster>.wal`: a cluster name has no dot, so it never collides with a logical
-backup folder `<cluster>/`; `<sysid>`: a cluster made again under the same name is another
-system and never archives into the old one's folder. The archive command reads its server's
-own identifier from `global/pg_control` at run time (the first 8 bytes), so one command serves
-every member, a re-made cluster and a recovered one.
+data.tar.zst, or barman-cloud-backup's data.tar.lz4, and backup.info written last).
+`<cluster>.wal`: a cluster name has no dot, so it never collides with a logical backup folder
+`<cluster>/`; `<sysid>`: a cluster made again under the same name is another system and never
+archives into the old one's folder. The archive command reads its server's own identifier from
+`global/pg_control` at run time (the first 8 bytes), so one command serves every member, a
+re-made cluster and a recovered one.
 
 The commands run as the server user (archive, restore) or as pg_ops (restore of a base
 backup), always from barman-cloud's own venv (settings.barman_bin()). S3 keys

@@ -68,7 +68,8 @@ select r.status, r.received_tli, r.sender_host, r.sender_port, r.slot_name,
 from pg_stat_wal_receiver r
 """
 # A replica's WAL receivers that stream for real (0 or 1), as one SQL expression.
-STREAMING_RECEIVERS_SQL = f"(select count(*) from pg_stat_wal_receiver r where r.status = 'streaming' and {SETTLED_RECEIVER_SQL})"
+STREAMING_RECEIVERS_SQL = (f"(select count(*) from pg_stat_wal_receiver r where r.status = 'streaming' "
+                           f"and {SETTLED_RECEIVER_SQL})")
 
 REPLICATION_SQL = """
 select application_name, state, sync_state,

@@ -7,10 +7,11 @@
 Async and sync modes, TRIALS trials each; (b) and (c) once per `failover.promote_in`
 (PROMOTE_IN: `sensor`, the default, takes over in the sensor's own tick and the run finishes;
 `run`, the whole failover in the run after it was queued and launched: ADR-004), with a
-per-phase breakdown of (b) and (c) from the run's own events: tick wait (failure -> pg_ops first saw it), confirmation (-> run enqueued),
-dequeue, launch (dequeued -> run started), run (started -> promoted), and the application's
-view (first acknowledged write after the failure). Baseline measured in the same run: a bare
-pg_promote(wait => true) of a replica, the floor any failover pays.
+per-phase breakdown of (b) and (c) from the run's own events: tick wait (failure -> pg_ops first
+saw it), confirmation (-> run enqueued), dequeue, launch (dequeued -> run started), run
+(started -> promoted), and the application's view (first acknowledged write after the failure).
+Baseline measured in the same run: a bare pg_promote(wait => true) of a replica, the floor any
+failover pays.
 
 The application is a separate process (pg_ops_tests/app_writer.py) committing numbered rows
 through the primary endpoint; acknowledged rows missing after the old primary rejoined are
@@ -78,7 +79,8 @@ def run_job_alone(ctx, trials: int) -> list[dict]:
                 try:
                     app.wait_acks(20, timeout=30, on=new)
                 except RuntimeError as exc:  # a failed trial is a figure too: say why, go on
-                    trial.update(ok=False, error=str(exc), run_failure=None if result.success else failure_of_events(result.all_events)[0])
+                    trial.update(ok=False, error=str(exc),
+                                 run_failure=None if result.success else failure_of_events(result.all_events)[0])
                     print(f"job_alone trial failed: {exc}; run: {trial['run_failure']}", file=sys.stderr)
                 first = app.first_ack_on(new, killed_at)
                 trial.update(rto_s=round(first - killed_at, 3) if first else None, lost=len(app.lost(new)))
@@ -267,7 +269,8 @@ def main() -> None:
                         "rpo_rows_lost": {"max": max((t.get("lost") or 0) for t in trials),
                                           "per_trial": [t.get("lost") for t in trials]},
                         "baseline_promote_s": round(baseline, 4),
-                        "rto_median_over_promote": round(summary(rtos).get("median", 0) / baseline, 1) if rtos else None,
+                        "rto_median_over_promote": (round(summary(rtos).get("median", 0) / baseline, 1)
+                                                    if rtos else None),
                         "target_median_rto_s": {"job_alone": 2.0, "daemon_kill": 3.0, "daemon_partition": 8.0}[label],
                         "target_old_primary_acked_for_median_s": 10.0 if label == "daemon_partition" else None,
                     }

@@ -47,7 +47,8 @@ def fleet_rto(size: int) -> dict:
         # hour's load, not a fleet's steady state (measured apart: PG_OPS_BENCH_FLEET_WAL=1).
         no_wal = {} if os.environ.get("PG_OPS_BENCH_FLEET_WAL") == "1" else {
             "backups": {"store": {"type": "file", "path": "backups"}, "wal": {"enabled": False}}}
-        victim = spec_from(write_spec(specs, "victim", postgres={"members": 3, "parameters": small, "max_connections": 50},
+        victim = spec_from(write_spec(specs, "victim",
+                                      postgres={"members": 3, "parameters": small, "max_connections": 50},
                                       monitoring={"interval_seconds": 1}, failover={"mode": "automatic"}, **no_wal))
         others = [spec_from(write_spec(specs, f"bystander-{i}", postgres={"members": 3, "parameters": small,
                                                                           "max_connections": 50},

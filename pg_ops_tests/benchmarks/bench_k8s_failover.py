@@ -63,7 +63,7 @@ def settle(ctx: ClusterContext) -> None:
     wait_for(lambda: all_streaming(ctx), "every replica streaming", timeout=180)
 
 
-def one_failover(spec, sessions: bool) -> tuple[Counter[str], float, str]:
+def one_failover(spec, sessions: bool) -> tuple[Counter[str], float, str, dict[str, float]]:
     ctx = counted(spec, sessions)
     old = ctx.state().primary
     kill_member(ctx.platform, old)
@@ -72,7 +72,7 @@ def one_failover(spec, sessions: bool) -> tuple[Counter[str], float, str]:
     change = failover(ctx, force=True)
     seconds = time.monotonic() - started
     assert change.new_primary != old
-    return Counter(ctx.platform.api.calls), seconds, f"{old} -> {change.new_primary}"
+    return Counter(ctx.platform.api.calls), seconds, f"{old} -> {change.new_primary}", change.steps
 
 
 def one_tick(spec, sessions: bool) -> Counter[str]:
@@ -93,7 +93,7 @@ def main() -> None:
         kube.register_cluster(spec)
         deploy(ClusterContext.for_spec(spec))
         settle(ClusterContext.for_spec(spec))
-        failovers: dict[str, list[tuple[Counter[str], float, str]]] = {m: [] for m in MODES}
+        failovers: dict[str, list[tuple[Counter[str], float, str, dict[str, float]]]] = {m: [] for m in MODES}
         ticks: dict[str, list[Counter[str]]] = {m: [] for m in MODES}
         for _ in range(TRIALS):
             for mode, sessions in MODES.items():
@@ -101,14 +101,15 @@ def main() -> None:
                 failovers[mode].append(one_failover(spec, sessions))
                 settle(ClusterContext.for_spec(spec))
     for mode in MODES:
-        runs = [calls for calls, _, _ in failovers[mode]]
+        runs = [calls for calls, _, _, _ in failovers[mode]]
         emit("k8s_failover", {
             "mode": mode, "trials": len(runs), "members": 3,
             "api_calls": median_calls(runs), "api_calls_total": statistics.median(sum(r.values()) for r in runs),
             "api_calls_total_each": [sum(r.values()) for r in runs],
-            "failover_s": round(statistics.median(s for _, s, _ in failovers[mode]), 3),
-            "failover_s_each": [round(s, 3) for _, s, _ in failovers[mode]],
-            "changes": [c for _, _, c in failovers[mode]],
+            "failover_s": round(statistics.median(s for _, s, _, _ in failovers[mode]), 3),
+            "failover_s_each": [round(s, 3) for _, s, _, _ in failovers[mode]],
+            "changes": [c for _, _, c, _ in failovers[mode]],
+            "steps_s_each": [steps for _, _, _, steps in failovers[mode]],  # where the time goes
         })
         emit("k8s_healthy_tick", {
             "mode": mode, "trials": len(ticks[mode]), "api_calls": median_calls(ticks[mode]),

@@ -208,11 +208,14 @@ def main() -> None:
         k8s_wall, k8s_run = results["k8s"]
         ratio = summary(k8s_wall)["median"] / summary(local_wall)["median"]
         emit("k8s_launcher", {
-            "failover_submit_to_finished_s": {"k8s_run_launcher": summary(k8s_wall), "local_launcher": summary(local_wall)},
+            "failover_submit_to_finished_s": {"k8s_run_launcher": summary(k8s_wall),
+                                              "local_launcher": summary(local_wall)},
             "failover_run_start_to_end_s": {"k8s_run_launcher": summary(k8s_run), "local_launcher": summary(local_run)},
             "k8s_over_local": round(ratio, 2),
-            "sensor_kill_rto_s": {"k8s_run_launcher": summary(sensor["k8s"]), "local_launcher": summary(sensor["local"])},
-            "sensor_rto_k8s_over_local": round(summary(sensor["k8s"])["median"] / summary(sensor["local"])["median"], 2),
+            "sensor_kill_rto_s": {"k8s_run_launcher": summary(sensor["k8s"]),
+                                  "local_launcher": summary(sensor["local"])},
+            "sensor_rto_k8s_over_local": round(
+                summary(sensor["k8s"])["median"] / summary(sensor["local"])["median"], 2),
             "local_platform_sensor_kill_rto_s": summary(local_platform["kill"]),
             "local_platform_sensor_partition_rto_s": summary(local_platform["partition"]),
             # A pod on a lost node is like a partitioned local primary (the lease waited out); a

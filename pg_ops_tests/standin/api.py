@@ -104,7 +104,8 @@ class RawApi:
     def apply(self, api_version: str, resource: str, namespace: str | None, name: str, body: dict,
               manager: str) -> dict:
         return self.request("PATCH", path_of(api_version, resource, namespace, name), body,
-                            query={"fieldManager": manager, "force": "true"}, content_type="application/apply-patch+yaml")
+                            query={"fieldManager": manager, "force": "true"},
+                            content_type="application/apply-patch+yaml")
 
     def delete(self, api_version: str, resource: str, namespace: str | None, name: str,
                body: dict | None = None) -> dict:

@@ -26,11 +26,12 @@ so the rendered pod spec is what runs.
   ConfigMap/Secret volume is missing stays ContainerCreating, saying why. Two containers of one
   member on the same node (a force-deleted pod's, still stopping, and its replacement's) share
   the data directory, which only member.sh's lock keeps apart.
-- Probes (exec, and tcpSocket against the pod's loopback port) run as the kubelet runs them: the startup probe first (liveness and readiness
-  wait for it), each every periodSeconds with timeoutSeconds, failureThreshold and
-  successThreshold; Ready follows the readiness probe; a failing startup or liveness probe
-  restarts the container (TERM, KILL after the grace period, restartCount + 1, events
-  `Unhealthy` and `Killing`). A container that exits is restarted with CrashLoopBackOff.
+- Probes (exec, and tcpSocket against the pod's loopback port) run as the kubelet runs them: the
+  startup probe first (liveness and readiness wait for it), each every periodSeconds with
+  timeoutSeconds, failureThreshold and successThreshold; Ready follows the readiness probe; a
+  failing startup or liveness probe restarts the container (TERM, KILL after the grace period,
+  restartCount + 1, events `Unhealthy` and `Killing`). A container that exits is restarted with
+  CrashLoopBackOff.
 - Termination: TERM to the container's first process and KILL to the whole process group after
   the grace period (or once that process exited); a force-deleted pod's container is killed when
   the kubelet notices (`force_kill_delay`, 0 by default) with its minimum grace (2 s).
@@ -229,7 +230,8 @@ class Kubelet:
                 obj = self.store.find(("v1", resource, ns, source[key]))
                 if obj is None and not source.get("optional", False):
                     what = "configmap" if kind == "configMap" else "secret"
-                    return {}, f'MountVolume.SetUp failed for volume "{volume["name"]}" : {what} "{source[key]}" not found'
+                    return {}, (f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
+                                f'{what} "{source[key]}" not found')
                 out[volume["name"]] = obj
         return out, ""
 
@@ -450,7 +452,8 @@ class Kubelet:
         container.started = not any(p.kind == "startup" for p in container.probes)
         self.containers[uid] = container
         for probe in container.probes:
-            self._spawn(self._probe_loop, container, probe, container.proc.pid, name=f"probe-{probe.kind}-{container.pod}")
+            self._spawn(self._probe_loop, container, probe, container.proc.pid,
+                        name=f"probe-{probe.kind}-{container.pod}")
         return container
 
     def _spawn(self, fn, *args, name: str) -> None:
@@ -461,7 +464,8 @@ class Kubelet:
     # -- probes ------------------------------------------------------------------------------
     def run_probe(self, container: Container, probe: dict) -> tuple[bool, str]:
         if "tcpSocket" in probe:  # the container's one port, named or numbered: its loopback port here
-            return (True, "") if port_open(container.port) else (False, f"dial tcp {container.port}: connection refused")
+            return ((True, "") if port_open(container.port)
+                    else (False, f"dial tcp {container.port}: connection refused"))
         command = (probe.get("exec") or {}).get("command")
         if not command:
             return True, ""  # httpGet probes are not run here (documented)
@@ -729,7 +733,8 @@ def waiting_status(pod: dict, reason: str, message: str) -> dict:
 def running_status(pod: dict, ready: bool = True) -> dict:
     """A pod whose containers are not run here (no member script), or a scratch pod."""
     started = (pod.get("status") or {}).get("containerStatuses") or [{}]
-    state = started[0].get("state") if "running" in (started[0].get("state") or {}) else {"running": {"startedAt": now()}}
+    state = (started[0].get("state") if "running" in (started[0].get("state") or {})
+             else {"running": {"startedAt": now()}})
     return {"phase": "Running",
             "conditions": [{"type": t, "status": str(ready) if t in ("Ready", "ContainersReady") else "True"}
                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],

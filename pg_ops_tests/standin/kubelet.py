@@ -364,7 +364,8 @@ class StandInKubelet:
         ns = pod["metadata"]["namespace"]
         for container in pod["spec"].get("containers", []):
             for env in container.get("env", []):
-                ref = (env.get("valueFrom") or {}).get("secretKeyRef") if env.get("name") == "POSTGRES_PASSWORD" else None
+                ref = ((env.get("valueFrom") or {}).get("secretKeyRef") if env.get("name") == "POSTGRES_PASSWORD"
+                       else None)
                 if ref is None:
                     continue
                 secret = self.api.find(("v1", "secrets", ns, ref["name"]))

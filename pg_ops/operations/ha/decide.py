@@ -483,7 +483,8 @@ def decide(view: ClusterView, memory: HaMemory, policy: Policy) -> Decision:
         actions, alerts, memory = healthy_upkeep(view, memory, policy)
         if strays:
             return Decision("split_brain", f"{', '.join(strays)} writable besides the designated primary "
-                                           f"{designated}", memory, tuple(a for a in actions if isinstance(a, RoutePrimary | RenewLease)),
+                                           f"{designated}", memory,
+                            tuple(a for a in actions if isinstance(a, RoutePrimary | RenewLease)),
                             tuple(alerts), unknown=frozenset())
         fixes = [type(a).__name__ for a in actions if not isinstance(a, RoutePrimary | RecordObserved | RenewLease)]
         summary = f"primary {designated} writable" + (f"; upkeep: {', '.join(fixes)}" if fixes else "")

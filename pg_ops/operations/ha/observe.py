@@ -73,7 +73,8 @@ def read_view(ctx: ClusterContext, policy: Policy, *, confirm: bool = True, unle
     view = ClusterView(record=state, members=probes, addresses=member_addresses(ctx, state), now=started,
                        primary_misses=missed, fenced_itself=fenced_itself(ctx, state.primary, probes[state.primary]),
                        stopped=frozenset(n for n in state.fenced
-                                         if n in probes and not probes[n].reachable and ctx.platform.stopped_for_good(n)))
+                                         if n in probes and not probes[n].reachable
+                                         and ctx.platform.stopped_for_good(n)))
     busy = unless_locked and state.lock is not None and not state.lock.expired()
     if confirm and not view.primary.reachable and not busy:
         view = confirm_primary(ctx, view, policy, sleep, probe_began=probe_began)
