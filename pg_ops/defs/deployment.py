@@ -23,7 +23,7 @@ from pg_ops.defs.partitions import (
 )
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import catalog
-from pg_ops.operations import deploy as ops
+from pg_ops.operations import deploy as deploy_ops
 from pg_ops.operations.status import cluster_status
 from pg_ops.spec import ClusterSpec
 
@@ -57,7 +57,7 @@ def member_rows(status) -> str:
 def health_evaluations(cluster: str, members: dict, status) -> list[dg.AssetCheckEvaluation]:
     """The deployment checks of `cluster` from one probe of its members (`members`: name ->
     MemberProbe) and its status (operations/status.py) of the same moment."""
-    found = ops.invariants(members, status.designated_primary)
+    found = deploy_ops.invariants(members, status.designated_primary)
     down = [m for m in status.members if not m.up]
     fenced_down = [m for m in down if m.role == "fenced"]
     hint = ("; a fenced former primary rejoins by itself as a replica once it reaches the primary (local: pg_ops "
@@ -155,7 +155,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     @dg.asset(**common, deps=[credentials], description="The desired-state record (epoch, primary, lock).")
     def desired_state(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
         ctx = pg_ops.cluster(context.partition_key, context.log)
-        state = ops.ensure_record(ctx)
+        state = deploy_ops.ensure_record(ctx)
         return dg.MaterializeResult(metadata={
             "epoch": state.epoch, "primary": state.primary, "record_version": state.version,
             "bootstrap": state.bootstrap,
@@ -164,7 +164,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
     @dg.asset(**common, deps=[desired_state], description="PostgreSQL members started through the member script.")
     def members(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
         ctx = pg_ops.cluster(context.partition_key, context.log)
-        started = ops.start_members(ctx)
+        started = deploy_ops.start_members(ctx)
         state = ctx.state()
         return dg.MaterializeResult(metadata={
             "members": len(ctx.spec.member_names), "started": ", ".join(started) or "none",
@@ -182,7 +182,7 @@ def build(specs: list[ClusterSpec]) -> dg.Definitions:
               description="The endpoint that always reaches the current primary.")
     def primary_endpoint(context: dg.AssetExecutionContext, pg_ops: PgOpsResource) -> dg.MaterializeResult:
         ctx = pg_ops.cluster(context.partition_key, context.log)
-        result = ops.verify_primary_endpoint(ctx)
+        result = deploy_ops.verify_primary_endpoint(ctx)
         return dg.MaterializeResult(metadata={
             "primary": result["member"],
             "dsn": dg.MetadataValue.text(ctx.platform.primary_dsn("postgres", "postgres")),

@@ -8,7 +8,7 @@ import dagster as dg
 
 from pg_ops.defs.resources import PgOpsResource
 from pg_ops.operations import catalog as catalog_ops
-from pg_ops.operations import drift as ops
+from pg_ops.operations import drift as drift_ops
 from pg_ops.spec import ClusterSpec
 
 GROUP = "gitops"
@@ -28,7 +28,7 @@ def drift_check(spec: ClusterSpec) -> dg.AssetChecksDefinition:
                     description="Every live Git-owned object sets the fields its rendered manifest sets, to the "
                                 "same values (server-populated and defaulted fields are ignored).")
     def check(context: dg.AssetCheckExecutionContext, pg_ops: PgOpsResource) -> dg.AssetCheckResult:
-        report = ops.check_drift(pg_ops.cluster(spec.name, context.log))
+        report = drift_ops.check_drift(pg_ops.cluster(spec.name, context.log))
         return dg.AssetCheckResult(
             passed=report.passed,
             severity=dg.AssetCheckSeverity.ERROR,
