@@ -192,7 +192,7 @@ def test_a_cordoned_node_of_three_leaves_no_member_pending(kube):
     finally:
         fake.cordon(node, False)
         ctx.platform.pod_start_timeout = kubernetes_platform.POD_START_TIMEOUT_S
-    assert result["method"] == "re-clone"
+    assert result.method == "re-clone"
     assert fake.node_of(ns, member) in others  # shares a node with another member rather than waiting
     assert streaming(ctx, member)
     deploy(ctx)

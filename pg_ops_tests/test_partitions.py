@@ -15,7 +15,7 @@ import pytest
 from pg_ops.credentials import PG_OPS_DATABASE
 from pg_ops.operations.deploy import deploy
 from pg_ops.operations.failover import failover
-from pg_ops.operations.health import status_report, watch_cluster
+from pg_ops.operations.health import TickMemory, status_report, watch_cluster
 from pg_ops.postgres.session import with_connection
 from pg_ops_tests.app_writer import App
 from pg_ops_tests.partition import APP, PG_OPS, Partitions, unavailable
@@ -37,8 +37,7 @@ def in_recovery(ctx, member):
 
 def tick(ctx, memory):
     watch = watch_cluster(ctx, memory)
-    memory.clear()
-    memory.update(watch.memory)
+    vars(memory).update(vars(watch.memory))
     return watch
 
 
@@ -70,7 +69,7 @@ def test_isolated_primary_stops_acknowledging_writes_and_is_resumed_when_reached
         parts.heal()
         # Reached again, and still the most advanced member: pg_ops promotes it in place (even
         # in manual mode: no topology changes); nothing was lost.
-        memory: dict = {}
+        memory = TickMemory()
         watch = wait_for(lambda: (w := tick(ctx, memory)) and w.decision.name == "primary_not_writable" and w,
                          "the tick to see the designated primary as a standby", timeout=30)
         assert watch.failover is not None

@@ -417,8 +417,8 @@ def test_a_rotation_schedule_per_role_requests_a_run_without_a_password(tmp_path
                                             scheduled_execution_time=datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
         [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "sched"
-    assert request.run_config == {"ops": {"run_rotate_password": {"config": {"role": "app_rw",
-                                                                             "terminate_old": False}}}}
+    assert request.run_config["ops"] == {"run_rotate_password": {"config": {"role": "app_rw",
+                                                                             "terminate_old": False}}}
     assert request.tags["pg_ops/topology"] == "sched"
 
 
